@@ -1,0 +1,804 @@
+//! Compiling raw config into the [`Plan`]: every check, every default, every
+//! derived structure (route tables, upstream targets, pre-rendered mock
+//! responses) is made here, once, before any shard starts.
+
+use super::raw::*;
+use super::ConfigError;
+use crate::http::encode::{push_status_line, push_u64};
+use crate::route::{ApiSpec, RouteId, RouteKey, RouteTable};
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::time::Duration;
+
+/// Everything a shard needs, immutable once built. Each shard gets its own
+/// clone, so nothing here is shared between cores at run time.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub server: ServerPlan,
+    pub limits: Limits,
+    pub upstreams: Vec<UpstreamPlan>,
+    pub routes: Vec<RoutePlan>,
+    pub table: RouteTable,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerPlan {
+    pub listen: Vec<SocketAddr>,
+    pub shards: usize,
+    /// CPU of each shard (same length as `shards`).
+    pub cpus: Vec<usize>,
+    pub backlog: u32,
+    pub drain_timeout: Duration,
+    pub max_connections_per_shard: usize,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_request_line_bytes: usize,
+    pub max_header_bytes: usize,
+    pub max_headers: usize,
+    pub max_body_bytes: u64,
+    pub header_read_timeout: Duration,
+    pub body_read_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub write_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Balance {
+    RoundRobin,
+    Weighted,
+    LeastOutstanding,
+}
+
+#[derive(Debug, Clone)]
+pub struct TargetPlan {
+    pub addr: SocketAddr,
+    /// As written in config; the default Host header.
+    pub label: String,
+    pub weight: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct UpstreamPlan {
+    pub name: String,
+    pub targets: Vec<TargetPlan>,
+    pub balance: Balance,
+    pub host: Option<String>,
+    pub connect_timeout: Duration,
+    pub timeout: Duration,
+    pub max_response_header_bytes: usize,
+    pub pool_max_idle: usize,
+    pub pool_idle_timeout: Duration,
+    pub health_max_failures: u32,
+    pub health_cooldown: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct RoutePlan {
+    pub api: String,
+    pub key: String,
+    pub integration: Integration,
+}
+
+#[derive(Debug, Clone)]
+pub enum Integration {
+    Proxy(ProxyPlan),
+    Mock(MockPlan),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PathPart {
+    Literal(String),
+    /// A route parameter, substituted raw (still percent-encoded).
+    Param(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct ProxyPlan {
+    pub upstream: usize,
+    /// `None`: pass the request path through unchanged.
+    pub path: Option<Vec<PathPart>>,
+    /// A query string fixed in the integration URL, sent before the client's.
+    pub query: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct MockPlan {
+    pub status: u16,
+    /// Status line, configured headers and content-length, without the blank
+    /// line: the per-request headers follow it.
+    pub head: Vec<u8>,
+    pub body: Vec<u8>,
+}
+
+/// `ms` as a Duration, rejecting 0 where 0 makes no sense.
+fn duration(
+    errors: &mut Vec<ConfigError>,
+    key: &str,
+    value: Option<u64>,
+    default: u64,
+) -> Duration {
+    let ms = value.unwrap_or(default);
+    if ms == 0 {
+        errors.push(ConfigError::new(key, "must be at least 1 (milliseconds)"));
+    }
+    Duration::from_millis(ms.max(1))
+}
+
+fn positive(
+    errors: &mut Vec<ConfigError>,
+    key: &str,
+    value: Option<usize>,
+    default: usize,
+) -> usize {
+    let v = value.unwrap_or(default);
+    if v == 0 {
+        errors.push(ConfigError::new(key, "must be at least 1"));
+    }
+    v.max(1)
+}
+
+fn resolve(addr: &str) -> Result<SocketAddr, String> {
+    match addr.to_socket_addrs() {
+        Ok(mut it) => it
+            .next()
+            .ok_or_else(|| format!("{addr:?} resolves to no address")),
+        Err(e) => Err(format!("{addr:?} is not a host:port address ({e})")),
+    }
+}
+
+/// Validates and compiles a raw config. Returns every error found.
+pub fn compile(raw: &RawConfig) -> Result<Plan, Vec<ConfigError>> {
+    let mut errors = Vec::new();
+    let server = compile_server(&raw.server, &mut errors);
+    let limits = compile_limits(&raw.server.limits, &mut errors);
+
+    let mut upstreams = Vec::new();
+    // Declared upstreams with errors of their own: routes naming them are not
+    // reported again.
+    let mut failed_upstreams: Vec<&str> = Vec::new();
+    for (i, u) in raw.upstreams.iter().enumerate() {
+        if let Some(up) = compile_upstream(u, &format!("upstreams[{i}]"), &mut errors) {
+            if upstreams.iter().any(|x: &UpstreamPlan| x.name == up.name) {
+                errors.push(ConfigError::new(
+                    format!("upstreams[{i}].name"),
+                    format!("upstream {:?} is defined twice", up.name),
+                ));
+            }
+            upstreams.push(up);
+        } else {
+            failed_upstreams.push(u.name.as_str());
+        }
+    }
+
+    let mut routes = Vec::new();
+    let mut specs = Vec::new();
+    let mut api_names = std::collections::BTreeSet::new();
+    for (ai, api) in raw.apis.iter().enumerate() {
+        let akey = format!("apis[{ai}]");
+        if api.name.is_empty() {
+            errors.push(ConfigError::new(
+                format!("{akey}.name"),
+                "must not be empty",
+            ));
+        } else if !api_names.insert(api.name.as_str()) {
+            errors.push(ConfigError::new(
+                format!("{akey}.name"),
+                format!("api {:?} is defined twice", api.name),
+            ));
+        }
+        let base_path = match compile_base_path(api.base_path.as_deref()) {
+            Ok(b) => b,
+            Err(e) => {
+                errors.push(ConfigError::new(format!("{akey}.base_path"), e));
+                "/".to_string()
+            }
+        };
+        if let Some(hosts) = &api.hosts {
+            if hosts.is_empty() {
+                errors.push(ConfigError::new(
+                    format!("{akey}.hosts"),
+                    "must list at least one host, or be left out to match any host",
+                ));
+            }
+            for (hi, h) in hosts.iter().enumerate() {
+                let body = h.strip_prefix("*.").unwrap_or(h);
+                if body.is_empty()
+                    || !body
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-' || b == b'_')
+                {
+                    errors.push(ConfigError::new(
+                        format!("{akey}.hosts[{hi}]"),
+                        format!("{h:?} is not a host name (letters, digits, '.', '-', '_', optionally starting with \"*.\"); ports are not part of it"),
+                    ));
+                }
+            }
+        }
+        if api.routes.is_empty() {
+            errors.push(ConfigError::new(
+                format!("{akey}.routes"),
+                "an api needs at least one [[apis.routes]]",
+            ));
+        }
+        let mut spec_routes = Vec::new();
+        for (ri, r) in api.routes.iter().enumerate() {
+            let rkey = format!("{akey}.routes[{ri}]");
+            let key = match RouteKey::parse(&r.key) {
+                Ok(k) => k,
+                Err(e) => {
+                    errors.push(ConfigError::new(format!("{rkey}.key"), e));
+                    continue;
+                }
+            };
+            let integration = match &r.integration {
+                RawIntegration::Mock {
+                    status,
+                    headers,
+                    body,
+                } => compile_mock(
+                    status.unwrap_or(200),
+                    headers,
+                    body,
+                    &format!("{rkey}.integration"),
+                    &mut errors,
+                ),
+                RawIntegration::HttpProxy { url } => compile_proxy(
+                    url,
+                    &key,
+                    &format!("{rkey}.integration.url"),
+                    &mut upstreams,
+                    &failed_upstreams,
+                    &mut errors,
+                ),
+            };
+            let Some(integration) = integration else {
+                continue;
+            };
+            let id = routes.len() as RouteId;
+            routes.push(RoutePlan {
+                api: api.name.clone(),
+                key: r.key.clone(),
+                integration,
+            });
+            spec_routes.push((key, id, r.key.as_str()));
+        }
+        specs.push(ApiSpec {
+            name: &api.name,
+            hosts: api.hosts.clone(),
+            base_path,
+            routes: spec_routes,
+        });
+    }
+    if raw.apis.is_empty() {
+        errors.push(ConfigError::new(
+            "apis",
+            "no [[apis]] defined: the gateway would answer 404 to everything",
+        ));
+    }
+    let table = match RouteTable::build(&specs) {
+        Ok(t) => t,
+        Err(es) => {
+            errors.extend(es.into_iter().map(|e| ConfigError::new("apis", e)));
+            RouteTable::default()
+        }
+    };
+    if errors.is_empty() {
+        Ok(Plan {
+            server,
+            limits,
+            upstreams,
+            routes,
+            table,
+        })
+    } else {
+        Err(errors)
+    }
+}
+
+fn compile_server(s: &RawServer, errors: &mut Vec<ConfigError>) -> ServerPlan {
+    let listen_raw = s
+        .listen
+        .clone()
+        .unwrap_or_else(|| vec![DEFAULT_LISTEN.to_string()]);
+    if listen_raw.is_empty() {
+        errors.push(ConfigError::new(
+            "server.listen",
+            "must name at least one address",
+        ));
+    }
+    let mut listen = Vec::new();
+    for (i, a) in listen_raw.iter().enumerate() {
+        match a.parse::<SocketAddr>() {
+            Ok(addr) => {
+                if listen.contains(&addr) {
+                    errors.push(ConfigError::new(
+                        format!("server.listen[{i}]"),
+                        format!("{a:?} is listed twice"),
+                    ));
+                }
+                listen.push(addr)
+            }
+            Err(_) => errors.push(ConfigError::new(
+                format!("server.listen[{i}]"),
+                format!(
+                    "{a:?} is not an IP:port address (e.g. \"127.0.0.1:8080\" or \"[::1]:8080\")"
+                ),
+            )),
+        }
+    }
+    let ncpu = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let shards = match s.shards {
+        Some(0) => {
+            errors.push(ConfigError::new("server.shards", "must be at least 1"));
+            1
+        }
+        Some(n) => n,
+        None => s
+            .cpus
+            .as_ref()
+            .map(|c| c.len())
+            .filter(|&n| n > 0)
+            .unwrap_or(ncpu),
+    };
+    let cpus = match &s.cpus {
+        Some(cpus) => {
+            if cpus.len() != shards && s.shards != Some(0) {
+                errors.push(ConfigError::new(
+                    "server.cpus",
+                    format!(
+                        "lists {} CPU(s) for {shards} shard(s): give one CPU per shard, or leave cpus out",
+                        cpus.len()
+                    ),
+                ));
+            }
+            for (i, &c) in cpus.iter().enumerate() {
+                if c >= ncpu {
+                    errors.push(ConfigError::new(
+                        format!("server.cpus[{i}]"),
+                        format!(
+                            "CPU {c} does not exist here (CPUs 0 to {} are available)",
+                            ncpu - 1
+                        ),
+                    ));
+                }
+            }
+            cpus.clone()
+        }
+        None => (0..shards).map(|i| i % ncpu).collect(),
+    };
+    let backlog = s.backlog.unwrap_or(DEFAULT_BACKLOG);
+    if backlog == 0 {
+        errors.push(ConfigError::new("server.backlog", "must be at least 1"));
+    }
+    ServerPlan {
+        listen,
+        shards,
+        cpus,
+        backlog,
+        drain_timeout: duration(
+            errors,
+            "server.drain_timeout_ms",
+            s.drain_timeout_ms,
+            DEFAULT_DRAIN_TIMEOUT_MS,
+        ),
+        max_connections_per_shard: positive(
+            errors,
+            "server.max_connections_per_shard",
+            s.max_connections_per_shard,
+            DEFAULT_MAX_CONNECTIONS_PER_SHARD,
+        ),
+    }
+}
+
+fn compile_limits(l: &RawLimits, errors: &mut Vec<ConfigError>) -> Limits {
+    let k = |name: &str| format!("server.limits.{name}");
+    let max_request_line_bytes = positive(
+        errors,
+        &k("max_request_line_bytes"),
+        l.max_request_line_bytes,
+        DEFAULT_MAX_REQUEST_LINE_BYTES,
+    );
+    let max_header_bytes = positive(
+        errors,
+        &k("max_header_bytes"),
+        l.max_header_bytes,
+        DEFAULT_MAX_HEADER_BYTES,
+    );
+    if max_request_line_bytes > max_header_bytes {
+        errors.push(ConfigError::new(
+            k("max_request_line_bytes"),
+            format!("is larger than max_header_bytes ({max_header_bytes}), which includes the request line"),
+        ));
+    }
+    if max_header_bytes > 1024 * 1024 {
+        errors.push(ConfigError::new(
+            k("max_header_bytes"),
+            "must be at most 1048576 (1 MiB)",
+        ));
+    }
+    let max_headers = positive(
+        errors,
+        &k("max_headers"),
+        l.max_headers,
+        DEFAULT_MAX_HEADERS,
+    );
+    if max_headers > crate::http::parse::MAX_HEADERS_CAP {
+        errors.push(ConfigError::new(
+            k("max_headers"),
+            format!("must be at most {}", crate::http::parse::MAX_HEADERS_CAP),
+        ));
+    }
+    Limits {
+        max_request_line_bytes,
+        max_header_bytes,
+        max_headers,
+        max_body_bytes: l.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES),
+        header_read_timeout: duration(
+            errors,
+            &k("header_read_timeout_ms"),
+            l.header_read_timeout_ms,
+            DEFAULT_HEADER_READ_TIMEOUT_MS,
+        ),
+        body_read_timeout: duration(
+            errors,
+            &k("body_read_timeout_ms"),
+            l.body_read_timeout_ms,
+            DEFAULT_BODY_READ_TIMEOUT_MS,
+        ),
+        idle_timeout: duration(
+            errors,
+            &k("idle_timeout_ms"),
+            l.idle_timeout_ms,
+            DEFAULT_IDLE_TIMEOUT_MS,
+        ),
+        write_timeout: duration(
+            errors,
+            &k("write_timeout_ms"),
+            l.write_timeout_ms,
+            DEFAULT_WRITE_TIMEOUT_MS,
+        ),
+    }
+}
+
+fn compile_upstream(
+    u: &RawUpstream,
+    key: &str,
+    errors: &mut Vec<ConfigError>,
+) -> Option<UpstreamPlan> {
+    let before = errors.len();
+    if u.name.is_empty()
+        || !u
+            .name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+    {
+        errors.push(ConfigError::new(
+            format!("{key}.name"),
+            "must be letters, digits, '-', '_' or '.' (it stands where a URL has its host)",
+        ));
+    }
+    if u.targets.is_empty() {
+        errors.push(ConfigError::new(
+            format!("{key}.targets"),
+            "must list at least one { address = \"host:port\" }",
+        ));
+    }
+    let mut targets = Vec::new();
+    for (i, t) in u.targets.iter().enumerate() {
+        let weight = t.weight.unwrap_or(1);
+        if weight == 0 || weight > 1000 {
+            errors.push(ConfigError::new(
+                format!("{key}.targets[{i}].weight"),
+                "must be between 1 and 1000",
+            ));
+        }
+        match resolve(&t.address) {
+            Ok(addr) => targets.push(TargetPlan {
+                addr,
+                label: t.address.clone(),
+                weight: weight.clamp(1, 1000),
+            }),
+            Err(e) => errors.push(ConfigError::new(format!("{key}.targets[{i}].address"), e)),
+        }
+    }
+    let balance = match u.balance.as_deref() {
+        None | Some("round_robin") => Balance::RoundRobin,
+        Some("weighted") => Balance::Weighted,
+        Some("least_outstanding") => Balance::LeastOutstanding,
+        Some(other) => {
+            errors.push(ConfigError::new(
+                format!("{key}.balance"),
+                format!(
+                    "{other:?} is not one of \"round_robin\", \"weighted\", \"least_outstanding\""
+                ),
+            ));
+            Balance::RoundRobin
+        }
+    };
+    if let Some(h) = &u.host {
+        if h.is_empty() || h.bytes().any(|b| !b.is_ascii_graphic()) {
+            errors.push(ConfigError::new(
+                format!("{key}.host"),
+                "must be a non-empty host[:port] without spaces",
+            ));
+        }
+    }
+    let max_response_header_bytes = positive(
+        errors,
+        &format!("{key}.max_response_header_bytes"),
+        u.max_response_header_bytes,
+        DEFAULT_MAX_RESPONSE_HEADER_BYTES,
+    );
+    let plan = UpstreamPlan {
+        name: u.name.clone(),
+        targets,
+        balance,
+        host: u.host.clone(),
+        connect_timeout: duration(
+            errors,
+            &format!("{key}.connect_timeout_ms"),
+            u.connect_timeout_ms,
+            DEFAULT_CONNECT_TIMEOUT_MS,
+        ),
+        timeout: duration(
+            errors,
+            &format!("{key}.timeout_ms"),
+            u.timeout_ms,
+            DEFAULT_UPSTREAM_TIMEOUT_MS,
+        ),
+        max_response_header_bytes,
+        pool_max_idle: u.pool.max_idle.unwrap_or(DEFAULT_POOL_MAX_IDLE),
+        pool_idle_timeout: duration(
+            errors,
+            &format!("{key}.pool.idle_timeout_ms"),
+            u.pool.idle_timeout_ms,
+            DEFAULT_POOL_IDLE_TIMEOUT_MS,
+        ),
+        health_max_failures: u.health.max_failures.unwrap_or(DEFAULT_HEALTH_MAX_FAILURES),
+        health_cooldown: duration(
+            errors,
+            &format!("{key}.health.cooldown_ms"),
+            u.health.cooldown_ms,
+            DEFAULT_HEALTH_COOLDOWN_MS,
+        ),
+    };
+    (errors.len() == before).then_some(plan)
+}
+
+fn compile_base_path(bp: Option<&str>) -> Result<String, String> {
+    let bp = bp.unwrap_or("/");
+    if bp == "/" {
+        return Ok("/".into());
+    }
+    let trimmed = bp.strip_suffix('/').unwrap_or(bp);
+    let (_, params, _) =
+        crate::route::parse_route_path(trimmed).map_err(|e| format!("{bp:?}: {e}"))?;
+    if !params.is_empty() {
+        return Err(format!("{bp:?}: a base path cannot have parameters"));
+    }
+    Ok(trimmed.to_string())
+}
+
+fn compile_mock(
+    status: u16,
+    headers: &std::collections::BTreeMap<String, String>,
+    body: &str,
+    key: &str,
+    errors: &mut Vec<ConfigError>,
+) -> Option<Integration> {
+    let before = errors.len();
+    if !(200..=599).contains(&status) {
+        errors.push(ConfigError::new(
+            format!("{key}.status"),
+            format!("{status} is not a final status (200-599)"),
+        ));
+    }
+    let mut head = Vec::new();
+    push_status_line(&mut head, status);
+    for (name, value) in headers {
+        let lname = name.to_ascii_lowercase();
+        if name.is_empty() || !name.bytes().all(crate::http::parse::is_token_byte) {
+            errors.push(ConfigError::new(
+                format!("{key}.headers.{name}"),
+                "is not a valid header name",
+            ));
+        } else if matches!(
+            lname.as_str(),
+            "content-length" | "transfer-encoding" | "connection" | "date" | "x-request-id"
+        ) {
+            errors.push(ConfigError::new(
+                format!("{key}.headers.{name}"),
+                "is set by the gateway and cannot be configured",
+            ));
+        }
+        if value.bytes().any(|b| (b < 0x20 && b != b'\t') || b == 0x7f) {
+            errors.push(ConfigError::new(
+                format!("{key}.headers.{name}"),
+                "value has control characters",
+            ));
+        }
+        head.extend_from_slice(lname.as_bytes());
+        head.extend_from_slice(b": ");
+        head.extend_from_slice(value.as_bytes());
+        head.extend_from_slice(b"\r\n");
+    }
+    if status == 204 || status == 304 {
+        if !body.is_empty() {
+            errors.push(ConfigError::new(
+                format!("{key}.body"),
+                format!("a {status} response has no body"),
+            ));
+        }
+    } else {
+        head.extend_from_slice(b"content-length: ");
+        push_u64(&mut head, body.len() as u64);
+        head.extend_from_slice(b"\r\n");
+    }
+    (errors.len() == before).then(|| {
+        Integration::Mock(MockPlan {
+            status,
+            head,
+            body: body.as_bytes().to_vec(),
+        })
+    })
+}
+
+/// Parses `http://authority[/path][?query]`. The authority names a declared
+/// upstream, or is a `host:port` that becomes an implicit single-target one.
+fn compile_proxy(
+    url: &str,
+    key: &RouteKey,
+    ukey: &str,
+    upstreams: &mut Vec<UpstreamPlan>,
+    failed_upstreams: &[&str],
+    errors: &mut Vec<ConfigError>,
+) -> Option<Integration> {
+    let Some(rest) = url.strip_prefix("http://") else {
+        let msg = if url.starts_with("https://") {
+            "https:// upstreams are not supported yet; use http://"
+        } else {
+            "must start with http://"
+        };
+        errors.push(ConfigError::new(ukey, format!("{url:?}: {msg}")));
+        return None;
+    };
+    let end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let authority = &rest[..end];
+    let after = &rest[end..];
+    let (path, query) = match after.split_once('?') {
+        Some((p, q)) => (p, Some(q.to_string())),
+        None => (after, None),
+    };
+    if authority.is_empty() {
+        errors.push(ConfigError::new(ukey, format!("{url:?} has no host")));
+        return None;
+    }
+    if failed_upstreams.contains(&authority) {
+        // Its own errors are reported under [[upstreams]].
+        return None;
+    }
+    let upstream = match upstreams.iter().position(|u| u.name == authority) {
+        Some(i) => i,
+        None => {
+            let with_port = if authority.contains(':') && !authority.ends_with(']') {
+                authority.to_string()
+            } else {
+                format!("{authority}:80")
+            };
+            let addr = match resolve(&with_port) {
+                Ok(a) => a,
+                Err(e) => {
+                    errors.push(ConfigError::new(
+                        ukey,
+                        format!("{e}; the host of an integration URL is a declared [[upstreams]] name or a host:port"),
+                    ));
+                    return None;
+                }
+            };
+            // Implicit upstreams with the same host:port share one pool
+            // (`http://localhost` and `http://localhost:80` are one).
+            let name = with_port.clone();
+            match upstreams.iter().position(|u| u.name == name) {
+                Some(i) => i,
+                None => {
+                    upstreams.push(UpstreamPlan {
+                        name,
+                        targets: vec![TargetPlan {
+                            addr,
+                            label: authority.to_string(),
+                            weight: 1,
+                        }],
+                        balance: Balance::RoundRobin,
+                        host: None,
+                        connect_timeout: Duration::from_millis(DEFAULT_CONNECT_TIMEOUT_MS),
+                        timeout: Duration::from_millis(DEFAULT_UPSTREAM_TIMEOUT_MS),
+                        max_response_header_bytes: DEFAULT_MAX_RESPONSE_HEADER_BYTES,
+                        pool_max_idle: DEFAULT_POOL_MAX_IDLE,
+                        pool_idle_timeout: Duration::from_millis(DEFAULT_POOL_IDLE_TIMEOUT_MS),
+                        health_max_failures: DEFAULT_HEALTH_MAX_FAILURES,
+                        health_cooldown: Duration::from_millis(DEFAULT_HEALTH_COOLDOWN_MS),
+                    });
+                    upstreams.len() - 1
+                }
+            }
+        }
+    };
+    let params: &[String] = match key {
+        RouteKey::Route { params, .. } => params,
+        RouteKey::Default => &[],
+    };
+    let path = if path.is_empty() {
+        None
+    } else {
+        match compile_path_template(path, params) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                errors.push(ConfigError::new(ukey, format!("{url:?}: {e}")));
+                return None;
+            }
+        }
+    };
+    if let Some(q) = &query {
+        if q.bytes().any(|b| !b.is_ascii_graphic() || b == b'#') {
+            errors.push(ConfigError::new(
+                ukey,
+                format!("{url:?}: the query has characters that are not allowed in a URL"),
+            ));
+            return None;
+        }
+    }
+    Some(Integration::Proxy(ProxyPlan {
+        upstream,
+        path,
+        query: query.filter(|q| !q.is_empty()),
+    }))
+}
+
+fn compile_path_template(path: &str, params: &[String]) -> Result<Vec<PathPart>, String> {
+    let mut parts = Vec::new();
+    let mut rest = path;
+    while let Some(open) = rest.find('{') {
+        let close = rest[open..].find('}').ok_or("unclosed '{' in the path")? + open;
+        if open > 0 {
+            parts.push(PathPart::Literal(rest[..open].to_string()));
+        }
+        let name = &rest[open + 1..close];
+        let name = name.strip_suffix('+').unwrap_or(name);
+        if !params.iter().any(|p| p == name) {
+            return Err(format!(
+                "{{{name}}} is not a parameter of the route key (it has: {})",
+                if params.is_empty() {
+                    "none".to_string()
+                } else {
+                    params.join(", ")
+                }
+            ));
+        }
+        parts.push(PathPart::Param(name.to_string()));
+        rest = &rest[close + 1..];
+    }
+    if rest.contains('}') {
+        return Err("unmatched '}' in the path".into());
+    }
+    if !rest.is_empty() {
+        parts.push(PathPart::Literal(rest.to_string()));
+    }
+    for p in &parts {
+        if let PathPart::Literal(l) = p {
+            if l.bytes().any(|b| !b.is_ascii_graphic() || b == b'#') {
+                return Err("the path has characters that are not allowed in a URL".into());
+            }
+        }
+    }
+    Ok(parts)
+}
+
+impl Plan {
+    /// How many APIs the route table holds.
+    pub fn table_api_count(&self) -> usize {
+        self.table.api_count()
+    }
+}

@@ -1,0 +1,147 @@
+//! Raw configuration: the TOML file exactly as an operator writes it.
+//!
+//! These structs only describe shape and defaults; nothing here is validated
+//! beyond types. [`super::compile`] turns them into the immutable [`super::Plan`]
+//! the shards run, and every semantic check lives there. Every default is a
+//! `DEFAULT_*` constant so that docs/configuration.md and the code agree.
+//!
+//! Unknown keys are errors. The structs do not use `deny_unknown_fields`
+//! because it stops at the first one; [`super::parse`] wraps the
+//! deserializer in serde_ignored instead and reports every unknown key. The
+//! integration enum keeps `deny_unknown_fields`: an internally tagged enum is
+//! buffered before it is read, so serde_ignored cannot see into it.
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+pub const DEFAULT_BACKLOG: u32 = 1024;
+pub const DEFAULT_DRAIN_TIMEOUT_MS: u64 = 30_000;
+pub const DEFAULT_MAX_CONNECTIONS_PER_SHARD: usize = 16_384;
+pub const DEFAULT_MAX_REQUEST_LINE_BYTES: usize = 8 * 1024;
+pub const DEFAULT_MAX_HEADER_BYTES: usize = 16 * 1024;
+pub const DEFAULT_MAX_HEADERS: usize = 100;
+/// Amazon API Gateway's payload limit.
+pub const DEFAULT_MAX_BODY_BYTES: u64 = 10 * 1024 * 1024;
+pub const DEFAULT_HEADER_READ_TIMEOUT_MS: u64 = 10_000;
+pub const DEFAULT_BODY_READ_TIMEOUT_MS: u64 = 30_000;
+pub const DEFAULT_IDLE_TIMEOUT_MS: u64 = 60_000;
+pub const DEFAULT_WRITE_TIMEOUT_MS: u64 = 30_000;
+
+pub const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 5_000;
+/// Amazon API Gateway's default integration timeout.
+pub const DEFAULT_UPSTREAM_TIMEOUT_MS: u64 = 29_000;
+pub const DEFAULT_POOL_MAX_IDLE: usize = 64;
+pub const DEFAULT_POOL_IDLE_TIMEOUT_MS: u64 = 60_000;
+pub const DEFAULT_HEALTH_MAX_FAILURES: u32 = 3;
+pub const DEFAULT_HEALTH_COOLDOWN_MS: u64 = 10_000;
+pub const DEFAULT_MAX_RESPONSE_HEADER_BYTES: usize = 64 * 1024;
+
+/// The whole file.
+#[derive(Debug, Default, Deserialize)]
+pub struct RawConfig {
+    #[serde(default)]
+    pub server: RawServer,
+    #[serde(default)]
+    pub upstreams: Vec<RawUpstream>,
+    #[serde(default)]
+    pub apis: Vec<RawApi>,
+}
+
+/// `[server]`: listeners, shards and connection limits.
+#[derive(Debug, Default, Deserialize)]
+pub struct RawServer {
+    /// Addresses to listen on; every shard binds each one with SO_REUSEPORT.
+    pub listen: Option<Vec<String>>,
+    /// Number of shards (executors). Default: one per available CPU.
+    pub shards: Option<usize>,
+    /// Explicit CPU for each shard. Default: shard i on CPU i modulo the CPU count.
+    pub cpus: Option<Vec<usize>>,
+    /// Listen backlog per shard socket.
+    pub backlog: Option<u32>,
+    /// How long in-flight requests may run after SIGTERM/SIGINT.
+    pub drain_timeout_ms: Option<u64>,
+    /// Connections one shard holds at once; further ones get a 503 and are closed.
+    pub max_connections_per_shard: Option<usize>,
+    #[serde(default)]
+    pub limits: RawLimits,
+}
+
+/// `[server.limits]`: what a client may send, and how slowly.
+#[derive(Debug, Default, Deserialize)]
+pub struct RawLimits {
+    pub max_request_line_bytes: Option<usize>,
+    pub max_header_bytes: Option<usize>,
+    pub max_headers: Option<usize>,
+    pub max_body_bytes: Option<u64>,
+    pub header_read_timeout_ms: Option<u64>,
+    pub body_read_timeout_ms: Option<u64>,
+    pub idle_timeout_ms: Option<u64>,
+    pub write_timeout_ms: Option<u64>,
+}
+
+/// `[[upstreams]]`: a named group of backend targets.
+#[derive(Debug, Deserialize)]
+pub struct RawUpstream {
+    pub name: String,
+    pub targets: Vec<RawTarget>,
+    pub balance: Option<String>,
+    /// Host header sent upstream. Default: the chosen target's address.
+    pub host: Option<String>,
+    pub connect_timeout_ms: Option<u64>,
+    pub timeout_ms: Option<u64>,
+    pub max_response_header_bytes: Option<usize>,
+    #[serde(default)]
+    pub pool: RawPool,
+    #[serde(default)]
+    pub health: RawHealth,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RawTarget {
+    pub address: String,
+    pub weight: Option<u32>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawPool {
+    pub max_idle: Option<usize>,
+    pub idle_timeout_ms: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawHealth {
+    pub max_failures: Option<u32>,
+    pub cooldown_ms: Option<u64>,
+}
+
+/// `[[apis]]`: a set of routes under an optional host list and base path.
+#[derive(Debug, Deserialize)]
+pub struct RawApi {
+    pub name: String,
+    pub base_path: Option<String>,
+    pub hosts: Option<Vec<String>>,
+    #[serde(default)]
+    pub routes: Vec<RawRoute>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RawRoute {
+    pub key: String,
+    pub integration: RawIntegration,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum RawIntegration {
+    HttpProxy {
+        url: String,
+    },
+    Mock {
+        status: Option<u16>,
+        #[serde(default)]
+        headers: BTreeMap<String, String>,
+        #[serde(default)]
+        body: String,
+    },
+}

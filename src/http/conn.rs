@@ -1,0 +1,448 @@
+//! The connection loop: reads request heads, hands each to the pipeline,
+//! and keeps the connection for the next request while it is safe to.
+//!
+//! Requests on one connection are handled one after the other, so pipelined
+//! requests are answered in order. Buffers are per connection and reused:
+//! `rbuf` holds what the client sent (heads, then body bytes being streamed),
+//! `wbuf` the response head being written, `xbuf` the upstream request head.
+
+use super::body::ChunkedDecoder;
+use super::encode::{push_error_response, ErrorExtras};
+use super::parse::{parse_request_head, Framing, RequestHead};
+use super::Reject;
+use crate::config::Limits;
+use crate::pipeline::{self, Flow};
+use crate::runtime::shard::ConnGuard;
+use crate::runtime::Shard;
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::net::TcpStream;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::os::fd::AsRawFd;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+/// Read buffer size: heads normally fit many times over, and body streaming
+/// moves this much per read.
+pub const READ_BUF: usize = 16 * 1024;
+/// A keep-alive connection silent for this long gives its buffers back and
+/// waits with a small one: idle connections are most of a busy gateway's
+/// connections, and most of their memory would be empty buffers.
+const IDLE_SHRINK_AFTER: Duration = Duration::from_secs(1);
+/// The read buffer of a connection that has been idle; it grows back (and
+/// returns to READ_BUF for body streaming) when a request arrives.
+const IDLE_BUF: usize = 512;
+/// After an error response, how long and how much we keep reading (and
+/// discarding) so the client sees the response instead of a reset.
+const LINGER_TIME: Duration = Duration::from_millis(500);
+const LINGER_BYTES: usize = 256 * 1024;
+
+/// Why a request body could not be streamed.
+#[derive(Debug)]
+pub enum BodyError {
+    /// The client closed or reset the connection.
+    Client,
+    /// The client was silent for longer than body_read_timeout_ms.
+    Timeout,
+    /// More than max_body_bytes.
+    TooLarge,
+    /// Invalid chunked framing.
+    Bad(&'static str),
+    /// Writing to the upstream failed.
+    Sink(io::Error),
+}
+
+/// One client connection.
+pub struct Conn {
+    pub stream: TcpStream,
+    pub peer: SocketAddr,
+    pub rbuf: Vec<u8>,
+    /// Unconsumed client bytes are `rbuf[rpos..rend]`.
+    pub rpos: usize,
+    pub rend: usize,
+    pub wbuf: Vec<u8>,
+    pub xbuf: Vec<u8>,
+    guard: ConnGuard,
+}
+
+/// Serves one accepted connection until it closes.
+pub async fn serve(shard: Rc<Shard>, stream: TcpStream, over_limit: bool) {
+    let guard = shard.register(stream.as_raw_fd());
+    let peer = stream
+        .peer_addr()
+        .unwrap_or(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0));
+    let _ = stream.set_nodelay(true);
+    let _ = stream.set_write_timeout(Some(shard.plan.limits.write_timeout));
+    let mut conn = Conn {
+        stream,
+        peer,
+        rbuf: Vec::new(),
+        rpos: 0,
+        rend: 0,
+        wbuf: Vec::with_capacity(512),
+        xbuf: Vec::new(),
+        guard,
+    };
+    if over_limit {
+        conn.send_error(&shard, 503, "Service Unavailable", None, true, false)
+            .await;
+        conn.linger().await;
+        return;
+    }
+    conn.rbuf.resize(READ_BUF, 0);
+    loop {
+        let mut head = match conn.read_head(&shard).await {
+            Ok(h) => h,
+            Err(ReadErr::Closed) => return,
+            Err(ReadErr::Timeout) => {
+                conn.send_error(&shard, 408, "Request Timeout", None, true, false)
+                    .await;
+                return;
+            }
+            Err(ReadErr::Reject(r)) => {
+                conn.send_error(&shard, r.status, r.message, None, true, false)
+                    .await;
+                conn.linger().await;
+                return;
+            }
+        };
+        if shard.draining() {
+            // Tell the client this is the last response on this connection.
+            head.keep_alive = false;
+        }
+        if conn.rbuf.len() < READ_BUF {
+            // Back from an idle shrink: a body may follow and is streamed
+            // through this buffer.
+            conn.rbuf.resize(READ_BUF, 0);
+        }
+        match pipeline::handle(&mut conn, &head, &shard).await {
+            Flow::KeepAlive if !shard.draining() => {}
+            Flow::KeepAlive | Flow::Close => return,
+            Flow::Linger => {
+                conn.linger().await;
+                return;
+            }
+        }
+    }
+}
+
+enum ReadErr {
+    Closed,
+    Timeout,
+    Reject(Reject),
+}
+
+impl Conn {
+    /// Reads until a whole request head is buffered at `rbuf[rpos..]`.
+    async fn read_head(&mut self, shard: &Shard) -> Result<RequestHead, ReadErr> {
+        let limits = &shard.plan.limits;
+        let mut deadline =
+            (self.rend > self.rpos).then(|| Instant::now() + limits.header_read_timeout);
+        let idle_deadline = Instant::now() + limits.idle_timeout;
+        loop {
+            if self.rend > self.rpos {
+                match parse_request_head(&self.rbuf[self.rpos..self.rend], &shard.head_limits) {
+                    Ok(Some(h)) => return Ok(h),
+                    Ok(None) => {}
+                    Err(r) => return Err(ReadErr::Reject(r)),
+                }
+            }
+            if self.rend == self.rbuf.len() {
+                if self.rpos > 0 {
+                    self.compact();
+                } else {
+                    // Only reached when the head limit is above READ_BUF.
+                    let grown = (self.rbuf.len() * 2).min(shard.head_limits.max_head + 1);
+                    if grown <= self.rbuf.len() {
+                        return Err(ReadErr::Reject(Reject::new(
+                            431,
+                            "Request Header Fields Too Large",
+                        )));
+                    }
+                    self.rbuf.resize(grown, 0);
+                }
+            } else if self.rpos == self.rend {
+                self.rpos = 0;
+                self.rend = 0;
+            }
+            let idle = self.rend == self.rpos;
+            let wait = if idle {
+                if shard.draining() {
+                    return Err(ReadErr::Closed);
+                }
+                let left = idle_deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Err(ReadErr::Closed);
+                }
+                if self.rbuf.len() > IDLE_BUF {
+                    left.min(IDLE_SHRINK_AFTER)
+                } else {
+                    left
+                }
+            } else {
+                let d = deadline.unwrap_or_else(Instant::now);
+                match d.checked_duration_since(Instant::now()) {
+                    Some(left) if !left.is_zero() => left,
+                    _ => return Err(ReadErr::Timeout),
+                }
+            };
+            let _ = self.stream.set_read_timeout(Some(wait));
+            if idle {
+                self.guard.set_idle(true);
+            }
+            let r = self.stream.read(&mut self.rbuf[self.rend..]).await;
+            if idle {
+                self.guard.set_idle(false);
+            }
+            match r {
+                Ok(0) => return Err(ReadErr::Closed),
+                Ok(n) => {
+                    self.rend += n;
+                    if deadline.is_none() {
+                        deadline = Some(Instant::now() + limits.header_read_timeout);
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::TimedOut && !idle => {
+                    return Err(ReadErr::Timeout)
+                }
+                // Quiet for IDLE_SHRINK_AFTER: give the buffers back and keep
+                // waiting until the idle deadline.
+                Err(e) if e.kind() == io::ErrorKind::TimedOut && self.rbuf.len() > IDLE_BUF => {
+                    self.shrink_for_idle();
+                }
+                Err(_) => return Err(ReadErr::Closed),
+            }
+        }
+    }
+
+    /// Gives back the buffers of a connection that has gone quiet.
+    fn shrink_for_idle(&mut self) {
+        self.rbuf = vec![0; IDLE_BUF];
+        self.rpos = 0;
+        self.rend = 0;
+        self.wbuf = Vec::new();
+        self.xbuf = Vec::new();
+    }
+
+    fn compact(&mut self) {
+        self.rbuf.copy_within(self.rpos..self.rend, 0);
+        self.rend -= self.rpos;
+        self.rpos = 0;
+    }
+
+    pub fn buffered(&self) -> usize {
+        self.rend - self.rpos
+    }
+
+    /// Writes a gateway-made JSON error response. Returns false if the
+    /// write failed.
+    pub async fn send_error(
+        &mut self,
+        shard: &Shard,
+        status: u16,
+        message: &str,
+        allow: Option<crate::route::AllowSet>,
+        close: bool,
+        head_request: bool,
+    ) -> bool {
+        let id = shard.ids.borrow_mut().next_id();
+        self.send_error_with_id(shard, status, message, allow, close, head_request, &id)
+            .await
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub async fn send_error_with_id(
+        &mut self,
+        shard: &Shard,
+        status: u16,
+        message: &str,
+        allow: Option<crate::route::AllowSet>,
+        close: bool,
+        head_request: bool,
+        request_id: &[u8],
+    ) -> bool {
+        self.wbuf.clear();
+        let date = *shard.date.borrow_mut().get();
+        let x = ErrorExtras {
+            date: &date,
+            request_id,
+            close,
+            allow,
+            head_request,
+        };
+        push_error_response(&mut self.wbuf, status, message, &x);
+        self.stream.write_all(&self.wbuf).await.is_ok()
+    }
+
+    /// Sends `100 Continue` (the client asked with `Expect`).
+    pub async fn send_continue(&mut self) -> Result<(), BodyError> {
+        self.stream
+            .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+            .await
+            .map_err(|_| BodyError::Client)
+    }
+
+    async fn read_body_bytes(&mut self, limits: &Limits, max: usize) -> Result<usize, BodyError> {
+        let _ = self.stream.set_read_timeout(Some(limits.body_read_timeout));
+        match self.stream.read(&mut self.rbuf[..max]).await {
+            Ok(0) => Err(BodyError::Client),
+            Ok(n) => Ok(n),
+            Err(e) if e.kind() == io::ErrorKind::TimedOut => Err(BodyError::Timeout),
+            Err(_) => Err(BodyError::Client),
+        }
+    }
+
+    /// Streams the request body that follows the head (already consumed from
+    /// `rbuf`) into `sink`, or discards it when `sink` is None. Bytes are
+    /// written from the read buffer itself. On success only bytes after the
+    /// body remain buffered. Returns the body length.
+    pub async fn pump_body(
+        &mut self,
+        framing: Framing,
+        limits: &Limits,
+        mut sink: Option<&mut TcpStream>,
+        expect_continue: bool,
+    ) -> Result<u64, BodyError> {
+        match framing {
+            Framing::None => Ok(0),
+            Framing::Length(n) => {
+                let mut remaining = n;
+                let take = (self.buffered() as u64).min(remaining) as usize;
+                if let Some(s) = sink.as_deref_mut() {
+                    s.write_all(&self.rbuf[self.rpos..self.rpos + take])
+                        .await
+                        .map_err(BodyError::Sink)?;
+                }
+                self.rpos += take;
+                remaining -= take as u64;
+                if remaining > 0 {
+                    // Everything buffered was body; the buffer is free.
+                    self.rpos = 0;
+                    self.rend = 0;
+                    if expect_continue && take == 0 {
+                        self.send_continue().await?;
+                    }
+                }
+                while remaining > 0 {
+                    let want = (self.rbuf.len() as u64).min(remaining) as usize;
+                    let got = self.read_body_bytes(limits, want).await?;
+                    if let Some(s) = sink.as_deref_mut() {
+                        s.write_all(&self.rbuf[..got])
+                            .await
+                            .map_err(BodyError::Sink)?;
+                    }
+                    remaining -= got as u64;
+                }
+                Ok(n)
+            }
+            Framing::Chunked => {
+                let mut dec = ChunkedDecoder::new(true, limits.max_header_bytes);
+                if expect_continue && self.buffered() == 0 {
+                    self.send_continue().await?;
+                }
+                loop {
+                    while self.rpos < self.rend && !dec.is_done() {
+                        let step = dec
+                            .step(&self.rbuf[self.rpos..self.rend])
+                            .map_err(|e| BodyError::Bad(e.0))?;
+                        if dec.data_bytes > limits.max_body_bytes {
+                            return Err(BodyError::TooLarge);
+                        }
+                        if step.forward {
+                            if let Some(s) = sink.as_deref_mut() {
+                                s.write_all(&self.rbuf[self.rpos..self.rpos + step.consumed])
+                                    .await
+                                    .map_err(BodyError::Sink)?;
+                            }
+                        }
+                        self.rpos += step.consumed;
+                    }
+                    if dec.is_done() {
+                        // The trailer section was dropped; end the body.
+                        if let Some(s) = sink.as_deref_mut() {
+                            s.write_all(b"\r\n").await.map_err(BodyError::Sink)?;
+                        }
+                        return Ok(dec.data_bytes);
+                    }
+                    self.rpos = 0;
+                    self.rend = 0;
+                    let max = self.rbuf.len();
+                    self.rend = self.read_body_bytes(limits, max).await?;
+                }
+            }
+        }
+    }
+
+    /// Closes gracefully after an error: stop writing, then read and drop
+    /// what the client still sends for a short while, so that our response is
+    /// not destroyed by a reset caused by unread input.
+    pub async fn linger(&mut self) {
+        let _ = self.stream.shutdown(std::net::Shutdown::Write).await;
+        if self.rbuf.is_empty() {
+            self.rbuf.resize(4096, 0);
+        }
+        let deadline = Instant::now() + LINGER_TIME;
+        let mut total = 0;
+        while total < LINGER_BYTES {
+            let Some(left) = deadline
+                .checked_duration_since(Instant::now())
+                .filter(|d| !d.is_zero())
+            else {
+                break;
+            };
+            let _ = self.stream.set_read_timeout(Some(left));
+            match self.stream.read(&mut self.rbuf[..]).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => total += n,
+            }
+        }
+    }
+}
+
+/// Writes `a` then `b` with one `sendmsg` when the socket takes it all, and
+/// falls back to ordinary writes for whatever it does not. Used to send a
+/// response head and the body bytes already read with one syscall and no
+/// copy.
+pub async fn write_two(stream: &mut TcpStream, a: &[u8], b: &[u8]) -> io::Result<()> {
+    if b.is_empty() {
+        return stream.write_all(a).await;
+    }
+    let iov = [
+        libc::iovec {
+            iov_base: a.as_ptr() as *mut libc::c_void,
+            iov_len: a.len(),
+        },
+        libc::iovec {
+            iov_base: b.as_ptr() as *mut libc::c_void,
+            iov_len: b.len(),
+        },
+    ];
+    // SAFETY: msghdr is plain data; all-zero is a valid empty header.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = iov.as_ptr() as *mut libc::iovec;
+    msg.msg_iovlen = 2;
+    // SAFETY: the iovecs point into `a` and `b`, which outlive the call; the
+    // flags make it non-blocking and suppress SIGPIPE.
+    let r = unsafe {
+        libc::sendmsg(
+            stream.as_raw_fd(),
+            &msg,
+            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+        )
+    };
+    let sent = if r < 0 {
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::WouldBlock && e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+        0
+    } else {
+        r as usize
+    };
+    if sent < a.len() {
+        stream.write_all(&a[sent..]).await?;
+        stream.write_all(b).await
+    } else {
+        stream.write_all(&b[sent - a.len()..]).await
+    }
+}

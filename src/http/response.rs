@@ -1,0 +1,190 @@
+//! Upstream response heads: parsed when a backend answers, then rewritten for
+//! the client by the proxy integration.
+
+use super::parse::{list_elements, trim_ows, HeaderSpan, Span};
+use smallvec::SmallVec;
+
+/// How an upstream response body is delimited (RFC 9112 §6.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RespFraming {
+    None,
+    Length(u64),
+    Chunked,
+    /// Until the upstream closes the connection.
+    Close,
+}
+
+#[derive(Debug, Clone)]
+pub struct ResponseHead {
+    pub len: usize,
+    pub status: u16,
+    pub minor_version: u8,
+    /// Everything after the status code on the status line.
+    pub reason: Span,
+    pub headers: SmallVec<[HeaderSpan; 24]>,
+    pub framing: RespFraming,
+    /// The upstream will keep the connection open after this response.
+    pub keep_alive: bool,
+    pub has_request_id: bool,
+    /// The Content-Length the upstream declared (kept for HEAD responses).
+    pub content_length: Option<u64>,
+    /// The Transfer-Encoding value, forwarded as is when chunked passes through.
+    pub transfer_encoding: Option<Span>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BadResponse(pub &'static str);
+
+fn is_hop_by_hop(name: &[u8]) -> bool {
+    const HOP: [&[u8]; 7] = [
+        b"connection",
+        b"keep-alive",
+        b"te",
+        b"trailer",
+        b"upgrade",
+        b"proxy-connection",
+        b"content-length",
+    ];
+    HOP.iter().any(|h| h.eq_ignore_ascii_case(name))
+        || (name.len() > 6 && name[..6].eq_ignore_ascii_case(b"proxy-"))
+        || name.eq_ignore_ascii_case(b"transfer-encoding")
+}
+
+/// Parses an upstream response head. `head_request` says the request was
+/// HEAD, which has no response body whatever the headers say.
+pub fn parse_response_head(
+    buf: &[u8],
+    head_request: bool,
+    max_head: usize,
+) -> Result<Option<ResponseHead>, BadResponse> {
+    let mut storage = [httparse::EMPTY_HEADER; 256];
+    let mut resp = httparse::Response::new(&mut storage);
+    let len = match resp.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => {
+            if buf.len() > max_head {
+                return Err(BadResponse("response head too large"));
+            }
+            return Ok(None);
+        }
+        Err(httparse::Error::TooManyHeaders) => {
+            return Err(BadResponse("too many response headers"))
+        }
+        Err(_) => return Err(BadResponse("malformed response head")),
+    };
+    if len > max_head {
+        return Err(BadResponse("response head too large"));
+    }
+    let status = resp.code.unwrap_or(0);
+    if !(100..=599).contains(&status) {
+        return Err(BadResponse("invalid status code"));
+    }
+    let minor_version = resp.version.unwrap_or(1);
+    let reason = resp.reason.unwrap_or("");
+    let base = buf.as_ptr() as usize;
+    let span = |s: &[u8]| {
+        let start = s.as_ptr() as usize - base;
+        Span {
+            start: start as u32,
+            end: (start + s.len()) as u32,
+        }
+    };
+    let mut out = ResponseHead {
+        len,
+        status,
+        minor_version,
+        reason: if reason.is_empty() {
+            Span::default()
+        } else {
+            span(reason.as_bytes())
+        },
+        headers: SmallVec::new(),
+        framing: RespFraming::Close,
+        keep_alive: minor_version == 1,
+        has_request_id: false,
+        content_length: None,
+        transfer_encoding: None,
+    };
+    let mut content_length: Option<u64> = None;
+    let mut te_chunked: Option<bool> = None;
+    let mut connection_names: SmallVec<[&[u8]; 4]> = SmallVec::new();
+    for h in resp.headers.iter() {
+        let name = h.name.as_bytes();
+        let value = h.value;
+        if value.iter().any(|&b| b == 0 || b == b'\r' || b == b'\n') {
+            return Err(BadResponse("invalid response header value"));
+        }
+        if name.eq_ignore_ascii_case(b"content-length") {
+            for elem in value.split(|&b| b == b',').map(trim_ows) {
+                let ok =
+                    !elem.is_empty() && elem.len() <= 19 && elem.iter().all(u8::is_ascii_digit);
+                let n: u64 = if ok {
+                    std::str::from_utf8(elem)
+                        .ok()
+                        .and_then(|s| s.parse().ok())
+                        .ok_or(BadResponse("invalid Content-Length"))?
+                } else {
+                    return Err(BadResponse("invalid Content-Length"));
+                };
+                if content_length.is_some_and(|p| p != n) {
+                    return Err(BadResponse("conflicting Content-Length"));
+                }
+                content_length = Some(n);
+            }
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            // Chunked only counts as the final coding (RFC 9112 §6.3 rule 4).
+            let last = list_elements(value).last();
+            te_chunked = Some(last.is_some_and(|c| c.eq_ignore_ascii_case(b"chunked")));
+            out.transfer_encoding = Some(span(value));
+        } else if name.eq_ignore_ascii_case(b"connection") {
+            for token in list_elements(value) {
+                if token.eq_ignore_ascii_case(b"close") {
+                    out.keep_alive = false;
+                } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                    if minor_version == 0 {
+                        out.keep_alive = true;
+                    }
+                } else {
+                    connection_names.push(token);
+                }
+            }
+        } else if name.eq_ignore_ascii_case(b"x-request-id") {
+            out.has_request_id = true;
+        }
+        out.headers.push(HeaderSpan {
+            name: span(name),
+            value: span(value),
+            hop: is_hop_by_hop(name),
+        });
+    }
+    if !connection_names.is_empty() {
+        for h in out.headers.iter_mut() {
+            let name = h.name.get(buf);
+            if connection_names
+                .iter()
+                .any(|c| c.eq_ignore_ascii_case(name))
+            {
+                h.hop = true;
+            }
+        }
+    }
+    out.framing = if head_request || (100..200).contains(&status) || status == 204 || status == 304
+    {
+        RespFraming::None
+    } else if let Some(chunked) = te_chunked {
+        if chunked {
+            RespFraming::Chunked
+        } else {
+            RespFraming::Close
+        }
+    } else if let Some(n) = content_length {
+        RespFraming::Length(n)
+    } else {
+        RespFraming::Close
+    };
+    out.content_length = content_length;
+    if out.framing == RespFraming::Close {
+        out.keep_alive = false;
+    }
+    Ok(Some(out))
+}

@@ -1,0 +1,587 @@
+//! The `http_proxy` integration: forwards a request to an upstream target and
+//! streams the answer back.
+//!
+//! The upstream request head is written fresh (hop-by-hop headers dropped,
+//! `X-Forwarded-*` and the request id added, the path built from the route's
+//! template); bodies in both directions move straight from one socket's read
+//! buffer to the other socket, never copied. A request sent on a pooled
+//! connection the upstream had already closed is sent once more on a new
+//! connection when that is safe: an idempotent method without a body, and
+//! nothing received.
+
+use crate::config::{PathPart, ProxyPlan, UpstreamPlan};
+use crate::http::body::ChunkedDecoder;
+use crate::http::conn::{write_two, BodyError, Conn};
+use crate::http::encode::{push_status_line, push_u64};
+use crate::http::method::Method;
+use crate::http::parse::{Framing, RequestHead};
+use crate::http::response::{parse_response_head, RespFraming, ResponseHead};
+use crate::integration::upstream::UpConn;
+use crate::pipeline::Flow;
+use crate::route::Params;
+use crate::runtime::Shard;
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use std::io::{self, Write};
+use std::net::SocketAddr;
+use std::time::Instant;
+
+/// Writes the upstream request head into `out`.
+#[allow(clippy::too_many_arguments)]
+pub fn write_upstream_head(
+    out: &mut Vec<u8>,
+    buf: &[u8],
+    head: &RequestHead,
+    params: &Params<'_, '_>,
+    plan: &ProxyPlan,
+    up: &UpstreamPlan,
+    target: usize,
+    peer: SocketAddr,
+    request_id: &[u8],
+) {
+    out.clear();
+    out.extend_from_slice(head.method_span.get(buf));
+    out.push(b' ');
+    match &plan.path {
+        None => out.extend_from_slice(head.path(buf)),
+        Some(parts) => {
+            for part in parts {
+                match part {
+                    PathPart::Literal(l) => out.extend_from_slice(l.as_bytes()),
+                    PathPart::Param(name) => {
+                        out.extend_from_slice(params.get(name).unwrap_or("").as_bytes())
+                    }
+                }
+            }
+        }
+    }
+    let client_query = head.query.map(|q| q.get(buf)).filter(|q| !q.is_empty());
+    match (&plan.query, client_query) {
+        (Some(fixed), Some(q)) => {
+            out.push(b'?');
+            out.extend_from_slice(fixed.as_bytes());
+            out.push(b'&');
+            out.extend_from_slice(q);
+        }
+        (Some(fixed), None) => {
+            out.push(b'?');
+            out.extend_from_slice(fixed.as_bytes());
+        }
+        (None, Some(q)) => {
+            out.push(b'?');
+            out.extend_from_slice(q);
+        }
+        (None, None) => {}
+    }
+    out.extend_from_slice(b" HTTP/1.1\r\nhost: ");
+    out.extend_from_slice(
+        up.host
+            .as_deref()
+            .unwrap_or(&up.targets[target].label)
+            .as_bytes(),
+    );
+    out.extend_from_slice(b"\r\n");
+    let mut forwarded_for: smallvec::SmallVec<[&[u8]; 2]> = smallvec::SmallVec::new();
+    for h in &head.headers {
+        let name = h.name.get(buf);
+        if h.hop {
+            if name.eq_ignore_ascii_case(b"x-forwarded-for") {
+                forwarded_for.push(h.value.get(buf));
+            }
+            continue;
+        }
+        out.extend_from_slice(name);
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(h.value.get(buf));
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"x-forwarded-for: ");
+    for v in forwarded_for {
+        out.extend_from_slice(v);
+        out.extend_from_slice(b", ");
+    }
+    let _ = write!(out, "{}", peer.ip());
+    out.extend_from_slice(b"\r\nx-forwarded-proto: http\r\n");
+    if let Some(host) = head.host {
+        out.extend_from_slice(b"x-forwarded-host: ");
+        out.extend_from_slice(host.get(buf));
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"x-request-id: ");
+    out.extend_from_slice(request_id);
+    out.extend_from_slice(b"\r\n");
+    match head.framing {
+        Framing::Length(n) => {
+            out.extend_from_slice(b"content-length: ");
+            push_u64(out, n);
+            out.extend_from_slice(b"\r\n");
+        }
+        Framing::None if matches!(head.method, Method::Post | Method::Put | Method::Patch) => {
+            out.extend_from_slice(b"content-length: 0\r\n");
+        }
+        _ => {}
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The request facts the proxy needs once the head's bytes are gone.
+#[derive(Clone, Copy)]
+pub struct Forward<'a> {
+    pub method: Method,
+    pub framing: Framing,
+    pub minor_version: u8,
+    pub keep_alive: bool,
+    pub expect_continue: bool,
+    pub upstream: usize,
+    pub target: usize,
+    pub request_id: &'a [u8],
+}
+
+enum UpErr {
+    /// Closed or reset before any byte of a response.
+    Closed(io::Error),
+    Timeout,
+    Bad(&'static str),
+}
+
+/// Sends the request (head in `conn.xbuf`, body from the client) and streams
+/// the response back.
+pub async fn forward(conn: &mut Conn, shard: &Shard, f: Forward<'_>) -> Flow {
+    let uplan = &shard.plan.upstreams[f.upstream];
+    let state = &shard.upstreams[f.upstream];
+    let _in_flight = state.begin(f.target);
+    let target_addr = uplan.targets[f.target].addr;
+    let retry_safe = f.method.is_idempotent() && f.framing == Framing::None;
+    let mut fresh_only = false;
+    let mut body_done = f.framing == Framing::None;
+    let mut body_cut = false;
+
+    let (mut up, resp) = loop {
+        let (mut up, reused) = match (!fresh_only)
+            .then(|| state.checkout(uplan, f.target, Instant::now()))
+            .flatten()
+        {
+            Some(c) => (c, true),
+            None => match state.connect(uplan, f.target).await {
+                Ok(c) => (c, false),
+                Err(e) => {
+                    let cooled = state.record_failure(uplan, f.target, Instant::now());
+                    crate::log!(
+                        "warn",
+                        "upstream {:?} target {target_addr}: connect failed: {e}{}",
+                        uplan.name,
+                        if cooled { " (cooling down)" } else { "" }
+                    );
+                    return fail(conn, shard, &f, 502, "Bad Gateway", body_done).await;
+                }
+            },
+        };
+        if let Err(e) = up.stream.write_all(&conn.xbuf).await {
+            if reused && retry_safe {
+                fresh_only = true;
+                continue;
+            }
+            state.record_failure(uplan, f.target, Instant::now());
+            crate::log!(
+                "warn",
+                "upstream {:?} target {target_addr}: sending the request failed: {e}",
+                uplan.name
+            );
+            return fail(conn, shard, &f, 502, "Bad Gateway", body_done).await;
+        }
+        if !body_done {
+            match conn
+                .pump_body(
+                    f.framing,
+                    &shard.plan.limits,
+                    Some(&mut up.stream),
+                    f.expect_continue,
+                )
+                .await
+            {
+                Ok(_) => body_done = true,
+                // The upstream stopped reading; it may have answered already.
+                Err(BodyError::Sink(_)) => body_cut = true,
+                Err(e) => return crate::pipeline::body_error(conn, shard, e, f.request_id).await,
+            }
+        }
+        match read_response_head(conn, &mut up, uplan, f).await {
+            Ok(resp) => break (up, resp),
+            Err(UpErr::Closed(_)) if reused && retry_safe => {
+                fresh_only = true;
+                continue;
+            }
+            Err(UpErr::Closed(e)) => {
+                state.record_failure(uplan, f.target, Instant::now());
+                crate::log!(
+                    "warn",
+                    "upstream {:?} target {target_addr}: closed before responding: {e}",
+                    uplan.name
+                );
+                return fail(conn, shard, &f, 502, "Bad Gateway", body_done && !body_cut).await;
+            }
+            Err(UpErr::Timeout) => {
+                state.record_failure(uplan, f.target, Instant::now());
+                crate::log!(
+                    "warn",
+                    "upstream {:?} target {target_addr}: no response within {} ms",
+                    uplan.name,
+                    uplan.timeout.as_millis()
+                );
+                return fail(
+                    conn,
+                    shard,
+                    &f,
+                    504,
+                    "Gateway Timeout",
+                    body_done && !body_cut,
+                )
+                .await;
+            }
+            Err(UpErr::Bad(why)) => {
+                state.record_failure(uplan, f.target, Instant::now());
+                crate::log!(
+                    "warn",
+                    "upstream {:?} target {target_addr}: invalid response: {why}",
+                    uplan.name
+                );
+                return fail(conn, shard, &f, 502, "Bad Gateway", body_done && !body_cut).await;
+            }
+        }
+    };
+    state.record_success(f.target);
+
+    // === response head ===
+    let client_11 = f.minor_version == 1;
+    let mut client_keep = f.keep_alive && body_done && !body_cut;
+    let dechunk = resp.framing == RespFraming::Chunked && !client_11;
+    if dechunk || resp.framing == RespFraming::Close {
+        client_keep = false;
+    }
+    write_response_head(&mut conn.wbuf, &up.buf, &resp, f, client_keep);
+
+    // === response body ===
+    let filled = up.filled;
+    let leftover = resp.len..filled;
+    let mut reusable = resp.keep_alive && !body_cut && body_done;
+    let streamed: Result<(), StreamErr> = match resp.framing {
+        RespFraming::None => {
+            reusable &= leftover.is_empty();
+            conn.stream
+                .write_all(&conn.wbuf)
+                .await
+                .map_err(|_| StreamErr::Client)
+        }
+        RespFraming::Length(n) => {
+            let take = (leftover.len() as u64).min(n) as usize;
+            reusable &= leftover.len() as u64 <= n;
+            match write_two(
+                &mut conn.stream,
+                &conn.wbuf,
+                &up.buf[resp.len..resp.len + take],
+            )
+            .await
+            {
+                Err(_) => Err(StreamErr::Client),
+                Ok(()) => copy_length(conn, &mut up, uplan, n - take as u64).await,
+            }
+        }
+        RespFraming::Chunked => match conn.stream.write_all(&conn.wbuf).await {
+            Err(_) => Err(StreamErr::Client),
+            Ok(()) => {
+                let r = copy_chunked(conn, &mut up, uplan, leftover.clone(), !dechunk).await;
+                if let Ok(extra) = r {
+                    reusable &= !extra;
+                }
+                r.map(|_| ())
+            }
+        },
+        RespFraming::Close => {
+            match write_two(&mut conn.stream, &conn.wbuf, &up.buf[leftover.clone()]).await {
+                Err(_) => Err(StreamErr::Client),
+                Ok(()) => copy_until_close(conn, &mut up, uplan).await,
+            }
+        }
+    };
+    match streamed {
+        Ok(()) => {
+            if reusable {
+                state.checkin(uplan, up);
+            }
+            if client_keep {
+                Flow::KeepAlive
+            } else {
+                Flow::Close
+            }
+        }
+        Err(StreamErr::Client) => Flow::Close,
+        Err(StreamErr::Upstream(why)) => {
+            state.record_failure(uplan, f.target, Instant::now());
+            crate::log!(
+                "warn",
+                "upstream {:?} target {target_addr}: response body cut short: {why}; closing the client connection",
+                uplan.name
+            );
+            Flow::Close
+        }
+    }
+}
+
+/// Gateway error for a proxied request. The connection stays open only if
+/// the whole request body was read.
+async fn fail(
+    conn: &mut Conn,
+    shard: &Shard,
+    f: &Forward<'_>,
+    status: u16,
+    msg: &str,
+    body_done: bool,
+) -> Flow {
+    let keep = body_done && f.keep_alive;
+    let head_req = f.method == Method::Head;
+    if !conn
+        .send_error_with_id(shard, status, msg, None, !keep, head_req, f.request_id)
+        .await
+    {
+        return Flow::Close;
+    }
+    if keep {
+        Flow::KeepAlive
+    } else {
+        Flow::Linger
+    }
+}
+
+/// Reads a final response head into `up.buf`, forwarding 1xx informational
+/// responses to an HTTP/1.1 client (103) or dropping them (100).
+async fn read_response_head(
+    conn: &mut Conn,
+    up: &mut UpConn,
+    uplan: &UpstreamPlan,
+    f: Forward<'_>,
+) -> Result<ResponseHead, UpErr> {
+    up.filled = 0;
+    let _ = up.stream.set_read_timeout(Some(uplan.timeout));
+    let mut received_any = false;
+    loop {
+        if up.filled > 0 {
+            match parse_response_head(
+                &up.buf[..up.filled],
+                f.method == Method::Head,
+                uplan.max_response_header_bytes,
+            ) {
+                Err(e) => return Err(UpErr::Bad(e.0)),
+                Ok(None) => {}
+                Ok(Some(resp)) if (100..200).contains(&resp.status) => {
+                    if resp.status == 101 {
+                        return Err(UpErr::Bad(
+                            "101 Switching Protocols without an upgrade request",
+                        ));
+                    }
+                    if resp.status != 100 && f.minor_version == 1 {
+                        // 102/103: pass on; they carry no body.
+                        conn.wbuf.clear();
+                        write_informational(&mut conn.wbuf, &up.buf, &resp);
+                        conn.stream
+                            .write_all(&conn.wbuf)
+                            .await
+                            .map_err(UpErr::Closed)?;
+                    }
+                    up.buf.copy_within(resp.len..up.filled, 0);
+                    up.filled -= resp.len;
+                    continue;
+                }
+                Ok(Some(resp)) => return Ok(resp),
+            }
+        }
+        if up.filled == up.buf.len() {
+            if up.buf.len() > uplan.max_response_header_bytes {
+                return Err(UpErr::Bad("response head too large"));
+            }
+            let n = up.buf.len() * 2;
+            up.buf.resize(n, 0);
+        }
+        match up.stream.read(&mut up.buf[up.filled..]).await {
+            Ok(0) if !received_any => {
+                return Err(UpErr::Closed(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "connection closed",
+                )))
+            }
+            Ok(0) => return Err(UpErr::Bad("connection closed inside the response head")),
+            Ok(n) => {
+                up.filled += n;
+                received_any = true;
+            }
+            Err(e) if e.kind() == io::ErrorKind::TimedOut => return Err(UpErr::Timeout),
+            Err(e) if !received_any => return Err(UpErr::Closed(e)),
+            Err(_) => return Err(UpErr::Bad("connection failed inside the response head")),
+        }
+    }
+}
+
+fn write_informational(out: &mut Vec<u8>, buf: &[u8], resp: &ResponseHead) {
+    push_status_line(out, resp.status);
+    for h in resp.headers.iter().filter(|h| !h.hop) {
+        out.extend_from_slice(h.name.get(buf));
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(h.value.get(buf));
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+fn write_response_head(
+    out: &mut Vec<u8>,
+    buf: &[u8],
+    resp: &ResponseHead,
+    f: Forward<'_>,
+    client_keep: bool,
+) {
+    out.clear();
+    out.extend_from_slice(b"HTTP/1.1 ");
+    push_u64(out, resp.status as u64);
+    out.push(b' ');
+    if resp.reason.is_empty() {
+        out.extend_from_slice(crate::http::reason_phrase(resp.status).as_bytes());
+    } else {
+        out.extend_from_slice(resp.reason.get(buf));
+    }
+    out.extend_from_slice(b"\r\n");
+    for h in resp.headers.iter().filter(|h| !h.hop) {
+        out.extend_from_slice(h.name.get(buf));
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(h.value.get(buf));
+        out.extend_from_slice(b"\r\n");
+    }
+    if !resp.has_request_id {
+        out.extend_from_slice(b"x-request-id: ");
+        out.extend_from_slice(f.request_id);
+        out.extend_from_slice(b"\r\n");
+    }
+    match resp.framing {
+        RespFraming::Length(n) => {
+            out.extend_from_slice(b"content-length: ");
+            push_u64(out, n);
+            out.extend_from_slice(b"\r\n");
+        }
+        RespFraming::Chunked if f.minor_version == 1 => {
+            out.extend_from_slice(b"transfer-encoding: ");
+            match resp.transfer_encoding {
+                Some(te) => out.extend_from_slice(te.get(buf)),
+                None => out.extend_from_slice(b"chunked"),
+            }
+            out.extend_from_slice(b"\r\n");
+        }
+        RespFraming::None if f.method == Method::Head => {
+            if let Some(n) = resp.content_length {
+                out.extend_from_slice(b"content-length: ");
+                push_u64(out, n);
+                out.extend_from_slice(b"\r\n");
+            }
+        }
+        _ => {}
+    }
+    if !client_keep {
+        out.extend_from_slice(b"connection: close\r\n");
+    } else if f.minor_version == 0 {
+        out.extend_from_slice(b"connection: keep-alive\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+enum StreamErr {
+    /// The client went away; nothing to tell it.
+    Client,
+    Upstream(&'static str),
+}
+
+async fn read_upstream(up: &mut UpConn, max: usize) -> Result<usize, StreamErr> {
+    match up.stream.read(&mut up.buf[..max]).await {
+        Ok(0) => Err(StreamErr::Upstream("connection closed early")),
+        Ok(n) => Ok(n),
+        Err(e) if e.kind() == io::ErrorKind::TimedOut => Err(StreamErr::Upstream("timed out")),
+        Err(_) => Err(StreamErr::Upstream("connection reset")),
+    }
+}
+
+async fn copy_length(
+    conn: &mut Conn,
+    up: &mut UpConn,
+    uplan: &UpstreamPlan,
+    mut remaining: u64,
+) -> Result<(), StreamErr> {
+    let _ = up.stream.set_read_timeout(Some(uplan.timeout));
+    while remaining > 0 {
+        let max = (up.buf.len() as u64).min(remaining) as usize;
+        let n = read_upstream(up, max).await?;
+        conn.stream
+            .write_all(&up.buf[..n])
+            .await
+            .map_err(|_| StreamErr::Client)?;
+        remaining -= n as u64;
+    }
+    Ok(())
+}
+
+/// Streams a chunked body. Returns whether the upstream sent bytes past the
+/// end of it (the connection then cannot be reused).
+async fn copy_chunked(
+    conn: &mut Conn,
+    up: &mut UpConn,
+    uplan: &UpstreamPlan,
+    leftover: std::ops::Range<usize>,
+    keep_framing: bool,
+) -> Result<bool, StreamErr> {
+    let _ = up.stream.set_read_timeout(Some(uplan.timeout));
+    let mut dec = ChunkedDecoder::new(keep_framing, uplan.max_response_header_bytes);
+    let (mut pos, mut end) = (leftover.start, leftover.end);
+    loop {
+        while pos < end && !dec.is_done() {
+            let step = dec
+                .step(&up.buf[pos..end])
+                .map_err(|e| StreamErr::Upstream(e.0))?;
+            if step.forward && step.consumed > 0 {
+                conn.stream
+                    .write_all(&up.buf[pos..pos + step.consumed])
+                    .await
+                    .map_err(|_| StreamErr::Client)?;
+            }
+            pos += step.consumed;
+        }
+        if dec.is_done() {
+            if keep_framing {
+                conn.stream
+                    .write_all(b"\r\n")
+                    .await
+                    .map_err(|_| StreamErr::Client)?;
+            }
+            return Ok(pos < end);
+        }
+        let max = up.buf.len();
+        end = read_upstream(up, max).await?;
+        pos = 0;
+    }
+}
+
+async fn copy_until_close(
+    conn: &mut Conn,
+    up: &mut UpConn,
+    uplan: &UpstreamPlan,
+) -> Result<(), StreamErr> {
+    let _ = up.stream.set_read_timeout(Some(uplan.timeout));
+    loop {
+        let max = up.buf.len();
+        match up.stream.read(&mut up.buf[..max]).await {
+            Ok(0) => return Ok(()),
+            Ok(n) => conn
+                .stream
+                .write_all(&up.buf[..n])
+                .await
+                .map_err(|_| StreamErr::Client)?,
+            Err(e) if e.kind() == io::ErrorKind::TimedOut => {
+                return Err(StreamErr::Upstream("timed out"))
+            }
+            Err(_) => return Err(StreamErr::Upstream("connection reset")),
+        }
+    }
+}

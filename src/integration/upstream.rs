@@ -1,0 +1,231 @@
+//! Upstream targets as one shard sees them: which target takes the next
+//! request (round robin, smooth weighted round robin, least outstanding),
+//! which are cooling down after failures (passive health), and the pool of
+//! idle keep-alive connections to each. All counters are per shard; shards
+//! never coordinate on the request path.
+
+use crate::config::{Balance, UpstreamPlan};
+use glommio::net::TcpStream;
+use std::cell::{Cell, RefCell};
+use std::time::{Duration, Instant};
+
+/// Response-side buffer of an upstream connection: heads are parsed from it
+/// and body bytes are written to the client straight out of it.
+pub const UPSTREAM_BUF: usize = 32 * 1024;
+
+/// An open connection to one target.
+pub struct UpConn {
+    pub stream: TcpStream,
+    pub buf: Vec<u8>,
+    /// Valid bytes in `buf` while a response is read.
+    pub filled: usize,
+    pub target: usize,
+    idle_since: Instant,
+}
+
+impl UpConn {
+    pub fn new(stream: TcpStream, target: usize) -> UpConn {
+        UpConn {
+            stream,
+            buf: vec![0; UPSTREAM_BUF],
+            filled: 0,
+            target,
+            idle_since: Instant::now(),
+        }
+    }
+}
+
+struct TargetState {
+    idle: RefCell<Vec<UpConn>>,
+    outstanding: Cell<u32>,
+    failures: Cell<u32>,
+    down_until: Cell<Option<Instant>>,
+    /// Smooth weighted round robin's running weight.
+    current: Cell<i64>,
+}
+
+pub struct UpstreamState {
+    targets: Vec<TargetState>,
+    next: Cell<usize>,
+}
+
+impl UpstreamState {
+    pub fn new(plan: &UpstreamPlan) -> UpstreamState {
+        UpstreamState {
+            targets: plan
+                .targets
+                .iter()
+                .map(|_| TargetState {
+                    idle: RefCell::new(Vec::new()),
+                    outstanding: Cell::new(0),
+                    failures: Cell::new(0),
+                    down_until: Cell::new(None),
+                    current: Cell::new(0),
+                })
+                .collect(),
+            next: Cell::new(0),
+        }
+    }
+
+    fn healthy(&self, i: usize, now: Instant) -> bool {
+        match self.targets[i].down_until.get() {
+            Some(until) => now >= until,
+            None => true,
+        }
+    }
+
+    /// Chooses the target for the next request. Targets in cool-down are
+    /// skipped; if all are cooling down, all are used (Envoy's panic mode),
+    /// so a blip never black-holes an upstream.
+    pub fn pick(&self, plan: &UpstreamPlan, now: Instant) -> usize {
+        let n = self.targets.len();
+        if n == 1 {
+            return 0;
+        }
+        let any_healthy = (0..n).any(|i| self.healthy(i, now));
+        let eligible = |i: usize| !any_healthy || self.healthy(i, now);
+        match plan.balance {
+            Balance::RoundRobin => {
+                let start = self.next.get();
+                for k in 0..n {
+                    let i = (start + k) % n;
+                    if eligible(i) {
+                        self.next.set(i + 1);
+                        return i;
+                    }
+                }
+                0
+            }
+            Balance::Weighted => {
+                // nginx's smooth weighted round robin.
+                let mut total = 0i64;
+                let mut best: Option<usize> = None;
+                for i in (0..n).filter(|&i| eligible(i)) {
+                    let t = &self.targets[i];
+                    let w = plan.targets[i].weight as i64;
+                    t.current.set(t.current.get() + w);
+                    total += w;
+                    if best.is_none_or(|b| t.current.get() > self.targets[b].current.get()) {
+                        best = Some(i);
+                    }
+                }
+                let b = best.unwrap_or(0);
+                self.targets[b]
+                    .current
+                    .set(self.targets[b].current.get() - total);
+                b
+            }
+            Balance::LeastOutstanding => {
+                let start = self.next.get();
+                let mut best: Option<usize> = None;
+                for k in 0..n {
+                    let i = (start + k) % n;
+                    if !eligible(i) {
+                        continue;
+                    }
+                    if best.is_none_or(|b| {
+                        self.targets[i].outstanding.get() < self.targets[b].outstanding.get()
+                    }) {
+                        best = Some(i);
+                    }
+                }
+                let b = best.unwrap_or(0);
+                self.next.set(b + 1);
+                b
+            }
+        }
+    }
+
+    /// Marks a request as in flight on `target` until the guard drops.
+    pub fn begin(&self, target: usize) -> Outstanding<'_> {
+        let t = &self.targets[target];
+        t.outstanding.set(t.outstanding.get() + 1);
+        Outstanding {
+            state: self,
+            target,
+        }
+    }
+
+    /// An idle pooled connection to `target`, if one is fresh enough.
+    pub fn checkout(&self, plan: &UpstreamPlan, target: usize, now: Instant) -> Option<UpConn> {
+        let mut idle = self.targets[target].idle.borrow_mut();
+        while let Some(c) = idle.pop() {
+            if now.duration_since(c.idle_since) < plan.pool_idle_timeout {
+                return Some(c);
+            }
+        }
+        None
+    }
+
+    /// Returns a connection that finished a response cleanly to the pool.
+    pub fn checkin(&self, plan: &UpstreamPlan, mut conn: UpConn) {
+        let mut idle = self.targets[conn.target].idle.borrow_mut();
+        if idle.len() < plan.pool_max_idle {
+            conn.idle_since = Instant::now();
+            idle.push(conn);
+        }
+    }
+
+    /// Opens a new connection to `target` within the connect timeout.
+    pub async fn connect(&self, plan: &UpstreamPlan, target: usize) -> std::io::Result<UpConn> {
+        let addr = plan.targets[target].addr;
+        let stream = TcpStream::connect_timeout(addr, plan.connect_timeout)
+            .await
+            .map_err(std::io::Error::from)?;
+        let _ = stream.set_nodelay(true);
+        let _ = stream.set_write_timeout(Some(plan.timeout));
+        Ok(UpConn::new(stream, target))
+    }
+
+    pub fn record_success(&self, target: usize) {
+        let t = &self.targets[target];
+        t.failures.set(0);
+        t.down_until.set(None);
+    }
+
+    /// Counts a failure; at `max_failures` in a row the target cools down.
+    /// Returns true when this failure started a cool-down.
+    pub fn record_failure(&self, plan: &UpstreamPlan, target: usize, now: Instant) -> bool {
+        let t = &self.targets[target];
+        let f = t.failures.get() + 1;
+        t.failures.set(f);
+        if plan.health_max_failures > 0
+            && f >= plan.health_max_failures
+            && self.healthy(target, now)
+        {
+            t.down_until.set(Some(now + plan.health_cooldown));
+            t.failures.set(0);
+            return true;
+        }
+        false
+    }
+
+    /// Closes idle connections past the pool's idle timeout.
+    pub fn sweep(&self, plan: &UpstreamPlan, now: Instant) {
+        for t in &self.targets {
+            t.idle
+                .borrow_mut()
+                .retain(|c| now.duration_since(c.idle_since) < plan.pool_idle_timeout);
+        }
+    }
+
+    pub fn cooldown_left(&self, target: usize, now: Instant) -> Option<Duration> {
+        self.targets[target]
+            .down_until
+            .get()
+            .and_then(|u| u.checked_duration_since(now))
+    }
+}
+
+/// Decrements a target's in-flight count when a request is done with it.
+pub struct Outstanding<'a> {
+    state: &'a UpstreamState,
+    target: usize,
+}
+
+impl Drop for Outstanding<'_> {
+    fn drop(&mut self) {
+        let t = &self.state.targets[self.target];
+        t.outstanding.set(t.outstanding.get().saturating_sub(1));
+    }
+}

@@ -1,0 +1,275 @@
+//! The pipeline: what happens to a parsed request. Today its phases are
+//! route → (body limit) → integrate; the authenticate, throttle and cache
+//! phases of later issues slot in between routing and integration, each
+//! returning a [`Flow`]-like decision.
+
+use crate::config::{Integration, MockPlan, Plan};
+use crate::http::conn::{write_two, BodyError, Conn};
+use crate::http::encode::RequestIds;
+use crate::http::method::Method;
+use crate::http::parse::{Framing, RequestHead};
+use crate::integration::http_proxy::{self, Forward};
+use crate::integration::upstream::UpstreamState;
+use crate::route::{AllowSet, Lookup};
+use crate::runtime::Shard;
+use smallvec::SmallVec;
+use std::net::SocketAddr;
+use std::time::Instant;
+
+/// What the connection does after a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flow {
+    /// Read the next request.
+    KeepAlive,
+    /// Close now.
+    Close,
+    /// Close after reading and dropping what the client still sends, so an
+    /// error response is not lost to a reset.
+    Linger,
+}
+
+/// Where routing sent a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Routed {
+    Mock(usize),
+    /// The upstream request head is in the `xbuf` given to [`route_request`].
+    Proxy {
+        upstream: usize,
+        target: usize,
+    },
+    Error {
+        status: u16,
+        message: &'static str,
+        allow: Option<AllowSet>,
+    },
+}
+
+/// The synchronous half of handling a request: picks the request id, routes,
+/// and for a proxied route picks the target and writes the upstream request
+/// head into `xbuf`. `buf` is the buffer the head was parsed from.
+#[allow(clippy::too_many_arguments)]
+pub fn route_request(
+    plan: &Plan,
+    upstreams: &[UpstreamState],
+    ids: &mut RequestIds,
+    buf: &[u8],
+    head: &RequestHead,
+    peer: SocketAddr,
+    xbuf: &mut Vec<u8>,
+    request_id: &mut SmallVec<[u8; 64]>,
+) -> Routed {
+    request_id.clear();
+    match head.request_id {
+        Some(s) => request_id.extend_from_slice(s.get(buf)),
+        None => request_id.extend_from_slice(&ids.next_id()),
+    }
+    let Ok(path) = std::str::from_utf8(head.path(buf)) else {
+        return Routed::Error {
+            status: 400,
+            message: "Invalid request target",
+            allow: None,
+        };
+    };
+    let routed = match plan
+        .table
+        .lookup(head.host.map(|h| h.get(buf)), head.method, path)
+    {
+        Lookup::NotFound => Routed::Error {
+            status: 404,
+            message: "Not Found",
+            allow: None,
+        },
+        Lookup::MethodNotAllowed { allow } => Routed::Error {
+            status: 405,
+            message: "Method Not Allowed",
+            allow: Some(allow),
+        },
+        Lookup::Found { route, params } => match &plan.routes[route as usize].integration {
+            Integration::Mock(_) => Routed::Mock(route as usize),
+            Integration::Proxy(p) => {
+                let uplan = &plan.upstreams[p.upstream];
+                let target = upstreams[p.upstream].pick(uplan, Instant::now());
+                http_proxy::write_upstream_head(
+                    xbuf, buf, head, &params, p, uplan, target, peer, request_id,
+                );
+                Routed::Proxy {
+                    upstream: p.upstream,
+                    target,
+                }
+            }
+        },
+    };
+    if let (Framing::Length(n), Routed::Mock(_) | Routed::Proxy { .. }) = (head.framing, routed) {
+        if n > plan.limits.max_body_bytes {
+            return Routed::Error {
+                status: 413,
+                message: "Request Entity Too Large",
+                allow: None,
+            };
+        }
+    }
+    routed
+}
+
+/// Writes a mock integration's response head into `out`; the body is
+/// `mock.body` unless `head_request`.
+pub fn render_mock(
+    out: &mut Vec<u8>,
+    mock: &MockPlan,
+    date: &[u8; 29],
+    request_id: &[u8],
+    keep: bool,
+    minor_version: u8,
+) {
+    out.clear();
+    out.extend_from_slice(&mock.head);
+    out.extend_from_slice(b"date: ");
+    out.extend_from_slice(date);
+    out.extend_from_slice(b"\r\nx-request-id: ");
+    out.extend_from_slice(request_id);
+    out.extend_from_slice(b"\r\n");
+    if !keep {
+        out.extend_from_slice(b"connection: close\r\n");
+    } else if minor_version == 0 {
+        out.extend_from_slice(b"connection: keep-alive\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Handles one request whose head is at `conn.rbuf[conn.rpos..]`.
+pub async fn handle(conn: &mut Conn, head: &RequestHead, shard: &Shard) -> Flow {
+    let mut request_id: SmallVec<[u8; 64]> = SmallVec::new();
+    let routed = route_request(
+        &shard.plan,
+        &shard.upstreams,
+        &mut shard.ids.borrow_mut(),
+        &conn.rbuf[conn.rpos..conn.rend],
+        head,
+        conn.peer,
+        &mut conn.xbuf,
+        &mut request_id,
+    );
+    // The head's bytes are no longer needed: everything after is body or the
+    // next request.
+    conn.rpos += head.len;
+    match routed {
+        Routed::Error {
+            status,
+            message,
+            allow,
+        } => respond_error(conn, shard, head, status, message, allow, &request_id).await,
+        Routed::Mock(route) => {
+            let Integration::Mock(mock) = &shard.plan.routes[route].integration else {
+                unreachable!("routed as mock")
+            };
+            respond_mock(conn, shard, head, mock, &request_id).await
+        }
+        Routed::Proxy { upstream, target } => {
+            let f = Forward {
+                method: head.method,
+                framing: head.framing,
+                minor_version: head.minor_version,
+                keep_alive: head.keep_alive,
+                expect_continue: head.expect_continue,
+                upstream,
+                target,
+                request_id: &request_id,
+            };
+            http_proxy::forward(conn, shard, f).await
+        }
+    }
+}
+
+/// Answers with a gateway error. The connection stays open only when the
+/// request had no body left to read, or all of it is already buffered.
+#[allow(clippy::too_many_arguments)]
+async fn respond_error(
+    conn: &mut Conn,
+    shard: &Shard,
+    head: &RequestHead,
+    status: u16,
+    message: &str,
+    allow: Option<AllowSet>,
+    request_id: &[u8],
+) -> Flow {
+    let body_buffered = match head.framing {
+        Framing::None => true,
+        Framing::Length(n) if n <= conn.buffered() as u64 => {
+            conn.rpos += n as usize;
+            true
+        }
+        _ => false,
+    };
+    let keep = body_buffered && head.keep_alive;
+    let head_req = head.method == Method::Head;
+    if !conn
+        .send_error_with_id(shard, status, message, allow, !keep, head_req, request_id)
+        .await
+    {
+        return Flow::Close;
+    }
+    if keep {
+        Flow::KeepAlive
+    } else if body_buffered {
+        Flow::Close
+    } else {
+        Flow::Linger
+    }
+}
+
+/// Maps a failure to read the request body to the client's answer.
+pub async fn body_error(conn: &mut Conn, shard: &Shard, e: BodyError, request_id: &[u8]) -> Flow {
+    let (status, message) = match e {
+        BodyError::Client | BodyError::Sink(_) => return Flow::Close,
+        BodyError::Timeout => (408, "Request Timeout"),
+        BodyError::TooLarge => (413, "Request Entity Too Large"),
+        BodyError::Bad(m) => (400, m),
+    };
+    conn.send_error_with_id(shard, status, message, None, true, false, request_id)
+        .await;
+    if status == 408 {
+        Flow::Close
+    } else {
+        Flow::Linger
+    }
+}
+
+async fn respond_mock(
+    conn: &mut Conn,
+    shard: &Shard,
+    head: &RequestHead,
+    mock: &MockPlan,
+    request_id: &[u8],
+) -> Flow {
+    if head.framing != Framing::None {
+        if let Err(e) = conn
+            .pump_body(head.framing, &shard.plan.limits, None, head.expect_continue)
+            .await
+        {
+            return body_error(conn, shard, e, request_id).await;
+        }
+    }
+    let keep = head.keep_alive;
+    let date = *shard.date.borrow_mut().get();
+    render_mock(
+        &mut conn.wbuf,
+        mock,
+        &date,
+        request_id,
+        keep,
+        head.minor_version,
+    );
+    let body: &[u8] = if head.method == Method::Head {
+        b""
+    } else {
+        &mock.body
+    };
+    if write_two(&mut conn.stream, &conn.wbuf, body).await.is_err() {
+        return Flow::Close;
+    }
+    if keep {
+        Flow::KeepAlive
+    } else {
+        Flow::Close
+    }
+}

@@ -1,0 +1,163 @@
+//! Shards: where a request's journey starts. One glommio executor per shard,
+//! pinned to its CPU, each with its own listening socket on every configured
+//! address (SO_REUSEPORT), its own copy of the plan, upstream pools and
+//! counters, and a crossbeam control inbox. The main thread only starts shards,
+//! forwards signals into their inboxes and waits for them to finish.
+
+pub mod shard;
+
+pub use shard::{Shard, ShardHandle};
+
+use crate::config::Plan;
+use crossbeam_channel::{Receiver, Sender};
+use glommio::{LocalExecutorBuilder, Placement};
+use socket2::{Domain, Protocol, Socket, Type};
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::{IntoRawFd, RawFd};
+use std::time::Duration;
+
+/// Locked memory glommio registers per executor for io_uring buffers. We do
+/// no file I/O, so the minimum is plenty (see shared/DESIGN.md).
+const IO_MEMORY: usize = 512 * 1024;
+
+/// Messages a shard accepts on its control inbox.
+#[derive(Debug, Clone)]
+pub enum Control {
+    /// Stop accepting, close idle connections, let in-flight requests finish
+    /// within the drain timeout, then stop.
+    Shutdown,
+}
+
+/// A running gateway: its shards and their inboxes.
+pub struct Server {
+    handles: Vec<glommio::ExecutorJoinHandle<()>>,
+    inboxes: Vec<Sender<Control>>,
+    /// The bound address for each `listen` entry (port 0 resolved).
+    pub local_addrs: Vec<SocketAddr>,
+}
+
+fn listener_socket(addr: SocketAddr, backlog: u32) -> io::Result<Socket> {
+    let domain = if addr.is_ipv6() {
+        Domain::IPV6
+    } else {
+        Domain::IPV4
+    };
+    let sock = Socket::new(domain, Type::STREAM, Some(Protocol::TCP))?;
+    sock.set_reuse_address(true)?;
+    sock.set_reuse_port(true)?;
+    if addr.is_ipv6() {
+        sock.set_only_v6(true)?;
+    }
+    sock.bind(&addr.into())?;
+    sock.listen(backlog.min(i32::MAX as u32) as i32)?;
+    Ok(sock)
+}
+
+/// Binds one socket per shard per address. Port 0 is resolved by the first
+/// bind and reused by the others so every shard serves the same port.
+fn bind_all(plan: &Plan) -> io::Result<(Vec<Vec<RawFd>>, Vec<SocketAddr>)> {
+    let mut per_shard: Vec<Vec<Socket>> = (0..plan.server.shards).map(|_| Vec::new()).collect();
+    let mut local_addrs = Vec::new();
+    for &want in &plan.server.listen {
+        let mut addr = want;
+        for (i, shard_socks) in per_shard.iter_mut().enumerate() {
+            let sock = listener_socket(addr, plan.server.backlog)
+                .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
+            if i == 0 {
+                addr = sock
+                    .local_addr()?
+                    .as_socket()
+                    .ok_or_else(|| io::Error::other("listener has no IP address"))?;
+                local_addrs.push(addr);
+            }
+            shard_socks.push(sock);
+        }
+    }
+    let fds = per_shard
+        .into_iter()
+        .map(|socks| socks.into_iter().map(|s| s.into_raw_fd()).collect())
+        .collect();
+    Ok((fds, local_addrs))
+}
+
+impl Server {
+    /// Binds every listener and starts every shard. Returns once all shards
+    /// are accepting.
+    pub fn start(plan: Plan) -> io::Result<Server> {
+        let (fds, local_addrs) = bind_all(&plan)?;
+        let (ready_tx, ready_rx) = crossbeam_channel::unbounded::<Result<(), String>>();
+        let mut handles = Vec::new();
+        let mut inboxes = Vec::new();
+        let mut fds_iter = fds.into_iter();
+        for id in 0..plan.server.shards {
+            let shard_fds = fds_iter.next().unwrap_or_default();
+            let (tx, rx): (Sender<Control>, Receiver<Control>) = crossbeam_channel::unbounded();
+            let shard_plan = plan.clone();
+            let ready = ready_tx.clone();
+            let cpu = plan.server.cpus[id];
+            let spawned = LocalExecutorBuilder::new(Placement::Fixed(cpu))
+                .name(&format!("coregate-shard-{id}"))
+                .io_memory(IO_MEMORY)
+                .spawn(move || async move {
+                    shard::run(id, shard_plan, shard_fds, rx, ready).await;
+                });
+            match spawned {
+                Ok(h) => {
+                    handles.push(h);
+                    inboxes.push(tx);
+                }
+                Err(e) => {
+                    let server = Server {
+                        handles,
+                        inboxes,
+                        local_addrs,
+                    };
+                    server.shutdown();
+                    server.join();
+                    return Err(io::Error::other(format!(
+                        "cannot start shard {id} on CPU {cpu}: {e}"
+                    )));
+                }
+            }
+        }
+        drop(ready_tx);
+        for _ in 0..handles.len() {
+            match ready_rx.recv_timeout(Duration::from_secs(30)) {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    let server = Server {
+                        handles,
+                        inboxes,
+                        local_addrs,
+                    };
+                    server.shutdown();
+                    server.join();
+                    return Err(io::Error::other(e));
+                }
+                Err(_) => return Err(io::Error::other("a shard did not start within 30 s")),
+            }
+        }
+        Ok(Server {
+            handles,
+            inboxes,
+            local_addrs,
+        })
+    }
+
+    /// Asks every shard to drain and stop.
+    pub fn shutdown(&self) {
+        for inbox in &self.inboxes {
+            let _ = inbox.send(Control::Shutdown);
+        }
+    }
+
+    /// Waits for every shard to stop.
+    pub fn join(self) {
+        for h in self.handles {
+            if let Err(e) = h.join() {
+                crate::log!("error", "shard stopped with an error: {e}");
+            }
+        }
+    }
+}

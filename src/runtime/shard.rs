@@ -1,0 +1,231 @@
+//! One shard: its accept loops, its connections, its control inbox.
+//! Everything here is `Rc`/`Cell`/`RefCell`: a shard is one thread, and its
+//! state is never touched from another.
+
+use crate::config::Plan;
+use crate::http::encode::{DateCache, RequestIds};
+use crate::http::parse::HeadLimits;
+use crate::integration::upstream::UpstreamState;
+use crate::runtime::Control;
+use crossbeam_channel::{Receiver, Sender, TryRecvError};
+use glommio::net::TcpListener;
+use glommio::sync::Semaphore;
+use std::cell::{Cell, RefCell};
+use std::os::fd::{FromRawFd, RawFd};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+/// How often the control inbox is looked at. Control messages are rare
+/// (shutdown, later reload); 25 ms bounds their latency at no measurable cost.
+const INBOX_POLL: Duration = Duration::from_millis(25);
+/// How often idle upstream connections past their idle timeout are closed.
+const POOL_SWEEP: Duration = Duration::from_secs(1);
+
+pub type ShardHandle = Rc<Shard>;
+
+struct ConnSlot {
+    fd: RawFd,
+    idle: bool,
+}
+
+#[derive(Default)]
+struct ConnRegistry {
+    slots: Vec<Option<ConnSlot>>,
+    free: Vec<usize>,
+    live: usize,
+}
+
+/// Shard-local state shared by the tasks of one shard.
+pub struct Shard {
+    pub id: usize,
+    pub plan: Plan,
+    pub head_limits: HeadLimits,
+    pub upstreams: Vec<UpstreamState>,
+    pub date: RefCell<DateCache>,
+    pub ids: RefCell<RequestIds>,
+    draining: Cell<bool>,
+    /// Never has permits; closed when draining starts, which wakes every task
+    /// waiting on it (the accept loops).
+    drain_signal: Semaphore,
+    conns: RefCell<ConnRegistry>,
+}
+
+impl Shard {
+    pub fn new(id: usize, plan: Plan) -> Shard {
+        let head_limits = HeadLimits {
+            max_request_line: plan.limits.max_request_line_bytes,
+            max_head: plan.limits.max_header_bytes,
+            max_headers: plan.limits.max_headers,
+        };
+        let upstreams = plan.upstreams.iter().map(UpstreamState::new).collect();
+        Shard {
+            id,
+            head_limits,
+            upstreams,
+            date: RefCell::new(DateCache::default()),
+            ids: RefCell::new(RequestIds::new(id)),
+            draining: Cell::new(false),
+            drain_signal: Semaphore::new(0),
+            conns: RefCell::new(ConnRegistry::default()),
+            plan,
+        }
+    }
+
+    pub fn draining(&self) -> bool {
+        self.draining.get()
+    }
+
+    pub fn live_connections(&self) -> usize {
+        self.conns.borrow().live
+    }
+
+    /// Records a new connection; the slot is released by [`ConnGuard`].
+    pub fn register(self: &Rc<Self>, fd: RawFd) -> ConnGuard {
+        let mut reg = self.conns.borrow_mut();
+        let slot = ConnSlot { fd, idle: false };
+        let idx = match reg.free.pop() {
+            Some(i) => {
+                reg.slots[i] = Some(slot);
+                i
+            }
+            None => {
+                reg.slots.push(Some(slot));
+                reg.slots.len() - 1
+            }
+        };
+        reg.live += 1;
+        ConnGuard {
+            shard: self.clone(),
+            idx,
+        }
+    }
+
+    /// Starts draining: stop accepting, and close connections that are
+    /// waiting for a next request. Busy ones notice `draining()` when their
+    /// response is done.
+    pub fn begin_drain(&self) {
+        if self.draining.replace(true) {
+            return;
+        }
+        self.drain_signal.close();
+        for slot in self.conns.borrow().slots.iter().flatten() {
+            if slot.idle {
+                // SAFETY: the fd belongs to a live connection of this shard
+                // (slots are cleared before their socket is closed); shutting
+                // down its read side makes the pending read return 0.
+                unsafe {
+                    libc::shutdown(slot.fd, libc::SHUT_RD);
+                }
+            }
+        }
+    }
+
+    /// Resolves when draining starts.
+    pub async fn drained(&self) {
+        let _ = self.drain_signal.acquire(1).await;
+    }
+}
+
+/// A connection's place in the shard registry.
+pub struct ConnGuard {
+    shard: Rc<Shard>,
+    idx: usize,
+}
+
+impl ConnGuard {
+    /// Marks the connection as waiting for a request (closable on drain).
+    pub fn set_idle(&self, idle: bool) {
+        if let Some(Some(slot)) = self.shard.conns.borrow_mut().slots.get_mut(self.idx) {
+            slot.idle = idle;
+        }
+    }
+}
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        let mut reg = self.shard.conns.borrow_mut();
+        if let Some(slot) = reg.slots.get_mut(self.idx) {
+            if slot.take().is_some() {
+                reg.live -= 1;
+                reg.free.push(self.idx);
+            }
+        }
+    }
+}
+
+/// The shard's main task: start accepting, then serve the control inbox
+/// until told to stop, then drain.
+pub(super) async fn run(
+    id: usize,
+    plan: Plan,
+    fds: Vec<RawFd>,
+    inbox: Receiver<Control>,
+    ready: Sender<Result<(), String>>,
+) {
+    let shard = Rc::new(Shard::new(id, plan));
+    let mut accept_tasks = Vec::new();
+    for fd in fds {
+        // SAFETY: `fd` is a bound, listening socket created for this shard by
+        // `bind_all` and owned by nobody else.
+        let listener = unsafe { TcpListener::from_raw_fd(fd) };
+        accept_tasks.push(glommio::spawn_local(accept_loop(shard.clone(), listener)));
+    }
+    let sweeper = glommio::spawn_local(sweep_pools(shard.clone())).detach();
+    let _ = ready.send(Ok(()));
+
+    loop {
+        match inbox.try_recv() {
+            Ok(Control::Shutdown) | Err(TryRecvError::Disconnected) => break,
+            Err(TryRecvError::Empty) => glommio::timer::sleep(INBOX_POLL).await,
+        }
+    }
+
+    shard.begin_drain();
+    for t in accept_tasks {
+        t.await;
+    }
+    let deadline = Instant::now() + shard.plan.server.drain_timeout;
+    while shard.live_connections() > 0 && Instant::now() < deadline {
+        glommio::timer::sleep(Duration::from_millis(10)).await;
+    }
+    let left = shard.live_connections();
+    if left > 0 {
+        crate::log!(
+            "warn",
+            "shard {id}: drain timeout passed with {left} connection(s) still open; closing them"
+        );
+    }
+    sweeper.cancel();
+}
+
+async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
+    loop {
+        let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
+            shard.drained().await;
+            None
+        })
+        .await;
+        let stream = match accepted {
+            None => return,
+            Some(Ok(s)) => s,
+            Some(Err(e)) => {
+                // EMFILE and friends: back off instead of spinning.
+                crate::log!("warn", "shard {}: accept failed: {e}", shard.id);
+                glommio::timer::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let over_limit = shard.live_connections() >= shard.plan.server.max_connections_per_shard;
+        glommio::spawn_local(crate::http::conn::serve(shard.clone(), stream, over_limit)).detach();
+    }
+}
+
+async fn sweep_pools(shard: Rc<Shard>) {
+    loop {
+        glommio::timer::sleep(POOL_SWEEP).await;
+        let now = Instant::now();
+        for (state, plan) in shard.upstreams.iter().zip(&shard.plan.upstreams) {
+            state.sweep(plan, now);
+        }
+    }
+}
