@@ -100,25 +100,48 @@ impl RequestHead {
     }
 }
 
-/// The header names a proxy must not forward (RFC 9110 §7.6.1), and the ones
-/// the gateway sets itself.
-fn is_hop_by_hop(name: &[u8]) -> bool {
-    const HOP: [&[u8]; 9] = [
-        b"connection",
-        b"keep-alive",
-        b"te",
-        b"trailer",
-        b"upgrade",
-        b"proxy-connection",
+/// Hop-by-hop by RFC 9110 §7.6.1, plus the obsolete `Proxy-Connection` and
+/// every `Proxy-*`: never forwarded in either direction.
+pub fn is_hop_by_hop(name: &[u8]) -> bool {
+    const HOP: [&[u8]; 5] = [b"connection", b"keep-alive", b"te", b"trailer", b"upgrade"];
+    HOP.iter().any(|h| h.eq_ignore_ascii_case(name))
+        || (name.len() > 6 && name[..6].eq_ignore_ascii_case(b"proxy-"))
+}
+
+/// Request headers the gateway sets or handles itself, so the client's are
+/// not forwarded as they came.
+fn is_set_by_gateway(name: &[u8]) -> bool {
+    const OWN: [&[u8]; 6] = [
         b"host",
         b"expect",
         b"x-forwarded-for",
+        b"x-forwarded-proto",
+        b"x-forwarded-host",
+        b"x-request-id",
     ];
-    HOP.iter().any(|h| h.eq_ignore_ascii_case(name))
-        || (name.len() > 6 && name[..6].eq_ignore_ascii_case(b"proxy-"))
-        || name.eq_ignore_ascii_case(b"x-forwarded-proto")
-        || name.eq_ignore_ascii_case(b"x-forwarded-host")
-        || name.eq_ignore_ascii_case(b"x-request-id")
+    OWN.iter().any(|h| h.eq_ignore_ascii_case(name))
+}
+
+/// Marks the headers named in `Connection` as hop-by-hop (RFC 9110 §7.6.1).
+/// Returns false if one of them is a framing header, which no peer may
+/// hide that way.
+pub fn mark_connection_listed(headers: &mut [HeaderSpan], buf: &[u8], listed: &[&[u8]]) -> bool {
+    let mut ok = true;
+    if listed.is_empty() {
+        return ok;
+    }
+    for h in headers.iter_mut() {
+        let name = h.name.get(buf);
+        if listed.iter().any(|c| c.eq_ignore_ascii_case(name)) {
+            if name.eq_ignore_ascii_case(b"transfer-encoding")
+                || name.eq_ignore_ascii_case(b"content-length")
+            {
+                ok = false;
+            }
+            h.hop = true;
+        }
+    }
+    ok
 }
 
 /// A name that reads as a framing or routing header once '_' becomes '-'.
@@ -354,7 +377,7 @@ pub fn parse_request_head(buf: &[u8], limits: &HeadLimits) -> Result<Option<Requ
             // `Content_Length` and friends: some servers fold '_' into '-'.
             return Err(Reject::bad_request("Invalid header name"));
         }
-        let mut hop = is_hop_by_hop(name);
+        let mut hop = is_hop_by_hop(name) || is_set_by_gateway(name);
         if name.eq_ignore_ascii_case(b"content-length") {
             for elem in value.split(|&b| b == b',').map(trim_ows) {
                 let n = parse_content_length(elem)
@@ -423,22 +446,8 @@ pub fn parse_request_head(buf: &[u8], limits: &HeadLimits) -> Result<Option<Requ
         });
     }
 
-    if !connection_names.is_empty() {
-        for h in out.headers.iter_mut() {
-            let name = h.name.get(buf);
-            if connection_names
-                .iter()
-                .any(|c| c.eq_ignore_ascii_case(name))
-            {
-                // RFC 9110 §7.6.1; but never let a client hide framing headers.
-                if name.eq_ignore_ascii_case(b"transfer-encoding")
-                    || name.eq_ignore_ascii_case(b"content-length")
-                {
-                    return Err(Reject::bad_request("Invalid Connection header"));
-                }
-                h.hop = true;
-            }
-        }
+    if !mark_connection_listed(&mut out.headers, buf, &connection_names) {
+        return Err(Reject::bad_request("Invalid Connection header"));
     }
 
     if minor_version == 1 && host_seen == 0 {

@@ -1,7 +1,7 @@
 //! Upstream response heads: parsed when a backend answers, then rewritten for
 //! the client by the proxy integration.
 
-use super::parse::{list_elements, trim_ows, HeaderSpan, Span};
+use super::parse::{list_elements, mark_connection_listed, trim_ows, HeaderSpan, Span};
 use smallvec::SmallVec;
 
 /// How an upstream response body is delimited (RFC 9112 §6.3).
@@ -35,18 +35,11 @@ pub struct ResponseHead {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BadResponse(pub &'static str);
 
+/// Not forwarded to the client: hop-by-hop, plus the framing headers the
+/// gateway writes itself for the client's side of the connection.
 fn is_hop_by_hop(name: &[u8]) -> bool {
-    const HOP: [&[u8]; 7] = [
-        b"connection",
-        b"keep-alive",
-        b"te",
-        b"trailer",
-        b"upgrade",
-        b"proxy-connection",
-        b"content-length",
-    ];
-    HOP.iter().any(|h| h.eq_ignore_ascii_case(name))
-        || (name.len() > 6 && name[..6].eq_ignore_ascii_case(b"proxy-"))
+    super::parse::is_hop_by_hop(name)
+        || name.eq_ignore_ascii_case(b"content-length")
         || name.eq_ignore_ascii_case(b"transfer-encoding")
 }
 
@@ -157,17 +150,8 @@ pub fn parse_response_head(
             hop: is_hop_by_hop(name),
         });
     }
-    if !connection_names.is_empty() {
-        for h in out.headers.iter_mut() {
-            let name = h.name.get(buf);
-            if connection_names
-                .iter()
-                .any(|c| c.eq_ignore_ascii_case(name))
-            {
-                h.hop = true;
-            }
-        }
-    }
+    // A framing header listed in Connection is already hop-by-hop here.
+    mark_connection_listed(&mut out.headers, buf, &connection_names);
     out.framing = if head_request || (100..200).contains(&status) || status == 204 || status == 304
     {
         RespFraming::None
