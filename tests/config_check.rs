@@ -1,0 +1,329 @@
+//! `coregate check`: every shipped config in config/ passes; broken configs
+//! exit 1 with one `error:` line per problem naming the key (and the line
+//! for TOML syntax errors); bad usage exits 2. Also `serve` refusing a bad
+//! config instead of starting.
+
+mod support;
+
+use std::path::Path;
+use support::*;
+
+const GOOD: &str = r#"
+[server]
+listen = ["127.0.0.1:0"]
+
+[[apis]]
+name = "main"
+
+[[apis.routes]]
+key = "GET /health"
+integration = { type = "mock", body = 'ok' }
+"#;
+
+struct Checked {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+fn check_text(text: &str) -> Checked {
+    let path = write_config(text);
+    let out = run_coregate(&["check", "--config", path.to_str().unwrap()]);
+    let _ = std::fs::remove_file(&path);
+    Checked {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// Asserts exit 1 and returns the `error:` lines.
+fn expect_errors(text: &str) -> Vec<String> {
+    let c = check_text(text);
+    assert_eq!(
+        c.code,
+        Some(1),
+        "expected exit 1 for:\n{text}\nstdout: {}\nstderr: {}",
+        c.stdout,
+        c.stderr
+    );
+    let errors: Vec<String> = c
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("error: "))
+        .map(str::to_string)
+        .collect();
+    assert!(
+        !errors.is_empty(),
+        "no `error: ...` lines on stderr: {}",
+        c.stderr
+    );
+    errors
+}
+
+fn assert_some_line(errors: &[String], needles: &[&str]) {
+    assert!(
+        errors.iter().any(|l| needles.iter().all(|n| l.contains(n))),
+        "no error line containing all of {needles:?}: {errors:#?}"
+    );
+}
+
+#[test]
+fn every_shipped_config_passes_check() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+        .collect();
+    files.sort();
+    assert!(
+        files.iter().any(|p| p.ends_with("coregate.toml")),
+        "config/coregate.toml (the demo config) is missing"
+    );
+    for f in files {
+        let out = run_coregate(&["check", "--config", f.to_str().unwrap()]);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{} fails check:\n{}{}",
+            f.display(),
+            stdout,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            stdout
+                .lines()
+                .any(|l| l.trim() == "ok" || l.starts_with("ok")),
+            "{}: no `ok` on stdout: {stdout}",
+            f.display()
+        );
+    }
+}
+
+#[test]
+fn good_config_prints_ok_and_a_summary() {
+    let c = check_text(GOOD);
+    assert_eq!(c.code, Some(0), "stderr: {}", c.stderr);
+    assert!(c.stdout.starts_with("ok"), "stdout: {}", c.stdout);
+    assert!(
+        c.stdout.trim().len() > 2,
+        "expected a summary after `ok`: {}",
+        c.stdout
+    );
+}
+
+#[test]
+fn unknown_keys_are_each_reported() {
+    let errors = expect_errors(
+        r#"
+[server]
+listen = ["127.0.0.1:0"]
+bogus_key = 1
+
+[server.limits]
+max_header = 10
+
+[[apis]]
+name = "main"
+
+[[apis.routes]]
+key = "GET /health"
+integration = { type = "mock", body = 'ok' }
+"#,
+    );
+    assert_some_line(&errors, &["server.bogus_key"]);
+    assert_some_line(&errors, &["server.limits.max_header"]);
+    assert_some_line(&errors, &["server.bogus_key", "line 4"]);
+}
+
+#[test]
+fn unknown_integration_field_is_reported() {
+    let errors = expect_errors(
+        r#"
+[[apis]]
+name = "main"
+
+[[apis.routes]]
+key = "GET /health"
+integration = { type = "mock", body = 'ok', colour = "blue" }
+"#,
+    );
+    assert_some_line(&errors, &["colour"]);
+}
+
+#[test]
+fn bad_values_name_their_key() {
+    let errors = expect_errors(
+        r#"
+[server]
+listen = ["127.0.0.1:0"]
+shards = 0
+
+[server.limits]
+max_headers = 0
+
+[[upstreams]]
+name = "pool"
+balance = "random"
+targets = [{ address = "127.0.0.1:9000", weight = 0 }]
+
+[[apis]]
+name = "main"
+
+[[apis.routes]]
+key = "FETCH /x"
+integration = { type = "mock", body = 'ok' }
+
+[[apis.routes]]
+key = "GET /y"
+integration = { type = "mock", status = 99 }
+
+[[apis.routes]]
+key = "GET /z"
+integration = { type = "http_proxy", url = "ftp://example.com/" }
+"#,
+    );
+    for key in [
+        "server.shards",
+        "server.limits.max_headers",
+        "upstreams[0].balance",
+        "upstreams[0].targets[0].weight",
+        "apis[0].routes[0].key",
+        "apis[0].routes[1].integration.status",
+        "apis[0].routes[2].integration.url",
+    ] {
+        assert_some_line(&errors, &[key]);
+    }
+    assert!(
+        errors.len() >= 7,
+        "every problem on its own line: {errors:#?}"
+    );
+}
+
+#[test]
+fn wrong_type_names_key_and_line() {
+    let errors = expect_errors(
+        r#"
+[server]
+listen = ["127.0.0.1:0"]
+
+[server.limits]
+max_headers = "lots"
+
+[[apis]]
+name = "main"
+[[apis.routes]]
+key = "GET /health"
+integration = { type = "mock", body = 'ok' }
+"#,
+    );
+    assert_some_line(&errors, &["max_headers", "line 6"]);
+}
+
+#[test]
+fn toml_syntax_error_names_the_line() {
+    let errors = expect_errors(
+        "[server]\nlisten = [\"127.0.0.1:0\"]\nshards = \n\n[[apis]]\nname = \"x\"\n",
+    );
+    assert_some_line(&errors, &["line 3"]);
+    let errors = expect_errors("[server\nlisten = 1\n");
+    assert_some_line(&errors, &["line 1"]);
+}
+
+#[test]
+fn missing_config_file_is_an_error() {
+    let out = run_coregate(&["check", "--config", "/nonexistent/coregate-test.toml"]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.lines().any(|l| l.starts_with("error: ")),
+        "stderr: {stderr}"
+    );
+}
+
+#[test]
+fn bad_usage_exits_2() {
+    for args in [
+        &["frobnicate"][..],
+        &["check", "--config"][..],
+        &["serve", "--no-such-flag"][..],
+    ] {
+        let out = run_coregate(args);
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "coregate {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+#[test]
+fn serve_refuses_an_invalid_config() {
+    let path = write_config("[server]\nlisten = [\"127.0.0.1:0\"]\nshards = 0\n\n[[apis]]\nname = \"main\"\n[[apis.routes]]\nkey = \"GET /h\"\nintegration = { type = \"mock\" }\n");
+    let out = run_coregate(&["serve", "--config", path.to_str().unwrap()]);
+    let _ = std::fs::remove_file(&path);
+    assert_ne!(out.status.code(), Some(0));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("server.shards"), "stderr: {stderr}");
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("listening on"));
+}
+
+fn demo_config_text() -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/coregate.toml");
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+fn nothing_listens_on(addr: &str) -> bool {
+    std::net::TcpStream::connect_timeout(
+        &addr.parse().unwrap(),
+        std::time::Duration::from_millis(200),
+    )
+    .is_err()
+}
+
+#[test]
+fn demo_config_answers_at_once_without_a_backend() {
+    // The demo config as shipped, moved to an ephemeral port.
+    let text = demo_config_text();
+    let listen = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("listen"))
+        .expect("the demo config sets server.listen")
+        .to_string();
+    let gw = Gateway::start(&text.replacen(&listen, "listen = [\"127.0.0.1:0\"]", 1));
+    let mut c = gw.client();
+    let r = c.get("/health");
+    assert_eq!(r.status, 200, "{r:?}");
+    let r = c.get("/demo/hello");
+    assert_eq!(r.status, 200, "{r:?}");
+    if nothing_listens_on("127.0.0.1:9000") {
+        // The proxied demo routes answer 502 until the user starts a backend.
+        assert_json_error(&c.get("/pets/1"), 502);
+    }
+}
+
+#[test]
+fn serve_without_config_uses_the_demo_config() {
+    if !nothing_listens_on("127.0.0.1:8080")
+        || std::net::TcpListener::bind("127.0.0.1:8080").is_err()
+    {
+        eprintln!("skipped: 127.0.0.1:8080 is in use here");
+        return;
+    }
+    let expected = toml::from_str::<toml::Value>(&demo_config_text())
+        .ok()
+        .and_then(|v| v.get("server")?.get("listen")?.as_array().map(|a| a.len()))
+        .unwrap_or(1);
+    let gw = Gateway::spawn(
+        &["serve".into()],
+        Some(Path::new(env!("CARGO_MANIFEST_DIR"))),
+        expected,
+        temp_path("unused"),
+        "(no --config: config/coregate.toml)",
+    );
+    assert_eq!(gw.addr().to_string(), "127.0.0.1:8080");
+    assert_eq!(gw.client().get("/health").status, 200);
+}

@@ -1,0 +1,199 @@
+//! Process lifecycle: listening lines, graceful shutdown on SIGTERM/SIGINT
+//! with a request in flight, idle keep-alive connections closed on shutdown,
+//! and the drain timeout bounding how long shutdown may take.
+
+mod support;
+
+use std::io::ErrorKind;
+use std::net::TcpStream;
+use std::thread;
+use std::time::Duration;
+use support::*;
+
+fn config(backend: &Backend, drain_ms: u64) -> String {
+    fill(
+        &format!(
+            r#"
+[server]
+listen = ["127.0.0.1:0"]
+shards = 2
+drain_timeout_ms = {drain_ms}
+
+[[apis]]
+name = "main"
+[[apis.routes]]
+key = "GET /health"
+integration = {{ type = "mock", body = 'ok' }}
+[[apis.routes]]
+key = "ANY /slow/{{proxy+}}"
+integration = {{ type = "http_proxy", url = "http://@B@" }}
+"#
+        ),
+        &[("B", backend.addr_str())],
+    )
+}
+
+/// True once connecting to `addr` is refused.
+fn refused_within(addr: std::net::SocketAddr, timeout: Duration) -> bool {
+    wait_until(timeout, || {
+        match TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
+            Err(e) => e.kind() == ErrorKind::ConnectionRefused,
+            Ok(_) => false,
+        }
+    })
+}
+
+#[test]
+fn sigterm_lets_the_in_flight_request_finish_then_exits_zero() {
+    let b = Backend::start(Reply::slow(1000, Reply::Echo));
+    let mut gw = Gateway::start(&config(&b, 10_000));
+    let addr = gw.addr();
+    let in_flight = thread::spawn(move || {
+        let mut c = Client::connect(addr);
+        c.send(b"GET /slow/in-flight HTTP/1.1\r\nHost: t\r\n\r\n");
+        c.try_read_response(false)
+    });
+    assert!(
+        b.wait_heads(1, Duration::from_secs(5)),
+        "the request never reached the backend"
+    );
+    gw.sigterm();
+    // New connections are refused while the in-flight request drains.
+    assert!(
+        refused_within(addr, Duration::from_millis(700)),
+        "still accepting connections after SIGTERM"
+    );
+    let r = in_flight
+        .join()
+        .unwrap()
+        .unwrap_or_else(|e| panic!("in-flight request failed during drain: {e:?}"));
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.echo().target, "/slow/in-flight");
+    let status = gw
+        .wait_exit(Duration::from_secs(8))
+        .expect("coregate did not exit after draining");
+    assert!(
+        status.success(),
+        "exit status {status:?}; stderr:\n{}",
+        gw.stderr()
+    );
+}
+
+#[test]
+fn sigterm_closes_idle_keep_alive_connections() {
+    let b = Backend::start(Reply::Echo);
+    let mut gw = Gateway::start(&config(&b, 10_000));
+    let mut idle: Vec<Client> = (0..4).map(|_| gw.client()).collect();
+    for c in &mut idle {
+        assert_eq!(c.get("/health").status, 200);
+        assert_eq!(c.get("/slow/x").status, 200);
+    }
+    gw.sigterm();
+    for c in &mut idle {
+        c.expect_closed();
+    }
+    let status = gw
+        .wait_exit(Duration::from_secs(5))
+        .expect("coregate did not exit with only idle connections");
+    assert!(status.success(), "exit status {status:?}");
+}
+
+#[test]
+fn sigint_exits_zero() {
+    let b = Backend::start(Reply::Echo);
+    let mut gw = Gateway::start(&config(&b, 10_000));
+    assert_eq!(gw.client().get("/health").status, 200);
+    gw.sigint();
+    let status = gw
+        .wait_exit(Duration::from_secs(5))
+        .expect("coregate did not exit on SIGINT");
+    assert!(status.success(), "exit status {status:?}");
+}
+
+#[test]
+fn drain_timeout_bounds_shutdown() {
+    let b = Backend::start(Reply::slow(20_000, Reply::Echo));
+    let mut gw = Gateway::start(&config(&b, 500));
+    let addr = gw.addr();
+    let stuck = thread::spawn(move || {
+        let mut c = Client::connect(addr);
+        c.send(b"GET /slow/stuck HTTP/1.1\r\nHost: t\r\n\r\n");
+        c.set_read_timeout(Duration::from_secs(15));
+        c.try_read_response(false)
+    });
+    assert!(b.wait_heads(1, Duration::from_secs(5)));
+    gw.sigterm();
+    let status = gw.wait_exit(Duration::from_secs(6));
+    let status = status.expect("coregate waited for a 20 s request despite drain_timeout_ms = 500");
+    assert!(status.success(), "exit status {status:?}");
+    // The stuck client is released (closed or answered), not left hanging.
+    if let Err(ReadError::Timeout) = stuck.join().unwrap() {
+        panic!("client still hanging after the gateway exited");
+    }
+}
+
+#[test]
+fn prints_one_listening_line_per_address_and_serves_each() {
+    let gw = Gateway::start(
+        r#"
+[server]
+listen = ["127.0.0.1:0", "127.0.0.2:0"]
+shards = 2
+
+[[apis]]
+name = "main"
+[[apis.routes]]
+key = "GET /health"
+integration = { type = "mock", body = 'ok' }
+"#,
+    );
+    assert_eq!(gw.addrs().len(), 2);
+    let lines = gw
+        .stdout()
+        .lines()
+        .filter(|l| l.starts_with("coregate: listening on "))
+        .count();
+    assert_eq!(lines, 2, "stdout:\n{}", gw.stdout());
+    for addr in gw.addrs() {
+        assert_ne!(
+            addr.port(),
+            0,
+            "the printed address must carry the real port"
+        );
+        let r = Client::connect(*addr).get("/health");
+        assert_eq!((r.status, r.text().as_str()), (200, "ok"), "via {addr}");
+    }
+}
+
+#[test]
+fn every_shard_serves_on_the_shared_port() {
+    let b = Backend::start(Reply::Echo);
+    let gw = Gateway::start(&config(&b, 10_000));
+    // Many fresh connections: SO_REUSEPORT spreads them over both shards; all
+    // must be answered whichever shard takes them.
+    for i in 0..40 {
+        let mut c = gw.client();
+        let r = c.get(if i % 2 == 0 { "/health" } else { "/slow/x" });
+        assert_eq!(r.status, 200, "connection {i}: {r:?}");
+    }
+    assert_eq!(b.hits(), 20);
+}
+
+#[test]
+fn second_signal_exits_at_once() {
+    let b = Backend::start(Reply::slow(20_000, Reply::Echo));
+    let mut gw = Gateway::start(&config(&b, 30_000));
+    let mut c = gw.client();
+    c.send(b"GET /slow/stuck HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert!(b.wait_heads(1, Duration::from_secs(5)));
+    gw.sigterm();
+    assert!(
+        gw.wait_exit(Duration::from_millis(300)).is_none(),
+        "exited without draining the in-flight request"
+    );
+    gw.sigterm();
+    assert!(
+        gw.wait_exit(Duration::from_secs(5)).is_some(),
+        "a second signal must end the drain at once"
+    );
+}

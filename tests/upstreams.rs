@@ -1,0 +1,473 @@
+//! Upstreams against real backends: balancing (round robin, weighted, least
+//! outstanding), passive health, the per-shard keep-alive pool and its retry
+//! of a dead pooled connection, and the failure modes (refused, timeout,
+//! reset mid-body, garbage) with their status, JSON body and log line.
+
+mod support;
+
+use std::thread;
+use std::time::Duration;
+use support::*;
+
+const POOL: &str = r#"
+[server]
+listen = ["127.0.0.1:0"]
+shards = 1
+
+[[upstreams]]
+name = "pool"
+balance = "@BAL@"
+targets = [{ address = "@B1@", weight = @W1@ }, { address = "@B2@", weight = @W2@ }]
+
+[[apis]]
+name = "main"
+[[apis.routes]]
+key = "ANY /{proxy+}"
+integration = { type = "http_proxy", url = "http://pool" }
+"#;
+
+fn two_targets(balance: &str, b1: &Backend, w1: u32, b2: &Backend, w2: u32) -> Gateway {
+    Gateway::start(&fill(
+        POOL,
+        &[
+            ("BAL", balance.to_string()),
+            ("B1", b1.addr_str()),
+            ("W1", w1.to_string()),
+            ("B2", b2.addr_str()),
+            ("W2", w2.to_string()),
+        ],
+    ))
+}
+
+/// One upstream, one route `ANY /{proxy+}`, extra upstream keys in `extra`.
+fn single(b: &str, extra: &str, shards: usize) -> Gateway {
+    Gateway::start(&format!(
+        r#"
+[server]
+listen = ["127.0.0.1:0"]
+shards = {shards}
+
+[[upstreams]]
+name = "up"
+targets = [{{ address = "{b}" }}]
+{extra}
+
+[[apis]]
+name = "main"
+[[apis.routes]]
+key = "ANY /{{proxy+}}"
+integration = {{ type = "http_proxy", url = "http://up" }}
+"#
+    ))
+}
+
+#[test]
+fn round_robin_spreads_requests_evenly() {
+    let (b1, b2) = (Backend::start(Reply::Echo), Backend::start(Reply::Echo));
+    let gw = two_targets("round_robin", &b1, 1, &b2, 1);
+    let a = agent();
+    for i in 0..20 {
+        assert_eq!(call(a.get(&gw.url(&format!("/rr/{i}"))), None).status, 200);
+    }
+    assert_eq!(
+        (b1.hits(), b2.hits()),
+        (10, 10),
+        "one shard, round robin: exactly even"
+    );
+    // Fresh client connections each time make no difference.
+    let mut per_conn = Vec::new();
+    for _ in 0..4 {
+        per_conn.push(gw.client().get("/rr/x").status);
+    }
+    assert_eq!(per_conn, [200; 4]);
+    assert_eq!((b1.hits(), b2.hits()), (12, 12));
+}
+
+#[test]
+fn weighted_balance_follows_weights() {
+    let (heavy, light) = (Backend::start(Reply::Echo), Backend::start(Reply::Echo));
+    let gw = two_targets("weighted", &heavy, 3, &light, 1);
+    let a = agent();
+    for i in 0..80 {
+        assert_eq!(call(a.get(&gw.url(&format!("/w/{i}"))), None).status, 200);
+    }
+    let (h, l) = (heavy.hits(), light.hits());
+    eprintln!("weighted: heavy {h}, light {l}");
+    assert_eq!(h + l, 80);
+    assert!(
+        (48..=72).contains(&h),
+        "weights 3:1 over 80 requests gave {h}:{l}"
+    );
+    assert!(l >= 8, "the light target must still get traffic: {h}:{l}");
+}
+
+#[test]
+fn least_outstanding_prefers_the_less_busy_target() {
+    let slow = Backend::start(Reply::slow(300, Reply::Echo));
+    let fast = Backend::start(Reply::Echo);
+    let gw = two_targets("least_outstanding", &fast, 1, &slow, 1);
+    let url = gw.url("/lo");
+    let workers: Vec<_> = (0..4)
+        .map(|_| {
+            let url = url.clone();
+            thread::spawn(move || {
+                let a = agent();
+                (0..6)
+                    .map(|_| call(a.get(&url), None).status)
+                    .collect::<Vec<u16>>()
+            })
+        })
+        .collect();
+    for w in workers {
+        assert_eq!(w.join().unwrap(), [200; 6]);
+    }
+    let (s, f) = (slow.hits(), fast.hits());
+    eprintln!("least_outstanding: slow {s}, fast {f}");
+    assert_eq!(s + f, 24);
+    assert!(
+        s < f,
+        "least outstanding should send most requests to the fast target: slow {s}, fast {f}"
+    );
+    assert!(
+        s <= 9,
+        "slow target got {s} of 24 (round robin would give 12)"
+    );
+}
+
+#[test]
+fn passive_health_skips_a_failing_target_during_cooldown() {
+    let dead = refused_addr();
+    let live = Backend::start(Reply::Echo);
+    let gw = Gateway::start(&fill(
+        r#"
+[server]
+listen = ["127.0.0.1:0"]
+shards = 1
+
+[[upstreams]]
+name = "pool"
+targets = [{ address = "@DEAD@" }, { address = "@LIVE@" }]
+health = { max_failures = 2, cooldown_ms = 60000 }
+
+[[apis]]
+name = "main"
+[[apis.routes]]
+key = "ANY /{proxy+}"
+integration = { type = "http_proxy", url = "http://pool" }
+"#,
+        &[("DEAD", dead.to_string()), ("LIVE", live.addr_str())],
+    ));
+    let mut c = gw.client();
+    for _ in 0..6 {
+        let r = c.get("/h");
+        if r.status != 200 {
+            assert_json_error(&r, 502);
+        }
+    }
+    let statuses: Vec<u16> = (0..20).map(|_| c.get("/h").status).collect();
+    assert_eq!(
+        statuses, [200; 20],
+        "after max_failures the dead target must be skipped"
+    );
+    assert!(live.hits() >= 20);
+}
+
+#[test]
+fn passive_health_tries_the_target_again_after_cooldown() {
+    let dead = refused_addr();
+    let live = Backend::start(Reply::Echo);
+    let gw = Gateway::start(&fill(
+        r#"
+[server]
+listen = ["127.0.0.1:0"]
+shards = 1
+
+[[upstreams]]
+name = "pool"
+targets = [{ address = "@DEAD@" }, { address = "@LIVE@" }]
+health = { max_failures = 1, cooldown_ms = 300 }
+
+[[apis]]
+name = "main"
+[[apis.routes]]
+key = "ANY /{proxy+}"
+integration = { type = "http_proxy", url = "http://pool" }
+"#,
+        &[("DEAD", dead.to_string()), ("LIVE", live.addr_str())],
+    ));
+    let mut c = gw.client();
+    for _ in 0..4 {
+        let _ = c.get("/h");
+    }
+    // The target comes back; after the cool-down it gets traffic again.
+    let revived = Backend::start_on(dead, Reply::Echo);
+    thread::sleep(Duration::from_millis(600));
+    let statuses: Vec<u16> = (0..10).map(|_| c.get("/h").status).collect();
+    assert_eq!(statuses, [200; 10]);
+    assert!(
+        revived.hits() > 0,
+        "the target was never tried again after its cool-down"
+    );
+}
+
+#[test]
+fn keep_alive_pool_reuses_upstream_connections() {
+    let b = Backend::start(Reply::Echo);
+    let gw = single(&b.addr_str(), "", 1);
+    for i in 0..10 {
+        // A new client connection each time: reuse is on the upstream side.
+        let r = gw.client().get(&format!("/p/{i}"));
+        assert_eq!(r.echo().target, format!("/p/{i}"));
+    }
+    assert_eq!(b.hits(), 10);
+    assert!(
+        b.conns() <= 2,
+        "10 sequential requests opened {} upstream connections",
+        b.conns()
+    );
+}
+
+#[test]
+fn pooled_connections_expire_after_pool_idle_timeout() {
+    let b = Backend::start(Reply::Echo);
+    let gw = single(&b.addr_str(), "pool = { idle_timeout_ms = 200 }", 1);
+    let mut c = gw.client();
+    assert_eq!(c.get("/a").status, 200);
+    assert_eq!(c.get("/a").status, 200);
+    assert_eq!(b.conns(), 1);
+    thread::sleep(Duration::from_millis(600));
+    assert_eq!(c.get("/a").status, 200);
+    assert_eq!(
+        b.conns(),
+        2,
+        "an idle pooled connection outlived pool.idle_timeout_ms"
+    );
+}
+
+#[test]
+fn stale_pooled_connection_is_retried_for_get() {
+    let b = Backend::start(Reply::CloseAfter(Duration::from_millis(50)));
+    let gw = single(&b.addr_str(), "", 1);
+    let mut c = gw.client();
+    for i in 0..4 {
+        let r = c.get(&format!("/stale/{i}"));
+        assert_eq!(
+            r.status, 200,
+            "request {i} on a connection the backend closed: {r:?}"
+        );
+        thread::sleep(Duration::from_millis(250));
+    }
+    assert_eq!(b.hits(), 4);
+}
+
+#[test]
+fn get_on_pooled_connection_dropped_after_read_is_retried_once() {
+    let b = Backend::start(Reply::DropReused);
+    let gw = single(&b.addr_str(), "", 1);
+    let mut c = gw.client();
+    assert_eq!(c.get("/first").status, 200);
+    let r = c.get("/second");
+    assert_eq!(
+        r.status, 200,
+        "an idempotent request on a dead pooled connection is retried: {r:?}"
+    );
+    assert_eq!(r.echo().target, "/second");
+    assert_eq!(b.requests(), ["GET /first", "GET /second", "GET /second"]);
+}
+
+#[test]
+fn post_on_pooled_connection_dropped_after_read_is_not_retried() {
+    let b = Backend::start(Reply::DropReused);
+    let gw = single(&b.addr_str(), "", 1);
+    let mut c = gw.client();
+    let post = |path: &str| {
+        format!("POST {path} HTTP/1.1\r\nHost: t\r\nContent-Length: 7\r\n\r\npayload").into_bytes()
+    };
+    assert_eq!(c.request(&post("/pay/1")).status, 200);
+    let r = c.request(&post("/pay/2"));
+    assert_eq!(
+        b.requests(),
+        ["POST /pay/1", "POST /pay/2"],
+        "a POST must never be sent twice"
+    );
+    assert_json_error(&r, 502);
+}
+
+#[test]
+fn post_on_stale_pooled_connection_is_never_duplicated() {
+    let b = Backend::start(Reply::CloseAfter(Duration::from_millis(50)));
+    let gw = single(&b.addr_str(), "", 1);
+    let mut c = gw.client();
+    let post = |path: &str| {
+        format!("POST {path} HTTP/1.1\r\nHost: t\r\nContent-Length: 7\r\n\r\npayload").into_bytes()
+    };
+    assert_eq!(c.request(&post("/pay/1")).status, 200);
+    thread::sleep(Duration::from_millis(250));
+    let r = c.request(&post("/pay/2"));
+    match r.status {
+        200 => assert_eq!(r.echo().body, b"payload"),
+        502 => {
+            assert_json_error(&r, 502);
+        }
+        other => panic!("expected 200 (fresh connection) or 502 (not retried), got {other}: {r:?}"),
+    }
+    let posts = b
+        .requests()
+        .iter()
+        .filter(|l| l.as_str() == "POST /pay/2")
+        .count();
+    assert!(posts <= 1, "POST delivered {posts} times");
+}
+
+#[test]
+fn connect_refused_is_502_with_a_log_line() {
+    let dead = refused_addr();
+    let gw = single(&dead.to_string(), "", 2);
+    let mut c = gw.client();
+    let r = c.get("/refused");
+    let msg = assert_json_error(&r, 502);
+    assert!(!msg.is_empty());
+    let target = dead.to_string();
+    let line = gw.wait_stderr_line(Duration::from_secs(3), |l| {
+        l.contains(&target) || l.contains("502")
+    });
+    assert!(
+        line.is_some(),
+        "no stderr log line for the refused connect; stderr:\n{}",
+        gw.stderr()
+    );
+    // The client connection survives an upstream failure.
+    assert_eq!(c.get("/refused").status, 502);
+}
+
+#[test]
+fn upstream_timeout_is_504_with_a_log_line() {
+    let b = Backend::start(Reply::slow(3000, Reply::Echo));
+    let gw = single(&b.addr_str(), "timeout_ms = 300", 2);
+    let mut c = gw.client();
+    let r = c.get("/slow");
+    assert_json_error(&r, 504);
+    let target = b.addr_str();
+    let line = gw.wait_stderr_line(Duration::from_secs(3), |l| {
+        l.contains(&target) || l.contains("504")
+    });
+    assert!(
+        line.is_some(),
+        "no stderr log line for the timeout; stderr:\n{}",
+        gw.stderr()
+    );
+    assert_eq!(b.heads(), 1);
+}
+
+#[test]
+fn upstream_reset_mid_body_closes_the_client_connection() {
+    let b = Backend::start(Reply::ResetMidBody);
+    let gw = single(&b.addr_str(), "", 2);
+    let mut c = gw.client();
+    c.send(b"GET /reset HTTP/1.1\r\nHost: t\r\n\r\n");
+    match c.try_read_response(false) {
+        Err(ReadError::Truncated(r)) => {
+            assert_eq!(r.status, 200, "{r:?}");
+            assert!(r.body.len() < 1000, "{r:?}");
+            c.expect_closed();
+        }
+        // The head had not been forwarded yet: a 502 is fine too.
+        Ok(r) if r.status == 502 => {
+            assert_json_error(&r, 502);
+        }
+        other => panic!("expected a truncated 200 then a closed connection (or a 502): {other:?}"),
+    }
+    // The gateway is fine afterwards.
+    let mut c2 = gw.client();
+    c2.send(b"GET /reset HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert!(!matches!(
+        c2.try_read_response(false),
+        Err(ReadError::Timeout)
+    ));
+}
+
+#[test]
+fn malformed_upstream_response_is_502() {
+    let b = Backend::start(Reply::Raw(
+        b"HELLO THERE\r\nthis is not http\r\n\r\n".to_vec(),
+    ));
+    let gw = single(&b.addr_str(), "", 2);
+    let r = gw.client().get("/garbage");
+    assert_json_error(&r, 502);
+
+    let b = Backend::start(Reply::Raw(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!".to_vec(),
+    ));
+    let gw = single(&b.addr_str(), "", 2);
+    let r = gw.client().get("/conflicting");
+    assert_json_error(&r, 502);
+}
+
+#[test]
+fn upstream_host_setting_overrides_the_host_header() {
+    let b = Backend::start(Reply::Echo);
+    let gw = single(&b.addr_str(), "host = \"internal.example\"", 2);
+    let e = gw
+        .client()
+        .request(b"GET /h HTTP/1.1\r\nHost: public.example\r\n\r\n")
+        .echo();
+    assert_eq!(e.headers_named("host"), ["internal.example"]);
+    assert_eq!(e.header("x-forwarded-host"), Some("public.example"));
+}
+
+#[test]
+fn oversized_upstream_response_head_is_502() {
+    let big = "h".repeat(4096);
+    let b = Backend::start(Reply::fixed(200, &[("X-Big", big.as_str())], "body"));
+    let gw = single(&b.addr_str(), "max_response_header_bytes = 1024", 2);
+    assert_json_error(&gw.client().get("/big-head"), 502);
+    // Under the limit is fine.
+    let b = Backend::start(Reply::fixed(200, &[("X-Small", "s")], "body"));
+    let gw = single(&b.addr_str(), "max_response_header_bytes = 1024", 2);
+    assert_eq!(gw.client().get("/small-head").text(), "body");
+}
+
+#[test]
+fn connect_timeout_is_502() {
+    let hole = blackhole();
+    let gw = single(
+        &hole.addr.to_string(),
+        "connect_timeout_ms = 200\ntimeout_ms = 20000",
+        2,
+    );
+    let mut c = gw.client();
+    let r = c.get("/unreachable");
+    assert_json_error(&r, 502);
+}
+
+#[test]
+fn upstream_stalling_mid_body_closes_the_client_connection() {
+    let b = Backend::start(Reply::StallMidBody(Duration::from_secs(5)));
+    let gw = single(&b.addr_str(), "timeout_ms = 300", 2);
+    let mut c = gw.client();
+    c.send(b"GET /stall HTTP/1.1\r\nHost: t\r\n\r\n");
+    match c.try_read_response(false) {
+        Err(ReadError::Truncated(r)) => {
+            assert_eq!(r.status, 200);
+            assert_eq!(r.body.len(), 100, "{r:?}");
+        }
+        other => {
+            panic!("expected a truncated response after timeout_ms of upstream silence: {other:?}")
+        }
+    }
+}
+
+#[test]
+fn pool_max_idle_zero_keeps_no_connections() {
+    let b = Backend::start(Reply::Echo);
+    let gw = single(&b.addr_str(), "pool = { max_idle = 0 }", 1);
+    let mut c = gw.client();
+    for _ in 0..5 {
+        assert_eq!(c.get("/np").status, 200);
+    }
+    assert!(
+        wait_until(Duration::from_secs(2), || b.conns() == 5),
+        "{} upstream connections for 5 requests",
+        b.conns()
+    );
+}
