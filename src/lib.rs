@@ -4,7 +4,7 @@
 //! 1. [`runtime`] — one shard per core accepts the connection (SO_REUSEPORT).
 //! 2. [`http`] — the connection loop reads and parses the request head.
 //! 3. [`route`] — host, base path, method and path pick a route.
-//! 4. [`pipeline`] — the route's phases run and its integration is called.
+//! 4. [`pipeline`] — the route's [`policy`] phases run, then its integration.
 //! 5. [`integration`] — a mock answer, or a proxied call to an upstream.
 //!
 //! [`config`] is read before any of this: TOML in, an immutable plan out.
@@ -14,5 +14,6 @@ pub mod http;
 pub mod integration;
 pub mod log;
 pub mod pipeline;
+pub mod policy;
 pub mod route;
 pub mod runtime;

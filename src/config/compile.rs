@@ -14,6 +14,7 @@ use std::time::Duration;
 #[derive(Debug, Clone)]
 pub struct Plan {
     pub server: ServerPlan,
+    pub policies: crate::policy::ServerPolicies,
     pub limits: Limits,
     pub upstreams: Vec<UpstreamPlan>,
     pub routes: Vec<RoutePlan>,
@@ -78,6 +79,7 @@ pub struct RoutePlan {
     pub api: String,
     pub key: String,
     pub integration: Integration,
+    pub policies: crate::policy::RoutePolicies,
 }
 
 #[derive(Debug, Clone)]
@@ -172,6 +174,7 @@ pub fn compile(raw: &RawConfig) -> Result<Plan, Vec<ConfigError>> {
     }
 
     let mut routes = Vec::new();
+    let mut policy_builder = crate::policy::PolicyBuilder::default();
     let mut specs = Vec::new();
     let mut api_names = std::collections::BTreeSet::new();
     for (ai, api) in raw.apis.iter().enumerate() {
@@ -256,10 +259,20 @@ pub fn compile(raw: &RawConfig) -> Result<Plan, Vec<ConfigError>> {
                 continue;
             };
             let id = routes.len() as RouteId;
+            let policies = crate::policy::compile_route(
+                &mut policy_builder,
+                ai,
+                api,
+                id as usize,
+                r,
+                &rkey,
+                &mut errors,
+            );
             routes.push(RoutePlan {
                 api: api.name.clone(),
                 key: r.key.clone(),
                 integration,
+                policies,
             });
             spec_routes.push((key, id, r.key.as_str()));
         }
@@ -276,6 +289,7 @@ pub fn compile(raw: &RawConfig) -> Result<Plan, Vec<ConfigError>> {
             "no [[apis]] defined: the gateway would answer 404 to everything",
         ));
     }
+    let policies = policy_builder.finish(&raw.server, &mut errors);
     let table = match RouteTable::build(&specs) {
         Ok(t) => t,
         Err(es) => {
@@ -286,6 +300,7 @@ pub fn compile(raw: &RawConfig) -> Result<Plan, Vec<ConfigError>> {
     if errors.is_empty() {
         Ok(Plan {
             server,
+            policies,
             limits,
             upstreams,
             routes,

@@ -65,6 +65,10 @@ pub struct RawServer {
     pub max_connections_per_shard: Option<usize>,
     #[serde(default)]
     pub limits: RawLimits,
+    /// Server-wide token bucket.
+    pub throttle: Option<crate::policy::throttle::RawThrottle>,
+    /// Per-shard response cache settings.
+    pub cache: Option<crate::policy::cache::RawCacheSettings>,
 }
 
 /// `[server.limits]`: what a client may send, and how slowly.
@@ -123,12 +127,23 @@ pub struct RawApi {
     pub hosts: Option<Vec<String>>,
     #[serde(default)]
     pub routes: Vec<RawRoute>,
+    /// Token bucket for the whole API.
+    pub throttle: Option<crate::policy::throttle::RawThrottle>,
+    /// Response cache for every route of the API.
+    pub cache: Option<crate::policy::cache::RawCacheRule>,
+    pub cors: Option<crate::policy::cors::RawCors>,
+    pub ip_rules: Option<crate::policy::ip_rules::RawIpRules>,
 }
 
 #[derive(Debug, Deserialize)]
 pub struct RawRoute {
     pub key: String,
     pub integration: RawIntegration,
+    /// Token bucket for this route.
+    pub throttle: Option<crate::policy::throttle::RawThrottle>,
+    /// Response cache for this route (overrides the API's).
+    pub cache: Option<crate::policy::cache::RawCacheRule>,
+    pub ip_rules: Option<crate::policy::ip_rules::RawIpRules>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -62,6 +62,9 @@ pub struct Conn {
     pub rend: usize,
     pub wbuf: Vec<u8>,
     pub xbuf: Vec<u8>,
+    /// Header lines policies add to this request's response (CORS,
+    /// rate-limit, cache status); empty for most requests.
+    pub ebuf: Vec<u8>,
     guard: ConnGuard,
 }
 
@@ -81,6 +84,7 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, over_limit: bool) {
         rend: 0,
         wbuf: Vec::with_capacity(512),
         xbuf: Vec::new(),
+        ebuf: Vec::new(),
         guard,
     };
     if over_limit {
@@ -269,6 +273,7 @@ impl Conn {
             close,
             allow,
             head_request,
+            extra: &self.ebuf,
         };
         push_error_response(&mut self.wbuf, status, message, &x);
         self.stream.write_all(&self.wbuf).await.is_ok()

@@ -199,6 +199,8 @@ pub struct ErrorExtras<'a> {
     pub allow: Option<crate::route::AllowSet>,
     /// Omit the body (HEAD request) but keep its length.
     pub head_request: bool,
+    /// Complete header lines added by policies (CORS and the like).
+    pub extra: &'a [u8],
 }
 
 /// Writes a complete gateway error response: status, JSON body, request id.
@@ -217,6 +219,7 @@ pub fn push_error_response(out: &mut Vec<u8>, status: u16, message: &str, x: &Er
         allow.write_to(out);
         out.extend_from_slice(b"\r\n");
     }
+    out.extend_from_slice(x.extra);
     if x.close {
         out.extend_from_slice(b"connection: close\r\n");
     }
@@ -255,12 +258,17 @@ mod tests {
             close: true,
             allow: None,
             head_request: false,
+            extra: b"access-control-allow-origin: *\r\n",
         };
         push_error_response(&mut out, 404, "Not Found", &x);
         let text = String::from_utf8(out).unwrap();
         assert!(text.starts_with("HTTP/1.1 404 Not Found\r\n"), "{text}");
         assert!(text.contains("content-length: 23\r\n"), "{text}");
         assert!(text.contains("connection: close\r\n"));
+        assert!(
+            text.contains("\r\naccess-control-allow-origin: *\r\n"),
+            "{text}"
+        );
         assert!(
             text.ends_with("\r\n\r\n{\"message\":\"Not Found\"}"),
             "{text}"

@@ -136,6 +136,29 @@ pub struct Forward<'a> {
     pub request_id: &'a [u8],
 }
 
+/// A copy of a proxied response as the client received it, for the cache.
+/// Only responses delimited by a Content-Length of at most `max_body` bytes
+/// are captured; `complete` says the whole body arrived and was forwarded.
+#[derive(Debug, Default)]
+pub struct Capture {
+    pub max_body: usize,
+    pub status: u16,
+    /// The upstream's header lines (`name: value\r\n`) minus hop-by-hop ones
+    /// and `x-request-id`.
+    pub headers: Vec<u8>,
+    pub body: Vec<u8>,
+    pub complete: bool,
+}
+
+impl Capture {
+    pub fn new(max_body: usize) -> Capture {
+        Capture {
+            max_body,
+            ..Capture::default()
+        }
+    }
+}
+
 enum UpErr {
     /// Closed or reset before any byte of a response.
     Closed(io::Error),
@@ -145,7 +168,12 @@ enum UpErr {
 
 /// Sends the request (head in `conn.xbuf`, body from the client) and streams
 /// the response back.
-pub async fn forward(conn: &mut Conn, shard: &Shard, f: Forward<'_>) -> Flow {
+pub async fn forward(
+    conn: &mut Conn,
+    shard: &Shard,
+    f: Forward<'_>,
+    mut capture: Option<&mut Capture>,
+) -> Flow {
     let uplan = &shard.plan.upstreams[f.upstream];
     let state = &shard.upstreams[f.upstream];
     let _in_flight = state.begin(f.target);
@@ -257,11 +285,32 @@ pub async fn forward(conn: &mut Conn, shard: &Shard, f: Forward<'_>) -> Flow {
     if dechunk || resp.framing == RespFraming::Close {
         client_keep = false;
     }
-    write_response_head(&mut conn.wbuf, &up.buf, &resp, f, client_keep);
+    write_response_head(&mut conn.wbuf, &up.buf, &resp, f, &conn.ebuf, client_keep);
 
     // === response body ===
     let filled = up.filled;
     let leftover = resp.len..filled;
+    let mut capture = capture.take().and_then(|c| {
+        c.complete = false;
+        c.body.clear();
+        c.headers.clear();
+        c.status = resp.status;
+        match resp.framing {
+            RespFraming::Length(n) if n <= c.max_body as u64 => {
+                for h in resp.headers.iter().filter(|h| !h.hop) {
+                    let name = h.name.get(&up.buf);
+                    if !name.eq_ignore_ascii_case(b"x-request-id") {
+                        c.headers.extend_from_slice(name);
+                        c.headers.extend_from_slice(b": ");
+                        c.headers.extend_from_slice(h.value.get(&up.buf));
+                        c.headers.extend_from_slice(b"\r\n");
+                    }
+                }
+                Some(c)
+            }
+            _ => None,
+        }
+    });
     let mut reusable = resp.keep_alive && !body_cut && body_done;
     let streamed: Result<(), StreamErr> = match resp.framing {
         RespFraming::None => {
@@ -282,7 +331,17 @@ pub async fn forward(conn: &mut Conn, shard: &Shard, f: Forward<'_>) -> Flow {
             .await
             {
                 Err(_) => Err(StreamErr::Client),
-                Ok(()) => copy_length(conn, &mut up, uplan, n - take as u64).await,
+                Ok(()) => {
+                    if let Some(c) = capture.as_deref_mut() {
+                        c.body.extend_from_slice(&up.buf[resp.len..resp.len + take]);
+                    }
+                    let body = capture.as_deref_mut().map(|c| &mut c.body);
+                    let r = copy_length(conn, &mut up, uplan, n - take as u64, body).await;
+                    if let (Ok(()), Some(c)) = (&r, capture) {
+                        c.complete = true;
+                    }
+                    r
+                }
             }
         }
         RespFraming::Chunked => match conn.stream.write_all(&conn.wbuf).await {
@@ -435,6 +494,7 @@ fn write_response_head(
     buf: &[u8],
     resp: &ResponseHead,
     f: Forward<'_>,
+    extra: &[u8],
     client_keep: bool,
 ) {
     out.clear();
@@ -481,6 +541,7 @@ fn write_response_head(
         }
         _ => {}
     }
+    out.extend_from_slice(extra);
     if !client_keep {
         out.extend_from_slice(b"connection: close\r\n");
     } else if f.minor_version == 0 {
@@ -509,11 +570,17 @@ async fn copy_length(
     up: &mut UpConn,
     uplan: &UpstreamPlan,
     mut remaining: u64,
+    mut capture: Option<&mut Vec<u8>>,
 ) -> Result<(), StreamErr> {
     let _ = up.stream.set_read_timeout(Some(uplan.timeout));
     while remaining > 0 {
         let max = (up.buf.len() as u64).min(remaining) as usize;
         let n = read_upstream(up, max).await?;
+        if let Some(c) = capture.as_deref_mut() {
+            // The cache's copy; the client's bytes are still written from
+            // the read buffer.
+            c.extend_from_slice(&up.buf[..n]);
+        }
         conn.stream
             .write_all(&up.buf[..n])
             .await

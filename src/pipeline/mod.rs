@@ -6,10 +6,12 @@
 use crate::config::{Integration, MockPlan, Plan};
 use crate::http::conn::{write_two, BodyError, Conn};
 use crate::http::encode::RequestIds;
+use crate::http::encode::{push_status_line, push_u64};
 use crate::http::method::Method;
 use crate::http::parse::{Framing, RequestHead};
 use crate::integration::http_proxy::{self, Forward};
 use crate::integration::upstream::UpstreamState;
+use crate::policy::{self, Decision, Refusal, RequestView};
 use crate::route::{AllowSet, Lookup};
 use crate::runtime::Shard;
 use smallvec::SmallVec;
@@ -34,6 +36,7 @@ pub enum Routed {
     Mock(usize),
     /// The upstream request head is in the `xbuf` given to [`route_request`].
     Proxy {
+        route: usize,
         upstream: usize,
         target: usize,
     },
@@ -93,6 +96,7 @@ pub fn route_request(
                     xbuf, buf, head, &params, p, uplan, target, peer, request_id,
                 );
                 Routed::Proxy {
+                    route: route as usize,
                     upstream: p.upstream,
                     target,
                 }
@@ -112,12 +116,14 @@ pub fn route_request(
 }
 
 /// Writes a mock integration's response head into `out`; the body is
-/// `mock.body` unless `head_request`.
+/// `mock.body` unless the request was HEAD. `extra` holds header lines from
+/// the policies.
 pub fn render_mock(
     out: &mut Vec<u8>,
     mock: &MockPlan,
     date: &[u8; 29],
     request_id: &[u8],
+    extra: &[u8],
     keep: bool,
     minor_version: u8,
 ) {
@@ -128,6 +134,7 @@ pub fn render_mock(
     out.extend_from_slice(b"\r\nx-request-id: ");
     out.extend_from_slice(request_id);
     out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(extra);
     if !keep {
         out.extend_from_slice(b"connection: close\r\n");
     } else if minor_version == 0 {
@@ -149,9 +156,32 @@ pub async fn handle(conn: &mut Conn, head: &RequestHead, shard: &Shard) -> Flow 
         &mut conn.xbuf,
         &mut request_id,
     );
+    if !conn.ebuf.is_empty() {
+        conn.ebuf.clear();
+    }
+    // === policy phases ===
+    if let Routed::Mock(route) | Routed::Proxy { route, .. } = routed {
+        let policies = &shard.plan.routes[route].policies;
+        if !policies.is_empty() {
+            let view = RequestView {
+                buf: &conn.rbuf[conn.rpos..conn.rend],
+                head,
+                peer: conn.peer,
+                route,
+                now: Instant::now(),
+            };
+            if let Decision::Respond(r) =
+                policy::check(policies, &shard.policies, &view, &mut conn.ebuf)
+            {
+                conn.rpos += head.len;
+                return respond_refusal(conn, shard, head, r, &request_id).await;
+            }
+        }
+    }
     // The head's bytes are no longer needed: everything after is body or the
     // next request.
     conn.rpos += head.len;
+    // === integration ===
     match routed {
         Routed::Error {
             status,
@@ -164,7 +194,9 @@ pub async fn handle(conn: &mut Conn, head: &RequestHead, shard: &Shard) -> Flow 
             };
             respond_mock(conn, shard, head, mock, &request_id).await
         }
-        Routed::Proxy { upstream, target } => {
+        Routed::Proxy {
+            upstream, target, ..
+        } => {
             let f = Forward {
                 method: head.method,
                 framing: head.framing,
@@ -175,8 +207,65 @@ pub async fn handle(conn: &mut Conn, head: &RequestHead, shard: &Shard) -> Flow 
                 target,
                 request_id: &request_id,
             };
-            http_proxy::forward(conn, shard, f).await
+            http_proxy::forward(conn, shard, f, None).await
         }
+    }
+}
+
+/// Answers with a policy's response instead of the integration's. As with
+/// gateway errors, the connection stays open only if no body is left unread.
+async fn respond_refusal(
+    conn: &mut Conn,
+    shard: &Shard,
+    head: &RequestHead,
+    r: Refusal,
+    request_id: &[u8],
+) -> Flow {
+    conn.ebuf.extend_from_slice(&r.headers);
+    let Some(body) = r.body else {
+        return respond_error(conn, shard, head, r.status, &r.message, None, request_id).await;
+    };
+    let body_buffered = consume_buffered_body(conn, head);
+    let keep = body_buffered && head.keep_alive;
+    conn.wbuf.clear();
+    push_status_line(&mut conn.wbuf, r.status);
+    conn.wbuf.extend_from_slice(b"date: ");
+    conn.wbuf.extend_from_slice(shard.date.borrow_mut().get());
+    conn.wbuf.extend_from_slice(b"\r\ncontent-length: ");
+    push_u64(&mut conn.wbuf, body.len() as u64);
+    conn.wbuf.extend_from_slice(b"\r\nx-request-id: ");
+    conn.wbuf.extend_from_slice(request_id);
+    conn.wbuf.extend_from_slice(b"\r\n");
+    conn.wbuf.extend_from_slice(&conn.ebuf);
+    if !keep {
+        conn.wbuf.extend_from_slice(b"connection: close\r\n");
+    }
+    conn.wbuf.extend_from_slice(b"\r\n");
+    let body: &[u8] = if head.method == Method::Head {
+        b""
+    } else {
+        &body
+    };
+    if write_two(&mut conn.stream, &conn.wbuf, body).await.is_err() {
+        return Flow::Close;
+    }
+    match (keep, body_buffered) {
+        (true, _) => Flow::KeepAlive,
+        (false, true) => Flow::Close,
+        (false, false) => Flow::Linger,
+    }
+}
+
+/// Consumes a request body that is already wholly buffered. Returns false
+/// when some of it is still to come (the connection must then close).
+fn consume_buffered_body(conn: &mut Conn, head: &RequestHead) -> bool {
+    match head.framing {
+        Framing::None => true,
+        Framing::Length(n) if n <= conn.buffered() as u64 => {
+            conn.rpos += n as usize;
+            true
+        }
+        _ => false,
     }
 }
 
@@ -192,14 +281,7 @@ async fn respond_error(
     allow: Option<AllowSet>,
     request_id: &[u8],
 ) -> Flow {
-    let body_buffered = match head.framing {
-        Framing::None => true,
-        Framing::Length(n) if n <= conn.buffered() as u64 => {
-            conn.rpos += n as usize;
-            true
-        }
-        _ => false,
-    };
+    let body_buffered = consume_buffered_body(conn, head);
     let keep = body_buffered && head.keep_alive;
     let head_req = head.method == Method::Head;
     if !conn
@@ -256,6 +338,7 @@ async fn respond_mock(
         mock,
         &date,
         request_id,
+        &conn.ebuf,
         keep,
         head.minor_version,
     );

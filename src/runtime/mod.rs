@@ -90,8 +90,13 @@ impl Server {
         let mut handles = Vec::new();
         let mut inboxes = Vec::new();
         let mut fds_iter = fds.into_iter();
+        let mut links =
+            crate::policy::throttle::links(&plan.policies.throttle, plan.server.shards).into_iter();
         for id in 0..plan.server.shards {
             let shard_fds = fds_iter.next().unwrap_or_default();
+            let Some(link) = links.next() else {
+                return Err(io::Error::other("throttle links: one per shard expected"));
+            };
             let (tx, rx): (Sender<Control>, Receiver<Control>) = crossbeam_channel::unbounded();
             let shard_plan = plan.clone();
             let ready = ready_tx.clone();
@@ -100,7 +105,7 @@ impl Server {
                 .name(&format!("coregate-shard-{id}"))
                 .io_memory(IO_MEMORY)
                 .spawn(move || async move {
-                    shard::run(id, shard_plan, shard_fds, rx, ready).await;
+                    shard::run(id, shard_plan, shard_fds, rx, ready, link).await;
                 });
             match spawned {
                 Ok(h) => {

@@ -41,6 +41,7 @@ pub struct Shard {
     pub plan: Plan,
     pub head_limits: HeadLimits,
     pub upstreams: Vec<UpstreamState>,
+    pub policies: crate::policy::ShardPolicies,
     pub date: RefCell<DateCache>,
     pub ids: RefCell<RequestIds>,
     draining: Cell<bool>,
@@ -51,17 +52,19 @@ pub struct Shard {
 }
 
 impl Shard {
-    pub fn new(id: usize, plan: Plan) -> Shard {
+    pub fn new(id: usize, plan: Plan, link: crate::policy::throttle::ShardLink) -> Shard {
         let head_limits = HeadLimits {
             max_request_line: plan.limits.max_request_line_bytes,
             max_head: plan.limits.max_header_bytes,
             max_headers: plan.limits.max_headers,
         };
         let upstreams = plan.upstreams.iter().map(UpstreamState::new).collect();
+        let policies = crate::policy::ShardPolicies::new(&plan, id, link);
         Shard {
             id,
             head_limits,
             upstreams,
+            policies,
             date: RefCell::new(DateCache::default()),
             ids: RefCell::new(RequestIds::new(id)),
             draining: Cell::new(false),
@@ -161,8 +164,9 @@ pub(super) async fn run(
     fds: Vec<RawFd>,
     inbox: Receiver<Control>,
     ready: Sender<Result<(), String>>,
+    link: crate::policy::throttle::ShardLink,
 ) {
-    let shard = Rc::new(Shard::new(id, plan));
+    let shard = Rc::new(Shard::new(id, plan, link));
     let mut accept_tasks = Vec::new();
     for fd in fds {
         // SAFETY: `fd` is a bound, listening socket created for this shard by

@@ -1,0 +1,191 @@
+//! Policies: the phases between routing and the integration.
+//!
+//! After [`crate::route`] picks a route, the pipeline runs that route's
+//! policies in a fixed order, each returning an explicit decision:
+//!
+//! 1. [`ip_rules`] — client address allowed? (403)
+//! 2. [`cors`] — answer a preflight; note headers for the actual response.
+//! 3. [`throttle`] — within the token buckets that apply? (429)
+//! 4. [`cache`] — answer from the shard's cache, or arrange to store the
+//!    integration's response.
+//!
+//! Each policy's config is compiled once (API-level settings merged with the
+//! route's) into [`RoutePolicies`]; its run-time state is shard-local
+//! ([`ShardPolicies`]). Checks are synchronous and take no lock.
+
+pub mod cache;
+pub mod cors;
+pub mod ip_rules;
+pub mod throttle;
+
+use crate::config::raw::{RawApi, RawRoute, RawServer};
+use crate::config::ConfigError;
+use crate::http::parse::RequestHead;
+use std::borrow::Cow;
+use std::net::SocketAddr;
+use std::time::Instant;
+
+/// The compiled policies of one route.
+#[derive(Debug, Clone, Default)]
+pub struct RoutePolicies {
+    pub ip_rules: Option<ip_rules::IpRules>,
+    pub cors: Option<cors::Cors>,
+    pub throttle: throttle::RouteLimits,
+    pub cache: Option<cache::CacheRule>,
+}
+
+impl RoutePolicies {
+    /// True when no policy applies: the pipeline skips the policy phases.
+    pub fn is_empty(&self) -> bool {
+        self.ip_rules.is_none()
+            && self.cors.is_none()
+            && self.throttle.is_empty()
+            && self.cache.is_none()
+    }
+}
+
+/// Server-wide policy settings.
+#[derive(Debug, Clone, Default)]
+pub struct ServerPolicies {
+    pub throttle: throttle::ThrottlePlan,
+    pub cache: cache::CacheSettings,
+}
+
+/// What a policy may read about a request.
+pub struct RequestView<'a> {
+    /// The buffer the head was parsed from.
+    pub buf: &'a [u8],
+    pub head: &'a RequestHead,
+    pub peer: SocketAddr,
+    pub route: usize,
+    pub now: Instant,
+}
+
+impl RequestView<'_> {
+    /// The value of the first header named `name` (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&[u8]> {
+        self.head
+            .headers
+            .iter()
+            .find(|h| h.name.get(self.buf).eq_ignore_ascii_case(name.as_bytes()))
+            .map(|h| h.value.get(self.buf))
+    }
+}
+
+/// A response a policy gives instead of the integration's.
+#[derive(Debug, Clone)]
+pub struct Refusal {
+    pub status: u16,
+    /// The JSON `message` (for gateway errors), ignored when `body` is set.
+    pub message: Cow<'static, str>,
+    /// Complete header lines (`name: value\r\n`) to add.
+    pub headers: Vec<u8>,
+    /// A body other than the JSON message (a preflight's empty body).
+    pub body: Option<Vec<u8>>,
+}
+
+impl Refusal {
+    pub fn json(status: u16, message: impl Into<Cow<'static, str>>) -> Refusal {
+        Refusal {
+            status,
+            message: message.into(),
+            headers: Vec::new(),
+            body: None,
+        }
+    }
+}
+
+/// A policy phase's decision.
+#[derive(Debug)]
+pub enum Decision {
+    Continue,
+    Respond(Refusal),
+}
+
+/// Compiles the policies of one route from its API's and its own settings.
+/// `route_id` is the route's index in the plan; `api_index` its API's.
+pub fn compile_route(
+    builder: &mut PolicyBuilder,
+    api_index: usize,
+    api: &RawApi,
+    route_id: usize,
+    route: &RawRoute,
+    key: &str,
+    errors: &mut Vec<ConfigError>,
+) -> RoutePolicies {
+    RoutePolicies {
+        ip_rules: ip_rules::compile(api.ip_rules.as_ref(), route.ip_rules.as_ref(), key, errors),
+        cors: cors::compile(api.cors.as_ref(), key, errors),
+        throttle: builder.throttle.route(
+            api_index,
+            api.throttle.as_ref(),
+            route_id,
+            route.throttle.as_ref(),
+            key,
+            errors,
+        ),
+        cache: cache::compile_rule(api.cache.as_ref(), route.cache.as_ref(), key, errors),
+    }
+}
+
+/// Collects what policies need across routes while the config compiles.
+#[derive(Default)]
+pub struct PolicyBuilder {
+    pub throttle: throttle::Builder,
+}
+
+impl PolicyBuilder {
+    pub fn finish(self, server: &RawServer, errors: &mut Vec<ConfigError>) -> ServerPolicies {
+        ServerPolicies {
+            throttle: self.throttle.finish(server.throttle.as_ref(), errors),
+            cache: cache::compile_settings(server.cache.as_ref(), errors),
+        }
+    }
+}
+
+/// Shard-local run-time state of the policies.
+pub struct ShardPolicies {
+    pub throttle: throttle::ShardThrottle,
+    pub cache: cache::ShardCache,
+}
+
+impl ShardPolicies {
+    pub fn new(
+        plan: &crate::config::Plan,
+        shard: usize,
+        link: throttle::ShardLink,
+    ) -> ShardPolicies {
+        ShardPolicies {
+            throttle: throttle::ShardThrottle::new(&plan.policies.throttle, shard, link),
+            cache: cache::ShardCache::new(&plan.policies.cache),
+        }
+    }
+}
+
+/// Runs the synchronous policy phases (IP rules, CORS, throttle) for a
+/// routed request. Header lines for the eventual response (CORS, rate-limit
+/// headers) are appended to `extra`.
+pub fn check(
+    policies: &RoutePolicies,
+    state: &ShardPolicies,
+    view: &RequestView<'_>,
+    extra: &mut Vec<u8>,
+) -> Decision {
+    if let Some(rules) = &policies.ip_rules {
+        if !rules.allows(view.peer.ip()) {
+            return Decision::Respond(Refusal::json(403, "Forbidden"));
+        }
+    }
+    if let Some(cors) = &policies.cors {
+        if let Decision::Respond(r) = cors.preflight(view) {
+            return Decision::Respond(r);
+        }
+        cors.response_headers(view, extra);
+    }
+    if !policies.throttle.is_empty() {
+        if let Decision::Respond(r) = state.throttle.check(&policies.throttle, view, extra) {
+            return Decision::Respond(r);
+        }
+    }
+    Decision::Continue
+}
