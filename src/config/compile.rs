@@ -15,6 +15,9 @@ use std::time::Duration;
 pub struct Plan {
     pub server: ServerPlan,
     pub policies: crate::policy::ServerPolicies,
+    /// Per API (config order): what applies to a request of the API before a
+    /// route is known.
+    pub apis: Vec<ApiPlan>,
     pub limits: Limits,
     pub upstreams: Vec<UpstreamPlan>,
     pub routes: Vec<RoutePlan>,
@@ -72,6 +75,13 @@ pub struct UpstreamPlan {
     pub pool_idle_timeout: Duration,
     pub health_max_failures: u32,
     pub health_cooldown: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct ApiPlan {
+    pub name: String,
+    /// Answers preflights to paths that have no OPTIONS route.
+    pub cors: Option<crate::policy::cors::Cors>,
 }
 
 #[derive(Debug, Clone)]
@@ -175,6 +185,7 @@ pub fn compile(raw: &RawConfig) -> Result<Plan, Vec<ConfigError>> {
 
     let mut routes = Vec::new();
     let mut policy_builder = crate::policy::PolicyBuilder::default();
+    let mut api_plans = Vec::new();
     let mut specs = Vec::new();
     let mut api_names = std::collections::BTreeSet::new();
     for (ai, api) in raw.apis.iter().enumerate() {
@@ -224,6 +235,11 @@ pub fn compile(raw: &RawConfig) -> Result<Plan, Vec<ConfigError>> {
                 "an api needs at least one [[apis.routes]]",
             ));
         }
+        let api_cors = crate::policy::cors::compile(api.cors.as_ref(), &akey, &mut errors);
+        api_plans.push(ApiPlan {
+            name: api.name.clone(),
+            cors: api_cors.clone(),
+        });
         let mut spec_routes = Vec::new();
         for (ri, r) in api.routes.iter().enumerate() {
             let rkey = format!("{akey}.routes[{ri}]");
@@ -263,6 +279,7 @@ pub fn compile(raw: &RawConfig) -> Result<Plan, Vec<ConfigError>> {
                 &mut policy_builder,
                 ai,
                 api,
+                api_cors.clone(),
                 id as usize,
                 r,
                 &rkey,
@@ -301,6 +318,7 @@ pub fn compile(raw: &RawConfig) -> Result<Plan, Vec<ConfigError>> {
         Ok(Plan {
             server,
             policies,
+            apis: api_plans,
             limits,
             upstreams,
             routes,

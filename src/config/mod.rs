@@ -7,8 +7,8 @@ pub mod compile;
 pub mod raw;
 
 pub use compile::{
-    Balance, Integration, Limits, MockPlan, PathPart, Plan, ProxyPlan, RoutePlan, ServerPlan,
-    TargetPlan, UpstreamPlan,
+    ApiPlan, Balance, Integration, Limits, MockPlan, PathPart, Plan, ProxyPlan, RoutePlan,
+    ServerPlan, TargetPlan, UpstreamPlan,
 };
 
 use std::fmt;

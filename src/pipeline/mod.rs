@@ -160,23 +160,27 @@ pub async fn handle(conn: &mut Conn, head: &RequestHead, shard: &Shard) -> Flow 
         conn.ebuf.clear();
     }
     // === policy phases ===
-    if let Routed::Mock(route) | Routed::Proxy { route, .. } = routed {
-        let policies = &shard.plan.routes[route].policies;
-        if !policies.is_empty() {
-            let view = RequestView {
-                buf: &conn.rbuf[conn.rpos..conn.rend],
-                head,
-                peer: conn.peer,
-                route,
-                now: Instant::now(),
-            };
-            if let Decision::Respond(r) =
+    let decision = match routed {
+        Routed::Mock(route) | Routed::Proxy { route, .. } => {
+            let policies = &shard.plan.routes[route].policies;
+            if policies.is_empty() {
+                Decision::Continue
+            } else {
+                let view = RequestView {
+                    buf: &conn.rbuf[conn.rpos..conn.rend],
+                    head,
+                    peer: conn.peer,
+                    route: Some(route),
+                    now: Instant::now(),
+                };
                 policy::check(policies, &shard.policies, &view, &mut conn.ebuf)
-            {
-                conn.rpos += head.len;
-                return respond_refusal(conn, shard, head, r, &request_id).await;
             }
         }
+        Routed::Error { .. } => api_level_policies(conn, head, shard),
+    };
+    if let Decision::Respond(r) = decision {
+        conn.rpos += head.len;
+        return respond_refusal(conn, shard, head, r, &request_id).await;
     }
     // The head's bytes are no longer needed: everything after is body or the
     // next request.
@@ -210,6 +214,38 @@ pub async fn handle(conn: &mut Conn, head: &RequestHead, shard: &Shard) -> Flow 
             http_proxy::forward(conn, shard, f, None).await
         }
     }
+}
+
+/// For a request no route takes: CORS still answers a preflight (API Gateway
+/// does so whether or not an OPTIONS route exists) and adds its headers to
+/// the error response, so a browser can read it.
+fn api_level_policies(conn: &mut Conn, head: &RequestHead, shard: &Shard) -> Decision {
+    if shard.plan.apis.iter().all(|a| a.cors.is_none()) {
+        return Decision::Continue;
+    }
+    let buf = &conn.rbuf[conn.rpos..conn.rend];
+    let Ok(path) = std::str::from_utf8(head.path(buf)) else {
+        return Decision::Continue;
+    };
+    let api = shard
+        .plan
+        .table
+        .api_for(head.host.map(|h| h.get(buf)), path);
+    let Some(cors) = api.and_then(|a| shard.plan.apis[a].cors.as_ref()) else {
+        return Decision::Continue;
+    };
+    let view = RequestView {
+        buf,
+        head,
+        peer: conn.peer,
+        route: None,
+        now: Instant::now(),
+    };
+    if let Decision::Respond(r) = cors.preflight(&view) {
+        return Decision::Respond(r);
+    }
+    cors.response_headers(&view, &mut conn.ebuf);
+    Decision::Continue
 }
 
 /// Answers with a policy's response instead of the integration's. As with

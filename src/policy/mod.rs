@@ -57,7 +57,9 @@ pub struct RequestView<'a> {
     pub buf: &'a [u8],
     pub head: &'a RequestHead,
     pub peer: SocketAddr,
-    pub route: usize,
+    /// The route, or None for a request no route takes (a CORS preflight to
+    /// a path without an OPTIONS route).
+    pub route: Option<usize>,
     pub now: Instant,
 }
 
@@ -104,10 +106,12 @@ pub enum Decision {
 
 /// Compiles the policies of one route from its API's and its own settings.
 /// `route_id` is the route's index in the plan; `api_index` its API's.
+/// CORS is an API-level setting, compiled once per API (`api_cors`).
 pub fn compile_route(
     builder: &mut PolicyBuilder,
     api_index: usize,
     api: &RawApi,
+    api_cors: Option<cors::Cors>,
     route_id: usize,
     route: &RawRoute,
     key: &str,
@@ -115,7 +119,7 @@ pub fn compile_route(
 ) -> RoutePolicies {
     RoutePolicies {
         ip_rules: ip_rules::compile(api.ip_rules.as_ref(), route.ip_rules.as_ref(), key, errors),
-        cors: cors::compile(api.cors.as_ref(), key, errors),
+        cors: api_cors,
         throttle: builder.throttle.route(
             api_index,
             api.throttle.as_ref(),

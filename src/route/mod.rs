@@ -238,6 +238,8 @@ fn strip_port(host: &[u8]) -> &[u8] {
 
 #[derive(Clone)]
 struct ApiTable {
+    /// The API's index in the config (and in `Plan::apis`).
+    index: usize,
     hosts: HostMatch,
     /// Normalised base path without a trailing '/'; empty for the root.
     base_path: String,
@@ -306,7 +308,7 @@ impl RouteTable {
         let mut errors = Vec::new();
         let mut apis = Vec::with_capacity(specs.len());
         let mut seen_scopes: BTreeMap<(Option<Vec<String>>, String), &str> = BTreeMap::new();
-        for spec in specs {
+        for (index, spec) in specs.iter().enumerate() {
             let hosts_key = spec.hosts.as_ref().map(|h| {
                 let mut h: Vec<String> = h.iter().map(|s| s.to_ascii_lowercase()).collect();
                 h.sort();
@@ -320,7 +322,7 @@ impl RouteTable {
                     spec.name
                 ));
             }
-            match build_api(spec) {
+            match build_api(index, spec) {
                 Ok(t) => apis.push(t),
                 Err(mut e) => errors.append(&mut e),
             }
@@ -335,15 +337,19 @@ impl RouteTable {
         self.apis.len()
     }
 
-    /// Finds the route for a request. `path` is the raw (still percent-encoded)
-    /// path without the query string.
-    pub fn lookup<'t, 'p>(
+    /// The API a request belongs to (its index in the config), whether or not
+    /// one of its routes matches: for API-level answers such as CORS
+    /// preflights to paths without an OPTIONS route.
+    pub fn api_for(&self, host: Option<&[u8]>, path: &str) -> Option<usize> {
+        self.select(host, path).map(|(a, _)| a.index)
+    }
+
+    /// The best host match wins, then the longest base path.
+    fn select<'t, 'p>(
         &'t self,
         host: Option<&[u8]>,
-        method: Method,
         path: &'p str,
-    ) -> Lookup<'t, 'p> {
-        // The best host match wins, then the longest base path.
+    ) -> Option<(&'t ApiTable, &'p str)> {
         let mut chosen: Option<(&ApiTable, &str, (u8, usize))> = None;
         for a in &self.apis {
             let Some(rank) = a.hosts.rank(host) else {
@@ -357,7 +363,18 @@ impl RouteTable {
                 chosen = Some((a, rel, score));
             }
         }
-        let Some((api, rel, _)) = chosen else {
+        chosen.map(|(a, rel, _)| (a, rel))
+    }
+
+    /// Finds the route for a request. `path` is the raw (still percent-encoded)
+    /// path without the query string.
+    pub fn lookup<'t, 'p>(
+        &'t self,
+        host: Option<&[u8]>,
+        method: Method,
+        path: &'p str,
+    ) -> Lookup<'t, 'p> {
+        let Some((api, rel)) = self.select(host, path) else {
             return Lookup::NotFound;
         };
         if let Some(m) = api.find(method.slot(), rel) {
@@ -386,7 +403,7 @@ impl RouteTable {
     }
 }
 
-fn build_api(spec: &ApiSpec<'_>) -> Result<ApiTable, Vec<String>> {
+fn build_api(index: usize, spec: &ApiSpec<'_>) -> Result<ApiTable, Vec<String>> {
     let mut errors = Vec::new();
     let mut default = None;
     // Per pattern: the route for each method slot, and the ANY route.
@@ -498,6 +515,7 @@ fn build_api(spec: &ApiSpec<'_>) -> Result<ApiTable, Vec<String>> {
         spec.base_path.clone()
     };
     Ok(ApiTable {
+        index,
         hosts,
         base_path,
         slots,
