@@ -82,6 +82,9 @@ pub struct ApiPlan {
     pub name: String,
     /// Answers preflights to paths that have no OPTIONS route.
     pub cors: Option<crate::policy::cors::Cors>,
+    /// Applied to requests no route takes too (404, 405, preflights), so a
+    /// refused client cannot map the API's paths.
+    pub ip_rules: Option<crate::policy::ip_rules::IpRules>,
 }
 
 #[derive(Debug, Clone)]
@@ -236,9 +239,16 @@ pub fn compile(raw: &RawConfig) -> Result<Plan, Vec<ConfigError>> {
             ));
         }
         let api_cors = crate::policy::cors::compile(api.cors.as_ref(), &akey, &mut errors);
+        // Errors in the API's ip_rules are reported by the routes' compile.
+        let mut reported_elsewhere = Vec::new();
         api_plans.push(ApiPlan {
             name: api.name.clone(),
             cors: api_cors.clone(),
+            ip_rules: crate::policy::ip_rules::compile_api(
+                api.ip_rules.as_ref(),
+                &akey,
+                &mut reported_elsewhere,
+            ),
         });
         let mut spec_routes = Vec::new();
         for (ri, r) in api.routes.iter().enumerate() {

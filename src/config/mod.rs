@@ -143,7 +143,8 @@ enum Seg<'a> {
 /// Splits `apis.0.routes.1.foo` (serde_ignored's form) into segments.
 fn path_segments(path: &str) -> Vec<Seg<'_>> {
     path.split('.')
-        .filter(|p| !p.is_empty())
+        // serde_ignored writes `?` for the inside of an Option.
+        .filter(|p| !p.is_empty() && *p != "?")
         .map(|p| match p.parse::<usize>() {
             Ok(i) => Seg::Index(i),
             Err(_) => Seg::Key(p),

@@ -22,16 +22,19 @@ use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-/// Read buffer size: heads normally fit many times over, and body streaming
-/// moves this much per read.
+/// Read buffer for heads: most requests fit; a larger head grows it (up to
+/// max_header_bytes).
+pub const HEAD_BUF: usize = 2 * 1024;
+/// Read buffer while a request body streams through: this much per read.
 pub const READ_BUF: usize = 16 * 1024;
 /// A keep-alive connection silent for this long gives its buffers back and
-/// waits with a small one: idle connections are most of a busy gateway's
-/// connections, and most of their memory would be empty buffers.
+/// waits for its next request holding none: idle connections are most of a
+/// busy gateway's connections, and most of their memory would be empty
+/// buffers.
 const IDLE_SHRINK_AFTER: Duration = Duration::from_secs(1);
-/// The read buffer of a connection that has been idle; it grows back (and
-/// returns to READ_BUF for body streaming) when a request arrives.
-const IDLE_BUF: usize = 512;
+/// What an idle connection keeps to read the start of its next request
+/// into; the head buffer is taken again as soon as bytes arrive.
+const IDLE_BUF: usize = 64;
 /// After an error response, how long and how much we keep reading (and
 /// discarding) so the client sees the response instead of a reset.
 const LINGER_TIME: Duration = Duration::from_millis(500);
@@ -93,7 +96,7 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, over_limit: bool) {
         conn.linger().await;
         return;
     }
-    conn.rbuf.resize(READ_BUF, 0);
+    conn.rbuf.resize(HEAD_BUF, 0);
     loop {
         let mut head = match conn.read_head(&shard).await {
             Ok(h) => h,
@@ -113,11 +116,6 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, over_limit: bool) {
         if shard.draining() {
             // Tell the client this is the last response on this connection.
             head.keep_alive = false;
-        }
-        if conn.rbuf.len() < READ_BUF {
-            // Back from an idle shrink: a body may follow and is streamed
-            // through this buffer.
-            conn.rbuf.resize(READ_BUF, 0);
         }
         match pipeline::handle(&mut conn, &head, &shard).await {
             Flow::KeepAlive if !shard.draining() => {}
@@ -150,12 +148,24 @@ impl Conn {
                     Ok(None) => {}
                     Err(r) => return Err(ReadErr::Reject(r)),
                 }
+            } else {
+                self.rpos = 0;
+                self.rend = 0;
+            }
+            let idle = self.rend == 0;
+            if idle {
+                if shard.draining() {
+                    return Err(ReadErr::Closed);
+                }
+                let left = idle_deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Err(ReadErr::Closed);
+                }
             }
             if self.rend == self.rbuf.len() {
                 if self.rpos > 0 {
                     self.compact();
                 } else {
-                    // Only reached when the head limit is above READ_BUF.
                     let grown = (self.rbuf.len() * 2).min(shard.head_limits.max_head + 1);
                     if grown <= self.rbuf.len() {
                         return Err(ReadErr::Reject(Reject::new(
@@ -165,19 +175,11 @@ impl Conn {
                     }
                     self.rbuf.resize(grown, 0);
                 }
-            } else if self.rpos == self.rend {
-                self.rpos = 0;
-                self.rend = 0;
             }
-            let idle = self.rend == self.rpos;
             let wait = if idle {
-                if shard.draining() {
-                    return Err(ReadErr::Closed);
-                }
-                let left = idle_deadline.saturating_duration_since(Instant::now());
-                if left.is_zero() {
-                    return Err(ReadErr::Closed);
-                }
+                let left = idle_deadline
+                    .saturating_duration_since(Instant::now())
+                    .max(Duration::from_millis(1));
                 if self.rbuf.len() > IDLE_BUF {
                     left.min(IDLE_SHRINK_AFTER)
                 } else {
@@ -202,6 +204,10 @@ impl Conn {
                 Ok(0) => return Err(ReadErr::Closed),
                 Ok(n) => {
                     self.rend += n;
+                    if self.rbuf.len() < HEAD_BUF {
+                        // Woken from an idle wait: take a head buffer again.
+                        self.rbuf.resize(HEAD_BUF, 0);
+                    }
                     if deadline.is_none() {
                         deadline = Some(Instant::now() + limits.header_read_timeout);
                     }
@@ -210,9 +216,9 @@ impl Conn {
                     return Err(ReadErr::Timeout)
                 }
                 // Quiet for IDLE_SHRINK_AFTER: give the buffers back and keep
-                // waiting until the idle deadline.
+                // waiting (until the idle deadline) without them.
                 Err(e) if e.kind() == io::ErrorKind::TimedOut && self.rbuf.len() > IDLE_BUF => {
-                    self.shrink_for_idle();
+                    self.release_buffers();
                 }
                 Err(_) => return Err(ReadErr::Closed),
             }
@@ -220,12 +226,14 @@ impl Conn {
     }
 
     /// Gives back the buffers of a connection that has gone quiet.
-    fn shrink_for_idle(&mut self) {
+    fn release_buffers(&mut self) {
         self.rbuf = vec![0; IDLE_BUF];
         self.rpos = 0;
         self.rend = 0;
         self.wbuf = Vec::new();
         self.xbuf = Vec::new();
+        self.ebuf = Vec::new();
+        note_released_buffers();
     }
 
     fn compact(&mut self) {
@@ -308,6 +316,10 @@ impl Conn {
         mut sink: Option<&mut TcpStream>,
         expect_continue: bool,
     ) -> Result<u64, BodyError> {
+        if framing != Framing::None && self.rbuf.len() < READ_BUF {
+            // Bodies move through a larger buffer than heads.
+            self.rbuf.resize(READ_BUF, 0);
+        }
         match framing {
             Framing::None => Ok(0),
             Framing::Length(n) => {
@@ -402,6 +414,35 @@ impl Conn {
             }
         }
     }
+}
+
+/// After this many connections released their buffers, the shard hands
+/// free heap pages back to the kernel.
+const TRIM_EVERY: u32 = 256;
+
+thread_local! {
+    /// Buffers released on this shard's thread since the last trim.
+    static RELEASED: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+/// Counts a connection that gave its buffers back. glibc keeps freed
+/// heap chunks in the process, so without a trim the memory idle
+/// connections gave back would still count as resident; every
+/// TRIM_EVERY releases `malloc_trim` returns the free pages.
+fn note_released_buffers() {
+    RELEASED.with(|n| {
+        let v = n.get() + 1;
+        if v >= TRIM_EVERY {
+            n.set(0);
+            // SAFETY: malloc_trim only releases free memory; it is safe to
+            // call from any thread at any time.
+            unsafe {
+                libc::malloc_trim(0);
+            }
+        } else {
+            n.set(v);
+        }
+    });
 }
 
 /// Writes `a` then `b` with one `sendmsg` when the socket takes it all, and

@@ -78,7 +78,10 @@ pub struct RequestHead {
     /// The query without its '?'.
     pub query: Option<Span>,
     pub minor_version: u8,
-    pub headers: SmallVec<[HeaderSpan; 24]>,
+    /// Inline room for 16 headers (most requests); more spill to the heap.
+    /// The head lives in every connection task's state, so this is kept
+    /// small.
+    pub headers: SmallVec<[HeaderSpan; 16]>,
     /// The authority of an absolute-form target, else the Host header.
     pub host: Option<Span>,
     pub framing: Framing,

@@ -134,11 +134,28 @@ pub struct Forward<'a> {
     pub upstream: usize,
     pub target: usize,
     pub request_id: &'a [u8],
+    /// The API answers CORS itself: the backend's `Access-Control-*`
+    /// headers are dropped (as API Gateway does), or the client would get
+    /// them twice.
+    pub strip_cors: bool,
+}
+
+impl Forward<'_> {
+    /// Whether an upstream response header goes on to the client.
+    fn passes(&self, h: &crate::http::parse::HeaderSpan, buf: &[u8]) -> bool {
+        if h.hop {
+            return false;
+        }
+        let name = h.name.get(buf);
+        !(self.strip_cors && name.len() > 15 && name[..15].eq_ignore_ascii_case(b"access-control-"))
+    }
 }
 
 /// A copy of a proxied response as the client received it, for the cache.
 /// Only responses delimited by a Content-Length of at most `max_body` bytes
-/// are captured; `complete` says the whole body arrived and was forwarded.
+/// are captured (for a HEAD request: a declared Content-Length of at most
+/// that, headers only); `complete` says the whole response arrived and was
+/// forwarded.
 #[derive(Debug, Default)]
 pub struct Capture {
     pub max_body: usize,
@@ -147,6 +164,9 @@ pub struct Capture {
     /// and `x-request-id`.
     pub headers: Vec<u8>,
     pub body: Vec<u8>,
+    /// The response's Content-Length: the body's length, or for a HEAD
+    /// request the length the upstream declared (no body is captured).
+    pub content_length: u64,
     pub complete: bool,
 }
 
@@ -168,7 +188,21 @@ enum UpErr {
 
 /// Sends the request (head in `conn.xbuf`, body from the client) and streams
 /// the response back.
-pub async fn forward(
+///
+/// The future is boxed: the proxy's state (request and response heads, the
+/// upstream connection, the body loops) is large, and left inline it would
+/// make every connection's task that large, idle ones included. That is one
+/// allocation per proxied request.
+pub fn forward<'a>(
+    conn: &'a mut Conn,
+    shard: &'a Shard,
+    f: Forward<'a>,
+    capture: Option<&'a mut Capture>,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = Flow> + 'a>> {
+    Box::pin(forward_inner(conn, shard, f, capture))
+}
+
+async fn forward_inner(
     conn: &mut Conn,
     shard: &Shard,
     f: Forward<'_>,
@@ -295,9 +329,16 @@ pub async fn forward(
         c.body.clear();
         c.headers.clear();
         c.status = resp.status;
-        match resp.framing {
-            RespFraming::Length(n) if n <= c.max_body as u64 => {
-                for h in resp.headers.iter().filter(|h| !h.hop) {
+        let length = match resp.framing {
+            RespFraming::Length(n) => Some(n),
+            // A HEAD response: headers only, with the length a GET would get.
+            RespFraming::None if f.method == Method::Head => resp.content_length,
+            _ => None,
+        };
+        match length {
+            Some(n) if n <= c.max_body as u64 => {
+                c.content_length = n;
+                for h in resp.headers.iter().filter(|h| f.passes(h, &up.buf)) {
                     let name = h.name.get(&up.buf);
                     if !name.eq_ignore_ascii_case(b"x-request-id") {
                         c.headers.extend_from_slice(name);
@@ -315,10 +356,15 @@ pub async fn forward(
     let streamed: Result<(), StreamErr> = match resp.framing {
         RespFraming::None => {
             reusable &= leftover.is_empty();
-            conn.stream
+            let r = conn
+                .stream
                 .write_all(&conn.wbuf)
                 .await
-                .map_err(|_| StreamErr::Client)
+                .map_err(|_| StreamErr::Client);
+            if let (Ok(()), Some(c)) = (&r, capture) {
+                c.complete = true;
+            }
+            r
         }
         RespFraming::Length(n) => {
             let take = (leftover.len() as u64).min(n) as usize;
@@ -507,7 +553,7 @@ fn write_response_head(
         out.extend_from_slice(resp.reason.get(buf));
     }
     out.extend_from_slice(b"\r\n");
-    for h in resp.headers.iter().filter(|h| !h.hop) {
+    for h in resp.headers.iter().filter(|h| f.passes(h, buf)) {
         out.extend_from_slice(h.name.get(buf));
         out.extend_from_slice(b": ");
         out.extend_from_slice(h.value.get(buf));

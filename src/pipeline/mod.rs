@@ -199,7 +199,9 @@ pub async fn handle(conn: &mut Conn, head: &RequestHead, shard: &Shard) -> Flow 
             respond_mock(conn, shard, head, mock, &request_id).await
         }
         Routed::Proxy {
-            upstream, target, ..
+            route,
+            upstream,
+            target,
         } => {
             let f = Forward {
                 method: head.method,
@@ -210,17 +212,35 @@ pub async fn handle(conn: &mut Conn, head: &RequestHead, shard: &Shard) -> Flow 
                 upstream,
                 target,
                 request_id: &request_id,
+                strip_cors: shard.plan.routes[route].policies.cors.is_some(),
             };
-            http_proxy::forward(conn, shard, f, None).await
+            // === cache phase (lookup, coalesce, store) ===
+            match &shard.plan.routes[route].policies.cache {
+                // Boxed for the same reason as `http_proxy::forward`: its
+                // state would otherwise sit in every connection's task.
+                Some(rule) => {
+                    Box::pin(policy::cache::serve::proxy_cached(
+                        conn, head, shard, rule, f,
+                    ))
+                    .await
+                }
+                None => http_proxy::forward(conn, shard, f, None).await,
+            }
         }
     }
 }
 
-/// For a request no route takes: CORS still answers a preflight (API Gateway
-/// does so whether or not an OPTIONS route exists) and adds its headers to
-/// the error response, so a browser can read it.
+/// For a request no route takes: the API's IP rules still refuse it (so a
+/// refused client cannot map which paths exist); CORS still answers a
+/// preflight (API Gateway does so whether or not an OPTIONS route exists) and
+/// adds its headers to the error response, so a browser can read it.
 fn api_level_policies(conn: &mut Conn, head: &RequestHead, shard: &Shard) -> Decision {
-    if shard.plan.apis.iter().all(|a| a.cors.is_none()) {
+    if shard
+        .plan
+        .apis
+        .iter()
+        .all(|a| a.cors.is_none() && a.ip_rules.is_none())
+    {
         return Decision::Continue;
     }
     let buf = &conn.rbuf[conn.rpos..conn.rend];
@@ -231,7 +251,15 @@ fn api_level_policies(conn: &mut Conn, head: &RequestHead, shard: &Shard) -> Dec
         .plan
         .table
         .api_for(head.host.map(|h| h.get(buf)), path);
-    let Some(cors) = api.and_then(|a| shard.plan.apis[a].cors.as_ref()) else {
+    let Some(api) = api.map(|a| &shard.plan.apis[a]) else {
+        return Decision::Continue;
+    };
+    if let Some(rules) = &api.ip_rules {
+        if !rules.allows(conn.peer.ip()) {
+            return Decision::Respond(Refusal::json(403, "Forbidden"));
+        }
+    }
+    let Some(cors) = &api.cors else {
         return Decision::Continue;
     };
     let view = RequestView {
@@ -267,9 +295,14 @@ async fn respond_refusal(
     push_status_line(&mut conn.wbuf, r.status);
     conn.wbuf.extend_from_slice(b"date: ");
     conn.wbuf.extend_from_slice(shard.date.borrow_mut().get());
-    conn.wbuf.extend_from_slice(b"\r\ncontent-length: ");
-    push_u64(&mut conn.wbuf, body.len() as u64);
-    conn.wbuf.extend_from_slice(b"\r\nx-request-id: ");
+    conn.wbuf.extend_from_slice(b"\r\n");
+    if r.status != 204 {
+        // RFC 9110 §8.6: a 204 carries no Content-Length.
+        conn.wbuf.extend_from_slice(b"content-length: ");
+        push_u64(&mut conn.wbuf, body.len() as u64);
+        conn.wbuf.extend_from_slice(b"\r\n");
+    }
+    conn.wbuf.extend_from_slice(b"x-request-id: ");
     conn.wbuf.extend_from_slice(request_id);
     conn.wbuf.extend_from_slice(b"\r\n");
     conn.wbuf.extend_from_slice(&conn.ebuf);

@@ -1,0 +1,294 @@
+//! The whole in-memory request path, bytes in to bytes out, and the heap
+//! allocations it makes.
+//!
+//! Compares, for the small GET a load generator sends and for a 20-header
+//! browser request:
+//! - a mock route: `parse_request_head` -> `pipeline::route_request` ->
+//!   `pipeline::render_mock` (the response head; the body is the plan's bytes);
+//! - a proxied route up to the upstream request head: `parse_request_head` ->
+//!   `route_request`, which picks the target and writes the upstream head.
+//!
+//! Buffers are reused across iterations exactly as a keep-alive connection
+//! reuses them. Before the timed benches, a counting global allocator reports
+//! heap allocations per request after warm-up, per step, so the one that
+//! allocates is named (set `COREGATE_ALLOC_BACKTRACE=1` to print a backtrace of
+//! the first allocation seen in a measured window). The goal is zero for the
+//! mock route.
+
+mod common;
+
+use coregate::config::{Integration, Plan};
+use coregate::http::encode::{DateCache, RequestIds};
+use coregate::http::parse::{parse_request_head, HeadLimits};
+use coregate::integration::upstream::UpstreamState;
+use coregate::pipeline::{render_mock, route_request, Routed};
+use criterion::{black_box, criterion_group, Criterion};
+use smallvec::SmallVec;
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+
+// === impl CountingAlloc ===
+
+/// Counts calls into the allocator; memory comes from `System`.
+struct CountingAlloc;
+
+static ALLOCS: AtomicU64 = AtomicU64::new(0);
+static REALLOCS: AtomicU64 = AtomicU64::new(0);
+static TRACE_NEXT: AtomicBool = AtomicBool::new(false);
+
+thread_local! {
+    static IN_TRACE: Cell<bool> = const { Cell::new(false) };
+}
+
+fn maybe_trace(what: &str, size: usize) {
+    if TRACE_NEXT.load(Relaxed) && !IN_TRACE.with(|t| t.replace(true)) {
+        TRACE_NEXT.store(false, Relaxed);
+        eprintln!(
+            "first {what} of {size} bytes in a measured window:\n{}",
+            std::backtrace::Backtrace::force_capture()
+        );
+        IN_TRACE.with(|t| t.set(false));
+    }
+}
+
+// SAFETY: every call is forwarded unchanged to `System`.
+unsafe impl GlobalAlloc for CountingAlloc {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCS.fetch_add(1, Relaxed);
+        maybe_trace("alloc", layout.size());
+        System.alloc(layout)
+    }
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        ALLOCS.fetch_add(1, Relaxed);
+        maybe_trace("alloc", layout.size());
+        System.alloc_zeroed(layout)
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        REALLOCS.fetch_add(1, Relaxed);
+        maybe_trace("realloc", new_size);
+        System.realloc(ptr, layout, new_size)
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        System.dealloc(ptr, layout)
+    }
+}
+
+#[global_allocator]
+static GLOBAL: CountingAlloc = CountingAlloc;
+
+fn counts() -> (u64, u64) {
+    (ALLOCS.load(Relaxed), REALLOCS.load(Relaxed))
+}
+
+// === fixture ===
+
+/// One shard's worth of state and one keep-alive connection's buffers.
+struct Fixture {
+    plan: Plan,
+    upstreams: Vec<UpstreamState>,
+    ids: RequestIds,
+    date: DateCache,
+    limits: HeadLimits,
+    peer: SocketAddr,
+    wbuf: Vec<u8>,
+    xbuf: Vec<u8>,
+    request_id: SmallVec<[u8; 64]>,
+}
+
+impl Fixture {
+    fn new() -> Fixture {
+        let plan = coregate::config::load_str(common::PIPELINE_CONFIG).expect("bench config");
+        let upstreams = plan.upstreams.iter().map(UpstreamState::new).collect();
+        Fixture {
+            plan,
+            upstreams,
+            ids: RequestIds::new(0),
+            date: DateCache::default(),
+            limits: common::default_limits(),
+            peer: "203.0.113.9:51234".parse().unwrap(),
+            // As a connection starts them: see http::conn::serve.
+            wbuf: Vec::with_capacity(512),
+            xbuf: Vec::new(),
+            request_id: SmallVec::new(),
+        }
+    }
+
+    fn parse(&self, buf: &[u8]) -> coregate::http::parse::RequestHead {
+        parse_request_head(buf, &self.limits).unwrap().unwrap()
+    }
+
+    fn route(&mut self, buf: &[u8], head: &coregate::http::parse::RequestHead) -> Routed {
+        route_request(
+            &self.plan,
+            &self.upstreams,
+            &mut self.ids,
+            buf,
+            head,
+            self.peer,
+            &mut self.xbuf,
+            &mut self.request_id,
+        )
+    }
+
+    /// Bytes in to bytes out for a mock route; returns the response length.
+    fn mock(&mut self, buf: &[u8]) -> usize {
+        let head = self.parse(buf);
+        let Routed::Mock(route) = self.route(buf, &head) else {
+            panic!("not routed to a mock")
+        };
+        let Integration::Mock(mock) = &self.plan.routes[route].integration else {
+            unreachable!()
+        };
+        let date = *self.date.get();
+        render_mock(
+            &mut self.wbuf,
+            mock,
+            &date,
+            &self.request_id,
+            b"",
+            head.keep_alive,
+            head.minor_version,
+        );
+        self.wbuf.len() + mock.body.len()
+    }
+
+    /// Bytes in to the upstream request head for a proxied route.
+    fn proxy_head(&mut self, buf: &[u8]) -> usize {
+        let head = self.parse(buf);
+        let Routed::Proxy { .. } = self.route(buf, &head) else {
+            panic!("not routed to a proxy")
+        };
+        self.xbuf.len()
+    }
+}
+
+fn small(path: &str) -> Vec<u8> {
+    format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n\r\n").into_bytes()
+}
+
+// === allocations per request ===
+
+const WARMUP: u64 = 1_000;
+const MEASURED: u64 = 100_000;
+
+/// Runs `f` `WARMUP` times, then `MEASURED` times while counting.
+fn per_request(mut f: impl FnMut()) -> (f64, f64) {
+    for _ in 0..WARMUP {
+        f();
+    }
+    TRACE_NEXT.store(
+        std::env::var_os("COREGATE_ALLOC_BACKTRACE").is_some(),
+        Relaxed,
+    );
+    let (a0, r0) = counts();
+    for _ in 0..MEASURED {
+        f();
+    }
+    let (a1, r1) = counts();
+    TRACE_NEXT.store(false, Relaxed);
+    (
+        (a1 - a0) as f64 / MEASURED as f64,
+        (r1 - r0) as f64 / MEASURED as f64,
+    )
+}
+
+fn alloc_report() {
+    println!("allocations per request after {WARMUP} warm-up requests ({MEASURED} measured; alloc calls / realloc calls):");
+    let cases: [(&str, Vec<u8>, bool); 4] = [
+        ("mock, small GET", small("/health"), true),
+        (
+            "mock, browser 20 headers",
+            common::browser_request("/health"),
+            true,
+        ),
+        ("proxy head, small GET", small("/pets/42"), false),
+        (
+            "proxy head, browser 20 headers",
+            common::browser_request("/pets/42?fields=name,tag"),
+            false,
+        ),
+    ];
+    for (name, buf, mock) in &cases {
+        let mut fx = Fixture::new();
+        let (a, r) = per_request(|| {
+            black_box(fx.parse(black_box(buf)));
+        });
+        println!("  {name:32} parse_request_head      {a:6.3} / {r:6.3}");
+        let head = fx.parse(buf);
+        let (a, r) = per_request(|| {
+            black_box(fx.route(black_box(buf), &head));
+        });
+        println!("  {name:32} route_request           {a:6.3} / {r:6.3}");
+        let (a, r) = if *mock {
+            per_request(|| {
+                black_box(fx.mock(black_box(buf)));
+            })
+        } else {
+            per_request(|| {
+                black_box(fx.proxy_head(black_box(buf)));
+            })
+        };
+        let what = if *mock {
+            "whole mock path"
+        } else {
+            "whole path to upstream head"
+        };
+        println!("  {name:32} {what:23} {a:6.3} / {r:6.3}");
+    }
+    // A fresh connection: buffers start empty and grow once.
+    let buf = small("/pets/42");
+    let (a0, r0) = counts();
+    let mut fx = Fixture::new();
+    let (a1, r1) = counts();
+    fx.proxy_head(&buf);
+    let (a2, r2) = counts();
+    println!(
+        "  first request on a new connection (proxy head, small GET): {} / {} (fixture setup: {} / {})",
+        a2 - a1,
+        r2 - r1,
+        a1 - a0,
+        r1 - r0
+    );
+    println!();
+}
+
+// === timed benches ===
+
+fn whole_path(c: &mut Criterion) {
+    let mut g = c.benchmark_group("request_path");
+    let cases: [(&str, Vec<u8>, bool); 4] = [
+        ("mock/small_get", small("/health"), true),
+        (
+            "mock/browser_20_headers",
+            common::browser_request("/health"),
+            true,
+        ),
+        ("proxy_head/small_get", small("/pets/42"), false),
+        (
+            "proxy_head/browser_20_headers",
+            common::browser_request("/pets/42?fields=name,tag"),
+            false,
+        ),
+    ];
+    for (name, buf, mock) in &cases {
+        let mut fx = Fixture::new();
+        if *mock {
+            g.bench_function(*name, |b| b.iter(|| black_box(fx.mock(black_box(buf)))));
+        } else {
+            g.bench_function(*name, |b| {
+                b.iter(|| black_box(fx.proxy_head(black_box(buf))))
+            });
+        }
+    }
+    g.finish();
+}
+
+criterion_group!(benches, whole_path);
+
+fn main() {
+    alloc_report();
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}
