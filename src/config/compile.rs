@@ -187,7 +187,7 @@ pub fn compile(raw: &RawConfig) -> Result<Plan, Vec<ConfigError>> {
     }
 
     let mut routes = Vec::new();
-    let mut policy_builder = crate::policy::PolicyBuilder::default();
+    let mut policy_builder = crate::policy::PolicyBuilder::new(&raw.server, &mut errors);
     let mut api_plans = Vec::new();
     let mut specs = Vec::new();
     let mut api_names = std::collections::BTreeSet::new();
@@ -285,16 +285,12 @@ pub fn compile(raw: &RawConfig) -> Result<Plan, Vec<ConfigError>> {
                 continue;
             };
             let id = routes.len() as RouteId;
-            let policies = crate::policy::compile_route(
-                &mut policy_builder,
-                ai,
-                api,
-                api_cors.clone(),
-                id as usize,
-                r,
-                &rkey,
-                &mut errors,
-            );
+            let api_ctx = crate::policy::ApiContext {
+                index: ai,
+                raw: api,
+                cors: api_cors.clone(),
+            };
+            let policies = policy_builder.route(&api_ctx, id as usize, r, &rkey, &mut errors);
             routes.push(RoutePlan {
                 api: api.name.clone(),
                 key: r.key.clone(),

@@ -104,44 +104,62 @@ pub enum Decision {
     Respond(Refusal),
 }
 
-/// Compiles the policies of one route from its API's and its own settings.
-/// `route_id` is the route's index in the plan; `api_index` its API's.
-/// CORS is an API-level setting, compiled once per API (`api_cors`).
-pub fn compile_route(
-    builder: &mut PolicyBuilder,
-    api_index: usize,
-    api: &RawApi,
-    api_cors: Option<cors::Cors>,
-    route_id: usize,
-    route: &RawRoute,
-    key: &str,
-    errors: &mut Vec<ConfigError>,
-) -> RoutePolicies {
-    RoutePolicies {
-        ip_rules: ip_rules::compile(api.ip_rules.as_ref(), route.ip_rules.as_ref(), key, errors),
-        cors: api_cors,
-        throttle: builder.throttle.route(
-            api_index,
-            api.throttle.as_ref(),
-            route_id,
-            route.throttle.as_ref(),
-            key,
-            errors,
-        ),
-        cache: cache::compile_rule(api.cache.as_ref(), route.cache.as_ref(), key, errors),
-    }
+/// The API a route belongs to, as route compilation needs it.
+pub struct ApiContext<'a> {
+    /// The API's index in the config.
+    pub index: usize,
+    pub raw: &'a RawApi,
+    /// CORS is an API-level setting, compiled once per API.
+    pub cors: Option<cors::Cors>,
 }
 
 /// Collects what policies need across routes while the config compiles.
-#[derive(Default)]
 pub struct PolicyBuilder {
     pub throttle: throttle::Builder,
 }
 
 impl PolicyBuilder {
+    /// Server-level settings first: every route's limits include the
+    /// server-wide buckets.
+    pub fn new(server: &RawServer, errors: &mut Vec<ConfigError>) -> PolicyBuilder {
+        PolicyBuilder {
+            throttle: throttle::Builder::new(server.throttle.as_ref(), errors),
+        }
+    }
+
+    /// Compiles the policies of one route from its API's and its own
+    /// settings. `route_id` is the route's index in the plan.
+    pub fn route(
+        &mut self,
+        api: &ApiContext<'_>,
+        route_id: usize,
+        route: &RawRoute,
+        key: &str,
+        errors: &mut Vec<ConfigError>,
+    ) -> RoutePolicies {
+        RoutePolicies {
+            ip_rules: ip_rules::compile(
+                api.raw.ip_rules.as_ref(),
+                route.ip_rules.as_ref(),
+                key,
+                errors,
+            ),
+            cors: api.cors.clone(),
+            throttle: self.throttle.route(
+                api.index,
+                api.raw.throttle.as_ref(),
+                route_id,
+                route.throttle.as_ref(),
+                key,
+                errors,
+            ),
+            cache: cache::compile_rule(api.raw.cache.as_ref(), route.cache.as_ref(), key, errors),
+        }
+    }
+
     pub fn finish(self, server: &RawServer, errors: &mut Vec<ConfigError>) -> ServerPolicies {
         ServerPolicies {
-            throttle: self.throttle.finish(server.throttle.as_ref(), errors),
+            throttle: self.throttle.finish(),
             cache: cache::compile_settings(server.cache.as_ref(), errors),
         }
     }

@@ -175,6 +175,7 @@ pub(super) async fn run(
         accept_tasks.push(glommio::spawn_local(accept_loop(shard.clone(), listener)));
     }
     let sweeper = glommio::spawn_local(sweep_pools(shard.clone())).detach();
+    let throttle = glommio::spawn_local(shard.policies.throttle.reconciler()).detach();
     let _ = ready.send(Ok(()));
 
     loop {
@@ -200,6 +201,7 @@ pub(super) async fn run(
         );
     }
     sweeper.cancel();
+    throttle.cancel();
 }
 
 async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {

@@ -1,0 +1,872 @@
+//! Throttling: the third policy phase, after IP rules and CORS. Token buckets
+//! per route, per API and server-wide (each optionally per client IP) are
+//! checked on the request's shard with shard-local state only; a coordinator
+//! thread owns each bucket's global token count and leases tokens to the
+//! shards over crossbeam channels, so a limit holds for the whole process.
+//!
+//! The request path ([`ShardThrottle::check`]) never touches a channel: it
+//! spends tokens the shard already holds. A per-shard task
+//! ([`ShardThrottle::reconciler`]) reports spending and demand to the
+//! coordinator every [`TICK`] and takes in new leases. The algorithm and its
+//! error bound are in docs/throttling.md.
+
+mod bucket;
+
+pub use bucket::{Global, Grants};
+
+use super::{Decision, Refusal, RequestView};
+use crate::config::ConfigError;
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
+use serde::Deserialize;
+use smallvec::SmallVec;
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::IpAddr;
+use std::rc::Rc;
+use std::task::{Poll, Waker};
+use std::time::{Duration, Instant};
+
+/// Largest `rate` accepted (requests per second). Far above what one host
+/// serves; it keeps the arithmetic far from float and integer limits.
+pub const MAX_RATE: f64 = 10_000_000.0;
+/// Largest `burst` accepted.
+pub const MAX_BURST: i64 = 100_000_000;
+/// How often a shard reconciles while it has throttling traffic.
+pub const TICK: Duration = Duration::from_millis(2);
+/// How often a shard reconciles when nothing happened for [`QUIET_AFTER`]
+/// (it answers recalls then); the first throttled request wakes it at once.
+pub const IDLE_TICK: Duration = Duration::from_millis(50);
+/// How long without throttled requests before a shard slows to [`IDLE_TICK`].
+pub const QUIET_AFTER: Duration = Duration::from_millis(50);
+/// How many seconds of a shard's measured demand it asks to hold.
+pub const HORIZON_SECS: f64 = 0.010;
+/// A per-client bucket unused this long on a shard is returned and forgotten.
+pub const CLIENT_IDLE_EVICT: Duration = Duration::from_secs(10);
+/// Per-client buckets one shard tracks at most; a new client beyond that is
+/// refused (429) until idle ones are evicted.
+pub const MAX_CLIENTS_PER_SHARD: usize = 100_000;
+
+// === impl config ===
+
+/// `throttle = { rate = R, burst = B, per_client_ip = { rate, burst } }` on
+/// the server, an API or a route. `rate` and `burst` come together; either
+/// pair may be left out, not both.
+#[derive(Debug, Clone, Deserialize)]
+pub struct RawThrottle {
+    /// Steady rate, requests per second (integer or float).
+    pub rate: Option<f64>,
+    /// Bucket size: requests admitted at once after a quiet period.
+    pub burst: Option<i64>,
+    /// A bucket of its own for each client IP address.
+    pub per_client_ip: Option<RawRate>,
+}
+
+/// `per_client_ip = { rate = R, burst = B }`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct RawRate {
+    pub rate: Option<f64>,
+    pub burst: Option<i64>,
+}
+
+/// Which level a bucket belongs to, in checking order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Level {
+    // Issue 5: `ApiKey` (the usage plan's bucket, per route where the plan
+    // says so) comes first, before `Route`.
+    Route,
+    Api,
+    Server,
+}
+
+/// One configured token bucket (per client IP or not).
+#[derive(Debug, Clone)]
+pub struct BucketDef {
+    pub level: Level,
+    /// The config key it came from, for logs.
+    pub key: String,
+    pub rate: f64,
+    pub burst: u32,
+    pub per_client_ip: bool,
+    /// `Retry-After` seconds when this bucket refuses: the time one token
+    /// takes to come back, at least 1.
+    pub retry_after: u64,
+}
+
+impl BucketDef {
+    fn new(level: Level, key: String, rate: f64, burst: u32, per_client_ip: bool) -> BucketDef {
+        let retry_after = (1.0 / rate).ceil().clamp(1.0, u32::MAX as f64) as u64;
+        BucketDef {
+            level,
+            key,
+            rate,
+            burst,
+            per_client_ip,
+            retry_after,
+        }
+    }
+}
+
+/// The buckets that apply to one route, in the order they are checked
+/// (route, then API); the server-wide ones follow.
+#[derive(Debug, Clone, Default)]
+pub struct RouteLimits {
+    /// Route, API, then server-wide bucket ids.
+    defs: SmallVec<[u32; 4]>,
+}
+
+impl RouteLimits {
+    pub fn is_empty(&self) -> bool {
+        self.defs.is_empty()
+    }
+
+    /// Bucket ids in checking order: route, API, then server-wide.
+    fn ids(&self) -> impl Iterator<Item = u32> + '_ {
+        self.defs.iter().copied()
+    }
+}
+
+/// Everything about throttling the shards share, compiled.
+#[derive(Debug, Clone, Default)]
+pub struct ThrottlePlan {
+    /// Every bucket, indexed by the ids in [`RouteLimits`].
+    pub defs: Vec<BucketDef>,
+}
+
+/// Collects bucket definitions while routes compile.
+#[derive(Default)]
+pub struct Builder {
+    defs: Vec<BucketDef>,
+    /// Bucket ids of each API's throttle, made once per API.
+    api_defs: HashMap<usize, SmallVec<[u32; 2]>>,
+    /// The server-wide buckets, compiled first so every route lists them.
+    server: SmallVec<[u32; 2]>,
+}
+
+/// Validates a `rate`/`burst` pair; `key` names the table holding them.
+fn rate_burst(
+    rate: Option<f64>,
+    burst: Option<i64>,
+    key: &str,
+    errors: &mut Vec<ConfigError>,
+) -> Option<(f64, u32)> {
+    let (rate, burst) = match (rate, burst) {
+        (Some(r), Some(b)) => (r, b),
+        (Some(_), None) => {
+            errors.push(ConfigError::new(
+                format!("{key}.burst"),
+                "is missing: give `burst` (an integer >= 1) with `rate`",
+            ));
+            return None;
+        }
+        (None, Some(_)) => {
+            errors.push(ConfigError::new(
+                format!("{key}.rate"),
+                "is missing: give `rate` (requests per second, > 0) with `burst`",
+            ));
+            return None;
+        }
+        (None, None) => return None,
+    };
+    let mut ok = true;
+    if !rate.is_finite() || rate <= 0.0 || rate > MAX_RATE {
+        errors.push(ConfigError::new(
+            format!("{key}.rate"),
+            format!(
+                "{rate} is not a valid rate: give requests per second, more than 0 and at most {MAX_RATE}"
+            ),
+        ));
+        ok = false;
+    }
+    if !(1..=MAX_BURST).contains(&burst) {
+        errors.push(ConfigError::new(
+            format!("{key}.burst"),
+            format!("{burst} is not a valid burst: give an integer from 1 to {MAX_BURST}"),
+        ));
+        ok = false;
+    }
+    ok.then_some((rate, burst as u32))
+}
+
+impl Builder {
+    /// Starts with the server-wide buckets (`[server] throttle`).
+    pub fn new(server: Option<&RawThrottle>, errors: &mut Vec<ConfigError>) -> Builder {
+        let mut b = Builder::default();
+        if let Some(raw) = server {
+            b.server = b.compile(Level::Server, raw, "server", errors);
+        }
+        b
+    }
+
+    /// Compiles the buckets of `key` (`server`, `apis[i]` or
+    /// `apis[i].routes[j]`) and returns their ids.
+    fn compile(
+        &mut self,
+        level: Level,
+        raw: &RawThrottle,
+        key: &str,
+        errors: &mut Vec<ConfigError>,
+    ) -> SmallVec<[u32; 2]> {
+        let tkey = format!("{key}.throttle");
+        let mut ids = SmallVec::new();
+        let ip_key = format!("{tkey}.per_client_ip");
+        let whole = rate_burst(raw.rate, raw.burst, &tkey, errors);
+        let per_ip = raw.per_client_ip.as_ref().and_then(|p| {
+            if p.rate.is_none() && p.burst.is_none() {
+                errors.push(ConfigError::new(
+                    ip_key.clone(),
+                    "needs `rate` and `burst`, e.g. per_client_ip = { rate = 10, burst = 20 }",
+                ));
+            }
+            rate_burst(p.rate, p.burst, &ip_key, errors)
+        });
+        if raw.rate.is_none() && raw.burst.is_none() && raw.per_client_ip.is_none() {
+            errors.push(ConfigError::new(
+                tkey.clone(),
+                "is empty: give `rate` and `burst`, `per_client_ip = { rate, burst }`, or both",
+            ));
+        }
+        for (pair, per_client_ip, k) in [(whole, false, &tkey), (per_ip, true, &ip_key)] {
+            if let Some((rate, burst)) = pair {
+                ids.push(self.defs.len() as u32);
+                self.defs
+                    .push(BucketDef::new(level, k.clone(), rate, burst, per_client_ip));
+            }
+        }
+        ids
+    }
+
+    pub fn route(
+        &mut self,
+        api_index: usize,
+        api: Option<&RawThrottle>,
+        _route_id: usize,
+        route: Option<&RawThrottle>,
+        key: &str,
+        errors: &mut Vec<ConfigError>,
+    ) -> RouteLimits {
+        let mut defs = SmallVec::new();
+        if let Some(raw) = route {
+            defs.extend(self.compile(Level::Route, raw, key, errors));
+        }
+        if let Some(raw) = api {
+            let ids = match self.api_defs.get(&api_index) {
+                Some(ids) => ids.clone(),
+                None => {
+                    // `key` is `apis[i].routes[j]`: the API's key is its prefix.
+                    let akey = key.split(".routes[").next().unwrap_or(key).to_string();
+                    let ids = self.compile(Level::Api, raw, &akey, errors);
+                    self.api_defs.insert(api_index, ids.clone());
+                    ids
+                }
+            };
+            defs.extend(ids);
+        }
+        defs.extend(self.server.iter().copied());
+        RouteLimits { defs }
+    }
+
+    pub fn finish(self) -> ThrottlePlan {
+        ThrottlePlan { defs: self.defs }
+    }
+}
+
+// === impl messages ===
+
+/// A bucket: its definition's id, and the client for per-client buckets.
+pub type Key = (u32, Option<IpAddr>);
+
+/// A shard's report for one bucket since its previous one.
+#[derive(Debug, Clone, Copy)]
+pub struct Report {
+    pub shard: usize,
+    pub key: Key,
+    /// Tokens spent (requests admitted).
+    pub spent: u32,
+    /// Tokens the shard took without a lease when it created the bucket.
+    pub advanced: u32,
+    /// Unused tokens given back.
+    pub returned: u32,
+    /// Tokens the shard wants to hold, from its measured demand.
+    pub want: u32,
+    /// Requests arrived for this bucket since the previous report.
+    pub busy: bool,
+    /// The shard forgot the bucket (an idle per-client bucket).
+    pub forget: bool,
+}
+
+/// What the coordinator sends a shard.
+#[derive(Debug, Clone, Copy)]
+pub enum ToShard {
+    Grant {
+        key: Key,
+        tokens: u32,
+    },
+    /// Give back what you hold if you are idle: another shard is short.
+    Recall {
+        key: Key,
+    },
+}
+
+/// A shard's end of the cross-shard reconciliation channels, made by
+/// [`links`] before the shards start.
+pub struct ShardLink {
+    to_coordinator: Option<Sender<Report>>,
+    from_coordinator: Option<Receiver<ToShard>>,
+    shards: usize,
+}
+
+/// One link per shard. When any bucket is configured this starts the
+/// coordinator thread, which stops when every shard has dropped its link.
+pub fn links(plan: &ThrottlePlan, shards: usize) -> Vec<ShardLink> {
+    let unlinked = || {
+        (0..shards)
+            .map(|_| ShardLink {
+                to_coordinator: None,
+                from_coordinator: None,
+                shards,
+            })
+            .collect()
+    };
+    if plan.defs.is_empty() || shards == 0 {
+        return unlinked();
+    }
+    let (report_tx, report_rx) = crossbeam_channel::unbounded();
+    let mut to_shards = Vec::with_capacity(shards);
+    let mut from = Vec::with_capacity(shards);
+    for _ in 0..shards {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        to_shards.push(tx);
+        from.push(rx);
+    }
+    let coordinator = Coordinator::new(plan.defs.clone(), shards, to_shards);
+    let spawned = std::thread::Builder::new()
+        .name("coregate-throttle".into())
+        .spawn(move || coordinator.run(report_rx));
+    if let Err(e) = spawned {
+        // Shards then spend only their initial share of each burst and
+        // refuse the rest: throttling fails closed, loudly.
+        crate::log!("error", "cannot start the throttle coordinator thread: {e}");
+    }
+    from.into_iter()
+        .map(|rx| ShardLink {
+            to_coordinator: Some(report_tx.clone()),
+            from_coordinator: Some(rx),
+            shards,
+        })
+        .collect()
+}
+
+/// A shard's initial share of a bucket: what it may spend before its first
+/// lease arrives.
+pub fn initial_share(burst: u32, shards: usize) -> u32 {
+    (burst / shards.max(1) as u32).max(1)
+}
+
+// === impl Coordinator ===
+
+/// Owns the global token count of every bucket; runs on its own thread,
+/// asleep on its channel unless a shard waits for tokens.
+struct Coordinator {
+    defs: Vec<BucketDef>,
+    shards: usize,
+    to_shards: Vec<Sender<ToShard>>,
+    buckets: HashMap<Key, Global, ahash::RandomState>,
+    /// Buckets with a shard short of tokens: looked at again when tokens
+    /// have come back.
+    starved: HashMap<Key, Instant, ahash::RandomState>,
+}
+
+/// How often the coordinator forgets full, unleased per-client buckets.
+const COORDINATOR_SWEEP: Duration = Duration::from_secs(1);
+
+impl Coordinator {
+    fn new(defs: Vec<BucketDef>, shards: usize, to_shards: Vec<Sender<ToShard>>) -> Coordinator {
+        let now = Instant::now();
+        let mut buckets = HashMap::default();
+        for (id, def) in defs.iter().enumerate() {
+            if !def.per_client_ip {
+                buckets.insert(
+                    (id as u32, None),
+                    Global::new(def.rate, def.burst, shards, now),
+                );
+            }
+        }
+        Coordinator {
+            defs,
+            shards,
+            to_shards,
+            buckets,
+            starved: HashMap::default(),
+        }
+    }
+
+    fn run(mut self, rx: Receiver<Report>) {
+        let mut next_sweep = Instant::now() + COORDINATOR_SWEEP;
+        let mut touched: Vec<Key> = Vec::new();
+        loop {
+            let now = Instant::now();
+            let wake = self
+                .starved
+                .values()
+                .copied()
+                .min()
+                .unwrap_or(next_sweep)
+                .min(next_sweep);
+            match rx.recv_timeout(wake.saturating_duration_since(now)) {
+                Ok(r) => {
+                    self.apply(r, &mut touched);
+                    // Take everything already queued before distributing.
+                    loop {
+                        match rx.try_recv() {
+                            Ok(r) => self.apply(r, &mut touched),
+                            Err(TryRecvError::Empty) => break,
+                            Err(TryRecvError::Disconnected) => return,
+                        }
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return,
+            }
+            let now = Instant::now();
+            for (k, at) in &self.starved {
+                if *at <= now {
+                    touched.push(*k);
+                }
+            }
+            touched.sort_unstable();
+            touched.dedup();
+            for key in touched.drain(..) {
+                self.distribute(key, now);
+            }
+            if now >= next_sweep {
+                next_sweep = now + COORDINATOR_SWEEP;
+                self.buckets
+                    .retain(|k, g| k.1.is_none() || !g.is_full_and_unleased(now));
+            }
+        }
+    }
+
+    fn apply(&mut self, r: Report, touched: &mut Vec<Key>) {
+        let Some(def) = self.defs.get(r.key.0 as usize) else {
+            return;
+        };
+        if r.shard >= self.shards {
+            return;
+        }
+        let shards = self.shards;
+        let g = self
+            .buckets
+            .entry(r.key)
+            .or_insert_with(|| Global::new(def.rate, def.burst, shards, Instant::now()));
+        g.apply(r.shard, r.spent, r.advanced, r.returned, r.want, r.busy);
+        touched.push(r.key);
+    }
+
+    fn distribute(&mut self, key: Key, now: Instant) {
+        let Some(g) = self.buckets.get_mut(&key) else {
+            self.starved.remove(&key);
+            return;
+        };
+        let out: Grants = g.distribute(now);
+        for &(shard, tokens) in &out.grants {
+            let _ = self.to_shards[shard].send(ToShard::Grant { key, tokens });
+        }
+        for &shard in &out.recalls {
+            let _ = self.to_shards[shard].send(ToShard::Recall { key });
+        }
+        match out.retry_at {
+            Some(at) => {
+                self.starved.insert(key, at);
+            }
+            None => {
+                self.starved.remove(&key);
+            }
+        }
+    }
+}
+
+// === impl ShardThrottle ===
+
+/// A shard's view of one bucket.
+#[derive(Debug, Clone)]
+struct Local {
+    /// Tokens this shard may spend now.
+    held: u32,
+    /// Since the last report: tokens spent, taken in advance, requests seen.
+    spent: u32,
+    advanced: u32,
+    attempts: u32,
+    /// Requests per second, smoothed over ticks.
+    demand: f64,
+    last_want: u32,
+    last_busy: bool,
+    recall: bool,
+    last_used: Instant,
+    /// A per-client bucket listed in `Inner::active_clients`.
+    active: bool,
+}
+
+impl Local {
+    fn new(share: u32, now: Instant) -> Local {
+        Local {
+            held: share,
+            spent: 0,
+            advanced: share,
+            attempts: 0,
+            demand: 0.0,
+            last_want: 0,
+            last_busy: false,
+            recall: false,
+            last_used: now,
+            active: false,
+        }
+    }
+
+    /// Builds this tick's report, if there is anything to say.
+    fn report(&mut self, burst: u32, dt: f64) -> Option<(u32, u32, u32, u32, bool)> {
+        let rate = self.attempts as f64 / dt.max(1e-3);
+        // Rises at once, decays over a few ticks.
+        self.demand = if rate >= self.demand {
+            rate
+        } else {
+            self.demand * 0.7 + rate * 0.3
+        };
+        if self.demand < 1.0 && self.attempts == 0 {
+            self.demand = 0.0;
+        }
+        let want = if self.demand == 0.0 {
+            0
+        } else {
+            ((self.demand * HORIZON_SECS).ceil() as u32)
+                .saturating_add(1)
+                .min(burst)
+        };
+        let busy = self.attempts > 0;
+        let returned = if self.recall && !busy { self.held } else { 0 };
+        self.recall = false;
+        self.held -= returned;
+        let changed = self.spent > 0
+            || self.advanced > 0
+            || returned > 0
+            || want != self.last_want
+            || busy != self.last_busy;
+        let out = (self.spent, self.advanced, returned, want, busy);
+        self.spent = 0;
+        self.advanced = 0;
+        self.attempts = 0;
+        self.last_want = want;
+        self.last_busy = busy;
+        changed.then_some(out)
+    }
+}
+
+struct Inner {
+    shard: usize,
+    shards: usize,
+    defs: Vec<BucketDef>,
+    /// Indexed by bucket id; per-client definitions leave theirs unused.
+    fixed: RefCell<Vec<Local>>,
+    clients: RefCell<HashMap<(u32, IpAddr), Local, ahash::RandomState>>,
+    /// The per-client buckets with something to report: only these are
+    /// visited each tick, however many clients are known.
+    active_clients: RefCell<Vec<(u32, IpAddr)>>,
+    to_coordinator: Option<Sender<Report>>,
+    from_coordinator: Option<Receiver<ToShard>>,
+    /// When a throttled request last arrived.
+    last_request: Cell<Instant>,
+    /// The reconciler's waker while it sleeps an [`IDLE_TICK`]: the next
+    /// request wakes it (same thread, no lock).
+    idle_waker: Cell<Option<Waker>>,
+    woken: Cell<bool>,
+}
+
+/// A shard's buckets.
+pub struct ShardThrottle {
+    inner: Rc<Inner>,
+}
+
+/// IPv4-mapped IPv6 addresses count as the IPv4 client they are.
+fn client_ip(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+impl ShardThrottle {
+    pub fn new(plan: &ThrottlePlan, shard: usize, link: ShardLink) -> ShardThrottle {
+        let now = Instant::now();
+        let shards = link.shards.max(1);
+        let fixed = plan
+            .defs
+            .iter()
+            .map(|d| Local::new(initial_share(d.burst, shards), now))
+            .collect();
+        ShardThrottle {
+            inner: Rc::new(Inner {
+                shard,
+                shards,
+                defs: plan.defs.clone(),
+                fixed: RefCell::new(fixed),
+                clients: RefCell::new(HashMap::default()),
+                active_clients: RefCell::new(Vec::new()),
+                to_coordinator: link.to_coordinator,
+                from_coordinator: link.from_coordinator,
+                last_request: Cell::new(now),
+                idle_waker: Cell::new(None),
+                woken: Cell::new(false),
+            }),
+        }
+    }
+
+    /// Checks every bucket that applies and spends one token of each only
+    /// if all of them have one: a refused request costs no level anything.
+    pub fn check(
+        &self,
+        limits: &RouteLimits,
+        view: &RequestView<'_>,
+        _extra: &mut Vec<u8>,
+    ) -> Decision {
+        let inner = &*self.inner;
+        inner.last_request.set(view.now);
+        if let Some(w) = inner.idle_waker.take() {
+            inner.woken.set(true);
+            w.wake();
+        }
+        let ip = client_ip(view.peer.ip());
+        let mut fixed = inner.fixed.borrow_mut();
+        let mut clients = inner.clients.borrow_mut();
+        // Issue 5: the API key's bucket (from its usage plan) is checked
+        // here, before the route's, and spent in the commit loop below.
+        let mut retry_after = 0u64;
+        for id in limits.ids() {
+            let Some(def) = inner.defs.get(id as usize) else {
+                continue;
+            };
+            let local = if def.per_client_ip {
+                let len = clients.len();
+                match clients.get_mut(&(id, ip)) {
+                    Some(l) => l,
+                    None if len >= MAX_CLIENTS_PER_SHARD => {
+                        retry_after = retry_after.max(def.retry_after);
+                        continue;
+                    }
+                    None => clients.entry((id, ip)).or_insert_with(|| {
+                        Local::new(initial_share(def.burst, inner.shards), view.now)
+                    }),
+                }
+            } else {
+                match fixed.get_mut(id as usize) {
+                    Some(l) => l,
+                    None => continue,
+                }
+            };
+            local.attempts = local.attempts.saturating_add(1);
+            local.last_used = view.now;
+            if def.per_client_ip && !local.active {
+                local.active = true;
+                inner.active_clients.borrow_mut().push((id, ip));
+            }
+            if local.held == 0 {
+                retry_after = retry_after.max(def.retry_after);
+            }
+        }
+        if retry_after > 0 {
+            let mut r = Refusal::json(429, "Too Many Requests");
+            r.headers.extend_from_slice(b"retry-after: ");
+            r.headers
+                .extend_from_slice(retry_after.to_string().as_bytes());
+            r.headers.extend_from_slice(b"\r\n");
+            return Decision::Respond(r);
+        }
+        for id in limits.ids() {
+            let Some(def) = inner.defs.get(id as usize) else {
+                continue;
+            };
+            let local = if def.per_client_ip {
+                clients.get_mut(&(id, ip))
+            } else {
+                fixed.get_mut(id as usize)
+            };
+            if let Some(l) = local {
+                l.held = l.held.saturating_sub(1);
+                l.spent += 1;
+            }
+        }
+        Decision::Continue
+    }
+
+    /// The shard's reconciliation task: every [`TICK`] (or [`IDLE_TICK`]
+    /// when quiet) it takes in leases and recalls and reports spending and
+    /// demand. Ends at once when no bucket is configured.
+    pub fn reconciler(&self) -> impl Future<Output = ()> + 'static {
+        let inner = self.inner.clone();
+        async move {
+            if inner.to_coordinator.is_none() {
+                return;
+            }
+            let mut last = Instant::now();
+            let mut next_evict = last + Duration::from_secs(1);
+            loop {
+                if inner.last_request.get().elapsed() >= QUIET_AFTER {
+                    inner.idle_wait().await;
+                } else {
+                    glommio::timer::sleep(TICK).await;
+                }
+                let now = Instant::now();
+                let dt = now.duration_since(last).as_secs_f64();
+                last = now;
+                if !inner.reconcile(dt) {
+                    return;
+                }
+                if now >= next_evict {
+                    next_evict = now + Duration::from_secs(1);
+                    inner.evict_clients(now);
+                }
+            }
+        }
+    }
+}
+
+impl Inner {
+    /// Sleeps [`IDLE_TICK`], or less if a throttled request arrives.
+    async fn idle_wait(&self) {
+        self.woken.set(false);
+        let mut timer = std::pin::pin!(glommio::timer::sleep(IDLE_TICK));
+        std::future::poll_fn(|cx| {
+            if self.woken.get() || timer.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(());
+            }
+            self.idle_waker.set(Some(cx.waker().clone()));
+            Poll::Pending
+        })
+        .await;
+        self.idle_waker.set(None);
+        self.woken.set(false);
+    }
+
+    fn send(&self, r: Report) -> bool {
+        match &self.to_coordinator {
+            Some(tx) => tx.send(r).is_ok(),
+            None => false,
+        }
+    }
+
+    /// One reconciliation step. False when the coordinator is gone.
+    fn reconcile(&self, dt: f64) -> bool {
+        let mut fixed = self.fixed.borrow_mut();
+        let mut clients = self.clients.borrow_mut();
+        if let Some(rx) = &self.from_coordinator {
+            loop {
+                let msg = match rx.try_recv() {
+                    Ok(m) => m,
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => return false,
+                };
+                let (key, grant) = match msg {
+                    ToShard::Grant { key, tokens } => (key, Some(tokens)),
+                    ToShard::Recall { key } => (key, None),
+                };
+                let local = match key.1 {
+                    None => fixed.get_mut(key.0 as usize),
+                    Some(ip) => clients.get_mut(&(key.0, ip)),
+                };
+                match (local, grant) {
+                    (Some(l), Some(t)) => l.held = l.held.saturating_add(t),
+                    (Some(l), None) => {
+                        l.recall = true;
+                        if let (Some(ip), false) = (key.1, l.active) {
+                            l.active = true;
+                            self.active_clients.borrow_mut().push((key.0, ip));
+                        }
+                    }
+                    // A lease for a client bucket already forgotten: hand
+                    // it straight back.
+                    (None, Some(t)) => {
+                        self.send(Report {
+                            shard: self.shard,
+                            key,
+                            spent: 0,
+                            advanced: 0,
+                            returned: t,
+                            want: 0,
+                            busy: false,
+                            forget: true,
+                        });
+                    }
+                    (None, None) => {}
+                }
+            }
+        }
+        for (id, local) in fixed.iter_mut().enumerate() {
+            let def = &self.defs[id];
+            if def.per_client_ip {
+                continue;
+            }
+            if let Some((spent, advanced, returned, want, busy)) = local.report(def.burst, dt) {
+                if !self.send(Report {
+                    shard: self.shard,
+                    key: (id as u32, None),
+                    spent,
+                    advanced,
+                    returned,
+                    want,
+                    busy,
+                    forget: false,
+                }) {
+                    return false;
+                }
+            }
+        }
+        let mut connected = true;
+        self.active_clients.borrow_mut().retain(|&(id, ip)| {
+            let Some(local) = clients.get_mut(&(id, ip)) else {
+                return false;
+            };
+            let burst = self.defs.get(id as usize).map_or(1, |d| d.burst);
+            if let Some((spent, advanced, returned, want, busy)) = local.report(burst, dt) {
+                connected &= self.send(Report {
+                    shard: self.shard,
+                    key: (id, Some(ip)),
+                    spent,
+                    advanced,
+                    returned,
+                    want,
+                    busy,
+                    forget: false,
+                });
+            }
+            // Quiet now (its last report said so): off the list until its
+            // next request or recall.
+            local.active = local.demand > 0.0 || local.last_busy;
+            local.active
+        });
+        connected
+    }
+
+    /// Returns the tokens of per-client buckets idle for
+    /// [`CLIENT_IDLE_EVICT`] and forgets them.
+    fn evict_clients(&self, now: Instant) {
+        let mut clients = self.clients.borrow_mut();
+        clients.retain(|&(id, ip), l| {
+            if now.duration_since(l.last_used) < CLIENT_IDLE_EVICT {
+                return true;
+            }
+            self.send(Report {
+                shard: self.shard,
+                key: (id, Some(ip)),
+                spent: l.spent,
+                advanced: l.advanced,
+                returned: l.held,
+                want: 0,
+                busy: false,
+                forget: true,
+            });
+            false
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests;
