@@ -50,9 +50,15 @@ pub fn parse_response_head(
     head_request: bool,
     max_head: usize,
 ) -> Result<Option<ResponseHead>, BadResponse> {
-    let mut storage = [httparse::EMPTY_HEADER; 256];
-    let mut resp = httparse::Response::new(&mut storage);
-    let len = match resp.parse(buf) {
+    // Uninitialised, as for requests: initialising 256 headers per response
+    // cost more than parsing a small one.
+    let mut storage = [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; 256];
+    let mut resp = httparse::Response::new(&mut []);
+    let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut resp,
+        buf,
+        &mut storage,
+    ) {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => {
             if buf.len() > max_head {
