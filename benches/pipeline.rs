@@ -215,12 +215,12 @@ fn alloc_report() {
         let (a, r) = per_request(|| {
             black_box(fx.parse(black_box(buf)));
         });
-        println!("  {name:32} parse_request_head      {a:6.3} / {r:6.3}");
+        println!("  {name:32} {:27} {a:6.3} / {r:6.3}", "parse_request_head");
         let head = fx.parse(buf);
         let (a, r) = per_request(|| {
             black_box(fx.route(black_box(buf), &head));
         });
-        println!("  {name:32} route_request           {a:6.3} / {r:6.3}");
+        println!("  {name:32} {:27} {a:6.3} / {r:6.3}", "route_request");
         let (a, r) = if *mock {
             per_request(|| {
                 black_box(fx.mock(black_box(buf)));
@@ -235,7 +235,7 @@ fn alloc_report() {
         } else {
             "whole path to upstream head"
         };
-        println!("  {name:32} {what:23} {a:6.3} / {r:6.3}");
+        println!("  {name:32} {what:27} {a:6.3} / {r:6.3}");
     }
     // A fresh connection: buffers start empty and grow once.
     let buf = small("/pets/42");

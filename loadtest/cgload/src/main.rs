@@ -1,0 +1,438 @@
+//! cgload: the parts of the load-test suite that wrk cannot do.
+//!
+//! - `open`: fixed-rate (open-loop) load with latency percentiles corrected
+//!   for coordinated omission. Each of `--conns` keep-alive connections owns a
+//!   fixed schedule (request k of connection i is due at
+//!   `start + (k * conns + i) / rate`). A request is sent when it is due, or as
+//!   soon as its connection is free if the previous response was late, and its
+//!   latency is measured from the time it was *due*, not from when it went out.
+//!   A stalled server therefore shows up as the queueing delay every scheduled
+//!   request would have seen (the method of wrk2 / HdrHistogram), instead of
+//!   silently lowering the request rate.
+//! - `idle`: opens `--conns` keep-alive connections one after the other, sends
+//!   one request on each and reads its response, then prints `READY` and keeps
+//!   them all open and idle for `--hold` seconds (for memory per idle
+//!   connection).
+//!
+//! Output is one `key=value` line so the suite's shell script can read it.
+//! Only loopback addresses are accepted.
+
+use std::collections::HashMap;
+use std::io::{ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::os::fd::AsRawFd;
+use std::time::{Duration, Instant};
+
+const USAGE: &str = "usage:
+  cgload open --addr 127.0.0.1:PORT --rate REQ_PER_S --duration SECS [--warmup SECS]
+              [--conns N] [--path /p] [--host H]
+  cgload idle --addr 127.0.0.1:PORT --conns N --hold SECS [--path /p] [--host H]";
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let Some((cmd, rest)) = args.split_first() else {
+        fail(USAGE)
+    };
+    let opts = Opts::parse(rest);
+    match cmd.as_str() {
+        "open" => open_loop(&opts),
+        "idle" => idle(&opts),
+        _ => fail(USAGE),
+    }
+}
+
+fn fail(msg: &str) -> ! {
+    eprintln!("cgload: {msg}");
+    std::process::exit(2)
+}
+
+// === impl Opts ===
+
+struct Opts(HashMap<String, String>);
+
+impl Opts {
+    fn parse(args: &[String]) -> Opts {
+        let mut m = HashMap::new();
+        let mut it = args.iter();
+        while let Some(k) = it.next() {
+            let Some(k) = k.strip_prefix("--") else {
+                fail(&format!("unexpected argument {k:?}\n{USAGE}"))
+            };
+            let Some(v) = it.next() else {
+                fail(&format!("--{k} needs a value"))
+            };
+            m.insert(k.to_string(), v.clone());
+        }
+        Opts(m)
+    }
+    fn get<T: std::str::FromStr>(&self, k: &str, default: Option<T>) -> T {
+        match self.0.get(k) {
+            Some(v) => v
+                .parse()
+                .unwrap_or_else(|_| fail(&format!("--{k}: cannot parse {v:?}"))),
+            None => default.unwrap_or_else(|| fail(&format!("--{k} is required\n{USAGE}"))),
+        }
+    }
+    fn addr(&self) -> SocketAddr {
+        let a: SocketAddr = self.get("addr", None);
+        if !a.ip().is_loopback() {
+            fail("only loopback addresses are allowed");
+        }
+        a
+    }
+    fn request(&self) -> Vec<u8> {
+        let path: String = self.get("path", Some("/".to_string()));
+        let host: String = self.get("host", Some("localhost".to_string()));
+        format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: cgload\r\n\r\n").into_bytes()
+    }
+}
+
+// === response framing ===
+
+/// Where a response ends in `buf`, once its head and body are complete, and
+/// whether its status was 2xx. `Err` on bytes that are not a response.
+fn response_end(buf: &[u8]) -> Result<Option<(usize, bool)>, &'static str> {
+    let Some(head_end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return Ok(None);
+    };
+    let head = &buf[..head_end];
+    if !head.starts_with(b"HTTP/1.") || head.len() < 12 {
+        return Err("not an HTTP/1.x response");
+    }
+    let status = &head[9..12];
+    let ok = status[0] == b'2';
+    let no_body = status == b"204" || status == b"304" || status[0] == b'1';
+    let body_start = head_end + 4;
+    let mut length: Option<usize> = None;
+    let mut chunked = false;
+    for line in head.split(|&b| b == b'\n').skip(1) {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let Some(colon) = line.iter().position(|&b| b == b':') else {
+            continue;
+        };
+        let (name, value) = (&line[..colon], trim(&line[colon + 1..]));
+        if name.eq_ignore_ascii_case(b"content-length") {
+            length = std::str::from_utf8(value).ok().and_then(|v| v.parse().ok());
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            chunked = value.eq_ignore_ascii_case(b"chunked");
+        }
+    }
+    if no_body {
+        return Ok(Some((body_start, ok)));
+    }
+    if chunked {
+        // Enough for the suite's backends: the last chunk and an empty trailer.
+        return Ok(buf[body_start..]
+            .windows(5)
+            .position(|w| w == b"0\r\n\r\n")
+            .map(|p| (body_start + p + 5, ok)));
+    }
+    let Some(len) = length else {
+        return Err("response without content-length");
+    };
+    Ok((buf.len() >= body_start + len).then_some((body_start + len, ok)))
+}
+
+fn trim(mut s: &[u8]) -> &[u8] {
+    while let [b' ' | b'\t', r @ ..] = s {
+        s = r;
+    }
+    while let [r @ .., b' ' | b'\t'] = s {
+        s = r;
+    }
+    s
+}
+
+// === open loop ===
+
+struct Conn {
+    stream: TcpStream,
+    buf: Vec<u8>,
+    filled: usize,
+    busy: bool,
+    /// When the request in flight was due.
+    due: Instant,
+    /// When this connection's next request is due.
+    next: Instant,
+}
+
+fn connect(addr: SocketAddr) -> TcpStream {
+    let s = TcpStream::connect_timeout(&addr, Duration::from_secs(3))
+        .unwrap_or_else(|e| fail(&format!("connect {addr}: {e}")));
+    let _ = s.set_nodelay(true);
+    s
+}
+
+fn epoll_add(ep: i32, stream: &TcpStream, token: u64) {
+    let mut ev = libc::epoll_event {
+        events: libc::EPOLLIN as u32,
+        u64: token,
+    };
+    // SAFETY: plain syscall on valid descriptors with a valid event struct.
+    let r = unsafe { libc::epoll_ctl(ep, libc::EPOLL_CTL_ADD, stream.as_raw_fd(), &mut ev) };
+    if r != 0 {
+        fail(&format!("epoll_ctl: {}", std::io::Error::last_os_error()));
+    }
+}
+
+fn open_loop(o: &Opts) {
+    let addr = o.addr();
+    let rate: f64 = o.get("rate", None);
+    let duration: f64 = o.get("duration", None);
+    let warmup: f64 = o.get("warmup", Some(1.0));
+    let nconns: usize = o.get("conns", Some(32));
+    let req = o.request();
+    if rate <= 0.0 || duration <= 0.0 || nconns == 0 {
+        fail("--rate, --duration and --conns must be positive");
+    }
+    // SAFETY: creating an epoll instance has no preconditions.
+    let ep = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+    if ep < 0 {
+        fail("epoll_create1 failed");
+    }
+    let interval = Duration::from_secs_f64(nconns as f64 / rate);
+    let start = Instant::now() + Duration::from_millis(50);
+    let record_from = start + Duration::from_secs_f64(warmup);
+    let stop_at = record_from + Duration::from_secs_f64(duration);
+    let mut conns: Vec<Conn> = (0..nconns)
+        .map(|i| {
+            let stream = connect(addr);
+            stream.set_nonblocking(true).unwrap();
+            epoll_add(ep, &stream, i as u64);
+            Conn {
+                stream,
+                buf: vec![0; 64 * 1024],
+                filled: 0,
+                busy: false,
+                due: start,
+                next: start + interval.mul_f64(i as f64 / nconns as f64),
+            }
+        })
+        .collect();
+    let mut lat_ns: Vec<u64> = Vec::with_capacity((rate * duration * 1.1) as usize + 16);
+    let (mut errors, mut non2xx, mut sent, mut unfinished) = (0u64, 0u64, 0u64, 0u64);
+    let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; nconns.max(16)];
+    let drain_deadline = stop_at + Duration::from_secs(5);
+    loop {
+        let now = Instant::now();
+        let mut earliest: Option<Instant> = None;
+        let mut busy = 0;
+        for c in conns.iter_mut() {
+            if !c.busy && c.next < stop_at {
+                if c.next <= now {
+                    c.due = c.next;
+                    c.next += interval;
+                    c.filled = 0;
+                    // A request is far smaller than the socket buffer of an idle
+                    // keep-alive connection: one write takes it.
+                    match c.stream.write(&req) {
+                        Ok(n) if n == req.len() => {
+                            c.busy = true;
+                            sent += 1;
+                        }
+                        _ => {
+                            errors += 1;
+                            continue;
+                        }
+                    }
+                } else {
+                    earliest = Some(earliest.map_or(c.next, |e: Instant| e.min(c.next)));
+                }
+            }
+            busy += c.busy as usize;
+        }
+        if busy == 0 && earliest.is_none() {
+            break;
+        }
+        if now > drain_deadline {
+            // Still unanswered 5 s after the last one was due: the server fell
+            // far behind the schedule.
+            // Their latency is at least this long: counted as such.
+            unfinished = busy as u64;
+            for c in conns.iter().filter(|c| c.busy && c.due >= record_from) {
+                lat_ns.push(now.saturating_duration_since(c.due).as_nanos() as u64);
+            }
+            break;
+        }
+        // Sleep in epoll only when the next send is more than 2 ms away;
+        // otherwise spin, so sends leave on time (the generator owns its CPU).
+        let timeout = match earliest {
+            Some(t) if busy == 0 || t > now => {
+                let ms = t.saturating_duration_since(now).as_millis() as i32;
+                if ms > 2 {
+                    ms - 1
+                } else {
+                    0
+                }
+            }
+            _ if busy > 0 => 0,
+            _ => 0,
+        };
+        // SAFETY: `events` is a valid buffer of its length.
+        let n = unsafe { libc::epoll_wait(ep, events.as_mut_ptr(), events.len() as i32, timeout) };
+        if n < 0 {
+            continue;
+        }
+        let done_at = Instant::now();
+        for ev in &events[..n as usize] {
+            let i = ev.u64 as usize;
+            let c = &mut conns[i];
+            loop {
+                if c.filled == c.buf.len() {
+                    let l = c.buf.len() * 2;
+                    c.buf.resize(l, 0);
+                }
+                match c.stream.read(&mut c.buf[c.filled..]) {
+                    Ok(0) => {
+                        // Closed by the server: count the request, reconnect.
+                        if c.busy {
+                            errors += 1;
+                            c.busy = false;
+                        }
+                        let fresh = connect(addr);
+                        fresh.set_nonblocking(true).unwrap();
+                        epoll_add(ep, &fresh, i as u64);
+                        c.stream = fresh;
+                        c.filled = 0;
+                        break;
+                    }
+                    Ok(k) => c.filled += k,
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                    Err(_) => {
+                        if c.busy {
+                            errors += 1;
+                            c.busy = false;
+                        }
+                        break;
+                    }
+                }
+            }
+            if !c.busy || c.filled == 0 {
+                continue;
+            }
+            match response_end(&c.buf[..c.filled]) {
+                Ok(Some((_, ok))) => {
+                    c.busy = false;
+                    if !ok {
+                        non2xx += 1;
+                    }
+                    if c.due >= record_from {
+                        lat_ns.push(done_at.saturating_duration_since(c.due).as_nanos() as u64);
+                    }
+                }
+                Ok(None) => {}
+                Err(why) => fail(why),
+            }
+        }
+    }
+    lat_ns.sort_unstable();
+    let pct = |q: f64| -> f64 {
+        if lat_ns.is_empty() {
+            return f64::NAN;
+        }
+        let idx = ((q * lat_ns.len() as f64).ceil() as usize).clamp(1, lat_ns.len()) - 1;
+        lat_ns[idx] as f64 / 1000.0
+    };
+    println!(
+        "target_rate={rate:.0} achieved_rate={:.0} recorded={} sent={sent} errors={errors} non2xx={non2xx} unfinished={unfinished} p50_us={:.1} p90_us={:.1} p99_us={:.1} p999_us={:.1} max_us={:.1}",
+        lat_ns.len() as f64 / duration,
+        lat_ns.len(),
+        pct(0.50),
+        pct(0.90),
+        pct(0.99),
+        pct(0.999),
+        pct(1.0),
+    );
+}
+
+// === idle connections ===
+
+fn idle(o: &Opts) {
+    let addr = o.addr();
+    let nconns: usize = o.get("conns", None);
+    let hold: f64 = o.get("hold", None);
+    let req = o.request();
+    let started = Instant::now();
+    let mut open: Vec<TcpStream> = Vec::with_capacity(nconns);
+    let mut failed = 0usize;
+    let mut buf = vec![0u8; 64 * 1024];
+    for _ in 0..nconns {
+        let mut s = match TcpStream::connect_timeout(&addr, Duration::from_secs(3)) {
+            Ok(s) => s,
+            Err(_) => {
+                failed += 1;
+                continue;
+            }
+        };
+        let _ = s.set_nodelay(true);
+        let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+        if s.write_all(&req).is_err() {
+            failed += 1;
+            continue;
+        }
+        let mut filled = 0;
+        let ok = loop {
+            match s.read(&mut buf[filled..]) {
+                Ok(0) | Err(_) => break false,
+                Ok(k) => filled += k,
+            }
+            match response_end(&buf[..filled]) {
+                Ok(Some((end, ok))) => break ok && end == filled,
+                Ok(None) if filled < buf.len() => {}
+                _ => break false,
+            }
+        };
+        if ok {
+            open.push(s);
+        } else {
+            failed += 1;
+        }
+    }
+    println!(
+        "READY conns={} failed={failed} open_secs={:.2}",
+        open.len(),
+        started.elapsed().as_secs_f64()
+    );
+    let _ = std::io::stdout().flush();
+    std::thread::sleep(Duration::from_secs_f64(hold));
+    // Still open? A server that closed idle connections early shows here.
+    let mut still_open = 0;
+    for s in &open {
+        let _ = s.set_nonblocking(true);
+        let mut b = [0u8; 1];
+        if let Err(e) = (&*s).read(&mut b) {
+            if e.kind() == ErrorKind::WouldBlock {
+                still_open += 1;
+            }
+        }
+    }
+    println!("DONE still_open={still_open}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::response_end;
+
+    #[test]
+    fn framing() {
+        assert_eq!(
+            response_end(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nhi"),
+            Ok(Some((40, true)))
+        );
+        assert_eq!(
+            response_end(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nh"),
+            Ok(None)
+        );
+        assert_eq!(
+            response_end(b"HTTP/1.1 502 Bad\r\nContent-Length: 0\r\n\r\n"),
+            Ok(Some((39, false)))
+        );
+        assert_eq!(
+            response_end(
+                b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n"
+            ),
+            Ok(Some((59, true)))
+        );
+    }
+}

@@ -1,0 +1,746 @@
+#!/usr/bin/env bash
+# coregate load-test suite: coregate against nginx as a reverse proxy, on one
+# Linux box, loopback only. See loadtest/README.md and docs/benchmarks.md.
+#
+#   loadtest/run.sh            full suite (about 12 minutes on 2 cores)
+#   loadtest/run.sh --smoke    every scenario once, tiny (under a minute after
+#                              the build); exits 0 when all ran, asserts no ratio
+#   loadtest/run.sh --only throughput,latency,memory,scaling,bodies,profile
+#                              run some sections (latency needs throughput's
+#                              nginx maximum; it measures one if throughput is
+#                              skipped)
+#   loadtest/run.sh --profile  also record perf profiles of coregate (proxied
+#                              and mock) and nginx under wrk load
+#
+# Layout (shared/DESIGN.md, "Measuring on a 2-core machine"): the load
+# generator on CPU 0; the proxy under test (one coregate shard, or one nginx
+# worker) and the backend (one nginx worker serving fixed responses) together
+# on CPU 1. Runs alternate coregate, nginx, coregate, nginx...
+#
+# Writes loadtest/results/<timestamp>[-smoke]/report.md (and the raw numbers
+# and logs beside it). Stops by itself: every wait is bounded and a watchdog
+# ends the run after $MAX_SECS. Every process it starts is stopped on exit.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+LT=$ROOT/loadtest
+
+SMOKE=0
+ONLY="throughput,latency,memory,scaling,bodies"
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --smoke) SMOKE=1 ;;
+        --profile) ONLY="$ONLY,profile" ;;
+        --only) ONLY=${2:?--only needs a list}; shift ;;
+        --only=*) ONLY=${1#--only=} ;;
+        -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
+        *) echo "run.sh: unknown argument $1" >&2; exit 2 ;;
+    esac
+    shift
+done
+want() { [[ ",$ONLY," == *",$1,"* ]]; }
+
+# === knobs ===
+if [ $SMOKE = 1 ]; then
+    RUNS=1 DUR=1 CONNS=16 LAT_DUR=1 LAT_WARM=0.2 IDLE_CONNS=200 IDLE_HOLD=10
+    SCALE_RUNS=1 BODY_RUNS=1 BODY_DUR=1 MAX_SECS=240 STEADY_WAIT=0.5
+else
+    RUNS=${RUNS:-5} DUR=${DUR:-10} CONNS=${CONNS:-50} LAT_DUR=${LAT_DUR:-15}
+    LAT_WARM=2 IDLE_CONNS=${IDLE_CONNS:-10000} IDLE_HOLD=60
+    SCALE_RUNS=${SCALE_RUNS:-3} BODY_RUNS=${BODY_RUNS:-3} BODY_DUR=${BODY_DUR:-6}
+    MAX_SECS=${MAX_SECS:-1500} STEADY_WAIT=4
+fi
+PROFILE_DUR=$([ $SMOKE = 1 ] && echo 2 || echo 8)
+LAT_CONNS=$CONNS
+BODY_CONNS=8
+GEN_CPU=0
+PROXY_CPU=1
+BACKEND_PORT=18090
+BACKEND_OK_PORT=18091
+COREGATE_PORT=18080
+COREGATE2_PORT=18082
+NGINX_PORT=18081
+
+STAMP=$(date +%Y%m%d-%H%M%S)
+OUT=$LT/results/$STAMP$([ $SMOKE = 1 ] && echo -smoke || true)
+WORK=$OUT/work
+mkdir -p "$WORK/www" "$WORK/tmp"
+RAW=$OUT/raw.tsv
+REPORT=$OUT/report.md
+: >"$RAW"
+log() { echo "[$(date +%T)] $*" | tee -a "$OUT/run.log" >&2; }
+
+# === processes: everything started here is stopped on exit ===
+PIDS=()
+WATCHDOG=
+cleanup() {
+    local rc=$?
+    trap - EXIT INT TERM
+    for pid in "${PIDS[@]}"; do
+        kill -TERM "$pid" 2>/dev/null || true
+    done
+    for pid in "${PIDS[@]}"; do
+        for _ in $(seq 20); do
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.1
+        done
+        kill -KILL "$pid" 2>/dev/null || true
+    done
+    [ -n "$WATCHDOG" ] && kill "$WATCHDOG" 2>/dev/null || true
+    exit $rc
+}
+trap cleanup EXIT
+trap 'log "interrupted"; exit 130' INT TERM
+
+stop_pid() {
+    local pid=$1 keep=() p
+    kill -TERM "$pid" 2>/dev/null || true
+    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+    for p in "${PIDS[@]}"; do [ "$p" = "$pid" ] || keep+=("$p"); done
+    PIDS=("${keep[@]}")
+}
+
+# === tools ===
+APT_UPDATED=0
+apt_install() {
+    if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then
+        echo "run.sh: please install: $*" >&2
+        exit 1
+    fi
+    [ $APT_UPDATED = 1 ] || { apt-get update -qq; APT_UPDATED=1; }
+    # Debian starts nginx on port 80 when it is installed; a policy-rc.d that
+    # says no (only if there is none) keeps the package from starting it.
+    local made_policy=0
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+        printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+        chmod +x /usr/sbin/policy-rc.d
+        made_policy=1
+    fi
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >"$OUT/apt.log" 2>&1 || {
+        [ $made_policy = 1 ] && rm -f /usr/sbin/policy-rc.d
+        echo "run.sh: apt-get install $* failed, see $OUT/apt.log" >&2
+        exit 1
+    }
+    [ $made_policy = 1 ] && rm -f /usr/sbin/policy-rc.d
+    return 0
+}
+need=()
+command -v wrk >/dev/null || need+=(wrk)
+command -v nginx >/dev/null || need+=(nginx)
+command -v curl >/dev/null || need+=(curl)
+command -v taskset >/dev/null || need+=(util-linux)
+[ ${#need[@]} -eq 0 ] || { log "installing ${need[*]}"; apt_install "${need[@]}"; }
+
+NCPU=$(nproc)
+if [ "$NCPU" -lt 2 ]; then
+    echo "run.sh: needs at least 2 CPUs (load generator on CPU 0, proxy on CPU 1)" >&2
+    exit 1
+fi
+# 10,000 client sockets in the load generator and as many in the proxy.
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+if [ "$(ulimit -n)" != unlimited ] && [ "$(ulimit -n)" -lt $((IDLE_CONNS + 500)) ]; then
+    log "open-file limit $(ulimit -n) is below $((IDLE_CONNS + 500)); idle connections reduced"
+    IDLE_CONNS=$(($(ulimit -n) - 500))
+fi
+for port in $BACKEND_PORT $BACKEND_OK_PORT $COREGATE_PORT $COREGATE2_PORT $NGINX_PORT; do
+    if ss -Htln "sport = :$port" | grep -q .; then
+        echo "run.sh: port $port is in use" >&2
+        exit 1
+    fi
+done
+
+# === build ===
+log "building coregate (release) and cgload"
+(cd "$ROOT" && cargo build --release --bin coregate) >"$OUT/build.log" 2>&1 || {
+    tail -20 "$OUT/build.log" >&2
+    exit 1
+}
+cargo build --release --manifest-path "$LT/cgload/Cargo.toml" >>"$OUT/build.log" 2>&1 || {
+    tail -20 "$OUT/build.log" >&2
+    exit 1
+}
+TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+CGLOAD=$LT/cgload/target/release/cgload
+# A private copy: a rebuild in the work tree during the run must not swap the
+# binary under the running gateway (nor hide its symbols from perf).
+cp "$TARGET_DIR/release/coregate" "$WORK/coregate"
+COREGATE=$WORK/coregate
+[ -x "$COREGATE" ] && [ -x "$CGLOAD" ]
+
+# The watchdog starts after the build, which has its own pace.
+# Its own output goes nowhere, so that it never holds a pipe open.
+MAIN_PID=$$
+(
+    trap 'kill $s 2>/dev/null; exit 0' TERM
+    sleep "$MAX_SECS" &
+    s=$!
+    wait $s && echo "run.sh: watchdog: $MAX_SECS s elapsed, stopping" >>"$OUT/run.log" && kill -TERM $MAIN_PID
+) >/dev/null 2>&1 &
+WATCHDOG=$!
+
+# === configs ===
+head -c 1048576 /dev/zero | tr '\0' 'x' >"$WORK/www/big"
+cat >"$WORK/upload.lua" <<'EOF'
+wrk.method = "POST"
+wrk.body = string.rep("x", 1048576)
+wrk.headers["Content-Type"] = "application/octet-stream"
+EOF
+
+nginx_common() {
+    cat <<EOF
+user root;
+worker_processes 1;
+worker_cpu_affinity $(printf '1%0*d' $PROXY_CPU 0);
+worker_rlimit_nofile 20000;
+daemon off;
+master_process on;
+pid $WORK/$1.pid;
+error_log $WORK/$1-error.log warn;
+events { worker_connections 16384; }
+EOF
+}
+{
+    nginx_common backend
+    cat <<EOF
+http {
+    access_log off;
+    keepalive_requests 1000000;
+    keepalive_timeout 120s;
+    sendfile on;
+    tcp_nopush on;
+    client_body_temp_path $WORK/tmp/backend-body;
+    proxy_temp_path $WORK/tmp/backend-proxy;
+    server {
+        listen 127.0.0.1:$BACKEND_PORT backlog=4096;
+        location = /hello { default_type text/plain; return 200 "hello, world\n"; }
+        location = /big { root $WORK/www; default_type application/octet-stream; }
+        # The whole body is read before the answer (request buffering, in
+        # memory), as an application would; a bare "return" would answer
+        # early and discard the rest, which makes a streaming proxy close the
+        # client connection.
+        location = /upload {
+            client_max_body_size 16m;
+            client_body_buffer_size 2m;
+            proxy_pass http://backend_ok/ok;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_pass_request_body off;
+            proxy_set_header Content-Length "";
+        }
+    }
+    upstream backend_ok { server 127.0.0.1:$BACKEND_OK_PORT; keepalive 16; keepalive_requests 1000000; }
+    server {
+        listen 127.0.0.1:$BACKEND_OK_PORT;
+        location = /ok { default_type text/plain; return 200 "ok\n"; }
+    }
+}
+EOF
+} >"$WORK/backend.conf"
+{
+    nginx_common nginx-proxy
+    cat <<EOF
+http {
+    access_log off;
+    keepalive_requests 1000000;
+    keepalive_timeout 120s;
+    client_max_body_size 16m;
+    client_body_temp_path $WORK/tmp/proxy-body;
+    proxy_temp_path $WORK/tmp/proxy-proxy;
+    upstream backend {
+        server 127.0.0.1:$BACKEND_PORT;
+        keepalive 64;
+        keepalive_requests 1000000;
+        keepalive_timeout 120s;
+    }
+    server {
+        listen 127.0.0.1:$NGINX_PORT backlog=4096;
+        location = /mock { default_type text/plain; return 200 "hello, world\n"; }
+        location / {
+            proxy_pass http://backend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            # What coregate adds upstream and to the response, for equal work.
+            proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+            proxy_set_header X-Forwarded-Proto \$scheme;
+            proxy_set_header X-Forwarded-Host \$host;
+            proxy_set_header X-Request-Id \$request_id;
+            add_header X-Request-Id \$request_id always;
+            # Stream bodies as coregate does, instead of spooling to disk.
+            proxy_request_buffering off;
+            proxy_max_temp_file_size 0;
+        }
+    }
+}
+EOF
+} >"$WORK/nginx-proxy.conf"
+
+coregate_conf() { # port shards cpus
+    cat <<EOF
+[server]
+listen = ["127.0.0.1:$1"]
+shards = $2
+cpus = [$3]
+drain_timeout_ms = 2000
+
+[server.limits]
+max_body_bytes = 16777216
+
+[[upstreams]]
+name = "backend"
+targets = [{ address = "127.0.0.1:$BACKEND_PORT" }]
+pool = { max_idle = 256 }
+
+[[apis]]
+name = "bench"
+
+[[apis.routes]]
+key = "GET /mock"
+integration = { type = "mock", status = 200, headers = { "content-type" = "text/plain" }, body = "hello, world\n" }
+
+[[apis.routes]]
+key = "ANY /{proxy+}"
+integration = { type = "http_proxy", url = "http://backend/{proxy}" }
+EOF
+}
+coregate_conf $COREGATE_PORT 1 $PROXY_CPU >"$WORK/coregate-1.toml"
+coregate_conf $COREGATE2_PORT 2 "0, 1" >"$WORK/coregate-2.toml"
+"$COREGATE" check --config "$WORK/coregate-1.toml" >/dev/null
+"$COREGATE" check --config "$WORK/coregate-2.toml" >/dev/null
+nginx -t -q -e "$WORK/nginx-t.log" -c "$WORK/backend.conf"
+nginx -t -q -e "$WORK/nginx-t.log" -c "$WORK/nginx-proxy.conf"
+
+# === helpers ===
+wait_port() { # port
+    for _ in $(seq 100); do
+        curl -s -o /dev/null "http://127.0.0.1:$1/" && return 0
+        sleep 0.1
+    done
+    echo "run.sh: nothing answers on port $1" >&2
+    return 1
+}
+start_nginx() { # name -> sets LAST_PID (master)
+    nginx -e "$WORK/$1-error.log" -c "$WORK/$1.conf" &
+    LAST_PID=$!
+    PIDS+=("$LAST_PID")
+}
+start_coregate() { # config-name
+    # Not under taskset: each shard pins itself to its `cpus` entry, and
+    # coregate checks `cpus` against the CPUs it may run on (under taskset -c 1
+    # it sees one CPU and calls it CPU 0). Only the idle main thread is unpinned.
+    "$COREGATE" serve --config "$WORK/$1.toml" >"$WORK/$1.log" 2>&1 &
+    LAST_PID=$!
+    PIDS+=("$LAST_PID")
+}
+# Processes whose CPU time is the proxy's: nginx's master and worker(s), or
+# coregate's one process (all its threads).
+proc_set() { # pid
+    echo "$1 $(pgrep -P "$1" | tr '\n' ' ')"
+}
+cpu_ticks() { # pids... -> utime+stime in clock ticks
+    local t=0 p
+    for p in "$@"; do
+        [ -r "/proc/$p/stat" ] || continue
+        t=$((t + $(sed 's/.*) //' "/proc/$p/stat" | awk '{print $12 + $13}')))
+    done
+    echo $t
+}
+TICK_US=$((1000000 / $(getconf CLK_TCK)))
+rss_kib() { # pids... -> summed VmRSS
+    local t=0 p
+    for p in "$@"; do
+        t=$((t + $(awk '/^VmRSS/ {print $2}' "/proc/$p/status" 2>/dev/null || echo 0)))
+    done
+    echo $t
+}
+record() { # section target run metric value
+    printf '%s\t%s\t%s\t%s\t%s\n' "$@" >>"$RAW"
+}
+# wrk closed-loop run; prints "rps requests errors non2xx"
+run_wrk() { # url duration conns [extra wrk args...]
+    local url=$1 dur=$2 conns=$3 out
+    shift 3
+    out=$(taskset -c $GEN_CPU wrk -t1 -c"$conns" -d"${dur}s" "$@" "$url" 2>&1) || true
+    echo "$out" >>"$OUT/wrk.log"
+    local rps reqs errs non2xx
+    rps=$(awk '/^Requests\/sec:/ {print $2}' <<<"$out")
+    reqs=$(awk '/requests in/ {print $1}' <<<"$out")
+    errs=$(awk '/Socket errors:/ {gsub(",",""); print $4+$6+$8+$10}' <<<"$out")
+    non2xx=$(awk '/Non-2xx/ {print $NF}' <<<"$out")
+    echo "${rps:-0} ${reqs:-0} ${errs:-0} ${non2xx:-0}"
+}
+# One measured wrk run against a target; records rps, cpu us/request, errors.
+measure() { # section target run url dur conns pids-var [wrk args...]
+    local section=$1 target=$2 run=$3 url=$4 dur=$5 conns=$6 pids=$7
+    shift 7
+    local t0 t1 res rps reqs errs non2xx cpu
+    t0=$(cpu_ticks $pids)
+    res=$(run_wrk "$url" "$dur" "$conns" "$@")
+    t1=$(cpu_ticks $pids)
+    read -r rps reqs errs non2xx <<<"$res"
+    cpu=$(awk -v d=$((t1 - t0)) -v r="$reqs" -v u=$TICK_US 'BEGIN { if (r > 0) printf "%.2f", d * u / r; else print "nan" }')
+    record "$section" "$target" "$run" rps "$rps"
+    record "$section" "$target" "$run" cpu_us "$cpu"
+    record "$section" "$target" "$run" errors $((errs + non2xx))
+    log "  $section $target run $run: $rps req/s, $cpu us CPU/request, errors $((errs + non2xx))"
+    if [ $((errs + non2xx)) -gt 0 ]; then
+        ERRORS_SEEN=$((ERRORS_SEEN + errs + non2xx))
+    fi
+}
+ERRORS_SEEN=0
+stat_of() { # section target metric -> "median min max n"
+    awk -F'\t' -v s="$1" -v t="$2" -v m="$3" '$1 == s && $2 == t && $4 == m && $5 != "nan" {print $5}' "$RAW" |
+        sort -g | awk '{a[NR] = $1} END {
+            if (NR == 0) { print "nan nan nan 0"; exit }
+            med = (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2
+            print med, a[1], a[NR], NR }'
+}
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0 && a == a + 0) printf "%.2f", a / b; else print "n/a" }'; }
+fmt() { awk -v v="$1" -v d="${2:-0}" 'BEGIN { if (v == v + 0) printf "%.*f", d, v; else print v }'; }
+
+# === start ===
+log "results in $OUT"
+LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
+start_nginx backend
+BACKEND_PID=$LAST_PID
+wait_port $BACKEND_PORT
+start_coregate coregate-1
+COREGATE_PID=$LAST_PID
+wait_port $COREGATE_PORT
+start_nginx nginx-proxy
+NGINX_PID=$LAST_PID
+wait_port $NGINX_PORT
+sleep 0.3
+COREGATE_PIDS=$(proc_set $COREGATE_PID)
+NGINX_PIDS=$(proc_set $NGINX_PID)
+BACKEND_PIDS=$(proc_set $BACKEND_PID)
+
+declare -A URL=(
+    [direct]=http://127.0.0.1:$BACKEND_PORT
+    [coregate]=http://127.0.0.1:$COREGATE_PORT
+    [nginx]=http://127.0.0.1:$NGINX_PORT
+)
+declare -A PROCS=([direct]=$BACKEND_PIDS [coregate]=$COREGATE_PIDS [nginx]=$NGINX_PIDS)
+declare -A PORT=([direct]=$BACKEND_PORT [coregate]=$COREGATE_PORT [nginx]=$NGINX_PORT)
+
+# Every target answers every path with 200 before anything is measured.
+for t in direct coregate nginx; do
+    for p in /hello /big; do
+        code=$(curl -s -o /dev/null -w '%{http_code}' "${URL[$t]}$p")
+        [ "$code" = 200 ] || { echo "run.sh: $t $p answered $code" >&2; exit 1; }
+    done
+    code=$(curl -s -o /dev/null -w '%{http_code}' --data-binary "@$WORK/www/big" "${URL[$t]}/upload")
+    [ "$code" = 200 ] || { echo "run.sh: $t POST /upload answered $code" >&2; exit 1; }
+done
+for t in coregate nginx; do
+    curl -s -D - -o /dev/null "${URL[$t]}/hello" >"$WORK/$t-response-head.txt"
+done
+log "all targets answer; warming up"
+for t in direct coregate nginx; do run_wrk "${URL[$t]}/hello" 1 "$CONNS" >/dev/null; done
+
+# === (a)(b)(c) throughput, small responses, keep-alive ===
+if want throughput; then
+    log "throughput: $RUNS runs of ${DUR}s each, wrk -t1 -c$CONNS on CPU $GEN_CPU"
+    for run in $(seq "$RUNS"); do
+        for t in coregate nginx direct; do
+            measure throughput "$t" "$run" "${URL[$t]}/hello" "$DUR" "$CONNS" "${PROCS[$t]}"
+        done
+    done
+fi
+
+# === latency at fixed rates (open loop) ===
+if want latency; then
+    read -r NGINX_MAX _ <<<"$(stat_of throughput nginx rps)"
+    read -r CG_MAX _ <<<"$(stat_of throughput coregate rps)"
+    if [ "$NGINX_MAX" = nan ]; then
+        log "latency: measuring both maxima first"
+        measure throughput coregate 1 "${URL[coregate]}/hello" "$DUR" "$CONNS" "${PROCS[coregate]}"
+        measure throughput nginx 1 "${URL[nginx]}/hello" "$DUR" "$CONNS" "${PROCS[nginx]}"
+        read -r NGINX_MAX _ <<<"$(stat_of throughput nginx rps)"
+        read -r CG_MAX _ <<<"$(stat_of throughput coregate rps)"
+    fi
+    # The issue's rates: 50% and 80% of nginx's maximum. When coregate is the
+    # slower one, also 50% and 80% of its maximum (DESIGN.md: "of the slower
+    # system's maximum"), so that neither proxy is measured past saturation.
+    LAT_SETS="n50 n80"
+    if [ $SMOKE = 0 ] && awk -v c="$CG_MAX" -v n="$NGINX_MAX" 'BEGIN { exit !(c < n) }'; then
+        LAT_SETS="$LAT_SETS s50 s80"
+    fi
+    for set in $LAT_SETS; do
+        pct=${set#?}
+        case $set in n*) base=$NGINX_MAX base_name=nginx ;; s*) base=$CG_MAX base_name=coregate ;; esac
+        rate=$(awk -v m="$base" -v p="$pct" 'BEGIN { printf "%d", m * p / 100 }')
+        [ $SMOKE = 1 ] && rate=$((pct * 20))
+        record "latency-$set" basis 1 label "$pct% of $base_name's max"
+        log "latency: $rate req/s ($pct% of $base_name's $base), ${LAT_DUR}s after ${LAT_WARM}s warm-up, $LAT_CONNS connections"
+        for t in coregate nginx direct; do
+            t0=$(cpu_ticks ${PROCS[$t]})
+            line=$(taskset -c $GEN_CPU "$CGLOAD" open --addr "127.0.0.1:${PORT[$t]}" --path /hello \
+                --rate "$rate" --duration "$LAT_DUR" --warmup "$LAT_WARM" --conns "$LAT_CONNS")
+            t1=$(cpu_ticks ${PROCS[$t]})
+            echo "$t $set $line" >>"$OUT/cgload.log"
+            log "  $t: $line"
+            for kv in $line; do
+                record "latency-$set" "$t" 1 "${kv%%=*}" "${kv#*=}"
+            done
+            rec=$(sed -n 's/.*recorded=\([0-9]*\).*/\1/p' <<<"$line")
+            record "latency-$set" "$t" 1 cpu_us "$(awk -v d=$((t1 - t0)) -v r="$rec" -v u=$TICK_US -v w="$LAT_WARM" -v D="$LAT_DUR" \
+                'BEGIN { if (r > 0) printf "%.2f", d * u / (r * (D + w) / D); else print "nan" }')"
+        done
+    done
+fi
+
+# === memory per idle keep-alive connection ===
+if want memory; then
+    log "memory: $IDLE_CONNS idle keep-alive connections (one request each)"
+    for t in coregate nginx; do
+        case $t in
+            coregate) mem_pids=$COREGATE_PID ;;
+            nginx) mem_pids=$(pgrep -P "$NGINX_PID" | tr '\n' ' ') ;;
+        esac
+        before=$(rss_kib $mem_pids)
+        "$CGLOAD" idle --addr "127.0.0.1:${PORT[$t]}" --path /hello --conns "$IDLE_CONNS" \
+            --hold "$IDLE_HOLD" >"$WORK/idle-$t.out" 2>&1 &
+        idle_pid=$!
+        PIDS+=("$idle_pid")
+        for _ in $(seq 600); do
+            grep -q READY "$WORK/idle-$t.out" && break
+            kill -0 $idle_pid 2>/dev/null || break
+            sleep 0.1
+        done
+        sleep 1
+        after1=$(rss_kib $mem_pids)
+        # Steady state: a server may trim idle connections' buffers after a while.
+        sleep "$STEADY_WAIT"
+        after=$(rss_kib $mem_pids)
+        ready=$(grep READY "$WORK/idle-$t.out" || echo "READY conns=0 failed=?")
+        open=$(sed -n 's/.*conns=\([0-9]*\).*/\1/p' <<<"$ready")
+        live=$(ss -Htn state established "sport = :${PORT[$t]}" | wc -l)
+        stop_pid $idle_pid
+        per=$(awk -v a="$after" -v b="$before" -v n="$open" 'BEGIN { if (n > 0) printf "%.0f", (a - b) * 1024 / n; else print "nan" }')
+        record memory "$t" 1 rss_before_kib "$before"
+        record memory "$t" 1 rss_after1s_kib "$after1"
+        record memory "$t" 1 rss_after_kib "$after"
+        record memory "$t" 1 conns "$open"
+        record memory "$t" 1 server_side_established "$live"
+        record memory "$t" 1 bytes_per_conn "$per"
+        log "  $t: RSS $before KiB -> $after1 KiB 1 s after the last connection -> $after KiB $STEADY_WAIT s later, with $open idle connections ($live established at the server): $per bytes each; $ready"
+        sleep "$STEADY_WAIT"
+    done
+fi
+
+# === scaling: 1 and 2 shards ===
+if want scaling; then
+    log "scaling: mock route, 1 shard (CPU $PROXY_CPU) and 2 shards (CPUs 0,1), wrk on CPU $GEN_CPU"
+    start_coregate coregate-2
+    C2_PID=$LAST_PID
+    wait_port $COREGATE2_PORT
+    run_wrk "http://127.0.0.1:$COREGATE2_PORT/mock" 1 "$CONNS" >/dev/null
+    for run in $(seq "$SCALE_RUNS"); do
+        measure scaling shards1 "$run" "${URL[coregate]}/mock" "$DUR" "$CONNS" "$COREGATE_PIDS"
+        measure scaling shards2 "$run" "http://127.0.0.1:$COREGATE2_PORT/mock" "$DUR" "$CONNS" "$C2_PID"
+        measure scaling nginx_return "$run" "${URL[nginx]}/mock" "$DUR" "$CONNS" "${PROCS[nginx]}"
+    done
+    stop_pid "$C2_PID"
+fi
+
+# === bodies: 1 MiB response, 1 MiB upload ===
+if want bodies; then
+    log "bodies: 1 MiB download and upload, wrk -c$BODY_CONNS, $BODY_RUNS runs of ${BODY_DUR}s"
+    for run in $(seq "$BODY_RUNS"); do
+        for t in coregate nginx direct; do
+            measure download "$t" "$run" "${URL[$t]}/big" "$BODY_DUR" $BODY_CONNS "${PROCS[$t]}"
+        done
+    done
+    for run in $(seq "$BODY_RUNS"); do
+        for t in coregate nginx direct; do
+            measure upload "$t" "$run" "${URL[$t]}/upload" "$BODY_DUR" $BODY_CONNS "${PROCS[$t]}" -s "$WORK/upload.lua"
+        done
+    done
+fi
+
+# === profile (only with --profile): where the proxies spend their CPU ===
+if want profile; then
+    command -v perf >/dev/null || apt_install linux-perf
+    for spec in "coregate /hello $COREGATE_PID" "coregate /mock $COREGATE_PID" \
+        "nginx /hello $(pgrep -P "$NGINX_PID" | head -1)"; do
+        read -r t path pid <<<"$spec"
+        name=$t-$(tr -d / <<<"$path")
+        # Syscalls, io_uring operations and context switches per request.
+        perf stat -x, -o "$WORK/perfstat-$name.csv" -p "$(proc_set "$pid" | tr ' ' ',' | sed 's/,*$//')" \
+            -e 'raw_syscalls:sys_enter,context-switches,io_uring:io_uring_submit_req,io_uring:io_uring_poll_arm,io_uring:io_uring_task_work_run' \
+            -e 'syscalls:sys_enter_*' -- sleep "$PROFILE_DUR" >/dev/null 2>&1 &
+        perf_pid=$!
+        sleep 0.2
+        read -r _ reqs _ <<<"$(run_wrk "${URL[$t]}$path" "$PROFILE_DUR" "$CONNS")"
+        wait $perf_pid || true
+        # Only the part of the window wrk was running counts; the counters cover
+        # the whole window, so this slightly overstates the per-request count.
+        {
+            echo "events per request, $t $path ($reqs requests):"
+            awk -F, -v r="$reqs" '$1 ~ /^[0-9]+$/ && $1 > 0 && r > 0 {
+                sub(/^syscalls:sys_enter_/, "", $3); printf "  %-40s %8.3f\n", $3, $1 / r }' \
+                "$WORK/perfstat-$name.csv" | sort -k2 -g -r
+        } >"$OUT/syscalls-$name.txt"
+        head -14 "$OUT/syscalls-$name.txt" | tee -a "$OUT/run.log" >&2
+        if [ "$t" = coregate ]; then
+            # Which io_uring operations glommio submits, per request.
+            perf record -e io_uring:io_uring_submit_req -o "$WORK/uring-$name.data" -p "$pid" \
+                -- sleep "$PROFILE_DUR" >/dev/null 2>&1 &
+            perf_pid=$!
+            sleep 0.3
+            read -r _ reqs _ <<<"$(run_wrk "${URL[$t]}$path" "$PROFILE_DUR" "$CONNS")"
+            wait $perf_pid || true
+            {
+                echo "io_uring submissions per request by opcode, $t $path ($reqs requests):"
+                perf script -i "$WORK/uring-$name.data" 2>/dev/null | grep -o 'opcode [A-Z_]*' |
+                    sort | uniq -c | sort -rn | awk -v r="$reqs" '{ printf "  %-20s %8.3f\n", $3, $1 / r }'
+            } >"$OUT/uring-$name.txt"
+            cat "$OUT/uring-$name.txt" | tee -a "$OUT/run.log" >&2
+        fi
+        log "profile: perf record on $t ($pid) under wrk $path, ${PROFILE_DUR}s"
+        perf record -F 1999 -g -o "$WORK/perf-$name.data" -p "$pid" -- sleep "$PROFILE_DUR" \
+            >"$WORK/perf-$name.log" 2>&1 &
+        perf_pid=$!
+        run_wrk "${URL[$t]}$path" "$PROFILE_DUR" "$CONNS" >/dev/null
+        wait $perf_pid || true
+        perf report -i "$WORK/perf-$name.data" --no-children --sort dso,symbol --percent-limit 0.7 \
+            --stdio -g none 2>/dev/null | grep -v '^#' | grep -v '^$' | sed 's/[ -]*$//' >"$OUT/profile-$name.txt" || true
+        perf report -i "$WORK/perf-$name.data" --no-children --sort dso --stdio -g none 2>/dev/null |
+            grep -v '^#' | grep -v '^$' >"$OUT/profile-$name-dso.txt" || true
+        perf report -i "$WORK/perf-$name.data" --children --sort symbol --percent-limit 3 \
+            --stdio -g none 2>/dev/null | grep -v '^#' | grep -v '^$' | sed 's/[ -]*$//' >"$OUT/profile-$name-children.txt" || true
+        log "  top of $OUT/profile-$name.txt:"
+        head -15 "$OUT/profile-$name.txt" | tee -a "$OUT/run.log" >&2
+    done
+fi
+
+LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)
+
+# === report ===
+{
+    echo "# coregate load test, $STAMP$([ $SMOKE = 1 ] && echo ' (smoke: tiny runs, numbers are not meaningful)' || true)"
+    echo
+    echo "- machine: $NCPU CPUs, $(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo), kernel $(uname -r)"
+    echo "- coregate: $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo 'no commit'), $(git -C "$ROOT" status --short 2>/dev/null | wc -l) changed files in the work tree"
+    echo "- $(nginx -v 2>&1), $(wrk -v 2>&1 | head -1 | cut -d' ' -f1-2)"
+    echo "- load average at start $LOAD_START, at end $LOAD_END (the suite itself keeps about 2 busy); run at nice $(nice)"
+    echo "- layout: load generator on CPU $GEN_CPU; proxy (1 shard / 1 worker) and backend (nginx, 1 worker) on CPU $PROXY_CPU"
+    echo "- errors (socket errors + non-2xx) over all wrk runs: $ERRORS_SEEN"
+    echo
+    if want throughput; then
+        echo "## Throughput, small response (13 bytes), keep-alive, wrk -t1 -c$CONNS, $RUNS x ${DUR}s"
+        echo
+        echo "| target | req/s median | min | max | proxy CPU µs/request median | min | max |"
+        echo "|---|---|---|---|---|---|---|"
+        for t in direct coregate nginx; do
+            read -r m lo hi _ <<<"$(stat_of throughput $t rps)"
+            read -r cm clo chi _ <<<"$(stat_of throughput $t cpu_us)"
+            echo "| $t | $(fmt "$m") | $(fmt "$lo") | $(fmt "$hi") | $cm | $clo | $chi |"
+        done
+        read -r cg _ <<<"$(stat_of throughput coregate rps)"
+        read -r ng _ <<<"$(stat_of throughput nginx rps)"
+        read -r cgc _ <<<"$(stat_of throughput coregate cpu_us)"
+        read -r ngc _ <<<"$(stat_of throughput nginx cpu_us)"
+        echo
+        echo "- coregate/nginx req/s: **$(ratio "$cg" "$ng")** (target ≥ 1.3)"
+        echo "- coregate/nginx CPU per request: **$(ratio "$cgc" "$ngc")** (target ≤ 0.75)"
+        echo "- per-run ratios (coregate run i / nginx run i):" \
+            "$(for r in $(seq "$RUNS"); do
+                a=$(awk -F'\t' -v r="$r" '$1=="throughput"&&$2=="coregate"&&$3==r&&$4=="rps"{print $5}' "$RAW")
+                b=$(awk -F'\t' -v r="$r" '$1=="throughput"&&$2=="nginx"&&$3==r&&$4=="rps"{print $5}' "$RAW")
+                printf '%s ' "$(ratio "$a" "$b")"
+            done)"
+        echo "- CPU µs/request is the proxy process's utime+stime (/proc/PID/stat, ${TICK_US} µs ticks) over the run divided by the requests wrk completed; for direct it is the backend's."
+        echo
+    fi
+    if want latency; then
+        echo "## Latency at fixed rates (open loop, cgload, coordinated omission corrected)"
+        echo
+        echo "Each of $LAT_CONNS connections sends on a fixed schedule; latency is measured from each request's scheduled send time. ${LAT_DUR}s measured after ${LAT_WARM}s warm-up. A request still unanswered 5 s after the last one was due counts with the latency it had then (a proxy past saturation shows seconds)."
+        echo
+        echo "| load | target | rate req/s | achieved | p50 µs | p90 µs | p99 µs | p99.9 µs | max µs | errors | unanswered at the end | proxy CPU µs/req |"
+        echo "|---|---|---|---|---|---|---|---|---|---|---|---|"
+        for set in $LAT_SETS; do
+            label=$(awk -F'\t' -v s="latency-$set" '$1 == s && $2 == "basis" {print $5}' "$RAW")
+            for t in coregate nginx direct; do
+                g() { read -r v _ <<<"$(stat_of "latency-$set" "$t" "$1")"; echo "$v"; }
+                echo "| $label | $t | $(g target_rate) | $(g achieved_rate) | $(g p50_us) | $(g p90_us) | $(g p99_us) | $(g p999_us) | $(g max_us) | $(awk -v a="$(g errors)" -v b="$(g non2xx)" 'BEGIN { print a + b }') | $(g unfinished) | $(g cpu_us) |"
+            done
+        done
+        echo
+    fi
+    if want memory; then
+        echo "## Memory with $IDLE_CONNS idle keep-alive connections"
+        echo
+        echo "| proxy | RSS before KiB | RSS 1 s after the last connection KiB | RSS $STEADY_WAIT s later KiB | conns held | bytes per connection (the later RSS) |"
+        echo "|---|---|---|---|---|---|"
+        for t in coregate nginx; do
+            g() { read -r v _ <<<"$(stat_of memory "$t" "$1")"; echo "$v"; }
+            echo "| $t | $(g rss_before_kib) | $(g rss_after1s_kib) | $(g rss_after_kib) | $(g conns) | $(g bytes_per_conn) |"
+        done
+        echo
+        echo "RSS is VmRSS of the coregate process, or of the nginx worker. nginx preallocates its connection array (worker_connections 16384) at start, so that part is in both columns."
+        echo
+    fi
+    if want scaling; then
+        echo "## Scaling: mock route, 1 vs 2 shards, wrk -t1 -c$CONNS on CPU $GEN_CPU, $SCALE_RUNS x ${DUR}s"
+        echo
+        echo "| config | req/s median | min | max | CPU µs/req |"
+        echo "|---|---|---|---|---|"
+        for t in shards1 shards2 nginx_return; do
+            read -r m lo hi _ <<<"$(stat_of scaling $t rps)"
+            read -r c _ <<<"$(stat_of scaling $t cpu_us)"
+            echo "| $t | $(fmt "$m") | $(fmt "$lo") | $(fmt "$hi") | $c |"
+        done
+        echo
+        echo "shards1: one shard on CPU $PROXY_CPU. shards2: shards on CPUs 0 and 1, the load generator sharing CPU 0 with one of them (2 cores cannot give the generator its own core). nginx_return: nginx answering /mock itself (return 200), for scale."
+        echo
+    fi
+    if want bodies; then
+        echo "## Bodies: 1 MiB, wrk -t1 -c$BODY_CONNS, $BODY_RUNS x ${BODY_DUR}s"
+        echo
+        echo "| direction | target | req/s (= MiB/s) median | min | max | proxy CPU µs/request |"
+        echo "|---|---|---|---|---|---|"
+        for s in download upload; do
+            for t in direct coregate nginx; do
+                read -r m lo hi _ <<<"$(stat_of $s $t rps)"
+                read -r c _ <<<"$(stat_of $s $t cpu_us)"
+                echo "| $s | $t | $(fmt "$m" 1) | $(fmt "$lo" 1) | $(fmt "$hi" 1) | $c |"
+            done
+        done
+        for s in download upload; do
+            read -r a _ <<<"$(stat_of $s coregate rps)"
+            read -r b _ <<<"$(stat_of $s nginx rps)"
+            read -r ac _ <<<"$(stat_of $s coregate cpu_us)"
+            read -r bc _ <<<"$(stat_of $s nginx cpu_us)"
+            echo
+            echo "- $s coregate/nginx: req/s $(ratio "$a" "$b"), CPU per request $(ratio "$ac" "$bc")"
+        done
+        echo
+    fi
+    if want profile; then
+        echo "## Profile (perf, ${PROFILE_DUR}s under wrk -c$CONNS)"
+        echo
+        for f in "$OUT"/syscalls-*.txt "$OUT"/uring-*.txt; do
+            [ -f "$f" ] || continue
+            echo '```'
+            cat "$f"
+            echo '```'
+        done
+        for f in "$OUT"/profile-*[a-z].txt; do
+            [ -f "$f" ] || continue
+            case $f in *-dso.txt|*-children.txt) continue ;; esac
+            echo "Top of $(basename "$f") (self time; cpu-clock sampling in a VM skews kernel samples toward where interrupts are re-enabled):"
+            echo '```'
+            head -25 "$f" | cut -c1-110
+            echo '```'
+        done
+        echo
+    fi
+    echo "Raw numbers: raw.tsv (section, target, run, metric, value); tool output: wrk.log, cgload.log, work/."
+} >"$REPORT"
+
+log "report: $REPORT"
+cat "$REPORT"
