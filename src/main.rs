@@ -1,18 +1,29 @@
 //! The `coregate` binary: `serve` runs the gateway, `check` validates a
-//! config. Exit codes: 0 success, 1 invalid config or start-up failure,
-//! 2 bad usage.
+//! config, `keys` manages an API keys file. Exit codes: 0 success, 1 invalid
+//! config, start-up failure or failed `keys` command, 2 bad usage.
 
 use coregate::config;
 use coregate::runtime::Server;
 use signal_hook::consts::{SIGINT, SIGTERM};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 const DEFAULT_CONFIG: &str = "config/coregate.toml";
+
+/// How often the main thread looks at the signal flag.
+const SIGNAL_POLL: std::time::Duration = std::time::Duration::from_millis(20);
 
 const USAGE: &str = "usage:
   coregate serve [--config PATH]   run the gateway (default config: config/coregate.toml)
   coregate check [--config PATH]   validate a config and exit 0, or print every error and exit 1
+  coregate keys create --file F --name N [--usage-plan P]
+                                   add a key to the keys file F (created if missing);
+                                   the key is printed once, on stdout
+  coregate keys list --file F      name, id, enabled, usage plan, created of every key
+  coregate keys revoke --file F --name N
+                                   disable a key (enabled = false)
   coregate --version";
 
 fn main() -> ExitCode {
@@ -30,6 +41,7 @@ fn main() -> ExitCode {
             println!("{USAGE}");
             return ExitCode::SUCCESS;
         }
+        "keys" => return keys(rest),
         _ => {}
     }
     let mut config_path = PathBuf::from(DEFAULT_CONFIG);
@@ -50,6 +62,86 @@ fn main() -> ExitCode {
         "serve" => serve(&config_path),
         "check" => check(&config_path),
         other => usage(&format!("unknown command {other:?}")),
+    }
+}
+
+// === impl keys ===
+
+/// `coregate keys create|list|revoke`.
+fn keys(args: &[String]) -> ExitCode {
+    use coregate::policy::api_key::cli;
+    let Some((sub, rest)) = args.split_first() else {
+        return usage("keys needs a command: create, list or revoke");
+    };
+    let (mut file, mut name, mut plan) = (None, None, None);
+    let mut it = rest.iter();
+    while let Some(a) = it.next() {
+        let (flag, inline) = match a.split_once('=') {
+            Some((f, v)) if f.starts_with("--") => (f, Some(v.to_string())),
+            _ => (a.as_str(), None),
+        };
+        let slot = match flag {
+            "--file" | "-f" => &mut file,
+            "--name" | "-n" => &mut name,
+            "--usage-plan" => &mut plan,
+            other => return usage(&format!("keys {sub}: unexpected argument {other:?}")),
+        };
+        match inline.or_else(|| it.next().cloned()) {
+            Some(v) => *slot = Some(v),
+            None => return usage(&format!("keys {sub}: {flag} needs a value")),
+        }
+    }
+    let Some(file) = file.map(PathBuf::from) else {
+        return usage(&format!("keys {sub}: --file is required"));
+    };
+    let fail = |e: String| {
+        eprintln!("coregate: {e}");
+        ExitCode::from(1)
+    };
+    match (sub.as_str(), name, plan) {
+        ("create", Some(name), plan) => match cli::create(&file, &name, plan.as_deref()) {
+            Ok(k) => {
+                println!("{}", k.full);
+                eprintln!(
+                    "coregate: created key {name:?} (id {}) in {}.\n\
+                     coregate: the key above is shown this once and cannot be recovered: store it now.",
+                    k.id,
+                    file.display()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(e),
+        },
+        ("create", None, _) => usage("keys create: --name is required"),
+        ("list", None, None) => match cli::list(&file) {
+            Ok(keys) => {
+                println!("name\tid\tenabled\tusage_plan\tcreated");
+                for k in keys {
+                    println!(
+                        "{}\t{}\t{}\t{}\t{}",
+                        k.name,
+                        k.id,
+                        k.enabled,
+                        k.usage_plan.as_deref().unwrap_or("-"),
+                        k.created.as_deref().unwrap_or("-")
+                    );
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(e),
+        },
+        ("list", _, _) => usage("keys list takes only --file"),
+        ("revoke", Some(name), None) => match cli::revoke(&file, &name) {
+            Ok(()) => {
+                println!("revoked {name:?} in {}", file.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(e),
+        },
+        ("revoke", _, _) => usage("keys revoke takes --file and --name"),
+        (other, _, _) => usage(&format!(
+            "unknown keys command {other:?} (create, list or revoke)"
+        )),
     }
 }
 
@@ -91,14 +183,16 @@ fn serve(path: &std::path::Path) -> ExitCode {
         Ok(p) => p,
         Err(code) => return code,
     };
-    // Register signals before the shards start, so none is missed.
-    let mut signals = match signal_hook::iterator::Signals::new([SIGTERM, SIGINT]) {
-        Ok(s) => s,
-        Err(e) => {
+    // Register signals before the shards start, so none is missed. A flag
+    // polled by this thread, rather than signal-hook's blocking iterator,
+    // which panics on an unexpected errno (seen under a debugger).
+    let signalled = Arc::new(AtomicBool::new(false));
+    for sig in [SIGTERM, SIGINT] {
+        if let Err(e) = signal_hook::flag::register(sig, Arc::clone(&signalled)) {
             eprintln!("coregate: cannot install signal handlers: {e}");
             return ExitCode::from(1);
         }
-    };
+    }
     let shards = plan.server.shards;
     let server = match Server::start(plan) {
         Ok(s) => s,
@@ -119,22 +213,24 @@ fn serve(path: &std::path::Path) -> ExitCode {
     use std::io::Write;
     let _ = std::io::stdout().flush();
 
-    if let Some(sig) = signals.forever().next() {
-        coregate::log!(
-            "info",
-            "signal {sig}: draining (a second signal exits at once)"
-        );
+    while !signalled.swap(false, Ordering::SeqCst) {
+        std::thread::sleep(SIGNAL_POLL);
     }
+    coregate::log!(
+        "info",
+        "SIGTERM/SIGINT: draining (a second signal exits at once)"
+    );
     server.shutdown();
     // A second signal while draining ends the process at once.
-    std::thread::spawn(move || {
-        if signals.forever().next().is_some() {
+    std::thread::spawn(move || loop {
+        if signalled.swap(false, Ordering::SeqCst) {
             coregate::log!(
                 "warn",
                 "second signal: exiting without waiting for the drain"
             );
             std::process::exit(1);
         }
+        std::thread::sleep(SIGNAL_POLL);
     });
     server.join();
     coregate::log!("info", "stopped");

@@ -115,6 +115,8 @@ pub struct ProxyPlan {
     pub path: Option<Vec<PathPart>>,
     /// A query string fixed in the integration URL, sent before the client's.
     pub query: Option<String>,
+    /// Drop the client's `x-api-key` header: the route checked it.
+    pub drop_api_key: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -188,6 +190,8 @@ pub fn compile(raw: &RawConfig) -> Result<Plan, Vec<ConfigError>> {
 
     let mut routes = Vec::new();
     let mut policy_builder = crate::policy::PolicyBuilder::new(&raw.server, &mut errors);
+    policy_builder.api_keys_configured = crate::policy::api_key::configured(raw);
+    let api_keys = crate::policy::api_key::compile_store(raw, &mut errors);
     let mut api_plans = Vec::new();
     let mut specs = Vec::new();
     let mut api_names = std::collections::BTreeSet::new();
@@ -281,7 +285,7 @@ pub fn compile(raw: &RawConfig) -> Result<Plan, Vec<ConfigError>> {
                     &mut errors,
                 ),
             };
-            let Some(integration) = integration else {
+            let Some(mut integration) = integration else {
                 continue;
             };
             let id = routes.len() as RouteId;
@@ -291,6 +295,11 @@ pub fn compile(raw: &RawConfig) -> Result<Plan, Vec<ConfigError>> {
                 cors: api_cors.clone(),
             };
             let policies = policy_builder.route(&api_ctx, id as usize, r, &rkey, &mut errors);
+            if let (Some(_), Integration::Proxy(p)) = (&policies.api_key, &mut integration) {
+                // The key authenticates to the gateway; the backend gets no
+                // copy of the secret (docs/api-keys.md).
+                p.drop_api_key = true;
+            }
             routes.push(RoutePlan {
                 api: api.name.clone(),
                 key: r.key.clone(),
@@ -312,7 +321,8 @@ pub fn compile(raw: &RawConfig) -> Result<Plan, Vec<ConfigError>> {
             "no [[apis]] defined: the gateway would answer 404 to everything",
         ));
     }
-    let policies = policy_builder.finish(&raw.server, &mut errors);
+    let mut policies = policy_builder.finish(&raw.server, &mut errors);
+    policies.api_keys = api_keys;
     let table = match RouteTable::build(&specs) {
         Ok(t) => t,
         Err(es) => {
@@ -366,9 +376,10 @@ fn compile_server(s: &RawServer, errors: &mut Vec<ConfigError>) -> ServerPlan {
             )),
         }
     }
-    let ncpu = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
+    // The CPUs this process may run on (its affinity mask, e.g. under
+    // taskset or a cpuset), which is what shards are placed on by default.
+    let allowed = allowed_cpus();
+    let ncpu = allowed.len();
     let shards = match s.shards {
         Some(0) => {
             errors.push(ConfigError::new("server.shards", "must be at least 1"));
@@ -394,19 +405,23 @@ fn compile_server(s: &RawServer, errors: &mut Vec<ConfigError>) -> ServerPlan {
                 ));
             }
             for (i, &c) in cpus.iter().enumerate() {
-                if c >= ncpu {
+                if !allowed.contains(&c) {
                     errors.push(ConfigError::new(
                         format!("server.cpus[{i}]"),
                         format!(
-                            "CPU {c} does not exist here (CPUs 0 to {} are available)",
-                            ncpu - 1
+                            "CPU {c} is not one this process may run on (allowed: {})",
+                            allowed
+                                .iter()
+                                .map(|c| c.to_string())
+                                .collect::<Vec<_>>()
+                                .join(", ")
                         ),
                     ));
                 }
             }
             cpus.clone()
         }
-        None => (0..shards).map(|i| i % ncpu).collect(),
+        None => (0..shards).map(|i| allowed[i % ncpu]).collect(),
     };
     let backlog = s.backlog.unwrap_or(DEFAULT_BACKLOG);
     if backlog == 0 {
@@ -429,6 +444,36 @@ fn compile_server(s: &RawServer, errors: &mut Vec<ConfigError>) -> ServerPlan {
             s.max_connections_per_shard,
             DEFAULT_MAX_CONNECTIONS_PER_SHARD,
         ),
+    }
+}
+
+#[cfg(test)]
+pub(crate) fn allowed_cpus_for_tests() -> Vec<usize> {
+    allowed_cpus()
+}
+
+/// The CPUs in this process's affinity mask, in order; never empty.
+fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: cpu_set_t is plain data; sched_getaffinity fills it for the
+    // calling thread and CPU_ISSET only reads it.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    let ok =
+        unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) }
+            == 0;
+    let cpus: Vec<usize> = if ok {
+        (0..libc::CPU_SETSIZE as usize)
+            .filter(|&c| unsafe { libc::CPU_ISSET(c, &set) })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    if cpus.is_empty() {
+        let n = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1);
+        (0..n).collect()
+    } else {
+        cpus
     }
 }
 
@@ -793,6 +838,7 @@ fn compile_proxy(
         upstream,
         path,
         query: query.filter(|q| !q.is_empty()),
+        drop_api_key: false,
     }))
 }
 

@@ -51,7 +51,9 @@ pub fn load(path: &Path) -> Result<Plan, Vec<ConfigError>> {
             format!("cannot read {}: {e}", path.display()),
         )]
     })?;
-    load_str(&text)
+    let mut raw = parse(&text)?;
+    raw.base_dir = path.parent().map(Path::to_path_buf);
+    compile::compile(&raw)
 }
 
 /// Parses and compiles config text.

@@ -46,6 +46,13 @@ pub struct RawConfig {
     pub upstreams: Vec<RawUpstream>,
     #[serde(default)]
     pub apis: Vec<RawApi>,
+    /// `[[api_keys]]`: keys defined inline, besides `server.api_keys_file`.
+    #[serde(default)]
+    pub api_keys: Vec<crate::policy::api_key::RawApiKey>,
+    /// The directory of the config file, set by [`super::load`]: relative
+    /// paths in the config (`server.api_keys_file`) are taken from it.
+    #[serde(skip)]
+    pub base_dir: Option<std::path::PathBuf>,
 }
 
 /// `[server]`: listeners, shards and connection limits.
@@ -69,6 +76,9 @@ pub struct RawServer {
     pub throttle: Option<crate::policy::throttle::RawThrottle>,
     /// Per-shard response cache settings.
     pub cache: Option<crate::policy::cache::RawCacheSettings>,
+    /// A keys file (`[[keys]]` entries, managed by `coregate keys`). A
+    /// relative path is taken from the config file's directory.
+    pub api_keys_file: Option<String>,
 }
 
 /// `[server.limits]`: what a client may send, and how slowly.
@@ -133,6 +143,8 @@ pub struct RawApi {
     pub cache: Option<crate::policy::cache::RawCacheRule>,
     pub cors: Option<crate::policy::cors::RawCors>,
     pub ip_rules: Option<crate::policy::ip_rules::RawIpRules>,
+    /// Default for the API's routes: require an `x-api-key`. Default: false.
+    pub api_key_required: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -144,6 +156,8 @@ pub struct RawRoute {
     /// Response cache for this route (overrides the API's).
     pub cache: Option<crate::policy::cache::RawCacheRule>,
     pub ip_rules: Option<crate::policy::ip_rules::RawIpRules>,
+    /// Require an `x-api-key` (overrides the API's setting).
+    pub api_key_required: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -563,7 +563,7 @@ fn cpus_must_match_shards() {
     let e = errors_with("[server]\ncpus = [0, 100000]");
     assert!(error_at(&e, "server.cpus[1]")
         .message
-        .contains("CPU 100000 does not exist"));
+        .contains("CPU 100000 is not one this process may run on"));
 }
 
 #[test]
@@ -993,4 +993,31 @@ fn zero_shards_with_cpus_is_one_error() {
     let e = errors_with("[server]\nshards = 0\ncpus = [0]");
     assert_eq!(e.len(), 1, "{e:#?}");
     error_at(&e, "server.shards");
+}
+
+#[test]
+fn cpus_are_checked_against_the_affinity_mask() {
+    // Regression: cpus were checked against the count of allowed CPUs, so
+    // under `taskset -c 1` the only allowed CPU, 1, was refused.
+    let allowed = super::compile::allowed_cpus_for_tests();
+    let last = *allowed.last().unwrap();
+    let p = plan(&format!(
+        "[server]\nshards = 1\ncpus = [{last}]\n{MINIMAL_API}"
+    ));
+    assert_eq!(p.server.cpus, vec![last]);
+    // A CPU outside the mask is named in the error.
+    let e = errors_with("[server]\nshards = 1\ncpus = [4096]");
+    let c = error_at(&e, "server.cpus[0]");
+    assert!(
+        c.message.contains("not one this process may run on"),
+        "{}",
+        c.message
+    );
+    // By default shards are placed on allowed CPUs only.
+    let p = plan(&format!("[server]\nshards = 3\n{MINIMAL_API}"));
+    assert!(
+        p.server.cpus.iter().all(|c| allowed.contains(c)),
+        "{:?}",
+        p.server.cpus
+    );
 }

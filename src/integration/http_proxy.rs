@@ -89,6 +89,9 @@ pub fn write_upstream_head(
             }
             continue;
         }
+        if plan.drop_api_key && name.eq_ignore_ascii_case(b"x-api-key") {
+            continue;
+        }
         out.extend_from_slice(name);
         out.extend_from_slice(b": ");
         out.extend_from_slice(h.value.get(buf));

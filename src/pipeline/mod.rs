@@ -160,6 +160,8 @@ pub async fn handle(conn: &mut Conn, head: &RequestHead, shard: &Shard) -> Flow 
         conn.ebuf.clear();
     }
     // === policy phases ===
+    // What the phases learn (the authenticated key) for the later ones.
+    let mut req_state = policy::RequestState::default();
     let decision = match routed {
         Routed::Mock(route) | Routed::Proxy { route, .. } => {
             let policies = &shard.plan.routes[route].policies;
@@ -173,7 +175,13 @@ pub async fn handle(conn: &mut Conn, head: &RequestHead, shard: &Shard) -> Flow 
                     route: Some(route),
                     now: Instant::now(),
                 };
-                policy::check(policies, &shard.policies, &view, &mut conn.ebuf)
+                policy::check(
+                    policies,
+                    &shard.policies,
+                    &view,
+                    &mut conn.ebuf,
+                    &mut req_state,
+                )
             }
         }
         Routed::Error { .. } => api_level_policies(conn, head, shard),
@@ -392,6 +400,32 @@ async fn respond_mock(
     mock: &MockPlan,
     request_id: &[u8],
 ) -> Flow {
+    answer_from_memory(
+        conn,
+        shard,
+        head,
+        request_id,
+        &mock.body,
+        |out, date, extra, keep| {
+            render_mock(out, mock, date, request_id, extra, keep, head.minor_version)
+        },
+    )
+    .await
+}
+
+/// Answers a request from memory (a mock integration, a cache hit): reads
+/// and drops any request body, writes the head `render` puts into the write
+/// buffer (given the date, the policies' header lines and whether the
+/// connection stays open), then `body` unless the request was HEAD, in one
+/// `sendmsg`.
+pub async fn answer_from_memory(
+    conn: &mut Conn,
+    shard: &Shard,
+    head: &RequestHead,
+    request_id: &[u8],
+    body: &[u8],
+    render: impl FnOnce(&mut Vec<u8>, &[u8; 29], &[u8], bool),
+) -> Flow {
     if head.framing != Framing::None {
         if let Err(e) = conn
             .pump_body(head.framing, &shard.plan.limits, None, head.expect_continue)
@@ -402,19 +436,11 @@ async fn respond_mock(
     }
     let keep = head.keep_alive;
     let date = *shard.date.borrow_mut().get();
-    render_mock(
-        &mut conn.wbuf,
-        mock,
-        &date,
-        request_id,
-        &conn.ebuf,
-        keep,
-        head.minor_version,
-    );
+    render(&mut conn.wbuf, &date, &conn.ebuf, keep);
     let body: &[u8] = if head.method == Method::Head {
         b""
     } else {
-        &mock.body
+        body
     };
     if write_two(&mut conn.stream, &conn.wbuf, body).await.is_err() {
         return Flow::Close;

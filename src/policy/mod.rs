@@ -5,14 +5,17 @@
 //!
 //! 1. [`ip_rules`] — client address allowed? (403)
 //! 2. [`cors`] — answer a preflight; note headers for the actual response.
-//! 3. [`throttle`] — within the token buckets that apply? (429)
-//! 4. [`cache`] — answer from the shard's cache, or arrange to store the
+//! 3. [`api_key`] — an enabled key in `x-api-key`? (403) The key is noted in
+//!    [`RequestState`] for the phases after it.
+//! 4. [`throttle`] — within the token buckets that apply? (429)
+//! 5. [`cache`] — answer from the shard's cache, or arrange to store the
 //!    integration's response.
 //!
 //! Each policy's config is compiled once (API-level settings merged with the
 //! route's) into [`RoutePolicies`]; its run-time state is shard-local
 //! ([`ShardPolicies`]). Checks are synchronous and take no lock.
 
+pub mod api_key;
 pub mod cache;
 pub mod cors;
 pub mod ip_rules;
@@ -30,6 +33,7 @@ use std::time::Instant;
 pub struct RoutePolicies {
     pub ip_rules: Option<ip_rules::IpRules>,
     pub cors: Option<cors::Cors>,
+    pub api_key: Option<api_key::ApiKeyRule>,
     pub throttle: throttle::RouteLimits,
     pub cache: Option<cache::CacheRule>,
 }
@@ -39,6 +43,7 @@ impl RoutePolicies {
     pub fn is_empty(&self) -> bool {
         self.ip_rules.is_none()
             && self.cors.is_none()
+            && self.api_key.is_none()
             && self.throttle.is_empty()
             && self.cache.is_none()
     }
@@ -49,6 +54,8 @@ impl RoutePolicies {
 pub struct ServerPolicies {
     pub throttle: throttle::ThrottlePlan,
     pub cache: cache::CacheSettings,
+    /// Every API key, from the keys file and the config.
+    pub api_keys: api_key::KeyStore,
 }
 
 /// What a policy may read about a request.
@@ -72,6 +79,16 @@ impl RequestView<'_> {
             .find(|h| h.name.get(self.buf).eq_ignore_ascii_case(name.as_bytes()))
             .map(|h| h.value.get(self.buf))
     }
+}
+
+/// What the policy phases learned about a request, for the phases after
+/// them (per-key throttling and usage plans, logs). Small and `Copy`: the
+/// pipeline keeps one per request on the stack.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RequestState {
+    /// The API key that authenticated the request: an index into
+    /// [`ServerPolicies::api_keys`] (its name is the principal).
+    pub api_key: Option<api_key::KeyId>,
 }
 
 /// A response a policy gives instead of the integration's.
@@ -116,6 +133,8 @@ pub struct ApiContext<'a> {
 /// Collects what policies need across routes while the config compiles.
 pub struct PolicyBuilder {
     pub throttle: throttle::Builder,
+    /// A keys file or inline keys exist: a route may require a key.
+    pub api_keys_configured: bool,
 }
 
 impl PolicyBuilder {
@@ -124,6 +143,7 @@ impl PolicyBuilder {
     pub fn new(server: &RawServer, errors: &mut Vec<ConfigError>) -> PolicyBuilder {
         PolicyBuilder {
             throttle: throttle::Builder::new(server.throttle.as_ref(), errors),
+            api_keys_configured: false,
         }
     }
 
@@ -145,6 +165,13 @@ impl PolicyBuilder {
                 errors,
             ),
             cors: api.cors.clone(),
+            api_key: api_key::compile_rule(
+                api.raw.api_key_required,
+                route.api_key_required,
+                self.api_keys_configured,
+                key,
+                errors,
+            ),
             throttle: self.throttle.route(
                 api.index,
                 api.raw.throttle.as_ref(),
@@ -161,6 +188,8 @@ impl PolicyBuilder {
         ServerPolicies {
             throttle: self.throttle.finish(),
             cache: cache::compile_settings(server.cache.as_ref(), errors),
+            // Filled in by the config compile, which reads the keys file.
+            api_keys: api_key::KeyStore::default(),
         }
     }
 }
@@ -169,6 +198,8 @@ impl PolicyBuilder {
 pub struct ShardPolicies {
     pub throttle: throttle::ShardThrottle,
     pub cache: cache::ShardCache,
+    /// This shard's copy of the key store.
+    pub api_keys: api_key::KeyStore,
 }
 
 impl ShardPolicies {
@@ -180,18 +211,21 @@ impl ShardPolicies {
         ShardPolicies {
             throttle: throttle::ShardThrottle::new(&plan.policies.throttle, shard, link),
             cache: cache::ShardCache::new(&plan.policies.cache),
+            api_keys: plan.policies.api_keys.clone(),
         }
     }
 }
 
-/// Runs the synchronous policy phases (IP rules, CORS, throttle) for a
-/// routed request. Header lines for the eventual response (CORS, rate-limit
-/// headers) are appended to `extra`.
+/// Runs the synchronous policy phases (IP rules, CORS, API key, throttle)
+/// for a routed request. Header lines for the eventual response (CORS,
+/// rate-limit headers) are appended to `extra`; what the phases learn (the
+/// authenticated key) is written to `req`.
 pub fn check(
     policies: &RoutePolicies,
     state: &ShardPolicies,
     view: &RequestView<'_>,
     extra: &mut Vec<u8>,
+    req: &mut RequestState,
 ) -> Decision {
     if let Some(rules) = &policies.ip_rules {
         if !rules.allows(view.peer.ip()) {
@@ -203,6 +237,14 @@ pub fn check(
             return Decision::Respond(r);
         }
         cors.response_headers(view, extra);
+    }
+    // === api_key: after the preflight (a browser sends none with it), before
+    // throttle (which may count per key) ===
+    if policies.api_key.is_some() {
+        match state.api_keys.verify_request(view.buf, view.head) {
+            Some(id) => req.api_key = Some(id),
+            None => return Decision::Respond(Refusal::json(403, "Forbidden")),
+        }
     }
     if !policies.throttle.is_empty() {
         if let Decision::Respond(r) = state.throttle.check(&policies.throttle, view, extra) {

@@ -4,10 +4,10 @@
 //! the synchronous policies let the request through.
 
 use super::{forbids_storing, header_lines, CacheRule, Entry, FillGuard};
-use crate::http::conn::{write_two, Conn};
+use crate::http::conn::Conn;
 use crate::http::encode::{push_status_line, push_u64};
 use crate::http::method::Method;
-use crate::http::parse::{Framing, RequestHead};
+use crate::http::parse::RequestHead;
 use crate::integration::http_proxy::{self, Capture, Forward};
 use crate::pipeline::Flow;
 use crate::runtime::Shard;
@@ -178,37 +178,25 @@ async fn respond_hit(
     request_id: &[u8],
 ) -> Flow {
     conn.ebuf.extend_from_slice(HIT_HEADER);
-    if head.framing != Framing::None {
-        if let Err(err) = conn
-            .pump_body(head.framing, &shard.plan.limits, None, head.expect_continue)
-            .await
-        {
-            return crate::pipeline::body_error(conn, shard, err, request_id).await;
-        }
-    }
-    let keep = head.keep_alive;
-    let date = *shard.date.borrow_mut().get();
-    render_hit(
-        &mut conn.wbuf,
-        e,
-        Instant::now(),
-        &date,
+    let now = Instant::now();
+    crate::pipeline::answer_from_memory(
+        conn,
+        shard,
+        head,
         request_id,
-        &conn.ebuf,
-        keep,
-        head.minor_version,
-    );
-    let body: &[u8] = if head.method == Method::Head {
-        b""
-    } else {
-        &e.body
-    };
-    if write_two(&mut conn.stream, &conn.wbuf, body).await.is_err() {
-        return Flow::Close;
-    }
-    if keep {
-        Flow::KeepAlive
-    } else {
-        Flow::Close
-    }
+        &e.body,
+        |out, date, extra, keep| {
+            render_hit(
+                out,
+                e,
+                now,
+                date,
+                request_id,
+                extra,
+                keep,
+                head.minor_version,
+            )
+        },
+    )
+    .await
 }
