@@ -26,7 +26,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 LT=$ROOT/loadtest
 
 SMOKE=0
-ONLY="throughput,latency,memory,scaling,bodies"
+ONLY="throughput,latency,memory,scaling,bodies,policies"
 while [ $# -gt 0 ]; do
     case "$1" in
         --smoke) SMOKE=1 ;;
@@ -302,6 +302,19 @@ integration = { type = "mock", status = 200, headers = { "content-type" = "text/
 [[apis.routes]]
 key = "ANY /{proxy+}"
 integration = { type = "http_proxy", url = "http://backend/{proxy}" }
+
+# Policy scenarios (issue 4): the same proxied request with the response
+# cache on (every request after the first is a hit), and with a token bucket
+# set so high it never refuses (the cost of checking and reconciling).
+[[apis.routes]]
+key = "GET /cached/{proxy+}"
+integration = { type = "http_proxy", url = "http://backend/{proxy}" }
+cache = { ttl_seconds = 3600 }
+
+[[apis.routes]]
+key = "GET /throttled/{proxy+}"
+integration = { type = "http_proxy", url = "http://backend/{proxy}" }
+throttle = { rate = 10000000, burst = 100000000 }
 EOF
 }
 coregate_conf $COREGATE_PORT 1 $PROXY_CPU >"$WORK/coregate-1.toml"
@@ -545,6 +558,18 @@ if want scaling; then
     stop_pid "$C2_PID"
 fi
 
+# === policies: the proxy with throttling or caching on, beside the plain proxy ===
+if want policies; then
+    log "policies: plain proxy, throttled (never refusing), cached (hits); $SCALE_RUNS runs"
+    run_wrk "${URL[coregate]}/cached/hello" 1 "$CONNS" >/dev/null
+    for run in $(seq "$SCALE_RUNS"); do
+        measure policies plain "$run" "${URL[coregate]}/hello" "$DUR" "$CONNS" "$COREGATE_PIDS"
+        measure policies throttled "$run" "${URL[coregate]}/throttled/hello" "$DUR" "$CONNS" "$COREGATE_PIDS"
+        measure policies cached "$run" "${URL[coregate]}/cached/hello" "$DUR" "$CONNS" "$COREGATE_PIDS"
+    done
+    curl -s -D - -o /dev/null "${URL[coregate]}/cached/hello" >"$WORK/cached-response-head.txt"
+fi
+
 # === bodies: 1 MiB response, 1 MiB upload ===
 if want bodies; then
     log "bodies: 1 MiB download and upload, wrk -c$BODY_CONNS, $BODY_RUNS runs of ${BODY_DUR}s"
@@ -696,6 +721,22 @@ LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)
         done
         echo
         echo "shards1: one shard on CPU $PROXY_CPU. shards2: shards on CPUs 0 and 1, the load generator sharing CPU 0 with one of them (2 cores cannot give the generator its own core). nginx_return: nginx answering /mock itself (return 200), for scale."
+        echo
+    fi
+    if want policies; then
+        echo "## Policies: coregate with throttling or caching on, wrk -t1 -c$CONNS, $SCALE_RUNS x ${DUR}s"
+        echo
+        echo "| route | req/s median | min | max | CPU µs/req | req/s vs plain | CPU vs plain |"
+        echo "|---|---|---|---|---|---|---|"
+        read -r pm _ <<<"$(stat_of policies plain rps)"
+        read -r pc _ <<<"$(stat_of policies plain cpu_us)"
+        for t in plain throttled cached; do
+            read -r m lo hi _ <<<"$(stat_of policies $t rps)"
+            read -r c _ <<<"$(stat_of policies $t cpu_us)"
+            echo "| $t | $(fmt "$m") | $(fmt "$lo") | $(fmt "$hi") | $c | $(ratio "$m" "$pm") | $(ratio "$c" "$pc") |"
+        done
+        echo
+        echo 'plain: `ANY /{proxy+}` to the backend. throttled: the same with `throttle = { rate = 10000000, burst = 100000000 }`, which never refuses, so this is the cost of the check and of reconciliation. cached: `cache = { ttl_seconds = 3600 }`; every request after the first is answered from the shard cache (`X-Cache: Hit`), without the backend.'
         echo
     fi
     if want bodies; then
