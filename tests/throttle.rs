@@ -477,16 +477,33 @@ fn admitted(conns: &mut [Client], path: &str, count: usize, gap: Duration) -> us
 fn a_burst_is_one_burst_for_the_whole_process() {
     // Rate 0.1/s: at most one token comes back during the test, so the
     // process must admit the burst (10), or 11, whichever shards serve it.
+    //
+    // Back to back (5 ms apart, alternating shards), a token can be in flight
+    // between shards when the burst runs out, so the first pass may admit a
+    // few less (docs/throttling.md, "Under-admission": at most
+    // n·(ceil(D·10 ms) + 1) = 4 here). Those tokens are not lost: after a
+    // pause for the lease round trips, the total is the burst. Regression:
+    // the first version asserted 10..=11 for the first pass alone and failed
+    // about one run in ten on a quiet machine.
     let gw = Gateway::start(TWO_SHARDS);
     let mut groups = connections_by_shard(&gw, 2);
     let mut both: Vec<Client> = groups.iter_mut().flat_map(|g| g.drain(..)).collect();
-    let n = admitted(&mut both, "/limited", 30, Duration::from_millis(5));
-    assert!((10..=11).contains(&n), "both shards: admitted {n}");
-    let n = admitted(&mut both, "/ip/x", 30, Duration::from_millis(5));
-    assert!(
-        (10..=11).contains(&n),
-        "per client, both shards: admitted {n}"
-    );
+    for (path, what) in [
+        ("/limited", "both shards"),
+        ("/ip/x", "per client, both shards"),
+    ] {
+        let first = admitted(&mut both, path, 30, Duration::from_millis(5));
+        assert!(
+            (6..=11).contains(&first),
+            "{what}: admitted {first} back to back; never a burst per shard (20)"
+        );
+        thread::sleep(Duration::from_millis(300));
+        let later = admitted(&mut both, path, 10, Duration::from_millis(20));
+        assert!(
+            (10..=11).contains(&(first + later)),
+            "{what}: admitted {first} + {later}; the process holds one burst of 10"
+        );
+    }
     // Another address still has its own bucket.
     let mut other = IpClient::connect("127.0.0.2", gw.addr());
     assert_eq!(other.get("/ip/x").0, 200);
