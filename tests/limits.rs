@@ -207,23 +207,27 @@ fn slow_request_head_is_408() {
 #[test]
 fn stalled_request_body_is_408() {
     let (b, gw) = setup();
-    let mut c = gw.client();
-    c.send(b"POST /echo/x HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n\r\n0123456789");
-    let r = c
-        .try_read_response(false)
-        .unwrap_or_else(|e| panic!("expected 408 after body_read_timeout_ms: {e:?}"));
-    assert_json_error(&r, 408);
-    c.expect_closed();
-    assert_eq!(b.hits(), 0);
+    // A proxied body that stops coming: 408, the connection closed, and no
+    // whole request reaches the backend.
+    let stalled = |raw: &[u8], what: &str| {
+        let mut c = gw.client();
+        c.send(raw);
+        let r = c
+            .try_read_response(false)
+            .unwrap_or_else(|e| panic!("{what}: expected 408 after body_read_timeout_ms: {e:?}"));
+        assert_json_error(&r, 408);
+        c.expect_closed();
+        assert_eq!(b.hits(), 0, "{what}");
+    };
+    stalled(
+        b"POST /echo/x HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n\r\n0123456789",
+        "by length",
+    );
     // Chunked, stalled inside a chunk.
-    let mut c = gw.client();
-    c.send(b"POST /echo/x HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n10\r\nabc");
-    let r = c
-        .try_read_response(false)
-        .unwrap_or_else(|e| panic!("expected 408: {e:?}"));
-    assert_json_error(&r, 408);
-    c.expect_closed();
-    assert_eq!(b.hits(), 0);
+    stalled(
+        b"POST /echo/x HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n10\r\nabc",
+        "chunked",
+    );
     // To a mock route: it may answer before reading the body, but the stall
     // must end with the connection closed, not held open.
     let mut c = gw.client();
