@@ -117,6 +117,9 @@ pub struct ProxyPlan {
     pub query: Option<String>,
     /// Drop the client's `x-api-key` header: the route checked it.
     pub drop_api_key: bool,
+    /// Client headers never forwarded (lowercase): the gateway sets them
+    /// itself (authorizer claims and context).
+    pub strip_headers: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -192,6 +195,11 @@ pub fn compile(raw: &RawConfig) -> Result<Plan, Vec<ConfigError>> {
     let mut policy_builder = crate::policy::PolicyBuilder::new(&raw.server, &mut errors);
     policy_builder.api_keys_configured = crate::policy::api_key::configured(raw);
     let api_keys = crate::policy::api_key::compile_store(raw, &mut errors);
+    policy_builder.authorizers = crate::policy::auth::compile_authorizers(
+        &raw.authorizers,
+        raw.base_dir.as_deref(),
+        &mut errors,
+    );
     let mut api_plans = Vec::new();
     let mut specs = Vec::new();
     let mut api_names = std::collections::BTreeSet::new();
@@ -292,6 +300,7 @@ pub fn compile(raw: &RawConfig) -> Result<Plan, Vec<ConfigError>> {
             let api_ctx = crate::policy::ApiContext {
                 index: ai,
                 raw: api,
+                key: &akey,
                 cors: api_cors.clone(),
             };
             let policies = policy_builder.route(&api_ctx, id as usize, r, &rkey, &mut errors);
@@ -299,6 +308,10 @@ pub fn compile(raw: &RawConfig) -> Result<Plan, Vec<ConfigError>> {
                 // The key authenticates to the gateway; the backend gets no
                 // copy of the secret (docs/api-keys.md).
                 p.drop_api_key = true;
+            }
+            if let (Some(rule), Integration::Proxy(p)) = (&policies.auth, &mut integration) {
+                p.strip_headers =
+                    crate::policy::auth::upstream_header_names(rule, &policy_builder.authorizers);
             }
             routes.push(RoutePlan {
                 api: api.name.clone(),
@@ -839,6 +852,7 @@ fn compile_proxy(
         path,
         query: query.filter(|q| !q.is_empty()),
         drop_api_key: false,
+        strip_headers: Vec::new(),
     }))
 }
 

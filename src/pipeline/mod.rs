@@ -177,6 +177,7 @@ pub async fn handle(conn: &mut Conn, head: &RequestHead, shard: &Shard) -> Flow 
                 };
                 policy::check(
                     policies,
+                    &shard.plan.policies.authorizers,
                     &shard.policies,
                     &view,
                     &mut conn.ebuf,
@@ -193,6 +194,9 @@ pub async fn handle(conn: &mut Conn, head: &RequestHead, shard: &Shard) -> Flow 
     // The head's bytes are no longer needed: everything after is body or the
     // next request.
     conn.rpos += head.len;
+    if !req_state.upstream_headers.is_empty() && matches!(routed, Routed::Proxy { .. }) {
+        add_upstream_headers(&mut conn.xbuf, &req_state.upstream_headers);
+    }
     // === integration ===
     match routed {
         Routed::Error {
@@ -235,6 +239,16 @@ pub async fn handle(conn: &mut Conn, head: &RequestHead, shard: &Shard) -> Flow 
                 None => http_proxy::forward(conn, shard, f, None).await,
             }
         }
+    }
+}
+
+/// Adds header lines from the authorizer to the upstream request head in
+/// `xbuf`, before the blank line that ends it.
+fn add_upstream_headers(xbuf: &mut Vec<u8>, lines: &[u8]) {
+    if xbuf.ends_with(b"\r\n\r\n") {
+        xbuf.truncate(xbuf.len() - 2);
+        xbuf.extend_from_slice(lines);
+        xbuf.extend_from_slice(b"\r\n");
     }
 }
 

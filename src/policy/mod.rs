@@ -7,8 +7,10 @@
 //! 2. [`cors`] — answer a preflight; note headers for the actual response.
 //! 3. [`api_key`] — an enabled key in `x-api-key`? (403) The key is noted in
 //!    [`RequestState`] for the phases after it.
-//! 4. [`throttle`] — within the token buckets that apply? (429)
-//! 5. [`cache`] — answer from the shard's cache, or arrange to store the
+//! 4. [`auth`] — the route's authorizer (SigV4, JWT, request authorizer):
+//!    401/403; the principal is noted in [`RequestState`].
+//! 5. [`throttle`] — within the token buckets that apply? (429)
+//! 6. [`cache`] — answer from the shard's cache, or arrange to store the
 //!    integration's response.
 //!
 //! Each policy's config is compiled once (API-level settings merged with the
@@ -16,6 +18,7 @@
 //! ([`ShardPolicies`]). Checks are synchronous and take no lock.
 
 pub mod api_key;
+pub mod auth;
 pub mod cache;
 pub mod cors;
 pub mod ip_rules;
@@ -34,6 +37,7 @@ pub struct RoutePolicies {
     pub ip_rules: Option<ip_rules::IpRules>,
     pub cors: Option<cors::Cors>,
     pub api_key: Option<api_key::ApiKeyRule>,
+    pub auth: Option<auth::AuthRule>,
     pub throttle: throttle::RouteLimits,
     pub cache: Option<cache::CacheRule>,
 }
@@ -44,6 +48,7 @@ impl RoutePolicies {
         self.ip_rules.is_none()
             && self.cors.is_none()
             && self.api_key.is_none()
+            && self.auth.is_none()
             && self.throttle.is_empty()
             && self.cache.is_none()
     }
@@ -56,6 +61,8 @@ pub struct ServerPolicies {
     pub cache: cache::CacheSettings,
     /// Every API key, from the keys file and the config.
     pub api_keys: api_key::KeyStore,
+    /// `[[authorizers]]`, indexed by [`auth::AuthRule::authorizer`].
+    pub authorizers: Vec<auth::AuthorizerPlan>,
 }
 
 /// What a policy may read about a request.
@@ -82,13 +89,20 @@ impl RequestView<'_> {
 }
 
 /// What the policy phases learned about a request, for the phases after
-/// them (per-key throttling and usage plans, logs). Small and `Copy`: the
-/// pipeline keeps one per request on the stack.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// them (per-key throttling and usage plans, logs). The pipeline keeps one
+/// per request on the stack; nothing in it allocates unless an authorizer
+/// ran.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RequestState {
     /// The API key that authenticated the request: an index into
     /// [`ServerPolicies::api_keys`] (its name is the principal).
     pub api_key: Option<api_key::KeyId>,
+    /// Who the route's authorizer says is calling (IAM principal, JWT
+    /// subject, request authorizer's principalId).
+    pub principal: Option<auth::Principal>,
+    /// Complete header lines (`name: value\r\n`) for the upstream request,
+    /// from the authorizer (JWT claims, authorizer context).
+    pub upstream_headers: Vec<u8>,
 }
 
 /// A response a policy gives instead of the integration's.
@@ -126,6 +140,8 @@ pub struct ApiContext<'a> {
     /// The API's index in the config.
     pub index: usize,
     pub raw: &'a RawApi,
+    /// The API's config path (`apis[i]`), for errors.
+    pub key: &'a str,
     /// CORS is an API-level setting, compiled once per API.
     pub cors: Option<cors::Cors>,
 }
@@ -135,6 +151,8 @@ pub struct PolicyBuilder {
     pub throttle: throttle::Builder,
     /// A keys file or inline keys exist: a route may require a key.
     pub api_keys_configured: bool,
+    /// `[[authorizers]]`, compiled before the routes that name them.
+    pub authorizers: Vec<auth::AuthorizerPlan>,
 }
 
 impl PolicyBuilder {
@@ -144,6 +162,7 @@ impl PolicyBuilder {
         PolicyBuilder {
             throttle: throttle::Builder::new(server.throttle.as_ref(), errors),
             api_keys_configured: false,
+            authorizers: Vec::new(),
         }
     }
 
@@ -172,6 +191,15 @@ impl PolicyBuilder {
                 key,
                 errors,
             ),
+            auth: auth::compile_rule(
+                api.raw.authorizer.as_deref(),
+                route.authorizer.as_deref(),
+                route.authorization_scopes.as_deref(),
+                &self.authorizers,
+                api.key,
+                key,
+                errors,
+            ),
             throttle: self.throttle.route(
                 api.index,
                 api.raw.throttle.as_ref(),
@@ -190,6 +218,7 @@ impl PolicyBuilder {
             cache: cache::compile_settings(server.cache.as_ref(), errors),
             // Filled in by the config compile, which reads the keys file.
             api_keys: api_key::KeyStore::default(),
+            authorizers: self.authorizers,
         }
     }
 }
@@ -200,6 +229,7 @@ pub struct ShardPolicies {
     pub cache: cache::ShardCache,
     /// This shard's copy of the key store.
     pub api_keys: api_key::KeyStore,
+    pub auth: auth::ShardAuth,
 }
 
 impl ShardPolicies {
@@ -212,6 +242,7 @@ impl ShardPolicies {
             throttle: throttle::ShardThrottle::new(&plan.policies.throttle, shard, link),
             cache: cache::ShardCache::new(&plan.policies.cache),
             api_keys: plan.policies.api_keys.clone(),
+            auth: auth::ShardAuth::new(&plan.policies.authorizers),
         }
     }
 }
@@ -222,6 +253,7 @@ impl ShardPolicies {
 /// authenticated key) is written to `req`.
 pub fn check(
     policies: &RoutePolicies,
+    authorizers: &[auth::AuthorizerPlan],
     state: &ShardPolicies,
     view: &RequestView<'_>,
     extra: &mut Vec<u8>,
@@ -244,6 +276,11 @@ pub fn check(
         match state.api_keys.verify_request(view.buf, view.head) {
             Some(id) => req.api_key = Some(id),
             None => return Decision::Respond(Refusal::json(403, "Forbidden")),
+        }
+    }
+    if let Some(rule) = &policies.auth {
+        if let Decision::Respond(r) = auth::check(rule, authorizers, &state.auth, view, req) {
+            return Decision::Respond(r);
         }
     }
     if !policies.throttle.is_empty() {
