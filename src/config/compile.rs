@@ -192,7 +192,7 @@ pub fn compile(raw: &RawConfig) -> Result<Plan, Vec<ConfigError>> {
     }
 
     let mut routes = Vec::new();
-    let mut policy_builder = crate::policy::PolicyBuilder::new(&raw.server, &mut errors);
+    let mut policy_builder = crate::policy::PolicyBuilder::new(raw, &mut errors);
     policy_builder.api_keys_configured = crate::policy::api_key::configured(raw);
     let api_keys = crate::policy::api_key::compile_store(raw, &mut errors);
     policy_builder.authorizers = crate::policy::auth::compile_authorizers(
@@ -334,8 +334,7 @@ pub fn compile(raw: &RawConfig) -> Result<Plan, Vec<ConfigError>> {
             "no [[apis]] defined: the gateway would answer 404 to everything",
         ));
     }
-    let mut policies = policy_builder.finish(&raw.server, &mut errors);
-    policies.api_keys = api_keys;
+    let policies = policy_builder.finish(&raw.server, api_keys, &mut errors);
     let table = match RouteTable::build(&specs) {
         Ok(t) => t,
         Err(es) => {

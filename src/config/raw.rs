@@ -49,6 +49,9 @@ pub struct RawConfig {
     /// `[[api_keys]]`: keys defined inline, besides `server.api_keys_file`.
     #[serde(default)]
     pub api_keys: Vec<crate::policy::api_key::RawApiKey>,
+    /// `[[usage_plans]]`: per-key throttling and quotas.
+    #[serde(default)]
+    pub usage_plans: Vec<crate::policy::usage::RawUsagePlan>,
     /// `[[authorizers]]`: named SigV4, JWT and request authorizers.
     #[serde(default)]
     pub authorizers: Vec<crate::policy::auth::RawAuthorizer>,
@@ -82,6 +85,11 @@ pub struct RawServer {
     /// A keys file (`[[keys]]` entries, managed by `coregate keys`). A
     /// relative path is taken from the config file's directory.
     pub api_keys_file: Option<String>,
+    /// Where durable state (the usage store) lives. A relative path is
+    /// taken from the config file's directory.
+    pub data_dir: Option<String>,
+    /// How often recorded usage is written to the store.
+    pub usage_flush_interval_ms: Option<u64>,
 }
 
 /// `[server.limits]`: what a client may send, and how slowly.

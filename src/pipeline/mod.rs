@@ -162,30 +162,47 @@ pub async fn handle(conn: &mut Conn, head: &RequestHead, shard: &Shard) -> Flow 
     // === policy phases ===
     // What the phases learn (the authenticated key) for the later ones.
     let mut req_state = policy::RequestState::default();
-    let decision = match routed {
-        Routed::Mock(route) | Routed::Proxy { route, .. } => {
-            let policies = &shard.plan.routes[route].policies;
-            if policies.is_empty() {
-                Decision::Continue
-            } else {
-                let view = RequestView {
-                    buf: &conn.rbuf[conn.rpos..conn.rend],
-                    head,
-                    peer: conn.peer,
-                    route: Some(route),
-                    now: Instant::now(),
-                };
-                policy::check(
-                    policies,
-                    &shard.plan.policies.authorizers,
-                    &shard.policies,
-                    &view,
-                    &mut conn.ebuf,
-                    &mut req_state,
-                )
+    let mut waited = false;
+    let decision = loop {
+        let decision = match routed {
+            Routed::Mock(route) | Routed::Proxy { route, .. } => {
+                let policies = &shard.plan.routes[route].policies;
+                if policies.is_empty() {
+                    Decision::Continue
+                } else {
+                    let view = RequestView {
+                        buf: &conn.rbuf[conn.rpos..conn.rend],
+                        head,
+                        peer: conn.peer,
+                        route: Some(route),
+                        now: Instant::now(),
+                    };
+                    policy::check(
+                        policies,
+                        &shard.plan.policies.authorizers,
+                        &shard.policies,
+                        &view,
+                        &mut conn.ebuf,
+                        &mut req_state,
+                    )
+                }
             }
+            Routed::Error { .. } => api_level_policies(conn, head, shard),
+        };
+        match decision {
+            // Once: wait for this shard's lease of the key's quota, then
+            // run the phases again from a clean slate.
+            Decision::WaitQuota(key) if !waited => {
+                waited = true;
+                Box::pin(shard.policies.usage.wait(key)).await;
+                conn.ebuf.clear();
+                req_state = policy::RequestState::default();
+            }
+            Decision::WaitQuota(_) => {
+                break Decision::Respond(Refusal::json(429, "Limit Exceeded"));
+            }
+            d => break d,
         }
-        Routed::Error { .. } => api_level_policies(conn, head, shard),
     };
     if let Decision::Respond(r) = decision {
         conn.rpos += head.len;

@@ -23,6 +23,7 @@ pub mod cache;
 pub mod cors;
 pub mod ip_rules;
 pub mod throttle;
+pub mod usage;
 
 use crate::config::raw::{RawApi, RawRoute, RawServer};
 use crate::config::ConfigError;
@@ -63,6 +64,8 @@ pub struct ServerPolicies {
     pub api_keys: api_key::KeyStore,
     /// `[[authorizers]]`, indexed by [`auth::AuthRule::authorizer`].
     pub authorizers: Vec<auth::AuthorizerPlan>,
+    /// `[[usage_plans]]`, the keys' plans and the usage store settings.
+    pub usage: usage::UsagePlans,
 }
 
 /// What a policy may read about a request.
@@ -133,6 +136,10 @@ impl Refusal {
 pub enum Decision {
     Continue,
     Respond(Refusal),
+    /// The API key's quota has requests left, but not on this shard yet:
+    /// wait for its lease ([`usage::shard::ShardUsage::wait`]), then check
+    /// again.
+    WaitQuota(u32),
 }
 
 /// The API a route belongs to, as route compilation needs it.
@@ -153,16 +160,23 @@ pub struct PolicyBuilder {
     pub api_keys_configured: bool,
     /// `[[authorizers]]`, compiled before the routes that name them.
     pub authorizers: Vec<auth::AuthorizerPlan>,
+    pub usage: usage::Builder,
 }
 
 impl PolicyBuilder {
     /// Server-level settings first: every route's limits include the
     /// server-wide buckets.
-    pub fn new(server: &RawServer, errors: &mut Vec<ConfigError>) -> PolicyBuilder {
+    pub fn new(
+        raw: &crate::config::raw::RawConfig,
+        errors: &mut Vec<ConfigError>,
+    ) -> PolicyBuilder {
+        let mut throttle = throttle::Builder::new(raw.server.throttle.as_ref(), errors);
+        let usage = usage::Builder::new(raw, &mut throttle, errors);
         PolicyBuilder {
-            throttle: throttle::Builder::new(server.throttle.as_ref(), errors),
+            throttle,
             api_keys_configured: false,
             authorizers: Vec::new(),
+            usage,
         }
     }
 
@@ -176,6 +190,8 @@ impl PolicyBuilder {
         key: &str,
         errors: &mut Vec<ConfigError>,
     ) -> RoutePolicies {
+        self.usage
+            .route(route_id, api.index, &api.raw.name, &route.key);
         RoutePolicies {
             ip_rules: ip_rules::compile(
                 api.raw.ip_rules.as_ref(),
@@ -212,13 +228,20 @@ impl PolicyBuilder {
         }
     }
 
-    pub fn finish(self, server: &RawServer, errors: &mut Vec<ConfigError>) -> ServerPolicies {
+    /// `keys` is the compiled key store: keys are resolved to their plans.
+    pub fn finish(
+        self,
+        server: &RawServer,
+        keys: api_key::KeyStore,
+        errors: &mut Vec<ConfigError>,
+    ) -> ServerPolicies {
+        let usage = self.usage.finish(&keys, errors);
         ServerPolicies {
             throttle: self.throttle.finish(),
             cache: cache::compile_settings(server.cache.as_ref(), errors),
-            // Filled in by the config compile, which reads the keys file.
-            api_keys: api_key::KeyStore::default(),
+            api_keys: keys,
             authorizers: self.authorizers,
+            usage,
         }
     }
 }
@@ -230,6 +253,7 @@ pub struct ShardPolicies {
     /// This shard's copy of the key store.
     pub api_keys: api_key::KeyStore,
     pub auth: auth::ShardAuth,
+    pub usage: usage::shard::ShardUsage,
 }
 
 impl ShardPolicies {
@@ -237,12 +261,14 @@ impl ShardPolicies {
         plan: &crate::config::Plan,
         shard: usize,
         link: throttle::ShardLink,
+        usage_link: usage::coordinator::ShardLink,
     ) -> ShardPolicies {
         ShardPolicies {
             throttle: throttle::ShardThrottle::new(&plan.policies.throttle, shard, link),
             cache: cache::ShardCache::new(&plan.policies.cache),
             api_keys: plan.policies.api_keys.clone(),
             auth: auth::ShardAuth::new(&plan.policies.authorizers),
+            usage: usage::shard::ShardUsage::new(&plan.policies.usage, shard, usage_link),
         }
     }
 }
@@ -283,10 +309,40 @@ pub fn check(
             return Decision::Respond(r);
         }
     }
-    if !policies.throttle.is_empty() {
-        if let Decision::Respond(r) = state.throttle.check(&policies.throttle, view, extra) {
+    // === usage plan of the key: coverage, its bucket, its quota ===
+    let mut key_bucket = None;
+    if let (Some(key), Some(route)) = (req.api_key, view.route) {
+        match state.usage.plans().coverage(key, route) {
+            usage::Coverage::NoPlan => {}
+            usage::Coverage::NotCovered => {
+                return Decision::Respond(Refusal::json(403, "Forbidden"));
+            }
+            usage::Coverage::Covered { bucket, .. } => {
+                key_bucket = bucket.map(|b| (b, key));
+                match state.usage.peek(key) {
+                    usage::shard::QuotaCheck::None | usage::shard::QuotaCheck::Allowed => {}
+                    usage::shard::QuotaCheck::Wait => return Decision::WaitQuota(key),
+                    usage::shard::QuotaCheck::Exceeded => {
+                        state.usage.note_refused(key);
+                        return Decision::Respond(Refusal::json(429, "Limit Exceeded"));
+                    }
+                }
+            }
+        }
+    }
+    if !policies.throttle.is_empty() || key_bucket.is_some() {
+        if let Decision::Respond(r) =
+            state
+                .throttle
+                .check(&policies.throttle, key_bucket, view, extra)
+        {
             return Decision::Respond(r);
         }
+    }
+    if let Some(key) = req.api_key {
+        // Counted for the usage record (and spent from the quota) only
+        // once every check has passed.
+        state.usage.admit(key);
     }
     Decision::Continue
 }
