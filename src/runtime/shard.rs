@@ -176,6 +176,7 @@ pub(super) async fn run(
     }
     let sweeper = glommio::spawn_local(sweep_pools(shard.clone())).detach();
     let throttle = glommio::spawn_local(shard.policies.throttle.reconciler()).detach();
+    let auth_keys = glommio::spawn_local(shard.policies.auth.updater()).detach();
     let _ = ready.send(Ok(()));
 
     loop {
@@ -202,6 +203,7 @@ pub(super) async fn run(
     }
     sweeper.cancel();
     throttle.cancel();
+    auth_keys.cancel();
 }
 
 async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
