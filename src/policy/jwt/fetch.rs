@@ -66,7 +66,9 @@ pub fn parse_url(s: &str) -> Result<Url, String> {
         None => (rest, "/".to_string()),
     };
     if authority.contains('@') {
-        return Err(format!("{s:?} has user info; credentials in URLs are not supported"));
+        return Err(format!(
+            "{s:?} has user info; credentials in URLs are not supported"
+        ));
     }
     let default_port = if https { 443 } else { 80 };
     let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
@@ -88,8 +90,7 @@ pub fn parse_url(s: &str) -> Result<Url, String> {
             None => (authority, default_port),
         };
         let valid = !h.is_empty()
-            && h
-                .bytes()
+            && h.bytes()
                 .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'));
         if !valid {
             return Err(format!("{s:?}: {h:?} is not a host name"));
@@ -370,8 +371,8 @@ pub fn get(
         let tls = tls.ok_or("no TLS configuration (see the earlier error)")?;
         let name = ServerName::try_from(url.host.clone())
             .map_err(|e| format!("{:?} is not a TLS server name: {e}", url.host))?;
-        let conn = rustls::ClientConnection::new(tls.clone(), name)
-            .map_err(|e| format!("TLS: {e}"))?;
+        let conn =
+            rustls::ClientConnection::new(tls.clone(), name).map_err(|e| format!("TLS: {e}"))?;
         let mut tls_stream = rustls::StreamOwned::new(conn, stream);
         exchange(&mut tls_stream, request.as_bytes(), deadline, true, |s| {
             &s.sock
@@ -442,7 +443,11 @@ fn exchange<S: Read + Write>(
 /// The body of a complete 200 response in `buf`; None while more is
 /// needed. `eof`: nothing more will come; `trusted_close`: the close is an
 /// authentic end (so a close-delimited body is complete).
-pub fn parse_response(buf: &[u8], eof: bool, trusted_close: bool) -> Result<Option<Vec<u8>>, String> {
+pub fn parse_response(
+    buf: &[u8],
+    eof: bool,
+    trusted_close: bool,
+) -> Result<Option<Vec<u8>>, String> {
     let mut headers = [httparse::EMPTY_HEADER; 64];
     let mut res = httparse::Response::new(&mut headers);
     let head_len = match res.parse(buf) {

@@ -227,7 +227,10 @@ pub fn compile(
     let issuer = match raw.issuer.as_deref() {
         Some(i) if !i.is_empty() => i.to_string(),
         Some(_) => {
-            errors.push(ConfigError::new(format!("{key}.issuer"), "must not be empty"));
+            errors.push(ConfigError::new(
+                format!("{key}.issuer"),
+                "must not be empty",
+            ));
             String::new()
         }
         None => {
@@ -309,6 +312,7 @@ pub fn compile(
             claims_to_headers.push((lower, claim.clone()));
         }
     }
+    claims_to_headers.sort();
 
     let source = match (&raw.jwks_file, &raw.jwks_url) {
         (Some(_), Some(_)) | (None, None) => {
@@ -337,9 +341,7 @@ pub fn compile(
             }
             load_file(file, &format!("{key}.jwks_file"), base_dir, errors).map(Source::File)
         }
-        (None, Some(url)) => {
-            compile_url(raw, name, url, key, base_dir, errors).map(Source::Url)
-        }
+        (None, Some(url)) => compile_url(raw, name, url, key, base_dir, errors).map(Source::Url),
     };
     if errors.len() > before {
         return None;
@@ -620,6 +622,9 @@ pub fn token_from_header<'a>(values: &mut dyn Iterator<Item = &'a [u8]>) -> Opti
         return None;
     }
     let v = v.trim_ascii();
+    if v.eq_ignore_ascii_case(b"bearer") {
+        return None;
+    }
     let token = match v.get(..7) {
         Some(scheme) if scheme.eq_ignore_ascii_case(b"bearer ") => v[7..].trim_ascii_start(),
         _ => v,
@@ -660,8 +665,8 @@ pub fn authorize(
     }
     let mut lines = Vec::new();
     for (name, claim) in &auth.0.claims_to_headers {
-        if let Some(v) = verify::claim_header_value(claims.get(claim.as_str()))
-            .map_err(Denied::Unauthorized)?
+        if let Some(v) =
+            verify::claim_header_value(claims.get(claim.as_str())).map_err(Denied::Unauthorized)?
         {
             lines.extend_from_slice(name.as_bytes());
             lines.extend_from_slice(b": ");

@@ -226,11 +226,7 @@ pub fn verify(
     let (Some(d1), Some(d2), None) = (dots.next(), dots.next(), dots.next()) else {
         return Err(Reject::Malformed);
     };
-    let (header, payload, sig) = (
-        &token[..d1],
-        &token[d1 + 1..d2],
-        &token[d2 + 1..],
-    );
+    let (header, payload, sig) = (&token[..d1], &token[d1 + 1..d2], &token[d2 + 1..]);
     if header.is_empty() || payload.is_empty() || sig.is_empty() {
         return Err(Reject::Malformed);
     }
@@ -250,9 +246,7 @@ pub fn verify(
         Some(_) => return Err(Reject::Malformed),
     };
     let key = select_key(keys, kid, alg)?;
-    let sig = URL_SAFE_NO_PAD
-        .decode(sig)
-        .map_err(|_| Reject::Malformed)?;
+    let sig = URL_SAFE_NO_PAD.decode(sig).map_err(|_| Reject::Malformed)?;
     check_signature(key, &token[..d2], &sig)?;
 
     let claims = decode_object(payload)?;
@@ -302,20 +296,19 @@ fn check_audience(claims: &Map<String, Value>, audience: &[String]) -> Result<()
 // === impl scopes and claim headers ===
 
 /// True when every scope in `required` is granted by the token's `scope`
-/// (space-separated string, RFC 8693) or `scp` (array of strings, or a
-/// space-separated string as some providers send it).
+/// (a space-separated string, RFC 8693) or `scp` (an array of strings, as
+/// Okta sends it, or a space-separated string, as Entra ID does); either
+/// form is read from either claim.
 pub fn grants_scopes(claims: &Map<String, Value>, required: &[String]) -> bool {
     if required.is_empty() {
         return true;
     }
     let granted = |want: &str| {
-        ["scope", "scp"]
-            .iter()
-            .any(|name| match claims.get(*name) {
-                Some(Value::String(s)) => s.split(' ').any(|g| g == want),
-                Some(Value::Array(a)) => a.iter().any(|g| g.as_str() == Some(want)),
-                _ => false,
-            })
+        ["scope", "scp"].iter().any(|name| match claims.get(*name) {
+            Some(Value::String(s)) => s.split(' ').any(|g| g == want),
+            Some(Value::Array(a)) => a.iter().any(|g| g.as_str() == Some(want)),
+            _ => false,
+        })
     };
     required.iter().all(|r| granted(r))
 }
