@@ -5,9 +5,9 @@
 //! It fetches at start-up, then every `refresh_interval_s` (or, after a
 //! failed fetch, every `unknown_kid_refresh_min_interval_s` until one
 //! succeeds), and when a shard saw a token whose `kid` no key has. No two
-//! fetches are ever closer than `unknown_kid_refresh_min_interval_s`, however
-//! many unknown kids arrive: an unknown kid asked for inside that window is
-//! served by one fetch when it ends. A failed fetch (connection, timeout,
+//! fetches are ever closer than `unknown_kid_refresh_min_interval_s`, for
+//! whatever reason and however many unknown kids arrive: an unknown kid
+//! asked for inside that window is served by one fetch when it ends. A failed fetch (connection, timeout,
 //! non-200, not a JWKS, no usable key) keeps the keys the shards have and is
 //! logged.
 //!
@@ -237,9 +237,10 @@ impl Fetcher {
         self.last_fetch = Some(now);
         self.pending = false;
         match self.fetch_keys() {
-            Ok(None) => self.next_scheduled = now + self.cfg.refresh,
+            // The rate limit holds for scheduled fetches too.
+            Ok(None) => self.next_scheduled = now + self.cfg.refresh.max(self.cfg.min_interval),
             Ok(Some((set, body))) => {
-                self.next_scheduled = now + self.cfg.refresh;
+                self.next_scheduled = now + self.cfg.refresh.max(self.cfg.min_interval);
                 crate::log!(
                     "info",
                     "jwt authorizer {:?}: {} key(s) loaded from {} ({why})",
@@ -255,8 +256,8 @@ impl Fetcher {
             }
             Err(e) => {
                 // Keep the keys the shards have; try again sooner than the
-                // refresh interval, within the rate limit.
-                self.next_scheduled = now + self.cfg.refresh.min(self.cfg.min_interval);
+                // refresh interval, as soon as the rate limit allows.
+                self.next_scheduled = now + self.cfg.min_interval;
                 crate::log!(
                     "warn",
                     "jwt authorizer {:?}: JWKS fetch from {} failed ({why}): {e}; keeping {} key(s)",

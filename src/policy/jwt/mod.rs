@@ -643,6 +643,20 @@ fn unix_now() -> f64 {
         .unwrap_or(0.0)
 }
 
+/// Verifies a bare token with the shard's current keys and the
+/// authorizer's rules; `now` is the Unix time in seconds.
+pub fn verify_with(
+    auth: &JwtAuthorizer,
+    shard: &ShardJwt,
+    token: &[u8],
+    now: f64,
+) -> Result<serde_json::Map<String, serde_json::Value>, Reject> {
+    // Held only for this synchronous check: the poll task, on the same
+    // thread, cannot run meanwhile.
+    let keys = shard.keys.borrow();
+    verify::verify(token, &keys, &auth.rules(), now)
+}
+
 /// Verifies the request's token and, on success, fills `req` (principal
 /// and header lines). `now` is the Unix time in seconds.
 pub fn authorize(
@@ -654,12 +668,7 @@ pub fn authorize(
     req: &mut RequestState,
 ) -> Result<(), Denied> {
     let token = token.ok_or(Denied::Unauthorized(Reject::Missing))?;
-    let claims = {
-        // Held only for this synchronous check: the poll task, on the same
-        // thread, cannot run meanwhile.
-        let keys = shard.keys.borrow();
-        verify::verify(token, &keys, &auth.rules(), now).map_err(Denied::Unauthorized)?
-    };
+    let claims = verify_with(auth, shard, token, now).map_err(Denied::Unauthorized)?;
     if !verify::grants_scopes(&claims, scopes) {
         return Err(Denied::Forbidden);
     }
