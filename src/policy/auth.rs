@@ -182,6 +182,20 @@ impl ShardAuth {
                 AuthorizerKind::Jwt(j) => Some(super::jwt::ShardJwt::new(j)),
             })
             .collect::<Vec<_>>();
+        // Every JWKS URL's fetcher works on its first fetch in parallel;
+        // wait for all of them within one bound.
+        let bound = authorizers
+            .iter()
+            .filter_map(|a| match &a.kind {
+                AuthorizerKind::Jwt(j) => super::jwt::ShardJwt::first_fetch_bound(j),
+            })
+            .max();
+        if let Some(bound) = bound {
+            let deadline = std::time::Instant::now() + bound;
+            for j in jwt.iter().flatten() {
+                j.wait_first(deadline);
+            }
+        }
         ShardAuth {
             jwt: std::rc::Rc::new(jwt),
         }

@@ -516,10 +516,10 @@ pub struct ShardJwt {
 }
 
 impl ShardJwt {
-    /// For a JWKS URL, the first shard starts the fetcher thread; every
-    /// shard subscribes and waits (at most the fetch timeout and a second)
-    /// for the outcome of the first fetch, so a gateway whose identity
-    /// provider answers starts with its keys.
+    /// This shard's state for `auth`. For a JWKS URL, the first shard
+    /// starts the fetcher thread and every shard subscribes to it; the
+    /// shard then has no keys until [`ShardJwt::wait_first`] or the first
+    /// poll.
     pub fn new(auth: &JwtAuthorizer) -> ShardJwt {
         let url = match &auth.0.source {
             Source::File(keys) => {
@@ -542,17 +542,32 @@ impl ShardJwt {
             }
         }
         let (tx, rx) = crossbeam_channel::unbounded();
-        let mut keys = Arc::new(KeySet::default());
-        if url.to_fetcher.send(ToFetcher::Subscribe(tx)).is_ok() {
-            if let Ok(k) = rx.recv_timeout(url.fetch.timeout + Duration::from_secs(1)) {
-                keys = k;
-            }
-        }
+        let subscribed = url.to_fetcher.send(ToFetcher::Subscribe(tx)).is_ok();
         ShardJwt {
-            keys: RefCell::new(keys),
-            updates: Some(rx),
+            keys: RefCell::new(Arc::new(KeySet::default())),
+            updates: subscribed.then_some(rx),
             to_fetcher: Some(url.to_fetcher.clone()),
             last_ask: Cell::new(None),
+        }
+    }
+
+    /// How long start-up may wait for this authorizer's first fetch.
+    pub fn first_fetch_bound(auth: &JwtAuthorizer) -> Option<Duration> {
+        match &auth.0.source {
+            Source::File(_) => None,
+            Source::Url(u) => Some(u.fetch.timeout + Duration::from_secs(1)),
+        }
+    }
+
+    /// Waits until `deadline` for the fetcher's answer to the subscription,
+    /// which comes after its first fetch attempt, so a gateway whose
+    /// identity provider answers starts with its keys. Start-up only.
+    pub fn wait_first(&self, deadline: Instant) {
+        if let Some(rx) = &self.updates {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if let Ok(k) = rx.recv_timeout(left) {
+                *self.keys.borrow_mut() = k;
+            }
         }
     }
 
