@@ -16,6 +16,10 @@
 //! old keys, and one that is down at start-up gives 401 until it answers;
 //! an https:// JWKS URL verified against `jwks_ca_file`; `coregate check`.
 
+// The test's JWKS server shares its answer with the test through a Mutex:
+// test code, not the gateway's request path.
+#![allow(clippy::disallowed_types)]
+
 mod support;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;

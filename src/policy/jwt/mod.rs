@@ -126,7 +126,8 @@ struct Inner {
 enum Source {
     /// Keys loaded at start-up (and by `coregate check`), never changed.
     File(Arc<KeySet>),
-    Url(UrlSource),
+    /// Boxed: built once, and much larger than a file's `Arc`.
+    Url(Box<UrlSource>),
 }
 
 struct UrlSource {
@@ -341,7 +342,9 @@ pub fn compile(
             }
             load_file(file, &format!("{key}.jwks_file"), base_dir, errors).map(Source::File)
         }
-        (None, Some(url)) => compile_url(raw, name, url, key, base_dir, errors).map(Source::Url),
+        (None, Some(url)) => {
+            compile_url(raw, name, url, key, base_dir, errors).map(|u| Source::Url(Box::new(u)))
+        }
     };
     if errors.len() > before {
         return None;
