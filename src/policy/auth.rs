@@ -23,6 +23,8 @@ use std::sync::Arc;
 #[derive(Debug, Default, Deserialize)]
 pub struct RawAuthorizer {
     pub name: String,
+    /// `[authorizers.jwt]`: a JWT authorizer (docs/jwt.md).
+    pub jwt: Option<super::jwt::RawJwt>,
 }
 
 /// The value of `authorizer` that turns an API's default off for a route.
@@ -37,7 +39,9 @@ pub struct AuthorizerPlan {
 
 /// What an authorizer checks. Each kind lives in its own module.
 #[derive(Debug, Clone)]
-pub enum AuthorizerKind {}
+pub enum AuthorizerKind {
+    Jwt(super::jwt::JwtAuthorizer),
+}
 
 /// A route's authorization: which authorizer, and what it must grant.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,7 +58,6 @@ pub fn compile_authorizers(
     base_dir: Option<&std::path::Path>,
     errors: &mut Vec<ConfigError>,
 ) -> Vec<AuthorizerPlan> {
-    let _ = base_dir;
     let mut out: Vec<AuthorizerPlan> = Vec::new();
     for (i, a) in raw.iter().enumerate() {
         let key = format!("authorizers[{i}]");
@@ -72,8 +75,18 @@ pub fn compile_authorizers(
             ));
             continue;
         }
-        let kinds: Vec<AuthorizerKind> = Vec::new();
-        match kinds.len() {
+        // Sub-tables written, and the kinds among them that compiled.
+        let mut present = 0;
+        let mut kinds: Vec<AuthorizerKind> = Vec::new();
+        if let Some(raw) = &a.jwt {
+            present += 1;
+            let jwt_key = format!("{key}.jwt");
+            kinds.extend(
+                super::jwt::compile(raw, &a.name, &jwt_key, base_dir, errors)
+                    .map(AuthorizerKind::Jwt),
+            );
+        }
+        match present {
             1 => {
                 if let Some(kind) = kinds.into_iter().next() {
                     out.push(AuthorizerPlan {
@@ -147,7 +160,7 @@ pub fn compile_rule(
 /// integration drops client-sent headers of these names.
 pub fn upstream_header_names(rule: &AuthRule, authorizers: &[AuthorizerPlan]) -> Vec<String> {
     match authorizers.get(rule.authorizer).map(|a| &a.kind) {
-        Some(kind) => match *kind {},
+        Some(AuthorizerKind::Jwt(j)) => j.header_names(),
         None => Vec::new(),
     }
 }
@@ -155,12 +168,56 @@ pub fn upstream_header_names(rule: &AuthRule, authorizers: &[AuthorizerPlan]) ->
 /// Shard-local run-time state of the authorizers (key sets, decision
 /// caches). Built once per shard from the plan.
 #[derive(Default)]
-pub struct ShardAuth {}
+pub struct ShardAuth {
+    /// Per authorizer index: the JWT key set this shard holds (shared with
+    /// the shard's [`ShardAuth::updater`] task).
+    jwt: std::rc::Rc<Vec<Option<super::jwt::ShardJwt>>>,
+}
 
 impl ShardAuth {
     pub fn new(authorizers: &[AuthorizerPlan]) -> ShardAuth {
-        let _ = authorizers;
-        ShardAuth {}
+        let jwt = authorizers
+            .iter()
+            .map(|a| match &a.kind {
+                AuthorizerKind::Jwt(j) => Some(super::jwt::ShardJwt::new(j)),
+            })
+            .collect::<Vec<_>>();
+        // Every JWKS URL's fetcher works on its first fetch in parallel;
+        // wait for all of them within one bound.
+        let bound = authorizers
+            .iter()
+            .filter_map(|a| match &a.kind {
+                AuthorizerKind::Jwt(j) => super::jwt::ShardJwt::first_fetch_bound(j),
+            })
+            .max();
+        if let Some(bound) = bound {
+            let deadline = std::time::Instant::now() + bound;
+            for j in jwt.iter().flatten() {
+                j.wait_first(deadline);
+            }
+        }
+        ShardAuth {
+            jwt: std::rc::Rc::new(jwt),
+        }
+    }
+
+    /// The shard's task that takes in new JWT key sets (fetched from a JWKS
+    /// URL by another thread) every [`super::jwt::KEYS_POLL`]. Ends at once
+    /// when no authorizer gets updates.
+    pub fn updater(&self) -> impl std::future::Future<Output = ()> + 'static {
+        let jwt = self.jwt.clone();
+        async move {
+            loop {
+                let mut live = false;
+                for j in jwt.iter().flatten() {
+                    live |= j.poll_updates();
+                }
+                if !live {
+                    return;
+                }
+                glommio::timer::sleep(super::jwt::KEYS_POLL).await;
+            }
+        }
     }
 }
 
@@ -174,9 +231,11 @@ pub fn check(
     view: &RequestView<'_>,
     req: &mut RequestState,
 ) -> Decision {
-    let _ = (state, view, &req.principal);
     match authorizers.get(rule.authorizer).map(|a| &a.kind) {
-        Some(kind) => match *kind {},
+        Some(AuthorizerKind::Jwt(j)) => match state.jwt.get(rule.authorizer) {
+            Some(Some(shard)) => super::jwt::check(j, shard, &rule.scopes, view, req),
+            _ => Decision::Respond(super::Refusal::json(500, "Internal Server Error")),
+        },
         // Compile guarantees the index; refuse rather than allow if not.
         None => Decision::Respond(super::Refusal::json(500, "Internal Server Error")),
     }

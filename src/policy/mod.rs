@@ -22,6 +22,7 @@ pub mod auth;
 pub mod cache;
 pub mod cors;
 pub mod ip_rules;
+pub mod jwt;
 pub mod throttle;
 pub mod usage;
 

@@ -183,6 +183,7 @@ pub(super) async fn run(
     let sweeper = glommio::spawn_local(sweep_pools(shard.clone())).detach();
     let throttle = glommio::spawn_local(shard.policies.throttle.reconciler()).detach();
     let usage = glommio::spawn_local(shard.policies.usage.reconciler()).detach();
+    let auth_keys = glommio::spawn_local(shard.policies.auth.updater()).detach();
     let _ = ready.send(Ok(()));
 
     loop {
@@ -212,6 +213,7 @@ pub(super) async fn run(
     usage.cancel();
     // Usage admitted since the last tick reaches the store too.
     shard.policies.usage.final_report();
+    auth_keys.cancel();
 }
 
 async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
