@@ -187,6 +187,23 @@ pub async fn handle(conn: &mut Conn, head: &RequestHead, shard: &Shard) -> Flow 
         }
         Routed::Error { .. } => api_level_policies(conn, head, shard),
     };
+    // === request authorizer: the one policy phase that awaits ===
+    let decision = match decision {
+        // Boxed like `http_proxy::forward`: the call's state stays out of
+        // every connection's task. Runs the phases after the authorizer.
+        Decision::Authorize(call) => {
+            Box::pin(policy::request_auth::resume(
+                call,
+                conn,
+                head,
+                shard,
+                &request_id,
+                &mut req_state,
+            ))
+            .await
+        }
+        d => d,
+    };
     if let Decision::Respond(r) = decision {
         conn.rpos += head.len;
         return respond_refusal(conn, shard, head, r, &request_id).await;

@@ -23,6 +23,8 @@ use std::sync::Arc;
 #[derive(Debug, Default, Deserialize)]
 pub struct RawAuthorizer {
     pub name: String,
+    /// `[authorizers.request]`: an authorizer service the gateway calls.
+    pub request: Option<super::request_auth::RawRequestAuthorizer>,
 }
 
 /// The value of `authorizer` that turns an API's default off for a route.
@@ -37,7 +39,10 @@ pub struct AuthorizerPlan {
 
 /// What an authorizer checks. Each kind lives in its own module.
 #[derive(Debug, Clone)]
-pub enum AuthorizerKind {}
+pub enum AuthorizerKind {
+    /// An HTTP authorizer service (API Gateway's Lambda REQUEST authorizer).
+    Request(super::request_auth::RequestAuthorizer),
+}
 
 /// A route's authorization: which authorizer, and what it must grant.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -72,7 +77,15 @@ pub fn compile_authorizers(
             ));
             continue;
         }
-        let kinds: Vec<AuthorizerKind> = Vec::new();
+        let mut kinds: Vec<AuthorizerKind> = Vec::new();
+        if let Some(r) = &a.request {
+            kinds.push(AuthorizerKind::Request(super::request_auth::compile(
+                r,
+                &a.name,
+                &format!("{key}.request"),
+                errors,
+            )));
+        }
         match kinds.len() {
             1 => {
                 if let Some(kind) = kinds.into_iter().next() {
@@ -137,6 +150,14 @@ pub fn compile_rule(
         ));
         return None;
     };
+    if let Some(AuthorizerKind::Request(_)) = authorizers.get(index).map(|a| &a.kind) {
+        if scopes.is_some_and(|s| !s.is_empty()) {
+            errors.push(ConfigError::new(
+                format!("{route_key}.authorization_scopes"),
+                format!("authorizer {name:?} is a request authorizer, which grants no scopes; scopes are checked by JWT authorizers"),
+            ));
+        }
+    }
     Some(AuthRule {
         authorizer: index,
         scopes: scopes.map(<[String]>::to_vec).unwrap_or_default(),
@@ -147,7 +168,7 @@ pub fn compile_rule(
 /// integration drops client-sent headers of these names.
 pub fn upstream_header_names(rule: &AuthRule, authorizers: &[AuthorizerPlan]) -> Vec<String> {
     match authorizers.get(rule.authorizer).map(|a| &a.kind) {
-        Some(kind) => match *kind {},
+        Some(AuthorizerKind::Request(r)) => r.upstream_header_names(),
         None => Vec::new(),
     }
 }
@@ -155,18 +176,24 @@ pub fn upstream_header_names(rule: &AuthRule, authorizers: &[AuthorizerPlan]) ->
 /// Shard-local run-time state of the authorizers (key sets, decision
 /// caches). Built once per shard from the plan.
 #[derive(Default)]
-pub struct ShardAuth {}
+pub struct ShardAuth {
+    /// Decision caches of the request authorizers.
+    pub request: super::request_auth::ShardRequestAuth,
+}
 
 impl ShardAuth {
     pub fn new(authorizers: &[AuthorizerPlan]) -> ShardAuth {
-        let _ = authorizers;
-        ShardAuth {}
+        ShardAuth {
+            request: super::request_auth::ShardRequestAuth::new(authorizers),
+        }
     }
 }
 
 /// Runs a route's authorizer on the request. Synchronous: an authorizer
 /// that needs I/O keeps what it needs in [`ShardAuth`], refreshed off the
-/// request path.
+/// request path. The one exception is a request authorizer without a cached
+/// answer: it returns [`Decision::Authorize`], and the pipeline awaits the
+/// call ([`super::request_auth::resume`]).
 pub fn check(
     rule: &AuthRule,
     authorizers: &[AuthorizerPlan],
@@ -174,9 +201,10 @@ pub fn check(
     view: &RequestView<'_>,
     req: &mut RequestState,
 ) -> Decision {
-    let _ = (state, view, &req.principal);
     match authorizers.get(rule.authorizer).map(|a| &a.kind) {
-        Some(kind) => match *kind {},
+        Some(AuthorizerKind::Request(r)) => {
+            super::request_auth::check(r, rule.authorizer, &state.request, view, req)
+        }
         // Compile guarantees the index; refuse rather than allow if not.
         None => Decision::Respond(super::Refusal::json(500, "Internal Server Error")),
     }

@@ -344,7 +344,7 @@ fn a_request_refused_by_one_level_spends_no_token_of_another() {
                 assert_eq!(r.message, "Too Many Requests");
                 assert_eq!(r.headers, b"retry-after: 1000\r\n");
             }
-            Decision::Continue => panic!("admitted past the API's burst"),
+            other => panic!("admitted past the API's burst: {other:?}"),
         }
     }
     assert_eq!(t.inner.fixed.borrow()[0].held, 2);
