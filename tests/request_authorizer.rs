@@ -42,6 +42,9 @@ use support::*;
 /// - `huge`: 200 with a 100 KiB JSON answer;
 /// - `inject`: allow with CR LF in a context value;
 /// - `chunked-NAME`: like `allow-NAME`, chunked;
+/// - `eof-NAME`: like `allow-NAME`, without a length, ended by closing;
+/// - `interim-NAME`: `100` and `103` first, then like `allow-NAME`;
+/// - `hugechunked` / `hugeeof`: 100 KiB answers, chunked / until close;
 /// - `close`: closes the connection without answering.
 struct Authorizer {
     addr: SocketAddr,
@@ -164,6 +167,34 @@ fn serve(s: TcpStream, calls: Arc<AtomicUsize>, bodies: Arc<Mutex<Vec<Value>>>) 
                 &json!({"isAuthorized": true, "context": {"userId": "a\r\nx-admin: 1"}})
                     .to_string(),
             )
+        } else if let Some(name) = token.strip_prefix("eof-") {
+            // No length: the answer ends when the connection closes.
+            let out = format!(
+                "HTTP/1.1 200 OK\r\nconnection: close\r\n\r\n{}",
+                allow_answer(name)
+            );
+            let _ = w.write_all(out.as_bytes());
+            return;
+        } else if let Some(name) = token.strip_prefix("interim-") {
+            let a = allow_answer(name);
+            let out = format!(
+                "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{a}",
+                a.len()
+            );
+            w.write_all(out.as_bytes())
+        } else if token == "hugechunked" || token == "hugeeof" {
+            let pad = "x".repeat(100 * 1024);
+            let a = json!({"isAuthorized": true, "pad": pad}).to_string();
+            let out = if token == "hugechunked" {
+                format!(
+                    "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n{:x}\r\n{a}\r\n0\r\n\r\n",
+                    a.len()
+                )
+            } else {
+                format!("HTTP/1.1 200 OK\r\nconnection: close\r\n\r\n{a}")
+            };
+            let _ = w.write_all(out.as_bytes());
+            return;
         } else if let Some(name) = token.strip_prefix("chunked-") {
             let a = allow_answer(name);
             let (x, y) = a.split_at(a.len() / 2);
@@ -527,7 +558,15 @@ fn an_authorizer_that_is_down_is_500() {
 fn broken_answers_are_500_and_are_not_cached() {
     let s = setup(1, "", "");
     let mut c = s.gw.client();
-    for token in ["status500", "badjson", "huge", "inject", "close"] {
+    for token in [
+        "status500",
+        "badjson",
+        "huge",
+        "hugechunked",
+        "hugeeof",
+        "inject",
+        "close",
+    ] {
         for _ in 0..2 {
             let before = s.authz.calls();
             let r = get(&mut c, "/pets/1", Some(&format!("Bearer {token}")), "");
@@ -542,9 +581,16 @@ fn broken_answers_are_500_and_are_not_cached() {
         }
     }
     assert_eq!(s.backend.heads(), 0, "a failure let a request through");
-    // A chunked answer is read like any other.
-    let r = get(&mut c, "/pets/1", Some("Bearer chunked-cat"), "");
-    assert_eq!(r.echo().header("x-user-id"), Some("cat"));
+    // Chunked, close-delimited and after interim responses: read like any
+    // other answer.
+    for (token, user) in [
+        ("chunked-cat", "cat"),
+        ("eof-dog", "dog"),
+        ("interim-eel", "eel"),
+    ] {
+        let r = get(&mut c, "/pets/1", Some(&format!("Bearer {token}")), "");
+        assert_eq!(r.echo().header("x-user-id"), Some(user), "{token}");
+    }
 }
 
 // === order and bodies ===

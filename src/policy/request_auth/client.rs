@@ -298,10 +298,7 @@ async fn read_answer(up: &mut UpConn, uplan: &UpstreamPlan) -> Result<(Answer, b
         }
         RespFraming::Close => {
             body.extend_from_slice(&up.buf[start..end]);
-            loop {
-                if body.len() > MAX_ANSWER_BYTES {
-                    return Err(Failed(Failure::TooLarge));
-                }
+            while body.len() <= MAX_ANSWER_BYTES {
                 let max = up.buf.len();
                 match up.stream.read(&mut up.buf[..max]).await {
                     Ok(0) => break,
@@ -310,6 +307,9 @@ async fn read_answer(up: &mut UpConn, uplan: &UpstreamPlan) -> Result<(Answer, b
                         return Err(Failed(Failure::Io("connection failed inside the answer")))
                     }
                 }
+            }
+            if body.len() > MAX_ANSWER_BYTES {
+                return Err(Failed(Failure::TooLarge));
             }
             false
         }
