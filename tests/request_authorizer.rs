@@ -12,7 +12,8 @@
 //! misses, every failure (timeout, refused, non-200, bad/oversized JSON,
 //! closed, header injection) is 500 and is not cached, query-string
 //! identity sources, `ttl_seconds = 0`, the throttle running after the
-//! authorizer, request bodies, and the call's JSON.
+//! authorizer, request bodies, the call's JSON, and config errors through
+//! `coregate check`.
 // The Mutex ban in .clippy.toml is for the gateway's data path; the test's
 // authorizer service keeps its call log behind a plain lock.
 #![allow(clippy::disallowed_types)]
@@ -639,4 +640,59 @@ fn request_bodies_wait_for_the_answer() {
     let r = get(&mut c, "/pets/1", Some("Bearer allow-ann"), "");
     assert_eq!(r.status, 200);
     assert_eq!(s.backend.heads(), 2);
+}
+
+// === config ===
+
+#[test]
+fn coregate_check_reports_every_error_with_its_key() {
+    let path = write_config(
+        r#"
+[[authorizers]]
+name = "tokens"
+[authorizers.request]
+url = "https://127.0.0.1:9/a"
+identity_sources = ["$request.header.Authorization"]
+ttl_seconds = 4000
+timeout_ms = 0
+context_headers = { userId = "x-forwarded-for" }
+
+[[apis]]
+name = "a"
+authorizer = "tokens"
+
+[[apis.routes]]
+key = "GET /x"
+authorization_scopes = ["read"]
+integration = { type = "mock" }
+"#,
+    );
+    let out = run_coregate(&["check", "--config", path.to_str().unwrap()]);
+    let _ = std::fs::remove_file(&path);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    for (key, needle) in [
+        ("authorizers[0].request.url", "https://"),
+        (
+            "authorizers[0].request.identity_sources[0]",
+            "\"header:Authorization\"",
+        ),
+        ("authorizers[0].request.ttl_seconds", "3600"),
+        ("authorizers[0].request.timeout_ms", "10000"),
+        (
+            "authorizers[0].request.context_headers.userId",
+            "pick another",
+        ),
+        (
+            "apis[0].routes[0].authorization_scopes",
+            "request authorizer",
+        ),
+    ] {
+        assert!(
+            stderr
+                .lines()
+                .any(|l| l.starts_with("error: ") && l.contains(key) && l.contains(needle)),
+            "no error for {key} ({needle}):\n{stderr}"
+        );
+    }
 }
