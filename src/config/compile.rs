@@ -200,6 +200,24 @@ pub fn compile(raw: &RawConfig) -> Result<Plan, Vec<ConfigError>> {
         raw.base_dir.as_deref(),
         &mut errors,
     );
+    // A request authorizer's URL names its endpoint the way an integration
+    // URL does (a declared upstream or a host:port), so the call uses the
+    // upstream machinery: pools, connect timeout, balancing, health.
+    crate::policy::request_auth::bind_endpoints(
+        &mut policy_builder.authorizers,
+        &mut |url, key, errors| match compile_proxy(
+            url,
+            &RouteKey::Default,
+            key,
+            &mut upstreams,
+            &failed_upstreams,
+            errors,
+        ) {
+            Some(Integration::Proxy(p)) => Some(p),
+            _ => None,
+        },
+        &mut errors,
+    );
     let mut api_plans = Vec::new();
     let mut specs = Vec::new();
     let mut api_names = std::collections::BTreeSet::new();

@@ -204,9 +204,62 @@ pub async fn handle(conn: &mut Conn, head: &RequestHead, shard: &Shard) -> Flow 
             d => break d,
         }
     };
-    if let Decision::Respond(r) = decision {
-        conn.rpos += head.len;
-        return respond_refusal(conn, shard, head, r, &request_id).await;
+    // === request authorizer: the one policy phase that awaits ===
+    let decision = match decision {
+        // Boxed like `http_proxy::forward`: the call's state stays out of
+        // every connection's task. Runs the phases after the authorizer.
+        Decision::Authorize(call) => {
+            Box::pin(policy::request_auth::resume(
+                call,
+                conn,
+                head,
+                shard,
+                &request_id,
+                &mut req_state,
+            ))
+            .await
+        }
+        d => d,
+    };
+    // The key's quota, reached only after the request authorizer: wait for
+    // the lease once, then run the phases after the authorizer again.
+    let decision = match (decision, routed) {
+        (Decision::WaitQuota(key), Routed::Mock(route) | Routed::Proxy { route, .. }) => {
+            Box::pin(shard.policies.usage.wait(key)).await;
+            let view = RequestView {
+                buf: &conn.rbuf[conn.rpos..conn.rend],
+                head,
+                peer: conn.peer,
+                route: Some(route),
+                now: Instant::now(),
+            };
+            policy::after_auth(
+                &shard.plan.routes[route].policies,
+                &shard.policies,
+                &view,
+                &mut conn.ebuf,
+                &mut req_state,
+            )
+        }
+        (d, _) => d,
+    };
+    match decision {
+        Decision::Continue => {}
+        Decision::Respond(r) => {
+            conn.rpos += head.len;
+            return respond_refusal(conn, shard, head, r, &request_id).await;
+        }
+        Decision::WaitQuota(_) => {
+            conn.rpos += head.len;
+            let r = Refusal::json(429, "Limit Exceeded");
+            return respond_refusal(conn, shard, head, r, &request_id).await;
+        }
+        // Never left over (resume does not return it): refuse, never allow.
+        Decision::Authorize(_) => {
+            conn.rpos += head.len;
+            let r = Refusal::json(500, "Internal Server Error");
+            return respond_refusal(conn, shard, head, r, &request_id).await;
+        }
     }
     // The head's bytes are no longer needed: everything after is body or the
     // next request.

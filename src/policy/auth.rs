@@ -25,6 +25,8 @@ pub struct RawAuthorizer {
     pub name: String,
     /// `[authorizers.jwt]`: a JWT authorizer (docs/jwt.md).
     pub jwt: Option<super::jwt::RawJwt>,
+    /// `[authorizers.request]`: an authorizer service the gateway calls.
+    pub request: Option<super::request_auth::RawRequestAuthorizer>,
 }
 
 /// The value of `authorizer` that turns an API's default off for a route.
@@ -41,6 +43,8 @@ pub struct AuthorizerPlan {
 #[derive(Debug, Clone)]
 pub enum AuthorizerKind {
     Jwt(super::jwt::JwtAuthorizer),
+    /// An HTTP authorizer service (API Gateway's Lambda REQUEST authorizer).
+    Request(Box<super::request_auth::RequestAuthorizer>),
 }
 
 /// A route's authorization: which authorizer, and what it must grant.
@@ -85,6 +89,12 @@ pub fn compile_authorizers(
                 super::jwt::compile(raw, &a.name, &jwt_key, base_dir, errors)
                     .map(AuthorizerKind::Jwt),
             );
+        }
+        if let Some(r) = &a.request {
+            present += 1;
+            kinds.push(AuthorizerKind::Request(Box::new(
+                super::request_auth::compile(r, &a.name, &format!("{key}.request"), errors),
+            )));
         }
         match present {
             1 => {
@@ -150,6 +160,14 @@ pub fn compile_rule(
         ));
         return None;
     };
+    if let Some(AuthorizerKind::Request(_)) = authorizers.get(index).map(|a| &a.kind) {
+        if scopes.is_some_and(|s| !s.is_empty()) {
+            errors.push(ConfigError::new(
+                format!("{route_key}.authorization_scopes"),
+                format!("authorizer {name:?} is a request authorizer, which grants no scopes; scopes are checked by JWT authorizers"),
+            ));
+        }
+    }
     Some(AuthRule {
         authorizer: index,
         scopes: scopes.map(<[String]>::to_vec).unwrap_or_default(),
@@ -161,6 +179,7 @@ pub fn compile_rule(
 pub fn upstream_header_names(rule: &AuthRule, authorizers: &[AuthorizerPlan]) -> Vec<String> {
     match authorizers.get(rule.authorizer).map(|a| &a.kind) {
         Some(AuthorizerKind::Jwt(j)) => j.header_names(),
+        Some(AuthorizerKind::Request(r)) => r.upstream_header_names(),
         None => Vec::new(),
     }
 }
@@ -172,6 +191,8 @@ pub struct ShardAuth {
     /// Per authorizer index: the JWT key set this shard holds (shared with
     /// the shard's [`ShardAuth::updater`] task).
     jwt: std::rc::Rc<Vec<Option<super::jwt::ShardJwt>>>,
+    /// Decision caches of the request authorizers.
+    pub request: super::request_auth::ShardRequestAuth,
 }
 
 impl ShardAuth {
@@ -180,6 +201,7 @@ impl ShardAuth {
             .iter()
             .map(|a| match &a.kind {
                 AuthorizerKind::Jwt(j) => Some(super::jwt::ShardJwt::new(j)),
+                _ => None,
             })
             .collect::<Vec<_>>();
         // Every JWKS URL's fetcher works on its first fetch in parallel;
@@ -188,6 +210,7 @@ impl ShardAuth {
             .iter()
             .filter_map(|a| match &a.kind {
                 AuthorizerKind::Jwt(j) => super::jwt::ShardJwt::first_fetch_bound(j),
+                _ => None,
             })
             .max();
         if let Some(bound) = bound {
@@ -198,6 +221,7 @@ impl ShardAuth {
         }
         ShardAuth {
             jwt: std::rc::Rc::new(jwt),
+            request: super::request_auth::ShardRequestAuth::new(authorizers),
         }
     }
 
@@ -223,7 +247,9 @@ impl ShardAuth {
 
 /// Runs a route's authorizer on the request. Synchronous: an authorizer
 /// that needs I/O keeps what it needs in [`ShardAuth`], refreshed off the
-/// request path.
+/// request path. The one exception is a request authorizer without a cached
+/// answer: it returns [`Decision::Authorize`], and the pipeline awaits the
+/// call ([`super::request_auth::resume`]).
 pub fn check(
     rule: &AuthRule,
     authorizers: &[AuthorizerPlan],
@@ -236,6 +262,9 @@ pub fn check(
             Some(Some(shard)) => super::jwt::check(j, shard, &rule.scopes, view, req),
             _ => Decision::Respond(super::Refusal::json(500, "Internal Server Error")),
         },
+        Some(AuthorizerKind::Request(r)) => {
+            super::request_auth::check(r, rule.authorizer, &state.request, view, req)
+        }
         // Compile guarantees the index; refuse rather than allow if not.
         None => Decision::Respond(super::Refusal::json(500, "Internal Server Error")),
     }

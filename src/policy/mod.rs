@@ -8,7 +8,10 @@
 //! 3. [`api_key`] — an enabled key in `x-api-key`? (403) The key is noted in
 //!    [`RequestState`] for the phases after it.
 //! 4. [`auth`] — the route's authorizer (SigV4, JWT, request authorizer):
-//!    401/403; the principal is noted in [`RequestState`].
+//!    401/403; the principal is noted in [`RequestState`]. A request
+//!    authorizer without a cached answer stops the synchronous phases with
+//!    [`Decision::Authorize`]; the pipeline awaits the call
+//!    ([`request_auth::resume`]), which then runs the phases after it.
 //! 5. [`throttle`] — within the token buckets that apply? (429)
 //! 6. [`cache`] — answer from the shard's cache, or arrange to store the
 //!    integration's response.
@@ -23,6 +26,7 @@ pub mod cache;
 pub mod cors;
 pub mod ip_rules;
 pub mod jwt;
+pub mod request_auth;
 pub mod throttle;
 pub mod usage;
 
@@ -141,6 +145,11 @@ pub enum Decision {
     /// wait for its lease ([`usage::shard::ShardUsage::wait`]), then check
     /// again.
     WaitQuota(u32),
+    /// The route's request authorizer has no cached answer for this
+    /// identity: the pipeline must await [`request_auth::resume`] before
+    /// anything else (never treat this as `Continue`). Boxed so that the
+    /// common decisions stay small.
+    Authorize(Box<request_auth::Call>),
 }
 
 /// The API a route belongs to, as route compilation needs it.
@@ -274,10 +283,12 @@ impl ShardPolicies {
     }
 }
 
-/// Runs the synchronous policy phases (IP rules, CORS, API key, throttle)
-/// for a routed request. Header lines for the eventual response (CORS,
-/// rate-limit headers) are appended to `extra`; what the phases learn (the
-/// authenticated key) is written to `req`.
+/// Runs the synchronous policy phases (IP rules, CORS, API key, authorizer,
+/// throttle) for a routed request. Header lines for the eventual response
+/// (CORS, rate-limit headers) are appended to `extra`; what the phases learn
+/// (the authenticated key, the principal) is written to `req`. Returns
+/// [`Decision::Authorize`] when a request authorizer must be called first:
+/// the throttle has then not run yet.
 pub fn check(
     policies: &RoutePolicies,
     authorizers: &[auth::AuthorizerPlan],
@@ -306,10 +317,27 @@ pub fn check(
         }
     }
     if let Some(rule) = &policies.auth {
-        if let Decision::Respond(r) = auth::check(rule, authorizers, &state.auth, view, req) {
-            return Decision::Respond(r);
+        match auth::check(rule, authorizers, &state.auth, view, req) {
+            Decision::Continue => {}
+            // Respond, or Authorize: the phases after it run once the
+            // authorizer has answered.
+            other => return other,
         }
     }
+    after_auth(policies, state, view, extra, req)
+}
+
+/// The synchronous phases after the authorizer (the API key's usage plan,
+/// then throttle), so that a caller refused by it costs no tokens or
+/// quota. [`check`] ends with them; [`request_auth::resume`] runs them
+/// after an authorizer call.
+pub fn after_auth(
+    policies: &RoutePolicies,
+    state: &ShardPolicies,
+    view: &RequestView<'_>,
+    extra: &mut Vec<u8>,
+    req: &mut RequestState,
+) -> Decision {
     // === usage plan of the key: coverage, its bucket, its quota ===
     let mut key_bucket = None;
     if let (Some(key), Some(route)) = (req.api_key, view.route) {

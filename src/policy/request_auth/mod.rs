@@ -1,0 +1,769 @@
+//! The request authorizer: Amazon API Gateway's Lambda REQUEST authorizer,
+//! done as an HTTP call to an authorizer service. It is an authorizer kind
+//! ([`super::auth`]), so it runs after IP rules, CORS and the API key, and
+//! before throttling.
+//!
+//! ```text
+//! identity sources present? ─ no ──────────────────────────▶ 401 (no call)
+//!    │ yes
+//! cached answer for this identity on this shard? ─ yes ─▶ allow / 403
+//!    │ no                          (synchronous: auth::check)
+//!    ▼
+//! Decision::Authorize ─▶ pipeline awaits resume():
+//!    a call for the same identity in flight on this shard? ─ yes ─ wait for it
+//!    │ no
+//!    POST the identity to the authorizer ─▶ 200 {"isAuthorized": ...}
+//!       allow: principal + context headers, cached  ─▶ throttle ─▶ integration
+//!       deny:  cached                               ─▶ 403
+//!       anything else (refused, timeout, non-200, bad or too large JSON)
+//!                                                   ─▶ 500, not cached
+//! ```
+//!
+//! The authorizer's endpoint is an upstream ([`crate::integration::upstream`]):
+//! its URL names a declared `[[upstreams]]` entry or a `host:port`, exactly
+//! like an integration URL, and [`bind_endpoints`] resolves it with the same
+//! code. The call therefore shares the pools, connect timeout, balancing and
+//! passive health of the proxy, and an `https://` URL will work once
+//! upstreams speak TLS, with no change here.
+//!
+//! Answers are cached per shard ([`cache`]), keyed by a SHA-256 of the
+//! identity values (and the route, with `cache_per_route`); concurrent
+//! misses for one identity on a shard share one call. Nothing is shared
+//! between shards. The wire format is in [`protocol`]; docs/request-authorizer.md
+//! describes every key, the protocol and the caching rules.
+
+pub mod cache;
+mod client;
+pub mod protocol;
+
+use super::auth::{AuthorizerKind, AuthorizerPlan};
+use super::{Decision, Refusal, RequestState, RequestView};
+use crate::config::{ConfigError, PathPart, ProxyPlan};
+use crate::http::conn::Conn;
+use crate::http::parse::RequestHead;
+use crate::runtime::Shard;
+use cache::{DecisionCache, Failed, Key, Outcome, Verdict};
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use smallvec::SmallVec;
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::{Duration, Instant};
+
+/// Amazon API Gateway's default authorizer result TTL.
+pub const DEFAULT_TTL_SECONDS: i64 = 300;
+/// Amazon API Gateway's largest authorizer result TTL.
+pub const MAX_TTL_SECONDS: i64 = 3600;
+/// How long the gateway waits for the authorizer's whole answer.
+pub const DEFAULT_TIMEOUT_MS: u64 = 1000;
+/// The longest `timeout_ms`: a client's request waits this long at most.
+pub const MAX_TIMEOUT_MS: u64 = 10_000;
+/// Cached answers per authorizer per shard.
+pub const DEFAULT_CACHE_MAX_ENTRIES: i64 = 10_000;
+pub const MAX_CACHE_MAX_ENTRIES: i64 = 1_000_000;
+/// Largest answer body read; a larger one is a failure (500).
+pub const MAX_ANSWER_BYTES: usize = 64 * 1024;
+/// Longest `principalId` accepted.
+pub const MAX_PRINCIPAL_BYTES: usize = 1024;
+/// Longest context value passed on as a header.
+pub const MAX_HEADER_VALUE_BYTES: usize = 4096;
+/// Most bytes of header lines one answer may add to the upstream request.
+pub const MAX_UPSTREAM_HEADER_BYTES: usize = 8192;
+/// Waiters for another request's call give up this long after the call's
+/// own timeout (which always ends the call first, unless its task died).
+const FLIGHT_GRACE: Duration = Duration::from_millis(250);
+
+// === impl raw config ===
+
+/// `[authorizers.request]` as written.
+#[derive(Debug, Default, Deserialize)]
+pub struct RawRequestAuthorizer {
+    /// `http://upstream-or-host:port/path[?query]`. Required.
+    pub url: Option<String>,
+    /// `"header:NAME"` / `"query:NAME"`. Each must be present, or 401.
+    pub identity_sources: Option<Vec<String>>,
+    /// Seconds an answer is cached. Default 300, 0–3600; 0 turns caching off.
+    pub ttl_seconds: Option<i64>,
+    /// The whole call (connect, send, answer). Default 1000, 1–10000.
+    pub timeout_ms: Option<u64>,
+    /// Context key → upstream header name.
+    pub context_headers: Option<BTreeMap<String, String>>,
+    /// Upstream header carrying the `principalId`.
+    pub principal_header: Option<String>,
+    /// Cached answers per shard. Default 10000.
+    pub cache_max_entries: Option<i64>,
+    /// Make the route part of the cache key. Default false.
+    pub cache_per_route: Option<bool>,
+}
+
+// === impl compiled plan ===
+
+/// Where an identity value comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SourceKind {
+    Header,
+    Query,
+}
+
+/// One identity source.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdentitySource {
+    /// As written in the config (`header:Authorization`): the key of the
+    /// value in the call's `identity` object.
+    pub label: String,
+    pub kind: SourceKind,
+    /// Lower-cased for a header; as written (matched raw, not
+    /// percent-decoded) for a query parameter.
+    pub name: Box<[u8]>,
+}
+
+/// A compiled request authorizer.
+#[derive(Debug, Clone)]
+pub struct RequestAuthorizer {
+    /// The `[[authorizers]]` name, for logs and the call.
+    pub name: String,
+    /// `authorizers[i].request`, for errors found while binding the URL.
+    pub config_key: String,
+    pub url: String,
+    /// Index into the plan's upstreams, set by [`bind_endpoints`].
+    pub upstream: usize,
+    /// Request target of the call: path and query.
+    pub target: String,
+    pub sources: Vec<IdentitySource>,
+    /// Zero: no caching (and no coalescing).
+    pub ttl: Duration,
+    pub timeout: Duration,
+    /// (context key, lower-case header name), sorted by context key.
+    pub context_headers: Vec<(String, String)>,
+    pub principal_header: Option<String>,
+    pub cache_max_entries: usize,
+    pub cache_per_route: bool,
+}
+
+impl RequestAuthorizer {
+    /// The header names this authorizer sends upstream: client-sent headers
+    /// of these names are dropped, so they cannot be forged.
+    pub fn upstream_header_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .context_headers
+            .iter()
+            .map(|(_, h)| h.clone())
+            .chain(self.principal_header.clone())
+            .collect();
+        names.sort();
+        names.dedup();
+        names
+    }
+}
+
+// === impl compile ===
+
+/// Headers the gateway writes itself, or that change how the upstream
+/// request is framed or routed: an authorizer may not set them.
+fn reserved_header(name: &str) -> bool {
+    matches!(
+        name,
+        "host"
+            | "content-length"
+            | "transfer-encoding"
+            | "connection"
+            | "keep-alive"
+            | "te"
+            | "trailer"
+            | "upgrade"
+            | "expect"
+            | "forwarded"
+            | "x-request-id"
+    ) || name.starts_with("proxy-")
+        || name.starts_with("x-forwarded-")
+}
+
+/// Checks an upstream header name; returns it lower-cased.
+fn header_name(name: &str, key: &str, errors: &mut Vec<ConfigError>) -> Option<String> {
+    if name.is_empty() || !name.bytes().all(crate::http::parse::is_token_byte) {
+        errors.push(ConfigError::new(
+            key,
+            format!("{name:?} is not a header name (letters, digits and !#$%&'*+-.^_`|~)"),
+        ));
+        return None;
+    }
+    let lower = name.to_ascii_lowercase();
+    if reserved_header(&lower) {
+        errors.push(ConfigError::new(
+            key,
+            format!(
+                "{name:?} is set by the gateway or frames the request; pick another header name"
+            ),
+        ));
+        return None;
+    }
+    Some(lower)
+}
+
+/// Parses `header:NAME` or `query:NAME`.
+fn identity_source(s: &str, key: &str, errors: &mut Vec<ConfigError>) -> Option<IdentitySource> {
+    let hint = "write \"header:NAME\" or \"query:NAME\"";
+    if let Some(rest) = s.strip_prefix("$request.header.") {
+        errors.push(ConfigError::new(
+            key,
+            format!("{s:?}: {hint} (here \"header:{rest}\")"),
+        ));
+        return None;
+    }
+    if let Some(rest) = s.strip_prefix("$request.querystring.") {
+        errors.push(ConfigError::new(
+            key,
+            format!("{s:?}: {hint} (here \"query:{rest}\")"),
+        ));
+        return None;
+    }
+    let (kind, name) = match s.split_once(':') {
+        Some(("header", n)) => (SourceKind::Header, n),
+        Some(("query", n)) => (SourceKind::Query, n),
+        _ => {
+            errors.push(ConfigError::new(
+                key,
+                format!("{s:?} is not an identity source; {hint}"),
+            ));
+            return None;
+        }
+    };
+    let name: Box<[u8]> = match kind {
+        SourceKind::Header => {
+            if name.is_empty() || !name.bytes().all(crate::http::parse::is_token_byte) {
+                errors.push(ConfigError::new(
+                    key,
+                    format!("{s:?}: {name:?} is not a header name (letters, digits and !#$%&'*+-.^_`|~)"),
+                ));
+                return None;
+            }
+            name.to_ascii_lowercase().into_bytes().into()
+        }
+        SourceKind::Query => {
+            if name.is_empty()
+                || name
+                    .bytes()
+                    .any(|b| matches!(b, b'&' | b'=' | b'#' | b'?') || !b.is_ascii_graphic())
+            {
+                errors.push(ConfigError::new(
+                    key,
+                    format!("{s:?}: {name:?} is not a query parameter name: it must be non-empty, printable ASCII without spaces, '&', '=', '#' or '?' (names are matched as sent, not percent-decoded)"),
+                ));
+                return None;
+            }
+            name.as_bytes().into()
+        }
+    };
+    Some(IdentitySource {
+        label: s.to_string(),
+        kind,
+        name,
+    })
+}
+
+/// Compiles `[authorizers.request]`. `key` is `authorizers[i].request`.
+/// Always returns a plan; errors are pushed (and stop the config).
+pub fn compile(
+    raw: &RawRequestAuthorizer,
+    name: &str,
+    key: &str,
+    errors: &mut Vec<ConfigError>,
+) -> RequestAuthorizer {
+    let url = match &raw.url {
+        Some(u) => u.clone(),
+        None => {
+            errors.push(ConfigError::new(
+                format!("{key}.url"),
+                "is required: the authorizer service's http://host:port/path (or http://UPSTREAM/path)",
+            ));
+            String::new()
+        }
+    };
+    let ttl_seconds = raw.ttl_seconds.unwrap_or(DEFAULT_TTL_SECONDS);
+    if !(0..=MAX_TTL_SECONDS).contains(&ttl_seconds) {
+        errors.push(ConfigError::new(
+            format!("{key}.ttl_seconds"),
+            format!("must be between 0 and {MAX_TTL_SECONDS} seconds (as in Amazon API Gateway; 0 turns caching off), not {ttl_seconds}"),
+        ));
+    }
+    let ttl = Duration::from_secs(ttl_seconds.clamp(0, MAX_TTL_SECONDS) as u64);
+    let timeout_ms = raw.timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS);
+    if !(1..=MAX_TIMEOUT_MS).contains(&timeout_ms) {
+        errors.push(ConfigError::new(
+            format!("{key}.timeout_ms"),
+            format!("must be between 1 and {MAX_TIMEOUT_MS} (milliseconds), not {timeout_ms}"),
+        ));
+    }
+    let timeout = Duration::from_millis(timeout_ms.clamp(1, MAX_TIMEOUT_MS));
+    let max_entries = raw.cache_max_entries.unwrap_or(DEFAULT_CACHE_MAX_ENTRIES);
+    if !(1..=MAX_CACHE_MAX_ENTRIES).contains(&max_entries) {
+        errors.push(ConfigError::new(
+            format!("{key}.cache_max_entries"),
+            format!("must be between 1 and {MAX_CACHE_MAX_ENTRIES} (answers cached per shard), not {max_entries}; to turn caching off set ttl_seconds = 0"),
+        ));
+    }
+    let mut sources = Vec::new();
+    let raw_sources = raw.identity_sources.as_deref().unwrap_or(&[]);
+    for (i, s) in raw_sources.iter().enumerate() {
+        let skey = format!("{key}.identity_sources[{i}]");
+        if let Some(src) = identity_source(s, &skey, errors) {
+            if sources
+                .iter()
+                .any(|o: &IdentitySource| o.kind == src.kind && o.name == src.name)
+            {
+                errors.push(ConfigError::new(skey, format!("{s:?} is listed twice")));
+            } else {
+                sources.push(src);
+            }
+        }
+    }
+    if raw_sources.is_empty() && ttl_seconds != 0 {
+        errors.push(ConfigError::new(
+            format!("{key}.identity_sources"),
+            "must list at least one source (\"header:NAME\" or \"query:NAME\") when answers are cached: the cache is keyed by them; with no sources set ttl_seconds = 0",
+        ));
+    }
+    let mut context_headers = Vec::new();
+    for (ctx, header) in raw.context_headers.iter().flatten() {
+        let hkey = format!("{key}.context_headers.{ctx}");
+        if ctx.is_empty() {
+            errors.push(ConfigError::new(hkey, "the context key must not be empty"));
+            continue;
+        }
+        if let Some(h) = header_name(header, &hkey, errors) {
+            if context_headers.iter().any(|(_, o)| *o == h) {
+                errors.push(ConfigError::new(
+                    hkey,
+                    format!("header {header:?} is already given to another context key"),
+                ));
+            } else {
+                context_headers.push((ctx.clone(), h));
+            }
+        }
+    }
+    let principal_header = raw.principal_header.as_ref().and_then(|h| {
+        let pkey = format!("{key}.principal_header");
+        let lower = header_name(h, &pkey, errors)?;
+        if context_headers.iter().any(|(_, o)| *o == lower) {
+            errors.push(ConfigError::new(
+                pkey,
+                format!("header {h:?} is also a context header"),
+            ));
+            return None;
+        }
+        Some(lower)
+    });
+    RequestAuthorizer {
+        name: name.to_string(),
+        config_key: key.to_string(),
+        url,
+        upstream: 0,
+        target: String::from("/"),
+        sources,
+        ttl,
+        timeout,
+        context_headers,
+        principal_header,
+        cache_max_entries: max_entries.clamp(1, MAX_CACHE_MAX_ENTRIES) as usize,
+        cache_per_route: raw.cache_per_route.unwrap_or(false),
+    }
+}
+
+/// The integration URL compiler as [`bind_endpoints`] uses it: (url, config
+/// key for errors, errors) → the upstream and path, or None after an error.
+pub type ResolveUrl<'a> = dyn FnMut(&str, &str, &mut Vec<ConfigError>) -> Option<ProxyPlan> + 'a;
+
+/// Resolves each request authorizer's URL to an upstream with `resolve`
+/// (the integration URL compiler, which registers an implicit upstream for
+/// a `host:port`) and keeps the request target.
+pub fn bind_endpoints(
+    authorizers: &mut [AuthorizerPlan],
+    resolve: &mut ResolveUrl<'_>,
+    errors: &mut Vec<ConfigError>,
+) {
+    for a in authorizers.iter_mut() {
+        // Other kinds join the enum on their own branches.
+        #[allow(irrefutable_let_patterns)]
+        let AuthorizerKind::Request(r) = &mut a.kind
+        else {
+            continue;
+        };
+        if r.url.is_empty() {
+            continue; // reported by compile
+        }
+        let key = format!("{}.url", r.config_key);
+        let Some(p) = resolve(&r.url, &key, errors) else {
+            continue;
+        };
+        r.upstream = p.upstream;
+        let mut target = String::new();
+        for part in p.path.iter().flatten() {
+            if let PathPart::Literal(l) = part {
+                target.push_str(l);
+            }
+        }
+        if !target.starts_with('/') {
+            target.insert(0, '/');
+        }
+        if let Some(q) = &p.query {
+            target.push('?');
+            target.push_str(q);
+        }
+        r.target = target;
+    }
+}
+
+// === impl ShardRequestAuth ===
+
+/// A shard's decision caches, one per request authorizer with a TTL.
+#[derive(Default)]
+pub struct ShardRequestAuth {
+    /// Indexed like the plan's authorizers.
+    caches: Vec<Option<DecisionCache>>,
+}
+
+impl ShardRequestAuth {
+    pub fn new(authorizers: &[AuthorizerPlan]) -> ShardRequestAuth {
+        ShardRequestAuth {
+            caches: authorizers
+                .iter()
+                .map(|a| {
+                    #[allow(irrefutable_let_patterns)]
+                    let AuthorizerKind::Request(r) = &a.kind
+                    else {
+                        return None;
+                    };
+                    (!r.ttl.is_zero()).then(|| DecisionCache::new(r.ttl, r.cache_max_entries))
+                })
+                .collect(),
+        }
+    }
+
+    /// The cache of authorizer `index`, if it caches.
+    pub fn cache(&self, index: usize) -> Option<&DecisionCache> {
+        self.caches.get(index).and_then(Option::as_ref)
+    }
+}
+
+// === impl identity ===
+
+/// The value of one identity source, or None when it is missing, empty or
+/// not UTF-8 (all of which are 401). Several headers or parameters of the
+/// name are joined with commas, as API Gateway does.
+pub fn identity_value<'a>(src: &IdentitySource, view: &RequestView<'a>) -> Option<Cow<'a, str>> {
+    let mut out: Option<Cow<'a, [u8]>> = None;
+    let mut push = |v: Cow<'a, [u8]>| {
+        if v.is_empty() {
+            return;
+        }
+        out = Some(match out.take() {
+            None => v,
+            Some(prev) => {
+                let mut joined = prev.into_owned();
+                joined.push(b',');
+                joined.extend_from_slice(&v);
+                Cow::Owned(joined)
+            }
+        });
+    };
+    match src.kind {
+        SourceKind::Header => {
+            for h in &view.head.headers {
+                if h.name.get(view.buf).eq_ignore_ascii_case(&src.name) {
+                    push(Cow::Borrowed(h.value.get(view.buf)));
+                }
+            }
+        }
+        SourceKind::Query => {
+            let query = view.head.query.map(|q| q.get(view.buf)).unwrap_or(b"");
+            for pair in query.split(|&b| b == b'&') {
+                let (name, value) = match memchr::memchr(b'=', pair) {
+                    Some(i) => (&pair[..i], &pair[i + 1..]),
+                    None => (pair, &b""[..]),
+                };
+                if name == &src.name[..] {
+                    push(percent_decode(value));
+                }
+            }
+        }
+    }
+    match out? {
+        Cow::Borrowed(b) => std::str::from_utf8(b).ok().map(Cow::Borrowed),
+        Cow::Owned(v) => String::from_utf8(v).ok().map(Cow::Owned),
+    }
+}
+
+/// `%XX` decoded; a `%` not followed by two hex digits stays as it is, and
+/// `+` stays `+` (RFC 3986; form encoding is not assumed).
+pub fn percent_decode(raw: &[u8]) -> Cow<'_, [u8]> {
+    if !raw.contains(&b'%') {
+        return Cow::Borrowed(raw);
+    }
+    let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
+    let mut out = Vec::with_capacity(raw.len());
+    let mut i = 0;
+    while i < raw.len() {
+        if raw[i] == b'%' && i + 2 < raw.len() {
+            if let (Some(h), Some(l)) = (hex(raw[i + 1]), hex(raw[i + 2])) {
+                out.push(h << 4 | l);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(raw[i]);
+        i += 1;
+    }
+    Cow::Owned(out)
+}
+
+/// The cache key of an identity: SHA-256 over the route (with
+/// `cache_per_route`) and each value, length-prefixed so that no two
+/// identities share a key by concatenation. Only the digest is kept, so a
+/// cache entry is small whatever the token's size, and tokens are not kept
+/// in memory by the cache.
+pub fn cache_key(az: &RequestAuthorizer, route: usize, identity: &[Cow<'_, str>]) -> Key {
+    let mut h = Sha256::new();
+    if az.cache_per_route {
+        h.update((route as u64).to_le_bytes());
+    }
+    for v in identity {
+        h.update((v.len() as u64).to_le_bytes());
+        h.update(v.as_bytes());
+    }
+    h.finalize().into()
+}
+
+// === impl check ===
+
+fn refuse(status: u16) -> Decision {
+    Decision::Respond(match status {
+        401 => Refusal::json(401, "Unauthorized"),
+        403 => Refusal::json(403, "Forbidden"),
+        _ => Refusal::json(500, "Internal Server Error"),
+    })
+}
+
+/// Applies an answer to the request: an allow records the principal and
+/// the context headers; a deny is 403.
+pub fn apply(verdict: &Verdict, req: &mut RequestState) -> Decision {
+    match verdict {
+        Verdict::Allow(a) => {
+            req.principal = a.principal.clone();
+            req.upstream_headers.extend_from_slice(&a.headers);
+            Decision::Continue
+        }
+        Verdict::Deny => refuse(403),
+    }
+}
+
+/// What the pipeline needs to finish a request authorizer's check: the
+/// identity (owned, since the call outlives the head's borrow) and the key
+/// its answer is cached under.
+pub struct Call {
+    /// Index into the plan's authorizers.
+    pub authorizer: usize,
+    pub route: usize,
+    /// None when the authorizer does not cache.
+    pub key: Option<Key>,
+    /// One value per identity source, in config order.
+    pub identity: Vec<String>,
+}
+
+impl fmt::Debug for Call {
+    // The identity holds credentials: never print it.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Call")
+            .field("authorizer", &self.authorizer)
+            .field("route", &self.route)
+            .field(
+                "identity",
+                &format_args!("[{} redacted]", self.identity.len()),
+            )
+            .finish()
+    }
+}
+
+/// The synchronous half: 401 for a missing identity source, the cached
+/// answer if there is one, else [`Decision::Authorize`].
+pub fn check(
+    az: &RequestAuthorizer,
+    index: usize,
+    shard: &ShardRequestAuth,
+    view: &RequestView<'_>,
+    req: &mut RequestState,
+) -> Decision {
+    let Some(route) = view.route else {
+        // Authorizers run on routed requests only; refuse rather than allow.
+        return refuse(500);
+    };
+    let mut identity: SmallVec<[Cow<'_, str>; 2]> = SmallVec::new();
+    for src in &az.sources {
+        match identity_value(src, view) {
+            Some(v) => identity.push(v),
+            None => return refuse(401),
+        }
+    }
+    let cache = shard.cache(index);
+    let key = cache.map(|_| cache_key(az, route, &identity));
+    if let (Some(cache), Some(key)) = (cache, &key) {
+        if let Some(v) = cache.get(key, view.now) {
+            return apply(&v, req);
+        }
+    }
+    Decision::Authorize(Box::new(Call {
+        authorizer: index,
+        route,
+        key,
+        identity: identity.into_iter().map(Cow::into_owned).collect(),
+    }))
+}
+
+/// The awaited half, called by the pipeline for [`Decision::Authorize`]
+/// while the request head is still at `conn.rbuf[conn.rpos..]`: asks the
+/// authorizer (or waits for the call already asking for this identity),
+/// applies the answer, then runs the phases after the authorizer
+/// ([`super::after_auth`]). Never returns `Authorize`.
+pub async fn resume(
+    call: Box<Call>,
+    conn: &mut Conn,
+    head: &RequestHead,
+    shard: &Shard,
+    request_id: &[u8],
+    req: &mut RequestState,
+) -> Decision {
+    let az = match shard
+        .plan
+        .policies
+        .authorizers
+        .get(call.authorizer)
+        .map(|a| &a.kind)
+    {
+        Some(AuthorizerKind::Request(r)) => r,
+        #[allow(unreachable_patterns)]
+        _ => return refuse(500),
+    };
+    let Some(route) = shard.plan.routes.get(call.route) else {
+        return refuse(500);
+    };
+    let view = RequestView {
+        buf: &conn.rbuf[conn.rpos..conn.rend],
+        head,
+        peer: conn.peer,
+        route: Some(call.route),
+        now: Instant::now(),
+    };
+    let facts = protocol::Facts {
+        authorizer: &az.name,
+        api: &route.api,
+        route_key: &route.key,
+        method: std::str::from_utf8(head.method_span.get(view.buf)).unwrap_or("-"),
+        path: std::str::from_utf8(head.path(view.buf)).unwrap_or("/"),
+        source_ip: view.peer.ip(),
+        request_id: std::str::from_utf8(request_id).unwrap_or("-"),
+    };
+    let outcome = decide(az, &call, shard, &facts).await;
+    let decision = match &outcome {
+        Ok(v) => apply(v, req),
+        Err(Failed) => refuse(500),
+    };
+    if !matches!(decision, Decision::Continue) {
+        return decision;
+    }
+    let view = RequestView {
+        now: Instant::now(),
+        ..view
+    };
+    match super::after_auth(&route.policies, &shard.policies, &view, &mut conn.ebuf, req) {
+        Decision::Authorize(_) => refuse(500),
+        d => d,
+    }
+}
+
+/// The answer for a call: from a call of this request, or from one already
+/// in flight for the same identity on this shard (coalescing).
+async fn decide(
+    az: &RequestAuthorizer,
+    call: &Call,
+    shard: &Shard,
+    facts: &protocol::Facts<'_>,
+) -> Outcome {
+    let cache = shard.policies.auth.request.cache(call.authorizer);
+    let (Some(cache), Some(key)) = (cache, call.key) else {
+        return ask(az, call, shard, facts).await;
+    };
+    if let Some(flight) = cache.flight(&key) {
+        let limit = az.timeout + FLIGHT_GRACE;
+        let waited = futures_lite::future::or(flight.wait(), async {
+            glommio::timer::sleep(limit).await;
+            None
+        })
+        .await;
+        if let Some(outcome) = waited {
+            return outcome;
+        }
+        // The call we waited for vanished (its task was dropped): ask
+        // ourselves, without registering, so waiters do not queue up.
+        if let Some(v) = cache.get(&key, Instant::now()) {
+            return Ok(v);
+        }
+        let outcome = ask(az, call, shard, facts).await;
+        if let Ok(v) = &outcome {
+            cache.insert(key, v.clone(), Instant::now());
+        }
+        return outcome;
+    }
+    let guard = cache.begin(key);
+    let outcome = ask(az, call, shard, facts).await;
+    if let Ok(v) = &outcome {
+        // Allow and deny are both cached; failures never are.
+        cache.insert(key, v.clone(), Instant::now());
+    }
+    guard.finish(outcome.clone());
+    outcome
+}
+
+/// One call to the authorizer service, its answer checked. Failures are
+/// logged here (the client only sees 500).
+async fn ask(
+    az: &RequestAuthorizer,
+    call: &Call,
+    shard: &Shard,
+    facts: &protocol::Facts<'_>,
+) -> Outcome {
+    let body = protocol::request_body(az, &call.identity, facts);
+    let answer = match client::call(az, shard, &body, facts.request_id.as_bytes()).await {
+        Ok(a) => a,
+        Err(e) => {
+            crate::log!(
+                "warn",
+                "request authorizer {:?}: {e}; answering 500",
+                az.name
+            );
+            return Err(Failed);
+        }
+    };
+    if answer.status != 200 {
+        crate::log!(
+            "warn",
+            "request authorizer {:?}: answered {} (not 200); answering 500",
+            az.name,
+            answer.status
+        );
+        return Err(Failed);
+    }
+    match protocol::parse_answer(az, &answer.body) {
+        Ok(v) => Ok(v),
+        Err(why) => {
+            crate::log!(
+                "warn",
+                "request authorizer {:?}: invalid answer: {why}; answering 500",
+                az.name
+            );
+            Err(Failed)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
