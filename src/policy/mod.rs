@@ -22,6 +22,7 @@ pub mod auth;
 pub mod cache;
 pub mod cors;
 pub mod ip_rules;
+pub mod sigv4;
 pub mod throttle;
 
 use crate::config::raw::{RawApi, RawRoute, RawServer};
@@ -103,6 +104,9 @@ pub struct RequestState {
     /// Complete header lines (`name: value\r\n`) for the upstream request,
     /// from the authorizer (JWT claims, authorizer context).
     pub upstream_headers: Vec<u8>,
+    /// A SigV4 check that needs the request body (its hash is signed):
+    /// the pipeline runs [`sigv4::body::verify`] before the integration.
+    pub body_check: Option<Box<sigv4::BodyCheck>>,
 }
 
 /// A response a policy gives instead of the integration's.
