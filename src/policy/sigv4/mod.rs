@@ -225,29 +225,31 @@ fn valid_region_or_service(s: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }
 
+/// A byte of an RFC 9110 token (a header name).
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric()
+        || matches!(
+            b,
+            b'!' | b'#'
+                | b'$'
+                | b'%'
+                | b'&'
+                | b'\''
+                | b'*'
+                | b'+'
+                | b'-'
+                | b'.'
+                | b'^'
+                | b'_'
+                | b'`'
+                | b'|'
+                | b'~'
+        )
+}
+
 /// A header name: an RFC 9110 token, stored lower case.
 fn valid_header_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.bytes().all(|b| {
-            b.is_ascii_alphanumeric()
-                || matches!(
-                    b,
-                    b'!' | b'#'
-                        | b'$'
-                        | b'%'
-                        | b'&'
-                        | b'\''
-                        | b'*'
-                        | b'+'
-                        | b'-'
-                        | b'.'
-                        | b'^'
-                        | b'_'
-                        | b'`'
-                        | b'|'
-                        | b'~'
-                )
-        })
+    !s.is_empty() && s.bytes().all(is_tchar)
 }
 
 /// Headers the gateway sets or handles itself, or that SigV4 reads: not
@@ -1012,10 +1014,9 @@ fn check_signed_headers(sh: &[u8]) -> Result<(), Failure> {
     let mut prev: Option<&[u8]> = None;
     let mut host = false;
     for name in sh.split(|&b| b == b';') {
+        // A header name (an RFC 9110 token) in lower case.
         let ok = !name.is_empty()
-            && name.iter().all(|&b| {
-                b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'_' | b'.')
-            })
+            && name.iter().all(|&b| is_tchar(b) && !b.is_ascii_uppercase())
             && prev.is_none_or(|p| p < name)
             && name != b"authorization";
         if !ok {
