@@ -118,7 +118,7 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, over_limit: bool) {
             head.keep_alive = false;
         }
         match pipeline::handle(&mut conn, &head, &shard).await {
-            Flow::KeepAlive if !shard.draining() => {}
+            Flow::KeepAlive if !shard.draining() => conn.shrink_read_buffer(),
             Flow::KeepAlive | Flow::Close => return,
             Flow::Linger => {
                 conn.linger().await;
@@ -244,6 +244,35 @@ impl Conn {
 
     pub fn buffered(&self) -> usize {
         self.rend - self.rpos
+    }
+
+    /// Gives back a read buffer that grew past [`READ_BUF`] to hold a whole
+    /// body (a SigV4 payload hash), once its request is done.
+    fn shrink_read_buffer(&mut self) {
+        if self.rbuf.len() > READ_BUF && self.buffered() <= READ_BUF {
+            self.compact();
+            self.rbuf.truncate(READ_BUF);
+            self.rbuf.shrink_to_fit();
+        }
+    }
+
+    /// Reads more of the request into `rbuf[rend..upto]`, for a body that
+    /// is buffered whole before it is forwarded (a SigV4 payload hash).
+    /// The caller sizes `rbuf` first. Returns the bytes read.
+    pub async fn read_more(&mut self, limits: &Limits, upto: usize) -> Result<usize, BodyError> {
+        let _ = self.stream.set_read_timeout(Some(limits.body_read_timeout));
+        let Some(dst) = self.rbuf.get_mut(self.rend..upto).filter(|d| !d.is_empty()) else {
+            return Err(BodyError::TooLarge);
+        };
+        match self.stream.read(dst).await {
+            Ok(0) => Err(BodyError::Client),
+            Ok(n) => {
+                self.rend += n;
+                Ok(n)
+            }
+            Err(e) if e.kind() == io::ErrorKind::TimedOut => Err(BodyError::Timeout),
+            Err(_) => Err(BodyError::Client),
+        }
     }
 
     /// Writes a gateway-made JSON error response. Returns false if the

@@ -264,6 +264,18 @@ pub async fn handle(conn: &mut Conn, head: &RequestHead, shard: &Shard) -> Flow 
     // The head's bytes are no longer needed: everything after is body or the
     // next request.
     conn.rpos += head.len;
+    // === SigV4 payload hash: the body is read and hashed before anything
+    // is forwarded (policy/sigv4/body.rs) ===
+    if let Some(check) = req_state.body_check.take() {
+        use policy::sigv4::body::{self, BodyFailure};
+        match body::verify(conn, head, &shard.plan.limits, &check).await {
+            Ok(()) => req_state.principal = Some(check.principal.clone()),
+            Err(BodyFailure::Refused(f)) => {
+                return respond_refusal(conn, shard, head, f.refusal(), &request_id).await;
+            }
+            Err(BodyFailure::Body(e)) => return body_error(conn, shard, e, &request_id).await,
+        }
+    }
     if !req_state.upstream_headers.is_empty() && matches!(routed, Routed::Proxy { .. }) {
         add_upstream_headers(&mut conn.xbuf, &req_state.upstream_headers);
     }

@@ -27,6 +27,8 @@ pub struct RawAuthorizer {
     pub jwt: Option<super::jwt::RawJwt>,
     /// `[authorizers.request]`: an authorizer service the gateway calls.
     pub request: Option<super::request_auth::RawRequestAuthorizer>,
+    /// `[authorizers.sigv4]`: AWS Signature Version 4 (docs/sigv4.md).
+    pub sigv4: Option<super::sigv4::RawSigv4>,
 }
 
 /// The value of `authorizer` that turns an API's default off for a route.
@@ -45,6 +47,8 @@ pub enum AuthorizerKind {
     Jwt(super::jwt::JwtAuthorizer),
     /// An HTTP authorizer service (API Gateway's Lambda REQUEST authorizer).
     Request(Box<super::request_auth::RequestAuthorizer>),
+    /// AWS Signature Version 4 (API Gateway's IAM authorization).
+    Sigv4(Arc<super::sigv4::Sigv4Plan>),
 }
 
 /// A route's authorization: which authorizer, and what it must grant.
@@ -95,6 +99,12 @@ pub fn compile_authorizers(
             kinds.push(AuthorizerKind::Request(Box::new(
                 super::request_auth::compile(r, &a.name, &format!("{key}.request"), errors),
             )));
+        }
+        if let Some(raw) = &a.sigv4 {
+            present += 1;
+            if let Some(p) = super::sigv4::compile(raw, &format!("{key}.sigv4"), base_dir, errors) {
+                kinds.push(AuthorizerKind::Sigv4(Arc::new(p)));
+            }
         }
         match present {
             1 => {
@@ -180,6 +190,7 @@ pub fn upstream_header_names(rule: &AuthRule, authorizers: &[AuthorizerPlan]) ->
     match authorizers.get(rule.authorizer).map(|a| &a.kind) {
         Some(AuthorizerKind::Jwt(j)) => j.header_names(),
         Some(AuthorizerKind::Request(r)) => r.upstream_header_names(),
+        Some(AuthorizerKind::Sigv4(p)) => super::sigv4::upstream_header_names(p),
         None => Vec::new(),
     }
 }
@@ -193,6 +204,8 @@ pub struct ShardAuth {
     jwt: std::rc::Rc<Vec<Option<super::jwt::ShardJwt>>>,
     /// Decision caches of the request authorizers.
     pub request: super::request_auth::ShardRequestAuth,
+    /// SigV4: signing-key cache and canonical-request buffers.
+    pub sigv4: super::sigv4::ShardState,
 }
 
 impl ShardAuth {
@@ -222,6 +235,7 @@ impl ShardAuth {
         ShardAuth {
             jwt: std::rc::Rc::new(jwt),
             request: super::request_auth::ShardRequestAuth::new(authorizers),
+            sigv4: super::sigv4::ShardState::new(authorizers),
         }
     }
 
@@ -264,6 +278,9 @@ pub fn check(
         },
         Some(AuthorizerKind::Request(r)) => {
             super::request_auth::check(r, rule.authorizer, &state.request, view, req)
+        }
+        Some(AuthorizerKind::Sigv4(p)) => {
+            super::sigv4::check(p, &state.sigv4, rule.authorizer, view, req)
         }
         // Compile guarantees the index; refuse rather than allow if not.
         None => Decision::Respond(super::Refusal::json(500, "Internal Server Error")),

@@ -27,6 +27,7 @@ pub mod cors;
 pub mod ip_rules;
 pub mod jwt;
 pub mod request_auth;
+pub mod sigv4;
 pub mod throttle;
 pub mod usage;
 
@@ -111,6 +112,9 @@ pub struct RequestState {
     /// Complete header lines (`name: value\r\n`) for the upstream request,
     /// from the authorizer (JWT claims, authorizer context).
     pub upstream_headers: Vec<u8>,
+    /// A SigV4 check that needs the request body (its hash is signed):
+    /// the pipeline runs [`sigv4::body::verify`] before the integration.
+    pub body_check: Option<Box<sigv4::BodyCheck>>,
 }
 
 /// A response a policy gives instead of the integration's.
