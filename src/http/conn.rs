@@ -113,11 +113,12 @@ pub async fn serve_tls(
     };
     let tls = match futures_lite::future::or(handshake, timeout).await {
         Some(Ok(tls)) => tls,
-        Some(Err(e)) => {
+        Some(Err(e)) if e.kind() != io::ErrorKind::TimedOut => {
             shard.note_tls_failure(peer, &e.to_string());
             return;
         }
-        None => {
+        // The read timeout and the deadline are the same limit.
+        Some(Err(_)) | None => {
             shard.note_tls_failure(
                 peer,
                 &format!("no handshake within {} ms", limit.as_millis()),

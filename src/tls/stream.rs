@@ -135,12 +135,7 @@ impl<T: TlsSession> Stream<T> {
     /// Ends our direction of the connection: a close_notify first under
     /// TLS, then a TCP half-close.
     pub async fn shutdown_write(&mut self) -> io::Result<()> {
-        if let Stream::Tls(t) = self {
-            t.queue_close_notify();
-            // A peer that stopped reading must not hold us here past the
-            // write timeout; an error still half-closes below.
-            let _ = t.flush().await;
-        }
+        self.close().await;
         self.tcp()
             .shutdown(std::net::Shutdown::Write)
             .await
@@ -149,11 +144,14 @@ impl<T: TlsSession> Stream<T> {
 
     /// Says goodbye before the socket is dropped: under TLS a close_notify,
     /// so a client reading a close-delimited body can tell its end from a
-    /// truncation. Nothing to do on a plain socket.
+    /// truncation. Best effort: sent only if the socket takes it at once
+    /// (every earlier write has completed, so it is a few bytes); a client
+    /// that stopped reading does not hold the connection open for it.
+    /// Nothing to do on a plain socket.
     pub async fn close(&mut self) {
         if let Stream::Tls(t) = self {
             t.queue_close_notify();
-            let _ = t.flush().await;
+            let _ = futures_lite::future::poll_once(t.flush()).await;
         }
     }
 
