@@ -65,11 +65,11 @@ fn timed_checks(plan: &Plan, head: &RequestHead, iters: u64, expect_admit: bool)
     };
     if !expect_admit {
         // Spend the only token first.
-        let _ = t.check(limits, &view, &mut extra);
+        let _ = t.check(limits, None, &view, &mut extra);
     }
     let start = Instant::now();
     for _ in 0..iters {
-        let d = t.check(black_box(limits), black_box(&view), &mut extra);
+        let d = t.check(black_box(limits), None, black_box(&view), &mut extra);
         if matches!(d, Decision::Continue) != expect_admit {
             panic!("the bench's premise broke: admit = {expect_admit}");
         }

@@ -24,6 +24,10 @@ const USAGE: &str = "usage:
   coregate keys list --file F      name, id, enabled, usage plan, created of every key
   coregate keys revoke --file F --name N
                                    disable a key (enabled = false)
+  coregate usage [--config PATH | --data-dir DIR] [--key NAME|ID] [--from DAY] [--to DAY]
+                                   requests per key per UTC day from the usage store
+                                   (days YYYY-MM-DD, inclusive; default: the last 30 days),
+                                   and with a config, each quota's use this period
   coregate --version";
 
 fn main() -> ExitCode {
@@ -42,6 +46,7 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         "keys" => return keys(rest),
+        "usage" => return usage_cmd(rest),
         _ => {}
     }
     let mut config_path = PathBuf::from(DEFAULT_CONFIG);
@@ -142,6 +147,53 @@ fn keys(args: &[String]) -> ExitCode {
         (other, _, _) => usage(&format!(
             "unknown keys command {other:?} (create, list or revoke)"
         )),
+    }
+}
+
+/// `coregate usage`.
+fn usage_cmd(args: &[String]) -> ExitCode {
+    use coregate::policy::usage::cli;
+    let mut opts = cli::Options::default();
+    let mut config_path = None;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let (flag, inline) = match a.split_once('=') {
+            Some((f, v)) if f.starts_with("--") => (f, Some(v.to_string())),
+            _ => (a.as_str(), None),
+        };
+        let slot = match flag {
+            "--config" | "-c" => &mut config_path,
+            "--data-dir" => {
+                let v = inline.or_else(|| it.next().cloned());
+                let Some(v) = v else {
+                    return usage("--data-dir needs a value");
+                };
+                opts.data_dir = Some(PathBuf::from(v));
+                continue;
+            }
+            "--key" => &mut opts.key,
+            "--from" => &mut opts.from,
+            "--to" => &mut opts.to,
+            other => return usage(&format!("unexpected argument {other:?} to usage")),
+        };
+        match inline.or_else(|| it.next().cloned()) {
+            Some(v) => *slot = Some(v),
+            None => return usage(&format!("{flag} needs a value")),
+        }
+    }
+    if opts.data_dir.is_none() || config_path.is_some() {
+        let path = PathBuf::from(config_path.unwrap_or_else(|| DEFAULT_CONFIG.to_string()));
+        match load(&path) {
+            Ok(p) => opts.plan = Some(p),
+            Err(code) => return code,
+        }
+    }
+    match cli::run(&opts, &mut std::io::stdout().lock()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("coregate: {e}");
+            ExitCode::from(1)
+        }
     }
 }
 

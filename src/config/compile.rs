@@ -123,6 +123,9 @@ pub struct ProxyPlan {
     pub query: Option<String>,
     /// Drop the client's `x-api-key` header: the route checked it.
     pub drop_api_key: bool,
+    /// Client headers never forwarded (lowercase): the gateway sets them
+    /// itself (authorizer claims and context).
+    pub strip_headers: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -206,9 +209,14 @@ pub fn compile(raw: &RawConfig) -> Result<Plan, Vec<ConfigError>> {
 
     let mut routes = Vec::new();
     let mut upstream_tls = crate::tls::UpstreamTlsBuilder::default();
-    let mut policy_builder = crate::policy::PolicyBuilder::new(&raw.server, &mut errors);
+    let mut policy_builder = crate::policy::PolicyBuilder::new(raw, &mut errors);
     policy_builder.api_keys_configured = crate::policy::api_key::configured(raw);
     let api_keys = crate::policy::api_key::compile_store(raw, &mut errors);
+    policy_builder.authorizers = crate::policy::auth::compile_authorizers(
+        &raw.authorizers,
+        raw.base_dir.as_deref(),
+        &mut errors,
+    );
     let mut api_plans = Vec::new();
     let mut specs = Vec::new();
     let mut api_names = std::collections::BTreeSet::new();
@@ -324,6 +332,7 @@ pub fn compile(raw: &RawConfig) -> Result<Plan, Vec<ConfigError>> {
             let api_ctx = crate::policy::ApiContext {
                 index: ai,
                 raw: api,
+                key: &akey,
                 cors: api_cors.clone(),
             };
             let policies = policy_builder.route(&api_ctx, id as usize, r, &rkey, &mut errors);
@@ -331,6 +340,10 @@ pub fn compile(raw: &RawConfig) -> Result<Plan, Vec<ConfigError>> {
                 // The key authenticates to the gateway; the backend gets no
                 // copy of the secret (docs/api-keys.md).
                 p.drop_api_key = true;
+            }
+            if let (Some(rule), Integration::Proxy(p)) = (&policies.auth, &mut integration) {
+                p.strip_headers =
+                    crate::policy::auth::upstream_header_names(rule, &policy_builder.authorizers);
             }
             routes.push(RoutePlan {
                 api: api.name.clone(),
@@ -353,8 +366,7 @@ pub fn compile(raw: &RawConfig) -> Result<Plan, Vec<ConfigError>> {
             "no [[apis]] defined: the gateway would answer 404 to everything",
         ));
     }
-    let mut policies = policy_builder.finish(&raw.server, &mut errors);
-    policies.api_keys = api_keys;
+    let policies = policy_builder.finish(&raw.server, api_keys, &mut errors);
     let table = match RouteTable::build(&specs) {
         Ok(t) => t,
         Err(es) => {
@@ -887,6 +899,7 @@ fn compile_proxy(
         path,
         query: query.filter(|q| !q.is_empty()),
         drop_api_key: false,
+        strip_headers: Vec::new(),
     }))
 }
 

@@ -49,6 +49,12 @@ pub struct RawConfig {
     /// `[[api_keys]]`: keys defined inline, besides `server.api_keys_file`.
     #[serde(default)]
     pub api_keys: Vec<crate::policy::api_key::RawApiKey>,
+    /// `[[usage_plans]]`: per-key throttling and quotas.
+    #[serde(default)]
+    pub usage_plans: Vec<crate::policy::usage::RawUsagePlan>,
+    /// `[[authorizers]]`: named SigV4, JWT and request authorizers.
+    #[serde(default)]
+    pub authorizers: Vec<crate::policy::auth::RawAuthorizer>,
     /// The directory of the config file, set by [`super::load`]: relative
     /// paths in the config (`server.api_keys_file`) are taken from it.
     #[serde(skip)]
@@ -81,6 +87,11 @@ pub struct RawServer {
     pub api_keys_file: Option<String>,
     /// `[server.tls]`: HTTPS listeners (docs/configuration.md).
     pub tls: Option<crate::tls::RawServerTls>,
+    /// Where durable state (the usage store) lives. A relative path is
+    /// taken from the config file's directory.
+    pub data_dir: Option<String>,
+    /// How often recorded usage is written to the store.
+    pub usage_flush_interval_ms: Option<u64>,
 }
 
 /// `[server.limits]`: what a client may send, and how slowly.
@@ -150,6 +161,8 @@ pub struct RawApi {
     pub ip_rules: Option<crate::policy::ip_rules::RawIpRules>,
     /// Default for the API's routes: require an `x-api-key`. Default: false.
     pub api_key_required: Option<bool>,
+    /// Default authorizer of the API's routes (a `[[authorizers]]` name).
+    pub authorizer: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -163,6 +176,10 @@ pub struct RawRoute {
     pub ip_rules: Option<crate::policy::ip_rules::RawIpRules>,
     /// Require an `x-api-key` (overrides the API's setting).
     pub api_key_required: Option<bool>,
+    /// The route's authorizer (overrides the API's); "none" for none.
+    pub authorizer: Option<String>,
+    /// Scopes a JWT must grant for this route.
+    pub authorization_scopes: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -1017,3 +1017,43 @@ fn cpus_are_checked_against_the_affinity_mask() {
         p.server.cpus
     );
 }
+
+// ---- authorizers (the kinds have tests of their own) -----------------------
+
+#[test]
+fn authorizer_names_must_resolve() {
+    let errs = errors(
+        "[[apis]]\nname = \"a\"\nauthorizer = \"nope\"\n\n[[apis.routes]]\nkey = \"GET /x\"\nintegration = { type = \"mock\" }\n\n[[apis.routes]]\nkey = \"GET /y\"\nauthorizer = \"other\"\nintegration = { type = \"mock\" }\n",
+    );
+    let e = error_at(&errs, "apis[0].authorizer");
+    assert!(e.message.contains("\"nope\""), "{e:?}");
+    let e = error_at(&errs, "apis[0].routes[1].authorizer");
+    assert!(e.message.contains("\"other\""), "{e:?}");
+}
+
+#[test]
+fn authorizer_none_turns_the_api_default_off() {
+    // "none" never needs an [[authorizers]] entry.
+    let p = plan(&with_route(
+        "key = \"GET /x\"\nauthorizer = \"none\"\nintegration = { type = \"mock\" }",
+    ));
+    assert!(p.routes[0].policies.auth.is_none());
+}
+
+#[test]
+fn scopes_need_an_authorizer() {
+    let errs = errors(&with_route(
+        "key = \"GET /x\"\nauthorization_scopes = [\"read\"]\nintegration = { type = \"mock\" }",
+    ));
+    let e = error_at(&errs, "apis[0].routes[0].authorization_scopes");
+    assert!(e.message.contains("need an authorizer"), "{e:?}");
+}
+
+#[test]
+fn an_authorizer_needs_exactly_one_kind_and_a_unique_name() {
+    let errs = errors_with("[[authorizers]]\nname = \"a\"\n\n[[authorizers]]\nname = \"none\"\n");
+    assert!(error_at(&errs, "authorizers[0]").message.contains("kind"));
+    assert!(error_at(&errs, "authorizers[1].name")
+        .message
+        .contains("other than"));
+}

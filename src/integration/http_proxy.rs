@@ -115,6 +115,14 @@ pub fn write_upstream_head(
             // Only the gateway says who a client certificate names.
             continue;
         }
+        if !plan.strip_headers.is_empty()
+            && plan
+                .strip_headers
+                .iter()
+                .any(|s| name.eq_ignore_ascii_case(s.as_bytes()))
+        {
+            continue;
+        }
         out.extend_from_slice(name);
         out.extend_from_slice(b": ");
         out.extend_from_slice(h.value.get(buf));

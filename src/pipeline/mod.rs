@@ -167,30 +167,48 @@ pub async fn handle(conn: &mut Conn, head: &RequestHead, shard: &Shard) -> Flow 
     // === policy phases ===
     // What the phases learn (the authenticated key) for the later ones.
     let mut req_state = policy::RequestState::default();
-    let decision = match routed {
-        Routed::Mock(route) | Routed::Proxy { route, .. } => {
-            let policies = &shard.plan.routes[route].policies;
-            if policies.is_empty() {
-                Decision::Continue
-            } else {
-                let view = RequestView {
-                    buf: &conn.rbuf[conn.rpos..conn.rend],
-                    head,
-                    peer: conn.peer,
-                    route: Some(route),
-                    now: Instant::now(),
-                    client_cert_subject: conn.client_cert_subject.as_deref(),
-                };
-                policy::check(
-                    policies,
-                    &shard.policies,
-                    &view,
-                    &mut conn.ebuf,
-                    &mut req_state,
-                )
+    let mut waited = false;
+    let decision = loop {
+        let decision = match routed {
+            Routed::Mock(route) | Routed::Proxy { route, .. } => {
+                let policies = &shard.plan.routes[route].policies;
+                if policies.is_empty() {
+                    Decision::Continue
+                } else {
+                    let view = RequestView {
+                        buf: &conn.rbuf[conn.rpos..conn.rend],
+                        head,
+                        peer: conn.peer,
+                        route: Some(route),
+                        now: Instant::now(),
+                        client_cert_subject: conn.client_cert_subject.as_deref(),
+                    };
+                    policy::check(
+                        policies,
+                        &shard.plan.policies.authorizers,
+                        &shard.policies,
+                        &view,
+                        &mut conn.ebuf,
+                        &mut req_state,
+                    )
+                }
             }
+            Routed::Error { .. } => api_level_policies(conn, head, shard),
+        };
+        match decision {
+            // Once: wait for this shard's lease of the key's quota, then
+            // run the phases again from a clean slate.
+            Decision::WaitQuota(key) if !waited => {
+                waited = true;
+                Box::pin(shard.policies.usage.wait(key)).await;
+                conn.ebuf.clear();
+                req_state = policy::RequestState::default();
+            }
+            Decision::WaitQuota(_) => {
+                break Decision::Respond(Refusal::json(429, "Limit Exceeded"));
+            }
+            d => break d,
         }
-        Routed::Error { .. } => api_level_policies(conn, head, shard),
     };
     if let Decision::Respond(r) = decision {
         conn.rpos += head.len;
@@ -199,6 +217,9 @@ pub async fn handle(conn: &mut Conn, head: &RequestHead, shard: &Shard) -> Flow 
     // The head's bytes are no longer needed: everything after is body or the
     // next request.
     conn.rpos += head.len;
+    if !req_state.upstream_headers.is_empty() && matches!(routed, Routed::Proxy { .. }) {
+        add_upstream_headers(&mut conn.xbuf, &req_state.upstream_headers);
+    }
     // === integration ===
     match routed {
         Routed::Error {
@@ -241,6 +262,16 @@ pub async fn handle(conn: &mut Conn, head: &RequestHead, shard: &Shard) -> Flow 
                 None => http_proxy::forward(conn, shard, f, None).await,
             }
         }
+    }
+}
+
+/// Adds header lines from the authorizer to the upstream request head in
+/// `xbuf`, before the blank line that ends it.
+fn add_upstream_headers(xbuf: &mut Vec<u8>, lines: &[u8]) {
+    if xbuf.ends_with(b"\r\n\r\n") {
+        xbuf.truncate(xbuf.len() - 2);
+        xbuf.extend_from_slice(lines);
+        xbuf.extend_from_slice(b"\r\n");
     }
 }
 

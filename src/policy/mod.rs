@@ -7,8 +7,10 @@
 //! 2. [`cors`] — answer a preflight; note headers for the actual response.
 //! 3. [`api_key`] — an enabled key in `x-api-key`? (403) The key is noted in
 //!    [`RequestState`] for the phases after it.
-//! 4. [`throttle`] — within the token buckets that apply? (429)
-//! 5. [`cache`] — answer from the shard's cache, or arrange to store the
+//! 4. [`auth`] — the route's authorizer (SigV4, JWT, request authorizer):
+//!    401/403; the principal is noted in [`RequestState`].
+//! 5. [`throttle`] — within the token buckets that apply? (429)
+//! 6. [`cache`] — answer from the shard's cache, or arrange to store the
 //!    integration's response.
 //!
 //! Each policy's config is compiled once (API-level settings merged with the
@@ -16,10 +18,13 @@
 //! ([`ShardPolicies`]). Checks are synchronous and take no lock.
 
 pub mod api_key;
+pub mod auth;
 pub mod cache;
 pub mod cors;
 pub mod ip_rules;
+pub mod jwt;
 pub mod throttle;
+pub mod usage;
 
 use crate::config::raw::{RawApi, RawRoute, RawServer};
 use crate::config::ConfigError;
@@ -34,6 +39,7 @@ pub struct RoutePolicies {
     pub ip_rules: Option<ip_rules::IpRules>,
     pub cors: Option<cors::Cors>,
     pub api_key: Option<api_key::ApiKeyRule>,
+    pub auth: Option<auth::AuthRule>,
     pub throttle: throttle::RouteLimits,
     pub cache: Option<cache::CacheRule>,
 }
@@ -44,6 +50,7 @@ impl RoutePolicies {
         self.ip_rules.is_none()
             && self.cors.is_none()
             && self.api_key.is_none()
+            && self.auth.is_none()
             && self.throttle.is_empty()
             && self.cache.is_none()
     }
@@ -56,6 +63,10 @@ pub struct ServerPolicies {
     pub cache: cache::CacheSettings,
     /// Every API key, from the keys file and the config.
     pub api_keys: api_key::KeyStore,
+    /// `[[authorizers]]`, indexed by [`auth::AuthRule::authorizer`].
+    pub authorizers: Vec<auth::AuthorizerPlan>,
+    /// `[[usage_plans]]`, the keys' plans and the usage store settings.
+    pub usage: usage::UsagePlans,
 }
 
 /// What a policy may read about a request.
@@ -85,13 +96,20 @@ impl RequestView<'_> {
 }
 
 /// What the policy phases learned about a request, for the phases after
-/// them (per-key throttling and usage plans, logs). Small and `Copy`: the
-/// pipeline keeps one per request on the stack.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// them (per-key throttling and usage plans, logs). The pipeline keeps one
+/// per request on the stack; nothing in it allocates unless an authorizer
+/// ran.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RequestState {
     /// The API key that authenticated the request: an index into
     /// [`ServerPolicies::api_keys`] (its name is the principal).
     pub api_key: Option<api_key::KeyId>,
+    /// Who the route's authorizer says is calling (IAM principal, JWT
+    /// subject, request authorizer's principalId).
+    pub principal: Option<auth::Principal>,
+    /// Complete header lines (`name: value\r\n`) for the upstream request,
+    /// from the authorizer (JWT claims, authorizer context).
+    pub upstream_headers: Vec<u8>,
 }
 
 /// A response a policy gives instead of the integration's.
@@ -122,6 +140,10 @@ impl Refusal {
 pub enum Decision {
     Continue,
     Respond(Refusal),
+    /// The API key's quota has requests left, but not on this shard yet:
+    /// wait for its lease ([`usage::shard::ShardUsage::wait`]), then check
+    /// again.
+    WaitQuota(u32),
 }
 
 /// The API a route belongs to, as route compilation needs it.
@@ -129,6 +151,8 @@ pub struct ApiContext<'a> {
     /// The API's index in the config.
     pub index: usize,
     pub raw: &'a RawApi,
+    /// The API's config path (`apis[i]`), for errors.
+    pub key: &'a str,
     /// CORS is an API-level setting, compiled once per API.
     pub cors: Option<cors::Cors>,
 }
@@ -138,15 +162,25 @@ pub struct PolicyBuilder {
     pub throttle: throttle::Builder,
     /// A keys file or inline keys exist: a route may require a key.
     pub api_keys_configured: bool,
+    /// `[[authorizers]]`, compiled before the routes that name them.
+    pub authorizers: Vec<auth::AuthorizerPlan>,
+    pub usage: usage::Builder,
 }
 
 impl PolicyBuilder {
     /// Server-level settings first: every route's limits include the
     /// server-wide buckets.
-    pub fn new(server: &RawServer, errors: &mut Vec<ConfigError>) -> PolicyBuilder {
+    pub fn new(
+        raw: &crate::config::raw::RawConfig,
+        errors: &mut Vec<ConfigError>,
+    ) -> PolicyBuilder {
+        let mut throttle = throttle::Builder::new(raw.server.throttle.as_ref(), errors);
+        let usage = usage::Builder::new(raw, &mut throttle, errors);
         PolicyBuilder {
-            throttle: throttle::Builder::new(server.throttle.as_ref(), errors),
+            throttle,
             api_keys_configured: false,
+            authorizers: Vec::new(),
+            usage,
         }
     }
 
@@ -160,6 +194,8 @@ impl PolicyBuilder {
         key: &str,
         errors: &mut Vec<ConfigError>,
     ) -> RoutePolicies {
+        self.usage
+            .route(route_id, api.index, &api.raw.name, &route.key);
         RoutePolicies {
             ip_rules: ip_rules::compile(
                 api.raw.ip_rules.as_ref(),
@@ -175,6 +211,15 @@ impl PolicyBuilder {
                 key,
                 errors,
             ),
+            auth: auth::compile_rule(
+                api.raw.authorizer.as_deref(),
+                route.authorizer.as_deref(),
+                route.authorization_scopes.as_deref(),
+                &self.authorizers,
+                api.key,
+                key,
+                errors,
+            ),
             throttle: self.throttle.route(
                 api.index,
                 api.raw.throttle.as_ref(),
@@ -187,12 +232,20 @@ impl PolicyBuilder {
         }
     }
 
-    pub fn finish(self, server: &RawServer, errors: &mut Vec<ConfigError>) -> ServerPolicies {
+    /// `keys` is the compiled key store: keys are resolved to their plans.
+    pub fn finish(
+        self,
+        server: &RawServer,
+        keys: api_key::KeyStore,
+        errors: &mut Vec<ConfigError>,
+    ) -> ServerPolicies {
+        let usage = self.usage.finish(&keys, errors);
         ServerPolicies {
             throttle: self.throttle.finish(),
             cache: cache::compile_settings(server.cache.as_ref(), errors),
-            // Filled in by the config compile, which reads the keys file.
-            api_keys: api_key::KeyStore::default(),
+            api_keys: keys,
+            authorizers: self.authorizers,
+            usage,
         }
     }
 }
@@ -203,6 +256,8 @@ pub struct ShardPolicies {
     pub cache: cache::ShardCache,
     /// This shard's copy of the key store.
     pub api_keys: api_key::KeyStore,
+    pub auth: auth::ShardAuth,
+    pub usage: usage::shard::ShardUsage,
 }
 
 impl ShardPolicies {
@@ -210,11 +265,14 @@ impl ShardPolicies {
         plan: &crate::config::Plan,
         shard: usize,
         link: throttle::ShardLink,
+        usage_link: usage::coordinator::ShardLink,
     ) -> ShardPolicies {
         ShardPolicies {
             throttle: throttle::ShardThrottle::new(&plan.policies.throttle, shard, link),
             cache: cache::ShardCache::new(&plan.policies.cache),
             api_keys: plan.policies.api_keys.clone(),
+            auth: auth::ShardAuth::new(&plan.policies.authorizers),
+            usage: usage::shard::ShardUsage::new(&plan.policies.usage, shard, usage_link),
         }
     }
 }
@@ -225,6 +283,7 @@ impl ShardPolicies {
 /// authenticated key) is written to `req`.
 pub fn check(
     policies: &RoutePolicies,
+    authorizers: &[auth::AuthorizerPlan],
     state: &ShardPolicies,
     view: &RequestView<'_>,
     extra: &mut Vec<u8>,
@@ -249,10 +308,45 @@ pub fn check(
             None => return Decision::Respond(Refusal::json(403, "Forbidden")),
         }
     }
-    if !policies.throttle.is_empty() {
-        if let Decision::Respond(r) = state.throttle.check(&policies.throttle, view, extra) {
+    if let Some(rule) = &policies.auth {
+        if let Decision::Respond(r) = auth::check(rule, authorizers, &state.auth, view, req) {
             return Decision::Respond(r);
         }
+    }
+    // === usage plan of the key: coverage, its bucket, its quota ===
+    let mut key_bucket = None;
+    if let (Some(key), Some(route)) = (req.api_key, view.route) {
+        match state.usage.plans().coverage(key, route) {
+            usage::Coverage::NoPlan => {}
+            usage::Coverage::NotCovered => {
+                return Decision::Respond(Refusal::json(403, "Forbidden"));
+            }
+            usage::Coverage::Covered { bucket, .. } => {
+                key_bucket = bucket.map(|b| (b, key));
+                match state.usage.peek(key) {
+                    usage::shard::QuotaCheck::None | usage::shard::QuotaCheck::Allowed => {}
+                    usage::shard::QuotaCheck::Wait => return Decision::WaitQuota(key),
+                    usage::shard::QuotaCheck::Exceeded => {
+                        state.usage.note_refused(key);
+                        return Decision::Respond(Refusal::json(429, "Limit Exceeded"));
+                    }
+                }
+            }
+        }
+    }
+    if !policies.throttle.is_empty() || key_bucket.is_some() {
+        if let Decision::Respond(r) =
+            state
+                .throttle
+                .check(&policies.throttle, key_bucket, view, extra)
+        {
+            return Decision::Respond(r);
+        }
+    }
+    if let Some(key) = req.api_key {
+        // Counted for the usage record (and spent from the quota) only
+        // once every check has passed.
+        state.usage.admit(key);
     }
     Decision::Continue
 }

@@ -37,6 +37,8 @@ pub struct Server {
     pub local_addrs: Vec<SocketAddr>,
     /// The bound address for each `server.tls.listen` entry.
     pub tls_addrs: Vec<SocketAddr>,
+    /// The usage coordinator, joined after the shards for its last flush.
+    usage: crate::policy::usage::coordinator::Running,
 }
 
 fn listener_socket(addr: SocketAddr, backlog: u32) -> io::Result<Socket> {
@@ -114,11 +116,16 @@ impl Server {
         let mut handles = Vec::new();
         let mut inboxes = Vec::new();
         let mut fds_iter = fds.into_iter();
+        // The usage store opens first: an unreadable one stops the start.
+        let (usage_links, usage) =
+            crate::policy::usage::coordinator::start(&plan.policies.usage, plan.server.shards)
+                .map_err(io::Error::other)?;
+        let mut usage_links = usage_links.into_iter();
         let mut links =
             crate::policy::throttle::links(&plan.policies.throttle, plan.server.shards).into_iter();
         for id in 0..plan.server.shards {
             let shard_fds = fds_iter.next().unwrap_or_default();
-            let Some(link) = links.next() else {
+            let (Some(link), Some(usage_link)) = (links.next(), usage_links.next()) else {
                 return Err(io::Error::other("throttle links: one per shard expected"));
             };
             let (tx, rx): (Sender<Control>, Receiver<Control>) = crossbeam_channel::unbounded();
@@ -129,7 +136,7 @@ impl Server {
                 .name(&format!("coregate-shard-{id}"))
                 .io_memory(IO_MEMORY)
                 .spawn(move || async move {
-                    shard::run(id, shard_plan, shard_fds, rx, ready, link).await;
+                    shard::run(id, shard_plan, shard_fds, rx, ready, link, usage_link).await;
                 });
             match spawned {
                 Ok(h) => {
@@ -137,11 +144,13 @@ impl Server {
                     inboxes.push(tx);
                 }
                 Err(e) => {
+                    drop(usage_links);
                     let server = Server {
                         handles,
                         inboxes,
                         local_addrs,
                         tls_addrs,
+                        usage,
                     };
                     server.shutdown();
                     server.join();
@@ -161,6 +170,7 @@ impl Server {
                         inboxes,
                         local_addrs,
                         tls_addrs,
+                        usage,
                     };
                     server.shutdown();
                     server.join();
@@ -174,6 +184,7 @@ impl Server {
             inboxes,
             local_addrs,
             tls_addrs,
+            usage,
         })
     }
 
@@ -189,6 +200,13 @@ impl Server {
         for h in self.handles {
             if let Err(e) = h.join() {
                 crate::log!("error", "shard stopped with an error: {e}");
+            }
+        }
+        // Every shard's link is gone with its executor: the coordinator
+        // writes what they reported and stops.
+        if let Some(t) = self.usage.thread {
+            if t.join().is_err() {
+                crate::log!("error", "the usage thread panicked");
             }
         }
     }

@@ -59,14 +59,19 @@ pub struct Shard {
 }
 
 impl Shard {
-    pub fn new(id: usize, plan: Plan, link: crate::policy::throttle::ShardLink) -> Shard {
+    pub fn new(
+        id: usize,
+        plan: Plan,
+        link: crate::policy::throttle::ShardLink,
+        usage_link: crate::policy::usage::coordinator::ShardLink,
+    ) -> Shard {
         let head_limits = HeadLimits {
             max_request_line: plan.limits.max_request_line_bytes,
             max_head: plan.limits.max_header_bytes,
             max_headers: plan.limits.max_headers,
         };
         let upstreams = plan.upstreams.iter().map(UpstreamState::new).collect();
-        let policies = crate::policy::ShardPolicies::new(&plan, id, link);
+        let policies = crate::policy::ShardPolicies::new(&plan, id, link, usage_link);
         let tls = plan
             .server
             .tls
@@ -206,8 +211,9 @@ pub(super) async fn run(
     inbox: Receiver<Control>,
     ready: Sender<Result<(), String>>,
     link: crate::policy::throttle::ShardLink,
+    usage_link: crate::policy::usage::coordinator::ShardLink,
 ) {
-    let shard = Rc::new(Shard::new(id, plan, link));
+    let shard = Rc::new(Shard::new(id, plan, link, usage_link));
     let mut accept_tasks = Vec::new();
     for (fd, tls) in fds {
         // SAFETY: `fd` is a bound, listening socket created for this shard by
@@ -222,6 +228,8 @@ pub(super) async fn run(
     }
     let sweeper = glommio::spawn_local(sweep_pools(shard.clone())).detach();
     let throttle = glommio::spawn_local(shard.policies.throttle.reconciler()).detach();
+    let usage = glommio::spawn_local(shard.policies.usage.reconciler()).detach();
+    let auth_keys = glommio::spawn_local(shard.policies.auth.updater()).detach();
     let _ = ready.send(Ok(()));
 
     loop {
@@ -248,6 +256,10 @@ pub(super) async fn run(
     }
     sweeper.cancel();
     throttle.cancel();
+    usage.cancel();
+    // Usage admitted since the last tick reaches the store too.
+    shard.policies.usage.final_report();
+    auth_keys.cancel();
 }
 
 /// Accepts on one listener; `tls` is set on a TLS listener.

@@ -167,6 +167,18 @@ impl Gateway {
         Self::spawn(&args, None, expected, config, toml)
     }
 
+    /// As [`Gateway::start`], with extra environment variables.
+    pub fn start_with_env(toml: &str, env: &[(&str, &str)]) -> Gateway {
+        let expected = listen_count(toml);
+        let config = write_config(toml);
+        let args = [
+            "serve".into(),
+            "--config".into(),
+            config.clone().into_os_string(),
+        ];
+        Self::spawn_env(&args, None, expected, config, toml, env)
+    }
+
     /// Starts `coregate ARGS` in `cwd` and waits for `expected` listening
     /// lines. `config` is deleted on drop; `shown` is printed on failure.
     pub fn spawn(
@@ -176,8 +188,20 @@ impl Gateway {
         config: PathBuf,
         shown: &str,
     ) -> Gateway {
+        Self::spawn_env(args, cwd, expected, config, shown, &[])
+    }
+
+    fn spawn_env(
+        args: &[std::ffi::OsString],
+        cwd: Option<&std::path::Path>,
+        expected: usize,
+        config: PathBuf,
+        shown: &str,
+        env: &[(&str, &str)],
+    ) -> Gateway {
         let toml = shown;
         let mut cmd = Command::new(BIN);
+        cmd.envs(env.iter().copied());
         if let Some(dir) = cwd {
             cmd.current_dir(dir);
         }

@@ -72,8 +72,9 @@ pub struct RawRate {
 /// Which level a bucket belongs to, in checking order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Level {
-    // Issue 5: `ApiKey` (the usage plan's bucket, per route where the plan
-    // says so) comes first, before `Route`.
+    /// A usage plan's bucket for the request's API key (per route where
+    /// the plan says so); one bucket per key.
+    ApiKey,
     Route,
     Api,
     Server,
@@ -88,6 +89,8 @@ pub struct BucketDef {
     pub rate: f64,
     pub burst: u32,
     pub per_client_ip: bool,
+    /// One bucket per API key (a usage plan's limit).
+    pub per_api_key: bool,
     /// `Retry-After` seconds when this bucket refuses: the time one token
     /// takes to come back, at least 1.
     pub retry_after: u64,
@@ -102,8 +105,14 @@ impl BucketDef {
             rate,
             burst,
             per_client_ip,
+            per_api_key: false,
             retry_after,
         }
+    }
+
+    /// A bucket kept per client address or per API key, made on first use.
+    fn dynamic(&self) -> bool {
+        self.per_client_ip || self.per_api_key
     }
 }
 
@@ -121,7 +130,7 @@ impl RouteLimits {
     }
 
     /// Bucket ids in checking order: route, API, then server-wide.
-    fn ids(&self) -> impl Iterator<Item = u32> + '_ {
+    fn ids(&self) -> impl Iterator<Item = u32> + Clone + '_ {
         self.defs.iter().copied()
     }
 }
@@ -266,6 +275,30 @@ impl Builder {
         RouteLimits { defs }
     }
 
+    /// A usage plan's bucket (one per API key): `key` is its config path.
+    pub fn key_bucket(&mut self, key: String, rate: f64, burst: u32) -> u32 {
+        let mut def = BucketDef::new(Level::ApiKey, key, rate, burst, false);
+        def.per_api_key = true;
+        self.defs.push(def);
+        (self.defs.len() - 1) as u32
+    }
+
+    /// Validates a usage plan's `throttle = { rate, burst }`.
+    pub fn plan_rate(
+        raw: &RawRate,
+        key: &str,
+        errors: &mut Vec<ConfigError>,
+    ) -> Option<(f64, u32)> {
+        if raw.rate.is_none() && raw.burst.is_none() {
+            errors.push(ConfigError::new(
+                key,
+                "needs `rate` and `burst`, e.g. throttle = { rate = 10, burst = 20 }",
+            ));
+            return None;
+        }
+        rate_burst(raw.rate, raw.burst, key, errors)
+    }
+
     pub fn finish(self) -> ThrottlePlan {
         ThrottlePlan { defs: self.defs }
     }
@@ -273,8 +306,17 @@ impl Builder {
 
 // === impl messages ===
 
-/// A bucket: its definition's id, and the client for per-client buckets.
-pub type Key = (u32, Option<IpAddr>);
+/// Whose bucket a dynamic bucket is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Client {
+    Ip(IpAddr),
+    /// An API key ([`crate::policy::api_key::KeyId`]).
+    ApiKey(u32),
+}
+
+/// A bucket: its definition's id, and the client for per-client and
+/// per-key buckets.
+pub type Key = (u32, Option<Client>);
 
 /// A shard's report for one bucket since its previous one.
 #[derive(Debug, Clone, Copy)]
@@ -385,7 +427,7 @@ impl Coordinator {
         let now = Instant::now();
         let mut buckets = HashMap::default();
         for (id, def) in defs.iter().enumerate() {
-            if !def.per_client_ip {
+            if !def.dynamic() {
                 buckets.insert(
                     (id as u32, None),
                     Global::new(def.rate, def.burst, shards, now),
@@ -567,10 +609,10 @@ struct Inner {
     defs: Vec<BucketDef>,
     /// Indexed by bucket id; per-client definitions leave theirs unused.
     fixed: RefCell<Vec<Local>>,
-    clients: RefCell<HashMap<(u32, IpAddr), Local, ahash::RandomState>>,
+    clients: RefCell<HashMap<(u32, Client), Local, ahash::RandomState>>,
     /// The per-client buckets with something to report: only these are
     /// visited each tick, however many clients are known.
-    active_clients: RefCell<Vec<(u32, IpAddr)>>,
+    active_clients: RefCell<Vec<(u32, Client)>>,
     to_coordinator: Option<Sender<Report>>,
     from_coordinator: Option<Receiver<ToShard>>,
     /// When a throttled request last arrived.
@@ -622,9 +664,12 @@ impl ShardThrottle {
 
     /// Checks every bucket that applies and spends one token of each only
     /// if all of them have one: a refused request costs no level anything.
+    /// `key_bucket` is the usage plan's bucket of the request's API key
+    /// (definition id, key id), checked first.
     pub fn check(
         &self,
         limits: &RouteLimits,
+        key_bucket: Option<(u32, u32)>,
         view: &RequestView<'_>,
         _extra: &mut Vec<u8>,
     ) -> Decision {
@@ -634,25 +679,30 @@ impl ShardThrottle {
             inner.woken.set(true);
             w.wake();
         }
-        let ip = client_ip(view.peer.ip());
+        let ip = Client::Ip(client_ip(view.peer.ip()));
         let mut fixed = inner.fixed.borrow_mut();
         let mut clients = inner.clients.borrow_mut();
-        // Issue 5: the API key's bucket (from its usage plan) is checked
-        // here, before the route's, and spent in the commit loop below.
         let mut retry_after = 0u64;
-        for id in limits.ids() {
+        // The API key's bucket first, then the route's, API's, server's.
+        let ids = key_bucket.map(|(d, _)| d).into_iter().chain(limits.ids());
+        let whose = |def: &BucketDef| match key_bucket {
+            Some((_, k)) if def.per_api_key => Client::ApiKey(k),
+            _ => ip,
+        };
+        for id in ids.clone() {
             let Some(def) = inner.defs.get(id as usize) else {
                 continue;
             };
-            let local = if def.per_client_ip {
+            let who = whose(def);
+            let local = if def.dynamic() {
                 let len = clients.len();
-                match clients.get_mut(&(id, ip)) {
+                match clients.get_mut(&(id, who)) {
                     Some(l) => l,
                     None if len >= MAX_CLIENTS_PER_SHARD => {
                         retry_after = retry_after.max(def.retry_after);
                         continue;
                     }
-                    None => clients.entry((id, ip)).or_insert_with(|| {
+                    None => clients.entry((id, who)).or_insert_with(|| {
                         Local::new(initial_share(def.burst, inner.shards), view.now)
                     }),
                 }
@@ -664,9 +714,9 @@ impl ShardThrottle {
             };
             local.attempts = local.attempts.saturating_add(1);
             local.last_used = view.now;
-            if def.per_client_ip && !local.active {
+            if def.dynamic() && !local.active {
                 local.active = true;
-                inner.active_clients.borrow_mut().push((id, ip));
+                inner.active_clients.borrow_mut().push((id, who));
             }
             if local.held == 0 {
                 retry_after = retry_after.max(def.retry_after);
@@ -680,12 +730,12 @@ impl ShardThrottle {
             r.headers.extend_from_slice(b"\r\n");
             return Decision::Respond(r);
         }
-        for id in limits.ids() {
+        for id in ids {
             let Some(def) = inner.defs.get(id as usize) else {
                 continue;
             };
-            let local = if def.per_client_ip {
-                clients.get_mut(&(id, ip))
+            let local = if def.dynamic() {
+                clients.get_mut(&(id, whose(def)))
             } else {
                 fixed.get_mut(id as usize)
             };
@@ -801,7 +851,7 @@ impl Inner {
         }
         for (id, local) in fixed.iter_mut().enumerate() {
             let def = &self.defs[id];
-            if def.per_client_ip {
+            if def.dynamic() {
                 continue;
             }
             if let Some((spent, advanced, returned, want, busy)) = local.report(def.burst, dt) {

@@ -334,18 +334,18 @@ fn a_request_refused_by_one_level_spends_no_token_of_another() {
     };
     let mut extra = Vec::new();
     assert!(matches!(
-        t.check(limits, &view, &mut extra),
+        t.check(limits, None, &view, &mut extra),
         Decision::Continue
     ));
     // The API's only token is gone: refused, and the route keeps its 2.
     for _ in 0..3 {
-        match t.check(limits, &view, &mut extra) {
+        match t.check(limits, None, &view, &mut extra) {
             Decision::Respond(r) => {
                 assert_eq!(r.status, 429);
                 assert_eq!(r.message, "Too Many Requests");
                 assert_eq!(r.headers, b"retry-after: 1000\r\n");
             }
-            Decision::Continue => panic!("admitted past the API's burst"),
+            other => panic!("admitted past the API's burst: {other:?}"),
         }
     }
     assert_eq!(t.inner.fixed.borrow()[0].held, 2);

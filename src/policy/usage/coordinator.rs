@@ -1,0 +1,504 @@
+//! The usage coordinator: one thread (`coregate-usage`) that owns the
+//! usage store and every quota's global count, leases quota to the shards,
+//! and writes the per-day usage the shards report.
+//!
+//! Per quota key it keeps `used` (requests in the current period, recorded
+//! or reported) and `leased[s]` (what shard `s` may still spend as far as it
+//! knows). It leases only from `limit − used − Σ leased`, so the shards can
+//! together never spend more than the limit (docs/usage-plans.md).
+
+use super::clock::{self, Period};
+use super::store::Store;
+use super::UsagePlans;
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+/// A shard's report for one key since its previous one.
+#[derive(Debug, Clone, Copy)]
+pub struct Report {
+    pub shard: usize,
+    pub key: u32,
+    /// The UTC day the requests were made on, and how many.
+    pub day: i64,
+    pub requests: u64,
+    /// The quota period (its first day) the quota fields are about.
+    pub period: i64,
+    /// Requests spent from a lease, and beyond it (overdraft).
+    pub spent_leased: u64,
+    pub spent_over: u64,
+    /// Unused lease given back.
+    pub returned: u64,
+    /// What the shard wants to hold.
+    pub want: u64,
+}
+
+/// What the coordinator sends a shard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ToShard {
+    Grant {
+        key: u32,
+        period: i64,
+        tokens: u64,
+    },
+    /// The key's quota for `period` is spent everywhere: refuse until the
+    /// next period.
+    Exhausted {
+        key: u32,
+        period: i64,
+    },
+    /// Give back what you hold: another shard is short.
+    Recall {
+        key: u32,
+        period: i64,
+    },
+}
+
+/// A shard's starting state for one quota key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Initial {
+    pub key: u32,
+    pub period: i64,
+    pub held: u64,
+    pub exhausted: bool,
+}
+
+/// A shard's end of the channels.
+pub struct ShardLink {
+    pub to_coordinator: Option<Sender<Report>>,
+    pub from_coordinator: Option<Receiver<ToShard>>,
+    pub initial: Vec<Initial>,
+    pub shards: usize,
+}
+
+/// The coordinator thread, to join after the shards stopped (its last
+/// flush).
+pub struct Running {
+    pub thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// At most one recall round per key this often.
+const RECALL_GAP: Duration = Duration::from_millis(10);
+/// How often the coordinator looks for a new quota period.
+const PERIOD_CHECK: Duration = Duration::from_millis(200);
+
+struct QuotaState {
+    plan: usize,
+    period: i64,
+    limit: u64,
+    used: u64,
+    leased: Vec<u64>,
+    want: Vec<u64>,
+    exhausted: bool,
+    last_recall: Option<Instant>,
+    rotation: usize,
+}
+
+impl QuotaState {
+    fn remaining(&self) -> u64 {
+        self.limit
+            .saturating_sub(self.used)
+            .saturating_sub(self.leased.iter().sum::<u64>())
+    }
+}
+
+pub struct Coordinator {
+    plans: UsagePlans,
+    shards: usize,
+    store: Option<Store>,
+    /// Each plan's first period (the quota offset applies to it).
+    first_period: Vec<Option<i64>>,
+    quotas: HashMap<u32, QuotaState, ahash::RandomState>,
+    /// Requests not yet written: (key, day) → count.
+    pending: HashMap<(u32, i64), u64, ahash::RandomState>,
+    to_shards: Vec<Sender<ToShard>>,
+}
+
+/// A share of `remaining` for each of `shards` shards to start with: a
+/// quarter of it spread evenly, so a busy shard soon asks for more and
+/// idle shards park little.
+fn shares(remaining: u64, shards: usize) -> Vec<u64> {
+    let n = shards.max(1) as u64;
+    let each = remaining / (4 * n);
+    if each > 0 {
+        return vec![each; shards];
+    }
+    // Fewer than 4 per shard: one each while they last.
+    (0..n).map(|i| u64::from(i < remaining)).collect()
+}
+
+/// Opens the store, loads the current period's usage of every quota key,
+/// starts the coordinator thread and returns one link per shard. Errors
+/// (an unreadable store) stop the start-up.
+pub fn start(plans: &UsagePlans, shards: usize) -> Result<(Vec<ShardLink>, Running), String> {
+    let unlinked = || {
+        (0..shards)
+            .map(|_| ShardLink {
+                to_coordinator: None,
+                from_coordinator: None,
+                initial: Vec::new(),
+                shards,
+            })
+            .collect()
+    };
+    if !plans.active() || shards == 0 {
+        return Ok((unlinked(), Running { thread: None }));
+    }
+    let store = match &plans.data_dir {
+        Some(dir) => Some(Store::open(dir)?),
+        None => None,
+    };
+    let mut to_shards = Vec::with_capacity(shards);
+    let mut from = Vec::with_capacity(shards);
+    for _ in 0..shards {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        to_shards.push(tx);
+        from.push(rx);
+    }
+    let mut c = Coordinator {
+        plans: plans.clone(),
+        shards,
+        store,
+        first_period: vec![None; plans.plans.len()],
+        quotas: HashMap::default(),
+        pending: HashMap::default(),
+        to_shards,
+    };
+    let today = clock::today();
+    let mut initial: Vec<Vec<Initial>> = vec![Vec::new(); shards];
+    for key in 0..plans.key_plan.len() as u32 {
+        let Some(Some(plan)) = plans.key_plan.get(key as usize).copied() else {
+            continue;
+        };
+        let Some(quota) = plans.plans.get(plan as usize).and_then(|p| p.quota) else {
+            continue;
+        };
+        let period = quota.period.start(today);
+        let mut q = c.new_quota(key, plan as usize, period)?;
+        let give = shares(q.remaining(), shards);
+        for (s, g) in give.iter().enumerate() {
+            q.leased[s] = *g;
+        }
+        for (s, init) in initial.iter_mut().enumerate() {
+            init.push(Initial {
+                key,
+                period,
+                held: give[s],
+                exhausted: q.remaining() == 0 && q.leased.iter().all(|&l| l == 0),
+            });
+        }
+        q.exhausted = q.remaining() == 0 && q.leased.iter().all(|&l| l == 0);
+        c.quotas.insert(key, q);
+    }
+    let (report_tx, report_rx) = crossbeam_channel::unbounded();
+    let thread = std::thread::Builder::new()
+        .name("coregate-usage".into())
+        .spawn(move || c.run(report_rx))
+        .map_err(|e| format!("cannot start the usage thread: {e}"))?;
+    let links = from
+        .into_iter()
+        .zip(initial)
+        .map(|(rx, initial)| ShardLink {
+            to_coordinator: Some(report_tx.clone()),
+            from_coordinator: Some(rx),
+            initial,
+            shards,
+        })
+        .collect();
+    Ok((
+        links,
+        Running {
+            thread: Some(thread),
+        },
+    ))
+}
+
+impl Coordinator {
+    /// A key's quota state for `period`, its usage so far read from the
+    /// store and what is pending.
+    fn new_quota(&mut self, key: u32, plan: usize, period: i64) -> Result<QuotaState, String> {
+        let Some(quota) = self.plans.plans.get(plan).and_then(|p| p.quota) else {
+            return Err("usage plan without quota".into());
+        };
+        let end = quota.period.end(period);
+        let key_id = self
+            .plans
+            .key_ids
+            .get(key as usize)
+            .cloned()
+            .unwrap_or_default();
+        let mut used = match &self.store {
+            Some(s) => s.sum(&key_id, period, end)?,
+            None => 0,
+        };
+        used += self
+            .pending
+            .iter()
+            .filter(|((k, d), _)| *k == key && *d >= period && *d < end)
+            .map(|(_, n)| *n)
+            .sum::<u64>();
+        let first = match self.first_period[plan] {
+            Some(f) => f,
+            None => {
+                let name = self.plans.plans[plan].name.clone();
+                let f = match &mut self.store {
+                    Some(s) => s.first_period(&name, period)?,
+                    None => period,
+                };
+                self.first_period[plan] = Some(f);
+                f
+            }
+        };
+        let limit = if first == period {
+            quota.limit.saturating_sub(quota.offset)
+        } else {
+            quota.limit
+        };
+        Ok(QuotaState {
+            plan,
+            period,
+            limit,
+            used,
+            leased: vec![0; self.shards],
+            want: vec![0; self.shards],
+            exhausted: false,
+            last_recall: None,
+            rotation: 0,
+        })
+    }
+
+    fn run(mut self, rx: Receiver<Report>) {
+        let flush_every = self.plans.flush_interval;
+        let mut next_flush = Instant::now() + flush_every;
+        let mut next_period_check = Instant::now() + PERIOD_CHECK;
+        let mut touched: Vec<u32> = Vec::new();
+        loop {
+            let wake = next_flush.min(next_period_check);
+            let mut stop = false;
+            match rx.recv_timeout(wake.saturating_duration_since(Instant::now())) {
+                Ok(r) => {
+                    self.apply(r, &mut touched);
+                    loop {
+                        match rx.try_recv() {
+                            Ok(r) => self.apply(r, &mut touched),
+                            Err(TryRecvError::Empty) => break,
+                            Err(TryRecvError::Disconnected) => {
+                                stop = true;
+                                break;
+                            }
+                        }
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => stop = true,
+            }
+            if stop {
+                // Every shard has stopped: write what they reported.
+                self.flush();
+                return;
+            }
+            touched.sort_unstable();
+            touched.dedup();
+            for key in touched.drain(..) {
+                self.distribute(key);
+            }
+            let now = Instant::now();
+            if now >= next_period_check {
+                next_period_check = now + PERIOD_CHECK;
+                self.roll_periods(clock::today());
+            }
+            if now >= next_flush {
+                next_flush = now + flush_every;
+                self.flush();
+            }
+        }
+    }
+
+    /// Writes pending usage. On failure it is kept and tried again.
+    fn flush(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let Some(store) = &mut self.store else {
+            self.pending.clear();
+            return;
+        };
+        let rows: Vec<(String, String, i64, u64)> = self
+            .pending
+            .iter()
+            .map(|(&(k, day), &n)| {
+                (
+                    self.plans
+                        .key_ids
+                        .get(k as usize)
+                        .cloned()
+                        .unwrap_or_default(),
+                    self.plans
+                        .key_names
+                        .get(k as usize)
+                        .cloned()
+                        .unwrap_or_default(),
+                    day,
+                    n,
+                )
+            })
+            .collect();
+        match store.add(&rows) {
+            Ok(()) => self.pending.clear(),
+            Err(e) => crate::log!("error", "cannot record usage (kept, retrying): {e}"),
+        }
+    }
+
+    /// Moves every quota whose period ended into the current one, with
+    /// fresh leases for every shard.
+    fn roll_periods(&mut self, today: i64) {
+        let keys: Vec<u32> = self.quotas.keys().copied().collect();
+        for key in keys {
+            let Some(q) = self.quotas.get(&key) else {
+                continue;
+            };
+            let Some(quota) = self.plans.plans.get(q.plan).and_then(|p| p.quota) else {
+                continue;
+            };
+            let period = quota.period.start(today);
+            if period > q.period {
+                self.roll(key, period, None);
+            }
+        }
+    }
+
+    /// `first`: a shard's report for the new period that caused the roll;
+    /// its requests count before the new leases are cut.
+    fn roll(&mut self, key: u32, period: i64, first: Option<&Report>) {
+        let Some(plan) = self.quotas.get(&key).map(|q| q.plan) else {
+            return;
+        };
+        // Usage already reported for the new period (a shard that rolled
+        // first) is in `pending`; new_quota counts it.
+        self.flush();
+        let mut q = match self.new_quota(key, plan, period) {
+            Ok(q) => q,
+            Err(e) => {
+                crate::log!("error", "usage: cannot start a new quota period: {e}");
+                return;
+            }
+        };
+        if let Some(r) = first {
+            q.used += r.spent_leased + r.spent_over;
+            q.want[r.shard] = r.want;
+        }
+        let give = shares(q.remaining(), self.shards);
+        for (s, g) in give.iter().enumerate() {
+            q.leased[s] = *g;
+        }
+        for (s, tx) in self.to_shards.iter().enumerate() {
+            // Sent even when 0: it tells the shard the period began.
+            let _ = tx.send(ToShard::Grant {
+                key,
+                period,
+                tokens: give[s],
+            });
+        }
+        self.quotas.insert(key, q);
+        self.distribute(key);
+    }
+
+    fn apply(&mut self, r: Report, touched: &mut Vec<u32>) {
+        if r.shard >= self.shards {
+            return;
+        }
+        self.account(&r, touched);
+        // After the quota accounting: a roll it caused reads `pending` and
+        // must not count this report twice.
+        if r.requests > 0 {
+            *self.pending.entry((r.key, r.day)).or_insert(0) += r.requests;
+        }
+    }
+
+    fn account(&mut self, r: &Report, touched: &mut Vec<u32>) {
+        let Some(cur) = self.quotas.get(&r.key).map(|q| q.period) else {
+            return;
+        };
+        if r.period > cur {
+            // The shard saw the new period first; what it admitted there on
+            // its fresh-period allowance counts before any new lease.
+            self.roll(r.key, r.period, Some(r));
+            touched.push(r.key);
+            return;
+        }
+        let Some(q) = self.quotas.get_mut(&r.key) else {
+            return;
+        };
+        if r.period < q.period {
+            return;
+        }
+        q.used += r.spent_leased + r.spent_over;
+        q.leased[r.shard] = q.leased[r.shard].saturating_sub(r.spent_leased + r.returned);
+        q.want[r.shard] = r.want;
+        touched.push(r.key);
+    }
+
+    fn distribute(&mut self, key: u32) {
+        let Some(q) = self.quotas.get_mut(&key) else {
+            return;
+        };
+        if q.exhausted {
+            return;
+        }
+        let n = self.shards;
+        let mut short = false;
+        for i in 0..n {
+            let s = (q.rotation + i) % n;
+            let deficit = q.want[s].saturating_sub(q.leased[s]);
+            if deficit == 0 {
+                continue;
+            }
+            let give = deficit.min(q.remaining());
+            if give > 0 {
+                q.leased[s] += give;
+                let _ = self.to_shards[s].send(ToShard::Grant {
+                    key,
+                    period: q.period,
+                    tokens: give,
+                });
+            }
+            if give < deficit {
+                short = true;
+            }
+        }
+        q.rotation = (q.rotation + 1) % n.max(1);
+        if !short {
+            return;
+        }
+        if q.remaining() == 0 && q.leased.iter().all(|&l| l == 0) {
+            q.exhausted = true;
+            for tx in &self.to_shards {
+                let _ = tx.send(ToShard::Exhausted {
+                    key,
+                    period: q.period,
+                });
+            }
+            return;
+        }
+        let now = Instant::now();
+        if q.last_recall
+            .is_none_or(|t| now.duration_since(t) >= RECALL_GAP)
+        {
+            q.last_recall = Some(now);
+            for s in 0..n {
+                if q.leased[s] > 0 && q.want[s] <= q.leased[s] {
+                    let _ = self.to_shards[s].send(ToShard::Recall {
+                        key,
+                        period: q.period,
+                    });
+                }
+            }
+        }
+    }
+}
+
+/// The period a quota key is in on `day` (for tests and the CLI).
+pub fn period_of(period: Period, day: i64) -> (i64, i64) {
+    let start = period.start(day);
+    (start, period.end(start))
+}

@@ -1,0 +1,396 @@
+//! A shard's side of usage plans: counts every keyed request for the
+//! per-day record and spends quota from the lease the coordinator gave it.
+//! The request path reads and writes shard-local cells only; a per-shard
+//! task reports and takes in leases every [`TICK`].
+
+use super::coordinator::{Report, ShardLink, ToShard};
+use super::UsagePlans;
+use crossbeam_channel::{Receiver, Sender, TryRecvError};
+use std::cell::{Cell, RefCell};
+use std::future::Future;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+/// How often a shard reports usage and takes in leases.
+pub const TICK: Duration = Duration::from_millis(10);
+/// Seconds of a shard's measured demand it asks to hold.
+const HORIZON_SECS: f64 = 0.1;
+
+/// A shard's view of one key's quota.
+#[derive(Debug, Clone, Default)]
+struct QuotaLocal {
+    /// First day of the period.
+    period: i64,
+    held: u64,
+    /// Since the last report.
+    spent_leased: u64,
+    spent_over: u64,
+    attempts: u64,
+    exhausted: bool,
+    recall: bool,
+    demand: f64,
+    last_want: u64,
+}
+
+impl QuotaLocal {
+    /// A new period, before the coordinator's first grant for it: the
+    /// first request waits for it.
+    fn fresh(period: i64) -> QuotaLocal {
+        QuotaLocal {
+            period,
+            ..QuotaLocal::default()
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+struct KeyLocal {
+    /// Requests admitted on `Inner::day` not yet reported.
+    requests: u64,
+    quota: Option<QuotaLocal>,
+    active: bool,
+}
+
+struct Inner {
+    shard: usize,
+    plans: UsagePlans,
+    keys: RefCell<Vec<KeyLocal>>,
+    /// Keys with something to report.
+    active: RefCell<Vec<u32>>,
+    day: Cell<i64>,
+    /// Requests waiting for a lease: the reconciler runs every
+    /// [`URGENT_TICK`] while there are any.
+    urgent: Cell<u32>,
+    /// The reconciler's waker while it sleeps.
+    waker: Cell<Option<std::task::Waker>>,
+    to: Option<Sender<Report>>,
+    from: Option<Receiver<ToShard>>,
+}
+
+/// A shard's usage counters.
+pub struct ShardUsage {
+    inner: Rc<Inner>,
+}
+
+/// What the quota says about a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QuotaCheck {
+    /// No quota for this key.
+    None,
+    Allowed,
+    /// Requests are left, but this shard holds none of them yet.
+    Wait,
+    /// 429 "Limit Exceeded".
+    Exceeded,
+}
+
+/// How long a request waits for its shard's next lease of a quota before
+/// it is refused.
+pub const LEASE_WAIT: Duration = Duration::from_millis(100);
+/// How often the reconciler runs while a request waits for a lease.
+const URGENT_TICK: Duration = Duration::from_millis(1);
+
+impl ShardUsage {
+    pub fn new(plans: &UsagePlans, shard: usize, link: ShardLink) -> ShardUsage {
+        let day = super::clock::today();
+        let mut keys: Vec<KeyLocal> = vec![KeyLocal::default(); plans.key_plan.len()];
+        for (k, local) in keys.iter_mut().enumerate() {
+            if let Some(q) = plans.quota_of(k as u32) {
+                // Replaced by the coordinator's initial state below.
+                local.quota = Some(QuotaLocal::fresh(q.period.start(day)));
+            }
+        }
+        for init in &link.initial {
+            if let Some(Some(q)) = keys.get_mut(init.key as usize).map(|k| k.quota.as_mut()) {
+                q.period = init.period;
+                q.held = init.held;
+                q.exhausted = init.exhausted;
+            }
+        }
+        ShardUsage {
+            inner: Rc::new(Inner {
+                shard,
+                plans: plans.clone(),
+                keys: RefCell::new(keys),
+                active: RefCell::new(Vec::new()),
+                day: Cell::new(day),
+                urgent: Cell::new(0),
+                waker: Cell::new(None),
+                to: link.to_coordinator,
+                from: link.from_coordinator,
+            }),
+        }
+    }
+
+    pub fn plans(&self) -> &UsagePlans {
+        &self.inner.plans
+    }
+
+    /// May the key spend one request of its quota? Spends nothing.
+    pub fn peek(&self, key: u32) -> QuotaCheck {
+        let keys = self.inner.keys.borrow();
+        let Some(q) = keys.get(key as usize).and_then(|k| k.quota.as_ref()) else {
+            return QuotaCheck::None;
+        };
+        if q.held > 0 {
+            QuotaCheck::Allowed
+        } else if q.exhausted {
+            QuotaCheck::Exceeded
+        } else {
+            QuotaCheck::Wait
+        }
+    }
+
+    /// Waits (at most [`LEASE_WAIT`]) until the key's quota can be checked
+    /// again on this shard: a lease or an exhaustion notice arrived. The
+    /// reconciler reports the demand at once and runs every millisecond
+    /// meanwhile.
+    pub async fn wait(&self, key: u32) {
+        self.note_refused(key);
+        let deadline = Instant::now() + LEASE_WAIT;
+        self.inner.urgent.set(self.inner.urgent.get() + 1);
+        if let Some(w) = self.inner.waker.take() {
+            w.wake();
+        }
+        while self.peek(key) == QuotaCheck::Wait && Instant::now() < deadline {
+            glommio::timer::sleep(URGENT_TICK).await;
+        }
+        self.inner
+            .urgent
+            .set(self.inner.urgent.get().saturating_sub(1));
+    }
+
+    /// Notes a refused quota check (demand the coordinator should see).
+    pub fn note_refused(&self, key: u32) {
+        let mut keys = self.inner.keys.borrow_mut();
+        if let Some(k) = keys.get_mut(key as usize) {
+            if let Some(q) = k.quota.as_mut() {
+                q.attempts += 1;
+            }
+            if !k.active {
+                k.active = true;
+                self.inner.active.borrow_mut().push(key);
+            }
+        }
+    }
+
+    /// Counts an admitted request of `key` (and spends its quota, if any;
+    /// call [`ShardUsage::peek`] first).
+    pub fn admit(&self, key: u32) {
+        if self.inner.to.is_none() {
+            return;
+        }
+        let mut keys = self.inner.keys.borrow_mut();
+        let Some(k) = keys.get_mut(key as usize) else {
+            return;
+        };
+        k.requests += 1;
+        if let Some(q) = k.quota.as_mut() {
+            q.attempts += 1;
+            if q.held > 0 {
+                q.held -= 1;
+                q.spent_leased += 1;
+            } else {
+                // Not after a peek that said Allowed; counted all the same.
+                q.spent_over += 1;
+            }
+        }
+        if !k.active {
+            k.active = true;
+            self.inner.active.borrow_mut().push(key);
+        }
+    }
+
+    /// Reports what is not reported yet: the shard is stopping.
+    pub fn final_report(&self) {
+        if self.inner.to.is_some() {
+            self.inner.reconcile(0.0, self.inner.day.get());
+        }
+    }
+
+    /// One reconciliation step, as the task runs it (tests drive shards by
+    /// hand).
+    #[cfg(test)]
+    pub fn tick_for_tests(&self) {
+        self.inner.reconcile(0.01, super::clock::today());
+    }
+
+    /// The shard's usage task: every [`TICK`] it takes in leases and
+    /// reports. Ends at once when usage is not recorded.
+    pub fn reconciler(&self) -> impl Future<Output = ()> + 'static {
+        let inner = self.inner.clone();
+        async move {
+            if inner.to.is_none() {
+                return;
+            }
+            let mut last = Instant::now();
+            loop {
+                if inner.urgent.get() > 0 {
+                    glommio::timer::sleep(URGENT_TICK).await;
+                } else {
+                    inner.sleep(TICK).await;
+                }
+                let now = Instant::now();
+                let dt = now.duration_since(last).as_secs_f64();
+                last = now;
+                if !inner.reconcile(dt, super::clock::today()) {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+impl Inner {
+    /// Sleeps `d`, or less if a request starts waiting for a lease.
+    async fn sleep(&self, d: Duration) {
+        let mut timer = std::pin::pin!(glommio::timer::sleep(d));
+        std::future::poll_fn(|cx| {
+            if self.urgent.get() > 0 || timer.as_mut().poll(cx).is_ready() {
+                return std::task::Poll::Ready(());
+            }
+            self.waker.set(Some(cx.waker().clone()));
+            std::task::Poll::Pending
+        })
+        .await;
+        self.waker.set(None);
+    }
+
+    fn send(&self, r: Report) -> bool {
+        self.to.as_ref().is_some_and(|tx| tx.send(r).is_ok())
+    }
+
+    /// One step: leases in, reports out, then the new day (and period) if
+    /// the date changed. False when the coordinator is gone.
+    fn reconcile(&self, dt: f64, today: i64) -> bool {
+        let mut keys = self.keys.borrow_mut();
+        if let Some(rx) = &self.from {
+            loop {
+                let msg = match rx.try_recv() {
+                    Ok(m) => m,
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => return false,
+                };
+                let (key, period) = match msg {
+                    ToShard::Grant { key, period, .. }
+                    | ToShard::Exhausted { key, period }
+                    | ToShard::Recall { key, period } => (key, period),
+                };
+                let Some(k) = keys.get_mut(key as usize) else {
+                    continue;
+                };
+                let Some(q) = k.quota.as_mut() else {
+                    continue;
+                };
+                if period < q.period {
+                    // About a period this shard has left; the coordinator
+                    // dropped that period's leases when it moved on.
+                    continue;
+                }
+                if period > q.period {
+                    // The coordinator moved to a new period first. Report
+                    // what this shard spent in the old one, then move.
+                    self.send(report_of(self.shard, key, self.day.get(), k, 0.0));
+                    k.quota = Some(QuotaLocal::fresh(period));
+                }
+                let Some(q) = k.quota.as_mut() else {
+                    continue;
+                };
+                match msg {
+                    ToShard::Grant { tokens, .. } => q.held += tokens,
+                    ToShard::Exhausted { .. } => q.exhausted = true,
+                    ToShard::Recall { .. } => q.recall = true,
+                }
+                if !k.active {
+                    k.active = true;
+                    self.active.borrow_mut().push(key);
+                }
+            }
+        }
+        let day = self.day.get();
+        let mut ok = true;
+        self.active.borrow_mut().retain(|&key| {
+            let Some(k) = keys.get_mut(key as usize) else {
+                return false;
+            };
+            let r = report_of(self.shard, key, day, k, dt);
+            let quiet = r.requests == 0
+                && r.spent_leased == 0
+                && r.spent_over == 0
+                && r.returned == 0
+                && k.quota.as_ref().is_none_or(|q| q.demand == 0.0);
+            let changed = !quiet || k.quota.as_ref().is_some_and(|q| q.last_want != r.want);
+            if changed {
+                ok &= self.send(r);
+            }
+            if let Some(q) = k.quota.as_mut() {
+                q.last_want = r.want;
+            }
+            k.active = !quiet;
+            k.active
+        });
+        if today != day {
+            self.day.set(today);
+            for (i, k) in keys.iter_mut().enumerate() {
+                let Some(q) = k.quota.as_mut() else { continue };
+                let Some(quota) = self.plans.quota_of(i as u32) else {
+                    continue;
+                };
+                let period = quota.period.start(today);
+                if period > q.period {
+                    *q = QuotaLocal::fresh(period);
+                }
+            }
+        }
+        ok
+    }
+}
+
+/// Builds a key's report and resets its counters.
+fn report_of(shard: usize, key: u32, day: i64, k: &mut KeyLocal, dt: f64) -> Report {
+    let requests = std::mem::take(&mut k.requests);
+    let mut r = Report {
+        shard,
+        key,
+        day,
+        requests,
+        period: 0,
+        spent_leased: 0,
+        spent_over: 0,
+        returned: 0,
+        want: 0,
+    };
+    if let Some(q) = k.quota.as_mut() {
+        let rate = if dt > 0.0 {
+            q.attempts as f64 / dt.max(1e-3)
+        } else {
+            0.0
+        };
+        q.demand = if rate >= q.demand {
+            rate
+        } else {
+            q.demand * 0.7 + rate * 0.3
+        };
+        if q.demand < 1.0 && q.attempts == 0 {
+            q.demand = 0.0;
+        }
+        q.attempts = 0;
+        let want = if q.demand == 0.0 || q.exhausted {
+            0
+        } else {
+            (q.demand * HORIZON_SECS).ceil() as u64 + 1
+        };
+        let returned = if q.recall && q.held > 0 {
+            std::mem::take(&mut q.held)
+        } else {
+            0
+        };
+        q.recall = false;
+        r.period = q.period;
+        r.spent_leased = std::mem::take(&mut q.spent_leased);
+        r.spent_over = std::mem::take(&mut q.spent_over);
+        r.returned = returned;
+        r.want = want;
+    }
+    r
+}
