@@ -129,6 +129,7 @@ impl Fixture {
             self.peer,
             &mut self.xbuf,
             &mut self.request_id,
+            None,
         )
     }
 

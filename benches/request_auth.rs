@@ -69,6 +69,7 @@ fn view<'a>(buf: &'a [u8], head: &'a RequestHead) -> RequestView<'a> {
         peer: "10.1.2.3:40000".parse().expect("peer"),
         route: Some(0),
         now: Instant::now(),
+        client_cert_subject: None,
     }
 }
 

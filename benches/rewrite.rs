@@ -38,7 +38,9 @@ fn rewrite(c: &mut Criterion) {
         };
         let up = &plan.upstreams[p.upstream];
         let mut out = Vec::with_capacity(4096);
-        write_upstream_head(&mut out, buf, &head, &params, p, up, 0, peer, request_id);
+        write_upstream_head(
+            &mut out, buf, &head, &params, p, up, 0, peer, request_id, None,
+        );
         assert!(
             out.starts_with(b"GET /pets/42"),
             "{}",
@@ -56,6 +58,7 @@ fn rewrite(c: &mut Criterion) {
                     0,
                     peer,
                     request_id,
+                    None,
                 );
                 black_box(out.len())
             })

@@ -155,6 +155,7 @@ fn bench(c: &mut Criterion) {
             peer,
             route: Some(0),
             now: Instant::now(),
+            client_cert_subject: None,
         };
         b.iter(|| {
             let mut req = RequestState::default();

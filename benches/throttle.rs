@@ -61,6 +61,7 @@ fn timed_checks(plan: &Plan, head: &RequestHead, iters: u64, expect_admit: bool)
         peer: "10.1.2.3:40000".parse().expect("peer"),
         route: Some(0),
         now: Instant::now(),
+        client_cert_subject: None,
     };
     if !expect_admit {
         // Spend the only token first.

@@ -2,10 +2,10 @@
 # coregate load-test suite: coregate against nginx as a reverse proxy, on one
 # Linux box, loopback only. See loadtest/README.md and docs/benchmarks.md.
 #
-#   loadtest/run.sh            full suite (about 12 minutes on 2 cores)
+#   loadtest/run.sh            full suite (about 15 minutes on 2 cores)
 #   loadtest/run.sh --smoke    every scenario once, tiny (under a minute after
 #                              the build); exits 0 when all ran, asserts no ratio
-#   loadtest/run.sh --only throughput,latency,memory,scaling,bodies,profile
+#   loadtest/run.sh --only throughput,latency,memory,scaling,bodies,policies,tls,profile
 #                              run some sections (latency needs throughput's
 #                              nginx maximum; it measures one if throughput is
 #                              skipped)
@@ -26,7 +26,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 LT=$ROOT/loadtest
 
 SMOKE=0
-ONLY="throughput,latency,memory,scaling,bodies,policies"
+ONLY="throughput,latency,memory,scaling,bodies,policies,tls"
 while [ $# -gt 0 ]; do
     case "$1" in
         --smoke) SMOKE=1 ;;
@@ -60,6 +60,8 @@ BACKEND_OK_PORT=18091
 COREGATE_PORT=18080
 COREGATE2_PORT=18082
 NGINX_PORT=18081
+COREGATE_TLS_PORT=18083
+NGINX_TLS_PORT=18084
 
 STAMP=$(date +%Y%m%d-%H%M%S)
 OUT=$LT/results/$STAMP$([ $SMOKE = 1 ] && echo -smoke || true)
@@ -131,6 +133,7 @@ command -v wrk >/dev/null || need+=(wrk)
 command -v nginx >/dev/null || need+=(nginx)
 command -v curl >/dev/null || need+=(curl)
 command -v taskset >/dev/null || need+=(util-linux)
+command -v openssl >/dev/null || need+=(openssl)
 [ ${#need[@]} -eq 0 ] || { log "installing ${need[*]}"; apt_install "${need[@]}"; }
 
 NCPU=$(nproc)
@@ -144,7 +147,8 @@ if [ "$(ulimit -n)" != unlimited ] && [ "$(ulimit -n)" -lt $((IDLE_CONNS + 500))
     log "open-file limit $(ulimit -n) is below $((IDLE_CONNS + 500)); idle connections reduced"
     IDLE_CONNS=$(($(ulimit -n) - 500))
 fi
-for port in $BACKEND_PORT $BACKEND_OK_PORT $COREGATE_PORT $COREGATE2_PORT $NGINX_PORT; do
+for port in $BACKEND_PORT $BACKEND_OK_PORT $COREGATE_PORT $COREGATE2_PORT $NGINX_PORT \
+    $COREGATE_TLS_PORT $NGINX_TLS_PORT; do
     if ss -Htln "sport = :$port" | grep -q .; then
         echo "run.sh: port $port is in use" >&2
         exit 1
@@ -182,6 +186,12 @@ WATCHDOG=$!
 
 # === configs ===
 head -c 1048576 /dev/zero | tr '\0' 'x' >"$WORK/www/big"
+# One certificate for both proxies' TLS listeners: ECDSA P-256, self-signed
+# for localhost (the clients do not verify it; the cost measured is the
+# server's).
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+    -keyout "$WORK/tls.key" -out "$WORK/tls.crt" -subj /CN=localhost \
+    -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" >"$WORK/openssl.log" 2>&1
 cat >"$WORK/upload.lua" <<'EOF'
 wrk.method = "POST"
 wrk.body = string.rep("x", 1048576)
@@ -272,11 +282,35 @@ http {
             proxy_max_temp_file_size 0;
         }
     }
+    # TLS: the same locations behind the same certificate coregate serves;
+    # TLS 1.2 and 1.3, session tickets (nginx's default) and a session cache,
+    # as coregate resumes both ways.
+    server {
+        listen 127.0.0.1:$NGINX_TLS_PORT ssl backlog=4096;
+        ssl_certificate $WORK/tls.crt;
+        ssl_certificate_key $WORK/tls.key;
+        ssl_protocols TLSv1.2 TLSv1.3;
+        ssl_session_cache shared:SSL:10m;
+        ssl_session_tickets on;
+        location = /mock { default_type text/plain; return 200 "hello, world\n"; }
+        location / {
+            proxy_pass http://backend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+            proxy_set_header X-Forwarded-Proto \$scheme;
+            proxy_set_header X-Forwarded-Host \$host;
+            proxy_set_header X-Request-Id \$request_id;
+            add_header X-Request-Id \$request_id always;
+            proxy_request_buffering off;
+            proxy_max_temp_file_size 0;
+        }
+    }
 }
 EOF
 } >"$WORK/nginx-proxy.conf"
 
-coregate_conf() { # port shards cpus
+coregate_conf() { # port shards cpus [tls-port]
     cat <<EOF
 [server]
 listen = ["127.0.0.1:$1"]
@@ -286,6 +320,19 @@ drain_timeout_ms = 2000
 
 [server.limits]
 max_body_bytes = 16777216
+EOF
+    if [ -n "${4:-}" ]; then
+        cat <<EOF
+
+[server.tls]
+listen = ["127.0.0.1:$4"]
+
+[[server.tls.certificates]]
+cert = "$WORK/tls.crt"
+key = "$WORK/tls.key"
+EOF
+    fi
+    cat <<EOF
 
 [[upstreams]]
 name = "backend"
@@ -317,7 +364,7 @@ integration = { type = "http_proxy", url = "http://backend/{proxy}" }
 throttle = { rate = 10000000, burst = 100000000 }
 EOF
 }
-coregate_conf $COREGATE_PORT 1 $PROXY_CPU >"$WORK/coregate-1.toml"
+coregate_conf $COREGATE_PORT 1 $PROXY_CPU $COREGATE_TLS_PORT >"$WORK/coregate-1.toml"
 coregate_conf $COREGATE2_PORT 2 "0, 1" >"$WORK/coregate-2.toml"
 "$COREGATE" check --config "$WORK/coregate-1.toml" >/dev/null
 "$COREGATE" check --config "$WORK/coregate-2.toml" >/dev/null
@@ -446,8 +493,13 @@ for t in direct coregate nginx; do
     code=$(curl -s -o /dev/null -w '%{http_code}' --data-binary "@$WORK/www/big" "${URL[$t]}/upload")
     [ "$code" = 200 ] || { echo "run.sh: $t POST /upload answered $code" >&2; exit 1; }
 done
+declare -A TLS_PORT=([coregate]=$COREGATE_TLS_PORT [nginx]=$NGINX_TLS_PORT)
 for t in coregate nginx; do
     curl -s -D - -o /dev/null "${URL[$t]}/hello" >"$WORK/$t-response-head.txt"
+    for p in /hello /mock; do
+        code=$(curl -sk -o /dev/null -w '%{http_code}' "https://127.0.0.1:${TLS_PORT[$t]}$p")
+        [ "$code" = 200 ] || { echo "run.sh: $t https $p answered $code" >&2; exit 1; }
+    done
 done
 log "all targets answer; warming up"
 for t in direct coregate nginx; do run_wrk "${URL[$t]}/hello" 1 "$CONNS" >/dev/null; done
@@ -581,6 +633,48 @@ if want bodies; then
     for run in $(seq "$BODY_RUNS"); do
         for t in coregate nginx direct; do
             measure upload "$t" "$run" "${URL[$t]}/upload" "$BODY_DUR" $BODY_CONNS "${PROCS[$t]}" -s "$WORK/upload.lua"
+        done
+    done
+fi
+
+# === TLS: requests on established connections, new and resumed handshakes ===
+# One cgload tls run: closed-loop handshakes; records the rate, the proxy's CPU
+# per handshake (each carries one request) and how many resumed.
+measure_handshakes() { # section target run resume version
+    local section=$1 t=$2 run=$3 resume=$4 version=$5 t0 t1 line rate n resumed errs cpu
+    t0=$(cpu_ticks ${PROCS[$t]})
+    line=$(taskset -c $GEN_CPU "$CGLOAD" tls --addr "127.0.0.1:${TLS_PORT[$t]}" --path /mock \
+        --duration "$TLS_HS_DUR" --conns "$TLS_HS_CONNS" --resume "$resume" --tls "$version")
+    t1=$(cpu_ticks ${PROCS[$t]})
+    echo "$t $section $run $line" >>"$OUT/cgload.log"
+    rate=$(sed -n 's/.*rate=\([0-9.]*\).*/\1/p' <<<"$line")
+    n=$(sed -n 's/.*handshakes=\([0-9]*\).*/\1/p' <<<"$line")
+    resumed=$(sed -n 's/.*resumed=\([0-9]*\).*/\1/p' <<<"$line")
+    errs=$(sed -n 's/.*errors=\([0-9]*\).*/\1/p' <<<"$line")
+    cpu=$(awk -v d=$((t1 - t0)) -v r="$n" -v u=$TICK_US 'BEGIN { if (r > 0) printf "%.2f", d * u / r; else print "nan" }')
+    record "$section" "$t" "$run" rps "${rate:-0}"
+    record "$section" "$t" "$run" cpu_us "$cpu"
+    record "$section" "$t" "$run" resumed_pct "$(awk -v a="${resumed:-0}" -v b="${n:-0}" 'BEGIN { if (b > 0) printf "%.1f", 100 * a / b; else print "nan" }')"
+    record "$section" "$t" "$run" errors "${errs:-0}"
+    log "  $section $t run $run: ${rate:-0} handshakes/s, $cpu us CPU/handshake, resumed ${resumed:-0}/${n:-0}, errors ${errs:-0}"
+    ERRORS_SEEN=$((ERRORS_SEEN + ${errs:-0}))
+}
+if want tls; then
+    TLS_HS_DUR=$([ $SMOKE = 1 ] && echo 1 || echo $((DUR / 2)))
+    TLS_HS_CONNS=8
+    log "tls: https keep-alive (wrk -c$CONNS) and new/resumed handshakes (cgload tls, $TLS_HS_CONNS threads, ${TLS_HS_DUR}s); $SCALE_RUNS runs"
+    for t in coregate nginx; do
+        run_wrk "https://127.0.0.1:${TLS_PORT[$t]}/hello" 1 "$CONNS" >/dev/null
+    done
+    for run in $(seq "$SCALE_RUNS"); do
+        for t in coregate nginx; do
+            measure tls-established "$t" "$run" "https://127.0.0.1:${TLS_PORT[$t]}/hello" "$DUR" "$CONNS" "${PROCS[$t]}"
+        done
+        for spec in "tls13-new 0 1.3" "tls13-resumed 1 1.3" "tls12-new 0 1.2" "tls12-resumed 1 1.2"; do
+            read -r section resume version <<<"$spec"
+            for t in coregate nginx; do
+                measure_handshakes "$section" "$t" "$run" "$resume" "$version"
+            done
         done
     done
 fi
@@ -759,6 +853,32 @@ LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)
             echo
             echo "- $s coregate/nginx: req/s $(ratio "$a" "$b"), CPU per request $(ratio "$ac" "$bc")"
         done
+        echo
+    fi
+    if want tls; then
+        echo "## TLS: same ECDSA P-256 certificate, $SCALE_RUNS runs"
+        echo
+        echo "| scenario | target | rate median | min | max | proxy CPU µs median | resumed % | rate coregate/nginx | CPU coregate/nginx |"
+        echo "|---|---|---|---|---|---|---|---|---|"
+        for s in tls-established tls13-new tls13-resumed tls12-new tls12-resumed; do
+            read -r a _ <<<"$(stat_of $s coregate rps)"
+            read -r b _ <<<"$(stat_of $s nginx rps)"
+            read -r ac _ <<<"$(stat_of $s coregate cpu_us)"
+            read -r bc _ <<<"$(stat_of $s nginx cpu_us)"
+            for t in coregate nginx; do
+                read -r m lo hi _ <<<"$(stat_of $s $t rps)"
+                read -r c _ <<<"$(stat_of $s $t cpu_us)"
+                read -r rp _ <<<"$(stat_of $s $t resumed_pct)"
+                [ $s = tls-established ] && rp=-
+                if [ $t = coregate ]; then
+                    echo "| $s | $t | $(fmt "$m") | $(fmt "$lo") | $(fmt "$hi") | $c | $rp | $(ratio "$a" "$b") | $(ratio "$ac" "$bc") |"
+                else
+                    echo "| $s | $t | $(fmt "$m") | $(fmt "$lo") | $(fmt "$hi") | $c | $rp | | |"
+                fi
+            done
+        done
+        echo
+        echo "tls-established: wrk -t1 -c$CONNS over HTTPS keep-alive, proxied /hello: requests/s and CPU µs per request (each connection's handshake happens once, at the start). tlsNN-new / tlsNN-resumed: cgload tls, $TLS_HS_CONNS threads on CPU $GEN_CPU, each looping connect, handshake, one GET /mock (answered by the proxy itself) with Connection: close, close; the rate is handshakes/s and the CPU is the proxy's per handshake. resumed: the threads share one rustls session store (TLS 1.3 tickets; TLS 1.2 tickets or session ids, whichever the server offers); new: resumption off. The client does the other half of every handshake on CPU $GEN_CPU, so a rate may be the client's limit: the CPU columns are the proxy's own cost."
         echo
     fi
     if want profile; then

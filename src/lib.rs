@@ -8,6 +8,7 @@
 //! 5. [`integration`] — a mock answer, or a proxied call to an upstream.
 //!
 //! [`config`] is read before any of this: TOML in, an immutable plan out.
+//! [`tls`] wraps steps 2 and 5 when a listener or an upstream speaks TLS.
 
 pub mod config;
 pub mod http;
@@ -17,3 +18,4 @@ pub mod pipeline;
 pub mod policy;
 pub mod route;
 pub mod runtime;
+pub mod tls;

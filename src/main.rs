@@ -216,13 +216,17 @@ fn check(path: &std::path::Path) -> ExitCode {
     match load(path) {
         Ok(plan) => {
             println!(
-                "ok: {}: {} api(s), {} route(s), {} upstream(s), {} shard(s) on {:?}",
+                "ok: {}: {} api(s), {} route(s), {} upstream(s), {} shard(s) on {:?}{}",
                 path.display(),
                 plan.table_api_count(),
                 plan.routes.len(),
                 plan.upstreams.len(),
                 plan.server.shards,
-                plan.server.listen
+                plan.server.listen,
+                match &plan.server.tls {
+                    Some(t) => format!(", TLS on {:?}", t.listen),
+                    None => String::new(),
+                }
             );
             ExitCode::SUCCESS
         }
@@ -255,6 +259,9 @@ fn serve(path: &std::path::Path) -> ExitCode {
     };
     for addr in &server.local_addrs {
         println!("coregate: listening on {addr}");
+    }
+    for addr in &server.tls_addrs {
+        println!("coregate: listening on {addr} (tls)");
     }
     coregate::log!(
         "info",

@@ -33,6 +33,8 @@ pub struct ServerPlan {
     pub backlog: u32,
     pub drain_timeout: Duration,
     pub max_connections_per_shard: usize,
+    /// HTTPS listeners, when `[server.tls]` is set.
+    pub tls: Option<crate::tls::ServerTlsPlan>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -75,6 +77,10 @@ pub struct UpstreamPlan {
     pub pool_idle_timeout: Duration,
     pub health_max_failures: u32,
     pub health_cooldown: Duration,
+    /// The roots of `tls_ca`, for https:// (else the system's).
+    pub tls_ca: Option<std::sync::Arc<rustls::RootCertStore>>,
+    /// Set when routes reach the upstream with https://.
+    pub tls: Option<crate::tls::UpstreamTls>,
 }
 
 #[derive(Debug, Clone)]
@@ -170,7 +176,11 @@ fn resolve(addr: &str) -> Result<SocketAddr, String> {
 /// Validates and compiles a raw config. Returns every error found.
 pub fn compile(raw: &RawConfig) -> Result<Plan, Vec<ConfigError>> {
     let mut errors = Vec::new();
-    let server = compile_server(&raw.server, &mut errors);
+    let mut server = compile_server(&raw.server, &mut errors);
+    if let Some(tls) = &raw.server.tls {
+        server.tls =
+            crate::tls::compile_server(tls, raw.base_dir.as_deref(), &server.listen, &mut errors);
+    }
     let limits = compile_limits(&raw.server.limits, &mut errors);
 
     let mut upstreams = Vec::new();
@@ -178,7 +188,13 @@ pub fn compile(raw: &RawConfig) -> Result<Plan, Vec<ConfigError>> {
     // reported again.
     let mut failed_upstreams: Vec<&str> = Vec::new();
     for (i, u) in raw.upstreams.iter().enumerate() {
-        if let Some(up) = compile_upstream(u, &format!("upstreams[{i}]"), &mut errors) {
+        if let Some(mut up) = compile_upstream(u, &format!("upstreams[{i}]"), &mut errors) {
+            up.tls_ca = crate::tls::compile_upstream_ca(
+                u.tls_ca.as_deref(),
+                raw.base_dir.as_deref(),
+                &format!("upstreams[{i}]"),
+                &mut errors,
+            );
             if upstreams.iter().any(|x: &UpstreamPlan| x.name == up.name) {
                 errors.push(ConfigError::new(
                     format!("upstreams[{i}].name"),
@@ -192,6 +208,7 @@ pub fn compile(raw: &RawConfig) -> Result<Plan, Vec<ConfigError>> {
     }
 
     let mut routes = Vec::new();
+    let mut upstream_tls = crate::tls::UpstreamTlsBuilder::default();
     let mut policy_builder = crate::policy::PolicyBuilder::new(raw, &mut errors);
     policy_builder.api_keys_configured = crate::policy::api_key::configured(raw);
     let api_keys = crate::policy::api_key::compile_store(raw, &mut errors);
@@ -302,14 +319,29 @@ pub fn compile(raw: &RawConfig) -> Result<Plan, Vec<ConfigError>> {
                     &format!("{rkey}.integration"),
                     &mut errors,
                 ),
-                RawIntegration::HttpProxy { url } => compile_proxy(
-                    url,
-                    &key,
-                    &format!("{rkey}.integration.url"),
-                    &mut upstreams,
-                    &failed_upstreams,
-                    &mut errors,
-                ),
+                RawIntegration::HttpProxy { url } => {
+                    let ukey = format!("{rkey}.integration.url");
+                    let i = compile_proxy(
+                        url,
+                        &key,
+                        &ukey,
+                        &mut upstreams,
+                        &failed_upstreams,
+                        &mut errors,
+                    );
+                    if let Some(Integration::Proxy(p)) = &i {
+                        let https = url.starts_with("https://");
+                        upstream_tls.reach(
+                            &mut upstreams[p.upstream],
+                            p.upstream,
+                            https,
+                            url,
+                            &ukey,
+                            &mut errors,
+                        );
+                    }
+                    i
+                }
             };
             let Some(mut integration) = integration else {
                 continue;
@@ -380,7 +412,7 @@ fn compile_server(s: &RawServer, errors: &mut Vec<ConfigError>) -> ServerPlan {
         .listen
         .clone()
         .unwrap_or_else(|| vec![DEFAULT_LISTEN.to_string()]);
-    if listen_raw.is_empty() {
+    if listen_raw.is_empty() && s.tls.is_none() {
         errors.push(ConfigError::new(
             "server.listen",
             "must name at least one address",
@@ -474,6 +506,7 @@ fn compile_server(s: &RawServer, errors: &mut Vec<ConfigError>) -> ServerPlan {
             s.max_connections_per_shard,
             DEFAULT_MAX_CONNECTIONS_PER_SHARD,
         ),
+        tls: None,
     }
 }
 
@@ -678,6 +711,8 @@ fn compile_upstream(
             u.health.cooldown_ms,
             DEFAULT_HEALTH_COOLDOWN_MS,
         ),
+        tls_ca: None,
+        tls: None,
     };
     (errors.len() == before).then_some(plan)
 }
@@ -760,8 +795,10 @@ fn compile_mock(
     })
 }
 
-/// Parses `http://authority[/path][?query]`. The authority names a declared
-/// upstream, or is a `host:port` that becomes an implicit single-target one.
+/// Parses `http(s)://authority[/path][?query]`. The authority names a
+/// declared upstream, or is a `host:port` that becomes an implicit
+/// single-target one. Whether the upstream speaks TLS is settled by the
+/// caller ([`crate::tls::UpstreamTlsBuilder`]).
 fn compile_proxy(
     url: &str,
     key: &RouteKey,
@@ -770,14 +807,16 @@ fn compile_proxy(
     failed_upstreams: &[&str],
     errors: &mut Vec<ConfigError>,
 ) -> Option<Integration> {
-    let Some(rest) = url.strip_prefix("http://") else {
-        let msg = if url.starts_with("https://") {
-            "https:// upstreams are not supported yet; use http://"
-        } else {
-            "must start with http://"
-        };
-        errors.push(ConfigError::new(ukey, format!("{url:?}: {msg}")));
-        return None;
+    let (rest, https) = match (url.strip_prefix("http://"), url.strip_prefix("https://")) {
+        (Some(rest), _) => (rest, false),
+        (None, Some(rest)) => (rest, true),
+        (None, None) => {
+            errors.push(ConfigError::new(
+                ukey,
+                format!("{url:?}: must start with http:// or https://"),
+            ));
+            return None;
+        }
     };
     let end = rest.find(['/', '?']).unwrap_or(rest.len());
     let authority = &rest[..end];
@@ -799,6 +838,8 @@ fn compile_proxy(
         None => {
             let with_port = if authority.contains(':') && !authority.ends_with(']') {
                 authority.to_string()
+            } else if https {
+                format!("{authority}:443")
             } else {
                 format!("{authority}:80")
             };
@@ -813,8 +854,13 @@ fn compile_proxy(
                 }
             };
             // Implicit upstreams with the same host:port share one pool
-            // (`http://localhost` and `http://localhost:80` are one).
-            let name = with_port.clone();
+            // (`http://localhost` and `http://localhost:80` are one). An
+            // https:// one is another upstream: its connections are TLS.
+            let name = if https {
+                format!("https://{with_port}")
+            } else {
+                with_port.clone()
+            };
             match upstreams.iter().position(|u| u.name == name) {
                 Some(i) => i,
                 None => {
@@ -834,6 +880,8 @@ fn compile_proxy(
                         pool_idle_timeout: Duration::from_millis(DEFAULT_POOL_IDLE_TIMEOUT_MS),
                         health_max_failures: DEFAULT_HEALTH_MAX_FAILURES,
                         health_cooldown: Duration::from_millis(DEFAULT_HEALTH_COOLDOWN_MS),
+                        tls_ca: None,
+                        tls: None,
                     });
                     upstreams.len() - 1
                 }

@@ -85,6 +85,8 @@ pub struct RawServer {
     /// A keys file (`[[keys]]` entries, managed by `coregate keys`). A
     /// relative path is taken from the config file's directory.
     pub api_keys_file: Option<String>,
+    /// `[server.tls]`: HTTPS listeners (docs/configuration.md).
+    pub tls: Option<crate::tls::RawServerTls>,
     /// Where durable state (the usage store) lives. A relative path is
     /// taken from the config file's directory.
     pub data_dir: Option<String>,
@@ -120,6 +122,9 @@ pub struct RawUpstream {
     pub pool: RawPool,
     #[serde(default)]
     pub health: RawHealth,
+    /// PEM bundle of the CAs an https:// upstream's certificate must chain
+    /// to. Default: the system's roots.
+    pub tls_ca: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -711,13 +711,9 @@ fn upstream_named_in_url_resolves_to_the_declared_one() {
 }
 
 #[test]
-fn url_must_be_http() {
+fn url_must_be_http_or_https() {
     for (url, says) in [
-        (
-            "https://127.0.0.1:9000/x",
-            "https:// upstreams are not supported yet",
-        ),
-        ("ftp://127.0.0.1/x", "must start with http://"),
+        ("ftp://127.0.0.1/x", "must start with http:// or https://"),
         ("127.0.0.1:9000/x", "must start with http://"),
         ("HTTP://127.0.0.1:9000/x", "must start with http://"),
     ] {
@@ -940,7 +936,7 @@ integration = { type = "mock", status = 99, headers = { "Content-Length" = "1" }
 
 [[apis.routes]]
 key = "GET /y"
-integration = { type = "http_proxy", url = "https://127.0.0.1:9000" }
+integration = { type = "http_proxy", url = "ftp://127.0.0.1:9000" }
 "#;
     let e = errors(text);
     let mut keys: Vec<&str> = e.iter().map(|e| e.key.as_str()).collect();

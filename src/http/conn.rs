@@ -5,6 +5,10 @@
 //! requests are answered in order. Buffers are per connection and reused:
 //! `rbuf` holds what the client sent (heads, then body bytes being streamed),
 //! `wbuf` the response head being written, `xbuf` the upstream request head.
+//!
+//! On a TLS listener the handshake runs first ([`serve_tls`]), within
+//! `header_read_timeout_ms`; the loop then reads and writes through the
+//! same [`ClientStream`], whose plain variant is the bare TCP socket.
 
 use super::body::ChunkedDecoder;
 use super::encode::{push_error_response, ErrorExtras};
@@ -14,7 +18,8 @@ use crate::config::Limits;
 use crate::pipeline::{self, Flow};
 use crate::runtime::shard::ConnGuard;
 use crate::runtime::Shard;
-use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use crate::tls::stream::{ClientStream, Stream, UpstreamStream};
+use futures_lite::AsyncReadExt;
 use glommio::net::TcpStream;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -57,8 +62,11 @@ pub enum BodyError {
 
 /// One client connection.
 pub struct Conn {
-    pub stream: TcpStream,
+    pub stream: ClientStream,
     pub peer: SocketAddr,
+    /// The subject of the client certificate mTLS verified (RFC 4514 DN),
+    /// for the policies and the upstream's `x-client-cert-subject`.
+    pub client_cert_subject: Option<Box<str>>,
     pub rbuf: Vec<u8>,
     /// Unconsumed client bytes are `rbuf[rpos..rend]`.
     pub rpos: usize,
@@ -74,40 +82,119 @@ pub struct Conn {
 /// Serves one accepted connection until it closes.
 pub async fn serve(shard: Rc<Shard>, stream: TcpStream, over_limit: bool) {
     let guard = shard.register(stream.as_raw_fd());
+    let peer = prepare(&shard, &stream);
+    let conn = Conn::new(Stream::Plain(stream), peer, None, guard);
+    run(shard, conn, over_limit).await;
+}
+
+/// Serves one connection accepted on a TLS listener: the handshake within
+/// `header_read_timeout_ms`, then the same loop as a plain connection. A
+/// failed or slow handshake closes the connection without a word (there is
+/// no channel to say one on); the shard counts and logs it.
+pub async fn serve_tls(
+    shard: Rc<Shard>,
+    stream: TcpStream,
+    over_limit: bool,
+    acceptor: futures_rustls::TlsAcceptor,
+) {
+    if over_limit {
+        // An answer would cost a full handshake while the shard is at its
+        // limit; closing is what the client can take from us cheaply.
+        return;
+    }
+    let guard = shard.register(stream.as_raw_fd());
+    let peer = prepare(&shard, &stream);
+    let limit = shard.plan.limits.header_read_timeout;
+    let _ = stream.set_read_timeout(Some(limit));
+    let handshake = async { Some(acceptor.accept(stream).await) };
+    let timeout = async {
+        glommio::timer::sleep(limit).await;
+        None
+    };
+    let tls = match futures_lite::future::or(handshake, timeout).await {
+        Some(Ok(tls)) => tls,
+        Some(Err(e)) if e.kind() != io::ErrorKind::TimedOut => {
+            shard.note_tls_failure(peer, &e.to_string());
+            return;
+        }
+        // The read timeout and the deadline are the same limit.
+        Some(Err(_)) | None => {
+            shard.note_tls_failure(
+                peer,
+                &format!("no handshake within {} ms", limit.as_millis()),
+            );
+            return;
+        }
+    };
+    let subject = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .and_then(|leaf| crate::tls::x509::client_identity(leaf))
+        .map(String::into_boxed_str);
+    let conn = Conn::new(Stream::Tls(Box::new(tls)), peer, subject, guard);
+    run(shard, conn, false).await;
+}
+
+/// Socket options every client connection gets; returns the peer address.
+fn prepare(shard: &Shard, stream: &TcpStream) -> SocketAddr {
     let peer = stream
         .peer_addr()
         .unwrap_or(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0));
     let _ = stream.set_nodelay(true);
     let _ = stream.set_write_timeout(Some(shard.plan.limits.write_timeout));
-    let mut conn = Conn {
-        stream,
-        peer,
-        rbuf: Vec::new(),
-        rpos: 0,
-        rend: 0,
-        wbuf: Vec::with_capacity(512),
-        xbuf: Vec::new(),
-        ebuf: Vec::new(),
-        guard,
-    };
+    peer
+}
+
+impl Conn {
+    fn new(
+        stream: ClientStream,
+        peer: SocketAddr,
+        client_cert_subject: Option<Box<str>>,
+        guard: ConnGuard,
+    ) -> Conn {
+        Conn {
+            stream,
+            peer,
+            client_cert_subject,
+            rbuf: Vec::new(),
+            rpos: 0,
+            rend: 0,
+            wbuf: Vec::with_capacity(512),
+            xbuf: Vec::new(),
+            ebuf: Vec::new(),
+            guard,
+        }
+    }
+}
+
+/// The request loop, then a TLS close_notify when the connection ends.
+async fn run(shard: Rc<Shard>, mut conn: Conn, over_limit: bool) {
+    serve_requests(&shard, &mut conn, over_limit).await;
+    conn.stream.close().await;
+}
+
+async fn serve_requests(shard: &Rc<Shard>, conn: &mut Conn, over_limit: bool) {
+    let shard = &**shard;
     if over_limit {
-        conn.send_error(&shard, 503, "Service Unavailable", None, true, false)
+        conn.send_error(shard, 503, "Service Unavailable", None, true, false)
             .await;
         conn.linger().await;
         return;
     }
     conn.rbuf.resize(HEAD_BUF, 0);
     loop {
-        let mut head = match conn.read_head(&shard).await {
+        let mut head = match conn.read_head(shard).await {
             Ok(h) => h,
             Err(ReadErr::Closed) => return,
             Err(ReadErr::Timeout) => {
-                conn.send_error(&shard, 408, "Request Timeout", None, true, false)
+                conn.send_error(shard, 408, "Request Timeout", None, true, false)
                     .await;
                 return;
             }
             Err(ReadErr::Reject(r)) => {
-                conn.send_error(&shard, r.status, r.message, None, true, false)
+                conn.send_error(shard, r.status, r.message, None, true, false)
                     .await;
                 conn.linger().await;
                 return;
@@ -117,7 +204,7 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, over_limit: bool) {
             // Tell the client this is the last response on this connection.
             head.keep_alive = false;
         }
-        match pipeline::handle(&mut conn, &head, &shard).await {
+        match pipeline::handle(conn, &head, shard).await {
             Flow::KeepAlive if !shard.draining() => conn.shrink_read_buffer(),
             Flow::KeepAlive | Flow::Close => return,
             Flow::Linger => {
@@ -313,13 +400,13 @@ impl Conn {
             extra: &self.ebuf,
         };
         push_error_response(&mut self.wbuf, status, message, &x);
-        self.stream.write_all(&self.wbuf).await.is_ok()
+        self.stream.send(&self.wbuf).await.is_ok()
     }
 
     /// Sends `100 Continue` (the client asked with `Expect`).
     pub async fn send_continue(&mut self) -> Result<(), BodyError> {
         self.stream
-            .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+            .send(b"HTTP/1.1 100 Continue\r\n\r\n")
             .await
             .map_err(|_| BodyError::Client)
     }
@@ -342,7 +429,7 @@ impl Conn {
         &mut self,
         framing: Framing,
         limits: &Limits,
-        mut sink: Option<&mut TcpStream>,
+        mut sink: Option<&mut UpstreamStream>,
         expect_continue: bool,
     ) -> Result<u64, BodyError> {
         if framing != Framing::None && self.rbuf.len() < READ_BUF {
@@ -355,7 +442,7 @@ impl Conn {
                 let mut remaining = n;
                 let take = (self.buffered() as u64).min(remaining) as usize;
                 if let Some(s) = sink.as_deref_mut() {
-                    s.write_all(&self.rbuf[self.rpos..self.rpos + take])
+                    s.send(&self.rbuf[self.rpos..self.rpos + take])
                         .await
                         .map_err(BodyError::Sink)?;
                 }
@@ -373,9 +460,7 @@ impl Conn {
                     let want = (self.rbuf.len() as u64).min(remaining) as usize;
                     let got = self.read_body_bytes(limits, want).await?;
                     if let Some(s) = sink.as_deref_mut() {
-                        s.write_all(&self.rbuf[..got])
-                            .await
-                            .map_err(BodyError::Sink)?;
+                        s.send(&self.rbuf[..got]).await.map_err(BodyError::Sink)?;
                     }
                     remaining -= got as u64;
                 }
@@ -396,7 +481,7 @@ impl Conn {
                         }
                         if step.forward {
                             if let Some(s) = sink.as_deref_mut() {
-                                s.write_all(&self.rbuf[self.rpos..self.rpos + step.consumed])
+                                s.send(&self.rbuf[self.rpos..self.rpos + step.consumed])
                                     .await
                                     .map_err(BodyError::Sink)?;
                             }
@@ -406,7 +491,7 @@ impl Conn {
                     if dec.is_done() {
                         // The trailer section was dropped; end the body.
                         if let Some(s) = sink.as_deref_mut() {
-                            s.write_all(b"\r\n").await.map_err(BodyError::Sink)?;
+                            s.send(b"\r\n").await.map_err(BodyError::Sink)?;
                         }
                         return Ok(dec.data_bytes);
                     }
@@ -423,7 +508,7 @@ impl Conn {
     /// what the client still sends for a short while, so that our response is
     /// not destroyed by a reset caused by unread input.
     pub async fn linger(&mut self) {
-        let _ = self.stream.shutdown(std::net::Shutdown::Write).await;
+        let _ = self.stream.shutdown_write().await;
         if self.rbuf.is_empty() {
             self.rbuf.resize(4096, 0);
         }
@@ -437,7 +522,9 @@ impl Conn {
                 break;
             };
             let _ = self.stream.set_read_timeout(Some(left));
-            match self.stream.read(&mut self.rbuf[..]).await {
+            // Raw reads: what a TLS client still sends is dropped
+            // undecrypted.
+            match self.stream.read_raw(&mut self.rbuf[..]).await {
                 Ok(0) | Err(_) => break,
                 Ok(n) => total += n,
             }
@@ -474,50 +561,8 @@ fn note_released_buffers() {
     });
 }
 
-/// Writes `a` then `b` with one `sendmsg` when the socket takes it all, and
-/// falls back to ordinary writes for whatever it does not. Used to send a
-/// response head and the body bytes already read with one syscall and no
-/// copy.
-pub async fn write_two(stream: &mut TcpStream, a: &[u8], b: &[u8]) -> io::Result<()> {
-    if b.is_empty() {
-        return stream.write_all(a).await;
-    }
-    let iov = [
-        libc::iovec {
-            iov_base: a.as_ptr() as *mut libc::c_void,
-            iov_len: a.len(),
-        },
-        libc::iovec {
-            iov_base: b.as_ptr() as *mut libc::c_void,
-            iov_len: b.len(),
-        },
-    ];
-    // SAFETY: msghdr is plain data; all-zero is a valid empty header.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = iov.as_ptr() as *mut libc::iovec;
-    msg.msg_iovlen = 2;
-    // SAFETY: the iovecs point into `a` and `b`, which outlive the call; the
-    // flags make it non-blocking and suppress SIGPIPE.
-    let r = unsafe {
-        libc::sendmsg(
-            stream.as_raw_fd(),
-            &msg,
-            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
-        )
-    };
-    let sent = if r < 0 {
-        let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::WouldBlock && e.kind() != io::ErrorKind::Interrupted {
-            return Err(e);
-        }
-        0
-    } else {
-        r as usize
-    };
-    if sent < a.len() {
-        stream.write_all(&a[sent..]).await?;
-        stream.write_all(b).await
-    } else {
-        stream.write_all(&b[sent - a.len()..]).await
-    }
+/// Writes `a` then `b` to the client: one `sendmsg` on a plain connection
+/// (see [`Stream::send_two`]).
+pub async fn write_two(stream: &mut ClientStream, a: &[u8], b: &[u8]) -> io::Result<()> {
+    stream.send_two(a, b).await
 }

@@ -8,6 +8,10 @@
 //! connection the upstream had already closed is sent once more on a new
 //! connection when that is safe: an idempotent method without a body, and
 //! nothing received.
+//!
+//! Over TLS (a client on an HTTPS listener, or an https:// upstream) the
+//! same code runs on a [`crate::tls::stream::Stream`]; bodies are then
+//! encrypted or decrypted on their way, so not zero-copy.
 
 use crate::config::{PathPart, ProxyPlan, UpstreamPlan};
 use crate::http::body::ChunkedDecoder;
@@ -20,12 +24,26 @@ use crate::integration::upstream::UpConn;
 use crate::pipeline::Flow;
 use crate::route::Params;
 use crate::runtime::Shard;
-use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use futures_lite::AsyncReadExt;
 use std::io::{self, Write};
 use std::net::SocketAddr;
 use std::time::Instant;
 
-/// Writes the upstream request head into `out`.
+/// What a client's TLS connection adds to its requests. `None` in its
+/// place means a plain connection.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ClientTls<'a> {
+    /// The subject of the client certificate mTLS verified.
+    pub client_cert_subject: Option<&'a str>,
+}
+
+/// The request header carrying the verified mTLS client certificate's
+/// subject to the upstream. A client's own header of this name is always
+/// dropped, on every listener.
+pub const CLIENT_CERT_SUBJECT: &str = "x-client-cert-subject";
+
+/// Writes the upstream request head into `out`. `tls` is the client's
+/// TLS connection, if any.
 #[allow(clippy::too_many_arguments)]
 pub fn write_upstream_head(
     out: &mut Vec<u8>,
@@ -37,6 +55,7 @@ pub fn write_upstream_head(
     target: usize,
     peer: SocketAddr,
     request_id: &[u8],
+    tls: Option<ClientTls<'_>>,
 ) {
     out.clear();
     out.extend_from_slice(head.method_span.get(buf));
@@ -92,6 +111,10 @@ pub fn write_upstream_head(
         if plan.drop_api_key && name.eq_ignore_ascii_case(b"x-api-key") {
             continue;
         }
+        if name.eq_ignore_ascii_case(CLIENT_CERT_SUBJECT.as_bytes()) {
+            // Only the gateway says who a client certificate names.
+            continue;
+        }
         if !plan.strip_headers.is_empty()
             && plan
                 .strip_headers
@@ -111,7 +134,19 @@ pub fn write_upstream_head(
         out.extend_from_slice(b", ");
     }
     let _ = write!(out, "{}", peer.ip());
-    out.extend_from_slice(b"\r\nx-forwarded-proto: http\r\n");
+    match tls {
+        None => out.extend_from_slice(b"\r\nx-forwarded-proto: http\r\n"),
+        Some(t) => {
+            out.extend_from_slice(b"\r\nx-forwarded-proto: https\r\n");
+            if let Some(subject) = t.client_cert_subject {
+                // Printable ASCII by construction (tls::x509).
+                out.extend_from_slice(CLIENT_CERT_SUBJECT.as_bytes());
+                out.extend_from_slice(b": ");
+                out.extend_from_slice(subject.as_bytes());
+                out.extend_from_slice(b"\r\n");
+            }
+        }
+    }
     if let Some(host) = head.host {
         out.extend_from_slice(b"x-forwarded-host: ");
         out.extend_from_slice(host.get(buf));
@@ -248,7 +283,7 @@ async fn forward_inner(
                 }
             },
         };
-        if let Err(e) = up.stream.write_all(&conn.xbuf).await {
+        if let Err(e) = up.stream.send(&conn.xbuf).await {
             if reused && retry_safe {
                 fresh_only = true;
                 continue;
@@ -369,7 +404,7 @@ async fn forward_inner(
             reusable &= leftover.is_empty();
             let r = conn
                 .stream
-                .write_all(&conn.wbuf)
+                .send(&conn.wbuf)
                 .await
                 .map_err(|_| StreamErr::Client);
             if let (Ok(()), Some(c)) = (&r, capture) {
@@ -401,7 +436,7 @@ async fn forward_inner(
                 }
             }
         }
-        RespFraming::Chunked => match conn.stream.write_all(&conn.wbuf).await {
+        RespFraming::Chunked => match conn.stream.send(&conn.wbuf).await {
             Err(_) => Err(StreamErr::Client),
             Ok(()) => {
                 let r = copy_chunked(conn, &mut up, uplan, leftover.clone(), !dechunk).await;
@@ -497,10 +532,7 @@ async fn read_response_head(
                         // 102/103: pass on; they carry no body.
                         conn.wbuf.clear();
                         write_informational(&mut conn.wbuf, &up.buf, &resp);
-                        conn.stream
-                            .write_all(&conn.wbuf)
-                            .await
-                            .map_err(UpErr::Closed)?;
+                        conn.stream.send(&conn.wbuf).await.map_err(UpErr::Closed)?;
                     }
                     up.buf.copy_within(resp.len..up.filled, 0);
                     up.filled -= resp.len;
@@ -639,7 +671,7 @@ async fn copy_length(
             c.extend_from_slice(&up.buf[..n]);
         }
         conn.stream
-            .write_all(&up.buf[..n])
+            .send(&up.buf[..n])
             .await
             .map_err(|_| StreamErr::Client)?;
         remaining -= n as u64;
@@ -666,7 +698,7 @@ async fn copy_chunked(
                 .map_err(|e| StreamErr::Upstream(e.0))?;
             if step.forward && step.consumed > 0 {
                 conn.stream
-                    .write_all(&up.buf[pos..pos + step.consumed])
+                    .send(&up.buf[pos..pos + step.consumed])
                     .await
                     .map_err(|_| StreamErr::Client)?;
             }
@@ -675,7 +707,7 @@ async fn copy_chunked(
         if dec.is_done() {
             if keep_framing {
                 conn.stream
-                    .write_all(b"\r\n")
+                    .send(b"\r\n")
                     .await
                     .map_err(|_| StreamErr::Client)?;
             }
@@ -699,7 +731,7 @@ async fn copy_until_close(
             Ok(0) => return Ok(()),
             Ok(n) => conn
                 .stream
-                .write_all(&up.buf[..n])
+                .send(&up.buf[..n])
                 .await
                 .map_err(|_| StreamErr::Client)?,
             Err(e) if e.kind() == io::ErrorKind::TimedOut => {

@@ -2,9 +2,11 @@
 //! request (round robin, smooth weighted round robin, least outstanding),
 //! which are cooling down after failures (passive health), and the pool of
 //! idle keep-alive connections to each. All counters are per shard; shards
-//! never coordinate on the request path.
+//! never coordinate on the request path. An https:// upstream's connections
+//! are TLS ([`UpstreamStream`]); they are pooled and reused like plain ones.
 
 use crate::config::{Balance, UpstreamPlan};
+use crate::tls::stream::{Stream, UpstreamStream};
 use glommio::net::TcpStream;
 use std::cell::{Cell, RefCell};
 use std::time::{Duration, Instant};
@@ -15,7 +17,7 @@ pub const UPSTREAM_BUF: usize = 32 * 1024;
 
 /// An open connection to one target.
 pub struct UpConn {
-    pub stream: TcpStream,
+    pub stream: UpstreamStream,
     pub buf: Vec<u8>,
     /// Valid bytes in `buf` while a response is read.
     pub filled: usize,
@@ -24,7 +26,7 @@ pub struct UpConn {
 }
 
 impl UpConn {
-    pub fn new(stream: TcpStream, target: usize) -> UpConn {
+    pub fn new(stream: UpstreamStream, target: usize) -> UpConn {
         UpConn {
             stream,
             buf: vec![0; UPSTREAM_BUF],
@@ -47,6 +49,12 @@ struct TargetState {
 pub struct UpstreamState {
     targets: Vec<TargetState>,
     next: Cell<usize>,
+    /// This shard's TLS connector (its own resumption store) and the name
+    /// each target is verified against, for an https:// upstream.
+    tls: Option<(
+        futures_rustls::TlsConnector,
+        Vec<rustls::pki_types::ServerName<'static>>,
+    )>,
 }
 
 impl UpstreamState {
@@ -64,6 +72,10 @@ impl UpstreamState {
                 })
                 .collect(),
             next: Cell::new(0),
+            tls: plan
+                .tls
+                .as_ref()
+                .map(|t| (t.shard_connector(), t.server_names.clone())),
         }
     }
 
@@ -166,15 +178,45 @@ impl UpstreamState {
         }
     }
 
-    /// Opens a new connection to `target` within the connect timeout.
+    /// Opens a new connection to `target`: TCP, and for an https://
+    /// upstream the TLS handshake, both within the connect timeout.
     pub async fn connect(&self, plan: &UpstreamPlan, target: usize) -> std::io::Result<UpConn> {
         let addr = plan.targets[target].addr;
+        let started = Instant::now();
         let stream = TcpStream::connect_timeout(addr, plan.connect_timeout)
             .await
             .map_err(std::io::Error::from)?;
         let _ = stream.set_nodelay(true);
         let _ = stream.set_write_timeout(Some(plan.timeout));
-        Ok(UpConn::new(stream, target))
+        let Some((connector, names)) = &self.tls else {
+            return Ok(UpConn::new(Stream::Plain(stream), target));
+        };
+        let left = plan
+            .connect_timeout
+            .saturating_sub(started.elapsed())
+            .max(Duration::from_millis(1));
+        let _ = stream.set_read_timeout(Some(left));
+        let name = names[target].clone();
+        let shown = name.to_str().into_owned();
+        let handshake = async { Some(connector.connect(name, stream).await) };
+        let timeout = async {
+            glommio::timer::sleep(left).await;
+            None
+        };
+        match futures_lite::future::or(handshake, timeout).await {
+            Some(Ok(tls)) => Ok(UpConn::new(Stream::Tls(Box::new(tls)), target)),
+            Some(Err(e)) => Err(std::io::Error::new(
+                e.kind(),
+                format!("TLS handshake (server name {shown:?}) failed: {e}"),
+            )),
+            None => Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!(
+                    "TLS handshake (server name {shown:?}) not done within connect_timeout_ms ({} ms)",
+                    plan.connect_timeout.as_millis()
+                ),
+            )),
+        }
     }
 
     pub fn record_success(&self, target: usize) {

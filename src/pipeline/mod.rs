@@ -49,7 +49,8 @@ pub enum Routed {
 
 /// The synchronous half of handling a request: picks the request id, routes,
 /// and for a proxied route picks the target and writes the upstream request
-/// head into `xbuf`. `buf` is the buffer the head was parsed from.
+/// head into `xbuf`. `buf` is the buffer the head was parsed from; `tls` is
+/// the client's TLS connection, if any.
 #[allow(clippy::too_many_arguments)]
 pub fn route_request(
     plan: &Plan,
@@ -60,6 +61,7 @@ pub fn route_request(
     peer: SocketAddr,
     xbuf: &mut Vec<u8>,
     request_id: &mut SmallVec<[u8; 64]>,
+    tls: Option<http_proxy::ClientTls<'_>>,
 ) -> Routed {
     request_id.clear();
     match head.request_id {
@@ -93,7 +95,7 @@ pub fn route_request(
                 let uplan = &plan.upstreams[p.upstream];
                 let target = upstreams[p.upstream].pick(uplan, Instant::now());
                 http_proxy::write_upstream_head(
-                    xbuf, buf, head, &params, p, uplan, target, peer, request_id,
+                    xbuf, buf, head, &params, p, uplan, target, peer, request_id, tls,
                 );
                 Routed::Proxy {
                     route: route as usize,
@@ -155,6 +157,9 @@ pub async fn handle(conn: &mut Conn, head: &RequestHead, shard: &Shard) -> Flow 
         conn.peer,
         &mut conn.xbuf,
         &mut request_id,
+        conn.stream.is_tls().then_some(http_proxy::ClientTls {
+            client_cert_subject: conn.client_cert_subject.as_deref(),
+        }),
     );
     if !conn.ebuf.is_empty() {
         conn.ebuf.clear();
@@ -176,6 +181,7 @@ pub async fn handle(conn: &mut Conn, head: &RequestHead, shard: &Shard) -> Flow 
                         peer: conn.peer,
                         route: Some(route),
                         now: Instant::now(),
+                        client_cert_subject: conn.client_cert_subject.as_deref(),
                     };
                     policy::check(
                         policies,
@@ -232,6 +238,7 @@ pub async fn handle(conn: &mut Conn, head: &RequestHead, shard: &Shard) -> Flow 
                 peer: conn.peer,
                 route: Some(route),
                 now: Instant::now(),
+                client_cert_subject: conn.client_cert_subject.as_deref(),
             };
             policy::after_auth(
                 &shard.plan.routes[route].policies,
@@ -372,6 +379,7 @@ fn api_level_policies(conn: &mut Conn, head: &RequestHead, shard: &Shard) -> Dec
         peer: conn.peer,
         route: None,
         now: Instant::now(),
+        client_cert_subject: conn.client_cert_subject.as_deref(),
     };
     if let Decision::Respond(r) = cors.preflight(&view) {
         return Decision::Respond(r);

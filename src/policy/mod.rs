@@ -84,6 +84,9 @@ pub struct RequestView<'a> {
     /// a path without an OPTIONS route).
     pub route: Option<usize>,
     pub now: Instant,
+    /// The subject (RFC 4514 DN) of the client certificate mTLS verified on
+    /// this connection; `None` on a plain connection or without one.
+    pub client_cert_subject: Option<&'a str>,
 }
 
 impl RequestView<'_> {

@@ -35,6 +35,8 @@ pub struct Server {
     inboxes: Vec<Sender<Control>>,
     /// The bound address for each `listen` entry (port 0 resolved).
     pub local_addrs: Vec<SocketAddr>,
+    /// The bound address for each `server.tls.listen` entry.
+    pub tls_addrs: Vec<SocketAddr>,
     /// The usage coordinator, joined after the shards for its last flush.
     usage: crate::policy::usage::coordinator::Running,
 }
@@ -56,12 +58,25 @@ fn listener_socket(addr: SocketAddr, backlog: u32) -> io::Result<Socket> {
     Ok(sock)
 }
 
-/// Binds one socket per shard per address. Port 0 is resolved by the first
-/// bind and reused by the others so every shard serves the same port.
-fn bind_all(plan: &Plan) -> io::Result<(Vec<Vec<RawFd>>, Vec<SocketAddr>)> {
-    let mut per_shard: Vec<Vec<Socket>> = (0..plan.server.shards).map(|_| Vec::new()).collect();
+/// Binds one socket per shard per address (plain, then TLS). Port 0 is
+/// resolved by the first bind and reused by the others so every shard
+/// serves the same port. Each shard gets `(fd, is_tls)` per address.
+#[allow(clippy::type_complexity)]
+fn bind_all(
+    plan: &Plan,
+) -> io::Result<(Vec<Vec<(RawFd, bool)>>, Vec<SocketAddr>, Vec<SocketAddr>)> {
+    let mut per_shard: Vec<Vec<(Socket, bool)>> =
+        (0..plan.server.shards).map(|_| Vec::new()).collect();
     let mut local_addrs = Vec::new();
-    for &want in &plan.server.listen {
+    let mut tls_addrs = Vec::new();
+    let tls_listen = plan.server.tls.iter().flat_map(|t| &t.listen);
+    let all = plan
+        .server
+        .listen
+        .iter()
+        .map(|a| (a, false))
+        .chain(tls_listen.map(|a| (a, true)));
+    for (&want, tls) in all {
         let mut addr = want;
         for (i, shard_socks) in per_shard.iter_mut().enumerate() {
             let sock = listener_socket(addr, plan.server.backlog)
@@ -71,23 +86,32 @@ fn bind_all(plan: &Plan) -> io::Result<(Vec<Vec<RawFd>>, Vec<SocketAddr>)> {
                     .local_addr()?
                     .as_socket()
                     .ok_or_else(|| io::Error::other("listener has no IP address"))?;
-                local_addrs.push(addr);
+                if tls {
+                    tls_addrs.push(addr);
+                } else {
+                    local_addrs.push(addr);
+                }
             }
-            shard_socks.push(sock);
+            shard_socks.push((sock, tls));
         }
     }
     let fds = per_shard
         .into_iter()
-        .map(|socks| socks.into_iter().map(|s| s.into_raw_fd()).collect())
+        .map(|socks| {
+            socks
+                .into_iter()
+                .map(|(s, tls)| (s.into_raw_fd(), tls))
+                .collect()
+        })
         .collect();
-    Ok((fds, local_addrs))
+    Ok((fds, local_addrs, tls_addrs))
 }
 
 impl Server {
     /// Binds every listener and starts every shard. Returns once all shards
     /// are accepting.
     pub fn start(plan: Plan) -> io::Result<Server> {
-        let (fds, local_addrs) = bind_all(&plan)?;
+        let (fds, local_addrs, tls_addrs) = bind_all(&plan)?;
         let (ready_tx, ready_rx) = crossbeam_channel::unbounded::<Result<(), String>>();
         let mut handles = Vec::new();
         let mut inboxes = Vec::new();
@@ -125,6 +149,7 @@ impl Server {
                         handles,
                         inboxes,
                         local_addrs,
+                        tls_addrs,
                         usage,
                     };
                     server.shutdown();
@@ -144,6 +169,7 @@ impl Server {
                         handles,
                         inboxes,
                         local_addrs,
+                        tls_addrs,
                         usage,
                     };
                     server.shutdown();
@@ -157,6 +183,7 @@ impl Server {
             handles,
             inboxes,
             local_addrs,
+            tls_addrs,
             usage,
         })
     }

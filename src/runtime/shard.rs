@@ -20,6 +20,8 @@ use std::time::{Duration, Instant};
 const INBOX_POLL: Duration = Duration::from_millis(25);
 /// How often idle upstream connections past their idle timeout are closed.
 const POOL_SWEEP: Duration = Duration::from_secs(1);
+/// At most one log line per this long about failed TLS handshakes.
+const TLS_LOG_EVERY: Duration = Duration::from_secs(1);
 
 pub type ShardHandle = Rc<Shard>;
 
@@ -49,6 +51,11 @@ pub struct Shard {
     /// waiting on it (the accept loops).
     drain_signal: Semaphore,
     conns: RefCell<ConnRegistry>,
+    /// This shard's TLS acceptor (its own session cache), when
+    /// `[server.tls]` is set.
+    pub tls: Option<futures_rustls::TlsAcceptor>,
+    tls_failures: Cell<u64>,
+    tls_failure_logged: Cell<Option<Instant>>,
 }
 
 impl Shard {
@@ -65,6 +72,11 @@ impl Shard {
         };
         let upstreams = plan.upstreams.iter().map(UpstreamState::new).collect();
         let policies = crate::policy::ShardPolicies::new(&plan, id, link, usage_link);
+        let tls = plan
+            .server
+            .tls
+            .as_ref()
+            .map(|t| futures_rustls::TlsAcceptor::from(t.shard_config()));
         Shard {
             id,
             head_limits,
@@ -75,8 +87,37 @@ impl Shard {
             draining: Cell::new(false),
             drain_signal: Semaphore::new(0),
             conns: RefCell::new(ConnRegistry::default()),
+            tls,
+            tls_failures: Cell::new(0),
+            tls_failure_logged: Cell::new(None),
             plan,
         }
+    }
+
+    /// Counts a failed TLS handshake and logs it, at most once per
+    /// TLS_LOG_EVERY per shard: scanners and plain-HTTP clients on a TLS
+    /// port must not flood the log.
+    pub fn note_tls_failure(&self, peer: std::net::SocketAddr, why: &str) {
+        let n = self.tls_failures.get() + 1;
+        self.tls_failures.set(n);
+        let now = Instant::now();
+        if self
+            .tls_failure_logged
+            .get()
+            .is_none_or(|t| now.duration_since(t) >= TLS_LOG_EVERY)
+        {
+            self.tls_failure_logged.set(Some(now));
+            crate::log!(
+                "info",
+                "shard {}: TLS handshake with {peer} failed: {why} ({n} failed handshake(s) on this shard so far)",
+                self.id
+            );
+        }
+    }
+
+    /// Failed TLS handshakes on this shard since it started.
+    pub fn tls_failures(&self) -> u64 {
+        self.tls_failures.get()
     }
 
     pub fn draining(&self) -> bool {
@@ -166,7 +207,7 @@ impl Drop for ConnGuard {
 pub(super) async fn run(
     id: usize,
     plan: Plan,
-    fds: Vec<RawFd>,
+    fds: Vec<(RawFd, bool)>,
     inbox: Receiver<Control>,
     ready: Sender<Result<(), String>>,
     link: crate::policy::throttle::ShardLink,
@@ -174,11 +215,16 @@ pub(super) async fn run(
 ) {
     let shard = Rc::new(Shard::new(id, plan, link, usage_link));
     let mut accept_tasks = Vec::new();
-    for fd in fds {
+    for (fd, tls) in fds {
         // SAFETY: `fd` is a bound, listening socket created for this shard by
         // `bind_all` and owned by nobody else.
         let listener = unsafe { TcpListener::from_raw_fd(fd) };
-        accept_tasks.push(glommio::spawn_local(accept_loop(shard.clone(), listener)));
+        let acceptor = if tls { shard.tls.clone() } else { None };
+        accept_tasks.push(glommio::spawn_local(accept_loop(
+            shard.clone(),
+            listener,
+            acceptor,
+        )));
     }
     let sweeper = glommio::spawn_local(sweep_pools(shard.clone())).detach();
     let throttle = glommio::spawn_local(shard.policies.throttle.reconciler()).detach();
@@ -216,7 +262,12 @@ pub(super) async fn run(
     auth_keys.cancel();
 }
 
-async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
+/// Accepts on one listener; `tls` is set on a TLS listener.
+async fn accept_loop(
+    shard: Rc<Shard>,
+    listener: TcpListener,
+    tls: Option<futures_rustls::TlsAcceptor>,
+) {
     loop {
         let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
             shard.drained().await;
@@ -234,7 +285,19 @@ async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
             }
         };
         let over_limit = shard.live_connections() >= shard.plan.server.max_connections_per_shard;
-        glommio::spawn_local(crate::http::conn::serve(shard.clone(), stream, over_limit)).detach();
+        match &tls {
+            None => {
+                glommio::spawn_local(crate::http::conn::serve(shard.clone(), stream, over_limit))
+                    .detach()
+            }
+            Some(acceptor) => glommio::spawn_local(crate::http::conn::serve_tls(
+                shard.clone(),
+                stream,
+                over_limit,
+                acceptor.clone(),
+            ))
+            .detach(),
+        };
     }
 }
 

@@ -105,18 +105,27 @@ pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
 pub struct Gateway {
     child: Child,
     addrs: Vec<SocketAddr>,
+    /// `server.tls.listen` addresses, from `listening on ADDR (tls)` lines.
+    tls_addrs: Vec<SocketAddr>,
     stderr: Arc<Mutex<String>>,
     stdout: Arc<Mutex<String>>,
     config: PathBuf,
 }
 
-/// How many `listen` addresses a config names (1 when it names none).
+/// How many listening lines a config makes the gateway print: one per
+/// `server.listen` address (1 when the key is left out) and one per
+/// `server.tls.listen` address (1 when `[server.tls]` leaves it out).
 fn listen_count(text: &str) -> usize {
-    toml::from_str::<toml::Value>(text)
-        .ok()
-        .and_then(|v| v.get("server")?.get("listen")?.as_array().map(|a| a.len()))
-        .unwrap_or(1)
-        .max(1)
+    let v = toml::from_str::<toml::Value>(text).ok();
+    let server = v.as_ref().and_then(|v| v.get("server"));
+    let plain = server
+        .and_then(|s| s.get("listen"))
+        .map_or(1, |l| l.as_array().map_or(1, |a| a.len()));
+    let tls = server.and_then(|s| s.get("tls")).map_or(0, |t| {
+        t.get("listen")
+            .map_or(1, |l| l.as_array().map_or(1, |a| a.len()))
+    });
+    (plain + tls).max(1)
 }
 
 fn collect_lines(
@@ -210,11 +219,16 @@ impl Gateway {
         let out_thread = collect_lines(child.stdout.take().unwrap(), stdout.clone(), Some(tx));
         let deadline = Instant::now() + START_TIMEOUT;
         let mut addrs = Vec::new();
-        while addrs.len() < expected {
+        let mut tls_addrs = Vec::new();
+        while addrs.len() + tls_addrs.len() < expected {
             let left = deadline.saturating_duration_since(Instant::now());
             let why = match rx.recv_timeout(left) {
                 Ok(line) => match line.trim_end().strip_prefix("coregate: listening on ") {
-                    Some(a) => match a.trim().parse::<SocketAddr>() {
+                    Some(a) => match a.trim_end_matches(" (tls)").trim().parse::<SocketAddr>() {
+                        Ok(addr) if a.ends_with(" (tls)") => {
+                            tls_addrs.push(addr);
+                            continue;
+                        }
                         Ok(addr) => {
                             addrs.push(addr);
                             continue;
@@ -244,6 +258,7 @@ impl Gateway {
         Gateway {
             child,
             addrs,
+            tls_addrs,
             stderr,
             stdout,
             config,
@@ -257,6 +272,15 @@ impl Gateway {
 
     pub fn addrs(&self) -> &[SocketAddr] {
         &self.addrs
+    }
+
+    /// The first `server.tls.listen` address.
+    pub fn tls_addr(&self) -> SocketAddr {
+        self.tls_addrs[0]
+    }
+
+    pub fn tls_addrs(&self) -> &[SocketAddr] {
+        &self.tls_addrs
     }
 
     pub fn pid(&self) -> u32 {
@@ -699,7 +723,7 @@ impl BackendRequest {
     }
 }
 
-fn parse_backend_request(head: &[u8]) -> Option<BackendRequest> {
+pub fn parse_backend_request(head: &[u8]) -> Option<BackendRequest> {
     let mut storage = [httparse::EMPTY_HEADER; 256];
     let mut req = httparse::Request::new(&mut storage);
     match req.parse(head) {
@@ -1369,46 +1393,7 @@ impl Client {
         head_req: bool,
         sink: &mut dyn FnMut(&[u8]),
     ) -> Result<Response, ReadError> {
-        let mut informational = Vec::new();
-        loop {
-            let head = read_head(&mut self.r, 1 << 20).map_err(|e| classify(&e))?;
-            let mut resp =
-                parse_response_head(&head).map_err(|e| ReadError::Malformed(e.to_string()))?;
-            if (100..200).contains(&resp.status) {
-                informational.push(resp);
-                continue;
-            }
-            resp.informational = informational;
-            let te = resp.header("transfer-encoding").map(str::to_string);
-            let cl = resp.header("content-length").map(str::to_string);
-            resp.framing = if head_req || resp.status == 204 || resp.status == 304 {
-                Framing::None
-            } else if te.is_some() {
-                Framing::Chunked
-            } else if let Some(cl) = cl {
-                Framing::Length(
-                    cl.trim()
-                        .parse()
-                        .map_err(|_| ReadError::Malformed(format!("content-length {cl:?}")))?,
-                )
-            } else {
-                Framing::Close
-            };
-            let result = match resp.framing {
-                Framing::None => Ok(()),
-                Framing::Length(n) => read_exact_to(&mut self.r, n, sink),
-                Framing::Chunked => read_chunked(&mut self.r, sink).map(|t| resp.trailers = t),
-                Framing::Close => read_to_eof(&mut self.r, sink),
-            };
-            return match result {
-                Ok(()) => Ok(resp),
-                Err(e) => Err(match classify(&e) {
-                    ReadError::Closed | ReadError::Reset => ReadError::Truncated(Box::new(resp)),
-                    ReadError::Timeout => ReadError::Timeout,
-                    _ => ReadError::Malformed(format!("{e} in the body of {resp:?}")),
-                }),
-            };
-        }
+        read_response_from(&mut self.r, head_req, sink)
     }
 
     /// Reads exactly one head, which may be a 1xx (e.g. `100 Continue`).
@@ -1451,6 +1436,55 @@ impl Client {
         if let Err(e) = self.wait_closed(Duration::from_secs(5)) {
             panic!("expected the gateway to close the connection: {e}");
         }
+    }
+}
+
+/// Reads one final response (collecting 1xx ones) from any buffered
+/// reader (a TCP or a TLS stream), passing the body to `sink`.
+pub fn read_response_from<R: BufRead>(
+    r: &mut R,
+    head_req: bool,
+    sink: &mut dyn FnMut(&[u8]),
+) -> Result<Response, ReadError> {
+    let mut informational = Vec::new();
+    loop {
+        let head = read_head(r, 1 << 20).map_err(|e| classify(&e))?;
+        let mut resp =
+            parse_response_head(&head).map_err(|e| ReadError::Malformed(e.to_string()))?;
+        if (100..200).contains(&resp.status) {
+            informational.push(resp);
+            continue;
+        }
+        resp.informational = informational;
+        let te = resp.header("transfer-encoding").map(str::to_string);
+        let cl = resp.header("content-length").map(str::to_string);
+        resp.framing = if head_req || resp.status == 204 || resp.status == 304 {
+            Framing::None
+        } else if te.is_some() {
+            Framing::Chunked
+        } else if let Some(cl) = cl {
+            Framing::Length(
+                cl.trim()
+                    .parse()
+                    .map_err(|_| ReadError::Malformed(format!("content-length {cl:?}")))?,
+            )
+        } else {
+            Framing::Close
+        };
+        let result = match resp.framing {
+            Framing::None => Ok(()),
+            Framing::Length(n) => read_exact_to(r, n, sink),
+            Framing::Chunked => read_chunked(r, sink).map(|t| resp.trailers = t),
+            Framing::Close => read_to_eof(r, sink),
+        };
+        return match result {
+            Ok(()) => Ok(resp),
+            Err(e) => Err(match classify(&e) {
+                ReadError::Closed | ReadError::Reset => ReadError::Truncated(Box::new(resp)),
+                ReadError::Timeout => ReadError::Timeout,
+                _ => ReadError::Malformed(format!("{e} in the body of {resp:?}")),
+            }),
+        };
     }
 }
 

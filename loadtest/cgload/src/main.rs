@@ -14,6 +14,14 @@
 //!   them all open and idle for `--hold` seconds (for memory per idle
 //!   connection).
 //!
+//! - `tls`: `--conns` threads, each in a closed loop of: connect, TLS
+//!   handshake, one request (`Connection: close`), read the response, close.
+//!   With `--resume 1` the threads share one session store, so every
+//!   handshake after the first few resumes (rustls `HandshakeKind::Resumed`
+//!   is counted); with `--resume 0` every handshake is a full one. The
+//!   server's certificate is not verified (like wrk): the point is the
+//!   server's cost of a handshake, not the client's.
+//!
 //! Output is one `key=value` line so the suite's shell script can read it.
 //! Only loopback addresses are accepted.
 
@@ -26,7 +34,9 @@ use std::time::{Duration, Instant};
 const USAGE: &str = "usage:
   cgload open --addr 127.0.0.1:PORT --rate REQ_PER_S --duration SECS [--warmup SECS]
               [--conns N] [--path /p] [--host H]
-  cgload idle --addr 127.0.0.1:PORT --conns N --hold SECS [--path /p] [--host H]";
+  cgload idle --addr 127.0.0.1:PORT --conns N --hold SECS [--path /p] [--host H]
+  cgload tls  --addr 127.0.0.1:PORT --duration SECS --resume 0|1 [--conns N]
+              [--path /p] [--host H] [--tls 1.2|1.3]";
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -37,6 +47,7 @@ fn main() {
     match cmd.as_str() {
         "open" => open_loop(&opts),
         "idle" => idle(&opts),
+        "tls" => tls::run(&opts),
         _ => fail(USAGE),
     }
 }
@@ -408,6 +419,179 @@ fn idle(o: &Opts) {
         }
     }
     println!("DONE still_open={still_open}");
+}
+
+// === TLS handshakes ===
+
+mod tls {
+    use super::{fail, response_end, Opts};
+    use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+    use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+    use rustls::{ClientConfig, ClientConnection, DigitallySignedStruct, StreamOwned};
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    /// Accepts the server's certificate unverified (the signatures of the
+    /// handshake are still checked).
+    #[derive(Debug)]
+    struct NoVerify(Arc<rustls::crypto::CryptoProvider>);
+
+    impl ServerCertVerifier for NoVerify {
+        fn verify_server_cert(
+            &self,
+            _: &CertificateDer<'_>,
+            _: &[CertificateDer<'_>],
+            _: &ServerName<'_>,
+            _: &[u8],
+            _: UnixTime,
+        ) -> Result<ServerCertVerified, rustls::Error> {
+            Ok(ServerCertVerified::assertion())
+        }
+        fn verify_tls12_signature(
+            &self,
+            m: &[u8],
+            c: &CertificateDer<'_>,
+            d: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls12_signature(
+                m,
+                c,
+                d,
+                &self.0.signature_verification_algorithms,
+            )
+        }
+        fn verify_tls13_signature(
+            &self,
+            m: &[u8],
+            c: &CertificateDer<'_>,
+            d: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls13_signature(
+                m,
+                c,
+                d,
+                &self.0.signature_verification_algorithms,
+            )
+        }
+        fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+            self.0.signature_verification_algorithms.supported_schemes()
+        }
+    }
+
+    #[derive(Default)]
+    struct Counts {
+        ok: AtomicU64,
+        resumed: AtomicU64,
+        errors: AtomicU64,
+    }
+
+    pub fn run(o: &Opts) {
+        let addr = o.addr();
+        let secs: f64 = o.get("duration", None);
+        let threads: usize = o.get("conns", Some(8));
+        let resume: u8 = o.get("resume", None);
+        let version: String = o.get("tls", Some("1.3".to_string()));
+        let host: String = o.get("host", Some("localhost".to_string()));
+        let path: String = o.get("path", Some("/".to_string()));
+        let req = format!(
+            "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: cgload\r\nConnection: close\r\n\r\n"
+        )
+        .into_bytes();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let versions: &[&'static rustls::SupportedProtocolVersion] = match version.as_str() {
+            "1.2" => &[&rustls::version::TLS12],
+            "1.3" => &[&rustls::version::TLS13],
+            _ => fail("--tls: 1.2 or 1.3"),
+        };
+        let mut config = ClientConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(versions)
+            .unwrap_or_else(|e| fail(&format!("rustls: {e}")))
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(NoVerify(provider)))
+            .with_no_client_auth();
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        config.resumption = if resume == 1 {
+            rustls::client::Resumption::in_memory_sessions(1024)
+        } else {
+            rustls::client::Resumption::disabled()
+        };
+        let config = Arc::new(config);
+        let name =
+            ServerName::try_from(host.clone()).unwrap_or_else(|_| fail("--host: not a name"));
+        let counts = Arc::new(Counts::default());
+        let started = Instant::now();
+        let end = started + Duration::from_secs_f64(secs);
+        let handles: Vec<_> = (0..threads)
+            .map(|_| {
+                let (config, name, counts, req) =
+                    (config.clone(), name.clone(), counts.clone(), req.clone());
+                std::thread::spawn(move || {
+                    let mut buf = vec![0u8; 64 * 1024];
+                    while Instant::now() < end {
+                        match once(addr, &config, &name, &req, &mut buf) {
+                            Ok(resumed) => {
+                                counts.ok.fetch_add(1, Ordering::Relaxed);
+                                if resumed {
+                                    counts.resumed.fetch_add(1, Ordering::Relaxed);
+                                }
+                            }
+                            Err(_) => {
+                                counts.errors.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                    }
+                })
+            })
+            .collect();
+        for h in handles {
+            let _ = h.join();
+        }
+        let elapsed = started.elapsed().as_secs_f64();
+        let ok = counts.ok.load(Ordering::Relaxed);
+        println!(
+            "handshakes={ok} rate={:.1} resumed={} errors={} secs={elapsed:.2}",
+            ok as f64 / elapsed,
+            counts.resumed.load(Ordering::Relaxed),
+            counts.errors.load(Ordering::Relaxed)
+        );
+    }
+
+    /// One connection: handshake, request, response. Returns whether the
+    /// handshake resumed a session.
+    fn once(
+        addr: std::net::SocketAddr,
+        config: &Arc<ClientConfig>,
+        name: &ServerName<'static>,
+        req: &[u8],
+        buf: &mut [u8],
+    ) -> Result<bool, String> {
+        let sock =
+            TcpStream::connect_timeout(&addr, Duration::from_secs(3)).map_err(|e| e.to_string())?;
+        let _ = sock.set_nodelay(true);
+        let _ = sock.set_read_timeout(Some(Duration::from_secs(5)));
+        let conn =
+            ClientConnection::new(config.clone(), name.clone()).map_err(|e| e.to_string())?;
+        let mut s = StreamOwned::new(conn, sock);
+        s.write_all(req).map_err(|e| e.to_string())?;
+        let mut filled = 0;
+        loop {
+            let n = s.read(&mut buf[filled..]).map_err(|e| e.to_string())?;
+            if n == 0 {
+                return Err("closed before the response ended".into());
+            }
+            filled += n;
+            match response_end(&buf[..filled]) {
+                Ok(Some((_, true))) => break,
+                Ok(Some((_, false))) => return Err("non-2xx".into()),
+                Ok(None) if filled < buf.len() => {}
+                _ => return Err("bad response".into()),
+            }
+        }
+        Ok(s.conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed))
+    }
 }
 
 #[cfg(test)]

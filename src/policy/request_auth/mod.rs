@@ -652,6 +652,7 @@ pub async fn resume(
         peer: conn.peer,
         route: Some(call.route),
         now: Instant::now(),
+        client_cert_subject: conn.client_cert_subject.as_deref(),
     };
     let facts = protocol::Facts {
         authorizer: &az.name,

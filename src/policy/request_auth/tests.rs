@@ -91,6 +91,7 @@ fn view<'a>(buf: &'a [u8], head: &'a RequestHead) -> RequestView<'a> {
         peer: "203.0.113.9:4000".parse().expect("addr"),
         route: Some(0),
         now: Instant::now(),
+        client_cert_subject: None,
     }
 }
 

@@ -330,6 +330,7 @@ fn a_request_refused_by_one_level_spends_no_token_of_another() {
         peer: "127.0.0.1:1".parse().expect("addr"),
         route: Some(0),
         now: Instant::now(),
+        client_cert_subject: None,
     };
     let mut extra = Vec::new();
     assert!(matches!(
