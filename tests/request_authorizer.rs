@@ -651,7 +651,7 @@ fn coregate_check_reports_every_error_with_its_key() {
 [[authorizers]]
 name = "tokens"
 [authorizers.request]
-url = "https://127.0.0.1:9/a"
+url = "ftp://127.0.0.1:9/a"
 identity_sources = ["$request.header.Authorization"]
 ttl_seconds = 4000
 timeout_ms = 0

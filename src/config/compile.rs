@@ -230,7 +230,18 @@ pub fn compile(raw: &RawConfig) -> Result<Plan, Vec<ConfigError>> {
             &failed_upstreams,
             errors,
         ) {
-            Some(Integration::Proxy(p)) => Some(p),
+            Some(Integration::Proxy(p)) => {
+                // https:// authorizers get a TLS upstream like integrations.
+                upstream_tls.reach(
+                    &mut upstreams[p.upstream],
+                    p.upstream,
+                    url.starts_with("https://"),
+                    url,
+                    key,
+                    errors,
+                );
+                Some(p)
+            }
             _ => None,
         },
         &mut errors,
