@@ -612,3 +612,79 @@ throttle = { rate = 0.1, burst = 2 }
     assert_eq!(refused.header("x-cache"), None, "{refused:?}");
     assert_hits(&echo, 1);
 }
+
+/// Creates key `name` in the keys file `file`; returns the key.
+fn create_key(file: &std::path::Path, name: &str) -> String {
+    let out = run_coregate(&[
+        "keys",
+        "create",
+        "--file",
+        file.to_str().unwrap(),
+        "--name",
+        name,
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[test]
+fn only_listed_api_keys_may_invalidate() {
+    let echo = Backend::start(Reply::Echo);
+    let keys = temp_path("keys.toml");
+    let _ = std::fs::remove_file(&keys);
+    let alice = create_key(&keys, "alice");
+    let bob = create_key(&keys, "bob");
+    let gw = gateway(
+        &format!("api_keys_file = \"{}\"", keys.display()),
+        "api_key_required = true\ncache = { allow_client_invalidation = true, invalidation_keys = [\"alice\"] }",
+        &[r("GET /i", &echo, "")],
+    );
+    let mut c = gw.client();
+    let first = get_with(&mut c, "/i", &format!("x-api-key: {bob}\r\n"));
+    assert_cache(&first, "Miss");
+    // bob may not invalidate: the cache answers.
+    let by_bob = get_with(
+        &mut c,
+        "/i",
+        &format!("x-api-key: {bob}\r\nCache-Control: max-age=0\r\n"),
+    );
+    assert_cache(&by_bob, "Hit");
+    assert_eq!(by_bob.body, first.body);
+    // alice may.
+    let by_alice = get_with(
+        &mut c,
+        "/i",
+        &format!("x-api-key: {alice}\r\nCache-Control: max-age=0\r\n"),
+    );
+    assert_cache(&by_alice, "Miss");
+    assert_ne!(by_alice.body, first.body);
+    assert_hits(&echo, 2);
+    let _ = std::fs::remove_file(&keys);
+}
+
+#[test]
+fn invalidation_keys_must_name_existing_keys_and_need_the_switch() {
+    let keys = temp_path("keys.toml");
+    let _ = std::fs::remove_file(&keys);
+    create_key(&keys, "alice");
+    let text = format!(
+        "[server]\napi_keys_file = \"{}\"\n\n[[apis]]\nname = \"a\"\ncache = {{ allow_client_invalidation = true, invalidation_keys = [\"nobody\"] }}\n\n[[apis.routes]]\nkey = \"GET /x\"\nintegration = {{ type = \"mock\" }}\ncache = {{ invalidation_keys = [\"alice\"] }}\n",
+        keys.display()
+    );
+    let cfg = write_config(&text);
+    let out = run_coregate(&["check", "--config", cfg.to_str().unwrap()]);
+    let _ = std::fs::remove_file(&cfg);
+    let _ = std::fs::remove_file(&keys);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(
+            "apis[0].routes[0].cache.invalidation_keys: needs allow_client_invalidation = true"
+        ),
+        "{err}"
+    );
+    assert!(
+        err.contains("apis[0].routes[0].cache.invalidation_keys: no API key is named \"nobody\""),
+        "{err}"
+    );
+}

@@ -212,6 +212,9 @@ pub fn compile(raw: &RawConfig) -> Result<Plan, Vec<ConfigError>> {
     let mut policy_builder = crate::policy::PolicyBuilder::new(raw, &mut errors);
     policy_builder.api_keys_configured = crate::policy::api_key::configured(raw);
     let api_keys = crate::policy::api_key::compile_store(raw, &mut errors);
+    policy_builder.key_names = (0..api_keys.len() as u32)
+        .filter_map(|i| api_keys.name(i).map(str::to_string))
+        .collect();
     policy_builder.authorizers = crate::policy::auth::compile_authorizers(
         &raw.authorizers,
         raw.base_dir.as_deref(),

@@ -320,8 +320,11 @@ pub async fn handle(conn: &mut Conn, head: &RequestHead, shard: &Shard) -> Flow 
                 // Boxed for the same reason as `http_proxy::forward`: its
                 // state would otherwise sit in every connection's task.
                 Some(rule) => {
+                    let key_name = req_state
+                        .api_key
+                        .and_then(|k| shard.policies.api_keys.name(k));
                     Box::pin(policy::cache::serve::proxy_cached(
-                        conn, head, shard, rule, f,
+                        conn, head, shard, rule, f, key_name,
                     ))
                     .await
                 }

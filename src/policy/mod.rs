@@ -178,6 +178,8 @@ pub struct PolicyBuilder {
     /// `[[authorizers]]`, compiled before the routes that name them.
     pub authorizers: Vec<auth::AuthorizerPlan>,
     pub usage: usage::Builder,
+    /// Names of every API key, for rules that name keys.
+    pub key_names: Vec<String>,
 }
 
 impl PolicyBuilder {
@@ -194,6 +196,7 @@ impl PolicyBuilder {
             api_keys_configured: false,
             authorizers: Vec::new(),
             usage,
+            key_names: Vec::new(),
         }
     }
 
@@ -241,8 +244,31 @@ impl PolicyBuilder {
                 key,
                 errors,
             ),
-            cache: cache::compile_rule(api.raw.cache.as_ref(), route.cache.as_ref(), key, errors),
+            cache: self.cache_rule(api, route, key, errors),
         }
+    }
+
+    /// The route's cache rule; the API keys it names must exist (once per
+    /// name, reported at the route).
+    fn cache_rule(
+        &self,
+        api: &ApiContext<'_>,
+        route: &RawRoute,
+        key: &str,
+        errors: &mut Vec<ConfigError>,
+    ) -> Option<cache::CacheRule> {
+        let rule = cache::compile_rule(api.raw.cache.as_ref(), route.cache.as_ref(), key, errors)?;
+        if let cache::Invalidation::Keys(names) = &rule.invalidation {
+            for n in names {
+                if !self.key_names.contains(n) {
+                    errors.push(ConfigError::new(
+                        format!("{key}.cache.invalidation_keys"),
+                        format!("no API key is named {n:?}"),
+                    ));
+                }
+            }
+        }
+        Some(rule)
     }
 
     /// `keys` is the compiled key store: keys are resolved to their plans.

@@ -73,6 +73,9 @@ pub struct RawCacheRule {
     /// Whether a client's `Cache-Control: max-age=0` bypasses and refreshes
     /// the entry. Default false: the header is ignored.
     pub allow_client_invalidation: Option<bool>,
+    /// With `allow_client_invalidation = true`: only requests authenticated
+    /// by one of these API keys (names) may invalidate.
+    pub invalidation_keys: Option<Vec<String>>,
     /// Store responses even when the backend says `Cache-Control: no-store`
     /// or `private`. Default false: such responses are not stored.
     pub ignore_backend_no_store: Option<bool>,
@@ -95,9 +98,8 @@ pub enum Invalidation {
     Deny,
     /// Any client may.
     Allow,
-    // Issue 5 (API keys) adds a variant here, e.g. `Keys(...)`: only
-    // requests whose API key is allowed to invalidate; `may_invalidate`
-    // below is the one place that decides.
+    /// Only requests authenticated by one of these API keys (names).
+    Keys(Vec<String>),
 }
 
 /// The compiled cache settings of one route.
@@ -128,12 +130,16 @@ impl CacheRule {
     }
 
     /// True when the request asks to invalidate (`Cache-Control: max-age=0`)
-    /// and is allowed to. This is the hook for API keys (issue 5): it will
-    /// also take the request's authenticated key.
-    pub fn may_invalidate(&self, buf: &[u8], head: &RequestHead) -> bool {
-        match self.invalidation {
+    /// and is allowed to. `api_key` is the name of the key that
+    /// authenticated the request, if one did.
+    pub fn may_invalidate(&self, buf: &[u8], head: &RequestHead, api_key: Option<&str>) -> bool {
+        match &self.invalidation {
             Invalidation::Deny => false,
             Invalidation::Allow => asks_max_age_zero(buf, head),
+            Invalidation::Keys(names) => {
+                api_key.is_some_and(|k| names.iter().any(|n| n == k))
+                    && asks_max_age_zero(buf, head)
+            }
         }
     }
 
@@ -342,6 +348,21 @@ impl Validated {
             }),
             ..Validated::default()
         };
+        if let Some(names) = &raw.invalidation_keys {
+            if raw.allow_client_invalidation != Some(true) {
+                errors.push(ConfigError::new(
+                    format!("{key}.invalidation_keys"),
+                    "needs allow_client_invalidation = true in the same table",
+                ));
+            } else if names.is_empty() {
+                errors.push(ConfigError::new(
+                    format!("{key}.invalidation_keys"),
+                    "must name at least one API key; leave it out to let any client invalidate",
+                ));
+            } else {
+                v.invalidation = Some(Invalidation::Keys(names.clone()));
+            }
+        }
         if let Some(t) = raw.ttl_seconds {
             if (0..=MAX_TTL_SECONDS).contains(&t) {
                 v.ttl = Some(Duration::from_secs(t as u64));

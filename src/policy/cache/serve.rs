@@ -29,6 +29,7 @@ pub async fn proxy_cached(
     shard: &Shard,
     rule: &CacheRule,
     f: Forward<'_>,
+    api_key: Option<&str>,
 ) -> Flow {
     if !rule.caches_method(head.method) {
         return http_proxy::forward(conn, shard, f, None).await;
@@ -40,7 +41,7 @@ pub async fn proxy_cached(
     let mut key = Vec::with_capacity(128);
     rule.write_key(&mut key, buf, head);
     let cache = &shard.policies.cache;
-    if rule.may_invalidate(buf, head) {
+    if rule.may_invalidate(buf, head, api_key) {
         // Bypass and refresh: the old entry goes now, whatever the backend
         // answers; concurrent misses may coalesce on this request.
         cache.remove(&key);

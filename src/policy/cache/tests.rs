@@ -274,14 +274,14 @@ fn invalidation_needs_permission_and_max_age_zero() {
     let allow = rule_of("cache = { allow_client_invalidation = true }", "").expect("rule");
     let ask = b"GET /x HTTP/1.1\r\nHost: h\r\nCache-Control: no-transform, MAX-AGE=0\r\n\r\n";
     let h = head(ask);
-    assert!(!deny.may_invalidate(ask, &h));
-    assert!(allow.may_invalidate(ask, &h));
+    assert!(!deny.may_invalidate(ask, &h, None));
+    assert!(allow.may_invalidate(ask, &h, None));
     for other in [
         &b"GET /x HTTP/1.1\r\nHost: h\r\nCache-Control: max-age=10\r\n\r\n"[..],
         b"GET /x HTTP/1.1\r\nHost: h\r\nCache-Control: max-age=\r\n\r\n",
         b"GET /x HTTP/1.1\r\nHost: h\r\n\r\n",
     ] {
-        assert!(!allow.may_invalidate(other, &head(other)));
+        assert!(!allow.may_invalidate(other, &head(other), None));
     }
 }
 
