@@ -663,28 +663,49 @@ fn only_listed_api_keys_may_invalidate() {
 }
 
 #[test]
-fn invalidation_keys_must_name_existing_keys_and_need_the_switch() {
+fn invalidation_keys_are_checked_and_inherited() {
     let keys = temp_path("keys.toml");
     let _ = std::fs::remove_file(&keys);
     create_key(&keys, "alice");
-    let text = format!(
-        "[server]\napi_keys_file = \"{}\"\n\n[[apis]]\nname = \"a\"\ncache = {{ allow_client_invalidation = true, invalidation_keys = [\"nobody\"] }}\n\n[[apis.routes]]\nkey = \"GET /x\"\nintegration = {{ type = \"mock\" }}\ncache = {{ invalidation_keys = [\"alice\"] }}\n",
-        keys.display()
+    let check = |api: &str, route: &str| {
+        let text = format!(
+            "[server]\napi_keys_file = \"{}\"\n\n[[apis]]\nname = \"a\"\n{api}\n\n[[apis.routes]]\nkey = \"GET /x\"\nintegration = {{ type = \"mock\" }}\n{route}\n",
+            keys.display()
+        );
+        let cfg = write_config(&text);
+        let out = run_coregate(&["check", "--config", cfg.to_str().unwrap()]);
+        let _ = std::fs::remove_file(&cfg);
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    // An unknown key name, and a route that requires no key.
+    let (code, err) = check(
+        "cache = { allow_client_invalidation = true, invalidation_keys = [\"nobody\"] }",
+        "",
     );
-    let cfg = write_config(&text);
-    let out = run_coregate(&["check", "--config", cfg.to_str().unwrap()]);
-    let _ = std::fs::remove_file(&cfg);
-    let _ = std::fs::remove_file(&keys);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(
-        err.contains(
-            "apis[0].routes[0].cache.invalidation_keys: needs allow_client_invalidation = true"
-        ),
-        "{err}"
-    );
+    assert_eq!(code, Some(1), "{err}");
     assert!(
         err.contains("apis[0].routes[0].cache.invalidation_keys: no API key is named \"nobody\""),
         "{err}"
     );
+    assert!(err.contains("the route does not require one"), "{err}");
+    // Keys without the switch anywhere.
+    let (code, err) = check(
+        "api_key_required = true\ncache = { invalidation_keys = [\"alice\"] }",
+        "",
+    );
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("needs allow_client_invalidation = true"),
+        "{err}"
+    );
+    // The switch on the route keeps the API's key list (not "anyone").
+    let (code, err) = check(
+        "api_key_required = true\ncache = { allow_client_invalidation = false, invalidation_keys = [\"alice\"] }",
+        "cache = { allow_client_invalidation = true }",
+    );
+    assert_eq!(code, Some(0), "{err}");
+    let _ = std::fs::remove_file(&keys);
 }

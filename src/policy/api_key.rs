@@ -502,6 +502,11 @@ pub struct ApiKeyRule {}
 /// Merges the API's `api_key_required` (the default for its routes) with the
 /// route's (which overrides it). A route that requires a key when no keys
 /// are configured anywhere is an error: it could never be called.
+/// Whether a route requires a key: its own setting, else its API's.
+pub fn requires_key(api: Option<bool>, route: Option<bool>) -> bool {
+    route.or(api).unwrap_or(false)
+}
+
 pub fn compile_rule(
     api: Option<bool>,
     route: Option<bool>,
@@ -509,7 +514,7 @@ pub fn compile_rule(
     key: &str,
     errors: &mut Vec<ConfigError>,
 ) -> Option<ApiKeyRule> {
-    if !route.or(api).unwrap_or(false) {
+    if !requires_key(api, route) {
         return None;
     }
     if !keys_configured {

@@ -244,7 +244,13 @@ impl PolicyBuilder {
                 key,
                 errors,
             ),
-            cache: self.cache_rule(api, route, key, errors),
+            cache: self.cache_rule(
+                api,
+                route,
+                key,
+                api_key::requires_key(api.raw.api_key_required, route.api_key_required),
+                errors,
+            ),
         }
     }
 
@@ -255,10 +261,17 @@ impl PolicyBuilder {
         api: &ApiContext<'_>,
         route: &RawRoute,
         key: &str,
+        requires_key: bool,
         errors: &mut Vec<ConfigError>,
     ) -> Option<cache::CacheRule> {
         let rule = cache::compile_rule(api.raw.cache.as_ref(), route.cache.as_ref(), key, errors)?;
         if let cache::Invalidation::Keys(names) = &rule.invalidation {
+            if !requires_key {
+                errors.push(ConfigError::new(
+                    format!("{key}.cache.invalidation_keys"),
+                    "names API keys, but the route does not require one (api_key_required), so no request could invalidate",
+                ));
+            }
             for n in names {
                 if !self.key_names.contains(n) {
                     errors.push(ConfigError::new(

@@ -300,7 +300,20 @@ pub fn compile_rule(
     let methods =
         merged!(methods).unwrap_or((1 << Method::Get.slot()) | (1 << Method::Head.slot()));
     let max_body = merged!(max_body).unwrap_or(DEFAULT_MAX_RESPONSE_BODY_BYTES as usize);
-    let invalidation = merged!(invalidation).unwrap_or(Invalidation::Deny);
+    // The switch and the key list merge separately: a route that only
+    // turns the switch on keeps its API's key list.
+    let invalidation = match (merged!(allow_invalidation), merged!(invalidation_keys)) {
+        (Some(true), Some(keys)) => Invalidation::Keys(keys),
+        (Some(true), None) => Invalidation::Allow,
+        (_, Some(_)) => {
+            errors.push(ConfigError::new(
+                format!("{rkey}.invalidation_keys"),
+                "needs allow_client_invalidation = true (on the route or its API)",
+            ));
+            Invalidation::Deny
+        }
+        _ => Invalidation::Deny,
+    };
     let ignore_no_store = merged!(ignore_no_store).unwrap_or(false);
     let query = merged!(query).unwrap_or_default();
     let headers = merged!(headers).unwrap_or_default();
@@ -330,7 +343,8 @@ struct Validated {
     headers: Option<Vec<Box<[u8]>>>,
     max_body: Option<usize>,
     statuses: Option<Vec<u16>>,
-    invalidation: Option<Invalidation>,
+    allow_invalidation: Option<bool>,
+    invalidation_keys: Option<Vec<String>>,
     ignore_no_store: Option<bool>,
 }
 
@@ -339,28 +353,17 @@ impl Validated {
         let mut v = Validated {
             enabled: raw.enabled,
             ignore_no_store: raw.ignore_backend_no_store,
-            invalidation: raw.allow_client_invalidation.map(|a| {
-                if a {
-                    Invalidation::Allow
-                } else {
-                    Invalidation::Deny
-                }
-            }),
+            allow_invalidation: raw.allow_client_invalidation,
             ..Validated::default()
         };
         if let Some(names) = &raw.invalidation_keys {
-            if raw.allow_client_invalidation != Some(true) {
-                errors.push(ConfigError::new(
-                    format!("{key}.invalidation_keys"),
-                    "needs allow_client_invalidation = true in the same table",
-                ));
-            } else if names.is_empty() {
+            if names.is_empty() {
                 errors.push(ConfigError::new(
                     format!("{key}.invalidation_keys"),
                     "must name at least one API key; leave it out to let any client invalidate",
                 ));
             } else {
-                v.invalidation = Some(Invalidation::Keys(names.clone()));
+                v.invalidation_keys = Some(names.clone());
             }
         }
         if let Some(t) = raw.ttl_seconds {

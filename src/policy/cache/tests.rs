@@ -454,3 +454,21 @@ fn hit_head_bytes() {
     serve::render_hit(&mut out, &e, now, &date, b"rid", b"", true, 0);
     assert!(out.ends_with(b"connection: keep-alive\r\n\r\n"));
 }
+
+#[test]
+fn a_route_switching_invalidation_on_keeps_the_apis_key_list() {
+    let api: RawCacheRule =
+        toml::from_str("allow_client_invalidation = false\ninvalidation_keys = [\"alice\"]")
+            .expect("toml");
+    let route: RawCacheRule = toml::from_str("allow_client_invalidation = true").expect("toml");
+    let mut errors = Vec::new();
+    let rule = compile_rule(Some(&api), Some(&route), "apis[0].routes[0]", &mut errors);
+    assert!(errors.is_empty(), "{errors:?}");
+    let Some(rule) = rule else { panic!("rule") };
+    assert_eq!(rule.invalidation, Invalidation::Keys(vec!["alice".into()]));
+    let ask = b"GET /x HTTP/1.1\r\nHost: h\r\nCache-Control: max-age=0\r\n\r\n";
+    let h = head(ask);
+    assert!(rule.may_invalidate(ask, &h, Some("alice")));
+    assert!(!rule.may_invalidate(ask, &h, Some("bob")));
+    assert!(!rule.may_invalidate(ask, &h, None));
+}
