@@ -92,6 +92,11 @@ key = "GET /mock"
 integration = { type = "mock", body = 'mock ok' }
 
 [[apis.routes]]
+key = "POST /limited"
+throttle = { rate = 0.001, burst = 1 }
+integration = { type = "mock", body = 'limited ok' }
+
+[[apis.routes]]
 key = "GET /open"
 authorizer = "none"
 integration = { type = "http_proxy", url = "http://@B@/open" }
@@ -856,4 +861,28 @@ integration = { type = "http_proxy", url = "http://@B@/echo/{proxy}" }
     drop(c);
     std::thread::sleep(Duration::from_millis(100));
     assert_eq!(b.heads(), 0);
+}
+
+#[test]
+fn a_forged_body_costs_no_throttle_token() {
+    let b = Backend::start(Reply::Echo);
+    let gw = start(&b);
+    let body = b"order=1";
+    let good = post(&gw, "/limited", body, &Sign::default());
+    let mut forged = good.clone_with(|s| s);
+    forged.body = b"order=9".to_vec();
+    // One connection: one shard, so the route's one token is that shard's.
+    let mut c = gw.client();
+    c.send(&forged.bytes());
+    mismatch(&c.read_response());
+    c.send(&forged.bytes());
+    mismatch(&c.read_response());
+    // The forged requests spent nothing: the one token is still there.
+    c.send(&good.bytes());
+    let r = c.read_response();
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.body, b"limited ok");
+    c.send(&good.bytes());
+    let r = c.read_response();
+    assert_eq!(r.status, 429, "{r:?}");
 }

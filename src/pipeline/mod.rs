@@ -276,7 +276,16 @@ pub async fn handle(conn: &mut Conn, head: &RequestHead, shard: &Shard) -> Flow 
     if let Some(check) = req_state.body_check.take() {
         use policy::sigv4::body::{self, BodyFailure};
         match body::verify(conn, head, &shard.plan.limits, &check).await {
-            Ok(()) => req_state.principal = Some(check.principal.clone()),
+            Ok(()) => {
+                req_state.principal = Some(check.principal.clone());
+                if let Routed::Mock(route) | Routed::Proxy { route, .. } = routed {
+                    if let Some(r) =
+                        after_body_signature(conn, head, shard, route, &mut req_state).await
+                    {
+                        return respond_refusal(conn, shard, head, r, &request_id).await;
+                    }
+                }
+            }
             Err(BodyFailure::Refused(f)) => {
                 return respond_refusal(conn, shard, head, f.refusal(), &request_id).await;
             }
@@ -330,6 +339,46 @@ pub async fn handle(conn: &mut Conn, head: &RequestHead, shard: &Shard) -> Flow 
                 }
                 None => http_proxy::forward(conn, shard, f, None).await,
             }
+        }
+    }
+}
+
+/// The phases after the authorizer (usage plan, throttle) for a request
+/// whose SigV4 signature covered its body, once the body checked out. The
+/// head is at `conn.rbuf[conn.rpos - head.len..]`. Some(refusal) to answer.
+async fn after_body_signature(
+    conn: &mut Conn,
+    head: &RequestHead,
+    shard: &Shard,
+    route: usize,
+    req_state: &mut policy::RequestState,
+) -> Option<Refusal> {
+    let internal = || Some(Refusal::json(500, "Internal Server Error"));
+    let Some(policies) = shard.plan.routes.get(route).map(|r| &r.policies) else {
+        return internal();
+    };
+    let mut waited = false;
+    loop {
+        let Some(base) = conn.rpos.checked_sub(head.len) else {
+            return internal();
+        };
+        let view = RequestView {
+            buf: &conn.rbuf[base..conn.rend],
+            head,
+            peer: conn.peer,
+            route: Some(route),
+            now: Instant::now(),
+            client_cert_subject: conn.client_cert_subject.as_deref(),
+        };
+        match policy::after_auth(policies, &shard.policies, &view, &mut conn.ebuf, req_state) {
+            Decision::Continue => return None,
+            Decision::Respond(r) => return Some(r),
+            Decision::WaitQuota(key) if !waited => {
+                waited = true;
+                Box::pin(shard.policies.usage.wait(key)).await;
+            }
+            Decision::WaitQuota(_) => return Some(Refusal::json(429, "Limit Exceeded")),
+            Decision::Authorize(_) => return internal(),
         }
     }
 }

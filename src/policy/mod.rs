@@ -370,6 +370,13 @@ pub fn check(
             other => return other,
         }
     }
+    if req.body_check.is_some() {
+        // A SigV4 signature over the body is not proven until the body is
+        // read: the pipeline runs the phases after the authorizer once
+        // `sigv4::body::verify` succeeds, so a forged body costs no quota
+        // and no tokens.
+        return Decision::Continue;
+    }
     after_auth(policies, state, view, extra, req)
 }
 
