@@ -120,7 +120,12 @@ integration = { type = "mock", body = "stats" }
         let cfg = write_config(&self.config);
         let mut args = vec!["usage", "--config", cfg.to_str().unwrap()];
         args.extend_from_slice(extra);
-        let out = run_coregate(&args);
+        // The same clock as the gateway's: "this period" and the default
+        // day range follow it.
+        let out = run_coregate_env(
+            &args,
+            &[("COREGATE_CLOCK_FILE", self.clock.to_str().unwrap())],
+        );
         let _ = std::fs::remove_file(&cfg);
         assert!(out.status.success(), "usage: {out:?}");
         String::from_utf8_lossy(&out.stdout).into_owned()
@@ -337,4 +342,94 @@ fn config_mistakes_are_reported_by_check() {
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("usage_plans[0].quota.period"), "{err}");
+}
+
+/// Exhausts gold's quota, checks it still holds at `before` (Unix seconds)
+/// and is fresh at `after`.
+fn boundary(
+    plans: &str,
+    tag: &str,
+    first_limit: usize,
+    next_limit: usize,
+    before: i64,
+    after: i64,
+) {
+    let s = Setup::new(tag, 1, plans);
+    let g = s.start();
+    let mut c = g.client();
+    let mut got: Vec<u16> = (0..first_limit + 1)
+        .map(|_| get(&mut c, "/pets/list", &s.gold).status)
+        .collect();
+    let mut want = vec![200; first_limit];
+    want.push(429);
+    assert_eq!(got, want, "{}", g.stderr());
+    s.set_clock(before);
+    std::thread::sleep(Duration::from_millis(400));
+    assert_eq!(
+        get(&mut c, "/pets/list", &s.gold).status,
+        429,
+        "still the same period"
+    );
+    s.set_clock(after);
+    assert!(
+        wait_until(Duration::from_secs(5), || get(
+            &mut c,
+            "/pets/list",
+            &s.gold
+        )
+        .status
+            == 200),
+        "a fresh quota in the next period"
+    );
+    got = (0..next_limit)
+        .map(|_| get(&mut c, "/pets/list", &s.gold).status)
+        .collect();
+    want = vec![200; next_limit - 1];
+    want.push(429);
+    assert_eq!(got, want);
+}
+
+const DAY: i64 = 86_400;
+
+#[test]
+fn a_weekly_quota_resets_on_monday_utc() {
+    // NOON is Tuesday 2026-11-24; the week ends Sunday 2026-11-29.
+    let plans = PLANS.replace("period = \"DAY\"", "period = \"WEEK\"");
+    boundary(
+        &plans,
+        "quota-week",
+        5,
+        5,
+        NOON + 5 * DAY + DAY / 2 - 1,
+        NOON + 5 * DAY + DAY / 2 + 1,
+    );
+}
+
+#[test]
+fn a_monthly_quota_resets_on_the_first() {
+    let plans = PLANS.replace("period = \"DAY\"", "period = \"MONTH\"");
+    boundary(
+        &plans,
+        "quota-month",
+        5,
+        5,
+        NOON + 6 * DAY + DAY / 2 - 1,
+        NOON + 6 * DAY + DAY / 2 + 1,
+    );
+}
+
+#[test]
+fn the_offset_only_shrinks_the_first_period() {
+    let plans = PLANS.replace(
+        "limit = 5, period = \"DAY\"",
+        "limit = 5, period = \"DAY\", offset = 2",
+    );
+    boundary(
+        &plans,
+        "quota-offset",
+        3,
+        5,
+        NOON + DAY / 2 - 1,
+        NOON + DAY / 2 + 1,
+    );
 }

@@ -227,7 +227,7 @@ pub struct ApiKey {
     pub id: String,
     pub hash: StoredHash,
     pub enabled: bool,
-    /// For the usage plans of the traffic-control issue; stored, not used yet.
+    /// The key's `[[usage_plans]]` entry (see `policy::usage`).
     pub usage_plan: Option<String>,
     pub created: Option<String>,
 }
@@ -238,6 +238,8 @@ pub struct ApiKey {
 pub struct KeyStore {
     keys: Vec<ApiKey>,
     by_id: ahash::HashMap<[u8; ID_LEN], KeyId>,
+    /// Each key's name as a shared principal (no allocation per request).
+    principals: Vec<super::auth::Principal>,
 }
 
 /// Hashed in place of a real key's salt when the id is unknown, so an
@@ -256,7 +258,12 @@ impl KeyStore {
                 by_id.insert(id, i as KeyId);
             }
         }
-        KeyStore { keys, by_id }
+        let principals = keys.iter().map(|k| k.name.as_str().into()).collect();
+        KeyStore {
+            keys,
+            by_id,
+            principals,
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -269,6 +276,11 @@ impl KeyStore {
 
     pub fn get(&self, id: KeyId) -> Option<&ApiKey> {
         self.keys.get(id as usize)
+    }
+
+    /// The key's name as the request's principal.
+    pub fn principal(&self, id: KeyId) -> Option<super::auth::Principal> {
+        self.principals.get(id as usize).cloned()
     }
 
     /// The principal a key stands for.

@@ -358,7 +358,11 @@ pub fn check(
     // throttle (which may count per key) ===
     if policies.api_key.is_some() {
         match state.api_keys.verify_request(view.buf, view.head) {
-            Some(id) => req.api_key = Some(id),
+            Some(id) => {
+                req.api_key = Some(id);
+                // The key's name, until an authorizer names the caller.
+                req.principal = state.api_keys.principal(id);
+            }
             None => return Decision::Respond(Refusal::json(403, "Forbidden")),
         }
     }

@@ -60,8 +60,14 @@ pub fn fill(template: &str, vars: &[(&str, String)]) -> String {
 
 /// Runs `coregate ARGS...` to completion (with a hang guard).
 pub fn run_coregate(args: &[&str]) -> Output {
+    run_coregate_env(args, &[])
+}
+
+/// As [`run_coregate`], with extra environment variables.
+pub fn run_coregate_env(args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut child = Command::new(BIN)
         .args(args)
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

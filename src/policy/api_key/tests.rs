@@ -124,6 +124,8 @@ fn store_accepts_enabled_keys_and_refuses_the_rest() {
     let store = KeyStore::new(vec![a, b]);
     assert_eq!(store.verify(a_full.as_bytes()), Some(0));
     assert_eq!(store.name(0), Some("alice"));
+    assert_eq!(store.principal(0).as_deref(), Some("alice"));
+    assert_eq!(store.principal(7), None);
     assert_eq!(store.verify(b_full.as_bytes()), None, "disabled key");
     let (_, unknown) = key("carol", 12, true);
     assert_eq!(store.verify(unknown.as_bytes()), None, "unknown id");

@@ -79,6 +79,11 @@ pub fn run(opts: &Options, out: &mut impl std::io::Write) -> Result<(), String> 
             let start = q.period.start(today);
             let end = q.period.end(start);
             let used = store.sum(id, start, end)?;
+            // The offset applies to the plan's first period only.
+            let limit = match store.recorded_first_period(&plan.name)? {
+                Some(first) if first == start => q.limit.saturating_sub(q.offset),
+                _ => q.limit,
+            };
             if !header {
                 header = true;
                 w(out, "\nkey\tplan\tperiod\tused\tlimit\n".into())?;
@@ -90,7 +95,7 @@ pub fn run(opts: &Options, out: &mut impl std::io::Write) -> Result<(), String> 
                     plan.name,
                     format_day(start),
                     format_day(end - 1),
-                    q.limit
+                    limit
                 ),
             )?;
         }

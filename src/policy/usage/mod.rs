@@ -214,8 +214,9 @@ impl Builder {
                 errors.push(ConfigError::new(
                     format!("{key}.name"),
                     format!(
-                        "{:?} must be 1 to 64 letters, digits or '-', '_', '.', '@', ':'",
-                        p.name
+                        "{:?} must be 1 to {} letters, digits or '-', '_', '.', '@', ':'",
+                        p.name,
+                        crate::policy::api_key::MAX_NAME_LEN
                     ),
                 ));
             } else if b.plans.iter().any(|o| o.name == p.name) {

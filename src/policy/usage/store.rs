@@ -189,6 +189,18 @@ impl Store {
             .map_err(|e| self.err("cannot read a usage plan", e))
     }
 
+    /// The first period recorded for a plan, if any (read-only).
+    pub fn recorded_first_period(&self, plan: &str) -> Result<Option<i64>, String> {
+        self.conn
+            .query_row(
+                "SELECT first_period FROM plans WHERE name = ?1",
+                params![plan],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(|e| self.err("cannot read a usage plan", e))
+    }
+
     /// Recorded usage on days `from..to`, for one key (by id or name) or
     /// all, ordered by key name then day.
     pub fn rows(&self, key: Option<&str>, from: i64, to: i64) -> Result<Vec<UsageRow>, String> {
