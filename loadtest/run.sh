@@ -161,7 +161,10 @@ log "building coregate (release) and cgload"
     tail -20 "$OUT/build.log" >&2
     exit 1
 }
-cargo build --release --manifest-path "$LT/cgload/Cargo.toml" >>"$OUT/build.log" 2>&1 || {
+# cgload always in its own target/ (even under CARGO_TARGET_DIR), where
+# $CGLOAD below looks for it.
+cargo build --release --manifest-path "$LT/cgload/Cargo.toml" --target-dir "$LT/cgload/target" \
+    >>"$OUT/build.log" 2>&1 || {
     tail -20 "$OUT/build.log" >&2
     exit 1
 }
