@@ -979,8 +979,8 @@ LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)
     if want throttle-accuracy; then
         echo "## Throttle accuracy: 2 shards against one exact token bucket, R = $THR_RATE/s, B = $THR_BURST, T = ${THR_DUR}s per run"
         echo
-        echo "| bucket | load | client address | T s | offered req/s | admitted | refused | exact B + R·T | admitted / exact | within ±5% |"
-        echo "|---|---|---|---|---|---|---|---|---|---|"
+        echo "| bucket | load | client address | T s | offered req/s | admitted | refused | exact B + R·T | admitted − exact | admitted / exact | within ±5% |"
+        echo "|---|---|---|---|---|---|---|---|---|---|---|"
         worst=0
         for bucket in route per-client-ip; do
             for pattern in spread one move; do
@@ -991,7 +991,7 @@ LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)
                     ok=$(awk -v r="$r" 'BEGIN { print (r >= 0.95 && r <= 1.05) ? "yes" : "**no**" }')
                     worst=$(awk -v r="$r" -v w="$worst" 'BEGIN { e = r - 1; if (e < 0) e = -e; print (e > w) ? e : w }')
                     offered=$(awk -v a="$(g admitted)" -v b="$(g refused)" -v t="$(g secs)" 'BEGIN { printf "%.0f", (a + b) / t }')
-                    echo "| $bucket | $pattern | $ip | $(g secs) | $offered | $(g admitted) | $(g refused) | $(g exact) | **$r** | $ok |"
+                    echo "| $bucket | $pattern | $ip | $(g secs) | $offered | $(g admitted) | $(g refused) | $(g exact) | $(($(g admitted) - $(g exact))) | **$r** | $ok |"
                 done
             done
         done
