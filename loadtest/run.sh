@@ -2,13 +2,15 @@
 # coregate load-test suite: coregate against nginx as a reverse proxy, on one
 # Linux box, loopback only. See loadtest/README.md and docs/benchmarks.md.
 #
-#   loadtest/run.sh            full suite (about 15 minutes on 2 cores)
-#   loadtest/run.sh --smoke    every scenario once, tiny (under a minute after
+#   loadtest/run.sh            full suite (about 22 minutes on 2 cores)
+#   loadtest/run.sh --smoke    every scenario once, tiny (about 1.5 minutes after
 #                              the build); exits 0 when all ran, asserts no ratio
-#   loadtest/run.sh --only throughput,latency,memory,scaling,bodies,policies,tls,profile
+#   loadtest/run.sh --only throughput,latency,memory,scaling,bodies,policies,tls,throttle-accuracy,profile
 #                              run some sections (latency needs throughput's
 #                              nginx maximum; it measures one if throughput is
 #                              skipped)
+#   THR_DUR=120 loadtest/run.sh --only throttle-accuracy
+#                              seconds per throttle-accuracy run (default 60)
 #   loadtest/run.sh --profile  also record perf profiles of coregate (proxied
 #                              and mock) and nginx under wrk load
 #
@@ -26,14 +28,14 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 LT=$ROOT/loadtest
 
 SMOKE=0
-ONLY="throughput,latency,memory,scaling,bodies,policies,tls"
+ONLY="throughput,latency,memory,scaling,bodies,policies,tls,throttle-accuracy"
 while [ $# -gt 0 ]; do
     case "$1" in
         --smoke) SMOKE=1 ;;
         --profile) ONLY="$ONLY,profile" ;;
         --only) ONLY=${2:?--only needs a list}; shift ;;
         --only=*) ONLY=${1#--only=} ;;
-        -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
         *) echo "run.sh: unknown argument $1" >&2; exit 2 ;;
     esac
     shift
@@ -41,14 +43,23 @@ done
 want() { [[ ",$ONLY," == *",$1,"* ]]; }
 
 # === knobs ===
+USER_MAX_SECS=${MAX_SECS:-}
 if [ $SMOKE = 1 ]; then
     RUNS=1 DUR=1 CONNS=16 LAT_DUR=1 LAT_WARM=0.2 IDLE_CONNS=200 IDLE_HOLD=10
-    SCALE_RUNS=1 BODY_RUNS=1 BODY_DUR=1 MAX_SECS=240 STEADY_WAIT=0.5
+    SCALE_RUNS=1 BODY_RUNS=1 BODY_DUR=1 MAX_SECS=240 STEADY_WAIT=0.5 THR_DUR=5
 else
     RUNS=${RUNS:-5} DUR=${DUR:-10} CONNS=${CONNS:-50} LAT_DUR=${LAT_DUR:-15}
     LAT_WARM=2 IDLE_CONNS=${IDLE_CONNS:-10000} IDLE_HOLD=60
     SCALE_RUNS=${SCALE_RUNS:-3} BODY_RUNS=${BODY_RUNS:-3} BODY_DUR=${BODY_DUR:-6}
-    MAX_SECS=${MAX_SECS:-1500} STEADY_WAIT=4
+    MAX_SECS=${MAX_SECS:-1500} STEADY_WAIT=4 THR_DUR=${THR_DUR:-60}
+fi
+# throttle-accuracy: a bucket of THR_RATE requests/s and burst THR_BURST,
+# offered THR_LOAD x THR_RATE requests/s per client address over THR_CONNS
+# keep-alive connections, THR_DUR seconds per run, 6 runs (2 buckets x 3
+# load patterns). The watchdog's bound grows with it unless MAX_SECS is given.
+THR_RATE=1000 THR_BURST=100 THR_LOAD=3 THR_CONNS=8
+if want throttle-accuracy && [ -z "$USER_MAX_SECS" -o $SMOKE = 1 ]; then
+    MAX_SECS=$((MAX_SECS + 6 * (THR_DUR + 5)))
 fi
 PROFILE_DUR=$([ $SMOKE = 1 ] && echo 2 || echo 8)
 LAT_CONNS=$CONNS
@@ -62,6 +73,7 @@ COREGATE2_PORT=18082
 NGINX_PORT=18081
 COREGATE_TLS_PORT=18083
 NGINX_TLS_PORT=18084
+COREGATE_THR_PORT=18085
 
 STAMP=$(date +%Y%m%d-%H%M%S)
 OUT=$LT/results/$STAMP$([ $SMOKE = 1 ] && echo -smoke || true)
@@ -148,7 +160,7 @@ if [ "$(ulimit -n)" != unlimited ] && [ "$(ulimit -n)" -lt $((IDLE_CONNS + 500))
     IDLE_CONNS=$(($(ulimit -n) - 500))
 fi
 for port in $BACKEND_PORT $BACKEND_OK_PORT $COREGATE_PORT $COREGATE2_PORT $NGINX_PORT \
-    $COREGATE_TLS_PORT $NGINX_TLS_PORT; do
+    $COREGATE_TLS_PORT $NGINX_TLS_PORT $COREGATE_THR_PORT; do
     if ss -Htln "sport = :$port" | grep -q .; then
         echo "run.sh: port $port is in use" >&2
         exit 1
@@ -161,7 +173,10 @@ log "building coregate (release) and cgload"
     tail -20 "$OUT/build.log" >&2
     exit 1
 }
-cargo build --release --manifest-path "$LT/cgload/Cargo.toml" >>"$OUT/build.log" 2>&1 || {
+# cgload always in its own target/ (even under CARGO_TARGET_DIR), where
+# $CGLOAD below looks for it.
+cargo build --release --manifest-path "$LT/cgload/Cargo.toml" --target-dir "$LT/cgload/target" \
+    >>"$OUT/build.log" 2>&1 || {
     tail -20 "$OUT/build.log" >&2
     exit 1
 }
@@ -366,8 +381,40 @@ EOF
 }
 coregate_conf $COREGATE_PORT 1 $PROXY_CPU $COREGATE_TLS_PORT >"$WORK/coregate-1.toml"
 coregate_conf $COREGATE2_PORT 2 "0, 1" >"$WORK/coregate-2.toml"
+# throttle-accuracy: 2 shards, mock answers (the throttle is what is measured,
+# not the proxy), a route bucket and a per-client-IP bucket on their own
+# routes. Connections of the "move" pattern wait idle for half a run before
+# their turn, so the idle timeout is raised above any THR_DUR.
+cat >"$WORK/coregate-throttle.toml" <<EOF
+[server]
+listen = ["127.0.0.1:$COREGATE_THR_PORT"]
+shards = 2
+cpus = [0, 1]
+drain_timeout_ms = 2000
+
+[server.limits]
+idle_timeout_ms = 3600000
+
+[[apis]]
+name = "throttle-accuracy"
+
+[[apis.routes]]
+key = "GET /probe"
+integration = { type = "mock", status = 200, body = "probe" }
+
+[[apis.routes]]
+key = "GET /limited"
+integration = { type = "mock", status = 200, body = "ok" }
+throttle = { rate = $THR_RATE, burst = $THR_BURST }
+
+[[apis.routes]]
+key = "GET /limited-ip"
+integration = { type = "mock", status = 200, body = "ok" }
+throttle = { per_client_ip = { rate = $THR_RATE, burst = $THR_BURST } }
+EOF
 "$COREGATE" check --config "$WORK/coregate-1.toml" >/dev/null
 "$COREGATE" check --config "$WORK/coregate-2.toml" >/dev/null
+"$COREGATE" check --config "$WORK/coregate-throttle.toml" >/dev/null
 nginx -t -q -e "$WORK/nginx-t.log" -c "$WORK/backend.conf"
 nginx -t -q -e "$WORK/nginx-t.log" -c "$WORK/nginx-proxy.conf"
 
@@ -679,6 +726,54 @@ if want tls; then
     done
 fi
 
+# === throttle accuracy: admitted requests against an exact token bucket ===
+# Issue 4's bound: with a limit of R requests/s and burst B, the requests a
+# multi-shard gateway admits over T seconds are within 5% of what one exact
+# token bucket admits, B + R*T (it starts full), whether the load is spread
+# over the shards, all on one, or moves from one to the other mid-run. Counted
+# from the client side: 200 admitted, 429 refused. Two shards on CPUs 0 and 1;
+# cgload on CPU 0 beside one of them (a few thousand requests/s of mock
+# answers, light next to a shard's capacity). A route bucket from one client
+# address, and a per-client-IP bucket from two (each its own bucket, each
+# offered THR_LOAD x R).
+if want throttle-accuracy; then
+    start_coregate coregate-throttle
+    THR_PID=$LAST_PID
+    wait_port $COREGATE_THR_PORT
+    log "throttle-accuracy: 2 shards, R = $THR_RATE/s, B = $THR_BURST, offered $THR_LOAD x R per client address over $THR_CONNS connections, ${THR_DUR}s per run"
+    kv() { sed -n "s/.* $1=\([^ ]*\).*/\1/p" <<<" $2"; }
+    for spec in "route /limited 127.0.0.1" "per-client-ip /limited-ip 127.0.0.2,127.0.0.3"; do
+        read -r bucket path from <<<"$spec"
+        for pattern in spread one move; do
+            # A quiet second first: the bucket refills to B in B/R seconds, and
+            # the shards drop back to their idle tick.
+            sleep 1
+            line=$(taskset -c $GEN_CPU "$CGLOAD" throttle --addr "127.0.0.1:$COREGATE_THR_PORT" \
+                --path "$path" --probe /probe --duration "$THR_DUR" --rate $((THR_LOAD * THR_RATE)) \
+                --pattern "$pattern" --conns "$THR_CONNS" --from "$from" 2>>"$OUT/cgload.log")
+            echo "throttle-accuracy $bucket $line" >>"$OUT/cgload.log"
+            secs=$(kv secs "$line")
+            section=throttle-$bucket-$pattern
+            for m in offered_rate other errors moved conns_per_shard; do
+                record "$section" all 1 "$m" "$(kv "$m" "$line")"
+            done
+            ERRORS_SEEN=$((ERRORS_SEEN + $(kv other "$line") + $(kv errors "$line") + $(kv moved "$line")))
+            for entry in $(kv per_address "$line" | tr , ' '); do
+                IFS=: read -r ip admitted refused <<<"$entry"
+                exact=$(awk -v b=$THR_BURST -v r=$THR_RATE -v t="$secs" 'BEGIN { printf "%.0f", b + r * t }')
+                ratio=$(awk -v a="$admitted" -v e="$exact" 'BEGIN { printf "%.4f", a / e }')
+                record "$section" "$ip" 1 secs "$secs"
+                record "$section" "$ip" 1 admitted "$admitted"
+                record "$section" "$ip" 1 refused "$refused"
+                record "$section" "$ip" 1 exact "$exact"
+                record "$section" "$ip" 1 ratio "$ratio"
+                log "  $bucket $pattern from $ip: admitted $admitted, refused $refused in ${secs}s; exact bucket $exact; ratio $ratio"
+            done
+        done
+    done
+    stop_pid "$THR_PID"
+fi
+
 # === profile (only with --profile): where the proxies spend their CPU ===
 if want profile; then
     command -v perf >/dev/null || apt_install linux-perf
@@ -879,6 +974,32 @@ LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)
         done
         echo
         echo "tls-established: wrk -t1 -c$CONNS over HTTPS keep-alive, proxied /hello: requests/s and CPU µs per request (each connection's handshake happens once, at the start). tlsNN-new / tlsNN-resumed: cgload tls, $TLS_HS_CONNS threads on CPU $GEN_CPU, each looping connect, handshake, one GET /mock (answered by the proxy itself) with Connection: close, close; the rate is handshakes/s and the CPU is the proxy's per handshake. resumed: the threads share one rustls session store (TLS 1.3 tickets; TLS 1.2 tickets or session ids, whichever the server offers); new: resumption off. The client does the other half of every handshake on CPU $GEN_CPU, so a rate may be the client's limit: the CPU columns are the proxy's own cost."
+        echo
+    fi
+    if want throttle-accuracy; then
+        echo "## Throttle accuracy: 2 shards against one exact token bucket, R = $THR_RATE/s, B = $THR_BURST, T = ${THR_DUR}s per run"
+        echo
+        echo "| bucket | load | client address | T s | offered req/s | admitted | refused | exact B + R·T | admitted − exact | admitted / exact | within ±5% |"
+        echo "|---|---|---|---|---|---|---|---|---|---|---|"
+        worst=0
+        for bucket in route per-client-ip; do
+            for pattern in spread one move; do
+                section=throttle-$bucket-$pattern
+                for ip in $(awk -F'\t' -v s="$section" '$1 == s && $4 == "ratio" {print $2}' "$RAW"); do
+                    g() { awk -F'\t' -v s="$section" -v t="$ip" -v m="$1" '$1 == s && $2 == t && $4 == m {print $5}' "$RAW"; }
+                    r=$(g ratio)
+                    ok=$(awk -v r="$r" 'BEGIN { print (r >= 0.95 && r <= 1.05) ? "yes" : "**no**" }')
+                    worst=$(awk -v r="$r" -v w="$worst" 'BEGIN { e = r - 1; if (e < 0) e = -e; print (e > w) ? e : w }')
+                    offered=$(awk -v a="$(g admitted)" -v b="$(g refused)" -v t="$(g secs)" 'BEGIN { printf "%.0f", (a + b) / t }')
+                    echo "| $bucket | $pattern | $ip | $(g secs) | $offered | $(g admitted) | $(g refused) | $(g exact) | $(($(g admitted) - $(g exact))) | **$r** | $ok |"
+                done
+            done
+        done
+        echo
+        echo "- largest deviation from the exact bucket: $(awk -v w="$worst" 'BEGIN { printf "%.2f%%", 100 * w }') (target ±5%)"
+        echo "- answers other than 200/429, connection errors, and answers from another shard than the connection's probe: $(awk -F'\t' '$1 ~ /^throttle-/ && ($4 == "other" || $4 == "errors" || $4 == "moved") {n += $5} END {print n + 0}' "$RAW") (should be 0)"
+        echo
+        echo "cgload throttle on CPU $GEN_CPU; coregate with 2 shards on CPUs 0 and 1, mock answers. Each run opens keep-alive connections, probes each with an unthrottled GET and groups them by the shard that answered (the per-shard prefix of x-request-id), then sends $THR_LOAD × R requests/s per client address, paced, over $THR_CONNS connections. spread: the connections alternate between the shards. one: all on one shard. move: all on one shard for T/2, then all on the other. route: \`throttle = { rate = $THR_RATE, burst = $THR_BURST }\`, one client address. per-client-ip: \`throttle = { per_client_ip = { rate = $THR_RATE, burst = $THR_BURST } }\`, two client addresses, each its own bucket. T runs from the first scheduled send to the last answer. One gateway serves all six runs, with a quiet second before each (the bucket is full again B/R = $(awk -v b=$THR_BURST -v r=$THR_RATE 'BEGIN { print b / r }') s after the load stops)."
         echo
     fi
     if want profile; then

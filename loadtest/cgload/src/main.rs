@@ -21,6 +21,18 @@
 //!   is counted); with `--resume 0` every handshake is a full one. The
 //!   server's certificate is not verified (like wrk): the point is the
 //!   server's cost of a handshake, not the client's.
+//! - `throttle`: the accuracy of a token-bucket limit across shards. It opens
+//!   keep-alive connections (from each `--from` address), sends one GET
+//!   `--probe` on each and groups them by the shard that answered (the first
+//!   16 hex digits of `x-request-id` are a per-shard prefix, and SO_REUSEPORT
+//!   keeps a connection on one shard). Then `--conns` connections per address
+//!   send GET `--path`, `--rate` requests/s per address in all, paced, for
+//!   `--duration` seconds, in one `--pattern`: `spread` (the connections
+//!   alternate between the shards), `one` (all on the first shard), `move`
+//!   (all on the first shard for the first half, all on the second for the
+//!   second half). 200s are counted as admitted, 429s as refused, per
+//!   address. A response from another shard than the probe's is counted as
+//!   `moved` (the grouping would be wrong).
 //!
 //! Output is one `key=value` line so the suite's shell script can read it.
 //! Only loopback addresses are accepted.
@@ -36,7 +48,10 @@ const USAGE: &str = "usage:
               [--conns N] [--path /p] [--host H]
   cgload idle --addr 127.0.0.1:PORT --conns N --hold SECS [--path /p] [--host H]
   cgload tls  --addr 127.0.0.1:PORT --duration SECS --resume 0|1 [--conns N]
-              [--path /p] [--host H] [--tls 1.2|1.3]";
+              [--path /p] [--host H] [--tls 1.2|1.3]
+  cgload throttle --addr 127.0.0.1:PORT --path /limited --probe /unlimited
+              --duration SECS --rate REQ_PER_S_PER_ADDRESS --pattern spread|one|move
+              [--conns N] [--from 127.0.0.1[,127.0.0.2...]] [--shards 2] [--host H]";
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -48,6 +63,7 @@ fn main() {
         "open" => open_loop(&opts),
         "idle" => idle(&opts),
         "tls" => tls::run(&opts),
+        "throttle" => throttle::run(&opts),
         _ => fail(USAGE),
     }
 }
@@ -591,6 +607,376 @@ mod tls {
             }
         }
         Ok(s.conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed))
+    }
+}
+
+// === throttle accuracy ===
+
+mod throttle {
+    use super::{fail, response_end, Opts};
+    use std::collections::BTreeMap;
+    use std::io::{Read, Write};
+    use std::net::{IpAddr, SocketAddr, TcpStream};
+    use std::time::{Duration, Instant};
+
+    /// A keep-alive connection from a chosen local address.
+    struct Conn {
+        stream: TcpStream,
+        buf: Vec<u8>,
+        filled: usize,
+    }
+
+    /// What one response said: status and the shard prefix of its request id.
+    struct Answer {
+        status: u16,
+        shard: Option<String>,
+    }
+
+    impl Conn {
+        fn open(from: IpAddr, to: SocketAddr) -> std::io::Result<Conn> {
+            let domain = if to.is_ipv4() {
+                libc::AF_INET
+            } else {
+                libc::AF_INET6
+            };
+            // std has no bind-before-connect: a raw socket, bound, then
+            // connected, handed to std.
+            // SAFETY: plain syscalls on a descriptor this function owns; the
+            // sockaddr structs are built by std's own conversions below.
+            let stream = unsafe {
+                use std::os::fd::FromRawFd;
+                let fd = libc::socket(domain, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+                if fd < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                let stream = TcpStream::from_raw_fd(fd);
+                let (local, llen) = sockaddr(SocketAddr::new(from, 0));
+                if libc::bind(fd, &local as *const _ as *const libc::sockaddr, llen) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                let (remote, rlen) = sockaddr(to);
+                if libc::connect(fd, &remote as *const _ as *const libc::sockaddr, rlen) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                stream
+            };
+            let _ = stream.set_nodelay(true);
+            stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+            Ok(Conn {
+                stream,
+                buf: vec![0; 16 * 1024],
+                filled: 0,
+            })
+        }
+
+        /// Sends `req` and reads one response.
+        fn exchange(&mut self, req: &[u8]) -> Result<Answer, String> {
+            self.stream.write_all(req).map_err(|e| e.to_string())?;
+            loop {
+                match response_end(&self.buf[..self.filled]) {
+                    Ok(Some((end, _))) => {
+                        let answer = parse_answer(&self.buf[..end]);
+                        self.buf.copy_within(end..self.filled, 0);
+                        self.filled -= end;
+                        return answer;
+                    }
+                    Ok(None) => {}
+                    Err(why) => return Err(why.to_string()),
+                }
+                if self.filled == self.buf.len() {
+                    return Err("response larger than the buffer".into());
+                }
+                match self.stream.read(&mut self.buf[self.filled..]) {
+                    Ok(0) => return Err("closed by the server".into()),
+                    Ok(n) => self.filled += n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e.to_string()),
+                }
+            }
+        }
+    }
+
+    fn sockaddr(a: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+        // SAFETY: an all-zero sockaddr_storage is a valid value; the casts
+        // write the family-specific struct into its start, which it is sized
+        // and aligned for.
+        unsafe {
+            let mut ss: libc::sockaddr_storage = std::mem::zeroed();
+            match a {
+                SocketAddr::V4(v4) => {
+                    let sin = &mut *(&mut ss as *mut _ as *mut libc::sockaddr_in);
+                    sin.sin_family = libc::AF_INET as libc::sa_family_t;
+                    sin.sin_port = v4.port().to_be();
+                    sin.sin_addr.s_addr = u32::from(*v4.ip()).to_be();
+                    (
+                        ss,
+                        std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+                    )
+                }
+                SocketAddr::V6(v6) => {
+                    let sin6 = &mut *(&mut ss as *mut _ as *mut libc::sockaddr_in6);
+                    sin6.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+                    sin6.sin6_port = v6.port().to_be();
+                    sin6.sin6_addr.s6_addr = v6.ip().octets();
+                    (
+                        ss,
+                        std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t,
+                    )
+                }
+            }
+        }
+    }
+
+    fn parse_answer(resp: &[u8]) -> Result<Answer, String> {
+        let status = std::str::from_utf8(&resp[9..12])
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .ok_or("bad status line")?;
+        let mut shard = None;
+        for line in resp.split(|&b| b == b'\n').skip(1) {
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            if line.is_empty() {
+                break;
+            }
+            if let Some(colon) = line.iter().position(|&b| b == b':') {
+                if line[..colon].eq_ignore_ascii_case(b"x-request-id") {
+                    let v = super::trim(&line[colon + 1..]);
+                    if v.len() >= 16 {
+                        shard = Some(String::from_utf8_lossy(&v[..16]).into_owned());
+                    }
+                }
+            }
+        }
+        Ok(Answer { status, shard })
+    }
+
+    #[cfg(test)]
+    #[test]
+    fn answers_give_status_and_shard() {
+        let a = parse_answer(
+            b"HTTP/1.1 429 Too Many Requests\r\nX-Request-Id: 0123456789abcdefffffffffffffffff\r\ncontent-length: 0\r\n\r\n",
+        )
+        .unwrap();
+        assert_eq!(a.status, 429);
+        assert_eq!(a.shard.as_deref(), Some("0123456789abcdef"));
+        let b = parse_answer(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n").unwrap();
+        assert_eq!((b.status, b.shard), (200, None));
+    }
+
+    #[derive(Default, Clone, Copy)]
+    struct Tally {
+        sent: u64,
+        admitted: u64,
+        refused: u64,
+        other: u64,
+        errors: u64,
+        moved: u64,
+    }
+
+    impl Tally {
+        fn add(&mut self, t: Tally) {
+            self.sent += t.sent;
+            self.admitted += t.admitted;
+            self.refused += t.refused;
+            self.other += t.other;
+            self.errors += t.errors;
+            self.moved += t.moved;
+        }
+    }
+
+    /// One connection's share of the load: from `from` to `to` after `start`,
+    /// one request every `interval`, the first `phase` after `from`.
+    struct Part {
+        address: usize,
+        conn: Conn,
+        shard: String,
+        from: Duration,
+        to: Duration,
+        interval: Duration,
+        phase: Duration,
+    }
+
+    fn drive(mut p: Part, req: &[u8], start: Instant) -> Tally {
+        let mut t = Tally::default();
+        let end = start + p.to;
+        let mut next = start + p.from + p.phase;
+        while next < end {
+            let now = Instant::now();
+            if next > now {
+                std::thread::sleep(next - now);
+            } else if now - next > Duration::from_millis(20) {
+                // Far behind (a stall on a shared machine): drop the missed
+                // slots rather than send them back to back.
+                next = now;
+            }
+            next += p.interval;
+            t.sent += 1;
+            match p.conn.exchange(req) {
+                Ok(a) => {
+                    match a.status {
+                        200 => t.admitted += 1,
+                        429 => t.refused += 1,
+                        _ => t.other += 1,
+                    }
+                    if a.shard.as_deref() != Some(p.shard.as_str()) {
+                        t.moved += 1;
+                    }
+                }
+                Err(e) => {
+                    eprintln!(
+                        "cgload throttle: connection from address #{}: {e}",
+                        p.address
+                    );
+                    t.errors += 1;
+                    break;
+                }
+            }
+        }
+        t
+    }
+
+    pub fn run(o: &Opts) {
+        let addr = o.addr();
+        let path: String = o.get("path", None);
+        let probe: String = o.get("probe", None);
+        let secs: f64 = o.get("duration", None);
+        let rate: f64 = o.get("rate", None);
+        let pattern: String = o.get("pattern", None);
+        let nconns: usize = o.get("conns", Some(8));
+        let nshards: usize = o.get("shards", Some(2));
+        let host: String = o.get("host", Some("localhost".to_string()));
+        let from: String = o.get("from", Some("127.0.0.1".to_string()));
+        let froms: Vec<IpAddr> = from
+            .split(',')
+            .map(|a| {
+                let ip: IpAddr = a
+                    .trim()
+                    .parse()
+                    .unwrap_or_else(|_| fail(&format!("--from: {a:?} is not an address")));
+                if !ip.is_loopback() {
+                    fail("--from: only loopback addresses are allowed");
+                }
+                ip
+            })
+            .collect();
+        if secs <= 0.0 || rate <= 0.0 || nconns == 0 || nshards < 2 {
+            fail("--duration, --rate and --conns must be positive, --shards at least 2");
+        }
+        if !matches!(pattern.as_str(), "spread" | "one" | "move") {
+            fail("--pattern: spread, one or move");
+        }
+        let req = |p: &str| {
+            format!("GET {p} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: cgload\r\n\r\n").into_bytes()
+        };
+        let (probe_req, load_req) = (req(&probe), req(&path));
+
+        // Group connections by shard, for each address, until every shard
+        // has `nconns` of them (more than any pattern uses on one shard).
+        let mut groups: Vec<BTreeMap<String, Vec<Conn>>> = Vec::new();
+        for &ip in &froms {
+            let mut by_shard: BTreeMap<String, Vec<Conn>> = BTreeMap::new();
+            for _ in 0..(50 * nconns * nshards).max(400) {
+                if by_shard.len() >= nshards && by_shard.values().all(|g| g.len() >= nconns) {
+                    break;
+                }
+                let mut c = Conn::open(ip, addr)
+                    .unwrap_or_else(|e| fail(&format!("connect {ip} -> {addr}: {e}")));
+                let a = c
+                    .exchange(&probe_req)
+                    .unwrap_or_else(|e| fail(&format!("probe {probe}: {e}")));
+                if a.status != 200 {
+                    fail(&format!("probe {probe} answered {}", a.status));
+                }
+                let shard = a
+                    .shard
+                    .unwrap_or_else(|| fail("probe: no x-request-id to tell the shard by"));
+                by_shard.entry(shard).or_default().push(c);
+            }
+            if by_shard.len() != nshards || by_shard.values().any(|g| g.len() < nconns) {
+                fail(&format!(
+                    "from {ip}: expected {nshards} shards with {nconns} connections each, got {:?}",
+                    by_shard.values().map(Vec::len).collect::<Vec<_>>()
+                ));
+            }
+            groups.push(by_shard);
+        }
+        // The same shard order for every address: the prefixes, sorted.
+        let order: Vec<String> = groups[0].keys().cloned().collect();
+        if groups.iter().any(|g| g.keys().ne(order.iter())) {
+            fail("the addresses reached different shards");
+        }
+
+        // The load plan: every active connection of an address sends
+        // rate / nconns requests per second; the phases stagger them.
+        let total = Duration::from_secs_f64(secs);
+        let half = total / 2;
+        let interval = Duration::from_secs_f64(nconns as f64 / rate);
+        let mut plan: Vec<Part> = Vec::new();
+        let mut on_shard = vec![0usize; nshards];
+        for (address, mut by_shard) in groups.into_iter().enumerate() {
+            let mut take = |shard: usize, from: Duration, to: Duration, i: usize| {
+                let key = &order[shard];
+                let conn = by_shard.get_mut(key).and_then(Vec::pop).expect("grouped");
+                on_shard[shard] += 1;
+                Part {
+                    address,
+                    conn,
+                    shard: key.clone(),
+                    from,
+                    to,
+                    interval,
+                    phase: interval.mul_f64(i as f64 / nconns as f64),
+                }
+            };
+            for i in 0..nconns {
+                match pattern.as_str() {
+                    "spread" => plan.push(take(i % nshards, Duration::ZERO, total, i)),
+                    "one" => plan.push(take(0, Duration::ZERO, total, i)),
+                    _ => {
+                        plan.push(take(0, Duration::ZERO, half, i));
+                        plan.push(take(1, half, total, i));
+                    }
+                }
+            }
+            // The connections not in the plan close here.
+        }
+
+        let start = Instant::now() + Duration::from_millis(100);
+        let workers: Vec<_> = plan
+            .into_iter()
+            .map(|p| {
+                let req = load_req.clone();
+                let address = p.address;
+                (address, std::thread::spawn(move || drive(p, &req, start)))
+            })
+            .collect();
+        let mut per_address = vec![Tally::default(); froms.len()];
+        for (address, w) in workers {
+            let t = w.join().unwrap_or_else(|_| fail("a load thread panicked"));
+            per_address[address].add(t);
+        }
+        let elapsed = start.elapsed().as_secs_f64();
+        let mut all = Tally::default();
+        for t in &per_address {
+            all.add(*t);
+        }
+        let per: Vec<String> = froms
+            .iter()
+            .zip(&per_address)
+            .map(|(ip, t)| format!("{ip}:{}:{}", t.admitted, t.refused))
+            .collect();
+        println!(
+            "pattern={pattern} secs={elapsed:.3} sent={} offered_rate={:.0} admitted={} refused={} other={} errors={} moved={} conns_per_shard={} per_address={}",
+            all.sent,
+            all.sent as f64 / elapsed,
+            all.admitted,
+            all.refused,
+            all.other,
+            all.errors,
+            all.moved,
+            on_shard.iter().map(|n| n.to_string()).collect::<Vec<_>>().join("+"),
+            per.join(","),
+        );
     }
 }
 
