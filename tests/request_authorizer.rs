@@ -696,3 +696,97 @@ integration = { type = "mock" }
         );
     }
 }
+
+/// An API key on a usage plan with a quota, plus a request authorizer
+/// called for every request (`ttl_seconds = 0`), on two shards: denied
+/// callers cost no quota, and every admitted request counts exactly once,
+/// whichever path (authorizer call, then the quota's lease wait) it took.
+#[test]
+fn a_key_quota_behind_a_request_authorizer_counts_each_request_once() {
+    let authz = Authorizer::start();
+    let dir = temp_path("ra-quota");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("dir");
+    let keys = dir.join("keys.toml");
+    let out = run_coregate(&[
+        "keys",
+        "create",
+        "--file",
+        keys.to_str().unwrap(),
+        "--name",
+        "alice",
+        "--usage-plan",
+        "gold",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let key = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let clock = dir.join("clock");
+    // 2026-11-24T12:00:00Z, far from a day boundary.
+    std::fs::write(&clock, "1795521600").expect("clock");
+    let text = fill(
+        r#"
+[server]
+listen = ["127.0.0.1:0"]
+shards = 2
+api_keys_file = "@KEYS@"
+data_dir = "@DATA@"
+usage_flush_interval_ms = 100
+
+[[usage_plans]]
+name = "gold"
+apis = ["pets"]
+quota = { limit = 40, period = "DAY" }
+
+[[authorizers]]
+name = "tokens"
+[authorizers.request]
+url = "http://@AZ@/authorize"
+identity_sources = ["header:Authorization"]
+ttl_seconds = 0
+
+[[apis]]
+name = "pets"
+base_path = "/pets"
+api_key_required = true
+authorizer = "tokens"
+
+[[apis.routes]]
+key = "GET /x"
+integration = { type = "mock", body = 'ok' }
+"#,
+        &[
+            ("KEYS", keys.display().to_string()),
+            ("DATA", dir.join("data").display().to_string()),
+            ("AZ", authz.addr.to_string()),
+        ],
+    );
+    let gw = Gateway::start_with_env(&text, &[("COREGATE_CLOCK_FILE", clock.to_str().unwrap())]);
+    let with_key = format!("x-api-key: {key}\r\n");
+    // Denied by the authorizer: 403, no quota spent.
+    for _ in 0..10 {
+        let r = get(&mut gw.client(), "/pets/x", Some("Bearer deny"), &with_key);
+        assert_json_error(&r, 403);
+    }
+    // Fresh connections, so requests land on both shards.
+    let mut ok = 0;
+    let mut limited = 0;
+    for _ in 0..60 {
+        let r = get(
+            &mut gw.client(),
+            "/pets/x",
+            Some("Bearer allow-ann"),
+            &with_key,
+        );
+        match r.status {
+            200 => ok += 1,
+            429 => {
+                assert_eq!(r.json_message().as_deref(), Some("Limit Exceeded"));
+                limited += 1;
+            }
+            other => panic!("unexpected {other}: {r:?}"),
+        }
+    }
+    assert_eq!((ok, limited), (40, 20), "{}", gw.stderr());
+    assert!(authz.calls() >= 70, "every request was authorized first");
+    let _ = std::fs::remove_dir_all(&dir);
+}
