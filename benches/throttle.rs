@@ -5,6 +5,7 @@
 //! - one route bucket, admitting (the common case);
 //! - route + API + server buckets, admitting (all checked, then all spent);
 //! - a per-client-IP bucket, admitting (adds a hash lookup on the address);
+//! - an API key's usage-plan bucket, admitting (a hash lookup on the key);
 //! - a refusal (429 with `Retry-After`: builds the refusal's header line).
 //!
 //! The admitting benches give the shard a burst larger than the iterations
@@ -52,6 +53,16 @@ fn shard(plan: &Plan) -> ShardThrottle {
 
 /// Times `iters` checks against fresh shard state built outside the timing.
 fn timed_checks(plan: &Plan, head: &RequestHead, iters: u64, expect_admit: bool) -> Duration {
+    timed_checks_with(plan, head, iters, expect_admit, None)
+}
+
+fn timed_checks_with(
+    plan: &Plan,
+    head: &RequestHead,
+    iters: u64,
+    expect_admit: bool,
+    key_bucket: Option<(u32, u32)>,
+) -> Duration {
     let limits = &plan.routes[0].policies.throttle;
     let t = shard(plan);
     let mut extra = Vec::with_capacity(256);
@@ -69,7 +80,7 @@ fn timed_checks(plan: &Plan, head: &RequestHead, iters: u64, expect_admit: bool)
     }
     let start = Instant::now();
     for _ in 0..iters {
-        let d = t.check(black_box(limits), None, black_box(&view), &mut extra);
+        let d = t.check(black_box(limits), key_bucket, black_box(&view), &mut extra);
         if matches!(d, Decision::Continue) != expect_admit {
             panic!("the bench's premise broke: admit = {expect_admit}");
         }
@@ -89,6 +100,20 @@ fn bench_check(c: &mut Criterion) {
         "",
     );
     let tiny = plan("", "", "throttle = { rate = 0.001, burst = 1 }");
+    let keyed = plan(
+        "[[api_keys]]\nname = \"k\"\nid = \"aaaaaaaaaaaa\"\nusage_plan = \"p\"\n\
+         hash = \"sha256$00112233445566778899aabbccddeeff$0000000000000000000000000000000000000000000000000000000000000000\"\n\
+         [[usage_plans]]\nname = \"p\"\napis = [\"a\"]\n\
+         throttle = { rate = 1000000, burst = 100000000 }\n",
+        "api_key_required = true",
+        "",
+    );
+    let key_bucket = match keyed.policies.usage.coverage(0, 0) {
+        coregate::policy::usage::Coverage::Covered {
+            bucket: Some(b), ..
+        } => Some((b, 0)),
+        other => panic!("bench plan: {other:?}"),
+    };
     let mut g = c.benchmark_group("throttle_check");
     g.bench_function("route_admit", |b| {
         b.iter_custom(|n| timed_checks(&one, &head, n, true))
@@ -98,6 +123,9 @@ fn bench_check(c: &mut Criterion) {
     });
     g.bench_function("per_client_ip_admit", |b| {
         b.iter_custom(|n| timed_checks(&per_ip, &head, n, true))
+    });
+    g.bench_function("api_key_plan_admit", |b| {
+        b.iter_custom(|n| timed_checks_with(&keyed, &head, n, true, key_bucket))
     });
     g.bench_function("refuse_429", |b| {
         b.iter_custom(|n| timed_checks(&tiny, &head, n, false))

@@ -377,6 +377,13 @@ cache = { ttl_seconds = 3600 }
 key = "GET /throttled/{proxy+}"
 integration = { type = "http_proxy", url = "http://backend/{proxy}" }
 throttle = { rate = 10000000, burst = 100000000 }
+
+# Both on one route: the throttle is checked, then the cache answers.
+[[apis.routes]]
+key = "GET /both/{proxy+}"
+integration = { type = "http_proxy", url = "http://backend/{proxy}" }
+throttle = { rate = 10000000, burst = 100000000 }
+cache = { ttl_seconds = 3600 }
 EOF
 }
 coregate_conf $COREGATE_PORT 1 $PROXY_CPU $COREGATE_TLS_PORT >"$WORK/coregate-1.toml"
@@ -659,12 +666,14 @@ fi
 
 # === policies: the proxy with throttling or caching on, beside the plain proxy ===
 if want policies; then
-    log "policies: plain proxy, throttled (never refusing), cached (hits); $SCALE_RUNS runs"
+    log "policies: plain proxy, throttled (never refusing), cached (hits), both; $SCALE_RUNS runs"
     run_wrk "${URL[coregate]}/cached/hello" 1 "$CONNS" >/dev/null
+    run_wrk "${URL[coregate]}/both/hello" 1 "$CONNS" >/dev/null
     for run in $(seq "$SCALE_RUNS"); do
         measure policies plain "$run" "${URL[coregate]}/hello" "$DUR" "$CONNS" "$COREGATE_PIDS"
         measure policies throttled "$run" "${URL[coregate]}/throttled/hello" "$DUR" "$CONNS" "$COREGATE_PIDS"
         measure policies cached "$run" "${URL[coregate]}/cached/hello" "$DUR" "$CONNS" "$COREGATE_PIDS"
+        measure policies both "$run" "${URL[coregate]}/both/hello" "$DUR" "$CONNS" "$COREGATE_PIDS"
     done
     curl -s -D - -o /dev/null "${URL[coregate]}/cached/hello" >"$WORK/cached-response-head.txt"
 fi
@@ -919,13 +928,13 @@ LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)
         echo "|---|---|---|---|---|---|---|"
         read -r pm _ <<<"$(stat_of policies plain rps)"
         read -r pc _ <<<"$(stat_of policies plain cpu_us)"
-        for t in plain throttled cached; do
+        for t in plain throttled cached both; do
             read -r m lo hi _ <<<"$(stat_of policies $t rps)"
             read -r c _ <<<"$(stat_of policies $t cpu_us)"
             echo "| $t | $(fmt "$m") | $(fmt "$lo") | $(fmt "$hi") | $c | $(ratio "$m" "$pm") | $(ratio "$c" "$pc") |"
         done
         echo
-        echo 'plain: `ANY /{proxy+}` to the backend. throttled: the same with `throttle = { rate = 10000000, burst = 100000000 }`, which never refuses, so this is the cost of the check and of reconciliation. cached: `cache = { ttl_seconds = 3600 }`; every request after the first is answered from the shard cache (`X-Cache: Hit`), without the backend.'
+        echo 'plain: `ANY /{proxy+}` to the backend. throttled: the same with `throttle = { rate = 10000000, burst = 100000000 }`, which never refuses, so this is the cost of the check and of reconciliation. cached: `cache = { ttl_seconds = 3600 }`; every request after the first is answered from the shard cache (`X-Cache: Hit`), without the backend. both: the throttle and the cache on one route (checked, then a hit).'
         echo
     fi
     if want bodies; then
