@@ -234,30 +234,8 @@ fn list_items(list: &[u8]) -> impl Iterator<Item = &[u8]> {
         .filter(|item| !item.is_empty())
 }
 
-/// A token (RFC 9110 §5.6.2): method and header names.
-fn is_token(s: &[u8]) -> bool {
-    !s.is_empty()
-        && s.iter().all(|&b| {
-            b.is_ascii_alphanumeric()
-                || matches!(
-                    b,
-                    b'!' | b'#'
-                        | b'$'
-                        | b'%'
-                        | b'&'
-                        | b'\''
-                        | b'*'
-                        | b'+'
-                        | b'-'
-                        | b'.'
-                        | b'^'
-                        | b'_'
-                        | b'`'
-                        | b'|'
-                        | b'~'
-                )
-        })
-}
+// Method and header names are RFC 9110 tokens.
+use crate::http::parse::is_token;
 
 /// Checks the `host[:port]` part of an origin; returns the host (lower-case
 /// later) and the port, if any.

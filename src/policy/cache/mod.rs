@@ -483,10 +483,7 @@ impl Validated {
     }
 }
 
-/// RFC 9110 §5.6.2 token characters.
-fn is_tchar(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
-}
+use crate::http::parse::is_token_byte as is_tchar;
 
 /// Compiled `[server.cache]`.
 #[derive(Debug, Clone)]

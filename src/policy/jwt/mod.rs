@@ -191,27 +191,7 @@ fn bounded(
 }
 
 fn valid_header_name(n: &str) -> bool {
-    !n.is_empty()
-        && n.bytes().all(|b| {
-            b.is_ascii_alphanumeric()
-                || matches!(
-                    b,
-                    b'!' | b'#'
-                        | b'$'
-                        | b'%'
-                        | b'&'
-                        | b'\''
-                        | b'*'
-                        | b'+'
-                        | b'-'
-                        | b'.'
-                        | b'^'
-                        | b'_'
-                        | b'`'
-                        | b'|'
-                        | b'~'
-                )
-        })
+    crate::http::parse::is_token(n.as_bytes())
 }
 
 /// Compiles `[authorizers.jwt]` of the authorizer `name`; `key` is

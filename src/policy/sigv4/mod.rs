@@ -225,31 +225,11 @@ fn valid_region_or_service(s: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }
 
-/// A byte of an RFC 9110 token (a header name).
-fn is_tchar(b: u8) -> bool {
-    b.is_ascii_alphanumeric()
-        || matches!(
-            b,
-            b'!' | b'#'
-                | b'$'
-                | b'%'
-                | b'&'
-                | b'\''
-                | b'*'
-                | b'+'
-                | b'-'
-                | b'.'
-                | b'^'
-                | b'_'
-                | b'`'
-                | b'|'
-                | b'~'
-        )
-}
+use crate::http::parse::is_token_byte as is_tchar;
 
 /// A header name: an RFC 9110 token, stored lower case.
 fn valid_header_name(s: &str) -> bool {
-    !s.is_empty() && s.bytes().all(is_tchar)
+    crate::http::parse::is_token(s.as_bytes())
 }
 
 /// Headers the gateway sets or handles itself, or that SigV4 reads: not
