@@ -790,3 +790,33 @@ integration = { type = "mock", body = 'ok' }
     assert!(authz.calls() >= 70, "every request was authorized first");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A broken authorizer under load logs about a line a second per shard,
+/// not one per request (regression: every failed call was logged).
+#[test]
+fn failed_calls_are_logged_at_a_bounded_rate() {
+    let s = setup_at(1, "", "", Some(format!("http://{}/a", refused_addr())));
+    let mut c = s.gw.client();
+    for _ in 0..40 {
+        assert_json_error(&get(&mut c, "/pets/1", Some("Bearer allow-ann"), ""), 500);
+    }
+    assert!(s
+        .gw
+        .wait_stderr_line(Duration::from_secs(5), |l| l.contains("connect failed"))
+        .is_some());
+    let lines =
+        s.gw.stderr()
+            .lines()
+            .filter(|l| l.contains("request authorizer"))
+            .count();
+    // One line per second at most: far fewer than the 40 failures, however
+    // slowly the machine ran them, unless it took 40 s.
+    assert!(
+        (1..40).contains(&lines),
+        "{lines} log lines for 40 failed calls"
+    );
+    assert!(s
+        .gw
+        .stderr()
+        .contains("failed call(s) on this shard so far"));
+}

@@ -421,7 +421,14 @@ pub fn bind_endpoints(
 pub struct ShardRequestAuth {
     /// Indexed like the plan's authorizers.
     caches: Vec<Option<DecisionCache>>,
+    /// Failed calls on this shard, and when one was last logged: a broken
+    /// authorizer under load logs a line a second, not one per request.
+    failures: std::cell::Cell<u64>,
+    failure_logged: std::cell::Cell<Option<Instant>>,
 }
+
+/// At most one log line per shard this often for failed authorizer calls.
+const FAILURE_LOG_EVERY: Duration = Duration::from_secs(1);
 
 impl ShardRequestAuth {
     pub fn new(authorizers: &[AuthorizerPlan]) -> ShardRequestAuth {
@@ -437,6 +444,29 @@ impl ShardRequestAuth {
                     (!r.ttl.is_zero()).then(|| DecisionCache::new(r.ttl, r.cache_max_entries))
                 })
                 .collect(),
+            failures: std::cell::Cell::new(0),
+            failure_logged: std::cell::Cell::new(None),
+        }
+    }
+
+    /// Counts a failed call and logs it, at most once per
+    /// [`FAILURE_LOG_EVERY`] (with the count so far); `why` is built only
+    /// when a line is written.
+    fn note_failure(&self, name: &str, why: impl FnOnce() -> String) {
+        let n = self.failures.get() + 1;
+        self.failures.set(n);
+        let now = Instant::now();
+        if self
+            .failure_logged
+            .get()
+            .is_none_or(|t| now.duration_since(t) >= FAILURE_LOG_EVERY)
+        {
+            self.failure_logged.set(Some(now));
+            crate::log!(
+                "warn",
+                "request authorizer {name:?}: {}; answering 500 ({n} failed call(s) on this shard so far)",
+                why()
+            );
         }
     }
 
@@ -736,31 +766,30 @@ async fn ask(
     let answer = match client::call(az, shard, &body, facts.request_id.as_bytes()).await {
         Ok(a) => a,
         Err(e) => {
-            crate::log!(
-                "warn",
-                "request authorizer {:?}: {e}; answering 500",
-                az.name
-            );
+            shard
+                .policies
+                .auth
+                .request
+                .note_failure(&az.name, || e.to_string());
             return Err(Failed);
         }
     };
     if answer.status != 200 {
-        crate::log!(
-            "warn",
-            "request authorizer {:?}: answered {} (not 200); answering 500",
-            az.name,
-            answer.status
-        );
+        shard
+            .policies
+            .auth
+            .request
+            .note_failure(&az.name, || format!("answered {} (not 200)", answer.status));
         return Err(Failed);
     }
     match protocol::parse_answer(az, &answer.body) {
         Ok(v) => Ok(v),
         Err(why) => {
-            crate::log!(
-                "warn",
-                "request authorizer {:?}: invalid answer: {why}; answering 500",
-                az.name
-            );
+            shard
+                .policies
+                .auth
+                .request
+                .note_failure(&az.name, || format!("invalid answer: {why}"));
             Err(Failed)
         }
     }
