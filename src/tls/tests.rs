@@ -1,6 +1,11 @@
 //! Compiling `[server.tls]` and https:// upstreams: certificates made here
 //! with rcgen, written to a temp dir, and configs pointing at them. Each
 //! mistake is reported at its key with the file's path.
+//!
+//! Test code only (`#[cfg(test)]`): every `unwrap()`/`expect()` here is on a
+//! fixture the test itself builds (configs, keys, temp files, vectors), so a
+//! failure is a failing test; nothing a client or an operator's config
+//! controls reaches them.
 
 use super::*;
 use crate::config::{load_str, Integration, Plan};

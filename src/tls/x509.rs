@@ -284,6 +284,8 @@ pub fn client_identity(cert_der: &[u8]) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
+    // Test code: `unwrap()` here is on certificates the tests generate, so a
+    // failure is a failing test, never client or config input.
     use super::*;
 
     fn cert_with(dn: rcgen::DistinguishedName, sans: &[&str]) -> Vec<u8> {

@@ -1,6 +1,11 @@
 //! Unit tests of the cache's compile step, key format, storing rules and
 //! budget arithmetic. The LRU's own tests are in `lru.rs`; behaviour over
 //! real sockets is in tests/cache.rs.
+//!
+//! Test code only (`#[cfg(test)]`): every `unwrap()`/`expect()` here is on a
+//! fixture the test itself builds (configs, keys, temp files, vectors), so a
+//! failure is a failing test; nothing a client or an operator's config
+//! controls reaches them.
 
 use super::*;
 use crate::config::load_str;

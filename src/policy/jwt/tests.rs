@@ -3,6 +3,11 @@
 //! claims), scopes, claim headers, the Authorization header, config errors
 //! and the fetcher's URL and response parsing. Tokens here are assembled by
 //! hand and signed with ring; tests/jwt.rs mints them with a JWT library.
+//!
+//! Test code only (`#[cfg(test)]`): every `unwrap()`/`expect()` here is on a
+//! fixture the test itself builds (configs, keys, temp files, vectors), so a
+//! failure is a failing test; nothing a client or an operator's config
+//! controls reaches them.
 
 use super::fetch::{parse_response, parse_url};
 use super::jwks::{self, KeySet, Origin};

@@ -3,6 +3,11 @@
 //! answer parsing, header sanitising), the decision cache and its flights,
 //! and the synchronous check. The calls themselves are proven over real
 //! sockets in tests/request_authorizer.rs.
+//!
+//! Test code only (`#[cfg(test)]`): every `unwrap()`/`expect()` here is on a
+//! fixture the test itself builds (configs, keys, temp files, vectors), so a
+//! failure is a failing test; nothing a client or an operator's config
+//! controls reaches them.
 
 use super::cache::{Allowed, DecisionCache, Failed, Verdict};
 use super::protocol::{parse_answer, request_body, Facts};

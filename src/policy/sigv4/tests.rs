@@ -1,6 +1,11 @@
 //! SigV4 unit tests: the public test-suite vectors byte for byte
 //! (canonical request, string to sign, signature) and through the whole
 //! verifier, then each refusal, the key cache and the config compile.
+//!
+//! Test code only (`#[cfg(test)]`): every `unwrap()`/`expect()` here is on a
+//! fixture the test itself builds (configs, keys, temp files, vectors), so a
+//! failure is a failing test; nothing a client or an operator's config
+//! controls reaches them.
 
 use super::canonical::{self, Parts};
 use super::*;

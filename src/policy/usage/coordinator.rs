@@ -7,7 +7,7 @@
 //! knows). It leases only from `limit − used − Σ leased`, so the shards can
 //! together never spend more than the limit (docs/usage-plans.md).
 
-use super::clock::{self, Period};
+use super::clock;
 use super::store::Store;
 use super::UsagePlans;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
@@ -495,10 +495,4 @@ impl Coordinator {
             }
         }
     }
-}
-
-/// The period a quota key is in on `day` (for tests and the CLI).
-pub fn period_of(period: Period, day: i64) -> (i64, i64) {
-    let start = period.start(day);
-    (start, period.end(start))
 }

@@ -1,8 +1,13 @@
 //! Usage plans: calendar arithmetic, config compile, the store, and the
 //! shard/coordinator lease exchange driven by hand.
+//!
+//! Test code only (`#[cfg(test)]`): every `unwrap()`/`expect()` here is on a
+//! fixture the test itself builds (configs, keys, temp files, vectors), so a
+//! failure is a failing test; nothing a client or an operator's config
+//! controls reaches them.
 
 use super::clock::{civil_from_days, days_from_civil, format_day, parse_day, Period};
-use super::coordinator::{self, ToShard};
+use super::coordinator;
 use super::shard::{QuotaCheck, ShardUsage};
 use super::store::Store;
 use super::Coverage;
@@ -332,5 +337,4 @@ fn leases_hold_a_quota_across_shards() {
     let s = Store::open_read_only(&dir).unwrap();
     assert_eq!(s.sum("aaaaaaaaaaaa", 0, 1_000_000).unwrap(), admitted);
     let _ = std::fs::remove_dir_all(&dir);
-    let _ = ToShard::Recall { key: 0, period: 0 };
 }
