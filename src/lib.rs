@@ -9,11 +9,13 @@
 //!
 //! [`config`] is read before any of this: TOML in, an immutable plan out.
 //! [`tls`] wraps steps 2 and 5 when a listener or an upstream speaks TLS.
+//! [`net`] is where every socket of steps 1, 2 and 5 waits for readiness.
 
 pub mod config;
 pub mod http;
 pub mod integration;
 pub mod log;
+pub mod net;
 pub mod pipeline;
 pub mod policy;
 pub mod route;

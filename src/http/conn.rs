@@ -15,14 +15,14 @@ use super::encode::{push_error_response, ErrorExtras};
 use super::parse::{parse_request_head, Framing, RequestHead};
 use super::Reject;
 use crate::config::Limits;
+use crate::net::Socket as TcpStream;
 use crate::pipeline::{self, Flow};
 use crate::runtime::shard::ConnGuard;
 use crate::runtime::Shard;
 use crate::tls::stream::{ClientStream, Stream, UpstreamStream};
 use futures_lite::AsyncReadExt;
-use glommio::net::TcpStream;
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -80,9 +80,9 @@ pub struct Conn {
 }
 
 /// Serves one accepted connection until it closes.
-pub async fn serve(shard: Rc<Shard>, stream: TcpStream, over_limit: bool) {
+pub async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr, over_limit: bool) {
     let guard = shard.register(stream.as_raw_fd());
-    let peer = prepare(&shard, &stream);
+    prepare(&shard, &stream);
     let conn = Conn::new(Stream::Plain(stream), peer, None, guard);
     run(shard, conn, over_limit).await;
 }
@@ -94,6 +94,7 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, over_limit: bool) {
 pub async fn serve_tls(
     shard: Rc<Shard>,
     stream: TcpStream,
+    peer: SocketAddr,
     over_limit: bool,
     acceptor: futures_rustls::TlsAcceptor,
 ) {
@@ -103,9 +104,9 @@ pub async fn serve_tls(
         return;
     }
     let guard = shard.register(stream.as_raw_fd());
-    let peer = prepare(&shard, &stream);
+    prepare(&shard, &stream);
     let limit = shard.plan.limits.header_read_timeout;
-    let _ = stream.set_read_timeout(Some(limit));
+    stream.set_read_timeout(Some(limit));
     let handshake = async { Some(acceptor.accept(stream).await) };
     let timeout = async {
         glommio::timer::sleep(limit).await;
@@ -137,14 +138,10 @@ pub async fn serve_tls(
     run(shard, conn, false).await;
 }
 
-/// Socket options every client connection gets; returns the peer address.
-fn prepare(shard: &Shard, stream: &TcpStream) -> SocketAddr {
-    let peer = stream
-        .peer_addr()
-        .unwrap_or(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0));
+/// Socket options every client connection gets.
+fn prepare(shard: &Shard, stream: &TcpStream) {
     let _ = stream.set_nodelay(true);
-    let _ = stream.set_write_timeout(Some(shard.plan.limits.write_timeout));
-    peer
+    stream.set_write_timeout(Some(shard.plan.limits.write_timeout));
 }
 
 impl Conn {

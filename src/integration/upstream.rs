@@ -6,8 +6,8 @@
 //! are TLS ([`UpstreamStream`]); they are pooled and reused like plain ones.
 
 use crate::config::{Balance, UpstreamPlan};
+use crate::net::Socket as TcpStream;
 use crate::tls::stream::{Stream, UpstreamStream};
-use glommio::net::TcpStream;
 use std::cell::{Cell, RefCell};
 use std::time::{Duration, Instant};
 
@@ -183,11 +183,9 @@ impl UpstreamState {
     pub async fn connect(&self, plan: &UpstreamPlan, target: usize) -> std::io::Result<UpConn> {
         let addr = plan.targets[target].addr;
         let started = Instant::now();
-        let stream = TcpStream::connect_timeout(addr, plan.connect_timeout)
-            .await
-            .map_err(std::io::Error::from)?;
+        let stream = TcpStream::connect(addr, plan.connect_timeout).await?;
         let _ = stream.set_nodelay(true);
-        let _ = stream.set_write_timeout(Some(plan.timeout));
+        stream.set_write_timeout(Some(plan.timeout));
         let Some((connector, names)) = &self.tls else {
             return Ok(UpConn::new(Stream::Plain(stream), target));
         };
@@ -195,7 +193,7 @@ impl UpstreamState {
             .connect_timeout
             .saturating_sub(started.elapsed())
             .max(Duration::from_millis(1));
-        let _ = stream.set_read_timeout(Some(left));
+        stream.set_read_timeout(Some(left));
         let name = names[target].clone();
         let shown = name.to_str().into_owned();
         let handshake = async { Some(connector.connect(name, stream).await) };

@@ -6,12 +6,12 @@ use crate::config::Plan;
 use crate::http::encode::{DateCache, RequestIds};
 use crate::http::parse::HeadLimits;
 use crate::integration::upstream::UpstreamState;
+use crate::net::Listener;
 use crate::runtime::Control;
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
-use glommio::net::TcpListener;
 use glommio::sync::Semaphore;
 use std::cell::{Cell, RefCell};
-use std::os::fd::{FromRawFd, RawFd};
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -218,7 +218,14 @@ pub(super) async fn run(
     for (fd, tls) in fds {
         // SAFETY: `fd` is a bound, listening socket created for this shard by
         // `bind_all` and owned by nobody else.
-        let listener = unsafe { TcpListener::from_raw_fd(fd) };
+        let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+        let listener = match Listener::from_fd(owned) {
+            Ok(l) => l,
+            Err(e) => {
+                let _ = ready.send(Err(format!("shard {id}: cannot watch listener: {e}")));
+                return;
+            }
+        };
         let acceptor = if tls { shard.tls.clone() } else { None };
         accept_tasks.push(glommio::spawn_local(accept_loop(
             shard.clone(),
@@ -265,7 +272,7 @@ pub(super) async fn run(
 /// Accepts on one listener; `tls` is set on a TLS listener.
 async fn accept_loop(
     shard: Rc<Shard>,
-    listener: TcpListener,
+    listener: Listener,
     tls: Option<futures_rustls::TlsAcceptor>,
 ) {
     loop {
@@ -274,7 +281,7 @@ async fn accept_loop(
             None
         })
         .await;
-        let stream = match accepted {
+        let (stream, peer) = match accepted {
             None => return,
             Some(Ok(s)) => s,
             Some(Err(e)) => {
@@ -286,13 +293,17 @@ async fn accept_loop(
         };
         let over_limit = shard.live_connections() >= shard.plan.server.max_connections_per_shard;
         match &tls {
-            None => {
-                glommio::spawn_local(crate::http::conn::serve(shard.clone(), stream, over_limit))
-                    .detach()
-            }
+            None => glommio::spawn_local(crate::http::conn::serve(
+                shard.clone(),
+                stream,
+                peer,
+                over_limit,
+            ))
+            .detach(),
             Some(acceptor) => glommio::spawn_local(crate::http::conn::serve_tls(
                 shard.clone(),
                 stream,
+                peer,
                 over_limit,
                 acceptor.clone(),
             ))

@@ -1,4 +1,4 @@
-//! A socket that may carry TLS: [`Stream::Plain`] is the glommio TCP stream
+//! A socket that may carry TLS: [`Stream::Plain`] is our TCP socket
 //! itself, [`Stream::Tls`] drives a rustls session over it (through
 //! futures-rustls). The connection loop and the proxy read and write a
 //! `Stream` without caring which it is.
@@ -14,8 +14,8 @@
 //! is full, and a proxy that then waits for an answer to bytes still sitting
 //! in that buffer waits forever.
 
+use crate::net::Socket as TcpStream;
 use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use glommio::net::TcpStream;
 use std::io::{self, IoSlice};
 use std::os::fd::AsRawFd;
 use std::pin::Pin;
@@ -88,11 +88,13 @@ impl<T: TlsSession> Stream<T> {
     }
 
     pub fn set_read_timeout(&self, d: Option<Duration>) -> io::Result<()> {
-        self.tcp().set_read_timeout(d).map_err(io::Error::from)
+        self.tcp().set_read_timeout(d);
+        Ok(())
     }
 
     pub fn set_write_timeout(&self, d: Option<Duration>) -> io::Result<()> {
-        self.tcp().set_write_timeout(d).map_err(io::Error::from)
+        self.tcp().set_write_timeout(d);
+        Ok(())
     }
 
     /// Writes all of `buf` and, under TLS, pushes every record to the
@@ -136,10 +138,7 @@ impl<T: TlsSession> Stream<T> {
     /// TLS, then a TCP half-close.
     pub async fn shutdown_write(&mut self) -> io::Result<()> {
         self.close().await;
-        self.tcp()
-            .shutdown(std::net::Shutdown::Write)
-            .await
-            .map_err(io::Error::from)
+        self.tcp().shutdown(std::net::Shutdown::Write)
     }
 
     /// Says goodbye before the socket is dropped: under TLS a close_notify,
@@ -211,50 +210,12 @@ impl<T: TlsSession> AsyncWrite for Stream<T> {
     }
 }
 
-/// Writes `a` then `b` with one `sendmsg` when the socket takes it all, and
-/// falls back to ordinary writes for whatever it does not. Used to send a
-/// response head and the body bytes already read with one syscall and no
-/// copy.
+/// Writes `a` then `b` with one `sendmsg` when the socket takes it all (no
+/// copy of either). Used to send a response head and the body bytes already
+/// read with one syscall.
 pub async fn write_two_tcp(stream: &mut TcpStream, a: &[u8], b: &[u8]) -> io::Result<()> {
     if b.is_empty() {
         return stream.write_all(a).await;
     }
-    let iov = [
-        libc::iovec {
-            iov_base: a.as_ptr() as *mut libc::c_void,
-            iov_len: a.len(),
-        },
-        libc::iovec {
-            iov_base: b.as_ptr() as *mut libc::c_void,
-            iov_len: b.len(),
-        },
-    ];
-    // SAFETY: msghdr is plain data; all-zero is a valid empty header.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = iov.as_ptr() as *mut libc::iovec;
-    msg.msg_iovlen = 2;
-    // SAFETY: the iovecs point into `a` and `b`, which outlive the call; the
-    // flags make it non-blocking and suppress SIGPIPE.
-    let r = unsafe {
-        libc::sendmsg(
-            stream.as_raw_fd(),
-            &msg,
-            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
-        )
-    };
-    let sent = if r < 0 {
-        let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::WouldBlock && e.kind() != io::ErrorKind::Interrupted {
-            return Err(e);
-        }
-        0
-    } else {
-        r as usize
-    };
-    if sent < a.len() {
-        stream.write_all(&a[sent..]).await?;
-        stream.write_all(b).await
-    } else {
-        stream.write_all(&b[sent - a.len()..]).await
-    }
+    stream.send_two(a, b).await
 }

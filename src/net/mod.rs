@@ -1,0 +1,726 @@
+//! Sockets for the data path: every client and upstream connection and every
+//! listener of a shard waits for readiness here, on one edge-triggered epoll
+//! instance per shard, instead of on glommio's per-read io_uring polls.
+//!
+//! Why (measured, docs/benchmarks.md "Where the time goes"): glommio 0.9's
+//! `TcpStream` submits a one-shot io_uring `POLL_ADD` for every read that
+//! waits, about 2.4 per proxied request, and each completion raised from the
+//! other CPU runs as io_uring task work that interrupts the running shard with
+//! a reschedule IPI (its rings are created without `COOP_TASKRUN`, and glommio
+//! must not be forked). Those IPIs alone were ~14% of the shard's CPU. Its read
+//! timeouts also insert and remove a reactor timer per waiting read.
+//!
+//! Here a socket is registered once, edge-triggered, for input and output.
+//! One poller task per shard collects events with a non-blocking
+//! `epoll_wait` whenever the shard has run what was ready; only when that
+//! finds nothing does the shard go to sleep, through one io_uring poll on the
+//! epoll descriptor itself (see [`doorbell`]). A busy shard therefore takes no
+//! interrupts from the network and submits nothing to io_uring per request.
+//!
+//! Reads follow nginx: a read that returns less than the buffer it was given
+//! drained the socket, so the next read waits for the next edge instead of
+//! spending a syscall on `EAGAIN`. Edge-triggered epoll queues an event for
+//! every arrival after that read, so nothing is missed; at worst a read finds
+//! an event for bytes it already took and gets one `EAGAIN`.
+//!
+//! Timeouts have glommio's meaning (the longest one read or write may wait),
+//! kept as a deadline in the socket's slot. A shard-wide heap holds at most
+//! one live entry per socket, re-armed lazily when it fires: a keep-alive
+//! connection that reads a request every millisecond touches the heap once
+//! per timeout period, not once per read.
+//!
+//! Everything is shard-local (`Rc`, `RefCell`, `Cell`): a reactor is created
+//! on first use on a glommio executor's thread and lives as long as it.
+
+mod sys;
+#[cfg(test)]
+mod tests;
+
+use std::cell::{Cell, RefCell};
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::future::Future;
+use std::io::{self, IoSlice};
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+/// Events taken per `epoll_wait`. More wait for the poller's next turn, one
+/// task-queue round later.
+const EVENTS_PER_WAIT: usize = 256;
+
+// === impl Reactor ===
+
+/// What one registered socket is waiting for.
+struct Slot {
+    /// Bumped when the slot is freed, so that an event or a heap entry for a
+    /// closed socket cannot reach the socket that reuses the slot.
+    gen: u32,
+    readable: bool,
+    writable: bool,
+    /// The peer closed its side or the socket failed: reads never wait
+    /// again, since no further edge will come for an end of stream that a
+    /// short read did not see.
+    eof: bool,
+    read_waker: Option<Waker>,
+    write_waker: Option<Waker>,
+    read_deadline: Option<Instant>,
+    write_deadline: Option<Instant>,
+    /// The time of this slot's live entry in the timer heap, if any.
+    scheduled: Option<Instant>,
+}
+
+impl Slot {
+    fn earliest_deadline(&self) -> Option<Instant> {
+        match (self.read_deadline, self.write_deadline) {
+            (Some(r), Some(w)) => Some(r.min(w)),
+            (r, w) => r.or(w),
+        }
+    }
+}
+
+#[derive(Default)]
+struct Slab {
+    slots: Vec<Slot>,
+    free: Vec<u32>,
+}
+
+/// One shard's readiness reactor.
+pub struct Reactor {
+    epfd: OwnedFd,
+    slab: RefCell<Slab>,
+    timers: RefCell<BinaryHeap<Reverse<(Instant, u32, u32)>>>,
+    /// When the timer task will next look at the heap (None: it waits to
+    /// be kicked).
+    timer_target: Cell<Option<Instant>>,
+    timer_kicked: Cell<bool>,
+    timer_waker: RefCell<Option<Waker>>,
+}
+
+thread_local! {
+    static CURRENT: RefCell<Option<Rc<Reactor>>> = const { RefCell::new(None) };
+}
+
+impl Reactor {
+    /// This thread's reactor, created (with its poller and timer tasks) on
+    /// first use. Must be called on a glommio executor's thread.
+    pub fn current() -> io::Result<Rc<Reactor>> {
+        if let Some(r) = CURRENT.with(|c| c.borrow().clone()) {
+            return Ok(r);
+        }
+        let epfd = sys::epoll_create()?;
+        let reactor = Rc::new(Reactor {
+            epfd,
+            slab: RefCell::new(Slab::default()),
+            timers: RefCell::new(BinaryHeap::new()),
+            timer_target: Cell::new(None),
+            timer_kicked: Cell::new(false),
+            timer_waker: RefCell::new(None),
+        });
+        CURRENT.with(|c| *c.borrow_mut() = Some(reactor.clone()));
+        glommio::spawn_local(poller(reactor.clone())).detach();
+        glommio::spawn_local(timer_task(reactor.clone())).detach();
+        Ok(reactor)
+    }
+
+    fn register(&self, fd: RawFd) -> io::Result<(u32, u32)> {
+        let (idx, gen) = {
+            let mut slab = self.slab.borrow_mut();
+            let idx = match slab.free.pop() {
+                Some(i) => i,
+                None => {
+                    let i = u32::try_from(slab.slots.len())
+                        .map_err(|_| io::Error::other("too many sockets on one shard"))?;
+                    slab.slots.push(Slot {
+                        gen: 0,
+                        readable: false,
+                        writable: false,
+                        eof: false,
+                        read_waker: None,
+                        write_waker: None,
+                        read_deadline: None,
+                        write_deadline: None,
+                        scheduled: None,
+                    });
+                    i
+                }
+            };
+            let s = &mut slab.slots[idx as usize];
+            // Optimistic: a new socket may already hold input (a request
+            // that came with the handshake), and has room to write.
+            s.readable = true;
+            s.writable = true;
+            s.eof = false;
+            (idx, s.gen)
+        };
+        let token = (u64::from(gen) << 32) | u64::from(idx);
+        if let Err(e) = sys::epoll_add(self.epfd.as_raw_fd(), fd, token) {
+            self.release(idx);
+            return Err(e);
+        }
+        Ok((idx, gen))
+    }
+
+    /// Frees a slot; the socket's descriptor is closed right after, which
+    /// removes it from the epoll set.
+    fn release(&self, idx: u32) {
+        let mut slab = self.slab.borrow_mut();
+        let s = &mut slab.slots[idx as usize];
+        s.gen = s.gen.wrapping_add(1);
+        s.read_waker = None;
+        s.write_waker = None;
+        s.read_deadline = None;
+        s.write_deadline = None;
+        s.scheduled = None;
+        slab.free.push(idx);
+    }
+
+    /// Makes sure the timer heap will look at slot `idx` by `deadline`.
+    fn schedule(&self, slab: &mut Slab, idx: u32, deadline: Instant) {
+        let s = &mut slab.slots[idx as usize];
+        if s.scheduled.is_some_and(|t| t <= deadline) {
+            return;
+        }
+        s.scheduled = Some(deadline);
+        self.timers
+            .borrow_mut()
+            .push(Reverse((deadline, idx, s.gen)));
+        if self.timer_target.get().is_none_or(|t| deadline < t) {
+            self.timer_kicked.set(true);
+            if let Some(w) = self.timer_waker.borrow_mut().take() {
+                w.wake();
+            }
+        }
+    }
+
+    /// Wakes the sockets whose deadline passed; returns the next time the
+    /// heap needs a look.
+    fn expire(&self, now: Instant) -> Option<Instant> {
+        let mut wake = Vec::new();
+        let next = {
+            let mut slab = self.slab.borrow_mut();
+            let mut heap = self.timers.borrow_mut();
+            while let Some(&Reverse((t, idx, gen))) = heap.peek() {
+                if t > now {
+                    break;
+                }
+                heap.pop();
+                let Some(s) = slab.slots.get_mut(idx as usize) else {
+                    continue;
+                };
+                if s.gen != gen || s.scheduled != Some(t) {
+                    continue; // stale: closed, or moved earlier
+                }
+                s.scheduled = None;
+                match s.earliest_deadline() {
+                    None => {}
+                    Some(d) if d <= now => {
+                        // The waiting read or write sees its deadline
+                        // passed and fails with TimedOut.
+                        if s.read_deadline.is_some_and(|d| d <= now) {
+                            wake.extend(s.read_waker.take());
+                        }
+                        if s.write_deadline.is_some_and(|d| d <= now) {
+                            wake.extend(s.write_waker.take());
+                        }
+                        // Whatever deadline is left gets its own entry.
+                        let later = [s.read_deadline, s.write_deadline]
+                            .into_iter()
+                            .flatten()
+                            .filter(|&d| d > now)
+                            .min();
+                        if let Some(l) = later {
+                            s.scheduled = Some(l);
+                            heap.push(Reverse((l, idx, gen)));
+                        }
+                    }
+                    Some(d) => {
+                        s.scheduled = Some(d);
+                        heap.push(Reverse((d, idx, gen)));
+                    }
+                }
+            }
+            heap.peek().map(|Reverse((t, _, _))| *t)
+        };
+        for w in wake {
+            w.wake();
+        }
+        next
+    }
+
+    /// Takes what epoll has ready without blocking and wakes the waiters;
+    /// returns how many events there were.
+    fn dispatch(&self, events: &mut [libc::epoll_event]) -> io::Result<usize> {
+        let n = sys::epoll_wait_now(self.epfd.as_raw_fd(), events)?;
+        let mut slab = self.slab.borrow_mut();
+        let mut wake: smallvec::SmallVec<[Waker; 32]> = smallvec::SmallVec::new();
+        for ev in &events[..n] {
+            let token = ev.u64;
+            let idx = (token & 0xffff_ffff) as u32;
+            let gen = (token >> 32) as u32;
+            let Some(s) = slab.slots.get_mut(idx as usize) else {
+                continue;
+            };
+            if s.gen != gen {
+                continue;
+            }
+            let bits = ev.events;
+            let err = bits & (libc::EPOLLERR | libc::EPOLLHUP) as u32 != 0;
+            if err || bits & libc::EPOLLRDHUP as u32 != 0 {
+                s.eof = true;
+            }
+            if err || bits & (libc::EPOLLIN | libc::EPOLLRDHUP) as u32 != 0 {
+                s.readable = true;
+                wake.extend(s.read_waker.take());
+            }
+            if err || bits & libc::EPOLLOUT as u32 != 0 {
+                s.writable = true;
+                wake.extend(s.write_waker.take());
+            }
+        }
+        drop(slab);
+        for w in wake {
+            w.wake();
+        }
+        Ok(n)
+    }
+
+    /// How many sockets are registered (for tests and diagnostics).
+    pub fn registered(&self) -> usize {
+        let slab = self.slab.borrow();
+        slab.slots.len() - slab.free.len()
+    }
+}
+
+/// The poller: collects events while there are any, yielding to the woken
+/// tasks between batches; sleeps on the doorbell when a look finds nothing.
+async fn poller(reactor: Rc<Reactor>) {
+    let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; EVENTS_PER_WAIT];
+    loop {
+        match reactor.dispatch(&mut events) {
+            Ok(0) => {
+                if let Err(e) = doorbell(reactor.epfd.as_raw_fd()).await {
+                    crate::log!("error", "socket reactor: cannot wait for events: {e}");
+                    glommio::timer::sleep(Duration::from_millis(1)).await;
+                }
+            }
+            Ok(_) => futures_lite::future::yield_now().await,
+            Err(e) => {
+                crate::log!("error", "socket reactor: epoll_wait failed: {e}");
+                glommio::timer::sleep(Duration::from_millis(1)).await;
+            }
+        }
+    }
+}
+
+/// Waits until the epoll set has an event, through the shard's io_uring.
+///
+/// glommio 0.9 has no public "wait until this descriptor is readable". Its
+/// stream types do one thing close to it: a stream made from a descriptor
+/// starts an io_uring poll for input at once, and a read of it waits for that
+/// poll before touching the descriptor. A glommio `UnixStream` over a
+/// duplicate of the epoll descriptor therefore sleeps in the shard's own ring
+/// until an event is queued; the read that follows is a `recv` on a
+/// non-socket, fails with `ENOTSOCK`, and that failure is the signal. The
+/// duplicate is closed when the stream drops. This costs a `dup`, a `close`
+/// and one io_uring poll each time the shard goes idle, not per request.
+async fn doorbell(epfd: RawFd) -> io::Result<()> {
+    use futures_lite::AsyncReadExt;
+    let dup = sys::dup(epfd)?;
+    // SAFETY: `dup` is a fresh descriptor that only this stream owns.
+    let mut bell = unsafe { glommio::net::UnixStream::from_raw_fd(dup) };
+    let mut b = [0u8; 1];
+    match bell.read(&mut b).await {
+        Err(e) if e.raw_os_error() == Some(libc::ENOTSOCK) => Ok(()),
+        Err(e) => Err(e),
+        Ok(_) => Err(io::Error::other("epoll descriptor read as a socket")),
+    }
+}
+
+/// Runs the socket timeouts: sleeps until the earliest deadline, or until a
+/// socket asks for an earlier one.
+async fn timer_task(reactor: Rc<Reactor>) {
+    loop {
+        let now = Instant::now();
+        let next = reactor.expire(now);
+        reactor.timer_target.set(next);
+        reactor.timer_kicked.set(false);
+        let kicked = Kicked(&reactor);
+        match next {
+            None => kicked.await,
+            Some(t) => {
+                let sleep = async {
+                    glommio::timer::sleep(t.saturating_duration_since(now)).await;
+                };
+                futures_lite::future::or(sleep, kicked).await
+            }
+        }
+    }
+}
+
+/// Ready once [`Reactor::schedule`] asked for an earlier look.
+struct Kicked<'a>(&'a Reactor);
+
+impl Future for Kicked<'_> {
+    type Output = ();
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.0.timer_kicked.get() {
+            return Poll::Ready(());
+        }
+        *self.0.timer_waker.borrow_mut() = Some(cx.waker().clone());
+        Poll::Pending
+    }
+}
+
+// === impl Socket ===
+
+/// A non-blocking socket registered with this shard's reactor. Closed when
+/// dropped.
+pub struct Socket {
+    fd: OwnedFd,
+    reactor: Rc<Reactor>,
+    idx: u32,
+    read_timeout: Cell<Option<Duration>>,
+    write_timeout: Cell<Option<Duration>>,
+}
+
+enum Dir {
+    Read,
+    Write,
+}
+
+impl Socket {
+    /// Registers `fd`, which must be a non-blocking socket this call now
+    /// owns.
+    fn new(fd: OwnedFd) -> io::Result<Socket> {
+        let reactor = Reactor::current()?;
+        let (idx, _) = reactor.register(fd.as_raw_fd())?;
+        Ok(Socket {
+            fd,
+            reactor,
+            idx,
+            read_timeout: Cell::new(None),
+            write_timeout: Cell::new(None),
+        })
+    }
+
+    /// Opens a TCP connection to `addr`, failing with `TimedOut` if it is
+    /// not established within `timeout`.
+    pub async fn connect(addr: SocketAddr, timeout: Duration) -> io::Result<Socket> {
+        let fd = sys::tcp_socket(&addr)?;
+        let sock = Socket::new(fd)?;
+        if sys::connect(sock.fd.as_raw_fd(), &addr)? {
+            return Ok(sock);
+        }
+        // In progress: writable means done, one way or the other.
+        sock.slot_mut(|s| s.writable = false);
+        sock.write_timeout.set(Some(timeout));
+        let waited = futures_lite::future::poll_fn(|cx| sock.poll_ready(cx, Dir::Write)).await;
+        sock.write_timeout.set(None);
+        match waited {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::TimedOut => {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("connection to {addr} not established within {timeout:?}"),
+                ))
+            }
+            Err(e) => return Err(e),
+        }
+        match sys::socket_error(sock.fd.as_raw_fd())? {
+            None => Ok(sock),
+            Some(e) => Err(e),
+        }
+    }
+
+    pub fn set_read_timeout(&self, d: Option<Duration>) {
+        self.read_timeout.set(d);
+    }
+
+    pub fn set_write_timeout(&self, d: Option<Duration>) {
+        self.write_timeout.set(d);
+    }
+
+    pub fn set_nodelay(&self, on: bool) -> io::Result<()> {
+        sys::set_nodelay(self.fd.as_raw_fd(), on)
+    }
+
+    pub fn peer_addr(&self) -> io::Result<SocketAddr> {
+        sys::peer_addr(self.fd.as_raw_fd())
+    }
+
+    pub fn shutdown(&self, how: std::net::Shutdown) -> io::Result<()> {
+        sys::shutdown(self.fd.as_raw_fd(), how)
+    }
+
+    fn slot_mut<R>(&self, f: impl FnOnce(&mut Slot) -> R) -> R {
+        let mut slab = self.reactor.slab.borrow_mut();
+        f(&mut slab.slots[self.idx as usize])
+    }
+
+    /// Pending until the socket is (probably) ready in `dir`, or an error
+    /// once its timeout passed. Marks it not ready first: call this only
+    /// after a syscall said `EAGAIN`, or to wait for a connect.
+    fn poll_ready(&self, cx: &Context<'_>, dir: Dir) -> Poll<io::Result<()>> {
+        let timeout = match dir {
+            Dir::Read => self.read_timeout.get(),
+            Dir::Write => self.write_timeout.get(),
+        };
+        let mut slab = self.reactor.slab.borrow_mut();
+        let s = &mut slab.slots[self.idx as usize];
+        let (ready, deadline, waker) = match dir {
+            Dir::Read => (&mut s.readable, &mut s.read_deadline, &mut s.read_waker),
+            Dir::Write => (&mut s.writable, &mut s.write_deadline, &mut s.write_waker),
+        };
+        if *ready {
+            return Poll::Ready(Ok(()));
+        }
+        let mut arm = None;
+        match *deadline {
+            Some(d) => {
+                if Instant::now() >= d {
+                    *deadline = None;
+                    *waker = None;
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "Operation timed out",
+                    )));
+                }
+            }
+            None => {
+                if let Some(t) = timeout {
+                    let d = Instant::now() + t;
+                    *deadline = Some(d);
+                    arm = Some(d);
+                }
+            }
+        }
+        match waker {
+            Some(w) if w.will_wake(cx.waker()) => {}
+            _ => *waker = Some(cx.waker().clone()),
+        }
+        if let Some(d) = arm {
+            self.reactor.schedule(&mut slab, self.idx, d);
+        }
+        Poll::Pending
+    }
+
+    /// Marks the socket drained in `dir` and clears its deadline: a syscall
+    /// just finished without waiting.
+    fn done(&self, dir: Dir, drained: bool) {
+        self.slot_mut(|s| match dir {
+            Dir::Read => {
+                s.read_deadline = None;
+                if drained && !s.eof {
+                    s.readable = false;
+                }
+            }
+            Dir::Write => {
+                s.write_deadline = None;
+                if drained {
+                    s.writable = false;
+                }
+            }
+        })
+    }
+
+    fn is_ready(&self, dir: Dir) -> bool {
+        self.slot_mut(|s| match dir {
+            Dir::Read => s.readable,
+            Dir::Write => s.writable,
+        })
+    }
+
+    pub fn poll_recv(&self, cx: &Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
+        loop {
+            if self.is_ready(Dir::Read) {
+                match sys::recv(self.fd.as_raw_fd(), buf) {
+                    Ok(n) => {
+                        // Short read: the socket is drained (see the module
+                        // doc). End of stream stays readable.
+                        self.done(Dir::Read, n > 0 && n < buf.len());
+                        return Poll::Ready(Ok(n));
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        self.slot_mut(|s| s.readable = false)
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => {
+                        self.done(Dir::Read, false);
+                        return Poll::Ready(Err(e));
+                    }
+                }
+            }
+            match self.poll_ready(cx, Dir::Read) {
+                Poll::Ready(Ok(())) => continue,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+
+    pub fn poll_send_vectored(
+        &self,
+        cx: &Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        loop {
+            if self.is_ready(Dir::Write) {
+                match sys::sendmsg(self.fd.as_raw_fd(), bufs) {
+                    Ok(n) => {
+                        self.done(Dir::Write, false);
+                        return Poll::Ready(Ok(n));
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        self.slot_mut(|s| s.writable = false)
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => {
+                        self.done(Dir::Write, false);
+                        return Poll::Ready(Err(e));
+                    }
+                }
+            }
+            match self.poll_ready(cx, Dir::Write) {
+                Poll::Ready(Ok(())) => continue,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+
+    pub fn poll_send(&self, cx: &Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        loop {
+            if self.is_ready(Dir::Write) {
+                match sys::send(self.fd.as_raw_fd(), buf) {
+                    Ok(n) => {
+                        self.done(Dir::Write, false);
+                        return Poll::Ready(Ok(n));
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        self.slot_mut(|s| s.writable = false)
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => {
+                        self.done(Dir::Write, false);
+                        return Poll::Ready(Err(e));
+                    }
+                }
+            }
+            match self.poll_ready(cx, Dir::Write) {
+                Poll::Ready(Ok(())) => continue,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+
+    /// Writes all of `a` then all of `b`, with one `sendmsg` when the
+    /// socket takes both at once.
+    pub async fn send_two(&self, a: &[u8], b: &[u8]) -> io::Result<()> {
+        let mut parts = [IoSlice::new(a), IoSlice::new(b)];
+        let mut bufs = &mut parts[..];
+        IoSlice::advance_slices(&mut bufs, 0);
+        while !bufs.is_empty() {
+            let n = futures_lite::future::poll_fn(|cx| self.poll_send_vectored(cx, bufs)).await?;
+            if n == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            IoSlice::advance_slices(&mut bufs, n);
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Socket {
+    fn drop(&mut self) {
+        self.reactor.release(self.idx);
+        // `fd` closes after this, which takes it out of the epoll set.
+    }
+}
+
+impl AsRawFd for Socket {
+    fn as_raw_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+}
+
+impl futures_lite::AsyncRead for Socket {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        self.poll_recv(cx, buf)
+    }
+}
+
+impl futures_lite::AsyncWrite for Socket {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.poll_send(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        self.poll_send_vectored(cx, bufs)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_close(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(self.shutdown(std::net::Shutdown::Write))
+    }
+}
+
+// === impl Listener ===
+
+/// A listening socket whose accepts wait on the reactor.
+pub struct Listener {
+    sock: Socket,
+}
+
+impl Listener {
+    /// Takes over `fd`, a bound and listening socket.
+    pub fn from_fd(fd: OwnedFd) -> io::Result<Listener> {
+        sys::set_nonblocking(fd.as_raw_fd())?;
+        Ok(Listener {
+            sock: Socket::new(fd)?,
+        })
+    }
+
+    /// The next connection, non-blocking and registered, with its peer's
+    /// address.
+    pub async fn accept(&self) -> io::Result<(Socket, SocketAddr)> {
+        loop {
+            if self.sock.is_ready(Dir::Read) {
+                match sys::accept(self.sock.fd.as_raw_fd()) {
+                    Ok((fd, peer)) => return Ok((Socket::new(fd)?, peer)),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        self.sock.slot_mut(|s| s.readable = false)
+                    }
+                    // The peer gave up before we took it: next.
+                    Err(e)
+                        if e.kind() == io::ErrorKind::Interrupted
+                            || e.raw_os_error() == Some(libc::ECONNABORTED) =>
+                    {
+                        continue
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            futures_lite::future::poll_fn(|cx| self.sock.poll_ready(cx, Dir::Read)).await?;
+        }
+    }
+}

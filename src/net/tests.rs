@@ -1,0 +1,182 @@
+//! The reactor over real loopback sockets, on a real glommio executor.
+//! (Test code: `unwrap` on fixtures the test itself builds.)
+
+use super::*;
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use std::io::{Read, Write};
+
+fn run<T>(f: impl std::future::Future<Output = T>) -> T {
+    glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+        .io_memory(512 * 1024)
+        .make()
+        .unwrap()
+        .run(f)
+}
+
+fn listener() -> (Listener, SocketAddr) {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    (Listener::from_fd(OwnedFd::from(l)).unwrap(), addr)
+}
+
+#[test]
+fn accept_read_write_and_eof_over_loopback() {
+    run(async {
+        let (l, addr) = listener();
+        let client = std::thread::spawn(move || {
+            let mut c = std::net::TcpStream::connect(addr).unwrap();
+            // Two writes with a pause: the second arrives after the server
+            // drained the first and must still wake it (edge-triggered).
+            c.write_all(b"hello ").unwrap();
+            std::thread::sleep(Duration::from_millis(50));
+            c.write_all(b"world").unwrap();
+            c.shutdown(std::net::Shutdown::Write).unwrap();
+            let mut back = Vec::new();
+            c.read_to_end(&mut back).unwrap();
+            back
+        });
+        let (mut s, peer) = l.accept().await.unwrap();
+        assert!(peer.ip().is_loopback());
+        let mut got = Vec::new();
+        let mut buf = [0u8; 64];
+        loop {
+            let n = s.read(&mut buf).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&buf[..n]);
+        }
+        assert_eq!(got, b"hello world");
+        s.send_two(b"echo: ", &got).await.unwrap();
+        s.shutdown(std::net::Shutdown::Write).unwrap();
+        assert_eq!(client.join().unwrap(), b"echo: hello world");
+    });
+}
+
+#[test]
+fn read_timeout_fires_and_a_later_read_still_works() {
+    run(async {
+        let (l, addr) = listener();
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let client = std::thread::spawn(move || {
+            let mut c = std::net::TcpStream::connect(addr).unwrap();
+            rx.recv().unwrap();
+            c.write_all(b"late").unwrap();
+            std::thread::sleep(Duration::from_millis(200));
+        });
+        let (mut s, _) = l.accept().await.unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(100)));
+        let started = Instant::now();
+        let mut buf = [0u8; 16];
+        let e = s.read(&mut buf).await.unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut);
+        assert!(started.elapsed() >= Duration::from_millis(100));
+        tx.send(()).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10)));
+        let n = s.read(&mut buf).await.unwrap();
+        assert_eq!(&buf[..n], b"late");
+        client.join().unwrap();
+    });
+}
+
+#[test]
+fn an_earlier_deadline_is_not_held_up_by_a_later_one() {
+    // Socket A waits with a 10 s timeout, then B with 100 ms: B must time
+    // out on time although the timer task was sleeping towards A's.
+    run(async {
+        let (l, addr) = listener();
+        let _a = std::net::TcpStream::connect(addr).unwrap();
+        let _b = std::net::TcpStream::connect(addr).unwrap();
+        let (a, _) = l.accept().await.unwrap();
+        let (mut b, _) = l.accept().await.unwrap();
+        a.set_read_timeout(Some(Duration::from_secs(10)));
+        let slow = glommio::spawn_local(async move {
+            let mut a = a;
+            let mut buf = [0u8; 4];
+            let _ = a.read(&mut buf).await;
+        });
+        glommio::timer::sleep(Duration::from_millis(20)).await;
+        b.set_read_timeout(Some(Duration::from_millis(100)));
+        let started = Instant::now();
+        let mut buf = [0u8; 4];
+        let e = b.read(&mut buf).await.unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut);
+        assert!(started.elapsed() < Duration::from_secs(5));
+        slow.cancel().await;
+    });
+}
+
+#[test]
+fn connect_refused_and_connect_ok() {
+    run(async {
+        // A port nobody listens on: bind, note it, close.
+        let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = free.local_addr().unwrap();
+        drop(free);
+        let e = Socket::connect(addr, Duration::from_secs(2))
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(e.kind(), io::ErrorKind::ConnectionRefused);
+
+        let srv = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = srv.local_addr().unwrap();
+        let t = std::thread::spawn(move || {
+            let (mut c, _) = srv.accept().unwrap();
+            let mut b = [0u8; 4];
+            c.read_exact(&mut b).unwrap();
+            c.write_all(&b).unwrap();
+        });
+        let mut s = Socket::connect(addr, Duration::from_secs(2)).await.unwrap();
+        s.write_all(b"ping").await.unwrap();
+        let mut b = [0u8; 4];
+        s.read_exact(&mut b).await.unwrap();
+        assert_eq!(&b, b"ping");
+        t.join().unwrap();
+    });
+}
+
+#[test]
+fn closed_sockets_free_their_slot_and_stale_events_are_ignored() {
+    run(async {
+        let (l, addr) = listener();
+        let before = Reactor::current().unwrap().registered();
+        for _ in 0..50 {
+            let mut c = std::net::TcpStream::connect(addr).unwrap();
+            let (s, _) = l.accept().await.unwrap();
+            drop(s);
+            // Input for a closed socket: must reach no one.
+            let _ = c.write_all(b"x");
+        }
+        let (mut s, _) = {
+            let mut c = std::net::TcpStream::connect(addr).unwrap();
+            c.write_all(b"live").unwrap();
+            std::mem::forget(c);
+            l.accept().await.unwrap()
+        };
+        let mut b = [0u8; 4];
+        s.read_exact(&mut b).await.unwrap();
+        assert_eq!(&b, b"live");
+        assert_eq!(Reactor::current().unwrap().registered(), before + 1);
+    });
+}
+
+#[test]
+fn a_large_write_waits_for_room_and_completes() {
+    run(async {
+        let (l, addr) = listener();
+        let reader = std::thread::spawn(move || {
+            let mut c = std::net::TcpStream::connect(addr).unwrap();
+            std::thread::sleep(Duration::from_millis(100));
+            let mut all = Vec::new();
+            c.read_to_end(&mut all).unwrap();
+            all.len()
+        });
+        let (mut s, _) = l.accept().await.unwrap();
+        s.set_write_timeout(Some(Duration::from_secs(10)));
+        let big = vec![7u8; 8 << 20];
+        s.write_all(&big).await.unwrap();
+        drop(s);
+        assert_eq!(reader.join().unwrap(), 8 << 20);
+    });
+}
