@@ -98,6 +98,29 @@ fn sigterm_closes_idle_keep_alive_connections() {
     assert!(status.success(), "exit status {status:?}");
 }
 
+/// Regression for parking (src/net, `Conn::park`): connections quiet for
+/// over a second have no task any more, only a socket in the reactor; a
+/// shutdown must still reach and close them.
+#[test]
+fn sigterm_closes_parked_keep_alive_connections() {
+    let b = Backend::start(Reply::Echo);
+    let mut gw = Gateway::start(&config(&b, 10_000));
+    let mut idle: Vec<Client> = (0..4).map(|_| gw.client()).collect();
+    for c in &mut idle {
+        assert_eq!(c.get("/health").status, 200);
+    }
+    // Past the one second after which a quiet connection is parked.
+    thread::sleep(Duration::from_millis(1600));
+    gw.sigterm();
+    for c in &mut idle {
+        c.expect_closed();
+    }
+    let status = gw
+        .wait_exit(Duration::from_secs(5))
+        .expect("coregate did not exit with only parked connections");
+    assert!(status.success(), "exit status {status:?}");
+}
+
 #[test]
 fn sigint_exits_zero() {
     let b = Backend::start(Reply::Echo);

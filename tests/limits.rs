@@ -280,6 +280,43 @@ integration = { type = "mock", body = 'ok' }
     }
 }
 
+/// Regression for parking (src/net, `Conn::park`): a keep-alive connection
+/// quiet for over a second is parked with no task; a request then, or two
+/// pipelined in one write, must be answered on the same connection, and the
+/// idle timeout must still close it silently.
+#[test]
+fn parked_connection_serves_again_and_still_idles_out() {
+    let gw = Gateway::start(
+        r#"
+[server]
+listen = ["127.0.0.1:0"]
+shards = 1
+[server.limits]
+idle_timeout_ms = 2500
+
+[[apis]]
+name = "main"
+[[apis.routes]]
+key = "GET /health"
+integration = { type = "mock", body = 'ok' }
+"#,
+    );
+    let mut c = gw.client();
+    assert_eq!(c.get("/health").text(), "ok");
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(c.get("/health").text(), "ok", "answered after being parked");
+    std::thread::sleep(Duration::from_millis(1500));
+    c.send(b"GET /health HTTP/1.1\r\nHost: t\r\n\r\nGET /health HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert_eq!(c.read_response().text(), "ok");
+    assert_eq!(c.read_response().text(), "ok", "second pipelined request");
+    // Parked again; the idle timeout (2.5 s) closes it without a response.
+    c.set_read_timeout(Duration::from_secs(6));
+    match c.try_read_response(false) {
+        Err(ReadError::Closed) | Err(ReadError::Reset) => {}
+        other => panic!("parked connection not closed after idle_timeout_ms: {other:?}"),
+    }
+}
+
 #[test]
 fn client_that_stops_reading_is_closed_after_write_timeout() {
     let b = Backend::start(Reply::Large {

@@ -21,6 +21,7 @@ use crate::runtime::shard::ConnGuard;
 use crate::runtime::Shard;
 use crate::tls::stream::{ClientStream, Stream, UpstreamStream};
 use futures_lite::AsyncReadExt;
+use std::cell::RefCell;
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
@@ -166,35 +167,100 @@ impl Conn {
     }
 }
 
-/// The request loop, then a TLS close_notify when the connection ends.
-async fn run(shard: Rc<Shard>, mut conn: Conn, over_limit: bool) {
-    serve_requests(&shard, &mut conn, over_limit).await;
+/// The request loop, then a TLS close_notify when the connection ends; or,
+/// for a plain connection gone quiet, parking it (see [`Conn::park`]).
+async fn run(shard: Rc<Shard>, mut conn: Conn, mut over_limit: bool) {
+    while let Some(idle_deadline) = serve_requests(&shard, &mut conn, over_limit).await {
+        match conn.park(shard.clone(), idle_deadline) {
+            Ok(()) => return,
+            // Input came in meanwhile: serve it.
+            Err(c) if !c.stream.is_tls() => {
+                conn = *c;
+                over_limit = false;
+            }
+            Err(c) => {
+                conn = *c;
+                break;
+            }
+        }
+    }
     conn.stream.close().await;
 }
 
-async fn serve_requests(shard: &Rc<Shard>, conn: &mut Conn, over_limit: bool) {
+/// A parked connection: what it needs to come back (see [`Conn::park`]).
+struct Parked {
+    sock: crate::net::Socket,
+    peer: SocketAddr,
+    guard: ConnGuard,
+    shard: Rc<Shard>,
+}
+
+#[derive(Default)]
+struct ParkedTable {
+    entries: Vec<Option<Parked>>,
+    free: Vec<u32>,
+}
+
+thread_local! {
+    /// This shard's parked connections, dense so that ten thousand idle
+    /// connections are one allocation, not ten thousand.
+    static PARKED: RefCell<ParkedTable> = RefCell::default();
+}
+
+/// The reactor's call for a parked connection: input brings it back as a
+/// new task; a passed idle deadline closes it silently.
+fn resume_parked(key: u32, wake: crate::net::Wake) {
+    let taken = PARKED.with(|p| {
+        let mut p = p.borrow_mut();
+        let e = p.entries.get_mut(key as usize).and_then(Option::take);
+        if e.is_some() {
+            p.free.push(key);
+        }
+        e
+    });
+    // Dropped (on a timeout) outside the table's borrow.
+    let Some(Parked {
+        sock,
+        peer,
+        guard,
+        shard,
+    }) = taken
+    else {
+        return;
+    };
+    if wake == crate::net::Wake::Ready {
+        guard.set_idle(false);
+        let conn = Conn::new(Stream::Plain(sock), peer, None, guard);
+        glommio::spawn_local(run(shard, conn, false)).detach();
+    }
+}
+
+/// Returns the idle deadline when the connection went quiet and can be
+/// parked, `None` when it is done.
+async fn serve_requests(shard: &Rc<Shard>, conn: &mut Conn, over_limit: bool) -> Option<Instant> {
     let shard = &**shard;
     if over_limit {
         conn.send_error(shard, 503, "Service Unavailable", None, true, false)
             .await;
         conn.linger().await;
-        return;
+        return None;
     }
     conn.rbuf.resize(HEAD_BUF, 0);
     loop {
         let mut head = match conn.read_head(shard).await {
             Ok(h) => h,
-            Err(ReadErr::Closed) => return,
+            Err(ReadErr::Quiet(until)) => return Some(until),
+            Err(ReadErr::Closed) => return None,
             Err(ReadErr::Timeout) => {
                 conn.send_error(shard, 408, "Request Timeout", None, true, false)
                     .await;
-                return;
+                return None;
             }
             Err(ReadErr::Reject(r)) => {
                 conn.send_error(shard, r.status, r.message, None, true, false)
                     .await;
                 conn.linger().await;
-                return;
+                return None;
             }
         };
         if shard.draining() {
@@ -203,16 +269,19 @@ async fn serve_requests(shard: &Rc<Shard>, conn: &mut Conn, over_limit: bool) {
         }
         match pipeline::handle(conn, &head, shard).await {
             Flow::KeepAlive if !shard.draining() => conn.shrink_read_buffer(),
-            Flow::KeepAlive | Flow::Close => return,
+            Flow::KeepAlive | Flow::Close => return None,
             Flow::Linger => {
                 conn.linger().await;
-                return;
+                return None;
             }
         }
     }
 }
 
 enum ReadErr {
+    /// No request for [`IDLE_SHRINK_AFTER`]: the connection can be parked
+    /// until its idle deadline.
+    Quiet(Instant),
     Closed,
     Timeout,
     Reject(Reject),
@@ -302,11 +371,72 @@ impl Conn {
                 // Quiet for IDLE_SHRINK_AFTER: give the buffers back and keep
                 // waiting (until the idle deadline) without them.
                 Err(e) if e.kind() == io::ErrorKind::TimedOut && self.rbuf.len() > IDLE_BUF => {
+                    if !self.stream.is_tls() {
+                        return Err(ReadErr::Quiet(idle_deadline));
+                    }
                     self.release_buffers();
                 }
                 Err(_) => return Err(ReadErr::Closed),
             }
         }
+    }
+
+    /// Parks a quiet plain connection: its task ends (and with it the
+    /// connection's future and buffers), and what is left is an entry in
+    /// this shard's table of parked connections (socket, peer address,
+    /// drain registration) and the socket's slot in the reactor. Input
+    /// brings it back as a new task with fresh buffers; the idle deadline
+    /// closes it silently, as an idle timeout does. A TLS session must stay
+    /// in memory anyway, so TLS connections are not parked (they wait
+    /// holding a 64-byte buffer); one given here, or one with input already
+    /// waiting, comes back as `Err`.
+    fn park(self, shard: Rc<Shard>, idle_deadline: Instant) -> Result<(), Box<Conn>> {
+        let Conn {
+            stream,
+            peer,
+            client_cert_subject,
+            guard,
+            ..
+        } = self;
+        let sock = match stream {
+            Stream::Plain(s) => s,
+            // Not reached: read_head says Quiet for plain connections only.
+            Stream::Tls(_) => {
+                return Err(Box::new(Conn::new(
+                    stream,
+                    peer,
+                    client_cert_subject,
+                    guard,
+                )));
+            }
+        };
+        let key = PARKED.with(|p| {
+            let mut p = p.borrow_mut();
+            match p.free.pop() {
+                Some(k) => k,
+                None => {
+                    p.entries.push(None);
+                    (p.entries.len() - 1) as u32
+                }
+            }
+        });
+        if !sock.park(idle_deadline, resume_parked, key) {
+            PARKED.with(|p| p.borrow_mut().free.push(key));
+            let mut back = Conn::new(Stream::Plain(sock), peer, None, guard);
+            back.rbuf.resize(HEAD_BUF, 0);
+            return Err(Box::new(back));
+        }
+        note_released_buffers();
+        guard.set_idle(true);
+        PARKED.with(|p| {
+            p.borrow_mut().entries[key as usize] = Some(Parked {
+                sock,
+                peer,
+                guard,
+                shard,
+            })
+        });
+        Ok(())
     }
 
     /// Gives back the buffers of a connection that has gone quiet.

@@ -31,6 +31,14 @@
 //!
 //! Everything is shard-local (`Rc`, `RefCell`, `Cell`): a reactor is created
 //! on first use on a glommio executor's thread and lives as long as it.
+//! It is kept per thread, and its tasks belong to the executor that made
+//! it: one executor per thread, as every shard (a thread of its own) and
+//! every test has.
+//!
+//! Known limit, shared with nginx: a peer that sends urgent (`MSG_OOB`)
+//! data makes a read stop short at the mark with data still queued, and
+//! no new edge announces it; that connection waits until its read timeout.
+//! Only the sender of the urgent byte is affected.
 
 mod sys;
 #[cfg(test)]
@@ -71,6 +79,21 @@ struct Slot {
     write_deadline: Option<Instant>,
     /// The time of this slot's live entry in the timer heap, if any.
     scheduled: Option<Instant>,
+    /// A parked socket's continuation and its key (see [`Socket::park`]).
+    parked: Option<Resume>,
+}
+
+/// A parked socket's continuation: the function to call and the caller's
+/// key for the socket.
+type Resume = (fn(u32, Wake), u32);
+
+/// Why a parked socket's continuation runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wake {
+    /// Input arrived, or the peer closed: there is something to read.
+    Ready,
+    /// The deadline given to [`Socket::park`] passed first.
+    TimedOut,
 }
 
 impl Slot {
@@ -144,6 +167,7 @@ impl Reactor {
                         read_deadline: None,
                         write_deadline: None,
                         scheduled: None,
+                        parked: None,
                     });
                     i
                 }
@@ -167,15 +191,21 @@ impl Reactor {
     /// Frees a slot; the socket's descriptor is closed right after, which
     /// removes it from the epoll set.
     fn release(&self, idx: u32) {
-        let mut slab = self.slab.borrow_mut();
-        let s = &mut slab.slots[idx as usize];
-        s.gen = s.gen.wrapping_add(1);
-        s.read_waker = None;
-        s.write_waker = None;
-        s.read_deadline = None;
-        s.write_deadline = None;
-        s.scheduled = None;
-        slab.free.push(idx);
+        let wakers = {
+            let mut slab = self.slab.borrow_mut();
+            let s = &mut slab.slots[idx as usize];
+            s.gen = s.gen.wrapping_add(1);
+            s.read_deadline = None;
+            s.write_deadline = None;
+            s.scheduled = None;
+            s.parked = None;
+            let out = (s.read_waker.take(), s.write_waker.take());
+            slab.free.push(idx);
+            out
+        };
+        // Dropped with no borrow held: a waker may own other sockets, whose
+        // drop comes back here.
+        drop(wakers);
     }
 
     /// Makes sure the timer heap will look at slot `idx` by `deadline`.
@@ -200,6 +230,7 @@ impl Reactor {
     /// heap needs a look.
     fn expire(&self, now: Instant) -> Option<Instant> {
         let mut wake = Vec::new();
+        let mut expired: Vec<Resume> = Vec::new();
         let next = {
             let mut slab = self.slab.borrow_mut();
             let mut heap = self.timers.borrow_mut();
@@ -222,6 +253,10 @@ impl Reactor {
                         // passed and fails with TimedOut.
                         if s.read_deadline.is_some_and(|d| d <= now) {
                             wake.extend(s.read_waker.take());
+                            if let Some(p) = s.parked.take() {
+                                s.read_deadline = None;
+                                expired.push(p);
+                            }
                         }
                         if s.write_deadline.is_some_and(|d| d <= now) {
                             wake.extend(s.write_waker.take());
@@ -248,6 +283,10 @@ impl Reactor {
         for w in wake {
             w.wake();
         }
+        // Each may drop its socket, which frees the slot: no borrow is held.
+        for (f, key) in expired {
+            f(key, Wake::TimedOut);
+        }
         next
     }
 
@@ -257,6 +296,7 @@ impl Reactor {
         let n = sys::epoll_wait_now(self.epfd.as_raw_fd(), events)?;
         let mut slab = self.slab.borrow_mut();
         let mut wake: smallvec::SmallVec<[Waker; 32]> = smallvec::SmallVec::new();
+        let mut resume: smallvec::SmallVec<[Resume; 8]> = smallvec::SmallVec::new();
         for ev in &events[..n] {
             let token = ev.u64;
             let idx = (token & 0xffff_ffff) as u32;
@@ -275,6 +315,10 @@ impl Reactor {
             if err || bits & (libc::EPOLLIN | libc::EPOLLRDHUP) as u32 != 0 {
                 s.readable = true;
                 wake.extend(s.read_waker.take());
+                if let Some(p) = s.parked.take() {
+                    s.read_deadline = None;
+                    resume.push(p);
+                }
             }
             if err || bits & libc::EPOLLOUT as u32 != 0 {
                 s.writable = true;
@@ -284,6 +328,9 @@ impl Reactor {
         drop(slab);
         for w in wake {
             w.wake();
+        }
+        for (f, key) in resume {
+            f(key, Wake::Ready);
         }
         Ok(n)
     }
@@ -299,20 +346,49 @@ impl Reactor {
 /// tasks between batches; sleeps on the doorbell when a look finds nothing.
 async fn poller(reactor: Rc<Reactor>) {
     let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; EVENTS_PER_WAIT];
+    let mut failures = FailureLog::default();
     loop {
         match reactor.dispatch(&mut events) {
-            Ok(0) => {
-                if let Err(e) = doorbell(reactor.epfd.as_raw_fd()).await {
-                    crate::log!("error", "socket reactor: cannot wait for events: {e}");
-                    glommio::timer::sleep(Duration::from_millis(1)).await;
-                }
-            }
+            Ok(0) => match doorbell(reactor.epfd.as_raw_fd()).await {
+                Ok(()) => failures.ok(),
+                // Out of descriptors (EMFILE) is the likely cause: look
+                // again every millisecond until it passes.
+                Err(e) => failures.failed("cannot wait for events", &e).await,
+            },
             Ok(_) => futures_lite::future::yield_now().await,
-            Err(e) => {
-                crate::log!("error", "socket reactor: epoll_wait failed: {e}");
-                glommio::timer::sleep(Duration::from_millis(1)).await;
-            }
+            Err(e) => failures.failed("epoll_wait failed", &e).await,
         }
+    }
+}
+
+/// The poller's failures: retried after 1 ms, logged at most once a second
+/// with how many there were.
+#[derive(Default)]
+struct FailureLog {
+    count: u64,
+    logged: Option<Instant>,
+}
+
+impl FailureLog {
+    fn ok(&mut self) {
+        self.count = 0;
+    }
+
+    async fn failed(&mut self, what: &str, e: &io::Error) {
+        self.count += 1;
+        let now = Instant::now();
+        if self
+            .logged
+            .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1))
+        {
+            self.logged = Some(now);
+            crate::log!(
+                "error",
+                "socket reactor: {what}: {e} ({} failure(s) in a row; retrying every 1 ms)",
+                self.count
+            );
+        }
+        glommio::timer::sleep(Duration::from_millis(1)).await;
     }
 }
 
@@ -420,6 +496,10 @@ impl Socket {
         sock.write_timeout.set(Some(timeout));
         let waited = futures_lite::future::poll_fn(|cx| sock.poll_ready(cx, Dir::Write)).await;
         sock.write_timeout.set(None);
+        sock.slot_mut(|s| {
+            s.write_deadline = None;
+            s.write_waker = None;
+        });
         match waited {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::TimedOut => {
@@ -508,18 +588,23 @@ impl Socket {
         Poll::Pending
     }
 
-    /// Marks the socket drained in `dir` and clears its deadline: a syscall
-    /// just finished without waiting.
+    /// Marks the socket drained in `dir` and clears its deadline and waker:
+    /// a syscall just finished without waiting. (A waker left behind would
+    /// keep the last task that waited alive, future and all, for as long as
+    /// the socket sits in an upstream pool.)
     fn done(&self, dir: Dir, drained: bool) {
         self.slot_mut(|s| match dir {
             Dir::Read => {
                 s.read_deadline = None;
+                s.read_waker = None;
+                s.parked = None;
                 if drained && !s.eof {
                     s.readable = false;
                 }
             }
             Dir::Write => {
                 s.write_deadline = None;
+                s.write_waker = None;
                 if drained {
                     s.writable = false;
                 }
@@ -616,6 +701,31 @@ impl Socket {
                 Poll::Pending => return Poll::Pending,
             }
         }
+    }
+
+    /// Sets the socket aside with no task waiting on it. Returns `false`,
+    /// doing nothing, when input (or an end of stream) is already there.
+    /// Otherwise `resume(key, Wake::Ready)` is called once input arrives,
+    /// or `resume(key, Wake::TimedOut)` once `deadline` passes, whichever
+    /// comes first, from the shard's poller or timer task; a read or write
+    /// on the socket in between ends the parking.
+    ///
+    /// The caller keeps the socket (and whatever else the connection needs)
+    /// under `key` in a dense table of its own: a parked socket costs its
+    /// slot and that entry, no task and no allocation of its own. This is
+    /// how an idle keep-alive connection waits without keeping a task (and
+    /// the task's future, a few KiB) alive.
+    pub fn park(&self, deadline: Instant, resume: fn(u32, Wake), key: u32) -> bool {
+        let mut slab = self.reactor.slab.borrow_mut();
+        let s = &mut slab.slots[self.idx as usize];
+        if s.readable || s.eof {
+            return false;
+        }
+        s.read_waker = None;
+        s.read_deadline = Some(deadline);
+        s.parked = Some((resume, key));
+        self.reactor.schedule(&mut slab, self.idx, deadline);
+        true
     }
 
     /// Writes all of `a` then all of `b`, with one `sendmsg` when the

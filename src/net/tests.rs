@@ -180,3 +180,56 @@ fn a_large_write_waits_for_room_and_completes() {
         assert_eq!(reader.join().unwrap(), 8 << 20);
     });
 }
+
+thread_local! {
+    static RESUMED: RefCell<Vec<(u32, Wake)>> = const { RefCell::new(Vec::new()) };
+}
+
+fn note_resumed(key: u32, w: Wake) {
+    RESUMED.with(|r| r.borrow_mut().push((key, w)));
+}
+
+#[test]
+fn parked_socket_resumes_on_input_times_out_and_declines_when_ready() {
+    run(async {
+        let (l, addr) = listener();
+        let mut buf = [0u8; 8];
+
+        // 1. Input after parking resumes it with Ready.
+        let mut c1 = std::net::TcpStream::connect(addr).unwrap();
+        let (mut s1, _) = l.accept().await.unwrap();
+        // Spend the optimistic readiness so that park really waits.
+        let drained = futures_lite::future::poll_fn(|cx| s1.poll_recv(cx, &mut buf));
+        assert!(futures_lite::future::poll_once(drained).await.is_none());
+        assert!(s1.park(Instant::now() + Duration::from_secs(10), note_resumed, 1));
+
+        // 2. No input: the deadline resumes it with TimedOut.
+        let _c2 = std::net::TcpStream::connect(addr).unwrap();
+        let (s2, _) = l.accept().await.unwrap();
+        let drained = futures_lite::future::poll_fn(|cx| s2.poll_recv(cx, &mut buf));
+        assert!(futures_lite::future::poll_once(drained).await.is_none());
+        assert!(s2.park(Instant::now() + Duration::from_millis(100), note_resumed, 2));
+
+        glommio::timer::sleep(Duration::from_millis(50)).await;
+        assert!(
+            RESUMED.with(|r| r.borrow().is_empty()),
+            "resumed with no input"
+        );
+        c1.write_all(b"wake").unwrap();
+
+        // 3. Input already there: park declines.
+        let mut c3 = std::net::TcpStream::connect(addr).unwrap();
+        c3.write_all(b"now").unwrap();
+        let (s3, _) = l.accept().await.unwrap();
+        assert!(!s3.park(Instant::now() + Duration::from_secs(10), note_resumed, 3));
+
+        glommio::timer::sleep(Duration::from_millis(300)).await;
+        let got = RESUMED.with(|r| r.borrow().clone());
+        assert!(got.contains(&(1, Wake::Ready)), "{got:?}");
+        assert!(got.contains(&(2, Wake::TimedOut)), "{got:?}");
+        assert_eq!(got.len(), 2, "{got:?}");
+        // The resumed socket reads what woke it.
+        let n = s1.read(&mut buf).await.unwrap();
+        assert_eq!(&buf[..n], b"wake");
+    });
+}

@@ -20,6 +20,8 @@ use std::time::{Duration, Instant};
 const INBOX_POLL: Duration = Duration::from_millis(25);
 /// How often idle upstream connections past their idle timeout are closed.
 const POOL_SWEEP: Duration = Duration::from_secs(1);
+/// Connections accepted in a row before the accept loop yields.
+const ACCEPT_BATCH: u32 = 32;
 /// At most one log line per this long about failed TLS handshakes.
 const TLS_LOG_EVERY: Duration = Duration::from_secs(1);
 
@@ -275,7 +277,16 @@ async fn accept_loop(
     listener: Listener,
     tls: Option<futures_rustls::TlsAcceptor>,
 ) {
+    let mut in_a_row = 0u32;
     loop {
+        // A burst of new connections must not hold up the shard's other
+        // work: accepts do not wait while the backlog has entries, so give
+        // the task queue a turn every ACCEPT_BATCH of them.
+        in_a_row += 1;
+        if in_a_row >= ACCEPT_BATCH {
+            in_a_row = 0;
+            futures_lite::future::yield_now().await;
+        }
         let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
             shard.drained().await;
             None

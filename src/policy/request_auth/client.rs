@@ -187,6 +187,9 @@ async fn exchange(
             }
             return Err(Failure::Io("sending the call failed"));
         }
+        // The upstream's own read timeout, not what a TLS connect left on
+        // the socket (as little as 1 ms); timeout_ms bounds the whole call.
+        let _ = up.stream.set_read_timeout(Some(uplan.timeout));
         match read_answer(&mut up, uplan).await {
             Ok((answer, reusable)) => {
                 if reusable {
