@@ -60,6 +60,10 @@ use std::time::{Duration, Instant};
 /// task-queue round later.
 const EVENTS_PER_WAIT: usize = 256;
 
+/// Timer-heap entries tolerated before stale ones are swept out, however
+/// few sockets are open.
+const HEAP_SLACK: usize = 1024;
+
 // === impl Reactor ===
 
 /// What one registered socket is waiting for.
@@ -215,9 +219,21 @@ impl Reactor {
             return;
         }
         s.scheduled = Some(deadline);
-        self.timers
-            .borrow_mut()
-            .push(Reverse((deadline, idx, s.gen)));
+        let mut heap = self.timers.borrow_mut();
+        heap.push(Reverse((deadline, idx, s.gen)));
+        // Entries of closed sockets stay until their time comes; with many
+        // short connections and long timeouts they would pile up (a rate
+        // times the longest timeout). Sweep them out once they outnumber
+        // the live sockets: O(n) every O(n) pushes.
+        let live = slab.slots.len() - slab.free.len();
+        if heap.len() > HEAP_SLACK.max(4 * live) {
+            heap.retain(|&Reverse((t, i, g))| {
+                slab.slots
+                    .get(i as usize)
+                    .is_some_and(|s| s.gen == g && s.scheduled == Some(t))
+            });
+        }
+        drop(heap);
         if self.timer_target.get().is_none_or(|t| deadline < t) {
             self.timer_kicked.set(true);
             if let Some(w) = self.timer_waker.borrow_mut().take() {
@@ -333,6 +349,11 @@ impl Reactor {
             f(key, Wake::Ready);
         }
         Ok(n)
+    }
+
+    /// Entries in the timer heap, live and stale (for tests).
+    pub fn timer_entries(&self) -> usize {
+        self.timers.borrow().len()
     }
 
     /// How many sockets are registered (for tests and diagnostics).

@@ -233,3 +233,25 @@ fn parked_socket_resumes_on_input_times_out_and_declines_when_ready() {
         assert_eq!(&buf[..n], b"wake");
     });
 }
+
+/// Regression (found in self-review): entries of closed sockets stayed in
+/// the timer heap until their deadline, so many short connections with a
+/// long timeout grew it without bound.
+#[test]
+fn timer_heap_does_not_grow_with_closed_sockets() {
+    run(async {
+        let (l, addr) = listener();
+        for _ in 0..5000 {
+            let _c = std::net::TcpStream::connect(addr).unwrap();
+            let (mut s, _) = l.accept().await.unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(3600)));
+            // One wait, which schedules an hour-long deadline, then close.
+            let mut b = [0u8; 1];
+            let r = futures_lite::future::poll_once(s.read(&mut b)).await;
+            assert!(r.is_none());
+            drop(s);
+        }
+        let n = Reactor::current().unwrap().timer_entries();
+        assert!(n <= 4 * 1024, "{n} timer entries for 5000 closed sockets");
+    });
+}
