@@ -6,13 +6,15 @@
 //! required and optional, resumption across shards, a plain-HTTP client
 //! and a silent client on the TLS port, close_notify at close,
 //! https:// upstreams (verified with tls_ca, pooled, refused when the
-//! certificate does not verify), and config errors from `coregate check`.
+//! certificate does not verify), an https:// request authorizer that answers
+//! slower than the connect timeout, and config errors from `coregate check`.
 
 mod support;
 #[path = "support/tls.rs"]
 mod tls_support;
 
 use std::io::{Read, Write};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use support::*;
 use tls_support::*;
@@ -646,6 +648,81 @@ fn https_upstream_that_speaks_plain_http_is_a_502() {
     let gw = https_upstream_gateway(&w, plain.addr.port(), "backend.test", &backend_ca.path);
     let r = Client::connect(gw.addr()).get("/secure/x");
     assert_json_error(&r, 502);
+}
+
+// === an https:// request authorizer ===
+
+/// Regression test for the request authorizer's reads inheriting the TLS
+/// connect's leftover read timeout (fixed in bd2ba8c): on a fresh TLS
+/// connection the answer was read with what was left of
+/// `connect_timeout_ms` after the TCP connect, so an answer slower than
+/// that was a 500 although the authorizer's `timeout_ms` had not passed.
+/// Here the authorizer answers after 1 s, the connect timeout is 300 ms and
+/// both `timeout_ms` are 3 s: the request must be allowed.
+#[test]
+fn https_request_authorizer_answer_is_awaited_past_the_connect_timeout() {
+    const DELAY: Duration = Duration::from_millis(1000);
+    let w = world();
+    let authz_ca = w.pki.ca("Authorizer CA");
+    let leaf = w.pki.server(&authz_ca, "authz", &["authz.test"]);
+    let authz = TlsBackend::start_with(
+        &leaf,
+        Arc::new(|_req: &BackendRequest, _body: &[u8]| {
+            std::thread::sleep(DELAY);
+            let answer = r#"{"isAuthorized":true,"principalId":"ann","context":{"userId":"ann"}}"#;
+            format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{answer}",
+                answer.len()
+            )
+            .into_bytes()
+        }),
+    );
+    let b = Backend::start(Reply::Echo);
+    let more = format!(
+        r#"
+[[apis.routes]]
+key = "GET /authorized/{{proxy+}}"
+authorizer = "slow"
+integration = {{ type = "http_proxy", url = "http://{backend}/{{proxy}}" }}
+
+[[upstreams]]
+name = "authz"
+targets = [{{ address = "127.0.0.1:{port}" }}]
+host = "authz.test"
+tls_ca = {ca:?}
+connect_timeout_ms = 300
+timeout_ms = 3000
+
+[[authorizers]]
+name = "slow"
+[authorizers.request]
+url = "https://authz/authorize"
+identity_sources = ["header:Authorization"]
+timeout_ms = 3000
+context_headers = {{ userId = "x-user-id" }}
+"#,
+        backend = b.addr_str(),
+        port = authz.addr.port(),
+        ca = authz_ca.path,
+    );
+    let gw = gateway("shards = 1", "", &cert_entry(&w.server, ""), &b, &more);
+
+    let started = Instant::now();
+    let r = Client::connect(gw.addr()).request(
+        b"GET /authorized/pets/1 HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer ann\r\n\r\n",
+    );
+    assert_eq!(r.status, 200, "{r:?}\n{}", gw.stderr());
+    let echo = r.echo();
+    assert_eq!(echo.target, "/pets/1");
+    assert_eq!(echo.header("x-user-id"), Some("ann"), "the allow's context");
+    assert!(
+        started.elapsed() >= DELAY,
+        "the answer was awaited, not cached or skipped"
+    );
+    assert_eq!(authz.requests(), 1, "one call, not retried");
+    assert_eq!(authz.conns(), 1, "over one fresh TLS connection");
+    assert_eq!(authz.snis(), vec![Some("authz.test".to_string())]);
+    assert_eq!(b.hits(), 1);
 }
 
 // === config errors ===

@@ -1,13 +1,14 @@
 //! TLS test helpers, for tests/tls.rs (included there with `#[path]`, so the
 //! other test binaries do not build it): a test PKI made with rcgen and
 //! written to a temp dir ([`Pki`]), a real rustls client speaking raw
-//! HTTP/1.1 over TLS ([`TlsClient`]), and an HTTPS echo backend
-//! ([`TlsBackend`]) for https:// upstreams.
+//! HTTP/1.1 over TLS ([`TlsClient`]), and an HTTPS backend ([`TlsBackend`],
+//! an echo by default) for https:// upstreams.
 #![allow(dead_code)]
 #![allow(clippy::disallowed_types)]
 
 use crate::support::{
-    read_chunked, read_exact_to, read_head, read_response_from, ReadError, Response, IO_TIMEOUT,
+    read_chunked, read_exact_to, read_head, read_response_from, BackendRequest, ReadError,
+    Response, IO_TIMEOUT,
 };
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
@@ -331,9 +332,14 @@ impl TlsClient {
 
 // === impl TlsBackend ===
 
-/// An HTTPS backend: replies to every request with 200 and an `Echo` body
-/// (request line, headers, blank line, body), like `Reply::Echo`. It keeps
-/// connections alive and records the SNI of each handshake.
+/// Makes the raw HTTP/1.1 response to one request (its head and body). It
+/// runs on the connection's own thread, so it may sleep to answer slowly.
+pub type TlsHandler = Arc<dyn Fn(&BackendRequest, &[u8]) -> Vec<u8> + Send + Sync>;
+
+/// An HTTPS backend: by default replies to every request with 200 and an
+/// `Echo` body (request line, headers, blank line, body), like
+/// `Reply::Echo`; [`TlsBackend::start_with`] takes another [`TlsHandler`].
+/// It keeps connections alive and records the SNI of each handshake.
 pub struct TlsBackend {
     pub addr: SocketAddr,
     pub conns: Arc<AtomicUsize>,
@@ -346,6 +352,11 @@ pub struct TlsBackend {
 
 impl TlsBackend {
     pub fn start(leaf: &Leaf) -> TlsBackend {
+        TlsBackend::start_with(leaf, Arc::new(echo_response))
+    }
+
+    /// Like [`TlsBackend::start`], answering with `handler`.
+    pub fn start_with(leaf: &Leaf, handler: TlsHandler) -> TlsBackend {
         let config = Arc::new(
             ServerConfig::builder_with_provider(provider())
                 .with_safe_default_protocol_versions()
@@ -378,14 +389,15 @@ impl TlsBackend {
                 }
                 let Ok(sock) = sock else { continue };
                 conns.fetch_add(1, Ordering::SeqCst);
-                let (config, requests, sni, failed) = (
+                let (config, requests, sni, failed, handler) = (
                     config.clone(),
                     requests.clone(),
                     sni.clone(),
                     failed.clone(),
+                    handler.clone(),
                 );
                 thread::spawn(move || {
-                    if serve_tls_echo(sock, config, &requests, &sni).is_err() {
+                    if serve_tls(sock, config, &requests, &sni, &*handler).is_err() {
                         failed.fetch_add(1, Ordering::SeqCst);
                     }
                 });
@@ -413,11 +425,12 @@ impl Drop for TlsBackend {
 }
 
 /// Serves one connection; an error means the handshake failed.
-fn serve_tls_echo(
+fn serve_tls(
     sock: TcpStream,
     config: Arc<ServerConfig>,
     requests: &AtomicUsize,
     sni: &Mutex<Vec<Option<String>>>,
+    handler: &(dyn Fn(&BackendRequest, &[u8]) -> Vec<u8> + Send + Sync),
 ) -> io::Result<()> {
     sock.set_read_timeout(Some(Duration::from_secs(30)))?;
     let conn = rustls::ServerConnection::new(config)
@@ -452,22 +465,28 @@ fn serve_tls_echo(
             return Ok(());
         }
         requests.fetch_add(1, Ordering::SeqCst);
-        let mut echo = format!("{} {} HTTP/1.{}\n", req.method, req.target, req.minor).into_bytes();
-        for (n, v) in &req.headers {
-            echo.extend_from_slice(format!("{n}: {v}\n").as_bytes());
-        }
-        echo.push(b'\n');
-        echo.extend_from_slice(&body);
-        let mut out = format!(
-            "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\nx-echo-body-len: {}\r\ncontent-length: {}\r\n\r\n",
-            body.len(),
-            echo.len()
-        )
-        .into_bytes();
-        out.extend_from_slice(&echo);
+        let out = handler(&req, &body);
         let w = r.get_mut();
         if w.write_all(&out).and_then(|_| w.flush()).is_err() {
             return Ok(());
         }
     }
+}
+
+/// The default [`TlsHandler`]: 200 with an `Echo` body.
+fn echo_response(req: &BackendRequest, body: &[u8]) -> Vec<u8> {
+    let mut echo = format!("{} {} HTTP/1.{}\n", req.method, req.target, req.minor).into_bytes();
+    for (n, v) in &req.headers {
+        echo.extend_from_slice(format!("{n}: {v}\n").as_bytes());
+    }
+    echo.push(b'\n');
+    echo.extend_from_slice(body);
+    let mut out = format!(
+        "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\nx-echo-body-len: {}\r\ncontent-length: {}\r\n\r\n",
+        body.len(),
+        echo.len()
+    )
+    .into_bytes();
+    out.extend_from_slice(&echo);
+    out
 }
