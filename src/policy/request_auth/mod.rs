@@ -23,8 +23,8 @@
 //! its URL names a declared `[[upstreams]]` entry or a `host:port`, exactly
 //! like an integration URL, and [`bind_endpoints`] resolves it with the same
 //! code. The call therefore shares the pools, connect timeout, balancing and
-//! passive health of the proxy, and an `https://` URL will work once
-//! upstreams speak TLS, with no change here.
+//! passive health of the proxy, and an `https://` URL goes through the
+//! upstream's TLS (tests/tls.rs calls a TLS authorizer).
 //!
 //! Answers are cached per shard ([`cache`]), keyed by a SHA-256 of the
 //! identity values (and the route, with `cache_per_route`); concurrent
