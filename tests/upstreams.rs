@@ -174,7 +174,8 @@ integration = { type = "http_proxy", url = "http://pool" }
 
 #[test]
 fn passive_health_tries_the_target_again_after_cooldown() {
-    let dead = refused_addr();
+    // Revived below, so not held like refused_addr().
+    let dead = released_addr();
     let live = Backend::start(Reply::Echo);
     let gw = Gateway::start(&fill(
         r#"

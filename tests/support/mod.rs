@@ -884,10 +884,36 @@ pub fn blackhole() -> Blackhole {
     }
 }
 
-/// A closed port on 127.0.0.1: bound, then released.
+/// A port on 127.0.0.1 where connections are refused: a socket bound to it
+/// (without SO_REUSEADDR) that never listens, kept for the rest of the test
+/// process.
+///
+/// It used to be bound and then released, and the gateway started next
+/// could be given that same free port for its own listener: a route meant to
+/// hit a dead upstream then proxied to the gateway itself (seen once in CI
+/// rehearsal: tests/cors.rs got a 200 "from backend" where a 502 was due).
+/// Held bound, the port can be neither listened on nor handed out again.
 pub fn refused_addr() -> SocketAddr {
+    let s =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    let any: SocketAddr = "127.0.0.1:0".parse().expect("address literal");
+    s.bind(&any.into()).expect("bind");
+    let a = s
+        .local_addr()
+        .expect("local address")
+        .as_socket()
+        .expect("an IP address");
+    // Deliberately leaked: the port stays taken until the test process ends.
+    std::mem::forget(s);
+    a
+}
+
+/// A free port on 127.0.0.1, bound and released at once, for a test that
+/// starts a backend on it later ("the target comes back"). Another socket
+/// may take it in between (see [`refused_addr`]), so prefer that one.
+pub fn released_addr() -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let a = l.local_addr().unwrap();
+    let a = l.local_addr().expect("local address");
     drop(l);
     a
 }
