@@ -291,9 +291,10 @@ impl Conn {
     /// Reads until a whole request head is buffered at `rbuf[rpos..]`.
     async fn read_head(&mut self, shard: &Shard) -> Result<RequestHead, ReadErr> {
         let limits = &shard.plan.limits;
-        let mut deadline =
-            (self.rend > self.rpos).then(|| Instant::now() + limits.header_read_timeout);
-        let idle_deadline = Instant::now() + limits.idle_timeout;
+        // One clock read per pass: before the first, then after each read.
+        let mut now = Instant::now();
+        let mut deadline = (self.rend > self.rpos).then(|| now + limits.header_read_timeout);
+        let idle_deadline = now + limits.idle_timeout;
         loop {
             if self.rend > self.rpos {
                 match parse_request_head(&self.rbuf[self.rpos..self.rend], &shard.head_limits) {
@@ -310,8 +311,7 @@ impl Conn {
                 if shard.draining() {
                     return Err(ReadErr::Closed);
                 }
-                let left = idle_deadline.saturating_duration_since(Instant::now());
-                if left.is_zero() {
+                if idle_deadline <= now {
                     return Err(ReadErr::Closed);
                 }
             }
@@ -331,7 +331,7 @@ impl Conn {
             }
             let wait = if idle {
                 let left = idle_deadline
-                    .saturating_duration_since(Instant::now())
+                    .saturating_duration_since(now)
                     .max(Duration::from_millis(1));
                 if self.rbuf.len() > IDLE_BUF {
                     left.min(IDLE_SHRINK_AFTER)
@@ -339,8 +339,8 @@ impl Conn {
                     left
                 }
             } else {
-                let d = deadline.unwrap_or_else(Instant::now);
-                match d.checked_duration_since(Instant::now()) {
+                let d = deadline.unwrap_or(now);
+                match d.checked_duration_since(now) {
                     Some(left) if !left.is_zero() => left,
                     _ => return Err(ReadErr::Timeout),
                 }
@@ -350,6 +350,7 @@ impl Conn {
                 self.guard.set_idle(true);
             }
             let r = self.stream.read(&mut self.rbuf[self.rend..]).await;
+            now = Instant::now();
             if idle {
                 self.guard.set_idle(false);
             }
@@ -362,7 +363,7 @@ impl Conn {
                         self.rbuf.resize(HEAD_BUF, 0);
                     }
                     if deadline.is_none() {
-                        deadline = Some(Instant::now() + limits.header_read_timeout);
+                        deadline = Some(now + limits.header_read_timeout);
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::TimedOut && !idle => {
