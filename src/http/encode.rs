@@ -22,6 +22,26 @@ pub fn push_u64(out: &mut Vec<u8>, mut n: u64) {
     out.extend_from_slice(&tmp[i..]);
 }
 
+/// Writes an IP address as text: IPv4 dotted quads by hand (every proxied
+/// request writes its client's address into X-Forwarded-For, and `fmt`
+/// showed in the profile), IPv6 through `Display` (RFC 5952 compression).
+pub fn push_ip(out: &mut Vec<u8>, ip: std::net::IpAddr) {
+    match ip {
+        std::net::IpAddr::V4(v4) => {
+            for (i, o) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b'.');
+                }
+                push_u64(out, u64::from(o));
+            }
+        }
+        std::net::IpAddr::V6(_) => {
+            use std::io::Write;
+            let _ = write!(out, "{ip}");
+        }
+    }
+}
+
 pub fn push_hex(out: &mut Vec<u8>, n: u64, width: usize) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     for i in (0..width).rev() {
@@ -232,6 +252,24 @@ pub fn push_error_response(out: &mut Vec<u8>, status: u16, message: &str, x: &Er
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn push_ip_matches_display_for_v4_and_v6() {
+        for ip in [
+            "0.0.0.0",
+            "127.0.0.1",
+            "10.200.3.45",
+            "255.255.255.255",
+            "::1",
+            "2001:db8::8a2e:370:7334",
+            "::ffff:192.0.2.1",
+        ] {
+            let parsed: std::net::IpAddr = ip.parse().expect("test literal");
+            let mut out = b"x=".to_vec();
+            push_ip(&mut out, parsed);
+            assert_eq!(out, format!("x={parsed}").into_bytes(), "{ip}");
+        }
+    }
 
     #[test]
     fn http_date_matches_rfc_example() {

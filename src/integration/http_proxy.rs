@@ -25,7 +25,7 @@ use crate::pipeline::Flow;
 use crate::route::Params;
 use crate::runtime::Shard;
 use futures_lite::AsyncReadExt;
-use std::io::{self, Write};
+use std::io;
 use std::net::SocketAddr;
 use std::time::Instant;
 
@@ -133,7 +133,7 @@ pub fn write_upstream_head(
         out.extend_from_slice(v);
         out.extend_from_slice(b", ");
     }
-    let _ = write!(out, "{}", peer.ip());
+    crate::http::encode::push_ip(out, peer.ip());
     match tls {
         None => out.extend_from_slice(b"\r\nx-forwarded-proto: http\r\n"),
         Some(t) => {

@@ -171,6 +171,7 @@ impl UpstreamState {
 
     /// Returns a connection that finished a response cleanly to the pool.
     pub fn checkin(&self, plan: &UpstreamPlan, mut conn: UpConn) {
+        conn.stream.tcp().forget_wakers();
         let mut idle = self.targets[conn.target].idle.borrow_mut();
         if idle.len() < plan.pool_max_idle {
             conn.idle_since = Instant::now();

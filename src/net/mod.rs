@@ -537,6 +537,14 @@ impl Socket {
         }
     }
 
+    /// Drops the wakers of the last task that waited here. For a socket
+    /// that goes back to an upstream pool: a waker left behind would keep
+    /// that task alive, future and all, until the socket's next use.
+    pub fn forget_wakers(&self) {
+        let (r, w) = self.slot_mut(|s| (s.read_waker.take(), s.write_waker.take()));
+        drop((r, w));
+    }
+
     pub fn set_read_timeout(&self, d: Option<Duration>) {
         self.read_timeout.set(d);
     }
@@ -609,15 +617,14 @@ impl Socket {
         Poll::Pending
     }
 
-    /// Marks the socket drained in `dir` and clears its deadline and waker:
-    /// a syscall just finished without waiting. (A waker left behind would
-    /// keep the last task that waited alive, future and all, for as long as
-    /// the socket sits in an upstream pool.)
+    /// Marks the socket drained in `dir` and clears its deadline: a syscall
+    /// just finished without waiting. The waker stays, so that the same task
+    /// waiting again costs no clone (`will_wake`); a socket that changes
+    /// hands drops it with [`Socket::forget_wakers`].
     fn done(&self, dir: Dir, drained: bool) {
         self.slot_mut(|s| match dir {
             Dir::Read => {
                 s.read_deadline = None;
-                s.read_waker = None;
                 s.parked = None;
                 if drained && !s.eof {
                     s.readable = false;
@@ -625,7 +632,6 @@ impl Socket {
             }
             Dir::Write => {
                 s.write_deadline = None;
-                s.write_waker = None;
                 if drained {
                     s.writable = false;
                 }

@@ -255,3 +255,31 @@ fn timer_heap_does_not_grow_with_closed_sockets() {
         assert!(n <= 4 * 1024, "{n} timer entries for 5000 closed sockets");
     });
 }
+
+/// A socket that goes back to an upstream pool must not keep the last
+/// waiting task's waker (and so that task) alive.
+#[test]
+fn forget_wakers_releases_the_last_waiter() {
+    struct Count;
+    impl std::task::Wake for Count {
+        fn wake(self: std::sync::Arc<Self>) {}
+    }
+    run(async {
+        let (l, addr) = listener();
+        let _c = std::net::TcpStream::connect(addr).unwrap();
+        let (s, _) = l.accept().await.unwrap();
+        let count = std::sync::Arc::new(Count);
+        let waker = std::task::Waker::from(count.clone());
+        let cx = Context::from_waker(&waker);
+        let mut buf = [0u8; 4];
+        assert!(s.poll_recv(&cx, &mut buf).is_pending());
+        drop(waker);
+        assert_eq!(
+            std::sync::Arc::strong_count(&count),
+            2,
+            "the slot holds the waker"
+        );
+        s.forget_wakers();
+        assert_eq!(std::sync::Arc::strong_count(&count), 1, "forgotten");
+    });
+}
