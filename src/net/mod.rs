@@ -484,6 +484,7 @@ pub struct Socket {
     write_timeout: Cell<Option<Duration>>,
 }
 
+#[derive(Clone, Copy)]
 enum Dir {
     Read,
     Write,
@@ -646,32 +647,49 @@ impl Socket {
         })
     }
 
-    pub fn poll_recv(&self, cx: &Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
+    /// One non-blocking syscall in `dir` when the socket may be ready, else
+    /// (or after `EAGAIN`) a wait for the next edge. `drained` says from
+    /// the syscall's result whether the socket is now known to be empty.
+    fn poll_op(
+        &self,
+        cx: &Context<'_>,
+        dir: Dir,
+        mut op: impl FnMut(RawFd) -> io::Result<usize>,
+        drained: impl Fn(usize) -> bool,
+    ) -> Poll<io::Result<usize>> {
         loop {
-            if self.is_ready(Dir::Read) {
-                match sys::recv(self.fd.as_raw_fd(), buf) {
+            if self.is_ready(dir) {
+                match op(self.fd.as_raw_fd()) {
                     Ok(n) => {
-                        // Short read: the socket is drained (see the module
-                        // doc). End of stream stays readable.
-                        self.done(Dir::Read, n > 0 && n < buf.len());
+                        self.done(dir, drained(n));
                         return Poll::Ready(Ok(n));
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                        self.slot_mut(|s| s.readable = false)
+                        self.slot_mut(|s| match dir {
+                            Dir::Read => s.readable = false,
+                            Dir::Write => s.writable = false,
+                        })
                     }
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                     Err(e) => {
-                        self.done(Dir::Read, false);
+                        self.done(dir, false);
                         return Poll::Ready(Err(e));
                     }
                 }
             }
-            match self.poll_ready(cx, Dir::Read) {
+            match self.poll_ready(cx, dir) {
                 Poll::Ready(Ok(())) => continue,
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                 Poll::Pending => return Poll::Pending,
             }
         }
+    }
+
+    pub fn poll_recv(&self, cx: &Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
+        let len = buf.len();
+        // Short read: the socket is drained (see the module doc). End of
+        // stream stays readable.
+        self.poll_op(cx, Dir::Read, |fd| sys::recv(fd, buf), |n| n > 0 && n < len)
     }
 
     pub fn poll_send_vectored(
@@ -679,55 +697,12 @@ impl Socket {
         cx: &Context<'_>,
         bufs: &[IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        loop {
-            if self.is_ready(Dir::Write) {
-                match sys::sendmsg(self.fd.as_raw_fd(), bufs) {
-                    Ok(n) => {
-                        self.done(Dir::Write, false);
-                        return Poll::Ready(Ok(n));
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                        self.slot_mut(|s| s.writable = false)
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(e) => {
-                        self.done(Dir::Write, false);
-                        return Poll::Ready(Err(e));
-                    }
-                }
-            }
-            match self.poll_ready(cx, Dir::Write) {
-                Poll::Ready(Ok(())) => continue,
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Pending => return Poll::Pending,
-            }
-        }
+        // A short write says nothing certain: the next write finds out.
+        self.poll_op(cx, Dir::Write, |fd| sys::sendmsg(fd, bufs), |_| false)
     }
 
     pub fn poll_send(&self, cx: &Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        loop {
-            if self.is_ready(Dir::Write) {
-                match sys::send(self.fd.as_raw_fd(), buf) {
-                    Ok(n) => {
-                        self.done(Dir::Write, false);
-                        return Poll::Ready(Ok(n));
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                        self.slot_mut(|s| s.writable = false)
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(e) => {
-                        self.done(Dir::Write, false);
-                        return Poll::Ready(Err(e));
-                    }
-                }
-            }
-            match self.poll_ready(cx, Dir::Write) {
-                Poll::Ready(Ok(())) => continue,
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Pending => return Poll::Pending,
-            }
-        }
+        self.poll_op(cx, Dir::Write, |fd| sys::send(fd, buf), |_| false)
     }
 
     /// Sets the socket aside with no task waiting on it. Returns `false`,
