@@ -241,24 +241,29 @@ fn stalled_request_body_is_408() {
     c.expect_closed();
 }
 
-#[test]
-fn idle_keep_alive_connection_is_closed() {
-    let gw = Gateway::start(
+/// A gateway with `shards` shards, the given `[server.limits]` lines, and
+/// one mock route, `GET /health`, answering "ok".
+fn health_gateway(shards: usize, limits: &str) -> Gateway {
+    Gateway::start(&format!(
         r#"
 [server]
 listen = ["127.0.0.1:0"]
-shards = 2
+shards = {shards}
 [server.limits]
-idle_timeout_ms = 300
-header_read_timeout_ms = 3000
+{limits}
 
 [[apis]]
 name = "main"
 [[apis.routes]]
 key = "GET /health"
-integration = { type = "mock", body = 'ok' }
-"#,
-    );
+integration = {{ type = "mock", body = 'ok' }}
+"#
+    ))
+}
+
+#[test]
+fn idle_keep_alive_connection_is_closed() {
+    let gw = health_gateway(2, "idle_timeout_ms = 300\nheader_read_timeout_ms = 3000");
     let mut c = gw.client();
     assert_eq!(c.get("/health").text(), "ok");
     assert_eq!(
@@ -286,21 +291,7 @@ integration = { type = "mock", body = 'ok' }
 /// idle timeout must still close it silently.
 #[test]
 fn parked_connection_serves_again_and_still_idles_out() {
-    let gw = Gateway::start(
-        r#"
-[server]
-listen = ["127.0.0.1:0"]
-shards = 1
-[server.limits]
-idle_timeout_ms = 2500
-
-[[apis]]
-name = "main"
-[[apis.routes]]
-key = "GET /health"
-integration = { type = "mock", body = 'ok' }
-"#,
-    );
+    let gw = health_gateway(1, "idle_timeout_ms = 2500");
     let mut c = gw.client();
     assert_eq!(c.get("/health").text(), "ok");
     std::thread::sleep(Duration::from_millis(1500));

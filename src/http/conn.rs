@@ -15,7 +15,7 @@ use super::encode::{push_error_response, ErrorExtras};
 use super::parse::{parse_request_head, Framing, RequestHead};
 use super::Reject;
 use crate::config::Limits;
-use crate::net::Socket as TcpStream;
+use crate::net::Socket;
 use crate::pipeline::{self, Flow};
 use crate::runtime::shard::ConnGuard;
 use crate::runtime::Shard;
@@ -81,7 +81,7 @@ pub struct Conn {
 }
 
 /// Serves one accepted connection until it closes.
-pub async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr, over_limit: bool) {
+pub async fn serve(shard: Rc<Shard>, stream: Socket, peer: SocketAddr, over_limit: bool) {
     let guard = shard.register(stream.as_raw_fd());
     prepare(&shard, &stream);
     let conn = Conn::new(Stream::Plain(stream), peer, None, guard);
@@ -94,7 +94,7 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr, over_l
 /// no channel to say one on); the shard counts and logs it.
 pub async fn serve_tls(
     shard: Rc<Shard>,
-    stream: TcpStream,
+    stream: Socket,
     peer: SocketAddr,
     over_limit: bool,
     acceptor: futures_rustls::TlsAcceptor,
@@ -140,7 +140,7 @@ pub async fn serve_tls(
 }
 
 /// Socket options every client connection gets.
-fn prepare(shard: &Shard, stream: &TcpStream) {
+fn prepare(shard: &Shard, stream: &Socket) {
     let _ = stream.set_nodelay(true);
     stream.set_write_timeout(Some(shard.plan.limits.write_timeout));
 }
@@ -174,13 +174,9 @@ async fn run(shard: Rc<Shard>, mut conn: Conn, mut over_limit: bool) {
         match conn.park(shard.clone(), idle_deadline) {
             Ok(()) => return,
             // Input came in meanwhile: serve it.
-            Err(c) if !c.stream.is_tls() => {
-                conn = *c;
-                over_limit = false;
-            }
             Err(c) => {
                 conn = *c;
-                break;
+                over_limit = false;
             }
         }
     }
@@ -189,7 +185,7 @@ async fn run(shard: Rc<Shard>, mut conn: Conn, mut over_limit: bool) {
 
 /// A parked connection: what it needs to come back (see [`Conn::park`]).
 struct Parked {
-    sock: crate::net::Socket,
+    sock: Socket,
     peer: SocketAddr,
     guard: ConnGuard,
     shard: Rc<Shard>,
@@ -345,7 +341,7 @@ impl Conn {
                     _ => return Err(ReadErr::Timeout),
                 }
             };
-            let _ = self.stream.set_read_timeout(Some(wait));
+            self.stream.set_read_timeout(Some(wait));
             if idle {
                 self.guard.set_idle(true);
             }
@@ -389,8 +385,8 @@ impl Conn {
     /// brings it back as a new task with fresh buffers; the idle deadline
     /// closes it silently, as an idle timeout does. A TLS session must stay
     /// in memory anyway, so TLS connections are not parked (they wait
-    /// holding a 64-byte buffer); one given here, or one with input already
-    /// waiting, comes back as `Err`.
+    /// holding a 64-byte buffer). A connection with input already waiting
+    /// comes back as `Err`, to be served on.
     fn park(self, shard: Rc<Shard>, idle_deadline: Instant) -> Result<(), Box<Conn>> {
         let Conn {
             stream,
@@ -401,7 +397,8 @@ impl Conn {
         } = self;
         let sock = match stream {
             Stream::Plain(s) => s,
-            // Not reached: read_head says Quiet for plain connections only.
+            // Not reached (read_head says Quiet for plain connections only);
+            // served on if it were.
             Stream::Tls(_) => {
                 return Err(Box::new(Conn::new(
                     stream,
@@ -475,7 +472,7 @@ impl Conn {
     /// is buffered whole before it is forwarded (a SigV4 payload hash).
     /// The caller sizes `rbuf` first. Returns the bytes read.
     pub async fn read_more(&mut self, limits: &Limits, upto: usize) -> Result<usize, BodyError> {
-        let _ = self.stream.set_read_timeout(Some(limits.body_read_timeout));
+        self.stream.set_read_timeout(Some(limits.body_read_timeout));
         let Some(dst) = self.rbuf.get_mut(self.rend..upto).filter(|d| !d.is_empty()) else {
             return Err(BodyError::TooLarge);
         };
@@ -540,7 +537,7 @@ impl Conn {
     }
 
     async fn read_body_bytes(&mut self, limits: &Limits, max: usize) -> Result<usize, BodyError> {
-        let _ = self.stream.set_read_timeout(Some(limits.body_read_timeout));
+        self.stream.set_read_timeout(Some(limits.body_read_timeout));
         match self.stream.read(&mut self.rbuf[..max]).await {
             Ok(0) => Err(BodyError::Client),
             Ok(n) => Ok(n),
@@ -649,7 +646,7 @@ impl Conn {
             else {
                 break;
             };
-            let _ = self.stream.set_read_timeout(Some(left));
+            self.stream.set_read_timeout(Some(left));
             // Raw reads: what a TLS client still sends is dropped
             // undecrypted.
             match self.stream.read_raw(&mut self.rbuf[..]).await {

@@ -264,6 +264,7 @@ mod tests {
             "2001:db8::8a2e:370:7334",
             "::ffff:192.0.2.1",
         ] {
+            // A literal of this test, not client input.
             let parsed: std::net::IpAddr = ip.parse().expect("test literal");
             let mut out = b"x=".to_vec();
             push_ip(&mut out, parsed);

@@ -511,7 +511,7 @@ async fn read_response_head(
     f: Forward<'_>,
 ) -> Result<ResponseHead, UpErr> {
     up.filled = 0;
-    let _ = up.stream.set_read_timeout(Some(uplan.timeout));
+    up.stream.set_read_timeout(Some(uplan.timeout));
     let mut received_any = false;
     loop {
         if up.filled > 0 {
@@ -661,7 +661,7 @@ async fn copy_length(
     mut remaining: u64,
     mut capture: Option<&mut Vec<u8>>,
 ) -> Result<(), StreamErr> {
-    let _ = up.stream.set_read_timeout(Some(uplan.timeout));
+    up.stream.set_read_timeout(Some(uplan.timeout));
     while remaining > 0 {
         let max = (up.buf.len() as u64).min(remaining) as usize;
         let n = read_upstream(up, max).await?;
@@ -688,7 +688,7 @@ async fn copy_chunked(
     leftover: std::ops::Range<usize>,
     keep_framing: bool,
 ) -> Result<bool, StreamErr> {
-    let _ = up.stream.set_read_timeout(Some(uplan.timeout));
+    up.stream.set_read_timeout(Some(uplan.timeout));
     let mut dec = ChunkedDecoder::new(keep_framing, uplan.max_response_header_bytes);
     let (mut pos, mut end) = (leftover.start, leftover.end);
     loop {
@@ -724,7 +724,7 @@ async fn copy_until_close(
     up: &mut UpConn,
     uplan: &UpstreamPlan,
 ) -> Result<(), StreamErr> {
-    let _ = up.stream.set_read_timeout(Some(uplan.timeout));
+    up.stream.set_read_timeout(Some(uplan.timeout));
     loop {
         let max = up.buf.len();
         match up.stream.read(&mut up.buf[..max]).await {

@@ -6,7 +6,7 @@
 //! are TLS ([`UpstreamStream`]); they are pooled and reused like plain ones.
 
 use crate::config::{Balance, UpstreamPlan};
-use crate::net::Socket as TcpStream;
+use crate::net::Socket;
 use crate::tls::stream::{Stream, UpstreamStream};
 use std::cell::{Cell, RefCell};
 use std::time::{Duration, Instant};
@@ -184,7 +184,7 @@ impl UpstreamState {
     pub async fn connect(&self, plan: &UpstreamPlan, target: usize) -> std::io::Result<UpConn> {
         let addr = plan.targets[target].addr;
         let started = Instant::now();
-        let stream = TcpStream::connect(addr, plan.connect_timeout).await?;
+        let stream = Socket::connect(addr, plan.connect_timeout).await?;
         let _ = stream.set_nodelay(true);
         stream.set_write_timeout(Some(plan.timeout));
         let Some((connector, names)) = &self.tls else {

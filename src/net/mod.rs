@@ -729,22 +729,6 @@ impl Socket {
         self.reactor.schedule(&mut slab, self.idx, deadline);
         true
     }
-
-    /// Writes all of `a` then all of `b`, with one `sendmsg` when the
-    /// socket takes both at once.
-    pub async fn send_two(&self, a: &[u8], b: &[u8]) -> io::Result<()> {
-        let mut parts = [IoSlice::new(a), IoSlice::new(b)];
-        let mut bufs = &mut parts[..];
-        IoSlice::advance_slices(&mut bufs, 0);
-        while !bufs.is_empty() {
-            let n = futures_lite::future::poll_fn(|cx| self.poll_send_vectored(cx, bufs)).await?;
-            if n == 0 {
-                return Err(io::ErrorKind::WriteZero.into());
-            }
-            IoSlice::advance_slices(&mut bufs, n);
-        }
-        Ok(())
-    }
 }
 
 impl Drop for Socket {

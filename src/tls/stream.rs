@@ -14,7 +14,7 @@
 //! is full, and a proxy that then waits for an answer to bytes still sitting
 //! in that buffer waits forever.
 
-use crate::net::Socket as TcpStream;
+use crate::net::Socket;
 use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use std::io::{self, IoSlice};
 use std::os::fd::AsRawFd;
@@ -26,22 +26,22 @@ use std::time::Duration;
 /// connection to an HTTPS listener) and the client side (an https://
 /// upstream).
 pub trait TlsSession: AsyncRead + AsyncWrite + Unpin {
-    fn tcp(&self) -> &TcpStream;
-    fn tcp_mut(&mut self) -> &mut TcpStream;
+    fn tcp(&self) -> &Socket;
+    fn tcp_mut(&mut self) -> &mut Socket;
     /// Queues a close_notify alert; it leaves with the next flush.
     fn queue_close_notify(&mut self);
 }
 
 /// A client's TLS connection to one of our listeners.
-pub type ServerTls = futures_rustls::server::TlsStream<TcpStream>;
+pub type ServerTls = futures_rustls::server::TlsStream<Socket>;
 /// Our TLS connection to an https:// upstream.
-pub type ClientTls = futures_rustls::client::TlsStream<TcpStream>;
+pub type ClientTls = futures_rustls::client::TlsStream<Socket>;
 
 impl TlsSession for ServerTls {
-    fn tcp(&self) -> &TcpStream {
+    fn tcp(&self) -> &Socket {
         self.get_ref().0
     }
-    fn tcp_mut(&mut self) -> &mut TcpStream {
+    fn tcp_mut(&mut self) -> &mut Socket {
         self.get_mut().0
     }
     fn queue_close_notify(&mut self) {
@@ -50,10 +50,10 @@ impl TlsSession for ServerTls {
 }
 
 impl TlsSession for ClientTls {
-    fn tcp(&self) -> &TcpStream {
+    fn tcp(&self) -> &Socket {
         self.get_ref().0
     }
-    fn tcp_mut(&mut self) -> &mut TcpStream {
+    fn tcp_mut(&mut self) -> &mut Socket {
         self.get_mut().0
     }
     fn queue_close_notify(&mut self) {
@@ -65,7 +65,7 @@ impl TlsSession for ClientTls {
 /// large (rustls' buffers and state), and a plain connection should not
 /// carry its size.
 pub enum Stream<T> {
-    Plain(TcpStream),
+    Plain(Socket),
     Tls(Box<T>),
 }
 
@@ -80,21 +80,19 @@ impl<T: TlsSession> Stream<T> {
     }
 
     /// The TCP socket underneath.
-    pub fn tcp(&self) -> &TcpStream {
+    pub fn tcp(&self) -> &Socket {
         match self {
             Stream::Plain(s) => s,
             Stream::Tls(t) => t.tcp(),
         }
     }
 
-    pub fn set_read_timeout(&self, d: Option<Duration>) -> io::Result<()> {
+    pub fn set_read_timeout(&self, d: Option<Duration>) {
         self.tcp().set_read_timeout(d);
-        Ok(())
     }
 
-    pub fn set_write_timeout(&self, d: Option<Duration>) -> io::Result<()> {
+    pub fn set_write_timeout(&self, d: Option<Duration>) {
         self.tcp().set_write_timeout(d);
-        Ok(())
     }
 
     /// Writes all of `buf` and, under TLS, pushes every record to the
@@ -114,21 +112,9 @@ impl<T: TlsSession> Stream<T> {
     /// records otherwise.
     pub async fn send_two(&mut self, a: &[u8], b: &[u8]) -> io::Result<()> {
         match self {
-            Stream::Plain(s) => write_two_tcp(s, a, b).await,
+            Stream::Plain(s) => write_all_two(s, a, b).await,
             Stream::Tls(t) => {
-                let mut parts = [IoSlice::new(a), IoSlice::new(b)];
-                let mut bufs = &mut parts[..];
-                IoSlice::advance_slices(&mut bufs, 0);
-                while !bufs.is_empty() {
-                    let n = futures_lite::future::poll_fn(|cx| {
-                        Pin::new(&mut **t).poll_write_vectored(cx, bufs)
-                    })
-                    .await?;
-                    if n == 0 {
-                        return Err(io::ErrorKind::WriteZero.into());
-                    }
-                    IoSlice::advance_slices(&mut bufs, n);
-                }
+                write_all_two(&mut **t, a, b).await?;
                 t.flush().await
             }
         }
@@ -210,12 +196,19 @@ impl<T: TlsSession> AsyncWrite for Stream<T> {
     }
 }
 
-/// Writes `a` then `b` with one `sendmsg` when the socket takes it all (no
-/// copy of either). Used to send a response head and the body bytes already
-/// read with one syscall.
-pub async fn write_two_tcp(stream: &mut TcpStream, a: &[u8], b: &[u8]) -> io::Result<()> {
-    if b.is_empty() {
-        return stream.write_all(a).await;
+/// Writes all of `a` then all of `b` through vectored writes: on a plain
+/// socket one `sendmsg` when the socket takes both (no copy of either).
+async fn write_all_two<W: AsyncWrite + Unpin>(w: &mut W, a: &[u8], b: &[u8]) -> io::Result<()> {
+    let mut parts = [IoSlice::new(a), IoSlice::new(b)];
+    let mut bufs = &mut parts[..];
+    IoSlice::advance_slices(&mut bufs, 0);
+    while !bufs.is_empty() {
+        let n = futures_lite::future::poll_fn(|cx| Pin::new(&mut *w).poll_write_vectored(cx, bufs))
+            .await?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        IoSlice::advance_slices(&mut bufs, n);
     }
-    stream.send_two(a, b).await
+    Ok(())
 }

@@ -189,7 +189,7 @@ async fn exchange(
         }
         // The upstream's own read timeout, not what a TLS connect left on
         // the socket (as little as 1 ms); timeout_ms bounds the whole call.
-        let _ = up.stream.set_read_timeout(Some(uplan.timeout));
+        up.stream.set_read_timeout(Some(uplan.timeout));
         match read_answer(&mut up, uplan).await {
             Ok((answer, reusable)) => {
                 if reusable {
