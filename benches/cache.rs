@@ -44,7 +44,7 @@ cache = { key_query_parameters = ["page", "lang"], key_headers = ["accept-langua
 "#;
 
 fn rules() -> (CacheRule, CacheRule) {
-    let plan = coregate::config::load_str(CONFIG).expect("bench config");
+    let plan = coregate::plan::load_str(CONFIG).expect("bench config");
     let rule = |i: usize| plan.routes[i].policies.cache.clone().expect("cached route");
     (rule(0), rule(1))
 }

@@ -17,11 +17,11 @@
 
 mod common;
 
-use coregate::config::{Integration, Plan};
 use coregate::http::encode::{DateCache, RequestIds};
 use coregate::http::parse::{parse_request_head, HeadLimits};
 use coregate::integration::upstream::UpstreamState;
 use coregate::pipeline::{render_mock, route_request, Routed};
+use coregate::plan::{Integration, Plan};
 use criterion::{black_box, criterion_group, Criterion};
 use smallvec::SmallVec;
 use std::alloc::{GlobalAlloc, Layout, System};
@@ -99,7 +99,7 @@ struct Fixture {
 
 impl Fixture {
     fn new() -> Fixture {
-        let plan = coregate::config::load_str(common::PIPELINE_CONFIG).expect("bench config");
+        let plan = coregate::plan::load_str(common::PIPELINE_CONFIG).expect("bench config");
         let upstreams = plan.upstreams.iter().map(UpstreamState::new).collect();
         Fixture {
             plan,

@@ -85,7 +85,7 @@ fn token(len: usize, n: usize) -> String {
 /// `Bearer {token}` with `verdict`.
 fn filled(
     az: &RequestAuthorizer,
-    p: &coregate::config::Plan,
+    p: &coregate::plan::Plan,
     entries: usize,
     token: &str,
     verdict: Verdict,
@@ -110,7 +110,7 @@ fn allow() -> Verdict {
 }
 
 fn bench(c: &mut Criterion) {
-    let p = coregate::config::load_str(CONFIG).expect("bench config");
+    let p = coregate::plan::load_str(CONFIG).expect("bench config");
     let az = match &p.policies.authorizers[0].kind {
         AuthorizerKind::Request(r) => r.clone(),
         #[allow(unreachable_patterns)]

@@ -9,15 +9,15 @@
 
 mod common;
 
-use coregate::config::Integration;
 use coregate::http::parse::parse_request_head;
 use coregate::integration::http_proxy::write_upstream_head;
+use coregate::plan::Integration;
 use coregate::route::Lookup;
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use std::net::SocketAddr;
 
 fn rewrite(c: &mut Criterion) {
-    let plan = coregate::config::load_str(common::PIPELINE_CONFIG).expect("bench config");
+    let plan = coregate::plan::load_str(common::PIPELINE_CONFIG).expect("bench config");
     let limits = common::default_limits();
     let peer: SocketAddr = "203.0.113.9:51234".parse().unwrap();
     let request_id = b"0123456789abcdef0123456789abcdef";

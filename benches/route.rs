@@ -40,7 +40,7 @@ fn lookup(c: &mut Criterion) {
     let host: Option<&[u8]> = Some(b"api.example.com");
     let mut g = c.benchmark_group("route_lookup");
     for n in [10usize, 1_000, 10_000] {
-        let plan = coregate::config::load_str(&config(n)).expect("bench config compiles");
+        let plan = coregate::plan::load_str(&config(n)).expect("bench config compiles");
         assert_eq!(plan.routes.len(), n);
         let cases = [
             (

@@ -16,8 +16,8 @@
 
 mod common;
 
-use coregate::config::Plan;
 use coregate::http::parse::{parse_request_head, RequestHead};
+use coregate::plan::Plan;
 use coregate::policy::throttle::{links, ShardThrottle, ThrottlePlan};
 use coregate::policy::{Decision, RequestView};
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
@@ -31,7 +31,7 @@ fn plan(server: &str, api: &str, route: &str) -> Plan {
          [[apis]]\nname = \"a\"\n{api}\n\
          [[apis.routes]]\nkey = \"GET /x\"\nintegration = {{ type = \"mock\" }}\n{route}\n"
     );
-    match coregate::config::load_str(&toml) {
+    match coregate::plan::load_str(&toml) {
         Ok(p) => p,
         Err(e) => panic!("bench config: {e:?}"),
     }

@@ -17,6 +17,7 @@ pub mod integration;
 pub mod log;
 pub mod net;
 pub mod pipeline;
+pub mod plan;
 pub mod policy;
 pub mod route;
 pub mod runtime;

@@ -2,7 +2,7 @@
 //! config, `keys` manages an API keys file. Exit codes: 0 success, 1 invalid
 //! config, start-up failure or failed `keys` command, 2 bad usage.
 
-use coregate::config;
+use coregate::plan;
 use coregate::runtime::Server;
 use signal_hook::consts::{SIGINT, SIGTERM};
 use std::path::PathBuf;
@@ -202,8 +202,8 @@ fn usage(problem: &str) -> ExitCode {
     ExitCode::from(2)
 }
 
-fn load(path: &std::path::Path) -> Result<config::Plan, ExitCode> {
-    config::load(path).map_err(|errors| {
+fn load(path: &std::path::Path) -> Result<plan::Plan, ExitCode> {
+    plan::load(path).map_err(|errors| {
         for e in &errors {
             eprintln!("error: {e}");
         }

@@ -1,18 +1,12 @@
-//! Configuration: read before any request arrives. The TOML file is parsed
-//! into the raw structs of [`raw`], then [`compile`] validates everything and
-//! builds the immutable [`Plan`] each shard runs (route tables, upstreams,
-//! pre-rendered mock responses). Every error names the key and how to fix it.
+//! Configuration as written: the TOML file parsed into the raw structs of
+//! [`raw`], with every unknown key reported, and the [`ConfigError`] every
+//! layer reports problems with. Nothing here knows the gateway; the layer
+//! that compiles these structs into the immutable plan is `crate::plan`.
 
-pub mod compile;
 pub mod raw;
 
-pub use compile::{
-    ApiPlan, Balance, Integration, Limits, MockPlan, PathPart, Plan, ProxyPlan, RoutePlan,
-    ServerPlan, TargetPlan, UpstreamPlan,
-};
-
 use std::fmt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// One problem with a configuration file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,25 +35,6 @@ impl ConfigError {
             line: None,
         }
     }
-}
-
-/// Reads, parses and compiles a config file.
-pub fn load(path: &Path) -> Result<Plan, Vec<ConfigError>> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        vec![ConfigError::new(
-            "(file)",
-            format!("cannot read {}: {e}", path.display()),
-        )]
-    })?;
-    let mut raw = parse(&text)?;
-    raw.base_dir = path.parent().map(Path::to_path_buf);
-    compile::compile(&raw)
-}
-
-/// Parses and compiles config text.
-pub fn load_str(text: &str) -> Result<Plan, Vec<ConfigError>> {
-    let raw = parse(text)?;
-    compile::compile(&raw)
 }
 
 const UNKNOWN_KEY: &str = "unknown key; see docs/configuration.md for the keys this section takes";
@@ -240,5 +215,12 @@ fn table_at(text: &str, offset: usize) -> Option<String> {
         .map(|l| l.trim_matches(|c| c == '[' || c == ']').trim().to_string())
 }
 
-#[cfg(test)]
-mod tests;
+/// A path from the config: a relative one is taken from the config file's
+/// directory (`base_dir`).
+pub fn resolve_path(file: &str, base_dir: Option<&Path>) -> PathBuf {
+    let p = Path::new(file);
+    match base_dir {
+        Some(dir) if p.is_relative() => dir.join(p),
+        _ => p.to_path_buf(),
+    }
+}

@@ -14,7 +14,7 @@ use super::body::ChunkedDecoder;
 use super::encode::{push_error_response, ErrorExtras};
 use super::parse::{parse_request_head, Framing, RequestHead};
 use super::Reject;
-use crate::config::Limits;
+use crate::http::Limits;
 use crate::net::Socket;
 use crate::pipeline::{self, Flow};
 use crate::runtime::shard::ConnGuard;
@@ -494,7 +494,7 @@ impl Conn {
         shard: &Shard,
         status: u16,
         message: &str,
-        allow: Option<crate::route::AllowSet>,
+        allow: Option<crate::http::method::AllowSet>,
         close: bool,
         head_request: bool,
     ) -> bool {
@@ -509,7 +509,7 @@ impl Conn {
         shard: &Shard,
         status: u16,
         message: &str,
-        allow: Option<crate::route::AllowSet>,
+        allow: Option<crate::http::method::AllowSet>,
         close: bool,
         head_request: bool,
         request_id: &[u8],

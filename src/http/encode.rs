@@ -216,7 +216,7 @@ pub struct ErrorExtras<'a> {
     pub request_id: &'a [u8],
     pub close: bool,
     /// `Allow` value for 405.
-    pub allow: Option<crate::route::AllowSet>,
+    pub allow: Option<crate::http::method::AllowSet>,
     /// Omit the body (HEAD request) but keep its length.
     pub head_request: bool,
     /// Complete header lines added by policies (CORS and the like).

@@ -70,3 +70,32 @@ impl Method {
         self as usize
     }
 }
+
+/// A set of named methods, rendered as an `Allow` header value.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AllowSet(u8);
+
+impl AllowSet {
+    pub fn insert(&mut self, m: Method) {
+        self.0 |= 1 << m.slot();
+    }
+    pub fn contains(self, m: Method) -> bool {
+        self.0 & (1 << m.slot()) != 0
+    }
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+    /// Writes `GET, HEAD, ...` into `out`.
+    pub fn write_to(self, out: &mut Vec<u8>) {
+        let mut first = true;
+        for m in NAMED_METHODS {
+            if self.contains(m) {
+                if !first {
+                    out.extend_from_slice(b", ");
+                }
+                out.extend_from_slice(m.as_str().as_bytes());
+                first = false;
+            }
+        }
+    }
+}

@@ -97,3 +97,16 @@ pub fn reason_phrase(status: u16) -> &'static str {
         _ => "",
     }
 }
+
+/// `[server.limits]` compiled: what a client may send, and how slowly.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_request_line_bytes: usize,
+    pub max_header_bytes: usize,
+    pub max_headers: usize,
+    pub max_body_bytes: u64,
+    pub header_read_timeout: std::time::Duration,
+    pub body_read_timeout: std::time::Duration,
+    pub idle_timeout: std::time::Duration,
+    pub write_timeout: std::time::Duration,
+}

@@ -13,7 +13,6 @@
 //! same code runs on a [`crate::tls::stream::Stream`]; bodies are then
 //! encrypted or decrypted on their way, so not zero-copy.
 
-use crate::config::{PathPart, ProxyPlan, UpstreamPlan};
 use crate::http::body::ChunkedDecoder;
 use crate::http::conn::{write_two, BodyError, Conn};
 use crate::http::encode::{push_status_line, push_u64};
@@ -21,6 +20,7 @@ use crate::http::method::Method;
 use crate::http::parse::{Framing, RequestHead};
 use crate::http::response::{parse_response_head, RespFraming, ResponseHead};
 use crate::integration::upstream::UpConn;
+use crate::integration::upstream::UpstreamPlan;
 use crate::pipeline::Flow;
 use crate::route::Params;
 use crate::runtime::Shard;
@@ -28,6 +28,27 @@ use futures_lite::AsyncReadExt;
 use std::io;
 use std::net::SocketAddr;
 use std::time::Instant;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PathPart {
+    Literal(String),
+    /// A route parameter, substituted raw (still percent-encoded).
+    Param(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct ProxyPlan {
+    pub upstream: usize,
+    /// `None`: pass the request path through unchanged.
+    pub path: Option<Vec<PathPart>>,
+    /// A query string fixed in the integration URL, sent before the client's.
+    pub query: Option<String>,
+    /// Drop the client's `x-api-key` header: the route checked it.
+    pub drop_api_key: bool,
+    /// Client headers never forwarded (lowercase): the gateway sets them
+    /// itself (authorizer claims and context).
+    pub strip_headers: Vec<String>,
+}
 
 /// What a client's TLS connection adds to its requests. `None` in its
 /// place means a plain connection.

@@ -1,7 +1,7 @@
 //! Integrations: the last step of a request's journey, where it is answered.
-//! [`http_proxy`] forwards it to an upstream chosen by [`upstream`]; a mock
-//! integration's answer is pre-rendered in the plan and written by the
-//! pipeline.
+//! [`http_proxy`] forwards it to an upstream chosen by [`upstream`];
+//! [`mock`] answers with a response fixed in the config.
 
 pub mod http_proxy;
+pub mod mock;
 pub mod upstream;

@@ -5,11 +5,45 @@
 //! never coordinate on the request path. An https:// upstream's connections
 //! are TLS ([`UpstreamStream`]); they are pooled and reused like plain ones.
 
-use crate::config::{Balance, UpstreamPlan};
 use crate::net::Socket;
 use crate::tls::stream::{Stream, UpstreamStream};
 use std::cell::{Cell, RefCell};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Balance {
+    RoundRobin,
+    Weighted,
+    LeastOutstanding,
+}
+
+#[derive(Debug, Clone)]
+pub struct TargetPlan {
+    pub addr: SocketAddr,
+    /// As written in config; the default Host header.
+    pub label: String,
+    pub weight: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct UpstreamPlan {
+    pub name: String,
+    pub targets: Vec<TargetPlan>,
+    pub balance: Balance,
+    pub host: Option<String>,
+    pub connect_timeout: Duration,
+    pub timeout: Duration,
+    pub max_response_header_bytes: usize,
+    pub pool_max_idle: usize,
+    pub pool_idle_timeout: Duration,
+    pub health_max_failures: u32,
+    pub health_cooldown: Duration,
+    /// The roots of `tls_ca`, for https:// (else the system's).
+    pub tls_ca: Option<std::sync::Arc<rustls::RootCertStore>>,
+    /// Set when routes reach the upstream with https://.
+    pub tls: Option<crate::tls::UpstreamTls>,
+}
 
 /// Response-side buffer of an upstream connection: heads are parsed from it
 /// and body bytes are written to the client straight out of it.

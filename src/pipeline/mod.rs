@@ -3,14 +3,15 @@
 //! phases of later issues slot in between routing and integration, each
 //! returning a [`Flow`]-like decision.
 
-use crate::config::{Integration, MockPlan, Plan};
 use crate::http::conn::{write_two, BodyError, Conn};
 use crate::http::encode::RequestIds;
 use crate::http::encode::{push_status_line, push_u64};
 use crate::http::method::Method;
 use crate::http::parse::{Framing, RequestHead};
 use crate::integration::http_proxy::{self, Forward};
+use crate::integration::mock::MockPlan;
 use crate::integration::upstream::UpstreamState;
+use crate::plan::{Integration, Plan};
 use crate::policy::{self, Decision, Refusal, RequestView};
 use crate::route::{AllowSet, Lookup};
 use crate::runtime::Shard;

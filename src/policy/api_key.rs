@@ -21,10 +21,10 @@
 //! docs/api-keys.md describes the keys file, the config keys and
 //! `coregate keys`.
 
+pub use crate::config::raw::api_key::{RawApiKey, RawKeysFile};
 use crate::config::raw::RawConfig;
 use crate::config::ConfigError;
 use crate::http::parse::RequestHead;
-use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -323,29 +323,6 @@ impl KeyStore {
 
 // === impl raw config ===
 
-/// One `[[keys]]` entry of a keys file, or `[[api_keys]]` in the config.
-#[derive(Debug, Clone, Deserialize)]
-pub struct RawApiKey {
-    /// Unique; the principal later phases and logs see.
-    pub name: String,
-    /// Unique, 12 lowercase hex digits; the public part of the key.
-    pub id: String,
-    /// `sha256$<salt hex>$<hash hex>`.
-    pub hash: String,
-    /// Default: true. A disabled key is refused like an unknown one.
-    pub enabled: Option<bool>,
-    pub usage_plan: Option<String>,
-    /// RFC 3339 date-time the key was created (informational).
-    pub created: Option<String>,
-}
-
-/// A keys file: `[[keys]]` entries.
-#[derive(Debug, Default, Deserialize)]
-pub struct RawKeysFile {
-    #[serde(default)]
-    pub keys: Vec<RawApiKey>,
-}
-
 /// Parses a keys file's text, reporting unknown keys as errors.
 pub fn parse_keys_file(text: &str) -> Result<RawKeysFile, String> {
     let mut unknown = Vec::new();
@@ -365,11 +342,7 @@ pub fn parse_keys_file(text: &str) -> Result<RawKeysFile, String> {
 /// directory of the config file (or the working directory when the config
 /// did not come from a file).
 pub fn resolve_path(file: &str, base_dir: Option<&Path>) -> PathBuf {
-    let p = Path::new(file);
-    match base_dir {
-        Some(dir) if p.is_relative() => dir.join(p),
-        _ => p.to_path_buf(),
-    }
+    crate::config::resolve_path(file, base_dir)
 }
 
 /// Checks `created` loosely: `YYYY-MM-DD`, optionally followed by a time.

@@ -15,21 +15,9 @@
 //! ([`upstream_header_names`]), so a client cannot forge them.
 
 use super::{Decision, RequestState, RequestView};
+pub use crate::config::raw::auth::RawAuthorizer;
 use crate::config::ConfigError;
-use serde::Deserialize;
 use std::sync::Arc;
-
-/// `[[authorizers]]` as written.
-#[derive(Debug, Default, Deserialize)]
-pub struct RawAuthorizer {
-    pub name: String,
-    /// `[authorizers.jwt]`: a JWT authorizer (docs/jwt.md).
-    pub jwt: Option<super::jwt::RawJwt>,
-    /// `[authorizers.request]`: an authorizer service the gateway calls.
-    pub request: Option<super::request_auth::RawRequestAuthorizer>,
-    /// `[authorizers.sigv4]`: AWS Signature Version 4 (docs/sigv4.md).
-    pub sigv4: Option<super::sigv4::RawSigv4>,
-}
 
 /// The value of `authorizer` that turns an API's default off for a route.
 pub const NONE: &str = "none";

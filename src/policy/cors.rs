@@ -24,7 +24,6 @@
 use super::{Decision, Refusal, RequestView};
 use crate::config::ConfigError;
 use crate::http::method::Method;
-use serde::Deserialize;
 
 /// The largest `max_age`: a day. Browsers cap it lower anyway (Chromium at
 /// two hours, Firefox at a day).
@@ -32,26 +31,6 @@ pub const MAX_MAX_AGE: i64 = 86_400;
 
 /// The methods `allow_methods` may name, as API Gateway accepts them.
 pub const CORS_METHODS: [&str; 7] = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"];
-
-/// `cors = { ... }` on an API. Every list defaults to empty, `max_age` to
-/// absent (no `Access-Control-Max-Age`: the browser's own default, 5 s) and
-/// `allow_credentials` to false.
-#[derive(Debug, Clone, Default, Deserialize)]
-pub struct RawCors {
-    /// Origins allowed to call: `scheme://host[:port]` exactly, `scheme://*`
-    /// (any origin of that scheme), or `*` (any origin). Required.
-    pub allow_origins: Option<Vec<String>>,
-    /// Methods a preflight may ask for, or `*`.
-    pub allow_methods: Option<Vec<String>>,
-    /// Request headers a preflight may ask for (case-insensitive), or `*`.
-    pub allow_headers: Option<Vec<String>>,
-    /// Response headers the browser lets scripts read, or `*`.
-    pub expose_headers: Option<Vec<String>>,
-    /// Seconds a browser may cache a preflight answer, 0 to 86400.
-    pub max_age: Option<i64>,
-    /// Whether credentialed requests (cookies, `Authorization`) are allowed.
-    pub allow_credentials: Option<bool>,
-}
 
 /// A compiled CORS configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -235,6 +214,7 @@ fn list_items(list: &[u8]) -> impl Iterator<Item = &[u8]> {
 }
 
 // Method and header names are RFC 9110 tokens.
+pub use crate::config::raw::cors::RawCors;
 use crate::http::parse::is_token;
 
 /// Checks the `host[:port]` part of an origin; returns the host (lower-case

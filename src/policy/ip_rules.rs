@@ -15,20 +15,10 @@
 //! client) is checked as the IPv4 address it stands for, and a mapped CIDR in
 //! the config (`::ffff:10.0.0.0/104`) becomes the IPv4 CIDR it stands for.
 
+pub use crate::config::raw::ip_rules::RawIpRules;
 use crate::config::ConfigError;
-use serde::Deserialize;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-
-/// `ip_rules = { ... }` on an API or a route.
-#[derive(Debug, Clone, Default, Deserialize)]
-pub struct RawIpRules {
-    /// CIDRs (or single addresses) that may call. Absent: every address not
-    /// denied may call.
-    pub allow: Option<Vec<String>>,
-    /// CIDRs (or single addresses) that may not call, whatever `allow` says.
-    pub deny: Option<Vec<String>>,
-}
 
 // === impl Cidr ===
 

@@ -314,7 +314,7 @@ pub struct ShardPolicies {
 
 impl ShardPolicies {
     pub fn new(
-        plan: &crate::config::Plan,
+        plan: &crate::plan::Plan,
         shard: usize,
         link: throttle::ShardLink,
         usage_link: usage::coordinator::ShardLink,

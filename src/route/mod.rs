@@ -13,6 +13,7 @@
 //! `ANY /pets/{proxy+}` coexist, which one matchit router refuses. The other
 //! slots are only consulted to tell 405 (with `Allow`) from 404.
 
+pub use crate::http::method::AllowSet;
 use crate::http::method::{Method, METHOD_SLOTS, NAMED_METHODS};
 use std::collections::BTreeMap;
 
@@ -150,35 +151,6 @@ pub enum Lookup<'t, 'p> {
         allow: AllowSet,
     },
     NotFound,
-}
-
-/// A set of named methods, rendered as an `Allow` header value.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct AllowSet(u8);
-
-impl AllowSet {
-    pub fn insert(&mut self, m: Method) {
-        self.0 |= 1 << m.slot();
-    }
-    pub fn contains(self, m: Method) -> bool {
-        self.0 & (1 << m.slot()) != 0
-    }
-    pub fn is_empty(self) -> bool {
-        self.0 == 0
-    }
-    /// Writes `GET, HEAD, ...` into `out`.
-    pub fn write_to(self, out: &mut Vec<u8>) {
-        let mut first = true;
-        for m in NAMED_METHODS {
-            if self.contains(m) {
-                if !first {
-                    out.extend_from_slice(b", ");
-                }
-                out.extend_from_slice(m.as_str().as_bytes());
-                first = false;
-            }
-        }
-    }
 }
 
 /// How an API is chosen by the Host header.

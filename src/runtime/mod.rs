@@ -8,7 +8,7 @@ pub mod shard;
 
 pub use shard::{Shard, ShardHandle};
 
-use crate::config::Plan;
+use crate::plan::Plan;
 use crossbeam_channel::{Receiver, Sender};
 use glommio::{LocalExecutorBuilder, Placement};
 use socket2::{Domain, Protocol, Socket, Type};

@@ -2,11 +2,11 @@
 //! Everything here is `Rc`/`Cell`/`RefCell`: a shard is one thread, and its
 //! state is never touched from another.
 
-use crate::config::Plan;
 use crate::http::encode::{DateCache, RequestIds};
 use crate::http::parse::HeadLimits;
 use crate::integration::upstream::UpstreamState;
 use crate::net::Listener;
+use crate::plan::Plan;
 use crate::runtime::Control;
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
 use glommio::sync::Semaphore;

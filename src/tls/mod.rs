@@ -23,6 +23,7 @@
 pub mod stream;
 pub mod x509;
 
+pub use crate::config::raw::tls::{RawCertificate, RawServerTls};
 use crate::config::ConfigError;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
@@ -30,7 +31,6 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
-use serde::Deserialize;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -48,34 +48,6 @@ pub const UPSTREAM_SESSIONS_PER_SHARD: usize = 256;
 pub const ALPN_HTTP11: &[u8] = b"http/1.1";
 
 // === raw config ===
-
-/// `[server.tls]`: HTTPS listeners.
-#[derive(Debug, Default, Deserialize)]
-pub struct RawServerTls {
-    /// Addresses served with TLS (every shard binds each with SO_REUSEPORT).
-    pub listen: Option<Vec<String>>,
-    /// `[[server.tls.certificates]]`; the first is the default.
-    #[serde(default)]
-    pub certificates: Vec<RawCertificate>,
-    /// `"1.2"` or `"1.3"`.
-    pub min_version: Option<String>,
-    /// `"none"`, `"optional"` or `"required"`.
-    pub client_auth: Option<String>,
-    /// PEM bundle of the CAs client certificates must chain to.
-    pub client_ca: Option<String>,
-}
-
-/// `[[server.tls.certificates]]`: a certificate chain and its key.
-#[derive(Debug, Deserialize)]
-pub struct RawCertificate {
-    /// PEM: the leaf first, then intermediates.
-    pub cert: String,
-    /// PEM private key (PKCS#8, PKCS#1 RSA or SEC1 EC).
-    pub key: String,
-    /// SNI names this certificate answers; default: the certificate's DNS
-    /// subjectAltNames.
-    pub server_names: Option<Vec<String>>,
-}
 
 // === compiled plan ===
 
@@ -179,7 +151,7 @@ impl ResolvesServerCert for SniResolver {
 
 /// A config path: relative ones are taken from the config file's directory.
 pub fn resolve_path(file: &str, base_dir: Option<&Path>) -> PathBuf {
-    crate::policy::api_key::resolve_path(file, base_dir)
+    crate::config::resolve_path(file, base_dir)
 }
 
 fn read_file(path: &Path) -> Result<Vec<u8>, String> {
@@ -560,7 +532,7 @@ impl UpstreamTlsBuilder {
     /// https://. Errors go to `ukey` (the route's integration.url).
     pub fn reach(
         &mut self,
-        up: &mut crate::config::UpstreamPlan,
+        up: ReachedUpstream<'_>,
         index: usize,
         https: bool,
         url: &str,
@@ -597,7 +569,7 @@ impl UpstreamTlsBuilder {
             return;
         }
         let roots = match &up.tls_ca {
-            Some(r) => r.clone(),
+            Some(r) => Arc::clone(r),
             None => match self.system_roots() {
                 Ok(r) => r,
                 Err(e) => {
@@ -607,8 +579,8 @@ impl UpstreamTlsBuilder {
             },
         };
         let mut server_names = Vec::new();
-        for t in &up.targets {
-            let name = host_part(up.host.as_deref().unwrap_or(&t.label));
+        for label in &up.target_labels {
+            let name = host_part(up.host.unwrap_or(label));
             match ServerName::try_from(name.to_string()) {
                 Ok(n) => server_names.push(n),
                 Err(_) => {
@@ -636,11 +608,22 @@ impl UpstreamTlsBuilder {
         };
         let mut config = config;
         config.alpn_protocols = vec![ALPN_HTTP11.to_vec()];
-        up.tls = Some(UpstreamTls {
+        *up.tls = Some(UpstreamTls {
             config: Arc::new(config),
             server_names,
         });
     }
+}
+
+/// What [`UpstreamTlsBuilder::reach`] reads and sets of an upstream's plan.
+pub struct ReachedUpstream<'a> {
+    pub name: &'a str,
+    /// The Host header sent upstream, when set; else each target's label.
+    pub host: Option<&'a str>,
+    pub target_labels: Vec<&'a str>,
+    pub tls_ca: Option<&'a Arc<RootCertStore>>,
+    /// Set to the upstream's client config when it is reached with https://.
+    pub tls: &'a mut Option<UpstreamTls>,
 }
 
 /// Loads a declared upstream's `tls_ca`.

@@ -8,7 +8,7 @@
 //! controls reaches them.
 
 use super::*;
-use crate::config::{load_str, Integration, Plan};
+use crate::plan::{load_str, Integration, Plan};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// A directory of PEM files for one test, removed on drop.
@@ -381,7 +381,7 @@ fn relative_paths_are_taken_from_the_config_directory() {
     pki.leaf("good", &["good.test"]);
     let text = tls_config("[[server.tls.certificates]]\ncert = \"good.crt\"\nkey = \"good.key\"\n");
     let file = pki.write("coregate.toml", &text);
-    let p = crate::config::load(Path::new(&file)).unwrap_or_else(|e| panic!("{e:#?}"));
+    let p = crate::plan::load(Path::new(&file)).unwrap_or_else(|e| panic!("{e:#?}"));
     assert!(p.server.tls.is_some());
 }
 

@@ -8,9 +8,9 @@
 //! controls reaches them.
 
 use super::*;
-use crate::config::load_str;
 use crate::http::parse::{parse_request_head, HeadLimits};
 use crate::integration::http_proxy::Capture;
+use crate::plan::load_str;
 
 fn config(api_cache: &str, route_cache: &str, server_cache: &str) -> String {
     format!(

@@ -28,13 +28,12 @@ pub mod verify;
 mod tests;
 
 use super::{Decision, Refusal, RequestState, RequestView};
+pub use crate::config::raw::jwt::RawJwt;
 use crate::config::ConfigError;
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
 use fetch::ToFetcher;
 use jwks::{KeySet, Origin};
-use serde::Deserialize;
 use std::cell::{Cell, RefCell};
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -84,30 +83,6 @@ const RESERVED_HEADERS: &[&str] = &[
 ];
 
 // === impl config ===
-
-/// `[authorizers.jwt]` as written.
-#[derive(Debug, Default, Deserialize)]
-pub struct RawJwt {
-    /// Exact value of the `iss` claim. Required.
-    pub issuer: Option<String>,
-    /// Accepted `aud` (or, without `aud`, `client_id`) values. Required.
-    pub audience: Option<Vec<String>>,
-    /// A JWKS file (relative to the config file's directory).
-    pub jwks_file: Option<String>,
-    /// A JWKS URL, fetched and refreshed in the background.
-    pub jwks_url: Option<String>,
-    /// PEM CA bundle trusted for an https:// `jwks_url` (default: the
-    /// operating system's roots).
-    pub jwks_ca_file: Option<String>,
-    /// Default: RS256, ES256, HS256, EdDSA.
-    pub algorithms: Option<Vec<String>>,
-    pub leeway_s: Option<u64>,
-    pub refresh_interval_s: Option<u64>,
-    pub unknown_kid_refresh_min_interval_s: Option<u64>,
-    pub fetch_timeout_ms: Option<u64>,
-    /// Header name → claim name.
-    pub claims_to_headers: Option<BTreeMap<String, String>>,
-}
 
 /// A compiled JWT authorizer; cheap to clone (one `Arc`), immutable.
 #[derive(Clone)]

@@ -813,7 +813,7 @@ authorization_scopes = ["s"]
 integration = {{ type = "mock" }}
 "#
     );
-    match crate::config::load_str(&text) {
+    match crate::plan::load_str(&text) {
         Ok(_) => Vec::new(),
         Err(es) => es.into_iter().map(|e| (e.key, e.message)).collect(),
     }

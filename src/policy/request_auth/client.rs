@@ -11,10 +11,10 @@
 //! protocol asks authorizers to be free of side effects, so that is safe.
 
 use super::{RequestAuthorizer, MAX_ANSWER_BYTES};
-use crate::config::UpstreamPlan;
 use crate::http::body::ChunkedDecoder;
 use crate::http::encode::push_u64;
 use crate::http::response::{parse_response_head, RespFraming};
+use crate::integration::upstream::UpstreamPlan;
 use crate::integration::upstream::{UpConn, UpstreamState};
 use crate::runtime::Shard;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};

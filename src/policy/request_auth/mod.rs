@@ -38,16 +38,16 @@ pub mod protocol;
 
 use super::auth::{AuthorizerKind, AuthorizerPlan};
 use super::{Decision, Refusal, RequestState, RequestView};
-use crate::config::{ConfigError, PathPart, ProxyPlan};
+pub use crate::config::raw::request_auth::RawRequestAuthorizer;
+use crate::config::ConfigError;
 use crate::http::conn::Conn;
 use crate::http::parse::RequestHead;
+use crate::integration::http_proxy::{PathPart, ProxyPlan};
 use crate::runtime::Shard;
 use cache::{DecisionCache, Failed, Key, Outcome, Verdict};
-use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use smallvec::SmallVec;
 use std::borrow::Cow;
-use std::collections::BTreeMap;
 use std::fmt;
 use std::time::{Duration, Instant};
 
@@ -75,27 +75,6 @@ pub const MAX_UPSTREAM_HEADER_BYTES: usize = 8192;
 const FLIGHT_GRACE: Duration = Duration::from_millis(250);
 
 // === impl raw config ===
-
-/// `[authorizers.request]` as written.
-#[derive(Debug, Default, Deserialize)]
-pub struct RawRequestAuthorizer {
-    /// `http://upstream-or-host:port/path[?query]`. Required.
-    pub url: Option<String>,
-    /// `"header:NAME"` / `"query:NAME"`. Each must be present, or 401.
-    pub identity_sources: Option<Vec<String>>,
-    /// Seconds an answer is cached. Default 300, 0–3600; 0 turns caching off.
-    pub ttl_seconds: Option<i64>,
-    /// The whole call (connect, send, answer). Default 1000, 1–10000.
-    pub timeout_ms: Option<u64>,
-    /// Context key → upstream header name.
-    pub context_headers: Option<BTreeMap<String, String>>,
-    /// Upstream header carrying the `principalId`.
-    pub principal_header: Option<String>,
-    /// Cached answers per shard. Default 10000.
-    pub cache_max_entries: Option<i64>,
-    /// Make the route part of the cache key. Default false.
-    pub cache_per_route: Option<bool>,
-}
 
 // === impl compiled plan ===
 

@@ -12,8 +12,8 @@
 use super::cache::{Allowed, DecisionCache, Failed, Verdict};
 use super::protocol::{parse_answer, request_body, Facts};
 use super::*;
-use crate::config::{load_str, Integration, Plan};
 use crate::http::parse::{parse_request_head, HeadLimits};
+use crate::plan::{load_str, Integration, Plan};
 use std::future::Future;
 use std::rc::Rc;
 

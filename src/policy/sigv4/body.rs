@@ -18,10 +18,10 @@
 //! body has used a token (docs/sigv4.md).
 
 use super::{BodyCheck, Failure};
-use crate::config::Limits;
 use crate::http::body::ChunkedDecoder;
 use crate::http::conn::{BodyError, Conn, READ_BUF};
 use crate::http::parse::{Framing, RequestHead};
+use crate::http::Limits;
 use ring::digest;
 
 /// Why the body step refused a request.

@@ -15,9 +15,9 @@ mod bucket;
 pub use bucket::{Global, Grants};
 
 use super::{Decision, Refusal, RequestView};
+pub use crate::config::raw::throttle::{RawRate, RawThrottle};
 use crate::config::ConfigError;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
-use serde::Deserialize;
 use smallvec::SmallVec;
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -48,26 +48,6 @@ pub const CLIENT_IDLE_EVICT: Duration = Duration::from_secs(10);
 pub const MAX_CLIENTS_PER_SHARD: usize = 100_000;
 
 // === impl config ===
-
-/// `throttle = { rate = R, burst = B, per_client_ip = { rate, burst } }` on
-/// the server, an API or a route. `rate` and `burst` come together; either
-/// pair may be left out, not both.
-#[derive(Debug, Clone, Deserialize)]
-pub struct RawThrottle {
-    /// Steady rate, requests per second (integer or float).
-    pub rate: Option<f64>,
-    /// Bucket size: requests admitted at once after a quiet period.
-    pub burst: Option<i64>,
-    /// A bucket of its own for each client IP address.
-    pub per_client_ip: Option<RawRate>,
-}
-
-/// `per_client_ip = { rate = R, burst = B }`.
-#[derive(Debug, Clone, Deserialize)]
-pub struct RawRate {
-    pub rate: Option<f64>,
-    pub burst: Option<i64>,
-}
 
 /// Which level a bucket belongs to, in checking order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

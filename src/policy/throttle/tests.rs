@@ -143,8 +143,8 @@ fn initial_share_is_at_least_one_token() {
     assert_eq!(initial_share(7, 0), 7);
 }
 
-fn compile(toml: &str) -> Result<crate::config::Plan, Vec<crate::config::ConfigError>> {
-    crate::config::load_str(toml)
+fn compile(toml: &str) -> Result<crate::plan::Plan, Vec<crate::config::ConfigError>> {
+    crate::plan::load_str(toml)
 }
 
 const ROUTES: &str = r#"

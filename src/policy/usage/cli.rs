@@ -8,7 +8,7 @@ use std::path::PathBuf;
 /// Options of `coregate usage`.
 #[derive(Debug, Default)]
 pub struct Options {
-    pub plan: Option<crate::config::Plan>,
+    pub plan: Option<crate::plan::Plan>,
     pub data_dir: Option<PathBuf>,
     pub key: Option<String>,
     /// Inclusive days.

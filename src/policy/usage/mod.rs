@@ -24,10 +24,10 @@ pub mod store;
 #[cfg(test)]
 mod tests;
 
+pub use crate::config::raw::usage::{RawPlanRoute, RawQuota, RawUsagePlan};
 use crate::config::ConfigError;
-use crate::policy::throttle::{self, RawRate};
+use crate::policy::throttle::{self};
 use clock::Period;
-use serde::Deserialize;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -36,37 +36,6 @@ pub const MIN_FLUSH_INTERVAL_MS: u64 = 10;
 pub const MAX_FLUSH_INTERVAL_MS: u64 = 60_000;
 /// Largest quota `limit`.
 pub const MAX_QUOTA: u64 = 1_000_000_000_000;
-
-/// `[[usage_plans]]` as written.
-#[derive(Debug, Deserialize)]
-pub struct RawUsagePlan {
-    pub name: String,
-    /// Names of the `[[apis]]` the plan covers (API Gateway's API stages).
-    pub apis: Option<Vec<String>>,
-    /// One bucket per API key: `{ rate, burst }`.
-    pub throttle: Option<RawRate>,
-    pub quota: Option<RawQuota>,
-    /// Per-route buckets that replace `throttle` on those routes.
-    #[serde(default)]
-    pub routes: Vec<RawPlanRoute>,
-}
-
-/// `quota = { limit, period, offset }`.
-#[derive(Debug, Deserialize)]
-pub struct RawQuota {
-    pub limit: Option<u64>,
-    pub period: Option<String>,
-    pub offset: Option<u64>,
-}
-
-/// `[[usage_plans.routes]]`.
-#[derive(Debug, Deserialize)]
-pub struct RawPlanRoute {
-    pub api: String,
-    /// The route's key as written in its `[[apis.routes]]` entry.
-    pub route: String,
-    pub throttle: Option<RawRate>,
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Quota {

@@ -11,7 +11,7 @@ use super::coordinator;
 use super::shard::{QuotaCheck, ShardUsage};
 use super::store::Store;
 use super::Coverage;
-use crate::config::load_str;
+use crate::plan::load_str;
 
 #[test]
 fn civil_dates_round_trip() {

@@ -4,7 +4,10 @@
 //! Only IP literals are used for addresses so that no test depends on DNS.
 
 use super::*;
+use crate::config::{parse, raw};
 use crate::http::method::Method;
+use crate::integration::http_proxy::PathPart;
+use crate::integration::upstream::Balance;
 use crate::route::Lookup;
 use std::time::Duration;
 

@@ -2,140 +2,17 @@
 //! derived structure (route tables, upstream targets, pre-rendered mock
 //! responses) is made here, once, before any shard starts.
 
-use super::raw::*;
-use super::ConfigError;
+use super::*;
+use crate::config::raw::*;
+use crate::config::ConfigError;
 use crate::http::encode::{push_status_line, push_u64};
+use crate::http::Limits;
+use crate::integration::http_proxy::{PathPart, ProxyPlan};
+use crate::integration::mock::MockPlan;
+use crate::integration::upstream::{Balance, TargetPlan, UpstreamPlan};
 use crate::route::{ApiSpec, RouteId, RouteKey, RouteTable};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::Duration;
-
-/// Everything a shard needs, immutable once built. Each shard gets its own
-/// clone, so nothing here is shared between cores at run time.
-#[derive(Debug, Clone)]
-pub struct Plan {
-    pub server: ServerPlan,
-    pub policies: crate::policy::ServerPolicies,
-    /// Per API (config order): what applies to a request of the API before a
-    /// route is known.
-    pub apis: Vec<ApiPlan>,
-    pub limits: Limits,
-    pub upstreams: Vec<UpstreamPlan>,
-    pub routes: Vec<RoutePlan>,
-    pub table: RouteTable,
-}
-
-#[derive(Debug, Clone)]
-pub struct ServerPlan {
-    pub listen: Vec<SocketAddr>,
-    pub shards: usize,
-    /// CPU of each shard (same length as `shards`).
-    pub cpus: Vec<usize>,
-    pub backlog: u32,
-    pub drain_timeout: Duration,
-    pub max_connections_per_shard: usize,
-    /// HTTPS listeners, when `[server.tls]` is set.
-    pub tls: Option<crate::tls::ServerTlsPlan>,
-}
-
-#[derive(Debug, Clone, Copy)]
-pub struct Limits {
-    pub max_request_line_bytes: usize,
-    pub max_header_bytes: usize,
-    pub max_headers: usize,
-    pub max_body_bytes: u64,
-    pub header_read_timeout: Duration,
-    pub body_read_timeout: Duration,
-    pub idle_timeout: Duration,
-    pub write_timeout: Duration,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Balance {
-    RoundRobin,
-    Weighted,
-    LeastOutstanding,
-}
-
-#[derive(Debug, Clone)]
-pub struct TargetPlan {
-    pub addr: SocketAddr,
-    /// As written in config; the default Host header.
-    pub label: String,
-    pub weight: u32,
-}
-
-#[derive(Debug, Clone)]
-pub struct UpstreamPlan {
-    pub name: String,
-    pub targets: Vec<TargetPlan>,
-    pub balance: Balance,
-    pub host: Option<String>,
-    pub connect_timeout: Duration,
-    pub timeout: Duration,
-    pub max_response_header_bytes: usize,
-    pub pool_max_idle: usize,
-    pub pool_idle_timeout: Duration,
-    pub health_max_failures: u32,
-    pub health_cooldown: Duration,
-    /// The roots of `tls_ca`, for https:// (else the system's).
-    pub tls_ca: Option<std::sync::Arc<rustls::RootCertStore>>,
-    /// Set when routes reach the upstream with https://.
-    pub tls: Option<crate::tls::UpstreamTls>,
-}
-
-#[derive(Debug, Clone)]
-pub struct ApiPlan {
-    pub name: String,
-    /// Answers preflights to paths that have no OPTIONS route.
-    pub cors: Option<crate::policy::cors::Cors>,
-    /// Applied to requests no route takes too (404, 405, preflights), so a
-    /// refused client cannot map the API's paths.
-    pub ip_rules: Option<crate::policy::ip_rules::IpRules>,
-}
-
-#[derive(Debug, Clone)]
-pub struct RoutePlan {
-    pub api: String,
-    pub key: String,
-    pub integration: Integration,
-    pub policies: crate::policy::RoutePolicies,
-}
-
-#[derive(Debug, Clone)]
-pub enum Integration {
-    Proxy(ProxyPlan),
-    Mock(MockPlan),
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PathPart {
-    Literal(String),
-    /// A route parameter, substituted raw (still percent-encoded).
-    Param(String),
-}
-
-#[derive(Debug, Clone)]
-pub struct ProxyPlan {
-    pub upstream: usize,
-    /// `None`: pass the request path through unchanged.
-    pub path: Option<Vec<PathPart>>,
-    /// A query string fixed in the integration URL, sent before the client's.
-    pub query: Option<String>,
-    /// Drop the client's `x-api-key` header: the route checked it.
-    pub drop_api_key: bool,
-    /// Client headers never forwarded (lowercase): the gateway sets them
-    /// itself (authorizer claims and context).
-    pub strip_headers: Vec<String>,
-}
-
-#[derive(Debug, Clone)]
-pub struct MockPlan {
-    pub status: u16,
-    /// Status line, configured headers and content-length, without the blank
-    /// line: the per-request headers follow it.
-    pub head: Vec<u8>,
-    pub body: Vec<u8>,
-}
 
 /// `ms` as a Duration, rejecting 0 where 0 makes no sense.
 fn duration(
@@ -236,7 +113,7 @@ pub fn compile(raw: &RawConfig) -> Result<Plan, Vec<ConfigError>> {
             Some(Integration::Proxy(p)) => {
                 // https:// authorizers get a TLS upstream like integrations.
                 upstream_tls.reach(
-                    &mut upstreams[p.upstream],
+                    reached(&mut upstreams[p.upstream]),
                     p.upstream,
                     url.starts_with("https://"),
                     url,
@@ -346,7 +223,7 @@ pub fn compile(raw: &RawConfig) -> Result<Plan, Vec<ConfigError>> {
                     if let Some(Integration::Proxy(p)) = &i {
                         let https = url.starts_with("https://");
                         upstream_tls.reach(
-                            &mut upstreams[p.upstream],
+                            reached(&mut upstreams[p.upstream]),
                             p.upstream,
                             https,
                             url,
@@ -974,9 +851,13 @@ fn compile_path_template(path: &str, params: &[String]) -> Result<Vec<PathPart>,
     Ok(parts)
 }
 
-impl Plan {
-    /// How many APIs the route table holds.
-    pub fn table_api_count(&self) -> usize {
-        self.table.api_count()
+/// The parts of an upstream's plan the TLS compiler reads and sets.
+fn reached(up: &mut UpstreamPlan) -> crate::tls::ReachedUpstream<'_> {
+    crate::tls::ReachedUpstream {
+        name: &up.name,
+        host: up.host.as_deref(),
+        target_labels: up.targets.iter().map(|t| t.label.as_str()).collect(),
+        tls_ca: up.tls_ca.as_ref(),
+        tls: &mut up.tls,
     }
 }

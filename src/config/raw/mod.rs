@@ -11,6 +11,18 @@
 //! integration enum keeps `deny_unknown_fields`: an internally tagged enum is
 //! buffered before it is read, so serde_ignored cannot see into it.
 
+pub mod api_key;
+pub mod auth;
+pub mod cache;
+pub mod cors;
+pub mod ip_rules;
+pub mod jwt;
+pub mod request_auth;
+pub mod sigv4;
+pub mod throttle;
+pub mod tls;
+pub mod usage;
+
 use serde::Deserialize;
 use std::collections::BTreeMap;
 
@@ -48,13 +60,13 @@ pub struct RawConfig {
     pub apis: Vec<RawApi>,
     /// `[[api_keys]]`: keys defined inline, besides `server.api_keys_file`.
     #[serde(default)]
-    pub api_keys: Vec<crate::policy::api_key::RawApiKey>,
+    pub api_keys: Vec<api_key::RawApiKey>,
     /// `[[usage_plans]]`: per-key throttling and quotas.
     #[serde(default)]
-    pub usage_plans: Vec<crate::policy::usage::RawUsagePlan>,
+    pub usage_plans: Vec<usage::RawUsagePlan>,
     /// `[[authorizers]]`: named SigV4, JWT and request authorizers.
     #[serde(default)]
-    pub authorizers: Vec<crate::policy::auth::RawAuthorizer>,
+    pub authorizers: Vec<auth::RawAuthorizer>,
     /// The directory of the config file, set by [`super::load`]: relative
     /// paths in the config (`server.api_keys_file`) are taken from it.
     #[serde(skip)]
@@ -79,14 +91,14 @@ pub struct RawServer {
     #[serde(default)]
     pub limits: RawLimits,
     /// Server-wide token bucket.
-    pub throttle: Option<crate::policy::throttle::RawThrottle>,
+    pub throttle: Option<throttle::RawThrottle>,
     /// Per-shard response cache settings.
-    pub cache: Option<crate::policy::cache::RawCacheSettings>,
+    pub cache: Option<cache::RawCacheSettings>,
     /// A keys file (`[[keys]]` entries, managed by `coregate keys`). A
     /// relative path is taken from the config file's directory.
     pub api_keys_file: Option<String>,
     /// `[server.tls]`: HTTPS listeners (docs/configuration.md).
-    pub tls: Option<crate::tls::RawServerTls>,
+    pub tls: Option<tls::RawServerTls>,
     /// Where durable state (the usage store) lives. A relative path is
     /// taken from the config file's directory.
     pub data_dir: Option<String>,
@@ -154,11 +166,11 @@ pub struct RawApi {
     #[serde(default)]
     pub routes: Vec<RawRoute>,
     /// Token bucket for the whole API.
-    pub throttle: Option<crate::policy::throttle::RawThrottle>,
+    pub throttle: Option<throttle::RawThrottle>,
     /// Response cache for every route of the API.
-    pub cache: Option<crate::policy::cache::RawCacheRule>,
-    pub cors: Option<crate::policy::cors::RawCors>,
-    pub ip_rules: Option<crate::policy::ip_rules::RawIpRules>,
+    pub cache: Option<cache::RawCacheRule>,
+    pub cors: Option<cors::RawCors>,
+    pub ip_rules: Option<ip_rules::RawIpRules>,
     /// Default for the API's routes: require an `x-api-key`. Default: false.
     pub api_key_required: Option<bool>,
     /// Default authorizer of the API's routes (a `[[authorizers]]` name).
@@ -170,10 +182,10 @@ pub struct RawRoute {
     pub key: String,
     pub integration: RawIntegration,
     /// Token bucket for this route.
-    pub throttle: Option<crate::policy::throttle::RawThrottle>,
+    pub throttle: Option<throttle::RawThrottle>,
     /// Response cache for this route (overrides the API's).
-    pub cache: Option<crate::policy::cache::RawCacheRule>,
-    pub ip_rules: Option<crate::policy::ip_rules::RawIpRules>,
+    pub cache: Option<cache::RawCacheRule>,
+    pub ip_rules: Option<ip_rules::RawIpRules>,
     /// Require an `x-api-key` (overrides the API's setting).
     pub api_key_required: Option<bool>,
     /// The route's authorizer (overrides the API's); "none" for none.

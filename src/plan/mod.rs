@@ -1,0 +1,98 @@
+//! The compiled plan: everything a shard needs to serve requests, built
+//! once from the raw config by [`compile`] (every check, every default, the
+//! route table, upstream targets, pre-rendered mock responses) and immutable
+//! after. This layer sits above route, policy and integration because it
+//! composes their compiled parts; nothing below it imports it.
+
+pub mod compile;
+
+use crate::config::{self, ConfigError};
+use crate::http::Limits;
+use crate::integration::http_proxy::ProxyPlan;
+use crate::integration::mock::MockPlan;
+use crate::integration::upstream::UpstreamPlan;
+use crate::route::RouteTable;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+/// Everything a shard needs, immutable once built. Each shard gets its own
+/// clone, so nothing here is shared between cores at run time.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub server: ServerPlan,
+    pub policies: crate::policy::ServerPolicies,
+    /// Per API (config order): what applies to a request of the API before a
+    /// route is known.
+    pub apis: Vec<ApiPlan>,
+    pub limits: Limits,
+    pub upstreams: Vec<UpstreamPlan>,
+    pub routes: Vec<RoutePlan>,
+    pub table: RouteTable,
+}
+
+impl Plan {
+    /// How many APIs the route table holds.
+    pub fn table_api_count(&self) -> usize {
+        self.table.api_count()
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerPlan {
+    pub listen: Vec<SocketAddr>,
+    pub shards: usize,
+    /// CPU of each shard (same length as `shards`).
+    pub cpus: Vec<usize>,
+    pub backlog: u32,
+    pub drain_timeout: Duration,
+    pub max_connections_per_shard: usize,
+    /// HTTPS listeners, when `[server.tls]` is set.
+    pub tls: Option<crate::tls::ServerTlsPlan>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ApiPlan {
+    pub name: String,
+    /// Answers preflights to paths that have no OPTIONS route.
+    pub cors: Option<crate::policy::cors::Cors>,
+    /// Applied to requests no route takes too (404, 405, preflights), so a
+    /// refused client cannot map the API's paths.
+    pub ip_rules: Option<crate::policy::ip_rules::IpRules>,
+}
+
+#[derive(Debug, Clone)]
+pub struct RoutePlan {
+    pub api: String,
+    pub key: String,
+    pub integration: Integration,
+    pub policies: crate::policy::RoutePolicies,
+}
+
+#[derive(Debug, Clone)]
+pub enum Integration {
+    Proxy(ProxyPlan),
+    Mock(MockPlan),
+}
+
+/// Reads, parses and compiles a config file.
+pub fn load(path: &Path) -> Result<Plan, Vec<ConfigError>> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        vec![ConfigError::new(
+            "(file)",
+            format!("cannot read {}: {e}", path.display()),
+        )]
+    })?;
+    let mut raw = config::parse(&text)?;
+    raw.base_dir = path.parent().map(Path::to_path_buf);
+    compile::compile(&raw)
+}
+
+/// Parses and compiles config text.
+pub fn load_str(text: &str) -> Result<Plan, Vec<ConfigError>> {
+    let raw = config::parse(text)?;
+    compile::compile(&raw)
+}
+
+#[cfg(test)]
+mod tests;
