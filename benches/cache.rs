@@ -1,6 +1,7 @@
 //! The response cache's hit path in memory, bytes in to response head out:
 //! `parse_request_head` -> `CacheRule::write_key` -> `ShardCache::get`
-//! (expiry check, LRU touch) -> `serve::render_hit`. What the socket write
+//! (expiry check, LRU touch) -> `gateway::cache::render_hit` and the one
+//! response writer (`http::respond::write_reply`). What the socket write
 //! adds is the same as for a mock route (one `sendmsg` of head and body).
 //!
 //! Compares:
@@ -19,9 +20,10 @@
 
 mod common;
 
+use coregate::gateway::cache::{entry_from_capture, render_hit, HIT_HEADER};
 use coregate::http::parse::{parse_request_head, RequestHead};
+use coregate::http::respond::{write_reply, Envelope, Reply, ReplyBody};
 use coregate::integration::http_proxy::Capture;
-use coregate::policy::cache::serve::{entry_from_capture, render_hit, HIT_HEADER};
 use coregate::policy::cache::{entry_size, CacheRule, CacheSettings, Entry, ShardCache};
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use std::rc::Rc;
@@ -40,7 +42,7 @@ cache = {}
 [[apis.routes]]
 key = "GET /keyed/{id}"
 integration = { type = "http_proxy", url = "http://127.0.0.1:9" }
-cache = { key_query_parameters = ["page", "lang"], key_headers = ["accept-language", "x-tenant"] }
+cache = { key_query_parameters = ["page", "lang"], rendereders = ["accept-language", "x-tenant"] }
 "#;
 
 fn rules() -> (CacheRule, CacheRule) {
@@ -89,22 +91,31 @@ fn hit(
     buf: &[u8],
     key: &mut Vec<u8>,
     out: &mut Vec<u8>,
+    rendered: &mut Vec<u8>,
 ) -> usize {
     let head = parse(buf);
     rule.write_key(key, buf, &head);
     let now = Instant::now();
     let e = cache.get(key, now).expect("hit");
-    render_hit(
-        out,
-        &e,
-        now,
-        b"Sun, 06 Nov 1994 08:49:37 GMT",
-        b"0123456789abcdef0123456789abcdef",
-        HIT_HEADER,
-        head.keep_alive,
-        head.minor_version,
-    );
-    out.len() + e.body.len()
+    render_hit(rendered, &e, now);
+    let reply = Reply {
+        status: e.status,
+        body: ReplyBody::Prerendered {
+            head: rendered,
+            body: &e.body,
+        },
+        allow: None,
+    };
+    let env = Envelope {
+        date: b"Sun, 06 Nov 1994 08:49:37 GMT",
+        request_id: b"0123456789abcdef0123456789abcdef",
+        extra: HIT_HEADER,
+        keep_alive: head.keep_alive,
+        minor_version: head.minor_version,
+        head_request: false,
+    };
+    let body = write_reply(out, &reply, &env);
+    out.len() + body.len()
 }
 
 fn bench(c: &mut Criterion) {
@@ -134,6 +145,7 @@ fn bench(c: &mut Criterion) {
             })
         });
     }
+    let mut rendered = Vec::new();
     for (name, rule, buf) in [
         ("small_get_plain_key", &plain, &small),
         ("browser_keyed_2q_2h", &keyed, &browser),
@@ -141,7 +153,16 @@ fn bench(c: &mut Criterion) {
         for n in [0usize, 10_000] {
             let cache = filled(rule, buf, n);
             g.bench_function(format!("{name}/entries_{}", n + 1), |b| {
-                b.iter(|| black_box(hit(rule, &cache, black_box(buf), &mut key, &mut out)))
+                b.iter(|| {
+                    black_box(hit(
+                        rule,
+                        &cache,
+                        black_box(buf),
+                        &mut key,
+                        &mut out,
+                        &mut rendered,
+                    ))
+                })
             });
         }
     }

@@ -3,10 +3,16 @@
 //!
 //! Compares, for the small GET a load generator sends and for a 20-header
 //! browser request:
-//! - a mock route: `parse_request_head` -> `pipeline::route_request` ->
-//!   `pipeline::render_mock` (the response head; the body is the plan's bytes);
-//! - a proxied route up to the upstream request head: `parse_request_head` ->
-//!   `route_request`, which picks the target and writes the upstream head.
+//! - a mock route: `parse_request_head` -> the route lookup and request id
+//!   (as the gateway's driver does them) -> `http::respond::write_reply`
+//!   (the response head; the body is the plan's bytes);
+//! - a proxied route up to the upstream request head: `parse_request_head`
+//!   -> the route lookup -> target choice and
+//!   `http_proxy::write_upstream_head`.
+//!
+//! These are the synchronous steps of the driver without its sockets; the
+//! allocations of the whole request over real sockets, connection loop and
+//! driver included, are counted by `loadtest/allocs.sh` on the binary.
 //!
 //! Buffers are reused across iterations exactly as a keep-alive connection
 //! reuses them. Before the timed benches, a counting global allocator reports
@@ -19,15 +25,18 @@ mod common;
 
 use coregate::http::encode::{DateCache, RequestIds};
 use coregate::http::parse::{parse_request_head, HeadLimits};
+use coregate::http::respond::{write_reply, Envelope, Reply, ReplyBody};
+use coregate::integration::http_proxy::write_upstream_head;
 use coregate::integration::upstream::UpstreamState;
-use coregate::pipeline::{render_mock, route_request, Routed};
 use coregate::plan::{Integration, Plan};
+use coregate::route::Lookup;
 use criterion::{black_box, criterion_group, Criterion};
 use smallvec::SmallVec;
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::time::Instant;
 
 // === impl CountingAlloc ===
 
@@ -119,46 +128,75 @@ impl Fixture {
         parse_request_head(buf, &self.limits).unwrap().unwrap()
     }
 
-    fn route(&mut self, buf: &[u8], head: &coregate::http::parse::RequestHead) -> Routed {
-        route_request(
-            &self.plan,
-            &self.upstreams,
-            &mut self.ids,
-            buf,
-            head,
-            self.peer,
-            &mut self.xbuf,
-            &mut self.request_id,
-            None,
-        )
+    /// The route's index; for a proxied route also the target choice and
+    /// the upstream request head in `xbuf`, as the driver makes them.
+    fn route(&mut self, buf: &[u8], head: &coregate::http::parse::RequestHead) -> usize {
+        self.request_id.clear();
+        match head.request_id {
+            Some(s) => self.request_id.extend_from_slice(s.get(buf)),
+            None => self.request_id.extend_from_slice(&self.ids.next_id()),
+        }
+        let path = std::str::from_utf8(head.path(buf)).unwrap();
+        let Lookup::Found { route, params } =
+            self.plan
+                .table
+                .lookup(head.host.map(|h| h.get(buf)), head.method, path)
+        else {
+            panic!("not routed")
+        };
+        if let Integration::Proxy(p) = &self.plan.routes[route as usize].integration {
+            let up = &self.plan.upstreams[p.upstream];
+            let target = self.upstreams[p.upstream].pick(up, Instant::now());
+            write_upstream_head(
+                &mut self.xbuf,
+                buf,
+                head,
+                &params,
+                p,
+                up,
+                target,
+                self.peer,
+                &self.request_id,
+                None,
+                b"",
+            );
+        }
+        route as usize
     }
 
     /// Bytes in to bytes out for a mock route; returns the response length.
     fn mock(&mut self, buf: &[u8]) -> usize {
         let head = self.parse(buf);
-        let Routed::Mock(route) = self.route(buf, &head) else {
+        let route = self.route(buf, &head);
+        let Integration::Mock(mock) = &self.plan.routes[route].integration else {
             panic!("not routed to a mock")
         };
-        let Integration::Mock(mock) = &self.plan.routes[route].integration else {
-            unreachable!()
-        };
         let date = *self.date.get();
-        render_mock(
-            &mut self.wbuf,
-            mock,
-            &date,
-            &self.request_id,
-            b"",
-            head.keep_alive,
-            head.minor_version,
-        );
-        self.wbuf.len() + mock.body.len()
+        let env = Envelope {
+            date: &date,
+            request_id: &self.request_id,
+            extra: b"",
+            keep_alive: head.keep_alive,
+            minor_version: head.minor_version,
+            head_request: false,
+        };
+        let reply = Reply {
+            status: mock.status,
+            body: ReplyBody::Prerendered {
+                head: &mock.head,
+                body: &mock.body,
+            },
+            allow: None,
+        };
+        let body = write_reply(&mut self.wbuf, &reply, &env);
+        self.wbuf.len() + body.len()
     }
 
     /// Bytes in to the upstream request head for a proxied route.
     fn proxy_head(&mut self, buf: &[u8]) -> usize {
         let head = self.parse(buf);
-        let Routed::Proxy { .. } = self.route(buf, &head) else {
+        let route = self.route(buf, &head);
+        let Integration::Proxy(_) = &self.plan.routes[route].integration else {
             panic!("not routed to a proxy")
         };
         self.xbuf.len()
@@ -221,7 +259,10 @@ fn alloc_report() {
         let (a, r) = per_request(|| {
             black_box(fx.route(black_box(buf), &head));
         });
-        println!("  {name:32} {:27} {a:6.3} / {r:6.3}", "route_request");
+        println!(
+            "  {name:32} {:27} {a:6.3} / {r:6.3}",
+            "route (+ upstream head)"
+        );
         let (a, r) = if *mock {
             per_request(|| {
                 black_box(fx.mock(black_box(buf)));

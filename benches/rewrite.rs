@@ -39,7 +39,7 @@ fn rewrite(c: &mut Criterion) {
         let up = &plan.upstreams[p.upstream];
         let mut out = Vec::with_capacity(4096);
         write_upstream_head(
-            &mut out, buf, &head, &params, p, up, 0, peer, request_id, None,
+            &mut out, buf, &head, &params, p, up, 0, peer, request_id, None, b"",
         );
         assert!(
             out.starts_with(b"GET /pets/42"),
@@ -59,6 +59,7 @@ fn rewrite(c: &mut Criterion) {
                     peer,
                     request_id,
                     None,
+                    b"",
                 );
                 black_box(out.len())
             })

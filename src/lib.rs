@@ -1,22 +1,31 @@
 //! coregate: a thread-per-core API gateway engine.
 //!
-//! A request's journey, in module order:
-//! 1. [`runtime`] — one shard per core accepts the connection (SO_REUSEPORT).
-//! 2. [`http`] — the connection loop reads and parses the request head.
-//! 3. [`route`] — host, base path, method and path pick a route.
-//! 4. [`pipeline`] — the route's [`policy`] phases run, then its integration.
-//! 5. [`integration`] — a mock answer, or a proxied call to an upstream.
+//! The source tree is layered: each module imports only from the ones
+//! listed before it (tests/layers.rs checks this; docs/architecture.md
+//! draws it).
 //!
-//! [`config`] is read before any of this: TOML in, an immutable plan out.
-//! [`tls`] wraps steps 2 and 5 when a listener or an upstream speaks TLS.
-//! [`net`] is where every socket of steps 1, 2 and 5 waits for readiness.
+//! - [`log`]: the log line macro.
+//! - [`config`]: the TOML file as written, and the errors every layer
+//!   reports problems with.
+//! - [`net`]: sockets, waiting on the shard's epoll reactor.
+//! - [`tls`]: rustls configs and the plain-or-TLS stream.
+//! - [`http`]: the HTTP/1.1 wire for both roles, the one response writer,
+//!   and the connection loop, generic over the service that answers.
+//! - [`route`]: host, base path, method and path pick a route.
+//! - [`policy`]: each policy's compiled rule and check, and the phase list.
+//! - [`integration`]: mock and proxy answers, upstream pools, the client.
+//! - [`plan`]: the compiled, immutable plan, composed of the above.
+//! - [`gateway`]: the exchange record, the phase driver, the one exit.
+//! - [`runtime`]: shards on their CPUs, listeners, control inbox, drain.
+//! - [`cli`]: subcommands of the binary besides `serve`.
 
+pub mod cli;
 pub mod config;
+pub mod gateway;
 pub mod http;
 pub mod integration;
 pub mod log;
 pub mod net;
-pub mod pipeline;
 pub mod plan;
 pub mod policy;
 pub mod route;

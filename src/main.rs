@@ -152,7 +152,7 @@ fn keys(args: &[String]) -> ExitCode {
 
 /// `coregate usage`.
 fn usage_cmd(args: &[String]) -> ExitCode {
-    use coregate::policy::usage::cli;
+    use coregate::cli::usage as cli;
     let mut opts = cli::Options::default();
     let mut config_path = None;
     let mut it = args.iter();

@@ -20,6 +20,7 @@ const LAYERS: &[&str] = &[
     "plan",
     "gateway",
     "runtime",
+    "cli",
 ];
 
 fn rank(module: &str) -> Option<usize> {

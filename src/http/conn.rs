@@ -1,5 +1,8 @@
-//! The connection loop: reads request heads, hands each to the pipeline,
-//! and keeps the connection for the next request while it is safe to.
+//! The server side of an HTTP/1.1 connection: reads request heads, hands
+//! each to a [`Service`], and keeps the connection for the next request
+//! while it is safe to. Nothing here knows routes, policies or plans: the
+//! service (the gateway) answers, and says with a [`Flow`] what the
+//! connection does next, including handing its socket to another owner.
 //!
 //! Requests on one connection are handled one after the other, so pipelined
 //! requests are answered in order. Buffers are per connection and reused:
@@ -9,24 +12,81 @@
 //! On a TLS listener the handshake runs first ([`serve_tls`]), within
 //! `header_read_timeout_ms`; the loop then reads and writes through the
 //! same [`ClientStream`], whose plain variant is the bare TCP socket.
+//!
+//! [`Connections`] is a shard's registry of its live connections: it knows
+//! which wait for a request (closed at once when draining starts) and how
+//! many are left.
 
 use super::body::ChunkedDecoder;
-use super::encode::{push_error_response, ErrorExtras};
-use super::parse::{parse_request_head, Framing, RequestHead};
-use super::Reject;
-use crate::http::Limits;
+use super::parse::{parse_request_head, Framing, HeadLimits, RequestHead};
+use super::{Limits, Reject};
 use crate::net::Socket;
-use crate::pipeline::{self, Flow};
-use crate::runtime::shard::ConnGuard;
-use crate::runtime::Shard;
 use crate::tls::stream::{ClientStream, Stream, UpstreamStream};
 use futures_lite::AsyncReadExt;
-use std::cell::RefCell;
+use glommio::sync::Semaphore;
+use std::cell::{Cell, RefCell};
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
+
+/// What the connection does after a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flow {
+    /// Read the next request.
+    KeepAlive,
+    /// Close now.
+    Close,
+    /// Close after reading and dropping what the client still sends, so an
+    /// error response is not lost to a reset.
+    Linger,
+    /// Give the socket, and any bytes already read past the request, to the
+    /// owner the service put in [`Conn::handover`] (a protocol switched
+    /// with `101`). Without one, the connection closes.
+    Handover,
+}
+
+/// See [`Conn::parts`].
+pub struct Parts<'a> {
+    pub buf: &'a [u8],
+    /// Header lines for the response (`conn.ebuf`).
+    pub extra: &'a mut Vec<u8>,
+    /// The upstream request head (`conn.xbuf`).
+    pub xbuf: &'a mut Vec<u8>,
+    pub client_cert_subject: Option<&'a str>,
+    pub tls: bool,
+}
+
+/// Who takes a connection handed over (see [`Flow::Handover`]).
+pub type NewOwner = Box<dyn FnOnce(Upgraded)>;
+
+/// A connection handed over: what the new owner takes.
+pub struct Upgraded {
+    pub stream: ClientStream,
+    pub peer: SocketAddr,
+    /// Bytes the client sent after the request that switched protocols.
+    pub buffered: Vec<u8>,
+    /// Keeps the connection counted (and closable on drain) by its shard.
+    pub guard: ConnGuard,
+}
+
+/// The gateway side of the connection loop.
+#[allow(async_fn_in_trait)] // one executor per thread: no Send bound wanted
+pub trait Service: Sized + 'static {
+    /// The limits of the plan a new request starts with.
+    fn limits(&self) -> Limits;
+    fn head_limits(&self) -> HeadLimits;
+    fn connections(&self) -> &Rc<Connections>;
+    /// Answers the request whose head is at `conn.rbuf[conn.rpos..]`.
+    async fn handle(&self, conn: &mut Conn, head: &RequestHead) -> Flow;
+    /// Answers what the loop itself refuses (a malformed head, 408, 431, a
+    /// shard over its connection limit) with `status` and a JSON message;
+    /// the connection closes after it.
+    async fn refuse(&self, conn: &mut Conn, status: u16, message: &'static str);
+    /// A TLS handshake failed or timed out.
+    fn note_tls_failure(&self, peer: SocketAddr, why: &str);
+}
 
 /// Read buffer for heads: most requests fit; a larger head grows it (up to
 /// max_header_bytes).
@@ -68,32 +128,35 @@ pub struct Conn {
     /// The subject of the client certificate mTLS verified (RFC 4514 DN),
     /// for the policies and the upstream's `x-client-cert-subject`.
     pub client_cert_subject: Option<Box<str>>,
-    pub rbuf: Vec<u8>,
+    rbuf: Vec<u8>,
     /// Unconsumed client bytes are `rbuf[rpos..rend]`.
-    pub rpos: usize,
-    pub rend: usize,
+    rpos: usize,
+    rend: usize,
     pub wbuf: Vec<u8>,
     pub xbuf: Vec<u8>,
     /// Header lines policies add to this request's response (CORS,
     /// rate-limit, cache status); empty for most requests.
     pub ebuf: Vec<u8>,
+    /// Who takes the connection when the service answers
+    /// [`Flow::Handover`].
+    pub handover: Option<NewOwner>,
     guard: ConnGuard,
 }
 
 /// Serves one accepted connection until it closes.
-pub async fn serve(shard: Rc<Shard>, stream: Socket, peer: SocketAddr, over_limit: bool) {
-    let guard = shard.register(stream.as_raw_fd());
-    prepare(&shard, &stream);
+pub async fn serve<S: Service>(svc: Rc<S>, stream: Socket, peer: SocketAddr, over_limit: bool) {
+    let guard = svc.connections().register(stream.as_raw_fd());
+    prepare(&svc.limits(), &stream);
     let conn = Conn::new(Stream::Plain(stream), peer, None, guard);
-    run(shard, conn, over_limit).await;
+    run(svc, conn, over_limit).await;
 }
 
 /// Serves one connection accepted on a TLS listener: the handshake within
 /// `header_read_timeout_ms`, then the same loop as a plain connection. A
 /// failed or slow handshake closes the connection without a word (there is
-/// no channel to say one on); the shard counts and logs it.
-pub async fn serve_tls(
-    shard: Rc<Shard>,
+/// no channel to say one on); the service counts and logs it.
+pub async fn serve_tls<S: Service>(
+    svc: Rc<S>,
     stream: Socket,
     peer: SocketAddr,
     over_limit: bool,
@@ -104,9 +167,10 @@ pub async fn serve_tls(
         // limit; closing is what the client can take from us cheaply.
         return;
     }
-    let guard = shard.register(stream.as_raw_fd());
-    prepare(&shard, &stream);
-    let limit = shard.plan.limits.header_read_timeout;
+    let guard = svc.connections().register(stream.as_raw_fd());
+    let limits = svc.limits();
+    prepare(&limits, &stream);
+    let limit = limits.header_read_timeout;
     stream.set_read_timeout(Some(limit));
     let handshake = async { Some(acceptor.accept(stream).await) };
     let timeout = async {
@@ -116,12 +180,12 @@ pub async fn serve_tls(
     let tls = match futures_lite::future::or(handshake, timeout).await {
         Some(Ok(tls)) => tls,
         Some(Err(e)) if e.kind() != io::ErrorKind::TimedOut => {
-            shard.note_tls_failure(peer, &e.to_string());
+            svc.note_tls_failure(peer, &e.to_string());
             return;
         }
         // The read timeout and the deadline are the same limit.
         Some(Err(_)) | None => {
-            shard.note_tls_failure(
+            svc.note_tls_failure(
                 peer,
                 &format!("no handshake within {} ms", limit.as_millis()),
             );
@@ -136,13 +200,13 @@ pub async fn serve_tls(
         .and_then(|leaf| crate::tls::x509::client_identity(leaf))
         .map(String::into_boxed_str);
     let conn = Conn::new(Stream::Tls(Box::new(tls)), peer, subject, guard);
-    run(shard, conn, false).await;
+    run(svc, conn, false).await;
 }
 
 /// Socket options every client connection gets.
-fn prepare(shard: &Shard, stream: &Socket) {
+fn prepare(limits: &Limits, stream: &Socket) {
     let _ = stream.set_nodelay(true);
-    stream.set_write_timeout(Some(shard.plan.limits.write_timeout));
+    stream.set_write_timeout(Some(limits.write_timeout));
 }
 
 impl Conn {
@@ -162,25 +226,119 @@ impl Conn {
             wbuf: Vec::with_capacity(512),
             xbuf: Vec::new(),
             ebuf: Vec::new(),
+            handover: None,
             guard,
         }
+    }
+
+    /// The client's bytes not consumed yet: the current request's head and
+    /// whatever followed it.
+    pub fn unread(&self) -> &[u8] {
+        &self.rbuf[self.rpos..self.rend]
+    }
+
+    /// Marks `n` buffered bytes as consumed (a request head once the
+    /// phases that read it are done).
+    pub fn consume(&mut self, n: usize) {
+        self.rpos = (self.rpos + n).min(self.rend);
+    }
+
+    /// The bytes of the request head just consumed with [`Conn::consume`]
+    /// together with what follows it, for a phase that reads the head once
+    /// the body is buffered behind it.
+    pub fn with_head(&self, head_len: usize) -> Option<&[u8]> {
+        let base = self.rpos.checked_sub(head_len)?;
+        Some(&self.rbuf[base..self.rend])
+    }
+
+    /// The parts of the connection a request's phases use at once: the
+    /// request's bytes (from its head on; `head_len` is the head's length
+    /// once it has been consumed), and the buffers for the response's and
+    /// the upstream request's header lines. None if `head_len` is more
+    /// than was consumed.
+    pub fn parts(&mut self, head_len: Option<usize>) -> Option<Parts<'_>> {
+        let base = match head_len {
+            None => self.rpos,
+            Some(n) => self.rpos.checked_sub(n)?,
+        };
+        Some(Parts {
+            buf: &self.rbuf[base..self.rend],
+            extra: &mut self.ebuf,
+            xbuf: &mut self.xbuf,
+            client_cert_subject: self.client_cert_subject.as_deref(),
+            tls: self.stream.is_tls(),
+        })
+    }
+
+    /// Consumes a request body that is already wholly buffered. Returns
+    /// false when some of it is still to come (the connection must then
+    /// close, or linger).
+    pub fn consume_buffered_body(&mut self, framing: Framing) -> bool {
+        match framing {
+            Framing::None => true,
+            Framing::Length(n) if n <= self.buffered() as u64 => {
+                self.rpos += n as usize;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Ends the connection's life here: its socket and buffered bytes go
+    /// to a new owner.
+    fn upgrade(self) -> (Option<NewOwner>, Upgraded) {
+        let buffered = self.rbuf[self.rpos..self.rend].to_vec();
+        (
+            self.handover,
+            Upgraded {
+                stream: self.stream,
+                peer: self.peer,
+                buffered,
+                guard: self.guard,
+            },
+        )
     }
 }
 
 /// The request loop, then a TLS close_notify when the connection ends; or,
 /// for a plain connection gone quiet, parking it (see [`Conn::park`]).
-async fn run(shard: Rc<Shard>, mut conn: Conn, mut over_limit: bool) {
-    while let Some(idle_deadline) = serve_requests(&shard, &mut conn, over_limit).await {
-        match conn.park(shard.clone(), idle_deadline) {
-            Ok(()) => return,
-            // Input came in meanwhile: serve it.
-            Err(c) => {
-                conn = *c;
-                over_limit = false;
+async fn run<S: Service>(svc: Rc<S>, mut conn: Conn, mut over_limit: bool) {
+    loop {
+        match serve_requests(&svc, &mut conn, over_limit).await {
+            End::Done => break,
+            End::Quiet(idle_deadline) => match conn.park(svc.clone(), idle_deadline) {
+                Ok(()) => return,
+                // Input came in meanwhile: serve it.
+                Err(c) => {
+                    conn = *c;
+                    over_limit = false;
+                }
+            },
+            End::Handover => {
+                let (owner, up) = conn.upgrade();
+                match owner {
+                    Some(take) => take(up),
+                    None => {
+                        let mut stream = up.stream;
+                        stream.close().await;
+                    }
+                }
+                return;
             }
         }
     }
     conn.stream.close().await;
+}
+
+/// A parked connection's way back: a new task on its service.
+trait Resume {
+    fn resume(self: Rc<Self>, conn: Conn);
+}
+
+impl<S: Service> Resume for S {
+    fn resume(self: Rc<Self>, conn: Conn) {
+        glommio::spawn_local(run(self, conn, false)).detach();
+    }
 }
 
 /// A parked connection: what it needs to come back (see [`Conn::park`]).
@@ -188,7 +346,7 @@ struct Parked {
     sock: Socket,
     peer: SocketAddr,
     guard: ConnGuard,
-    shard: Rc<Shard>,
+    svc: Rc<dyn Resume>,
 }
 
 #[derive(Default)]
@@ -219,57 +377,59 @@ fn resume_parked(key: u32, wake: crate::net::Wake) {
         sock,
         peer,
         guard,
-        shard,
+        svc,
     }) = taken
     else {
         return;
     };
     if wake == crate::net::Wake::Ready {
         guard.set_idle(false);
-        let conn = Conn::new(Stream::Plain(sock), peer, None, guard);
-        glommio::spawn_local(run(shard, conn, false)).detach();
+        svc.resume(Conn::new(Stream::Plain(sock), peer, None, guard));
     }
 }
 
-/// Returns the idle deadline when the connection went quiet and can be
-/// parked, `None` when it is done.
-async fn serve_requests(shard: &Rc<Shard>, conn: &mut Conn, over_limit: bool) -> Option<Instant> {
-    let shard = &**shard;
+/// How a run of requests on a connection ended.
+enum End {
+    Done,
+    /// Quiet until this idle deadline: the connection can be parked.
+    Quiet(Instant),
+    Handover,
+}
+
+async fn serve_requests<S: Service>(svc: &Rc<S>, conn: &mut Conn, over_limit: bool) -> End {
+    let svc = &**svc;
     if over_limit {
-        conn.send_error(shard, 503, "Service Unavailable", None, true, false)
-            .await;
+        svc.refuse(conn, 503, "Service Unavailable").await;
         conn.linger().await;
-        return None;
+        return End::Done;
     }
     conn.rbuf.resize(HEAD_BUF, 0);
     loop {
-        let mut head = match conn.read_head(shard).await {
+        let limits = svc.limits();
+        let head = match conn.read_head(svc, &limits).await {
             Ok(h) => h,
-            Err(ReadErr::Quiet(until)) => return Some(until),
-            Err(ReadErr::Closed) => return None,
+            Err(ReadErr::Quiet(until)) => return End::Quiet(until),
+            Err(ReadErr::Closed) => return End::Done,
             Err(ReadErr::Timeout) => {
-                conn.send_error(shard, 408, "Request Timeout", None, true, false)
-                    .await;
-                return None;
+                svc.refuse(conn, 408, "Request Timeout").await;
+                return End::Done;
             }
             Err(ReadErr::Reject(r)) => {
-                conn.send_error(shard, r.status, r.message, None, true, false)
-                    .await;
+                svc.refuse(conn, r.status, r.message).await;
                 conn.linger().await;
-                return None;
+                return End::Done;
             }
         };
-        if shard.draining() {
-            // Tell the client this is the last response on this connection.
-            head.keep_alive = false;
-        }
-        match pipeline::handle(conn, &head, shard).await {
-            Flow::KeepAlive if !shard.draining() => conn.shrink_read_buffer(),
-            Flow::KeepAlive | Flow::Close => return None,
+        let flow = svc.handle(conn, &head).await;
+        let draining = svc.connections().draining();
+        match flow {
+            Flow::KeepAlive if !draining => conn.shrink_read_buffer(),
+            Flow::KeepAlive | Flow::Close => return End::Done,
             Flow::Linger => {
                 conn.linger().await;
-                return None;
+                return End::Done;
             }
+            Flow::Handover => return End::Handover,
         }
     }
 }
@@ -285,15 +445,19 @@ enum ReadErr {
 
 impl Conn {
     /// Reads until a whole request head is buffered at `rbuf[rpos..]`.
-    async fn read_head(&mut self, shard: &Shard) -> Result<RequestHead, ReadErr> {
-        let limits = &shard.plan.limits;
+    async fn read_head<S: Service>(
+        &mut self,
+        svc: &S,
+        limits: &Limits,
+    ) -> Result<RequestHead, ReadErr> {
+        let head_limits = svc.head_limits();
         // One clock read per pass: before the first, then after each read.
         let mut now = Instant::now();
         let mut deadline = (self.rend > self.rpos).then(|| now + limits.header_read_timeout);
         let idle_deadline = now + limits.idle_timeout;
         loop {
             if self.rend > self.rpos {
-                match parse_request_head(&self.rbuf[self.rpos..self.rend], &shard.head_limits) {
+                match parse_request_head(&self.rbuf[self.rpos..self.rend], &head_limits) {
                     Ok(Some(h)) => return Ok(h),
                     Ok(None) => {}
                     Err(r) => return Err(ReadErr::Reject(r)),
@@ -304,7 +468,7 @@ impl Conn {
             }
             let idle = self.rend == 0;
             if idle {
-                if shard.draining() {
+                if svc.connections().draining() {
                     return Err(ReadErr::Closed);
                 }
                 if idle_deadline <= now {
@@ -315,7 +479,7 @@ impl Conn {
                 if self.rpos > 0 {
                     self.compact();
                 } else {
-                    let grown = (self.rbuf.len() * 2).min(shard.head_limits.max_head + 1);
+                    let grown = (self.rbuf.len() * 2).min(head_limits.max_head + 1);
                     if grown <= self.rbuf.len() {
                         return Err(ReadErr::Reject(Reject::new(
                             431,
@@ -387,7 +551,7 @@ impl Conn {
     /// in memory anyway, so TLS connections are not parked (they wait
     /// holding a 64-byte buffer). A connection with input already waiting
     /// comes back as `Err`, to be served on.
-    fn park(self, shard: Rc<Shard>, idle_deadline: Instant) -> Result<(), Box<Conn>> {
+    fn park<S: Service>(self, svc: Rc<S>, idle_deadline: Instant) -> Result<(), Box<Conn>> {
         let Conn {
             stream,
             peer,
@@ -431,7 +595,7 @@ impl Conn {
                 sock,
                 peer,
                 guard,
-                shard,
+                svc,
             })
         });
         Ok(())
@@ -468,10 +632,75 @@ impl Conn {
         }
     }
 
-    /// Reads more of the request into `rbuf[rend..upto]`, for a body that
-    /// is buffered whole before it is forwarded (a SigV4 payload hash).
-    /// The caller sizes `rbuf` first. Returns the bytes read.
-    pub async fn read_more(&mut self, limits: &Limits, upto: usize) -> Result<usize, BodyError> {
+    /// Reads the whole request body that follows the head (already
+    /// consumed) into the read buffer without consuming it, for a phase
+    /// that must see all of it before anything is forwarded (a SigV4
+    /// payload hash). Returns its length in the buffer, framing included:
+    /// the body is then `self.unread()[..len]`, and is forwarded or dropped
+    /// from there as usual. `max` bounds that length.
+    pub async fn buffer_body(
+        &mut self,
+        framing: Framing,
+        max: u64,
+        limits: &Limits,
+        expect_continue: bool,
+    ) -> Result<usize, BodyError> {
+        let max = usize::try_from(max).unwrap_or(usize::MAX);
+        match framing {
+            Framing::None => Ok(0),
+            Framing::Length(n) => {
+                let n = usize::try_from(n)
+                    .ok()
+                    .filter(|&n| n <= max)
+                    .ok_or(BodyError::TooLarge)?;
+                let end = self.rpos + n;
+                if self.buffered() == 0 && n > 0 && expect_continue {
+                    self.send_continue().await?;
+                }
+                if self.rbuf.len() < end {
+                    self.rbuf.resize(end, 0);
+                }
+                while self.rend < end {
+                    self.read_more(limits, end).await?;
+                }
+                Ok(n)
+            }
+            Framing::Chunked => {
+                let mut dec = ChunkedDecoder::new(false, limits.max_header_bytes);
+                let mut pos = self.rpos;
+                if self.buffered() == 0 && expect_continue {
+                    self.send_continue().await?;
+                }
+                loop {
+                    while pos < self.rend && !dec.is_done() {
+                        let step = dec
+                            .step(&self.rbuf[pos..self.rend])
+                            .map_err(|e| BodyError::Bad(e.0))?;
+                        pos += step.consumed;
+                    }
+                    if dec.is_done() {
+                        return Ok(pos - self.rpos);
+                    }
+                    // The whole chunked body, framing included, must fit.
+                    if self.rend - self.rpos >= max {
+                        return Err(BodyError::TooLarge);
+                    }
+                    if self.rend == self.rbuf.len() {
+                        let grown = (self.rbuf.len() * 2)
+                            .max(self.rpos + READ_BUF)
+                            .min(self.rpos.saturating_add(max));
+                        self.rbuf.resize(grown, 0);
+                    }
+                    let upto = self.rbuf.len();
+                    self.read_more(limits, upto).await?;
+                }
+            }
+        }
+    }
+
+    /// Reads more of the request into `rbuf[rend..upto]`; the caller sizes
+    /// `rbuf` first. Returns the bytes read.
+    async fn read_more(&mut self, limits: &Limits, upto: usize) -> Result<usize, BodyError> {
         self.stream.set_read_timeout(Some(limits.body_read_timeout));
         let Some(dst) = self.rbuf.get_mut(self.rend..upto).filter(|d| !d.is_empty()) else {
             return Err(BodyError::TooLarge);
@@ -485,47 +714,6 @@ impl Conn {
             Err(e) if e.kind() == io::ErrorKind::TimedOut => Err(BodyError::Timeout),
             Err(_) => Err(BodyError::Client),
         }
-    }
-
-    /// Writes a gateway-made JSON error response. Returns false if the
-    /// write failed.
-    pub async fn send_error(
-        &mut self,
-        shard: &Shard,
-        status: u16,
-        message: &str,
-        allow: Option<crate::http::method::AllowSet>,
-        close: bool,
-        head_request: bool,
-    ) -> bool {
-        let id = shard.ids.borrow_mut().next_id();
-        self.send_error_with_id(shard, status, message, allow, close, head_request, &id)
-            .await
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    pub async fn send_error_with_id(
-        &mut self,
-        shard: &Shard,
-        status: u16,
-        message: &str,
-        allow: Option<crate::http::method::AllowSet>,
-        close: bool,
-        head_request: bool,
-        request_id: &[u8],
-    ) -> bool {
-        self.wbuf.clear();
-        let date = *shard.date.borrow_mut().get();
-        let x = ErrorExtras {
-            date: &date,
-            request_id,
-            close,
-            allow,
-            head_request,
-            extra: &self.ebuf,
-        };
-        push_error_response(&mut self.wbuf, status, message, &x);
-        self.stream.send(&self.wbuf).await.is_ok()
     }
 
     /// Sends `100 Continue` (the client asked with `Expect`).
@@ -691,3 +879,123 @@ fn note_released_buffers() {
 pub async fn write_two(stream: &mut ClientStream, a: &[u8], b: &[u8]) -> io::Result<()> {
     stream.send_two(a, b).await
 }
+
+// === impl Connections ===
+
+struct ConnSlot {
+    fd: RawFd,
+    idle: bool,
+}
+
+#[derive(Default)]
+struct Registry {
+    slots: Vec<Option<ConnSlot>>,
+    free: Vec<usize>,
+    live: usize,
+}
+
+/// A shard's live connections: counted for the drain, and those waiting
+/// for a request closed at once when it starts.
+pub struct Connections {
+    reg: RefCell<Registry>,
+    draining: Cell<bool>,
+    /// Never has permits; closed when draining starts, which wakes every
+    /// task waiting on it (the accept loops).
+    drain_signal: Semaphore,
+}
+
+impl Default for Connections {
+    fn default() -> Self {
+        Connections {
+            reg: RefCell::default(),
+            draining: Cell::new(false),
+            drain_signal: Semaphore::new(0),
+        }
+    }
+}
+
+impl Connections {
+    pub fn draining(&self) -> bool {
+        self.draining.get()
+    }
+
+    pub fn live(&self) -> usize {
+        self.reg.borrow().live
+    }
+
+    /// Records a new connection; the slot is released by [`ConnGuard`].
+    pub fn register(self: &Rc<Self>, fd: RawFd) -> ConnGuard {
+        let mut reg = self.reg.borrow_mut();
+        let slot = ConnSlot { fd, idle: false };
+        let idx = match reg.free.pop() {
+            Some(i) => {
+                reg.slots[i] = Some(slot);
+                i
+            }
+            None => {
+                reg.slots.push(Some(slot));
+                reg.slots.len() - 1
+            }
+        };
+        reg.live += 1;
+        ConnGuard {
+            conns: self.clone(),
+            idx,
+        }
+    }
+
+    /// Starts draining: stop accepting, and close connections that are
+    /// waiting for a next request. Busy ones notice `draining()` when their
+    /// response is done.
+    pub fn begin_drain(&self) {
+        if self.draining.replace(true) {
+            return;
+        }
+        self.drain_signal.close();
+        for slot in self.reg.borrow().slots.iter().flatten() {
+            if slot.idle {
+                // SAFETY: the fd belongs to a live connection of this shard
+                // (slots are cleared before their socket is closed); shutting
+                // down its read side makes the pending read return 0.
+                unsafe {
+                    libc::shutdown(slot.fd, libc::SHUT_RD);
+                }
+            }
+        }
+    }
+
+    /// Resolves when draining starts.
+    pub async fn drained(&self) {
+        let _ = self.drain_signal.acquire(1).await;
+    }
+}
+
+/// A connection's place in its shard's [`Connections`].
+pub struct ConnGuard {
+    conns: Rc<Connections>,
+    idx: usize,
+}
+
+impl ConnGuard {
+    /// Marks the connection as waiting for a request (closable on drain).
+    pub fn set_idle(&self, idle: bool) {
+        if let Some(Some(slot)) = self.conns.reg.borrow_mut().slots.get_mut(self.idx) {
+            slot.idle = idle;
+        }
+    }
+}
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        let mut reg = self.conns.reg.borrow_mut();
+        if let Some(slot) = reg.slots.get_mut(self.idx) {
+            if slot.take().is_some() {
+                reg.live -= 1;
+                reg.free.push(self.idx);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

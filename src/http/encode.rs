@@ -210,45 +210,6 @@ pub fn json_message_len(message: &str) -> usize {
         .sum::<usize>()
 }
 
-/// What a gateway-made response needs besides its status and message.
-pub struct ErrorExtras<'a> {
-    pub date: &'a [u8; 29],
-    pub request_id: &'a [u8],
-    pub close: bool,
-    /// `Allow` value for 405.
-    pub allow: Option<crate::http::method::AllowSet>,
-    /// Omit the body (HEAD request) but keep its length.
-    pub head_request: bool,
-    /// Complete header lines added by policies (CORS and the like).
-    pub extra: &'a [u8],
-}
-
-/// Writes a complete gateway error response: status, JSON body, request id.
-pub fn push_error_response(out: &mut Vec<u8>, status: u16, message: &str, x: &ErrorExtras<'_>) {
-    let body_len = json_message_len(message);
-    push_status_line(out, status);
-    out.extend_from_slice(b"date: ");
-    out.extend_from_slice(x.date);
-    out.extend_from_slice(b"\r\ncontent-type: application/json\r\ncontent-length: ");
-    push_u64(out, body_len as u64);
-    out.extend_from_slice(b"\r\nx-request-id: ");
-    out.extend_from_slice(x.request_id);
-    out.extend_from_slice(b"\r\n");
-    if let Some(allow) = x.allow {
-        out.extend_from_slice(b"allow: ");
-        allow.write_to(out);
-        out.extend_from_slice(b"\r\n");
-    }
-    out.extend_from_slice(x.extra);
-    if x.close {
-        out.extend_from_slice(b"connection: close\r\n");
-    }
-    out.extend_from_slice(b"\r\n");
-    if !x.head_request {
-        push_json_message(out, message);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -284,33 +245,6 @@ mod tests {
         assert_eq!(
             &format_http_date(951_782_400),
             b"Tue, 29 Feb 2000 00:00:00 GMT"
-        );
-    }
-
-    #[test]
-    fn error_body_is_aws_style_json() {
-        let mut out = Vec::new();
-        let date = format_http_date(0);
-        let x = ErrorExtras {
-            date: &date,
-            request_id: b"abc",
-            close: true,
-            allow: None,
-            head_request: false,
-            extra: b"access-control-allow-origin: *\r\n",
-        };
-        push_error_response(&mut out, 404, "Not Found", &x);
-        let text = String::from_utf8(out).unwrap();
-        assert!(text.starts_with("HTTP/1.1 404 Not Found\r\n"), "{text}");
-        assert!(text.contains("content-length: 23\r\n"), "{text}");
-        assert!(text.contains("connection: close\r\n"));
-        assert!(
-            text.contains("\r\naccess-control-allow-origin: *\r\n"),
-            "{text}"
-        );
-        assert!(
-            text.ends_with("\r\n\r\n{\"message\":\"Not Found\"}"),
-            "{text}"
         );
     }
 

@@ -1,13 +1,15 @@
-//! HTTP/1.1 on the client side: parsing request heads ([`parse`]), body
-//! framing ([`body`]), upstream response heads ([`response`]), writing
-//! responses ([`encode`]) and the per-connection loop ([`conn`]) that ties a
-//! socket to the pipeline.
+//! The HTTP/1.1 wire, for both roles and without gateway words: parsing
+//! request heads ([`parse`]), body framing ([`body`]), upstream response
+//! heads ([`response`]), the one writer of gateway-made responses
+//! ([`respond`]) and its encoders ([`encode`]), and the server connection
+//! loop ([`conn`]), generic over the service that answers its requests.
 
 pub mod body;
 pub mod conn;
 pub mod encode;
 pub mod method;
 pub mod parse;
+pub mod respond;
 pub mod response;
 
 /// A request the gateway refuses before routing: answered with `status` and a

@@ -14,16 +14,16 @@
 //! encrypted or decrypted on their way, so not zero-copy.
 
 use crate::http::body::ChunkedDecoder;
-use crate::http::conn::{write_two, BodyError, Conn};
+use crate::http::conn::{write_two, BodyError, Conn, Connections, Flow};
 use crate::http::encode::{push_status_line, push_u64};
 use crate::http::method::Method;
 use crate::http::parse::{Framing, RequestHead};
-use crate::http::response::{parse_response_head, RespFraming, ResponseHead};
-use crate::integration::upstream::UpConn;
-use crate::integration::upstream::UpstreamPlan;
-use crate::pipeline::Flow;
+use crate::http::respond::push_connection;
+use crate::http::response::{RespFraming, ResponseHead};
+use crate::http::Limits;
+use crate::integration::client::{read_response_head, Head, HeadError};
+use crate::integration::upstream::{UpConn, UpstreamPlan, UpstreamState};
 use crate::route::Params;
-use crate::runtime::Shard;
 use futures_lite::AsyncReadExt;
 use std::io;
 use std::net::SocketAddr;
@@ -77,6 +77,7 @@ pub fn write_upstream_head(
     peer: SocketAddr,
     request_id: &[u8],
     tls: Option<ClientTls<'_>>,
+    extra: &[u8],
 ) {
     out.clear();
     out.extend_from_slice(head.method_span.get(buf));
@@ -176,6 +177,8 @@ pub fn write_upstream_head(
     out.extend_from_slice(b"x-request-id: ");
     out.extend_from_slice(request_id);
     out.extend_from_slice(b"\r\n");
+    // Header lines from the authorizer (JWT claims, authorizer context).
+    out.extend_from_slice(extra);
     match head.framing {
         Framing::Length(n) => {
             out.extend_from_slice(b"content-length: ");
@@ -198,7 +201,6 @@ pub struct Forward<'a> {
     pub minor_version: u8,
     pub keep_alive: bool,
     pub expect_continue: bool,
-    pub upstream: usize,
     pub target: usize,
     pub request_id: &'a [u8],
     /// The API answers CORS itself: the backend's `Access-Control-*`
@@ -246,6 +248,50 @@ impl Capture {
     }
 }
 
+/// The upstream and shard state a forwarded request uses.
+#[derive(Clone, Copy)]
+pub struct Upstream<'a> {
+    pub plan: &'a UpstreamPlan,
+    pub state: &'a UpstreamState,
+    pub limits: &'a Limits,
+    /// Read when the response head is written: once the shard drains,
+    /// every response says `connection: close`.
+    pub connections: &'a Connections,
+}
+
+/// What forwarding did, for the gateway's record of the request.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Report {
+    /// The upstream's final status, when one arrived.
+    pub status: Option<u16>,
+    /// When the connection to the target was ready (pooled or new).
+    pub connected: Option<Instant>,
+    /// When the response head was complete.
+    pub first_byte: Option<Instant>,
+    /// Request body bytes read from the client.
+    pub bytes_in: u64,
+    /// Bytes written to the client (heads and body).
+    pub bytes_out: u64,
+}
+
+/// How a forwarded request ended.
+#[derive(Debug)]
+pub enum Proxied {
+    /// The upstream's response went to the client (whole, or cut short and
+    /// the connection closed).
+    Forwarded(Flow),
+    /// Nothing of a response reached the client: the gateway answers with
+    /// `status`. `body_done`: the client's request body was read whole, so
+    /// the connection may stay open.
+    Failed {
+        status: u16,
+        message: &'static str,
+        body_done: bool,
+    },
+    /// Reading the client's request body failed.
+    Body(BodyError),
+}
+
 enum UpErr {
     /// Closed or reset before any byte of a response.
     Closed(io::Error),
@@ -262,21 +308,23 @@ enum UpErr {
 /// allocation per proxied request.
 pub fn forward<'a>(
     conn: &'a mut Conn,
-    shard: &'a Shard,
+    up: Upstream<'a>,
     f: Forward<'a>,
     capture: Option<&'a mut Capture>,
-) -> std::pin::Pin<Box<dyn std::future::Future<Output = Flow> + 'a>> {
-    Box::pin(forward_inner(conn, shard, f, capture))
+    report: &'a mut Report,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = Proxied> + 'a>> {
+    Box::pin(forward_inner(conn, up, f, capture, report))
 }
 
 async fn forward_inner(
     conn: &mut Conn,
-    shard: &Shard,
+    upstream: Upstream<'_>,
     f: Forward<'_>,
     mut capture: Option<&mut Capture>,
-) -> Flow {
-    let uplan = &shard.plan.upstreams[f.upstream];
-    let state = &shard.upstreams[f.upstream];
+    report: &mut Report,
+) -> Proxied {
+    let uplan = upstream.plan;
+    let state = upstream.state;
     let _in_flight = state.begin(f.target);
     let target_addr = uplan.targets[f.target].addr;
     let retry_safe = f.method.is_idempotent() && f.framing == Framing::None;
@@ -300,10 +348,11 @@ async fn forward_inner(
                         uplan.name,
                         if cooled { " (cooling down)" } else { "" }
                     );
-                    return fail(conn, shard, &f, 502, "Bad Gateway", body_done).await;
+                    return fail(502, "Bad Gateway", body_done);
                 }
             },
         };
+        report.connected = Some(Instant::now());
         if let Err(e) = up.stream.send(&conn.xbuf).await {
             if reused && retry_safe {
                 fresh_only = true;
@@ -315,25 +364,28 @@ async fn forward_inner(
                 "upstream {:?} target {target_addr}: sending the request failed: {e}",
                 uplan.name
             );
-            return fail(conn, shard, &f, 502, "Bad Gateway", body_done).await;
+            return fail(502, "Bad Gateway", body_done);
         }
         if !body_done {
             match conn
                 .pump_body(
                     f.framing,
-                    &shard.plan.limits,
+                    upstream.limits,
                     Some(&mut up.stream),
                     f.expect_continue,
                 )
                 .await
             {
-                Ok(_) => body_done = true,
+                Ok(n) => {
+                    body_done = true;
+                    report.bytes_in = n;
+                }
                 // The upstream stopped reading; it may have answered already.
                 Err(BodyError::Sink(_)) => body_cut = true,
-                Err(e) => return crate::pipeline::body_error(conn, shard, e, f.request_id).await,
+                Err(e) => return Proxied::Body(e),
             }
         }
-        match read_response_head(conn, &mut up, uplan, f).await {
+        match read_final_head(conn, &mut up, uplan, f).await {
             Ok(resp) => break (up, resp),
             Err(UpErr::Closed(_)) if reused && retry_safe => {
                 fresh_only = true;
@@ -346,7 +398,7 @@ async fn forward_inner(
                     "upstream {:?} target {target_addr}: closed before responding: {e}",
                     uplan.name
                 );
-                return fail(conn, shard, &f, 502, "Bad Gateway", body_done && !body_cut).await;
+                return fail(502, "Bad Gateway", body_done && !body_cut);
             }
             Err(UpErr::Timeout) => {
                 state.record_failure(uplan, f.target, Instant::now());
@@ -356,15 +408,7 @@ async fn forward_inner(
                     uplan.name,
                     uplan.timeout.as_millis()
                 );
-                return fail(
-                    conn,
-                    shard,
-                    &f,
-                    504,
-                    "Gateway Timeout",
-                    body_done && !body_cut,
-                )
-                .await;
+                return fail(504, "Gateway Timeout", body_done && !body_cut);
             }
             Err(UpErr::Bad(why)) => {
                 state.record_failure(uplan, f.target, Instant::now());
@@ -373,20 +417,25 @@ async fn forward_inner(
                     "upstream {:?} target {target_addr}: invalid response: {why}",
                     uplan.name
                 );
-                return fail(conn, shard, &f, 502, "Bad Gateway", body_done && !body_cut).await;
+                return fail(502, "Bad Gateway", body_done && !body_cut);
             }
         }
     };
     state.record_success(f.target);
+    report.first_byte = Some(Instant::now());
+    report.status = Some(resp.status);
 
     // === response head ===
     let client_11 = f.minor_version == 1;
-    let mut client_keep = f.keep_alive && body_done && !body_cut;
+    let mut client_keep =
+        f.keep_alive && body_done && !body_cut && !upstream.connections.draining();
     let dechunk = resp.framing == RespFraming::Chunked && !client_11;
     if dechunk || resp.framing == RespFraming::Close {
         client_keep = false;
     }
     write_response_head(&mut conn.wbuf, &up.buf, &resp, f, &conn.ebuf, client_keep);
+    // Bytes written to the client, heads and body.
+    let mut sent = conn.wbuf.len() as u64;
 
     // === response body ===
     let filled = up.filled;
@@ -449,7 +498,9 @@ async fn forward_inner(
                         c.body.extend_from_slice(&up.buf[resp.len..resp.len + take]);
                     }
                     let body = capture.as_deref_mut().map(|c| &mut c.body);
-                    let r = copy_length(conn, &mut up, uplan, n - take as u64, body).await;
+                    sent += take as u64;
+                    let r =
+                        copy_length(conn, &mut up, uplan, n - take as u64, body, &mut sent).await;
                     if let (Ok(()), Some(c)) = (&r, capture) {
                         c.complete = true;
                     }
@@ -460,7 +511,8 @@ async fn forward_inner(
         RespFraming::Chunked => match conn.stream.send(&conn.wbuf).await {
             Err(_) => Err(StreamErr::Client),
             Ok(()) => {
-                let r = copy_chunked(conn, &mut up, uplan, leftover.clone(), !dechunk).await;
+                let r =
+                    copy_chunked(conn, &mut up, uplan, leftover.clone(), !dechunk, &mut sent).await;
                 if let Ok(extra) = r {
                     reusable &= !extra;
                 }
@@ -470,11 +522,15 @@ async fn forward_inner(
         RespFraming::Close => {
             match write_two(&mut conn.stream, &conn.wbuf, &up.buf[leftover.clone()]).await {
                 Err(_) => Err(StreamErr::Client),
-                Ok(()) => copy_until_close(conn, &mut up, uplan).await,
+                Ok(()) => {
+                    sent += leftover.len() as u64;
+                    copy_until_close(conn, &mut up, uplan, &mut sent).await
+                }
             }
         }
     };
-    match streamed {
+    report.bytes_out = sent;
+    Proxied::Forwarded(match streamed {
         Ok(()) => {
             if reusable {
                 state.checkin(uplan, up);
@@ -495,95 +551,42 @@ async fn forward_inner(
             );
             Flow::Close
         }
-    }
+    })
 }
 
-/// Gateway error for a proxied request. The connection stays open only if
-/// the whole request body was read.
-async fn fail(
-    conn: &mut Conn,
-    shard: &Shard,
-    f: &Forward<'_>,
-    status: u16,
-    msg: &str,
-    body_done: bool,
-) -> Flow {
-    let keep = body_done && f.keep_alive;
-    let head_req = f.method == Method::Head;
-    if !conn
-        .send_error_with_id(shard, status, msg, None, !keep, head_req, f.request_id)
-        .await
-    {
-        return Flow::Close;
-    }
-    if keep {
-        Flow::KeepAlive
-    } else {
-        Flow::Linger
+/// No response reached the client: the gateway answers with `status`.
+fn fail(status: u16, message: &'static str, body_done: bool) -> Proxied {
+    Proxied::Failed {
+        status,
+        message,
+        body_done,
     }
 }
 
 /// Reads a final response head into `up.buf`, forwarding 1xx informational
 /// responses to an HTTP/1.1 client (103) or dropping them (100).
-async fn read_response_head(
+async fn read_final_head(
     conn: &mut Conn,
     up: &mut UpConn,
     uplan: &UpstreamPlan,
     f: Forward<'_>,
 ) -> Result<ResponseHead, UpErr> {
     up.filled = 0;
-    up.stream.set_read_timeout(Some(uplan.timeout));
-    let mut received_any = false;
     loop {
-        if up.filled > 0 {
-            match parse_response_head(
-                &up.buf[..up.filled],
-                f.method == Method::Head,
-                uplan.max_response_header_bytes,
-            ) {
-                Err(e) => return Err(UpErr::Bad(e.0)),
-                Ok(None) => {}
-                Ok(Some(resp)) if (100..200).contains(&resp.status) => {
-                    if resp.status == 101 {
-                        return Err(UpErr::Bad(
-                            "101 Switching Protocols without an upgrade request",
-                        ));
-                    }
-                    if resp.status != 100 && f.minor_version == 1 {
-                        // 102/103: pass on; they carry no body.
-                        conn.wbuf.clear();
-                        write_informational(&mut conn.wbuf, &up.buf, &resp);
-                        conn.stream.send(&conn.wbuf).await.map_err(UpErr::Closed)?;
-                    }
-                    up.buf.copy_within(resp.len..up.filled, 0);
-                    up.filled -= resp.len;
-                    continue;
+        match read_response_head(up, uplan, f.method == Method::Head).await {
+            Ok(Head::Final(resp)) => return Ok(resp),
+            Ok(Head::Interim(resp)) => {
+                if resp.status != 100 && f.minor_version == 1 {
+                    // 102/103: pass on; they carry no body.
+                    conn.wbuf.clear();
+                    write_informational(&mut conn.wbuf, &up.buf, &resp);
+                    conn.stream.send(&conn.wbuf).await.map_err(UpErr::Closed)?;
                 }
-                Ok(Some(resp)) => return Ok(resp),
+                up.drop_head(resp.len);
             }
-        }
-        if up.filled == up.buf.len() {
-            if up.buf.len() > uplan.max_response_header_bytes {
-                return Err(UpErr::Bad("response head too large"));
-            }
-            let n = up.buf.len() * 2;
-            up.buf.resize(n, 0);
-        }
-        match up.stream.read(&mut up.buf[up.filled..]).await {
-            Ok(0) if !received_any => {
-                return Err(UpErr::Closed(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "connection closed",
-                )))
-            }
-            Ok(0) => return Err(UpErr::Bad("connection closed inside the response head")),
-            Ok(n) => {
-                up.filled += n;
-                received_any = true;
-            }
-            Err(e) if e.kind() == io::ErrorKind::TimedOut => return Err(UpErr::Timeout),
-            Err(e) if !received_any => return Err(UpErr::Closed(e)),
-            Err(_) => return Err(UpErr::Bad("connection failed inside the response head")),
+            Err(HeadError::Closed(e)) => return Err(UpErr::Closed(e)),
+            Err(HeadError::Timeout) => return Err(UpErr::Timeout),
+            Err(HeadError::Bad(why)) => return Err(UpErr::Bad(why)),
         }
     }
 }
@@ -652,11 +655,7 @@ fn write_response_head(
         _ => {}
     }
     out.extend_from_slice(extra);
-    if !client_keep {
-        out.extend_from_slice(b"connection: close\r\n");
-    } else if f.minor_version == 0 {
-        out.extend_from_slice(b"connection: keep-alive\r\n");
-    }
+    push_connection(out, client_keep, f.minor_version);
     out.extend_from_slice(b"\r\n");
 }
 
@@ -681,6 +680,7 @@ async fn copy_length(
     uplan: &UpstreamPlan,
     mut remaining: u64,
     mut capture: Option<&mut Vec<u8>>,
+    sent: &mut u64,
 ) -> Result<(), StreamErr> {
     up.stream.set_read_timeout(Some(uplan.timeout));
     while remaining > 0 {
@@ -695,6 +695,7 @@ async fn copy_length(
             .send(&up.buf[..n])
             .await
             .map_err(|_| StreamErr::Client)?;
+        *sent += n as u64;
         remaining -= n as u64;
     }
     Ok(())
@@ -708,6 +709,7 @@ async fn copy_chunked(
     uplan: &UpstreamPlan,
     leftover: std::ops::Range<usize>,
     keep_framing: bool,
+    sent: &mut u64,
 ) -> Result<bool, StreamErr> {
     up.stream.set_read_timeout(Some(uplan.timeout));
     let mut dec = ChunkedDecoder::new(keep_framing, uplan.max_response_header_bytes);
@@ -722,6 +724,7 @@ async fn copy_chunked(
                     .send(&up.buf[pos..pos + step.consumed])
                     .await
                     .map_err(|_| StreamErr::Client)?;
+                *sent += step.consumed as u64;
             }
             pos += step.consumed;
         }
@@ -731,6 +734,7 @@ async fn copy_chunked(
                     .send(b"\r\n")
                     .await
                     .map_err(|_| StreamErr::Client)?;
+                *sent += 2;
             }
             return Ok(pos < end);
         }
@@ -744,17 +748,20 @@ async fn copy_until_close(
     conn: &mut Conn,
     up: &mut UpConn,
     uplan: &UpstreamPlan,
+    sent: &mut u64,
 ) -> Result<(), StreamErr> {
     up.stream.set_read_timeout(Some(uplan.timeout));
     loop {
         let max = up.buf.len();
         match up.stream.read(&mut up.buf[..max]).await {
             Ok(0) => return Ok(()),
-            Ok(n) => conn
-                .stream
-                .send(&up.buf[..n])
-                .await
-                .map_err(|_| StreamErr::Client)?,
+            Ok(n) => {
+                conn.stream
+                    .send(&up.buf[..n])
+                    .await
+                    .map_err(|_| StreamErr::Client)?;
+                *sent += n as u64;
+            }
             Err(e) if e.kind() == io::ErrorKind::TimedOut => {
                 return Err(StreamErr::Upstream("timed out"))
             }

@@ -69,6 +69,14 @@ impl UpConn {
             idle_since: Instant::now(),
         }
     }
+
+    /// Drops a response head of `len` bytes (a 1xx interim response) from
+    /// the front of `buf`, keeping what followed it.
+    pub fn drop_head(&mut self, len: usize) {
+        let len = len.min(self.filled);
+        self.buf.copy_within(len..self.filled, 0);
+        self.filled -= len;
+    }
 }
 
 struct TargetState {

@@ -100,7 +100,7 @@ pub fn compile(raw: &RawConfig) -> Result<Plan, Vec<ConfigError>> {
     // A request authorizer's URL names its endpoint the way an integration
     // URL does (a declared upstream or a host:port), so the call uses the
     // upstream machinery: pools, connect timeout, balancing, health.
-    crate::policy::request_auth::bind_endpoints(
+    bind_endpoints(
         &mut policy_builder.authorizers,
         &mut |url, key, errors| match compile_proxy(
             url,
@@ -859,5 +859,49 @@ fn reached(up: &mut UpstreamPlan) -> crate::tls::ReachedUpstream<'_> {
         target_labels: up.targets.iter().map(|t| t.label.as_str()).collect(),
         tls_ca: up.tls_ca.as_ref(),
         tls: &mut up.tls,
+    }
+}
+
+/// The integration URL compiler as [`bind_endpoints`] uses it: (url, config
+/// key for errors, errors) → the upstream and path, or None after an error.
+type ResolveUrl<'a> = dyn FnMut(&str, &str, &mut Vec<ConfigError>) -> Option<ProxyPlan> + 'a;
+
+/// Resolves each request authorizer's URL to an upstream with `resolve`
+/// (the integration URL compiler, which registers an implicit upstream for
+/// a `host:port`) and keeps the request target.
+fn bind_endpoints(
+    authorizers: &mut [crate::policy::auth::AuthorizerPlan],
+    resolve: &mut ResolveUrl<'_>,
+    errors: &mut Vec<ConfigError>,
+) {
+    for a in authorizers.iter_mut() {
+        // Other kinds join the enum on their own branches.
+        #[allow(irrefutable_let_patterns)]
+        let crate::policy::auth::AuthorizerKind::Request(r) = &mut a.kind
+        else {
+            continue;
+        };
+        if r.url.is_empty() {
+            continue; // reported by compile
+        }
+        let key = format!("{}.url", r.config_key);
+        let Some(p) = resolve(&r.url, &key, errors) else {
+            continue;
+        };
+        r.upstream = p.upstream;
+        let mut target = String::new();
+        for part in p.path.iter().flatten() {
+            if let PathPart::Literal(l) = part {
+                target.push_str(l);
+            }
+        }
+        if !target.starts_with('/') {
+            target.insert(0, '/');
+        }
+        if let Some(q) = &p.query {
+            target.push('?');
+            target.push_str(q);
+        }
+        r.target = target;
     }
 }

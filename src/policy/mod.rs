@@ -1,20 +1,14 @@
 //! Policies: the phases between routing and the integration.
 //!
-//! After [`crate::route`] picks a route, the pipeline runs that route's
-//! policies in a fixed order, each returning an explicit decision:
-//!
-//! 1. [`ip_rules`] — client address allowed? (403)
-//! 2. [`cors`] — answer a preflight; note headers for the actual response.
-//! 3. [`api_key`] — an enabled key in `x-api-key`? (403) The key is noted in
-//!    [`RequestState`] for the phases after it.
-//! 4. [`auth`] — the route's authorizer (SigV4, JWT, request authorizer):
-//!    401/403; the principal is noted in [`RequestState`]. A request
-//!    authorizer without a cached answer stops the synchronous phases with
-//!    [`Decision::Authorize`]; the pipeline awaits the call
-//!    ([`request_auth::resume`]), which then runs the phases after it.
-//! 5. [`throttle`] — within the token buckets that apply? (429)
-//! 6. [`cache`] — answer from the shard's cache, or arrange to store the
-//!    integration's response.
+//! Each policy compiles its rule from the raw config and checks a request
+//! against it; none sees a connection or a shard. A route's phases are an
+//! ordered list compiled once ([`RoutePolicies::phases`], in the order of
+//! [`Phase`]), and the gateway's driver runs them one by one through
+//! [`run_phase`], which returns an explicit [`Decision`]: continue, respond
+//! instead of the integration, or wait for something and then go on (a
+//! quota lease, a request authorizer's answer, the body a SigV4 signature
+//! covers). The cache is the exception: it wraps the integration, so the
+//! driver runs it there.
 //!
 //! Each policy's config is compiled once (API-level settings merged with the
 //! route's) into [`RoutePolicies`]; its run-time state is shard-local
@@ -38,6 +32,35 @@ use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::time::Instant;
 
+/// The phases a route's request goes through before its integration, in
+/// the order they run. A route lists only those that apply to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// [`ip_rules`]: is the client's address allowed? (403)
+    IpRules,
+    /// [`cors`]: answer a preflight; note headers for the actual response.
+    Cors,
+    /// [`api_key`]: an enabled key in `x-api-key`? (403) After the
+    /// preflight (a browser sends no key with it), before the phases that
+    /// count per key.
+    ApiKey,
+    /// [`auth`]: the route's authorizer (SigV4, JWT, request authorizer):
+    /// 401/403, or wait for a request authorizer's answer.
+    Authorizer,
+    /// A SigV4 signature that covers the body: wait for the body to be
+    /// read and hashed ([`Decision::VerifyBody`]) before anything counts.
+    SignedBody,
+    /// The API key's usage plan: coverage (403), its quota (429), or wait
+    /// for this shard's lease of it.
+    UsagePlan,
+    /// [`throttle`]: within the token buckets that apply, the key's first?
+    /// (429)
+    Throttle,
+    /// The key's request is counted for its usage record and quota, once
+    /// every check has passed.
+    Admit,
+}
+
 /// The compiled policies of one route.
 #[derive(Debug, Clone, Default)]
 pub struct RoutePolicies {
@@ -47,17 +70,27 @@ pub struct RoutePolicies {
     pub auth: Option<auth::AuthRule>,
     pub throttle: throttle::RouteLimits,
     pub cache: Option<cache::CacheRule>,
+    /// The phases that apply, in order; empty when none does.
+    pub phases: Vec<Phase>,
 }
 
 impl RoutePolicies {
-    /// True when no policy applies: the pipeline skips the policy phases.
-    pub fn is_empty(&self) -> bool {
-        self.ip_rules.is_none()
-            && self.cors.is_none()
-            && self.api_key.is_none()
-            && self.auth.is_none()
-            && self.throttle.is_empty()
-            && self.cache.is_none()
+    /// The phases that apply to a route with these rules, in order.
+    pub fn compile_phases(&self) -> Vec<Phase> {
+        let keyed = self.api_key.is_some();
+        [
+            (Phase::IpRules, self.ip_rules.is_some()),
+            (Phase::Cors, self.cors.is_some()),
+            (Phase::ApiKey, keyed),
+            (Phase::Authorizer, self.auth.is_some()),
+            (Phase::SignedBody, self.auth.is_some()),
+            (Phase::UsagePlan, keyed),
+            (Phase::Throttle, keyed || !self.throttle.is_empty()),
+            (Phase::Admit, keyed),
+        ]
+        .into_iter()
+        .filter_map(|(p, on)| on.then_some(p))
+        .collect()
     }
 }
 
@@ -116,8 +149,11 @@ pub struct RequestState {
     /// from the authorizer (JWT claims, authorizer context).
     pub upstream_headers: Vec<u8>,
     /// A SigV4 check that needs the request body (its hash is signed):
-    /// the pipeline runs [`sigv4::body::verify`] before the integration.
+    /// the signed-body phase has the driver read and hash it.
     pub body_check: Option<Box<sigv4::BodyCheck>>,
+    /// The usage plan's bucket for the key (plan bucket, key), for the
+    /// throttle phase.
+    pub key_bucket: Option<(u32, api_key::KeyId)>,
 }
 
 /// A response a policy gives instead of the integration's.
@@ -149,14 +185,16 @@ pub enum Decision {
     Continue,
     Respond(Refusal),
     /// The API key's quota has requests left, but not on this shard yet:
-    /// wait for its lease ([`usage::shard::ShardUsage::wait`]), then check
-    /// again.
+    /// wait for its lease ([`usage::shard::ShardUsage::wait`]), then run
+    /// the phase again.
     WaitQuota(u32),
     /// The route's request authorizer has no cached answer for this
-    /// identity: the pipeline must await [`request_auth::resume`] before
-    /// anything else (never treat this as `Continue`). Boxed so that the
-    /// common decisions stay small.
+    /// identity: the driver must call it (gateway/authorize.rs) and apply
+    /// its answer before going on (never treat this as `Continue`). Boxed
+    /// so that the common decisions stay small.
     Authorize(Box<request_auth::Call>),
+    /// The signature covers the body: read and hash it, then go on.
+    VerifyBody(Box<sigv4::BodyCheck>),
 }
 
 /// The API a route belongs to, as route compilation needs it.
@@ -212,7 +250,7 @@ impl PolicyBuilder {
     ) -> RoutePolicies {
         self.usage
             .route(route_id, api.index, &api.raw.name, &route.key);
-        RoutePolicies {
+        let mut policies = RoutePolicies {
             ip_rules: ip_rules::compile(
                 api.raw.ip_rules.as_ref(),
                 route.ip_rules.as_ref(),
@@ -251,7 +289,10 @@ impl PolicyBuilder {
                 api_key::requires_key(api.raw.api_key_required, route.api_key_required),
                 errors,
             ),
-        }
+            phases: Vec::new(),
+        };
+        policies.phases = policies.compile_phases();
+        policies
     }
 
     /// The route's cache rule; the API keys it names must exist (once per
@@ -314,121 +355,106 @@ pub struct ShardPolicies {
 
 impl ShardPolicies {
     pub fn new(
-        plan: &crate::plan::Plan,
+        policies: &ServerPolicies,
         shard: usize,
         link: throttle::ShardLink,
         usage_link: usage::coordinator::ShardLink,
     ) -> ShardPolicies {
         ShardPolicies {
-            throttle: throttle::ShardThrottle::new(&plan.policies.throttle, shard, link),
-            cache: cache::ShardCache::new(&plan.policies.cache),
-            api_keys: plan.policies.api_keys.clone(),
-            auth: auth::ShardAuth::new(&plan.policies.authorizers),
-            usage: usage::shard::ShardUsage::new(&plan.policies.usage, shard, usage_link),
+            throttle: throttle::ShardThrottle::new(&policies.throttle, shard, link),
+            cache: cache::ShardCache::new(&policies.cache),
+            api_keys: policies.api_keys.clone(),
+            auth: auth::ShardAuth::new(&policies.authorizers),
+            usage: usage::shard::ShardUsage::new(&policies.usage, shard, usage_link),
         }
     }
 }
 
-/// Runs the synchronous policy phases (IP rules, CORS, API key, authorizer,
-/// throttle) for a routed request. Header lines for the eventual response
-/// (CORS, rate-limit headers) are appended to `extra`; what the phases learn
-/// (the authenticated key, the principal) is written to `req`. Returns
-/// [`Decision::Authorize`] when a request authorizer must be called first:
-/// the throttle has then not run yet.
-pub fn check(
+/// Runs one phase of a routed request. Header lines for the eventual
+/// response (CORS, rate-limit headers) are appended to `extra`; what the
+/// phases learn (the authenticated key, the principal, the key's bucket)
+/// is written to `req` for the phases after.
+pub fn run_phase(
+    phase: Phase,
     policies: &RoutePolicies,
-    authorizers: &[auth::AuthorizerPlan],
+    server: &ServerPolicies,
     state: &ShardPolicies,
     view: &RequestView<'_>,
     extra: &mut Vec<u8>,
     req: &mut RequestState,
 ) -> Decision {
-    if let Some(rules) = &policies.ip_rules {
-        if !rules.allows(view.peer.ip()) {
-            return Decision::Respond(Refusal::json(403, "Forbidden"));
+    match phase {
+        Phase::IpRules => match &policies.ip_rules {
+            Some(rules) if !rules.allows(view.peer.ip()) => {
+                Decision::Respond(Refusal::json(403, "Forbidden"))
+            }
+            _ => Decision::Continue,
+        },
+        Phase::Cors => {
+            if let Some(cors) = &policies.cors {
+                if let Decision::Respond(r) = cors.preflight(view) {
+                    return Decision::Respond(r);
+                }
+                cors.response_headers(view, extra);
+            }
+            Decision::Continue
         }
-    }
-    if let Some(cors) = &policies.cors {
-        if let Decision::Respond(r) = cors.preflight(view) {
-            return Decision::Respond(r);
-        }
-        cors.response_headers(view, extra);
-    }
-    // === api_key: after the preflight (a browser sends none with it), before
-    // throttle (which may count per key) ===
-    if policies.api_key.is_some() {
-        match state.api_keys.verify_request(view.buf, view.head) {
+        Phase::ApiKey => match state.api_keys.verify_request(view.buf, view.head) {
             Some(id) => {
                 req.api_key = Some(id);
                 // The key's name, until an authorizer names the caller.
                 req.principal = state.api_keys.principal(id);
+                Decision::Continue
             }
-            None => return Decision::Respond(Refusal::json(403, "Forbidden")),
-        }
-    }
-    if let Some(rule) = &policies.auth {
-        match auth::check(rule, authorizers, &state.auth, view, req) {
-            Decision::Continue => {}
-            // Respond, or Authorize: the phases after it run once the
-            // authorizer has answered.
-            other => return other,
-        }
-    }
-    if req.body_check.is_some() {
-        // A SigV4 signature over the body is not proven until the body is
-        // read: the pipeline runs the phases after the authorizer once
-        // `sigv4::body::verify` succeeds, so a forged body costs no quota
-        // and no tokens.
-        return Decision::Continue;
-    }
-    after_auth(policies, state, view, extra, req)
-}
-
-/// The synchronous phases after the authorizer (the API key's usage plan,
-/// then throttle), so that a caller refused by it costs no tokens or
-/// quota. [`check`] ends with them; [`request_auth::resume`] runs them
-/// after an authorizer call.
-pub fn after_auth(
-    policies: &RoutePolicies,
-    state: &ShardPolicies,
-    view: &RequestView<'_>,
-    extra: &mut Vec<u8>,
-    req: &mut RequestState,
-) -> Decision {
-    // === usage plan of the key: coverage, its bucket, its quota ===
-    let mut key_bucket = None;
-    if let (Some(key), Some(route)) = (req.api_key, view.route) {
-        match state.usage.plans().coverage(key, route) {
-            usage::Coverage::NoPlan => {}
-            usage::Coverage::NotCovered => {
-                return Decision::Respond(Refusal::json(403, "Forbidden"));
-            }
-            usage::Coverage::Covered { bucket, .. } => {
-                key_bucket = bucket.map(|b| (b, key));
-                match state.usage.peek(key) {
-                    usage::shard::QuotaCheck::None | usage::shard::QuotaCheck::Allowed => {}
-                    usage::shard::QuotaCheck::Wait => return Decision::WaitQuota(key),
-                    usage::shard::QuotaCheck::Exceeded => {
-                        state.usage.note_refused(key);
-                        return Decision::Respond(Refusal::json(429, "Limit Exceeded"));
+            None => Decision::Respond(Refusal::json(403, "Forbidden")),
+        },
+        Phase::Authorizer => match &policies.auth {
+            Some(rule) => auth::check(rule, &server.authorizers, &state.auth, view, req),
+            None => Decision::Continue,
+        },
+        Phase::SignedBody => match req.body_check.take() {
+            Some(check) => Decision::VerifyBody(check),
+            None => Decision::Continue,
+        },
+        Phase::UsagePlan => {
+            let (Some(key), Some(route)) = (req.api_key, view.route) else {
+                return Decision::Continue;
+            };
+            match state.usage.plans().coverage(key, route) {
+                usage::Coverage::NoPlan => Decision::Continue,
+                usage::Coverage::NotCovered => Decision::Respond(Refusal::json(403, "Forbidden")),
+                usage::Coverage::Covered { bucket, .. } => {
+                    req.key_bucket = bucket.map(|b| (b, key));
+                    match state.usage.peek(key) {
+                        usage::shard::QuotaCheck::None | usage::shard::QuotaCheck::Allowed => {
+                            Decision::Continue
+                        }
+                        usage::shard::QuotaCheck::Wait => Decision::WaitQuota(key),
+                        usage::shard::QuotaCheck::Exceeded => {
+                            state.usage.note_refused(key);
+                            Decision::Respond(Refusal::json(429, "Limit Exceeded"))
+                        }
                     }
                 }
             }
         }
-    }
-    if !policies.throttle.is_empty() || key_bucket.is_some() {
-        if let Decision::Respond(r) =
-            state
+        Phase::Throttle => {
+            if policies.throttle.is_empty() && req.key_bucket.is_none() {
+                return Decision::Continue;
+            }
+            match state
                 .throttle
-                .check(&policies.throttle, key_bucket, view, extra)
-        {
-            return Decision::Respond(r);
+                .check(&policies.throttle, req.key_bucket, view, extra)
+            {
+                Decision::Respond(r) => Decision::Respond(r),
+                _ => Decision::Continue,
+            }
+        }
+        Phase::Admit => {
+            if let Some(key) = req.api_key {
+                state.usage.admit(key);
+            }
+            Decision::Continue
         }
     }
-    if let Some(key) = req.api_key {
-        // Counted for the usage record (and spent from the quota) only
-        // once every check has passed.
-        state.usage.admit(key);
-    }
-    Decision::Continue
 }

@@ -6,8 +6,6 @@
 
 pub mod shard;
 
-pub use shard::{Shard, ShardHandle};
-
 use crate::plan::Plan;
 use crossbeam_channel::{Receiver, Sender};
 use glommio::{LocalExecutorBuilder, Placement};

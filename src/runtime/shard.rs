@@ -1,16 +1,13 @@
-//! One shard: its accept loops, its connections, its control inbox.
+//! One shard: its gateway, its accept loops, its control inbox, its drain.
 //! Everything here is `Rc`/`Cell`/`RefCell`: a shard is one thread, and its
 //! state is never touched from another.
 
-use crate::http::encode::{DateCache, RequestIds};
-use crate::http::parse::HeadLimits;
-use crate::integration::upstream::UpstreamState;
+use crate::gateway::Gateway;
+use crate::http::conn::Service;
 use crate::net::Listener;
 use crate::plan::Plan;
 use crate::runtime::Control;
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
-use glommio::sync::Semaphore;
-use std::cell::{Cell, RefCell};
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -22,187 +19,6 @@ const INBOX_POLL: Duration = Duration::from_millis(25);
 const POOL_SWEEP: Duration = Duration::from_secs(1);
 /// Connections accepted in a row before the accept loop yields.
 const ACCEPT_BATCH: u32 = 32;
-/// At most one log line per this long about failed TLS handshakes.
-const TLS_LOG_EVERY: Duration = Duration::from_secs(1);
-
-pub type ShardHandle = Rc<Shard>;
-
-struct ConnSlot {
-    fd: RawFd,
-    idle: bool,
-}
-
-#[derive(Default)]
-struct ConnRegistry {
-    slots: Vec<Option<ConnSlot>>,
-    free: Vec<usize>,
-    live: usize,
-}
-
-/// Shard-local state shared by the tasks of one shard.
-pub struct Shard {
-    pub id: usize,
-    pub plan: Plan,
-    pub head_limits: HeadLimits,
-    pub upstreams: Vec<UpstreamState>,
-    pub policies: crate::policy::ShardPolicies,
-    pub date: RefCell<DateCache>,
-    pub ids: RefCell<RequestIds>,
-    draining: Cell<bool>,
-    /// Never has permits; closed when draining starts, which wakes every task
-    /// waiting on it (the accept loops).
-    drain_signal: Semaphore,
-    conns: RefCell<ConnRegistry>,
-    /// This shard's TLS acceptor (its own session cache), when
-    /// `[server.tls]` is set.
-    pub tls: Option<futures_rustls::TlsAcceptor>,
-    tls_failures: Cell<u64>,
-    tls_failure_logged: Cell<Option<Instant>>,
-}
-
-impl Shard {
-    pub fn new(
-        id: usize,
-        plan: Plan,
-        link: crate::policy::throttle::ShardLink,
-        usage_link: crate::policy::usage::coordinator::ShardLink,
-    ) -> Shard {
-        let head_limits = HeadLimits {
-            max_request_line: plan.limits.max_request_line_bytes,
-            max_head: plan.limits.max_header_bytes,
-            max_headers: plan.limits.max_headers,
-        };
-        let upstreams = plan.upstreams.iter().map(UpstreamState::new).collect();
-        let policies = crate::policy::ShardPolicies::new(&plan, id, link, usage_link);
-        let tls = plan
-            .server
-            .tls
-            .as_ref()
-            .map(|t| futures_rustls::TlsAcceptor::from(t.shard_config()));
-        Shard {
-            id,
-            head_limits,
-            upstreams,
-            policies,
-            date: RefCell::new(DateCache::default()),
-            ids: RefCell::new(RequestIds::new(id)),
-            draining: Cell::new(false),
-            drain_signal: Semaphore::new(0),
-            conns: RefCell::new(ConnRegistry::default()),
-            tls,
-            tls_failures: Cell::new(0),
-            tls_failure_logged: Cell::new(None),
-            plan,
-        }
-    }
-
-    /// Counts a failed TLS handshake and logs it, at most once per
-    /// TLS_LOG_EVERY per shard: scanners and plain-HTTP clients on a TLS
-    /// port must not flood the log.
-    pub fn note_tls_failure(&self, peer: std::net::SocketAddr, why: &str) {
-        let n = self.tls_failures.get() + 1;
-        self.tls_failures.set(n);
-        let now = Instant::now();
-        if self
-            .tls_failure_logged
-            .get()
-            .is_none_or(|t| now.duration_since(t) >= TLS_LOG_EVERY)
-        {
-            self.tls_failure_logged.set(Some(now));
-            crate::log!(
-                "info",
-                "shard {}: TLS handshake with {peer} failed: {why} ({n} failed handshake(s) on this shard so far)",
-                self.id
-            );
-        }
-    }
-
-    /// Failed TLS handshakes on this shard since it started.
-    pub fn tls_failures(&self) -> u64 {
-        self.tls_failures.get()
-    }
-
-    pub fn draining(&self) -> bool {
-        self.draining.get()
-    }
-
-    pub fn live_connections(&self) -> usize {
-        self.conns.borrow().live
-    }
-
-    /// Records a new connection; the slot is released by [`ConnGuard`].
-    pub fn register(self: &Rc<Self>, fd: RawFd) -> ConnGuard {
-        let mut reg = self.conns.borrow_mut();
-        let slot = ConnSlot { fd, idle: false };
-        let idx = match reg.free.pop() {
-            Some(i) => {
-                reg.slots[i] = Some(slot);
-                i
-            }
-            None => {
-                reg.slots.push(Some(slot));
-                reg.slots.len() - 1
-            }
-        };
-        reg.live += 1;
-        ConnGuard {
-            shard: self.clone(),
-            idx,
-        }
-    }
-
-    /// Starts draining: stop accepting, and close connections that are
-    /// waiting for a next request. Busy ones notice `draining()` when their
-    /// response is done.
-    pub fn begin_drain(&self) {
-        if self.draining.replace(true) {
-            return;
-        }
-        self.drain_signal.close();
-        for slot in self.conns.borrow().slots.iter().flatten() {
-            if slot.idle {
-                // SAFETY: the fd belongs to a live connection of this shard
-                // (slots are cleared before their socket is closed); shutting
-                // down its read side makes the pending read return 0.
-                unsafe {
-                    libc::shutdown(slot.fd, libc::SHUT_RD);
-                }
-            }
-        }
-    }
-
-    /// Resolves when draining starts.
-    pub async fn drained(&self) {
-        let _ = self.drain_signal.acquire(1).await;
-    }
-}
-
-/// A connection's place in the shard registry.
-pub struct ConnGuard {
-    shard: Rc<Shard>,
-    idx: usize,
-}
-
-impl ConnGuard {
-    /// Marks the connection as waiting for a request (closable on drain).
-    pub fn set_idle(&self, idle: bool) {
-        if let Some(Some(slot)) = self.shard.conns.borrow_mut().slots.get_mut(self.idx) {
-            slot.idle = idle;
-        }
-    }
-}
-
-impl Drop for ConnGuard {
-    fn drop(&mut self) {
-        let mut reg = self.shard.conns.borrow_mut();
-        if let Some(slot) = reg.slots.get_mut(self.idx) {
-            if slot.take().is_some() {
-                reg.live -= 1;
-                reg.free.push(self.idx);
-            }
-        }
-    }
-}
 
 /// The shard's main task: start accepting, then serve the control inbox
 /// until told to stop, then drain.
@@ -215,7 +31,9 @@ pub(super) async fn run(
     link: crate::policy::throttle::ShardLink,
     usage_link: crate::policy::usage::coordinator::ShardLink,
 ) {
-    let shard = Rc::new(Shard::new(id, plan, link, usage_link));
+    let drain_timeout = plan.server.drain_timeout;
+    let max_connections = plan.server.max_connections_per_shard;
+    let shard = Rc::new(Gateway::new(id, plan, link, usage_link));
     let mut accept_tasks = Vec::new();
     for (fd, tls) in fds {
         // SAFETY: `fd` is a bound, listening socket created for this shard by
@@ -233,6 +51,7 @@ pub(super) async fn run(
             shard.clone(),
             listener,
             acceptor,
+            max_connections,
         )));
     }
     let sweeper = glommio::spawn_local(sweep_pools(shard.clone())).detach();
@@ -248,15 +67,15 @@ pub(super) async fn run(
         }
     }
 
-    shard.begin_drain();
+    shard.connections.begin_drain();
     for t in accept_tasks {
         t.await;
     }
-    let deadline = Instant::now() + shard.plan.server.drain_timeout;
-    while shard.live_connections() > 0 && Instant::now() < deadline {
+    let deadline = Instant::now() + drain_timeout;
+    while shard.connections.live() > 0 && Instant::now() < deadline {
         glommio::timer::sleep(Duration::from_millis(10)).await;
     }
-    let left = shard.live_connections();
+    let left = shard.connections.live();
     if left > 0 {
         crate::log!(
             "warn",
@@ -273,9 +92,10 @@ pub(super) async fn run(
 
 /// Accepts on one listener; `tls` is set on a TLS listener.
 async fn accept_loop(
-    shard: Rc<Shard>,
+    shard: Rc<Gateway>,
     listener: Listener,
     tls: Option<futures_rustls::TlsAcceptor>,
+    max_connections: usize,
 ) {
     let mut in_a_row = 0u32;
     loop {
@@ -288,7 +108,7 @@ async fn accept_loop(
             futures_lite::future::yield_now().await;
         }
         let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
-            shard.drained().await;
+            shard.connections().drained().await;
             None
         })
         .await;
@@ -302,7 +122,7 @@ async fn accept_loop(
                 continue;
             }
         };
-        let over_limit = shard.live_connections() >= shard.plan.server.max_connections_per_shard;
+        let over_limit = shard.connections.live() >= max_connections;
         match &tls {
             None => glommio::spawn_local(crate::http::conn::serve(
                 shard.clone(),
@@ -323,12 +143,9 @@ async fn accept_loop(
     }
 }
 
-async fn sweep_pools(shard: Rc<Shard>) {
+async fn sweep_pools(shard: Rc<Gateway>) {
     loop {
         glommio::timer::sleep(POOL_SWEEP).await;
-        let now = Instant::now();
-        for (state, plan) in shard.upstreams.iter().zip(&shard.plan.upstreams) {
-            state.sweep(plan, now);
-        }
+        shard.sweep_pools(Instant::now());
     }
 }

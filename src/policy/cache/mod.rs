@@ -20,7 +20,6 @@
 //! describes every key, the cache key format, coalescing and eviction.
 
 pub mod lru;
-pub mod serve;
 
 use crate::config::ConfigError;
 use crate::http::method::{Method, NAMED_METHODS};
@@ -202,7 +201,7 @@ pub fn forbids_storing(headers: &[u8]) -> bool {
 }
 
 /// `(name, value)` of each `name: value\r\n` line.
-fn header_lines(headers: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
+pub fn header_lines(headers: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
     headers.split(|&b| b == b'\n').filter_map(|line| {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         let i = memchr::memchr(b':', line)?;

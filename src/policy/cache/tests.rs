@@ -9,7 +9,6 @@
 
 use super::*;
 use crate::http::parse::{parse_request_head, HeadLimits};
-use crate::integration::http_proxy::Capture;
 use crate::plan::load_str;
 
 fn config(api_cache: &str, route_cache: &str, server_cache: &str) -> String {
@@ -302,45 +301,6 @@ fn backend_no_store_and_private_forbid_storing() {
     assert!(!forbids_storing(b"x-note: no-store\r\n"));
 }
 
-fn capture(status: u16, headers: &[u8], body: &[u8], complete: bool) -> Capture {
-    let mut c = Capture::new(1024);
-    c.status = status;
-    c.headers = headers.to_vec();
-    c.body = body.to_vec();
-    c.content_length = body.len() as u64;
-    c.complete = complete;
-    c
-}
-
-#[test]
-fn what_is_stored() {
-    let r = rule_of("cache = {}", "").expect("rule");
-    let over = rule_of("cache = { ignore_backend_no_store = true }", "").expect("rule");
-    let now = Instant::now();
-    let e = serve::entry_from_capture(
-        &r,
-        &mut capture(
-            200,
-            b"content-type: text/plain\r\ndate: x\r\nAge: 3\r\n",
-            b"hi",
-            true,
-        ),
-        now,
-    )
-    .expect("stored");
-    assert_eq!(&e.headers[..], b"content-type: text/plain\r\n");
-    assert_eq!(&e.body[..], b"hi");
-    assert_eq!(e.expires, now + Duration::from_secs(300));
-    let mut incomplete = capture(200, b"", b"hi", false);
-    assert!(serve::entry_from_capture(&r, &mut incomplete, now).is_none());
-    let mut not_found = capture(404, b"", b"hi", true);
-    assert!(serve::entry_from_capture(&r, &mut not_found, now).is_none());
-    let mut private = capture(200, b"cache-control: private\r\n", b"hi", true);
-    assert!(serve::entry_from_capture(&r, &mut private, now).is_none());
-    let mut private = capture(200, b"cache-control: private\r\n", b"hi", true);
-    assert!(serve::entry_from_capture(&over, &mut private, now).is_some());
-}
-
 // === ShardCache ===
 
 fn entry(body: usize, now: Instant, ttl: Duration) -> Entry {
@@ -433,31 +393,6 @@ fn fills_register_once_and_wake_waiters_when_dropped() {
         cache.begin_fill(key).is_some(),
         "a new fill after the old one ended"
     );
-}
-
-#[test]
-fn hit_head_bytes() {
-    let now = Instant::now();
-    let e = Entry {
-        status: 200,
-        headers: Box::from(&b"content-type: text/plain\r\n"[..]),
-        body: Box::from(&b"hello"[..]),
-        content_length: 5,
-        stored: now - Duration::from_millis(2500),
-        expires: now + Duration::from_secs(60),
-    };
-    let date = *b"Sun, 06 Nov 1994 08:49:37 GMT";
-    let mut out = Vec::new();
-    serve::render_hit(&mut out, &e, now, &date, b"rid", serve::HIT_HEADER, true, 1);
-    assert_eq!(
-        String::from_utf8_lossy(&out),
-        "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 5\r\nage: 2\r\n\
-         date: Sun, 06 Nov 1994 08:49:37 GMT\r\nx-request-id: rid\r\nx-cache: Hit\r\n\r\n"
-    );
-    serve::render_hit(&mut out, &e, now, &date, b"rid", b"", false, 1);
-    assert!(out.ends_with(b"x-request-id: rid\r\nconnection: close\r\n\r\n"));
-    serve::render_hit(&mut out, &e, now, &date, b"rid", b"", true, 0);
-    assert!(out.ends_with(b"connection: keep-alive\r\n\r\n"));
 }
 
 #[test]

@@ -19,6 +19,8 @@
 //! operating system's roots, with SNI.
 
 use super::jwks::{self, KeySet, Origin};
+use crate::http::body::ChunkedDecoder;
+use crate::http::response::{parse_response_head, RespFraming};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use rustls::pki_types::{CertificateDer, ServerName};
 use std::io::{self, Read, Write};
@@ -443,99 +445,57 @@ fn exchange<S: Read + Write>(
 
 /// The body of a complete 200 response in `buf`; None while more is
 /// needed. `eof`: nothing more will come; `trusted_close`: the close is an
-/// authentic end (so a close-delimited body is complete).
+/// authentic end (so a close-delimited body is complete). The head and the
+/// chunked framing are read by the same parsers as the proxy's
+/// ([`parse_response_head`], [`ChunkedDecoder`]).
 pub fn parse_response(
     buf: &[u8],
     eof: bool,
     trusted_close: bool,
 ) -> Result<Option<Vec<u8>>, String> {
-    let mut headers = [httparse::EMPTY_HEADER; 64];
-    let mut res = httparse::Response::new(&mut headers);
-    let head_len = match res.parse(buf) {
-        Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD_BYTES => {
-            return Err("the response head is too long".into())
-        }
-        Ok(httparse::Status::Partial) => return Ok(None),
-        Err(e) => return Err(format!("not an HTTP response: {e}")),
+    let head = match parse_response_head(buf, false, MAX_HEAD_BYTES) {
+        Ok(Some(h)) => h,
+        Ok(None) => return Ok(None),
+        Err(e) => return Err(format!("not an HTTP response we take: {}", e.0)),
     };
-    let status = res.code.unwrap_or(0);
-    if (100..200).contains(&status) {
+    if (100..200).contains(&head.status) {
         // Interim responses (100 Continue) are not sent to a GET without
         // Expect; refuse rather than parse a second head.
-        return Err(format!("unexpected interim response {status}"));
+        return Err(format!("unexpected interim response {}", head.status));
     }
-    if status != 200 {
-        return Err(format!("HTTP status {status}"));
+    if head.status != 200 {
+        return Err(format!("HTTP status {}", head.status));
     }
-    let mut length: Option<usize> = None;
-    let mut chunked = false;
-    for h in res.headers.iter() {
-        if h.name.eq_ignore_ascii_case("content-length") {
-            let v = std::str::from_utf8(h.value)
-                .ok()
-                .and_then(|v| v.trim().parse::<usize>().ok())
-                .ok_or("bad Content-Length")?;
-            if length.is_some_and(|l| l != v) {
-                return Err("conflicting Content-Length headers".into());
+    let rest = &buf[head.len..];
+    match head.framing {
+        RespFraming::Chunked => {
+            let mut dec = ChunkedDecoder::new(false, MAX_HEAD_BYTES);
+            let mut out = Vec::new();
+            let mut pos = 0;
+            while pos < rest.len() && !dec.is_done() {
+                let step = dec
+                    .step(&rest[pos..])
+                    .map_err(|e| format!("bad chunked body: {}", e.0))?;
+                if step.forward {
+                    if out.len() + step.consumed > jwks::MAX_JWKS_BYTES {
+                        return Err("the chunked body is too large".into());
+                    }
+                    out.extend_from_slice(&rest[pos..pos + step.consumed]);
+                }
+                pos += step.consumed;
             }
-            length = Some(v);
-        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
-            let v = String::from_utf8_lossy(h.value).to_ascii_lowercase();
-            if v.trim() != "chunked" {
-                return Err(format!("unsupported Transfer-Encoding {v:?}"));
-            }
-            chunked = true;
+            Ok(dec.is_done().then_some(out))
         }
-    }
-    let rest = &buf[head_len..];
-    if chunked {
-        return decode_chunked(rest);
-    }
-    match length {
-        Some(l) if l > jwks::MAX_JWKS_BYTES => Err(format!("a body of {l} bytes is too large")),
-        Some(l) if rest.len() >= l => Ok(Some(rest[..l].to_vec())),
-        Some(_) => Ok(None),
-        None if eof && trusted_close => Ok(Some(rest.to_vec())),
-        None if eof => Err("the TLS connection closed without close_notify".into()),
-        None => Ok(None),
-    }
-}
-
-/// Decodes a complete chunked body (trailers ignored); None while more is
-/// needed.
-fn decode_chunked(mut b: &[u8]) -> Result<Option<Vec<u8>>, String> {
-    let mut out = Vec::new();
-    loop {
-        let Some(eol) = memchr::memmem::find(b, b"\r\n") else {
-            return if b.len() > 1024 {
-                Err("bad chunk size line".into())
-            } else {
-                Ok(None)
-            };
-        };
-        let line = std::str::from_utf8(&b[..eol]).map_err(|_| "bad chunk size line")?;
-        let hex = line.split(';').next().unwrap_or("").trim();
-        let size = usize::from_str_radix(hex, 16).map_err(|_| "bad chunk size")?;
-        if size > jwks::MAX_JWKS_BYTES || out.len() + size > jwks::MAX_JWKS_BYTES {
-            return Err("the chunked body is too large".into());
+        RespFraming::Length(l) if l > jwks::MAX_JWKS_BYTES as u64 => {
+            Err(format!("a body of {l} bytes is too large"))
         }
-        b = &b[eol + 2..];
-        if size == 0 {
-            // Trailers end with an empty line; wait for it.
-            return if memchr::memmem::find(b, b"\r\n").is_some() {
-                Ok(Some(out))
-            } else {
-                Ok(None)
-            };
+        RespFraming::Length(l) => {
+            let l = l as usize;
+            Ok((rest.len() >= l).then(|| rest[..l].to_vec()))
         }
-        if b.len() < size + 2 {
-            return Ok(None);
-        }
-        if &b[size..size + 2] != b"\r\n" {
-            return Err("a chunk is not followed by CRLF".into());
-        }
-        out.extend_from_slice(&b[..size]);
-        b = &b[size + 2..];
+        RespFraming::None => Ok(Some(Vec::new())),
+        RespFraming::Close if eof && trusted_close => Ok(Some(rest.to_vec())),
+        RespFraming::Close if eof => Err("the TLS connection closed without close_notify".into()),
+        RespFraming::Close => Ok(None),
     }
 }

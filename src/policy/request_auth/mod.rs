@@ -9,7 +9,7 @@
 //! cached answer for this identity on this shard? ─ yes ─▶ allow / 403
 //!    │ no                          (synchronous: auth::check)
 //!    ▼
-//! Decision::Authorize ─▶ pipeline awaits resume():
+//! Decision::Authorize ─▶ the gateway awaits the call (gateway/authorize.rs):
 //!    a call for the same identity in flight on this shard? ─ yes ─ wait for it
 //!    │ no
 //!    POST the identity to the authorizer ─▶ 200 {"isAuthorized": ...}
@@ -21,7 +21,7 @@
 //!
 //! The authorizer's endpoint is an upstream ([`crate::integration::upstream`]):
 //! its URL names a declared `[[upstreams]]` entry or a `host:port`, exactly
-//! like an integration URL, and [`bind_endpoints`] resolves it with the same
+//! like an integration URL, and the plan compiler resolves it with the same
 //! code. The call therefore shares the pools, connect timeout, balancing and
 //! passive health of the proxy, and an `https://` URL goes through the
 //! upstream's TLS (tests/tls.rs calls a TLS authorizer).
@@ -33,18 +33,13 @@
 //! describes every key, the protocol and the caching rules.
 
 pub mod cache;
-mod client;
 pub mod protocol;
 
 use super::auth::{AuthorizerKind, AuthorizerPlan};
 use super::{Decision, Refusal, RequestState, RequestView};
 pub use crate::config::raw::request_auth::RawRequestAuthorizer;
 use crate::config::ConfigError;
-use crate::http::conn::Conn;
-use crate::http::parse::RequestHead;
-use crate::integration::http_proxy::{PathPart, ProxyPlan};
-use crate::runtime::Shard;
-use cache::{DecisionCache, Failed, Key, Outcome, Verdict};
+use cache::{DecisionCache, Key, Verdict};
 use sha2::{Digest, Sha256};
 use smallvec::SmallVec;
 use std::borrow::Cow;
@@ -70,9 +65,6 @@ pub const MAX_PRINCIPAL_BYTES: usize = 1024;
 pub const MAX_HEADER_VALUE_BYTES: usize = 4096;
 /// Most bytes of header lines one answer may add to the upstream request.
 pub const MAX_UPSTREAM_HEADER_BYTES: usize = 8192;
-/// Waiters for another request's call give up this long after the call's
-/// own timeout (which always ends the call first, unless its task died).
-const FLIGHT_GRACE: Duration = Duration::from_millis(250);
 
 // === impl raw config ===
 
@@ -349,50 +341,6 @@ pub fn compile(
     }
 }
 
-/// The integration URL compiler as [`bind_endpoints`] uses it: (url, config
-/// key for errors, errors) → the upstream and path, or None after an error.
-pub type ResolveUrl<'a> = dyn FnMut(&str, &str, &mut Vec<ConfigError>) -> Option<ProxyPlan> + 'a;
-
-/// Resolves each request authorizer's URL to an upstream with `resolve`
-/// (the integration URL compiler, which registers an implicit upstream for
-/// a `host:port`) and keeps the request target.
-pub fn bind_endpoints(
-    authorizers: &mut [AuthorizerPlan],
-    resolve: &mut ResolveUrl<'_>,
-    errors: &mut Vec<ConfigError>,
-) {
-    for a in authorizers.iter_mut() {
-        // Other kinds join the enum on their own branches.
-        #[allow(irrefutable_let_patterns)]
-        let AuthorizerKind::Request(r) = &mut a.kind
-        else {
-            continue;
-        };
-        if r.url.is_empty() {
-            continue; // reported by compile
-        }
-        let key = format!("{}.url", r.config_key);
-        let Some(p) = resolve(&r.url, &key, errors) else {
-            continue;
-        };
-        r.upstream = p.upstream;
-        let mut target = String::new();
-        for part in p.path.iter().flatten() {
-            if let PathPart::Literal(l) = part {
-                target.push_str(l);
-            }
-        }
-        if !target.starts_with('/') {
-            target.insert(0, '/');
-        }
-        if let Some(q) = &p.query {
-            target.push('?');
-            target.push_str(q);
-        }
-        r.target = target;
-    }
-}
-
 // === impl ShardRequestAuth ===
 
 /// A shard's decision caches, one per request authorizer with a TTL.
@@ -431,7 +379,7 @@ impl ShardRequestAuth {
     /// Counts a failed call and logs it, at most once per
     /// [`FAILURE_LOG_EVERY`] (with the count so far); `why` is built only
     /// when a line is written.
-    fn note_failure(&self, name: &str, why: impl FnOnce() -> String) {
+    pub fn note_failure(&self, name: &str, why: impl FnOnce() -> String) {
         let n = self.failures.get() + 1;
         self.failures.set(n);
         let now = Instant::now();
@@ -626,152 +574,6 @@ pub fn check(
         key,
         identity: identity.into_iter().map(Cow::into_owned).collect(),
     }))
-}
-
-/// The awaited half, called by the pipeline for [`Decision::Authorize`]
-/// while the request head is still at `conn.rbuf[conn.rpos..]`: asks the
-/// authorizer (or waits for the call already asking for this identity),
-/// applies the answer, then runs the phases after the authorizer
-/// ([`super::after_auth`]). Never returns `Authorize`.
-pub async fn resume(
-    call: Box<Call>,
-    conn: &mut Conn,
-    head: &RequestHead,
-    shard: &Shard,
-    request_id: &[u8],
-    req: &mut RequestState,
-) -> Decision {
-    let az = match shard
-        .plan
-        .policies
-        .authorizers
-        .get(call.authorizer)
-        .map(|a| &a.kind)
-    {
-        Some(AuthorizerKind::Request(r)) => r,
-        #[allow(unreachable_patterns)]
-        _ => return refuse(500),
-    };
-    let Some(route) = shard.plan.routes.get(call.route) else {
-        return refuse(500);
-    };
-    let view = RequestView {
-        buf: &conn.rbuf[conn.rpos..conn.rend],
-        head,
-        peer: conn.peer,
-        route: Some(call.route),
-        now: Instant::now(),
-        client_cert_subject: conn.client_cert_subject.as_deref(),
-    };
-    let facts = protocol::Facts {
-        authorizer: &az.name,
-        api: &route.api,
-        route_key: &route.key,
-        method: std::str::from_utf8(head.method_span.get(view.buf)).unwrap_or("-"),
-        path: std::str::from_utf8(head.path(view.buf)).unwrap_or("/"),
-        source_ip: view.peer.ip(),
-        request_id: std::str::from_utf8(request_id).unwrap_or("-"),
-    };
-    let outcome = decide(az, &call, shard, &facts).await;
-    let decision = match &outcome {
-        Ok(v) => apply(v, req),
-        Err(Failed) => refuse(500),
-    };
-    if !matches!(decision, Decision::Continue) {
-        return decision;
-    }
-    let view = RequestView {
-        now: Instant::now(),
-        ..view
-    };
-    match super::after_auth(&route.policies, &shard.policies, &view, &mut conn.ebuf, req) {
-        Decision::Authorize(_) => refuse(500),
-        d => d,
-    }
-}
-
-/// The answer for a call: from a call of this request, or from one already
-/// in flight for the same identity on this shard (coalescing).
-async fn decide(
-    az: &RequestAuthorizer,
-    call: &Call,
-    shard: &Shard,
-    facts: &protocol::Facts<'_>,
-) -> Outcome {
-    let cache = shard.policies.auth.request.cache(call.authorizer);
-    let (Some(cache), Some(key)) = (cache, call.key) else {
-        return ask(az, call, shard, facts).await;
-    };
-    if let Some(flight) = cache.flight(&key) {
-        let limit = az.timeout + FLIGHT_GRACE;
-        let waited = futures_lite::future::or(flight.wait(), async {
-            glommio::timer::sleep(limit).await;
-            None
-        })
-        .await;
-        if let Some(outcome) = waited {
-            return outcome;
-        }
-        // The call we waited for vanished (its task was dropped): ask
-        // ourselves, without registering, so waiters do not queue up.
-        if let Some(v) = cache.get(&key, Instant::now()) {
-            return Ok(v);
-        }
-        let outcome = ask(az, call, shard, facts).await;
-        if let Ok(v) = &outcome {
-            cache.insert(key, v.clone(), Instant::now());
-        }
-        return outcome;
-    }
-    let guard = cache.begin(key);
-    let outcome = ask(az, call, shard, facts).await;
-    if let Ok(v) = &outcome {
-        // Allow and deny are both cached; failures never are.
-        cache.insert(key, v.clone(), Instant::now());
-    }
-    guard.finish(outcome.clone());
-    outcome
-}
-
-/// One call to the authorizer service, its answer checked. Failures are
-/// logged here (the client only sees 500).
-async fn ask(
-    az: &RequestAuthorizer,
-    call: &Call,
-    shard: &Shard,
-    facts: &protocol::Facts<'_>,
-) -> Outcome {
-    let body = protocol::request_body(az, &call.identity, facts);
-    let answer = match client::call(az, shard, &body, facts.request_id.as_bytes()).await {
-        Ok(a) => a,
-        Err(e) => {
-            shard
-                .policies
-                .auth
-                .request
-                .note_failure(&az.name, || e.to_string());
-            return Err(Failed);
-        }
-    };
-    if answer.status != 200 {
-        shard
-            .policies
-            .auth
-            .request
-            .note_failure(&az.name, || format!("answered {} (not 200)", answer.status));
-        return Err(Failed);
-    }
-    match protocol::parse_answer(az, &answer.body) {
-        Ok(v) => Ok(v),
-        Err(why) => {
-            shard
-                .policies
-                .auth
-                .request
-                .note_failure(&az.name, || format!("invalid answer: {why}"));
-            Err(Failed)
-        }
-    }
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@
 use super::cache::{Allowed, DecisionCache, Failed, Verdict};
 use super::protocol::{parse_answer, request_body, Facts};
 use super::*;
+use crate::http::parse::RequestHead;
 use crate::http::parse::{parse_request_head, HeadLimits};
 use crate::plan::{load_str, Integration, Plan};
 use std::future::Future;

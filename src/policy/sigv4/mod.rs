@@ -24,7 +24,6 @@
 //!
 //! docs/sigv4.md describes the config, the answers and what is signed.
 
-pub mod body;
 pub mod canonical;
 
 use super::auth::{AuthorizerKind, AuthorizerPlan, Principal};

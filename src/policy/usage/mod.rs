@@ -15,7 +15,6 @@
 //! per UTC day in [`store::Store`] and flushes each `usage_flush_interval_ms`.
 //! docs/usage-plans.md has the algorithm and its bounds.
 
-pub mod cli;
 pub mod clock;
 pub mod coordinator;
 pub mod shard;

@@ -1,26 +1,28 @@
-//! The call to the authorizer service: one `POST` over the upstream
-//! machinery of [`crate::integration::upstream`] (target choice, pooled
-//! keep-alive connections, connect timeout, passive health), bounded as a
-//! whole by the authorizer's `timeout_ms`.
+//! The HTTP/1 client side shared by everything that calls an upstream:
+//! [`read_response_head`] reads a response head (with its 1xx
+//! interim responses) for the proxy and for [`call`]; [`call`] is a whole
+//! buffered exchange, used for the request authorizer: one request over
+//! the upstream machinery of [`crate::integration::upstream`] (target
+//! choice, pooled keep-alive connections, connect timeout, passive health),
+//! bounded as a whole by a timeout.
 //!
-//! Unlike the proxy, nothing streams: the request is one small write, and
-//! the answer (at most [`super::MAX_ANSWER_BYTES`] of body, framed by
+//! Unlike the proxy, nothing streams in [`call`]: the request is one small
+//! write, and the answer (at most `max_answer` bytes of body, framed by
 //! Content-Length, chunked or close) is read whole into memory. A call
 //! that fails on a pooled connection before any answer byte (the service
-//! closed it while idle) is sent once more on a new connection; the
-//! protocol asks authorizers to be free of side effects, so that is safe.
+//! closed it while idle) is sent once more on a new connection; callers
+//! use it for requests free of side effects, so that is safe.
 
-use super::{RequestAuthorizer, MAX_ANSWER_BYTES};
 use crate::http::body::ChunkedDecoder;
 use crate::http::encode::push_u64;
-use crate::http::response::{parse_response_head, RespFraming};
+use crate::http::response::{parse_response_head, RespFraming, ResponseHead};
 use crate::integration::upstream::UpstreamPlan;
 use crate::integration::upstream::{UpConn, UpstreamState};
-use crate::runtime::Shard;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
+use std::time::Duration;
 use std::time::Instant;
 
 /// An answer, whatever its status.
@@ -56,7 +58,7 @@ impl fmt::Display for Failure {
             Failure::Io(why) => f.write_str(why),
             Failure::Timeout => f.write_str("no answer within timeout_ms"),
             Failure::Malformed(why) => write!(f, "invalid response: {why}"),
-            Failure::TooLarge => write!(f, "answer larger than {MAX_ANSWER_BYTES} bytes"),
+            Failure::TooLarge => f.write_str("answer larger than allowed"),
         }
     }
 }
@@ -81,57 +83,51 @@ impl fmt::Display for CallError {
     }
 }
 
-/// Writes the call: head and body, sent with one write.
-fn write_request(
-    out: &mut Vec<u8>,
-    az: &RequestAuthorizer,
-    uplan: &UpstreamPlan,
-    target: usize,
-    body: &[u8],
-    request_id: &[u8],
-) {
+/// A buffered request: `POST` of a JSON body.
+pub struct Request<'a> {
+    /// The request target (path and query).
+    pub target: &'a str,
+    pub body: &'a [u8],
+    pub request_id: &'a [u8],
+    /// The whole exchange, connect included.
+    pub timeout: Duration,
+    /// Largest answer body read; a larger one is [`Failure::TooLarge`].
+    pub max_answer: usize,
+}
+
+/// Writes the request: head and body, sent with one write.
+fn write_request(out: &mut Vec<u8>, req: &Request<'_>, uplan: &UpstreamPlan, target: usize) {
     out.extend_from_slice(b"POST ");
-    out.extend_from_slice(az.target.as_bytes());
+    out.extend_from_slice(req.target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\nhost: ");
     let label = uplan.targets.get(target).map_or("", |t| t.label.as_str());
     out.extend_from_slice(uplan.host.as_deref().unwrap_or(label).as_bytes());
     out.extend_from_slice(b"\r\ncontent-type: application/json\r\naccept: application/json\r\n");
-    if !request_id.is_empty() {
+    if !req.request_id.is_empty() {
         out.extend_from_slice(b"x-request-id: ");
-        out.extend_from_slice(request_id);
+        out.extend_from_slice(req.request_id);
         out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(b"content-length: ");
-    push_u64(out, body.len() as u64);
+    push_u64(out, req.body.len() as u64);
     out.extend_from_slice(b"\r\n\r\n");
-    out.extend_from_slice(body);
+    out.extend_from_slice(req.body);
 }
 
-/// Calls the authorizer: sends `body` and reads the answer within
-/// `az.timeout`.
+/// Sends `req` to a target of the upstream and reads the answer within
+/// `req.timeout`.
 pub async fn call(
-    az: &RequestAuthorizer,
-    shard: &Shard,
-    body: &[u8],
-    request_id: &[u8],
+    uplan: &UpstreamPlan,
+    state: &UpstreamState,
+    req: &Request<'_>,
 ) -> Result<Answer, CallError> {
-    let (Some(uplan), Some(state)) = (
-        shard.plan.upstreams.get(az.upstream),
-        shard.upstreams.get(az.upstream),
-    ) else {
-        return Err(CallError {
-            failure: Failure::Malformed("no such upstream"),
-            upstream: String::new(),
-            target: None,
-        });
-    };
     let target = state.pick(uplan, Instant::now());
     let _in_flight = state.begin(target);
-    let mut msg = Vec::with_capacity(256 + body.len());
-    write_request(&mut msg, az, uplan, target, body, request_id);
-    let exchange = exchange(uplan, state, target, &msg);
+    let mut msg = Vec::with_capacity(256 + req.body.len());
+    write_request(&mut msg, req, uplan, target);
+    let exchange = exchange(uplan, state, target, &msg, req.max_answer);
     let timer = async {
-        glommio::timer::sleep(az.timeout).await;
+        glommio::timer::sleep(req.timeout).await;
         Err(Failure::Timeout)
     };
     // Dropping the losing exchange closes its connection: a late answer
@@ -162,6 +158,7 @@ async fn exchange(
     state: &UpstreamState,
     target: usize,
     msg: &[u8],
+    max_answer: usize,
 ) -> Result<Answer, Failure> {
     let mut fresh_only = false;
     loop {
@@ -190,7 +187,7 @@ async fn exchange(
         // The upstream's own read timeout, not what a TLS connect left on
         // the socket (as little as 1 ms); timeout_ms bounds the whole call.
         up.stream.set_read_timeout(Some(uplan.timeout));
-        match read_answer(&mut up, uplan).await {
+        match read_answer(&mut up, uplan, max_answer).await {
             Ok((answer, reusable)) => {
                 if reusable {
                     state.checkin(uplan, up);
@@ -206,52 +203,21 @@ async fn exchange(
 
 /// Reads one final answer into memory. Returns it and whether the
 /// connection can serve another call.
-async fn read_answer(up: &mut UpConn, uplan: &UpstreamPlan) -> Result<(Answer, bool), ReadErr> {
+async fn read_answer(
+    up: &mut UpConn,
+    uplan: &UpstreamPlan,
+    max_answer: usize,
+) -> Result<(Answer, bool), ReadErr> {
     use ReadErr::Failed;
     up.filled = 0;
-    let mut received_any = false;
     let resp = loop {
-        if up.filled > 0 {
-            match parse_response_head(&up.buf[..up.filled], false, uplan.max_response_header_bytes)
-            {
-                Err(e) => return Err(Failed(Failure::Malformed(e.0))),
-                Ok(None) => {}
-                Ok(Some(r)) if (100..200).contains(&r.status) => {
-                    if r.status == 101 {
-                        return Err(Failed(Failure::Malformed("101 Switching Protocols")));
-                    }
-                    // 100 / 103: nothing for us.
-                    up.buf.copy_within(r.len..up.filled, 0);
-                    up.filled -= r.len;
-                    continue;
-                }
-                Ok(Some(r)) => break r,
-            }
-        }
-        if up.filled == up.buf.len() {
-            if up.buf.len() > uplan.max_response_header_bytes {
-                return Err(Failed(Failure::Malformed("response head too large")));
-            }
-            let n = up.buf.len() * 2;
-            up.buf.resize(n, 0);
-        }
-        let filled = up.filled;
-        match up.stream.read(&mut up.buf[filled..]).await {
-            Ok(0) | Err(_) if !received_any => return Err(ReadErr::Closed),
-            Ok(0) => {
-                return Err(Failed(Failure::Malformed(
-                    "connection closed inside the response head",
-                )))
-            }
-            Ok(n) => {
-                up.filled += n;
-                received_any = true;
-            }
-            Err(_) => {
-                return Err(Failed(Failure::Io(
-                    "connection failed inside the response head",
-                )))
-            }
+        match read_response_head(up, uplan, false).await {
+            // 100 / 103: nothing for us.
+            Ok(Head::Interim(r)) => up.drop_head(r.len),
+            Ok(Head::Final(r)) => break r,
+            Err(HeadError::Closed(_)) => return Err(ReadErr::Closed),
+            Err(HeadError::Timeout) => return Err(Failed(Failure::Timeout)),
+            Err(HeadError::Bad(why)) => return Err(Failed(Failure::Malformed(why))),
         }
     };
     let mut body = Vec::new();
@@ -259,7 +225,7 @@ async fn read_answer(up: &mut UpConn, uplan: &UpstreamPlan) -> Result<(Answer, b
     let reusable = match resp.framing {
         RespFraming::None => resp.keep_alive && start == end,
         RespFraming::Length(n) => {
-            if n > MAX_ANSWER_BYTES as u64 {
+            if n > max_answer as u64 {
                 return Err(Failed(Failure::TooLarge));
             }
             let n = n as usize;
@@ -284,7 +250,7 @@ async fn read_answer(up: &mut UpConn, uplan: &UpstreamPlan) -> Result<(Answer, b
                         return Err(Failed(Failure::Malformed("chunked body stuck")));
                     }
                     if step.forward {
-                        if body.len() + step.consumed > MAX_ANSWER_BYTES {
+                        if body.len() + step.consumed > max_answer {
                             return Err(Failed(Failure::TooLarge));
                         }
                         body.extend_from_slice(&up.buf[pos..pos + step.consumed]);
@@ -301,7 +267,7 @@ async fn read_answer(up: &mut UpConn, uplan: &UpstreamPlan) -> Result<(Answer, b
         }
         RespFraming::Close => {
             body.extend_from_slice(&up.buf[start..end]);
-            while body.len() <= MAX_ANSWER_BYTES {
+            while body.len() <= max_answer {
                 let max = up.buf.len();
                 match up.stream.read(&mut up.buf[..max]).await {
                     Ok(0) => break,
@@ -311,7 +277,7 @@ async fn read_answer(up: &mut UpConn, uplan: &UpstreamPlan) -> Result<(Answer, b
                     }
                 }
             }
-            if body.len() > MAX_ANSWER_BYTES {
+            if body.len() > max_answer {
                 return Err(Failed(Failure::TooLarge));
             }
             false
@@ -334,5 +300,82 @@ async fn read_some(up: &mut UpConn, max: usize) -> Result<usize, ReadErr> {
         Err(_) => Err(ReadErr::Failed(Failure::Io(
             "connection failed inside the answer",
         ))),
+    }
+}
+
+/// A response head read by [`read_response_head`].
+pub enum Head {
+    /// A 1xx interim response (never 101): the caller forwards or drops it,
+    /// then calls [`UpConn::drop_head`] and reads again.
+    Interim(ResponseHead),
+    /// The final response head; its bytes and whatever body bytes came with
+    /// it are `up.buf[..up.filled]`.
+    Final(ResponseHead),
+}
+
+/// Why no response head could be read.
+#[derive(Debug)]
+pub enum HeadError {
+    /// Closed or reset before any byte of a response.
+    Closed(io::Error),
+    /// No response within the upstream's `timeout_ms`.
+    Timeout,
+    Bad(&'static str),
+}
+
+/// Reads the next response head into `up.buf`, within the upstream's
+/// timeout and `max_response_header_bytes`. A `101` is refused: no
+/// request of ours asks to switch protocols.
+pub async fn read_response_head(
+    up: &mut UpConn,
+    uplan: &UpstreamPlan,
+    head_request: bool,
+) -> Result<Head, HeadError> {
+    up.stream.set_read_timeout(Some(uplan.timeout));
+    let mut received_any = up.filled > 0;
+    loop {
+        if up.filled > 0 {
+            match parse_response_head(
+                &up.buf[..up.filled],
+                head_request,
+                uplan.max_response_header_bytes,
+            ) {
+                Err(e) => return Err(HeadError::Bad(e.0)),
+                Ok(None) => {}
+                Ok(Some(resp)) if resp.status == 101 => {
+                    return Err(HeadError::Bad(
+                        "101 Switching Protocols without an upgrade request",
+                    ))
+                }
+                Ok(Some(resp)) if (100..200).contains(&resp.status) => {
+                    return Ok(Head::Interim(resp))
+                }
+                Ok(Some(resp)) => return Ok(Head::Final(resp)),
+            }
+        }
+        if up.filled == up.buf.len() {
+            if up.buf.len() > uplan.max_response_header_bytes {
+                return Err(HeadError::Bad("response head too large"));
+            }
+            let n = up.buf.len() * 2;
+            up.buf.resize(n, 0);
+        }
+        let filled = up.filled;
+        match up.stream.read(&mut up.buf[filled..]).await {
+            Ok(0) if !received_any => {
+                return Err(HeadError::Closed(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "connection closed",
+                )))
+            }
+            Ok(0) => return Err(HeadError::Bad("connection closed inside the response head")),
+            Ok(n) => {
+                up.filled += n;
+                received_any = true;
+            }
+            Err(e) if e.kind() == io::ErrorKind::TimedOut => return Err(HeadError::Timeout),
+            Err(e) if !received_any => return Err(HeadError::Closed(e)),
+            Err(_) => return Err(HeadError::Bad("connection failed inside the response head")),
+        }
     }
 }

@@ -1,8 +1,8 @@
 //! `coregate usage`: prints recorded usage per key per day from the store,
 //! and where the config gives a key a quota, what is used of it this period.
 
-use super::clock::{self, format_day, parse_day};
-use super::store::Store;
+use crate::policy::usage::clock::{self, format_day, parse_day};
+use crate::policy::usage::store::Store;
 use std::path::PathBuf;
 
 /// Options of `coregate usage`.

@@ -1,0 +1,5 @@
+//! Subcommands of the binary that are not `serve`: reading the usage store.
+//! API keys files are managed by [`crate::policy::api_key::cli`], which
+//! needs nothing above the policy layer.
+
+pub mod usage;

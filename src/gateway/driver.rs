@@ -1,0 +1,530 @@
+//! The phase driver: the order in which a request is handled, in one
+//! function ([`drive`]):
+//!
+//! 1. open the exchange on the current generation (request id, clock);
+//! 2. route: host, base path, method and path pick a route, or answer
+//!    404/405/400 after the API's IP rules and CORS
+//!    ([`unrouted`]); a declared body over `max_body_bytes` is 413;
+//! 3. the route's phases, in their compiled order ([`crate::policy::Phase`]):
+//!    each continues, answers instead of the integration, or names
+//!    something to wait for (a quota lease, a request authorizer's answer,
+//!    the body a signature covers), which the driver awaits before going
+//!    on;
+//! 4. the integration: a mock answer, or the proxy (through the cache when
+//!    the route has a cache rule);
+//! 5. the exit ([`super::exit::finish`]) with the finished exchange.
+
+use super::exchange::{CacheStatus, Exchange};
+use super::reply::{self, Body};
+use super::signed_body::{self, BodyFailure};
+use super::{authorize, cache, exit, Gateway, Generation};
+use crate::http::conn::{Conn, Flow};
+use crate::http::method::{AllowSet, Method};
+use crate::http::parse::{Framing, RequestHead};
+use crate::http::respond::{Reply, ReplyBody};
+use crate::integration::http_proxy::{
+    self, ClientTls, Forward, PathPart, Proxied, ProxyPlan, Report, Upstream,
+};
+use crate::integration::mock::MockPlan;
+use crate::plan::Integration;
+use crate::policy::{self, Decision, Refusal, RequestView};
+use crate::route::{Lookup, Params};
+use std::borrow::Cow;
+use std::rc::Rc;
+use std::time::Instant;
+
+/// Handles one request whose head is at the start of `conn.unread()`.
+pub async fn handle(gw: &Gateway, conn: &mut Conn, head: &RequestHead) -> Flow {
+    let now = Instant::now();
+    let mut x = Exchange::new(
+        gw.generation(),
+        conn.peer,
+        head.method,
+        head.minor_version,
+        now,
+    );
+    x.outcome.bytes_in = head.len as u64;
+    match head.request_id {
+        Some(s) => x.request_id.extend_from_slice(s.get(conn.unread())),
+        None => x
+            .request_id
+            .extend_from_slice(&gw.ids.borrow_mut().next_id()),
+    }
+    if !conn.ebuf.is_empty() {
+        conn.ebuf.clear();
+    }
+    let flow = drive(gw, conn, head, &mut x, now).await;
+    exit::finish(&gw.observed, &mut x);
+    flow
+}
+
+/// Answers what the connection loop refuses before a request exists (a
+/// malformed head, 408, 431, a shard over its connection limit); the
+/// connection closes after it.
+pub async fn refuse(gw: &Gateway, conn: &mut Conn, status: u16, message: &'static str) {
+    let mut x = Exchange::new(gw.generation(), conn.peer, Method::Get, 1, Instant::now());
+    x.request_id
+        .extend_from_slice(&gw.ids.borrow_mut().next_id());
+    conn.ebuf.clear();
+    reply::close_with(gw, conn, &mut x, status, message).await;
+    exit::finish(&gw.observed, &mut x);
+}
+
+/// Where routing sent a request.
+enum Routed {
+    Route(usize),
+    Error {
+        status: u16,
+        message: &'static str,
+        allow: Option<AllowSet>,
+    },
+}
+
+fn route(generation: &Generation, buf: &[u8], head: &RequestHead) -> Routed {
+    let Ok(path) = std::str::from_utf8(head.path(buf)) else {
+        return Routed::Error {
+            status: 400,
+            message: "Invalid request target",
+            allow: None,
+        };
+    };
+    match generation
+        .plan
+        .table
+        .lookup(head.host.map(|h| h.get(buf)), head.method, path)
+    {
+        Lookup::NotFound => Routed::Error {
+            status: 404,
+            message: "Not Found",
+            allow: None,
+        },
+        Lookup::MethodNotAllowed { allow } => Routed::Error {
+            status: 405,
+            message: "Method Not Allowed",
+            allow: Some(allow),
+        },
+        Lookup::Found { route, .. } => Routed::Route(route as usize),
+    }
+}
+
+/// Steps 2 to 4 of the module's list.
+async fn drive(
+    gw: &Gateway,
+    conn: &mut Conn,
+    head: &RequestHead,
+    x: &mut Exchange,
+    now: Instant,
+) -> Flow {
+    let generation = x.generation.clone();
+    let plan = &generation.plan;
+    // === route ===
+    let route_id = match route(&generation, conn.unread(), head) {
+        Routed::Route(r) => r,
+        Routed::Error {
+            status,
+            message,
+            allow,
+        } => return unrouted(gw, conn, head, x, now, status, message, allow).await,
+    };
+    x.route = Some(route_id);
+    let route = &plan.routes[route_id];
+    if let Framing::Length(n) = head.framing {
+        if n > plan.limits.max_body_bytes {
+            conn.consume(head.len);
+            return reply::error(
+                gw,
+                conn,
+                head,
+                x,
+                413,
+                Cow::Borrowed("Request Entity Too Large"),
+                None,
+            )
+            .await;
+        }
+    }
+    // === phases ===
+    let phases = &route.policies.phases;
+    // The head's bytes are consumed once a phase reads the body.
+    let mut consumed = None;
+    let mut waited_quota = false;
+    let mut i = 0;
+    while let Some(&phase) = phases.get(i) {
+        let Some(parts) = conn.parts(consumed) else {
+            return internal_error(gw, conn, head, x, consumed).await;
+        };
+        let view = RequestView {
+            buf: parts.buf,
+            head,
+            peer: x.peer,
+            route: Some(route_id),
+            now,
+            client_cert_subject: parts.client_cert_subject,
+        };
+        let decision = policy::run_phase(
+            phase,
+            &route.policies,
+            &plan.policies,
+            &gw.policies,
+            &view,
+            parts.extra,
+            &mut x.state,
+        );
+        match decision {
+            Decision::Continue => i += 1,
+            Decision::Respond(r) => return refuse_request(gw, conn, head, x, consumed, r).await,
+            // Once: wait for this shard's lease of the key's quota, then
+            // run the phase again.
+            Decision::WaitQuota(key) if !waited_quota => {
+                waited_quota = true;
+                Box::pin(gw.policies.usage.wait(key)).await;
+            }
+            Decision::WaitQuota(_) => {
+                let r = Refusal::json(429, "Limit Exceeded");
+                return refuse_request(gw, conn, head, x, consumed, r).await;
+            }
+            // Boxed like the proxy: the call's state stays out of every
+            // connection's task.
+            Decision::Authorize(call) => {
+                match Box::pin(authorize::call(gw, call, conn, head, x)).await {
+                    Decision::Continue => i += 1,
+                    Decision::Respond(r) => {
+                        return refuse_request(gw, conn, head, x, consumed, r).await
+                    }
+                    // An answer is allow or deny; anything else is refused,
+                    // never allowed.
+                    _ => return internal_error(gw, conn, head, x, consumed).await,
+                }
+            }
+            Decision::VerifyBody(check) => {
+                if consumed.is_none() {
+                    conn.consume(head.len);
+                    consumed = Some(head.len);
+                }
+                match signed_body::verify(conn, head, &plan.limits, &check).await {
+                    Ok(()) => {
+                        x.state.principal = Some(check.principal.clone());
+                        i += 1;
+                    }
+                    Err(BodyFailure::Refused(f)) => {
+                        return refuse_request(gw, conn, head, x, consumed, f.refusal()).await
+                    }
+                    Err(BodyFailure::Body(e)) => return reply::body_error(gw, conn, x, e).await,
+                }
+            }
+        }
+    }
+    // === integration ===
+    match &route.integration {
+        Integration::Mock(mock) => {
+            if consumed.is_none() {
+                conn.consume(head.len);
+            }
+            respond_mock(gw, conn, head, x, mock).await
+        }
+        Integration::Proxy(p) => {
+            let routed = RoutedProxy {
+                generation: &generation,
+                route: route_id,
+                proxy: p,
+            };
+            proxy(gw, conn, head, x, consumed, routed).await
+        }
+    }
+}
+
+/// For a request no route takes: the API's IP rules still refuse it (so a
+/// refused client cannot map which paths exist); CORS still answers a
+/// preflight (API Gateway does so whether or not an OPTIONS route exists) and
+/// adds its headers to the error response, so a browser can read it.
+#[allow(clippy::too_many_arguments)]
+async fn unrouted(
+    gw: &Gateway,
+    conn: &mut Conn,
+    head: &RequestHead,
+    x: &mut Exchange,
+    now: Instant,
+    status: u16,
+    message: &'static str,
+    allow: Option<AllowSet>,
+) -> Flow {
+    let generation = x.generation.clone();
+    let plan = &generation.plan;
+    if plan
+        .apis
+        .iter()
+        .any(|a| a.cors.is_some() || a.ip_rules.is_some())
+    {
+        if let Some(parts) = conn.parts(None) {
+            let api = std::str::from_utf8(head.path(parts.buf))
+                .ok()
+                .and_then(|path| {
+                    plan.table
+                        .api_for(head.host.map(|h| h.get(parts.buf)), path)
+                })
+                .and_then(|a| plan.apis.get(a));
+            if let Some(api) = api {
+                if api
+                    .ip_rules
+                    .as_ref()
+                    .is_some_and(|r| !r.allows(x.peer.ip()))
+                {
+                    let r = Refusal::json(403, "Forbidden");
+                    return refuse_request(gw, conn, head, x, None, r).await;
+                }
+                if let Some(cors) = &api.cors {
+                    let view = RequestView {
+                        buf: parts.buf,
+                        head,
+                        peer: x.peer,
+                        route: None,
+                        now,
+                        client_cert_subject: parts.client_cert_subject,
+                    };
+                    if let Decision::Respond(r) = cors.preflight(&view) {
+                        return refuse_request(gw, conn, head, x, None, r).await;
+                    }
+                    cors.response_headers(&view, parts.extra);
+                }
+            }
+        }
+    }
+    conn.consume(head.len);
+    reply::error(gw, conn, head, x, status, Cow::Borrowed(message), allow).await
+}
+
+/// Answers with a policy's response instead of the integration's. As with
+/// gateway errors, the connection stays open only if no body is left
+/// unread.
+async fn refuse_request(
+    gw: &Gateway,
+    conn: &mut Conn,
+    head: &RequestHead,
+    x: &mut Exchange,
+    consumed: Option<usize>,
+    r: Refusal,
+) -> Flow {
+    if consumed.is_none() {
+        conn.consume(head.len);
+    }
+    conn.ebuf.extend_from_slice(&r.headers);
+    let Some(body) = r.body else {
+        return reply::error(gw, conn, head, x, r.status, r.message, None).await;
+    };
+    let flow = reply::send(
+        gw,
+        conn,
+        head,
+        x,
+        Body::Refuse,
+        Reply {
+            status: r.status,
+            body: ReplyBody::Bytes(&body),
+            allow: None,
+        },
+    )
+    .await;
+    x.outcome.error = Some(r.message);
+    flow
+}
+
+async fn internal_error(
+    gw: &Gateway,
+    conn: &mut Conn,
+    head: &RequestHead,
+    x: &mut Exchange,
+    consumed: Option<usize>,
+) -> Flow {
+    let r = Refusal::json(500, "Internal Server Error");
+    refuse_request(gw, conn, head, x, consumed, r).await
+}
+
+async fn respond_mock(
+    gw: &Gateway,
+    conn: &mut Conn,
+    head: &RequestHead,
+    x: &mut Exchange,
+    mock: &MockPlan,
+) -> Flow {
+    reply::send(
+        gw,
+        conn,
+        head,
+        x,
+        Body::Drain,
+        Reply {
+            status: mock.status,
+            body: ReplyBody::Prerendered {
+                head: &mock.head,
+                body: &mock.body,
+            },
+            allow: None,
+        },
+    )
+    .await
+}
+
+/// A routed request's proxy integration.
+struct RoutedProxy<'a> {
+    generation: &'a Rc<Generation>,
+    route: usize,
+    proxy: &'a ProxyPlan,
+}
+
+/// The proxy integration: the target is picked now that every phase has
+/// let the request through, the upstream request head is written, and the
+/// request goes to the upstream, through the cache when the route has a
+/// cache rule.
+async fn proxy(
+    gw: &Gateway,
+    conn: &mut Conn,
+    head: &RequestHead,
+    x: &mut Exchange,
+    consumed: Option<usize>,
+    routed: RoutedProxy<'_>,
+) -> Flow {
+    let plan = &routed.generation.plan;
+    let p = routed.proxy;
+    let (Some(uplan), Some(state)) = (
+        plan.upstreams.get(p.upstream),
+        routed.generation.upstreams.get(p.upstream),
+    ) else {
+        return internal_error(gw, conn, head, x, consumed).await;
+    };
+    let target = state.pick(uplan, Instant::now());
+    x.outcome.upstream = Some((p.upstream, target));
+    {
+        let Some(parts) = conn.parts(consumed) else {
+            return internal_error(gw, conn, head, x, consumed).await;
+        };
+        let with_params = p
+            .path
+            .as_ref()
+            .is_some_and(|parts| parts.iter().any(|x| matches!(x, PathPart::Param(_))));
+        let looked_up;
+        let params = match std::str::from_utf8(head.path(parts.buf)) {
+            Ok(path) if with_params => {
+                looked_up =
+                    plan.table
+                        .lookup(head.host.map(|h| h.get(parts.buf)), head.method, path);
+                match looked_up {
+                    Lookup::Found { params, .. } => params,
+                    _ => Params::new(),
+                }
+            }
+            _ => Params::new(),
+        };
+        http_proxy::write_upstream_head(
+            parts.xbuf,
+            parts.buf,
+            head,
+            &params,
+            p,
+            uplan,
+            target,
+            x.peer,
+            &x.request_id,
+            parts.tls.then_some(ClientTls {
+                client_cert_subject: parts.client_cert_subject,
+            }),
+            &x.state.upstream_headers,
+        );
+    }
+    let route = &plan.routes[routed.route];
+    let f = Forward {
+        method: head.method,
+        framing: head.framing,
+        minor_version: head.minor_version,
+        keep_alive: head.keep_alive,
+        expect_continue: head.expect_continue,
+        target,
+        request_id: &x.request_id,
+        strip_cors: route.policies.cors.is_some(),
+    };
+    let up = Upstream {
+        plan: uplan,
+        state,
+        limits: &plan.limits,
+        connections: &gw.connections,
+    };
+    let mut report = Report::default();
+    let proxied = match &route.policies.cache {
+        // Boxed for the same reason as `http_proxy::forward`: its state
+        // would otherwise sit in every connection's task.
+        Some(rule) => {
+            let key_name = x
+                .state
+                .api_key
+                .and_then(|k| gw.policies.api_keys.name(k))
+                .map(str::to_owned);
+            if consumed.is_none() {
+                // The cache reads the head behind the consumed bytes.
+                conn.consume(head.len);
+            }
+            let mut status = CacheStatus::None;
+            let answered = Box::pin(cache::proxy_cached(
+                gw,
+                conn,
+                head,
+                rule,
+                up,
+                f,
+                key_name.as_deref(),
+                &mut report,
+                &mut status,
+            ))
+            .await;
+            x.outcome.cache = status;
+            match answered {
+                cache::Answered::Proxied(p) => p,
+                cache::Answered::Hit(entry) => {
+                    x.outcome.upstream = None;
+                    return cache::respond_hit(gw, conn, head, x, &entry).await;
+                }
+            }
+        }
+        None => {
+            if consumed.is_none() {
+                conn.consume(head.len);
+            }
+            http_proxy::forward(conn, up, f, None, &mut report).await
+        }
+    };
+    x.outcome.bytes_in += report.bytes_in;
+    x.outcome.upstream_status = report.status;
+    x.outcome.timings.upstream_connected = report.connected;
+    x.outcome.timings.upstream_first_byte = report.first_byte;
+    match proxied {
+        Proxied::Forwarded(flow) => {
+            x.outcome.status = report.status.unwrap_or(0);
+            x.outcome.bytes_out += report.bytes_out;
+            flow
+        }
+        Proxied::Failed {
+            status,
+            message,
+            body_done,
+        } => {
+            let flow = reply::send(
+                gw,
+                conn,
+                head,
+                x,
+                Body::Done(body_done),
+                Reply {
+                    status,
+                    body: ReplyBody::Json(message),
+                    allow: None,
+                },
+            )
+            .await;
+            x.outcome.error = Some(Cow::Borrowed(message));
+            // A body not read whole leaves the stream position unknown.
+            match flow {
+                Flow::Close if !body_done => Flow::Linger,
+                f => f,
+            }
+        }
+        Proxied::Body(e) => reply::body_error(gw, conn, x, e).await,
+    }
+}
