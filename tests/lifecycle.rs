@@ -1,6 +1,8 @@
 //! Process lifecycle: listening lines, graceful shutdown on SIGTERM/SIGINT
 //! with a request in flight, idle keep-alive connections closed on shutdown,
-//! and the drain timeout bounding how long shutdown may take.
+//! the drain timeout bounding how long shutdown may take, and a second
+//! gateway refused on an address another one serves unless
+//! `server.share_listen_addresses` asks for sharing.
 
 mod support;
 
@@ -218,5 +220,95 @@ fn second_signal_exits_at_once() {
     assert!(
         gw.wait_exit(Duration::from_secs(5)).is_some(),
         "a second signal must end the drain at once"
+    );
+}
+
+fn mock_config(listen: &str, body: &str, extra_server: &str) -> String {
+    format!(
+        r#"
+[server]
+listen = ["{listen}"]
+shards = 2
+{extra_server}
+
+[[apis]]
+name = "main"
+[[apis.routes]]
+key = "GET /health"
+integration = {{ type = "mock", body = '{body}' }}
+"#
+    )
+}
+
+/// Runs `coregate serve` on `toml`, expecting it to exit by itself.
+fn serve_to_exit(toml: &str) -> (std::process::Output, String) {
+    let path = write_config(toml);
+    let out = run_coregate(&["serve", "--config", path.to_str().unwrap()]);
+    let _ = std::fs::remove_file(&path);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    (out, stderr)
+}
+
+/// Regression: every shard socket has SO_REUSEPORT, so a second coregate
+/// could bind an address the first one serves and the kernel split new
+/// connections between two configs. Now it must refuse to start, naming
+/// the address.
+#[test]
+fn a_second_gateway_on_a_served_address_exits_with_address_in_use() {
+    let first = Gateway::start(&mock_config("127.0.0.1:0", "first", ""));
+    let addr = first.addr();
+    let (out, stderr) = serve_to_exit(&mock_config(&addr.to_string(), "second", ""));
+    assert_eq!(out.status.code(), Some(1), "stderr:\n{stderr}");
+    assert!(
+        stderr.contains(&format!("cannot listen on {addr}: address in use"))
+            && stderr.contains("server.share_listen_addresses"),
+        "stderr:\n{stderr}"
+    );
+    // The first gateway is unaffected and alone on the port.
+    for _ in 0..20 {
+        let r = first.client().get("/health");
+        assert_eq!((r.status, r.text().as_str()), (200, "first"));
+    }
+}
+
+/// As above, with the first gateway on the wildcard address: binding the
+/// same port on a specific address would take that address's traffic.
+#[test]
+fn a_second_gateway_on_a_port_served_by_a_wildcard_listener_exits() {
+    let first = Gateway::start(&mock_config("0.0.0.0:0", "first", ""));
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], first.addr().port()));
+    let (out, stderr) = serve_to_exit(&mock_config(&addr.to_string(), "second", ""));
+    assert_eq!(out.status.code(), Some(1), "stderr:\n{stderr}");
+    assert!(
+        stderr.contains(&format!("cannot listen on {addr}: address in use")),
+        "stderr:\n{stderr}"
+    );
+}
+
+/// `server.share_listen_addresses = true` is the way to share on purpose
+/// (a zero-downtime upgrade): both gateways start and both get connections.
+#[test]
+fn share_listen_addresses_lets_a_second_gateway_share_the_port() {
+    let first = Gateway::start(&mock_config("127.0.0.1:0", "first", ""));
+    let addr = first.addr();
+    let second = Gateway::start(&mock_config(
+        &addr.to_string(),
+        "second",
+        "share_listen_addresses = true",
+    ));
+    assert_eq!(second.addr(), addr);
+    let (mut seen_first, mut seen_second) = (0, 0);
+    for _ in 0..60 {
+        let r = Client::connect(addr).get("/health");
+        assert_eq!(r.status, 200);
+        match r.text().as_str() {
+            "first" => seen_first += 1,
+            "second" => seen_second += 1,
+            other => panic!("unexpected body {other:?}"),
+        }
+    }
+    assert!(
+        seen_first > 0 && seen_second > 0,
+        "first {seen_first}, second {seen_second}: the kernel should spread connections over both"
     );
 }

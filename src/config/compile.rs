@@ -33,6 +33,9 @@ pub struct ServerPlan {
     pub backlog: u32,
     pub drain_timeout: Duration,
     pub max_connections_per_shard: usize,
+    /// Start even when another process already listens on one of the
+    /// listen addresses, and share it (`server.share_listen_addresses`).
+    pub share_listen_addresses: bool,
     /// HTTPS listeners, when `[server.tls]` is set.
     pub tls: Option<crate::tls::ServerTlsPlan>,
 }
@@ -520,6 +523,9 @@ fn compile_server(s: &RawServer, errors: &mut Vec<ConfigError>) -> ServerPlan {
             s.max_connections_per_shard,
             DEFAULT_MAX_CONNECTIONS_PER_SHARD,
         ),
+        share_listen_addresses: s
+            .share_listen_addresses
+            .unwrap_or(DEFAULT_SHARE_LISTEN_ADDRESSES),
         tls: None,
     }
 }

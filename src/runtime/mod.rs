@@ -41,13 +41,16 @@ pub struct Server {
     usage: crate::policy::usage::coordinator::Running,
 }
 
-fn listener_socket(addr: SocketAddr, backlog: u32) -> io::Result<Socket> {
-    let domain = if addr.is_ipv6() {
+fn domain_of(addr: SocketAddr) -> Domain {
+    if addr.is_ipv6() {
         Domain::IPV6
     } else {
         Domain::IPV4
-    };
-    let sock = Socket::new(domain, Type::STREAM, Some(Protocol::TCP))?;
+    }
+}
+
+fn listener_socket(addr: SocketAddr, backlog: u32) -> io::Result<Socket> {
+    let sock = Socket::new(domain_of(addr), Type::STREAM, Some(Protocol::TCP))?;
     sock.set_reuse_address(true)?;
     sock.set_reuse_port(true)?;
     if addr.is_ipv6() {
@@ -58,9 +61,47 @@ fn listener_socket(addr: SocketAddr, backlog: u32) -> io::Result<Socket> {
     Ok(sock)
 }
 
+/// Fails with `AddrInUse` when some socket already listens on `addr` (or
+/// on a wildcard address with its port). With SO_REUSEPORT on every shard
+/// socket, our own bind would succeed beside another coregate's listeners
+/// (same user) and the kernel would split new connections between the two
+/// processes. A probe without SO_REUSEPORT conflicts with any listener there;
+/// SO_REUSEADDR keeps TIME_WAIT and closing connections of an earlier run
+/// from counting. The probe is closed again before our sockets bind, so two
+/// gateways started in the same instant could both pass.
+fn probe_free(addr: SocketAddr) -> io::Result<()> {
+    let probe = Socket::new(domain_of(addr), Type::STREAM, Some(Protocol::TCP))?;
+    probe.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        probe.set_only_v6(true)?;
+    }
+    probe.bind(&addr.into())
+}
+
+/// The error for a listen address `addr` that cannot be bound; `shared`
+/// is `server.share_listen_addresses`.
+fn listen_error(addr: SocketAddr, shared: bool, e: io::Error) -> io::Error {
+    let why = match e.kind() {
+        io::ErrorKind::AddrInUse if shared => "address in use: another process listens on it \
+             and does not share it (sharing needs SO_REUSEPORT on both sockets and the same \
+             user)"
+            .to_string(),
+        io::ErrorKind::AddrInUse => "address in use: another process already listens on it \
+             (or on a wildcard address with the same port). Stop it or choose another address; \
+             to share the address with another coregate on purpose (a zero-downtime upgrade), \
+             set server.share_listen_addresses = true"
+            .to_string(),
+        _ => e.to_string(),
+    };
+    io::Error::new(e.kind(), format!("cannot listen on {addr}: {why}"))
+}
+
 /// Binds one socket per shard per address (plain, then TLS). Port 0 is
 /// resolved by the first bind and reused by the others so every shard
 /// serves the same port. Each shard gets `(fd, is_tls)` per address.
+/// Unless `server.share_listen_addresses` is set, every address with a
+/// fixed port is first checked to be free ([`probe_free`]), all of them
+/// before any of ours is bound.
 #[allow(clippy::type_complexity)]
 fn bind_all(
     plan: &Plan,
@@ -70,17 +111,24 @@ fn bind_all(
     let mut local_addrs = Vec::new();
     let mut tls_addrs = Vec::new();
     let tls_listen = plan.server.tls.iter().flat_map(|t| &t.listen);
-    let all = plan
+    let all: Vec<(SocketAddr, bool)> = plan
         .server
         .listen
         .iter()
-        .map(|a| (a, false))
-        .chain(tls_listen.map(|a| (a, true)));
-    for (&want, tls) in all {
+        .map(|&a| (a, false))
+        .chain(tls_listen.map(|&a| (a, true)))
+        .collect();
+    if !plan.server.share_listen_addresses {
+        // Port 0 needs no probe: the kernel picks a port nobody listens on.
+        for &(addr, _) in all.iter().filter(|(a, _)| a.port() != 0) {
+            probe_free(addr).map_err(|e| listen_error(addr, false, e))?;
+        }
+    }
+    for (want, tls) in all {
         let mut addr = want;
         for (i, shard_socks) in per_shard.iter_mut().enumerate() {
             let sock = listener_socket(addr, plan.server.backlog)
-                .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
+                .map_err(|e| listen_error(addr, plan.server.share_listen_addresses, e))?;
             if i == 0 {
                 addr = sock
                     .local_addr()?
