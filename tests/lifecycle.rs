@@ -2,7 +2,8 @@
 //! with a request in flight, idle keep-alive connections closed on shutdown,
 //! the drain timeout bounding how long shutdown may take, and a second
 //! gateway refused on an address another one serves unless
-//! `server.share_listen_addresses` asks for sharing.
+//! `server.share_listen_addresses` asks for sharing, and SIGHUP logged
+//! without stopping the gateway.
 
 mod support;
 
@@ -311,4 +312,47 @@ fn share_listen_addresses_lets_a_second_gateway_share_the_port() {
         seen_first > 0 && seen_second > 0,
         "first {seen_first}, second {seen_second}: the kernel should spread connections over both"
     );
+}
+
+/// Regression: SIGHUP's default action killed the process at once, with no
+/// log line, no drain and the usage not yet written lost. It is caught,
+/// logged, and the gateway keeps serving; SIGTERM still drains and exits 0.
+#[test]
+fn sighup_is_logged_and_the_gateway_keeps_serving() {
+    let mut gw = Gateway::start(&mock_config("127.0.0.1:0", "ok", ""));
+    let mut kept = gw.client();
+    assert_eq!(kept.get("/health").status, 200);
+    gw.signal(libc::SIGHUP);
+    let line = gw.wait_stderr_line(Duration::from_secs(5), |l| l.contains("SIGHUP"));
+    let line = line.unwrap_or_else(|| panic!("no SIGHUP log line; stderr:\n{}", gw.stderr()));
+    assert!(
+        line.contains("does not reload") && line.contains("keeps serving"),
+        "{line}"
+    );
+    assert!(
+        gw.wait_exit(Duration::from_millis(200)).is_none(),
+        "the gateway exited on SIGHUP; stderr:\n{}",
+        gw.stderr()
+    );
+    // Old connections and new ones are served.
+    assert_eq!(kept.get("/health").status, 200);
+    let r = gw.client().get("/health");
+    assert_eq!((r.status, r.text().as_str()), (200, "ok"));
+    // Each SIGHUP gets its line.
+    gw.signal(libc::SIGHUP);
+    assert!(
+        wait_until(Duration::from_secs(5), || gw
+            .stderr()
+            .lines()
+            .filter(|l| l.contains("SIGHUP"))
+            .count()
+            == 2),
+        "stderr:\n{}",
+        gw.stderr()
+    );
+    gw.sigterm();
+    let status = gw
+        .wait_exit(Duration::from_secs(5))
+        .expect("coregate did not exit on SIGTERM after SIGHUP");
+    assert!(status.success(), "exit status {status:?}");
 }
