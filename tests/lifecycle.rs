@@ -2,8 +2,9 @@
 //! with a request in flight, idle keep-alive connections closed on shutdown,
 //! the drain timeout bounding how long shutdown may take, and a second
 //! gateway refused on an address another one serves unless
-//! `server.share_listen_addresses` asks for sharing, and SIGHUP logged
-//! without stopping the gateway.
+//! `server.share_listen_addresses` asks for sharing, SIGHUP logged
+//! without stopping the gateway, and a shard that cannot start (a low
+//! RLIMIT_MEMLOCK) reported with glommio's error at once.
 
 mod support;
 
@@ -355,4 +356,112 @@ fn sighup_is_logged_and_the_gateway_keeps_serving() {
         .wait_exit(Duration::from_secs(5))
         .expect("coregate did not exit on SIGTERM after SIGHUP");
     assert!(status.success(), "exit status {status:?}");
+}
+
+/// Starts `coregate serve` on `toml` with the soft RLIMIT_MEMLOCK lowered
+/// to `bytes`. Returns the child (stdout and stderr piped) and the config
+/// file to remove.
+fn spawn_with_memlock(toml: &str, bytes: u64) -> (std::process::Child, std::path::PathBuf) {
+    use std::os::unix::process::CommandExt;
+    use std::process::{Command, Stdio};
+    let path = write_config(toml);
+    let mut cmd = Command::new(BIN);
+    cmd.args(["serve", "--config", path.to_str().unwrap()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    // SAFETY: getrlimit and setrlimit are plain system calls, safe between
+    // fork and exec; the closure touches only its own stack.
+    unsafe {
+        cmd.pre_exec(move || {
+            let mut rl = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            if libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut rl) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            rl.rlim_cur = bytes.min(rl.rlim_max);
+            if libc::setrlimit(libc::RLIMIT_MEMLOCK, &rl) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    (cmd.spawn().expect("spawn coregate serve"), path)
+}
+
+/// Regression: glommio builds no executor under a locked-memory limit below
+/// 512 KiB (`ulimit -l 64`), and the start-up said "a shard did not start
+/// within 30 s" a few milliseconds in. It must give glommio's error and
+/// what to change, and exit 1 at once.
+#[test]
+fn a_shard_that_cannot_start_is_reported_with_its_cause() {
+    let started = std::time::Instant::now();
+    let (mut child, path) = spawn_with_memlock(&mock_config("127.0.0.1:0", "ok", ""), 64 * 1024);
+    let exited = wait_until(Duration::from_secs(10), || {
+        child.try_wait().expect("try_wait").is_some()
+    });
+    let took = started.elapsed();
+    if !exited {
+        let _ = child.kill();
+    }
+    let out = child.wait_with_output().expect("collect output");
+    let _ = std::fs::remove_file(&path);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(exited, "still running after 10 s; stderr:\n{stderr}");
+    assert_eq!(out.status.code(), Some(1), "stderr:\n{stderr}");
+    assert!(took < Duration::from_secs(5), "took {took:?}");
+    let line = stderr
+        .lines()
+        .find(|l| l.starts_with("coregate: shard "))
+        .unwrap_or_else(|| panic!("no shard error line; stderr:\n{stderr}"));
+    for needle in [
+        "could not start",
+        "MemLockLimit(65536/524288)", // glommio's own error
+        "RLIMIT_MEMLOCK",
+        "this process has 64 KiB",
+        "ulimit -l 512",
+        "LimitMEMLOCK=512K",
+    ] {
+        assert!(line.contains(needle), "{needle:?} not in: {line}");
+    }
+    assert!(!stderr.contains("within 30 s"), "stderr:\n{stderr}");
+    // Only one line for it, though both shards failed alike.
+    assert_eq!(
+        stderr.matches("MemLockLimit").count(),
+        1,
+        "stderr:\n{stderr}"
+    );
+}
+
+/// The limit the message asks for is enough: at 512 KiB (glommio's
+/// minimum) both shards start. glommio registers its io_uring buffers only
+/// when the limit leaves room, and runs without them otherwise.
+#[test]
+fn the_memlock_limit_the_error_asks_for_is_enough() {
+    use std::io::BufRead;
+    let (mut child, path) = spawn_with_memlock(&mock_config("127.0.0.1:0", "ok", ""), 512 * 1024);
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            let _ = tx.send(line);
+        }
+    });
+    let addr = rx
+        .recv_timeout(START_TIMEOUT)
+        .ok()
+        .and_then(|l| l.strip_prefix("coregate: listening on ")?.parse().ok());
+    let served = addr.map(|a: std::net::SocketAddr| Client::connect(a).get("/health").status);
+    let _ = child.kill();
+    let out = child.wait_with_output().expect("collect output");
+    let _ = std::fs::remove_file(&path);
+    assert_eq!(
+        served,
+        Some(200),
+        "stderr:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
