@@ -4,7 +4,7 @@
 
 use coregate::plan;
 use coregate::runtime::Server;
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -243,8 +243,16 @@ fn serve(path: &std::path::Path) -> ExitCode {
     // polled by this thread, rather than signal-hook's blocking iterator,
     // which panics on an unexpected errno (seen under a debugger).
     let signalled = Arc::new(AtomicBool::new(false));
-    for sig in [SIGTERM, SIGINT] {
-        if let Err(e) = signal_hook::flag::register(sig, Arc::clone(&signalled)) {
+    // SIGHUP's default action ends the process at once, without a log line
+    // or the drain (and the usage not yet written with it). It is caught and
+    // only logged: this process has no reload.
+    let hangup = Arc::new(AtomicBool::new(false));
+    for (sig, flag) in [
+        (SIGTERM, &signalled),
+        (SIGINT, &signalled),
+        (SIGHUP, &hangup),
+    ] {
+        if let Err(e) = signal_hook::flag::register(sig, Arc::clone(flag)) {
             eprintln!("coregate: cannot install signal handlers: {e}");
             return ExitCode::from(1);
         }
@@ -273,6 +281,7 @@ fn serve(path: &std::path::Path) -> ExitCode {
     let _ = std::io::stdout().flush();
 
     while !signalled.swap(false, Ordering::SeqCst) {
+        note_hangup(&hangup);
         std::thread::sleep(SIGNAL_POLL);
     }
     coregate::log!(
@@ -289,9 +298,21 @@ fn serve(path: &std::path::Path) -> ExitCode {
             );
             std::process::exit(1);
         }
+        note_hangup(&hangup);
         std::thread::sleep(SIGNAL_POLL);
     });
     server.join();
     coregate::log!("info", "stopped");
     ExitCode::SUCCESS
+}
+
+/// Logs a SIGHUP received since the last look, if any.
+fn note_hangup(hangup: &AtomicBool) {
+    if hangup.swap(false, Ordering::SeqCst) {
+        coregate::log!(
+            "warn",
+            "SIGHUP ignored: this process does not reload its configuration; it keeps serving \
+             the config it started with (restart it to apply a changed file)"
+        );
+    }
 }

@@ -1,6 +1,10 @@
 //! Process lifecycle: listening lines, graceful shutdown on SIGTERM/SIGINT
 //! with a request in flight, idle keep-alive connections closed on shutdown,
-//! and the drain timeout bounding how long shutdown may take.
+//! the drain timeout bounding how long shutdown may take, and a second
+//! gateway refused on an address another one serves unless
+//! `server.share_listen_addresses` asks for sharing, SIGHUP logged
+//! without stopping the gateway, and a shard that cannot start (a low
+//! RLIMIT_MEMLOCK) reported with glommio's error at once.
 
 mod support;
 
@@ -218,5 +222,246 @@ fn second_signal_exits_at_once() {
     assert!(
         gw.wait_exit(Duration::from_secs(5)).is_some(),
         "a second signal must end the drain at once"
+    );
+}
+
+fn mock_config(listen: &str, body: &str, extra_server: &str) -> String {
+    format!(
+        r#"
+[server]
+listen = ["{listen}"]
+shards = 2
+{extra_server}
+
+[[apis]]
+name = "main"
+[[apis.routes]]
+key = "GET /health"
+integration = {{ type = "mock", body = '{body}' }}
+"#
+    )
+}
+
+/// Runs `coregate serve` on `toml`, expecting it to exit by itself.
+fn serve_to_exit(toml: &str) -> (std::process::Output, String) {
+    let path = write_config(toml);
+    let out = run_coregate(&["serve", "--config", path.to_str().unwrap()]);
+    let _ = std::fs::remove_file(&path);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    (out, stderr)
+}
+
+/// Regression: every shard socket has SO_REUSEPORT, so a second coregate
+/// could bind an address the first one serves and the kernel split new
+/// connections between two configs. Now it must refuse to start, naming
+/// the address.
+#[test]
+fn a_second_gateway_on_a_served_address_exits_with_address_in_use() {
+    let first = Gateway::start(&mock_config("127.0.0.1:0", "first", ""));
+    let addr = first.addr();
+    let (out, stderr) = serve_to_exit(&mock_config(&addr.to_string(), "second", ""));
+    assert_eq!(out.status.code(), Some(1), "stderr:\n{stderr}");
+    assert!(
+        stderr.contains(&format!("cannot listen on {addr}: address in use"))
+            && stderr.contains("server.share_listen_addresses"),
+        "stderr:\n{stderr}"
+    );
+    // The first gateway is unaffected and alone on the port.
+    for _ in 0..20 {
+        let r = first.client().get("/health");
+        assert_eq!((r.status, r.text().as_str()), (200, "first"));
+    }
+}
+
+/// As above, with the first gateway on the wildcard address: binding the
+/// same port on a specific address would take that address's traffic.
+#[test]
+fn a_second_gateway_on_a_port_served_by_a_wildcard_listener_exits() {
+    let first = Gateway::start(&mock_config("0.0.0.0:0", "first", ""));
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], first.addr().port()));
+    let (out, stderr) = serve_to_exit(&mock_config(&addr.to_string(), "second", ""));
+    assert_eq!(out.status.code(), Some(1), "stderr:\n{stderr}");
+    assert!(
+        stderr.contains(&format!("cannot listen on {addr}: address in use")),
+        "stderr:\n{stderr}"
+    );
+}
+
+/// `server.share_listen_addresses = true` is the way to share on purpose
+/// (a zero-downtime upgrade): both gateways start and both get connections.
+#[test]
+fn share_listen_addresses_lets_a_second_gateway_share_the_port() {
+    let first = Gateway::start(&mock_config("127.0.0.1:0", "first", ""));
+    let addr = first.addr();
+    let second = Gateway::start(&mock_config(
+        &addr.to_string(),
+        "second",
+        "share_listen_addresses = true",
+    ));
+    assert_eq!(second.addr(), addr);
+    let (mut seen_first, mut seen_second) = (0, 0);
+    for _ in 0..60 {
+        let r = Client::connect(addr).get("/health");
+        assert_eq!(r.status, 200);
+        match r.text().as_str() {
+            "first" => seen_first += 1,
+            "second" => seen_second += 1,
+            other => panic!("unexpected body {other:?}"),
+        }
+    }
+    assert!(
+        seen_first > 0 && seen_second > 0,
+        "first {seen_first}, second {seen_second}: the kernel should spread connections over both"
+    );
+}
+
+/// Regression: SIGHUP's default action killed the process at once, with no
+/// log line, no drain and the usage not yet written lost. It is caught,
+/// logged, and the gateway keeps serving; SIGTERM still drains and exits 0.
+#[test]
+fn sighup_is_logged_and_the_gateway_keeps_serving() {
+    let mut gw = Gateway::start(&mock_config("127.0.0.1:0", "ok", ""));
+    let mut kept = gw.client();
+    assert_eq!(kept.get("/health").status, 200);
+    gw.signal(libc::SIGHUP);
+    let line = gw.wait_stderr_line(Duration::from_secs(5), |l| l.contains("SIGHUP"));
+    let line = line.unwrap_or_else(|| panic!("no SIGHUP log line; stderr:\n{}", gw.stderr()));
+    assert!(
+        line.contains("does not reload") && line.contains("keeps serving"),
+        "{line}"
+    );
+    assert!(
+        gw.wait_exit(Duration::from_millis(200)).is_none(),
+        "the gateway exited on SIGHUP; stderr:\n{}",
+        gw.stderr()
+    );
+    // Old connections and new ones are served.
+    assert_eq!(kept.get("/health").status, 200);
+    let r = gw.client().get("/health");
+    assert_eq!((r.status, r.text().as_str()), (200, "ok"));
+    // Each SIGHUP gets its line.
+    gw.signal(libc::SIGHUP);
+    assert!(
+        wait_until(Duration::from_secs(5), || gw
+            .stderr()
+            .lines()
+            .filter(|l| l.contains("SIGHUP"))
+            .count()
+            == 2),
+        "stderr:\n{}",
+        gw.stderr()
+    );
+    gw.sigterm();
+    let status = gw
+        .wait_exit(Duration::from_secs(5))
+        .expect("coregate did not exit on SIGTERM after SIGHUP");
+    assert!(status.success(), "exit status {status:?}");
+}
+
+/// Starts `coregate serve` on `toml` with the soft RLIMIT_MEMLOCK lowered
+/// to `bytes`. Returns the child (stdout and stderr piped) and the config
+/// file to remove.
+fn spawn_with_memlock(toml: &str, bytes: u64) -> (std::process::Child, std::path::PathBuf) {
+    use std::os::unix::process::CommandExt;
+    use std::process::{Command, Stdio};
+    let path = write_config(toml);
+    let mut cmd = Command::new(BIN);
+    cmd.args(["serve", "--config", path.to_str().unwrap()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    // SAFETY: getrlimit and setrlimit are plain system calls, safe between
+    // fork and exec; the closure touches only its own stack.
+    unsafe {
+        cmd.pre_exec(move || {
+            let mut rl = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            if libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut rl) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            rl.rlim_cur = bytes.min(rl.rlim_max);
+            if libc::setrlimit(libc::RLIMIT_MEMLOCK, &rl) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    (cmd.spawn().expect("spawn coregate serve"), path)
+}
+
+/// Regression: glommio builds no executor under a locked-memory limit below
+/// 512 KiB (`ulimit -l 64`), and the start-up said "a shard did not start
+/// within 30 s" a few milliseconds in. It must give glommio's error and
+/// what to change, and exit 1 at once.
+#[test]
+fn a_shard_that_cannot_start_is_reported_with_its_cause() {
+    let started = std::time::Instant::now();
+    let (mut child, path) = spawn_with_memlock(&mock_config("127.0.0.1:0", "ok", ""), 64 * 1024);
+    let exited = wait_until(Duration::from_secs(10), || {
+        child.try_wait().expect("try_wait").is_some()
+    });
+    let took = started.elapsed();
+    if !exited {
+        let _ = child.kill();
+    }
+    let out = child.wait_with_output().expect("collect output");
+    let _ = std::fs::remove_file(&path);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(exited, "still running after 10 s; stderr:\n{stderr}");
+    assert_eq!(out.status.code(), Some(1), "stderr:\n{stderr}");
+    assert!(took < Duration::from_secs(5), "took {took:?}");
+    let line = stderr
+        .lines()
+        .find(|l| l.starts_with("coregate: shard "))
+        .unwrap_or_else(|| panic!("no shard error line; stderr:\n{stderr}"));
+    for needle in [
+        "could not start",
+        "MemLockLimit(65536/524288)", // glommio's own error
+        "RLIMIT_MEMLOCK",
+        "this process has 64 KiB",
+        "ulimit -l 512",
+        "LimitMEMLOCK=512K",
+    ] {
+        assert!(line.contains(needle), "{needle:?} not in: {line}");
+    }
+    assert!(!stderr.contains("within 30 s"), "stderr:\n{stderr}");
+    // Only one line for it, though both shards failed alike.
+    assert_eq!(
+        stderr.matches("MemLockLimit").count(),
+        1,
+        "stderr:\n{stderr}"
+    );
+}
+
+/// The limit the message asks for is enough: at 512 KiB (glommio's
+/// minimum) both shards start. glommio registers its io_uring buffers only
+/// when the limit leaves room, and runs without them otherwise.
+#[test]
+fn the_memlock_limit_the_error_asks_for_is_enough() {
+    use std::io::BufRead;
+    let (mut child, path) = spawn_with_memlock(&mock_config("127.0.0.1:0", "ok", ""), 512 * 1024);
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            let _ = tx.send(line);
+        }
+    });
+    let addr = rx
+        .recv_timeout(START_TIMEOUT)
+        .ok()
+        .and_then(|l| l.strip_prefix("coregate: listening on ")?.parse().ok());
+    let served = addr.map(|a: std::net::SocketAddr| Client::connect(a).get("/health").status);
+    let _ = child.kill();
+    let out = child.wait_with_output().expect("collect output");
+    let _ = std::fs::remove_file(&path);
+    assert_eq!(
+        served,
+        Some(200),
+        "stderr:\n{}",
+        String::from_utf8_lossy(&out.stderr)
     );
 }

@@ -397,6 +397,9 @@ fn compile_server(s: &RawServer, errors: &mut Vec<ConfigError>) -> ServerPlan {
             s.max_connections_per_shard,
             DEFAULT_MAX_CONNECTIONS_PER_SHARD,
         ),
+        share_listen_addresses: s
+            .share_listen_addresses
+            .unwrap_or(DEFAULT_SHARE_LISTEN_ADDRESSES),
         tls: None,
     }
 }

@@ -47,6 +47,9 @@ pub struct ServerPlan {
     pub backlog: u32,
     pub drain_timeout: Duration,
     pub max_connections_per_shard: usize,
+    /// Start even when another process already listens on one of the
+    /// listen addresses, and share it (`server.share_listen_addresses`).
+    pub share_listen_addresses: bool,
     /// HTTPS listeners, when `[server.tls]` is set.
     pub tls: Option<crate::tls::ServerTlsPlan>,
 }

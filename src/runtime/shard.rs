@@ -13,7 +13,7 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 /// How often the control inbox is looked at. Control messages are rare
-/// (shutdown, later reload); 25 ms bounds their latency at no measurable cost.
+/// (shutdown); 25 ms bounds their latency at no measurable cost.
 const INBOX_POLL: Duration = Duration::from_millis(25);
 /// How often idle upstream connections past their idle timeout are closed.
 const POOL_SWEEP: Duration = Duration::from_secs(1);

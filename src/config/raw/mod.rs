@@ -30,6 +30,7 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 pub const DEFAULT_BACKLOG: u32 = 1024;
 pub const DEFAULT_DRAIN_TIMEOUT_MS: u64 = 30_000;
 pub const DEFAULT_MAX_CONNECTIONS_PER_SHARD: usize = 16_384;
+pub const DEFAULT_SHARE_LISTEN_ADDRESSES: bool = false;
 pub const DEFAULT_MAX_REQUEST_LINE_BYTES: usize = 8 * 1024;
 pub const DEFAULT_MAX_HEADER_BYTES: usize = 16 * 1024;
 pub const DEFAULT_MAX_HEADERS: usize = 100;
@@ -88,6 +89,10 @@ pub struct RawServer {
     pub drain_timeout_ms: Option<u64>,
     /// Connections one shard holds at once; further ones get a 503 and are closed.
     pub max_connections_per_shard: Option<usize>,
+    /// Start even when another process already listens on a listen address,
+    /// sharing it through SO_REUSEPORT (a zero-downtime binary upgrade).
+    /// Default: false, and such an address is refused as in use.
+    pub share_listen_addresses: Option<bool>,
     #[serde(default)]
     pub limits: RawLimits,
     /// Server-wide token bucket.
