@@ -20,11 +20,6 @@ use std::time::{Duration, Instant};
 /// own timeout (which always ends the call first, unless its task died).
 const FLIGHT_GRACE: Duration = Duration::from_millis(250);
 
-/// The awaited half, called by the pipeline for [`Decision::Authorize`]
-/// while the request head is still at `conn.rbuf[conn.rpos..]`: asks the
-/// authorizer (or waits for the call already asking for this identity),
-/// applies the answer, then runs the phases after the authorizer
-/// ([`super::after_auth`]). Never returns `Authorize`.
 /// Calls the route's request authorizer (or waits for the call already
 /// asking for this identity on this shard) while the request head is still
 /// at the start of `conn.unread()`, and applies its answer to the

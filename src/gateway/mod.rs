@@ -1,6 +1,6 @@
 //! The gateway: what a shard does with a request once the connection loop
 //! has its head. One [`Gateway`] per shard implements the connection
-//! loop's [`Service`]: [`driver::handle`] opens an [`Exchange`] for the
+//! loop's [`Service`]: `driver::handle` opens an [`Exchange`] for the
 //! request, routes it, runs its phases in order, runs its integration, and
 //! hands the finished exchange to [`exit::finish`], the one place every
 //! request ends, whatever answered it.

@@ -79,7 +79,7 @@ pub struct RequestHead {
     pub query: Option<Span>,
     pub minor_version: u8,
     /// Inline room for 24 headers: a browser sends about 20, and more spill
-    /// to the heap (an allocation per request; the pipeline bench showed it
+    /// to the heap (an allocation per request; the request-path bench showed it
     /// when this was 16). The head lives in every connection task's state.
     pub headers: SmallVec<[HeaderSpan; 24]>,
     /// The authority of an absolute-form target, else the Host header.

@@ -865,7 +865,7 @@ fn reached(up: &mut UpstreamPlan) -> crate::tls::ReachedUpstream<'_> {
     }
 }
 
-/// The integration URL compiler as [`bind_endpoints`] uses it: (url, config
+/// The integration URL compiler as `bind_endpoints` uses it: (url, config
 /// key for errors, errors) → the upstream and path, or None after an error.
 type ResolveUrl<'a> = dyn FnMut(&str, &str, &mut Vec<ConfigError>) -> Option<ProxyPlan> + 'a;
 

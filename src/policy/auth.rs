@@ -250,8 +250,8 @@ impl ShardAuth {
 /// Runs a route's authorizer on the request. Synchronous: an authorizer
 /// that needs I/O keeps what it needs in [`ShardAuth`], refreshed off the
 /// request path. The one exception is a request authorizer without a cached
-/// answer: it returns [`Decision::Authorize`], and the pipeline awaits the
-/// call ([`super::request_auth::resume`]).
+/// answer: it returns [`Decision::Authorize`], and the gateway's driver
+/// awaits the call (`gateway::authorize::call`).
 pub fn check(
     rule: &AuthRule,
     authorizers: &[AuthorizerPlan],

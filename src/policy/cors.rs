@@ -10,8 +10,8 @@
 //!   sees it. When the origin, the method and every requested header are
 //!   allowed, the answer carries the `Access-Control-Allow-*` headers;
 //!   otherwise it carries none of them, and the browser refuses the actual
-//!   request. (The pipeline sends preflights to paths no route takes here
-//!   too, through `api_level_policies`.)
+//!   request. (The gateway sends preflights to paths no route takes here
+//!   too, through `driver::unrouted`.)
 //! - an actual request with an allowed `Origin` gets
 //!   `Access-Control-Allow-Origin`, `-Allow-Credentials` and
 //!   `-Expose-Headers` on whatever answers it: the mock, the upstream, or a

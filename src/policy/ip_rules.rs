@@ -391,8 +391,8 @@ pub fn compile(
 }
 
 /// The API-level rules alone (`key` is the API's, `apis[0]`), for requests
-/// no route takes: with them the pipeline can refuse a denied client before
-/// it learns whether a path exists. Not used by the pipeline yet.
+/// no route takes: with them the gateway refuses a denied client before it
+/// learns whether a path exists.
 pub fn compile_api(
     api: Option<&RawIpRules>,
     key: &str,

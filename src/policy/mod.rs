@@ -134,9 +134,9 @@ impl RequestView<'_> {
 }
 
 /// What the policy phases learned about a request, for the phases after
-/// them (per-key throttling and usage plans, logs). The pipeline keeps one
-/// per request on the stack; nothing in it allocates unless an authorizer
-/// ran.
+/// them (per-key throttling and usage plans, logs). The gateway keeps one
+/// per request in its exchange; nothing in it allocates unless an
+/// authorizer ran.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RequestState {
     /// The API key that authenticated the request: an index into

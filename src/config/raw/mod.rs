@@ -1,7 +1,7 @@
 //! Raw configuration: the TOML file exactly as an operator writes it.
 //!
 //! These structs only describe shape and defaults; nothing here is validated
-//! beyond types. [`super::compile`] turns them into the immutable [`super::Plan`]
+//! beyond types. the plan compiler (`crate::plan::compile`) turns them into the immutable `Plan`
 //! the shards run, and every semantic check lives there. Every default is a
 //! `DEFAULT_*` constant so that docs/configuration.md and the code agree.
 //!
@@ -68,7 +68,7 @@ pub struct RawConfig {
     /// `[[authorizers]]`: named SigV4, JWT and request authorizers.
     #[serde(default)]
     pub authorizers: Vec<auth::RawAuthorizer>,
-    /// The directory of the config file, set by [`super::load`]: relative
+    /// The directory of the config file, set by `plan::load`: relative
     /// paths in the config (`server.api_keys_file`) are taken from it.
     #[serde(skip)]
     pub base_dir: Option<std::path::PathBuf>,

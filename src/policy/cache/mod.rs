@@ -1,9 +1,10 @@
-//! The response cache: the last policy phase before the integration, and the
-//! store phase after it. Only proxied routes are cached.
+//! The response cache: its rule, keys and the shard's store. Only proxied
+//! routes are cached.
 //!
-//! After [`crate::policy::check`] lets a request through (so IP rules and
-//! throttling apply to hits as well), the pipeline hands a proxied request
-//! on a route with a [`CacheRule`] to [`serve::proxy_cached`]:
+//! After every other phase lets a request through (so IP rules and
+//! throttling apply to hits as well), the gateway's driver hands a proxied
+//! request on a route with a [`CacheRule`] to the cache phase
+//! (`gateway::cache::proxy_cached`), which wraps the integration:
 //!
 //! ```text
 //! lookup ─ hit ──────────────────────────────▶ answer from the entry (X-Cache: Hit)

@@ -514,7 +514,7 @@ pub fn apply(verdict: &Verdict, req: &mut RequestState) -> Decision {
     }
 }
 
-/// What the pipeline needs to finish a request authorizer's check: the
+/// What the gateway needs to finish a request authorizer's check: the
 /// identity (owned, since the call outlives the head's borrow) and the key
 /// its answer is cached under.
 pub struct Call {

@@ -17,8 +17,8 @@
 //! does not (botocore sends none for execute-api), the signature itself
 //! covers the body's hash and cannot be checked before the body is read.
 //! Either way [`check`] leaves a [`BodyCheck`] in the request state, and
-//! the pipeline runs [`body::verify`] before anything is forwarded: it
-//! buffers the body in the connection's read buffer (up to
+//! the signed-body phase has the gateway run `gateway::signed_body::verify`
+//! before anything is forwarded: it buffers the body in the connection's read buffer (up to
 //! `max_body_bytes`), hashes it and finishes the check, and the proxy then
 //! sends the buffered bytes unchanged. `UNSIGNED-PAYLOAD` skips all that.
 //!
@@ -638,7 +638,7 @@ impl Failure {
 
 // === impl verification ===
 
-/// What the body must still prove once it is read (see [`body::verify`]).
+/// What the body must still prove once it is read (see `gateway::signed_body::verify`).
 #[derive(Clone, PartialEq, Eq)]
 pub struct BodyCheck {
     /// Bodies larger than this are refused with 413 before being hashed.
@@ -1185,7 +1185,7 @@ pub fn check(
                 return Decision::Respond(Failure::InvalidToken.refusal());
             };
             // A signature that waits for the body records its principal
-            // only once the body proved it (pipeline, body::verify).
+            // only once the body proved it (gateway::signed_body).
             let proven = !matches!(
                 v.body,
                 Some(BodyCheck {

@@ -294,7 +294,7 @@ fn leases_hold_a_quota_across_shards() {
     let mut admitted = 0;
     // Uneven load: shard 0 gets three requests for each of shard 1's. A
     // request that must wait for a lease is retried after the next ticks,
-    // as the pipeline does.
+    // as the gateway does.
     for round in 0..400 {
         let s = if round % 4 == 3 { 1 } else { 0 };
         for _ in 0..20 {
