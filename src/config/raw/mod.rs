@@ -1,8 +1,9 @@
 //! Raw configuration: the TOML file exactly as an operator writes it.
 //!
 //! These structs only describe shape and defaults; nothing here is validated
-//! beyond types. the plan compiler (`crate::plan::compile`) turns them into the immutable `Plan`
-//! the shards run, and every semantic check lives there. Every default is a
+//! beyond types. The plan compiler (`crate::plan::compile`) turns them into
+//! the immutable `Plan` the shards run, and every semantic check lives
+//! there. Every default is a
 //! `DEFAULT_*` constant so that docs/configuration.md and the code agree.
 //!
 //! Unknown keys are errors. The structs do not use `deny_unknown_fields`
