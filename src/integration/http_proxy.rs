@@ -679,8 +679,9 @@ async fn copy_length(
     Ok(())
 }
 
-/// Streams a chunked body. Returns whether the upstream sent bytes past the
-/// end of it (the connection then cannot be reused).
+/// Streams a chunked body: re-framed with `keep_framing`, else its data
+/// only. Returns whether the upstream sent bytes past the end of it (the
+/// connection then cannot be reused).
 async fn copy_chunked(
     conn: &mut Conn,
     up: &mut UpConn,
@@ -696,21 +697,15 @@ async fn copy_chunked(
             let step = dec
                 .step(&up.buf[pos..end])
                 .map_err(|e| StreamErr::Upstream(e.0))?;
-            if step.forward && step.consumed > 0 {
-                conn.stream
-                    .send(&up.buf[pos..pos + step.consumed])
-                    .await
-                    .map_err(|_| StreamErr::Client)?;
+            // The run itself, or our framing in place of what was dropped
+            // (with keep_framing the body is re-framed).
+            let out = step.out(&up.buf[pos..end]);
+            if !out.is_empty() {
+                conn.stream.send(out).await.map_err(|_| StreamErr::Client)?;
             }
             pos += step.consumed;
         }
         if dec.is_done() {
-            if keep_framing {
-                conn.stream
-                    .send(b"\r\n")
-                    .await
-                    .map_err(|_| StreamErr::Client)?;
-            }
             return Ok(pos < end);
         }
         let max = up.buf.len();

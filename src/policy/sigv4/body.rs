@@ -12,7 +12,8 @@
 //! integration then finds the body already buffered: `Conn::pump_body`
 //! forwards buffered bytes first, so the proxy sends exactly the bytes
 //! that were hashed. A chunked body is buffered with its framing and only
-//! its chunk data is hashed; the framing is forwarded as received.
+//! its chunk data is hashed; `pump_body` forwards that same data,
+//! re-framed ([`crate::http::body`]).
 //!
 //! The throttle phase ran before this step: a request refused here for its
 //! body has used a token (docs/sigv4.md).
