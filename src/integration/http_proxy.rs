@@ -14,7 +14,7 @@
 //! encrypted or decrypted on their way, so not zero-copy.
 
 use crate::config::{PathPart, ProxyPlan, UpstreamPlan};
-use crate::http::body::ChunkedDecoder;
+use crate::http::body::{check_start, ChunkedDecoder};
 use crate::http::conn::{write_two, BodyError, Conn};
 use crate::http::encode::{push_status_line, push_u64};
 use crate::http::method::Method;
@@ -254,6 +254,16 @@ async fn forward_inner(
     f: Forward<'_>,
     mut capture: Option<&mut Capture>,
 ) -> Flow {
+    if f.framing == Framing::Chunked {
+        // Bad framing among the body bytes that came with the head is
+        // refused before the upstream hears of the request.
+        let buffered = &conn.rbuf[conn.rpos..conn.rend];
+        if let Err(e) = check_start(buffered, shard.plan.limits.max_header_bytes) {
+            let e = BodyError::Bad(e.0);
+            return crate::pipeline::body_error(conn, shard, e, f.request_id).await;
+        }
+    }
+
     let uplan = &shard.plan.upstreams[f.upstream];
     let state = &shard.upstreams[f.upstream];
     let _in_flight = state.begin(f.target);
