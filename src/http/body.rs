@@ -236,7 +236,7 @@ impl ChunkedDecoder {
         let mut fate = None;
         let mut i = 0;
         while i < input.len() && self.st != St::Done {
-            let line = if self.st == St::SizeStart && self.keep_framing {
+            let line = if self.st == St::SizeStart {
                 canonical_size_line(&input[i..])
             } else {
                 None
@@ -244,17 +244,23 @@ impl ChunkedDecoder {
             let forward = match self.st {
                 St::Data => true,
                 St::DataCr | St::DataLf => self.keep_framing,
-                St::SizeStart => line.is_some(),
+                St::SizeStart => self.keep_framing && line.is_some(),
                 _ => false,
             };
             if *fate.get_or_insert(forward) != forward {
                 break;
             }
             if let Some((len, size)) = line {
-                // Already as we would write it: forwarded in place.
+                // Already as we would write it: forwarded in place with
+                // keep_framing, else dropped; either way taken whole.
                 i += len;
                 self.remaining = size;
                 self.st = St::Data;
+                continue;
+            }
+            if self.st == St::DataCr && input[i..].starts_with(b"\r\n") {
+                i += 2;
+                self.st = St::SizeStart;
                 continue;
             }
             if self.st == St::Data {
