@@ -6,11 +6,12 @@
 //!
 //! Every byte of framing is validated (RFC 9112 §7.1): the chunk-size line
 //! with its extensions, the CRLF after each chunk's data, and the trailer
-//! section as field lines. None of it is forwarded as it came. With
-//! `keep_framing` (proxying to an HTTP/1.1 peer) the body is re-framed:
-//! each chunk goes on as `size-in-hex CRLF data CRLF` and the body ends
-//! with `0 CRLF CRLF`, so chunk extensions and trailers are dropped and a
-//! peer never parses framing we did not write. A chunk-size line that is
+//! section as field lines. None of it is forwarded unless it is exactly
+//! what we would write ourselves. With `keep_framing` (proxying to an
+//! HTTP/1.1 peer) the body is re-framed: each chunk goes on as
+//! `size-in-hex CRLF data CRLF` and the body ends with `0 CRLF CRLF`, so
+//! chunk extensions and trailers are dropped and a peer never parses
+//! framing we did not write. A chunk-size line that is
 //! already exactly what we would write (lower-case hex digits, no leading
 //! zero, no extension) is forwarded in place, as part of the run around
 //! it; any other is dropped and the step that ends it carries our own line
