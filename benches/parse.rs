@@ -3,7 +3,8 @@
 //! Compares `parse_request_head` on the smallest realistic request (what a load
 //! generator sends) with a 20-header browser navigation, which shows what each
 //! extra header costs; and `ChunkedDecoder` over a 64 KiB body in 4 KiB chunks
-//! when proxying to HTTP/1.1 (`keep_framing = true`: size lines forwarded) and to
+//! when proxying to HTTP/1.1 (`keep_framing = true`: the size lines, already in
+//! the form the gateway writes, forwarded in place) and to
 //! an HTTP/1.0 client (`keep_framing = false`: size lines dropped, so the data
 //! comes out as more, shorter runs). Throughput is reported in input bytes.
 

@@ -101,16 +101,29 @@ python3 "$WORK/backend.py" &
 PIDS+=($!)
 
 cat >"$WORK/client.py" <<'PY'
-import http.client, sys
+# One keep-alive connection, one request at a time, raw bytes: no client
+# library between the numbers and the socket.
+import socket, sys
 port, path, n = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
-c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+s = socket.create_connection(("127.0.0.1", port), timeout=10)
+s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+req = f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode()
 for _ in range(n):
-    c.request("GET", path)
-    r = c.getresponse()
-    r.read()
-    if r.status != 200:
-        sys.exit(f"{path}: status {r.status}")
-c.close()
+    s.sendall(req)
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        more = s.recv(65536)
+        if not more:
+            sys.exit(f"{path}: connection closed")
+        buf += more
+    head, _, body = buf.partition(b"\r\n\r\n")
+    if not head.startswith(b"HTTP/1.1 200 "):
+        sys.exit(f"{path}: {head[:40]!r}")
+    length = next(int(l.split(b":")[1]) for l in head.split(b"\r\n")
+                  if l.lower().startswith(b"content-length:"))
+    while len(body) < length:
+        body += s.recv(65536)
+s.close()
 PY
 
 run() { # path n -> "malloc calloc realloc"

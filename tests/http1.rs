@@ -247,7 +247,8 @@ fn chunked_request_body_reaches_backend_intact() {
     let e = r.echo();
     assert_eq!(String::from_utf8_lossy(&e.body), "hello world 0123456789");
     assert_eq!(r.header("x-echo-body-len"), Some("22"));
-    // Documented: chunk framing passes through, the trailer section is dropped.
+    // Documented: the body stays chunked (re-framed), the trailer section is
+    // dropped.
     assert_eq!(r.header("x-echo-chunked"), Some("1"), "{r:?}");
     assert_eq!(
         r.header("x-echo-trailers"),

@@ -1,10 +1,15 @@
 //! Request smuggling and malformed input, over raw sockets. Each vector must
 //! get a 400 with a JSON `{"message": ...}` body, and the connection must be
 //! closed: a request pipelined behind the bad one gets no response. The
-//! backend behind the route must never see a request.
+//! backend behind the route must never see a request. Chunked bodies go
+//! upstream re-framed, so the backend never sees framing the gateway did
+//! not write; the last tests check the same framing rules on chunked
+//! responses.
 
 mod support;
 
+use std::io::Read;
+use std::time::Duration;
 use support::*;
 
 const CONFIG: &str = r#"
@@ -33,7 +38,7 @@ struct Rig {
 }
 
 fn rig() -> Rig {
-    let backend = Backend::start(Reply::Echo);
+    let backend = Backend::start_recording(Reply::Echo);
     let gw = Gateway::start(&fill(CONFIG, &[("B", backend.addr_str())]));
     Rig { backend, gw }
 }
@@ -80,6 +85,58 @@ impl Rig {
         );
     }
 
+    /// Nothing reached the backend at all: no connection, not one byte
+    /// (counted as read, before the backend parses anything).
+    fn backend_got_nothing(&self) {
+        // A connection the gateway made would be in the accept queue
+        // before the 400 was sent; give the accept thread time to count it.
+        std::thread::sleep(Duration::from_millis(200));
+        assert_eq!(
+            (self.backend.conns(), self.backend.bytes()),
+            (0, 0),
+            "the backend received: {:?}",
+            String::from_utf8_lossy(&self.backend.raw())
+        );
+    }
+
+    /// A chunked POST whose body begins with `first`, which the gateway
+    /// forwards (and so contacts the backend) before `rest` arrives: the
+    /// backend must have received exactly `forwarded` after the head when
+    /// `rest` and the follower are sent. Asserts a 400 with `message` and a
+    /// close, and that the backend then got nothing more and saw its
+    /// connection end without a whole request.
+    fn rejected_midway(&self, first: &str, forwarded: &str, rest: &str, message: &str) {
+        let mut c = self.gw.client();
+        c.send(format!("{CHUNKED}{first}").as_bytes());
+        let got = || body_after_head(&self.backend.raw());
+        assert!(
+            wait_until(Duration::from_secs(5), || got().as_deref()
+                == Some(forwarded.as_bytes())),
+            "for {first:?}: the backend got {:?}, not {forwarded:?}",
+            got().map(|b| String::from_utf8_lossy(&b).into_owned())
+        );
+        let mut data = rest.as_bytes().to_vec();
+        data.extend_from_slice(FOLLOWER);
+        c.send_lossy(&data);
+        let r = c
+            .try_read_response(false)
+            .unwrap_or_else(|e| panic!("no response to {first:?} {rest:?}: {e:?}"));
+        assert_eq!(assert_json_error(&r, 400), message, "{first:?} {rest:?}");
+        assert!(r.says_close(), "{r:?}");
+        c.wait_closed(Duration::from_secs(5))
+            .unwrap_or_else(|e| panic!("not closed after {first:?} {rest:?}: {e}"));
+        assert!(
+            wait_until(Duration::from_secs(5), || self.backend.ended() == 1),
+            "the gateway kept the upstream connection of a refused body"
+        );
+        assert_eq!(
+            got().map(|b| String::from_utf8_lossy(&b).into_owned()),
+            Some(forwarded.to_string()),
+            "for {first:?} {rest:?}"
+        );
+        assert_eq!((self.backend.conns(), self.backend.hits()), (1, 0));
+    }
+
     /// For errors found in the body: the backend may have seen a head, but
     /// never a whole request, and never the follower.
     fn backend_got_no_whole_request(&self) {
@@ -99,6 +156,18 @@ impl Rig {
             self.backend.requests()
         );
     }
+}
+
+/// The head of a chunked request to the proxy route.
+const CHUNKED: &str = "POST /echo/x HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n";
+
+/// 42 (0x2a) bytes of chunk data.
+const DATA42: &str = "0123456789abcdefghijklmnopqrstuvwxyzABCDEF";
+
+/// What follows the first blank line in `raw`, if it has one.
+fn body_after_head(raw: &[u8]) -> Option<Vec<u8>> {
+    let at = raw.windows(4).position(|w| w == b"\r\n\r\n")?;
+    Some(raw[at + 4..].to_vec())
 }
 
 #[test]
@@ -284,4 +353,209 @@ fn valid_requests_still_pass_on_the_same_gateway() {
     );
     assert_eq!(r.status, 200, "chunked as the final coding is valid: {r:?}");
     assert_eq!(rig.backend.hits(), 2);
+}
+
+#[test]
+fn chunk_size_line_with_junk_after_the_digits() {
+    // Regression: whitespace with no extension after it, ';' with no name,
+    // '=' with no value and an unterminated quoted string were accepted,
+    // and the line forwarded as it came.
+    let rig = rig();
+    for line in [
+        "2a ",
+        "2a\t",
+        "2a ;",
+        "2a;",
+        "2a; ",
+        "2a;;x",
+        "2a;a=",
+        "2a;a= ",
+        "2a;a=\"b",
+        "2a;a=\"b\\\"",
+        "2a;a=b ",
+        "2a;a b",
+        "2a;a=\"b\"c",
+    ] {
+        let msg = rig.rejected(format!("{CHUNKED}{line}\r\n{DATA42}\r\n0\r\n\r\n").as_bytes());
+        assert!(
+            msg == "Invalid chunk size" || msg == "Invalid chunk extension",
+            "{line:?}: {msg:?}"
+        );
+    }
+    // The same on the last chunk, behind a valid one.
+    for line in ["0 ", "0;", "0;a=", "0;a=\"b"] {
+        rig.rejected(format!("{CHUNKED}5\r\nhello\r\n{line}\r\n\r\n").as_bytes());
+    }
+    rig.backend_got_nothing();
+}
+
+#[test]
+fn trailer_lines_that_are_not_field_lines() {
+    // Regression: a trailer line without a colon, or with whitespace before
+    // it, was accepted and dropped.
+    let rig = rig();
+    for trailers in [
+        "X\r\n",
+        "X-Checksum abc\r\n",
+        "X : y\r\n",
+        "X\t: y\r\n",
+        ": y\r\n",
+        "X(y): z\r\n",
+        "X-Ok: 1\r\nX : 2\r\n",
+        "X: a\x01b\r\n",
+    ] {
+        let msg = rig.rejected(format!("{CHUNKED}5\r\nhello\r\n0\r\n{trailers}\r\n").as_bytes());
+        assert_eq!(msg, "Invalid trailer line", "{trailers:?}");
+    }
+    rig.backend_got_nothing();
+}
+
+#[test]
+fn last_chunk_without_the_final_crlf_does_not_swallow_the_next_request() {
+    // Regression (a desync of the kind behind CVE-2023-40175): the body
+    // stops at "0\r\n", and the pipelined follower's request line and
+    // headers were read as its trailer section. A front end that ends the
+    // body at "0\r\n" then sends "GET /echo/smuggled" as a request of its
+    // own, which we never answered as one.
+    let rig = rig();
+    for body in ["5\r\nhello\r\n0\r\n", "0\r\n", "0\r\nX-Ok: 1\r\n"] {
+        let msg = rig.rejected(format!("{CHUNKED}{body}").as_bytes());
+        assert_eq!(msg, "Invalid trailer line", "{body:?}");
+    }
+    rig.backend_got_nothing();
+}
+
+#[test]
+fn bad_framing_arriving_after_the_upstream_was_contacted() {
+    // What the backend received before the bad bytes arrived is all it
+    // gets: our framing for the chunks before them (the extension on the
+    // first chunk dropped), never the bad line, never the end of the body.
+    rig().rejected_midway(
+        "5;ext=1\r\nhello\r\n",
+        "5\r\nhello\r\n",
+        &format!("2a \r\n{DATA42}\r\n0\r\n\r\n"),
+        "Invalid chunk size",
+    );
+    rig().rejected_midway(
+        "5\r\nhello\r\n0\r\nX-Ok: 1\r\n",
+        "5\r\nhello\r\n",
+        "X : y\r\n\r\n",
+        "Invalid trailer line",
+    );
+    // The follower arriving on its own behind "0\r\n".
+    rig().rejected_midway(
+        "5\r\nhello\r\n0\r\n",
+        "5\r\nhello\r\n",
+        "",
+        "Invalid trailer line",
+    );
+}
+
+#[test]
+fn trailer_section_over_max_header_bytes() {
+    // The trailer section is capped by max_header_bytes (16 KiB here).
+    let rig = rig();
+    let long = "a".repeat(20 * 1024);
+    let msg =
+        rig.rejected(format!("{CHUNKED}5\r\nhello\r\n0\r\nX-Long: {long}\r\n\r\n").as_bytes());
+    assert_eq!(msg, "Trailer section too large");
+    rig.backend_got_no_whole_request();
+    assert!(
+        wait_until(Duration::from_secs(5), || rig.backend.ended() == 1),
+        "the gateway kept the upstream connection of a refused body"
+    );
+    assert_eq!(rig.backend.conns(), 1);
+    // Too long to be seen before the upstream is contacted: the backend got
+    // the chunk before the trailer section, and not the end of the body.
+    let body = body_after_head(&rig.backend.raw()).unwrap_or_default();
+    assert_eq!(String::from_utf8_lossy(&body), "5\r\nhello\r\n");
+}
+
+#[test]
+fn chunked_request_arrives_reframed_without_extensions() {
+    let rig = rig();
+    let mut c = rig.gw.client();
+    let data26 = &DATA42[..26];
+    let r = c.request(
+        format!(
+            "{CHUNKED}5;a=b\r\nhello\r\n6 ; c=\"d e\" ;f\r\n world\r\n1A\r\n{data26}\r\n\
+             0;last=1\r\nX-T: 1\r\n\r\n"
+        )
+        .as_bytes(),
+    );
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&r.echo().body),
+        format!("hello world{data26}")
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&body_after_head(&rig.backend.raw()).unwrap()),
+        format!("5\r\nhello\r\n6\r\n world\r\n1a\r\n{data26}\r\n0\r\n\r\n")
+    );
+    // The framing was consumed exactly: the connection goes on.
+    assert_eq!(c.get("/health").status, 200);
+    assert_eq!(rig.backend.hits(), 1);
+}
+
+const UPSTREAM_CONFIG: &str = r#"
+[server]
+listen = ["127.0.0.1:0"]
+shards = 1
+
+[[apis]]
+name = "main"
+
+[[apis.routes]]
+key = "GET /up"
+integration = { type = "http_proxy", url = "http://@B@" }
+"#;
+
+/// The body part of what a client receives, up to the close, for a
+/// `GET /up` answered by an upstream that sends a chunked 200 head, then
+/// `body`, then closes.
+fn chunked_response_through_gateway(body: &str) -> String {
+    let mut raw = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n".to_vec();
+    raw.extend_from_slice(body.as_bytes());
+    let backend = Backend::start(Reply::Raw(raw));
+    let gw = Gateway::start(&fill(UPSTREAM_CONFIG, &[("B", backend.addr_str())]));
+    let mut c = gw.client();
+    c.send(b"GET /up HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+    let mut got = Vec::new();
+    // EOF, or a reset after a cut-short body: either way, what came first.
+    let _ = c.stream.read_to_end(&mut got);
+    let head_end = got.windows(4).position(|w| w == b"\r\n\r\n");
+    let head_end = head_end.unwrap_or_else(|| panic!("no head in {got:?}"));
+    let head = String::from_utf8_lossy(&got[..head_end]).to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(head.contains("transfer-encoding: chunked"), "{head}");
+    String::from_utf8_lossy(&got[head_end + 4..]).into_owned()
+}
+
+#[test]
+fn chunked_response_is_reframed_without_extensions() {
+    assert_eq!(
+        chunked_response_through_gateway(
+            "5;a=b\r\nhello\r\n6 ; c=\"d\"\r\n world\r\n0;x\r\nX-T: 1\r\n\r\n"
+        ),
+        "5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"
+    );
+}
+
+#[test]
+fn bad_framing_from_the_upstream_cuts_the_response_short() {
+    // The client gets the chunks before the bad line and then the close,
+    // never a complete body: the end is written only once the upstream's
+    // trailer section was read and found valid.
+    for body in [
+        format!("5\r\nhello\r\n2a \r\n{DATA42}\r\n0\r\n\r\n"),
+        format!("5\r\nhello\r\n2a;a=\r\n{DATA42}\r\n0\r\n\r\n"),
+        "5\r\nhello\r\n0\r\nX : y\r\n\r\n".to_string(),
+        "5\r\nhello\r\n0\r\nX\r\n\r\n".to_string(),
+    ] {
+        assert_eq!(
+            chunked_response_through_gateway(&body),
+            "5\r\nhello\r\n",
+            "{body:?}"
+        );
+    }
 }

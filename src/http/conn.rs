@@ -792,20 +792,15 @@ impl Conn {
                         if dec.data_bytes > limits.max_body_bytes {
                             return Err(BodyError::TooLarge);
                         }
-                        if step.forward {
-                            if let Some(s) = sink.as_deref_mut() {
-                                s.send(&self.rbuf[self.rpos..self.rpos + step.consumed])
-                                    .await
-                                    .map_err(BodyError::Sink)?;
-                            }
+                        // The run itself, or our framing in place of
+                        // what was dropped (the body is re-framed).
+                        let out = step.out(&self.rbuf[self.rpos..self.rend]);
+                        if let (Some(s), false) = (sink.as_deref_mut(), out.is_empty()) {
+                            s.send(out).await.map_err(BodyError::Sink)?;
                         }
                         self.rpos += step.consumed;
                     }
                     if dec.is_done() {
-                        // The trailer section was dropped; end the body.
-                        if let Some(s) = sink.as_deref_mut() {
-                            s.send(b"\r\n").await.map_err(BodyError::Sink)?;
-                        }
                         return Ok(dec.data_bytes);
                     }
                     self.rpos = 0;

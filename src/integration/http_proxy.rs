@@ -13,7 +13,7 @@
 //! same code runs on a [`crate::tls::stream::Stream`]; bodies are then
 //! encrypted or decrypted on their way, so not zero-copy.
 
-use crate::http::body::ChunkedDecoder;
+use crate::http::body::{check_start, ChunkedDecoder};
 use crate::http::conn::{write_two, BodyError, Conn, Connections, Flow};
 use crate::http::encode::{push_status_line, push_u64};
 use crate::http::method::Method;
@@ -323,6 +323,13 @@ async fn forward_inner(
     mut capture: Option<&mut Capture>,
     report: &mut Report,
 ) -> Proxied {
+    if f.framing == Framing::Chunked {
+        // Bad framing among the body bytes that came with the head is
+        // refused before the upstream hears of the request.
+        if let Err(e) = check_start(conn.unread(), upstream.limits.max_header_bytes) {
+            return Proxied::Body(BodyError::Bad(e.0));
+        }
+    }
     let uplan = upstream.plan;
     let state = upstream.state;
     let _in_flight = state.begin(f.target);
@@ -701,8 +708,9 @@ async fn copy_length(
     Ok(())
 }
 
-/// Streams a chunked body. Returns whether the upstream sent bytes past the
-/// end of it (the connection then cannot be reused).
+/// Streams a chunked body: re-framed with `keep_framing`, else its data
+/// only. Returns whether the upstream sent bytes past the end of it (the
+/// connection then cannot be reused).
 async fn copy_chunked(
     conn: &mut Conn,
     up: &mut UpConn,
@@ -719,23 +727,16 @@ async fn copy_chunked(
             let step = dec
                 .step(&up.buf[pos..end])
                 .map_err(|e| StreamErr::Upstream(e.0))?;
-            if step.forward && step.consumed > 0 {
-                conn.stream
-                    .send(&up.buf[pos..pos + step.consumed])
-                    .await
-                    .map_err(|_| StreamErr::Client)?;
-                *sent += step.consumed as u64;
+            // The run itself, or our framing in place of what was dropped
+            // (with keep_framing the body is re-framed).
+            let out = step.out(&up.buf[pos..end]);
+            if !out.is_empty() {
+                conn.stream.send(out).await.map_err(|_| StreamErr::Client)?;
+                *sent += out.len() as u64;
             }
             pos += step.consumed;
         }
         if dec.is_done() {
-            if keep_framing {
-                conn.stream
-                    .send(b"\r\n")
-                    .await
-                    .map_err(|_| StreamErr::Client)?;
-                *sent += 2;
-            }
             return Ok(pos < end);
         }
         let max = up.buf.len();

@@ -785,6 +785,34 @@ pub struct BackendStats {
     pub completed: AtomicUsize,
     /// `METHOD target` of every head read, in order.
     pub log: Mutex<Vec<String>>,
+    /// Bytes read from the gateway, on every connection, before any
+    /// parsing: what reached the backend at all.
+    pub bytes: AtomicUsize,
+    /// Connections that ended (closed by either side).
+    pub ended: AtomicUsize,
+    /// Keep the bytes themselves in `raw` ([`Backend::start_recording`]).
+    pub record: AtomicBool,
+    /// Every byte read from the gateway, in the order read (connections
+    /// interleave), when `record` is set.
+    pub raw: Mutex<Vec<u8>>,
+}
+
+/// A backend connection's read half: counts, and when recording keeps,
+/// every byte the gateway sent, before the backend parses any of it.
+struct Tap {
+    stream: TcpStream,
+    stats: Arc<BackendStats>,
+}
+
+impl Read for Tap {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.stream.read(buf)?;
+        if self.stats.record.load(Ordering::SeqCst) {
+            self.stats.raw.lock().unwrap().extend_from_slice(&buf[..n]);
+        }
+        self.stats.bytes.fetch_add(n, Ordering::SeqCst);
+        Ok(n)
+    }
 }
 
 /// A real TCP server on 127.0.0.1:0, one thread per connection.
@@ -797,6 +825,14 @@ pub struct Backend {
 impl Backend {
     pub fn start(reply: Reply) -> Backend {
         Self::start_on("127.0.0.1:0".parse().unwrap(), reply)
+    }
+
+    /// Like [`Backend::start`], and keeps every byte it reads
+    /// ([`Backend::raw`]); for small requests.
+    pub fn start_recording(reply: Reply) -> Backend {
+        let b = Self::start(reply);
+        b.stats.record.store(true, Ordering::SeqCst);
+        b
     }
 
     /// On a given address, e.g. one that was refused a moment ago.
@@ -815,7 +851,10 @@ impl Backend {
                 let Ok(conn) = conn else { continue };
                 st.conns.fetch_add(1, Ordering::SeqCst);
                 let (st, reply) = (st.clone(), reply.clone());
-                thread::spawn(move || serve_conn(conn, reply, st));
+                thread::spawn(move || {
+                    serve_conn(conn, reply, st.clone());
+                    st.ended.fetch_add(1, Ordering::SeqCst);
+                });
             }
         });
         Backend { addr, stats, stop }
@@ -840,6 +879,18 @@ impl Backend {
     }
     pub fn wait_heads(&self, n: usize, timeout: Duration) -> bool {
         wait_until(timeout, || self.heads() >= n)
+    }
+    /// Bytes read from the gateway, before any parsing.
+    pub fn bytes(&self) -> usize {
+        self.stats.bytes.load(Ordering::SeqCst)
+    }
+    /// Connections that have ended.
+    pub fn ended(&self) -> usize {
+        self.stats.ended.load(Ordering::SeqCst)
+    }
+    /// Every byte read so far (a backend from [`Backend::start_recording`]).
+    pub fn raw(&self) -> Vec<u8> {
+        self.stats.raw.lock().unwrap().clone()
     }
 }
 
@@ -924,6 +975,10 @@ fn serve_conn(stream: TcpStream, reply: Reply, stats: Arc<BackendStats>) {
     let _ = stream.set_nodelay(true);
     let Ok(read_half) = stream.try_clone() else {
         return;
+    };
+    let read_half = Tap {
+        stream: read_half,
+        stats: stats.clone(),
     };
     let mut r = BufReader::with_capacity(64 * 1024, read_half);
     let mut w = stream;

@@ -5,7 +5,8 @@ use super::*;
 /// What feeding a whole input produced.
 #[derive(Debug)]
 struct Run {
-    /// Concatenation of the runs with `forward = true`.
+    /// What the caller sends on: each step's [`Step::out`] (the forwarded
+    /// runs, and the framing written in place of dropped ones).
     forwarded: Vec<u8>,
     /// Bytes of the input consumed.
     consumed: usize,
@@ -29,10 +30,11 @@ fn feed(dec: &mut ChunkedDecoder, input: &[u8], piece: usize) -> Result<Run, Chu
             let s = dec.step(&chunk[off..])?;
             run.steps.push(s);
             assert!(s.consumed > 0 || s.done, "no progress before done: {s:?}");
-            if s.forward {
-                run.forwarded
-                    .extend_from_slice(&chunk[off..off + s.consumed]);
-            }
+            assert!(
+                !s.forward || s.framing.bytes().is_empty(),
+                "framing on a forwarded run: {s:?}"
+            );
+            run.forwarded.extend_from_slice(s.out(&chunk[off..]));
             off += s.consumed;
             run.consumed += s.consumed;
             if s.done {
@@ -72,24 +74,42 @@ fn decode_with(input: &[u8], keep_framing: bool, max_trailer: usize) -> Result<R
     whole
 }
 
+/// The error for `input`, the same with and without `keep_framing`, and
+/// the same from [`check_start`].
 fn err(input: &[u8]) -> ChunkError {
     let e = decode(input, true).expect_err("should be refused");
     assert_eq!(decode(input, false).expect_err("should be refused"), e);
+    assert_eq!(check_start(input, 4096), Err(e), "check_start");
     e
+}
+
+/// `line` as a chunk-size line in front of 5 bytes of data and a last
+/// chunk.
+fn with_line(line: &[u8]) -> Vec<u8> {
+    let mut body = line.to_vec();
+    body.extend_from_slice(b"hello\r\n0\r\n\r\n");
+    body
+}
+
+/// `trailers` as the trailer section of a one-chunk body.
+fn with_trailers(trailers: &[u8]) -> Vec<u8> {
+    let mut body = b"5\r\nhello\r\n0\r\n".to_vec();
+    body.extend_from_slice(trailers);
+    body
+}
+
+fn lossy(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
 }
 
 const BODY: &[u8] = b"5\r\nhello\r\n7\r\n, world\r\n0\r\n\r\n";
 
 #[test]
-fn keep_framing_forwards_everything_but_the_final_crlf() {
+fn keep_framing_sends_a_canonical_body_as_it_came() {
     let r = decode(BODY, true).unwrap();
     assert!(r.done);
     assert_eq!(r.consumed, BODY.len());
-    // The caller appends the final "\r\n" itself.
-    assert_eq!(r.forwarded, b"5\r\nhello\r\n7\r\n, world\r\n0\r\n");
-    let mut rebuilt = r.forwarded.clone();
-    rebuilt.extend_from_slice(b"\r\n");
-    assert_eq!(rebuilt, BODY);
+    assert_eq!(r.forwarded, BODY);
 }
 
 #[test]
@@ -102,24 +122,22 @@ fn without_framing_only_data_is_forwarded() {
 
 #[test]
 fn steps_are_maximal_runs_of_one_fate() {
+    // Canonical lines are forwarded in place; the last chunk's line and
+    // the end are dropped, and the end is written in their place.
     let mut d = ChunkedDecoder::new(true, 4096);
     let s = d.step(BODY).unwrap();
     assert_eq!(
         s,
         Step {
-            consumed: BODY.len() - 2,
+            consumed: BODY.len() - 5,
             forward: true,
-            done: false
+            done: false,
+            framing: Framing::NONE,
         }
     );
-    assert_eq!(
-        d.step(&BODY[s.consumed..]).unwrap(),
-        Step {
-            consumed: 2,
-            forward: false,
-            done: true
-        }
-    );
+    let s = d.step(&BODY[s.consumed..]).unwrap();
+    assert_eq!((s.consumed, s.forward, s.done), (5, false, true));
+    assert_eq!(s.out(b""), b"0\r\n\r\n");
 
     let body = b"5\r\nhello\r\n0\r\n\r\n";
     let mut d = ChunkedDecoder::new(false, 4096);
@@ -128,28 +146,43 @@ fn steps_are_maximal_runs_of_one_fate() {
     while !d.is_done() {
         let s = d.step(&body[at..]).unwrap();
         at += s.consumed;
-        steps.push(s);
+        steps.push((s.consumed, s.forward, s.done, s.framing.bytes().to_vec()));
     }
     assert_eq!(
         steps,
         [
-            Step {
-                consumed: 3,
-                forward: false,
-                done: false
-            },
-            Step {
-                consumed: 5,
-                forward: true,
-                done: false
-            },
-            Step {
-                consumed: 7,
-                forward: false,
-                done: true
-            },
+            (3, false, false, vec![]),
+            (5, true, false, vec![]),
+            (7, false, true, vec![]),
         ]
     );
+}
+
+#[test]
+fn a_dropped_size_line_ends_its_step_with_ours_in_its_place() {
+    let body = b"5\r\nhello\r\n6;x=y\r\n world\r\n0\r\n\r\n";
+    let mut d = ChunkedDecoder::new(true, 4096);
+    let mut at = 0;
+    let mut steps = Vec::new();
+    while !d.is_done() {
+        let s = d.step(&body[at..]).unwrap();
+        steps.push((
+            lossy(&body[at..at + s.consumed]),
+            s.forward,
+            lossy(s.out(&body[at..])),
+        ));
+        at += s.consumed;
+    }
+    let want: Vec<(String, bool, String)> = [
+        ("5\r\nhello\r\n", true, "5\r\nhello\r\n"),
+        ("6;x=y\r\n", false, "6\r\n"),
+        (" world\r\n", true, " world\r\n"),
+        ("0\r\n\r\n", false, "0\r\n\r\n"),
+    ]
+    .iter()
+    .map(|(a, f, b)| (a.to_string(), *f, b.to_string()))
+    .collect();
+    assert_eq!(steps, want);
 }
 
 #[test]
@@ -170,17 +203,26 @@ fn data_bytes_and_done_flag() {
 
 #[test]
 fn every_split_point_gives_the_same_result() {
-    for keep in [true, false] {
-        let want = decode(BODY, keep).unwrap().forwarded;
-        for cut in 0..=BODY.len() {
-            let mut d = ChunkedDecoder::new(keep, 4096);
-            let a = feed(&mut d, &BODY[..cut], usize::MAX).unwrap();
-            let b = feed(&mut d, &BODY[cut..], usize::MAX).unwrap();
-            let mut got = a.forwarded;
-            got.extend_from_slice(&b.forwarded);
-            assert_eq!(got, want, "keep_framing={keep} cut={cut}");
-            assert!(d.is_done());
-            assert_eq!(a.consumed + b.consumed, BODY.len());
+    let reframed = b"5\r\nhello\r\n7\r\n, world\r\n0\r\n\r\n";
+    for body in [
+        BODY,
+        b"5;a=b\r\nhello\r\n07 ; c\r\n, world\r\n0\r\nT: 1\r\n\r\n",
+    ] {
+        for keep in [true, false] {
+            let want = decode(body, keep).unwrap().forwarded;
+            if keep {
+                assert_eq!(want, reframed);
+            }
+            for cut in 0..=body.len() {
+                let mut d = ChunkedDecoder::new(keep, 4096);
+                let a = feed(&mut d, &body[..cut], usize::MAX).unwrap();
+                let b = feed(&mut d, &body[cut..], usize::MAX).unwrap();
+                let mut got = a.forwarded;
+                got.extend_from_slice(&b.forwarded);
+                assert_eq!(got, want, "keep_framing={keep} cut={cut}");
+                assert!(d.is_done());
+                assert_eq!(a.consumed + b.consumed, body.len());
+            }
         }
     }
 }
@@ -189,45 +231,34 @@ fn every_split_point_gives_the_same_result() {
 fn empty_body() {
     let r = decode(b"0\r\n\r\n", true).unwrap();
     assert!(r.done);
-    assert_eq!(r.forwarded, b"0\r\n");
+    assert_eq!(r.forwarded, b"0\r\n\r\n");
     let r = decode(b"0\r\n\r\n", false).unwrap();
     assert!(r.done);
     assert_eq!(r.forwarded, b"");
-    // Leading zeros are a zero size too.
+    // Leading zeros are a zero size too; we write a single one.
     let r = decode(b"000\r\n\r\n", true).unwrap();
     assert!(r.done);
-    assert_eq!(r.forwarded, b"000\r\n");
+    assert_eq!(r.forwarded, b"0\r\n\r\n");
 }
 
 #[test]
 fn empty_input_and_after_done_are_zero_length_steps() {
+    let nothing = Step {
+        consumed: 0,
+        forward: false,
+        done: false,
+        framing: Framing::NONE,
+    };
     let mut d = ChunkedDecoder::new(true, 4096);
-    assert_eq!(
-        d.step(b"").unwrap(),
-        Step {
-            consumed: 0,
-            forward: true,
-            done: false
-        }
-    );
+    assert_eq!(d.step(b"").unwrap(), nothing);
     let r = feed(&mut d, b"0\r\n\r\n", usize::MAX).unwrap();
     assert!(r.done);
-    assert_eq!(
-        d.step(b"more").unwrap(),
-        Step {
-            consumed: 0,
-            forward: false,
-            done: true
-        }
-    );
-    assert_eq!(
-        d.step(b"").unwrap(),
-        Step {
-            consumed: 0,
-            forward: false,
-            done: true
-        }
-    );
+    let done = Step {
+        done: true,
+        ..nothing
+    };
+    assert_eq!(d.step(b"more").unwrap(), done);
+    assert_eq!(d.step(b"").unwrap(), done);
 }
 
 #[test]
@@ -247,6 +278,8 @@ fn bytes_after_the_end_are_not_consumed() {
     let s2 = d.step(&b"0\r\n\r\nGET"[s.consumed..]).unwrap();
     assert_eq!(s.consumed + s2.consumed, 5);
     assert!(s2.done);
+    // And so does check_start, which does not look past it.
+    assert_eq!(check_start(&input, 4096), Ok(()));
 }
 
 #[test]
@@ -259,6 +292,11 @@ fn hex_sizes_in_either_case() {
         let r = decode(&body, false).unwrap();
         assert!(r.done, "{size}");
         assert_eq!(r.forwarded, data, "{size}");
+        // Re-framed in lower case without leading zeros.
+        let mut want = b"1a\r\n".to_vec();
+        want.extend_from_slice(&data);
+        want.extend_from_slice(b"\r\n0\r\n\r\n");
+        assert_eq!(decode(&body, true).unwrap().forwarded, want, "{size}");
     }
 }
 
@@ -273,6 +311,9 @@ fn large_chunk_in_pieces_counts_data_bytes() {
     assert!(r.done);
     assert_eq!(r.forwarded.len(), n);
     assert_eq!(d.data_bytes, n as u64);
+    let mut d = ChunkedDecoder::new(true, 4096);
+    let r = feed(&mut d, &body, 4093).unwrap();
+    assert_eq!(r.forwarded, body);
 }
 
 #[test]
@@ -280,42 +321,72 @@ fn largest_size_is_accepted() {
     // 15 hex digits; the data itself is not sent here.
     let mut d = ChunkedDecoder::new(false, 4096);
     let s = d.step(b"fffffffffffffff\r\nab").unwrap();
-    assert_eq!(
-        s,
-        Step {
-            consumed: 17,
-            forward: false,
-            done: false
-        }
-    );
+    assert_eq!((s.consumed, s.forward, s.done), (17, false, false));
     let s = d.step(b"ab").unwrap();
-    assert_eq!(
-        s,
-        Step {
-            consumed: 2,
-            forward: true,
-            done: false
-        }
-    );
+    assert_eq!((s.consumed, s.forward, s.done), (2, true, false));
     assert_eq!(d.data_bytes, 2);
+    // Re-framed: that line is forwarded in place, and an upper-case one is
+    // written anew.
+    for (line, fwd) in [
+        (&b"fffffffffffffff\r\n"[..], true),
+        (b"FFFFFFFFFFFFFFF\r\n", false),
+    ] {
+        let mut d = ChunkedDecoder::new(true, 4096);
+        let s = d.step(line).unwrap();
+        assert_eq!(s.forward, fwd);
+        assert_eq!(s.out(line), b"fffffffffffffff\r\n");
+    }
 }
 
 #[test]
-fn chunk_extensions_are_accepted() {
+fn chunk_extensions_are_accepted_and_dropped() {
     let body = b"5;name=value\r\nhello\r\n6;a;b=\"q s\"\r\n world\r\n0;last\r\n\r\n";
     let r = decode(body, true).unwrap();
     assert!(r.done);
-    assert_eq!(r.forwarded, &body[..body.len() - 2]);
+    assert_eq!(r.forwarded, b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n");
     let r = decode(body, false).unwrap();
     assert_eq!(r.forwarded, b"hello world");
-    // Whitespace before ';' (BWS) and a tab inside the extension.
+    // Whitespace around ';' and '=' (BWS).
     let body = b"5 ;a=b\r\nhello\r\n5\t; x\t=\ty\r\nworld\r\n0 ; z\r\n\r\n";
     let r = decode(body, false).unwrap();
     assert!(r.done);
     assert_eq!(r.forwarded, b"helloworld");
-    // Whitespace alone after the size.
-    let r = decode(b"5 \r\nhello\r\n0\t\r\n\r\n", false).unwrap();
-    assert_eq!(r.forwarded, b"hello");
+    assert_eq!(
+        decode(body, true).unwrap().forwarded,
+        b"5\r\nhello\r\n5\r\nworld\r\n0\r\n\r\n"
+    );
+}
+
+#[test]
+fn valid_chunk_extensions() {
+    for line in [
+        &b"5;a\r\n"[..],
+        b"5;a=b\r\n",
+        b"5;a;b;c\r\n",
+        b"5;a=b;c=d\r\n",
+        b"5 ; a ; b = c\r\n",
+        b"5;a=\"\"\r\n",
+        b"5;a=\"b c\"\r\n",
+        b"5;a=\"b\\\"c\"\r\n",
+        b"5;a=\"\\\\\"\r\n",
+        b"5;a=\"tab\there\"\r\n",
+        b"5;a=\"b\"; c\r\n",
+        b"5;a=\"b\" ;c=d\r\n",
+        b"5;a=\"\x80\xff\"\r\n",
+        b"5;!#$%&'*+-.^_`|~09azAZ=!#$%&'*+-.^_`|~09azAZ\r\n",
+    ] {
+        let body = with_line(line);
+        for keep in [true, false] {
+            let r = decode(&body, keep).unwrap_or_else(|e| panic!("{:?}: {e:?}", lossy(line)));
+            assert!(r.done, "{:?}", lossy(line));
+        }
+        assert_eq!(
+            decode(&body, true).unwrap().forwarded,
+            b"5\r\nhello\r\n0\r\n\r\n",
+            "{:?}",
+            lossy(line)
+        );
+    }
 }
 
 #[test]
@@ -331,13 +402,129 @@ fn junk_after_the_size_is_refused() {
         b"5 =1\r\n",
         b"5  \"\"\r\n",
     ] {
-        let mut body = line.to_vec();
-        body.extend_from_slice(b"hello\r\n0\r\n\r\n");
         assert_eq!(
-            err(&body),
+            err(&with_line(line)),
             ChunkError("Invalid chunk size"),
             "{:?}",
-            String::from_utf8_lossy(line)
+            lossy(line)
+        );
+    }
+}
+
+#[test]
+fn whitespace_after_the_size_without_an_extension_is_refused() {
+    // Regression: "2a \r\n" was accepted (and forwarded as is). BWS is
+    // only allowed before ';'; a parser that reads the size up to the
+    // first non-digit and one that reads to the end of the line may
+    // disagree about what it means.
+    for line in [&b"5 \r\n"[..], b"5\t\r\n", b"5 \t \r\n"] {
+        assert_eq!(
+            err(&with_line(line)),
+            ChunkError("Invalid chunk size"),
+            "{:?}",
+            lossy(line)
+        );
+    }
+    for end in [&b"0 \r\n\r\n"[..], b"0\t\r\n\r\n"] {
+        let mut body = b"5\r\nhello\r\n".to_vec();
+        body.extend_from_slice(end);
+        assert_eq!(err(&body), ChunkError("Invalid chunk size"));
+    }
+}
+
+#[test]
+fn extension_without_a_name_is_refused() {
+    // Regression: "2a;" and "2a ;" were accepted: ';' must be followed by
+    // a token.
+    for line in [
+        &b"5;\r\n"[..],
+        b"5 ;\r\n",
+        b"5; \r\n",
+        b"5;;a\r\n",
+        b"5;a;\r\n",
+        b"5;=b\r\n",
+        b"5; =b\r\n",
+        b"5;\"a\"\r\n",
+        b"5;a=b;\r\n",
+    ] {
+        assert_eq!(
+            err(&with_line(line)),
+            ChunkError("Invalid chunk extension"),
+            "{:?}",
+            lossy(line)
+        );
+    }
+}
+
+#[test]
+fn extension_with_an_empty_value_is_refused() {
+    // Regression: "2a;a=" was accepted: '=' must be followed by a token or
+    // a quoted string.
+    for line in [
+        &b"5;a=\r\n"[..],
+        b"5;a= \r\n",
+        b"5;a =\r\n",
+        b"5;a=;b\r\n",
+        b"5;a==b\r\n",
+    ] {
+        assert_eq!(
+            err(&with_line(line)),
+            ChunkError("Invalid chunk extension"),
+            "{:?}",
+            lossy(line)
+        );
+    }
+}
+
+#[test]
+fn unterminated_quoted_string_is_refused() {
+    // Regression: "2a;a=\"b" was accepted, the CR LF taken as the line end
+    // by us and possibly as part of the string by someone else.
+    for line in [
+        &b"5;a=\"b\r\n"[..],
+        b"5;a=\"\r\n",
+        b"5;a=\"b\\\"\r\n",
+        b"5;a=\"b\\\r\n",
+    ] {
+        assert_eq!(
+            err(&with_line(line)),
+            ChunkError("Invalid chunk extension"),
+            "{:?}",
+            lossy(line)
+        );
+    }
+}
+
+#[test]
+fn other_malformed_extensions_are_refused() {
+    for line in [
+        // Whitespace after an extension that no ';' follows.
+        &b"5;a \r\n"[..],
+        b"5;a=b \r\n",
+        b"5;a=\"b\" \r\n",
+        // Two names, or a value, separated by whitespace only.
+        b"5;a b\r\n",
+        b"5;a=b c\r\n",
+        // Not a token, or junk after a quoted string.
+        b"5;a/b\r\n",
+        b"5;a=b/c\r\n",
+        b"5;a=b=c\r\n",
+        b"5;a@b\r\n",
+        b"5;a=\"b\"c\r\n",
+        b"5;a=\"b\"\"c\"\r\n",
+        b"5;a=\xff\r\n",
+        b"5;\xff\r\n",
+        // Control bytes in a quoted string, escaped or not.
+        b"5;a=\"b\x01\"\r\n",
+        b"5;a=\"b\x7f\"\r\n",
+        b"5;a=\"\\\x01\"\r\n",
+        b"5;a=\"\\\n\"\r\n",
+    ] {
+        assert_eq!(
+            err(&with_line(line)),
+            ChunkError("Invalid chunk extension"),
+            "{:?}",
+            lossy(line)
         );
     }
 }
@@ -348,9 +535,188 @@ fn trailers_are_dropped() {
     let r = decode(body, true).unwrap();
     assert!(r.done);
     assert_eq!(r.consumed, body.len());
-    assert_eq!(r.forwarded, b"5\r\nhello\r\n0\r\n");
+    assert_eq!(r.forwarded, b"5\r\nhello\r\n0\r\n\r\n");
     let r = decode(body, false).unwrap();
     assert_eq!(r.forwarded, b"hello");
+}
+
+#[test]
+fn valid_trailer_lines() {
+    for trailers in [
+        &b"\r\n"[..],
+        b"X-Checksum: abc\r\n\r\n",
+        b"x:\r\n\r\n",
+        b"x:v\r\n\r\n",
+        b"x: \t v \t\r\n\r\n",
+        b"x: a:b \"c\" (d)\r\n\r\n",
+        b"x: \x80\xff\r\n\r\n",
+        b"!#$%&'*+-.^_`|~09azAZ: 1\r\nY: 2\r\n\r\n",
+    ] {
+        let body = with_trailers(trailers);
+        let r = decode(&body, true).unwrap_or_else(|e| panic!("{:?}: {e:?}", lossy(trailers)));
+        assert!(r.done, "{:?}", lossy(trailers));
+        assert_eq!(r.consumed, body.len());
+        assert_eq!(r.forwarded, b"5\r\nhello\r\n0\r\n\r\n");
+    }
+}
+
+#[test]
+fn trailer_line_without_a_colon_is_refused() {
+    // Regression: a trailer line without a colon was accepted and dropped.
+    for trailers in [
+        &b"X\r\n\r\n"[..],
+        b"X-Checksum abc\r\n\r\n",
+        b"A: 1\r\nB\r\n\r\n",
+    ] {
+        assert_eq!(
+            err(&with_trailers(trailers)),
+            ChunkError("Invalid trailer line"),
+            "{:?}",
+            lossy(trailers)
+        );
+    }
+}
+
+#[test]
+fn whitespace_before_a_trailer_colon_is_refused() {
+    // Regression: "X : y" was accepted; RFC 9112 §5.1 makes it a 400 in a
+    // header section, and a trailer section is the same grammar.
+    for trailers in [
+        &b"X : y\r\n\r\n"[..],
+        b"X\t: y\r\n\r\n",
+        b"A: 1\r\nB : 2\r\n\r\n",
+    ] {
+        assert_eq!(
+            err(&with_trailers(trailers)),
+            ChunkError("Invalid trailer line"),
+            "{:?}",
+            lossy(trailers)
+        );
+    }
+}
+
+#[test]
+fn trailer_names_must_be_tokens() {
+    for trailers in [
+        &b": y\r\n\r\n"[..],
+        b"X(y): z\r\n\r\n",
+        b"X@y: z\r\n\r\n",
+        b"\"X\": z\r\n\r\n",
+        b"X/Y: z\r\n\r\n",
+        b"\xffX: z\r\n\r\n",
+        b"X\x00: z\r\n\r\n",
+    ] {
+        assert_eq!(
+            err(&with_trailers(trailers)),
+            ChunkError("Invalid trailer line"),
+            "{:?}",
+            lossy(trailers)
+        );
+    }
+}
+
+#[test]
+fn control_bytes_in_trailer_values_are_refused() {
+    for b in [0u8, 1, 0x0b, 0x0c, 0x1f, 0x7f, b'\n'] {
+        let mut trailers = b"X: a".to_vec();
+        trailers.push(b);
+        trailers.extend_from_slice(b"b\r\n\r\n");
+        assert_eq!(
+            err(&with_trailers(&trailers)),
+            ChunkError("Invalid trailer line"),
+            "byte {b:#x}"
+        );
+    }
+}
+
+#[test]
+fn missing_final_crlf_does_not_swallow_the_next_request() {
+    // Regression: after "0\r\n" with no blank line, the next request's
+    // request line and headers were read as trailer lines and dropped: a
+    // front end that ends the body at "0\r\n" and we then disagreed about
+    // where the next request starts.
+    for next in [
+        &b"GET /next HTTP/1.1\r\nHost: t\r\n\r\n"[..],
+        b"POST /x HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n",
+        b"OPTIONS * HTTP/1.1\r\n\r\n",
+    ] {
+        assert_eq!(
+            err(&with_trailers(next)),
+            ChunkError("Invalid trailer line"),
+            "{:?}",
+            lossy(next)
+        );
+    }
+}
+
+#[test]
+fn the_last_chunk_is_held_back_until_the_trailers_are_valid() {
+    // Nothing of the end is sent before the whole trailer section has been
+    // read: an upstream never sees a finished body we then refuse.
+    let mut d = ChunkedDecoder::new(true, 4096);
+    let r = feed(&mut d, b"5\r\nhello\r\n0\r\nX: 1\r\n", usize::MAX).unwrap();
+    assert!(!r.done);
+    assert_eq!(r.forwarded, b"5\r\nhello\r\n");
+    assert_eq!(
+        d.step(b"X : 2\r\n"),
+        Err(ChunkError("Invalid trailer line"))
+    );
+    let mut d = ChunkedDecoder::new(true, 4096);
+    let r = feed(&mut d, b"5\r\nhello\r\n0\r\nX: 1\r\n\r", usize::MAX).unwrap();
+    assert_eq!(r.forwarded, b"5\r\nhello\r\n");
+    let r = feed(&mut d, b"\n", usize::MAX).unwrap();
+    assert!(r.done);
+    assert_eq!(r.forwarded, b"0\r\n\r\n");
+}
+
+#[test]
+fn reframed_output_is_canonical() {
+    // What keep_framing sends decodes to the same data, and is sent on
+    // unchanged by a second decoder: every line in it is one we write.
+    for body in [
+        BODY,
+        b"5;a=b\r\nhello\r\n0\r\n\r\n",
+        b"00005 ; a = \"b\"\r\nhello\r\nA\r\n0123456789\r\n000;z\r\nT: 1\r\n\r\n",
+        b"0 ; a\r\nX: y\r\n\r\n",
+    ] {
+        let out = decode(body, true).unwrap().forwarded;
+        assert_eq!(
+            decode(&out, false).unwrap().forwarded,
+            decode(body, false).unwrap().forwarded
+        );
+        assert_eq!(
+            decode(&out, true).unwrap().forwarded,
+            out,
+            "{:?}",
+            lossy(&out)
+        );
+        let mut d = ChunkedDecoder::new(true, 4096);
+        let steps = feed(&mut d, &out, usize::MAX).unwrap().steps;
+        assert!(
+            steps.len() <= 2 && steps[0].forward == (out.len() > 5),
+            "{:?}: {steps:?}",
+            lossy(&out)
+        );
+    }
+}
+
+#[test]
+fn check_start_sees_errors_in_what_has_arrived() {
+    assert_eq!(check_start(b"", 4096), Ok(()));
+    assert_eq!(check_start(b"5;a=", 4096), Ok(()));
+    assert_eq!(check_start(b"5\r\nhel", 4096), Ok(()));
+    assert_eq!(
+        check_start(b"5\r\nhello\r\n2a \r\n", 4096),
+        Err(ChunkError("Invalid chunk size"))
+    );
+    assert_eq!(
+        check_start(b"0\r\nGET / HTTP/1.1\r\n", 4096),
+        Err(ChunkError("Invalid trailer line"))
+    );
+    assert_eq!(
+        check_start(b"0\r\nA: 1\r\nB: 2\r\n\r\n", 9),
+        Err(ChunkError("Trailer section too large"))
+    );
 }
 
 #[test]
@@ -368,6 +734,9 @@ fn trailer_section_limit() {
         decode(&big, false).unwrap_err(),
         ChunkError("Trailer section too large")
     );
+    // An endless trailer line is cut off, not buffered.
+    let endless = format!("0\r\nX: {}", "a".repeat(10_000)).into_bytes();
+    assert_eq!(err(&endless), ChunkError("Trailer section too large"));
 }
 
 #[test]
@@ -390,7 +759,7 @@ fn invalid_chunk_sizes() {
             err(body),
             ChunkError("Invalid chunk size"),
             "{:?}",
-            String::from_utf8_lossy(body)
+            lossy(body)
         );
     }
 }
@@ -439,14 +808,14 @@ fn data_must_be_followed_by_crlf() {
             err(body),
             ChunkError("Chunk data longer than its size"),
             "{:?}",
-            String::from_utf8_lossy(body)
+            lossy(body)
         );
     }
 }
 
 #[test]
 fn chunk_extension_length_limit() {
-    // The limit counts the extension bytes after the first ';' plus the CR.
+    // The limit counts the bytes between the size and the CR.
     let ok_line = format!("5;{}\r\nhello\r\n0\r\n\r\n", "a".repeat(MAX_CHUNK_EXT - 1));
     let r = decode(ok_line.as_bytes(), false).unwrap();
     assert_eq!(r.forwarded, b"hello");
@@ -457,6 +826,11 @@ fn chunk_extension_length_limit() {
     );
     // An endless extension is cut off, not buffered.
     let endless = format!("5;{}", "a".repeat(10 * MAX_CHUNK_EXT));
+    assert_eq!(
+        err(endless.as_bytes()),
+        ChunkError("Chunk extension too long")
+    );
+    let endless = format!("5;a=\"{}", "a".repeat(10 * MAX_CHUNK_EXT));
     assert_eq!(
         err(endless.as_bytes()),
         ChunkError("Chunk extension too long")
