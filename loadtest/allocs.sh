@@ -4,8 +4,10 @@
 #
 #   loadtest/allocs.sh [BINARY]    (default: target/release/coregate, built)
 #
-# A small preloaded library counts calls to malloc, calloc and realloc in
-# the gateway process and prints the totals when it exits. The gateway
+# A small preloaded library counts calls to malloc, calloc and realloc made
+# on the shard's thread (threads named coregate-shard*; the coordinator
+# threads tick on time, not on requests) and writes the totals when the
+# gateway exits. The gateway
 # (one shard) serves a mock route and a route proxied to a backend (nginx
 # when installed, else Python's http.server with HTTP/1.1 keep-alive).
 # A Python client sends N requests on one keep-alive connection, once with
@@ -36,7 +38,21 @@ cat >"$WORK/count.c" <<'C'
 #include <stdlib.h>
 #include <stdatomic.h>
 #include <unistd.h>
+#include <string.h>
+#include <sys/prctl.h>
 static atomic_ulong n_malloc, n_calloc, n_realloc;
+/* Whether this thread counts: its name is looked at on its first calls
+   (a thread is named right after it starts), then the answer is kept. */
+static __thread int looks, counts;
+static int counted(void) {
+    if (looks < 64) {
+        char name[17] = {0};
+        looks++;
+        prctl(PR_GET_NAME, name, 0, 0, 0);
+        counts = strncmp(name, "coregate-shard", 14) == 0;
+    }
+    return counts;
+}
 static void *(*real_malloc)(size_t);
 static void *(*real_calloc)(size_t, size_t);
 static void *(*real_realloc)(void *, size_t);
@@ -45,7 +61,7 @@ static char early[4096];
 static size_t early_used;
 void *malloc(size_t n) {
     if (!real_malloc) real_malloc = dlsym(RTLD_NEXT, "malloc");
-    atomic_fetch_add(&n_malloc, 1);
+    if (counted()) atomic_fetch_add(&n_malloc, 1);
     return real_malloc(n);
 }
 void *calloc(size_t a, size_t b) {
@@ -54,12 +70,12 @@ void *calloc(size_t a, size_t b) {
         if (early_used + n <= sizeof early) { void *p = early + early_used; early_used += n; return p; }
         real_calloc = dlsym(RTLD_NEXT, "calloc");
     }
-    atomic_fetch_add(&n_calloc, 1);
+    if (counted()) atomic_fetch_add(&n_calloc, 1);
     return real_calloc(a, b);
 }
 void *realloc(void *p, size_t n) {
     if (!real_realloc) real_realloc = dlsym(RTLD_NEXT, "realloc");
-    atomic_fetch_add(&n_realloc, 1);
+    if (counted()) atomic_fetch_add(&n_realloc, 1);
     return real_realloc(p, n);
 }
 void free(void *p);
@@ -87,9 +103,34 @@ free_port() {
     python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
 }
 BACKEND_PORT=$(free_port)
-mkdir -p "$WORK/www/pets"
-printf '{"id":1}' >"$WORK/www/pets/1"
-cat >"$WORK/backend.py" <<PY
+if command -v nginx >/dev/null; then
+    mkdir -p "$WORK/nginx"
+    cat >"$WORK/nginx/nginx.conf" <<NGINX
+daemon off;
+worker_processes 1;
+pid $WORK/nginx/nginx.pid;
+error_log $WORK/nginx/error.log;
+events { worker_connections 1024; }
+http {
+    access_log off;
+    client_body_temp_path $WORK/nginx;
+    proxy_temp_path $WORK/nginx;
+    fastcgi_temp_path $WORK/nginx;
+    uwsgi_temp_path $WORK/nginx;
+    scgi_temp_path $WORK/nginx;
+    keepalive_requests 1000000;
+    server {
+        listen 127.0.0.1:$BACKEND_PORT;
+        location / { default_type application/json; return 200 '{"id":1}'; }
+    }
+}
+NGINX
+    nginx -c "$WORK/nginx/nginx.conf" -p "$WORK/nginx" &
+    PIDS+=($!)
+else
+    mkdir -p "$WORK/www/pets"
+    printf '{"id":1}' >"$WORK/www/pets/1"
+    cat >"$WORK/backend.py" <<PY
 import http.server, functools
 class H(http.server.SimpleHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
@@ -97,8 +138,9 @@ class H(http.server.SimpleHTTPRequestHandler):
 http.server.ThreadingHTTPServer(("127.0.0.1", $BACKEND_PORT),
     functools.partial(H, directory="$WORK/www")).serve_forever()
 PY
-python3 "$WORK/backend.py" &
-PIDS+=($!)
+    python3 "$WORK/backend.py" &
+    PIDS+=($!)
+fi
 
 cat >"$WORK/client.py" <<'PY'
 # One keep-alive connection, one request at a time, raw bytes: no client
