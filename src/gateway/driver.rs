@@ -391,7 +391,8 @@ async fn proxy(
     ) else {
         return internal_error(gw, conn, head, x, consumed).await;
     };
-    let target = state.pick(uplan, Instant::now());
+    // The clock read when the head arrived is recent enough for cool-downs.
+    let target = state.pick(uplan, x.outcome.timings.received);
     x.outcome.upstream = Some((p.upstream, target));
     {
         let Some(parts) = conn.parts(consumed) else {

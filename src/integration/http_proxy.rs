@@ -340,11 +340,15 @@ async fn forward_inner(
     let mut body_cut = false;
 
     let (mut up, resp) = loop {
+        let now = Instant::now();
         let (mut up, reused) = match (!fresh_only)
-            .then(|| state.checkout(uplan, f.target, Instant::now()))
+            .then(|| state.checkout(uplan, f.target, now))
             .flatten()
         {
-            Some(c) => (c, true),
+            Some(c) => {
+                report.connected = Some(now);
+                (c, true)
+            }
             None => match state.connect(uplan, f.target).await {
                 Ok(c) => (c, false),
                 Err(e) => {
@@ -359,7 +363,9 @@ async fn forward_inner(
                 }
             },
         };
-        report.connected = Some(Instant::now());
+        if !reused {
+            report.connected = Some(Instant::now());
+        }
         if let Err(e) = up.stream.send(&conn.xbuf).await {
             if reused && retry_safe {
                 fresh_only = true;
