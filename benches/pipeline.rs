@@ -151,7 +151,7 @@ impl Fixture {
                 &mut self.xbuf,
                 buf,
                 head,
-                &params,
+                &params_of(&params),
                 p,
                 up,
                 target,
@@ -333,4 +333,12 @@ fn main() {
     alloc_report();
     benches();
     Criterion::default().configure_from_args().final_summary();
+}
+
+/// Route parameters as the proxy takes them: name and raw value.
+/// A SmallVec, as the gateway's driver keeps them: no allocation.
+fn params_of<'a>(
+    params: &'a coregate::route::Params<'_, '_>,
+) -> smallvec::SmallVec<[(&'a str, &'a [u8]); 4]> {
+    params.iter().map(|(k, v)| (k, v.as_bytes())).collect()
 }

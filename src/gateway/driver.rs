@@ -23,12 +23,13 @@ use crate::http::method::{AllowSet, Method};
 use crate::http::parse::{Framing, RequestHead};
 use crate::http::respond::{Reply, ReplyBody};
 use crate::integration::http_proxy::{
-    self, ClientTls, Forward, PathPart, Proxied, ProxyPlan, Report, Upstream,
+    self, ClientTls, Forward, Proxied, ProxyPlan, Report, Upstream,
 };
 use crate::integration::mock::MockPlan;
 use crate::plan::Integration;
 use crate::policy::{self, Decision, Refusal, RequestView};
-use crate::route::{Lookup, Params};
+use crate::route::Lookup;
+use smallvec::SmallVec;
 use std::borrow::Cow;
 use std::rc::Rc;
 use std::time::Instant;
@@ -70,9 +71,13 @@ pub async fn refuse(gw: &Gateway, conn: &mut Conn, status: u16, message: &'stati
     exit::finish(&gw.observed, &mut x);
 }
 
+/// A route parameter: its name (borrowed from the route table) and where
+/// its value is in the request's bytes (from the head's first byte).
+type ParamSpans<'t> = SmallVec<[(&'t str, (usize, usize)); 4]>;
+
 /// Where routing sent a request.
-enum Routed {
-    Route(usize),
+enum Routed<'t> {
+    Route(usize, ParamSpans<'t>),
     Error {
         status: u16,
         message: &'static str,
@@ -80,7 +85,7 @@ enum Routed {
     },
 }
 
-fn route(generation: &Generation, buf: &[u8], head: &RequestHead) -> Routed {
+fn route<'t>(generation: &'t Generation, buf: &[u8], head: &RequestHead) -> Routed<'t> {
     let Ok(path) = std::str::from_utf8(head.path(buf)) else {
         return Routed::Error {
             status: 400,
@@ -103,7 +108,16 @@ fn route(generation: &Generation, buf: &[u8], head: &RequestHead) -> Routed {
             message: "Method Not Allowed",
             allow: Some(allow),
         },
-        Lookup::Found { route, .. } => Routed::Route(route as usize),
+        Lookup::Found { route, params } => {
+            // The values are slices of `buf`: kept as positions, so the
+            // connection's buffer is free again until the proxy needs them.
+            let base = buf.as_ptr() as usize;
+            let spans = params
+                .iter()
+                .map(|(k, v)| (k, (v.as_ptr() as usize - base, v.len())))
+                .collect();
+            Routed::Route(route as usize, spans)
+        }
     }
 }
 
@@ -118,8 +132,8 @@ async fn drive(
     let generation = x.generation.clone();
     let plan = &generation.plan;
     // === route ===
-    let route_id = match route(&generation, conn.unread(), head) {
-        Routed::Route(r) => r,
+    let (route_id, params) = match route(&generation, conn.unread(), head) {
+        Routed::Route(r, params) => (r, params),
         Routed::Error {
             status,
             message,
@@ -227,6 +241,7 @@ async fn drive(
                 generation: &generation,
                 route: route_id,
                 proxy: p,
+                params,
             };
             proxy(gw, conn, head, x, consumed, routed).await
         }
@@ -369,6 +384,7 @@ struct RoutedProxy<'a> {
     generation: &'a Rc<Generation>,
     route: usize,
     proxy: &'a ProxyPlan,
+    params: ParamSpans<'a>,
 }
 
 /// The proxy integration: the target is picked now that every phase has
@@ -398,23 +414,11 @@ async fn proxy(
         let Some(parts) = conn.parts(consumed) else {
             return internal_error(gw, conn, head, x, consumed).await;
         };
-        let with_params = p
-            .path
-            .as_ref()
-            .is_some_and(|parts| parts.iter().any(|x| matches!(x, PathPart::Param(_))));
-        let looked_up;
-        let params = match std::str::from_utf8(head.path(parts.buf)) {
-            Ok(path) if with_params => {
-                looked_up =
-                    plan.table
-                        .lookup(head.host.map(|h| h.get(parts.buf)), head.method, path);
-                match looked_up {
-                    Lookup::Found { params, .. } => params,
-                    _ => Params::new(),
-                }
-            }
-            _ => Params::new(),
-        };
+        let params: SmallVec<[(&str, &[u8]); 4]> = routed
+            .params
+            .iter()
+            .filter_map(|&(k, (at, len))| Some((k, parts.buf.get(at..at + len)?)))
+            .collect();
         http_proxy::write_upstream_head(
             parts.xbuf,
             parts.buf,

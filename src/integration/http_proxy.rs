@@ -23,7 +23,6 @@ use crate::http::response::{RespFraming, ResponseHead};
 use crate::http::Limits;
 use crate::integration::client::{read_response_head, Head, HeadError};
 use crate::integration::upstream::{UpConn, UpstreamPlan, UpstreamState};
-use crate::route::Params;
 use futures_lite::AsyncReadExt;
 use std::io;
 use std::net::SocketAddr;
@@ -70,7 +69,7 @@ pub fn write_upstream_head(
     out: &mut Vec<u8>,
     buf: &[u8],
     head: &RequestHead,
-    params: &Params<'_, '_>,
+    params: &[(&str, &[u8])],
     plan: &ProxyPlan,
     up: &UpstreamPlan,
     target: usize,
@@ -89,7 +88,9 @@ pub fn write_upstream_head(
                 match part {
                     PathPart::Literal(l) => out.extend_from_slice(l.as_bytes()),
                     PathPart::Param(name) => {
-                        out.extend_from_slice(params.get(name).unwrap_or("").as_bytes())
+                        if let Some((_, v)) = params.iter().find(|(k, _)| k == name) {
+                            out.extend_from_slice(v);
+                        }
                     }
                 }
             }
