@@ -1,7 +1,9 @@
 //! Upstreams against real backends: balancing (round robin, weighted, least
 //! outstanding), passive health, the per-shard keep-alive pool and its retry
-//! of a dead pooled connection, and the failure modes (refused, timeout,
-//! reset mid-body, garbage) with their status, JSON body and log line.
+//! of a dead pooled connection, pooled connections left with stray bytes (a
+//! body after a HEAD response, garbage after a response), and the failure
+//! modes (refused, timeout, reset mid-body, garbage) with their status, JSON
+//! body and log line.
 
 mod support;
 
@@ -470,5 +472,232 @@ fn pool_max_idle_zero_keeps_no_connections() {
         wait_until(Duration::from_secs(2), || b.conns() == 5),
         "{} upstream connections for 5 requests",
         b.conns()
+    );
+}
+
+// === bytes left on a pooled connection ===
+
+/// What [`Sloppy`] sends around each response.
+#[derive(Clone, Copy)]
+enum Extra {
+    /// `hello` after every response, HEAD included (Python's `http.server`
+    /// with `do_HEAD = do_GET`): the head, a pause, then the body.
+    HeadBody(Duration),
+    /// After every response, a pause, then bytes that are not HTTP.
+    Garbage(Duration),
+    /// Before every response but a connection's first, `hello`: what the
+    /// gateway sees when a late HEAD body arrives after its pool took the
+    /// connection for the next request.
+    Late,
+}
+
+/// A raw-socket backend that answers every request with
+/// `200 Content-Length: 5` and `hello`, sending `extra` as well. Records
+/// each request as `METHOD /path` and counts connections.
+// A test fixture: the backend's threads share its log (not the gateway).
+#[allow(clippy::disallowed_types)]
+struct Sloppy {
+    addr: std::net::SocketAddr,
+    conns: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    requests: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Sloppy {
+    fn start(extra: Extra) -> Sloppy {
+        use std::io::{BufReader, Write};
+        use std::sync::atomic::Ordering;
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let s = Sloppy {
+            addr: l.local_addr().unwrap(),
+            conns: Default::default(),
+            requests: Default::default(),
+        };
+        let (conns, requests) = (s.conns.clone(), s.requests.clone());
+        thread::spawn(move || {
+            for c in l.incoming() {
+                let Ok(mut c) = c else { return };
+                conns.fetch_add(1, Ordering::SeqCst);
+                let requests = requests.clone();
+                thread::spawn(move || {
+                    c.set_nodelay(true).unwrap();
+                    let mut r = BufReader::new(c.try_clone().unwrap());
+                    let mut n = 0;
+                    while let Ok(head) = read_head(&mut r, 1 << 16) {
+                        let line = String::from_utf8_lossy(&head).into_owned();
+                        let mut words = line.split(' ');
+                        let (method, path) = (words.next().unwrap(), words.next().unwrap());
+                        requests.lock().unwrap().push(format!("{method} {path}"));
+                        if n > 0 && matches!(extra, Extra::Late) {
+                            let _ = c.write_all(b"hello");
+                        }
+                        let head = b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 5\r\n\r\n";
+                        let sent = match extra {
+                            Extra::HeadBody(pause) => {
+                                let _ = c.write_all(head);
+                                thread::sleep(pause);
+                                c.write_all(b"hello")
+                            }
+                            Extra::Garbage(pause) => {
+                                let mut whole = head.to_vec();
+                                if method != "HEAD" {
+                                    whole.extend_from_slice(b"hello");
+                                }
+                                let _ = c.write_all(&whole);
+                                thread::sleep(pause);
+                                c.write_all(b"\x00\x01 not http \r\n\r\n")
+                            }
+                            Extra::Late => {
+                                let mut whole = head.to_vec();
+                                if method != "HEAD" {
+                                    whole.extend_from_slice(b"hello");
+                                }
+                                c.write_all(&whole)
+                            }
+                        };
+                        if sent.is_err() {
+                            return;
+                        }
+                        n += 1;
+                    }
+                });
+            }
+        });
+        s
+    }
+
+    fn addr_str(&self) -> String {
+        self.addr.to_string()
+    }
+
+    fn conns(&self) -> usize {
+        self.conns.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn requests(&self) -> Vec<String> {
+        self.requests.lock().unwrap().clone()
+    }
+}
+
+fn head(c: &mut Client, path: &str) -> Response {
+    c.send(format!("HEAD {path} HTTP/1.1\r\nHost: test\r\n\r\n").as_bytes());
+    c.read_head_response()
+}
+
+#[test]
+fn head_answered_with_a_body_never_poisons_the_next_request() {
+    let b = Sloppy::start(Extra::HeadBody(Duration::from_millis(20)));
+    let gw = single(&b.addr_str(), "", 1);
+    let mut c = gw.client();
+    for i in 0..30 {
+        let r = head(&mut c, &format!("/same/{i}"));
+        assert_eq!(r.status, 200, "HEAD {i} on one client connection: {r:?}");
+        assert_eq!(r.header("content-length"), Some("5"));
+        let r = c.get(&format!("/same/{i}"));
+        assert_eq!(
+            r.status, 200,
+            "GET {i} after a HEAD answered with a body: {r:?}"
+        );
+        assert_eq!(r.text(), "hello");
+    }
+    for i in 0..10 {
+        let r = head(&mut gw.client(), &format!("/new/{i}"));
+        assert_eq!(r.status, 200, "HEAD {i} on a new client connection: {r:?}");
+        let r = gw.client().get(&format!("/new/{i}"));
+        assert_eq!(r.status, 200, "GET {i} on a new client connection: {r:?}");
+        assert_eq!(r.text(), "hello");
+    }
+}
+
+#[test]
+fn idle_pooled_connection_with_bytes_waiting_is_closed_not_reused() {
+    // The HEAD body arrives while the connection is idle in the pool: the
+    // checkout finds it and the GET goes out once, on a new connection.
+    let b = Sloppy::start(Extra::HeadBody(Duration::from_millis(10)));
+    let gw = single(&b.addr_str(), "", 1);
+    let mut c = gw.client();
+    for i in 0..5 {
+        assert_eq!(head(&mut c, &format!("/h/{i}")).status, 200);
+        thread::sleep(Duration::from_millis(100));
+        let r = c.get(&format!("/g/{i}"));
+        assert_eq!(r.status, 200, "GET {i}: {r:?}");
+        assert_eq!(r.text(), "hello");
+        thread::sleep(Duration::from_millis(100));
+    }
+    let expected: Vec<String> = (0..5)
+        .flat_map(|i| [format!("HEAD /h/{i}"), format!("GET /g/{i}")])
+        .collect();
+    assert_eq!(
+        b.requests(),
+        expected,
+        "no request went out on a connection with bytes waiting"
+    );
+    // HEAD i goes out on the connection GET i-1 left clean.
+    assert_eq!(b.conns(), 6, "every GET after a HEAD on a new connection");
+}
+
+#[test]
+fn garbage_after_a_keep_alive_response_closes_the_pooled_connection() {
+    let b = Sloppy::start(Extra::Garbage(Duration::from_millis(10)));
+    let gw = single(&b.addr_str(), "", 1);
+    let mut c = gw.client();
+    for i in 0..5 {
+        let r = c.get(&format!("/g/{i}"));
+        assert_eq!(
+            r.status, 200,
+            "GET {i} after garbage on the pooled connection: {r:?}"
+        );
+        assert_eq!(r.text(), "hello");
+        thread::sleep(Duration::from_millis(100));
+    }
+    let expected: Vec<String> = (0..5).map(|i| format!("GET /g/{i}")).collect();
+    assert_eq!(b.requests(), expected, "each request sent once");
+    assert_eq!(b.conns(), 5, "each request on a new connection");
+}
+
+#[test]
+fn bad_response_head_on_a_reused_connection_is_retried_once_when_safe() {
+    // Bytes ahead of the response on a reused connection (arrived after the
+    // pool's check): an idempotent request without a body goes once more
+    // on a new connection, and the target is not marked failed for it.
+    let b = Sloppy::start(Extra::Late);
+    let gw = single(
+        &b.addr_str(),
+        "health = { max_failures = 1, cooldown_ms = 60000 }",
+        1,
+    );
+    let mut c = gw.client();
+    assert_eq!(c.get("/first").status, 200);
+    let r = c.get("/second");
+    assert_eq!(
+        r.status, 200,
+        "GET on a reused connection with junk ahead: {r:?}"
+    );
+    assert_eq!(r.text(), "hello");
+    let r = head(&mut c, "/third");
+    assert_eq!(r.status, 200, "HEAD likewise: {r:?}");
+    assert_eq!(
+        b.requests(),
+        [
+            "GET /first",
+            "GET /second",
+            "GET /second",
+            "HEAD /third",
+            "HEAD /third"
+        ]
+    );
+    assert!(
+        !gw.stderr().contains("cooling down") && !gw.stderr().contains("invalid response"),
+        "the retried failure is not the target's: {}",
+        gw.stderr()
+    );
+
+    // A request with a body is never sent twice: the junk is a 502.
+    let post = b"POST /pay HTTP/1.1\r\nHost: t\r\nContent-Length: 7\r\n\r\npayload";
+    let r = c.request(post);
+    assert_json_error(&r, 502);
+    assert_eq!(
+        b.requests().iter().filter(|r| *r == "POST /pay").count(),
+        1,
+        "a POST is never retried"
     );
 }

@@ -10,8 +10,9 @@
 //! write, and the answer (at most `max_answer` bytes of body, framed by
 //! Content-Length, chunked or close) is read whole into memory. A call
 //! that fails on a pooled connection before any answer byte (the service
-//! closed it while idle) is sent once more on a new connection; callers
-//! use it for requests free of side effects, so that is safe.
+//! closed it while idle), or finds there something that is not a response
+//! head, is sent once more on a new connection; callers use it for
+//! requests free of side effects, so that is safe.
 
 use crate::http::body::ChunkedDecoder;
 use crate::http::encode::push_u64;
@@ -150,6 +151,9 @@ pub async fn call(
 enum ReadErr {
     /// Closed or reset before any byte of an answer.
     Closed,
+    /// Bytes that are not a response head where the answer's head should
+    /// be.
+    BadHead(&'static str),
     Failed(Failure),
 }
 
@@ -194,8 +198,11 @@ async fn exchange(
                 }
                 return Ok(answer);
             }
-            Err(ReadErr::Closed) if reused => fresh_only = true,
+            // A pooled connection may also hold bytes its last answer left
+            // behind that arrived after the pool's check.
+            Err(ReadErr::Closed | ReadErr::BadHead(_)) if reused => fresh_only = true,
             Err(ReadErr::Closed) => return Err(Failure::Io("closed before answering")),
+            Err(ReadErr::BadHead(why)) => return Err(Failure::Malformed(why)),
             Err(ReadErr::Failed(f)) => return Err(f),
         }
     }
@@ -217,7 +224,7 @@ async fn read_answer(
             Ok(Head::Final(r)) => break r,
             Err(HeadError::Closed(_)) => return Err(ReadErr::Closed),
             Err(HeadError::Timeout) => return Err(Failed(Failure::Timeout)),
-            Err(HeadError::Bad(why)) => return Err(Failed(Failure::Malformed(why))),
+            Err(HeadError::Bad(why)) => return Err(ReadErr::BadHead(why)),
         }
     };
     let mut body = Vec::new();

@@ -5,9 +5,10 @@
 //! `X-Forwarded-*` and the request id added, the path built from the route's
 //! template); bodies in both directions move straight from one socket's read
 //! buffer to the other socket, never copied. A request sent on a pooled
-//! connection the upstream had already closed is sent once more on a new
-//! connection when that is safe: an idempotent method without a body, and
-//! nothing received.
+//! connection the upstream had already closed, or answered with something
+//! that is not a response head (bytes left over from the connection's last
+//! response), is sent once more on a new connection when that is safe: an
+//! idempotent method without a body, and nothing forwarded to the client.
 //!
 //! Over TLS (a client on an HTTPS listener, or an https:// upstream) the
 //! same code runs on a [`crate::tls::stream::Stream`]; bodies are then
@@ -399,9 +400,17 @@ async fn forward_inner(
                 Err(e) => return Proxied::Body(e),
             }
         }
-        match read_final_head(conn, &mut up, uplan, f).await {
+        let mut interim = false;
+        match read_final_head(conn, &mut up, uplan, f, &mut interim).await {
             Ok(resp) => break (up, resp),
             Err(UpErr::Closed(_)) if reused && retry_safe => {
+                fresh_only = true;
+                continue;
+            }
+            // Not a response to this request: most likely bytes a previous
+            // response left behind that arrived after the pool's check. The
+            // client has seen nothing yet; the target is not blamed for it.
+            Err(UpErr::Bad(_)) if reused && retry_safe && !interim => {
                 fresh_only = true;
                 continue;
             }
@@ -578,18 +587,21 @@ fn fail(status: u16, message: &'static str, body_done: bool) -> Proxied {
 }
 
 /// Reads a final response head into `up.buf`, forwarding 1xx informational
-/// responses to an HTTP/1.1 client (103) or dropping them (100).
+/// responses to an HTTP/1.1 client (103) or dropping them (100). `interim`
+/// is set once a 1xx response was read.
 async fn read_final_head(
     conn: &mut Conn,
     up: &mut UpConn,
     uplan: &UpstreamPlan,
     f: Forward<'_>,
+    interim: &mut bool,
 ) -> Result<ResponseHead, UpErr> {
     up.filled = 0;
     loop {
         match read_response_head(up, uplan, f.method == Method::Head).await {
             Ok(Head::Final(resp)) => return Ok(resp),
             Ok(Head::Interim(resp)) => {
+                *interim = true;
                 if resp.status != 100 && f.minor_version == 1 {
                     // 102/103: pass on; they carry no body.
                     conn.wbuf.clear();

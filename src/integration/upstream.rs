@@ -4,6 +4,9 @@
 //! idle keep-alive connections to each. All counters are per shard; shards
 //! never coordinate on the request path. An https:// upstream's connections
 //! are TLS ([`UpstreamStream`]); they are pooled and reused like plain ones.
+//! A connection goes back to the pool only after a response that ended
+//! cleanly with nothing past its end, and leaves it only if nothing has
+//! arrived on it since ([`UpstreamState::checkout`]).
 
 use crate::net::Socket;
 use crate::tls::stream::{Stream, UpstreamStream};
@@ -200,11 +203,16 @@ impl UpstreamState {
         }
     }
 
-    /// An idle pooled connection to `target`, if one is fresh enough.
+    /// An idle pooled connection to `target`, if one is fresh enough and
+    /// quiet. An idle connection has nothing to say: one with a byte
+    /// waiting (a body sent after a HEAD response, or anything else past
+    /// the last response), an end of stream or an error is closed, as
+    /// nginx's keepalive module does, and the next one tried. That check
+    /// is one non-blocking peek per connection taken ([`Stream::is_quiet`]).
     pub fn checkout(&self, plan: &UpstreamPlan, target: usize, now: Instant) -> Option<UpConn> {
         let mut idle = self.targets[target].idle.borrow_mut();
         while let Some(c) = idle.pop() {
-            if now.duration_since(c.idle_since) < plan.pool_idle_timeout {
+            if now.duration_since(c.idle_since) < plan.pool_idle_timeout && c.stream.is_quiet() {
                 return Some(c);
             }
         }

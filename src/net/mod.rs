@@ -566,6 +566,30 @@ impl Socket {
         sys::shutdown(self.fd.as_raw_fd(), how)
     }
 
+    /// Whether nothing waits to be read: no byte, no end of stream, no
+    /// error. One non-blocking `recv(MSG_PEEK)` that takes nothing, whatever
+    /// the reactor last heard (its readiness can lag what the kernel has).
+    /// Used on an idle pooled upstream connection before it carries a
+    /// request: anything there means it must not be reused.
+    pub fn is_quiet(&self) -> bool {
+        loop {
+            match sys::peek(self.fd.as_raw_fd()) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    // Drained as of now: the next read waits for the next
+                    // edge instead of spending a syscall on `EAGAIN`.
+                    self.slot_mut(|s| {
+                        if !s.eof {
+                            s.readable = false;
+                        }
+                    });
+                    return true;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                _ => return false,
+            }
+        }
+    }
+
     fn slot_mut<R>(&self, f: impl FnOnce(&mut Slot) -> R) -> R {
         let mut slab = self.reactor.slab.borrow_mut();
         f(&mut slab.slots[self.idx as usize])

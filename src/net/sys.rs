@@ -72,6 +72,21 @@ pub fn recv(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
     check_size(unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) })
 }
 
+/// Looks at the next byte without taking it: `Ok(1)` when one waits,
+/// `Ok(0)` at end of stream, `WouldBlock` when nothing is there.
+pub fn peek(fd: RawFd) -> io::Result<usize> {
+    let mut byte = [0u8; 1];
+    // SAFETY: `byte` is writable for its length.
+    check_size(unsafe {
+        libc::recv(
+            fd,
+            byte.as_mut_ptr().cast(),
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    })
+}
+
 pub fn send(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
     // SAFETY: `buf` is readable for its length; MSG_NOSIGNAL: a closed peer
     // is an EPIPE error, not a signal.

@@ -289,3 +289,23 @@ fn forget_wakers_releases_the_last_waiter() {
         assert_eq!(std::sync::Arc::strong_count(&count), 1, "forgotten");
     });
 }
+
+#[test]
+fn is_quiet_peeks_without_taking() {
+    run(async {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let mut s = Socket::connect(addr, Duration::from_secs(5)).await.unwrap();
+        let (mut peer, _) = l.accept().unwrap();
+        assert!(s.is_quiet(), "nothing sent yet");
+        peer.write_all(b"x").unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(!s.is_quiet(), "a byte waits");
+        let mut buf = [0u8; 8];
+        assert_eq!(s.read(&mut buf).await.unwrap(), 1, "the peek took nothing");
+        assert!(s.is_quiet(), "drained");
+        drop(peer);
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(!s.is_quiet(), "end of stream");
+    });
+}

@@ -30,6 +30,9 @@ pub trait TlsSession: AsyncRead + AsyncWrite + Unpin {
     fn tcp_mut(&mut self) -> &mut Socket;
     /// Queues a close_notify alert; it leaves with the next flush.
     fn queue_close_notify(&mut self);
+    /// Whether rustls holds input not yet read from it: decrypted bytes,
+    /// or the peer's close_notify.
+    fn has_buffered_input(&self) -> bool;
 }
 
 /// A client's TLS connection to one of our listeners.
@@ -47,6 +50,11 @@ impl TlsSession for ServerTls {
     fn queue_close_notify(&mut self) {
         self.get_mut().1.send_close_notify();
     }
+    fn has_buffered_input(&self) -> bool {
+        // Past the handshake rustls wants to read unless plaintext is
+        // waiting or the peer said close_notify.
+        !self.get_ref().1.wants_read()
+    }
 }
 
 impl TlsSession for ClientTls {
@@ -58,6 +66,11 @@ impl TlsSession for ClientTls {
     }
     fn queue_close_notify(&mut self) {
         self.get_mut().1.send_close_notify();
+    }
+    fn has_buffered_input(&self) -> bool {
+        // Past the handshake rustls wants to read unless plaintext is
+        // waiting or the peer said close_notify.
+        !self.get_ref().1.wants_read()
     }
 }
 
@@ -84,6 +97,16 @@ impl<T: TlsSession> Stream<T> {
         match self {
             Stream::Plain(s) => s,
             Stream::Tls(t) => t.tcp(),
+        }
+    }
+
+    /// Whether nothing waits to be read on an idle connection: no byte or
+    /// end of stream on the socket ([`Socket::is_quiet`], one peek), and
+    /// under TLS nothing held in rustls either.
+    pub fn is_quiet(&self) -> bool {
+        match self {
+            Stream::Plain(s) => s.is_quiet(),
+            Stream::Tls(t) => !t.has_buffered_input() && t.tcp().is_quiet(),
         }
     }
 
