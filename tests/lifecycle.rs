@@ -1,5 +1,6 @@
 //! Process lifecycle: listening lines, graceful shutdown on SIGTERM/SIGINT
 //! with a request in flight, idle keep-alive connections closed on shutdown,
+//! no request lost by busy keep-alive clients during the drain,
 //! the drain timeout bounding how long shutdown may take, and a second
 //! gateway refused on an address another one serves unless
 //! `server.share_listen_addresses` asks for sharing, SIGHUP logged
@@ -8,7 +9,7 @@
 
 mod support;
 
-use std::io::ErrorKind;
+use std::io::{ErrorKind, Write};
 use std::net::TcpStream;
 use std::thread;
 use std::time::Duration;
@@ -463,5 +464,178 @@ fn the_memlock_limit_the_error_asks_for_is_enough() {
         Some(200),
         "stderr:\n{}",
         String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// What one keep-alive client of [`drain_loses_no_request_of_busy_keep_alive_clients`]
+/// saw.
+#[derive(Default, Debug)]
+struct Tally {
+    /// Requests answered whole, with the echo of the request sent.
+    answered: usize,
+    /// Of those, answered with `connection: close` (the drain's answers).
+    said_close: usize,
+    /// Requests sent that got no complete response: (request, why).
+    lost: Vec<(String, String)>,
+    /// Connects refused once the listener was closed: nothing was sent on
+    /// them, so they lose no request.
+    refused: usize,
+    /// Connections found closed (EOF or reset) before a request was sent
+    /// on them: nothing lost either; the client opens another.
+    closed_before_send: usize,
+}
+
+/// True if the peer has closed (or reset) `s` and nothing is left to read:
+/// what a client checks before reusing a connection.
+fn closed_by_peer(s: &TcpStream) -> bool {
+    s.set_nonblocking(true).unwrap();
+    let mut b = [0u8; 1];
+    let closed = match s.peek(&mut b) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) => e.kind() != ErrorKind::WouldBlock,
+    };
+    s.set_nonblocking(false).unwrap();
+    closed
+}
+
+/// Clients whose backend answers after 100 ms, and clients whose backend
+/// answers at once (their connections spend more of their time between a
+/// response and the next request, where the drain used to close them).
+const SLOW_CLIENTS: usize = 20;
+const FAST_CLIENTS: usize = 10;
+
+/// One client: sends its next request the moment a response arrives, and
+/// opens a new connection when a response said close or the connection was
+/// closed before it sent; stops at its first refused connect after `signalled`.
+fn busy_client(
+    addr: std::net::SocketAddr,
+    id: usize,
+    signalled: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> Tally {
+    use std::sync::atomic::Ordering;
+    let mut t = Tally::default();
+    let mut conn: Option<Client> = None;
+    let give_up = std::time::Instant::now() + Duration::from_secs(20);
+    for n in 0.. {
+        if std::time::Instant::now() > give_up {
+            t.lost
+                .push((format!("client {id}"), "still running after 20 s".into()));
+            break;
+        }
+        if conn.as_ref().is_some_and(|c| closed_by_peer(&c.stream)) {
+            t.closed_before_send += 1;
+            conn = None;
+        }
+        let reused = conn.is_some();
+        let mut c = match conn.take() {
+            Some(c) => c,
+            None => match Client::try_connect(addr) {
+                Ok(c) => c,
+                Err(e) if e.kind() == ErrorKind::ConnectionRefused => {
+                    t.refused += 1;
+                    if signalled.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    thread::sleep(Duration::from_millis(5));
+                    continue;
+                }
+                Err(e) => panic!("connect {addr}: {e}"),
+            },
+        };
+        let target = if id < SLOW_CLIENTS {
+            format!("/slow/c{id}-{n}")
+        } else {
+            format!("/fast/c{id}-{n}")
+        };
+        let req = format!("GET {target} HTTP/1.1\r\nHost: t\r\n\r\n");
+        if let Err(e) = c.stream.write_all(req.as_bytes()) {
+            t.lost.push((target, format!("send failed: {e}")));
+            continue;
+        }
+        match c.try_read_response(false) {
+            Ok(r)
+                if r.status == 200 && Echo::parse(&r.body).is_some_and(|e| e.target == target) =>
+            {
+                t.answered += 1;
+                if r.says_close() {
+                    t.said_close += 1;
+                } else {
+                    conn = Some(c);
+                }
+            }
+            Ok(r) => t.lost.push((target, format!("wrong answer: {r:?}"))),
+            Err(e) => {
+                let on = if reused { "reused" } else { "new" };
+                t.lost.push((target, format!("{e:?} on a {on} connection")))
+            }
+        }
+    }
+    t
+}
+
+/// Regression: after SIGTERM a connection whose response promised
+/// keep-alive was closed under the request its client sent at once (a
+/// reset), and connections accepted as the signal came were closed unread.
+/// Now every request sent on a connection gets a whole response: those
+/// answered after the drain began say `connection: close`, and the close
+/// lingers.
+#[test]
+fn drain_loses_no_request_of_busy_keep_alive_clients() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let b = Backend::start(Reply::slow(100, Reply::Echo));
+    let fast = Backend::start(Reply::Echo);
+    let drain_ms = 5_000;
+    let toml = config(&b, drain_ms).replace(
+        "[[apis.routes]]\nkey = \"GET /health\"",
+        &format!(
+            "[[apis.routes]]\nkey = \"ANY /fast/{{proxy+}}\"\n\
+             integration = {{ type = \"http_proxy\", url = \"http://{}\" }}\n\
+             [[apis.routes]]\nkey = \"GET /health\"",
+            fast.addr_str()
+        ),
+    );
+    assert!(toml.contains("/fast/"), "{toml}");
+    let mut gw = Gateway::start(&toml);
+    let addr = gw.addr();
+    let signalled = Arc::new(AtomicBool::new(false));
+    let clients: Vec<_> = (0..SLOW_CLIENTS + FAST_CLIENTS)
+        .map(|id| {
+            let s = signalled.clone();
+            thread::spawn(move || busy_client(addr, id, s))
+        })
+        .collect();
+    thread::sleep(Duration::from_millis(700));
+    signalled.store(true, Ordering::SeqCst);
+    gw.sigterm();
+    let signal_at = std::time::Instant::now();
+    let status = gw.wait_exit(Duration::from_millis(drain_ms + 1_000));
+    let exited_in = signal_at.elapsed();
+    let tallies: Vec<Tally> = clients.into_iter().map(|c| c.join().unwrap()).collect();
+    let answered: usize = tallies.iter().map(|t| t.answered).sum();
+    let said_close: usize = tallies.iter().map(|t| t.said_close).sum();
+    let lost: Vec<_> = tallies.iter().flat_map(|t| t.lost.iter()).collect();
+    let refused: usize = tallies.iter().map(|t| t.refused).sum();
+    let before_send: usize = tallies.iter().map(|t| t.closed_before_send).sum();
+    eprintln!(
+        "answered {answered} ({said_close} saying close), lost {}, \
+         refused connects {refused}, closed before sending {before_send}, exit after {exited_in:?}",
+        lost.len()
+    );
+    assert!(answered > 100, "too few requests to tell: {answered}");
+    assert!(
+        said_close >= 10,
+        "the drain did not meet busy connections: {said_close} closing answers"
+    );
+    assert!(
+        lost.is_empty(),
+        "requests without a whole response: {lost:?}"
+    );
+    let status = status.expect("coregate did not exit within the drain timeout");
+    assert!(
+        status.success(),
+        "exit status {status:?}; stderr:\n{}",
+        gw.stderr()
     );
 }

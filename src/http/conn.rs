@@ -14,20 +14,20 @@
 //! same [`ClientStream`], whose plain variant is the bare TCP socket.
 //!
 //! [`Connections`] is a shard's registry of its live connections: it knows
-//! which wait for a request (closed at once when draining starts) and how
-//! many are left.
+//! which wait for a request and how many are left, and runs the drain (see
+//! [`Connections::begin_drain`]).
 
 use super::body::ChunkedDecoder;
 use super::parse::{parse_request_head, Framing, HeadLimits, RequestHead};
 use super::{Limits, Reject};
-use crate::net::Socket;
+use crate::net::{interrupt_read, ReadHandle, Socket};
 use crate::tls::stream::{ClientStream, Stream, UpstreamStream};
 use futures_lite::AsyncReadExt;
 use glommio::sync::Semaphore;
 use std::cell::{Cell, RefCell};
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, RawFd};
+
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -105,6 +105,13 @@ const IDLE_BUF: usize = 64;
 /// discarding) so the client sees the response instead of a reset.
 const LINGER_TIME: Duration = Duration::from_millis(500);
 const LINGER_BYTES: usize = 256 * 1024;
+/// While draining, how long a connection whose last response promised
+/// keep-alive (or that has not had a request yet) may take to send its
+/// next request, counted from when draining started or from that
+/// response, whichever is later, and cut short by the drain's deadline. A
+/// request sent the moment a response arrived is then answered (with
+/// `connection: close`) instead of being reset.
+pub const DRAIN_GRACE: Duration = Duration::from_secs(1);
 
 /// Why a request body could not be streamed.
 #[derive(Debug)]
@@ -145,7 +152,7 @@ pub struct Conn {
 
 /// Serves one accepted connection until it closes.
 pub async fn serve<S: Service>(svc: Rc<S>, stream: Socket, peer: SocketAddr, over_limit: bool) {
-    let guard = svc.connections().register(stream.as_raw_fd());
+    let guard = svc.connections().register(&stream);
     prepare(&svc.limits(), &stream);
     let conn = Conn::new(Stream::Plain(stream), peer, None, guard);
     run(svc, conn, over_limit).await;
@@ -167,7 +174,7 @@ pub async fn serve_tls<S: Service>(
         // limit; closing is what the client can take from us cheaply.
         return;
     }
-    let guard = svc.connections().register(stream.as_raw_fd());
+    let guard = svc.connections().register(&stream);
     let limits = svc.limits();
     prepare(&limits, &stream);
     let limit = limits.header_read_timeout;
@@ -410,6 +417,10 @@ async fn serve_requests<S: Service>(svc: &Rc<S>, conn: &mut Conn, over_limit: bo
             Ok(h) => h,
             Err(ReadErr::Quiet(until)) => return End::Quiet(until),
             Err(ReadErr::Closed) => return End::Done,
+            Err(ReadErr::Drained) => {
+                conn.linger().await;
+                return End::Done;
+            }
             Err(ReadErr::Timeout) => {
                 svc.refuse(conn, 408, "Request Timeout").await;
                 return End::Done;
@@ -421,10 +432,21 @@ async fn serve_requests<S: Service>(svc: &Rc<S>, conn: &mut Conn, over_limit: bo
             }
         };
         let flow = svc.handle(conn, &head).await;
-        let draining = svc.connections().draining();
         match flow {
-            Flow::KeepAlive if !draining => conn.shrink_read_buffer(),
-            Flow::KeepAlive | Flow::Close => return End::Done,
+            // Also while draining: the response promised the connection
+            // to the client, which may be sending its next request
+            // already; `read_head` waits for it (the drain's grace) and
+            // ends the connection after it.
+            Flow::KeepAlive => conn.shrink_read_buffer(),
+            Flow::Close => {
+                // The response said `connection: close` because the drain
+                // had started: a request the client sent meanwhile must
+                // not turn the close into a reset.
+                if svc.connections().draining() {
+                    conn.linger().await;
+                }
+                return End::Done;
+            }
             Flow::Linger => {
                 conn.linger().await;
                 return End::Done;
@@ -439,6 +461,8 @@ enum ReadErr {
     /// until its idle deadline.
     Quiet(Instant),
     Closed,
+    /// Draining, and no request came within the grace.
+    Drained,
     Timeout,
     Reject(Reject),
 }
@@ -453,6 +477,7 @@ impl Conn {
         let head_limits = svc.head_limits();
         // One clock read per pass: before the first, then after each read.
         let mut now = Instant::now();
+        let entered = now;
         let mut deadline = (self.rend > self.rpos).then(|| now + limits.header_read_timeout);
         let idle_deadline = now + limits.idle_timeout;
         loop {
@@ -467,9 +492,14 @@ impl Conn {
                 self.rend = 0;
             }
             let idle = self.rend == 0;
+            // Draining: the time left for a next request (DRAIN_GRACE).
+            let mut grace_left = None;
             if idle {
-                if svc.connections().draining() {
-                    return Err(ReadErr::Closed);
+                if let Some(end) = svc.connections().grace_end(entered) {
+                    match end.checked_duration_since(now) {
+                        Some(left) if !left.is_zero() => grace_left = Some(left),
+                        _ => return Err(ReadErr::Drained),
+                    }
                 }
                 if idle_deadline <= now {
                     return Err(ReadErr::Closed);
@@ -490,9 +520,12 @@ impl Conn {
                 }
             }
             let wait = if idle {
-                let left = idle_deadline
+                let mut left = idle_deadline
                     .saturating_duration_since(now)
                     .max(Duration::from_millis(1));
+                if let Some(g) = grace_left {
+                    left = left.min(g);
+                }
                 if self.rbuf.len() > IDLE_BUF {
                     left.min(IDLE_SHRINK_AFTER)
                 } else {
@@ -529,6 +562,9 @@ impl Conn {
                 Err(e) if e.kind() == io::ErrorKind::TimedOut && !idle => {
                     return Err(ReadErr::Timeout)
                 }
+                // Draining (the wait was cut to the grace, or interrupted
+                // when the drain began): the loop looks at the grace.
+                Err(e) if e.kind() == io::ErrorKind::TimedOut && svc.connections().draining() => {}
                 // Quiet for IDLE_SHRINK_AFTER: give the buffers back and keep
                 // waiting (until the idle deadline) without them.
                 Err(e) if e.kind() == io::ErrorKind::TimedOut && self.rbuf.len() > IDLE_BUF => {
@@ -878,7 +914,7 @@ pub async fn write_two(stream: &mut ClientStream, a: &[u8], b: &[u8]) -> io::Res
 // === impl Connections ===
 
 struct ConnSlot {
-    fd: RawFd,
+    sock: ReadHandle,
     idle: bool,
 }
 
@@ -890,10 +926,12 @@ struct Registry {
 }
 
 /// A shard's live connections: counted for the drain, and those waiting
-/// for a request closed at once when it starts.
+/// for a request woken when it starts.
 pub struct Connections {
     reg: RefCell<Registry>,
     draining: Cell<bool>,
+    /// When draining started, and the drain's deadline.
+    drain: Cell<Option<(Instant, Instant)>>,
     /// Never has permits; closed when draining starts, which wakes every
     /// task waiting on it (the accept loops).
     drain_signal: Semaphore,
@@ -904,6 +942,7 @@ impl Default for Connections {
         Connections {
             reg: RefCell::default(),
             draining: Cell::new(false),
+            drain: Cell::new(None),
             drain_signal: Semaphore::new(0),
         }
     }
@@ -919,9 +958,12 @@ impl Connections {
     }
 
     /// Records a new connection; the slot is released by [`ConnGuard`].
-    pub fn register(self: &Rc<Self>, fd: RawFd) -> ConnGuard {
+    pub fn register(self: &Rc<Self>, sock: &Socket) -> ConnGuard {
         let mut reg = self.reg.borrow_mut();
-        let slot = ConnSlot { fd, idle: false };
+        let slot = ConnSlot {
+            sock: sock.read_handle(),
+            idle: false,
+        };
         let idx = match reg.free.pop() {
             Some(i) => {
                 reg.slots[i] = Some(slot);
@@ -939,24 +981,43 @@ impl Connections {
         }
     }
 
-    /// Starts draining: stop accepting, and close connections that are
-    /// waiting for a next request. Busy ones notice `draining()` when their
-    /// response is done.
-    pub fn begin_drain(&self) {
+    /// Starts draining, to be done by `deadline`: the accept loops take
+    /// what is in their backlog and stop, and every response from now on
+    /// says `connection: close`. A connection is not closed under a
+    /// request its client may be sending: one waiting for a request (idle,
+    /// parked, or just past a response that promised keep-alive) gets
+    /// [`DRAIN_GRACE`] to send it, is answered, and closes lingering. The
+    /// waiting ones are woken now so that their wait is cut to the grace;
+    /// their sockets are left as they are, so input already there is read.
+    pub fn begin_drain(&self, deadline: Instant) {
         if self.draining.replace(true) {
             return;
         }
+        self.drain.set(Some((Instant::now(), deadline)));
         self.drain_signal.close();
-        for slot in self.reg.borrow().slots.iter().flatten() {
-            if slot.idle {
-                // SAFETY: the fd belongs to a live connection of this shard
-                // (slots are cleared before their socket is closed); shutting
-                // down its read side makes the pending read return 0.
-                unsafe {
-                    libc::shutdown(slot.fd, libc::SHUT_RD);
-                }
-            }
+        let waiting: Vec<ReadHandle> = self
+            .reg
+            .borrow()
+            .slots
+            .iter()
+            .flatten()
+            .filter(|s| s.idle)
+            .map(|s| s.sock)
+            .collect();
+        // Not under the registry's borrow: a parked connection resumes
+        // (and marks itself busy) at once.
+        for h in waiting {
+            interrupt_read(h);
         }
+    }
+
+    /// While draining, until when a connection waiting for a request since
+    /// `since` may still get one: [`DRAIN_GRACE`] after `since` or after
+    /// the drain began, whichever is later, and no later than the drain's
+    /// deadline. None when not draining.
+    pub fn grace_end(&self, since: Instant) -> Option<Instant> {
+        let (began, deadline) = self.drain.get()?;
+        Some((since.max(began) + DRAIN_GRACE).min(deadline))
     }
 
     /// Resolves when draining starts.

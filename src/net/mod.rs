@@ -472,6 +472,52 @@ impl Future for Kicked<'_> {
     }
 }
 
+/// Names a registered socket for [`interrupt_read`] without owning it.
+#[derive(Debug, Clone, Copy)]
+pub struct ReadHandle {
+    idx: u32,
+    gen: u32,
+}
+
+/// Ends the wait for input of the socket `h` names, leaving the socket and
+/// what it holds untouched: a task waiting in a read gets `TimedOut` at
+/// once (it may read again), and a parked socket is resumed
+/// ([`Wake::Ready`]) as if input had come. Does nothing for a socket
+/// closed since, or not waiting. Call it on the socket's shard, with no
+/// borrow held that a resumed socket's continuation takes.
+pub fn interrupt_read(h: ReadHandle) {
+    let Some(reactor) = CURRENT.with(|c| c.borrow().clone()) else {
+        return;
+    };
+    let (waker, parked) = {
+        let mut slab = reactor.slab.borrow_mut();
+        let Some(s) = slab
+            .slots
+            .get_mut(h.idx as usize)
+            .filter(|s| s.gen == h.gen)
+        else {
+            return;
+        };
+        if let Some(p) = s.parked.take() {
+            s.read_deadline = None;
+            (None, Some(p))
+        } else if s.read_deadline.is_some() {
+            // A read is waiting (reads wait with a deadline set): make its
+            // deadline now, so that its next poll fails with TimedOut.
+            s.read_deadline = Some(Instant::now());
+            (s.read_waker.take(), None)
+        } else {
+            (None, None)
+        }
+    };
+    if let Some(w) = waker {
+        w.wake();
+    }
+    if let Some((f, key)) = parked {
+        f(key, Wake::Ready);
+    }
+}
+
 // === impl Socket ===
 
 /// A non-blocking socket registered with this shard's reactor. Closed when
@@ -544,6 +590,14 @@ impl Socket {
     pub fn forget_wakers(&self) {
         let (r, w) = self.slot_mut(|s| (s.read_waker.take(), s.write_waker.take()));
         drop((r, w));
+    }
+
+    /// A handle for [`interrupt_read`].
+    pub fn read_handle(&self) -> ReadHandle {
+        ReadHandle {
+            idx: self.idx,
+            gen: self.slot_mut(|s| s.gen),
+        }
     }
 
     pub fn set_read_timeout(&self, d: Option<Duration>) {
@@ -818,6 +872,24 @@ impl Listener {
         Ok(Listener {
             sock: Socket::new(fd)?,
         })
+    }
+
+    /// A connection already waiting in the backlog, without waiting for
+    /// one: `Ok(None)` when there is none.
+    pub fn try_accept(&self) -> io::Result<Option<(Socket, SocketAddr)>> {
+        loop {
+            match sys::accept(self.sock.fd.as_raw_fd()) {
+                Ok((fd, peer)) => return Ok(Some((Socket::new(fd)?, peer))),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
+                Err(e)
+                    if e.kind() == io::ErrorKind::Interrupted
+                        || e.raw_os_error() == Some(libc::ECONNABORTED) =>
+                {
+                    continue
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// The next connection, non-blocking and registered, with its peer's

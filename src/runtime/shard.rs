@@ -67,11 +67,11 @@ pub(super) async fn run(
         }
     }
 
-    shard.connections.begin_drain();
+    let deadline = Instant::now() + drain_timeout;
+    shard.connections.begin_drain(deadline);
     for t in accept_tasks {
         t.await;
     }
-    let deadline = Instant::now() + drain_timeout;
     while shard.connections.live() > 0 && Instant::now() < deadline {
         glommio::timer::sleep(Duration::from_millis(10)).await;
     }
@@ -90,7 +90,9 @@ pub(super) async fn run(
     auth_keys.cancel();
 }
 
-/// Accepts on one listener; `tls` is set on a TLS listener.
+/// Accepts on one listener; `tls` is set on a TLS listener. When draining
+/// starts, takes the connections already in the listener's backlog (which
+/// closing it would reset), then ends, closing the listener.
 async fn accept_loop(
     shard: Rc<Gateway>,
     listener: Listener,
@@ -113,7 +115,10 @@ async fn accept_loop(
         })
         .await;
         let (stream, peer) = match accepted {
-            None => return,
+            None => {
+                take_backlog(&shard, &listener, &tls, max_connections);
+                return;
+            }
             Some(Ok(s)) => s,
             Some(Err(e)) => {
                 // EMFILE and friends: back off instead of spinning.
@@ -122,25 +127,61 @@ async fn accept_loop(
                 continue;
             }
         };
-        let over_limit = shard.connections.live() >= max_connections;
-        match &tls {
-            None => glommio::spawn_local(crate::http::conn::serve(
-                shard.clone(),
-                stream,
-                peer,
-                over_limit,
-            ))
-            .detach(),
-            Some(acceptor) => glommio::spawn_local(crate::http::conn::serve_tls(
-                shard.clone(),
-                stream,
-                peer,
-                over_limit,
-                acceptor.clone(),
-            ))
-            .detach(),
-        };
+        serve(&shard, stream, peer, &tls, max_connections);
     }
+}
+
+/// Draining: accepts what is in the backlog without waiting, and serves it
+/// like any connection accepted while draining (see
+/// [`crate::http::conn::Connections::begin_drain`]).
+fn take_backlog(
+    shard: &Rc<Gateway>,
+    listener: &Listener,
+    tls: &Option<futures_rustls::TlsAcceptor>,
+    max_connections: usize,
+) {
+    loop {
+        match listener.try_accept() {
+            Ok(Some((stream, peer))) => serve(shard, stream, peer, tls, max_connections),
+            Ok(None) => return,
+            Err(e) => {
+                crate::log!(
+                    "warn",
+                    "shard {}: accept failed while draining: {e}",
+                    shard.id
+                );
+                return;
+            }
+        }
+    }
+}
+
+/// Starts serving an accepted connection on its own task.
+fn serve(
+    shard: &Rc<Gateway>,
+    stream: crate::net::Socket,
+    peer: std::net::SocketAddr,
+    tls: &Option<futures_rustls::TlsAcceptor>,
+    max_connections: usize,
+) {
+    let over_limit = shard.connections.live() >= max_connections;
+    match tls {
+        None => glommio::spawn_local(crate::http::conn::serve(
+            shard.clone(),
+            stream,
+            peer,
+            over_limit,
+        ))
+        .detach(),
+        Some(acceptor) => glommio::spawn_local(crate::http::conn::serve_tls(
+            shard.clone(),
+            stream,
+            peer,
+            over_limit,
+            acceptor.clone(),
+        ))
+        .detach(),
+    };
 }
 
 async fn sweep_pools(shard: Rc<Gateway>) {
