@@ -111,11 +111,15 @@ fn route<'t>(generation: &'t Generation, buf: &[u8], head: &RequestHead) -> Rout
         Lookup::Found { route, params } => {
             // The values are slices of `buf`: kept as positions, so the
             // connection's buffer is free again until the proxy needs them.
-            let base = buf.as_ptr() as usize;
-            let spans = params
-                .iter()
-                .map(|(k, v)| (k, (v.as_ptr() as usize - base, v.len())))
-                .collect();
+            let mut spans = ParamSpans::new();
+            if !params.is_empty() {
+                let base = buf.as_ptr() as usize;
+                spans.extend(
+                    params
+                        .iter()
+                        .map(|(k, v)| (k, (v.as_ptr() as usize - base, v.len()))),
+                );
+            }
             Routed::Route(route as usize, spans)
         }
     }
