@@ -3,11 +3,13 @@
 //! `now`, so it is unit-tested without threads or clocks.
 //!
 //! Invariant: `level + Σ out[s] <= burst` (up to the shards' initial
-//! advances when `burst < shards`), where `out[s]` is what shard `s` holds
+//! shares when `burst < shards`), where `out[s]` is what shard `s` holds
 //! as far as the coordinator knows (its tokens, leases in transit, and
 //! spending it has not reported yet). Refill only tops `level` up to
 //! `burst - Σ out`, so the whole process never holds more than one bucket's
-//! worth of tokens.
+//! worth of tokens. Every change to `out` is preceded by a refill up to its
+//! time under the old cap, so no refill is credited for a time when the
+//! bucket was full.
 
 use super::initial_share;
 use smallvec::SmallVec;
@@ -20,6 +22,27 @@ pub const RECALL_GAP: Duration = Duration::from_millis(5);
 pub const TOP_UP_CALM: Duration = Duration::from_millis(100);
 /// The coordinator looks at a short bucket again at least this often.
 pub const MIN_RETRY: Duration = Duration::from_millis(1);
+/// While idle shards are below their share, the coordinator tops them up
+/// as tokens come back, at most this often.
+pub const TOP_UP_STEP: Duration = Duration::from_millis(10);
+
+/// What a shard reports about one bucket since its previous report.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Tally {
+    /// Tokens spent (requests admitted).
+    pub spent: u32,
+    /// Tokens the shard took without a lease when it created the bucket.
+    pub advanced: u32,
+    /// Unused tokens given back.
+    pub returned: u32,
+    /// Tokens the shard wants to hold, from its measured demand.
+    pub want: u32,
+    /// Requests arrived for this bucket.
+    pub busy: bool,
+    /// Requests found this bucket empty on the shard (refused for lack of
+    /// its tokens): the demand is real, not a forecast.
+    pub starving: bool,
+}
 
 /// What one distribution round decided.
 #[derive(Debug, Default, PartialEq)]
@@ -37,21 +60,23 @@ pub struct Global {
     rate: f64,
     burst: f64,
     share: i64,
-    /// Tokens in the coordinator's hands (may dip below 0 by the shards'
-    /// advances when `burst < shards`).
+    /// Tokens in the coordinator's hands (below 0 by the shards' initial
+    /// shares when `burst < shards`, until spending pays them back).
     level: f64,
     last: Instant,
     out: Vec<i64>,
     want: Vec<u32>,
     busy: Vec<bool>,
+    starving: Vec<bool>,
     last_recall: Option<Instant>,
     last_short: Option<Instant>,
     rotation: usize,
 }
 
 impl Global {
-    /// A full bucket. Shards start holding [`initial_share`] each, which
-    /// they report as advanced; until then `level` counts it.
+    /// A full bucket that shards take their [`initial_share`] of when they
+    /// first see it, and report as advanced (per-client buckets): until
+    /// then `level` counts it.
     pub fn new(rate: f64, burst: u32, shards: usize, now: Instant) -> Global {
         let shards = shards.max(1);
         Global {
@@ -63,10 +88,23 @@ impl Global {
             out: vec![0; shards],
             want: vec![0; shards],
             busy: vec![false; shards],
+            starving: vec![false; shards],
             last_recall: None,
             last_short: None,
             rotation: 0,
         }
+    }
+
+    /// A full bucket whose every shard starts holding its
+    /// [`initial_share`] (the fixed buckets, from start-up): `out` counts
+    /// it from the start, and the shards do not report it as advanced.
+    pub fn with_shares(rate: f64, burst: u32, shards: usize, now: Instant) -> Global {
+        let mut g = Global::new(rate, burst, shards, now);
+        for s in 0..g.out.len() {
+            g.out[s] = g.share;
+            g.level -= g.share as f64;
+        }
+        g
     }
 
     pub fn level(&self) -> f64 {
@@ -92,31 +130,35 @@ impl Global {
         }
     }
 
-    /// Applies a shard's report.
-    pub fn apply(
-        &mut self,
-        shard: usize,
-        spent: u32,
-        advanced: u32,
-        returned: u32,
-        want: u32,
-        busy: bool,
-    ) {
+    /// Applies a shard's report, received at `now`. The refill up to `now`
+    /// comes first: it is capped by what the shards held until this report.
+    pub fn apply(&mut self, now: Instant, shard: usize, t: &Tally) {
+        if shard >= self.out.len() {
+            return;
+        }
+        self.refill(now);
         let Some(out) = self.out.get_mut(shard) else {
             return;
         };
-        *out += advanced as i64 - spent as i64 - returned as i64;
-        self.level += returned as f64 - advanced as f64;
-        self.want[shard] = want;
-        self.busy[shard] = busy;
+        *out += t.advanced as i64 - t.spent as i64 - t.returned as i64;
+        self.level += t.returned as f64 - t.advanced as f64;
+        self.want[shard] = t.want;
+        self.busy[shard] = t.busy;
+        self.starving[shard] = t.starving;
     }
 
     /// Refills, then leases whole tokens to shards below what they want
     /// (starting from a rotating shard, so a scarce bucket is shared). If a
-    /// shard is left short, idle shards holding tokens are asked for them;
-    /// if none is short and the pool is at least half full, idle shards are
-    /// topped up to their share of the burst, so a burst arriving anywhere
-    /// is served without waiting for a lease.
+    /// shard is left short and has refused requests for lack of tokens
+    /// (starving: not just a forecast), idle shards holding tokens are
+    /// asked for them; an idle shard keeps its share while the others only
+    /// expect demand, so its own next request is not refused for a token
+    /// moved away on a guess.
+    /// If none was short for [`TOP_UP_CALM`], shards below their share of
+    /// the burst are topped up to it as tokens come back (looked at again
+    /// every [`TOP_UP_STEP`] or when the next token is due, whichever is
+    /// later, until they hold it), so the first requests after a quiet
+    /// spell are served wherever they land, without waiting for a lease.
     pub fn distribute(&mut self, now: Instant) -> Grants {
         self.refill(now);
         let n = self.out.len();
@@ -144,7 +186,8 @@ impl Global {
             let recall_due = self
                 .last_recall
                 .is_none_or(|t| now.saturating_duration_since(t) >= RECALL_GAP);
-            if recall_due {
+            let starving = self.starving.iter().any(|&s| s);
+            if recall_due && starving {
                 for s in 0..n {
                     if !self.busy[s] && self.out[s] > 0 {
                         g.recalls.push(s);
@@ -159,20 +202,33 @@ impl Global {
             g.retry_at = Some(now + wait.max(MIN_RETRY));
             return g;
         }
-        let calm = self
-            .last_short
-            .is_none_or(|t| now.saturating_duration_since(t) >= TOP_UP_CALM);
-        if calm && self.level >= self.burst / 2.0 {
-            for i in 0..n {
-                let s = (self.rotation + i) % n;
-                let deficit = self.share - self.out[s];
-                let give = deficit.min(self.level.floor().max(0.0) as i64);
-                if give > 0 {
-                    self.level -= give as f64;
-                    self.out[s] += give;
-                    g.grants.push((s, give as u32));
-                }
+        let below = |g: &Global| g.out.iter().any(|&o| o < g.share);
+        if !below(self) {
+            return g;
+        }
+        if let Some(t) = self.last_short {
+            let calm_at = t + TOP_UP_CALM;
+            if now < calm_at {
+                g.retry_at = Some(calm_at);
+                return g;
             }
+        }
+        for i in 0..n {
+            let s = (self.rotation + i) % n;
+            let deficit = self.share - self.out[s];
+            let give = deficit.min(self.level.floor().max(0.0) as i64);
+            if give > 0 {
+                self.level -= give as f64;
+                self.out[s] += give;
+                g.grants.push((s, give as u32));
+            }
+        }
+        let cap = self.burst - self.total_out() as f64;
+        if below(self) && self.level < cap {
+            // More tokens will come back: top up again when one has.
+            let missing = (1.0 - self.level).max(0.0);
+            let wait = Duration::from_secs_f64((missing / self.rate).min(3600.0));
+            g.retry_at = Some(now + wait.max(TOP_UP_STEP));
         }
         g
     }

@@ -12,7 +12,7 @@
 
 mod bucket;
 
-pub use bucket::{Global, Grants};
+pub use bucket::{Global, Grants, Tally};
 
 use super::{Decision, Refusal, RequestView};
 pub use crate::config::raw::throttle::{RawRate, RawThrottle};
@@ -303,16 +303,7 @@ pub type Key = (u32, Option<Client>);
 pub struct Report {
     pub shard: usize,
     pub key: Key,
-    /// Tokens spent (requests admitted).
-    pub spent: u32,
-    /// Tokens the shard took without a lease when it created the bucket.
-    pub advanced: u32,
-    /// Unused tokens given back.
-    pub returned: u32,
-    /// Tokens the shard wants to hold, from its measured demand.
-    pub want: u32,
-    /// Requests arrived for this bucket since the previous report.
-    pub busy: bool,
+    pub tally: Tally,
     /// The shard forgot the bucket (an idle per-client bucket).
     pub forget: bool,
 }
@@ -338,20 +329,54 @@ pub struct ShardLink {
     shards: usize,
 }
 
-/// One link per shard. When any bucket is configured this starts the
-/// coordinator thread, which stops when every shard has dropped its link.
+/// One link per shard. With two shards or more, when any bucket is
+/// configured, this starts the coordinator thread, which stops when every
+/// shard has dropped its link. A single shard keeps every bucket exactly on
+/// its own: no coordinator.
 pub fn links(plan: &ThrottlePlan, shards: usize) -> Vec<ShardLink> {
-    let unlinked = || {
-        (0..shards)
-            .map(|_| ShardLink {
-                to_coordinator: None,
-                from_coordinator: None,
-                shards,
-            })
-            .collect()
-    };
-    if plan.defs.is_empty() || shards == 0 {
-        return unlinked();
+    match prepare(plan, shards) {
+        None => unlinked(shards),
+        Some((coordinator, report_rx, links)) => {
+            let spawned = std::thread::Builder::new()
+                .name("coregate-throttle".into())
+                .spawn(move || coordinator.run(report_rx));
+            if let Err(e) = spawned {
+                // Shards then spend only their initial share of each burst
+                // and refuse the rest: throttling fails closed, loudly.
+                crate::log!("error", "cannot start the throttle coordinator thread: {e}");
+            }
+            links
+        }
+    }
+}
+
+fn unlinked(shards: usize) -> Vec<ShardLink> {
+    (0..shards)
+        .map(|_| ShardLink {
+            to_coordinator: None,
+            from_coordinator: None,
+            shards,
+        })
+        .collect()
+}
+
+/// The coordinator, its report channel and the shards' links; None when
+/// there is nothing to coordinate (no bucket, or one shard).
+fn prepare(
+    plan: &ThrottlePlan,
+    shards: usize,
+) -> Option<(Coordinator, Receiver<Report>, Vec<ShardLink>)> {
+    prepare_at(plan, shards, Instant::now())
+}
+
+/// [`prepare`] with the coordinator's clock starting at `now`.
+fn prepare_at(
+    plan: &ThrottlePlan,
+    shards: usize,
+    now: Instant,
+) -> Option<(Coordinator, Receiver<Report>, Vec<ShardLink>)> {
+    if plan.defs.is_empty() || shards <= 1 {
+        return None;
     }
     let (report_tx, report_rx) = crossbeam_channel::unbounded();
     let mut to_shards = Vec::with_capacity(shards);
@@ -361,22 +386,16 @@ pub fn links(plan: &ThrottlePlan, shards: usize) -> Vec<ShardLink> {
         to_shards.push(tx);
         from.push(rx);
     }
-    let coordinator = Coordinator::new(plan.defs.clone(), shards, to_shards);
-    let spawned = std::thread::Builder::new()
-        .name("coregate-throttle".into())
-        .spawn(move || coordinator.run(report_rx));
-    if let Err(e) = spawned {
-        // Shards then spend only their initial share of each burst and
-        // refuse the rest: throttling fails closed, loudly.
-        crate::log!("error", "cannot start the throttle coordinator thread: {e}");
-    }
-    from.into_iter()
+    let coordinator = Coordinator::new(plan.defs.clone(), shards, to_shards, now);
+    let links = from
+        .into_iter()
         .map(|rx| ShardLink {
             to_coordinator: Some(report_tx.clone()),
             from_coordinator: Some(rx),
             shards,
         })
-        .collect()
+        .collect();
+    Some((coordinator, report_rx, links))
 }
 
 /// A shard's initial share of a bucket: what it may spend before its first
@@ -388,29 +407,36 @@ pub fn initial_share(burst: u32, shards: usize) -> u32 {
 // === impl Coordinator ===
 
 /// Owns the global token count of every bucket; runs on its own thread,
-/// asleep on its channel unless a shard waits for tokens.
+/// asleep on its channel unless a bucket needs looking at again.
 struct Coordinator {
     defs: Vec<BucketDef>,
     shards: usize,
     to_shards: Vec<Sender<ToShard>>,
     buckets: HashMap<Key, Global, ahash::RandomState>,
-    /// Buckets with a shard short of tokens: looked at again when tokens
-    /// have come back.
-    starved: HashMap<Key, Instant, ahash::RandomState>,
+    /// Buckets to look at again at a given time: a shard is short of
+    /// tokens, or idle shards are to be topped up as tokens come back.
+    due: HashMap<Key, Instant, ahash::RandomState>,
+    next_sweep: Instant,
 }
 
 /// How often the coordinator forgets full, unleased per-client buckets.
 const COORDINATOR_SWEEP: Duration = Duration::from_secs(1);
 
 impl Coordinator {
-    fn new(defs: Vec<BucketDef>, shards: usize, to_shards: Vec<Sender<ToShard>>) -> Coordinator {
-        let now = Instant::now();
+    fn new(
+        defs: Vec<BucketDef>,
+        shards: usize,
+        to_shards: Vec<Sender<ToShard>>,
+        now: Instant,
+    ) -> Coordinator {
         let mut buckets = HashMap::default();
         for (id, def) in defs.iter().enumerate() {
             if !def.dynamic() {
+                // The shards start holding their share of it: counted here,
+                // not reported as an advance.
                 buckets.insert(
                     (id as u32, None),
-                    Global::new(def.rate, def.burst, shards, now),
+                    Global::with_shares(def.rate, def.burst, shards, now),
                 );
             }
         }
@@ -419,29 +445,32 @@ impl Coordinator {
             shards,
             to_shards,
             buckets,
-            starved: HashMap::default(),
+            due: HashMap::default(),
+            next_sweep: now + COORDINATOR_SWEEP,
         }
     }
 
+    /// When the next pass is due if no report comes first.
+    fn next_wake(&self) -> Instant {
+        self.due
+            .values()
+            .copied()
+            .min()
+            .unwrap_or(self.next_sweep)
+            .min(self.next_sweep)
+    }
+
     fn run(mut self, rx: Receiver<Report>) {
-        let mut next_sweep = Instant::now() + COORDINATOR_SWEEP;
-        let mut touched: Vec<Key> = Vec::new();
+        let mut reports: Vec<Report> = Vec::new();
         loop {
-            let now = Instant::now();
-            let wake = self
-                .starved
-                .values()
-                .copied()
-                .min()
-                .unwrap_or(next_sweep)
-                .min(next_sweep);
-            match rx.recv_timeout(wake.saturating_duration_since(now)) {
+            let wait = self.next_wake().saturating_duration_since(Instant::now());
+            match rx.recv_timeout(wait) {
                 Ok(r) => {
-                    self.apply(r, &mut touched);
+                    reports.push(r);
                     // Take everything already queued before distributing.
                     loop {
                         match rx.try_recv() {
-                            Ok(r) => self.apply(r, &mut touched),
+                            Ok(r) => reports.push(r),
                             Err(TryRecvError::Empty) => break,
                             Err(TryRecvError::Disconnected) => return,
                         }
@@ -450,26 +479,37 @@ impl Coordinator {
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => return,
             }
-            let now = Instant::now();
-            for (k, at) in &self.starved {
-                if *at <= now {
-                    touched.push(*k);
-                }
-            }
-            touched.sort_unstable();
-            touched.dedup();
-            for key in touched.drain(..) {
-                self.distribute(key, now);
-            }
-            if now >= next_sweep {
-                next_sweep = now + COORDINATOR_SWEEP;
-                self.buckets
-                    .retain(|k, g| k.1.is_none() || !g.is_full_and_unleased(now));
-            }
+            self.pass(Instant::now(), &mut reports);
         }
     }
 
-    fn apply(&mut self, r: Report, touched: &mut Vec<Key>) {
+    /// One pass at `now`: applies `reports` (drained), distributes the
+    /// buckets they touched and those due, forgets idle per-client ones.
+    fn pass(&mut self, now: Instant, reports: &mut Vec<Report>) {
+        let mut touched: Vec<Key> = Vec::with_capacity(reports.len());
+        for r in reports.drain(..) {
+            self.apply(r, now, &mut touched);
+        }
+        for (k, at) in &self.due {
+            if *at <= now {
+                touched.push(*k);
+            }
+        }
+        touched.sort_unstable();
+        touched.dedup();
+        for key in touched {
+            self.distribute(key, now);
+        }
+        if now >= self.next_sweep {
+            self.next_sweep = now + COORDINATOR_SWEEP;
+            self.buckets
+                .retain(|k, g| k.1.is_none() || !g.is_full_and_unleased(now));
+            let buckets = &self.buckets;
+            self.due.retain(|k, _| buckets.contains_key(k));
+        }
+    }
+
+    fn apply(&mut self, r: Report, now: Instant, touched: &mut Vec<Key>) {
         let Some(def) = self.defs.get(r.key.0 as usize) else {
             return;
         };
@@ -480,14 +520,14 @@ impl Coordinator {
         let g = self
             .buckets
             .entry(r.key)
-            .or_insert_with(|| Global::new(def.rate, def.burst, shards, Instant::now()));
-        g.apply(r.shard, r.spent, r.advanced, r.returned, r.want, r.busy);
+            .or_insert_with(|| Global::new(def.rate, def.burst, shards, now));
+        g.apply(now, r.shard, &r.tally);
         touched.push(r.key);
     }
 
     fn distribute(&mut self, key: Key, now: Instant) {
         let Some(g) = self.buckets.get_mut(&key) else {
-            self.starved.remove(&key);
+            self.due.remove(&key);
             return;
         };
         let out: Grants = g.distribute(now);
@@ -499,10 +539,10 @@ impl Coordinator {
         }
         match out.retry_at {
             Some(at) => {
-                self.starved.insert(key, at);
+                self.due.insert(key, at);
             }
             None => {
-                self.starved.remove(&key);
+                self.due.remove(&key);
             }
         }
     }
@@ -513,16 +553,23 @@ impl Coordinator {
 /// A shard's view of one bucket.
 #[derive(Debug, Clone)]
 struct Local {
-    /// Tokens this shard may spend now.
+    /// Tokens this shard may spend now (leased mode).
     held: u32,
+    /// The bucket's tokens and when they were last refilled (a single
+    /// shard: the bucket is exact, on the shard).
+    tokens: f64,
+    refilled: Instant,
     /// Since the last report: tokens spent, taken in advance, requests seen.
     spent: u32,
     advanced: u32,
     attempts: u32,
+    /// Requests that found no token of this bucket.
+    refused: u32,
     /// Requests per second, smoothed over ticks.
     demand: f64,
     last_want: u32,
     last_busy: bool,
+    last_starving: bool,
     recall: bool,
     last_used: Instant,
     /// A per-client bucket listed in `Inner::active_clients`.
@@ -530,23 +577,37 @@ struct Local {
 }
 
 impl Local {
-    fn new(share: u32, now: Instant) -> Local {
+    /// A bucket holding `held` tokens, `advanced` of them without a lease
+    /// (to report), and `tokens` when the shard keeps it alone.
+    fn new(held: u32, advanced: u32, tokens: f64, now: Instant) -> Local {
         Local {
-            held: share,
+            held,
+            tokens,
+            refilled: now,
             spent: 0,
-            advanced: share,
+            advanced,
             attempts: 0,
+            refused: 0,
             demand: 0.0,
             last_want: 0,
             last_busy: false,
+            last_starving: false,
             recall: false,
             last_used: now,
             active: false,
         }
     }
 
+    /// The exact bucket's tokens at `now` (a single shard).
+    fn refill(&mut self, def: &BucketDef, now: Instant) -> f64 {
+        let dt = now.saturating_duration_since(self.refilled).as_secs_f64();
+        self.refilled = self.refilled.max(now);
+        self.tokens = (self.tokens + def.rate * dt).min(def.burst as f64);
+        self.tokens
+    }
+
     /// Builds this tick's report, if there is anything to say.
-    fn report(&mut self, burst: u32, dt: f64) -> Option<(u32, u32, u32, u32, bool)> {
+    fn report(&mut self, burst: u32, dt: f64) -> Option<Tally> {
         let rate = self.attempts as f64 / dt.max(1e-3);
         // Rises at once, decays over a few ticks.
         self.demand = if rate >= self.demand {
@@ -565,6 +626,7 @@ impl Local {
                 .min(burst)
         };
         let busy = self.attempts > 0;
+        let starving = self.refused > 0;
         let returned = if self.recall && !busy { self.held } else { 0 };
         self.recall = false;
         self.held -= returned;
@@ -572,13 +634,23 @@ impl Local {
             || self.advanced > 0
             || returned > 0
             || want != self.last_want
-            || busy != self.last_busy;
-        let out = (self.spent, self.advanced, returned, want, busy);
+            || busy != self.last_busy
+            || starving != self.last_starving;
+        let out = Tally {
+            spent: self.spent,
+            advanced: self.advanced,
+            returned,
+            want,
+            busy,
+            starving,
+        };
         self.spent = 0;
         self.advanced = 0;
         self.attempts = 0;
+        self.refused = 0;
         self.last_want = want;
         self.last_busy = busy;
+        self.last_starving = starving;
         changed.then_some(out)
     }
 }
@@ -586,6 +658,9 @@ impl Local {
 struct Inner {
     shard: usize,
     shards: usize,
+    /// One shard: each bucket is an exact token bucket kept here, with no
+    /// coordinator and no reconciliation.
+    alone: bool,
     defs: Vec<BucketDef>,
     /// Indexed by bucket id; per-client definitions leave theirs unused.
     fixed: RefCell<Vec<Local>>,
@@ -616,19 +691,37 @@ fn client_ip(ip: IpAddr) -> IpAddr {
     }
 }
 
+/// How long the reconciler sleeps after a tick at `now`: [`TICK`] while
+/// throttled requests arrive, [`IDLE_TICK`] once they stopped for
+/// [`QUIET_AFTER`] (a request wakes it early then).
+fn tick_after(last_request: Instant, now: Instant) -> Duration {
+    if now.saturating_duration_since(last_request) >= QUIET_AFTER {
+        IDLE_TICK
+    } else {
+        TICK
+    }
+}
+
 impl ShardThrottle {
     pub fn new(plan: &ThrottlePlan, shard: usize, link: ShardLink) -> ShardThrottle {
-        let now = Instant::now();
+        Self::new_at(plan, shard, link, Instant::now())
+    }
+
+    fn new_at(plan: &ThrottlePlan, shard: usize, link: ShardLink, now: Instant) -> ShardThrottle {
         let shards = link.shards.max(1);
+        let alone = shards == 1;
+        // Fixed buckets' initial shares are counted by the coordinator
+        // already (`Global::with_shares`): not advances to report.
         let fixed = plan
             .defs
             .iter()
-            .map(|d| Local::new(initial_share(d.burst, shards), now))
+            .map(|d| Local::new(initial_share(d.burst, shards), 0, d.burst as f64, now))
             .collect();
         ShardThrottle {
             inner: Rc::new(Inner {
                 shard,
                 shards,
+                alone,
                 defs: plan.defs.clone(),
                 fixed: RefCell::new(fixed),
                 clients: RefCell::new(HashMap::default()),
@@ -653,13 +746,35 @@ impl ShardThrottle {
         view: &RequestView<'_>,
         _extra: &mut Vec<u8>,
     ) -> Decision {
+        match self.check_at(limits, key_bucket, view.peer.ip(), view.now) {
+            Ok(()) => Decision::Continue,
+            Err(retry_after) => {
+                let mut r = Refusal::json(429, "Too Many Requests");
+                r.headers.extend_from_slice(b"retry-after: ");
+                r.headers
+                    .extend_from_slice(retry_after.to_string().as_bytes());
+                r.headers.extend_from_slice(b"\r\n");
+                Decision::Respond(r)
+            }
+        }
+    }
+
+    /// [`ShardThrottle::check`] for a client address at `now`: Ok when
+    /// admitted (tokens spent), else the `Retry-After` seconds.
+    fn check_at(
+        &self,
+        limits: &RouteLimits,
+        key_bucket: Option<(u32, u32)>,
+        peer: IpAddr,
+        now: Instant,
+    ) -> Result<(), u64> {
         let inner = &*self.inner;
-        inner.last_request.set(view.now);
+        inner.last_request.set(now);
         if let Some(w) = inner.idle_waker.take() {
             inner.woken.set(true);
             w.wake();
         }
-        let ip = Client::Ip(client_ip(view.peer.ip()));
+        let ip = Client::Ip(client_ip(peer));
         let mut fixed = inner.fixed.borrow_mut();
         let mut clients = inner.clients.borrow_mut();
         let mut retry_after = 0u64;
@@ -683,7 +798,10 @@ impl ShardThrottle {
                         continue;
                     }
                     None => clients.entry((id, who)).or_insert_with(|| {
-                        Local::new(initial_share(def.burst, inner.shards), view.now)
+                        // A new client's bucket is full. Leased, the shard
+                        // takes its share in advance and reports it.
+                        let share = initial_share(def.burst, inner.shards);
+                        Local::new(share, share, def.burst as f64, now)
                     }),
                 }
             } else {
@@ -692,23 +810,26 @@ impl ShardThrottle {
                     None => continue,
                 }
             };
-            local.attempts = local.attempts.saturating_add(1);
-            local.last_used = view.now;
-            if def.dynamic() && !local.active {
-                local.active = true;
-                inner.active_clients.borrow_mut().push((id, who));
-            }
-            if local.held == 0 {
+            local.last_used = now;
+            let empty = if inner.alone {
+                local.refill(def, now) < 1.0
+            } else {
+                local.attempts = local.attempts.saturating_add(1);
+                if def.dynamic() && !local.active {
+                    local.active = true;
+                    inner.active_clients.borrow_mut().push((id, who));
+                }
+                if local.held == 0 {
+                    local.refused = local.refused.saturating_add(1);
+                }
+                local.held == 0
+            };
+            if empty {
                 retry_after = retry_after.max(def.retry_after);
             }
         }
         if retry_after > 0 {
-            let mut r = Refusal::json(429, "Too Many Requests");
-            r.headers.extend_from_slice(b"retry-after: ");
-            r.headers
-                .extend_from_slice(retry_after.to_string().as_bytes());
-            r.headers.extend_from_slice(b"\r\n");
-            return Decision::Respond(r);
+            return Err(retry_after);
         }
         for id in ids {
             let Some(def) = inner.defs.get(id as usize) else {
@@ -720,26 +841,42 @@ impl ShardThrottle {
                 fixed.get_mut(id as usize)
             };
             if let Some(l) = local {
-                l.held = l.held.saturating_sub(1);
-                l.spent += 1;
+                if inner.alone {
+                    l.tokens -= 1.0;
+                } else {
+                    l.held = l.held.saturating_sub(1);
+                    l.spent += 1;
+                }
             }
         }
-        Decision::Continue
+        Ok(())
     }
 
     /// The shard's reconciliation task: every [`TICK`] (or [`IDLE_TICK`]
     /// when quiet) it takes in leases and recalls and reports spending and
-    /// demand. Ends at once when no bucket is configured.
+    /// demand. A single shard has nothing to reconcile: its task only
+    /// forgets idle per-client buckets once they are full again, once a
+    /// second, and ends at once when there are none. It also ends at once
+    /// when no bucket is configured.
     pub fn reconciler(&self) -> impl Future<Output = ()> + 'static {
         let inner = self.inner.clone();
         async move {
+            if inner.alone {
+                if !inner.defs.iter().any(BucketDef::dynamic) {
+                    return;
+                }
+                loop {
+                    glommio::timer::sleep(Duration::from_secs(1)).await;
+                    inner.evict_clients(Instant::now());
+                }
+            }
             if inner.to_coordinator.is_none() {
                 return;
             }
             let mut last = Instant::now();
             let mut next_evict = last + Duration::from_secs(1);
             loop {
-                if inner.last_request.get().elapsed() >= QUIET_AFTER {
+                if tick_after(inner.last_request.get(), Instant::now()) == IDLE_TICK {
                     inner.idle_wait().await;
                 } else {
                     glommio::timer::sleep(TICK).await;
@@ -817,11 +954,10 @@ impl Inner {
                         self.send(Report {
                             shard: self.shard,
                             key,
-                            spent: 0,
-                            advanced: 0,
-                            returned: t,
-                            want: 0,
-                            busy: false,
+                            tally: Tally {
+                                returned: t,
+                                ..Tally::default()
+                            },
                             forget: true,
                         });
                     }
@@ -834,15 +970,11 @@ impl Inner {
             if def.dynamic() {
                 continue;
             }
-            if let Some((spent, advanced, returned, want, busy)) = local.report(def.burst, dt) {
+            if let Some(tally) = local.report(def.burst, dt) {
                 if !self.send(Report {
                     shard: self.shard,
                     key: (id as u32, None),
-                    spent,
-                    advanced,
-                    returned,
-                    want,
-                    busy,
+                    tally,
                     forget: false,
                 }) {
                     return false;
@@ -855,15 +987,11 @@ impl Inner {
                 return false;
             };
             let burst = self.defs.get(id as usize).map_or(1, |d| d.burst);
-            if let Some((spent, advanced, returned, want, busy)) = local.report(burst, dt) {
+            if let Some(tally) = local.report(burst, dt) {
                 connected &= self.send(Report {
                     shard: self.shard,
                     key: (id, Some(ip)),
-                    spent,
-                    advanced,
-                    returned,
-                    want,
-                    busy,
+                    tally,
                     forget: false,
                 });
             }
@@ -875,22 +1003,30 @@ impl Inner {
         connected
     }
 
-    /// Returns the tokens of per-client buckets idle for
-    /// [`CLIENT_IDLE_EVICT`] and forgets them.
+    /// Forgets per-client buckets idle for [`CLIENT_IDLE_EVICT`]. Leased,
+    /// their tokens go back to the coordinator; kept alone, a bucket is
+    /// forgotten only once it is full again (a new one starts full).
     fn evict_clients(&self, now: Instant) {
         let mut clients = self.clients.borrow_mut();
         clients.retain(|&(id, ip), l| {
-            if now.duration_since(l.last_used) < CLIENT_IDLE_EVICT {
+            if now.saturating_duration_since(l.last_used) < CLIENT_IDLE_EVICT {
                 return true;
+            }
+            if self.alone {
+                return match self.defs.get(id as usize) {
+                    Some(def) => l.refill(def, now) < def.burst as f64,
+                    None => false,
+                };
             }
             self.send(Report {
                 shard: self.shard,
                 key: (id, Some(ip)),
-                spent: l.spent,
-                advanced: l.advanced,
-                returned: l.held,
-                want: 0,
-                busy: false,
+                tally: Tally {
+                    spent: l.spent,
+                    advanced: l.advanced,
+                    returned: l.held,
+                    ..Tally::default()
+                },
                 forget: true,
             });
             false

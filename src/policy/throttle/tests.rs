@@ -8,6 +8,19 @@ fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
 }
 
+/// A report: spent, advanced, returned, want, busy (busy shards short of
+/// tokens have refused requests: starving).
+fn t(spent: u32, advanced: u32, returned: u32, want: u32, busy: bool) -> Tally {
+    Tally {
+        spent,
+        advanced,
+        returned,
+        want,
+        busy,
+        starving: busy,
+    }
+}
+
 #[test]
 fn a_new_bucket_is_full_and_refills_only_up_to_its_burst() {
     let t0 = Instant::now();
@@ -22,13 +35,13 @@ fn refill_counts_tokens_the_shards_hold_against_the_burst() {
     let t0 = Instant::now();
     let mut g = Global::new(100.0, 10, 2, t0);
     // Both shards took their initial share (5 each) in advance.
-    g.apply(0, 0, 5, 0, 0, false);
-    g.apply(1, 0, 5, 0, 0, false);
+    g.apply(t0, 0, &t(0, 5, 0, 0, false));
+    g.apply(t0, 1, &t(0, 5, 0, 0, false));
     assert_eq!(g.level(), 0.0);
     g.refill(t0 + ms(1000));
     assert_eq!(g.level(), 0.0, "the shards hold the whole burst already");
     // Shard 0 spends 3: 3 tokens of room, refilled at 100/s.
-    g.apply(0, 3, 0, 0, 0, false);
+    g.apply(t0 + ms(1000), 0, &t(3, 0, 0, 0, false));
     g.refill(t0 + ms(1010));
     assert!(
         (g.level() - 1.0).abs() < 1e-9,
@@ -43,7 +56,7 @@ fn refill_counts_tokens_the_shards_hold_against_the_burst() {
 fn a_shard_short_of_tokens_gets_leases_as_they_accrue() {
     let t0 = Instant::now();
     let mut g = Global::new(200.0, 4, 1, t0);
-    g.apply(0, 4, 4, 0, 10, true); // took 4 in advance, spent them, wants 10
+    g.apply(t0, 0, &t(4, 4, 0, 10, true)); // took 4 in advance, spent them, wants 10
     let out = g.distribute(t0);
     assert!(out.grants.is_empty(), "{out:?}");
     let retry = out.retry_at.expect("short: a retry time");
@@ -58,14 +71,14 @@ fn a_shard_short_of_tokens_gets_leases_as_they_accrue() {
 fn scarce_tokens_rotate_between_shards() {
     let t0 = Instant::now();
     let mut g = Global::new(100.0, 2, 2, t0);
-    g.apply(0, 1, 1, 0, 5, true);
-    g.apply(1, 1, 1, 0, 5, true);
+    g.apply(t0, 0, &t(1, 1, 0, 5, true));
+    g.apply(t0, 1, &t(1, 1, 0, 5, true));
     let mut got = [0u32; 2];
     for i in 1..=20 {
         let out = g.distribute(t0 + ms(10 * i)); // one token each time
         for (s, n) in out.grants {
             got[s] += n;
-            g.apply(s, n, 0, 0, 5, true); // spent at once
+            g.apply(t0 + ms(10 * i), s, &t(n, 0, 0, 5, true)); // spent at once
         }
     }
     assert_eq!(got[0] + got[1], 20, "{got:?}");
@@ -76,12 +89,12 @@ fn scarce_tokens_rotate_between_shards() {
 fn idle_shards_are_recalled_when_another_is_short_and_not_topped_up_again() {
     let t0 = Instant::now();
     let mut g = Global::new(100.0, 100, 2, t0);
-    g.apply(0, 50, 50, 0, 20, true); // shard 0 busy, spent its share
-    g.apply(1, 0, 50, 0, 0, false); // shard 1 idle, holding 50
+    g.apply(t0, 0, &t(50, 50, 0, 20, true)); // shard 0 busy, spent its share
+    g.apply(t0, 1, &t(0, 50, 0, 0, false)); // shard 1 idle, holding 50
     let out = g.distribute(t0);
     assert_eq!(out.recalls.as_slice(), &[1], "{out:?}");
     // Shard 1 gives its 50 back.
-    g.apply(1, 0, 0, 50, 0, false);
+    g.apply(t0, 1, &t(0, 0, 50, 0, false));
     let out = g.distribute(t0 + ms(1));
     assert_eq!(out.grants.as_slice(), &[(0, 20)], "{out:?}");
     assert_eq!(g.outstanding(1), 0, "no top-up right after a shortage");
@@ -91,8 +104,8 @@ fn idle_shards_are_recalled_when_another_is_short_and_not_topped_up_again() {
 fn recalls_are_spaced() {
     let t0 = Instant::now();
     let mut g = Global::new(10.0, 10, 2, t0);
-    g.apply(0, 5, 5, 0, 10, true);
-    g.apply(1, 0, 5, 0, 0, false);
+    g.apply(t0, 0, &t(5, 5, 0, 10, true));
+    g.apply(t0, 1, &t(0, 5, 0, 0, false));
     assert_eq!(g.distribute(t0).recalls.len(), 1);
     assert!(g.distribute(t0 + ms(1)).recalls.is_empty());
     assert_eq!(g.distribute(t0 + RECALL_GAP + ms(1)).recalls.len(), 1);
@@ -102,8 +115,8 @@ fn recalls_are_spaced() {
 fn calm_buckets_top_idle_shards_up_to_their_share() {
     let t0 = Instant::now();
     let mut g = Global::new(100.0, 10, 2, t0);
-    g.apply(0, 5, 5, 0, 0, false); // spent its share, now idle
-    g.apply(1, 0, 5, 0, 0, false);
+    g.apply(t0, 0, &t(5, 5, 0, 0, false)); // spent its share, now idle
+    g.apply(t0, 1, &t(0, 5, 0, 0, false));
     let out = g.distribute(t0 + ms(1000));
     assert_eq!(out.grants.as_slice(), &[(0, 5)], "{out:?}");
     assert_eq!(g.level(), 0.0);
@@ -119,14 +132,14 @@ fn tokens_are_conserved_over_a_long_simulation() {
     let share = initial_share(50, shards);
     let mut admitted = 0u64;
     for s in 0..shards {
-        g.apply(s, share, share, 0, 5, true);
+        g.apply(t0, s, &t(share, share, 0, 5, true));
         admitted += share as u64;
     }
     for tick in 1..=5000u64 {
         let now = t0 + ms(2 * tick);
         for (s, n) in g.distribute(now).grants {
             admitted += n as u64;
-            g.apply(s, n, 0, 0, 5, true);
+            g.apply(now, s, &t(n, 0, 0, 5, true));
         }
     }
     let expected = 50 + 200 * 10;
@@ -348,6 +361,74 @@ fn a_request_refused_by_one_level_spends_no_token_of_another() {
             other => panic!("admitted past the API's burst: {other:?}"),
         }
     }
-    assert_eq!(t.inner.fixed.borrow()[0].held, 2);
-    assert_eq!(t.inner.fixed.borrow()[1].held, 0);
+    // One shard: the buckets are kept exactly on it (all checks ran at
+    // the same `now`, so nothing came back).
+    assert_eq!(t.inner.fixed.borrow()[0].tokens, 2.0);
+    assert_eq!(t.inner.fixed.borrow()[1].tokens, 0.0);
+}
+
+#[test]
+fn a_report_after_a_full_spell_earns_no_refill_for_it() {
+    // Regression (rate 1, burst 1: "200 200" 0.2 s apart): the bucket sat
+    // full for 4 s; the shard's report of its advance and spending was
+    // applied first and the refill after it credited those 4 s against
+    // the emptied bucket: a second token at once.
+    let t0 = Instant::now();
+    let mut g = Global::new(1.0, 1, 1, t0);
+    g.apply(t0 + ms(4000), 0, &t(1, 1, 0, 1, true));
+    assert!(g.level() < 1e-9, "level {}", g.level());
+    let out = g.distribute(t0 + ms(4200));
+    assert!(out.grants.is_empty(), "{out:?}");
+}
+
+#[test]
+fn fixed_buckets_count_the_shards_initial_shares_from_the_start() {
+    // Each shard holds its share from start-up: none of it is in the pool,
+    // so a shard asking for more before the other reported gets nothing
+    // that does not exist.
+    let t0 = Instant::now();
+    let mut g = Global::with_shares(0.001, 10, 2, t0);
+    assert_eq!(g.level(), 0.0);
+    assert_eq!((g.outstanding(0), g.outstanding(1)), (5, 5));
+    g.apply(t0, 0, &t(5, 0, 0, 10, true));
+    assert!(g.distribute(t0 + ms(10)).grants.is_empty());
+}
+
+#[test]
+fn idle_shards_get_their_share_back_without_a_report() {
+    // Regression (rate 1, burst 1, one shard: the first request after 4 s
+    // idle was refused): the shard spent its token and went quiet; nothing
+    // made the coordinator look at the bucket again, so the token that
+    // came back stayed in the pool.
+    let t0 = Instant::now();
+    let mut g = Global::with_shares(1.0, 2, 2, t0);
+    g.apply(t0, 0, &t(1, 0, 0, 0, false)); // spent its token, idle now
+    let out = g.distribute(t0);
+    let at = out.retry_at.expect("to look again when a token is back");
+    assert!(at <= t0 + ms(1100), "{at:?}");
+    let out = g.distribute(at.max(t0 + ms(1000)));
+    assert_eq!(out.grants.as_slice(), &[(0, 1)], "{out:?}");
+}
+
+#[test]
+fn idle_shards_keep_their_share_until_a_request_is_refused() {
+    // Regression (rate 1, burst 2 on two shards, requests alternating:
+    // four 429s after idle): a shard that spent its only token forecast
+    // demand, the idle shard's token was recalled to it, and the idle
+    // shard's own next request found nothing. A recall now needs a shard
+    // that refused requests.
+    let t0 = Instant::now();
+    let mut g = Global::with_shares(1.0, 2, 2, t0);
+    let forecast = Tally {
+        starving: false,
+        ..t(1, 0, 0, 2, true)
+    };
+    g.apply(t0, 0, &forecast);
+    assert!(g.distribute(t0).recalls.is_empty());
+    let refused = Tally {
+        spent: 0,
+        ..t(0, 0, 0, 2, true)
+    };
+    g.apply(t0 + ms(200), 0, &refused);
+    assert_eq!(g.distribute(t0 + ms(200)).recalls.as_slice(), &[1]);
 }

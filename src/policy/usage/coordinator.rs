@@ -31,6 +31,9 @@ pub struct Report {
     pub returned: u64,
     /// What the shard wants to hold.
     pub want: u64,
+    /// Requests waiting on the shard for a lease now: they are answered
+    /// with a lease or "exhausted", never left to time out.
+    pub waiting: u64,
 }
 
 /// What the coordinator sends a shard.
@@ -89,6 +92,7 @@ struct QuotaState {
     used: u64,
     leased: Vec<u64>,
     want: Vec<u64>,
+    waiting: Vec<u64>,
     exhausted: bool,
     last_recall: Option<Instant>,
     rotation: usize,
@@ -112,6 +116,8 @@ pub struct Coordinator {
     /// Requests not yet written: (key, day) → count.
     pending: HashMap<(u32, i64), u64, ahash::RandomState>,
     to_shards: Vec<Sender<ToShard>>,
+    /// The time of the pass under way (recalls are spaced by it).
+    now: Instant,
 }
 
 /// A share of `remaining` for each of `shards` shards to start with: a
@@ -131,18 +137,79 @@ fn shares(remaining: u64, shards: usize) -> Vec<u64> {
 /// starts the coordinator thread and returns one link per shard. Errors
 /// (an unreadable store) stop the start-up.
 pub fn start(plans: &UsagePlans, shards: usize) -> Result<(Vec<ShardLink>, Running), String> {
-    let unlinked = || {
-        (0..shards)
-            .map(|_| ShardLink {
-                to_coordinator: None,
-                from_coordinator: None,
-                initial: Vec::new(),
-                shards,
-            })
-            .collect()
+    let Some((c, report_rx, links)) = prepare(plans, shards)? else {
+        return Ok((unlinked(shards), Running { thread: None }));
     };
+    let thread = std::thread::Builder::new()
+        .name("coregate-usage".into())
+        .spawn(move || c.run(report_rx))
+        .map_err(|e| format!("cannot start the usage thread: {e}"))?;
+    Ok((
+        links,
+        Running {
+            thread: Some(thread),
+        },
+    ))
+}
+
+/// A coordinator driven by hand, without its thread (tests).
+#[cfg(test)]
+pub struct Manual {
+    c: Coordinator,
+    rx: Receiver<Report>,
+}
+
+#[cfg(test)]
+impl Manual {
+    /// Takes in every report sent so far and answers them, as one pass of
+    /// the thread's loop does.
+    /// Each pass is one shard tick (10 ms) after the previous one.
+    pub fn pump(&mut self) {
+        self.c.now += super::shard::TICK;
+        let mut touched = Vec::new();
+        while let Ok(r) = self.rx.try_recv() {
+            self.c.apply(r, &mut touched);
+        }
+        touched.sort_unstable();
+        touched.dedup();
+        for key in touched {
+            self.c.distribute(key);
+        }
+    }
+}
+
+/// As [`start`], with the coordinator driven by hand (tests).
+#[cfg(test)]
+pub fn start_manual(
+    plans: &UsagePlans,
+    shards: usize,
+) -> Result<(Vec<ShardLink>, Option<Manual>), String> {
+    Ok(match prepare(plans, shards)? {
+        Some((c, rx, links)) => (links, Some(Manual { c, rx })),
+        None => (unlinked(shards), None),
+    })
+}
+
+fn unlinked(shards: usize) -> Vec<ShardLink> {
+    (0..shards)
+        .map(|_| ShardLink {
+            to_coordinator: None,
+            from_coordinator: None,
+            initial: Vec::new(),
+            shards,
+        })
+        .collect()
+}
+
+/// The coordinator, its report channel and the shards' links, or None when
+/// usage is not recorded.
+#[allow(clippy::type_complexity)]
+fn prepare(
+    plans: &UsagePlans,
+    shards: usize,
+) -> Result<Option<(Coordinator, Receiver<Report>, Vec<ShardLink>)>, String> {
     if !plans.active() || shards == 0 {
-        return Ok((unlinked(), Running { thread: None }));
+        return Ok(None);
     }
     let store = match &plans.data_dir {
         Some(dir) => Some(Store::open(dir)?),
@@ -163,6 +230,7 @@ pub fn start(plans: &UsagePlans, shards: usize) -> Result<(Vec<ShardLink>, Runni
         quotas: HashMap::default(),
         pending: HashMap::default(),
         to_shards,
+        now: Instant::now(),
     };
     let today = clock::today();
     let mut initial: Vec<Vec<Initial>> = vec![Vec::new(); shards];
@@ -191,10 +259,6 @@ pub fn start(plans: &UsagePlans, shards: usize) -> Result<(Vec<ShardLink>, Runni
         c.quotas.insert(key, q);
     }
     let (report_tx, report_rx) = crossbeam_channel::unbounded();
-    let thread = std::thread::Builder::new()
-        .name("coregate-usage".into())
-        .spawn(move || c.run(report_rx))
-        .map_err(|e| format!("cannot start the usage thread: {e}"))?;
     let links = from
         .into_iter()
         .zip(initial)
@@ -205,12 +269,7 @@ pub fn start(plans: &UsagePlans, shards: usize) -> Result<(Vec<ShardLink>, Runni
             shards,
         })
         .collect();
-    Ok((
-        links,
-        Running {
-            thread: Some(thread),
-        },
-    ))
+    Ok(Some((c, report_rx, links)))
 }
 
 impl Coordinator {
@@ -261,6 +320,7 @@ impl Coordinator {
             used,
             leased: vec![0; self.shards],
             want: vec![0; self.shards],
+            waiting: vec![0; self.shards],
             exhausted: false,
             last_recall: None,
             rotation: 0,
@@ -297,12 +357,13 @@ impl Coordinator {
                 self.flush();
                 return;
             }
+            self.now = Instant::now();
             touched.sort_unstable();
             touched.dedup();
             for key in touched.drain(..) {
                 self.distribute(key);
             }
-            let now = Instant::now();
+            let now = self.now;
             if now >= next_period_check {
                 next_period_check = now + PERIOD_CHECK;
                 self.roll_periods(clock::today());
@@ -386,6 +447,7 @@ impl Coordinator {
         if let Some(r) = first {
             q.used += r.spent_leased + r.spent_over;
             q.want[r.shard] = r.want;
+            q.waiting[r.shard] = r.waiting;
         }
         let give = shares(q.remaining(), self.shards);
         for (s, g) in give.iter().enumerate() {
@@ -435,6 +497,7 @@ impl Coordinator {
         q.used += r.spent_leased + r.spent_over;
         q.leased[r.shard] = q.leased[r.shard].saturating_sub(r.spent_leased + r.returned);
         q.want[r.shard] = r.want;
+        q.waiting[r.shard] = r.waiting;
         touched.push(r.key);
     }
 
@@ -445,28 +508,15 @@ impl Coordinator {
         if q.exhausted {
             return;
         }
-        let n = self.shards;
-        let mut short = false;
-        for i in 0..n {
-            let s = (q.rotation + i) % n;
-            let deficit = q.want[s].saturating_sub(q.leased[s]);
-            if deficit == 0 {
-                continue;
-            }
-            let give = deficit.min(q.remaining());
-            if give > 0 {
-                q.leased[s] += give;
-                let _ = self.to_shards[s].send(ToShard::Grant {
-                    key,
-                    period: q.period,
-                    tokens: give,
-                });
-            }
-            if give < deficit {
-                short = true;
-            }
+        let grants = q.share_out();
+        for &(s, tokens) in &grants {
+            let _ = self.to_shards[s].send(ToShard::Grant {
+                key,
+                period: q.period,
+                tokens,
+            });
         }
-        q.rotation = (q.rotation + 1) % n.max(1);
+        let short = (0..self.shards).any(|s| q.want[s] > q.leased[s]);
         if !short {
             return;
         }
@@ -480,19 +530,84 @@ impl Coordinator {
             }
             return;
         }
-        let now = Instant::now();
-        if q.last_recall
-            .is_none_or(|t| now.duration_since(t) >= RECALL_GAP)
-        {
-            q.last_recall = Some(now);
-            for s in 0..n {
-                if q.leased[s] > 0 && q.want[s] <= q.leased[s] {
-                    let _ = self.to_shards[s].send(ToShard::Recall {
-                        key,
-                        period: q.period,
-                    });
-                }
-            }
+        for s in q.recalls(self.now) {
+            let _ = self.to_shards[s].send(ToShard::Recall {
+                key,
+                period: q.period,
+            });
         }
+    }
+}
+
+impl QuotaState {
+    /// Leases from the pool: first what waiting requests need (in rotation),
+    /// then the shards' wants. When the pool cannot cover every want it is
+    /// split evenly between the shards that want more, so one shard's burst
+    /// does not take it all. Returns (shard, tokens) grants.
+    fn share_out(&mut self) -> Vec<(usize, u64)> {
+        let n = self.leased.len();
+        let mut out: Vec<(usize, u64)> = Vec::new();
+        let mut give = |q: &mut QuotaState, s: usize, t: u64| {
+            if t == 0 {
+                return;
+            }
+            q.leased[s] += t;
+            match out.iter_mut().find(|(x, _)| *x == s) {
+                Some((_, have)) => *have += t,
+                None => out.push((s, t)),
+            }
+        };
+        for i in 0..n {
+            let s = (self.rotation + i) % n;
+            let need = self.waiting[s].saturating_sub(self.leased[s]);
+            let t = need.min(self.remaining());
+            give(self, s, t);
+        }
+        let deficit = |q: &QuotaState, s: usize| q.want[s].saturating_sub(q.leased[s]);
+        let total: u64 = (0..n).map(|s| deficit(self, s)).sum();
+        let pool = self.remaining();
+        let short = (0..n).filter(|&s| deficit(self, s) > 0).count() as u64;
+        let cap = if total <= pool {
+            u64::MAX
+        } else {
+            pool.div_ceil(short.max(1))
+        };
+        for i in 0..n {
+            let s = (self.rotation + i) % n;
+            let t = deficit(self, s).min(cap).min(self.remaining());
+            give(self, s, t);
+        }
+        self.rotation = (self.rotation + 1) % n.max(1);
+        out
+    }
+
+    /// Shards to ask for their lease back, at most once per
+    /// [`RECALL_GAP`]: when a shard has requests waiting that its lease
+    /// does not cover, every shard holding a lease without waiting
+    /// requests of its own (its tokens are needed now, its want is only a
+    /// forecast); otherwise the idle ones (holding more than they want).
+    fn recalls(&mut self, now: Instant) -> Vec<usize> {
+        if self
+            .last_recall
+            .is_some_and(|t| now.duration_since(t) < RECALL_GAP)
+        {
+            return Vec::new();
+        }
+        let n = self.leased.len();
+        let needy = (0..n).any(|s| self.waiting[s] > self.leased[s]);
+        let out: Vec<usize> = (0..n)
+            .filter(|&s| {
+                self.leased[s] > 0
+                    && if needy {
+                        self.waiting[s] == 0
+                    } else {
+                        self.want[s] <= self.leased[s]
+                    }
+            })
+            .collect();
+        if !out.is_empty() {
+            self.last_recall = Some(now);
+        }
+        out
     }
 }

@@ -48,6 +48,11 @@ struct KeyLocal {
     /// Requests admitted on `Inner::day` not yet reported.
     requests: u64,
     quota: Option<QuotaLocal>,
+    /// Requests of this key waiting on this shard for a lease now. Kept
+    /// outside `quota`, which a new period replaces.
+    waiting: u64,
+    /// `waiting` as last reported.
+    last_waiting: u64,
     active: bool,
 }
 
@@ -63,6 +68,9 @@ struct Inner {
     urgent: Cell<u32>,
     /// The reconciler's waker while it sleeps.
     waker: Cell<Option<std::task::Waker>>,
+    /// The coordinator is gone (its channel closed): nothing will answer a
+    /// waiting request.
+    gone: Cell<bool>,
     to: Option<Sender<Report>>,
     from: Option<Receiver<ToShard>>,
 }
@@ -84,9 +92,12 @@ pub enum QuotaCheck {
     Exceeded,
 }
 
-/// How long a request waits for its shard's next lease of a quota before
-/// it is refused.
-pub const LEASE_WAIT: Duration = Duration::from_millis(100);
+/// The longest a request waits for its shard's next lease of a quota. The
+/// coordinator answers a waiting shard within a few ticks, with a lease or
+/// with "exhausted" (it recalls leases from other shards for it); this
+/// limit only matters if the coordinator does not answer at all (a stalled
+/// thread), and then the request is refused: fail closed.
+pub const LEASE_WAIT: Duration = Duration::from_secs(2);
 /// How often the reconciler runs while a request waits for a lease.
 const URGENT_TICK: Duration = Duration::from_millis(1);
 
@@ -116,6 +127,7 @@ impl ShardUsage {
                 day: Cell::new(day),
                 urgent: Cell::new(0),
                 waker: Cell::new(None),
+                gone: Cell::new(false),
                 to: link.to_coordinator,
                 from: link.from_coordinator,
             }),
@@ -141,23 +153,41 @@ impl ShardUsage {
         }
     }
 
-    /// Waits (at most [`LEASE_WAIT`]) until the key's quota can be checked
-    /// again on this shard: a lease or an exhaustion notice arrived. The
-    /// reconciler reports the demand at once and runs every millisecond
-    /// meanwhile.
+    /// Waits until the key's quota can be checked again on this shard: a
+    /// lease or an exhaustion notice arrived. The reconciler reports the
+    /// waiting request at once and runs every millisecond meanwhile; the
+    /// coordinator answers it with a lease (recalled from other shards if
+    /// need be) or with "exhausted", so a request is refused only when the
+    /// quota is spent. [`LEASE_WAIT`] bounds the wait if nothing answers.
     pub async fn wait(&self, key: u32) {
         self.note_refused(key);
+        let _waiting = self.start_waiting(key);
         let deadline = Instant::now() + LEASE_WAIT;
-        self.inner.urgent.set(self.inner.urgent.get() + 1);
-        if let Some(w) = self.inner.waker.take() {
-            w.wake();
-        }
-        while self.peek(key) == QuotaCheck::Wait && Instant::now() < deadline {
+        while self.peek(key) == QuotaCheck::Wait
+            && !self.inner.gone.get()
+            && Instant::now() < deadline
+        {
             glommio::timer::sleep(URGENT_TICK).await;
         }
-        self.inner
-            .urgent
-            .set(self.inner.urgent.get().saturating_sub(1));
+    }
+
+    /// Counts a request of `key` as waiting for a lease until the guard is
+    /// dropped (also when the waiting future is dropped: its connection
+    /// closed), and wakes the reconciler.
+    fn start_waiting(&self, key: u32) -> Waiting<'_> {
+        let inner = &*self.inner;
+        inner.urgent.set(inner.urgent.get() + 1);
+        if let Some(k) = inner.keys.borrow_mut().get_mut(key as usize) {
+            k.waiting += 1;
+            if !k.active {
+                k.active = true;
+                inner.active.borrow_mut().push(key);
+            }
+        }
+        if let Some(w) = inner.waker.take() {
+            w.wake();
+        }
+        Waiting { inner, key }
     }
 
     /// Notes a refused quota check (demand the coordinator should see).
@@ -215,6 +245,19 @@ impl ShardUsage {
         self.inner.reconcile(0.01, super::clock::today());
     }
 
+    /// A request of `key` waiting for a lease while the guard lives, as
+    /// [`ShardUsage::wait`] registers it (tests drive shards by hand).
+    #[cfg(test)]
+    pub fn waiting_for_tests(&self, key: u32) -> impl Drop + '_ {
+        self.start_waiting(key)
+    }
+
+    /// Requests waiting for a lease on this shard.
+    #[cfg(test)]
+    pub fn urgent_for_tests(&self) -> u32 {
+        self.inner.urgent.get()
+    }
+
     /// The shard's usage task: every [`TICK`] it takes in leases and
     /// reports. Ends at once when usage is not recorded.
     pub fn reconciler(&self) -> impl Future<Output = ()> + 'static {
@@ -234,9 +277,26 @@ impl ShardUsage {
                 let dt = now.duration_since(last).as_secs_f64();
                 last = now;
                 if !inner.reconcile(dt, super::clock::today()) {
+                    inner.gone.set(true);
                     return;
                 }
             }
+        }
+    }
+}
+
+/// One request waiting for a lease (see [`ShardUsage::start_waiting`]).
+struct Waiting<'a> {
+    inner: &'a Inner,
+    key: u32,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        let inner = self.inner;
+        inner.urgent.set(inner.urgent.get().saturating_sub(1));
+        if let Some(k) = inner.keys.borrow_mut().get_mut(self.key as usize) {
+            k.waiting = k.waiting.saturating_sub(1);
         }
     }
 }
@@ -318,11 +378,15 @@ impl Inner {
                 && r.spent_leased == 0
                 && r.spent_over == 0
                 && r.returned == 0
+                && r.waiting == 0
                 && k.quota.as_ref().is_none_or(|q| q.demand == 0.0);
-            let changed = !quiet || k.quota.as_ref().is_some_and(|q| q.last_want != r.want);
+            let changed = !quiet
+                || k.last_waiting != r.waiting
+                || k.quota.as_ref().is_some_and(|q| q.last_want != r.want);
             if changed {
                 ok &= self.send(r);
             }
+            k.last_waiting = r.waiting;
             if let Some(q) = k.quota.as_mut() {
                 q.last_want = r.want;
             }
@@ -349,6 +413,7 @@ impl Inner {
 /// Builds a key's report and resets its counters.
 fn report_of(shard: usize, key: u32, day: i64, k: &mut KeyLocal, dt: f64) -> Report {
     let requests = std::mem::take(&mut k.requests);
+    let waiting = k.waiting;
     let mut r = Report {
         shard,
         key,
@@ -359,6 +424,7 @@ fn report_of(shard: usize, key: u32, day: i64, k: &mut KeyLocal, dt: f64) -> Rep
         spent_over: 0,
         returned: 0,
         want: 0,
+        waiting: 0,
     };
     if let Some(q) = k.quota.as_mut() {
         let rate = if dt > 0.0 {
@@ -375,22 +441,28 @@ fn report_of(shard: usize, key: u32, day: i64, k: &mut KeyLocal, dt: f64) -> Rep
             q.demand = 0.0;
         }
         q.attempts = 0;
-        let want = if q.demand == 0.0 || q.exhausted {
+        let want = if q.exhausted {
             0
+        } else if q.demand == 0.0 {
+            waiting
         } else {
-            (q.demand * HORIZON_SECS).ceil() as u64 + 1
+            ((q.demand * HORIZON_SECS).ceil() as u64 + 1).max(waiting)
         };
-        let returned = if q.recall && q.held > 0 {
-            std::mem::take(&mut q.held)
+        // A recall takes what the shard holds beyond its own waiting
+        // requests: a lease that just arrived for them stays.
+        let returned = if q.recall {
+            q.held.saturating_sub(waiting)
         } else {
             0
         };
+        q.held -= returned;
         q.recall = false;
         r.period = q.period;
         r.spent_leased = std::mem::take(&mut q.spent_leased);
         r.spent_over = std::mem::take(&mut q.spent_over);
         r.returned = returned;
         r.want = want;
+        r.waiting = if q.exhausted { 0 } else { waiting };
     }
     r
 }

@@ -338,3 +338,146 @@ fn leases_hold_a_quota_across_shards() {
     assert_eq!(s.sum("aaaaaaaaaaaa", 0, 1_000_000).unwrap(), admitted);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Two shards and a coordinator driven by hand: a quota of 40 with the
+/// plan's "gold" key (key 0).
+fn manual_shards(tag: &str) -> (Vec<ShardUsage>, coordinator::Manual, std::path::PathBuf) {
+    let dir = temp_dir(tag);
+    let text = config(
+        "[[usage_plans]]\nname = \"gold\"\napis = [\"pets\"]\nquota = { limit = 40, period = \"MONTH\" }\n",
+    )
+    .replace("/nonexistent-coregate-test", dir.to_str().unwrap());
+    let plan = load_str(&text).unwrap();
+    let (links, manual) = coordinator::start_manual(&plan.policies.usage, 2).unwrap();
+    let shards = links
+        .into_iter()
+        .enumerate()
+        .map(|(i, l)| ShardUsage::new(&plan.policies.usage, i, l))
+        .collect();
+    (shards, manual.unwrap(), dir)
+}
+
+/// One reconciliation round: every shard ticks, the coordinator answers,
+/// every shard takes the answers in.
+fn round(shards: &[ShardUsage], c: &mut coordinator::Manual) {
+    for s in shards {
+        s.tick_for_tests();
+    }
+    c.pump();
+    for s in shards {
+        s.tick_for_tests();
+    }
+    c.pump();
+}
+
+/// Spends `n` requests of key 0 on `s`, which must hold them.
+fn spend(s: &ShardUsage, n: usize) {
+    for _ in 0..n {
+        assert_eq!(s.peek(0), QuotaCheck::Allowed);
+        s.admit(0);
+    }
+}
+
+#[test]
+fn a_waiting_request_gets_quota_another_busy_shard_holds() {
+    // Regression (the 2-shard, 40-a-day report): shard 0's burst made it
+    // want far more than the pool (it measures demand over 1 ms ticks while
+    // a request waits), so it took the pool and the idle shard 1's lease.
+    // When shard 1's requests came, shard 0 was not recalled (it "wanted"
+    // more than it held) and they were refused after 100 ms with 30 of 40
+    // left.
+    let (shards, mut c, dir) = manual_shards("waiting-recall");
+    spend(&shards[0], 5); // its initial lease (40 / (4 x 2))
+    assert_eq!(shards[0].peek(0), QuotaCheck::Wait);
+    for _ in 0..30 {
+        shards[0].note_refused(0); // a burst of demand
+    }
+    {
+        let _w = shards[0].waiting_for_tests(0);
+        round(&shards, &mut c);
+        round(&shards, &mut c);
+        assert_eq!(shards[0].peek(0), QuotaCheck::Allowed);
+        spend(&shards[0], 1);
+    }
+    // Shard 1 now has requests and nothing in hand.
+    while shards[1].peek(0) == QuotaCheck::Allowed {
+        spend(&shards[1], 1);
+    }
+    assert_eq!(shards[1].peek(0), QuotaCheck::Wait);
+    let w = shards[1].waiting_for_tests(0);
+    shards[1].note_refused(0);
+    for _ in 0..3 {
+        // Shard 0 stays busy (its clients keep sending): its demand, and
+        // so its want, stays above what it holds.
+        if shards[0].peek(0) == QuotaCheck::Allowed {
+            shards[0].admit(0);
+        }
+        for _ in 0..30 {
+            shards[0].note_refused(0);
+        }
+        round(&shards, &mut c);
+    }
+    assert_eq!(
+        shards[1].peek(0),
+        QuotaCheck::Allowed,
+        "a waiting request must get the lease shard 0 holds but does not use"
+    );
+    drop(w);
+    drop(shards);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_waiting_request_learns_the_quota_is_spent() {
+    // The other answer to a waiting request: when the last lease is spent
+    // elsewhere, "exhausted", never a lease that does not exist.
+    let (shards, mut c, dir) = manual_shards("waiting-exhausted");
+    let mut admitted = 0;
+    for _ in 0..40 {
+        round(&shards, &mut c);
+        if shards[0].peek(0) == QuotaCheck::Allowed {
+            shards[0].admit(0);
+            admitted += 1;
+        } else {
+            shards[0].note_refused(0);
+            let _w = shards[0].waiting_for_tests(0);
+            round(&shards, &mut c);
+            round(&shards, &mut c);
+            round(&shards, &mut c);
+            if shards[0].peek(0) == QuotaCheck::Allowed {
+                shards[0].admit(0);
+                admitted += 1;
+            }
+        }
+    }
+    assert_eq!(admitted, 40, "every request of the quota, on one shard");
+    let w = shards[1].waiting_for_tests(0);
+    shards[1].note_refused(0);
+    round(&shards, &mut c);
+    round(&shards, &mut c);
+    assert_eq!(shards[0].peek(0), QuotaCheck::Exceeded);
+    assert_eq!(shards[1].peek(0), QuotaCheck::Exceeded);
+    drop(w);
+    drop(shards);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_wait_dropped_midway_is_no_longer_counted() {
+    // A connection that closes while its request waits for a lease drops
+    // the waiting future: the shard must stop counting it (it used to stay
+    // "urgent" forever, its reconciler ticking every millisecond).
+    let (shards, _c, dir) = manual_shards("waiting-dropped");
+    spend(&shards[0], 5);
+    glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+        .make()
+        .unwrap()
+        .run(async {
+            let wait = shards[0].wait(0);
+            let polled = futures_lite::future::poll_once(Box::pin(wait)).await;
+            assert!(polled.is_none(), "no lease yet: it waits");
+        });
+    assert_eq!(shards[0].urgent_for_tests(), 0);
+    drop(shards);
+    let _ = std::fs::remove_dir_all(&dir);
+}
