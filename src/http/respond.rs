@@ -106,6 +106,8 @@ pub fn write_reply<'a>(out: &mut Vec<u8>, reply: &Reply<'a>, env: &Envelope<'_>)
     body
 }
 
+// Test code only: the `unwrap()`s turn bytes this module wrote from ASCII
+// literals into text; a failure is a failing test.
 #[cfg(test)]
 mod tests {
     use super::*;

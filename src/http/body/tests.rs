@@ -1,4 +1,9 @@
 //! Byte-level tests for the chunked body decoder.
+//!
+//! Test code only (`#[cfg(test)]`): every `unwrap()`/`expect()` here is on
+//! a byte literal or a run of the decoder the test itself builds, so a
+//! failure is a failing test; nothing a client or a config file controls
+//! reaches them.
 
 use super::*;
 

@@ -1,4 +1,8 @@
 //! Bucket arithmetic: refill, leases, recalls, and the all-or-nothing check.
+//!
+//! Test code only (`#[cfg(test)]`): every `unwrap()`/`expect()` here is on a
+//! fixture the test itself builds (configs, heads, links), so a failure is a
+//! failing test; nothing a client or a config file controls reaches them.
 
 use super::bucket::RECALL_GAP;
 use super::*;
