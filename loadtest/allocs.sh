@@ -7,9 +7,9 @@
 # A small preloaded library counts calls to malloc, calloc and realloc made
 # on the shard's thread (threads named coregate-shard*; the coordinator
 # threads tick on time, not on requests) and writes the totals when the
-# gateway exits. The gateway
-# (one shard) serves a mock route and a route proxied to a backend (nginx
-# when installed, else Python's http.server with HTTP/1.1 keep-alive).
+# gateway exits. The gateway (one shard) serves a mock route and a route
+# proxied to nginx (installed if missing), as loadtest/counting.sh sets
+# them up.
 # A Python client sends N requests on one keep-alive connection, once with
 # N = 2,000 and once with N = 12,000; the difference of the two totals over
 # 10,000 is the allocations per request, free of start-up and shutdown.
@@ -22,14 +22,8 @@ if [ -z "$BIN" ]; then
     (cd "$ROOT" && cargo build --release --bin coregate >/dev/null 2>&1)
     BIN=$ROOT/target/release/coregate
 fi
-WORK=$(mktemp -d)
-PIDS=()
-cleanup() {
-    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
+. "$ROOT/loadtest/counting.sh"
+need gcc nginx
 
 cat >"$WORK/count.c" <<'C'
 #define _GNU_SOURCE
@@ -99,105 +93,16 @@ void free(void *p) {
 C
 gcc -O2 -shared -fPIC -o "$WORK/count.so" "$WORK/count.c" -ldl
 
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
-BACKEND_PORT=$(free_port)
-if command -v nginx >/dev/null; then
-    mkdir -p "$WORK/nginx"
-    cat >"$WORK/nginx/nginx.conf" <<NGINX
-daemon off;
-worker_processes 1;
-pid $WORK/nginx/nginx.pid;
-error_log $WORK/nginx/error.log;
-events { worker_connections 1024; }
-http {
-    access_log off;
-    client_body_temp_path $WORK/nginx;
-    proxy_temp_path $WORK/nginx;
-    fastcgi_temp_path $WORK/nginx;
-    uwsgi_temp_path $WORK/nginx;
-    scgi_temp_path $WORK/nginx;
-    keepalive_requests 1000000;
-    server {
-        listen 127.0.0.1:$BACKEND_PORT;
-        location / { default_type application/json; return 200 '{"id":1}'; }
-    }
-}
-NGINX
-    nginx -c "$WORK/nginx/nginx.conf" -p "$WORK/nginx" &
-    PIDS+=($!)
-else
-    mkdir -p "$WORK/www/pets"
-    printf '{"id":1}' >"$WORK/www/pets/1"
-    cat >"$WORK/backend.py" <<PY
-import http.server, functools
-class H(http.server.SimpleHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    def log_message(self, *a): pass
-http.server.ThreadingHTTPServer(("127.0.0.1", $BACKEND_PORT),
-    functools.partial(H, directory="$WORK/www")).serve_forever()
-PY
-    python3 "$WORK/backend.py" &
-    PIDS+=($!)
-fi
-
-cat >"$WORK/client.py" <<'PY'
-# One keep-alive connection, one request at a time, raw bytes: no client
-# library between the numbers and the socket.
-import socket, sys
-port, path, n = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
-s = socket.create_connection(("127.0.0.1", port), timeout=10)
-s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-req = f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode()
-for _ in range(n):
-    s.sendall(req)
-    buf = b""
-    while b"\r\n\r\n" not in buf:
-        more = s.recv(65536)
-        if not more:
-            sys.exit(f"{path}: connection closed")
-        buf += more
-    head, _, body = buf.partition(b"\r\n\r\n")
-    if not head.startswith(b"HTTP/1.1 200 "):
-        sys.exit(f"{path}: {head[:40]!r}")
-    length = next(int(l.split(b":")[1]) for l in head.split(b"\r\n")
-                  if l.lower().startswith(b"content-length:"))
-    while len(body) < length:
-        body += s.recv(65536)
-s.close()
-PY
+start_backend
 
 run() { # path n -> "malloc calloc realloc"
     local path=$1 n=$2 port
     port=$(free_port)
-    cat >"$WORK/gw.toml" <<TOML
-[server]
-listen = ["127.0.0.1:$port"]
-shards = 1
-
-[[upstreams]]
-name = "backend"
-targets = [{ address = "127.0.0.1:$BACKEND_PORT" }]
-
-[[apis]]
-name = "demo"
-
-[[apis.routes]]
-key = "GET /health"
-integration = { type = "mock", status = 200, body = '{"ok":true}' }
-
-[[apis.routes]]
-key = "GET /pets/{id}"
-integration = { type = "http_proxy", url = "http://backend/pets/{id}" }
-TOML
+    write_gateway_config "$port"
     ALLOC_COUNT_FILE=$WORK/count.txt LD_PRELOAD=$WORK/count.so "$BIN" serve --config "$WORK/gw.toml" \
         >"$WORK/gw.out" 2>&1 &
     local gw=$!
-    for _ in $(seq 100); do
-        python3 -c "import socket; socket.create_connection(('127.0.0.1',$port),0.2).close()" 2>/dev/null && break
-        sleep 0.1
-    done
+    wait_port "$port"
     python3 "$WORK/client.py" "$port" "$path" "$n"
     kill -TERM "$gw"
     wait "$gw" || true
@@ -206,10 +111,10 @@ TOML
 
 echo "binary: $BIN"
 printf '%-8s %12s %12s %12s\n' route malloc/req calloc/req realloc/req
-for path in /health /pets/1; do
+for path in /mock /hello; do
     read -r m1 c1 r1 < <(run "$path" 2000)
     read -r m2 c2 r2 < <(run "$path" 12000)
-    name=$([ "$path" = /health ] && echo mock || echo proxy)
+    name=$([ "$path" = /mock ] && echo mock || echo proxy)
     awk -v n=10000 -v a="$m1" -v b="$m2" -v c="$c1" -v d="$c2" -v e="$r1" -v f="$r2" -v name="$name" \
         'BEGIN { printf "%-8s %12.3f %12.3f %12.3f\n", name, (b-a)/n, (d-c)/n, (f-e)/n }'
 done
