@@ -12,7 +12,8 @@
 
 mod bucket;
 
-pub use bucket::{Global, Grants, Tally};
+use bucket::snap;
+pub use bucket::{Global, Grants, Stream, Tally};
 
 use super::{Decision, Refusal, RequestView};
 pub use crate::config::raw::throttle::{RawRate, RawThrottle};
@@ -313,11 +314,21 @@ pub struct Report {
 pub enum ToShard {
     Grant {
         key: Key,
-        tokens: u32,
+        tokens: f64,
     },
-    /// Give back what you hold if you are idle: another shard is short.
+    /// Give back what you hold beyond `keep` if you are idle: another
+    /// shard refuses requests, or is below its share.
     Recall {
         key: Key,
+        keep: u32,
+        /// Numbers the recalls of one bucket; the shard reports the last it
+        /// answered.
+        seq: u32,
+    },
+    /// Refill your own tokens at this rate, up to this cap (rate 0: stop).
+    Stream {
+        key: Key,
+        stream: Stream,
     },
 }
 
@@ -521,7 +532,11 @@ impl Coordinator {
             .buckets
             .entry(r.key)
             .or_insert_with(|| Global::new(def.rate, def.burst, shards, now));
-        g.apply(now, r.shard, &r.tally);
+        if r.forget {
+            g.forget(now, r.shard, &r.tally);
+        } else {
+            g.apply(now, r.shard, &r.tally);
+        }
         touched.push(r.key);
     }
 
@@ -531,11 +546,15 @@ impl Coordinator {
             return;
         };
         let out: Grants = g.distribute(now);
+        // Streams first: a grant can need the cap a stream gives.
+        for &(shard, stream) in &out.streams {
+            let _ = self.to_shards[shard].send(ToShard::Stream { key, stream });
+        }
         for &(shard, tokens) in &out.grants {
             let _ = self.to_shards[shard].send(ToShard::Grant { key, tokens });
         }
-        for &shard in &out.recalls {
-            let _ = self.to_shards[shard].send(ToShard::Recall { key });
+        for &(shard, keep, seq) in &out.recalls {
+            let _ = self.to_shards[shard].send(ToShard::Recall { key, keep, seq });
         }
         match out.retry_at {
             Some(at) => {
@@ -553,67 +572,107 @@ impl Coordinator {
 /// A shard's view of one bucket.
 #[derive(Debug, Clone)]
 struct Local {
-    /// Tokens this shard may spend now (leased mode).
-    held: u32,
-    /// The bucket's tokens and when they were last refilled (a single
-    /// shard: the bucket is exact, on the shard).
-    tokens: f64,
+    /// Tokens this shard may spend now (whole ones; a stream adds
+    /// fractions as time passes).
+    held: f64,
+    /// Its stream: it refills `held` at `rate` up to `cap` (rate 0: none).
+    /// A single shard runs the whole bucket as its stream.
+    rate: f64,
+    cap: f64,
+    /// The last stream setting applied.
+    seq: u32,
     refilled: Instant,
-    /// Since the last report: tokens spent, taken in advance, requests seen.
+    /// Since the last report: tokens spent, taken in advance, given back,
+    /// made by the stream; requests seen and refused for lack of tokens.
     spent: u32,
     advanced: u32,
+    returned: f64,
+    accrued: f64,
     attempts: u32,
-    /// Requests that found no token of this bucket.
     refused: u32,
     /// Requests per second, smoothed over ticks.
     demand: f64,
+    last_demand: f64,
     last_want: u32,
     last_busy: bool,
     last_starving: bool,
-    recall: bool,
+    last_seq: u32,
+    last_recall_seq: u32,
+    /// A recall to answer at the next report: keep this many; its number.
+    recall: Option<(u32, u32)>,
+    /// The last recall answered.
+    recall_seq: u32,
     last_used: Instant,
     /// A per-client bucket listed in `Inner::active_clients`.
     active: bool,
 }
 
 impl Local {
-    /// A bucket holding `held` tokens, `advanced` of them without a lease
-    /// (to report), and `tokens` when the shard keeps it alone.
-    fn new(held: u32, advanced: u32, tokens: f64, now: Instant) -> Local {
+    /// A bucket holding `held` tokens, `advanced` of them taken without a
+    /// lease (to report), refilling at `rate` up to `cap`.
+    fn new(held: f64, advanced: u32, rate: f64, cap: f64, now: Instant) -> Local {
         Local {
             held,
-            tokens,
+            rate,
+            cap,
+            seq: 0,
             refilled: now,
             spent: 0,
             advanced,
+            returned: 0.0,
+            accrued: 0.0,
             attempts: 0,
             refused: 0,
             demand: 0.0,
+            last_demand: 0.0,
             last_want: 0,
             last_busy: false,
             last_starving: false,
-            recall: false,
+            last_seq: 0,
+            last_recall_seq: 0,
+            recall: None,
+            recall_seq: 0,
             last_used: now,
             active: false,
         }
     }
 
-    /// The exact bucket's tokens at `now` (a single shard).
-    fn refill(&mut self, def: &BucketDef, now: Instant) -> f64 {
+    /// Adds what the stream made since the last refill.
+    fn refill(&mut self, now: Instant) {
         let dt = now.saturating_duration_since(self.refilled).as_secs_f64();
         self.refilled = self.refilled.max(now);
-        self.tokens = (self.tokens + def.rate * dt).min(def.burst as f64);
-        self.tokens
+        if self.rate > 0.0 && self.held < self.cap {
+            let next = snap((self.held + self.rate * dt).min(self.cap));
+            self.accrued += next - self.held;
+            self.held = next;
+        }
+    }
+
+    fn grant(&mut self, tokens: f64, now: Instant) {
+        self.refill(now);
+        self.held = snap(self.held + tokens);
+    }
+
+    /// A new stream from now. Tokens held beyond its cap stay (they are
+    /// counted for the shard); the stream refills only below it.
+    fn set_stream(&mut self, stream: Stream, now: Instant) {
+        self.refill(now);
+        self.rate = stream.rate;
+        self.cap = stream.cap as f64;
+        self.seq = stream.seq;
     }
 
     /// Builds this tick's report, if there is anything to say.
-    fn report(&mut self, burst: u32, dt: f64) -> Option<Tally> {
+    fn report(&mut self, burst: u32, dt: f64, now: Instant) -> Option<Tally> {
+        self.refill(now);
         let rate = self.attempts as f64 / dt.max(1e-3);
-        // Rises at once, decays over a few ticks.
+        // Rises at once, decays by 30% per TICK of time (an idle shard
+        // ticks less often; its demand still fades in a few ms).
+        let keep = 0.7f64.powf(dt / TICK.as_secs_f64());
         self.demand = if rate >= self.demand {
             rate
         } else {
-            self.demand * 0.7 + rate * 0.3
+            self.demand * keep + rate * (1.0 - keep)
         };
         if self.demand < 1.0 && self.attempts == 0 {
             self.demand = 0.0;
@@ -627,30 +686,49 @@ impl Local {
         };
         let busy = self.attempts > 0;
         let starving = self.refused > 0;
-        let returned = if self.recall && !busy { self.held } else { 0 };
-        self.recall = false;
-        self.held -= returned;
+        if let Some((keep, seq)) = self.recall.take() {
+            self.recall_seq = seq;
+            // Not while a stream runs (one set after the recall was sent):
+            // the coordinator counts its cap for it, tokens included.
+            if !busy && self.rate == 0.0 && self.held > keep as f64 {
+                self.returned += self.held - keep as f64;
+                self.held = keep as f64;
+            }
+        }
         let changed = self.spent > 0
             || self.advanced > 0
-            || returned > 0
+            || self.returned > 0.0
+            || self.accrued > 0.0
+            || self.demand != self.last_demand
             || want != self.last_want
             || busy != self.last_busy
-            || starving != self.last_starving;
+            || starving != self.last_starving
+            || self.seq != self.last_seq
+            || self.recall_seq != self.last_recall_seq;
         let out = Tally {
             spent: self.spent,
             advanced: self.advanced,
-            returned,
+            returned: self.returned,
+            accrued: self.accrued,
+            demand: self.demand,
             want,
             busy,
             starving,
+            seq: self.seq,
+            recall_seq: self.recall_seq,
         };
         self.spent = 0;
         self.advanced = 0;
+        self.returned = 0.0;
+        self.accrued = 0.0;
         self.attempts = 0;
         self.refused = 0;
+        self.last_demand = self.demand;
         self.last_want = want;
         self.last_busy = busy;
         self.last_starving = starving;
+        self.last_seq = self.seq;
+        self.last_recall_seq = self.recall_seq;
         changed.then_some(out)
     }
 }
@@ -715,7 +793,13 @@ impl ShardThrottle {
         let fixed = plan
             .defs
             .iter()
-            .map(|d| Local::new(initial_share(d.burst, shards), 0, d.burst as f64, now))
+            .map(|d| {
+                if alone {
+                    Local::new(d.burst as f64, 0, d.rate, d.burst as f64, now)
+                } else {
+                    Local::new(initial_share(d.burst, shards) as f64, 0, 0.0, 0.0, now)
+                }
+            })
             .collect();
         ShardThrottle {
             inner: Rc::new(Inner {
@@ -800,8 +884,13 @@ impl ShardThrottle {
                     None => clients.entry((id, who)).or_insert_with(|| {
                         // A new client's bucket is full. Leased, the shard
                         // takes its share in advance and reports it.
-                        let share = initial_share(def.burst, inner.shards);
-                        Local::new(share, share, def.burst as f64, now)
+                        if inner.alone {
+                            let b = def.burst as f64;
+                            Local::new(b, 0, def.rate, b, now)
+                        } else {
+                            let share = initial_share(def.burst, inner.shards);
+                            Local::new(share as f64, share, 0.0, 0.0, now)
+                        }
                     }),
                 }
             } else {
@@ -811,19 +900,18 @@ impl ShardThrottle {
                 }
             };
             local.last_used = now;
-            let empty = if inner.alone {
-                local.refill(def, now) < 1.0
-            } else {
+            local.refill(now);
+            let empty = local.held < 1.0;
+            if !inner.alone {
                 local.attempts = local.attempts.saturating_add(1);
                 if def.dynamic() && !local.active {
                     local.active = true;
                     inner.active_clients.borrow_mut().push((id, who));
                 }
-                if local.held == 0 {
+                if empty {
                     local.refused = local.refused.saturating_add(1);
                 }
-                local.held == 0
-            };
+            }
             if empty {
                 retry_after = retry_after.max(def.retry_after);
             }
@@ -841,10 +929,8 @@ impl ShardThrottle {
                 fixed.get_mut(id as usize)
             };
             if let Some(l) = local {
-                if inner.alone {
-                    l.tokens -= 1.0;
-                } else {
-                    l.held = l.held.saturating_sub(1);
+                l.held -= 1.0;
+                if !inner.alone {
                     l.spent += 1;
                 }
             }
@@ -884,7 +970,7 @@ impl ShardThrottle {
                 let now = Instant::now();
                 let dt = now.duration_since(last).as_secs_f64();
                 last = now;
-                if !inner.reconcile(dt) {
+                if !inner.reconcile(now, dt) {
                     return;
                 }
                 if now >= next_evict {
@@ -920,8 +1006,9 @@ impl Inner {
         }
     }
 
-    /// One reconciliation step. False when the coordinator is gone.
-    fn reconcile(&self, dt: f64) -> bool {
+    /// One reconciliation step at `now`, `dt` seconds after the previous
+    /// one. False when the coordinator is gone.
+    fn reconcile(&self, now: Instant, dt: f64) -> bool {
         let mut fixed = self.fixed.borrow_mut();
         let mut clients = self.clients.borrow_mut();
         if let Some(rx) = &self.from_coordinator {
@@ -931,37 +1018,49 @@ impl Inner {
                     Err(TryRecvError::Empty) => break,
                     Err(TryRecvError::Disconnected) => return false,
                 };
-                let (key, grant) = match msg {
-                    ToShard::Grant { key, tokens } => (key, Some(tokens)),
-                    ToShard::Recall { key } => (key, None),
+                let key = match msg {
+                    ToShard::Grant { key, .. }
+                    | ToShard::Recall { key, .. }
+                    | ToShard::Stream { key, .. } => key,
                 };
                 let local = match key.1 {
                     None => fixed.get_mut(key.0 as usize),
                     Some(ip) => clients.get_mut(&(key.0, ip)),
                 };
-                match (local, grant) {
-                    (Some(l), Some(t)) => l.held = l.held.saturating_add(t),
-                    (Some(l), None) => {
-                        l.recall = true;
-                        if let (Some(ip), false) = (key.1, l.active) {
-                            l.active = true;
-                            self.active_clients.borrow_mut().push((key.0, ip));
-                        }
-                    }
-                    // A lease for a client bucket already forgotten: hand
-                    // it straight back.
-                    (None, Some(t)) => {
-                        self.send(Report {
-                            shard: self.shard,
-                            key,
-                            tally: Tally {
-                                returned: t,
-                                ..Tally::default()
-                            },
-                            forget: true,
-                        });
-                    }
-                    (None, None) => {}
+                let Some(l) = local else {
+                    // A client bucket already forgotten: hand a lease
+                    // straight back, answer a stream as not running and a
+                    // recall as answered.
+                    let tally = match msg {
+                        ToShard::Grant { tokens, .. } => Tally {
+                            returned: tokens,
+                            ..Tally::default()
+                        },
+                        ToShard::Stream { stream, .. } => Tally {
+                            seq: stream.seq,
+                            ..Tally::default()
+                        },
+                        ToShard::Recall { seq, .. } => Tally {
+                            recall_seq: seq,
+                            ..Tally::default()
+                        },
+                    };
+                    self.send(Report {
+                        shard: self.shard,
+                        key,
+                        tally,
+                        forget: true,
+                    });
+                    continue;
+                };
+                match msg {
+                    ToShard::Grant { tokens, .. } => l.grant(tokens, now),
+                    ToShard::Stream { stream, .. } => l.set_stream(stream, now),
+                    ToShard::Recall { keep, seq, .. } => l.recall = Some((keep, seq)),
+                }
+                if let (Some(ip), false) = (key.1, l.active) {
+                    l.active = true;
+                    self.active_clients.borrow_mut().push((key.0, ip));
                 }
             }
         }
@@ -970,7 +1069,7 @@ impl Inner {
             if def.dynamic() {
                 continue;
             }
-            if let Some(tally) = local.report(def.burst, dt) {
+            if let Some(tally) = local.report(def.burst, dt, now) {
                 if !self.send(Report {
                     shard: self.shard,
                     key: (id as u32, None),
@@ -987,7 +1086,7 @@ impl Inner {
                 return false;
             };
             let burst = self.defs.get(id as usize).map_or(1, |d| d.burst);
-            if let Some(tally) = local.report(burst, dt) {
+            if let Some(tally) = local.report(burst, dt, now) {
                 connected &= self.send(Report {
                     shard: self.shard,
                     key: (id, Some(ip)),
@@ -995,28 +1094,30 @@ impl Inner {
                     forget: false,
                 });
             }
-            // Quiet now (its last report said so): off the list until its
-            // next request or recall.
-            local.active = local.demand > 0.0 || local.last_busy;
+            // Quiet now (its last report said so) and no stream: off the
+            // list until its next request or message.
+            local.active = local.demand > 0.0 || local.last_busy || local.rate > 0.0;
             local.active
         });
         connected
     }
 
     /// Forgets per-client buckets idle for [`CLIENT_IDLE_EVICT`]. Leased,
-    /// their tokens go back to the coordinator; kept alone, a bucket is
-    /// forgotten only once it is full again (a new one starts full).
+    /// their tokens go back to the coordinator (not while a stream runs:
+    /// the coordinator ends it first); kept alone, a bucket is forgotten
+    /// only once it is full again (a new one starts full).
     fn evict_clients(&self, now: Instant) {
         let mut clients = self.clients.borrow_mut();
         clients.retain(|&(id, ip), l| {
             if now.saturating_duration_since(l.last_used) < CLIENT_IDLE_EVICT {
                 return true;
             }
+            l.refill(now);
             if self.alone {
-                return match self.defs.get(id as usize) {
-                    Some(def) => l.refill(def, now) < def.burst as f64,
-                    None => false,
-                };
+                return l.held < l.cap;
+            }
+            if l.rate > 0.0 {
+                return true;
             }
             self.send(Report {
                 shard: self.shard,
@@ -1024,7 +1125,10 @@ impl Inner {
                 tally: Tally {
                     spent: l.spent,
                     advanced: l.advanced,
-                    returned: l.held,
+                    returned: l.returned + l.held,
+                    accrued: l.accrued,
+                    seq: l.seq,
+                    recall_seq: l.recall_seq,
                     ..Tally::default()
                 },
                 forget: true,
@@ -1034,5 +1138,7 @@ impl Inner {
     }
 }
 
+#[cfg(test)]
+mod sim;
 #[cfg(test)]
 mod tests;
