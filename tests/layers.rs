@@ -18,8 +18,10 @@ const LAYERS: &[&str] = &[
     "policy",
     "integration",
     "plan",
+    "observe",
     "gateway",
     "runtime",
+    "admin",
     "cli",
 ];
 

@@ -55,7 +55,7 @@ pub async fn handle(gw: &Gateway, conn: &mut Conn, head: &RequestHead) -> Flow {
         conn.ebuf.clear();
     }
     let flow = drive(gw, conn, head, &mut x, now).await;
-    exit::finish(&gw.observed, &mut x);
+    exit::finish(gw, &mut x);
     flow
 }
 
@@ -68,7 +68,7 @@ pub async fn refuse(gw: &Gateway, conn: &mut Conn, status: u16, message: &'stati
         .extend_from_slice(&gw.ids.borrow_mut().next_id());
     conn.ebuf.clear();
     reply::close_with(gw, conn, &mut x, status, message).await;
-    exit::finish(&gw.observed, &mut x);
+    exit::finish(gw, &mut x);
 }
 
 /// A route parameter: its name (borrowed from the route table) and where
@@ -190,7 +190,10 @@ async fn drive(
         );
         match decision {
             Decision::Continue => i += 1,
-            Decision::Respond(r) => return refuse_request(gw, conn, head, x, consumed, r).await,
+            Decision::Respond(r) => {
+                x.outcome.refused_by = Some(phase);
+                return refuse_request(gw, conn, head, x, consumed, r).await;
+            }
             // Once: wait for this shard's lease of the key's quota, then
             // run the phase again.
             Decision::WaitQuota(key) if !waited_quota => {
@@ -198,13 +201,18 @@ async fn drive(
                 Box::pin(gw.policies.usage.wait(key)).await;
             }
             Decision::WaitQuota(_) => {
+                x.outcome.refused_by = Some(phase);
                 let r = Refusal::json(429, "Limit Exceeded");
                 return refuse_request(gw, conn, head, x, consumed, r).await;
             }
             // Boxed like the proxy: the call's state stays out of every
             // connection's task.
             Decision::Authorize(call) => {
-                match Box::pin(authorize::call(gw, call, conn, head, x)).await {
+                let answer = Box::pin(authorize::call(gw, call, conn, head, x)).await;
+                if !matches!(answer, Decision::Continue) {
+                    x.outcome.refused_by = Some(phase);
+                }
+                match answer {
                     Decision::Continue => i += 1,
                     Decision::Respond(r) => {
                         return refuse_request(gw, conn, head, x, consumed, r).await
@@ -225,7 +233,8 @@ async fn drive(
                         i += 1;
                     }
                     Err(BodyFailure::Refused(f)) => {
-                        return refuse_request(gw, conn, head, x, consumed, f.refusal()).await
+                        x.outcome.refused_by = Some(phase);
+                        return refuse_request(gw, conn, head, x, consumed, f.refusal()).await;
                     }
                     Err(BodyFailure::Body(e)) => return reply::body_error(gw, conn, x, e).await,
                 }
@@ -289,6 +298,7 @@ async fn unrouted(
                     .is_some_and(|r| !r.allows(x.peer.ip()))
                 {
                     let r = Refusal::json(403, "Forbidden");
+                    x.outcome.refused_by = Some(policy::Phase::IpRules);
                     return refuse_request(gw, conn, head, x, None, r).await;
                 }
                 if let Some(cors) = &api.cors {
@@ -301,6 +311,7 @@ async fn unrouted(
                         client_cert_subject: parts.client_cert_subject,
                     };
                     if let Decision::Respond(r) = cors.preflight(&view) {
+                        x.outcome.refused_by = Some(policy::Phase::Cors);
                         return refuse_request(gw, conn, head, x, None, r).await;
                     }
                     cors.response_headers(&view, parts.extra);

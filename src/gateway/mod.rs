@@ -18,6 +18,7 @@ pub mod cache;
 mod driver;
 pub mod exchange;
 pub mod exit;
+mod metrics;
 mod reply;
 pub mod signed_body;
 
@@ -46,6 +47,8 @@ pub struct Generation {
     pub head_limits: HeadLimits,
     /// The state of `plan.upstreams[i]` is `upstreams[i]`.
     pub upstreams: Vec<Rc<UpstreamState>>,
+    /// Where this generation's requests are counted.
+    pub metrics: crate::observe::shard::GenerationMetrics,
 }
 
 /// A shard's gateway: its current generation, its run-time state and the
@@ -64,8 +67,8 @@ pub struct Gateway {
     pub tls: Option<futures_rustls::TlsAcceptor>,
     tls_failures: Cell<u64>,
     tls_failure_logged: Cell<Option<Instant>>,
-    /// What the exit has seen.
-    pub observed: exit::Observed,
+    /// What the exit has counted, by series name.
+    pub metrics: crate::observe::shard::ShardMetrics,
 }
 
 /// The settings an upstream's run-time state depends on: a generation
@@ -106,6 +109,7 @@ impl Gateway {
                 head_limits: head_limits(&plan),
                 plan: plan.clone(),
                 upstreams: Vec::new(),
+                metrics: Default::default(),
             })),
             upstream_states: RefCell::new(HashMap::new()),
             policies,
@@ -115,7 +119,7 @@ impl Gateway {
             tls,
             tls_failures: Cell::new(0),
             tls_failure_logged: Cell::new(None),
-            observed: exit::Observed::default(),
+            metrics: Default::default(),
         };
         gw.install(plan);
         gw
@@ -149,11 +153,13 @@ impl Gateway {
             .collect();
         *states = kept;
         let number = self.current.borrow().number + 1;
+        let metrics = self.metrics.layout(&plan);
         *self.current.borrow_mut() = Rc::new(Generation {
             number,
             head_limits: head_limits(&plan),
             plan,
             upstreams,
+            metrics,
         });
         number
     }

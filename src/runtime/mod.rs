@@ -25,6 +25,8 @@ pub enum Control {
     /// Stop accepting, close idle connections, let in-flight requests finish
     /// within the drain timeout, then stop.
     Shutdown,
+    /// Send what the shard has counted (the admin listener's scrape).
+    Snapshot(Sender<crate::observe::snapshot::ShardSnapshot>),
 }
 
 /// A running gateway: its shards and their inboxes.
@@ -216,6 +218,11 @@ impl Server {
             usage,
         };
         wait_ready(server, &readies, &plan.server.cpus)
+    }
+
+    /// A sender to each shard's control inbox, in shard order.
+    pub fn inboxes(&self) -> Vec<Sender<Control>> {
+        self.inboxes.clone()
     }
 
     /// Asks every shard to drain and stop.

@@ -12,6 +12,7 @@
 //! integration enum keeps `deny_unknown_fields`: an internally tagged enum is
 //! buffered before it is read, so serde_ignored cannot see into it.
 
+pub mod admin;
 pub mod api_key;
 pub mod auth;
 pub mod cache;
@@ -69,6 +70,8 @@ pub struct RawConfig {
     /// `[[authorizers]]`: named SigV4, JWT and request authorizers.
     #[serde(default)]
     pub authorizers: Vec<auth::RawAuthorizer>,
+    /// `[admin]`: the admin listener (metrics, dashboard).
+    pub admin: Option<admin::RawAdmin>,
     /// The directory of the config file, set by `plan::load`: relative
     /// paths in the config (`server.api_keys_file`) are taken from it.
     #[serde(skip)]
@@ -181,6 +184,8 @@ pub struct RawApi {
     pub api_key_required: Option<bool>,
     /// Default authorizer of the API's routes (a `[[authorizers]]` name).
     pub authorizer: Option<String>,
+    /// Metrics per route (label `route`), not only per API. Default: false.
+    pub detailed_metrics: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
