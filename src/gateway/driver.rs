@@ -208,18 +208,18 @@ async fn drive(
             // Boxed like the proxy: the call's state stays out of every
             // connection's task.
             Decision::Authorize(call) => {
-                let answer = Box::pin(authorize::call(gw, call, conn, head, x)).await;
-                if !matches!(answer, Decision::Continue) {
-                    x.outcome.refused_by = Some(phase);
-                }
-                match answer {
+                match Box::pin(authorize::call(gw, call, conn, head, x)).await {
                     Decision::Continue => i += 1,
                     Decision::Respond(r) => {
-                        return refuse_request(gw, conn, head, x, consumed, r).await
+                        x.outcome.refused_by = Some(phase);
+                        return refuse_request(gw, conn, head, x, consumed, r).await;
                     }
                     // An answer is allow or deny; anything else is refused,
                     // never allowed.
-                    _ => return internal_error(gw, conn, head, x, consumed).await,
+                    _ => {
+                        x.outcome.refused_by = Some(phase);
+                        return internal_error(gw, conn, head, x, consumed).await;
+                    }
                 }
             }
             Decision::VerifyBody(check) => {

@@ -250,20 +250,22 @@ impl UpstreamState {
         }
     }
 
-    /// Opens a new connection to `target`: TCP, and for an https://
-    /// upstream the TLS handshake, both within the connect timeout.
-    pub async fn connect(&self, plan: &UpstreamPlan, target: usize) -> std::io::Result<UpConn> {
-        let result = self.open(plan, target).await;
-        let t = &self.targets[target];
-        let counter = match result {
-            Ok(_) => &t.connects,
-            Err(_) => &t.connect_failures,
-        };
-        counter.set(counter.get() + 1);
-        result
+    /// Counts a connection attempt to `target` for the metrics. Called by
+    /// the callers of [`UpstreamState::connect`] with its result, rather
+    /// than inside it, so that the connect future (kept in every proxied
+    /// request's state) does not grow.
+    #[inline]
+    pub fn note_connect(&self, target: usize, ok: bool) {
+        if let Some(t) = self.targets.get(target) {
+            let c = if ok { &t.connects } else { &t.connect_failures };
+            c.set(c.get() + 1);
+        }
     }
 
-    async fn open(&self, plan: &UpstreamPlan, target: usize) -> std::io::Result<UpConn> {
+    /// Opens a new connection to `target`: TCP, and for an https://
+    /// upstream the TLS handshake, both within the connect timeout. The
+    /// caller counts the attempt ([`UpstreamState::note_connect`]).
+    pub async fn connect(&self, plan: &UpstreamPlan, target: usize) -> std::io::Result<UpConn> {
         let addr = plan.targets[target].addr;
         let started = Instant::now();
         let stream = Socket::connect(addr, plan.connect_timeout).await?;
