@@ -12,7 +12,7 @@ use std::io::{self, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// An admin request's head may be this large; admin clients send small ones.
 const LIMITS: HeadLimits = HeadLimits {
@@ -21,7 +21,8 @@ const LIMITS: HeadLimits = HeadLimits {
     max_headers: 64,
 };
 /// A connection quiet for this long (mid-request or between requests) is
-/// closed.
+/// closed, and so is one whose request head takes longer than this to
+/// arrive, however it trickles in.
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub(super) fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
@@ -122,6 +123,7 @@ fn serve_connection(mut stream: TcpStream, shared: &Shared) {
     let mut chunk = [0u8; 4096];
     loop {
         // === read one head ===
+        let started = Instant::now();
         let head = loop {
             if !buf.is_empty() {
                 match parse_request_head(&buf, &LIMITS) {
@@ -137,6 +139,15 @@ fn serve_connection(mut stream: TcpStream, shared: &Shared) {
                         return;
                     }
                 }
+            }
+            if !buf.is_empty() && started.elapsed() > IO_TIMEOUT {
+                let _ = write_response(
+                    &mut stream,
+                    &Response::error(408, "Request Timeout"),
+                    false,
+                    false,
+                );
+                return;
             }
             match stream.read(&mut chunk) {
                 Ok(0) | Err(_) => return,
