@@ -145,6 +145,16 @@ integration = { type = "http_proxy", url = "http://echo/bg" }
         .parse()
         .expect("a count");
     assert!(bg_count > 0, "{dom}");
+    // The API's row adds its routes up, with latency quantiles.
+    let api_row = "class=\"api\" data-api=\"shop\"";
+    let api_count: u64 = cell(&dom, api_row, "requests")
+        .expect("the API's row")
+        .replace(',', "")
+        .parse()
+        .expect("a count");
+    assert_eq!(api_count, 300 + bg_count, "{dom}");
+    let p50 = cell(&dom, api_row, "p50").expect("p50 cell");
+    assert!(p50.ends_with("µs") || p50.ends_with("ms"), "p50 {p50:?}");
     let target = format!("data-upstream=\"echo\" data-target=\"{}\"", b.addr_str());
     let health = cell(&dom, &target, "l health").expect("target row");
     assert!(health.contains(">up<"), "{health}");

@@ -9,7 +9,7 @@
 
 use super::Context;
 use crate::observe::hist::HistSnapshot;
-use crate::observe::snapshot::Merged;
+use crate::observe::snapshot::{Merged, SeriesSnapshot};
 use crossbeam_channel::{Receiver, Sender};
 use serde_json::{json, Value};
 use std::collections::VecDeque;
@@ -148,6 +148,69 @@ impl History {
                 "p99_ms": ms(d.quantile(0.99)),
             })
         };
+        // Per API: its routes added up (an API with detailed metrics has
+        // one series per route; the others have one).
+        let mut apis: Vec<(Option<String>, SeriesSnapshot, Totals)> = Vec::new();
+        for x in &m.series {
+            let i = match apis.iter().position(|(a, _, _)| *a == x.api) {
+                Some(i) => i,
+                None => {
+                    let empty = SeriesSnapshot {
+                        api: x.api.clone(),
+                        ..SeriesSnapshot::default()
+                    };
+                    apis.push((x.api.clone(), empty, Totals::default()));
+                    apis.len() - 1
+                }
+            };
+            apis[i].1.add(x);
+            if let Some(b) = base.and_then(|b| {
+                b.series
+                    .iter()
+                    .find(|s| s.0 == (x.api.clone(), x.route.clone()))
+            }) {
+                let t = &mut apis[i].2;
+                t.requests += b.1;
+                t.c4xx += b.2;
+                t.c5xx += b.3;
+                t.duration.add(&b.4);
+            }
+        }
+        let apis: Vec<Value> = apis
+            .iter()
+            .map(|(api, s, b)| {
+                let (n, c4, c5) = (
+                    s.requests(),
+                    s.requests_of_class("4xx"),
+                    s.requests_of_class("5xx"),
+                );
+                let d = s.duration.since(&b.duration);
+                let dn = n.saturating_sub(b.requests);
+                json!({
+                    "api": api,
+                    "requests": n,
+                    "s2xx": s.requests_of_class("2xx"),
+                    "s4xx": c4,
+                    "s5xx": c5,
+                    "p50_ms": ms(s.duration.quantile(0.5)),
+                    "p99_ms": ms(s.duration.quantile(0.99)),
+                    "bytes_in": s.bytes_in,
+                    "bytes_out": s.bytes_out,
+                    "cache_hits": s.cache_hits,
+                    "cache_misses": s.cache_misses,
+                    "throttled": s.throttled,
+                    "quota_exceeded": s.quota_exceeded,
+                    "recent": {
+                        "requests": dn,
+                        "rps": if span > 0.0 { dn as f64 / span } else { 0.0 },
+                        "err4xx": ratio(c4.saturating_sub(b.c4xx), dn),
+                        "err5xx": ratio(c5.saturating_sub(b.c5xx), dn),
+                        "p50_ms": ms(d.quantile(0.5)),
+                        "p99_ms": ms(d.quantile(0.99)),
+                    },
+                })
+            })
+            .collect();
         let series: Vec<Value> = m
             .series
             .iter()
@@ -252,6 +315,7 @@ impl History {
                 },
             },
             "history": history,
+            "apis": apis,
             "series": series,
             "upstreams": upstreams,
             "shards": shards,

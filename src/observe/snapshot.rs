@@ -67,7 +67,8 @@ impl SeriesSnapshot {
             .sum()
     }
 
-    fn add(&mut self, o: &SeriesSnapshot) {
+    /// Adds `o`'s counts and histograms; the labels stay `self`'s.
+    pub fn add(&mut self, o: &SeriesSnapshot) {
         add_statuses(&mut self.statuses, &o.statuses);
         self.duration.add(&o.duration);
         self.integration.add(&o.integration);
