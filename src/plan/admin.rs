@@ -130,3 +130,88 @@ fn read_token(
     }
     Some(AdminToken(token.to_vec()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw(listen: Option<&str>, token_file: Option<&str>, enabled: Option<bool>) -> RawAdmin {
+        RawAdmin {
+            enabled,
+            listen: listen.map(str::to_string),
+            token_file: token_file.map(str::to_string),
+        }
+    }
+
+    #[test]
+    fn the_default_is_loopback_without_a_token() {
+        let mut errors = Vec::new();
+        let p = compile(None, None, &[], &mut errors);
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(p.listen, Some(DEFAULT_ADMIN_LISTEN.parse().unwrap()));
+        assert!(!p.explicit);
+        assert!(p.token.is_none());
+    }
+
+    #[test]
+    fn a_reachable_address_needs_a_token_and_ipv6_loopback_does_not() {
+        for addr in ["0.0.0.0:9901", "[::]:9901", "10.1.2.3:9901"] {
+            let mut errors = Vec::new();
+            compile(Some(&raw(Some(addr), None, None)), None, &[], &mut errors);
+            assert_eq!(errors.len(), 1, "{addr}: {errors:?}");
+            assert_eq!(errors[0].key, "admin.token_file");
+        }
+        let mut errors = Vec::new();
+        let p = compile(
+            Some(&raw(Some("[::1]:0"), None, None)),
+            None,
+            &[],
+            &mut errors,
+        );
+        assert!(errors.is_empty(), "{errors:?}");
+        assert!(p.explicit);
+    }
+
+    #[test]
+    fn disabled_serves_nothing_and_traffic_addresses_are_refused() {
+        let mut errors = Vec::new();
+        let p = compile(Some(&raw(None, None, Some(false))), None, &[], &mut errors);
+        assert!(errors.is_empty() && p.listen.is_none());
+        let traffic: SocketAddr = "127.0.0.1:8080".parse().unwrap();
+        compile(
+            Some(&raw(Some("127.0.0.1:8080"), None, None)),
+            None,
+            &[traffic],
+            &mut errors,
+        );
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(errors[0].message.contains("traffic listen address"));
+    }
+
+    #[test]
+    fn the_token_is_trimmed_and_never_printed() {
+        let dir = std::env::temp_dir().join(format!("coregate-admin-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("tok"), "  0123456789abcdef\n").unwrap();
+        let mut errors = Vec::new();
+        let p = compile(
+            Some(&raw(Some("0.0.0.0:0"), Some("tok"), None)),
+            Some(&dir),
+            &[],
+            &mut errors,
+        );
+        assert!(errors.is_empty(), "{errors:?}");
+        let token = p.token.expect("token");
+        assert_eq!(token.0, b"0123456789abcdef");
+        assert!(!format!("{token:?}").contains("0123"));
+        std::fs::write(dir.join("tok"), "abc def ghi jkl mno").unwrap();
+        compile(
+            Some(&raw(Some("0.0.0.0:0"), Some("tok"), None)),
+            Some(&dir),
+            &[],
+            &mut errors,
+        );
+        assert!(errors[0].message.contains("visible ASCII"), "{errors:?}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
