@@ -32,7 +32,7 @@ run() { # path n -> instructions on the busiest thread
     port=$(free_port)
     write_gateway_config "$port"
     rm -f "$WORK"/cg.out*
-    valgrind --tool=callgrind --separate-threads=yes --callgrind-out-file="$WORK/cg.out" \
+    valgrind --tool=callgrind --fair-sched=yes --separate-threads=yes --callgrind-out-file="$WORK/cg.out" \
         --toggle-collect='coregate::http::conn::run*' \
         "$BIN" serve --config "$WORK/gw.toml" >"$WORK/gw.out" 2>&1 &
     local gw=$!
