@@ -36,7 +36,8 @@ use std::time::Instant;
 
 /// Handles one request whose head is at the start of `conn.unread()`.
 pub async fn handle(gw: &Gateway, conn: &mut Conn, head: &RequestHead) -> Flow {
-    let now = Instant::now();
+    // The connection loop read the clock as the head came in.
+    let now = conn.head_at;
     let mut x = Exchange::new(
         gw.generation(),
         conn.peer,
@@ -55,7 +56,7 @@ pub async fn handle(gw: &Gateway, conn: &mut Conn, head: &RequestHead) -> Flow {
         conn.ebuf.clear();
     }
     let flow = drive(gw, conn, head, &mut x, now).await;
-    exit::finish(&gw.observed, &mut x);
+    conn.clock = exit::finish(&gw.observed, &mut x);
     flow
 }
 
@@ -75,43 +76,47 @@ pub async fn refuse(gw: &Gateway, conn: &mut Conn, status: u16, message: &'stati
 /// its value is in the request's bytes (from the head's first byte).
 type ParamSpans<'t> = SmallVec<[(&'t str, (usize, usize)); 4]>;
 
-/// Where routing sent a request.
-enum Routed<'t> {
-    Route(usize, ParamSpans<'t>),
-    Error {
-        status: u16,
-        message: &'static str,
-        allow: Option<AllowSet>,
-    },
+/// Why routing found no route for a request.
+struct Unrouted {
+    status: u16,
+    message: &'static str,
+    allow: Option<AllowSet>,
 }
 
-fn route<'t>(generation: &'t Generation, buf: &[u8], head: &RequestHead) -> Routed<'t> {
+/// Routes the request: its route's index, with the route's parameters
+/// written to `spans` (filled in place: the spans are too big to move
+/// around on every request).
+fn route<'t>(
+    generation: &'t Generation,
+    buf: &[u8],
+    head: &RequestHead,
+    spans: &mut ParamSpans<'t>,
+) -> Result<usize, Unrouted> {
     let Ok(path) = std::str::from_utf8(head.path(buf)) else {
-        return Routed::Error {
+        return Err(Unrouted {
             status: 400,
             message: "Invalid request target",
             allow: None,
-        };
+        });
     };
     match generation
         .plan
         .table
         .lookup(head.host.map(|h| h.get(buf)), head.method, path)
     {
-        Lookup::NotFound => Routed::Error {
+        Lookup::NotFound => Err(Unrouted {
             status: 404,
             message: "Not Found",
             allow: None,
-        },
-        Lookup::MethodNotAllowed { allow } => Routed::Error {
+        }),
+        Lookup::MethodNotAllowed { allow } => Err(Unrouted {
             status: 405,
             message: "Method Not Allowed",
             allow: Some(allow),
-        },
+        }),
         Lookup::Found { route, params } => {
             // The values are slices of `buf`: kept as positions, so the
             // connection's buffer is free again until the proxy needs them.
-            let mut spans = ParamSpans::new();
             if !params.is_empty() {
                 let base = buf.as_ptr() as usize;
                 spans.extend(
@@ -120,7 +125,7 @@ fn route<'t>(generation: &'t Generation, buf: &[u8], head: &RequestHead) -> Rout
                         .map(|(k, v)| (k, (v.as_ptr() as usize - base, v.len()))),
                 );
             }
-            Routed::Route(route as usize, spans)
+            Ok(route as usize)
         }
     }
 }
@@ -136,13 +141,14 @@ async fn drive(
     let generation = x.generation.clone();
     let plan = &generation.plan;
     // === route ===
-    let (route_id, params) = match route(&generation, conn.unread(), head) {
-        Routed::Route(r, params) => (r, params),
-        Routed::Error {
+    let mut params = ParamSpans::new();
+    let route_id = match route(&generation, conn.unread(), head, &mut params) {
+        Ok(r) => r,
+        Err(Unrouted {
             status,
             message,
             allow,
-        } => return unrouted(gw, conn, head, x, now, status, message, allow).await,
+        }) => return unrouted(gw, conn, head, x, now, status, message, allow).await,
     };
     x.route = Some(route_id);
     let route = &plan.routes[route_id];
@@ -245,7 +251,7 @@ async fn drive(
                 generation: &generation,
                 route: route_id,
                 proxy: p,
-                params,
+                params: &params[..],
             };
             proxy(gw, conn, head, x, consumed, routed).await
         }
@@ -388,7 +394,7 @@ struct RoutedProxy<'a> {
     generation: &'a Rc<Generation>,
     route: usize,
     proxy: &'a ProxyPlan,
-    params: ParamSpans<'a>,
+    params: &'a [(&'a str, (usize, usize))],
 }
 
 /// The proxy integration: the target is picked now that every phase has

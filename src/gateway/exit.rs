@@ -50,11 +50,14 @@ fn bump(c: &Cell<u64>, by: u64) {
     c.set(c.get().wrapping_add(by));
 }
 
-/// Ends a request: its exchange is complete.
-pub fn finish(observed: &Observed, x: &mut Exchange) {
+/// Ends a request: its exchange is complete. Returns the clock reading
+/// it took, if it took one (the connection loop reuses it).
+pub fn finish(observed: &Observed, x: &mut Exchange) -> Option<Instant> {
     let o = &mut x.outcome;
+    let mut read = None;
     if o.timings.last_byte_sent.is_none() && o.status != 0 {
-        o.timings.last_byte_sent = Some(Instant::now());
+        read = Some(Instant::now());
+        o.timings.last_byte_sent = read;
     }
     let class = match o.status {
         100..=599 => usize::from(o.status / 100),
@@ -71,4 +74,5 @@ pub fn finish(observed: &Observed, x: &mut Exchange) {
     if o.upstream.is_some() {
         bump(&observed.proxied, 1);
     }
+    read
 }

@@ -341,7 +341,8 @@ async fn forward_inner(
     let mut body_done = f.framing == Framing::None;
     let mut body_cut = false;
 
-    let (mut up, resp) = loop {
+    let mut resp = ResponseHead::default();
+    let mut up = loop {
         let now = Instant::now();
         let (mut up, reused) = match (!fresh_only)
             .then(|| state.checkout(uplan, f.target, now))
@@ -401,8 +402,8 @@ async fn forward_inner(
             }
         }
         let mut interim = false;
-        match read_final_head(conn, &mut up, uplan, f, &mut interim).await {
-            Ok(resp) => break (up, resp),
+        match read_final_head(conn, &mut up, uplan, f, &mut interim, &mut resp).await {
+            Ok(()) => break up,
             Err(UpErr::Closed(_)) if reused && retry_safe => {
                 fresh_only = true;
                 continue;
@@ -587,25 +588,26 @@ fn fail(status: u16, message: &'static str, body_done: bool) -> Proxied {
 }
 
 /// Reads a final response head into `up.buf`, forwarding 1xx informational
-/// responses to an HTTP/1.1 client (103) or dropping them (100). `interim`
-/// is set once a 1xx response was read.
+/// responses to an HTTP/1.1 client (103) or dropping them (100), and its
+/// parsed form into `resp`. `interim` is set once a 1xx response was read.
 async fn read_final_head(
     conn: &mut Conn,
     up: &mut UpConn,
     uplan: &UpstreamPlan,
     f: Forward<'_>,
     interim: &mut bool,
-) -> Result<ResponseHead, UpErr> {
+    resp: &mut ResponseHead,
+) -> Result<(), UpErr> {
     up.filled = 0;
     loop {
-        match read_response_head(up, uplan, f.method == Method::Head).await {
-            Ok(Head::Final(resp)) => return Ok(resp),
-            Ok(Head::Interim(resp)) => {
+        match read_response_head(up, uplan, f.method == Method::Head, resp).await {
+            Ok(Head::Final) => return Ok(()),
+            Ok(Head::Interim) => {
                 *interim = true;
                 if resp.status != 100 && f.minor_version == 1 {
                     // 102/103: pass on; they carry no body.
                     conn.wbuf.clear();
-                    write_informational(&mut conn.wbuf, &up.buf, &resp);
+                    write_informational(&mut conn.wbuf, &up.buf, resp);
                     conn.stream.send(&conn.wbuf).await.map_err(UpErr::Closed)?;
                 }
                 up.drop_head(resp.len);
