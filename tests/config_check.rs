@@ -307,12 +307,15 @@ fn demo_config_answers_at_once_without_a_backend() {
 
 #[test]
 fn serve_without_config_uses_the_demo_config() {
-    if !nothing_listens_on("127.0.0.1:8080")
-        || std::net::TcpListener::bind("127.0.0.1:8080").is_err()
-    {
-        eprintln!("skipped: 127.0.0.1:8080 is in use here");
-        return;
-    }
+    // The demo's own address is what this test checks, so it needs it:
+    // wait a while for whoever holds it, then fail saying so (never skip).
+    assert!(
+        wait_until(std::time::Duration::from_secs(10), || {
+            nothing_listens_on("127.0.0.1:8080")
+                && std::net::TcpListener::bind("127.0.0.1:8080").is_ok()
+        }),
+        "127.0.0.1:8080 is in use: this test starts the demo config, which listens there"
+    );
     let expected = toml::from_str::<toml::Value>(&demo_config_text())
         .ok()
         .and_then(|v| v.get("server")?.get("listen")?.as_array().map(|a| a.len()))

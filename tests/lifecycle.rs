@@ -151,7 +151,9 @@ fn drain_timeout_bounds_shutdown() {
     });
     assert!(b.wait_heads(1, Duration::from_secs(5)));
     gw.sigterm();
-    let status = gw.wait_exit(Duration::from_secs(6));
+    // 500 ms of drain, then the shards stop: 2.5 s leaves room for a busy
+    // machine, and is far from the 20 s the request would take.
+    let status = gw.wait_exit(Duration::from_millis(2500));
     let status = status.expect("coregate waited for a 20 s request despite drain_timeout_ms = 500");
     assert!(status.success(), "exit status {status:?}");
     // The stuck client is released (closed or answered), not left hanging.
@@ -198,13 +200,22 @@ fn every_shard_serves_on_the_shared_port() {
     let b = Backend::start(Reply::Echo);
     let gw = Gateway::start(&config(&b, 10_000));
     // Many fresh connections: SO_REUSEPORT spreads them over both shards; all
-    // must be answered whichever shard takes them.
+    // must be answered whichever shard takes them. The generated request
+    // id starts with the answering shard's prefix: both shards must have
+    // answered (40 connections all hashed to one shard: about 2^-39).
+    let mut shards = std::collections::BTreeSet::new();
     for i in 0..40 {
         let mut c = gw.client();
         let r = c.get(if i % 2 == 0 { "/health" } else { "/slow/x" });
         assert_eq!(r.status, 200, "connection {i}: {r:?}");
+        let id = r
+            .header("x-request-id")
+            .unwrap_or_else(|| panic!("no request id: {r:?}"));
+        assert!(is_generated_request_id(id), "{r:?}");
+        shards.insert(id[..16].to_string());
     }
     assert_eq!(b.hits(), 20);
+    assert_eq!(shards.len(), 2, "answering shards: {shards:?}");
 }
 
 #[test]

@@ -410,11 +410,39 @@ pub fn pattern_block() -> Vec<u8> {
     pattern(4177)
 }
 
-/// Checks a stream of bytes against the pattern.
+/// The pattern is stamped every `STAMP_EVERY` bytes: the first 8 bytes of
+/// page `p` (bytes `p * STAMP_EVERY ..`) are XOR-ed with `p`'s
+/// little-endian bytes. Page 0's stamp is zero, so a stream shorter than a
+/// page is the plain pattern; in a longer one, a page that arrives twice,
+/// out of order or not at all no longer matches, whatever the period.
+pub const STAMP_EVERY: u64 = 64 * 1024;
+
+/// XORs the stamps of the pages that overlap `buf`, which holds the
+/// stream's bytes from `start`.
+fn apply_stamps(buf: &mut [u8], start: u64) {
+    let end = start + buf.len() as u64;
+    let mut page = start / STAMP_EVERY;
+    loop {
+        let at = page * STAMP_EVERY;
+        if at >= end {
+            return;
+        }
+        for (k, b) in page.to_le_bytes().iter().enumerate() {
+            let pos = at + k as u64;
+            if pos >= start && pos < end {
+                buf[(pos - start) as usize] ^= b;
+            }
+        }
+        page += 1;
+    }
+}
+
+/// Checks a stream of bytes against the (stamped) pattern.
 pub struct PatternCheck {
     pub offset: u64,
     pub mismatches: u64,
     pat: Vec<u8>,
+    want: Vec<u8>,
 }
 
 impl Default for PatternCheck {
@@ -423,6 +451,7 @@ impl Default for PatternCheck {
             offset: 0,
             mismatches: 0,
             pat: pattern(300),
+            want: Vec::with_capacity(64 * 1024),
         }
     }
 }
@@ -431,7 +460,11 @@ impl PatternCheck {
     pub fn feed(&mut self, data: &[u8]) {
         for piece in data.chunks(64 * 1024) {
             let start = (self.offset % PATTERN_PERIOD as u64) as usize;
-            if piece != &self.pat[start..start + piece.len()] {
+            self.want.clear();
+            self.want
+                .extend_from_slice(&self.pat[start..start + piece.len()]);
+            apply_stamps(&mut self.want, self.offset);
+            if piece != &self.want[..] {
                 self.mismatches += 1;
             }
             self.offset += piece.len() as u64;
@@ -439,26 +472,36 @@ impl PatternCheck {
     }
 }
 
-/// Writes `len` bytes of the pattern to `w`.
+/// Writes `len` bytes of the stamped pattern to `w`; `block` is
+/// [`pattern_block`] (a whole number of periods).
 pub fn write_pattern(w: &mut impl Write, len: u64, block: &[u8]) -> io::Result<()> {
-    let mut left = len;
-    while left > 0 {
-        let n = left.min(block.len() as u64) as usize;
-        w.write_all(&block[..n])?;
-        left -= n as u64;
+    let mut buf = Vec::with_capacity(block.len());
+    let mut off = 0;
+    while off < len {
+        let n = (len - off).min(block.len() as u64) as usize;
+        buf.clear();
+        buf.extend_from_slice(&block[..n]);
+        apply_stamps(&mut buf, off);
+        w.write_all(&buf)?;
+        off += n as u64;
     }
     Ok(())
 }
 
-/// Writes `len` bytes of the pattern as chunks of at most one block each.
+/// Writes `len` bytes of the stamped pattern as chunks of at most one
+/// block each.
 pub fn write_pattern_chunked(w: &mut impl Write, len: u64, block: &[u8]) -> io::Result<()> {
-    let mut left = len;
-    while left > 0 {
-        let n = left.min(block.len() as u64) as usize;
+    let mut buf = Vec::with_capacity(block.len());
+    let mut off = 0;
+    while off < len {
+        let n = (len - off).min(block.len() as u64) as usize;
+        buf.clear();
+        buf.extend_from_slice(&block[..n]);
+        apply_stamps(&mut buf, off);
         w.write_all(format!("{n:x}\r\n").as_bytes())?;
-        w.write_all(&block[..n])?;
+        w.write_all(&buf)?;
         w.write_all(b"\r\n")?;
-        left -= n as u64;
+        off += n as u64;
     }
     w.write_all(b"0\r\n\r\n")
 }
@@ -634,7 +677,7 @@ fn find_headers<'a>(headers: &'a [(String, String)], name: &str) -> Vec<&'a str>
         .collect()
 }
 
-fn has_token(value: Option<&str>, token: &str) -> bool {
+pub fn has_token(value: Option<&str>, token: &str) -> bool {
     value.is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
 }
 
