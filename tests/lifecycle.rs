@@ -650,3 +650,74 @@ fn drain_loses_no_request_of_busy_keep_alive_clients() {
         gw.stderr()
     );
 }
+
+/// The CPUs each `coregate-shard-*` thread of `pid` may run on
+/// (`Cpus_allowed_list` from /proc), by thread name.
+fn shard_cpu_lists(pid: u32) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let dir = task.unwrap().path();
+        let name = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+        if !name.starts_with("coregate-shard") {
+            continue;
+        }
+        let status = std::fs::read_to_string(dir.join("status")).unwrap_or_default();
+        let cpus = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+            .map(|v| v.trim().to_string())
+            .unwrap_or_default();
+        out.push((name.trim().to_string(), cpus));
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn shards_are_pinned_unless_pin_shards_is_false() {
+    let mine = std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("Cpus_allowed_list:")
+                .map(|v| v.trim().to_string())
+        })
+        .unwrap();
+    let config = |extra: &str| {
+        format!(
+            "[server]\nlisten = [\"127.0.0.1:0\"]\nshards = 2\n{extra}\n\n[[apis]]\nname = \"main\"\n[[apis.routes]]\nkey = \"GET /health\"\nintegration = {{ type = \"mock\", body = 'ok' }}\n"
+        )
+    };
+    // Pinned (the default; `pin_shards = true` spelled out so the test
+    // harness leaves it): each shard thread on one CPU.
+    let gw = Gateway::start(&config("pin_shards = true"));
+    // glommio gives each executor a helper thread of the same name.
+    let lists = shard_cpu_lists(gw.pid());
+    assert!(lists.len() >= 2, "{lists:?}");
+    for (name, cpus) in &lists {
+        assert!(
+            cpus.parse::<usize>().is_ok(),
+            "{name} should be pinned to one CPU, may run on {cpus:?}"
+        );
+    }
+    drop(gw);
+    // Unpinned: each shard thread keeps the whole mask the process had.
+    let gw = Gateway::start(&config("pin_shards = false"));
+    // glommio gives each executor a helper thread of the same name.
+    let lists = shard_cpu_lists(gw.pid());
+    assert!(lists.len() >= 2, "{lists:?}");
+    for (name, cpus) in &lists {
+        assert_eq!(cpus, &mine, "{name} should not be pinned");
+    }
+    drop(gw);
+    // Both at once is refused by the config check.
+    let cfg = write_config(&config("pin_shards = false\ncpus = [0, 0]"));
+    let out = run_coregate(&["check", "--config", cfg.to_str().unwrap()]);
+    let _ = std::fs::remove_file(&cfg);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("server.cpus") && err.contains("pin_shards = false"),
+        "{err}"
+    );
+}

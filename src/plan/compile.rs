@@ -376,6 +376,13 @@ fn compile_server(s: &RawServer, errors: &mut Vec<ConfigError>) -> ServerPlan {
         }
         None => (0..shards).map(|i| allowed[i % ncpu]).collect(),
     };
+    let pin_shards = s.pin_shards.unwrap_or(true);
+    if !pin_shards && s.cpus.is_some() {
+        errors.push(ConfigError::new(
+            "server.cpus",
+            "pins shards to CPUs, but server.pin_shards = false: remove one of the two",
+        ));
+    }
     let backlog = s.backlog.unwrap_or(DEFAULT_BACKLOG);
     if backlog == 0 {
         errors.push(ConfigError::new("server.backlog", "must be at least 1"));
@@ -384,6 +391,7 @@ fn compile_server(s: &RawServer, errors: &mut Vec<ConfigError>) -> ServerPlan {
         listen,
         shards,
         cpus,
+        pin_shards,
         backlog,
         drain_timeout: duration(
             errors,

@@ -44,6 +44,9 @@ pub struct ServerPlan {
     pub shards: usize,
     /// CPU of each shard (same length as `shards`).
     pub cpus: Vec<usize>,
+    /// Whether each shard is pinned to its CPU (`server.pin_shards`);
+    /// `cpus` is unused when not.
+    pub pin_shards: bool,
     pub backlog: u32,
     pub drain_timeout: Duration,
     pub max_connections_per_shard: usize,

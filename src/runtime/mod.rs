@@ -179,7 +179,12 @@ impl Server {
             let shard_plan = plan.clone();
             let (ready, ready_rx) = crossbeam_channel::bounded::<Result<(), String>>(1);
             let cpu = plan.server.cpus[id];
-            let spawned = LocalExecutorBuilder::new(Placement::Fixed(cpu))
+            let placement = if plan.server.pin_shards {
+                Placement::Fixed(cpu)
+            } else {
+                Placement::Unbound
+            };
+            let spawned = LocalExecutorBuilder::new(placement)
                 .name(&format!("coregate-shard-{id}"))
                 .io_memory(IO_MEMORY)
                 .spawn(move || async move {

@@ -158,12 +158,29 @@ fn collect_lines(
     })
 }
 
+/// `toml` with `pin_shards = false` added to its `[server]` table, unless
+/// it places shards itself (`cpus` or `pin_shards`): the tests run many
+/// gateways at once, and pinned ones would all share the first CPU.
+pub fn unpinned(toml: &str) -> String {
+    if toml.contains("cpus") || toml.contains("pin_shards") {
+        return toml.to_string();
+    }
+    match toml.find("[server]\n") {
+        Some(at) => {
+            let end = at + "[server]\n".len();
+            format!("{}pin_shards = false\n{}", &toml[..end], &toml[end..])
+        }
+        None => toml.to_string(),
+    }
+}
+
 impl Gateway {
     /// Writes `toml` to a temp file, starts `coregate serve --config FILE` and
     /// waits until it printed `coregate: listening on ADDR` for every listen
     /// address. Panics with the child's output if it does not within 15 s.
     pub fn start(toml: &str) -> Gateway {
         let expected = listen_count(toml);
+        let toml = &unpinned(toml);
         let config = write_config(toml);
         let args = [
             "serve".into(),
@@ -176,6 +193,7 @@ impl Gateway {
     /// As [`Gateway::start`], with extra environment variables.
     pub fn start_with_env(toml: &str, env: &[(&str, &str)]) -> Gateway {
         let expected = listen_count(toml);
+        let toml = &unpinned(toml);
         let config = write_config(toml);
         let args = [
             "serve".into(),

@@ -84,6 +84,9 @@ pub struct RawServer {
     pub shards: Option<usize>,
     /// Explicit CPU for each shard. Default: shard i on CPU i modulo the CPU count.
     pub cpus: Option<Vec<usize>>,
+    /// Pin each shard to its CPU (default true); false leaves placement to
+    /// the kernel's scheduler.
+    pub pin_shards: Option<bool>,
     /// Listen backlog per shard socket.
     pub backlog: Option<u32>,
     /// How long in-flight requests may run after SIGTERM/SIGINT.
