@@ -5,14 +5,16 @@
 //! `ANY` on the same path, and `$default` takes whatever no route matches.
 //!
 //! Each API keeps matchit routers per method slot: one for full matches
-//! (literal and `{param}` segments), and for routes ending in a greedy
-//! `{name+}` one per position of the greedy parameter, of which the most
-//! specific match wins. A slot holds the routes for that method plus every `ANY` route
-//! whose path the method does not claim, so looking in the full router, then
-//! the greedy one, returns API Gateway's answer (a full match, then a greedy
-//! match, then `$default`). Two routers also let `GET /pets/{id}` and
-//! `ANY /pets/{proxy+}` coexist, which one matchit router refuses. The other
-//! slots are only consulted to tell 405 (with `Allow`) from 404.
+//! (literal and `{param}` segments), and, for routes ending in a greedy
+//! `{name+}`, one per position of the greedy parameter. A slot holds the
+//! routes for that method plus every `ANY` route whose path the method does
+//! not claim, so a full match, else the most specific greedy match, else
+//! `$default` is API Gateway's answer. Separate routers let `GET /pets/{id}`
+//! beside `ANY /pets/{proxy+}`, and `ANY /{proxy+}` beside
+//! `GET /{id}/{proxy+}`, coexist, which one matchit router refuses. The
+//! other slots are only consulted to tell 405 (with `Allow`) from 404.
+//! `tests.rs` checks lookups against a plain reference of these rules on
+//! generated tables.
 
 pub use crate::http::method::AllowSet;
 use crate::http::method::{Method, METHOD_SLOTS, NAMED_METHODS};

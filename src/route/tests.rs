@@ -353,6 +353,30 @@ fn more_specific_branch_backtracks_when_it_leads_nowhere() {
 }
 
 #[test]
+fn greedy_routes_with_a_parameter_where_another_is_greedy_coexist() {
+    // One router refuses a greedy parameter and a `{param}` at the same
+    // position; found by the property test below.
+    let t = single(&["ANY /{proxy+}", "GET /{id}/{proxy+}", "GET /a/{rest+}"]);
+    assert_eq!(
+        hit(&t, None, Method::Get, "/x"),
+        found_with(0, &[("proxy", "x")])
+    );
+    assert_eq!(
+        hit(&t, None, Method::Get, "/x/y/z"),
+        found_with(1, &[("id", "x"), ("proxy", "y/z")])
+    );
+    // The literal beats the parameter at the first segment.
+    assert_eq!(
+        hit(&t, None, Method::Get, "/a/y"),
+        found_with(2, &[("rest", "y")])
+    );
+    assert_eq!(
+        hit(&t, None, Method::Post, "/x/y/z"),
+        found_with(0, &[("proxy", "x/y/z")])
+    );
+}
+
+#[test]
 fn path_specificity_comes_before_method() {
     // docs/configuration.md: `ANY /pets/{id}` beats `GET /{proxy+}` for GET /pets/7.
     let t = single(&["GET /{proxy+}", "ANY /pets/{id}"]);
@@ -1099,10 +1123,7 @@ fn lookups_agree_with_a_plain_reference_of_the_precedence_rules() {
                 other => other,
             };
             let want = reference(&routes, default, method, &path);
-            assert_eq!(
-                got, want,
-                "case {case}: routes {keys:?}, {method:?} {raw}"
-            );
+            assert_eq!(got, want, "case {case}: routes {keys:?}, {method:?} {raw}");
             checked += 1;
         }
     }
