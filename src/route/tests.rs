@@ -1004,7 +1004,7 @@ fn reference(routes: &[GenRoute], default: bool, method: Method, path: &[&str]) 
                     // HEAD falls back to GET.
                     Some(Method::Get) if m == Method::Head => !own(Method::Head),
                     Some(_) => false,
-                    None => !own(m) && !(m == Method::Head && own(Method::Get)),
+                    None => !(own(m) || (m == Method::Head && own(Method::Get))),
                 }
             })
             .collect()
