@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 const LAYERS: &[&str] = &[
     "log",
     "config",
+    "accesslog",
     "net",
     "tls",
     "http",
