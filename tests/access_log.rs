@@ -327,6 +327,14 @@ integration = { type = "http_proxy", url = "http://slow/" }
         assert_eq!(l[k], v, "parser error: {k} in {l:#?}");
     }
     assert_eq!(l["requestId"].len(), 32, "{l:?}");
+    // The error log's line about the failed connect names the request.
+    let err = gw.stderr();
+    assert!(
+        err.lines()
+            .any(|l| l.contains(" warn shard=0 request=dead upstream ")
+                && l.contains("connect failed")),
+        "{err}"
+    );
 }
 
 /// A request id, a User-Agent and a path with every character that could
