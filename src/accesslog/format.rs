@@ -62,6 +62,7 @@ pub const VARIABLES: &[(&str, Var)] = &[
 
 /// How values are escaped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
 pub enum Escape {
     /// Inside a JSON string: `"`, `\` and control characters as JSON
     /// escapes, invalid UTF-8 as U+FFFD.
@@ -256,8 +257,21 @@ pub struct Fields<'a> {
 }
 
 fn ip(a: IpAddr, out: &mut Vec<u8>) {
-    use std::io::Write;
-    let _ = write!(out, "{a}");
+    match a {
+        // Without the formatting machinery: most lines have one.
+        IpAddr::V4(v4) => {
+            for (i, o) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b'.');
+                }
+                num(u64::from(o), out);
+            }
+        }
+        IpAddr::V6(v6) => {
+            use std::io::Write;
+            let _ = write!(out, "{v6}");
+        }
+    }
 }
 
 pub(crate) fn num(mut n: u64, out: &mut Vec<u8>) {
@@ -299,8 +313,68 @@ fn hex_escape(b: u8, out: &mut Vec<u8>) {
     ]);
 }
 
+/// Bytes written as they are, per escaping (`SAFE[e as usize][b]`):
+/// printable ASCII, but `"` and `\` (JSON, text), `<>&"'` (XML) and
+/// `," ` (CSV).
+static SAFE: [[bool; 256]; 4] = {
+    let mut t = [[false; 256]; 4];
+    let mut b = 0x20;
+    while b < 0x7f {
+        let c = b as u8;
+        t[Escape::Json as usize][b] = c != b'"' && c != b'\\';
+        t[Escape::Text as usize][b] = c != b'"' && c != b'\\';
+        t[Escape::Xml as usize][b] = !matches!(c, b'<' | b'>' | b'&' | b'"' | b'\'');
+        t[Escape::Csv as usize][b] = !matches!(c, b',' | b'"' | b' ');
+        b += 1;
+    }
+    t
+};
+
 /// Writes `v` escaped for `e`.
+#[inline]
 pub fn text(e: Escape, v: &[u8], out: &mut Vec<u8>) {
+    let safe = &SAFE[e as usize];
+    let fast = match e {
+        Escape::Json | Escape::Text => json_text_safe(v),
+        Escape::Xml | Escape::Csv => v.iter().all(|&b| safe[usize::from(b)]),
+    };
+    if fast {
+        out.extend_from_slice(v);
+        return;
+    }
+    escaped(e, v, out);
+}
+
+/// Whether every byte of `v` is printable ASCII other than `"` and `\`,
+/// eight bytes at a time (the bit tricks are exact tests for "some byte
+/// is"; see the unit test against the table).
+fn json_text_safe(v: &[u8]) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let has_zero = |x: u64| x.wrapping_sub(ONES) & !x & HIGH != 0;
+    let mut chunks = v.chunks_exact(8);
+    for c in &mut chunks {
+        let Ok(a) = <[u8; 8]>::try_from(c) else {
+            return false;
+        };
+        let w = u64::from_le_bytes(a);
+        // Some byte >= 0x80; then (all bytes < 0x80, so no carries) some
+        // byte < 0x20, some byte 0x7f, some `"`, some `\`.
+        if w & HIGH != 0
+            || w.wrapping_sub(0x20 * ONES) & !w & HIGH != 0
+            || w.wrapping_add(ONES) & HIGH != 0
+            || has_zero(w ^ (u64::from(b'"') * ONES))
+            || has_zero(w ^ (u64::from(b'\\') * ONES))
+        {
+            return false;
+        }
+    }
+    let safe = &SAFE[Escape::Json as usize];
+    chunks.remainder().iter().all(|&b| safe[usize::from(b)])
+}
+
+#[cold]
+fn escaped(e: Escape, v: &[u8], out: &mut Vec<u8>) {
     match e {
         Escape::Json => json(v, out),
         Escape::Xml => xml(v, out),
@@ -316,10 +390,6 @@ fn plain_safe(b: u8) -> bool {
 }
 
 fn plain(v: &[u8], out: &mut Vec<u8>) {
-    if v.iter().all(|&b| plain_safe(b)) {
-        out.extend_from_slice(v);
-        return;
-    }
     for &b in v {
         if plain_safe(b) {
             out.push(b);
@@ -330,13 +400,6 @@ fn plain(v: &[u8], out: &mut Vec<u8>) {
 }
 
 fn csv(v: &[u8], out: &mut Vec<u8>) {
-    let needs_quotes = v
-        .iter()
-        .any(|&b| matches!(b, b',' | b'"' | b' ') || !(0x20..0x7f).contains(&b));
-    if !needs_quotes {
-        out.extend_from_slice(v);
-        return;
-    }
     out.push(b'"');
     for &b in v {
         match b {
@@ -349,12 +412,6 @@ fn csv(v: &[u8], out: &mut Vec<u8>) {
 }
 
 fn json(v: &[u8], out: &mut Vec<u8>) {
-    if v.iter()
-        .all(|&b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\')
-    {
-        out.extend_from_slice(v);
-        return;
-    }
     for chunk in v.utf8_chunks() {
         for &b in chunk.valid().as_bytes() {
             match b {
@@ -378,12 +435,6 @@ fn json(v: &[u8], out: &mut Vec<u8>) {
 }
 
 fn xml(v: &[u8], out: &mut Vec<u8>) {
-    if v.iter()
-        .all(|&b| (0x20..0x7f).contains(&b) && !matches!(b, b'<' | b'>' | b'&' | b'"' | b'\''))
-    {
-        out.extend_from_slice(v);
-        return;
-    }
     for chunk in v.utf8_chunks() {
         for c in chunk.valid().chars() {
             match c {
@@ -540,6 +591,23 @@ mod tests {
             ),
             "\"a\"\"b\\c\\x09d\\x01<&>'x,y \\xff\\xc3\\xa9\",200\n"
         );
+    }
+
+    #[test]
+    fn the_eight_byte_check_agrees_with_the_table() {
+        let table = |v: &[u8]| {
+            v.iter()
+                .all(|&b| SAFE[Escape::Json as usize][usize::from(b)])
+        };
+        // Every byte value at every position of a 17-byte value.
+        for b in 0..=255u8 {
+            for at in 0..17 {
+                let mut v = *b"abcdefghijklmnopq";
+                v[at] = b;
+                assert_eq!(json_text_safe(&v), table(&v), "byte {b:#x} at {at}");
+            }
+        }
+        assert!(json_text_safe(b""));
     }
 
     #[test]

@@ -35,6 +35,18 @@ pub struct ShardLog {
     /// The CLF time of `clock_secs`, formatted once a second.
     clock_secs: Cell<u64>,
     clock_text: Cell<[u8; 26]>,
+    /// The wall clock (ms since the epoch) at an instant, re-read at each
+    /// flush: a line's time is computed from its request's `Instant`
+    /// without reading the clock again.
+    wall_base: Cell<(u64, Instant)>,
+}
+
+fn wall_now() -> (u64, Instant) {
+    let ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    (ms, Instant::now())
 }
 
 impl ShardLog {
@@ -57,6 +69,17 @@ impl ShardLog {
             last_report: Cell::new(None),
             clock_secs: Cell::new(u64::MAX),
             clock_text: Cell::new([0; 26]),
+            wall_base: Cell::new(wall_now()),
+        }
+    }
+
+    /// Milliseconds since the epoch at `t`, from the base the last flush
+    /// took (at most FLUSH_EVERY old while the flush task runs).
+    pub fn wall_ms(&self, t: Instant) -> u64 {
+        let (ms, at) = self.wall_base.get();
+        match t.checked_duration_since(at) {
+            Some(d) => ms.saturating_add(d.as_millis() as u64),
+            None => ms.saturating_sub(at.duration_since(t).as_millis() as u64),
         }
     }
 
@@ -97,6 +120,7 @@ impl ShardLog {
     /// Hands every non-empty buffer to its writer, and reports dropped
     /// lines if a second has passed since the last report.
     pub fn flush(&self, now: Instant) {
+        self.wall_base.set(wall_now());
         let mut outs = self.outs.borrow_mut();
         for out in outs.iter_mut() {
             if out.lines > 0 {

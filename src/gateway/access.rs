@@ -11,7 +11,7 @@ use crate::accesslog::shard::ShardLog;
 use crate::accesslog::Fields;
 use crate::http::parse::RequestHead;
 use std::cell::RefCell;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 /// Free buffers kept for captures (one per request in flight is needed).
 const FREE_KEPT: usize = 1024;
@@ -104,12 +104,7 @@ fn write_line(gw: &Gateway, x: &Exchange, text: &[u8]) {
     };
     let c = &x.access;
     let o = &x.outcome;
-    let now = Instant::now();
-    let wall_ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(ms)
-        .unwrap_or(0);
-    let received_ms = wall_ms.saturating_sub(ms(now.duration_since(o.timings.received)));
+    let received_ms = gw.access.log.wall_ms(o.timings.received);
     let time = gw.access.log.clf_time(received_ms / 1000);
     let (method, rest) = text.split_at(usize::from(c.method_len).min(text.len()));
     let (path, agent) = rest.split_at((c.path_len as usize).min(rest.len()));
@@ -143,7 +138,7 @@ fn write_line(gw: &Gateway, x: &Exchange, text: &[u8]) {
         response_latency_ms: Some(ms(o
             .timings
             .last_byte_sent
-            .unwrap_or(now)
+            .unwrap_or_else(Instant::now)
             .saturating_duration_since(o.timings.received))),
         integration_latency_ms: match (o.timings.upstream_connected, o.timings.upstream_first_byte)
         {
