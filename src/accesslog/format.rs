@@ -197,7 +197,7 @@ impl Format {
             Var::UserAgent => opt_text(e, f.user_agent, out),
             Var::RequestTime => text(e, f.request_time, out),
             Var::RequestTimeEpoch => num(f.request_time_epoch_ms, out),
-            Var::HttpMethod => opt_text(e, f.method.map(str::as_bytes), out),
+            Var::HttpMethod => opt_text(e, f.method, out),
             Var::RouteKey => opt_text(e, f.route_key.map(str::as_bytes), out),
             Var::Path => opt_text(e, f.path, out),
             Var::Status => num(u64::from(f.status), out),
@@ -236,7 +236,7 @@ pub struct Fields<'a> {
     /// `dd/Mon/yyyy:HH:MM:SS +0000`.
     pub request_time: &'a [u8],
     pub request_time_epoch_ms: u64,
-    pub method: Option<&'a str>,
+    pub method: Option<&'a [u8]>,
     pub route_key: Option<&'a str>,
     pub path: Option<&'a [u8]>,
     /// 0 when no response was sent.
@@ -260,12 +260,25 @@ fn ip(a: IpAddr, out: &mut Vec<u8>) {
     match a {
         // Without the formatting machinery: most lines have one.
         IpAddr::V4(v4) => {
+            let mut buf = [0u8; 15];
+            let mut n = 0;
             for (i, o) in v4.octets().into_iter().enumerate() {
                 if i > 0 {
-                    out.push(b'.');
+                    buf[n] = b'.';
+                    n += 1;
                 }
-                num(u64::from(o), out);
+                if o >= 100 {
+                    buf[n] = b'0' + o / 100;
+                    n += 1;
+                }
+                if o >= 10 {
+                    buf[n] = b'0' + o / 10 % 10;
+                    n += 1;
+                }
+                buf[n] = b'0' + o % 10;
+                n += 1;
             }
+            out.extend_from_slice(&buf[..n]);
         }
         IpAddr::V6(v6) => {
             use std::io::Write;
@@ -275,6 +288,17 @@ fn ip(a: IpAddr, out: &mut Vec<u8>) {
 }
 
 pub(crate) fn num(mut n: u64, out: &mut Vec<u8>) {
+    // Statuses and small lengths without a copy call.
+    if n < 1000 {
+        if n >= 100 {
+            out.push(b'0' + (n / 100) as u8);
+        }
+        if n >= 10 {
+            out.push(b'0' + (n / 10 % 10) as u8);
+        }
+        out.push(b'0' + (n % 10) as u8);
+        return;
+    }
     let mut buf = [0u8; 20];
     let mut i = buf.len();
     loop {
@@ -503,7 +527,7 @@ mod tests {
             user_agent: Some(b"curl/8"),
             request_time: b"06/Dec/2026:03:58:49 +0000",
             request_time_epoch_ms: 1_796_529_529_000,
-            method: Some("GET"),
+            method: Some(b"GET"),
             route_key: Some("GET /pets/{id}"),
             path: Some(b"/pets/1"),
             status: 200,
@@ -591,6 +615,27 @@ mod tests {
             ),
             "\"a\"\"b\\c\\x09d\\x01<&>'x,y \\xff\\xc3\\xa9\",200\n"
         );
+    }
+
+    #[test]
+    fn numbers_and_addresses_read_as_std_writes_them() {
+        for n in [0, 7, 9, 10, 99, 100, 404, 999, 1000, 65_535, u64::MAX] {
+            let mut out = Vec::new();
+            num(n, &mut out);
+            assert_eq!(out, n.to_string().as_bytes());
+        }
+        for a in [
+            "0.0.0.0",
+            "255.255.255.255",
+            "10.200.3.45",
+            "::1",
+            "2001:db8::7",
+        ] {
+            let a: IpAddr = a.parse().unwrap();
+            let mut out = Vec::new();
+            ip(a, &mut out);
+            assert_eq!(out, a.to_string().as_bytes());
+        }
     }
 
     #[test]

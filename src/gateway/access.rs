@@ -127,9 +127,7 @@ fn write_line(gw: &Gateway, x: &Exchange, text: &[u8]) {
         user_agent: c.has_agent.then_some(agent),
         request_time: &time,
         request_time_epoch_ms: received_ms,
-        method: c
-            .has_head
-            .then(|| std::str::from_utf8(method).unwrap_or("-")),
+        method: c.has_head.then_some(method),
         route_key: route.map(|r| r.key.as_str()),
         path: c.has_head.then_some(path),
         status: o.status,
