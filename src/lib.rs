@@ -7,6 +7,7 @@
 //! - [`log`]: the log line macro.
 //! - [`config`]: the TOML file as written, and the errors every layer
 //!   reports problems with.
+//! - [`accesslog`]: access-log formats, per-shard buffers, writer threads.
 //! - [`net`]: sockets, waiting on the shard's epoll reactor.
 //! - [`tls`]: rustls configs and the plain-or-TLS stream.
 //! - [`http`]: the HTTP/1.1 wire for both roles, the one response writer,
@@ -19,6 +20,7 @@
 //! - [`runtime`]: shards on their CPUs, listeners, control inbox, drain.
 //! - [`cli`]: subcommands of the binary besides `serve`.
 
+pub mod accesslog;
 pub mod cli;
 pub mod config;
 pub mod gateway;

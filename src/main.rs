@@ -4,7 +4,7 @@
 
 use coregate::plan;
 use coregate::runtime::Server;
-use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -16,7 +16,9 @@ const DEFAULT_CONFIG: &str = "config/coregate.toml";
 const SIGNAL_POLL: std::time::Duration = std::time::Duration::from_millis(20);
 
 const USAGE: &str = "usage:
-  coregate serve [--config PATH]   run the gateway (default config: config/coregate.toml)
+  coregate serve [--config PATH] [--log-level LEVEL]
+                                   run the gateway (default config: config/coregate.toml);
+                                   LEVEL: error, warn, info (default) or debug
   coregate check [--config PATH]   validate a config and exit 0, or print every error and exit 1
   coregate keys create --file F --name N [--usage-plan P]
                                    add a key to the keys file F (created if missing);
@@ -57,9 +59,21 @@ fn main() -> ExitCode {
                 Some(p) => config_path = PathBuf::from(p),
                 None => return usage("--config needs a path"),
             },
+            "--log-level" if cmd == "serve" => match it.next().map(|l| log_level(l)) {
+                Some(Ok(())) => {}
+                Some(Err(code)) => return code,
+                None => return usage("--log-level needs a level: error, warn, info or debug"),
+            },
             other => match other.strip_prefix("--config=") {
                 Some(p) => config_path = PathBuf::from(p),
-                None => return usage(&format!("unexpected argument {other:?}")),
+                None => match other.strip_prefix("--log-level=") {
+                    Some(l) if cmd == "serve" => {
+                        if let Err(code) = log_level(l) {
+                            return code;
+                        }
+                    }
+                    _ => return usage(&format!("unexpected argument {other:?}")),
+                },
             },
         }
     }
@@ -197,6 +211,19 @@ fn usage_cmd(args: &[String]) -> ExitCode {
     }
 }
 
+/// Sets the error log's level from `--log-level`.
+fn log_level(level: &str) -> Result<(), ExitCode> {
+    match coregate::log::Level::parse(level) {
+        Some(l) => {
+            coregate::log::set_level(l);
+            Ok(())
+        }
+        None => Err(usage(&format!(
+            "--log-level {level:?}: the levels are error, warn, info and debug"
+        ))),
+    }
+}
+
 fn usage(problem: &str) -> ExitCode {
     eprintln!("coregate: {problem}\n{USAGE}");
     ExitCode::from(2)
@@ -247,10 +274,13 @@ fn serve(path: &std::path::Path) -> ExitCode {
     // or the drain (and the usage not yet written with it). It is caught and
     // only logged: this process has no reload.
     let hangup = Arc::new(AtomicBool::new(false));
+    // SIGUSR1 reopens the access-log files (logrotate).
+    let reopen = Arc::new(AtomicBool::new(false));
     for (sig, flag) in [
         (SIGTERM, &signalled),
         (SIGINT, &signalled),
         (SIGHUP, &hangup),
+        (SIGUSR1, &reopen),
     ] {
         if let Err(e) = signal_hook::flag::register(sig, Arc::clone(flag)) {
             eprintln!("coregate: cannot install signal handlers: {e}");
@@ -282,6 +312,9 @@ fn serve(path: &std::path::Path) -> ExitCode {
 
     while !signalled.swap(false, Ordering::SeqCst) {
         note_hangup(&hangup);
+        if reopen.swap(false, Ordering::SeqCst) {
+            server.reopen_logs();
+        }
         std::thread::sleep(SIGNAL_POLL);
     }
     coregate::log!(

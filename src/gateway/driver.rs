@@ -17,7 +17,7 @@
 use super::exchange::{CacheStatus, Exchange};
 use super::reply::{self, Body};
 use super::signed_body::{self, BodyFailure};
-use super::{authorize, cache, exit, Gateway, Generation};
+use super::{access, authorize, cache, exit, Gateway, Generation};
 use crate::http::conn::{Conn, Flow};
 use crate::http::method::{AllowSet, Method};
 use crate::http::parse::{Framing, RequestHead};
@@ -55,8 +55,33 @@ pub async fn handle(gw: &Gateway, conn: &mut Conn, head: &RequestHead) -> Flow {
     if !conn.ebuf.is_empty() {
         conn.ebuf.clear();
     }
+    if x.generation.plan.access_log.any {
+        access::capture(gw, &mut x, conn.unread(), head);
+    }
     let flow = drive(gw, conn, head, &mut x, now).await;
     conn.clock = exit::finish(&gw.observed, &mut x);
+    if x.route.is_some_and(|r| {
+        x.generation
+            .plan
+            .access_log
+            .routes
+            .get(r)
+            .is_some_and(|l| l.debug)
+    }) {
+        let o = &x.outcome;
+        crate::log_request!(
+            "debug",
+            x.request_id,
+            "finished: status {}, upstream status {:?}, cache {:?}, error {:?}, {} byte(s) in, {} out",
+            o.status,
+            o.upstream_status,
+            o.cache,
+            o.error,
+            o.bytes_in,
+            o.bytes_out
+        );
+    }
+    access::record(gw, &mut x);
     flow
 }
 
@@ -70,6 +95,7 @@ pub async fn refuse(gw: &Gateway, conn: &mut Conn, status: u16, message: &'stati
     conn.ebuf.clear();
     reply::close_with(gw, conn, &mut x, status, message).await;
     exit::finish(&gw.observed, &mut x);
+    access::record(gw, &mut x);
 }
 
 /// A route parameter: its name (borrowed from the route table) and where
@@ -152,6 +178,21 @@ async fn drive(
     };
     x.route = Some(route_id);
     let route = &plan.routes[route_id];
+    let debug = plan
+        .access_log
+        .routes
+        .get(route_id)
+        .is_some_and(|l| l.debug);
+    if debug {
+        crate::log_request!(
+            "debug",
+            x.request_id,
+            "api {}: routed to {:?}; phases {:?}",
+            route.api,
+            route.key,
+            route.policies.phases
+        );
+    }
     if let Framing::Length(n) = head.framing {
         if n > plan.limits.max_body_bytes {
             conn.consume(head.len);
@@ -194,6 +235,9 @@ async fn drive(
             parts.extra,
             &mut x.state,
         );
+        if debug {
+            debug_decision(x, phase, &decision);
+        }
         match decision {
             Decision::Continue => i += 1,
             Decision::Respond(r) => return refuse_request(gw, conn, head, x, consumed, r).await,
@@ -258,6 +302,18 @@ async fn drive(
     }
 }
 
+/// The debug line of one phase's decision (`debug = true` on the API).
+fn debug_decision(x: &Exchange, phase: policy::Phase, decision: &Decision) {
+    let what: Cow<'_, str> = match decision {
+        Decision::Continue => Cow::Borrowed("continue"),
+        Decision::Respond(r) => Cow::Owned(format!("answer {} {:?}", r.status, r.message)),
+        Decision::WaitQuota(_) => Cow::Borrowed("wait for this shard's lease of the key's quota"),
+        Decision::Authorize(_) => Cow::Borrowed("call the request authorizer"),
+        Decision::VerifyBody(_) => Cow::Borrowed("read and hash the body the signature covers"),
+    };
+    crate::log_request!("debug", x.request_id, "phase {phase:?}: {what}");
+}
+
 /// For a request no route takes: the API's IP rules still refuse it (so a
 /// refused client cannot map which paths exist); CORS still answers a
 /// preflight (API Gateway does so whether or not an OPTIONS route exists) and
@@ -275,6 +331,13 @@ async fn unrouted(
 ) -> Flow {
     let generation = x.generation.clone();
     let plan = &generation.plan;
+    if plan.access_log.any {
+        // The access log of the API whose base path the request is under.
+        let buf = conn.unread();
+        x.access.api = std::str::from_utf8(head.path(buf))
+            .ok()
+            .and_then(|path| plan.table.api_for(head.host.map(|h| h.get(buf)), path));
+    }
     if plan
         .apis
         .iter()

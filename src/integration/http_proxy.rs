@@ -356,8 +356,9 @@ async fn forward_inner(
                 Ok(c) => (c, false),
                 Err(e) => {
                     let cooled = state.record_failure(uplan, f.target, Instant::now());
-                    crate::log!(
+                    crate::log_request!(
                         "warn",
+                        f.request_id,
                         "upstream {:?} target {target_addr}: connect failed: {e}{}",
                         uplan.name,
                         if cooled { " (cooling down)" } else { "" }
@@ -375,8 +376,9 @@ async fn forward_inner(
                 continue;
             }
             state.record_failure(uplan, f.target, Instant::now());
-            crate::log!(
+            crate::log_request!(
                 "warn",
+                f.request_id,
                 "upstream {:?} target {target_addr}: sending the request failed: {e}",
                 uplan.name
             );
@@ -417,8 +419,9 @@ async fn forward_inner(
             }
             Err(UpErr::Closed(e)) => {
                 state.record_failure(uplan, f.target, Instant::now());
-                crate::log!(
+                crate::log_request!(
                     "warn",
+                    f.request_id,
                     "upstream {:?} target {target_addr}: closed before responding: {e}",
                     uplan.name
                 );
@@ -426,8 +429,9 @@ async fn forward_inner(
             }
             Err(UpErr::Timeout) => {
                 state.record_failure(uplan, f.target, Instant::now());
-                crate::log!(
+                crate::log_request!(
                     "warn",
+                    f.request_id,
                     "upstream {:?} target {target_addr}: no response within {} ms",
                     uplan.name,
                     uplan.timeout.as_millis()
@@ -436,8 +440,9 @@ async fn forward_inner(
             }
             Err(UpErr::Bad(why)) => {
                 state.record_failure(uplan, f.target, Instant::now());
-                crate::log!(
+                crate::log_request!(
                     "warn",
+                    f.request_id,
                     "upstream {:?} target {target_addr}: invalid response: {why}",
                     uplan.name
                 );
@@ -568,8 +573,9 @@ async fn forward_inner(
         Err(StreamErr::Client) => Flow::Close,
         Err(StreamErr::Upstream(why)) => {
             state.record_failure(uplan, f.target, Instant::now());
-            crate::log!(
+            crate::log_request!(
                 "warn",
+                f.request_id,
                 "upstream {:?} target {target_addr}: response body cut short: {why}; closing the client connection",
                 uplan.name
             );

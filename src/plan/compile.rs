@@ -276,6 +276,13 @@ pub fn compile(raw: &RawConfig) -> Result<Plan, Vec<ConfigError>> {
         ));
     }
     let policies = policy_builder.finish(&raw.server, api_keys, &mut errors);
+    let mut access_log = crate::accesslog::compile(raw, &mut errors);
+    access_log.bind_routes(routes.iter().map(|r: &RoutePlan| {
+        raw.apis
+            .iter()
+            .position(|a| a.name == r.api)
+            .unwrap_or(usize::MAX)
+    }));
     let table = match RouteTable::build(&specs) {
         Ok(t) => t,
         Err(es) => {
@@ -292,6 +299,7 @@ pub fn compile(raw: &RawConfig) -> Result<Plan, Vec<ConfigError>> {
             upstreams,
             routes,
             table,
+            access_log,
         })
     } else {
         Err(errors)

@@ -29,6 +29,8 @@ pub struct Plan {
     pub upstreams: Vec<UpstreamPlan>,
     pub routes: Vec<RoutePlan>,
     pub table: RouteTable,
+    /// Access logs and per-API debug switches.
+    pub access_log: crate::accesslog::LogPlan,
 }
 
 impl Plan {

@@ -12,6 +12,7 @@
 //! integration enum keeps `deny_unknown_fields`: an internally tagged enum is
 //! buffered before it is read, so serde_ignored cannot see into it.
 
+pub mod access_log;
 pub mod api_key;
 pub mod auth;
 pub mod cache;
@@ -113,6 +114,9 @@ pub struct RawServer {
     pub data_dir: Option<String>,
     /// How often recorded usage is written to the store.
     pub usage_flush_interval_ms: Option<u64>,
+    /// `[server.access_log]`: the access log of requests no API takes, and
+    /// of those refused before their head was read.
+    pub access_log: Option<access_log::RawAccessLog>,
 }
 
 /// `[server.limits]`: what a client may send, and how slowly.
@@ -184,6 +188,11 @@ pub struct RawApi {
     pub api_key_required: Option<bool>,
     /// Default authorizer of the API's routes (a `[[authorizers]]` name).
     pub authorizer: Option<String>,
+    /// `[apis.access_log]`: one line per request of this API.
+    pub access_log: Option<access_log::RawAccessLog>,
+    /// Log each phase's decision for this API's requests at level debug.
+    /// Default: false.
+    pub debug: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
