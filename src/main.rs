@@ -15,20 +15,38 @@ const DEFAULT_CONFIG: &str = "config/coregate.toml";
 /// How often the main thread looks at the signal flag.
 const SIGNAL_POLL: std::time::Duration = std::time::Duration::from_millis(20);
 
-const USAGE: &str = "usage:
-  coregate serve [--config PATH]   run the gateway (default config: config/coregate.toml)
-  coregate check [--config PATH]   validate a config and exit 0, or print every error and exit 1
-  coregate keys create --file F --name N [--usage-plan P]
+const SERVE_USAGE: &str =
+    "  coregate serve [--config PATH]   run the gateway (default config: config/coregate.toml);
+                                   SIGTERM or SIGINT drains and exits 0, SIGHUP is logged only";
+const CHECK_USAGE: &str = "  coregate check [--config PATH]   validate a config and exit 0, or print every error and exit 1";
+const KEYS_USAGE: &str = "  coregate keys create --file F --name N [--usage-plan P]
                                    add a key to the keys file F (created if missing);
                                    the key is printed once, on stdout
   coregate keys list --file F      name, id, enabled, usage plan, created of every key
   coregate keys revoke --file F --name N
-                                   disable a key (enabled = false)
-  coregate usage [--config PATH | --data-dir DIR] [--key NAME|ID] [--from DAY] [--to DAY]
+                                   disable a key (enabled = false)";
+const USAGE_USAGE: &str =
+    "  coregate usage [--config PATH | --data-dir DIR] [--key NAME|ID] [--from DAY] [--to DAY]
                                    requests per key per UTC day from the usage store
                                    (days YYYY-MM-DD, inclusive; default: the last 30 days),
-                                   and with a config, each quota's use this period
-  coregate --version";
+                                   and with a config, each quota's use this period";
+
+/// The usage of one subcommand (`coregate SUB --help`), or of all of them.
+fn usage_text(sub: Option<&str>) -> String {
+    let one = match sub {
+        Some("serve") => SERVE_USAGE,
+        Some("check") => CHECK_USAGE,
+        Some("keys") => KEYS_USAGE,
+        Some("usage") => USAGE_USAGE,
+        _ => {
+            return format!(
+                "usage:\n{SERVE_USAGE}\n{CHECK_USAGE}\n{KEYS_USAGE}\n{USAGE_USAGE}\n  \
+                 coregate --version\n  coregate [SUBCOMMAND] --help"
+            )
+        }
+    };
+    format!("usage:\n{one}")
+}
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -42,8 +60,19 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         "--help" | "-h" | "help" => {
-            println!("{USAGE}");
+            println!("{}", usage_text(rest.first().map(String::as_str)));
             return ExitCode::SUCCESS;
+        }
+        // `coregate SUB --help` (anywhere after SUB, e.g. `keys create
+        // --help`) prints SUB's usage and exits 0, whatever else is given.
+        sub if rest.iter().any(|a| a == "--help" || a == "-h") => {
+            return match sub {
+                "serve" | "check" | "keys" | "usage" => {
+                    println!("{}", usage_text(Some(sub)));
+                    ExitCode::SUCCESS
+                }
+                other => usage(&format!("unknown command {other:?}")),
+            };
         }
         "keys" => return keys(rest),
         "usage" => return usage_cmd(rest),
@@ -198,7 +227,7 @@ fn usage_cmd(args: &[String]) -> ExitCode {
 }
 
 fn usage(problem: &str) -> ExitCode {
-    eprintln!("coregate: {problem}\n{USAGE}");
+    eprintln!("coregate: {problem}\n{}", usage_text(None));
     ExitCode::from(2)
 }
 
