@@ -199,3 +199,35 @@ fn the_readme_tour_backend_serves_what_the_tour_curls() {
         assert_eq!(run_coregate(&[sub, "--help"]).status.code(), Some(0));
     }
 }
+
+#[test]
+fn production_doc_quotes_what_the_binary_says() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let doc = std::fs::read_to_string(root.join("docs/production.md")).expect("docs/production.md");
+    let readme = std::fs::read_to_string(root.join("README.md")).expect("README.md");
+    assert!(
+        readme.contains("docs/production.md"),
+        "README does not link it"
+    );
+    let mut source = String::new();
+    for f in ["src/main.rs", "src/runtime/shard.rs", "src/runtime/mod.rs"] {
+        source += &std::fs::read_to_string(root.join(f)).expect(f);
+    }
+    // Each log line the page promises is one the code writes.
+    for line in [
+        "SIGTERM/SIGINT: draining (a second signal exits at once)",
+        "second signal: exiting without waiting for the drain",
+        "SIGHUP ignored: this process does not reload its configuration;",
+        "accept failed:",
+        "glommio needs a locked-memory limit (RLIMIT_MEMLOCK) of at least",
+        "address in use",
+    ] {
+        assert!(
+            doc.contains(line),
+            "docs/production.md does not quote {line:?}"
+        );
+        assert!(source.contains(line), "the code no longer says {line:?}");
+    }
+    assert!(doc.contains("share_listen_addresses = true"));
+    assert!(doc.contains("LimitMEMLOCK=") && doc.contains("LimitNOFILE="));
+}
