@@ -588,4 +588,24 @@ integration = { type = "mock", status = 99 }
     assert_some_line(&errors, &["line 7: upstreams[0].targets[0].weight:"]);
     assert_some_line(&errors, &["line 11: apis[0].base_path:"]);
     assert_some_line(&errors, &["line 15: apis[0].routes[0].integration.status:"]);
+
+    // Route table errors are about the whole `apis` array: no one line.
+    let errors = expect_errors(
+        r#"
+[[apis]]
+name = "a"
+[[apis.routes]]
+key = "GET /x"
+integration = { type = "mock" }
+[[apis]]
+name = "b"
+[[apis.routes]]
+key = "GET /y"
+integration = { type = "mock" }
+"#,
+    );
+    assert_some_line(
+        &errors,
+        &["error: apis: api \"b\" has the same hosts and base_path"],
+    );
 }

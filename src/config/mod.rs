@@ -254,8 +254,8 @@ fn edit_distance(a: &str, b: &str) -> usize {
     for (i, row) in d.iter_mut().enumerate() {
         row[0] = i;
     }
-    for j in 0..=b.len() {
-        d[0][j] = j;
+    for (j, cell) in d[0].iter_mut().enumerate() {
+        *cell = j;
     }
     for i in 1..=a.len() {
         for j in 1..=b.len() {
@@ -560,6 +560,11 @@ fn exact_offset(doc: &toml_edit::ImDocument<&str>, segs: &[Seg<'_>]) -> Option<u
             }
             (Seg::Index(_), Node::Table(_)) => return None,
         };
+    }
+    // A whole `[[array]]` (e.g. `apis` for route table errors) has no one
+    // line: its first header would point at one entry.
+    if matches!(node, Node::Item(i) if i.is_array_of_tables()) {
+        return None;
     }
     at
 }
