@@ -60,6 +60,10 @@ pub struct Parsed {
     /// Keys (in the `apis[0].routes[1].key` form) whose values were left
     /// out; compile errors about them would be about the default instead.
     pub left_out: Vec<String>,
+    /// Tables holding an unknown key (`apis[0].routes[0].ip_rules` for a
+    /// misspelt `allow`): what compile says about such a table itself is
+    /// most likely the typo's doing.
+    pub unknown_in: Vec<String>,
 }
 
 /// How many bad values one parse reports before it gives up.
@@ -96,6 +100,7 @@ pub fn parse_all(text: &str) -> Parsed {
                     raw: Some(raw),
                     errors,
                     left_out,
+                    unknown_in: unknown_tables(&unknown),
                 };
             }
             Err(e) => e,
@@ -187,7 +192,19 @@ pub fn parse_all(text: &str) -> Parsed {
         raw: None,
         errors,
         left_out,
+        unknown_in: unknown_tables(&unknown),
     }
+}
+
+/// The tables the unknown keys are in, in the `apis[0].ip_rules` form.
+fn unknown_tables(unknown: &[String]) -> Vec<String> {
+    unknown
+        .iter()
+        .map(|k| {
+            let segs = path_segments(k);
+            display_path(&segs[..segs.len().saturating_sub(1)])
+        })
+        .collect()
 }
 
 fn unknown_errors(

@@ -107,13 +107,16 @@ fn load_text(text: &str, base_dir: Option<&Path>) -> Result<Plan, Vec<ConfigErro
             Ok(_) => {}
             Err(es) => errors.extend(es.into_iter().filter(|e| {
                 // A value left out is compiled as its default: what compile
-                // says about that key is not about the file.
-                !parsed.left_out.iter().any(|l| {
-                    e.key == *l
-                        || e.key
-                            .strip_prefix(l.as_str())
-                            .is_some_and(|r| r.starts_with('.') || r.starts_with('['))
-                })
+                // says about that key is not about the file. Nor is what it
+                // says about a table whose key was misspelt (the unknown key
+                // is reported).
+                !parsed.unknown_in.contains(&e.key)
+                    && !parsed.left_out.iter().any(|l| {
+                        e.key == *l
+                            || e.key
+                                .strip_prefix(l.as_str())
+                                .is_some_and(|r| r.starts_with('.') || r.starts_with('['))
+                    })
             })),
         }
     }
