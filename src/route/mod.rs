@@ -49,6 +49,11 @@ impl RouteKey {
         if key == "$default" {
             return Ok(RouteKey::Default);
         }
+        if key.trim() != key || key.contains("  ") || key.contains('\t') {
+            return Err(format!(
+                "route key {key:?} has extra spaces or a tab: write the method, one space, and the path, as \"GET /pets\""
+            ));
+        }
         let (method, path) = key.split_once(' ').ok_or_else(|| {
             format!("route key {key:?} must be \"METHOD /path\", \"ANY /path\" or \"$default\"")
         })?;
