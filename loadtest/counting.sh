@@ -55,7 +55,8 @@ start_backend() {
 }
 
 # The gateway's config on port $1: /mock answered by a mock integration,
-# every other path proxied to the backend.
+# every other path proxied to the backend. GATEWAY_API_EXTRA, if set, is
+# added to the API's table (e.g. an access_log).
 write_gateway_config() {
     cat >"$WORK/gw.toml" <<TOML
 [server]
@@ -68,6 +69,7 @@ targets = [{ address = "127.0.0.1:$BACKEND_PORT" }]
 
 [[apis]]
 name = "bench"
+${GATEWAY_API_EXTRA:-}
 
 [[apis.routes]]
 key = "GET /mock"

@@ -32,7 +32,7 @@ run() { # path n -> instructions on the busiest thread
     port=$(free_port)
     write_gateway_config "$port"
     rm -f "$WORK"/cg.out*
-    valgrind --tool=callgrind --separate-threads=yes --callgrind-out-file="$WORK/cg.out" \
+    valgrind --tool=callgrind --fair-sched=yes --separate-threads=yes --callgrind-out-file="$WORK/cg.out" \
         --toggle-collect='coregate::http::conn::run*' \
         "$BIN" serve --config "$WORK/gw.toml" >"$WORK/gw.out" 2>&1 &
     local gw=$!
@@ -40,6 +40,11 @@ run() { # path n -> instructions on the busiest thread
     python3 "$WORK/client.py" "$port" "$path" 20   # warm-up: pools, caches
     python3 "$WORK/client.py" "$port" "$path" "$n"
     kill -TERM "$gw"
+    # Under valgrind a SIGTERM was seen to go unnoticed now and then; a
+    # second one ends the process at once (callgrind still writes its
+    # counts at exit).
+    for _ in $(seq 100); do kill -0 "$gw" 2>/dev/null || break; sleep 0.2; done
+    kill -TERM "$gw" 2>/dev/null || true
     wait "$gw" || true
     # Only the shard's thread runs the request loop.
     for f in "$WORK"/cg.out-*; do

@@ -5,7 +5,7 @@
 #   loadtest/run.sh            full suite (about 22 minutes on 2 cores)
 #   loadtest/run.sh --smoke    every scenario once, tiny (about 1.5 minutes after
 #                              the build); exits 0 when all ran, asserts no ratio
-#   loadtest/run.sh --only throughput,latency,memory,scaling,bodies,policies,tls,throttle-accuracy,profile
+#   loadtest/run.sh --only throughput,latency,memory,scaling,bodies,policies,observability,tls,throttle-accuracy,profile
 #                              run some sections (latency needs throughput's
 #                              nginx maximum; it measures one if throughput is
 #                              skipped)
@@ -28,7 +28,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 LT=$ROOT/loadtest
 
 SMOKE=0
-ONLY="throughput,latency,memory,scaling,bodies,policies,tls,throttle-accuracy"
+ONLY="throughput,latency,memory,scaling,bodies,policies,observability,tls,throttle-accuracy"
 while [ $# -gt 0 ]; do
     case "$1" in
         --smoke) SMOKE=1 ;;
@@ -282,6 +282,21 @@ http {
     server {
         listen 127.0.0.1:$NGINX_PORT backlog=4096;
         location = /mock { default_type text/plain; return 200 "hello, world\n"; }
+        # observability: the same proxying with nginx's access log on (its
+        # default combined format, to a file).
+        location /logged/ {
+            access_log $WORK/nginx-access.log;
+            proxy_pass http://backend/;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+            proxy_set_header X-Forwarded-Proto \$scheme;
+            proxy_set_header X-Forwarded-Host \$host;
+            proxy_set_header X-Request-Id \$request_id;
+            add_header X-Request-Id \$request_id always;
+            proxy_request_buffering off;
+            proxy_max_temp_file_size 0;
+        }
         location / {
             proxy_pass http://backend;
             proxy_http_version 1.1;
@@ -384,6 +399,16 @@ key = "GET /both/{proxy+}"
 integration = { type = "http_proxy", url = "http://backend/{proxy}" }
 throttle = { rate = 10000000, burst = 100000000 }
 cache = { ttl_seconds = 3600 }
+
+# observability: the same proxying with a JSON access log to a file.
+[[apis]]
+name = "logged"
+base_path = "/logged"
+access_log = { preset = "json", destination = "$WORK/coregate-access-$1.log" }
+
+[[apis.routes]]
+key = "ANY /{proxy+}"
+integration = { type = "http_proxy", url = "http://backend/{proxy}" }
 EOF
 }
 coregate_conf $COREGATE_PORT 1 $PROXY_CPU $COREGATE_TLS_PORT >"$WORK/coregate-1.toml"
@@ -679,6 +704,19 @@ if want policies; then
     curl -s -D - -o /dev/null "${URL[coregate]}/both/hello" >"$WORK/both-response-head.txt" || true
 fi
 
+# === observability: access logs on against off, coregate and nginx ===
+if want observability; then
+    log "observability: proxied /hello with and without an access log, coregate and nginx; $SCALE_RUNS runs"
+    for run in $(seq "$SCALE_RUNS"); do
+        for t in coregate nginx; do
+            measure observability "$t-off" "$run" "${URL[$t]}/hello" "$DUR" "$CONNS" "${PROCS[$t]}"
+            measure observability "$t-log" "$run" "${URL[$t]}/logged/hello" "$DUR" "$CONNS" "${PROCS[$t]}"
+        done
+    done
+    # The logs were written: lines in each file, for the report.
+    wc -l "$WORK"/coregate-access-*.log "$WORK/nginx-access.log" >"$WORK/access-log-lines.txt" 2>&1 || true
+fi
+
 # === bodies: 1 MiB response, 1 MiB upload ===
 if want bodies; then
     log "bodies: 1 MiB download and upload, wrk -c$BODY_CONNS, $BODY_RUNS runs of ${BODY_DUR}s"
@@ -920,6 +958,27 @@ LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)
         done
         echo
         echo "shards1: one shard on CPU $PROXY_CPU. shards2: shards on CPUs 0 and 1, the load generator sharing CPU 0 with one of them (2 cores cannot give the generator its own core). nginx_return: nginx answering /mock itself (return 200), for scale."
+        echo
+    fi
+    if want observability; then
+        echo "## Observability: access logs on against off, wrk -t1 -c$CONNS, $SCALE_RUNS x ${DUR}s"
+        echo
+        echo "| target | log | req/s median | CPU µs/req median | CPU vs off |"
+        echo "|---|---|---|---|---|"
+        for t in coregate nginx; do
+            read -r off_c _ <<<"$(stat_of observability $t-off cpu_us)"
+            for l in off log; do
+                read -r m _ <<<"$(stat_of observability $t-$l rps)"
+                read -r c _ <<<"$(stat_of observability $t-$l cpu_us)"
+                echo "| $t | $l | $(fmt "$m") | $c | $(ratio "$c" "$off_c") |"
+            done
+        done
+        read -r cl _ <<<"$(stat_of observability coregate-log cpu_us)"
+        read -r nl _ <<<"$(stat_of observability nginx-log cpu_us)"
+        echo
+        echo "- coregate with its access log / nginx with its access log, CPU per request: **$(ratio "$cl" "$nl")**"
+        echo '- coregate: an API with `access_log = { preset = "json", destination = FILE }` proxying `ANY /{proxy+}`; nginx: `access_log FILE` (combined format) on the same proxying. Both write every line to a file on the same disk.'
+        echo "- lines written: $(tr '\n' ';' <"$WORK/access-log-lines.txt" 2>/dev/null)"
         echo
     fi
     if want policies; then

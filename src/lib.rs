@@ -7,6 +7,7 @@
 //! - [`log`]: the log line macro.
 //! - [`config`]: the TOML file as written, and the errors every layer
 //!   reports problems with.
+//! - [`accesslog`]: access-log formats, per-shard buffers, writer threads.
 //! - [`net`]: sockets, waiting on the shard's epoll reactor.
 //! - [`tls`]: rustls configs and the plain-or-TLS stream.
 //! - [`http`]: the HTTP/1.1 wire for both roles, the one response writer,
@@ -22,6 +23,7 @@
 //! - [`admin`]: the admin listener: `/metrics` and the dashboard.
 //! - [`cli`]: subcommands of the binary besides `serve`.
 
+pub mod accesslog;
 pub mod admin;
 pub mod cli;
 pub mod config;

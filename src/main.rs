@@ -4,7 +4,7 @@
 
 use coregate::plan;
 use coregate::runtime::Server;
-use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -15,20 +15,42 @@ const DEFAULT_CONFIG: &str = "config/coregate.toml";
 /// How often the main thread looks at the signal flag.
 const SIGNAL_POLL: std::time::Duration = std::time::Duration::from_millis(20);
 
-const USAGE: &str = "usage:
-  coregate serve [--config PATH]   run the gateway (default config: config/coregate.toml)
-  coregate check [--config PATH]   validate a config and exit 0, or print every error and exit 1
-  coregate keys create --file F --name N [--usage-plan P]
+const SERVE_USAGE: &str = "  coregate serve [--config PATH] [--log-level LEVEL]
+                                   run the gateway (default config: config/coregate.toml);
+                                   LEVEL: error, warn, info (default) or debug;
+                                   SIGTERM or SIGINT drains and exits 0, SIGHUP is logged
+                                   only, SIGUSR1 reopens the access log files";
+const CHECK_USAGE: &str = "  coregate check [--config PATH]   validate a config and exit 0, or print every error and exit 1";
+const KEYS_USAGE: &str = "  coregate keys create --file F --name N [--usage-plan P]
                                    add a key to the keys file F (created if missing);
                                    the key is printed once, on stdout
   coregate keys list --file F      name, id, enabled, usage plan, created of every key
   coregate keys revoke --file F --name N
                                    disable a key (enabled = false)
-  coregate usage [--config PATH | --data-dir DIR] [--key NAME|ID] [--from DAY] [--to DAY]
+                                   (--config PATH instead of --file F: the keys file that
+                                   config names in server.api_keys_file)";
+const USAGE_USAGE: &str =
+    "  coregate usage [--config PATH | --data-dir DIR] [--key NAME|ID] [--from DAY] [--to DAY]
                                    requests per key per UTC day from the usage store
                                    (days YYYY-MM-DD, inclusive; default: the last 30 days),
-                                   and with a config, each quota's use this period
-  coregate --version";
+                                   and with a config, each quota's use this period";
+
+/// The usage of one subcommand (`coregate SUB --help`), or of all of them.
+fn usage_text(sub: Option<&str>) -> String {
+    let one = match sub {
+        Some("serve") => SERVE_USAGE,
+        Some("check") => CHECK_USAGE,
+        Some("keys") => KEYS_USAGE,
+        Some("usage") => USAGE_USAGE,
+        _ => {
+            return format!(
+                "usage:\n{SERVE_USAGE}\n{CHECK_USAGE}\n{KEYS_USAGE}\n{USAGE_USAGE}\n  \
+                 coregate --version\n  coregate [SUBCOMMAND] --help"
+            )
+        }
+    };
+    format!("usage:\n{one}")
+}
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -42,8 +64,19 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         "--help" | "-h" | "help" => {
-            println!("{USAGE}");
+            println!("{}", usage_text(rest.first().map(String::as_str)));
             return ExitCode::SUCCESS;
+        }
+        // `coregate SUB --help` (anywhere after SUB, e.g. `keys create
+        // --help`) prints SUB's usage and exits 0, whatever else is given.
+        sub if rest.iter().any(|a| a == "--help" || a == "-h") => {
+            return match sub {
+                "serve" | "check" | "keys" | "usage" => {
+                    println!("{}", usage_text(Some(sub)));
+                    ExitCode::SUCCESS
+                }
+                other => usage(&format!("unknown command {other:?}")),
+            };
         }
         "keys" => return keys(rest),
         "usage" => return usage_cmd(rest),
@@ -57,9 +90,21 @@ fn main() -> ExitCode {
                 Some(p) => config_path = PathBuf::from(p),
                 None => return usage("--config needs a path"),
             },
+            "--log-level" if cmd == "serve" => match it.next().map(|l| log_level(l)) {
+                Some(Ok(())) => {}
+                Some(Err(code)) => return code,
+                None => return usage("--log-level needs a level: error, warn, info or debug"),
+            },
             other => match other.strip_prefix("--config=") {
                 Some(p) => config_path = PathBuf::from(p),
-                None => return usage(&format!("unexpected argument {other:?}")),
+                None => match other.strip_prefix("--log-level=") {
+                    Some(l) if cmd == "serve" => {
+                        if let Err(code) = log_level(l) {
+                            return code;
+                        }
+                    }
+                    _ => return usage(&format!("unexpected argument {other:?}")),
+                },
             },
         }
     }
@@ -78,7 +123,7 @@ fn keys(args: &[String]) -> ExitCode {
     let Some((sub, rest)) = args.split_first() else {
         return usage("keys needs a command: create, list or revoke");
     };
-    let (mut file, mut name, mut plan) = (None, None, None);
+    let (mut file, mut name, mut plan, mut config) = (None, None, None, None);
     let mut it = rest.iter();
     while let Some(a) = it.next() {
         let (flag, inline) = match a.split_once('=') {
@@ -87,6 +132,7 @@ fn keys(args: &[String]) -> ExitCode {
         };
         let slot = match flag {
             "--file" | "-f" => &mut file,
+            "--config" | "-c" => &mut config,
             "--name" | "-n" => &mut name,
             "--usage-plan" => &mut plan,
             other => return usage(&format!("keys {sub}: unexpected argument {other:?}")),
@@ -96,27 +142,48 @@ fn keys(args: &[String]) -> ExitCode {
             None => return usage(&format!("keys {sub}: {flag} needs a value")),
         }
     }
-    let Some(file) = file.map(PathBuf::from) else {
-        return usage(&format!("keys {sub}: --file is required"));
+    let file = match (file, config) {
+        (Some(f), None) => PathBuf::from(f),
+        (None, Some(c)) => match keys_file_of(std::path::Path::new(&c)) {
+            Ok(f) => f,
+            Err(e) => {
+                eprintln!("coregate: keys {sub}: {e}");
+                return ExitCode::from(1);
+            }
+        },
+        (Some(_), Some(_)) => return usage(&format!("keys {sub}: give --file or --config, not both")),
+        (None, None) => {
+            return usage(&format!(
+                "keys {sub}: --file F (a keys file) or --config PATH (its server.api_keys_file) is required"
+            ))
+        }
     };
     let fail = |e: String| {
         eprintln!("coregate: {e}");
         ExitCode::from(1)
     };
     match (sub.as_str(), name, plan) {
-        ("create", Some(name), plan) => match cli::create(&file, &name, plan.as_deref()) {
-            Ok(k) => {
-                println!("{}", k.full);
-                eprintln!(
-                    "coregate: created key {name:?} (id {}) in {}.\n\
+        ("create", Some(name), plan) => {
+            let existed = file.exists();
+            match cli::create(&file, &name, plan.as_deref()) {
+                Ok(k) => {
+                    println!("{}", k.full);
+                    eprintln!(
+                    "coregate: created key {name:?} (id {}) in {}{}.\n\
                      coregate: the key above is shown this once and cannot be recovered: store it now.",
                     k.id,
-                    file.display()
+                    file.display(),
+                    if existed {
+                        ""
+                    } else {
+                        ", a new file: a gateway uses it once its config's server.api_keys_file names it"
+                    }
                 );
-                ExitCode::SUCCESS
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(e),
             }
-            Err(e) => fail(e),
-        },
+        }
         ("create", None, _) => usage("keys create: --name is required"),
         ("list", None, None) => match cli::list(&file) {
             Ok(keys) => {
@@ -135,7 +202,7 @@ fn keys(args: &[String]) -> ExitCode {
             }
             Err(e) => fail(e),
         },
-        ("list", _, _) => usage("keys list takes only --file"),
+        ("list", _, _) => usage("keys list takes only --file or --config"),
         ("revoke", Some(name), None) => match cli::revoke(&file, &name) {
             Ok(()) => {
                 println!("revoked {name:?} in {}", file.display());
@@ -143,11 +210,32 @@ fn keys(args: &[String]) -> ExitCode {
             }
             Err(e) => fail(e),
         },
-        ("revoke", _, _) => usage("keys revoke takes --file and --name"),
+        ("revoke", _, _) => usage("keys revoke takes --file (or --config) and --name"),
         (other, _, _) => usage(&format!(
             "unknown keys command {other:?} (create, list or revoke)"
         )),
     }
+}
+
+/// The keys file a config names (`server.api_keys_file`, relative to the
+/// config's directory), for `keys ... --config PATH`.
+fn keys_file_of(config: &std::path::Path) -> Result<PathBuf, String> {
+    let text = std::fs::read_to_string(config)
+        .map_err(|e| format!("cannot read {}: {e}", config.display()))?;
+    let raw = coregate::config::parse(&text).map_err(|errors| {
+        let mut m = format!("{} is not a valid config:", config.display());
+        for e in errors {
+            m.push_str(&format!("\n  {e}"));
+        }
+        m
+    })?;
+    let file = raw.server.api_keys_file.ok_or_else(|| {
+        format!(
+            "{} sets no server.api_keys_file: give --file, and set api_keys_file to it",
+            config.display()
+        )
+    })?;
+    Ok(coregate::config::resolve_path(&file, config.parent()))
 }
 
 /// `coregate usage`.
@@ -188,6 +276,18 @@ fn usage_cmd(args: &[String]) -> ExitCode {
             Err(code) => return code,
         }
     }
+    // Say which store is read: a config's data_dir is relative to the config.
+    if let Some(dir) = opts.data_dir.as_ref().or_else(|| {
+        opts.plan
+            .as_ref()
+            .and_then(|p| p.policies.usage.data_dir.as_ref())
+    }) {
+        eprintln!(
+            "coregate: usage store {}",
+            dir.join(coregate::policy::usage::store::FILE_NAME)
+                .display()
+        );
+    }
     match cli::run(&opts, &mut std::io::stdout().lock()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -197,8 +297,21 @@ fn usage_cmd(args: &[String]) -> ExitCode {
     }
 }
 
+/// Sets the error log's level from `--log-level`.
+fn log_level(level: &str) -> Result<(), ExitCode> {
+    match coregate::log::Level::parse(level) {
+        Some(l) => {
+            coregate::log::set_level(l);
+            Ok(())
+        }
+        None => Err(usage(&format!(
+            "--log-level {level:?}: the levels are error, warn, info and debug"
+        ))),
+    }
+}
+
 fn usage(problem: &str) -> ExitCode {
-    eprintln!("coregate: {problem}\n{USAGE}");
+    eprintln!("coregate: {problem}\n{}", usage_text(None));
     ExitCode::from(2)
 }
 
@@ -251,10 +364,13 @@ fn serve(path: &std::path::Path) -> ExitCode {
     // or the drain (and the usage not yet written with it). It is caught and
     // only logged: this process has no reload.
     let hangup = Arc::new(AtomicBool::new(false));
+    // SIGUSR1 reopens the access-log files (logrotate).
+    let reopen = Arc::new(AtomicBool::new(false));
     for (sig, flag) in [
         (SIGTERM, &signalled),
         (SIGINT, &signalled),
         (SIGHUP, &hangup),
+        (SIGUSR1, &reopen),
     ] {
         if let Err(e) = signal_hook::flag::register(sig, Arc::clone(flag)) {
             eprintln!("coregate: cannot install signal handlers: {e}");
@@ -321,6 +437,9 @@ fn serve(path: &std::path::Path) -> ExitCode {
 
     while !signalled.swap(false, Ordering::SeqCst) {
         note_hangup(&hangup);
+        if reopen.swap(false, Ordering::SeqCst) {
+            server.reopen_logs();
+        }
         std::thread::sleep(SIGNAL_POLL);
     }
     coregate::log!(

@@ -702,10 +702,35 @@ fn invalidation_keys_are_checked_and_inherited() {
         "{err}"
     );
     // The switch on the route keeps the API's key list (not "anyone").
-    let (code, err) = check(
-        "api_key_required = true\ncache = { allow_client_invalidation = false, invalidation_keys = [\"alice\"] }",
-        "cache = { allow_client_invalidation = true }",
-    );
+    let api = "api_key_required = true\ncache = { allow_client_invalidation = false, invalidation_keys = [\"alice\"] }";
+    let route = "{ allow_client_invalidation = true }";
+    let (code, err) = check(api, &format!("cache = {route}"));
     assert_eq!(code, Some(0), "{err}");
+    // And a gateway running it lets alice invalidate, not bob.
+    let _ = std::fs::remove_file(&keys);
+    let alice = create_key(&keys, "alice");
+    let bob = create_key(&keys, "bob");
+    let echo = Backend::start(Reply::Echo);
+    let gw = gateway(
+        &format!("api_keys_file = \"{}\"", keys.display()),
+        api,
+        &[r("GET /x", &echo, route)],
+    );
+    let mut c = gw.client();
+    let first = get_with(&mut c, "/x", &format!("x-api-key: {bob}\r\n"));
+    assert_cache(&first, "Miss");
+    let by_bob = get_with(
+        &mut c,
+        "/x",
+        &format!("x-api-key: {bob}\r\nCache-Control: max-age=0\r\n"),
+    );
+    assert_cache(&by_bob, "Hit");
+    let by_alice = get_with(
+        &mut c,
+        "/x",
+        &format!("x-api-key: {alice}\r\nCache-Control: max-age=0\r\n"),
+    );
+    assert_cache(&by_alice, "Miss");
+    assert_hits(&echo, 2);
     let _ = std::fs::remove_file(&keys);
 }

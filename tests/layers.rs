@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 const LAYERS: &[&str] = &[
     "log",
     "config",
+    "accesslog",
     "net",
     "tls",
     "http",
@@ -76,8 +77,11 @@ fn imports(text: &str) -> BTreeSet<String> {
                 .chars()
                 .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
                 .collect();
-            // `crate::log!` is the logging macro of the `log` layer.
-            if !name.is_empty() {
+            // `crate::log!` and `crate::log_request!` are the logging
+            // macros of the `log` layer.
+            if name == "log_request" {
+                out.insert("log".to_string());
+            } else if !name.is_empty() {
                 out.insert(name);
             }
             rest = after;

@@ -151,7 +151,9 @@ fn drain_timeout_bounds_shutdown() {
     });
     assert!(b.wait_heads(1, Duration::from_secs(5)));
     gw.sigterm();
-    let status = gw.wait_exit(Duration::from_secs(6));
+    // 500 ms of drain, then the shards stop: 2.5 s leaves room for a busy
+    // machine, and is far from the 20 s the request would take.
+    let status = gw.wait_exit(Duration::from_millis(2500));
     let status = status.expect("coregate waited for a 20 s request despite drain_timeout_ms = 500");
     assert!(status.success(), "exit status {status:?}");
     // The stuck client is released (closed or answered), not left hanging.
@@ -198,13 +200,22 @@ fn every_shard_serves_on_the_shared_port() {
     let b = Backend::start(Reply::Echo);
     let gw = Gateway::start(&config(&b, 10_000));
     // Many fresh connections: SO_REUSEPORT spreads them over both shards; all
-    // must be answered whichever shard takes them.
+    // must be answered whichever shard takes them. The generated request
+    // id starts with the answering shard's prefix: both shards must have
+    // answered (40 connections all hashed to one shard: about 2^-39).
+    let mut shards = std::collections::BTreeSet::new();
     for i in 0..40 {
         let mut c = gw.client();
         let r = c.get(if i % 2 == 0 { "/health" } else { "/slow/x" });
         assert_eq!(r.status, 200, "connection {i}: {r:?}");
+        let id = r
+            .header("x-request-id")
+            .unwrap_or_else(|| panic!("no request id: {r:?}"));
+        assert!(is_generated_request_id(id), "{r:?}");
+        shards.insert(id[..16].to_string());
     }
     assert_eq!(b.hits(), 20);
+    assert_eq!(shards.len(), 2, "answering shards: {shards:?}");
 }
 
 #[test]
@@ -637,5 +648,76 @@ fn drain_loses_no_request_of_busy_keep_alive_clients() {
         status.success(),
         "exit status {status:?}; stderr:\n{}",
         gw.stderr()
+    );
+}
+
+/// The CPUs each `coregate-shard-*` thread of `pid` may run on
+/// (`Cpus_allowed_list` from /proc), by thread name.
+fn shard_cpu_lists(pid: u32) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let dir = task.unwrap().path();
+        let name = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+        if !name.starts_with("coregate-shard") {
+            continue;
+        }
+        let status = std::fs::read_to_string(dir.join("status")).unwrap_or_default();
+        let cpus = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+            .map(|v| v.trim().to_string())
+            .unwrap_or_default();
+        out.push((name.trim().to_string(), cpus));
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn shards_are_pinned_unless_pin_shards_is_false() {
+    let mine = std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("Cpus_allowed_list:")
+                .map(|v| v.trim().to_string())
+        })
+        .unwrap();
+    let config = |extra: &str| {
+        format!(
+            "[server]\nlisten = [\"127.0.0.1:0\"]\nshards = 2\n{extra}\n\n[[apis]]\nname = \"main\"\n[[apis.routes]]\nkey = \"GET /health\"\nintegration = {{ type = \"mock\", body = 'ok' }}\n"
+        )
+    };
+    // Pinned (the default; `pin_shards = true` spelled out so the test
+    // harness leaves it): each shard thread on one CPU.
+    let gw = Gateway::start(&config("pin_shards = true"));
+    // glommio gives each executor a helper thread of the same name.
+    let lists = shard_cpu_lists(gw.pid());
+    assert!(lists.len() >= 2, "{lists:?}");
+    for (name, cpus) in &lists {
+        assert!(
+            cpus.parse::<usize>().is_ok(),
+            "{name} should be pinned to one CPU, may run on {cpus:?}"
+        );
+    }
+    drop(gw);
+    // Unpinned: each shard thread keeps the whole mask the process had.
+    let gw = Gateway::start(&config("pin_shards = false"));
+    // glommio gives each executor a helper thread of the same name.
+    let lists = shard_cpu_lists(gw.pid());
+    assert!(lists.len() >= 2, "{lists:?}");
+    for (name, cpus) in &lists {
+        assert_eq!(cpus, &mine, "{name} should not be pinned");
+    }
+    drop(gw);
+    // Both at once is refused by the config check.
+    let cfg = write_config(&config("pin_shards = false\ncpus = [0, 0]"));
+    let out = run_coregate(&["check", "--config", cfg.to_str().unwrap()]);
+    let _ = std::fs::remove_file(&cfg);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("server.cpus") && err.contains("pin_shards = false"),
+        "{err}"
     );
 }

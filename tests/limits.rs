@@ -181,23 +181,35 @@ fn slow_request_head_is_408() {
         .unwrap_or_else(|e| panic!("expected 408 after header_read_timeout_ms: {e:?}"));
     assert_json_error(&r, 408);
     c.expect_closed();
-    // Trickling bytes does not reset the head timer.
+    // Trickling bytes does not reset the head timer: one byte every 40 ms
+    // (well inside the 300 ms timeout each) for far longer than the
+    // timeout. The 408 must come while the trickle is still going; a timer
+    // reset by each byte would answer only after the trickle ended.
     let mut c = gw.client();
+    let trickle_done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let sender = {
         let mut s = c.stream.try_clone().unwrap();
+        let done = trickle_done.clone();
         thread::spawn(move || {
             use std::io::Write;
-            for b in b"GET /echo/x HTTP/1.1\r\nHost: t\r\nX-Slow: 1234567890".iter() {
-                if s.write_all(&[*b]).is_err() {
-                    break;
+            let mut head = b"GET /echo/x HTTP/1.1\r\nHost: t\r\nX-Slow: ".to_vec();
+            head.resize(head.len() + 100, b'x');
+            for b in head {
+                if s.write_all(&[b]).is_err() {
+                    return;
                 }
                 thread::sleep(Duration::from_millis(40));
             }
+            done.store(true, std::sync::atomic::Ordering::SeqCst);
         })
     };
     let r = c
         .try_read_response(false)
         .unwrap_or_else(|e| panic!("expected 408 for a trickled head: {e:?}"));
+    assert!(
+        !trickle_done.load(std::sync::atomic::Ordering::SeqCst),
+        "the 408 came only after the trickle ended: each byte reset the head timer"
+    );
     assert_json_error(&r, 408);
     c.expect_closed();
     sender.join().unwrap();

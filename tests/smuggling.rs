@@ -75,7 +75,9 @@ impl Rig {
         msg
     }
 
-    /// Neither the bad request nor the follower reached the backend.
+    /// Neither the bad request nor the follower reached the backend: no
+    /// head parsed there, and no connection or byte either (garbage that
+    /// the backend could not parse as a head would still count).
     fn backend_saw_nothing(&self) {
         assert_eq!(
             self.backend.heads(),
@@ -83,6 +85,7 @@ impl Rig {
             "backend received: {:?}",
             self.backend.requests()
         );
+        self.backend_got_nothing();
     }
 
     /// Nothing reached the backend at all: no connection, not one byte

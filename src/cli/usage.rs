@@ -25,6 +25,19 @@ pub fn run(opts: &Options, out: &mut impl std::io::Write) -> Result<(), String> 
         )?,
         (None, None) => return Err("give --config or --data-dir".into()),
     };
+    if let (Some(want), Some(plan)) = (&opts.key, &opts.plan) {
+        let u = &plan.policies.usage;
+        if !u.key_ids.iter().chain(&u.key_names).any(|k| k == want) {
+            return Err(format!(
+                "--key {want:?} is no key of this config (its keys: {}); give a key's name or id",
+                if u.key_names.is_empty() {
+                    "none".to_string()
+                } else {
+                    u.key_names.join(", ")
+                }
+            ));
+        }
+    }
     let today = clock::today();
     let day = |s: &Option<String>, default: i64, what: &str| -> Result<i64, String> {
         match s {
@@ -38,6 +51,18 @@ pub fn run(opts: &Options, out: &mut impl std::io::Write) -> Result<(), String> 
         return Err("--to is before --from".into());
     }
     let store = Store::open_read_only(&dir)?;
+    if let (Some(want), None) = (&opts.key, &opts.plan) {
+        // Without a config the keys are known only by what was recorded.
+        if store
+            .rows(Some(want), i64::MIN / 2, i64::MAX / 2)?
+            .is_empty()
+        {
+            return Err(format!(
+                "--key {want:?}: no usage of such a key is recorded in {} (give a key's name or id, or --config to check it against the config's keys)",
+                dir.join(crate::policy::usage::store::FILE_NAME).display()
+            ));
+        }
+    }
     let rows = store.rows(opts.key.as_deref(), from, to + 1)?;
     let w = |out: &mut dyn std::io::Write, s: String| {
         out.write_all(s.as_bytes())

@@ -17,7 +17,7 @@
 use super::exchange::{CacheStatus, Exchange};
 use super::reply::{self, Body};
 use super::signed_body::{self, BodyFailure};
-use super::{authorize, cache, exit, Gateway, Generation};
+use super::{access, authorize, cache, exit, Gateway, Generation};
 use crate::http::conn::{Conn, Flow};
 use crate::http::method::{AllowSet, Method};
 use crate::http::parse::{Framing, RequestHead};
@@ -36,7 +36,8 @@ use std::time::Instant;
 
 /// Handles one request whose head is at the start of `conn.unread()`.
 pub async fn handle(gw: &Gateway, conn: &mut Conn, head: &RequestHead) -> Flow {
-    let now = Instant::now();
+    // The connection loop read the clock as the head came in.
+    let now = conn.head_at;
     let mut x = Exchange::new(
         gw.generation(),
         conn.peer,
@@ -54,8 +55,33 @@ pub async fn handle(gw: &Gateway, conn: &mut Conn, head: &RequestHead) -> Flow {
     if !conn.ebuf.is_empty() {
         conn.ebuf.clear();
     }
+    if x.generation.plan.access_log.any {
+        access::capture(gw, &mut x, conn.unread(), head);
+    }
     let flow = drive(gw, conn, head, &mut x, now).await;
-    exit::finish(gw, &mut x);
+    conn.clock = exit::finish(gw, &mut x);
+    if x.route.is_some_and(|r| {
+        x.generation
+            .plan
+            .access_log
+            .routes
+            .get(r)
+            .is_some_and(|l| l.debug)
+    }) {
+        let o = &x.outcome;
+        crate::log_request!(
+            "debug",
+            x.request_id,
+            "finished: status {}, upstream status {:?}, cache {:?}, error {:?}, {} byte(s) in, {} out",
+            o.status,
+            o.upstream_status,
+            o.cache,
+            o.error,
+            o.bytes_in,
+            o.bytes_out
+        );
+    }
+    access::record(gw, &mut x);
     flow
 }
 
@@ -69,49 +95,54 @@ pub async fn refuse(gw: &Gateway, conn: &mut Conn, status: u16, message: &'stati
     conn.ebuf.clear();
     reply::close_with(gw, conn, &mut x, status, message).await;
     exit::finish(gw, &mut x);
+    access::record(gw, &mut x);
 }
 
 /// A route parameter: its name (borrowed from the route table) and where
 /// its value is in the request's bytes (from the head's first byte).
 type ParamSpans<'t> = SmallVec<[(&'t str, (usize, usize)); 4]>;
 
-/// Where routing sent a request.
-enum Routed<'t> {
-    Route(usize, ParamSpans<'t>),
-    Error {
-        status: u16,
-        message: &'static str,
-        allow: Option<AllowSet>,
-    },
+/// Why routing found no route for a request.
+struct Unrouted {
+    status: u16,
+    message: &'static str,
+    allow: Option<AllowSet>,
 }
 
-fn route<'t>(generation: &'t Generation, buf: &[u8], head: &RequestHead) -> Routed<'t> {
+/// Routes the request: its route's index, with the route's parameters
+/// written to `spans` (filled in place: the spans are too big to move
+/// around on every request).
+fn route<'t>(
+    generation: &'t Generation,
+    buf: &[u8],
+    head: &RequestHead,
+    spans: &mut ParamSpans<'t>,
+) -> Result<usize, Unrouted> {
     let Ok(path) = std::str::from_utf8(head.path(buf)) else {
-        return Routed::Error {
+        return Err(Unrouted {
             status: 400,
             message: "Invalid request target",
             allow: None,
-        };
+        });
     };
     match generation
         .plan
         .table
         .lookup(head.host.map(|h| h.get(buf)), head.method, path)
     {
-        Lookup::NotFound => Routed::Error {
+        Lookup::NotFound => Err(Unrouted {
             status: 404,
             message: "Not Found",
             allow: None,
-        },
-        Lookup::MethodNotAllowed { allow } => Routed::Error {
+        }),
+        Lookup::MethodNotAllowed { allow } => Err(Unrouted {
             status: 405,
             message: "Method Not Allowed",
             allow: Some(allow),
-        },
+        }),
         Lookup::Found { route, params } => {
             // The values are slices of `buf`: kept as positions, so the
             // connection's buffer is free again until the proxy needs them.
-            let mut spans = ParamSpans::new();
             if !params.is_empty() {
                 let base = buf.as_ptr() as usize;
                 spans.extend(
@@ -120,7 +151,7 @@ fn route<'t>(generation: &'t Generation, buf: &[u8], head: &RequestHead) -> Rout
                         .map(|(k, v)| (k, (v.as_ptr() as usize - base, v.len()))),
                 );
             }
-            Routed::Route(route as usize, spans)
+            Ok(route as usize)
         }
     }
 }
@@ -136,16 +167,32 @@ async fn drive(
     let generation = x.generation.clone();
     let plan = &generation.plan;
     // === route ===
-    let (route_id, params) = match route(&generation, conn.unread(), head) {
-        Routed::Route(r, params) => (r, params),
-        Routed::Error {
+    let mut params = ParamSpans::new();
+    let route_id = match route(&generation, conn.unread(), head, &mut params) {
+        Ok(r) => r,
+        Err(Unrouted {
             status,
             message,
             allow,
-        } => return unrouted(gw, conn, head, x, now, status, message, allow).await,
+        }) => return unrouted(gw, conn, head, x, now, status, message, allow).await,
     };
     x.route = Some(route_id);
     let route = &plan.routes[route_id];
+    let debug = plan
+        .access_log
+        .routes
+        .get(route_id)
+        .is_some_and(|l| l.debug);
+    if debug {
+        crate::log_request!(
+            "debug",
+            x.request_id,
+            "api {}: routed to {:?}; phases {:?}",
+            route.api,
+            route.key,
+            route.policies.phases
+        );
+    }
     if let Framing::Length(n) = head.framing {
         if n > plan.limits.max_body_bytes {
             conn.consume(head.len);
@@ -188,6 +235,9 @@ async fn drive(
             parts.extra,
             &mut x.state,
         );
+        if debug {
+            debug_decision(x, phase, &decision);
+        }
         match decision {
             Decision::Continue => i += 1,
             Decision::Respond(r) => {
@@ -254,11 +304,23 @@ async fn drive(
                 generation: &generation,
                 route: route_id,
                 proxy: p,
-                params,
+                params: &params[..],
             };
             proxy(gw, conn, head, x, consumed, routed).await
         }
     }
+}
+
+/// The debug line of one phase's decision (`debug = true` on the API).
+fn debug_decision(x: &Exchange, phase: policy::Phase, decision: &Decision) {
+    let what: Cow<'_, str> = match decision {
+        Decision::Continue => Cow::Borrowed("continue"),
+        Decision::Respond(r) => Cow::Owned(format!("answer {} {:?}", r.status, r.message)),
+        Decision::WaitQuota(_) => Cow::Borrowed("wait for this shard's lease of the key's quota"),
+        Decision::Authorize(_) => Cow::Borrowed("call the request authorizer"),
+        Decision::VerifyBody(_) => Cow::Borrowed("read and hash the body the signature covers"),
+    };
+    crate::log_request!("debug", x.request_id, "phase {phase:?}: {what}");
 }
 
 /// For a request no route takes: the API's IP rules still refuse it (so a
@@ -278,6 +340,13 @@ async fn unrouted(
 ) -> Flow {
     let generation = x.generation.clone();
     let plan = &generation.plan;
+    if plan.access_log.any {
+        // The access log of the API whose base path the request is under.
+        let buf = conn.unread();
+        x.access.api = std::str::from_utf8(head.path(buf))
+            .ok()
+            .and_then(|path| plan.table.api_for(head.host.map(|h| h.get(buf)), path));
+    }
     if plan
         .apis
         .iter()
@@ -399,7 +468,7 @@ struct RoutedProxy<'a> {
     generation: &'a Rc<Generation>,
     route: usize,
     proxy: &'a ProxyPlan,
-    params: ParamSpans<'a>,
+    params: &'a [(&'a str, (usize, usize))],
 }
 
 /// The proxy integration: the target is picked now that every phase has

@@ -29,6 +29,8 @@ pub struct Exchange {
     /// the upstream.
     pub state: RequestState,
     pub outcome: Outcome,
+    /// What the access log keeps of the head.
+    pub access: super::access::Captured,
 }
 
 /// How the request ended.
@@ -111,6 +113,7 @@ impl Exchange {
                     last_byte_sent: None,
                 },
             },
+            access: Default::default(),
         }
     }
 }

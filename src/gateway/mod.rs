@@ -13,6 +13,7 @@
 //! upstream's name and lent to each generation that keeps the upstream's
 //! settings.
 
+pub mod access;
 pub mod authorize;
 pub mod cache;
 mod driver;
@@ -69,6 +70,8 @@ pub struct Gateway {
     tls_failure_logged: Cell<Option<Instant>>,
     /// What the exit has counted, by series name.
     pub metrics: crate::observe::shard::ShardMetrics,
+    /// Access-log buffers and captures.
+    pub access: access::Access,
 }
 
 /// The settings an upstream's run-time state depends on: a generation
@@ -120,6 +123,7 @@ impl Gateway {
             tls_failures: Cell::new(0),
             tls_failure_logged: Cell::new(None),
             metrics: Default::default(),
+            access: access::Access::new(id),
         };
         gw.install(plan);
         gw

@@ -145,7 +145,11 @@ pub fn body_error<'a>(
 
 async fn body_error_inner(gw: &Gateway, conn: &mut Conn, x: &mut Exchange, e: BodyError) -> Flow {
     let (status, message) = match e {
-        BodyError::Client | BodyError::Sink(_) => return Flow::Close,
+        BodyError::Client => {
+            x.outcome.error = Some(Cow::Borrowed("client closed the connection"));
+            return Flow::Close;
+        }
+        BodyError::Sink(_) => return Flow::Close,
         BodyError::Timeout => (408, "Request Timeout"),
         BodyError::TooLarge => (413, "Request Entity Too Large"),
         BodyError::Bad(m) => (400, m),

@@ -147,6 +147,14 @@ pub struct Conn {
     /// Who takes the connection when the service answers
     /// [`Flow::Handover`].
     pub handover: Option<NewOwner>,
+    /// When the head `read_head` last returned was complete: the clock
+    /// reading taken after the read that completed it (or on entry, for a
+    /// head that was already buffered).
+    pub head_at: Instant,
+    /// A clock reading the service took as it finished the previous
+    /// request; the next `read_head` starts from it instead of reading the
+    /// clock again (a few microseconds apart on a keep-alive connection).
+    pub clock: Option<Instant>,
     guard: ConnGuard,
 }
 
@@ -234,6 +242,8 @@ impl Conn {
             xbuf: Vec::new(),
             ebuf: Vec::new(),
             handover: None,
+            head_at: Instant::now(),
+            clock: None,
             guard,
         }
     }
@@ -483,15 +493,19 @@ impl Conn {
         limits: &Limits,
     ) -> Result<RequestHead, ReadErr> {
         let head_limits = svc.head_limits();
-        // One clock read per pass: before the first, then after each read.
-        let mut now = Instant::now();
+        // One clock read per pass: before the first (unless the service
+        // just took one), then after each read.
+        let mut now = self.clock.take().unwrap_or_else(Instant::now);
         let entered = now;
         let mut deadline = (self.rend > self.rpos).then(|| now + limits.header_read_timeout);
         let idle_deadline = now + limits.idle_timeout;
         loop {
             if self.rend > self.rpos {
                 match parse_request_head(&self.rbuf[self.rpos..self.rend], &head_limits) {
-                    Ok(Some(h)) => return Ok(h),
+                    Ok(Some(h)) => {
+                        self.head_at = now;
+                        return Ok(h);
+                    }
                     Ok(None) => {}
                     Err(r) => return Err(ReadErr::Reject(r)),
                 }

@@ -5,8 +5,9 @@ use super::parse::{list_elements, mark_connection_listed, trim_ows, HeaderSpan, 
 use smallvec::SmallVec;
 
 /// How an upstream response body is delimited (RFC 9112 §6.3).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum RespFraming {
+    #[default]
     None,
     Length(u64),
     Chunked,
@@ -14,7 +15,7 @@ pub enum RespFraming {
     Close,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct ResponseHead {
     pub len: usize,
     pub status: u16,

@@ -215,16 +215,17 @@ async fn read_answer(
 ) -> Result<(Answer, bool), ReadErr> {
     use ReadErr::Failed;
     up.filled = 0;
-    let resp = loop {
-        match read_response_head(up, uplan, false).await {
+    let mut resp = ResponseHead::default();
+    loop {
+        match read_response_head(up, uplan, false, &mut resp).await {
             // 100 / 103: nothing for us.
-            Ok(Head::Interim(r)) => up.drop_head(r.len),
-            Ok(Head::Final(r)) => break r,
+            Ok(Head::Interim) => up.drop_head(resp.len),
+            Ok(Head::Final) => break,
             Err(HeadError::Closed(_)) => return Err(ReadErr::Closed),
             Err(HeadError::Timeout) => return Err(Failed(Failure::Timeout)),
             Err(HeadError::Bad(why)) => return Err(ReadErr::BadHead(why)),
         }
-    };
+    }
     let mut body = Vec::new();
     let (start, end) = (resp.len, up.filled);
     let reusable = match resp.framing {
@@ -308,14 +309,15 @@ async fn read_some(up: &mut UpConn, max: usize) -> Result<usize, ReadErr> {
     }
 }
 
-/// A response head read by [`read_response_head`].
+/// Which kind of response head [`read_response_head`] read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Head {
     /// A 1xx interim response (never 101): the caller forwards or drops it,
     /// then calls [`UpConn::drop_head`] and reads again.
-    Interim(ResponseHead),
+    Interim,
     /// The final response head; its bytes and whatever body bytes came with
     /// it are `up.buf[..up.filled]`.
-    Final(ResponseHead),
+    Final,
 }
 
 /// Why no response head could be read.
@@ -329,12 +331,15 @@ pub enum HeadError {
 }
 
 /// Reads the next response head into `up.buf`, within the upstream's
-/// timeout and `max_response_header_bytes`. A `101` is refused: no
-/// request of ours asks to switch protocols.
+/// timeout and `max_response_header_bytes`, and its parsed form into
+/// `out` (in place: a parsed head is several hundred bytes, not worth
+/// moving through every caller). A `101` is refused: no request of ours
+/// asks to switch protocols.
 pub async fn read_response_head(
     up: &mut UpConn,
     uplan: &UpstreamPlan,
     head_request: bool,
+    out: &mut ResponseHead,
 ) -> Result<Head, HeadError> {
     up.stream.set_read_timeout(Some(uplan.timeout));
     let mut received_any = up.filled > 0;
@@ -352,10 +357,15 @@ pub async fn read_response_head(
                         "101 Switching Protocols without an upgrade request",
                     ))
                 }
-                Ok(Some(resp)) if (100..200).contains(&resp.status) => {
-                    return Ok(Head::Interim(resp))
+                Ok(Some(resp)) => {
+                    let kind = if (100..200).contains(&resp.status) {
+                        Head::Interim
+                    } else {
+                        Head::Final
+                    };
+                    *out = resp;
+                    return Ok(kind);
                 }
-                Ok(Some(resp)) => return Ok(Head::Final(resp)),
             }
         }
         if up.filled == up.buf.len() {

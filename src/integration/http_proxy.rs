@@ -341,7 +341,8 @@ async fn forward_inner(
     let mut body_done = f.framing == Framing::None;
     let mut body_cut = false;
 
-    let (mut up, resp) = loop {
+    let mut resp = ResponseHead::default();
+    let mut up = loop {
         let now = Instant::now();
         let (mut up, reused) = match (!fresh_only)
             .then(|| state.checkout(uplan, f.target, now))
@@ -359,8 +360,9 @@ async fn forward_inner(
                 Err(e) => {
                     state.note_connect(f.target, false);
                     let cooled = state.record_failure(uplan, f.target, Instant::now());
-                    crate::log!(
+                    crate::log_request!(
                         "warn",
+                        f.request_id,
                         "upstream {:?} target {target_addr}: connect failed: {e}{}",
                         uplan.name,
                         if cooled { " (cooling down)" } else { "" }
@@ -378,8 +380,9 @@ async fn forward_inner(
                 continue;
             }
             state.record_failure(uplan, f.target, Instant::now());
-            crate::log!(
+            crate::log_request!(
                 "warn",
+                f.request_id,
                 "upstream {:?} target {target_addr}: sending the request failed: {e}",
                 uplan.name
             );
@@ -405,8 +408,8 @@ async fn forward_inner(
             }
         }
         let mut interim = false;
-        match read_final_head(conn, &mut up, uplan, f, &mut interim).await {
-            Ok(resp) => break (up, resp),
+        match read_final_head(conn, &mut up, uplan, f, &mut interim, &mut resp).await {
+            Ok(()) => break up,
             Err(UpErr::Closed(_)) if reused && retry_safe => {
                 fresh_only = true;
                 continue;
@@ -420,8 +423,9 @@ async fn forward_inner(
             }
             Err(UpErr::Closed(e)) => {
                 state.record_failure(uplan, f.target, Instant::now());
-                crate::log!(
+                crate::log_request!(
                     "warn",
+                    f.request_id,
                     "upstream {:?} target {target_addr}: closed before responding: {e}",
                     uplan.name
                 );
@@ -429,8 +433,9 @@ async fn forward_inner(
             }
             Err(UpErr::Timeout) => {
                 state.record_failure(uplan, f.target, Instant::now());
-                crate::log!(
+                crate::log_request!(
                     "warn",
+                    f.request_id,
                     "upstream {:?} target {target_addr}: no response within {} ms",
                     uplan.name,
                     uplan.timeout.as_millis()
@@ -439,8 +444,9 @@ async fn forward_inner(
             }
             Err(UpErr::Bad(why)) => {
                 state.record_failure(uplan, f.target, Instant::now());
-                crate::log!(
+                crate::log_request!(
                     "warn",
+                    f.request_id,
                     "upstream {:?} target {target_addr}: invalid response: {why}",
                     uplan.name
                 );
@@ -571,8 +577,9 @@ async fn forward_inner(
         Err(StreamErr::Client) => Flow::Close,
         Err(StreamErr::Upstream(why)) => {
             state.record_failure(uplan, f.target, Instant::now());
-            crate::log!(
+            crate::log_request!(
                 "warn",
+                f.request_id,
                 "upstream {:?} target {target_addr}: response body cut short: {why}; closing the client connection",
                 uplan.name
             );
@@ -591,25 +598,26 @@ fn fail(status: u16, message: &'static str, body_done: bool) -> Proxied {
 }
 
 /// Reads a final response head into `up.buf`, forwarding 1xx informational
-/// responses to an HTTP/1.1 client (103) or dropping them (100). `interim`
-/// is set once a 1xx response was read.
+/// responses to an HTTP/1.1 client (103) or dropping them (100), and its
+/// parsed form into `resp`. `interim` is set once a 1xx response was read.
 async fn read_final_head(
     conn: &mut Conn,
     up: &mut UpConn,
     uplan: &UpstreamPlan,
     f: Forward<'_>,
     interim: &mut bool,
-) -> Result<ResponseHead, UpErr> {
+    resp: &mut ResponseHead,
+) -> Result<(), UpErr> {
     up.filled = 0;
     loop {
-        match read_response_head(up, uplan, f.method == Method::Head).await {
-            Ok(Head::Final(resp)) => return Ok(resp),
-            Ok(Head::Interim(resp)) => {
+        match read_response_head(up, uplan, f.method == Method::Head, resp).await {
+            Ok(Head::Final) => return Ok(()),
+            Ok(Head::Interim) => {
                 *interim = true;
                 if resp.status != 100 && f.minor_version == 1 {
                     // 102/103: pass on; they carry no body.
                     conn.wbuf.clear();
-                    write_informational(&mut conn.wbuf, &up.buf, &resp);
+                    write_informational(&mut conn.wbuf, &up.buf, resp);
                     conn.stream.send(&conn.wbuf).await.map_err(UpErr::Closed)?;
                 }
                 up.drop_head(resp.len);

@@ -60,6 +60,8 @@ pub struct UpConn {
     pub filled: usize,
     pub target: usize,
     idle_since: Instant,
+    /// The reactor's poll count when it went idle ([`Socket::polls`]).
+    idle_mark: u64,
 }
 
 impl UpConn {
@@ -70,6 +72,7 @@ impl UpConn {
             filled: 0,
             target,
             idle_since: Instant::now(),
+            idle_mark: 0,
         }
     }
 
@@ -227,12 +230,16 @@ impl UpstreamState {
     /// waiting (a body sent after a HEAD response, or anything else past
     /// the last response), an end of stream or an error is closed, as
     /// nginx's keepalive module does, and the next one tried. That check
-    /// is one non-blocking peek per connection taken ([`Stream::is_quiet`]).
+    /// needs no syscall when the shard's reactor has polled since the
+    /// connection went idle and heard nothing from it, else one
+    /// non-blocking peek ([`Stream::is_quiet`]).
     pub fn checkout(&self, plan: &UpstreamPlan, target: usize, now: Instant) -> Option<UpConn> {
         let t = &self.targets[target];
         let mut idle = t.idle.borrow_mut();
         while let Some(c) = idle.pop() {
-            if now.duration_since(c.idle_since) < plan.pool_idle_timeout && c.stream.is_quiet() {
+            if now.duration_since(c.idle_since) < plan.pool_idle_timeout
+                && c.stream.is_quiet(c.idle_mark)
+            {
                 t.reuses.set(t.reuses.get() + 1);
                 return Some(c);
             }
@@ -246,6 +253,7 @@ impl UpstreamState {
         let mut idle = self.targets[conn.target].idle.borrow_mut();
         if idle.len() < plan.pool_max_idle {
             conn.idle_since = Instant::now();
+            conn.idle_mark = conn.stream.tcp().polls();
             idle.push(conn);
         }
     }

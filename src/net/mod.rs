@@ -125,6 +125,8 @@ pub struct Reactor {
     timer_target: Cell<Option<Instant>>,
     timer_kicked: Cell<bool>,
     timer_waker: RefCell<Option<Waker>>,
+    /// `epoll_wait` calls so far (see [`Socket::polls`]).
+    polls: Cell<u64>,
 }
 
 thread_local! {
@@ -146,6 +148,7 @@ impl Reactor {
             timer_target: Cell::new(None),
             timer_kicked: Cell::new(false),
             timer_waker: RefCell::new(None),
+            polls: Cell::new(0),
         });
         CURRENT.with(|c| *c.borrow_mut() = Some(reactor.clone()));
         glommio::spawn_local(poller(reactor.clone())).detach();
@@ -310,6 +313,7 @@ impl Reactor {
     /// returns how many events there were.
     fn dispatch(&self, events: &mut [libc::epoll_event]) -> io::Result<usize> {
         let n = sys::epoll_wait_now(self.epfd.as_raw_fd(), events)?;
+        self.polls.set(self.polls.get().wrapping_add(1));
         let mut slab = self.slab.borrow_mut();
         let mut wake: smallvec::SmallVec<[Waker; 32]> = smallvec::SmallVec::new();
         let mut resume: smallvec::SmallVec<[Resume; 8]> = smallvec::SmallVec::new();
@@ -620,12 +624,30 @@ impl Socket {
         sys::shutdown(self.fd.as_raw_fd(), how)
     }
 
+    /// How many times the shard's reactor has asked epoll for events so
+    /// far: a mark for [`Socket::is_quiet`].
+    pub fn polls(&self) -> u64 {
+        self.reactor.polls.get()
+    }
+
     /// Whether nothing waits to be read: no byte, no end of stream, no
-    /// error. One non-blocking `recv(MSG_PEEK)` that takes nothing, whatever
-    /// the reactor last heard (its readiness can lag what the kernel has).
-    /// Used on an idle pooled upstream connection before it carries a
-    /// request: anything there means it must not be reused.
-    pub fn is_quiet(&self) -> bool {
+    /// error. Used on an idle pooled upstream connection before it carries
+    /// a request: anything there means it must not be reused. `mark` is
+    /// [`Socket::polls`] when the connection was set aside.
+    ///
+    /// When the reactor has asked epoll for events since `mark` and still
+    /// holds the socket drained (its last read was short, and no event came
+    /// after it), the answer needs no syscall: edge-triggered epoll reports
+    /// every arrival after a read, so anything that arrived before that
+    /// poll would have marked it readable. This is what nginx relies on for
+    /// its idle upstream connections. Otherwise (the reactor has not polled
+    /// since, or the socket may hold input) one non-blocking
+    /// `recv(MSG_PEEK)` that takes nothing decides.
+    pub fn is_quiet(&self, mark: u64) -> bool {
+        let (readable, eof) = self.slot_mut(|s| (s.readable, s.eof));
+        if !readable && !eof && self.reactor.polls.get() != mark {
+            return true;
+        }
         loop {
             match sys::peek(self.fd.as_raw_fd()) {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {

@@ -297,15 +297,66 @@ fn is_quiet_peeks_without_taking() {
         let addr = l.local_addr().unwrap();
         let mut s = Socket::connect(addr, Duration::from_secs(5)).await.unwrap();
         let (mut peer, _) = l.accept().unwrap();
-        assert!(s.is_quiet(), "nothing sent yet");
+        // A mark of "now": the reactor has not polled since, so each
+        // answer comes from a peek.
+        assert!(s.is_quiet(s.polls()), "nothing sent yet");
         peer.write_all(b"x").unwrap();
         std::thread::sleep(Duration::from_millis(20));
-        assert!(!s.is_quiet(), "a byte waits");
+        assert!(!s.is_quiet(s.polls()), "a byte waits");
         let mut buf = [0u8; 8];
         assert_eq!(s.read(&mut buf).await.unwrap(), 1, "the peek took nothing");
-        assert!(s.is_quiet(), "drained");
+        assert!(s.is_quiet(s.polls()), "drained");
         drop(peer);
         std::thread::sleep(Duration::from_millis(20));
-        assert!(!s.is_quiet(), "end of stream");
+        assert!(!s.is_quiet(s.polls()), "end of stream");
+    });
+}
+
+/// Waits (letting the shard's poller run) until the reactor has polled
+/// since `mark`.
+async fn polled_since(s: &Socket, mark: u64) {
+    for _ in 0..1000 {
+        if s.polls() != mark {
+            return;
+        }
+        glommio::timer::sleep(Duration::from_millis(1)).await;
+    }
+    panic!("the reactor never polled");
+}
+
+#[test]
+fn is_quiet_trusts_the_reactor_once_it_has_polled() {
+    run(async {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let mut s = Socket::connect(addr, Duration::from_secs(5)).await.unwrap();
+        let (mut peer, _) = l.accept().unwrap();
+        // A short read leaves the socket drained in the reactor's eyes.
+        peer.write_all(b"y").unwrap();
+        let mut buf = [0u8; 8];
+        assert_eq!(s.read(&mut buf).await.unwrap(), 1);
+        let mark = s.polls();
+        polled_since(&s, mark).await;
+        assert!(
+            s.is_quiet(mark),
+            "drained, and the reactor heard nothing since"
+        );
+        // A byte that arrives after the mark: the reactor's next poll hears
+        // of it, and the answer is no, without the byte being taken.
+        let mark = s.polls();
+        peer.write_all(b"x").unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        polled_since(&s, mark).await;
+        assert!(
+            !s.is_quiet(mark),
+            "a byte arrived after the connection went idle"
+        );
+        assert_eq!(s.read(&mut buf).await.unwrap(), 1, "nothing was taken");
+        // The end of stream, the same way.
+        let mark = s.polls();
+        drop(peer);
+        std::thread::sleep(Duration::from_millis(20));
+        polled_since(&s, mark).await;
+        assert!(!s.is_quiet(mark), "end of stream");
     });
 }

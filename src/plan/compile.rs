@@ -205,10 +205,10 @@ pub fn compile(raw: &RawConfig) -> Result<Plan, Vec<ConfigError>> {
         for (ri, r) in api.routes.iter().enumerate() {
             let rkey = format!("{akey}.routes[{ri}]");
             let key = match RouteKey::parse(&r.key) {
-                Ok(k) => k,
+                Ok(k) => Some(k),
                 Err(e) => {
                     errors.push(ConfigError::new(format!("{rkey}.key"), e));
-                    continue;
+                    None
                 }
             };
             let integration = match &r.integration {
@@ -225,9 +225,19 @@ pub fn compile(raw: &RawConfig) -> Result<Plan, Vec<ConfigError>> {
                 ),
                 RawIntegration::HttpProxy { url } => {
                     let ukey = format!("{rkey}.integration.url");
+                    // With a bad key, the URL is still checked, taking the
+                    // parameters it names as the key's.
+                    let lenient;
+                    let for_url = match &key {
+                        Some(k) => k,
+                        None => {
+                            lenient = key_naming_params_of(url);
+                            &lenient
+                        }
+                    };
                     let i = compile_proxy(
                         url,
-                        &key,
+                        for_url,
                         &ukey,
                         &mut upstreams,
                         &failed_upstreams,
@@ -247,9 +257,6 @@ pub fn compile(raw: &RawConfig) -> Result<Plan, Vec<ConfigError>> {
                     i
                 }
             };
-            let Some(mut integration) = integration else {
-                continue;
-            };
             let id = routes.len() as RouteId;
             let api_ctx = crate::policy::ApiContext {
                 index: ai,
@@ -257,7 +264,23 @@ pub fn compile(raw: &RawConfig) -> Result<Plan, Vec<ConfigError>> {
                 key: &akey,
                 cors: api_cors.clone(),
             };
+            // A bad key or integration does not hide the route's policy
+            // errors: the policies are compiled either way.
             let policies = policy_builder.route(&api_ctx, id as usize, r, &rkey, &mut errors);
+            let (Some(key), Some(mut integration)) = (key, integration) else {
+                // Keeps later route ids in line; a plan with errors is not used.
+                routes.push(RoutePlan {
+                    api: api.name.clone(),
+                    key: r.key.clone(),
+                    integration: Integration::Mock(MockPlan {
+                        status: 500,
+                        head: Vec::new(),
+                        body: Vec::new(),
+                    }),
+                    policies,
+                });
+                continue;
+            };
             if let (Some(_), Integration::Proxy(p)) = (&policies.api_key, &mut integration) {
                 // The key authenticates to the gateway; the backend gets no
                 // copy of the secret (docs/api-keys.md).
@@ -289,6 +312,13 @@ pub fn compile(raw: &RawConfig) -> Result<Plan, Vec<ConfigError>> {
         ));
     }
     let policies = policy_builder.finish(&raw.server, api_keys, &mut errors);
+    let mut access_log = crate::accesslog::compile(raw, &mut errors);
+    access_log.bind_routes(routes.iter().map(|r: &RoutePlan| {
+        raw.apis
+            .iter()
+            .position(|a| a.name == r.api)
+            .unwrap_or(usize::MAX)
+    }));
     let table = match RouteTable::build(&specs) {
         Ok(t) => t,
         Err(es) => {
@@ -306,6 +336,7 @@ pub fn compile(raw: &RawConfig) -> Result<Plan, Vec<ConfigError>> {
             routes,
             table,
             admin,
+            access_log,
         })
     } else {
         Err(errors)
@@ -390,6 +421,13 @@ fn compile_server(s: &RawServer, errors: &mut Vec<ConfigError>) -> ServerPlan {
         }
         None => (0..shards).map(|i| allowed[i % ncpu]).collect(),
     };
+    let pin_shards = s.pin_shards.unwrap_or(true);
+    if !pin_shards && s.cpus.is_some() {
+        errors.push(ConfigError::new(
+            "server.cpus",
+            "pins shards to CPUs, but server.pin_shards = false: remove one of the two",
+        ));
+    }
     let backlog = s.backlog.unwrap_or(DEFAULT_BACKLOG);
     if backlog == 0 {
         errors.push(ConfigError::new("server.backlog", "must be at least 1"));
@@ -398,6 +436,7 @@ fn compile_server(s: &RawServer, errors: &mut Vec<ConfigError>) -> ServerPlan {
         listen,
         shards,
         cpus,
+        pin_shards,
         backlog,
         drain_timeout: duration(
             errors,
@@ -754,9 +793,26 @@ fn compile_proxy(
             let addr = match resolve(&with_port) {
                 Ok(a) => a,
                 Err(e) => {
+                    // A host without a port that resolves to nothing is
+                    // most likely a misspelt upstream name.
+                    let hint = if authority.contains(':') {
+                        None
+                    } else {
+                        crate::config::did_you_mean(
+                            authority,
+                            upstreams
+                                .iter()
+                                .map(|u| u.name.as_str())
+                                .filter(|n| !n.contains(':'))
+                                .chain(failed_upstreams.iter().copied()),
+                        )
+                    };
                     errors.push(ConfigError::new(
                         ukey,
-                        format!("{e}; the host of an integration URL is a declared [[upstreams]] name or a host:port"),
+                        match hint {
+                            Some(name) => format!("{e}; the host of an integration URL is a declared [[upstreams]] name or a host:port: did you mean upstream {name:?}?"),
+                            None => format!("{e}; the host of an integration URL is a declared [[upstreams]] name or a host:port"),
+                        },
                     ));
                     return None;
                 }
@@ -827,6 +883,24 @@ fn compile_proxy(
         drop_api_key: false,
         strip_headers: Vec::new(),
     }))
+}
+
+/// A route key taking as parameters the `{name}`s an integration URL uses:
+/// the URL of a route whose own key is bad is checked against it.
+fn key_naming_params_of(url: &str) -> RouteKey {
+    let params = url
+        .split('{')
+        .skip(1)
+        .filter_map(|p| p.split_once('}'))
+        .map(|(name, _)| name.strip_suffix('+').unwrap_or(name).to_string())
+        .collect();
+    RouteKey::Route {
+        method: None,
+        path: String::new(),
+        pattern: String::new(),
+        params,
+        greedy: false,
+    }
 }
 
 fn compile_path_template(path: &str, params: &[String]) -> Result<Vec<PathPart>, String> {

@@ -32,6 +32,8 @@ pub struct Plan {
     pub table: RouteTable,
     /// `[admin]`: the admin listener.
     pub admin: admin::AdminPlan,
+    /// Access logs and per-API debug switches.
+    pub access_log: crate::accesslog::LogPlan,
 }
 
 impl Plan {
@@ -47,6 +49,9 @@ pub struct ServerPlan {
     pub shards: usize,
     /// CPU of each shard (same length as `shards`).
     pub cpus: Vec<usize>,
+    /// Whether each shard is pinned to its CPU (`server.pin_shards`);
+    /// `cpus` is unused when not.
+    pub pin_shards: bool,
     pub backlog: u32,
     pub drain_timeout: Duration,
     pub max_connections_per_shard: usize,
@@ -91,15 +96,42 @@ pub fn load(path: &Path) -> Result<Plan, Vec<ConfigError>> {
             format!("cannot read {}: {e}", path.display()),
         )]
     })?;
-    let mut raw = config::parse(&text)?;
-    raw.base_dir = path.parent().map(Path::to_path_buf);
-    compile::compile(&raw)
+    load_text(&text, path.parent())
 }
 
 /// Parses and compiles config text.
 pub fn load_str(text: &str) -> Result<Plan, Vec<ConfigError>> {
-    let raw = config::parse(text)?;
-    compile::compile(&raw)
+    load_text(text, None)
+}
+
+/// Parses and compiles, reporting every problem: values of the wrong type
+/// are left out so the rest of the file is still compiled, and compile
+/// errors get the line of the key they name.
+fn load_text(text: &str, base_dir: Option<&Path>) -> Result<Plan, Vec<ConfigError>> {
+    let parsed = config::parse_all(text);
+    let mut errors = parsed.errors;
+    if let Some(mut raw) = parsed.raw {
+        raw.base_dir = base_dir.map(Path::to_path_buf);
+        match compile::compile(&raw) {
+            Ok(plan) if errors.is_empty() => return Ok(plan),
+            Ok(_) => {}
+            Err(es) => errors.extend(es.into_iter().filter(|e| {
+                // A value left out is compiled as its default: what compile
+                // says about that key is not about the file. Nor is what it
+                // says about a table whose key was misspelt (the unknown key
+                // is reported).
+                !parsed.unknown_in.contains(&e.key)
+                    && !parsed.left_out.iter().any(|l| {
+                        e.key == *l
+                            || e.key
+                                .strip_prefix(l.as_str())
+                                .is_some_and(|r| r.starts_with('.') || r.starts_with('['))
+                    })
+            })),
+        }
+    }
+    config::locate(text, &mut errors);
+    Err(errors)
 }
 
 #[cfg(test)]

@@ -453,12 +453,17 @@ fn unknown_key_inside_an_integration_is_a_hard_error() {
     ))
     .unwrap_err();
     assert_eq!(e.len(), 1, "{e:#?}");
-    assert_eq!(e[0].key, "apis.routes.integration.stauts");
+    assert_eq!(e[0].key, "apis[0].routes[0].integration.stauts");
+    assert!(
+        e[0].message.ends_with("did you mean `status`?"),
+        "{}",
+        e[0].message
+    );
     assert!(e[0].message.contains("unknown field"), "{}", e[0].message);
     assert_eq!(e[0].line, Some(6));
     let e = parse(&with_route("key = \"GET /\"\nintegration = { type = \"http_proxy\", url = \"http://127.0.0.1:1\", timeout = 5 }"))
         .unwrap_err();
-    assert_eq!(e[0].key, "apis.routes.integration.timeout");
+    assert_eq!(e[0].key, "apis[0].routes[0].integration.timeout");
 }
 
 #[test]
@@ -467,7 +472,11 @@ fn unknown_keys_before_a_hard_error_are_listed_after_it() {
     let e = parse(text).unwrap_err();
     assert_eq!(e.len(), 2, "{e:#?}");
     assert_eq!(e[0].line, Some(3));
-    assert!(e[0].message.contains("invalid type"), "{}", e[0].message);
+    assert!(
+        e[0].message.contains("must be a whole number"),
+        "{}",
+        e[0].message
+    );
     assert_eq!(e[1].key, "server.listn");
     assert_eq!(e[1].line, Some(2));
 }
@@ -477,7 +486,10 @@ fn type_errors_carry_a_line_number() {
     let e = parse("# comment\n[server]\nbacklog = 1\nshards = \"two\"\n").unwrap_err();
     assert_eq!(e.len(), 1, "{e:#?}");
     assert_eq!(e[0].line, Some(4));
-    assert!(e[0].message.contains("invalid type"), "{}", e[0].message);
+    assert_eq!(
+        e[0].message,
+        "must be a whole number, 0 or more, not the string \"two\""
+    );
     assert!(e[0].to_string().starts_with("line 4: "), "{}", e[0]);
 
     let e = parse(&format!("{MINIMAL_API}\n[[apis]]\nname = 5\n")).unwrap_err();
@@ -506,7 +518,7 @@ fn missing_fields_and_bad_variants() {
     ))
     .unwrap_err();
     // Regression: the key used to be the first back-quoted word ("lambda").
-    assert_eq!(e[0].key, "apis.routes.integration", "{e:#?}");
+    assert_eq!(e[0].key, "apis[0].routes[0].integration.type", "{e:#?}");
     assert!(e[0].message.contains("unknown variant"), "{}", e[0].message);
 
     let e = parse(&with_route(
@@ -538,7 +550,8 @@ fn bad_listen_addresses() {
     assert!(error_at(&e, "server.listen[3]")
         .message
         .contains("listed twice"));
-    assert!(e.iter().all(|e| e.line.is_none()));
+    // Compile errors carry the line of the key they name.
+    assert!(e.iter().all(|e| e.line == Some(2)), "{e:#?}");
 
     let e = errors_with("[server]\nlisten = []");
     error_at(&e, "server.listen");
@@ -959,9 +972,12 @@ integration = { type = "http_proxy", url = "ftp://127.0.0.1:9000" }
         ],
         "{e:#?}"
     );
-    // Display: KEY: MESSAGE, no line for compile errors.
+    // Display: line N: KEY: MESSAGE, the line of the key named.
     let shards = error_at(&e, "server.shards");
-    assert_eq!(shards.to_string(), "server.shards: must be at least 1");
+    assert_eq!(
+        shards.to_string(),
+        "line 4: server.shards: must be at least 1"
+    );
 }
 
 #[test]

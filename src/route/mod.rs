@@ -4,14 +4,17 @@
 //! `{param}`, a `{param}` beats a greedy `{name+}`, a method-specific route beats
 //! `ANY` on the same path, and `$default` takes whatever no route matches.
 //!
-//! Each API keeps two matchit routers per method slot: one for full matches
-//! (literal and `{param}` segments) and one for routes ending in a greedy
-//! `{name+}`. A slot holds the routes for that method plus every `ANY` route
-//! whose path the method does not claim, so looking in the full router, then
-//! the greedy one, returns API Gateway's answer (a full match, then a greedy
-//! match, then `$default`). Two routers also let `GET /pets/{id}` and
-//! `ANY /pets/{proxy+}` coexist, which one matchit router refuses. The other
-//! slots are only consulted to tell 405 (with `Allow`) from 404.
+//! Each API keeps matchit routers per method slot: one for full matches
+//! (literal and `{param}` segments), and, for routes ending in a greedy
+//! `{name+}`, one per position of the greedy parameter. A slot holds the
+//! routes for that method plus every `ANY` route whose path the method does
+//! not claim, so a full match, else the most specific greedy match, else
+//! `$default` is API Gateway's answer. Separate routers let `GET /pets/{id}`
+//! beside `ANY /pets/{proxy+}`, and `ANY /{proxy+}` beside
+//! `GET /{id}/{proxy+}`, coexist, which one matchit router refuses. The
+//! other slots are only consulted to tell 405 (with `Allow`) from 404.
+//! `tests.rs` checks lookups against a plain reference of these rules on
+//! generated tables.
 
 pub use crate::http::method::AllowSet;
 use crate::http::method::{Method, METHOD_SLOTS, NAMED_METHODS};
@@ -45,6 +48,11 @@ impl RouteKey {
     pub fn parse(key: &str) -> Result<RouteKey, String> {
         if key == "$default" {
             return Ok(RouteKey::Default);
+        }
+        if key.trim() != key || key.contains("  ") || key.contains('\t') {
+            return Err(format!(
+                "route key {key:?} has extra spaces or a tab: write the method, one space, and the path, as \"GET /pets\""
+            ));
         }
         let (method, path) = key.split_once(' ').ok_or_else(|| {
             format!("route key {key:?} must be \"METHOD /path\", \"ANY /path\" or \"$default\"")
@@ -217,21 +225,61 @@ struct ApiTable {
     base_path: String,
     /// Full-match routers, one per method slot.
     slots: Vec<matchit::Router<RouteId>>,
-    /// Routers of routes ending in a greedy parameter, one per method slot.
-    greedy: Vec<matchit::Router<RouteId>>,
+    /// Routers of routes ending in a greedy parameter, per method slot, one
+    /// per position of the greedy parameter (segments before it), in
+    /// increasing position. One router cannot hold a greedy parameter and a
+    /// `{param}` at the same position (`ANY /{proxy+}` beside
+    /// `GET /{id}/{proxy+}`); routers of different positions can.
+    greedy: Vec<Vec<GreedyRouter>>,
     default: Option<RouteId>,
 }
 
+/// The greedy routes of one method slot whose greedy parameter is at one
+/// position; each value carries the route's [`specificity`].
+#[derive(Clone)]
+struct GreedyRouter {
+    depth: usize,
+    router: matchit::Router<(RouteId, u128)>,
+}
+
+/// How specific a route's path is, as one number: its segments from the
+/// first, two bits each, a literal 2, a `{param}` 1, the greedy rest (and
+/// everything after the path) 0, most significant first. A larger number
+/// is a more specific path: literal beats parameter beats greedy at the
+/// first segment where two paths differ. Segments past the 63rd do not
+/// count.
+fn specificity(pattern: &str) -> u128 {
+    let mut n = 0u128;
+    for (i, seg) in pattern.split('/').skip(1).take(63).enumerate() {
+        let digit = if seg.starts_with("{*") {
+            0
+        } else if seg.starts_with('{') {
+            1
+        } else {
+            2
+        };
+        n |= digit << (126 - 2 * i);
+    }
+    n
+}
+
 impl ApiTable {
-    fn find<'t, 'p>(
-        &'t self,
-        slot: usize,
-        rel: &'p str,
-    ) -> Option<matchit::Match<'t, 'p, &'t RouteId>> {
-        self.slots[slot]
-            .at(rel)
-            .ok()
-            .or_else(|| self.greedy[slot].at(rel).ok())
+    /// The route a request with method `slot` and API-relative path `rel`
+    /// matches: a full match, else the most specific greedy one.
+    fn find<'t, 'p>(&'t self, slot: usize, rel: &'p str) -> Option<(RouteId, Params<'t, 'p>)> {
+        if let Ok(m) = self.slots[slot].at(rel) {
+            return Some((*m.value, m.params));
+        }
+        let mut best: Option<(RouteId, Params<'t, 'p>, u128)> = None;
+        for g in &self.greedy[slot] {
+            if let Ok(m) = g.router.at(rel) {
+                let (id, rank) = *m.value;
+                if best.as_ref().is_none_or(|b| rank > b.2) {
+                    best = Some((id, m.params, rank));
+                }
+            }
+        }
+        best.map(|(id, params, _)| (id, params))
     }
 
     /// The path relative to this API's base path, if the base path is a prefix
@@ -349,11 +397,8 @@ impl RouteTable {
         let Some((api, rel)) = self.select(host, path) else {
             return Lookup::NotFound;
         };
-        if let Some(m) = api.find(method.slot(), rel) {
-            return Lookup::Found {
-                route: *m.value,
-                params: m.params,
-            };
+        if let Some((route, params)) = api.find(method.slot(), rel) {
+            return Lookup::Found { route, params };
         }
         if let Some(route) = api.default {
             return Lookup::Found {
@@ -425,17 +470,15 @@ fn build_api(index: usize, spec: &ApiSpec<'_>) -> Result<ApiTable, Vec<String>> 
     }
     let mut slots: Vec<matchit::Router<RouteId>> =
         (0..METHOD_SLOTS).map(|_| matchit::Router::new()).collect();
-    let mut greedy: Vec<matchit::Router<RouteId>> =
-        (0..METHOD_SLOTS).map(|_| matchit::Router::new()).collect();
+    let mut greedy: Vec<Vec<GreedyRouter>> = (0..METHOD_SLOTS).map(|_| Vec::new()).collect();
     let mut reported = std::collections::BTreeSet::new();
     for pattern in &pattern_order {
         let routes = &patterns[pattern];
-        let routers = if routes.greedy {
-            &mut greedy
-        } else {
-            &mut slots
-        };
-        for (slot_idx, router) in routers.iter_mut().enumerate() {
+        // Segments before the greedy parameter (the pattern's `/`s, less
+        // the one before it).
+        let depth = pattern.matches('/').count().saturating_sub(1);
+        let rank = specificity(pattern);
+        for slot_idx in 0..METHOD_SLOTS {
             // A method's own route wins; HEAD falls back to GET; then ANY.
             let chosen = routes.by_method[slot_idx]
                 .or(if slot_idx == Method::Head.slot() {
@@ -447,7 +490,33 @@ fn build_api(index: usize, spec: &ApiSpec<'_>) -> Result<ApiTable, Vec<String>> 
             let Some((id, written)) = chosen else {
                 continue;
             };
-            if let Err(e) = router.insert(pattern.to_string(), id) {
+            let inserted = if routes.greedy {
+                let list = &mut greedy[slot_idx];
+                let at = match list.iter().position(|g| g.depth >= depth) {
+                    Some(i) if list[i].depth == depth => i,
+                    Some(i) => {
+                        list.insert(
+                            i,
+                            GreedyRouter {
+                                depth,
+                                router: matchit::Router::new(),
+                            },
+                        );
+                        i
+                    }
+                    None => {
+                        list.push(GreedyRouter {
+                            depth,
+                            router: matchit::Router::new(),
+                        });
+                        list.len() - 1
+                    }
+                };
+                list[at].router.insert(pattern.to_string(), (id, rank))
+            } else {
+                slots[slot_idx].insert(pattern.to_string(), id)
+            };
+            if let Err(e) = inserted {
                 let msg = match e {
                     matchit::InsertError::Conflict { with } => {
                         let other = spec

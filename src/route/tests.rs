@@ -353,6 +353,30 @@ fn more_specific_branch_backtracks_when_it_leads_nowhere() {
 }
 
 #[test]
+fn greedy_routes_with_a_parameter_where_another_is_greedy_coexist() {
+    // One router refuses a greedy parameter and a `{param}` at the same
+    // position; found by the property test below.
+    let t = single(&["ANY /{proxy+}", "GET /{id}/{proxy+}", "GET /a/{rest+}"]);
+    assert_eq!(
+        hit(&t, None, Method::Get, "/x"),
+        found_with(0, &[("proxy", "x")])
+    );
+    assert_eq!(
+        hit(&t, None, Method::Get, "/x/y/z"),
+        found_with(1, &[("id", "x"), ("proxy", "y/z")])
+    );
+    // The literal beats the parameter at the first segment.
+    assert_eq!(
+        hit(&t, None, Method::Get, "/a/y"),
+        found_with(2, &[("rest", "y")])
+    );
+    assert_eq!(
+        hit(&t, None, Method::Post, "/x/y/z"),
+        found_with(0, &[("proxy", "x/y/z")])
+    );
+}
+
+#[test]
 fn path_specificity_comes_before_method() {
     // docs/configuration.md: `ANY /pets/{id}` beats `GET /{proxy+}` for GET /pets/7.
     let t = single(&["GET /{proxy+}", "ANY /pets/{id}"]);
@@ -876,4 +900,233 @@ fn empty_table_finds_nothing() {
         hit(&RouteTable::default(), None, Method::Get, "/"),
         Hit::NotFound
     );
+}
+
+// ---- property test: the table against a plain reference --------------------
+
+/// A segment of a generated route path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Seg {
+    Lit(&'static str),
+    /// A `{pN}` parameter (named by its position, so that parameters at one
+    /// position always share a name, as the router requires).
+    Param,
+}
+
+/// A generated route: method (`None` for ANY), segments, and whether a
+/// greedy `{rest+}` follows them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct GenRoute {
+    method: Option<Method>,
+    segs: Vec<Seg>,
+    greedy: bool,
+}
+
+impl GenRoute {
+    fn key(&self) -> String {
+        let method = match self.method {
+            None => "ANY",
+            Some(Method::Get) => "GET",
+            Some(Method::Post) => "POST",
+            Some(m) => panic!("unexpected {m:?}"),
+        };
+        let mut path = String::new();
+        for (i, s) in self.segs.iter().enumerate() {
+            match s {
+                Seg::Lit(l) => path.push_str(&format!("/{l}")),
+                Seg::Param => path.push_str(&format!("/{{p{i}}}")),
+            }
+        }
+        if self.greedy {
+            path.push_str("/{rest+}");
+        }
+        if path.is_empty() {
+            path.push('/');
+        }
+        format!("{method} {path}")
+    }
+
+    fn same_path(&self, other: &GenRoute) -> bool {
+        self.segs == other.segs && self.greedy == other.greedy
+    }
+
+    /// How specific the route is where it matched: per segment, a literal
+    /// (2) over a parameter (1) over the greedy rest (0). Compared
+    /// lexicographically, the larger is the more specific.
+    fn rank(&self) -> Vec<u8> {
+        let mut r: Vec<u8> = self
+            .segs
+            .iter()
+            .map(|s| match s {
+                Seg::Lit(_) => 2,
+                Seg::Param => 1,
+            })
+            .collect();
+        if self.greedy {
+            r.push(0);
+        }
+        r
+    }
+
+    /// Whether the route matches a path of these (non-empty) segments.
+    fn matches(&self, path: &[&str]) -> bool {
+        let fixed = self.segs.len();
+        let len_ok = if self.greedy {
+            path.len() > fixed
+        } else {
+            path.len() == fixed
+        };
+        len_ok
+            && self.segs.iter().zip(path).all(|(s, p)| match s {
+                Seg::Lit(l) => l == p,
+                Seg::Param => true,
+            })
+    }
+}
+
+/// Amazon API Gateway's rules, written plainly: among the routes that take
+/// `method` (its own, HEAD also GET's, then ANY where the method has no
+/// route of that path), a full match beats a greedy one, then the most
+/// specific wins; else `$default`; else 405 with the methods that would
+/// match, else 404.
+fn reference(routes: &[GenRoute], default: bool, method: Method, path: &[&str]) -> Hit {
+    let takes = |m: Method| -> Vec<usize> {
+        (0..routes.len())
+            .filter(|&i| {
+                let r = &routes[i];
+                let own = |mm: Method| {
+                    routes
+                        .iter()
+                        .any(|o| o.method == Some(mm) && o.same_path(r))
+                };
+                match r.method {
+                    Some(rm) if rm == m => true,
+                    // HEAD falls back to GET.
+                    Some(Method::Get) if m == Method::Head => !own(Method::Head),
+                    Some(_) => false,
+                    None => !(own(m) || (m == Method::Head && own(Method::Get))),
+                }
+            })
+            .collect()
+    };
+    let best = |m: Method| -> Option<usize> {
+        let ids = takes(m);
+        let pick = |greedy: bool| {
+            ids.iter()
+                .copied()
+                .filter(|&i| routes[i].greedy == greedy && routes[i].matches(path))
+                .max_by(|&a, &b| routes[a].rank().cmp(&routes[b].rank()))
+        };
+        pick(false).or_else(|| pick(true))
+    };
+    if let Some(i) = best(method) {
+        return Hit::Found(i as RouteId, Vec::new());
+    }
+    if default {
+        return Hit::Found(routes.len() as RouteId, Vec::new());
+    }
+    let allowed: Vec<&str> = NAMED_METHODS
+        .iter()
+        .filter(|&&m| best(m).is_some())
+        .map(|m| m.as_str())
+        .collect();
+    if allowed.is_empty() {
+        Hit::NotFound
+    } else {
+        Hit::NotAllowed(allowed.join(", "))
+    }
+}
+
+/// A small deterministic generator (xorshift64*): the cases are the same on
+/// every run, and a failure prints the seed's case.
+struct Gen(u64);
+
+impl Gen {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+const LITS: [&str; 3] = ["a", "b", "c"];
+
+fn gen_route(g: &mut Gen) -> GenRoute {
+    let method = match g.below(3) {
+        0 => None,
+        1 => Some(Method::Get),
+        _ => Some(Method::Post),
+    };
+    let n = g.below(4) as usize;
+    let segs = (0..n)
+        .map(|_| {
+            if g.below(3) == 0 {
+                Seg::Param
+            } else {
+                Seg::Lit(LITS[g.below(3) as usize])
+            }
+        })
+        .collect::<Vec<_>>();
+    // A route needs a path: no segments and no greedy rest is `/`, which
+    // the generated request paths (one segment at least) never hit; keep it.
+    GenRoute {
+        method,
+        segs,
+        greedy: g.below(4) == 0,
+    }
+}
+
+#[test]
+fn lookups_agree_with_a_plain_reference_of_the_precedence_rules() {
+    let mut g = Gen(0x9e37_79b9_7f4a_7c15);
+    let mut checked = 0;
+    let mut built = 0;
+    for case in 0..3000 {
+        let n = 1 + g.below(7) as usize;
+        let mut routes: Vec<GenRoute> = Vec::new();
+        for _ in 0..n {
+            let r = gen_route(&mut g);
+            if !routes
+                .iter()
+                .any(|o| o.method == r.method && o.same_path(&r))
+            {
+                routes.push(r);
+            }
+        }
+        let default = g.below(4) == 0;
+        let mut keys: Vec<String> = routes.iter().map(GenRoute::key).collect();
+        if default {
+            keys.push("$default".to_string());
+        }
+        let key_refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+        let t = match RouteTable::build(&[api("t", None, "/", &key_refs, 0)]) {
+            Ok(t) => t,
+            Err(e) => panic!("case {case}: {keys:?} did not build: {e:?}"),
+        };
+        built += 1;
+        for _ in 0..20 {
+            let len = 1 + g.below(4) as usize;
+            let path: Vec<&str> = (0..len).map(|_| LITS[g.below(3) as usize]).collect();
+            let method = match g.below(4) {
+                0 => Method::Get,
+                1 => Method::Post,
+                2 => Method::Head,
+                _ => Method::Put,
+            };
+            let raw = format!("/{}", path.join("/"));
+            let got = match hit(&t, None, method, &raw) {
+                Hit::Found(id, _) => Hit::Found(id, Vec::new()),
+                other => other,
+            };
+            let want = reference(&routes, default, method, &path);
+            assert_eq!(got, want, "case {case}: routes {keys:?}, {method:?} {raw}");
+            checked += 1;
+        }
+    }
+    assert_eq!(built, 3000);
+    assert_eq!(checked, 60_000);
 }

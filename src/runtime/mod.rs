@@ -39,6 +39,8 @@ pub struct Server {
     pub tls_addrs: Vec<SocketAddr>,
     /// The usage coordinator, joined after the shards for its last flush.
     usage: crate::policy::usage::coordinator::Running,
+    /// The access-log writers, finished after the shards.
+    access_log: Option<crate::accesslog::writer::Writers>,
 }
 
 fn domain_of(addr: SocketAddr) -> Domain {
@@ -165,6 +167,9 @@ impl Server {
         // One per shard: a disconnected one says which shard ended unready.
         let mut readies = Vec::new();
         let mut fds_iter = fds.into_iter();
+        // Access-log files open before any shard runs: one that cannot be
+        // opened stops the start.
+        let writers = crate::accesslog::writer::Writers::start(&plan.access_log.destinations)?;
         // The usage store opens first: an unreadable one stops the start.
         let (usage_links, usage) =
             crate::policy::usage::coordinator::start(&plan.policies.usage, plan.server.shards)
@@ -179,13 +184,25 @@ impl Server {
             };
             let (tx, rx): (Sender<Control>, Receiver<Control>) = crossbeam_channel::unbounded();
             let shard_plan = plan.clone();
+            let sinks = writers.sinks.clone();
             let (ready, ready_rx) = crossbeam_channel::bounded::<Result<(), String>>(1);
             let cpu = plan.server.cpus[id];
-            let spawned = LocalExecutorBuilder::new(Placement::Fixed(cpu))
+            let placement = if plan.server.pin_shards {
+                Placement::Fixed(cpu)
+            } else {
+                Placement::Unbound
+            };
+            let spawned = LocalExecutorBuilder::new(placement)
                 .name(&format!("coregate-shard-{id}"))
                 .io_memory(IO_MEMORY)
                 .spawn(move || async move {
-                    shard::run(id, shard_plan, shard_fds, rx, ready, link, usage_link).await;
+                    crate::log::set_shard(id);
+                    let links = shard::Links {
+                        throttle: link,
+                        usage: usage_link,
+                        access_log: sinks,
+                    };
+                    shard::run(id, shard_plan, shard_fds, rx, ready, links).await;
                 });
             match spawned {
                 Ok(h) => {
@@ -201,6 +218,7 @@ impl Server {
                         local_addrs,
                         tls_addrs,
                         usage,
+                        access_log: Some(writers),
                     };
                     server.shutdown();
                     server.join();
@@ -216,6 +234,7 @@ impl Server {
             local_addrs,
             tls_addrs,
             usage,
+            access_log: Some(writers),
         };
         wait_ready(server, &readies, &plan.server.cpus)
     }
@@ -232,6 +251,14 @@ impl Server {
         }
     }
 
+    /// Has every access-log file reopened (SIGUSR1, after logrotate
+    /// renamed it).
+    pub fn reopen_logs(&self) {
+        if let Some(w) = &self.access_log {
+            w.reopen();
+        }
+    }
+
     /// Waits for every shard to stop.
     pub fn join(self) {
         self.join_reporting(None);
@@ -240,7 +267,8 @@ impl Server {
     /// As [`Server::join`]; a shard error worded exactly as `reported` (the
     /// error a failed start already returns) is not logged again: when the
     /// process's limits are the cause, every shard fails alike.
-    fn join_reporting(self, reported: Option<&str>) {
+    fn join_reporting(mut self, reported: Option<&str>) {
+        let access_log = self.access_log.take();
         for h in self.handles {
             if let Err(e) = h.join() {
                 let e = describe(&e);
@@ -255,6 +283,10 @@ impl Server {
             if t.join().is_err() {
                 crate::log!("error", "the usage thread panicked");
             }
+        }
+        // The shards have handed over their last lines.
+        if let Some(w) = access_log {
+            w.finish();
         }
     }
 }

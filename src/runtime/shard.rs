@@ -21,6 +21,14 @@ const POOL_SWEEP: Duration = Duration::from_secs(1);
 /// Connections accepted in a row before the accept loop yields.
 const ACCEPT_BATCH: u32 = 32;
 
+/// A shard's channels to the threads outside it.
+pub(super) struct Links {
+    pub throttle: crate::policy::throttle::ShardLink,
+    pub usage: crate::policy::usage::coordinator::ShardLink,
+    /// One per access-log destination, in the plan's order.
+    pub access_log: Vec<crate::accesslog::writer::Sink>,
+}
+
 /// The shard's main task: start accepting, then serve the control inbox
 /// until told to stop, then drain.
 pub(super) async fn run(
@@ -29,12 +37,13 @@ pub(super) async fn run(
     fds: Vec<(RawFd, bool)>,
     inbox: Receiver<Control>,
     ready: Sender<Result<(), String>>,
-    link: crate::policy::throttle::ShardLink,
-    usage_link: crate::policy::usage::coordinator::ShardLink,
+    links: Links,
 ) {
     let drain_timeout = plan.server.drain_timeout;
     let max_connections = plan.server.max_connections_per_shard;
-    let shard = Rc::new(Gateway::new(id, plan, link, usage_link));
+    let shard = Rc::new(Gateway::new(id, plan, links.throttle, links.usage));
+    let logs_access = !links.access_log.is_empty();
+    shard.access.log.attach(links.access_log);
     let mut accept_tasks = Vec::new();
     for (fd, tls) in fds {
         // SAFETY: `fd` is a bound, listening socket created for this shard by
@@ -59,6 +68,8 @@ pub(super) async fn run(
     let throttle = glommio::spawn_local(shard.policies.throttle.reconciler()).detach();
     let usage = glommio::spawn_local(shard.policies.usage.reconciler()).detach();
     let auth_keys = glommio::spawn_local(shard.policies.auth.updater()).detach();
+    let flusher =
+        logs_access.then(|| glommio::spawn_local(flush_access_log(shard.clone())).detach());
     let _ = ready.send(Ok(()));
 
     loop {
@@ -92,6 +103,20 @@ pub(super) async fn run(
     // Usage admitted since the last tick reaches the store too.
     shard.policies.usage.final_report();
     auth_keys.cancel();
+    if let Some(f) = flusher {
+        f.cancel();
+    }
+    // The lines of the last requests reach the writers too.
+    shard.access.log.close();
+}
+
+/// Hands the shard's access-log buffers to their writers every
+/// FLUSH_EVERY, and reports dropped lines.
+async fn flush_access_log(shard: Rc<Gateway>) {
+    loop {
+        glommio::timer::sleep(crate::accesslog::shard::FLUSH_EVERY).await;
+        shard.access.log.flush(Instant::now());
+    }
 }
 
 /// Accepts on one listener; `tls` is set on a TLS listener. When draining

@@ -101,12 +101,13 @@ impl<T: TlsSession> Stream<T> {
     }
 
     /// Whether nothing waits to be read on an idle connection: no byte or
-    /// end of stream on the socket ([`Socket::is_quiet`], one peek), and
-    /// under TLS nothing held in rustls either.
-    pub fn is_quiet(&self) -> bool {
+    /// end of stream on the socket ([`Socket::is_quiet`], with `mark` from
+    /// [`Socket::polls`] when it was set aside), and under TLS nothing held
+    /// in rustls either.
+    pub fn is_quiet(&self, mark: u64) -> bool {
         match self {
-            Stream::Plain(s) => s.is_quiet(),
-            Stream::Tls(t) => !t.has_buffered_input() && t.tcp().is_quiet(),
+            Stream::Plain(s) => s.is_quiet(mark),
+            Stream::Tls(t) => !t.has_buffered_input() && t.tcp().is_quiet(mark),
         }
     }
 

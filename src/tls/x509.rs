@@ -204,12 +204,15 @@ fn format_name(name: &[u8]) -> Option<String> {
             let (oid, value_der) = expect(atv, OID)?;
             let (tag, body, _) = tlv(value_der)?;
             let mut part = String::new();
-            match NAMES.iter().find(|(o, _)| *o == oid) {
+            let known = NAMES.iter().find(|(o, _)| *o == oid);
+            match known {
                 Some((_, short)) => part.push_str(short),
                 None => push_oid(&mut part, oid)?,
             }
             part.push('=');
-            match decode_string(tag, body) {
+            // RFC 4514 §2.4: a type written as a dotted OID has its value
+            // as `#hex` whatever the value's string type.
+            match decode_string(tag, body).filter(|_| known.is_some()) {
                 Some(s) => push_escaped(&mut part, &s),
                 None => {
                     // RFC 4514 §2.4: '#' and the hex of the whole BER value.
@@ -339,7 +342,9 @@ mod tests {
             rcgen::DnValue::Utf8String("x".into()),
         );
         let der = cert_with(dn, &[]);
-        assert_eq!(subject_dn(&der).as_deref(), Some("1.2.3.4=x"));
+        // RFC 4514 §2.4: the dotted form's value is '#' and the hex of its
+        // BER encoding (UTF8String, length 1, "x").
+        assert_eq!(subject_dn(&der).as_deref(), Some("1.2.3.4=#0c0178"));
     }
 
     #[test]

@@ -183,6 +183,22 @@ fn collect_lines(
     })
 }
 
+/// `toml` with `pin_shards = false` added to its `[server]` table, unless
+/// it places shards itself (`cpus` or `pin_shards`): the tests run many
+/// gateways at once, and pinned ones would all share the first CPU.
+pub fn unpinned(toml: &str) -> String {
+    if toml.contains("cpus") || toml.contains("pin_shards") {
+        return toml.to_string();
+    }
+    match toml.find("[server]\n") {
+        Some(at) => {
+            let end = at + "[server]\n".len();
+            format!("{}pin_shards = false\n{}", &toml[..end], &toml[end..])
+        }
+        None => toml.to_string(),
+    }
+}
+
 impl Gateway {
     /// Writes `toml` to a temp file, starts `coregate serve --config FILE` and
     /// waits until it printed `coregate: listening on ADDR` for every listen
@@ -198,6 +214,7 @@ impl Gateway {
     pub fn start_with_env(toml: &str, env: &[(&str, &str)]) -> Gateway {
         let toml = &with_test_admin(toml);
         let expected = listen_count(toml);
+        let toml = &unpinned(toml);
         let config = write_config(toml);
         let args = [
             "serve".into(),
@@ -466,11 +483,39 @@ pub fn pattern_block() -> Vec<u8> {
     pattern(4177)
 }
 
-/// Checks a stream of bytes against the pattern.
+/// The pattern is stamped every `STAMP_EVERY` bytes: the first 8 bytes of
+/// page `p` (bytes `p * STAMP_EVERY ..`) are XOR-ed with `p`'s
+/// little-endian bytes. Page 0's stamp is zero, so a stream shorter than a
+/// page is the plain pattern; in a longer one, a page that arrives twice,
+/// out of order or not at all no longer matches, whatever the period.
+pub const STAMP_EVERY: u64 = 64 * 1024;
+
+/// XORs the stamps of the pages that overlap `buf`, which holds the
+/// stream's bytes from `start`.
+fn apply_stamps(buf: &mut [u8], start: u64) {
+    let end = start + buf.len() as u64;
+    let mut page = start / STAMP_EVERY;
+    loop {
+        let at = page * STAMP_EVERY;
+        if at >= end {
+            return;
+        }
+        for (k, b) in page.to_le_bytes().iter().enumerate() {
+            let pos = at + k as u64;
+            if pos >= start && pos < end {
+                buf[(pos - start) as usize] ^= b;
+            }
+        }
+        page += 1;
+    }
+}
+
+/// Checks a stream of bytes against the (stamped) pattern.
 pub struct PatternCheck {
     pub offset: u64,
     pub mismatches: u64,
     pat: Vec<u8>,
+    want: Vec<u8>,
 }
 
 impl Default for PatternCheck {
@@ -479,6 +524,7 @@ impl Default for PatternCheck {
             offset: 0,
             mismatches: 0,
             pat: pattern(300),
+            want: Vec::with_capacity(64 * 1024),
         }
     }
 }
@@ -487,7 +533,11 @@ impl PatternCheck {
     pub fn feed(&mut self, data: &[u8]) {
         for piece in data.chunks(64 * 1024) {
             let start = (self.offset % PATTERN_PERIOD as u64) as usize;
-            if piece != &self.pat[start..start + piece.len()] {
+            self.want.clear();
+            self.want
+                .extend_from_slice(&self.pat[start..start + piece.len()]);
+            apply_stamps(&mut self.want, self.offset);
+            if piece != &self.want[..] {
                 self.mismatches += 1;
             }
             self.offset += piece.len() as u64;
@@ -495,26 +545,36 @@ impl PatternCheck {
     }
 }
 
-/// Writes `len` bytes of the pattern to `w`.
+/// Writes `len` bytes of the stamped pattern to `w`; `block` is
+/// [`pattern_block`] (a whole number of periods).
 pub fn write_pattern(w: &mut impl Write, len: u64, block: &[u8]) -> io::Result<()> {
-    let mut left = len;
-    while left > 0 {
-        let n = left.min(block.len() as u64) as usize;
-        w.write_all(&block[..n])?;
-        left -= n as u64;
+    let mut buf = Vec::with_capacity(block.len());
+    let mut off = 0;
+    while off < len {
+        let n = (len - off).min(block.len() as u64) as usize;
+        buf.clear();
+        buf.extend_from_slice(&block[..n]);
+        apply_stamps(&mut buf, off);
+        w.write_all(&buf)?;
+        off += n as u64;
     }
     Ok(())
 }
 
-/// Writes `len` bytes of the pattern as chunks of at most one block each.
+/// Writes `len` bytes of the stamped pattern as chunks of at most one
+/// block each.
 pub fn write_pattern_chunked(w: &mut impl Write, len: u64, block: &[u8]) -> io::Result<()> {
-    let mut left = len;
-    while left > 0 {
-        let n = left.min(block.len() as u64) as usize;
+    let mut buf = Vec::with_capacity(block.len());
+    let mut off = 0;
+    while off < len {
+        let n = (len - off).min(block.len() as u64) as usize;
+        buf.clear();
+        buf.extend_from_slice(&block[..n]);
+        apply_stamps(&mut buf, off);
         w.write_all(format!("{n:x}\r\n").as_bytes())?;
-        w.write_all(&block[..n])?;
+        w.write_all(&buf)?;
         w.write_all(b"\r\n")?;
-        left -= n as u64;
+        off += n as u64;
     }
     w.write_all(b"0\r\n\r\n")
 }
@@ -690,7 +750,7 @@ fn find_headers<'a>(headers: &'a [(String, String)], name: &str) -> Vec<&'a str>
         .collect()
 }
 
-fn has_token(value: Option<&str>, token: &str) -> bool {
+pub fn has_token(value: Option<&str>, token: &str) -> bool {
     value.is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
 }
 

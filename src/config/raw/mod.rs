@@ -12,6 +12,7 @@
 //! integration enum keeps `deny_unknown_fields`: an internally tagged enum is
 //! buffered before it is read, so serde_ignored cannot see into it.
 
+pub mod access_log;
 pub mod admin;
 pub mod api_key;
 pub mod auth;
@@ -87,6 +88,9 @@ pub struct RawServer {
     pub shards: Option<usize>,
     /// Explicit CPU for each shard. Default: shard i on CPU i modulo the CPU count.
     pub cpus: Option<Vec<usize>>,
+    /// Pin each shard to its CPU (default true); false leaves placement to
+    /// the kernel's scheduler.
+    pub pin_shards: Option<bool>,
     /// Listen backlog per shard socket.
     pub backlog: Option<u32>,
     /// How long in-flight requests may run after SIGTERM/SIGINT.
@@ -113,6 +117,9 @@ pub struct RawServer {
     pub data_dir: Option<String>,
     /// How often recorded usage is written to the store.
     pub usage_flush_interval_ms: Option<u64>,
+    /// `[server.access_log]`: the access log of requests no API takes, and
+    /// of those refused before their head was read.
+    pub access_log: Option<access_log::RawAccessLog>,
 }
 
 /// `[server.limits]`: what a client may send, and how slowly.
@@ -186,6 +193,11 @@ pub struct RawApi {
     pub authorizer: Option<String>,
     /// Metrics per route (label `route`), not only per API. Default: false.
     pub detailed_metrics: Option<bool>,
+    /// `[apis.access_log]`: one line per request of this API.
+    pub access_log: Option<access_log::RawAccessLog>,
+    /// Log each phase's decision for this API's requests at level debug.
+    /// Default: false.
+    pub debug: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -218,4 +230,74 @@ pub enum RawIntegration {
         #[serde(default)]
         body: String,
     },
+}
+
+/// The keys the table at `path` takes (`"server.limits"`, `"apis.routes"`,
+/// `""` for the top level; array indices left out), read from the structs
+/// themselves, for did-you-mean on unknown keys. None for a table not listed.
+pub fn known_keys(path: &str) -> Option<&'static [&'static str]> {
+    Some(match path {
+        "" => fields_of::<RawConfig>(),
+        "server" => fields_of::<RawServer>(),
+        "server.limits" => fields_of::<RawLimits>(),
+        "server.throttle" | "apis.throttle" | "apis.routes.throttle" => {
+            fields_of::<throttle::RawThrottle>()
+        }
+        "server.throttle.per_client_ip"
+        | "usage_plans.throttle"
+        | "usage_plans.routes.throttle" => fields_of::<throttle::RawRate>(),
+        "server.cache" => fields_of::<cache::RawCacheSettings>(),
+        "apis.cache" | "apis.routes.cache" => fields_of::<cache::RawCacheRule>(),
+        "server.tls" => fields_of::<tls::RawServerTls>(),
+        "server.tls.certificates" => fields_of::<tls::RawCertificate>(),
+        "upstreams" => fields_of::<RawUpstream>(),
+        "upstreams.targets" => fields_of::<RawTarget>(),
+        "upstreams.pool" => fields_of::<RawPool>(),
+        "upstreams.health" => fields_of::<RawHealth>(),
+        "apis" => fields_of::<RawApi>(),
+        "apis.routes" => fields_of::<RawRoute>(),
+        "apis.cors" => fields_of::<cors::RawCors>(),
+        "apis.ip_rules" | "apis.routes.ip_rules" => fields_of::<ip_rules::RawIpRules>(),
+        "api_keys" => fields_of::<api_key::RawApiKey>(),
+        "usage_plans" => fields_of::<usage::RawUsagePlan>(),
+        "usage_plans.quota" => fields_of::<usage::RawQuota>(),
+        "usage_plans.routes" => fields_of::<usage::RawPlanRoute>(),
+        "authorizers" => fields_of::<auth::RawAuthorizer>(),
+        "authorizers.jwt" => fields_of::<jwt::RawJwt>(),
+        "authorizers.sigv4" => fields_of::<sigv4::RawSigv4>(),
+        "authorizers.sigv4.credentials" => fields_of::<sigv4::RawCredential>(),
+        "authorizers.request" => fields_of::<request_auth::RawRequestAuthorizer>(),
+        "admin" => fields_of::<admin::RawAdmin>(),
+        _ => return None,
+    })
+}
+
+/// The field names a derived `Deserialize` struct asks for: a deserializer
+/// that records them from `deserialize_struct` and reads nothing.
+fn fields_of<'de, T: Deserialize<'de>>() -> &'static [&'static str] {
+    use serde::de::{self, Visitor};
+    struct Fields<'a>(&'a mut &'static [&'static str]);
+    impl<'de> de::Deserializer<'de> for Fields<'_> {
+        type Error = de::value::Error;
+        fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, Self::Error> {
+            Err(de::Error::custom("not a struct"))
+        }
+        fn deserialize_struct<V: Visitor<'de>>(
+            self,
+            _: &'static str,
+            fields: &'static [&'static str],
+            _: V,
+        ) -> Result<V::Value, Self::Error> {
+            *self.0 = fields;
+            Err(de::Error::custom("fields recorded"))
+        }
+        serde::forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string
+            bytes byte_buf option unit unit_struct newtype_struct seq tuple
+            tuple_struct map enum identifier ignored_any
+        }
+    }
+    let mut fields: &'static [&'static str] = &[];
+    let _ = T::deserialize(Fields(&mut fields));
+    fields
 }

@@ -1,0 +1,270 @@
+//! One writer thread per destination. Shards hand it buffers of whole lines
+//! over a bounded channel ([`Sink`]); it writes each with one `write_all`
+//! (the file is opened with O_APPEND) and gives the emptied buffer back on
+//! a second channel, so that in steady state no buffer is allocated. A
+//! failed write (a full disk) loses that buffer's lines: they are counted
+//! and reported at most once a second, and the thread goes on. A reopen
+//! request (SIGUSR1) opens the path again, so a file renamed by logrotate
+//! is let go and a new one is created.
+
+use super::Destination;
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
+use std::fs::File;
+use std::io::{self, Write};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// Buffers that may wait for a writer, per destination. With buffers of
+/// [`super::shard::FLUSH_AT`] bytes that is at most 1 MiB of lines in
+/// flight; beyond it, shards drop lines (and count them).
+pub const QUEUE: usize = 32;
+/// How often an idle writer looks at its reopen flag.
+const IDLE_LOOK: Duration = Duration::from_millis(100);
+/// At most one error line a second about failed writes.
+const REPORT_EVERY: Duration = Duration::from_secs(1);
+/// How long the shutdown waits for a writer to write what it has.
+const FINISH_WAIT: Duration = Duration::from_secs(5);
+
+/// A shard's handle on one destination's writer.
+#[derive(Debug, Clone)]
+pub struct Sink {
+    pub destination: Arc<str>,
+    tx: Sender<Filled>,
+    recycled: Receiver<Vec<u8>>,
+    /// Lines lost to failed writes (counted by the writer).
+    lost: Arc<AtomicU64>,
+}
+
+/// A buffer of whole lines.
+#[derive(Debug)]
+struct Filled {
+    buf: Vec<u8>,
+    lines: u64,
+}
+
+impl Sink {
+    /// Hands `buf` (holding `lines` lines) to the writer; on `Err` the
+    /// writer is behind (or gone) and the buffer comes back unsent.
+    pub fn send(&self, buf: Vec<u8>, lines: u64) -> Result<(), Vec<u8>> {
+        match self.tx.try_send(Filled { buf, lines }) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(f) | TrySendError::Disconnected(f)) => Err(f.buf),
+        }
+    }
+
+    /// An emptied buffer the writer gave back, if any.
+    pub fn recycled(&self) -> Option<Vec<u8>> {
+        self.recycled.try_recv().ok()
+    }
+
+    /// Lines lost to failed writes since the start.
+    pub fn lost(&self) -> u64 {
+        self.lost.load(Ordering::Relaxed)
+    }
+
+    /// A sink with no writer: for a gateway built without one (unit tests),
+    /// where every line is dropped.
+    pub fn detached(destination: &str) -> Sink {
+        let (tx, _) = crossbeam_channel::bounded(0);
+        let (_, recycled) = crossbeam_channel::bounded(0);
+        Sink {
+            destination: destination.into(),
+            tx,
+            recycled,
+            lost: Arc::default(),
+        }
+    }
+}
+
+/// The running writers, one per destination, in the plan's order.
+pub struct Writers {
+    pub sinks: Vec<Sink>,
+    reopen: Vec<Arc<AtomicBool>>,
+    threads: Vec<(JoinHandle<()>, Receiver<()>)>,
+}
+
+impl Writers {
+    /// Opens every destination and starts its thread. A file that cannot
+    /// be opened stops the start with its path and the reason.
+    pub fn start(destinations: &[Destination]) -> io::Result<Writers> {
+        let mut w = Writers {
+            sinks: Vec::new(),
+            reopen: Vec::new(),
+            threads: Vec::new(),
+        };
+        for d in destinations {
+            let out = Out::open(d).map_err(|e| {
+                io::Error::new(e.kind(), format!("cannot open the access log {d}: {e}"))
+            })?;
+            let (tx, rx) = crossbeam_channel::bounded(QUEUE);
+            let (back_tx, recycled) = crossbeam_channel::bounded(QUEUE);
+            let lost = Arc::new(AtomicU64::new(0));
+            let reopen = Arc::new(AtomicBool::new(false));
+            let (done_tx, done) = crossbeam_channel::bounded(1);
+            let thread = Thread {
+                destination: d.clone(),
+                out,
+                rx,
+                back: back_tx,
+                lost: lost.clone(),
+                reopen: reopen.clone(),
+                unreported: 0,
+                last_report: None,
+            };
+            let handle = std::thread::Builder::new()
+                .name("coregate-accesslog".to_string())
+                .spawn(move || {
+                    thread.run();
+                    let _ = done_tx.send(());
+                })?;
+            w.sinks.push(Sink {
+                destination: d.to_string().into(),
+                tx,
+                recycled,
+                lost,
+            });
+            w.reopen.push(reopen);
+            w.threads.push((handle, done));
+        }
+        Ok(w)
+    }
+
+    /// Asks every file writer to reopen its path (SIGUSR1).
+    pub fn reopen(&self) {
+        for r in &self.reopen {
+            r.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Once every shard has let go of its sinks: waits for each writer to
+    /// write what it was handed, up to a few seconds (a destination nobody
+    /// reads, such as a stalled pipe, does not hold the exit up).
+    pub fn finish(self) {
+        drop(self.sinks);
+        let deadline = Instant::now() + FINISH_WAIT;
+        for (handle, done) in self.threads {
+            if done.recv_deadline(deadline).is_ok() {
+                let _ = handle.join();
+            } else {
+                crate::log!(
+                    "warn",
+                    "an access-log writer did not finish within {} s; its last lines are lost",
+                    FINISH_WAIT.as_secs()
+                );
+            }
+        }
+    }
+}
+
+enum Out {
+    Stdout,
+    File(File),
+}
+
+impl Out {
+    fn open(d: &Destination) -> io::Result<Out> {
+        match d {
+            Destination::Stdout => Ok(Out::Stdout),
+            Destination::File(p) => {
+                use std::os::unix::fs::OpenOptionsExt;
+                std::fs::OpenOptions::new()
+                    .append(true)
+                    .create(true)
+                    .mode(0o644)
+                    .open(p)
+                    .map(Out::File)
+            }
+        }
+    }
+
+    fn write_all(&mut self, b: &[u8]) -> io::Result<()> {
+        match self {
+            Out::Stdout => {
+                let mut out = io::stdout().lock();
+                out.write_all(b)?;
+                out.flush()
+            }
+            Out::File(f) => f.write_all(b),
+        }
+    }
+}
+
+struct Thread {
+    destination: Destination,
+    out: Out,
+    rx: Receiver<Filled>,
+    back: Sender<Vec<u8>>,
+    lost: Arc<AtomicU64>,
+    reopen: Arc<AtomicBool>,
+    unreported: u64,
+    last_report: Option<Instant>,
+}
+
+impl Thread {
+    fn run(mut self) {
+        loop {
+            if self.reopen.swap(false, Ordering::Relaxed) {
+                self.do_reopen();
+            }
+            match self.rx.recv_timeout(IDLE_LOOK) {
+                Ok(Filled { mut buf, lines }) => {
+                    if let Err(e) = self.out.write_all(&buf) {
+                        self.lost.fetch_add(lines, Ordering::Relaxed);
+                        self.unreported += lines;
+                        self.report(Some(&e));
+                    }
+                    buf.clear();
+                    let _ = self.back.try_send(buf);
+                }
+                Err(RecvTimeoutError::Timeout) => self.report(None),
+                Err(RecvTimeoutError::Disconnected) => {
+                    self.last_report = None;
+                    self.report(None);
+                    return;
+                }
+            }
+        }
+    }
+
+    fn do_reopen(&mut self) {
+        if let Destination::File(p) = &self.destination {
+            match Out::open(&self.destination) {
+                Ok(out) => {
+                    self.out = out;
+                    crate::log!("info", "access log {} reopened", p.display());
+                }
+                Err(e) => crate::log!(
+                    "error",
+                    "access log {}: cannot reopen ({e}); still writing to the file open before",
+                    p.display()
+                ),
+            }
+        }
+    }
+
+    /// Reports lost lines, at most once per REPORT_EVERY.
+    fn report(&mut self, error: Option<&io::Error>) {
+        if self.unreported == 0 {
+            return;
+        }
+        let now = Instant::now();
+        if self
+            .last_report
+            .is_some_and(|t| now.duration_since(t) < REPORT_EVERY)
+        {
+            return;
+        }
+        self.last_report = Some(now);
+        let why = error.map(|e| format!(": {e}")).unwrap_or_default();
+        crate::log!(
+            "error",
+            "access log {}: write failed{why}; {} line(s) lost ({} lost in all)",
+            self.destination,
+            self.unreported,
+            self.lost.load(Ordering::Relaxed)
+        );
+        self.unreported = 0;
+    }
+}

@@ -1,0 +1,162 @@
+//! The access-log line of a finished exchange (docs/access-logs.md). What a
+//! line needs from the request head (method, path, User-Agent) is copied
+//! when the head is parsed ([`capture`]), because the connection's buffer is
+//! reused by the time the exchange ends; the copy goes into a buffer taken
+//! from a per-shard free list, so a shard in steady state allocates none.
+//! Nothing is copied when the plan has no access log.
+
+use super::exchange::{CacheStatus, Exchange};
+use super::Gateway;
+use crate::accesslog::shard::ShardLog;
+use crate::accesslog::Fields;
+use crate::http::parse::RequestHead;
+use std::cell::RefCell;
+use std::time::Instant;
+
+/// Free buffers kept for captures (one per request in flight is needed).
+const FREE_KEPT: usize = 1024;
+/// A captured head larger than this is not given back to the free list.
+const KEEP_CAPACITY: usize = 4096;
+
+/// What the access log keeps of a request's head.
+#[derive(Debug, Default)]
+pub struct Captured {
+    /// The API a request no route took belongs to (by host and base path).
+    pub api: Option<usize>,
+    /// The method, the path and the User-Agent, one after the other.
+    text: Vec<u8>,
+    method_len: u16,
+    path_len: u32,
+    has_agent: bool,
+    /// A head was read (false for the connection loop's refusals).
+    has_head: bool,
+}
+
+/// A shard's access-log state.
+pub struct Access {
+    pub log: ShardLog,
+    free: RefCell<Vec<Vec<u8>>>,
+}
+
+impl Access {
+    pub fn new(shard: usize) -> Access {
+        Access {
+            log: ShardLog::new(shard, Vec::new()),
+            free: RefCell::new(Vec::new()),
+        }
+    }
+}
+
+/// Copies what the line needs from `head` (bytes of `buf`).
+pub fn capture(gw: &Gateway, x: &mut Exchange, buf: &[u8], head: &RequestHead) {
+    let c = &mut x.access;
+    c.has_head = true;
+    c.text = gw.access.free.borrow_mut().pop().unwrap_or_default();
+    let method = head.method_span.get(buf);
+    let method = &method[..method.len().min(usize::from(u16::MAX))];
+    let path = head.path(buf);
+    c.text.extend_from_slice(method);
+    c.text.extend_from_slice(path);
+    c.method_len = method.len() as u16;
+    c.path_len = path.len() as u32;
+    if let Some(h) = head
+        .headers
+        .iter()
+        .find(|h| h.name.get(buf).eq_ignore_ascii_case(b"user-agent"))
+    {
+        c.text.extend_from_slice(h.value.get(buf));
+        c.has_agent = true;
+    }
+}
+
+/// Writes the exchange's line to its access log, if it has one, and gives
+/// the captured buffer back.
+pub fn record(gw: &Gateway, x: &mut Exchange) {
+    let text = std::mem::take(&mut x.access.text);
+    write_line(gw, x, &text);
+    if text.capacity() > 0 && text.capacity() <= KEEP_CAPACITY {
+        let mut free = gw.access.free.borrow_mut();
+        if free.len() < FREE_KEPT {
+            let mut text = text;
+            text.clear();
+            free.push(text);
+        }
+    }
+}
+
+fn ms(d: std::time::Duration) -> u64 {
+    d.as_millis().min(u128::from(u64::MAX)) as u64
+}
+
+fn write_line(gw: &Gateway, x: &Exchange, text: &[u8]) {
+    let generation = &x.generation;
+    let plan = &generation.plan;
+    let logs = &plan.access_log;
+    if !logs.any {
+        return;
+    }
+    let Some(log) = logs
+        .logged(x.route, x.access.api)
+        .log
+        .and_then(|i| logs.logs.get(usize::from(i)))
+    else {
+        return;
+    };
+    let c = &x.access;
+    let o = &x.outcome;
+    let received_ms = gw.access.log.wall_ms(o.timings.received);
+    let time = gw.access.log.clf_time(received_ms / 1000);
+    let (method, rest) = text.split_at(usize::from(c.method_len).min(text.len()));
+    let (path, agent) = rest.split_at((c.path_len as usize).min(rest.len()));
+    let route = x.route.and_then(|r| plan.routes.get(r));
+    let api = match route {
+        Some(r) => Some(r.api.as_str()),
+        None => c
+            .api
+            .and_then(|a| plan.apis.get(a))
+            .map(|a| a.name.as_str()),
+    };
+    let upstream = o.upstream.and_then(|(u, t)| {
+        let u = plan.upstreams.get(u)?;
+        Some((u.name.as_str(), u.targets.get(t).map(|t| t.addr)))
+    });
+    let principal = x.state.principal.as_deref();
+    let f = Fields {
+        request_id: &x.request_id,
+        source_ip: x.peer.ip(),
+        user_agent: c.has_agent.then_some(agent),
+        request_time: &time,
+        request_time_epoch_ms: received_ms,
+        method: c.has_head.then_some(method),
+        route_key: route.map(|r| r.key.as_str()),
+        path: c.has_head.then_some(path),
+        status: o.status,
+        minor_version: c.has_head.then_some(x.minor_version),
+        response_length: o.bytes_out,
+        response_latency_ms: Some(ms(o
+            .timings
+            .last_byte_sent
+            .unwrap_or_else(Instant::now)
+            .saturating_duration_since(o.timings.received))),
+        integration_latency_ms: match (o.timings.upstream_connected, o.timings.upstream_first_byte)
+        {
+            (Some(a), Some(b)) => Some(ms(b.saturating_duration_since(a))),
+            _ => None,
+        },
+        integration_status: o.upstream_status,
+        error: o.error.as_deref(),
+        principal,
+        api_key_name: x.state.api_key.and_then(|k| gw.policies.api_keys.name(k)),
+        cache: match o.cache {
+            CacheStatus::Hit => Some("hit"),
+            CacheStatus::Miss => Some("miss"),
+            CacheStatus::None => None,
+        },
+        api,
+        upstream: upstream.map(|u| u.0),
+        target: upstream.and_then(|u| u.1),
+    };
+    gw.access
+        .log
+        .line(log.destination, |buf| log.format.write(&f, buf));
+}
