@@ -279,3 +279,27 @@ fn the_default_admin_address_in_use_is_skipped_with_a_warning() {
         .contains("serving without an admin listener")));
     assert!(!gw.stdout().contains("admin listening"), "{}", gw.stdout());
 }
+
+#[test]
+fn share_listen_addresses_lets_an_upgrade_share_the_admin_address() {
+    let admin = released_addr();
+    let text = |share: bool| {
+        format!(
+            "[server]\nlisten = [\"127.0.0.1:0\"]\nshards = 1\nshare_listen_addresses = {share}\n\n[admin]\nlisten = \"{admin}\"\n{MOCK}"
+        )
+    };
+    let old = Gateway::start(&text(true));
+    assert_eq!(old.admin_addr(), admin);
+    // Without sharing, a second gateway is refused the address...
+    let path = write_config(&text(false));
+    let out = run_coregate(&["serve", "--config", path.to_str().unwrap()]);
+    let _ = std::fs::remove_file(&path);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("(admin): address in use"));
+    // ...and with it, the new one shares it, and both answer scrapes.
+    let new = Gateway::start(&text(true));
+    assert_eq!(new.admin_addr(), admin);
+    assert_eq!(http_get(&new.admin_url("/metrics")).status, 200);
+    drop(old);
+    assert_eq!(http_get(&new.admin_url("/metrics")).status, 200);
+}

@@ -61,9 +61,12 @@ struct Shared {
     data: Sender<dashboard::DataRequest>,
 }
 
-/// Binds the admin listener, unless `[admin]` disables it. With `share`
-/// (`server.share_listen_addresses`) the socket has `SO_REUSEPORT`, so a
-/// second gateway started for a zero-downtime upgrade can bind it too.
+/// Binds the admin listener, unless `[admin]` disables it. Like the
+/// traffic listeners, the socket has `SO_REUSEPORT`, so that a gateway
+/// started later with `share` (`server.share_listen_addresses`, a
+/// zero-downtime upgrade) can bind the same address; without `share`, an
+/// address someone already listens on is refused first by a probe bind
+/// without `SO_REUSEPORT` (as `runtime::bind_all` does).
 pub fn bind(plan: &AdminPlan, share: bool) -> io::Result<Option<Bound>> {
     let Some(addr) = plan.listen else {
         return Ok(None);
@@ -83,15 +86,20 @@ pub fn bind(plan: &AdminPlan, share: bool) -> io::Result<Option<Bound>> {
     } else {
         Domain::IPV4
     };
-    let sock = Socket::new(domain, Type::STREAM, Some(Protocol::TCP)).map_err(named)?;
-    sock.set_reuse_address(true).map_err(named)?;
-    if share {
-        sock.set_reuse_port(true).map_err(named)?;
+    let socket = |reuse_port: bool| -> io::Result<Socket> {
+        let sock = Socket::new(domain, Type::STREAM, Some(Protocol::TCP))?;
+        sock.set_reuse_address(true)?;
+        sock.set_reuse_port(reuse_port)?;
+        if addr.is_ipv6() {
+            sock.set_only_v6(true)?;
+        }
+        sock.bind(&addr.into())?;
+        Ok(sock)
+    };
+    if !share && addr.port() != 0 {
+        drop(socket(false).map_err(named)?);
     }
-    if addr.is_ipv6() {
-        sock.set_only_v6(true).map_err(named)?;
-    }
-    sock.bind(&addr.into()).map_err(named)?;
+    let sock = socket(true).map_err(named)?;
     sock.listen(64).map_err(named)?;
     let listener: TcpListener = sock.into();
     let addr = listener.local_addr()?;
