@@ -55,25 +55,12 @@ fn json_lines(lines: &[String]) -> Vec<HashMap<String, String>> {
         .collect()
 }
 
-fn create_key(file: &Path, name: &str) -> String {
-    let out = run_coregate(&[
-        "keys",
-        "create",
-        "--file",
-        file.to_str().unwrap(),
-        "--name",
-        name,
-    ]);
-    assert!(out.status.success(), "{out:?}");
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
 #[test]
 fn every_kind_of_exit_gets_a_line_with_its_fields() {
     let log = log_path();
     let keys = temp_path("keys.toml");
     let _ = std::fs::remove_file(&keys);
-    let key = create_key(&keys, "alice");
+    let key = create_key(&keys, "alice", None);
     let backend = Backend::start(Reply::fixed(201, &[], "made"));
     let slow = Backend::start(Reply::slow(3000, Reply::Echo));
     let dead = refused_addr();

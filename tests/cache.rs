@@ -613,27 +613,13 @@ throttle = { rate = 0.1, burst = 2 }
     assert_hits(&echo, 1);
 }
 
-/// Creates key `name` in the keys file `file`; returns the key.
-fn create_key(file: &std::path::Path, name: &str) -> String {
-    let out = run_coregate(&[
-        "keys",
-        "create",
-        "--file",
-        file.to_str().unwrap(),
-        "--name",
-        name,
-    ]);
-    assert!(out.status.success(), "{out:?}");
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
 #[test]
 fn only_listed_api_keys_may_invalidate() {
     let echo = Backend::start(Reply::Echo);
     let keys = temp_path("keys.toml");
     let _ = std::fs::remove_file(&keys);
-    let alice = create_key(&keys, "alice");
-    let bob = create_key(&keys, "bob");
+    let alice = create_key(&keys, "alice", None);
+    let bob = create_key(&keys, "bob", None);
     let gw = gateway(
         &format!("api_keys_file = \"{}\"", keys.display()),
         "api_key_required = true\ncache = { allow_client_invalidation = true, invalidation_keys = [\"alice\"] }",
@@ -666,7 +652,7 @@ fn only_listed_api_keys_may_invalidate() {
 fn invalidation_keys_are_checked_and_inherited() {
     let keys = temp_path("keys.toml");
     let _ = std::fs::remove_file(&keys);
-    create_key(&keys, "alice");
+    create_key(&keys, "alice", None);
     let check = |api: &str, route: &str| {
         let text = format!(
             "[server]\napi_keys_file = \"{}\"\n\n[[apis]]\nname = \"a\"\n{api}\n\n[[apis.routes]]\nkey = \"GET /x\"\nintegration = {{ type = \"mock\" }}\n{route}\n",
@@ -708,8 +694,8 @@ fn invalidation_keys_are_checked_and_inherited() {
     assert_eq!(code, Some(0), "{err}");
     // And a gateway running it lets alice invalidate, not bob.
     let _ = std::fs::remove_file(&keys);
-    let alice = create_key(&keys, "alice");
-    let bob = create_key(&keys, "bob");
+    let alice = create_key(&keys, "alice", None);
+    let bob = create_key(&keys, "bob", None);
     let echo = Backend::start(Reply::Echo);
     let gw = gateway(
         &format!("api_keys_file = \"{}\"", keys.display()),

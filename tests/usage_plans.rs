@@ -7,7 +7,7 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 use support::*;
 
@@ -22,22 +22,6 @@ fn tmp_dir(tag: &str) -> PathBuf {
     d
 }
 
-/// Creates key `name` on `plan` in `file`; returns the key.
-fn create_key(file: &Path, name: &str, plan: &str) -> String {
-    let out = run_coregate(&[
-        "keys",
-        "create",
-        "--file",
-        file.to_str().unwrap(),
-        "--name",
-        name,
-        "--usage-plan",
-        plan,
-    ]);
-    assert!(out.status.success(), "{out:?}");
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
 struct Setup {
     dir: PathBuf,
     clock: PathBuf,
@@ -50,8 +34,8 @@ impl Setup {
     fn new(tag: &str, shards: usize, plans: &str) -> Setup {
         let dir = tmp_dir(tag);
         let keys = dir.join("keys.toml");
-        let gold = create_key(&keys, "alice", "gold");
-        let basic = create_key(&keys, "bob", "basic");
+        let gold = create_key(&keys, "alice", Some("gold"));
+        let basic = create_key(&keys, "bob", Some("basic"));
         let clock = dir.join("clock");
         std::fs::write(&clock, NOON.to_string()).unwrap();
         let config = fill(

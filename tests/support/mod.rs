@@ -183,6 +183,25 @@ fn collect_lines(
     })
 }
 
+/// Creates key `name` (on usage plan `plan`, if given) in the keys file
+/// `file` with `coregate keys create`; returns the key.
+pub fn create_key(file: &std::path::Path, name: &str, plan: Option<&str>) -> String {
+    let mut args = vec![
+        "keys",
+        "create",
+        "--file",
+        file.to_str().unwrap(),
+        "--name",
+        name,
+    ];
+    if let Some(p) = plan {
+        args.extend(["--usage-plan", p]);
+    }
+    let out = run_coregate(&args);
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
 /// `toml` with `pin_shards = false` added to its `[server]` table, unless
 /// it places shards itself (`cpus` or `pin_shards`): the tests run many
 /// gateways at once, and pinned ones would all share the first CPU.
