@@ -16,11 +16,15 @@
 //! - [`policy`]: each policy's compiled rule and check, and the phase list.
 //! - [`integration`]: mock and proxy answers, upstream pools, the client.
 //! - [`plan`]: the compiled, immutable plan, composed of the above.
+//! - [`observe`]: per-shard counters and histograms, their merge, the
+//!   Prometheus exposition.
 //! - [`gateway`]: the exchange record, the phase driver, the one exit.
 //! - [`runtime`]: shards on their CPUs, listeners, control inbox, drain.
+//! - [`admin`]: the admin listener: `/metrics` and the dashboard.
 //! - [`cli`]: subcommands of the binary besides `serve`.
 
 pub mod accesslog;
+pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod gateway;
@@ -28,6 +32,7 @@ pub mod http;
 pub mod integration;
 pub mod log;
 pub mod net;
+pub mod observe;
 pub mod plan;
 pub mod policy;
 pub mod route;

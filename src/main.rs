@@ -329,7 +329,7 @@ fn check(path: &std::path::Path) -> ExitCode {
     match load(path) {
         Ok(plan) => {
             println!(
-                "ok: {}: {} api(s), {} route(s), {} upstream(s), {} shard(s) on {:?}{}",
+                "ok: {}: {} api(s), {} route(s), {} upstream(s), {} shard(s) on {:?}{}{}",
                 path.display(),
                 plan.table_api_count(),
                 plan.routes.len(),
@@ -339,6 +339,10 @@ fn check(path: &std::path::Path) -> ExitCode {
                 match &plan.server.tls {
                     Some(t) => format!(", TLS on {:?}", t.listen),
                     None => String::new(),
+                },
+                match plan.admin.listen {
+                    Some(a) => format!(", admin on {a}"),
+                    None => ", no admin listener".to_string(),
                 }
             );
             ExitCode::SUCCESS
@@ -374,6 +378,26 @@ fn serve(path: &std::path::Path) -> ExitCode {
         }
     }
     let shards = plan.server.shards;
+    // The admin listener binds first: a bad address stops the start-up
+    // before any shard runs.
+    let admin = match coregate::admin::bind(&plan.admin, plan.server.share_listen_addresses) {
+        Ok(a) => a,
+        // The default address is taken (most often by another gateway on
+        // this host): serve without an admin listener rather than refuse
+        // a config that never asked for one.
+        Err(e) if !plan.admin.explicit && e.kind() == std::io::ErrorKind::AddrInUse => {
+            coregate::log!(
+                "warn",
+                "{e}; serving without an admin listener (set admin.listen to choose its address)"
+            );
+            None
+        }
+        Err(e) => {
+            eprintln!("coregate: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let started = std::time::SystemTime::now();
     let server = match Server::start(plan) {
         Ok(s) => s,
         Err(e) => {
@@ -386,6 +410,21 @@ fn serve(path: &std::path::Path) -> ExitCode {
     }
     for addr in &server.tls_addrs {
         println!("coregate: listening on {addr} (tls)");
+    }
+    if let Some(admin) = admin {
+        let addr = admin.addr;
+        let ctx = coregate::admin::Context {
+            inboxes: server.inboxes(),
+            started,
+            version: env!("CARGO_PKG_VERSION"),
+        };
+        if let Err(e) = admin.serve(ctx) {
+            eprintln!("coregate: cannot start the admin listener's threads: {e}");
+            server.shutdown();
+            server.join();
+            return ExitCode::from(1);
+        }
+        println!("coregate: admin listening on {addr}");
     }
     coregate::log!(
         "info",

@@ -19,8 +19,10 @@ const LAYERS: &[&str] = &[
     "policy",
     "integration",
     "plan",
+    "observe",
     "gateway",
     "runtime",
+    "admin",
     "cli",
 ];
 

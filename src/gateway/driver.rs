@@ -59,7 +59,7 @@ pub async fn handle(gw: &Gateway, conn: &mut Conn, head: &RequestHead) -> Flow {
         access::capture(gw, &mut x, conn.unread(), head);
     }
     let flow = drive(gw, conn, head, &mut x, now).await;
-    conn.clock = exit::finish(&gw.observed, &mut x);
+    conn.clock = exit::finish(gw, &mut x);
     if x.route.is_some_and(|r| {
         x.generation
             .plan
@@ -94,7 +94,7 @@ pub async fn refuse(gw: &Gateway, conn: &mut Conn, status: u16, message: &'stati
         .extend_from_slice(&gw.ids.borrow_mut().next_id());
     conn.ebuf.clear();
     reply::close_with(gw, conn, &mut x, status, message).await;
-    exit::finish(&gw.observed, &mut x);
+    exit::finish(gw, &mut x);
     access::record(gw, &mut x);
 }
 
@@ -240,7 +240,10 @@ async fn drive(
         }
         match decision {
             Decision::Continue => i += 1,
-            Decision::Respond(r) => return refuse_request(gw, conn, head, x, consumed, r).await,
+            Decision::Respond(r) => {
+                x.outcome.refused_by = Some(phase);
+                return refuse_request(gw, conn, head, x, consumed, r).await;
+            }
             // Once: wait for this shard's lease of the key's quota, then
             // run the phase again.
             Decision::WaitQuota(key) if !waited_quota => {
@@ -248,6 +251,7 @@ async fn drive(
                 Box::pin(gw.policies.usage.wait(key)).await;
             }
             Decision::WaitQuota(_) => {
+                x.outcome.refused_by = Some(phase);
                 let r = Refusal::json(429, "Limit Exceeded");
                 return refuse_request(gw, conn, head, x, consumed, r).await;
             }
@@ -257,11 +261,15 @@ async fn drive(
                 match Box::pin(authorize::call(gw, call, conn, head, x)).await {
                     Decision::Continue => i += 1,
                     Decision::Respond(r) => {
-                        return refuse_request(gw, conn, head, x, consumed, r).await
+                        x.outcome.refused_by = Some(phase);
+                        return refuse_request(gw, conn, head, x, consumed, r).await;
                     }
                     // An answer is allow or deny; anything else is refused,
                     // never allowed.
-                    _ => return internal_error(gw, conn, head, x, consumed).await,
+                    _ => {
+                        x.outcome.refused_by = Some(phase);
+                        return internal_error(gw, conn, head, x, consumed).await;
+                    }
                 }
             }
             Decision::VerifyBody(check) => {
@@ -275,7 +283,8 @@ async fn drive(
                         i += 1;
                     }
                     Err(BodyFailure::Refused(f)) => {
-                        return refuse_request(gw, conn, head, x, consumed, f.refusal()).await
+                        x.outcome.refused_by = Some(phase);
+                        return refuse_request(gw, conn, head, x, consumed, f.refusal()).await;
                     }
                     Err(BodyFailure::Body(e)) => return reply::body_error(gw, conn, x, e).await,
                 }
@@ -358,6 +367,7 @@ async fn unrouted(
                     .is_some_and(|r| !r.allows(x.peer.ip()))
                 {
                     let r = Refusal::json(403, "Forbidden");
+                    x.outcome.refused_by = Some(policy::Phase::IpRules);
                     return refuse_request(gw, conn, head, x, None, r).await;
                 }
                 if let Some(cors) = &api.cors {
@@ -370,6 +380,7 @@ async fn unrouted(
                         client_cert_subject: parts.client_cert_subject,
                     };
                     if let Decision::Respond(r) = cors.preflight(&view) {
+                        x.outcome.refused_by = Some(policy::Phase::Cors);
                         return refuse_request(gw, conn, head, x, None, r).await;
                     }
                     cors.response_headers(&view, parts.extra);

@@ -51,6 +51,10 @@ pub struct Outcome {
     /// Why the gateway answered instead of the integration (a refusal's or
     /// an error's message).
     pub error: Option<std::borrow::Cow<'static, str>>,
+    /// The phase that answered instead of the integration (a refusal, or
+    /// a CORS preflight), for the metrics of throttling, quotas and
+    /// authorizers.
+    pub refused_by: Option<crate::policy::Phase>,
     pub timings: Timings,
 }
 
@@ -101,6 +105,7 @@ impl Exchange {
                 upstream: None,
                 upstream_status: None,
                 error: None,
+                refused_by: None,
                 timings: Timings {
                     received,
                     upstream_connected: None,

@@ -19,6 +19,7 @@ pub mod cache;
 mod driver;
 pub mod exchange;
 pub mod exit;
+mod metrics;
 mod reply;
 pub mod signed_body;
 
@@ -47,6 +48,8 @@ pub struct Generation {
     pub head_limits: HeadLimits,
     /// The state of `plan.upstreams[i]` is `upstreams[i]`.
     pub upstreams: Vec<Rc<UpstreamState>>,
+    /// Where this generation's requests are counted.
+    pub metrics: crate::observe::shard::GenerationMetrics,
 }
 
 /// A shard's gateway: its current generation, its run-time state and the
@@ -65,8 +68,8 @@ pub struct Gateway {
     pub tls: Option<futures_rustls::TlsAcceptor>,
     tls_failures: Cell<u64>,
     tls_failure_logged: Cell<Option<Instant>>,
-    /// What the exit has seen.
-    pub observed: exit::Observed,
+    /// What the exit has counted, by series name.
+    pub metrics: crate::observe::shard::ShardMetrics,
     /// Access-log buffers and captures.
     pub access: access::Access,
 }
@@ -109,6 +112,7 @@ impl Gateway {
                 head_limits: head_limits(&plan),
                 plan: plan.clone(),
                 upstreams: Vec::new(),
+                metrics: Default::default(),
             })),
             upstream_states: RefCell::new(HashMap::new()),
             policies,
@@ -118,7 +122,7 @@ impl Gateway {
             tls,
             tls_failures: Cell::new(0),
             tls_failure_logged: Cell::new(None),
-            observed: exit::Observed::default(),
+            metrics: Default::default(),
             access: access::Access::new(id),
         };
         gw.install(plan);
@@ -153,11 +157,13 @@ impl Gateway {
             .collect();
         *states = kept;
         let number = self.current.borrow().number + 1;
+        let metrics = self.metrics.layout(&plan);
         *self.current.borrow_mut() = Rc::new(Generation {
             number,
             head_limits: head_limits(&plan),
             plan,
             upstreams,
+            metrics,
         });
         number
     }

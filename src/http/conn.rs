@@ -378,6 +378,14 @@ thread_local! {
     static PARKED: RefCell<ParkedTable> = RefCell::default();
 }
 
+/// This shard's parked connections (the calling thread's).
+pub fn parked() -> usize {
+    PARKED.with(|p| {
+        let p = p.borrow();
+        p.entries.len() - p.free.len()
+    })
+}
+
 /// The reactor's call for a parked connection: input brings it back as a
 /// new task; a passed idle deadline closes it silently.
 fn resume_parked(key: u32, wake: crate::net::Wake) {
@@ -969,6 +977,16 @@ impl Connections {
 
     pub fn live(&self) -> usize {
         self.reg.borrow().live
+    }
+
+    /// Live connections waiting for a request (parked ones included).
+    pub fn idle(&self) -> usize {
+        self.reg
+            .borrow()
+            .slots
+            .iter()
+            .filter(|s| s.as_ref().is_some_and(|s| s.idle))
+            .count()
     }
 
     /// Records a new connection; the slot is released by [`ConnGuard`].

@@ -173,13 +173,11 @@ async fn exchange(
         };
         let (mut up, reused) = match pooled {
             Some(c) => (c, true),
-            None => (
-                state
-                    .connect(uplan, target)
-                    .await
-                    .map_err(Failure::Connect)?,
-                false,
-            ),
+            None => {
+                let c = state.connect(uplan, target).await;
+                state.note_connect(target, c.is_ok());
+                (c.map_err(Failure::Connect)?, false)
+            }
         };
         if up.stream.write_all(msg).await.is_err() {
             if reused {

@@ -353,8 +353,12 @@ async fn forward_inner(
                 (c, true)
             }
             None => match state.connect(uplan, f.target).await {
-                Ok(c) => (c, false),
+                Ok(c) => {
+                    state.note_connect(f.target, true);
+                    (c, false)
+                }
                 Err(e) => {
+                    state.note_connect(f.target, false);
                     let cooled = state.record_failure(uplan, f.target, Instant::now());
                     crate::log_request!(
                         "warn",

@@ -92,6 +92,22 @@ struct TargetState {
     down_until: Cell<Option<Instant>>,
     /// Smooth weighted round robin's running weight.
     current: Cell<i64>,
+    /// For the metrics: new connections, failed attempts, pooled reuses.
+    connects: Cell<u64>,
+    connect_failures: Cell<u64>,
+    reuses: Cell<u64>,
+}
+
+/// A target's figures for the metrics, as one shard sees them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TargetStats {
+    pub connects: u64,
+    pub connect_failures: u64,
+    pub reuses: u64,
+    pub in_flight: u64,
+    pub idle: u64,
+    /// Cooling down after failures.
+    pub cooling: bool,
 }
 
 pub struct UpstreamState {
@@ -117,6 +133,9 @@ impl UpstreamState {
                     failures: Cell::new(0),
                     down_until: Cell::new(None),
                     current: Cell::new(0),
+                    connects: Cell::new(0),
+                    connect_failures: Cell::new(0),
+                    reuses: Cell::new(0),
                 })
                 .collect(),
             next: Cell::new(0),
@@ -215,11 +234,13 @@ impl UpstreamState {
     /// connection went idle and heard nothing from it, else one
     /// non-blocking peek ([`Stream::is_quiet`]).
     pub fn checkout(&self, plan: &UpstreamPlan, target: usize, now: Instant) -> Option<UpConn> {
-        let mut idle = self.targets[target].idle.borrow_mut();
+        let t = &self.targets[target];
+        let mut idle = t.idle.borrow_mut();
         while let Some(c) = idle.pop() {
             if now.duration_since(c.idle_since) < plan.pool_idle_timeout
                 && c.stream.is_quiet(c.idle_mark)
             {
+                t.reuses.set(t.reuses.get() + 1);
                 return Some(c);
             }
         }
@@ -237,8 +258,21 @@ impl UpstreamState {
         }
     }
 
+    /// Counts a connection attempt to `target` for the metrics. Called by
+    /// the callers of [`UpstreamState::connect`] with its result, rather
+    /// than inside it, so that the connect future (kept in every proxied
+    /// request's state) does not grow.
+    #[inline]
+    pub fn note_connect(&self, target: usize, ok: bool) {
+        if let Some(t) = self.targets.get(target) {
+            let c = if ok { &t.connects } else { &t.connect_failures };
+            c.set(c.get() + 1);
+        }
+    }
+
     /// Opens a new connection to `target`: TCP, and for an https://
-    /// upstream the TLS handshake, both within the connect timeout.
+    /// upstream the TLS handshake, both within the connect timeout. The
+    /// caller counts the attempt ([`UpstreamState::note_connect`]).
     pub async fn connect(&self, plan: &UpstreamPlan, target: usize) -> std::io::Result<UpConn> {
         let addr = plan.targets[target].addr;
         let started = Instant::now();
@@ -305,6 +339,21 @@ impl UpstreamState {
             t.idle
                 .borrow_mut()
                 .retain(|c| now.duration_since(c.idle_since) < plan.pool_idle_timeout);
+        }
+    }
+
+    /// The target's figures for the metrics.
+    pub fn target_stats(&self, target: usize, now: Instant) -> TargetStats {
+        let Some(t) = self.targets.get(target) else {
+            return TargetStats::default();
+        };
+        TargetStats {
+            connects: t.connects.get(),
+            connect_failures: t.connect_failures.get(),
+            reuses: t.reuses.get(),
+            in_flight: u64::from(t.outstanding.get()),
+            idle: t.idle.borrow().len() as u64,
+            cooling: !self.healthy(target, now),
         }
     }
 

@@ -59,6 +59,18 @@ pub fn compile(raw: &RawConfig) -> Result<Plan, Vec<ConfigError>> {
             crate::tls::compile_server(tls, raw.base_dir.as_deref(), &server.listen, &mut errors);
     }
     let limits = compile_limits(&raw.server.limits, &mut errors);
+    let traffic: Vec<SocketAddr> = server
+        .listen
+        .iter()
+        .chain(server.tls.iter().flat_map(|t| &t.listen))
+        .copied()
+        .collect();
+    let admin = super::admin::compile(
+        raw.admin.as_ref(),
+        raw.base_dir.as_deref(),
+        &traffic,
+        &mut errors,
+    );
 
     let mut upstreams = Vec::new();
     // Declared upstreams with errors of their own: routes naming them are not
@@ -187,6 +199,7 @@ pub fn compile(raw: &RawConfig) -> Result<Plan, Vec<ConfigError>> {
                 &akey,
                 &mut reported_elsewhere,
             ),
+            detailed_metrics: api.detailed_metrics.unwrap_or(false),
         });
         let mut spec_routes = Vec::new();
         for (ri, r) in api.routes.iter().enumerate() {
@@ -322,6 +335,7 @@ pub fn compile(raw: &RawConfig) -> Result<Plan, Vec<ConfigError>> {
             upstreams,
             routes,
             table,
+            admin,
             access_log,
         })
     } else {

@@ -4,6 +4,7 @@
 //! after. This layer sits above route, policy and integration because it
 //! composes their compiled parts; nothing below it imports it.
 
+pub mod admin;
 pub mod compile;
 
 use crate::config::{self, ConfigError};
@@ -29,6 +30,8 @@ pub struct Plan {
     pub upstreams: Vec<UpstreamPlan>,
     pub routes: Vec<RoutePlan>,
     pub table: RouteTable,
+    /// `[admin]`: the admin listener.
+    pub admin: admin::AdminPlan,
     /// Access logs and per-API debug switches.
     pub access_log: crate::accesslog::LogPlan,
 }
@@ -67,6 +70,8 @@ pub struct ApiPlan {
     /// Applied to requests no route takes too (404, 405, preflights), so a
     /// refused client cannot map the API's paths.
     pub ip_rules: Option<crate::policy::ip_rules::IpRules>,
+    /// Metrics per route, not only per API (`detailed_metrics`).
+    pub detailed_metrics: bool,
 }
 
 #[derive(Debug, Clone)]

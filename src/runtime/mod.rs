@@ -25,6 +25,8 @@ pub enum Control {
     /// Stop accepting, close idle connections, let in-flight requests finish
     /// within the drain timeout, then stop.
     Shutdown,
+    /// Send what the shard has counted (the admin listener's scrape).
+    Snapshot(Sender<crate::observe::snapshot::ShardSnapshot>),
 }
 
 /// A running gateway: its shards and their inboxes.
@@ -235,6 +237,11 @@ impl Server {
             access_log: Some(writers),
         };
         wait_ready(server, &readies, &plan.server.cpus)
+    }
+
+    /// A sender to each shard's control inbox, in shard order.
+    pub fn inboxes(&self) -> Vec<Sender<Control>> {
+        self.inboxes.clone()
     }
 
     /// Asks every shard to drain and stop.

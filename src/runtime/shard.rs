@@ -13,7 +13,8 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 /// How often the control inbox is looked at. Control messages are rare
-/// (shutdown); 25 ms bounds their latency at no measurable cost.
+/// (shutdown, a metrics scrape or the dashboard's sample once a second);
+/// 25 ms bounds their latency at no measurable cost.
 const INBOX_POLL: Duration = Duration::from_millis(25);
 /// How often idle upstream connections past their idle timeout are closed.
 const POOL_SWEEP: Duration = Duration::from_secs(1);
@@ -74,6 +75,9 @@ pub(super) async fn run(
     loop {
         match inbox.try_recv() {
             Ok(Control::Shutdown) | Err(TryRecvError::Disconnected) => break,
+            Ok(Control::Snapshot(reply)) => {
+                let _ = reply.send(shard.snapshot());
+            }
             Err(TryRecvError::Empty) => glommio::timer::sleep(INBOX_POLL).await,
         }
     }
@@ -189,6 +193,7 @@ fn serve(
     tls: &Option<futures_rustls::TlsAcceptor>,
     max_connections: usize,
 ) {
+    shard.metrics.note_accepted(tls.is_some());
     let over_limit = shard.connections.live() >= max_connections;
     match tls {
         None => glommio::spawn_local(crate::http::conn::serve(

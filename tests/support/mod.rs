@@ -113,6 +113,8 @@ pub struct Gateway {
     addrs: Vec<SocketAddr>,
     /// `server.tls.listen` addresses, from `listening on ADDR (tls)` lines.
     tls_addrs: Vec<SocketAddr>,
+    /// The admin listener, from the `admin listening on ADDR` line.
+    admin_addr: Option<SocketAddr>,
     stderr: Arc<Mutex<String>>,
     stdout: Arc<Mutex<String>>,
     config: PathBuf,
@@ -132,6 +134,29 @@ fn listen_count(text: &str) -> usize {
             .map_or(1, |l| l.as_array().map_or(1, |a| a.len()))
     });
     (plain + tls).max(1)
+}
+
+/// The config a test gateway runs: `toml`, with an admin listener on an
+/// ephemeral port when the test wrote no `[admin]`, so that gateways of
+/// tests running at once do not compete for the default 127.0.0.1:9901.
+pub fn with_test_admin(toml: &str) -> String {
+    let has_admin = toml::from_str::<toml::Value>(toml)
+        .ok()
+        .is_some_and(|v| v.get("admin").is_some());
+    if has_admin {
+        toml.to_string()
+    } else {
+        format!("{toml}\n[admin]\nlisten = \"127.0.0.1:0\"\n")
+    }
+}
+
+/// Whether a config serves an admin listener (`[admin] enabled = false`
+/// serves none).
+fn admin_expected(text: &str) -> bool {
+    toml::from_str::<toml::Value>(text)
+        .ok()
+        .and_then(|v| v.get("admin")?.get("enabled")?.as_bool())
+        .unwrap_or(true)
 }
 
 fn collect_lines(
@@ -197,20 +222,16 @@ impl Gateway {
     /// Writes `toml` to a temp file, starts `coregate serve --config FILE` and
     /// waits until it printed `coregate: listening on ADDR` for every listen
     /// address. Panics with the child's output if it does not within 15 s.
+    /// An admin listener on an ephemeral port is added when the config
+    /// has no `[admin]` ([`with_test_admin`]); [`Gateway::admin_addr`]
+    /// gives its address.
     pub fn start(toml: &str) -> Gateway {
-        let expected = listen_count(toml);
-        let toml = &unpinned(toml);
-        let config = write_config(toml);
-        let args = [
-            "serve".into(),
-            "--config".into(),
-            config.clone().into_os_string(),
-        ];
-        Self::spawn(&args, None, expected, config, toml)
+        Self::start_with_env(toml, &[])
     }
 
     /// As [`Gateway::start`], with extra environment variables.
     pub fn start_with_env(toml: &str, env: &[(&str, &str)]) -> Gateway {
+        let toml = &with_test_admin(toml);
         let expected = listen_count(toml);
         let toml = &unpinned(toml);
         let config = write_config(toml);
@@ -219,7 +240,15 @@ impl Gateway {
             "--config".into(),
             config.clone().into_os_string(),
         ];
-        Self::spawn_env(&args, None, expected, config, toml, env)
+        Self::spawn_env(
+            &args,
+            None,
+            expected,
+            admin_expected(toml),
+            config,
+            toml,
+            env,
+        )
     }
 
     /// Starts `coregate ARGS` in `cwd` and waits for `expected` listening
@@ -231,13 +260,16 @@ impl Gateway {
         config: PathBuf,
         shown: &str,
     ) -> Gateway {
-        Self::spawn_env(args, cwd, expected, config, shown, &[])
+        Self::spawn_env(args, cwd, expected, false, config, shown, &[])
     }
 
+    /// `expected` traffic listening lines, and an admin one when `admin`.
+    #[allow(clippy::too_many_arguments)]
     fn spawn_env(
         args: &[std::ffi::OsString],
         cwd: Option<&std::path::Path>,
         expected: usize,
+        admin: bool,
         config: PathBuf,
         shown: &str,
         env: &[(&str, &str)],
@@ -263,9 +295,20 @@ impl Gateway {
         let deadline = Instant::now() + START_TIMEOUT;
         let mut addrs = Vec::new();
         let mut tls_addrs = Vec::new();
-        while addrs.len() + tls_addrs.len() < expected {
+        let mut admin_addr = None;
+        while addrs.len() + tls_addrs.len() < expected || (admin && admin_addr.is_none()) {
             let left = deadline.saturating_duration_since(Instant::now());
             let why = match rx.recv_timeout(left) {
+                Ok(line) if line.starts_with("coregate: admin listening on ") => {
+                    let a = line.trim_end()["coregate: admin listening on ".len()..].trim();
+                    match a.parse::<SocketAddr>() {
+                        Ok(addr) => {
+                            admin_addr = Some(addr);
+                            continue;
+                        }
+                        Err(e) => format!("unparsable admin address {a:?}: {e}"),
+                    }
+                }
                 Ok(line) => match line.trim_end().strip_prefix("coregate: listening on ") {
                     Some(a) => match a.trim_end_matches(" (tls)").trim().parse::<SocketAddr>() {
                         Ok(addr) if a.ends_with(" (tls)") => {
@@ -302,6 +345,7 @@ impl Gateway {
             child,
             addrs,
             tls_addrs,
+            admin_addr,
             stderr,
             stdout,
             config,
@@ -324,6 +368,17 @@ impl Gateway {
 
     pub fn tls_addrs(&self) -> &[SocketAddr] {
         &self.tls_addrs
+    }
+
+    /// The admin listener's address.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+            .expect("this gateway printed no admin listening line")
+    }
+
+    /// `http://ADMIN{path}`
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.admin_addr())
     }
 
     pub fn pid(&self) -> u32 {

@@ -13,6 +13,7 @@
 //! buffered before it is read, so serde_ignored cannot see into it.
 
 pub mod access_log;
+pub mod admin;
 pub mod api_key;
 pub mod auth;
 pub mod cache;
@@ -70,6 +71,8 @@ pub struct RawConfig {
     /// `[[authorizers]]`: named SigV4, JWT and request authorizers.
     #[serde(default)]
     pub authorizers: Vec<auth::RawAuthorizer>,
+    /// `[admin]`: the admin listener (metrics, dashboard).
+    pub admin: Option<admin::RawAdmin>,
     /// The directory of the config file, set by `plan::load`: relative
     /// paths in the config (`server.api_keys_file`) are taken from it.
     #[serde(skip)]
@@ -188,6 +191,8 @@ pub struct RawApi {
     pub api_key_required: Option<bool>,
     /// Default authorizer of the API's routes (a `[[authorizers]]` name).
     pub authorizer: Option<String>,
+    /// Metrics per route (label `route`), not only per API. Default: false.
+    pub detailed_metrics: Option<bool>,
     /// `[apis.access_log]`: one line per request of this API.
     pub access_log: Option<access_log::RawAccessLog>,
     /// Log each phase's decision for this API's requests at level debug.
@@ -262,6 +267,7 @@ pub fn known_keys(path: &str) -> Option<&'static [&'static str]> {
         "authorizers.sigv4" => fields_of::<sigv4::RawSigv4>(),
         "authorizers.sigv4.credentials" => fields_of::<sigv4::RawCredential>(),
         "authorizers.request" => fields_of::<request_auth::RawRequestAuthorizer>(),
+        "admin" => fields_of::<admin::RawAdmin>(),
         _ => return None,
     })
 }

@@ -1,0 +1,152 @@
+//! The admin listener: `GET /metrics` (Prometheus text or OpenMetrics),
+//! `GET /dashboard` (a page inside the binary) and `GET /dashboard/data`
+//! (the JSON it polls). It runs on plain threads of its own, never on a
+//! shard: a scrape costs a shard one message on its control inbox and the
+//! copy of its counters ([`crate::gateway::Gateway::snapshot`]), made
+//! between two of its tasks.
+//!
+//! Threads: one accepts; each admin connection gets its own (at most
+//! [`MAX_CONNECTIONS`] at once, further ones get a 503); one, the
+//! sampler, takes a snapshot every second for the dashboard's history and
+//! answers the dashboard's data requests, so the history has one owner
+//! and needs no lock.
+//!
+//! When `admin.token_file` is set, every request must carry the token, as
+//! `Authorization: Bearer TOKEN` (Prometheus' `authorization` setting) or
+//! as the password of HTTP Basic authentication (what a browser asks for
+//! on the dashboard); it is compared in constant time.
+
+pub mod dashboard;
+mod serve;
+
+use crate::observe::snapshot::{merge, Merged};
+use crate::plan::admin::{AdminPlan, AdminToken};
+use crate::runtime::Control;
+use crossbeam_channel::Sender;
+use socket2::{Domain, Protocol, Socket, Type};
+use std::io;
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+/// Admin connections served at once.
+pub const MAX_CONNECTIONS: usize = 32;
+/// How long a scrape waits for the shards' snapshots. A shard reads its
+/// inbox every 25 ms; one that does not answer within this is draining
+/// or stuck, and the scrape goes on without it.
+pub const SCRAPE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// The admin listener, bound and not yet serving.
+pub struct Bound {
+    listener: TcpListener,
+    /// The bound address (port 0 resolved).
+    pub addr: SocketAddr,
+    token: Option<AdminToken>,
+}
+
+/// What the admin threads need from the running gateway.
+pub struct Context {
+    /// Each shard's control inbox, in shard order.
+    pub inboxes: Vec<Sender<Control>>,
+    /// When the gateway started.
+    pub started: SystemTime,
+    pub version: &'static str,
+}
+
+/// State every admin thread shares; read-only.
+struct Shared {
+    ctx: Context,
+    token: Option<AdminToken>,
+    /// The sampler's request channel (dashboard data).
+    data: Sender<dashboard::DataRequest>,
+}
+
+/// Binds the admin listener, unless `[admin]` disables it. Like the
+/// traffic listeners, the socket has `SO_REUSEPORT`, so that a gateway
+/// started later with `share` (`server.share_listen_addresses`, a
+/// zero-downtime upgrade) can bind the same address; without `share`, an
+/// address someone already listens on is refused first by a probe bind
+/// without `SO_REUSEPORT` (as `runtime::bind_all` does).
+pub fn bind(plan: &AdminPlan, share: bool) -> io::Result<Option<Bound>> {
+    let Some(addr) = plan.listen else {
+        return Ok(None);
+    };
+    let named = |e: io::Error| {
+        let why = if e.kind() == io::ErrorKind::AddrInUse {
+            "address in use: another process (often another coregate) already listens on it; \
+             choose another admin.listen, or set admin.enabled = false"
+                .to_string()
+        } else {
+            e.to_string()
+        };
+        io::Error::new(e.kind(), format!("cannot listen on {addr} (admin): {why}"))
+    };
+    let domain = if addr.is_ipv6() {
+        Domain::IPV6
+    } else {
+        Domain::IPV4
+    };
+    let socket = |reuse_port: bool| -> io::Result<Socket> {
+        let sock = Socket::new(domain, Type::STREAM, Some(Protocol::TCP))?;
+        sock.set_reuse_address(true)?;
+        sock.set_reuse_port(reuse_port)?;
+        if addr.is_ipv6() {
+            sock.set_only_v6(true)?;
+        }
+        sock.bind(&addr.into())?;
+        Ok(sock)
+    };
+    if !share && addr.port() != 0 {
+        drop(socket(false).map_err(named)?);
+    }
+    let sock = socket(true).map_err(named)?;
+    sock.listen(64).map_err(named)?;
+    let listener: TcpListener = sock.into();
+    let addr = listener.local_addr()?;
+    Ok(Some(Bound {
+        listener,
+        addr,
+        token: plan.token.clone(),
+    }))
+}
+
+impl Bound {
+    /// Starts the admin threads; they run until the process exits.
+    pub fn serve(self, ctx: Context) -> io::Result<()> {
+        let (data_tx, data_rx) = crossbeam_channel::unbounded();
+        let shared = Arc::new(Shared {
+            ctx,
+            token: self.token,
+            data: data_tx,
+        });
+        let sampler = shared.clone();
+        std::thread::Builder::new()
+            .name("coregate-admin-sampler".into())
+            .spawn(move || dashboard::sampler(&sampler.ctx, data_rx))?;
+        let listener = self.listener;
+        std::thread::Builder::new()
+            .name("coregate-admin".into())
+            .spawn(move || serve::accept_loop(listener, shared))?;
+        Ok(())
+    }
+}
+
+/// Asks every shard for its snapshot and merges those that answer within
+/// [`SCRAPE_TIMEOUT`].
+pub fn scrape(inboxes: &[Sender<Control>]) -> Merged {
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let asked = inboxes
+        .iter()
+        .filter(|i| i.send(Control::Snapshot(tx.clone())).is_ok())
+        .count();
+    drop(tx);
+    let deadline = Instant::now() + SCRAPE_TIMEOUT;
+    let mut got = Vec::with_capacity(asked);
+    while got.len() < asked {
+        match rx.recv_deadline(deadline) {
+            Ok(s) => got.push(s),
+            Err(_) => break,
+        }
+    }
+    merge(got, inboxes.len())
+}

@@ -1,0 +1,283 @@
+//! The admin listener's HTTP/1.1: one thread per connection, keep-alive,
+//! request heads parsed by the gateway's own parser
+//! ([`crate::http::parse::parse_request_head`]) under small limits,
+//! GET and HEAD only, no request bodies. Every error is JSON
+//! (`{"message": ...}`), like the gateway's.
+
+use super::{dashboard, Shared};
+use crate::http::encode::push_json_message;
+use crate::http::parse::{parse_request_head, Framing, HeadLimits, RequestHead};
+use crate::observe::expo;
+use std::io::{self, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// An admin request's head may be this large; admin clients send small ones.
+const LIMITS: HeadLimits = HeadLimits {
+    max_request_line: 4 * 1024,
+    max_head: 16 * 1024,
+    max_headers: 64,
+};
+/// A connection quiet for this long (mid-request or between requests) is
+/// closed, and so is one whose request head takes longer than this to
+/// arrive, however it trickles in.
+const IO_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub(super) fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
+    let active = Arc::new(AtomicUsize::new(0));
+    for stream in listener.incoming() {
+        let mut stream = match stream {
+            Ok(s) => s,
+            Err(e) => {
+                crate::log!("warn", "admin: accept failed: {e}");
+                std::thread::sleep(Duration::from_millis(50));
+                continue;
+            }
+        };
+        if active.fetch_add(1, Ordering::AcqRel) >= super::MAX_CONNECTIONS {
+            active.fetch_sub(1, Ordering::AcqRel);
+            let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
+            let _ = write_response(
+                &mut stream,
+                &Response::error(503, "Too many admin connections"),
+                false,
+                false,
+            );
+            continue;
+        }
+        let shared = shared.clone();
+        let count = active.clone();
+        let spawned = std::thread::Builder::new()
+            .name("coregate-admin-conn".into())
+            .spawn(move || {
+                serve_connection(stream, &shared);
+                count.fetch_sub(1, Ordering::AcqRel);
+            });
+        if let Err(e) = spawned {
+            active.fetch_sub(1, Ordering::AcqRel);
+            crate::log!("warn", "admin: cannot start a connection thread: {e}");
+        }
+    }
+}
+
+/// A response to send.
+struct Response {
+    status: u16,
+    content_type: &'static str,
+    body: Vec<u8>,
+    /// Extra header lines, each ending in CRLF.
+    headers: String,
+}
+
+impl Response {
+    fn ok(content_type: &'static str, body: Vec<u8>) -> Response {
+        Response {
+            status: 200,
+            content_type,
+            body,
+            headers: String::new(),
+        }
+    }
+
+    fn error(status: u16, message: &str) -> Response {
+        let mut body = Vec::new();
+        push_json_message(&mut body, message);
+        Response {
+            status,
+            content_type: "application/json",
+            body,
+            headers: String::new(),
+        }
+    }
+}
+
+fn write_response(
+    stream: &mut TcpStream,
+    r: &Response,
+    head_only: bool,
+    keep_alive: bool,
+) -> io::Result<()> {
+    let mut out = format!(
+        "HTTP/1.1 {} {}\r\ncontent-type: {}\r\ncontent-length: {}\r\ncache-control: no-store\r\nx-content-type-options: nosniff\r\n{}{}\r\n",
+        r.status,
+        crate::http::reason_phrase(r.status),
+        r.content_type,
+        r.body.len(),
+        r.headers,
+        if keep_alive { "" } else { "connection: close\r\n" },
+    )
+    .into_bytes();
+    if !head_only {
+        out.extend_from_slice(&r.body);
+    }
+    stream.write_all(&out)
+}
+
+fn serve_connection(mut stream: TcpStream, shared: &Shared) {
+    let _ = stream.set_read_timeout(Some(IO_TIMEOUT));
+    let _ = stream.set_write_timeout(Some(IO_TIMEOUT));
+    let _ = stream.set_nodelay(true);
+    let mut buf: Vec<u8> = Vec::with_capacity(4096);
+    let mut chunk = [0u8; 4096];
+    loop {
+        // === read one head ===
+        let started = Instant::now();
+        let head = loop {
+            if !buf.is_empty() {
+                match parse_request_head(&buf, &LIMITS) {
+                    Ok(Some(h)) => break h,
+                    Ok(None) => {}
+                    Err(reject) => {
+                        let _ = write_response(
+                            &mut stream,
+                            &Response::error(reject.status, reject.message),
+                            false,
+                            false,
+                        );
+                        return;
+                    }
+                }
+            }
+            if !buf.is_empty() && started.elapsed() > IO_TIMEOUT {
+                let _ = write_response(
+                    &mut stream,
+                    &Response::error(408, "Request Timeout"),
+                    false,
+                    false,
+                );
+                return;
+            }
+            match stream.read(&mut chunk) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        };
+        // === answer it ===
+        let has_body = match head.framing {
+            Framing::None | Framing::Length(0) => false,
+            Framing::Length(_) | Framing::Chunked => true,
+        };
+        let head_only = head.method == crate::http::method::Method::Head;
+        let (response, keep_alive) = if has_body {
+            (Response::error(413, "Admin requests take no body"), false)
+        } else {
+            (answer(shared, &buf, &head), head.keep_alive)
+        };
+        if write_response(&mut stream, &response, head_only, keep_alive).is_err() || !keep_alive {
+            return;
+        }
+        buf.drain(..head.len);
+    }
+}
+
+/// The value of the first header named `name`.
+fn header<'a>(buf: &'a [u8], head: &RequestHead, name: &str) -> Option<&'a [u8]> {
+    head.headers
+        .iter()
+        .find(|h| h.name.get(buf).eq_ignore_ascii_case(name.as_bytes()))
+        .map(|h| h.value.get(buf))
+}
+
+fn answer(shared: &Shared, buf: &[u8], head: &RequestHead) -> Response {
+    use crate::http::method::Method;
+    if !matches!(head.method, Method::Get | Method::Head) {
+        let mut r = Response::error(405, "Method Not Allowed");
+        r.headers.push_str("allow: GET, HEAD\r\n");
+        return r;
+    }
+    if let Some(token) = &shared.token {
+        if !authorized(&token.0, header(buf, head, "authorization")) {
+            let mut r = Response::error(401, "Unauthorized");
+            r.headers.push_str(
+                "www-authenticate: Bearer realm=\"coregate admin\"\r\nwww-authenticate: Basic realm=\"coregate admin\", charset=\"UTF-8\"\r\n",
+            );
+            return r;
+        }
+    }
+    match head.path(buf) {
+        b"/metrics" => {
+            let om = header(buf, head, "accept").is_some_and(expo::wants_openmetrics);
+            let merged = super::scrape(&shared.ctx.inboxes);
+            let info = expo::Info {
+                version: shared.ctx.version,
+                process: crate::observe::process::read(shared.ctx.started),
+            };
+            let body = expo::render(&merged, &info, om).into_bytes();
+            let ctype = if om {
+                expo::OPENMETRICS_CONTENT_TYPE
+            } else {
+                expo::TEXT_CONTENT_TYPE
+            };
+            Response::ok(ctype, body)
+        }
+        b"/dashboard" | b"/dashboard/" => Response::ok(
+            "text/html; charset=utf-8",
+            dashboard::PAGE.as_bytes().to_vec(),
+        ),
+        b"/dashboard/data" => match dashboard::request_data(&shared.data) {
+            Some(json) => Response::ok("application/json", json.into_bytes()),
+            None => Response::error(503, "The dashboard's sampler is not running"),
+        },
+        b"/" => {
+            let mut r = Response::error(302, "Found");
+            r.headers.push_str("location: /dashboard\r\n");
+            r
+        }
+        _ => Response::error(404, "Not Found"),
+    }
+}
+
+/// Whether an `Authorization` value carries `token`: `Bearer TOKEN`, or
+/// `Basic` with TOKEN as the password (any user name). The comparison is
+/// of SHA-256 digests in constant time, so neither the token's bytes nor
+/// its length leak through timing.
+pub(super) fn authorized(token: &[u8], value: Option<&[u8]>) -> bool {
+    use base64::Engine;
+    use sha2::{Digest, Sha256};
+    let Some(value) = value else {
+        return false;
+    };
+    let value = crate::http::parse::trim_ows(value);
+    let Some(sp) = value.iter().position(|&b| b == b' ') else {
+        return false;
+    };
+    let (scheme, rest) = (&value[..sp], crate::http::parse::trim_ows(&value[sp..]));
+    let presented: Vec<u8> = if scheme.eq_ignore_ascii_case(b"bearer") {
+        rest.to_vec()
+    } else if scheme.eq_ignore_ascii_case(b"basic") {
+        let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(rest) else {
+            return false;
+        };
+        match decoded.iter().position(|&b| b == b':') {
+            Some(i) => decoded[i + 1..].to_vec(),
+            None => return false,
+        }
+    } else {
+        return false;
+    };
+    let a = Sha256::digest(token);
+    let b = Sha256::digest(&presented);
+    crate::policy::api_key::ct_eq(&a, &b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::authorized;
+
+    #[test]
+    fn bearer_and_basic_carry_the_token() {
+        let t = b"0123456789abcdef";
+        assert!(authorized(t, Some(b"Bearer 0123456789abcdef")));
+        assert!(authorized(t, Some(b"bearer  0123456789abcdef ")));
+        // "prom:0123456789abcdef"
+        assert!(authorized(t, Some(b"Basic cHJvbTowMTIzNDU2Nzg5YWJjZGVm")));
+        assert!(!authorized(t, Some(b"Bearer 0123456789abcdeF")));
+        assert!(!authorized(t, Some(b"Bearer 0123456789abcde")));
+        assert!(!authorized(t, Some(b"Bearer")));
+        assert!(!authorized(t, Some(b"Token 0123456789abcdef")));
+        assert!(!authorized(t, Some(b"Basic !!!")));
+        assert!(!authorized(t, None));
+    }
+}
