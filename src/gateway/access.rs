@@ -18,20 +18,6 @@ const FREE_KEPT: usize = 1024;
 /// A captured head larger than this is not given back to the free list.
 const KEEP_CAPACITY: usize = 4096;
 
-/// What the access log keeps of a request's head.
-#[derive(Debug, Default)]
-pub struct Captured {
-    /// The API a request no route took belongs to (by host and base path).
-    pub api: Option<usize>,
-    /// The method, the path and the User-Agent, one after the other.
-    text: Vec<u8>,
-    method_len: u16,
-    path_len: u32,
-    has_agent: bool,
-    /// A head was read (false for the connection loop's refusals).
-    has_head: bool,
-}
-
 /// A shard's access-log state.
 pub struct Access {
     pub log: ShardLog,

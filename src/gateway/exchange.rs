@@ -30,7 +30,7 @@ pub struct Exchange {
     pub state: RequestState,
     pub outcome: Outcome,
     /// What the access log keeps of the head.
-    pub access: super::access::Captured,
+    pub access: Captured,
 }
 
 /// How the request ended.
@@ -116,4 +116,19 @@ impl Exchange {
             access: Default::default(),
         }
     }
+}
+
+/// What the access log keeps of a request's head (filled by
+/// `super::access::capture` when the plan has an access log).
+#[derive(Debug, Default)]
+pub struct Captured {
+    /// The API a request no route took belongs to (by host and base path).
+    pub api: Option<usize>,
+    /// The method, the path and the User-Agent, one after the other.
+    pub(super) text: Vec<u8>,
+    pub(super) method_len: u16,
+    pub(super) path_len: u32,
+    pub(super) has_agent: bool,
+    /// A head was read (false for the connection loop's refusals).
+    pub(super) has_head: bool,
 }

@@ -10,7 +10,7 @@
 
 use super::bump;
 use super::hist::Histogram;
-use super::snapshot::{AuthorizerSnapshot, SeriesSnapshot, StatusLabel};
+use super::snapshot::{class_index, AuthorizerSnapshot, SeriesSnapshot, StatusLabel};
 use crate::plan::Plan;
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
@@ -19,17 +19,6 @@ use std::rc::Rc;
 /// by class only (`status="other"`). Gateways answer with a handful.
 pub const STATUS_SLOTS: usize = 16;
 const EMPTY: u16 = u16::MAX;
-
-/// Index of a status's class: 0 for no response (0), 1..=5 for 1xx..5xx,
-/// 6 for anything else an upstream sent.
-#[inline]
-pub fn class_index(status: u16) -> usize {
-    match status {
-        0 => 0,
-        100..=599 => usize::from(status / 100),
-        _ => 6,
-    }
-}
 
 /// Requests by exact status, in slots taken in order of first sight.
 #[derive(Debug)]

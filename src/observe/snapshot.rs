@@ -6,12 +6,23 @@
 
 use super::hist::HistSnapshot;
 
+/// Index of a status's class: 0 for no response (0), 1..=5 for 1xx..5xx,
+/// 6 for anything else an upstream sent.
+#[inline]
+pub fn class_index(status: u16) -> usize {
+    match status {
+        0 => 0,
+        100..=599 => usize::from(status / 100),
+        _ => 6,
+    }
+}
+
 /// A status label: an exact code, or the class of statuses that found no
 /// free slot (see [`super::shard::STATUS_SLOTS`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum StatusLabel {
     Code(u16),
-    /// Class index as [`super::shard::class_index`] gives it.
+    /// Class index as [`class_index`] gives it.
     Other(u8),
 }
 
@@ -27,7 +38,7 @@ impl StatusLabel {
     /// The `class` label value: `none` (no response), `1xx`..`5xx`, `other`.
     pub fn class(&self) -> &'static str {
         let i = match self {
-            StatusLabel::Code(c) => super::shard::class_index(*c),
+            StatusLabel::Code(c) => class_index(*c),
             StatusLabel::Other(i) => usize::from(*i),
         };
         ["none", "1xx", "2xx", "3xx", "4xx", "5xx", "other"][i.min(6)]
