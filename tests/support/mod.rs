@@ -1541,7 +1541,24 @@ fn classify(e: &io::Error) -> ReadError {
 /// A raw HTTP/1.1 client over one TcpStream.
 pub struct Client {
     pub stream: TcpStream,
-    r: BufReader<TcpStream>,
+    r: BufReader<Retrying>,
+}
+
+/// The client's socket for reading: a read interrupted by a signal
+/// (`EINTR`) is tried again, as `Read` callers are expected to; the test
+/// process was seen to get one now and then under load, and a bare
+/// `read` would report it as a broken response.
+struct Retrying(TcpStream);
+
+impl Read for Retrying {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            match self.0.read(buf) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                r => return r,
+            }
+        }
+    }
 }
 
 impl Client {
@@ -1554,7 +1571,7 @@ impl Client {
         s.set_read_timeout(Some(IO_TIMEOUT))?;
         s.set_write_timeout(Some(IO_TIMEOUT))?;
         s.set_nodelay(true)?;
-        let r = BufReader::with_capacity(64 * 1024, s.try_clone()?);
+        let r = BufReader::with_capacity(64 * 1024, Retrying(s.try_clone()?));
         Ok(Client { stream: s, r })
     }
 
