@@ -517,7 +517,9 @@ pub fn clf_time(secs: u64) -> [u8; 26] {
 
 #[cfg(test)]
 mod tests {
-    // Unwraps here are on formats and values the tests write themselves.
+    // Test code only: every `unwrap()`/`expect()` here is on a fixture the
+    // test builds itself, so a failure is a failing test; nothing a client
+    // or a config file controls reaches them.
     use super::*;
 
     fn fields() -> Fields<'static> {

@@ -132,21 +132,11 @@ impl History {
         let fresh = totals(m, now);
         let base = self.window.front();
         let span = base.map_or(0.0, |b| now - b.t);
-        let recent = |key: &Key, n: u64, c4: u64, c5: u64, h: &HistSnapshot| {
-            let (bn, b4, b5, bh) = base
-                .and_then(|b| b.series.iter().find(|s| &s.0 == key))
+        // A series' figures as of `base`: requests, 4xx, 5xx, latencies.
+        let base_of = |key: &Key| {
+            base.and_then(|b| b.series.iter().find(|s| &s.0 == key))
                 .map(|s| (s.1, s.2, s.3, s.4))
-                .unwrap_or_default();
-            let d = h.since(&bh);
-            let dn = n.saturating_sub(bn);
-            json!({
-                "requests": dn,
-                "rps": if span > 0.0 { dn as f64 / span } else { 0.0 },
-                "err4xx": ratio(c4.saturating_sub(b4), dn),
-                "err5xx": ratio(c5.saturating_sub(b5), dn),
-                "p50_ms": ms(d.quantile(0.5)),
-                "p99_ms": ms(d.quantile(0.99)),
-            })
+                .unwrap_or_default()
         };
         // Per API: its routes added up (an API with detailed metrics has
         // one series per route; the others have one).
@@ -179,65 +169,20 @@ impl History {
         let apis: Vec<Value> = apis
             .iter()
             .map(|(api, s, b)| {
-                let (n, c4, c5) = (
-                    s.requests(),
-                    s.requests_of_class("4xx"),
-                    s.requests_of_class("5xx"),
-                );
-                let d = s.duration.since(&b.duration);
-                let dn = n.saturating_sub(b.requests);
-                json!({
-                    "api": api,
-                    "requests": n,
-                    "s2xx": s.requests_of_class("2xx"),
-                    "s4xx": c4,
-                    "s5xx": c5,
-                    "p50_ms": ms(s.duration.quantile(0.5)),
-                    "p99_ms": ms(s.duration.quantile(0.99)),
-                    "bytes_in": s.bytes_in,
-                    "bytes_out": s.bytes_out,
-                    "cache_hits": s.cache_hits,
-                    "cache_misses": s.cache_misses,
-                    "throttled": s.throttled,
-                    "quota_exceeded": s.quota_exceeded,
-                    "recent": {
-                        "requests": dn,
-                        "rps": if span > 0.0 { dn as f64 / span } else { 0.0 },
-                        "err4xx": ratio(c4.saturating_sub(b.c4xx), dn),
-                        "err5xx": ratio(c5.saturating_sub(b.c5xx), dn),
-                        "p50_ms": ms(d.quantile(0.5)),
-                        "p99_ms": ms(d.quantile(0.99)),
-                    },
-                })
+                let mut row = row(s, (b.requests, b.c4xx, b.c5xx, &b.duration), span);
+                row.insert("api".into(), json!(api));
+                Value::Object(row)
             })
             .collect();
         let series: Vec<Value> = m
             .series
             .iter()
             .map(|s| {
-                let key = (s.api.clone(), s.route.clone());
-                let (n, c4, c5) = (
-                    s.requests(),
-                    s.requests_of_class("4xx"),
-                    s.requests_of_class("5xx"),
-                );
-                json!({
-                    "api": s.api,
-                    "route": s.route,
-                    "requests": n,
-                    "s2xx": s.requests_of_class("2xx"),
-                    "s4xx": c4,
-                    "s5xx": c5,
-                    "p50_ms": ms(s.duration.quantile(0.5)),
-                    "p99_ms": ms(s.duration.quantile(0.99)),
-                    "bytes_in": s.bytes_in,
-                    "bytes_out": s.bytes_out,
-                    "cache_hits": s.cache_hits,
-                    "cache_misses": s.cache_misses,
-                    "throttled": s.throttled,
-                    "quota_exceeded": s.quota_exceeded,
-                    "recent": recent(&key, n, c4, c5, &s.duration),
-                })
+                let (bn, b4, b5, bh) = base_of(&(s.api.clone(), s.route.clone()));
+                let mut row = row(s, (bn, b4, b5, &bh), span);
+                row.insert("api".into(), json!(s.api));
+                row.insert("route".into(), json!(s.route));
+                Value::Object(row)
             })
             .collect();
         let upstreams: Vec<Value> = m
@@ -356,8 +301,54 @@ pub(super) fn sampler(ctx: &Context, requests: Receiver<DataRequest>) {
     }
 }
 
+/// One row of the API or route table: `s`'s totals, and what changed
+/// since `base` (requests, 4xx, 5xx, latencies then) over `span` seconds.
+fn row(
+    s: &SeriesSnapshot,
+    base: (u64, u64, u64, &HistSnapshot),
+    span: f64,
+) -> serde_json::Map<String, Value> {
+    let (bn, b4, b5, bh) = base;
+    let (n, c4, c5) = (
+        s.requests(),
+        s.requests_of_class("4xx"),
+        s.requests_of_class("5xx"),
+    );
+    let d = s.duration.since(bh);
+    let dn = n.saturating_sub(bn);
+    let v = json!({
+        "requests": n,
+        "s2xx": s.requests_of_class("2xx"),
+        "s4xx": c4,
+        "s5xx": c5,
+        "p50_ms": ms(s.duration.quantile(0.5)),
+        "p99_ms": ms(s.duration.quantile(0.99)),
+        "bytes_in": s.bytes_in,
+        "bytes_out": s.bytes_out,
+        "cache_hits": s.cache_hits,
+        "cache_misses": s.cache_misses,
+        "throttled": s.throttled,
+        "quota_exceeded": s.quota_exceeded,
+        "recent": {
+            "requests": dn,
+            "rps": if span > 0.0 { dn as f64 / span } else { 0.0 },
+            "err4xx": ratio(c4.saturating_sub(b4), dn),
+            "err5xx": ratio(c5.saturating_sub(b5), dn),
+            "p50_ms": ms(d.quantile(0.5)),
+            "p99_ms": ms(d.quantile(0.99)),
+        },
+    });
+    match v {
+        Value::Object(m) => m,
+        _ => serde_json::Map::new(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    // Test code only: every `unwrap()`/`expect()` here is on a fixture the
+    // test builds itself, so a failure is a failing test; nothing a client
+    // or a config file controls reaches them.
     use super::*;
     use crate::observe::snapshot::{SeriesSnapshot, StatusLabel};
 

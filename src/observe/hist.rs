@@ -121,6 +121,9 @@ impl HistSnapshot {
 
 #[cfg(test)]
 mod tests {
+    // Test code only: every `unwrap()`/`expect()` here is on a fixture the
+    // test builds itself, so a failure is a failing test; nothing a client
+    // or a config file controls reaches them.
     use super::*;
 
     #[test]

@@ -133,6 +133,9 @@ fn read_token(
 
 #[cfg(test)]
 mod tests {
+    // Test code only: every `unwrap()`/`expect()` here is on a fixture the
+    // test builds itself, so a failure is a failing test; nothing a client
+    // or a config file controls reaches them.
     use super::*;
 
     fn raw(listen: Option<&str>, token_file: Option<&str>, enabled: Option<bool>) -> RawAdmin {

@@ -1,5 +1,9 @@
 //! Tests for route keys and the route table: precedence, 404 vs 405, base
-//! paths, hosts and the build-time conflict checks.
+//! paths, hosts and the build-time conflict checks, and a property test
+//! against a plain reference of the precedence rules.
+//!
+//! Test code only (`#[cfg(test)]`): every `unwrap()`/`expect()` here is on a
+//! fixture the test builds itself, so a failure is a failing test.
 
 use super::*;
 
