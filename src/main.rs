@@ -3,7 +3,7 @@
 //! config, start-up failure or failed `keys` command, 2 bad usage.
 
 use coregate::plan;
-use coregate::runtime::Server;
+use coregate::runtime::{ReloadRequest, Server};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -18,9 +18,14 @@ const SIGNAL_POLL: std::time::Duration = std::time::Duration::from_millis(20);
 const SERVE_USAGE: &str = "  coregate serve [--config PATH] [--log-level LEVEL]
                                    run the gateway (default config: config/coregate.toml);
                                    LEVEL: error, warn, info (default) or debug;
-                                   SIGTERM or SIGINT drains and exits 0, SIGHUP is logged
-                                   only, SIGUSR1 reopens the access log files";
+                                   SIGTERM or SIGINT drains and exits 0, SIGHUP reloads
+                                   the config, SIGUSR1 reopens the access log files";
 const CHECK_USAGE: &str = "  coregate check [--config PATH]   validate a config and exit 0, or print every error and exit 1";
+const RELOAD_USAGE: &str =
+    "  coregate reload [--config PATH]  ask the running gateway (through the admin listener PATH
+                                   names) to reload its config; waits until every shard
+                                   serves it and prints its generation (exit 0), or prints
+                                   why it was refused (exit 1)";
 const KEYS_USAGE: &str = "  coregate keys create --file F --name N [--usage-plan P]
                                    add a key to the keys file F (created if missing);
                                    the key is printed once, on stdout
@@ -40,13 +45,14 @@ fn usage_text(sub: Option<&str>) -> String {
     let one = match sub {
         Some("serve") => SERVE_USAGE,
         Some("check") => CHECK_USAGE,
+        Some("reload") => RELOAD_USAGE,
         Some("keys") => KEYS_USAGE,
         Some("usage") => USAGE_USAGE,
         _ => {
             return format!(
-                "usage:\n{SERVE_USAGE}\n{CHECK_USAGE}\n{KEYS_USAGE}\n{USAGE_USAGE}\n  \
+            "usage:\n{SERVE_USAGE}\n{CHECK_USAGE}\n{RELOAD_USAGE}\n{KEYS_USAGE}\n{USAGE_USAGE}\n  \
                  coregate --version\n  coregate [SUBCOMMAND] --help"
-            )
+        )
         }
     };
     format!("usage:\n{one}")
@@ -71,7 +77,7 @@ fn main() -> ExitCode {
         // --help`) prints SUB's usage and exits 0, whatever else is given.
         sub if rest.iter().any(|a| a == "--help" || a == "-h") => {
             return match sub {
-                "serve" | "check" | "keys" | "usage" => {
+                "serve" | "check" | "reload" | "keys" | "usage" => {
                     println!("{}", usage_text(Some(sub)));
                     ExitCode::SUCCESS
                 }
@@ -111,6 +117,7 @@ fn main() -> ExitCode {
     match cmd {
         "serve" => serve(&config_path),
         "check" => check(&config_path),
+        "reload" => coregate::cli::reload::run(&config_path),
         other => usage(&format!("unknown command {other:?}")),
     }
 }
@@ -360,9 +367,7 @@ fn serve(path: &std::path::Path) -> ExitCode {
     // polled by this thread, rather than signal-hook's blocking iterator,
     // which panics on an unexpected errno (seen under a debugger).
     let signalled = Arc::new(AtomicBool::new(false));
-    // SIGHUP's default action ends the process at once, without a log line
-    // or the drain (and the usage not yet written with it). It is caught and
-    // only logged: this process has no reload.
+    // SIGHUP reloads the config.
     let hangup = Arc::new(AtomicBool::new(false));
     // SIGUSR1 reopens the access-log files (logrotate).
     let reopen = Arc::new(AtomicBool::new(false));
@@ -398,7 +403,7 @@ fn serve(path: &std::path::Path) -> ExitCode {
         }
     };
     let started = std::time::SystemTime::now();
-    let server = match Server::start(plan) {
+    let mut server = match Server::start(plan) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("coregate: {e}");
@@ -411,12 +416,14 @@ fn serve(path: &std::path::Path) -> ExitCode {
     for addr in &server.tls_addrs {
         println!("coregate: listening on {addr} (tls)");
     }
+    let (reload_tx, reloads) = crossbeam_channel::unbounded::<ReloadRequest>();
     if let Some(admin) = admin {
         let addr = admin.addr;
         let ctx = coregate::admin::Context {
             inboxes: server.inboxes(),
             started,
             version: env!("CARGO_PKG_VERSION"),
+            reload: reload_tx,
         };
         if let Err(e) = admin.serve(ctx) {
             eprintln!("coregate: cannot start the admin listener's threads: {e}");
@@ -436,7 +443,12 @@ fn serve(path: &std::path::Path) -> ExitCode {
     let _ = std::io::stdout().flush();
 
     while !signalled.swap(false, Ordering::SeqCst) {
-        note_hangup(&hangup);
+        if hangup.swap(false, Ordering::SeqCst) {
+            let _ = reload(&mut server, path, "SIGHUP");
+        }
+        while let Ok(asked) = reloads.try_recv() {
+            let _ = asked.reply.send(reload(&mut server, path, &asked.who));
+        }
         if reopen.swap(false, Ordering::SeqCst) {
             server.reopen_logs();
         }
@@ -456,7 +468,14 @@ fn serve(path: &std::path::Path) -> ExitCode {
             );
             std::process::exit(1);
         }
-        note_hangup(&hangup);
+        if hangup.swap(false, Ordering::SeqCst) {
+            coregate::log!("warn", "SIGHUP ignored: draining, no reload");
+        }
+        while let Ok(asked) = reloads.try_recv() {
+            let _ = asked
+                .reply
+                .send(Err(vec![coregate::runtime::STOPPING.to_string()]));
+        }
         std::thread::sleep(SIGNAL_POLL);
     });
     server.join();
@@ -464,13 +483,31 @@ fn serve(path: &std::path::Path) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-/// Logs a SIGHUP received since the last look, if any.
-fn note_hangup(hangup: &AtomicBool) {
-    if hangup.swap(false, Ordering::SeqCst) {
-        coregate::log!(
-            "warn",
-            "SIGHUP ignored: this process does not reload its configuration; it keeps serving \
-             the config it started with (restart it to apply a changed file)"
-        );
+/// Reads and compiles the config at `path` and installs it in every
+/// shard; `who` asked for it (logged with the outcome). On any error the
+/// shards keep the generation they serve.
+fn reload(server: &mut Server, path: &std::path::Path, who: &str) -> Result<u64, Vec<String>> {
+    let outcome = match plan::load(path) {
+        Ok(plan) => server.reload(plan),
+        Err(errors) => Err(errors.iter().map(|e| e.to_string()).collect()),
+    };
+    match &outcome {
+        Ok(n) => coregate::log!(
+            "info",
+            "reload asked by {who}: generation {n} of {} serving on every shard",
+            path.display()
+        ),
+        Err(errors) => {
+            coregate::log!(
+                "error",
+                "reload asked by {who} refused: {} error(s); generation {} keeps serving",
+                errors.len(),
+                server.generation()
+            );
+            for e in errors {
+                coregate::log!("error", "reload: {e}");
+            }
+        }
     }
+    outcome
 }

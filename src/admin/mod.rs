@@ -1,6 +1,7 @@
 //! The admin listener: `GET /metrics` (Prometheus text or OpenMetrics),
-//! `GET /dashboard` (a page inside the binary) and `GET /dashboard/data`
-//! (the JSON it polls). It runs on plain threads of its own, never on a
+//! `GET /dashboard` (a page inside the binary), `GET /dashboard/data`
+//! (the JSON it polls) and `POST /reload` (the same reload as SIGHUP; it
+//! answers when every shard serves the new config). It runs on plain threads of its own, never on a
 //! shard: a scrape costs a shard one message on its control inbox and the
 //! copy of its counters ([`crate::gateway::Gateway::snapshot`]), made
 //! between two of its tasks.
@@ -35,6 +36,10 @@ pub const MAX_CONNECTIONS: usize = 32;
 /// inbox every 25 ms; one that does not answer within this is draining
 /// or stuck, and the scrape goes on without it.
 pub const SCRAPE_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long `POST /reload` waits for the main thread's answer: reading and
+/// compiling the config, binding added listeners, and every shard's
+/// install (at most 10 s).
+pub const RELOAD_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The admin listener, bound and not yet serving.
 pub struct Bound {
@@ -51,6 +56,8 @@ pub struct Context {
     /// When the gateway started.
     pub started: SystemTime,
     pub version: &'static str,
+    /// Where `POST /reload` asks the main thread to reload the config.
+    pub reload: Sender<crate::runtime::ReloadRequest>,
 }
 
 /// State every admin thread shares; read-only.

@@ -1,7 +1,7 @@
 //! The admin listener's HTTP/1.1: one thread per connection, keep-alive,
 //! request heads parsed by the gateway's own parser
 //! ([`crate::http::parse::parse_request_head`]) under small limits,
-//! GET and HEAD only, no request bodies. Every error is JSON
+//! GET and HEAD (and POST for `/reload`), no request bodies. Every error is JSON
 //! (`{"message": ...}`), like the gateway's.
 
 use super::{dashboard, Shared};
@@ -49,10 +49,14 @@ pub(super) fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
         }
         let shared = shared.clone();
         let count = active.clone();
+        let peer = stream
+            .peer_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_else(|_| "unknown peer".to_string());
         let spawned = std::thread::Builder::new()
             .name("coregate-admin-conn".into())
             .spawn(move || {
-                serve_connection(stream, &shared);
+                serve_connection(stream, &shared, &peer);
                 count.fetch_sub(1, Ordering::AcqRel);
             });
         if let Err(e) = spawned {
@@ -115,7 +119,7 @@ fn write_response(
     stream.write_all(&out)
 }
 
-fn serve_connection(mut stream: TcpStream, shared: &Shared) {
+fn serve_connection(mut stream: TcpStream, shared: &Shared, peer: &str) {
     let _ = stream.set_read_timeout(Some(IO_TIMEOUT));
     let _ = stream.set_write_timeout(Some(IO_TIMEOUT));
     let _ = stream.set_nodelay(true);
@@ -163,7 +167,7 @@ fn serve_connection(mut stream: TcpStream, shared: &Shared) {
         let (response, keep_alive) = if has_body {
             (Response::error(413, "Admin requests take no body"), false)
         } else {
-            (answer(shared, &buf, &head), head.keep_alive)
+            (answer(shared, &buf, &head, peer), head.keep_alive)
         };
         if write_response(&mut stream, &response, head_only, keep_alive).is_err() || !keep_alive {
             return;
@@ -180,11 +184,22 @@ fn header<'a>(buf: &'a [u8], head: &RequestHead, name: &str) -> Option<&'a [u8]>
         .map(|h| h.value.get(buf))
 }
 
-fn answer(shared: &Shared, buf: &[u8], head: &RequestHead) -> Response {
+fn answer(shared: &Shared, buf: &[u8], head: &RequestHead, peer: &str) -> Response {
     use crate::http::method::Method;
-    if !matches!(head.method, Method::Get | Method::Head) {
+    let path = head.path(buf);
+    let allowed = if path == b"/reload" {
+        "POST"
+    } else {
+        "GET, HEAD"
+    };
+    let ok = match head.method {
+        Method::Post => path == b"/reload",
+        Method::Get | Method::Head => path != b"/reload",
+        _ => false,
+    };
+    if !ok {
         let mut r = Response::error(405, "Method Not Allowed");
-        r.headers.push_str("allow: GET, HEAD\r\n");
+        r.headers.push_str(&format!("allow: {allowed}\r\n"));
         return r;
     }
     if let Some(token) = &shared.token {
@@ -196,7 +211,8 @@ fn answer(shared: &Shared, buf: &[u8], head: &RequestHead) -> Response {
             return r;
         }
     }
-    match head.path(buf) {
+    match path {
+        b"/reload" => reload(shared, peer),
         b"/metrics" => {
             let om = header(buf, head, "accept").is_some_and(expo::wants_openmetrics);
             let merged = super::scrape(&shared.ctx.inboxes);
@@ -226,6 +242,46 @@ fn answer(shared: &Shared, buf: &[u8], head: &RequestHead) -> Response {
             r
         }
         _ => Response::error(404, "Not Found"),
+    }
+}
+
+/// `POST /reload`: asks the main thread to reload the config and waits for
+/// its answer. 200 `{"generation": N}`; 400 `{"message", "errors"}` when
+/// the config was refused (the old one keeps serving); 503 when the
+/// gateway is stopping or does not answer.
+fn reload(shared: &Shared, peer: &str) -> Response {
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    let asked = shared.ctx.reload.send(crate::runtime::ReloadRequest {
+        who: format!("admin client {peer}"),
+        reply: tx,
+    });
+    if asked.is_err() {
+        return Response::error(503, "The gateway is stopping: no reload");
+    }
+    match rx.recv_timeout(super::RELOAD_TIMEOUT) {
+        Ok(Ok(generation)) => Response::ok(
+            "application/json",
+            serde_json::json!({ "generation": generation })
+                .to_string()
+                .into_bytes(),
+        ),
+        Ok(Err(errors)) if errors.first().map(String::as_str) == Some(crate::runtime::STOPPING) => {
+            Response::error(503, crate::runtime::STOPPING)
+        }
+        Ok(Err(errors)) => {
+            let mut r = Response::error(400, "");
+            r.body = serde_json::json!({
+                "message": "The config was not reloaded; the gateway serves the one it had",
+                "errors": errors,
+            })
+            .to_string()
+            .into_bytes();
+            r
+        }
+        Err(_) => Response::error(
+            503,
+            "The gateway did not answer the reload request (it may be stopping)",
+        ),
     }
 }
 
