@@ -3,7 +3,7 @@
 //! config, start-up failure or failed `keys` command, 2 bad usage.
 
 use coregate::plan;
-use coregate::runtime::{ReloadRequest, Server};
+use coregate::runtime::{KeyAnswer, KeyChange, MainRequest, Running, Server};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -359,9 +359,24 @@ fn check(path: &std::path::Path) -> ExitCode {
 }
 
 fn serve(path: &std::path::Path) -> ExitCode {
-    let plan = match load(path) {
+    // The text is kept: the admin API shows the running config.
+    let mut text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: (file): cannot read {}: {e}", path.display());
+            eprintln!("{}: 1 error(s)", path.display());
+            return ExitCode::from(1);
+        }
+    };
+    let plan = match plan::load_text_in(&text, path.parent()) {
         Ok(p) => p,
-        Err(code) => return code,
+        Err(errors) => {
+            for e in &errors {
+                eprintln!("error: {e}");
+            }
+            eprintln!("{}: {} error(s)", path.display(), errors.len());
+            return ExitCode::from(1);
+        }
     };
     // Register signals before the shards start, so none is missed. A flag
     // polled by this thread, rather than signal-hook's blocking iterator,
@@ -416,14 +431,14 @@ fn serve(path: &std::path::Path) -> ExitCode {
     for addr in &server.tls_addrs {
         println!("coregate: listening on {addr} (tls)");
     }
-    let (reload_tx, reloads) = crossbeam_channel::unbounded::<ReloadRequest>();
+    let (reload_tx, requests) = crossbeam_channel::unbounded::<MainRequest>();
     if let Some(admin) = admin {
         let addr = admin.addr;
         let ctx = coregate::admin::Context {
             inboxes: server.inboxes(),
             started,
             version: env!("CARGO_PKG_VERSION"),
-            reload: reload_tx,
+            main: reload_tx,
         };
         if let Err(e) = admin.serve(ctx) {
             eprintln!("coregate: cannot start the admin listener's threads: {e}");
@@ -444,10 +459,10 @@ fn serve(path: &std::path::Path) -> ExitCode {
 
     while !signalled.swap(false, Ordering::SeqCst) {
         if hangup.swap(false, Ordering::SeqCst) {
-            let _ = reload(&mut server, path, "SIGHUP");
+            let _ = reload(&mut server, path, &mut text, "SIGHUP", None, false);
         }
-        while let Ok(asked) = reloads.try_recv() {
-            let _ = asked.reply.send(reload(&mut server, path, &asked.who));
+        while let Ok(asked) = requests.try_recv() {
+            answer(&mut server, path, &mut text, asked);
         }
         if reopen.swap(false, Ordering::SeqCst) {
             server.reopen_logs();
@@ -471,10 +486,18 @@ fn serve(path: &std::path::Path) -> ExitCode {
         if hangup.swap(false, Ordering::SeqCst) {
             coregate::log!("warn", "SIGHUP ignored: draining, no reload");
         }
-        while let Ok(asked) = reloads.try_recv() {
-            let _ = asked
-                .reply
-                .send(Err(vec![coregate::runtime::STOPPING.to_string()]));
+        while let Ok(asked) = requests.try_recv() {
+            let stopping = vec![coregate::runtime::STOPPING.to_string()];
+            match asked {
+                MainRequest::Reload { reply, .. } => {
+                    let _ = reply.send(Err(stopping));
+                }
+                MainRequest::Keys { reply, .. } => {
+                    let _ = reply.send(Err(stopping));
+                }
+                // Dropped: the admin thread answers 503.
+                MainRequest::Running { .. } => {}
+            }
         }
         std::thread::sleep(SIGNAL_POLL);
     });
@@ -483,14 +506,130 @@ fn serve(path: &std::path::Path) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-/// Reads and compiles the config at `path` and installs it in every
-/// shard; `who` asked for it (logged with the outcome). On any error the
-/// shards keep the generation they serve.
-fn reload(server: &mut Server, path: &std::path::Path, who: &str) -> Result<u64, Vec<String>> {
-    let outcome = match plan::load(path) {
-        Ok(plan) => server.reload(plan),
-        Err(errors) => Err(errors.iter().map(|e| e.to_string()).collect()),
+/// Answers one request of the admin listener's threads.
+fn answer(server: &mut Server, path: &std::path::Path, text: &mut String, asked: MainRequest) {
+    match asked {
+        MainRequest::Reload {
+            who,
+            text: given,
+            reply,
+        } => {
+            let write = given.is_some();
+            let _ = reply.send(reload(server, path, text, &who, given, write));
+        }
+        MainRequest::Running { reply } => {
+            if let Some(plan) = server.plan() {
+                let _ = reply.send(Running {
+                    generation: server.generation(),
+                    path: path.to_path_buf(),
+                    text: text.clone(),
+                    plan: plan.clone(),
+                    listeners: server.listeners(),
+                });
+            }
+        }
+        MainRequest::Keys { who, change, reply } => {
+            let _ = reply.send(change_keys(server, path, text, &who, change));
+        }
+    }
+}
+
+/// Changes the API keys file the running config names, then reloads the
+/// running config (not the file on disk, which may hold edits nobody has
+/// asked to apply). A refused reload puts the keys file back as it was.
+fn change_keys(
+    server: &mut Server,
+    path: &std::path::Path,
+    text: &mut String,
+    who: &str,
+    change: KeyChange,
+) -> Result<KeyAnswer, Vec<String>> {
+    use coregate::policy::api_key::cli;
+    let raw = coregate::config::parse(text)
+        .map_err(|e| e.iter().map(|e| e.to_string()).collect::<Vec<_>>())?;
+    let Some(file) = raw.server.api_keys_file else {
+        return Err(vec![
+            "server.api_keys_file: the running config names no keys file, so keys cannot be managed here"
+                .to_string(),
+        ]);
     };
+    let file = coregate::config::resolve_path(&file, path.parent());
+    let before = std::fs::read_to_string(&file).ok();
+    let mut created = None;
+    let done = match &change {
+        KeyChange::Create { name, usage_plan } => cli::create(&file, name, usage_plan.as_deref())
+            .map(|k| {
+                created = Some((k.id, k.full));
+            }),
+        KeyChange::Enable(name) => cli::set_enabled(&file, name, true),
+        KeyChange::Disable(name) => cli::set_enabled(&file, name, false),
+        KeyChange::Revoke(name) => cli::remove(&file, name),
+    };
+    done.map_err(|e| vec![e])?;
+    let what = match &change {
+        KeyChange::Create { name, .. } => format!("created API key {name:?}"),
+        KeyChange::Enable(name) => format!("enabled API key {name:?}"),
+        KeyChange::Disable(name) => format!("disabled API key {name:?}"),
+        KeyChange::Revoke(name) => format!("revoked (removed) API key {name:?}"),
+    };
+    let running = text.clone();
+    match reload(server, path, text, who, Some(running), false) {
+        Ok(generation) => {
+            coregate::log!("info", "{who} {what} in {}", file.display());
+            Ok(KeyAnswer {
+                generation,
+                created,
+            })
+        }
+        Err(errors) => {
+            let restored = match &before {
+                Some(old) => coregate::config::write_atomic(&file, old),
+                None => std::fs::remove_file(&file).map_err(|e| e.to_string()),
+            };
+            if let Err(e) = restored {
+                coregate::log!(
+                    "error",
+                    "{who}: the keys file {} could not be put back after a refused reload: {e}",
+                    file.display()
+                );
+            }
+            Err(errors)
+        }
+    }
+}
+
+/// Reads and compiles the config (`given`, or else the file at `path`) and
+/// installs it in every shard; `who` asked for it (logged with the
+/// outcome). On any error the shards keep the generation they serve. With
+/// `write`, the installed text is then written to `path`.
+fn reload(
+    server: &mut Server,
+    path: &std::path::Path,
+    running: &mut String,
+    who: &str,
+    given: Option<String>,
+    write: bool,
+) -> Result<u64, Vec<String>> {
+    let read = match given {
+        Some(t) => Ok(t),
+        None => std::fs::read_to_string(path)
+            .map_err(|e| vec![format!("(file): cannot read {}: {e}", path.display())]),
+    };
+    let outcome = read.and_then(|t| {
+        let plan = plan::load_text_in(&t, path.parent())
+            .map_err(|errors| errors.iter().map(|e| e.to_string()).collect::<Vec<_>>())?;
+        let n = server.reload(plan)?;
+        *running = t;
+        if write {
+            coregate::config::write_atomic(path, running).map_err(|e| {
+                vec![format!(
+                    "generation {n} serves the new config, but the config file was not \
+                     updated ({e}): a restart would start from the file as it is"
+                )]
+            })?;
+        }
+        Ok(n)
+    });
     match &outcome {
         Ok(n) => coregate::log!(
             "info",

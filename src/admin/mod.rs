@@ -1,8 +1,9 @@
 //! The admin listener: `GET /metrics` (Prometheus text or OpenMetrics),
 //! `GET /dashboard` (a page inside the binary), `GET /dashboard/data`
-//! (the JSON it polls) and `POST /reload` (the same reload as SIGHUP; it
-//! answers when every shard serves the new config). It runs on plain threads of its own, never on a
-//! shard: a scrape costs a shard one message on its control inbox and the
+//! (the JSON it polls), `POST /reload` (the same reload as SIGHUP; it
+//! answers when every shard serves the new config), and the JSON admin
+//! API of [`api`] (config, status, keys, usage). It runs on plain threads
+//! of its own, never on a shard: a scrape costs a shard one message on its control inbox and the
 //! copy of its counters ([`crate::gateway::Gateway::snapshot`]), made
 //! between two of its tasks.
 //!
@@ -17,6 +18,7 @@
 //! as the password of HTTP Basic authentication (what a browser asks for
 //! on the dashboard); it is compared in constant time.
 
+pub mod api;
 pub mod dashboard;
 mod serve;
 
@@ -56,8 +58,9 @@ pub struct Context {
     /// When the gateway started.
     pub started: SystemTime,
     pub version: &'static str,
-    /// Where `POST /reload` asks the main thread to reload the config.
-    pub reload: Sender<crate::runtime::ReloadRequest>,
+    /// Where the admin API asks the main thread, which owns the running
+    /// server (reload, the running config, key changes).
+    pub main: Sender<crate::runtime::MainRequest>,
 }
 
 /// State every admin thread shares; read-only.

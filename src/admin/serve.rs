@@ -1,7 +1,8 @@
 //! The admin listener's HTTP/1.1: one thread per connection, keep-alive,
 //! request heads parsed by the gateway's own parser
 //! ([`crate::http::parse::parse_request_head`]) under small limits,
-//! GET and HEAD (and POST for `/reload`), no request bodies. Every error is JSON
+//! the methods each path takes ([`super::api::allowed`]), request bodies up
+//! to 1 MiB with a Content-Length. Every error is JSON
 //! (`{"message": ...}`), like the gateway's.
 
 use super::{dashboard, Shared};
@@ -24,6 +25,8 @@ const LIMITS: HeadLimits = HeadLimits {
 /// closed, and so is one whose request head takes longer than this to
 /// arrive, however it trickles in.
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
+/// The largest request body (a config file for `PUT /config`).
+const MAX_BODY: usize = 1024 * 1024;
 
 pub(super) fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
     let active = Arc::new(AtomicUsize::new(0));
@@ -158,21 +161,54 @@ fn serve_connection(mut stream: TcpStream, shared: &Shared, peer: &str) {
                 Ok(n) => buf.extend_from_slice(&chunk[..n]),
             }
         };
+        // === its body, if any ===
+        let body_len = match head.framing {
+            Framing::None => 0,
+            Framing::Length(n) => n,
+            Framing::Chunked => {
+                let _ = write_response(
+                    &mut stream,
+                    &Response::error(411, "Admin requests with a body need a Content-Length"),
+                    false,
+                    false,
+                );
+                return;
+            }
+        };
+        if body_len > MAX_BODY as u64 {
+            let _ = write_response(
+                &mut stream,
+                &Response::error(413, "An admin request body is at most 1 MiB"),
+                false,
+                false,
+            );
+            return;
+        }
+        let total = head.len + body_len as usize;
+        while buf.len() < total {
+            if started.elapsed() > IO_TIMEOUT {
+                let _ = write_response(
+                    &mut stream,
+                    &Response::error(408, "Request Timeout"),
+                    false,
+                    false,
+                );
+                return;
+            }
+            match stream.read(&mut chunk) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
         // === answer it ===
-        let has_body = match head.framing {
-            Framing::None | Framing::Length(0) => false,
-            Framing::Length(_) | Framing::Chunked => true,
-        };
         let head_only = head.method == crate::http::method::Method::Head;
-        let (response, keep_alive) = if has_body {
-            (Response::error(413, "Admin requests take no body"), false)
-        } else {
-            (answer(shared, &buf, &head, peer), head.keep_alive)
-        };
+        let body = &buf[head.len..total];
+        let response = answer(shared, &buf, &head, body, peer);
+        let keep_alive = head.keep_alive;
         if write_response(&mut stream, &response, head_only, keep_alive).is_err() || !keep_alive {
             return;
         }
-        buf.drain(..head.len);
+        buf.drain(..total);
     }
 }
 
@@ -184,22 +220,31 @@ fn header<'a>(buf: &'a [u8], head: &RequestHead, name: &str) -> Option<&'a [u8]>
         .map(|h| h.value.get(buf))
 }
 
-fn answer(shared: &Shared, buf: &[u8], head: &RequestHead, peer: &str) -> Response {
+fn answer(shared: &Shared, buf: &[u8], head: &RequestHead, body: &[u8], peer: &str) -> Response {
     use crate::http::method::Method;
     let path = head.path(buf);
-    let allowed = if path == b"/reload" {
-        "POST"
-    } else {
-        "GET, HEAD"
+    let Ok(path) = std::str::from_utf8(path) else {
+        return Response::error(404, "Not Found");
     };
-    let ok = match head.method {
-        Method::Post => path == b"/reload",
-        Method::Get | Method::Head => path != b"/reload",
-        _ => false,
+    let query = head
+        .query
+        .map(|q| String::from_utf8_lossy(q.get(buf)).into_owned())
+        .unwrap_or_default();
+    let method = match head.method {
+        Method::Head => Method::Get,
+        m => m,
     };
-    if !ok {
+    let Some(allowed) = super::api::allowed(path) else {
+        return Response::error(404, "Not Found");
+    };
+    if !allowed.contains(&method) {
+        let mut names: Vec<&str> = allowed.iter().map(|m| m.as_str()).collect();
+        if allowed.contains(&Method::Get) {
+            names.push("HEAD");
+        }
         let mut r = Response::error(405, "Method Not Allowed");
-        r.headers.push_str(&format!("allow: {allowed}\r\n"));
+        r.headers
+            .push_str(&format!("allow: {}\r\n", names.join(", ")));
         return r;
     }
     if let Some(token) = &shared.token {
@@ -211,9 +256,13 @@ fn answer(shared: &Shared, buf: &[u8], head: &RequestHead, peer: &str) -> Respon
             return r;
         }
     }
-    match path {
-        b"/reload" => reload(shared, peer),
-        b"/metrics" => {
+    if !body.is_empty() && method == Method::Get {
+        return Response::error(413, "GET requests take no body");
+    }
+    let who = || format!("admin client {peer}");
+    match (method, path) {
+        (Method::Post, "/reload") => reload(shared, peer),
+        (Method::Get, "/metrics") => {
             let om = header(buf, head, "accept").is_some_and(expo::wants_openmetrics);
             let merged = super::scrape(&shared.ctx.inboxes);
             let info = expo::Info {
@@ -228,20 +277,31 @@ fn answer(shared: &Shared, buf: &[u8], head: &RequestHead, peer: &str) -> Respon
             };
             Response::ok(ctype, body)
         }
-        b"/dashboard" | b"/dashboard/" => Response::ok(
+        (Method::Get, "/dashboard" | "/dashboard/") => Response::ok(
             "text/html; charset=utf-8",
             dashboard::PAGE.as_bytes().to_vec(),
         ),
-        b"/dashboard/data" => match dashboard::request_data(&shared.data) {
+        (Method::Get, "/dashboard/data") => match dashboard::request_data(&shared.data) {
             Some(json) => Response::ok("application/json", json.into_bytes()),
             None => Response::error(503, "The dashboard's sampler is not running"),
         },
-        b"/" => {
+        (Method::Get, "/") => {
             let mut r = Response::error(302, "Found");
             r.headers.push_str("location: /dashboard\r\n");
             r
         }
-        _ => Response::error(404, "Not Found"),
+        _ => match super::api::answer(&shared.ctx, method, path, &query, body, &who()) {
+            Ok((status, json)) => {
+                let mut r = Response::ok("application/json", json.to_string().into_bytes());
+                r.status = status;
+                r
+            }
+            Err((status, json)) => {
+                let mut r = Response::error(status, "");
+                r.body = json.to_string().into_bytes();
+                r
+            }
+        },
     }
 }
 
@@ -251,8 +311,9 @@ fn answer(shared: &Shared, buf: &[u8], head: &RequestHead, peer: &str) -> Respon
 /// gateway is stopping or does not answer.
 fn reload(shared: &Shared, peer: &str) -> Response {
     let (tx, rx) = crossbeam_channel::bounded(1);
-    let asked = shared.ctx.reload.send(crate::runtime::ReloadRequest {
+    let asked = shared.ctx.main.send(crate::runtime::MainRequest::Reload {
         who: format!("admin client {peer}"),
+        text: None,
         reply: tx,
     });
     if asked.is_err() {

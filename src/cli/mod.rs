@@ -4,4 +4,5 @@
 //! needs nothing above the policy layer.
 
 pub mod reload;
-pub mod usage;
+/// `coregate usage` prints the observe layer's usage report.
+pub use crate::observe::usage_report as usage;

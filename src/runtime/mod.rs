@@ -49,12 +49,61 @@ pub struct Server {
     bound: Vec<((SocketAddr, bool), SocketAddr)>,
 }
 
-/// A request to reload the config, from the admin listener; the main
-/// thread answers on `reply`.
-pub struct ReloadRequest {
-    /// Who asks, for the error log (`admin 127.0.0.1:50312`).
-    pub who: String,
-    pub reply: Sender<Result<u64, Vec<String>>>,
+/// A request from the admin listener's threads to the main thread, which
+/// owns the [`Server`]; it answers on `reply`.
+pub enum MainRequest {
+    /// Reload the config file; with `text`, install that config and, once
+    /// every shard serves it, write it to the config file (atomically).
+    Reload {
+        /// Who asks, for the error log (`admin client 127.0.0.1:50312`).
+        who: String,
+        text: Option<String>,
+        reply: Sender<Result<u64, Vec<String>>>,
+    },
+    /// The running config.
+    Running { reply: Sender<Running> },
+    /// Change the API keys file (`keys` says how) and reload; the file is
+    /// put back as it was when the reload is refused.
+    Keys {
+        who: String,
+        change: KeyChange,
+        reply: Sender<Result<KeyAnswer, Vec<String>>>,
+    },
+}
+
+/// What the admin API may do to the API keys file.
+#[derive(Debug, Clone)]
+pub enum KeyChange {
+    Create {
+        name: String,
+        usage_plan: Option<String>,
+    },
+    Enable(String),
+    Disable(String),
+    /// Remove the key from the file.
+    Revoke(String),
+}
+
+/// A key change's answer: the generation serving it, and for a created
+/// key, the key (shown this once).
+#[derive(Debug, Clone)]
+pub struct KeyAnswer {
+    pub generation: u64,
+    /// (key id, the key itself).
+    pub created: Option<(String, String)>,
+}
+
+/// The config the shards serve, as the main thread knows it.
+#[derive(Clone)]
+pub struct Running {
+    pub generation: u64,
+    /// The config file.
+    pub path: std::path::PathBuf,
+    /// The text that compiled into the running plan.
+    pub text: String,
+    pub plan: Plan,
+    /// Each listen address (plain, then TLS) as bound: (address, TLS).
+    pub listeners: Vec<(SocketAddr, bool)>,
 }
 
 /// The refusal of a reload asked for while the gateway drains.
@@ -67,7 +116,7 @@ const INSTALL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Settings a reload cannot change, each with why; empty when `new` may
 /// be installed over `old`.
-fn restart_only(old: &Plan, new: &Plan) -> Vec<String> {
+pub fn restart_only(old: &Plan, new: &Plan) -> Vec<String> {
     let mut errors = Vec::new();
     let mut check = |key: &str, a: String, b: String| {
         if a != b {
@@ -459,10 +508,15 @@ impl Server {
         }
     }
 
-    /// The address each listen entry is bound to (port 0 resolved), plain
-    /// and TLS, in the plan's order.
-    pub fn bound_addresses(&self) -> Vec<SocketAddr> {
-        self.bound.iter().map(|(_, a)| *a).collect()
+    /// Each listen entry's bound address (port 0 resolved) and whether it
+    /// is TLS, plain ones first, in the plan's order.
+    pub fn listeners(&self) -> Vec<(SocketAddr, bool)> {
+        self.bound.iter().map(|((_, tls), a)| (*a, *tls)).collect()
+    }
+
+    /// The plan the shards serve.
+    pub fn plan(&self) -> Option<&Plan> {
+        self.plan.as_ref()
     }
 
     /// A sender to each shard's control inbox, in shard order.

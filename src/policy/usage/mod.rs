@@ -89,9 +89,14 @@ impl UsagePlans {
     /// Whether usage state made for `self` (shard counters and leases, the
     /// coordinator's) is right for `other`: the same keys in the same
     /// order, each on the same plan with the same name and quota, and the
-    /// same store. Which APIs and routes a plan covers, and its buckets,
-    /// may differ: the shards read those from the plan a request runs on.
+    /// same store; or neither counts anything. Which APIs and routes a plan
+    /// covers, and its buckets, may differ: the shards read those from the
+    /// plan a request runs on.
     pub fn same_state(&self, other: &UsagePlans) -> bool {
+        if !self.active() && !other.active() {
+            // Nothing is counted on either side.
+            return true;
+        }
         let quotas = |p: &UsagePlans| {
             p.plans
                 .iter()
