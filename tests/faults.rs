@@ -6,7 +6,8 @@
 //! large response (proxied, cached or mock: bounded memory, the backend is
 //! no longer read, `write_timeout_ms` closes it), the usage store's disk
 //! full or read-only (tmpfs mounts: serving goes on, one log line, nothing
-//! admitted is lost), a keys file that cannot be read or parsed, a TOML
+//! admitted is lost), a keys file that cannot be read or parsed (at start,
+//! and on reload: refused, the old keys serve), a TOML
 //! syntax error, running out of file descriptors (`EMFILE`: accept backs
 //! off without spinning and logs at most once a second), and a backend that
 //! refuses a large upload before reading it (its answer reaches the client
@@ -814,26 +815,64 @@ fn a_keys_file_that_cannot_be_read_or_parsed_stops_the_start_naming_the_file() {
 }
 
 #[test]
-fn a_keys_file_broken_while_running_changes_nothing() {
+fn a_keys_file_broken_while_running_is_refused_on_reload_and_the_old_keys_serve() {
     let dir = temp_path("keys-running");
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("keys.toml");
-    let key = create_key(&file, "alice", None);
+    let alice = create_key(&file, "alice", None);
     let gw = Gateway::start(&keys_config(&file));
     let get = |key: &str| {
         gw.client()
             .request(format!("GET /k HTTP/1.1\r\nHost: t\r\nx-api-key: {key}\r\n\r\n").as_bytes())
             .status
     };
-    assert_eq!(get(&key), 200);
-    // The file is read once, at start-up: breaking it (or removing it)
-    // while the gateway runs keeps the keys it started with.
-    std::fs::write(&file, "this is [not toml").unwrap();
-    thread::sleep(Duration::from_millis(300));
-    assert_eq!(get(&key), 200);
-    std::fs::remove_file(&file).unwrap();
-    assert_eq!(get(&key), 200);
-    assert_eq!(get("cg_000000000000_nope"), 403);
+    assert_eq!(get(&alice), 200);
+    let shown = file.to_str().unwrap().to_string();
+    // Each reload (SIGHUP) of a broken file is refused, says why, and
+    // leaves the keys the gateway has.
+    let refusals = |gw: &Gateway| {
+        count_lines(&gw.stderr(), |l| {
+            l.contains("reload asked by SIGHUP refused")
+        })
+    };
+    for (n, broken) in [(1, Some("this is [not toml")), (2, None)] {
+        match broken {
+            Some(text) => std::fs::write(&file, text).unwrap(),
+            None => std::fs::remove_file(&file).unwrap(),
+        }
+        gw.signal(libc::SIGHUP);
+        assert!(
+            wait_until(Duration::from_secs(5), || refusals(&gw) == n),
+            "reload {n} of a broken keys file was not refused:\n{}",
+            gw.stderr()
+        );
+        let why = gw.wait_stderr_line(Duration::from_secs(3), |l| {
+            l.contains("reload: ")
+                && l.contains("server.api_keys_file")
+                && l.contains(&shown)
+                && (n == 1 || l.contains("cannot read"))
+        });
+        assert!(
+            why.is_some(),
+            "the refusal does not name the file:\n{}",
+            gw.stderr()
+        );
+        assert_eq!(get(&alice), 200, "the old keys stopped working");
+    }
+    // A good file again is taken: the reloads above were refusals, not
+    // no-ops.
+    let bob = create_key(&file, "bob", None);
+    gw.signal(libc::SIGHUP);
+    assert!(
+        gw.wait_stderr_line(Duration::from_secs(5), |l| {
+            l.contains("reload asked by SIGHUP: generation 2")
+        })
+        .is_some(),
+        "{}",
+        gw.stderr()
+    );
+    assert_eq!(get(&bob), 200);
+    assert_eq!(get(&alice), 403);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
