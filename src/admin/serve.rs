@@ -30,11 +30,20 @@ const MAX_BODY: usize = 1024 * 1024;
 
 pub(super) fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
     let active = Arc::new(AtomicUsize::new(0));
+    // Out of descriptors (EMFILE), accept fails at once for as long as it
+    // lasts: retried every 50 ms, logged at most once a second.
+    let mut logged: Option<std::time::Instant> = None;
     for stream in listener.incoming() {
         let mut stream = match stream {
             Ok(s) => s,
             Err(e) => {
-                crate::log!("warn", "admin: accept failed: {e}");
+                if logged.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+                    logged = Some(std::time::Instant::now());
+                    crate::log!(
+                        "warn",
+                        "admin: accept failed: {e} (retrying every 50 ms, logged at most once a second)"
+                    );
+                }
                 std::thread::sleep(Duration::from_millis(50));
                 continue;
             }

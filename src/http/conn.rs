@@ -807,13 +807,16 @@ impl Conn {
             // Bodies move through a larger buffer than heads.
             self.rbuf.resize(READ_BUF, 0);
         }
+        // An upstream that answers before it has the whole body ends the
+        // pumping (Stream::send_body), so its answer is not held back.
+        let mut watch = true;
         match framing {
             Framing::None => Ok(0),
             Framing::Length(n) => {
                 let mut remaining = n;
                 let take = (self.buffered() as u64).min(remaining) as usize;
                 if let Some(s) = sink.as_deref_mut() {
-                    s.send(&self.rbuf[self.rpos..self.rpos + take])
+                    s.send_body(&self.rbuf[self.rpos..self.rpos + take], &mut watch)
                         .await
                         .map_err(BodyError::Sink)?;
                 }
@@ -831,7 +834,9 @@ impl Conn {
                     let want = (self.rbuf.len() as u64).min(remaining) as usize;
                     let got = self.read_body_bytes(limits, want).await?;
                     if let Some(s) = sink.as_deref_mut() {
-                        s.send(&self.rbuf[..got]).await.map_err(BodyError::Sink)?;
+                        s.send_body(&self.rbuf[..got], &mut watch)
+                            .await
+                            .map_err(BodyError::Sink)?;
                     }
                     remaining -= got as u64;
                 }
@@ -854,7 +859,9 @@ impl Conn {
                         // what was dropped (the body is re-framed).
                         let out = step.out(&self.rbuf[self.rpos..self.rend]);
                         if let (Some(s), false) = (sink.as_deref_mut(), out.is_empty()) {
-                            s.send(out).await.map_err(BodyError::Sink)?;
+                            s.send_body(out, &mut watch)
+                                .await
+                                .map_err(BodyError::Sink)?;
                         }
                         self.rpos += step.consumed;
                     }
