@@ -335,6 +335,30 @@ pub fn render(m: &Merged, info: &Info<'_>, om: bool) -> String {
         }
     }
     o.family(
+        "coregate_reactor_passes_total",
+        Kind::Counter,
+        "Passes of the shard's socket reactor that found events and ran the tasks they woke.",
+    );
+    for (id, c) in &m.shards {
+        o.sample(
+            "coregate_reactor_passes_total",
+            &[("shard", &id.to_string())],
+            c.reactor_passes,
+        );
+    }
+    o.family(
+        "coregate_reactor_busy_seconds_total",
+        Kind::Counter,
+        "Time those passes took; divided by the passes, the shard's mean loop time under load.",
+    );
+    for (id, c) in &m.shards {
+        o.sample(
+            "coregate_reactor_busy_seconds_total",
+            &[("shard", &id.to_string())],
+            c.reactor_busy_ns as f64 / 1e9,
+        );
+    }
+    o.family(
         "coregate_connections_accepted_total",
         Kind::Counter,
         "Client connections accepted, by shard and listener kind (plain or tls).",

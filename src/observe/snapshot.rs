@@ -144,6 +144,10 @@ pub struct ConnSnapshot {
     pub parked: u64,
     /// Of the open ones, those accepted on a TLS listener.
     pub tls_open: u64,
+    /// The reactor's busy passes and their time in nanoseconds
+    /// (`net::loop_stats`).
+    pub reactor_passes: u64,
+    pub reactor_busy_ns: u64,
     pub accepted: u64,
     pub accepted_tls: u64,
     pub tls_failures: u64,
