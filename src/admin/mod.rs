@@ -1,6 +1,7 @@
 //! The admin listener: `GET /metrics` (Prometheus text or OpenMetrics),
-//! `GET /dashboard` (a page inside the binary) and `GET /dashboard/data`
-//! (the JSON it polls). It runs on plain threads of its own, never on a
+//! `GET /dashboard` (a page inside the binary), `GET /dashboard/data`
+//! (the JSON it polls) and `/@connections/{id}` (push to, describe or
+//! close a WebSocket connection: [`connections`]). It runs on plain threads of its own, never on a
 //! shard: a scrape costs a shard one message on its control inbox and the
 //! copy of its counters ([`crate::gateway::Gateway::snapshot`]), made
 //! between two of its tasks.
@@ -16,6 +17,7 @@
 //! as the password of HTTP Basic authentication (what a browser asks for
 //! on the dashboard); it is compared in constant time.
 
+mod connections;
 pub mod dashboard;
 mod serve;
 

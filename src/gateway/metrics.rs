@@ -95,6 +95,7 @@ impl Gateway {
                 accepted_tls,
                 tls_failures: self.tls_failures(),
             },
+            websocket: super::websocket::snapshot(),
         }
     }
 }

@@ -27,6 +27,9 @@ pub enum Control {
     Shutdown,
     /// Send what the shard has counted (the admin listener's scrape).
     Snapshot(Sender<crate::observe::snapshot::ShardSnapshot>),
+    /// An `@connections` request for a WebSocket connection this shard
+    /// holds (the admin listener's push, describe or close).
+    WebSocket(crate::gateway::websocket::Command),
 }
 
 /// A running gateway: its shards and their inboxes.
