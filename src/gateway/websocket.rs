@@ -49,7 +49,7 @@ use std::time::{Duration, Instant, SystemTime};
 pub const MAX_PENDING: usize = 8;
 /// The read buffer a session starts with (and shrinks back to after a
 /// large frame).
-const READ_BUF: usize = 1024;
+const READ_BUF: usize = 512;
 /// After the gateway sends a close frame, how long it waits for the
 /// client's before closing the socket.
 const CLOSE_WAIT: Duration = Duration::from_secs(1);
@@ -847,7 +847,9 @@ async fn run(up: Upgraded, s: Rc<Session>, connections: Rc<Connections>) {
         let n = s.messages.get() + 1;
         s.messages.set(n);
         let request_id = format!("{}-{n}", s.id);
-        let _ = call(
+        // Boxed: the call's state would otherwise sit in every idle
+        // connection's task.
+        let _ = Box::pin(call(
             &s,
             r,
             plan::DISCONNECT,
@@ -855,7 +857,7 @@ async fn run(up: Upgraded, s: Rc<Session>, connections: Rc<Connections>) {
             Some(ended.code),
             &request_id,
             b"",
-        )
+        ))
         .await;
     }
 }
