@@ -99,6 +99,7 @@ impl Gateway {
                 accepted_tls,
                 tls_failures: self.tls_failures(),
             },
+            websocket: super::websocket::snapshot(),
         }
     }
 }

@@ -27,6 +27,9 @@ pub enum Control {
     Snapshot(Sender<crate::observe::snapshot::ShardSnapshot>),
     /// Serve a reloaded plan ([`Server::reload`]).
     Install(Box<shard::Install>),
+    /// An `@connections` request for a WebSocket connection this shard
+    /// holds (the admin listener's push, describe or close).
+    WebSocket(crate::gateway::websocket::Command),
 }
 
 /// A running gateway: its shards and their inboxes.

@@ -25,6 +25,7 @@ pub mod sigv4;
 pub mod throttle;
 pub mod tls;
 pub mod usage;
+pub mod websocket;
 
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -198,6 +199,13 @@ pub struct RawApi {
     /// Log each phase's decision for this API's requests at level debug.
     /// Default: false.
     pub debug: Option<bool>,
+    /// `"http"` (the default) or `"websocket"` (docs/websocket.md).
+    pub kind: Option<String>,
+    /// A WebSocket API's route selection expression
+    /// (`$request.body.action`, or `${request.body.a}/${request.body.b}`).
+    pub route_selection_expression: Option<String>,
+    /// `[apis.websocket]`: a WebSocket API's limits.
+    pub websocket: Option<websocket::RawWebsocket>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -215,6 +223,9 @@ pub struct RawRoute {
     pub authorizer: Option<String>,
     /// Scopes a JWT must grant for this route.
     pub authorization_scopes: Option<Vec<String>>,
+    /// A WebSocket route's integration answer is sent back to the client
+    /// as a message (a two-way route). Default: false.
+    pub route_response: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -222,6 +233,11 @@ pub struct RawRoute {
 pub enum RawIntegration {
     HttpProxy {
         url: String,
+    },
+    /// A WebSocket route's: each event is POSTed to this URL.
+    Http {
+        url: String,
+        timeout_ms: Option<u64>,
     },
     Mock {
         status: Option<u16>,
@@ -257,6 +273,7 @@ pub fn known_keys(path: &str) -> Option<&'static [&'static str]> {
         "apis" => fields_of::<RawApi>(),
         "apis.routes" => fields_of::<RawRoute>(),
         "apis.cors" => fields_of::<cors::RawCors>(),
+        "apis.websocket" => fields_of::<websocket::RawWebsocket>(),
         "apis.ip_rules" | "apis.routes.ip_rules" => fields_of::<ip_rules::RawIpRules>(),
         "api_keys" => fields_of::<api_key::RawApiKey>(),
         "usage_plans" => fields_of::<usage::RawUsagePlan>(),
