@@ -202,6 +202,12 @@ pub fn compile(raw: &RawConfig) -> Result<Plan, Vec<ConfigError>> {
             detailed_metrics: api.detailed_metrics.unwrap_or(false),
         });
         let mut spec_routes = Vec::new();
+        let api_mapping = crate::integration::mapping::parse(
+            api.mapping.as_ref(),
+            None,
+            &format!("{akey}.mapping"),
+            &mut errors,
+        );
         for (ri, r) in api.routes.iter().enumerate() {
             let rkey = format!("{akey}.routes[{ri}]");
             let key = match RouteKey::parse(&r.key) {
@@ -211,6 +217,7 @@ pub fn compile(raw: &RawConfig) -> Result<Plan, Vec<ConfigError>> {
                     None
                 }
             };
+            let route_mapping = super::mapping::route(r, key.as_ref(), &rkey, &mut errors);
             let integration = match &r.integration {
                 RawIntegration::Mock {
                     status,
@@ -289,6 +296,9 @@ pub fn compile(raw: &RawConfig) -> Result<Plan, Vec<ConfigError>> {
             if let (Some(rule), Integration::Proxy(p)) = (&policies.auth, &mut integration) {
                 p.strip_headers =
                     crate::policy::auth::upstream_header_names(rule, &policy_builder.authorizers);
+            }
+            if let Integration::Proxy(p) = &mut integration {
+                p.mapping = crate::integration::mapping::build(&api_mapping, &route_mapping);
             }
             routes.push(RoutePlan {
                 api: api.name.clone(),
@@ -882,6 +892,7 @@ fn compile_proxy(
         query: query.filter(|q| !q.is_empty()),
         drop_api_key: false,
         strip_headers: Vec::new(),
+        mapping: None,
     }))
 }
 

@@ -20,6 +20,9 @@ pub mod cache;
 pub mod cors;
 pub mod ip_rules;
 pub mod jwt;
+pub mod lifecycle;
+pub mod mapping;
+pub mod policy_set;
 pub mod request_auth;
 pub mod sigv4;
 pub mod throttle;
@@ -73,6 +76,9 @@ pub struct RawConfig {
     pub authorizers: Vec<auth::RawAuthorizer>,
     /// `[admin]`: the admin listener (metrics, dashboard).
     pub admin: Option<admin::RawAdmin>,
+    /// `[[policies]]`: named policy sets that APIs and routes attach.
+    #[serde(default)]
+    pub policies: Vec<policy_set::RawPolicySet>,
     /// The directory of the config file, set by `plan::load`: relative
     /// paths in the config (`server.api_keys_file`) are taken from it.
     #[serde(skip)]
@@ -198,6 +204,12 @@ pub struct RawApi {
     /// Log each phase's decision for this API's requests at level debug.
     /// Default: false.
     pub debug: Option<bool>,
+    /// Parameter mapping for the API's http_proxy routes.
+    pub mapping: Option<mapping::RawMapping>,
+    /// Deprecated or retired (docs/lifecycle.md).
+    pub lifecycle: Option<lifecycle::RawLifecycle>,
+    /// `[[policies]]` sets attached, by name; later ones win.
+    pub policies: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -215,6 +227,12 @@ pub struct RawRoute {
     pub authorizer: Option<String>,
     /// Scopes a JWT must grant for this route.
     pub authorization_scopes: Option<Vec<String>>,
+    /// Parameter mapping (http_proxy routes), merged over the API's.
+    pub mapping: Option<mapping::RawMapping>,
+    /// Deprecated or retired; replaces the API's setting.
+    pub lifecycle: Option<lifecycle::RawLifecycle>,
+    /// `[[policies]]` sets attached, by name; later ones win.
+    pub policies: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -268,6 +286,16 @@ pub fn known_keys(path: &str) -> Option<&'static [&'static str]> {
         "authorizers.sigv4.credentials" => fields_of::<sigv4::RawCredential>(),
         "authorizers.request" => fields_of::<request_auth::RawRequestAuthorizer>(),
         "admin" => fields_of::<admin::RawAdmin>(),
+        "apis.mapping" | "apis.routes.mapping" | "policies.mapping" => {
+            fields_of::<mapping::RawMapping>()
+        }
+        "apis.lifecycle" | "apis.routes.lifecycle" => fields_of::<lifecycle::RawLifecycle>(),
+        "policies" => fields_of::<policy_set::RawPolicySet>(),
+        "policies.throttle" => fields_of::<throttle::RawThrottle>(),
+        "policies.throttle.per_client_ip" => fields_of::<throttle::RawRate>(),
+        "policies.cache" => fields_of::<cache::RawCacheRule>(),
+        "policies.cors" => fields_of::<cors::RawCors>(),
+        "policies.ip_rules" => fields_of::<ip_rules::RawIpRules>(),
         _ => return None,
     })
 }
