@@ -66,6 +66,15 @@ integration = { type = "http_proxy", url = "http://@FIXED@" }
 "append:header.x-error" = "$response.header.x-upstream"
 
 [[apis.routes]]
+key = "GET /cached/{code}"
+integration = { type = "http_proxy", url = "http://@FIXED@" }
+cache = { ttl_seconds = 300 }
+[apis.routes.mapping.response.404]
+"overwrite:statuscode" = "200"
+"overwrite:header.x-upstream" = "cached ${response.header.x-upstream}"
+"remove:header.x-secret" = ""
+
+[[apis.routes]]
 key = "GET /nocontent"
 integration = { type = "http_proxy", url = "http://@EMPTY@" }
 [apis.routes.mapping.response.204]
@@ -271,6 +280,21 @@ fn response_status_and_headers_are_mapped_by_integration_status() {
     let r = c.get("/status/500");
     assert_eq!(r.status, 500);
     assert_eq!(r.header("x-error"), Some("up-value"));
+}
+
+#[test]
+fn the_cache_stores_and_serves_the_mapped_response() {
+    let s = setup(404);
+    let mut c = s.gw.client();
+    for expect_cache in ["Miss", "Hit", "Hit"] {
+        let r = c.get("/cached/1");
+        assert_eq!(r.status, 200, "{r:?}");
+        assert_eq!(r.header("x-cache"), Some(expect_cache), "{r:?}");
+        assert_eq!(r.headers_named("x-upstream"), vec!["cached up-value"]);
+        assert!(r.header("x-secret").is_none(), "{r:?}");
+        assert_eq!(r.text(), "{\"message\":\"from the backend\"}");
+    }
+    assert_eq!(s.fixed.hits(), 1);
 }
 
 #[test]
