@@ -14,6 +14,36 @@ use crate::route::{ApiSpec, RouteId, RouteKey, RouteTable};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::Duration;
 
+/// The [`crate::policy::cache::CacheRule::scope`] of a route: a digest of
+/// its API's name, its route key, its integration (with its upstream's
+/// name, targets and TLS) and its cache rule, as compiled. The digest is
+/// SipHash with fixed keys, the same in every shard and generation.
+fn cache_scope(
+    api: &str,
+    route_key: &str,
+    integration: &Integration,
+    upstreams: &[UpstreamPlan],
+    rule: &crate::policy::cache::CacheRule,
+) -> u64 {
+    use std::hash::{Hash, Hasher};
+    #[allow(deprecated)]
+    let mut h = std::hash::SipHasher::new();
+    api.hash(&mut h);
+    route_key.hash(&mut h);
+    format!("{integration:?}").hash(&mut h);
+    if let Integration::Proxy(p) = integration {
+        if let Some(u) = upstreams.get(p.upstream) {
+            u.name.hash(&mut h);
+            for t in &u.targets {
+                t.addr.hash(&mut h);
+            }
+            u.tls.is_some().hash(&mut h);
+        }
+    }
+    format!("{rule:?}").hash(&mut h);
+    h.finish()
+}
+
 /// `ms` as a Duration, rejecting 0 where 0 makes no sense.
 fn duration(
     errors: &mut Vec<ConfigError>,
@@ -273,7 +303,7 @@ pub fn compile(raw: &RawConfig) -> Result<Plan, Vec<ConfigError>> {
             };
             // A bad key or integration does not hide the route's policy
             // errors: the policies are compiled either way.
-            let policies = policy_builder.route(&api_ctx, id as usize, r, &rkey, &mut errors);
+            let mut policies = policy_builder.route(&api_ctx, id as usize, r, &rkey, &mut errors);
             let (Some(key), Some(mut integration)) = (key, integration) else {
                 // Keeps later route ids in line; a plan with errors is not used.
                 routes.push(RoutePlan {
@@ -299,6 +329,9 @@ pub fn compile(raw: &RawConfig) -> Result<Plan, Vec<ConfigError>> {
             }
             if let Integration::Proxy(p) = &mut integration {
                 p.mapping = crate::integration::mapping::build(&api_mapping, &route_mapping);
+            }
+            if let Some(rule) = &mut policies.cache {
+                rule.scope = cache_scope(&api.name, &r.key, &integration, &upstreams, rule);
             }
             routes.push(RoutePlan {
                 api: api.name.clone(),
