@@ -2,7 +2,9 @@
 //! sockets: sets attached to an API and to routes apply as if written
 //! there, a later set wins over an earlier one, the API's or route's own
 //! setting wins over every set, and `coregate check` names the set's key
-//! for errors in a set and the attaching key for unknown names.
+//! for errors in a set and the attaching key for unknown names. A changed
+//! set applies after a reload; a reload naming an unknown set is refused
+//! while the running config goes on.
 
 mod support;
 
@@ -161,4 +163,54 @@ policies = ["cors", "broken"]
         .filter(|l| l.contains("policies[1].mapping"))
         .count();
     assert_eq!((throttle_errors, mapping_errors), (1, 1), "{errors:#?}");
+}
+
+#[test]
+fn a_changed_set_applies_after_a_reload_and_a_bad_name_is_refused() {
+    let echo = Backend::start(Reply::Echo);
+    let config = |value: &str, lifecycle: &str, set: &str| {
+        format!(
+            r#"
+[server]
+listen = ["127.0.0.1:0"]
+shards = 2
+
+[[policies]]
+name = "tagged"
+[policies.mapping.request]
+"append:header.x-set" = "{value}"
+
+[[apis]]
+name = "a"
+policies = ["{set}"]
+{lifecycle}
+
+[[apis.routes]]
+key = "GET /r"
+integration = {{ type = "http_proxy", url = "http://{}" }}
+"#,
+            echo.addr_str()
+        )
+    };
+    let gw = Gateway::start(&config("one", "", "tagged"));
+    let mut c = gw.client();
+    let r = c.get("/r");
+    assert_eq!(r.echo().header("x-set"), Some("one"));
+    assert!(r.header("deprecation").is_none());
+
+    let deprecated = "[apis.lifecycle]\nstatus = \"deprecated\"\ndeprecated_at = \"2026-01-01\"";
+    gw.reload_with(&config("two", deprecated, "tagged"));
+    let mut c = gw.client();
+    let r = c.get("/r");
+    assert_eq!(r.echo().header("x-set"), Some("two"));
+    assert_eq!(r.header("deprecation"), Some("@1767225600"));
+
+    // An unknown set name: the reload is refused with the key, and the
+    // running config goes on.
+    gw.rewrite_config(&config("three", "", "tagd"));
+    let refused = gw.reload();
+    assert_ne!(refused.status, 200, "{refused:?}");
+    assert!(refused.text().contains("apis[0].policies[0]"), "{}", refused.text());
+    let r = gw.client().get("/r");
+    assert_eq!(r.echo().header("x-set"), Some("two"));
 }
