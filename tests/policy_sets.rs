@@ -210,7 +210,11 @@ integration = {{ type = "http_proxy", url = "http://{}" }}
     gw.rewrite_config(&config("three", "", "tagd"));
     let refused = gw.reload();
     assert_ne!(refused.status, 200, "{refused:?}");
-    assert!(refused.text().contains("apis[0].policies[0]"), "{}", refused.text());
+    assert!(
+        refused.text().contains("apis[0].policies[0]"),
+        "{}",
+        refused.text()
+    );
     let r = gw.client().get("/r");
     assert_eq!(r.echo().header("x-set"), Some("two"));
 }
