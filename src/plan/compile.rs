@@ -234,6 +234,12 @@ pub fn compile(raw: &RawConfig) -> Result<Plan, Vec<ConfigError>> {
         let mut spec_routes = Vec::new();
         // A WebSocket API's routes are its handshake's, compiled below.
         let websocket = super::websocket::kind(api, &akey, &mut errors);
+        let api_mapping = crate::integration::mapping::parse(
+            api.mapping.as_ref(),
+            None,
+            &format!("{akey}.mapping"),
+            &mut errors,
+        );
         for (ri, r) in api.routes.iter().enumerate().filter(|_| !websocket) {
             let rkey = format!("{akey}.routes[{ri}]");
             let key = match RouteKey::parse(&r.key) {
@@ -243,6 +249,7 @@ pub fn compile(raw: &RawConfig) -> Result<Plan, Vec<ConfigError>> {
                     None
                 }
             };
+            let route_mapping = super::mapping::route(r, key.as_ref(), &rkey, &mut errors);
             let integration = match &r.integration {
                 RawIntegration::Mock {
                     status,
@@ -323,6 +330,9 @@ pub fn compile(raw: &RawConfig) -> Result<Plan, Vec<ConfigError>> {
             if let (Some(rule), Integration::Proxy(p)) = (&policies.auth, &mut integration) {
                 p.strip_headers =
                     crate::policy::auth::upstream_header_names(rule, &policy_builder.authorizers);
+            }
+            if let Integration::Proxy(p) = &mut integration {
+                p.mapping = crate::integration::mapping::build(&api_mapping, &route_mapping);
             }
             if let Some(rule) = &mut policies.cache {
                 rule.scope = cache_scope(&api.name, &r.key, &integration, &upstreams, rule);
@@ -980,6 +990,7 @@ fn compile_proxy(
         query: query.filter(|q| !q.is_empty()),
         drop_api_key: false,
         strip_headers: Vec::new(),
+        mapping: None,
     }))
 }
 
