@@ -131,8 +131,55 @@ pub fn parse_document(text: &str) -> Result<Value, Finding> {
     if trimmed.starts_with('{') {
         serde_json::from_str(trimmed).map_err(|e| err(format!("malformed JSON: {e}")))
     } else {
+        // libyaml takes time quadratic in the nesting of flow collections
+        // before serde's recursion limit is reached: refuse deep ones first.
+        if let Some((line, depth)) = flow_too_deep(trimmed) {
+            return Err(err(format!(
+                "malformed YAML: flow collections nested deeper than {depth} levels at line {line}"
+            )));
+        }
         serde_yaml_ng::from_str::<Value>(trimmed).map_err(|e| err(format!("malformed YAML: {e}")))
     }
+}
+
+/// The deepest nesting of `[` and `{` allowed in a YAML document.
+const MAX_FLOW_DEPTH: usize = 512;
+
+/// Where the `[`/`{` nesting of `text` first passes [`MAX_FLOW_DEPTH`]:
+/// brackets in quoted scalars (taken to end at the line's end) and comments
+/// are skipped: an estimate that errs on the side of counting.
+fn flow_too_deep(text: &str) -> Option<(usize, usize)> {
+    let (mut depth, mut line) = (0usize, 1usize);
+    let mut quote: Option<u8> = None;
+    let mut comment = false;
+    let mut prev = b'\n';
+    for &b in text.as_bytes() {
+        if b == b'\n' {
+            line += 1;
+            comment = false;
+            quote = None;
+        } else if comment {
+        } else if let Some(q) = quote {
+            if b == q {
+                quote = None;
+            }
+        } else {
+            match b {
+                b'"' | b'\'' => quote = Some(b),
+                b'#' if prev == b' ' || prev == b'\n' || prev == b'\t' => comment = true,
+                b'[' | b'{' => {
+                    depth += 1;
+                    if depth > MAX_FLOW_DEPTH {
+                        return Some((line, MAX_FLOW_DEPTH));
+                    }
+                }
+                b']' | b'}' => depth = depth.saturating_sub(1),
+                _ => {}
+            }
+        }
+        prev = b;
+    }
+    None
 }
 
 /// Every `$ref` in the document must resolve, and no chain of them may loop.
@@ -212,6 +259,8 @@ pub fn import(text: &str, opts: &Options) -> Imported {
     let config = import_doc(&mut ctx, opts);
     let needs_api_keys = ctx.needs_api_keys;
     let mut findings = ctx.findings;
+    let mut seen = BTreeSet::new();
+    findings.retain(|f| seen.insert((f.grade, f.pointer.clone(), f.message.clone())));
     let has_error = findings.iter().any(|f| f.grade == Grade::Error);
     findings.sort_by(|a, b| b.grade.cmp(&a.grade).then(a.pointer.cmp(&b.pointer)));
     Imported {
@@ -649,6 +698,14 @@ fn import_path(
                 }
             },
         };
+        if let Err(e) = fits(routes, &key) {
+            ctx.add(
+                Grade::Warning,
+                op_at,
+                format!("{e}; route {key:?} left out"),
+            );
+            continue;
+        }
         let integration = match import_integration(ctx, op, &op_at, &key, method, opts) {
             Some(i) => i,
             None => continue,
@@ -661,6 +718,30 @@ fn import_path(
             scopes: security.scopes,
         });
     }
+}
+
+/// Whether `key` can join the routes imported so far in one coregate route
+/// table (no duplicate, no parameters of different names at one position).
+fn fits(routes: &[Route], key: &str) -> Result<(), String> {
+    use crate::route::{ApiSpec, RouteKey, RouteTable};
+    let mut parsed = Vec::with_capacity(routes.len() + 1);
+    for (i, k) in routes
+        .iter()
+        .map(|r| r.key.as_str())
+        .chain(std::iter::once(key))
+        .enumerate()
+    {
+        parsed.push((RouteKey::parse(k)?, i as u32, k));
+    }
+    let spec = ApiSpec {
+        name: "imported",
+        hosts: None,
+        base_path: "/".to_string(),
+        routes: parsed,
+    };
+    RouteTable::build(&[spec])
+        .map(|_| ())
+        .map_err(|e| e.join("; "))
 }
 
 fn import_integration(
@@ -1160,6 +1241,29 @@ mod tests {
         );
         let r = import(&deep, &opts());
         assert!(r.config.is_none());
+        assert!(r.findings[0].message.contains("nested deeper than 512"));
+        // Quoted and commented brackets do not count.
+        let fine = format!(
+            "openapi: 3.0.0\na: '{0}'\nb: \"{0}\"\n# {0}\n",
+            "[".repeat(600)
+        );
+        assert!(flow_too_deep(&fine).is_none());
+    }
+
+    #[test]
+    fn yaml_alias_bombs_are_refused() {
+        // Each level doubles the size of the one before: a billion laughs.
+        let mut doc = String::from("openapi: 3.0.0\na0: &a0 [x, x]\n");
+        for i in 1..40 {
+            doc.push_str(&format!("a{i}: &a{i} [*a{0}, *a{0}]\n", i - 1));
+        }
+        let r = import(&doc, &opts());
+        assert!(r.config.is_none());
+        assert!(
+            r.findings[0].message.contains("malformed YAML"),
+            "{:?}",
+            r.findings
+        );
     }
 
     #[test]
