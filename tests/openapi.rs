@@ -628,6 +628,24 @@ fn an_export_is_valid_openapi_and_imports_back_to_the_same_routes() {
         }
     }
 
+    // The admin listener serves the same document for the running config.
+    let gw = Gateway::start(&config_text);
+    let r = call(agent().get(&gw.admin_url("/openapi?api=pets-api")), None);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let served: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(served, doc);
+    let r = call(
+        agent().get(&gw.admin_url("/openapi?api=pets%2Dapi&extensions=false")),
+        None,
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(!r.text().contains("x-amazon"), "{}", r.text());
+    let r = call(agent().get(&gw.admin_url("/openapi?api=nope")), None);
+    assert_eq!(r.status, 404, "{}", r.text());
+    let r = call(agent().get(&gw.admin_url("/openapi")), None);
+    assert_eq!(r.status, 400, "{}", r.text());
+    drop(gw);
+
     // An API that is not in the config, and a config that fails its check.
     let o = run_coregate(&["openapi", "export", "--config", &c, "--api", "nope"]);
     assert_eq!(o.status.code(), Some(1));
