@@ -16,6 +16,8 @@
 //! - [`policy`]: each policy's compiled rule and check, and the phase list.
 //! - [`integration`]: mock and proxy answers, upstream pools, the client.
 //! - [`plan`]: the compiled, immutable plan, composed of the above.
+//! - [`openapi`]: OpenAPI import (document → config) and export (config →
+//!   document).
 //! - [`observe`]: per-shard counters and histograms, their merge, the
 //!   Prometheus exposition.
 //! - [`gateway`]: the exchange record, the phase driver, the one exit,
@@ -35,6 +37,7 @@ pub mod integration;
 pub mod log;
 pub mod net;
 pub mod observe;
+pub mod openapi;
 pub mod plan;
 pub mod policy;
 pub mod route;

@@ -1,5 +1,6 @@
 //! The `coregate` binary: `serve` runs the gateway, `check` validates a
-//! config, `keys` manages an API keys file. Exit codes: 0 success, 1 invalid
+//! config, `keys` manages an API keys file, `openapi` imports and exports
+//! OpenAPI documents. Exit codes: 0 success, 1 invalid
 //! config, start-up failure or failed `keys` command, 2 bad usage.
 
 use coregate::plan;
@@ -39,6 +40,14 @@ const USAGE_USAGE: &str =
                                    requests per key per UTC day from the usage store
                                    (days YYYY-MM-DD, inclusive; default: the last 30 days),
                                    and with a config, each quota's use this period";
+const OPENAPI_USAGE: &str =
+    "  coregate openapi import FILE [--base-path ignore|prepend|split] [--fail-on-warnings]
+                         [--name NAME] [--upstream URL] [--api-keys-file F] [--out PATH]
+                                   an OpenAPI 3.0/3.1 document (YAML or JSON) as coregate
+                                   config (stdout, or PATH); findings on stderr; exit 1 on
+                                   an error (or a warning with --fail-on-warnings)
+  coregate openapi export [--config PATH] --api NAME [--format json|yaml] [--no-extensions]
+                                   an OpenAPI 3.0 document of the API, on stdout";
 
 /// The usage of one subcommand (`coregate SUB --help`), or of all of them.
 fn usage_text(sub: Option<&str>) -> String {
@@ -48,9 +57,10 @@ fn usage_text(sub: Option<&str>) -> String {
         Some("reload") => RELOAD_USAGE,
         Some("keys") => KEYS_USAGE,
         Some("usage") => USAGE_USAGE,
+        Some("openapi") => OPENAPI_USAGE,
         _ => {
             return format!(
-            "usage:\n{SERVE_USAGE}\n{CHECK_USAGE}\n{RELOAD_USAGE}\n{KEYS_USAGE}\n{USAGE_USAGE}\n  \
+            "usage:\n{SERVE_USAGE}\n{CHECK_USAGE}\n{RELOAD_USAGE}\n{KEYS_USAGE}\n{USAGE_USAGE}\n{OPENAPI_USAGE}\n  \
                  coregate --version\n  coregate [SUBCOMMAND] --help"
         )
         }
@@ -77,7 +87,7 @@ fn main() -> ExitCode {
         // --help`) prints SUB's usage and exits 0, whatever else is given.
         sub if rest.iter().any(|a| a == "--help" || a == "-h") => {
             return match sub {
-                "serve" | "check" | "reload" | "keys" | "usage" => {
+                "serve" | "check" | "reload" | "keys" | "usage" | "openapi" => {
                     println!("{}", usage_text(Some(sub)));
                     ExitCode::SUCCESS
                 }
@@ -86,6 +96,7 @@ fn main() -> ExitCode {
         }
         "keys" => return keys(rest),
         "usage" => return usage_cmd(rest),
+        "openapi" => return openapi(rest),
         _ => {}
     }
     let mut config_path = PathBuf::from(DEFAULT_CONFIG);
@@ -119,6 +130,236 @@ fn main() -> ExitCode {
         "check" => check(&config_path),
         "reload" => coregate::cli::reload::run(&config_path),
         other => usage(&format!("unknown command {other:?}")),
+    }
+}
+
+// === impl openapi ===
+
+/// `coregate openapi import|export`.
+fn openapi(args: &[String]) -> ExitCode {
+    match args.split_first() {
+        Some((sub, rest)) if sub == "import" => openapi_import(rest),
+        Some((sub, rest)) if sub == "export" => openapi_export(rest),
+        Some((sub, _)) => usage(&format!(
+            "unknown openapi command {sub:?}: import or export"
+        )),
+        None => usage("openapi needs a command: import or export"),
+    }
+}
+
+/// Splits `--flag=value` and `--flag value`; `Err` is the usage error.
+fn flag_value(
+    flag: &str,
+    inline: Option<String>,
+    it: &mut std::slice::Iter<'_, String>,
+) -> Result<String, ExitCode> {
+    match inline.or_else(|| it.next().cloned()) {
+        Some(v) => Ok(v),
+        None => Err(usage(&format!("{flag} needs a value"))),
+    }
+}
+
+fn openapi_import(args: &[String]) -> ExitCode {
+    use coregate::openapi::import::{import, BasePath, Options};
+    use coregate::openapi::Grade;
+    let mut opts = Options {
+        base_path: BasePath::Ignore,
+        name: None,
+        upstream: None,
+        api_keys_file: "api-keys.toml".to_string(),
+    };
+    let (mut file, mut out, mut fail_on_warnings) = (None, None, false);
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let (flag, inline) = match a.split_once('=') {
+            Some((f, v)) if f.starts_with("--") => (f, Some(v.to_string())),
+            _ => (a.as_str(), None),
+        };
+        let value = match flag {
+            "--base-path" | "--name" | "--upstream" | "--out" | "--api-keys-file" => {
+                match flag_value(flag, inline, &mut it) {
+                    Ok(v) => v,
+                    Err(code) => return code,
+                }
+            }
+            "--fail-on-warnings" => {
+                fail_on_warnings = true;
+                continue;
+            }
+            f if f.starts_with('-') => return usage(&format!("unexpected argument {f:?}")),
+            _ if file.is_none() => {
+                file = Some(PathBuf::from(a));
+                continue;
+            }
+            _ => return usage(&format!("unexpected argument {a:?}")),
+        };
+        match flag {
+            "--base-path" => match BasePath::parse(&value) {
+                Some(b) => opts.base_path = b,
+                None => return usage(&format!("--base-path {value:?}: ignore, prepend or split")),
+            },
+            "--name" => opts.name = Some(value),
+            "--api-keys-file" => opts.api_keys_file = value,
+            "--upstream" => {
+                if !(value.starts_with("http://") || value.starts_with("https://")) {
+                    return usage(&format!("--upstream {value:?}: an http:// or https:// URL"));
+                }
+                opts.upstream = Some(value)
+            }
+            _ => out = Some(PathBuf::from(value)),
+        }
+    }
+    let Some(file) = file else {
+        return usage("openapi import needs a FILE");
+    };
+    let text = match std::fs::read(&file) {
+        Ok(b) => String::from_utf8_lossy(&b).into_owned(),
+        Err(e) => {
+            eprintln!("error: cannot read {}: {e}", file.display());
+            return ExitCode::from(1);
+        }
+    };
+    let result = import(&text, &opts);
+    for f in &result.findings {
+        eprintln!("{f}");
+    }
+    let count = |g| result.findings.iter().filter(|f| f.grade == g).count();
+    let (errors, warnings, infos) = (
+        count(Grade::Error),
+        count(Grade::Warning),
+        count(Grade::Info),
+    );
+    eprintln!(
+        "{}: {errors} error(s), {warnings} warning(s), {infos} info",
+        file.display()
+    );
+    let Some(config) = result.config else {
+        return ExitCode::from(1);
+    };
+    if fail_on_warnings && warnings > 0 {
+        eprintln!("not written: --fail-on-warnings");
+        return ExitCode::from(1);
+    }
+    // Routes that require an API key need the keys file to exist: with
+    // --out it is made (empty) beside the config when missing.
+    let base_dir = match out.as_deref().map(std::path::Path::parent) {
+        Some(Some(d)) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let keys_path = coregate::config::resolve_path(&opts.api_keys_file, Some(&base_dir));
+    let mut keys_missing = result.needs_api_keys && !keys_path.exists();
+    if keys_missing && out.is_some() {
+        let header = "# coregate API keys: managed by `coregate keys create|list|revoke`.\n";
+        if let Err(e) = coregate::config::write_atomic(&keys_path, header) {
+            eprintln!("error: cannot create {}: {e}", keys_path.display());
+            return ExitCode::from(1);
+        }
+        eprintln!(
+            "created {}, an empty keys file: add keys with `coregate keys create --file {}`",
+            keys_path.display(),
+            keys_path.display()
+        );
+        keys_missing = false;
+    }
+    // The config must pass the same checks as `coregate check`.
+    if let Err(errs) = plan::load_text_in(&config, Some(&base_dir)) {
+        let mut failed = false;
+        for e in &errs {
+            if keys_missing && e.key == "server.api_keys_file" {
+                eprintln!(
+                    "note: {} does not exist yet: create it with `coregate keys create --file {}`",
+                    opts.api_keys_file, opts.api_keys_file
+                );
+                continue;
+            }
+            failed = true;
+            eprintln!("error: the imported config fails its check: {e}");
+        }
+        if failed {
+            return ExitCode::from(1);
+        }
+    }
+    match out {
+        None => {
+            print!("{config}");
+            ExitCode::SUCCESS
+        }
+        Some(path) => match coregate::config::write_atomic(&path, &config) {
+            Ok(()) => {
+                eprintln!("wrote {}", path.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: cannot write {}: {e}", path.display());
+                ExitCode::from(1)
+            }
+        },
+    }
+}
+
+fn openapi_export(args: &[String]) -> ExitCode {
+    use coregate::openapi::export::{export, render, Options};
+    let (mut config, mut api, mut yaml) = (PathBuf::from(DEFAULT_CONFIG), None, false);
+    let mut opts = Options { extensions: true };
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let (flag, inline) = match a.split_once('=') {
+            Some((f, v)) if f.starts_with("--") => (f, Some(v.to_string())),
+            _ => (a.as_str(), None),
+        };
+        if flag == "--no-extensions" {
+            opts.extensions = false;
+            continue;
+        }
+        if !matches!(flag, "--config" | "-c" | "--api" | "--format") {
+            return usage(&format!("unexpected argument {a:?}"));
+        }
+        let value = match flag_value(flag, inline, &mut it) {
+            Ok(v) => v,
+            Err(code) => return code,
+        };
+        match flag {
+            "--api" => api = Some(value),
+            "--format" => match value.as_str() {
+                "json" => yaml = false,
+                "yaml" => yaml = true,
+                other => return usage(&format!("--format {other:?}: json or yaml")),
+            },
+            _ => config = PathBuf::from(value),
+        }
+    }
+    let Some(api) = api else {
+        return usage("openapi export needs --api NAME");
+    };
+    // Only a config that passes its checks is exported.
+    if let Err(code) = load(&config) {
+        return code;
+    }
+    let text = match std::fs::read_to_string(&config) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: cannot read {}: {e}", config.display());
+            return ExitCode::from(1);
+        }
+    };
+    let raw = match coregate::config::parse(&text) {
+        Ok(r) => r,
+        Err(errs) => {
+            for e in &errs {
+                eprintln!("error: {e}");
+            }
+            return ExitCode::from(1);
+        }
+    };
+    match export(&raw, &text, &api, opts).and_then(|d| render(&d, yaml)) {
+        Ok(doc) => {
+            print!("{doc}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(1)
+        }
     }
 }
 

@@ -19,6 +19,7 @@ const LAYERS: &[&str] = &[
     "policy",
     "integration",
     "plan",
+    "openapi",
     "observe",
     "gateway",
     "runtime",

@@ -1,6 +1,6 @@
 //! The admin API's JSON endpoints besides metrics and the dashboard: the
 //! running config (secrets redacted), validating and applying a config,
-//! status, API keys and usage. Anything that changes the gateway is done
+//! status, API keys, usage and an API's OpenAPI document. Anything that changes the gateway is done
 //! by the main thread, which owns the running server
 //! ([`crate::runtime::MainRequest`]); this module only asks and formats.
 //! docs/admin-api.md lists every endpoint, status and error.
@@ -27,7 +27,7 @@ pub fn allowed(path: &str) -> Option<&'static [Method]> {
     const GET: &[Method] = &[Method::Get];
     Some(match path {
         "/" | "/metrics" | "/dashboard" | "/dashboard/" | "/dashboard/data" | "/status"
-        | "/usage" => GET,
+        | "/usage" | "/openapi" => GET,
         "/reload" | "/config/validate" => &[Method::Post],
         "/config" => &[Method::Get, Method::Put],
         "/keys" => &[Method::Get, Method::Post],
@@ -130,6 +130,7 @@ pub fn answer(
             )
         }
         (Method::Get, "/usage") => usage(ctx, query),
+        (Method::Get, "/openapi") => openapi(ctx, query),
         (Method::Delete, p) | (Method::Post, p) if p.starts_with("/keys/") => {
             let Some((name, action)) = key_path(p) else {
                 return Err(error(404, "Not Found"));
@@ -372,6 +373,47 @@ fn query_value<'a>(query: &'a str, name: &str) -> Option<&'a str> {
         .filter_map(|p| p.split_once('='))
         .find(|(k, _)| *k == name)
         .map(|(_, v)| v)
+}
+
+/// `GET /openapi?api=NAME[&extensions=false]`: the OpenAPI 3.0 document of
+/// one API of the running config, as `coregate openapi export` writes it
+/// (docs/openapi.md). NAME is percent-decoded.
+fn openapi(ctx: &Context, query: &str) -> Answer {
+    let r = running(ctx)?;
+    let Some(api) = query_value(query, "api").map(percent_decode) else {
+        return Err(error(400, "name the API: /openapi?api=NAME"));
+    };
+    let extensions = query_value(query, "extensions") != Some("false");
+    let raw = crate::config::parse(&r.text)
+        .map_err(|_| error(500, "the running config does not parse"))?;
+    let opts = crate::openapi::export::Options { extensions };
+    crate::openapi::export::export(&raw, &r.text, &api, opts)
+        .map(|doc| (200, doc))
+        .map_err(|e| error(404, &e))
+}
+
+/// `%XX` and `+` decoded (a query value); invalid escapes are kept.
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        match b[i] {
+            b'%' if i + 2 < b.len() => match (hex(b[i + 1]), hex(b[i + 2])) {
+                (Some(h), Some(l)) => {
+                    out.push((h * 16 + l) as u8);
+                    i += 3;
+                    continue;
+                }
+                _ => out.push(b'%'),
+            },
+            b'+' => out.push(b' '),
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// `GET /usage?key=K&from=DAY&to=DAY`: what `coregate usage` prints, as
