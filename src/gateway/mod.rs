@@ -22,6 +22,7 @@ pub mod exit;
 mod metrics;
 mod reply;
 pub mod signed_body;
+mod stage;
 
 use crate::http::conn::{Conn, Connections, Flow, Service};
 use crate::http::encode::{DateCache, RequestIds};

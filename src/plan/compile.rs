@@ -52,6 +52,23 @@ fn resolve(addr: &str) -> Result<SocketAddr, String> {
 
 /// Validates and compiles a raw config. Returns every error found.
 pub fn compile(raw: &RawConfig) -> Result<Plan, Vec<ConfigError>> {
+    if !super::stages::used(raw) {
+        return compile_apis(raw, &raw.apis, None);
+    }
+    // One routed set per stage and canary (plan/stages.rs), compiled like
+    // APIs; errors are given back under the keys as written.
+    let x = super::stages::expand(raw);
+    let compiled = compile_apis(raw, &x.apis, Some(&x));
+    x.finish(compiled)
+}
+
+/// Compiles `raw` with `apis` in place of its own: the config's, or their
+/// expansion into stages.
+fn compile_apis(
+    raw: &RawConfig,
+    apis: &[RawApi],
+    staged: Option<&super::stages::Expanded>,
+) -> Result<Plan, Vec<ConfigError>> {
     let mut errors = Vec::new();
     let mut server = compile_server(&raw.server, &mut errors);
     if let Some(tls) = &raw.server.tls {
@@ -140,15 +157,23 @@ pub fn compile(raw: &RawConfig) -> Result<Plan, Vec<ConfigError>> {
     );
     let mut api_plans = Vec::new();
     let mut specs = Vec::new();
+    // (canary number, API index, its routes) of stages' canaries.
+    let mut canary_specs = Vec::new();
+    // Each route's API, by index.
+    let mut route_api = Vec::new();
     let mut api_names = std::collections::BTreeSet::new();
-    for (ai, api) in raw.apis.iter().enumerate() {
+    for (ai, api) in apis.iter().enumerate() {
         let akey = format!("apis[{ai}]");
+        let variant = staged.and_then(|x| x.variants.get(ai));
+        let first = variant.is_none_or(|v| v.first);
         if api.name.is_empty() {
-            errors.push(ConfigError::new(
-                format!("{akey}.name"),
-                "must not be empty",
-            ));
-        } else if !api_names.insert(api.name.as_str()) {
+            if first {
+                errors.push(ConfigError::new(
+                    format!("{akey}.name"),
+                    "must not be empty",
+                ));
+            }
+        } else if first && !api_names.insert(api.name.as_str()) {
             errors.push(ConfigError::new(
                 format!("{akey}.name"),
                 format!("api {:?} is defined twice", api.name),
@@ -182,7 +207,9 @@ pub fn compile(raw: &RawConfig) -> Result<Plan, Vec<ConfigError>> {
                 }
             }
         }
-        if api.routes.is_empty() {
+        // A stage's deployment without routes is reported by the
+        // expansion, and a stub has none on purpose.
+        if api.routes.is_empty() && variant.is_none_or(|v| v.kind == super::stages::Kind::Plain) {
             errors.push(ConfigError::new(
                 format!("{akey}.routes"),
                 "an api needs at least one [[apis.routes]]",
@@ -200,7 +227,16 @@ pub fn compile(raw: &RawConfig) -> Result<Plan, Vec<ConfigError>> {
                 &mut reported_elsewhere,
             ),
             detailed_metrics: api.detailed_metrics.unwrap_or(false),
+            stage: variant.and_then(|v| v.tag.clone()).map(Box::new),
+            canary: match variant.map(|v| v.kind) {
+                Some(super::stages::Kind::Stage(c)) => c,
+                _ => None,
+            },
         });
+        let canary_no = match variant.map(|v| v.kind) {
+            Some(super::stages::Kind::Canary(c)) => Some(c),
+            _ => None,
+        };
         let mut spec_routes = Vec::new();
         for (ri, r) in api.routes.iter().enumerate() {
             let rkey = format!("{akey}.routes[{ri}]");
@@ -259,14 +295,21 @@ pub fn compile(raw: &RawConfig) -> Result<Plan, Vec<ConfigError>> {
             };
             let id = routes.len() as RouteId;
             let api_ctx = crate::policy::ApiContext {
-                index: ai,
+                // A canary shares its stage's API-level buckets.
+                index: variant.map_or(ai, |v| v.bucket_api),
                 raw: api,
                 key: &akey,
                 cors: api_cors.clone(),
             };
             // A bad key or integration does not hide the route's policy
             // errors: the policies are compiled either way.
-            let policies = policy_builder.route(&api_ctx, id as usize, r, &rkey, &mut errors);
+            let mut policies = policy_builder.route(&api_ctx, id as usize, r, &rkey, &mut errors);
+            if let (Some(_), Some(rule)) = (canary_no, &mut policies.cache) {
+                // The canary's responses are cached apart from the stage's.
+                rule.scope = b"canary\n"[..].into();
+            }
+            route_api.push(ai);
+            let stage = variant.and_then(|v| v.tag.clone()).map(Box::new);
             let (Some(key), Some(mut integration)) = (key, integration) else {
                 // Keeps later route ids in line; a plan with errors is not used.
                 routes.push(RoutePlan {
@@ -278,6 +321,7 @@ pub fn compile(raw: &RawConfig) -> Result<Plan, Vec<ConfigError>> {
                         body: Vec::new(),
                     }),
                     policies,
+                    stage,
                 });
                 continue;
             };
@@ -295,15 +339,21 @@ pub fn compile(raw: &RawConfig) -> Result<Plan, Vec<ConfigError>> {
                 key: r.key.clone(),
                 integration,
                 policies,
+                stage,
             });
             spec_routes.push((key, id, r.key.as_str()));
         }
-        specs.push(ApiSpec {
+        let spec = ApiSpec {
             name: &api.name,
             hosts: api.hosts.clone(),
             base_path,
             routes: spec_routes,
-        });
+        };
+        match canary_no {
+            // A canary shares its stage's path: it has a table of its own.
+            Some(c) => canary_specs.push((c, ai, spec)),
+            None => specs.push((ai, spec)),
+        }
     }
     if raw.apis.is_empty() {
         errors.push(ConfigError::new(
@@ -312,20 +362,36 @@ pub fn compile(raw: &RawConfig) -> Result<Plan, Vec<ConfigError>> {
         ));
     }
     let policies = policy_builder.finish(&raw.server, api_keys, &mut errors);
-    let mut access_log = crate::accesslog::compile(raw, &mut errors);
-    access_log.bind_routes(routes.iter().map(|r: &RoutePlan| {
-        raw.apis
-            .iter()
-            .position(|a| a.name == r.api)
-            .unwrap_or(usize::MAX)
-    }));
-    let table = match RouteTable::build(&specs) {
+    let mut access_log = crate::accesslog::compile(raw, apis, &mut errors);
+    access_log.bind_routes(route_api.into_iter());
+    let table = match RouteTable::build_indexed(&specs) {
         Ok(t) => t,
         Err(es) => {
             errors.extend(es.into_iter().map(|e| ConfigError::new("apis", e)));
             RouteTable::default()
         }
     };
+    let mut stages = super::stages::StagesPlan::default();
+    if let Some(x) = staged {
+        canary_specs.sort_by_key(|(c, _, _)| *c);
+        for (c, ai, spec) in canary_specs {
+            let Some(split) = x.canaries.get(c as usize) else {
+                continue;
+            };
+            let table = match RouteTable::build_indexed(&[(ai, spec)]) {
+                Ok(t) => t,
+                Err(es) => {
+                    errors.extend(es.into_iter().map(|e| ConfigError::new("apis", e)));
+                    RouteTable::default()
+                }
+            };
+            stages.canaries.push(super::stages::CanaryPlan {
+                table,
+                threshold: split.threshold,
+                sticky: split.sticky.clone(),
+            });
+        }
+    }
     if errors.is_empty() {
         Ok(Plan {
             server,
@@ -337,6 +403,7 @@ pub fn compile(raw: &RawConfig) -> Result<Plan, Vec<ConfigError>> {
             table,
             admin,
             access_log,
+            stages,
         })
     } else {
         Err(errors)

@@ -77,6 +77,9 @@ pub struct CacheRule {
     pub cacheable_statuses: Vec<u16>,
     pub invalidation: Invalidation,
     pub ignore_backend_no_store: bool,
+    /// Written before the rest of the key: keeps a stage's canary's entries
+    /// apart from the stage's (empty otherwise).
+    pub scope: Box<[u8]>,
 }
 
 impl CacheRule {
@@ -124,6 +127,7 @@ impl CacheRule {
     /// GET entry too).
     pub fn write_key_as(&self, out: &mut Vec<u8>, method: &[u8], buf: &[u8], head: &RequestHead) {
         out.clear();
+        out.extend_from_slice(&self.scope);
         out.extend_from_slice(method);
         out.push(b'\n');
         if let Some(h) = head.host {
@@ -290,6 +294,7 @@ pub fn compile_rule(
         cacheable_statuses: statuses,
         invalidation,
         ignore_backend_no_store: ignore_no_store,
+        scope: Box::default(),
     })
 }
 
