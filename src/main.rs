@@ -3,7 +3,7 @@
 //! config, start-up failure or failed `keys` command, 2 bad usage.
 
 use coregate::plan;
-use coregate::runtime::Server;
+use coregate::runtime::{KeyAnswer, KeyChange, MainRequest, Running, Server};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -18,9 +18,14 @@ const SIGNAL_POLL: std::time::Duration = std::time::Duration::from_millis(20);
 const SERVE_USAGE: &str = "  coregate serve [--config PATH] [--log-level LEVEL]
                                    run the gateway (default config: config/coregate.toml);
                                    LEVEL: error, warn, info (default) or debug;
-                                   SIGTERM or SIGINT drains and exits 0, SIGHUP is logged
-                                   only, SIGUSR1 reopens the access log files";
+                                   SIGTERM or SIGINT drains and exits 0, SIGHUP reloads
+                                   the config, SIGUSR1 reopens the access log files";
 const CHECK_USAGE: &str = "  coregate check [--config PATH]   validate a config and exit 0, or print every error and exit 1";
+const RELOAD_USAGE: &str =
+    "  coregate reload [--config PATH]  ask the running gateway (through the admin listener PATH
+                                   names) to reload its config; waits until every shard
+                                   serves it and prints its generation (exit 0), or prints
+                                   why it was refused (exit 1)";
 const KEYS_USAGE: &str = "  coregate keys create --file F --name N [--usage-plan P]
                                    add a key to the keys file F (created if missing);
                                    the key is printed once, on stdout
@@ -40,13 +45,14 @@ fn usage_text(sub: Option<&str>) -> String {
     let one = match sub {
         Some("serve") => SERVE_USAGE,
         Some("check") => CHECK_USAGE,
+        Some("reload") => RELOAD_USAGE,
         Some("keys") => KEYS_USAGE,
         Some("usage") => USAGE_USAGE,
         _ => {
             return format!(
-                "usage:\n{SERVE_USAGE}\n{CHECK_USAGE}\n{KEYS_USAGE}\n{USAGE_USAGE}\n  \
+            "usage:\n{SERVE_USAGE}\n{CHECK_USAGE}\n{RELOAD_USAGE}\n{KEYS_USAGE}\n{USAGE_USAGE}\n  \
                  coregate --version\n  coregate [SUBCOMMAND] --help"
-            )
+        )
         }
     };
     format!("usage:\n{one}")
@@ -71,7 +77,7 @@ fn main() -> ExitCode {
         // --help`) prints SUB's usage and exits 0, whatever else is given.
         sub if rest.iter().any(|a| a == "--help" || a == "-h") => {
             return match sub {
-                "serve" | "check" | "keys" | "usage" => {
+                "serve" | "check" | "reload" | "keys" | "usage" => {
                     println!("{}", usage_text(Some(sub)));
                     ExitCode::SUCCESS
                 }
@@ -111,6 +117,7 @@ fn main() -> ExitCode {
     match cmd {
         "serve" => serve(&config_path),
         "check" => check(&config_path),
+        "reload" => coregate::cli::reload::run(&config_path),
         other => usage(&format!("unknown command {other:?}")),
     }
 }
@@ -352,17 +359,30 @@ fn check(path: &std::path::Path) -> ExitCode {
 }
 
 fn serve(path: &std::path::Path) -> ExitCode {
-    let plan = match load(path) {
+    // The text is kept: the admin API shows the running config.
+    let mut text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: (file): cannot read {}: {e}", path.display());
+            eprintln!("{}: 1 error(s)", path.display());
+            return ExitCode::from(1);
+        }
+    };
+    let plan = match plan::load_text_in(&text, path.parent()) {
         Ok(p) => p,
-        Err(code) => return code,
+        Err(errors) => {
+            for e in &errors {
+                eprintln!("error: {e}");
+            }
+            eprintln!("{}: {} error(s)", path.display(), errors.len());
+            return ExitCode::from(1);
+        }
     };
     // Register signals before the shards start, so none is missed. A flag
     // polled by this thread, rather than signal-hook's blocking iterator,
     // which panics on an unexpected errno (seen under a debugger).
     let signalled = Arc::new(AtomicBool::new(false));
-    // SIGHUP's default action ends the process at once, without a log line
-    // or the drain (and the usage not yet written with it). It is caught and
-    // only logged: this process has no reload.
+    // SIGHUP reloads the config.
     let hangup = Arc::new(AtomicBool::new(false));
     // SIGUSR1 reopens the access-log files (logrotate).
     let reopen = Arc::new(AtomicBool::new(false));
@@ -398,7 +418,7 @@ fn serve(path: &std::path::Path) -> ExitCode {
         }
     };
     let started = std::time::SystemTime::now();
-    let server = match Server::start(plan) {
+    let mut server = match Server::start(plan) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("coregate: {e}");
@@ -411,12 +431,14 @@ fn serve(path: &std::path::Path) -> ExitCode {
     for addr in &server.tls_addrs {
         println!("coregate: listening on {addr} (tls)");
     }
+    let (reload_tx, requests) = crossbeam_channel::unbounded::<MainRequest>();
     if let Some(admin) = admin {
         let addr = admin.addr;
         let ctx = coregate::admin::Context {
             inboxes: server.inboxes(),
             started,
             version: env!("CARGO_PKG_VERSION"),
+            main: reload_tx,
         };
         if let Err(e) = admin.serve(ctx) {
             eprintln!("coregate: cannot start the admin listener's threads: {e}");
@@ -436,7 +458,12 @@ fn serve(path: &std::path::Path) -> ExitCode {
     let _ = std::io::stdout().flush();
 
     while !signalled.swap(false, Ordering::SeqCst) {
-        note_hangup(&hangup);
+        if hangup.swap(false, Ordering::SeqCst) {
+            let _ = reload(&mut server, path, &mut text, "SIGHUP", None, false);
+        }
+        while let Ok(asked) = requests.try_recv() {
+            answer(&mut server, path, &mut text, asked);
+        }
         if reopen.swap(false, Ordering::SeqCst) {
             server.reopen_logs();
         }
@@ -456,7 +483,22 @@ fn serve(path: &std::path::Path) -> ExitCode {
             );
             std::process::exit(1);
         }
-        note_hangup(&hangup);
+        if hangup.swap(false, Ordering::SeqCst) {
+            coregate::log!("warn", "SIGHUP ignored: draining, no reload");
+        }
+        while let Ok(asked) = requests.try_recv() {
+            let stopping = vec![coregate::runtime::STOPPING.to_string()];
+            match asked {
+                MainRequest::Reload { reply, .. } => {
+                    let _ = reply.send(Err(stopping));
+                }
+                MainRequest::Keys { reply, .. } => {
+                    let _ = reply.send(Err(stopping));
+                }
+                // Dropped: the admin thread answers 503.
+                MainRequest::Running { .. } => {}
+            }
+        }
         std::thread::sleep(SIGNAL_POLL);
     });
     server.join();
@@ -464,13 +506,147 @@ fn serve(path: &std::path::Path) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-/// Logs a SIGHUP received since the last look, if any.
-fn note_hangup(hangup: &AtomicBool) {
-    if hangup.swap(false, Ordering::SeqCst) {
-        coregate::log!(
-            "warn",
-            "SIGHUP ignored: this process does not reload its configuration; it keeps serving \
-             the config it started with (restart it to apply a changed file)"
-        );
+/// Answers one request of the admin listener's threads.
+fn answer(server: &mut Server, path: &std::path::Path, text: &mut String, asked: MainRequest) {
+    match asked {
+        MainRequest::Reload {
+            who,
+            text: given,
+            reply,
+        } => {
+            let write = given.is_some();
+            let _ = reply.send(reload(server, path, text, &who, given, write));
+        }
+        MainRequest::Running { reply } => {
+            if let Some(plan) = server.plan() {
+                let _ = reply.send(Running {
+                    generation: server.generation(),
+                    path: path.to_path_buf(),
+                    text: text.clone(),
+                    plan: plan.clone(),
+                    listeners: server.listeners(),
+                });
+            }
+        }
+        MainRequest::Keys { who, change, reply } => {
+            let _ = reply.send(change_keys(server, path, text, &who, change));
+        }
     }
+}
+
+/// Changes the API keys file the running config names, then reloads the
+/// running config (not the file on disk, which may hold edits nobody has
+/// asked to apply). A refused reload puts the keys file back as it was.
+fn change_keys(
+    server: &mut Server,
+    path: &std::path::Path,
+    text: &mut String,
+    who: &str,
+    change: KeyChange,
+) -> Result<KeyAnswer, Vec<String>> {
+    use coregate::policy::api_key::cli;
+    let raw = coregate::config::parse(text)
+        .map_err(|e| e.iter().map(|e| e.to_string()).collect::<Vec<_>>())?;
+    let Some(file) = raw.server.api_keys_file else {
+        return Err(vec![
+            "server.api_keys_file: the running config names no keys file, so keys cannot be managed here"
+                .to_string(),
+        ]);
+    };
+    let file = coregate::config::resolve_path(&file, path.parent());
+    let before = std::fs::read_to_string(&file).ok();
+    let mut created = None;
+    let done = match &change {
+        KeyChange::Create { name, usage_plan } => cli::create(&file, name, usage_plan.as_deref())
+            .map(|k| {
+                created = Some((k.id, k.full));
+            }),
+        KeyChange::Enable(name) => cli::set_enabled(&file, name, true),
+        KeyChange::Disable(name) => cli::set_enabled(&file, name, false),
+        KeyChange::Revoke(name) => cli::remove(&file, name),
+    };
+    done.map_err(|e| vec![e])?;
+    let what = match &change {
+        KeyChange::Create { name, .. } => format!("created API key {name:?}"),
+        KeyChange::Enable(name) => format!("enabled API key {name:?}"),
+        KeyChange::Disable(name) => format!("disabled API key {name:?}"),
+        KeyChange::Revoke(name) => format!("revoked (removed) API key {name:?}"),
+    };
+    let running = text.clone();
+    match reload(server, path, text, who, Some(running), false) {
+        Ok(generation) => {
+            coregate::log!("info", "{who} {what} in {}", file.display());
+            Ok(KeyAnswer {
+                generation,
+                created,
+            })
+        }
+        Err(errors) => {
+            let restored = match &before {
+                Some(old) => coregate::config::write_atomic(&file, old),
+                None => std::fs::remove_file(&file).map_err(|e| e.to_string()),
+            };
+            if let Err(e) = restored {
+                coregate::log!(
+                    "error",
+                    "{who}: the keys file {} could not be put back after a refused reload: {e}",
+                    file.display()
+                );
+            }
+            Err(errors)
+        }
+    }
+}
+
+/// Reads and compiles the config (`given`, or else the file at `path`) and
+/// installs it in every shard; `who` asked for it (logged with the
+/// outcome). On any error the shards keep the generation they serve. With
+/// `write`, the installed text is then written to `path`.
+fn reload(
+    server: &mut Server,
+    path: &std::path::Path,
+    running: &mut String,
+    who: &str,
+    given: Option<String>,
+    write: bool,
+) -> Result<u64, Vec<String>> {
+    let read = match given {
+        Some(t) => Ok(t),
+        None => std::fs::read_to_string(path)
+            .map_err(|e| vec![format!("(file): cannot read {}: {e}", path.display())]),
+    };
+    let outcome = read.and_then(|t| {
+        let plan = plan::load_text_in(&t, path.parent())
+            .map_err(|errors| errors.iter().map(|e| e.to_string()).collect::<Vec<_>>())?;
+        let n = server.reload(plan)?;
+        *running = t;
+        if write {
+            coregate::config::write_atomic(path, running).map_err(|e| {
+                vec![format!(
+                    "generation {n} serves the new config, but the config file was not \
+                     updated ({e}): a restart would start from the file as it is"
+                )]
+            })?;
+        }
+        Ok(n)
+    });
+    match &outcome {
+        Ok(n) => coregate::log!(
+            "info",
+            "reload asked by {who}: generation {n} of {} serving on every shard",
+            path.display()
+        ),
+        Err(errors) => {
+            coregate::log!(
+                "error",
+                "reload asked by {who} refused: {} error(s); generation {} keeps serving",
+                errors.len(),
+                server.generation()
+            );
+            for e in errors {
+                coregate::log!("error", "reload: {e}");
+            }
+        }
+    }
+    outcome
 }

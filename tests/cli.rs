@@ -191,7 +191,7 @@ fn the_readme_tour_backend_serves_what_the_tour_curls() {
         .expect("the tour's backend line");
     assert!(backend.contains("--bind 127.0.0.1"), "{backend}");
     // Every `coregate` subcommand the README shows exists (answers --help).
-    for sub in ["serve", "check", "keys", "usage"] {
+    for sub in ["serve", "check", "reload", "keys", "usage"] {
         assert!(
             readme.contains(&format!("-- {sub} ")),
             "README shows no {sub}"
@@ -217,7 +217,8 @@ fn production_doc_quotes_what_the_binary_says() {
     for line in [
         "SIGTERM/SIGINT: draining (a second signal exits at once)",
         "second signal: exiting without waiting for the drain",
-        "SIGHUP ignored: this process does not reload its configuration;",
+        "reload asked by ",
+        "SIGHUP ignored: draining, no reload",
         "accept failed:",
         "glommio needs a locked-memory limit (RLIMIT_MEMLOCK) of at least",
         "address in use",

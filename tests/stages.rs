@@ -4,8 +4,9 @@
 //! stage variables in integration URLs and mock bodies, the `$default`
 //! stage and unknown stage paths, the canary's share over 10,000 requests,
 //! sticky canaries by header, cookie and API key, the deployment in the
-//! response header, the metrics and the access log, promotion through the
-//! config file, and bad stage configs refused with their keys. Unwraps are
+//! response header, the metrics and the access log, promotion and rollback
+//! through the config file and a reload, and bad stage configs refused with
+//! their keys (by `coregate check` and by a reload). Unwraps are
 //! on the test's own files and on values the test has just checked.
 
 mod support;
@@ -420,25 +421,56 @@ fn metrics_and_access_logs_carry_stage_and_deployment() {
     assert!(all_there, "not all of {wanted:#?} in:\n{metrics}");
 }
 
-#[test]
-fn promotion_through_the_config_file_moves_every_request() {
-    let text = CANARY.replace("@PERCENT@", "25");
-    let promoted = coregate::config::canary::promote_canary(&text, "shop", "prod").unwrap();
-    let gw = Gateway::start(&promoted);
+/// Every answer of `n` requests to `path` comes from `deployment`, with
+/// `body`.
+fn all_from(gw: &Gateway, path: &str, n: usize, deployment: &str, body: &str) {
     let agent = agent();
+    for _ in 0..n {
+        let r = call(agent.get(&gw.url(path)), None);
+        assert_eq!(r.header(HEADER), Some(deployment), "{}", r.text());
+        assert_eq!(r.text(), body);
+    }
+}
+
+#[test]
+fn promotion_and_rollback_through_the_config_file_and_a_reload() {
+    let text = CANARY.replace("@PERCENT@", "25");
+    let gw = Gateway::start(&text);
+    let agent = agent();
+    let mut seen = BTreeMap::new();
     for _ in 0..200 {
         let r = call(agent.get(&gw.url("/shop/prod/v")), None);
-        assert_eq!(r.header(HEADER), Some("next"));
-        assert_eq!(r.text(), "next green");
+        *seen.entry(served_by(&r)).or_insert(0) += 1;
     }
-    drop(gw);
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    // Promote: the canary's deployment and variables serve everything.
+    let promoted = coregate::config::canary::promote_canary(&text, "shop", "prod").unwrap();
+    gw.reload_with(&promoted);
+    all_from(&gw, "/shop/prod/v", 300, "next", "next green");
+    // Roll back (from the file as it was): the stage's deployment only.
     let rolled_back = coregate::config::canary::rollback_canary(&text, "shop", "prod").unwrap();
-    let gw = Gateway::start(&rolled_back);
-    for _ in 0..200 {
-        let r = call(agent.get(&gw.url("/shop/prod/v")), None);
-        assert_eq!(r.header(HEADER), Some("stable"));
-        assert_eq!(r.text(), "stable blue");
-    }
+    gw.reload_with(&rolled_back);
+    all_from(&gw, "/shop/prod/v", 300, "stable", "stable blue");
+    // And all the way up.
+    let all = coregate::config::canary::set_canary_percent(&text, "shop", "prod", 100.0).unwrap();
+    gw.reload_with(&all);
+    all_from(&gw, "/shop/prod/v", 300, "next", "next green");
+}
+
+#[test]
+fn a_reload_with_a_bad_canary_is_refused_and_traffic_goes_on() {
+    let text = CANARY.replace("@PERCENT@", "0");
+    let gw = Gateway::start(&text);
+    all_from(&gw, "/shop/prod/v", 50, "stable", "stable blue");
+    gw.rewrite_config(&text.replacen("percent = 0", "percent = 101", 1));
+    let r = gw.reload();
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(
+        r.text().contains("apis[0].stages[0].canary.percent"),
+        "{}",
+        r.text()
+    );
+    all_from(&gw, "/shop/prod/v", 50, "stable", "stable blue");
 }
 
 #[test]

@@ -1,7 +1,9 @@
 //! The admin listener: `GET /metrics` (Prometheus text or OpenMetrics),
-//! `GET /dashboard` (a page inside the binary) and `GET /dashboard/data`
-//! (the JSON it polls). It runs on plain threads of its own, never on a
-//! shard: a scrape costs a shard one message on its control inbox and the
+//! `GET /dashboard` (a page inside the binary), `GET /dashboard/data`
+//! (the JSON it polls), `POST /reload` (the same reload as SIGHUP; it
+//! answers when every shard serves the new config), and the JSON admin
+//! API of [`api`] (config, status, keys, usage). It runs on plain threads
+//! of its own, never on a shard: a scrape costs a shard one message on its control inbox and the
 //! copy of its counters ([`crate::gateway::Gateway::snapshot`]), made
 //! between two of its tasks.
 //!
@@ -16,6 +18,7 @@
 //! as the password of HTTP Basic authentication (what a browser asks for
 //! on the dashboard); it is compared in constant time.
 
+pub mod api;
 pub mod dashboard;
 mod serve;
 
@@ -35,6 +38,10 @@ pub const MAX_CONNECTIONS: usize = 32;
 /// inbox every 25 ms; one that does not answer within this is draining
 /// or stuck, and the scrape goes on without it.
 pub const SCRAPE_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long `POST /reload` waits for the main thread's answer: reading and
+/// compiling the config, binding added listeners, and every shard's
+/// install (at most 10 s).
+pub const RELOAD_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The admin listener, bound and not yet serving.
 pub struct Bound {
@@ -51,6 +58,9 @@ pub struct Context {
     /// When the gateway started.
     pub started: SystemTime,
     pub version: &'static str,
+    /// Where the admin API asks the main thread, which owns the running
+    /// server (reload, the running config, key changes).
+    pub main: Sender<crate::runtime::MainRequest>,
 }
 
 /// State every admin thread shares; read-only.

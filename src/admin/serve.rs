@@ -1,7 +1,8 @@
 //! The admin listener's HTTP/1.1: one thread per connection, keep-alive,
 //! request heads parsed by the gateway's own parser
 //! ([`crate::http::parse::parse_request_head`]) under small limits,
-//! GET and HEAD only, no request bodies. Every error is JSON
+//! the methods each path takes ([`super::api::allowed`]), request bodies up
+//! to 1 MiB with a Content-Length. Every error is JSON
 //! (`{"message": ...}`), like the gateway's.
 
 use super::{dashboard, Shared};
@@ -24,6 +25,8 @@ const LIMITS: HeadLimits = HeadLimits {
 /// closed, and so is one whose request head takes longer than this to
 /// arrive, however it trickles in.
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
+/// The largest request body (a config file for `PUT /config`).
+const MAX_BODY: usize = 1024 * 1024;
 
 pub(super) fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
     let active = Arc::new(AtomicUsize::new(0));
@@ -49,10 +52,14 @@ pub(super) fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
         }
         let shared = shared.clone();
         let count = active.clone();
+        let peer = stream
+            .peer_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_else(|_| "unknown peer".to_string());
         let spawned = std::thread::Builder::new()
             .name("coregate-admin-conn".into())
             .spawn(move || {
-                serve_connection(stream, &shared);
+                serve_connection(stream, &shared, &peer);
                 count.fetch_sub(1, Ordering::AcqRel);
             });
         if let Err(e) = spawned {
@@ -115,7 +122,7 @@ fn write_response(
     stream.write_all(&out)
 }
 
-fn serve_connection(mut stream: TcpStream, shared: &Shared) {
+fn serve_connection(mut stream: TcpStream, shared: &Shared, peer: &str) {
     let _ = stream.set_read_timeout(Some(IO_TIMEOUT));
     let _ = stream.set_write_timeout(Some(IO_TIMEOUT));
     let _ = stream.set_nodelay(true);
@@ -154,21 +161,54 @@ fn serve_connection(mut stream: TcpStream, shared: &Shared) {
                 Ok(n) => buf.extend_from_slice(&chunk[..n]),
             }
         };
+        // === its body, if any ===
+        let body_len = match head.framing {
+            Framing::None => 0,
+            Framing::Length(n) => n,
+            Framing::Chunked => {
+                let _ = write_response(
+                    &mut stream,
+                    &Response::error(411, "Admin requests with a body need a Content-Length"),
+                    false,
+                    false,
+                );
+                return;
+            }
+        };
+        if body_len > MAX_BODY as u64 {
+            let _ = write_response(
+                &mut stream,
+                &Response::error(413, "An admin request body is at most 1 MiB"),
+                false,
+                false,
+            );
+            return;
+        }
+        let total = head.len + body_len as usize;
+        while buf.len() < total {
+            if started.elapsed() > IO_TIMEOUT {
+                let _ = write_response(
+                    &mut stream,
+                    &Response::error(408, "Request Timeout"),
+                    false,
+                    false,
+                );
+                return;
+            }
+            match stream.read(&mut chunk) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
         // === answer it ===
-        let has_body = match head.framing {
-            Framing::None | Framing::Length(0) => false,
-            Framing::Length(_) | Framing::Chunked => true,
-        };
         let head_only = head.method == crate::http::method::Method::Head;
-        let (response, keep_alive) = if has_body {
-            (Response::error(413, "Admin requests take no body"), false)
-        } else {
-            (answer(shared, &buf, &head), head.keep_alive)
-        };
+        let body = &buf[head.len..total];
+        let response = answer(shared, &buf, &head, body, peer);
+        let keep_alive = head.keep_alive;
         if write_response(&mut stream, &response, head_only, keep_alive).is_err() || !keep_alive {
             return;
         }
-        buf.drain(..head.len);
+        buf.drain(..total);
     }
 }
 
@@ -180,11 +220,31 @@ fn header<'a>(buf: &'a [u8], head: &RequestHead, name: &str) -> Option<&'a [u8]>
         .map(|h| h.value.get(buf))
 }
 
-fn answer(shared: &Shared, buf: &[u8], head: &RequestHead) -> Response {
+fn answer(shared: &Shared, buf: &[u8], head: &RequestHead, body: &[u8], peer: &str) -> Response {
     use crate::http::method::Method;
-    if !matches!(head.method, Method::Get | Method::Head) {
+    let path = head.path(buf);
+    let Ok(path) = std::str::from_utf8(path) else {
+        return Response::error(404, "Not Found");
+    };
+    let query = head
+        .query
+        .map(|q| String::from_utf8_lossy(q.get(buf)).into_owned())
+        .unwrap_or_default();
+    let method = match head.method {
+        Method::Head => Method::Get,
+        m => m,
+    };
+    let Some(allowed) = super::api::allowed(path) else {
+        return Response::error(404, "Not Found");
+    };
+    if !allowed.contains(&method) {
+        let mut names: Vec<&str> = allowed.iter().map(|m| m.as_str()).collect();
+        if allowed.contains(&Method::Get) {
+            names.push("HEAD");
+        }
         let mut r = Response::error(405, "Method Not Allowed");
-        r.headers.push_str("allow: GET, HEAD\r\n");
+        r.headers
+            .push_str(&format!("allow: {}\r\n", names.join(", ")));
         return r;
     }
     if let Some(token) = &shared.token {
@@ -196,8 +256,13 @@ fn answer(shared: &Shared, buf: &[u8], head: &RequestHead) -> Response {
             return r;
         }
     }
-    match head.path(buf) {
-        b"/metrics" => {
+    if !body.is_empty() && method == Method::Get {
+        return Response::error(413, "GET requests take no body");
+    }
+    let who = || format!("admin client {peer}");
+    match (method, path) {
+        (Method::Post, "/reload") => reload(shared, peer),
+        (Method::Get, "/metrics") => {
             let om = header(buf, head, "accept").is_some_and(expo::wants_openmetrics);
             let merged = super::scrape(&shared.ctx.inboxes);
             let info = expo::Info {
@@ -212,20 +277,72 @@ fn answer(shared: &Shared, buf: &[u8], head: &RequestHead) -> Response {
             };
             Response::ok(ctype, body)
         }
-        b"/dashboard" | b"/dashboard/" => Response::ok(
+        (Method::Get, "/dashboard" | "/dashboard/") => Response::ok(
             "text/html; charset=utf-8",
             dashboard::PAGE.as_bytes().to_vec(),
         ),
-        b"/dashboard/data" => match dashboard::request_data(&shared.data) {
+        (Method::Get, "/dashboard/data") => match dashboard::request_data(&shared.data) {
             Some(json) => Response::ok("application/json", json.into_bytes()),
             None => Response::error(503, "The dashboard's sampler is not running"),
         },
-        b"/" => {
+        (Method::Get, "/") => {
             let mut r = Response::error(302, "Found");
             r.headers.push_str("location: /dashboard\r\n");
             r
         }
-        _ => Response::error(404, "Not Found"),
+        _ => match super::api::answer(&shared.ctx, method, path, &query, body, &who()) {
+            Ok((status, json)) => {
+                let mut r = Response::ok("application/json", json.to_string().into_bytes());
+                r.status = status;
+                r
+            }
+            Err((status, json)) => {
+                let mut r = Response::error(status, "");
+                r.body = json.to_string().into_bytes();
+                r
+            }
+        },
+    }
+}
+
+/// `POST /reload`: asks the main thread to reload the config and waits for
+/// its answer. 200 `{"generation": N}`; 400 `{"message", "errors"}` when
+/// the config was refused (the old one keeps serving); 503 when the
+/// gateway is stopping or does not answer.
+fn reload(shared: &Shared, peer: &str) -> Response {
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    let asked = shared.ctx.main.send(crate::runtime::MainRequest::Reload {
+        who: format!("admin client {peer}"),
+        text: None,
+        reply: tx,
+    });
+    if asked.is_err() {
+        return Response::error(503, "The gateway is stopping: no reload");
+    }
+    match rx.recv_timeout(super::RELOAD_TIMEOUT) {
+        Ok(Ok(generation)) => Response::ok(
+            "application/json",
+            serde_json::json!({ "generation": generation })
+                .to_string()
+                .into_bytes(),
+        ),
+        Ok(Err(errors)) if errors.first().map(String::as_str) == Some(crate::runtime::STOPPING) => {
+            Response::error(503, crate::runtime::STOPPING)
+        }
+        Ok(Err(errors)) => {
+            let mut r = Response::error(400, "");
+            r.body = serde_json::json!({
+                "message": "The config was not reloaded; the gateway serves the one it had",
+                "errors": errors,
+            })
+            .to_string()
+            .into_bytes();
+            r
+        }
+        Err(_) => Response::error(
+            503,
+            "The gateway did not answer the reload request (it may be stopping)",
+        ),
     }
 }
 

@@ -134,7 +134,10 @@ fn write_line(gw: &Gateway, x: &Exchange, text: &[u8]) {
         integration_status: o.upstream_status,
         error: o.error.as_deref(),
         principal,
-        api_key_name: x.state.api_key.and_then(|k| gw.policies.api_keys.name(k)),
+        api_key_name: x
+            .state
+            .api_key
+            .and_then(|k| x.generation.policies.api_keys.name(k)),
         cache: match o.cache {
             CacheStatus::Hit => Some("hit"),
             CacheStatus::Miss => Some("miss"),

@@ -6,7 +6,7 @@
 //! policy ([`crate::policy::request_auth`]) builds the request body, reads
 //! the answer and caches it; this module does the I/O.
 
-use super::{Exchange, Gateway, Generation};
+use super::{Exchange, Generation};
 use crate::http::conn::Conn;
 use crate::http::parse::RequestHead;
 use crate::integration::client;
@@ -26,7 +26,6 @@ const FLIGHT_GRACE: Duration = Duration::from_millis(250);
 /// exchange's state: `Continue` (allowed) or `Respond` (denied, or 500 for
 /// a failed call, never an allow).
 pub async fn call(
-    gw: &Gateway,
     call: Box<Call>,
     conn: &mut Conn,
     head: &RequestHead,
@@ -57,7 +56,7 @@ pub async fn call(
         source_ip: x.peer.ip(),
         request_id: std::str::from_utf8(&x.request_id).unwrap_or("-"),
     };
-    let outcome = decide(az, &call, gw, &generation, &facts).await;
+    let outcome = decide(az, &call, &generation, &facts).await;
     match &outcome {
         Ok(v) => apply(v, &mut x.state),
         Err(Failed) => refuse(500),
@@ -80,13 +79,12 @@ fn refuse(status: u16) -> Decision {
 async fn decide(
     az: &RequestAuthorizer,
     call: &Call,
-    gw: &Gateway,
     generation: &Generation,
     facts: &protocol::Facts<'_>,
 ) -> Outcome {
-    let cache = gw.policies.auth.request.cache(call.authorizer);
+    let cache = generation.policies.auth.request.cache(call.authorizer);
     let (Some(cache), Some(key)) = (cache, call.key) else {
-        return ask(az, call, gw, generation, facts).await;
+        return ask(az, call, generation, facts).await;
     };
     if let Some(flight) = cache.flight(&key) {
         let limit = az.timeout + FLIGHT_GRACE;
@@ -103,14 +101,14 @@ async fn decide(
         if let Some(v) = cache.get(&key, Instant::now()) {
             return Ok(v);
         }
-        let outcome = ask(az, call, gw, generation, facts).await;
+        let outcome = ask(az, call, generation, facts).await;
         if let Ok(v) = &outcome {
             cache.insert(key, v.clone(), Instant::now());
         }
         return outcome;
     }
     let guard = cache.begin(key);
-    let outcome = ask(az, call, gw, generation, facts).await;
+    let outcome = ask(az, call, generation, facts).await;
     if let Ok(v) = &outcome {
         // Allow and deny are both cached; failures never are.
         cache.insert(key, v.clone(), Instant::now());
@@ -124,7 +122,6 @@ async fn decide(
 async fn ask(
     az: &RequestAuthorizer,
     call: &Call,
-    gw: &Gateway,
     generation: &Generation,
     facts: &protocol::Facts<'_>,
 ) -> Outcome {
@@ -133,7 +130,8 @@ async fn ask(
         generation.plan.upstreams.get(az.upstream),
         generation.upstreams.get(az.upstream),
     ) else {
-        gw.policies
+        generation
+            .policies
             .auth
             .request
             .note_failure(&az.name, || "its upstream is not in the plan".to_string());
@@ -149,7 +147,8 @@ async fn ask(
     let answer = match client::call(uplan, state, &request).await {
         Ok(a) => a,
         Err(e) => {
-            gw.policies
+            generation
+                .policies
                 .auth
                 .request
                 .note_failure(&az.name, || e.to_string());
@@ -157,7 +156,8 @@ async fn ask(
         }
     };
     if answer.status != 200 {
-        gw.policies
+        generation
+            .policies
             .auth
             .request
             .note_failure(&az.name, || format!("answered {} (not 200)", answer.status));
@@ -166,7 +166,8 @@ async fn ask(
     match protocol::parse_answer(az, &answer.body) {
         Ok(v) => Ok(v),
         Err(why) => {
-            gw.policies
+            generation
+                .policies
                 .auth
                 .request
                 .note_failure(&az.name, || format!("invalid answer: {why}"));

@@ -12,7 +12,9 @@ use crate::http::method::Method;
 use crate::http::parse::RequestHead;
 use crate::http::respond::{Reply, ReplyBody};
 use crate::integration::http_proxy::{self, Capture, Forward, Proxied, Report, Upstream};
-use crate::policy::cache::{forbids_storing, header_lines, CacheRule, Entry, FillGuard};
+use crate::policy::cache::{
+    forbids_storing, header_lines, CacheRule, Entry, FillGuard, ShardCache,
+};
 use std::rc::Rc;
 use std::time::Instant;
 
@@ -35,7 +37,7 @@ pub enum Answered {
 /// the upstream request head is in `conn.xbuf`.
 #[allow(clippy::too_many_arguments)]
 pub async fn proxy_cached(
-    gw: &Gateway,
+    cache: &ShardCache,
     conn: &mut Conn,
     head: &RequestHead,
     rule: &CacheRule,
@@ -53,7 +55,6 @@ pub async fn proxy_cached(
     };
     let mut key = Vec::with_capacity(128);
     rule.write_key(&mut key, buf, head);
-    let cache = &gw.policies.cache;
     if rule.may_invalidate(buf, head, api_key) {
         // Bypass and refresh: the old entry goes now, whatever the backend
         // answers; concurrent misses may coalesce on this request.
@@ -61,7 +62,7 @@ pub async fn proxy_cached(
         let key: Rc<[u8]> = key.into();
         let guard = cache.begin_fill(key.clone());
         *status = CacheStatus::Miss;
-        return Answered::Proxied(fill(gw, conn, rule, up, f, key, guard, report).await);
+        return Answered::Proxied(fill(cache, conn, rule, up, f, key, guard, report).await);
     }
     if let Some(e) = cache.get(&key, Instant::now()) {
         *status = CacheStatus::Hit;
@@ -90,18 +91,18 @@ pub async fn proxy_cached(
         // The filler's response was not stored: go to the backend without
         // registering a new fill, so the waiters proceed in parallel rather
         // than one after another.
-        return Answered::Proxied(fill(gw, conn, rule, up, f, key.into(), None, report).await);
+        return Answered::Proxied(fill(cache, conn, rule, up, f, key.into(), None, report).await);
     }
     let key: Rc<[u8]> = key.into();
     let guard = cache.begin_fill(key.clone());
-    Answered::Proxied(fill(gw, conn, rule, up, f, key, guard, report).await)
+    Answered::Proxied(fill(cache, conn, rule, up, f, key, guard, report).await)
 }
 
 /// Forwards with a capture, stores the response if the rule allows, then
 /// (dropping `guard`) wakes the requests waiting for this fill.
 #[allow(clippy::too_many_arguments)]
 async fn fill(
-    gw: &Gateway,
+    cache: &ShardCache,
     conn: &mut Conn,
     rule: &CacheRule,
     up: Upstream<'_>,
@@ -114,7 +115,7 @@ async fn fill(
     let mut cap = Capture::new(rule.max_response_body_bytes);
     let proxied = http_proxy::forward(conn, up, f, Some(&mut cap), report).await;
     if let Some(entry) = entry_from_capture(rule, &mut cap, Instant::now()) {
-        gw.policies.cache.store(key, entry);
+        cache.store(key, entry);
     }
     drop(guard);
     proxied

@@ -237,7 +237,7 @@ async fn drive(
             phase,
             &route.policies,
             &plan.policies,
-            &gw.policies,
+            &x.generation.policies,
             &view,
             parts.extra,
             &mut x.state,
@@ -255,7 +255,7 @@ async fn drive(
             // run the phase again.
             Decision::WaitQuota(key) if !waited_quota => {
                 waited_quota = true;
-                Box::pin(gw.policies.usage.wait(key)).await;
+                Box::pin(x.generation.policies.usage.wait(key)).await;
             }
             Decision::WaitQuota(_) => {
                 x.outcome.refused_by = Some(phase);
@@ -265,7 +265,7 @@ async fn drive(
             // Boxed like the proxy: the call's state stays out of every
             // connection's task.
             Decision::Authorize(call) => {
-                match Box::pin(authorize::call(gw, call, conn, head, x)).await {
+                match Box::pin(authorize::call(call, conn, head, x)).await {
                     Decision::Continue => i += 1,
                     Decision::Respond(r) => {
                         x.outcome.refused_by = Some(phase);
@@ -551,15 +551,16 @@ async fn proxy(
             let key_name = x
                 .state
                 .api_key
-                .and_then(|k| gw.policies.api_keys.name(k))
+                .and_then(|k| x.generation.policies.api_keys.name(k))
                 .map(str::to_owned);
             if consumed.is_none() {
                 // The cache reads the head behind the consumed bytes.
                 conn.consume(head.len);
             }
             let mut status = CacheStatus::None;
+            let shard_cache = x.generation.policies.cache.clone();
             let answered = Box::pin(cache::proxy_cached(
-                gw,
+                &shard_cache,
                 conn,
                 head,
                 rule,

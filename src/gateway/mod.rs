@@ -51,6 +51,10 @@ pub struct Generation {
     pub upstreams: Vec<Rc<UpstreamState>>,
     /// Where this generation's requests are counted.
     pub metrics: crate::observe::shard::GenerationMetrics,
+    /// The policies' run-time state (buckets, cache, key store,
+    /// authorizers, usage), parts of it taken over from the generation
+    /// before ([`ShardPolicies::carry`]).
+    pub policies: ShardPolicies,
 }
 
 /// A shard's gateway: its current generation, its run-time state and the
@@ -60,13 +64,13 @@ pub struct Gateway {
     current: RefCell<Rc<Generation>>,
     /// Upstream state by upstream name, with the settings it was made for.
     upstream_states: RefCell<HashMap<String, (UpstreamKey, Rc<UpstreamState>)>>,
-    pub policies: ShardPolicies,
     pub date: RefCell<DateCache>,
     pub ids: RefCell<RequestIds>,
     pub connections: Rc<Connections>,
     /// This shard's TLS acceptor (its own session cache), when
-    /// `[server.tls]` is set.
-    pub tls: Option<futures_rustls::TlsAcceptor>,
+    /// `[server.tls]` is set; replaced by each install, so a reload takes
+    /// in renewed certificates.
+    tls: RefCell<Option<futures_rustls::TlsAcceptor>>,
     tls_failures: Cell<u64>,
     tls_failure_logged: Cell<Option<Instant>>,
     /// What the exit has counted, by series name.
@@ -101,11 +105,6 @@ impl Gateway {
         usage_link: crate::policy::usage::coordinator::ShardLink,
     ) -> Gateway {
         let policies = ShardPolicies::new(&plan.policies, id, link, usage_link);
-        let tls = plan
-            .server
-            .tls
-            .as_ref()
-            .map(|t| futures_rustls::TlsAcceptor::from(t.shard_config()));
         let gw = Gateway {
             id,
             current: RefCell::new(Rc::new(Generation {
@@ -114,19 +113,19 @@ impl Gateway {
                 plan: plan.clone(),
                 upstreams: Vec::new(),
                 metrics: Default::default(),
+                policies,
             })),
             upstream_states: RefCell::new(HashMap::new()),
-            policies,
             date: RefCell::new(DateCache::default()),
             ids: RefCell::new(RequestIds::new(id)),
             connections: Rc::new(Connections::default()),
-            tls,
+            tls: RefCell::new(None),
             tls_failures: Cell::new(0),
             tls_failure_logged: Cell::new(None),
             metrics: Default::default(),
             access: access::Access::new(id),
         };
-        gw.install(plan);
+        gw.install(plan, None);
         gw
     }
 
@@ -135,12 +134,20 @@ impl Gateway {
         self.current.borrow().clone()
     }
 
+    /// The TLS acceptor for a connection accepted now on a TLS listener.
+    pub fn tls_acceptor(&self) -> Option<futures_rustls::TlsAcceptor> {
+        self.tls.borrow().clone()
+    }
+
     /// Makes `plan` the generation new requests start with; requests in
     /// flight finish on the one they started with. Upstreams whose name
     /// and targets are unchanged keep their pools and health; others start
     /// fresh, and state no generation names any more is dropped when the
-    /// last request holding it ends. Returns the new generation's number.
-    pub fn install(&self, plan: Plan) -> u64 {
+    /// last request holding it ends. The policies' state is carried over
+    /// as [`ShardPolicies::carry`] says; `throttle` is a new throttle
+    /// coordinator's link when the runtime started one for this plan.
+    /// Returns the new generation's number.
+    pub fn install(&self, plan: Plan, throttle: Option<crate::policy::throttle::ShardLink>) -> u64 {
         let mut states = self.upstream_states.borrow_mut();
         let mut kept = HashMap::with_capacity(plan.upstreams.len());
         let upstreams = plan
@@ -157,7 +164,21 @@ impl Gateway {
             })
             .collect();
         *states = kept;
-        let number = self.current.borrow().number + 1;
+        let before = self.generation();
+        let policies = if before.number == 0 {
+            // The first plan: the state `new` made for it.
+            before.policies.clone()
+        } else {
+            before
+                .policies
+                .carry(&before.plan.policies, &plan.policies, self.id, throttle)
+        };
+        *self.tls.borrow_mut() = plan
+            .server
+            .tls
+            .as_ref()
+            .map(|t| futures_rustls::TlsAcceptor::from(t.shard_config()));
+        let number = before.number + 1;
         let metrics = self.metrics.layout(&plan);
         *self.current.borrow_mut() = Rc::new(Generation {
             number,
@@ -165,6 +186,7 @@ impl Gateway {
             plan,
             upstreams,
             metrics,
+            policies,
         });
         number
     }

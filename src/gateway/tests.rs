@@ -93,7 +93,7 @@ targets = [{ address = "127.0.0.1:9001" }]
 name = "b"
 targets = [{ address = "127.0.0.1:9004" }]
 "#;
-    assert_eq!(gw.install(plan_with(next)), 2);
+    assert_eq!(gw.install(plan_with(next), None), 2);
     let second = gw.generation();
     assert_eq!(second.number, 2);
     assert!(Rc::ptr_eq(&second.upstreams[1], &a1), "a carried over");

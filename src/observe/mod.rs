@@ -11,6 +11,9 @@
 //! [`expo`] writes the merged figures as Prometheus text or OpenMetrics,
 //! with the process's own figures read from `/proc` ([`process`]).
 //!
+//! [`usage_report`] reads what the usage store recorded per key and day
+//! (`coregate usage` and the admin API's `GET /usage`).
+//!
 //! This layer sits above `plan` (series are laid out from a plan's APIs,
 //! routes, upstreams and authorizers) and below `gateway`, which records
 //! into it.
@@ -20,6 +23,7 @@ pub mod hist;
 pub mod process;
 pub mod shard;
 pub mod snapshot;
+pub mod usage_report;
 
 use std::cell::Cell;
 

@@ -84,7 +84,7 @@ pub fn compile(
                 "admin.token_file",
                 format!(
                     "is required because admin.listen ({text:?}) is not a loopback address: \
-                     anyone who can reach it could read the metrics and the dashboard. \
+                     anyone who can reach it could read the metrics and the dashboard and reload the config. \
                      Put a token of at least {MIN_TOKEN_LEN} characters in a file \
                      and name it here, or listen on 127.0.0.1"
                 ),

@@ -14,6 +14,36 @@ use crate::route::{ApiSpec, RouteId, RouteKey, RouteTable};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::Duration;
 
+/// The [`crate::policy::cache::CacheRule::scope`] of a route: a digest of
+/// its API's name, its route key, its integration (with its upstream's
+/// name, targets and TLS) and its cache rule, as compiled. The digest is
+/// SipHash with fixed keys, the same in every shard and generation.
+fn cache_scope(
+    api: &str,
+    route_key: &str,
+    integration: &Integration,
+    upstreams: &[UpstreamPlan],
+    rule: &crate::policy::cache::CacheRule,
+) -> u64 {
+    use std::hash::{Hash, Hasher};
+    #[allow(deprecated)]
+    let mut h = std::hash::SipHasher::new();
+    api.hash(&mut h);
+    route_key.hash(&mut h);
+    format!("{integration:?}").hash(&mut h);
+    if let Integration::Proxy(p) = integration {
+        if let Some(u) = upstreams.get(p.upstream) {
+            u.name.hash(&mut h);
+            for t in &u.targets {
+                t.addr.hash(&mut h);
+            }
+            u.tls.is_some().hash(&mut h);
+        }
+    }
+    format!("{rule:?}").hash(&mut h);
+    h.finish()
+}
+
 /// `ms` as a Duration, rejecting 0 where 0 makes no sense.
 fn duration(
     errors: &mut Vec<ConfigError>,
@@ -58,7 +88,13 @@ pub fn compile(raw: &RawConfig) -> Result<Plan, Vec<ConfigError>> {
     // One routed set per stage and canary (plan/stages.rs), compiled like
     // APIs; errors are given back under the keys as written.
     let x = super::stages::expand(raw);
-    let compiled = compile_apis(raw, &x.apis, Some(&x));
+    let mut compiled = compile_apis(raw, &x.apis, Some(&x));
+    if let Ok(plan) = &mut compiled {
+        // The buckets' keys (for logs) as written too.
+        for d in &mut plan.policies.throttle.defs {
+            d.key = x.key_as_written(&d.key);
+        }
+    }
     x.finish(compiled)
 }
 
@@ -304,10 +340,6 @@ fn compile_apis(
             // A bad key or integration does not hide the route's policy
             // errors: the policies are compiled either way.
             let mut policies = policy_builder.route(&api_ctx, id as usize, r, &rkey, &mut errors);
-            if let (Some(_), Some(rule)) = (canary_no, &mut policies.cache) {
-                // The canary's responses are cached apart from the stage's.
-                rule.scope = b"canary\n"[..].into();
-            }
             route_api.push(ai);
             let stage = variant.and_then(|v| v.tag.clone()).map(Box::new);
             let (Some(key), Some(mut integration)) = (key, integration) else {
@@ -333,6 +365,15 @@ fn compile_apis(
             if let (Some(rule), Integration::Proxy(p)) = (&policies.auth, &mut integration) {
                 p.strip_headers =
                     crate::policy::auth::upstream_header_names(rule, &policy_builder.authorizers);
+            }
+            if let Some(rule) = &mut policies.cache {
+                // A stage's canary shares the stage's paths: its entries
+                // are kept apart from the stage's.
+                let owner = match canary_no {
+                    Some(_) => std::borrow::Cow::Owned(format!("{}\ncanary", api.name)),
+                    None => std::borrow::Cow::Borrowed(api.name.as_str()),
+                };
+                rule.scope = cache_scope(&owner, &r.key, &integration, &upstreams, rule);
             }
             routes.push(RoutePlan {
                 api: api.name.clone(),

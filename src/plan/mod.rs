@@ -126,6 +126,12 @@ pub fn load_str(text: &str) -> Result<Plan, Vec<ConfigError>> {
     load_text(text, None)
 }
 
+/// Parses and compiles config text as if it were a file in `base_dir`
+/// (relative paths in it are taken from there).
+pub fn load_text_in(text: &str, base_dir: Option<&Path>) -> Result<Plan, Vec<ConfigError>> {
+    load_text(text, base_dir)
+}
+
 /// Parses and compiles, reporting every problem: values of the wrong type
 /// are left out so the rest of the file is still compiled, and compile
 /// errors get the line of the key they name.

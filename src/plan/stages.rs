@@ -277,6 +277,13 @@ impl Expanded {
     }
 }
 
+impl Expanded {
+    /// A key of the expanded config (`apis[V]...`) as written in the file.
+    pub fn key_as_written(&self, key: &str) -> String {
+        remap(&self.origins, key)
+    }
+}
+
 /// `apis[V]...` of the expanded config as the key written in the file.
 fn remap(origins: &[Origin], key: &str) -> String {
     let Some(rest) = key.strip_prefix("apis[") else {

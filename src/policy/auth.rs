@@ -189,7 +189,7 @@ pub fn upstream_header_names(rule: &AuthRule, authorizers: &[AuthorizerPlan]) ->
 pub struct ShardAuth {
     /// Per authorizer index: the JWT key set this shard holds (shared with
     /// the shard's [`ShardAuth::updater`] task).
-    jwt: std::rc::Rc<Vec<Option<super::jwt::ShardJwt>>>,
+    jwt: std::rc::Rc<Vec<Option<std::rc::Rc<super::jwt::ShardJwt>>>>,
     /// Decision caches of the request authorizers.
     pub request: super::request_auth::ShardRequestAuth,
     /// SigV4: signing-key cache and canonical-request buffers.
@@ -201,7 +201,7 @@ impl ShardAuth {
         let jwt = authorizers
             .iter()
             .map(|a| match &a.kind {
-                AuthorizerKind::Jwt(j) => Some(super::jwt::ShardJwt::new(j)),
+                AuthorizerKind::Jwt(j) => Some(std::rc::Rc::new(super::jwt::ShardJwt::new(j))),
                 _ => None,
             })
             .collect::<Vec<_>>();
@@ -227,6 +227,41 @@ impl ShardAuth {
         }
     }
 
+    /// The state for a reloaded plan's `authorizers`, taking over from
+    /// `self` (made for `before`) what belongs to an authorizer of the same
+    /// name and the same compiled settings: a JWKS URL's key set and its
+    /// fetcher, and a request authorizer's decision cache. Others start
+    /// fresh; a new JWKS URL is not waited for (its routes answer 401
+    /// until its first key set arrives, as when the first fetch fails).
+    pub fn carry(&self, before: &[AuthorizerPlan], authorizers: &[AuthorizerPlan]) -> ShardAuth {
+        let same = |a: &AuthorizerPlan| {
+            before
+                .iter()
+                .position(|b| b.name == a.name && same_settings(b, a))
+        };
+        let jwt = authorizers
+            .iter()
+            .map(|a| match &a.kind {
+                AuthorizerKind::Jwt(j) => Some(
+                    match same(a)
+                        .filter(|_| j.is_fetched())
+                        .and_then(|i| self.jwt.get(i))
+                    {
+                        Some(Some(kept)) => kept.clone(),
+                        _ => std::rc::Rc::new(super::jwt::ShardJwt::new(j)),
+                    },
+                ),
+                _ => None,
+            })
+            .collect::<Vec<_>>();
+        let kept: Vec<Option<usize>> = authorizers.iter().map(same).collect();
+        ShardAuth {
+            jwt: std::rc::Rc::new(jwt),
+            request: self.request.carry(authorizers, &kept),
+            sigv4: super::sigv4::ShardState::new(authorizers),
+        }
+    }
+
     /// The shard's task that takes in new JWT key sets (fetched from a JWKS
     /// URL by another thread) every [`super::jwt::KEYS_POLL`]. Ends at once
     /// when no authorizer gets updates.
@@ -245,6 +280,15 @@ impl ShardAuth {
             }
         }
     }
+}
+
+/// Whether two compiled authorizers have the same settings, so that the
+/// run-time state of one serves the other: compiled authorizers print
+/// every setting (a request authorizer its URL and its upstream's position
+/// in the plan; a JWT authorizer from a file prints no keys, and is never
+/// carried over).
+fn same_settings(a: &AuthorizerPlan, b: &AuthorizerPlan) -> bool {
+    format!("{:?}", a.kind) == format!("{:?}", b.kind)
 }
 
 /// Runs a route's authorizer on the request. Synchronous: an authorizer

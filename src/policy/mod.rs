@@ -30,6 +30,7 @@ use crate::config::ConfigError;
 use crate::http::parse::RequestHead;
 use std::borrow::Cow;
 use std::net::SocketAddr;
+use std::rc::Rc;
 use std::time::Instant;
 
 /// The phases a route's request goes through before its integration, in
@@ -105,6 +106,20 @@ pub struct ServerPolicies {
     pub authorizers: Vec<auth::AuthorizerPlan>,
     /// `[[usage_plans]]`, the keys' plans and the usage store settings.
     pub usage: usage::UsagePlans,
+}
+
+impl ServerPolicies {
+    /// Whether throttle state made for `self` is right for `other`: the
+    /// same buckets with the same settings, and the same API keys in the
+    /// same order (per-key buckets are kept by key position).
+    pub fn same_throttle_state(&self, other: &ServerPolicies) -> bool {
+        let names = |k: &api_key::KeyStore| {
+            (0..k.len() as u32)
+                .map(|i| k.name(i).map(str::to_string))
+                .collect::<Vec<_>>()
+        };
+        self.throttle == other.throttle && names(&self.api_keys) == names(&other.api_keys)
+    }
 }
 
 /// What a policy may read about a request.
@@ -343,14 +358,18 @@ impl PolicyBuilder {
     }
 }
 
-/// Shard-local run-time state of the policies.
+/// Shard-local run-time state of the policies. Each part is shared by
+/// reference count: a generation holds one `ShardPolicies`, and a reloaded
+/// plan's generation takes over the parts whose settings did not change
+/// ([`ShardPolicies::carry`]).
+#[derive(Clone)]
 pub struct ShardPolicies {
-    pub throttle: throttle::ShardThrottle,
-    pub cache: cache::ShardCache,
+    pub throttle: Rc<throttle::ShardThrottle>,
+    pub cache: Rc<cache::ShardCache>,
     /// This shard's copy of the key store.
-    pub api_keys: api_key::KeyStore,
-    pub auth: auth::ShardAuth,
-    pub usage: usage::shard::ShardUsage,
+    pub api_keys: Rc<api_key::KeyStore>,
+    pub auth: Rc<auth::ShardAuth>,
+    pub usage: Rc<usage::shard::ShardUsage>,
 }
 
 impl ShardPolicies {
@@ -361,11 +380,53 @@ impl ShardPolicies {
         usage_link: usage::coordinator::ShardLink,
     ) -> ShardPolicies {
         ShardPolicies {
-            throttle: throttle::ShardThrottle::new(&policies.throttle, shard, link),
-            cache: cache::ShardCache::new(&policies.cache),
-            api_keys: policies.api_keys.clone(),
-            auth: auth::ShardAuth::new(&policies.authorizers),
-            usage: usage::shard::ShardUsage::new(&policies.usage, shard, usage_link),
+            throttle: Rc::new(throttle::ShardThrottle::new(
+                &policies.throttle,
+                shard,
+                link,
+            )),
+            cache: Rc::new(cache::ShardCache::new(&policies.cache)),
+            api_keys: Rc::new(policies.api_keys.clone()),
+            auth: Rc::new(auth::ShardAuth::new(&policies.authorizers)),
+            usage: Rc::new(usage::shard::ShardUsage::new(
+                &policies.usage,
+                shard,
+                usage_link,
+            )),
+        }
+    }
+
+    /// The state for a reloaded plan's policies `now`, taking over from
+    /// `self` (made for `before`):
+    /// - the throttle buckets, unless `link` brings a new coordinator's
+    ///   link (the runtime starts one when any bucket setting changed);
+    /// - the response cache, when its size did not change (entries are
+    ///   keyed by their route's settings, see [`cache::CacheRule::scope`]);
+    /// - each authorizer's state whose name and settings did not change;
+    /// - the usage counters and leases: the runtime refuses a reload that
+    ///   changes what they depend on ([`usage::UsagePlans::same_state`]).
+    ///
+    /// The key store is the new plan's.
+    pub fn carry(
+        &self,
+        before: &ServerPolicies,
+        now: &ServerPolicies,
+        shard: usize,
+        link: Option<throttle::ShardLink>,
+    ) -> ShardPolicies {
+        ShardPolicies {
+            throttle: match link {
+                Some(link) => Rc::new(throttle::ShardThrottle::new(&now.throttle, shard, link)),
+                None => self.throttle.clone(),
+            },
+            cache: if before.cache == now.cache {
+                self.cache.clone()
+            } else {
+                Rc::new(cache::ShardCache::new(&now.cache))
+            },
+            api_keys: Rc::new(now.api_keys.clone()),
+            auth: Rc::new(self.auth.carry(&before.authorizers, &now.authorizers)),
+            usage: self.usage.clone(),
         }
     }
 }
@@ -420,7 +481,7 @@ pub fn run_phase(
             let (Some(key), Some(route)) = (req.api_key, view.route) else {
                 return Decision::Continue;
             };
-            match state.usage.plans().coverage(key, route) {
+            match server.usage.coverage(key, route) {
                 usage::Coverage::NoPlan => Decision::Continue,
                 usage::Coverage::NotCovered => Decision::Respond(Refusal::json(403, "Forbidden")),
                 usage::Coverage::Covered { bucket, .. } => {

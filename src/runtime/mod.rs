@@ -12,7 +12,6 @@ use glommio::{LocalExecutorBuilder, Placement};
 use socket2::{Domain, Protocol, Socket, Type};
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::{IntoRawFd, RawFd};
 use std::time::{Duration, Instant};
 
 /// Locked memory glommio registers per executor for io_uring buffers. We do
@@ -20,13 +19,14 @@ use std::time::{Duration, Instant};
 const IO_MEMORY: usize = 512 * 1024;
 
 /// Messages a shard accepts on its control inbox.
-#[derive(Debug, Clone)]
 pub enum Control {
     /// Stop accepting, close idle connections, let in-flight requests finish
     /// within the drain timeout, then stop.
     Shutdown,
     /// Send what the shard has counted (the admin listener's scrape).
     Snapshot(Sender<crate::observe::snapshot::ShardSnapshot>),
+    /// Serve a reloaded plan ([`Server::reload`]).
+    Install(Box<shard::Install>),
 }
 
 /// A running gateway: its shards and their inboxes.
@@ -41,6 +41,134 @@ pub struct Server {
     usage: crate::policy::usage::coordinator::Running,
     /// The access-log writers, finished after the shards.
     access_log: Option<crate::accesslog::writer::Writers>,
+    /// The plan the shards serve (the last one installed), and its
+    /// generation number.
+    plan: Option<Plan>,
+    generation: u64,
+    /// Each listen entry (configured address, TLS) with its bound address.
+    bound: Vec<((SocketAddr, bool), SocketAddr)>,
+}
+
+/// A request from the admin listener's threads to the main thread, which
+/// owns the [`Server`]; it answers on `reply`.
+pub enum MainRequest {
+    /// Reload the config file; with `text`, install that config and, once
+    /// every shard serves it, write it to the config file (atomically).
+    Reload {
+        /// Who asks, for the error log (`admin client 127.0.0.1:50312`).
+        who: String,
+        text: Option<String>,
+        reply: Sender<Result<u64, Vec<String>>>,
+    },
+    /// The running config.
+    Running { reply: Sender<Running> },
+    /// Change the API keys file (`keys` says how) and reload; the file is
+    /// put back as it was when the reload is refused.
+    Keys {
+        who: String,
+        change: KeyChange,
+        reply: Sender<Result<KeyAnswer, Vec<String>>>,
+    },
+}
+
+/// What the admin API may do to the API keys file.
+#[derive(Debug, Clone)]
+pub enum KeyChange {
+    Create {
+        name: String,
+        usage_plan: Option<String>,
+    },
+    Enable(String),
+    Disable(String),
+    /// Remove the key from the file.
+    Revoke(String),
+}
+
+/// A key change's answer: the generation serving it, and for a created
+/// key, the key (shown this once).
+#[derive(Debug, Clone)]
+pub struct KeyAnswer {
+    pub generation: u64,
+    /// (key id, the key itself).
+    pub created: Option<(String, String)>,
+}
+
+/// The config the shards serve, as the main thread knows it.
+#[derive(Clone)]
+pub struct Running {
+    pub generation: u64,
+    /// The config file.
+    pub path: std::path::PathBuf,
+    /// The text that compiled into the running plan.
+    pub text: String,
+    pub plan: Plan,
+    /// Each listen address (plain, then TLS) as bound: (address, TLS).
+    pub listeners: Vec<(SocketAddr, bool)>,
+}
+
+/// The refusal of a reload asked for while the gateway drains.
+pub const STOPPING: &str = "coregate is stopping: no reload";
+
+/// How long a reload waits for every shard to install the new plan. A
+/// shard reads its inbox every 25 ms; one that does not answer within
+/// this is stuck or stopping.
+const INSTALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Settings a reload cannot change, each with why; empty when `new` may
+/// be installed over `old`.
+pub fn restart_only(old: &Plan, new: &Plan) -> Vec<String> {
+    let mut errors = Vec::new();
+    let mut check = |key: &str, a: String, b: String| {
+        if a != b {
+            errors.push(format!(
+                "{key}: changed from {a} to {b}, but it takes effect only when coregate \
+                 starts; restart coregate to change it (nothing was reloaded)"
+            ));
+        }
+    };
+    let (o, n) = (&old.server, &new.server);
+    check("server.shards", o.shards.to_string(), n.shards.to_string());
+    check(
+        "server.cpus",
+        format!("{:?}", o.cpus),
+        format!("{:?}", n.cpus),
+    );
+    check(
+        "server.pin_shards",
+        o.pin_shards.to_string(),
+        n.pin_shards.to_string(),
+    );
+    check(
+        "server.max_connections_per_shard",
+        o.max_connections_per_shard.to_string(),
+        n.max_connections_per_shard.to_string(),
+    );
+    check(
+        "server.drain_timeout",
+        format!("{:?}", o.drain_timeout),
+        format!("{:?}", n.drain_timeout),
+    );
+    check(
+        "admin.listen",
+        format!("{:?}", old.admin.listen),
+        format!("{:?}", new.admin.listen),
+    );
+    if old.admin.token != new.admin.token {
+        errors.push(
+            "admin.token_file: the admin token changed, but the admin listener reads it only \
+             when coregate starts; restart coregate to change it (nothing was reloaded)"
+                .to_string(),
+        );
+    }
+    if !old.policies.usage.same_state(&new.policies.usage) {
+        errors.push(
+            "usage_plans: the API keys, which plan each key is on, a plan's name or quota, or \
+             the usage store changed; usage counters and quota leases carry over only when \
+             these are unchanged, so this needs a restart (nothing was reloaded)"
+                .to_string(),
+        );
+    }
+    errors
 }
 
 fn domain_of(addr: SocketAddr) -> Domain {
@@ -98,35 +226,38 @@ fn listen_error(addr: SocketAddr, shared: bool, e: io::Error) -> io::Error {
     io::Error::new(e.kind(), format!("cannot listen on {addr}: {why}"))
 }
 
-/// Binds one socket per shard per address (plain, then TLS). Port 0 is
-/// resolved by the first bind and reused by the others so every shard
-/// serves the same port. Each shard gets `(fd, is_tls)` per address.
-/// Unless `server.share_listen_addresses` is set, every address with a
-/// fixed port is first checked to be free ([`probe_free`]), all of them
-/// before any of ours is bound.
-#[allow(clippy::type_complexity)]
-fn bind_all(
-    plan: &Plan,
-) -> io::Result<(Vec<Vec<(RawFd, bool)>>, Vec<SocketAddr>, Vec<SocketAddr>)> {
-    let mut per_shard: Vec<Vec<(Socket, bool)>> =
-        (0..plan.server.shards).map(|_| Vec::new()).collect();
-    let mut local_addrs = Vec::new();
-    let mut tls_addrs = Vec::new();
+/// Every listen address of `plan`, plain then TLS: (address, is TLS).
+fn listen_addresses(plan: &Plan) -> Vec<(SocketAddr, bool)> {
     let tls_listen = plan.server.tls.iter().flat_map(|t| &t.listen);
-    let all: Vec<(SocketAddr, bool)> = plan
-        .server
+    plan.server
         .listen
         .iter()
         .map(|&a| (a, false))
         .chain(tls_listen.map(|&a| (a, true)))
-        .collect();
+        .collect()
+}
+
+/// Binds one socket per shard for each of `all` (address, is TLS). Port 0
+/// is resolved by the first bind and reused by the others so every shard
+/// serves the same port. Returns each shard's sockets and the bound
+/// address of each entry of `all`. Unless `server.share_listen_addresses`
+/// is set, every address with a fixed port is first checked to be free
+/// ([`probe_free`]), all of them before any of ours is bound.
+#[allow(clippy::type_complexity)]
+fn bind_all(
+    plan: &Plan,
+    all: &[(SocketAddr, bool)],
+) -> io::Result<(Vec<Vec<shard::ListenerFd>>, Vec<SocketAddr>)> {
+    let mut per_shard: Vec<Vec<shard::ListenerFd>> =
+        (0..plan.server.shards).map(|_| Vec::new()).collect();
+    let mut bound = Vec::new();
     if !plan.server.share_listen_addresses {
         // Port 0 needs no probe: the kernel picks a port nobody listens on.
         for &(addr, _) in all.iter().filter(|(a, _)| a.port() != 0) {
             probe_free(addr).map_err(|e| listen_error(addr, false, e))?;
         }
     }
-    for (want, tls) in all {
+    for &(want, tls) in all {
         let mut addr = want;
         for (i, shard_socks) in per_shard.iter_mut().enumerate() {
             let sock = listener_socket(addr, plan.server.backlog)
@@ -136,32 +267,33 @@ fn bind_all(
                     .local_addr()?
                     .as_socket()
                     .ok_or_else(|| io::Error::other("listener has no IP address"))?;
-                if tls {
-                    tls_addrs.push(addr);
-                } else {
-                    local_addrs.push(addr);
-                }
+                bound.push(addr);
             }
-            shard_socks.push((sock, tls));
+            shard_socks.push(shard::ListenerFd {
+                fd: std::os::fd::OwnedFd::from(sock),
+                tls,
+                configured: want,
+            });
         }
     }
-    let fds = per_shard
-        .into_iter()
-        .map(|socks| {
-            socks
-                .into_iter()
-                .map(|(s, tls)| (s.into_raw_fd(), tls))
-                .collect()
-        })
-        .collect();
-    Ok((fds, local_addrs, tls_addrs))
+    Ok((per_shard, bound))
 }
 
 impl Server {
     /// Binds every listener and starts every shard. Returns once all shards
     /// are accepting, or with the first shard's reason for not starting.
     pub fn start(plan: Plan) -> io::Result<Server> {
-        let (fds, local_addrs, tls_addrs) = bind_all(&plan)?;
+        let all = listen_addresses(&plan);
+        let (fds, bound) = bind_all(&plan, &all)?;
+        let (mut local_addrs, mut tls_addrs) = (Vec::new(), Vec::new());
+        let bound_all = bound.clone();
+        for (&(_, tls), addr) in all.iter().zip(bound) {
+            if tls {
+                tls_addrs.push(addr);
+            } else {
+                local_addrs.push(addr);
+            }
+        }
         let mut handles = Vec::new();
         let mut inboxes = Vec::new();
         // One per shard: a disconnected one says which shard ended unready.
@@ -219,6 +351,9 @@ impl Server {
                         tls_addrs,
                         usage,
                         access_log: Some(writers),
+                        plan: None,
+                        generation: 0,
+                        bound: Vec::new(),
                     };
                     server.shutdown();
                     server.join();
@@ -228,6 +363,7 @@ impl Server {
                 }
             }
         }
+        let cpus = plan.server.cpus.clone();
         let server = Server {
             handles,
             inboxes,
@@ -235,8 +371,152 @@ impl Server {
             tls_addrs,
             usage,
             access_log: Some(writers),
+            plan: Some(plan),
+            generation: 1,
+            bound: all.into_iter().zip(bound_all).collect(),
         };
-        wait_ready(server, &readies, &plan.server.cpus)
+        wait_ready(server, &readies, &cpus)
+    }
+
+    /// The generation the shards serve: 1 for the plan they started with,
+    /// then one more per reload.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Installs `plan` in every shard and returns its generation number,
+    /// once every shard serves it; requests in flight finish on the plan
+    /// they started with. Listeners whose address is unchanged keep their
+    /// sockets; added ones are bound here first (a failure refuses the
+    /// reload) and removed ones stop accepting and close. Refused, with
+    /// every reason and nothing changed, when `plan` changes a setting that
+    /// applies only at start ([`restart_only`]).
+    pub fn reload(&mut self, plan: Plan) -> Result<u64, Vec<String>> {
+        let Some(old) = &self.plan else {
+            return Err(vec!["the gateway is not serving".to_string()]);
+        };
+        let errors = restart_only(old, &plan);
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        let old_all = listen_addresses(old);
+        let new_all = listen_addresses(&plan);
+        let added: Vec<(SocketAddr, bool)> = new_all
+            .iter()
+            .filter(|a| !old_all.contains(a))
+            .copied()
+            .collect();
+        let removed: Vec<(SocketAddr, bool)> = old_all
+            .iter()
+            .filter(|a| !new_all.contains(a))
+            .copied()
+            .collect();
+        let (fds, bound) = bind_all(&plan, &added).map_err(|e| vec![e.to_string()])?;
+        let writers = if plan.access_log.destinations != old.access_log.destinations {
+            Some(
+                crate::accesslog::writer::Writers::start(&plan.access_log.destinations)
+                    .map_err(|e| vec![e.to_string()])?,
+            )
+        } else {
+            None
+        };
+        let mut throttle = if old.policies.same_throttle_state(&plan.policies) {
+            None
+        } else {
+            Some(
+                crate::policy::throttle::links(&plan.policies.throttle, plan.server.shards)
+                    .into_iter(),
+            )
+        };
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let mut errors = Vec::new();
+        let mut sent = 0;
+        for (i, (inbox, add)) in self.inboxes.iter().zip(fds).enumerate() {
+            let install = shard::Install {
+                plan: plan.clone(),
+                add,
+                remove: removed.clone(),
+                throttle: throttle.as_mut().and_then(Iterator::next),
+                access_log: writers.as_ref().map(|w| w.sinks.clone()),
+                reply: tx.clone(),
+            };
+            if inbox.send(Control::Install(Box::new(install))).is_ok() {
+                sent += 1;
+            } else {
+                errors.push(format!("shard {i} is not running"));
+            }
+        }
+        drop(tx);
+        let number = self.generation + 1;
+        let deadline = Instant::now() + INSTALL_TIMEOUT;
+        for _ in 0..sent {
+            match rx.recv_deadline(deadline) {
+                Ok(Ok(n)) if n == number => {}
+                Ok(Ok(n)) => errors.push(format!(
+                    "a shard installed generation {n} where {number} was expected"
+                )),
+                Ok(Err(why)) => errors.push(why),
+                Err(_) => {
+                    errors.push(format!(
+                        "not every shard installed the new plan within {} s",
+                        INSTALL_TIMEOUT.as_secs()
+                    ));
+                    break;
+                }
+            }
+        }
+        // Whatever the shards said, those that installed serve `plan` now.
+        let mut bound_now = Vec::with_capacity(new_all.len());
+        let mut fresh = added.iter().zip(bound);
+        for entry in &new_all {
+            let addr = match self.bound.iter().find(|(e, _)| e == entry) {
+                Some((_, a)) => *a,
+                None => match fresh.next() {
+                    Some((_, a)) => a,
+                    None => continue,
+                },
+            };
+            bound_now.push((*entry, addr));
+        }
+        self.bound = bound_now;
+        self.local_addrs = self
+            .bound
+            .iter()
+            .filter(|((_, t), _)| !t)
+            .map(|(_, a)| *a)
+            .collect();
+        self.tls_addrs = self
+            .bound
+            .iter()
+            .filter(|((_, t), _)| *t)
+            .map(|(_, a)| *a)
+            .collect();
+        if let Some(w) = writers {
+            if let Some(old_writers) = self.access_log.replace(w) {
+                // The shards flushed their old buffers before switching:
+                // the old writers finish what they were handed, off this
+                // thread.
+                std::thread::spawn(move || old_writers.finish());
+            }
+        }
+        self.plan = Some(plan);
+        self.generation = number;
+        if errors.is_empty() {
+            Ok(number)
+        } else {
+            Err(errors)
+        }
+    }
+
+    /// Each listen entry's bound address (port 0 resolved) and whether it
+    /// is TLS, plain ones first, in the plan's order.
+    pub fn listeners(&self) -> Vec<(SocketAddr, bool)> {
+        self.bound.iter().map(|((_, tls), a)| (*a, *tls)).collect()
+    }
+
+    /// The plan the shards serve.
+    pub fn plan(&self) -> Option<&Plan> {
+        self.plan.as_ref()
     }
 
     /// A sender to each shard's control inbox, in shard order.

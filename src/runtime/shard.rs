@@ -8,7 +8,8 @@ use crate::net::Listener;
 use crate::plan::Plan;
 use crate::runtime::Control;
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
-use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -29,12 +30,119 @@ pub(super) struct Links {
     pub access_log: Vec<crate::accesslog::writer::Sink>,
 }
 
+/// One of a shard's listening sockets, as the main thread bound it.
+#[derive(Debug)]
+pub struct ListenerFd {
+    pub fd: OwnedFd,
+    /// A `server.tls.listen` address.
+    pub tls: bool,
+    /// The address as configured (port 0 unresolved): what a reload
+    /// compares to keep, add or remove the listener.
+    pub configured: SocketAddr,
+}
+
+/// A new plan for a shard ([`super::Control::Install`]).
+pub struct Install {
+    pub plan: Plan,
+    /// Listeners the plan adds.
+    pub add: Vec<ListenerFd>,
+    /// Listeners (configured address, TLS) the plan no longer has: they
+    /// stop accepting, take what is in their backlog and close.
+    pub remove: Vec<(SocketAddr, bool)>,
+    /// A new throttle coordinator's link, when the runtime started one.
+    pub throttle: Option<crate::policy::throttle::ShardLink>,
+    /// New access-log writers' sinks, when the destinations changed.
+    pub access_log: Option<Vec<crate::accesslog::writer::Sink>>,
+    /// The installed generation's number, or why not.
+    pub reply: Sender<Result<u64, String>>,
+}
+
+/// A running accept loop and the signal that stops it.
+struct Accepting {
+    configured: SocketAddr,
+    tls: bool,
+    stop: Rc<glommio::sync::Semaphore>,
+    task: glommio::task::JoinHandle<()>,
+}
+
+/// Starts an accept loop on `l`.
+fn start_accepting(
+    shard: &Rc<Gateway>,
+    l: ListenerFd,
+    max_connections: usize,
+) -> Result<Accepting, String> {
+    let listener = Listener::from_fd(l.fd).map_err(|e| {
+        format!(
+            "shard {}: cannot watch listener {}: {e}",
+            shard.id, l.configured
+        )
+    })?;
+    let stop = Rc::new(glommio::sync::Semaphore::new(0));
+    let task = glommio::spawn_local(accept_loop(
+        shard.clone(),
+        listener,
+        l.tls,
+        max_connections,
+        stop.clone(),
+    ))
+    .detach();
+    Ok(Accepting {
+        configured: l.configured,
+        tls: l.tls,
+        stop,
+        task,
+    })
+}
+
+/// The shard's background tasks on a generation's policy state: replaced
+/// when an install brings new state.
+struct PolicyTasks {
+    throttle: glommio::task::JoinHandle<()>,
+    usage: glommio::task::JoinHandle<()>,
+    auth_keys: glommio::task::JoinHandle<()>,
+    policies: crate::policy::ShardPolicies,
+}
+
+impl PolicyTasks {
+    fn start(policies: &crate::policy::ShardPolicies) -> PolicyTasks {
+        PolicyTasks {
+            throttle: glommio::spawn_local(policies.throttle.reconciler()).detach(),
+            usage: glommio::spawn_local(policies.usage.reconciler()).detach(),
+            auth_keys: glommio::spawn_local(policies.auth.updater()).detach(),
+            policies: policies.clone(),
+        }
+    }
+
+    /// Restarts the tasks whose state `now` replaced.
+    fn follow(&mut self, now: &crate::policy::ShardPolicies) {
+        if !Rc::ptr_eq(&self.policies.throttle, &now.throttle) {
+            self.throttle.cancel();
+            self.throttle = glommio::spawn_local(now.throttle.reconciler()).detach();
+        }
+        if !Rc::ptr_eq(&self.policies.usage, &now.usage) {
+            self.usage.cancel();
+            self.usage = glommio::spawn_local(now.usage.reconciler()).detach();
+        }
+        if !Rc::ptr_eq(&self.policies.auth, &now.auth) {
+            self.auth_keys.cancel();
+            self.auth_keys = glommio::spawn_local(now.auth.updater()).detach();
+        }
+        self.policies = now.clone();
+    }
+
+    fn cancel(self) {
+        self.throttle.cancel();
+        self.usage.cancel();
+        self.auth_keys.cancel();
+    }
+}
+
 /// The shard's main task: start accepting, then serve the control inbox
 /// until told to stop, then drain.
 pub(super) async fn run(
     id: usize,
     plan: Plan,
-    fds: Vec<(RawFd, bool)>,
+    fds: Vec<ListenerFd>,
     inbox: Receiver<Control>,
     ready: Sender<Result<(), String>>,
     links: Links,
@@ -42,33 +150,21 @@ pub(super) async fn run(
     let drain_timeout = plan.server.drain_timeout;
     let max_connections = plan.server.max_connections_per_shard;
     let shard = Rc::new(Gateway::new(id, plan, links.throttle, links.usage));
-    let logs_access = !links.access_log.is_empty();
+    let mut logs_access = !links.access_log.is_empty();
     shard.access.log.attach(links.access_log);
-    let mut accept_tasks = Vec::new();
-    for (fd, tls) in fds {
-        // SAFETY: `fd` is a bound, listening socket created for this shard by
-        // `bind_all` and owned by nobody else.
-        let owned = unsafe { OwnedFd::from_raw_fd(fd) };
-        let listener = match Listener::from_fd(owned) {
-            Ok(l) => l,
-            Err(e) => {
-                let _ = ready.send(Err(format!("shard {id}: cannot watch listener: {e}")));
+    let mut accepting = Vec::new();
+    for l in fds {
+        match start_accepting(&shard, l, max_connections) {
+            Ok(a) => accepting.push(a),
+            Err(why) => {
+                let _ = ready.send(Err(why));
                 return;
             }
-        };
-        let acceptor = if tls { shard.tls.clone() } else { None };
-        accept_tasks.push(glommio::spawn_local(accept_loop(
-            shard.clone(),
-            listener,
-            acceptor,
-            max_connections,
-        )));
+        }
     }
     let sweeper = glommio::spawn_local(sweep_pools(shard.clone())).detach();
-    let throttle = glommio::spawn_local(shard.policies.throttle.reconciler()).detach();
-    let usage = glommio::spawn_local(shard.policies.usage.reconciler()).detach();
-    let auth_keys = glommio::spawn_local(shard.policies.auth.updater()).detach();
-    let flusher =
+    let mut tasks = PolicyTasks::start(&shard.generation().policies);
+    let mut flusher =
         logs_access.then(|| glommio::spawn_local(flush_access_log(shard.clone())).detach());
     let _ = ready.send(Ok(()));
 
@@ -78,14 +174,55 @@ pub(super) async fn run(
             Ok(Control::Snapshot(reply)) => {
                 let _ = reply.send(shard.snapshot());
             }
+            Ok(Control::Install(install)) => {
+                let Install {
+                    plan,
+                    add,
+                    remove,
+                    throttle,
+                    access_log,
+                    reply,
+                } = *install;
+                accepting.retain(|a| {
+                    let removed = remove.contains(&(a.configured, a.tls));
+                    if removed {
+                        a.stop.close();
+                    }
+                    !removed
+                });
+                let mut failed = None;
+                for l in add {
+                    match start_accepting(&shard, l, max_connections) {
+                        Ok(a) => accepting.push(a),
+                        Err(why) => failed = Some(why),
+                    }
+                }
+                if let Some(sinks) = access_log {
+                    // The lines of the old generation go to the old
+                    // writers first.
+                    shard.access.log.flush(Instant::now());
+                    logs_access = !sinks.is_empty();
+                    shard.access.log.attach(sinks);
+                    if logs_access && flusher.is_none() {
+                        flusher =
+                            Some(glommio::spawn_local(flush_access_log(shard.clone())).detach());
+                    }
+                }
+                let number = shard.install(plan, throttle);
+                tasks.follow(&shard.generation().policies);
+                let _ = reply.send(match failed {
+                    None => Ok(number),
+                    Some(why) => Err(why),
+                });
+            }
             Err(TryRecvError::Empty) => glommio::timer::sleep(INBOX_POLL).await,
         }
     }
 
     let deadline = Instant::now() + drain_timeout;
     shard.connections.begin_drain(deadline);
-    for t in accept_tasks {
-        t.await;
+    for a in accepting {
+        a.task.await;
     }
     while shard.connections.live() > 0 && Instant::now() < deadline {
         glommio::timer::sleep(Duration::from_millis(10)).await;
@@ -98,11 +235,10 @@ pub(super) async fn run(
         );
     }
     sweeper.cancel();
-    throttle.cancel();
-    usage.cancel();
+    let usage = tasks.policies.usage.clone();
+    tasks.cancel();
     // Usage admitted since the last tick reaches the store too.
-    shard.policies.usage.final_report();
-    auth_keys.cancel();
+    usage.final_report();
     if let Some(f) = flusher {
         f.cancel();
     }
@@ -120,13 +256,15 @@ async fn flush_access_log(shard: Rc<Gateway>) {
 }
 
 /// Accepts on one listener; `tls` is set on a TLS listener. When draining
-/// starts, takes the connections already in the listener's backlog (which
-/// closing it would reset), then ends, closing the listener.
+/// starts, or `stop` is closed (a reload removed the listener), takes the
+/// connections already in the listener's backlog (which closing it would
+/// reset), then ends, closing the listener.
 async fn accept_loop(
     shard: Rc<Gateway>,
     listener: Listener,
-    tls: Option<futures_rustls::TlsAcceptor>,
+    tls: bool,
     max_connections: usize,
+    stop: Rc<glommio::sync::Semaphore>,
 ) {
     let mut in_a_row = 0u32;
     loop {
@@ -138,14 +276,23 @@ async fn accept_loop(
             in_a_row = 0;
             futures_lite::future::yield_now().await;
         }
-        let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
-            shard.connections().drained().await;
-            None
-        })
+        let accepted = futures_lite::future::or(
+            async { Some(listener.accept().await) },
+            futures_lite::future::or(
+                async {
+                    shard.connections().drained().await;
+                    None
+                },
+                async {
+                    let _ = stop.acquire(1).await;
+                    None
+                },
+            ),
+        )
         .await;
         let (stream, peer) = match accepted {
             None => {
-                take_backlog(&shard, &listener, &tls, max_connections);
+                take_backlog(&shard, &listener, tls, max_connections);
                 return;
             }
             Some(Ok(s)) => s,
@@ -156,19 +303,14 @@ async fn accept_loop(
                 continue;
             }
         };
-        serve(&shard, stream, peer, &tls, max_connections);
+        serve(&shard, stream, peer, tls, max_connections);
     }
 }
 
 /// Draining: accepts what is in the backlog without waiting, and serves it
 /// like any connection accepted while draining (see
 /// [`crate::http::conn::Connections::begin_drain`]).
-fn take_backlog(
-    shard: &Rc<Gateway>,
-    listener: &Listener,
-    tls: &Option<futures_rustls::TlsAcceptor>,
-    max_connections: usize,
-) {
+fn take_backlog(shard: &Rc<Gateway>, listener: &Listener, tls: bool, max_connections: usize) {
     loop {
         match listener.try_accept() {
             Ok(Some((stream, peer))) => serve(shard, stream, peer, tls, max_connections),
@@ -185,33 +327,42 @@ fn take_backlog(
     }
 }
 
-/// Starts serving an accepted connection on its own task.
+/// Starts serving an accepted connection on its own task; on a TLS
+/// listener with the shard's current acceptor.
 fn serve(
     shard: &Rc<Gateway>,
     stream: crate::net::Socket,
     peer: std::net::SocketAddr,
-    tls: &Option<futures_rustls::TlsAcceptor>,
+    tls: bool,
     max_connections: usize,
 ) {
-    shard.metrics.note_accepted(tls.is_some());
+    shard.metrics.note_accepted(tls);
     let over_limit = shard.connections.live() >= max_connections;
-    match tls {
-        None => glommio::spawn_local(crate::http::conn::serve(
-            shard.clone(),
-            stream,
-            peer,
-            over_limit,
-        ))
-        .detach(),
-        Some(acceptor) => glommio::spawn_local(crate::http::conn::serve_tls(
-            shard.clone(),
-            stream,
-            peer,
-            over_limit,
-            acceptor.clone(),
-        ))
-        .detach(),
-    };
+    let acceptor = if tls { shard.tls_acceptor() } else { None };
+    match acceptor {
+        // A TLS listener without TLS settings cannot happen (the plan that
+        // has the listener has the settings); the connection is closed.
+        None if tls => drop(stream),
+        None => {
+            glommio::spawn_local(crate::http::conn::serve(
+                shard.clone(),
+                stream,
+                peer,
+                over_limit,
+            ))
+            .detach();
+        }
+        Some(acceptor) => {
+            glommio::spawn_local(crate::http::conn::serve_tls(
+                shard.clone(),
+                stream,
+                peer,
+                over_limit,
+                acceptor,
+            ))
+            .detach();
+        }
+    }
 }
 
 async fn sweep_pools(shard: Rc<Gateway>) {

@@ -381,6 +381,42 @@ impl Gateway {
         format!("http://{}{path}", self.admin_addr())
     }
 
+    /// The config file the gateway runs (and reloads).
+    pub fn config_path(&self) -> &std::path::Path {
+        &self.config
+    }
+
+    /// Replaces the config file the gateway runs with `toml`, with the
+    /// test admin listener and `pin_shards` the start added (so that a
+    /// reload does not see them change).
+    pub fn rewrite_config(&self, toml: &str) {
+        let toml = unpinned(&with_test_admin(toml));
+        let tmp = self.config.with_extension("next");
+        std::fs::write(&tmp, toml).expect("write config");
+        std::fs::rename(&tmp, &self.config).expect("replace config");
+    }
+
+    /// `POST /reload` on the admin listener.
+    pub fn reload(&self) -> HttpResponse {
+        call(agent().post(&self.admin_url("/reload")), Some(b""))
+    }
+
+    /// Rewrites the config and reloads it; panics unless the gateway
+    /// answers 200. Returns the new generation.
+    pub fn reload_with(&self, toml: &str) -> u64 {
+        self.rewrite_config(toml);
+        let r = self.reload();
+        assert_eq!(
+            r.status,
+            200,
+            "reload refused: {}\n{}",
+            r.text(),
+            self.stderr()
+        );
+        let v: serde_json::Value = serde_json::from_slice(&r.body).expect("JSON answer");
+        v["generation"].as_u64().expect("generation")
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }

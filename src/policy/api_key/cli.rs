@@ -7,8 +7,8 @@
 use super::{
     parse_keys_file, push_hex, ApiKey, StoredHash, ID_LEN, PREFIX, SALT_BYTES, SECRET_BYTES,
 };
-use crate::config::ConfigError;
-use std::io::{Read, Write};
+use crate::config::{write_atomic, ConfigError};
+use std::io::Read;
 use std::path::Path;
 
 /// A key just made: the full key (shown once) and what is stored.
@@ -118,45 +118,6 @@ fn parse_doc(path: &Path, text: &str) -> Result<toml_edit::DocumentMut, String> 
         .map_err(|e| format!("{}: {e}", path.display()))
 }
 
-/// Writes `text` to a temp file next to `path` and renames it over `path`.
-/// A new file is created readable by its owner only; an existing file's
-/// permissions are kept.
-fn write_atomic(path: &Path, text: &str) -> Result<(), String> {
-    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    let file_name = path
-        .file_name()
-        .ok_or_else(|| format!("{} is not a file path", path.display()))?;
-    let tmp = dir.join(format!(
-        ".{}.tmp.{}",
-        file_name.to_string_lossy(),
-        std::process::id()
-    ));
-    let mode = std::fs::metadata(path)
-        .map(|m| m.permissions().mode() & 0o7777)
-        .unwrap_or(0o600);
-    let result = (|| {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .open(&tmp)?;
-        f.set_permissions(std::fs::Permissions::from_mode(mode))?;
-        f.write_all(text.as_bytes())?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        // The rename is durable once the directory is synced.
-        std::fs::File::open(dir)?.sync_all()
-    })();
-    result.map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        format!("cannot write {}: {e}", path.display())
-    })
-}
-
 const NEW_FILE_HEADER: &str = "# coregate API keys: managed by `coregate keys create|list|revoke`.
 # Only salted SHA-256 hashes are stored here; a key itself is shown once,
 # when it is created. See docs/api-keys.md.
@@ -235,6 +196,36 @@ pub fn list(path: &Path) -> Result<Vec<ApiKey>, String> {
 
 /// Sets `enabled = false` on the key named `name`.
 pub fn revoke(path: &Path, name: &str) -> Result<(), String> {
+    set_enabled(path, name, false)
+}
+
+/// Removes the key named `name` from `path`.
+pub fn remove(path: &Path, name: &str) -> Result<(), String> {
+    let text = read(path, false)?;
+    let keys = validate(path, &text)?;
+    if !keys.iter().any(|k| k.name == name) {
+        return Err(format!("{}: no key named {name:?}", path.display()));
+    }
+    let mut doc = parse_doc(path, &text)?;
+    let tables = doc
+        .get_mut("keys")
+        .and_then(|k| k.as_array_of_tables_mut())
+        .ok_or_else(|| format!("{}: no [[keys]] tables", path.display()))?;
+    let before = tables.len();
+    tables.retain(|t| t.get("name").and_then(|v| v.as_str()) != Some(name));
+    if tables.len() == before {
+        return Err(format!(
+            "{}: key {name:?} is not a [[keys]] table this command can edit",
+            path.display()
+        ));
+    }
+    let out = doc.to_string();
+    validate(path, &out)?;
+    write_atomic(path, &out)
+}
+
+/// Sets `enabled` on the key named `name`.
+pub fn set_enabled(path: &Path, name: &str, enabled: bool) -> Result<(), String> {
     let text = read(path, false)?;
     let keys = validate(path, &text)?;
     if !keys.iter().any(|k| k.name == name) {
@@ -248,7 +239,7 @@ pub fn revoke(path: &Path, name: &str) -> Result<(), String> {
     let mut found = false;
     for t in tables.iter_mut() {
         if t.get("name").and_then(|v| v.as_str()) == Some(name) {
-            t["enabled"] = toml_edit::value(false);
+            t["enabled"] = toml_edit::value(enabled);
             found = true;
         }
     }

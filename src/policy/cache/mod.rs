@@ -77,9 +77,13 @@ pub struct CacheRule {
     pub cacheable_statuses: Vec<u16>,
     pub invalidation: Invalidation,
     pub ignore_backend_no_store: bool,
-    /// Written before the rest of the key: keeps a stage's canary's entries
-    /// apart from the stage's (empty otherwise).
-    pub scope: Box<[u8]>,
+    /// Starts every key of this rule: a digest of the route's name and of
+    /// every setting its responses depend on (integration, upstream
+    /// targets, this rule), set when the plan is compiled. A reloaded plan
+    /// keeps the shard's cache, and this is what makes a changed route
+    /// miss the entries of its old settings, while an unchanged one still
+    /// hits them.
+    pub scope: u64,
 }
 
 impl CacheRule {
@@ -127,7 +131,7 @@ impl CacheRule {
     /// GET entry too).
     pub fn write_key_as(&self, out: &mut Vec<u8>, method: &[u8], buf: &[u8], head: &RequestHead) {
         out.clear();
-        out.extend_from_slice(&self.scope);
+        out.extend_from_slice(&self.scope.to_le_bytes());
         out.extend_from_slice(method);
         out.push(b'\n');
         if let Some(h) = head.host {
@@ -294,7 +298,7 @@ pub fn compile_rule(
         cacheable_statuses: statuses,
         invalidation,
         ignore_backend_no_store: ignore_no_store,
-        scope: Box::default(),
+        scope: 0,
     })
 }
 
@@ -452,7 +456,7 @@ pub use crate::config::raw::cache::{RawCacheRule, RawCacheSettings};
 use crate::http::parse::is_token_byte as is_tchar;
 
 /// Compiled `[server.cache]`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CacheSettings {
     pub max_bytes_per_shard: usize,
 }

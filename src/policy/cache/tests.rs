@@ -62,7 +62,9 @@ fn key_of(rule: &CacheRule, raw: &[u8]) -> String {
     let h = head(raw);
     let mut out = Vec::new();
     rule.write_key(&mut out, raw, &h);
-    String::from_utf8(out).expect("utf-8 key")
+    // Every key starts with the rule's scope.
+    assert_eq!(out[..8], rule.scope.to_le_bytes());
+    String::from_utf8(out[8..].to_vec()).expect("utf-8 key")
 }
 
 // === compile ===

@@ -114,6 +114,14 @@ struct UrlSource {
     started: AtomicBool,
 }
 
+impl JwtAuthorizer {
+    /// Whether its key set is fetched from a JWKS URL (rather than read
+    /// from a file when the config is compiled).
+    pub fn is_fetched(&self) -> bool {
+        matches!(self.0.source, Source::Url(_))
+    }
+}
+
 impl std::fmt::Debug for JwtAuthorizer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let source = match &self.0.source {

@@ -347,7 +347,7 @@ pub fn compile(
 #[derive(Default)]
 pub struct ShardRequestAuth {
     /// Indexed like the plan's authorizers.
-    caches: Vec<Option<DecisionCache>>,
+    caches: Vec<Option<std::rc::Rc<DecisionCache>>>,
     /// Failed calls on this shard, and when one was last logged: a broken
     /// authorizer under load logs a line a second, not one per request.
     failures: std::cell::Cell<u64>,
@@ -368,12 +368,35 @@ impl ShardRequestAuth {
                     else {
                         return None;
                     };
-                    (!r.ttl.is_zero()).then(|| DecisionCache::new(r.ttl, r.cache_max_entries))
+                    (!r.ttl.is_zero())
+                        .then(|| std::rc::Rc::new(DecisionCache::new(r.ttl, r.cache_max_entries)))
                 })
                 .collect(),
             failures: std::cell::Cell::new(0),
             failure_logged: std::cell::Cell::new(None),
         }
+    }
+
+    /// The caches for a reloaded plan's `authorizers`: `kept[i]` is the
+    /// index, in the plan `self` was made for, of an authorizer with the
+    /// same name and settings as `authorizers[i]`, whose cached answers
+    /// stay; every other cache starts empty.
+    pub fn carry(
+        &self,
+        authorizers: &[AuthorizerPlan],
+        kept: &[Option<usize>],
+    ) -> ShardRequestAuth {
+        let mut fresh = ShardRequestAuth::new(authorizers);
+        for (slot, before) in fresh.caches.iter_mut().zip(kept) {
+            if let (Some(slot), Some(Some(old))) = (
+                slot.as_mut(),
+                before.map(|i| self.caches.get(i).cloned().flatten()),
+            ) {
+                *slot = old;
+            }
+        }
+        fresh.failures.set(self.failures.get());
+        fresh
     }
 
     /// Counts a failed call and logs it, at most once per
@@ -399,7 +422,7 @@ impl ShardRequestAuth {
 
     /// The cache of authorizer `index`, if it caches.
     pub fn cache(&self, index: usize) -> Option<&DecisionCache> {
-        self.caches.get(index).and_then(Option::as_ref)
+        self.caches.get(index).and_then(Option::as_deref)
     }
 }
 

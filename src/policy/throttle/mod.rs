@@ -62,7 +62,7 @@ pub enum Level {
 }
 
 /// One configured token bucket (per client IP or not).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct BucketDef {
     pub level: Level,
     /// The config key it came from, for logs.
@@ -117,7 +117,7 @@ impl RouteLimits {
 }
 
 /// Everything about throttling the shards share, compiled.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct ThrottlePlan {
     /// Every bucket, indexed by the ids in [`RouteLimits`].
     pub defs: Vec<BucketDef>,

@@ -86,6 +86,30 @@ pub struct UsagePlans {
 }
 
 impl UsagePlans {
+    /// Whether usage state made for `self` (shard counters and leases, the
+    /// coordinator's) is right for `other`: the same keys in the same
+    /// order, each on the same plan with the same name and quota, and the
+    /// same store; or neither counts anything. Which APIs and routes a plan
+    /// covers, and its buckets, may differ: the shards read those from the
+    /// plan a request runs on.
+    pub fn same_state(&self, other: &UsagePlans) -> bool {
+        if !self.active() && !other.active() {
+            // Nothing is counted on either side.
+            return true;
+        }
+        let quotas = |p: &UsagePlans| {
+            p.plans
+                .iter()
+                .map(|u| (u.name.clone(), u.quota))
+                .collect::<Vec<_>>()
+        };
+        self.key_ids == other.key_ids
+            && self.key_plan == other.key_plan
+            && self.data_dir == other.data_dir
+            && self.flush_interval == other.flush_interval
+            && quotas(self) == quotas(other)
+    }
+
     /// True when requests with keys need counting (a store, or plans).
     pub fn active(&self) -> bool {
         self.data_dir.is_some() || !self.plans.is_empty()

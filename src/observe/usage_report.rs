@@ -1,5 +1,6 @@
-//! `coregate usage`: prints recorded usage per key per day from the store,
-//! and where the config gives a key a quota, what is used of it this period.
+//! The usage report of `coregate usage` and the admin API's `GET /usage`:
+//! recorded usage per key per day from the store, and where the config
+//! gives a key a quota, what is used of it this period.
 
 use crate::policy::usage::clock::{self, format_day, parse_day};
 use crate::policy::usage::store::Store;

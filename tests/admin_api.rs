@@ -1,0 +1,382 @@
+//! The admin API over real sockets (ureq as the client, the real binary):
+//! the running config with its secrets redacted, validating and applying a
+//! config (written to the file atomically), status of shards, listeners and
+//! upstream targets, API keys (create, list, enable, disable, revoke) and
+//! usage, each change logged with who made it; and bad input: a malformed
+//! body, a chunked body, one over the limit, an unknown path, a wrong
+//! method.
+//!
+//! Unwraps and expects: a failed step fails the test, with its message.
+
+mod support;
+
+use serde_json::Value;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+use support::*;
+
+/// A scratch directory with a keys file holding `alice` (on plan `gold` if
+/// `plans`), and the config text serving `body` on `GET /v`, an API-key
+/// route `GET /k`, and `GET /p` proxied to `backend`.
+struct Setup {
+    dir: std::path::PathBuf,
+    keys: std::path::PathBuf,
+    alice: String,
+}
+
+impl Setup {
+    fn new(tag: &str, plans: bool) -> Setup {
+        let dir = temp_path(tag);
+        std::fs::create_dir_all(&dir).unwrap();
+        let keys = dir.join("keys.toml");
+        let alice = create_key(&keys, "alice", plans.then_some("gold"));
+        Setup { dir, keys, alice }
+    }
+
+    fn config(&self, body: &str, backend: &str, plans: bool) -> String {
+        let plans = if plans {
+            format!(
+                "data_dir = {:?}\nusage_flush_interval_ms = 100\n\n[[usage_plans]]\nname = \"gold\"\napis = [\"main\"]\nquota = {{ limit = 100, period = \"DAY\" }}\n",
+                self.dir.join("data").display().to_string()
+            )
+        } else {
+            String::new()
+        };
+        format!(
+            r#"
+[server]
+listen = ["127.0.0.1:0"]
+shards = 2
+api_keys_file = {keys:?}
+{plans}
+
+[[authorizers]]
+name = "iam"
+[authorizers.sigv4]
+region = "us-east-1"
+
+[[authorizers.sigv4.credentials]]
+access_key_id = "AKIAIOSFODNN7EXAMPLE"
+secret_access_key = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
+principal = "alice"
+
+[[apis]]
+name = "main"
+
+[[apis.routes]]
+key = "GET /v"
+integration = {{ type = "mock", body = "{body}" }}
+
+[[apis.routes]]
+key = "GET /k"
+api_key_required = true
+integration = {{ type = "mock", body = "keyed" }}
+
+[[apis.routes]]
+key = "GET /p"
+integration = {{ type = "http_proxy", url = "http://{backend}/p" }}
+"#,
+            keys = self.keys.display().to_string()
+        )
+    }
+}
+
+impl Drop for Setup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn json(r: &HttpResponse) -> Value {
+    serde_json::from_slice(&r.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", r.text()))
+}
+
+fn admin(gw: &Gateway, method: &str, path: &str, body: Option<&[u8]>) -> HttpResponse {
+    call(agent().request(method, &gw.admin_url(path)), body)
+}
+
+/// A request to `/k` with `key` on a fresh connection: its status.
+fn keyed(gw: &Gateway, key: &str) -> u16 {
+    let req =
+        format!("GET /k HTTP/1.1\r\nhost: t\r\nx-api-key: {key}\r\nconnection: close\r\n\r\n");
+    Client::connect(gw.addr()).request(req.as_bytes()).status
+}
+
+#[test]
+fn the_running_config_is_shown_with_its_secrets_redacted() {
+    let s = Setup::new("admin-api-config", false);
+    let backend = Backend::start(Reply::fixed(200, &[], "b"));
+    let gw = Gateway::start(&s.config("one", &backend.addr_str(), false));
+    let r = admin(&gw, "GET", "/config", None);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = json(&r);
+    assert_eq!(v["generation"], 1);
+    assert_eq!(v["path"], gw.config_path().display().to_string());
+    let text = v["config"].as_str().unwrap();
+    assert!(text.contains("body = \"one\""), "{text}");
+    assert!(text.contains("AKIAIOSFODNN7EXAMPLE"), "{text}");
+    assert!(
+        !text.contains("wJalrXUtnFEMI"),
+        "the secret key is shown: {text}"
+    );
+    assert!(text.contains("(redacted)"), "{text}");
+}
+
+#[test]
+fn a_config_is_validated_without_being_applied_and_applied_to_the_file() {
+    let s = Setup::new("admin-api-apply", false);
+    let backend = Backend::start(Reply::fixed(200, &[], "b"));
+    let gw = Gateway::start(&s.config("one", &backend.addr_str(), false));
+    // As the harness wrote the running file: the test admin listener and
+    // unpinned shards, which a reload may not change.
+    let two = unpinned(&with_test_admin(&s.config(
+        "two",
+        &backend.addr_str(),
+        false,
+    )));
+    // Valid: compiled, not applied.
+    let r = admin(&gw, "POST", "/config/validate", Some(two.as_bytes()));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = json(&r);
+    assert_eq!(v["valid"], true);
+    assert_eq!(v["routes"], 3);
+    assert_eq!(v["reloadable"], true, "{v}");
+    assert_eq!(gw.client().get("/v").text(), "one");
+    // Invalid: every error, nothing applied.
+    let broken = two
+        .replace("\"two\" }", "\"two\", status = 700 }")
+        .replace("shards = 2", "shards = 0");
+    let r = admin(&gw, "POST", "/config/validate", Some(broken.as_bytes()));
+    assert_eq!(r.status, 400, "{}", r.text());
+    let v = json(&r);
+    assert_eq!(v["valid"], false);
+    let errors = v["errors"].to_string();
+    assert!(
+        errors.contains("server.shards") && errors.contains("apis[0].routes[0]"),
+        "{errors}"
+    );
+    // Valid, but a reload would refuse it: said so.
+    let r = admin(
+        &gw,
+        "POST",
+        "/config/validate",
+        Some(two.replace("shards = 2", "shards = 1").as_bytes()),
+    );
+    assert_eq!(r.status, 200);
+    let v = json(&r);
+    assert_eq!(v["reloadable"], false);
+    assert!(
+        v["restart_needed_for"]
+            .to_string()
+            .contains("server.shards"),
+        "{v}"
+    );
+    // Applied: served at once, and written to the file.
+    let before = std::fs::read_to_string(gw.config_path()).unwrap();
+    let r = admin(&gw, "PUT", "/config", Some(broken.as_bytes()));
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert_eq!(std::fs::read_to_string(gw.config_path()).unwrap(), before);
+    assert_eq!(gw.client().get("/v").text(), "one");
+    let r = admin(&gw, "PUT", "/config", Some(two.as_bytes()));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(json(&r)["generation"], 2);
+    assert_eq!(gw.client().get("/v").text(), "two");
+    assert_eq!(std::fs::read_to_string(gw.config_path()).unwrap(), two);
+    assert_eq!(json(&admin(&gw, "GET", "/config", None))["generation"], 2);
+    // Logged with who did it.
+    assert!(
+        gw.stderr()
+            .lines()
+            .any(|l| l.contains("reload asked by admin client 127.0.0.1:")
+                && l.contains("generation 2")),
+        "{}",
+        gw.stderr()
+    );
+    // A config that is not UTF-8, and an empty body.
+    assert_eq!(admin(&gw, "PUT", "/config", Some(b"\xff\xfe")).status, 400);
+    assert_eq!(admin(&gw, "PUT", "/config", Some(b"")).status, 400);
+}
+
+#[test]
+fn status_names_the_generation_shards_listeners_and_upstream_targets() {
+    let s = Setup::new("admin-api-status", false);
+    let backend = Backend::start(Reply::fixed(200, &[], "b"));
+    let gw = Gateway::start(&s.config("one", &backend.addr_str(), false));
+    assert_eq!(gw.client().get("/p").status, 200);
+    let r = admin(&gw, "GET", "/status", None);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = json(&r);
+    assert_eq!(v["generation"], 1);
+    assert_eq!(v["shards_expected"], 2);
+    assert_eq!(v["shards_answering"], serde_json::json!([0, 1]));
+    assert_eq!(
+        v["listeners"],
+        serde_json::json!([{ "address": gw.addr().to_string(), "tls": false }])
+    );
+    let targets = v["upstream_targets"].as_array().unwrap();
+    assert_eq!(targets.len(), 1, "{v}");
+    assert_eq!(targets[0]["target"], backend.addr_str());
+    assert_eq!(targets[0]["healthy"], true);
+    assert!(targets[0]["connects"].as_u64().unwrap() >= 1);
+}
+
+#[test]
+fn api_keys_are_created_listed_disabled_enabled_and_revoked() {
+    let s = Setup::new("admin-api-keys", false);
+    let backend = Backend::start(Reply::fixed(200, &[], "b"));
+    let gw = Gateway::start(&s.config("one", &backend.addr_str(), false));
+    assert_eq!(keyed(&gw, &s.alice), 200);
+    let r = admin(&gw, "POST", "/keys", Some(br#"{"name": "bob"}"#));
+    assert_eq!(r.status, 201, "{}", r.text());
+    let v = json(&r);
+    let bob = v["key"].as_str().unwrap().to_string();
+    assert_eq!(v["generation"], 2);
+    assert_eq!(keyed(&gw, &bob), 200);
+    // Listed without secrets; the key is shown only once.
+    let r = admin(&gw, "GET", "/keys", None);
+    assert_eq!(r.status, 200);
+    let names: Vec<String> = json(&r)["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(names, ["alice", "bob"]);
+    assert!(
+        !r.text().contains(&bob) && !r.text().contains("sha256"),
+        "{}",
+        r.text()
+    );
+    // Disable, enable, revoke.
+    assert_eq!(
+        admin(&gw, "POST", "/keys/bob/disable", Some(b"")).status,
+        200
+    );
+    assert_eq!(keyed(&gw, &bob), 403);
+    assert_eq!(keyed(&gw, &s.alice), 200);
+    assert_eq!(
+        admin(&gw, "POST", "/keys/bob/enable", Some(b"")).status,
+        200
+    );
+    assert_eq!(keyed(&gw, &bob), 200);
+    assert_eq!(admin(&gw, "DELETE", "/keys/bob", None).status, 200);
+    assert_eq!(keyed(&gw, &bob), 403);
+    let r = admin(&gw, "GET", "/keys", None);
+    assert_eq!(json(&r)["keys"].as_array().unwrap().len(), 1);
+    // Bad input.
+    let r = admin(&gw, "POST", "/keys", Some(br#"{"name": "alice"}"#));
+    assert_eq!(r.status, 400);
+    assert!(r.text().contains("already exists"), "{}", r.text());
+    assert_eq!(admin(&gw, "POST", "/keys", Some(b"{not json")).status, 400);
+    assert_eq!(
+        admin(&gw, "POST", "/keys", Some(br#"{"nom": "x"}"#)).status,
+        400
+    );
+    assert_eq!(
+        admin(&gw, "POST", "/keys/nobody/disable", Some(b"")).status,
+        400
+    );
+    assert_eq!(admin(&gw, "POST", "/keys/bob/other", Some(b"")).status, 404);
+    // Each change was logged with who made it.
+    let log = gw.stderr();
+    for what in [
+        "created API key \"bob\"",
+        "disabled API key \"bob\"",
+        "enabled API key \"bob\"",
+        "revoked (removed) API key \"bob\"",
+    ] {
+        assert!(
+            log.lines()
+                .any(|l| l.contains("admin client 127.0.0.1:") && l.contains(what)),
+            "{what}: {log}"
+        );
+    }
+}
+
+#[test]
+fn with_usage_plans_a_new_key_is_refused_and_the_file_put_back_and_usage_is_reported() {
+    let s = Setup::new("admin-api-usage", true);
+    let backend = Backend::start(Reply::fixed(200, &[], "b"));
+    let gw = Gateway::start(&s.config("one", &backend.addr_str(), true));
+    let before = std::fs::read_to_string(&s.keys).unwrap();
+    let r = admin(
+        &gw,
+        "POST",
+        "/keys",
+        Some(br#"{"name": "carol", "usage_plan": "gold"}"#),
+    );
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(r.text().contains("usage_plans"), "{}", r.text());
+    assert_eq!(std::fs::read_to_string(&s.keys).unwrap(), before);
+    // Disabling keeps the keys as they are: allowed.
+    assert_eq!(
+        admin(&gw, "POST", "/keys/alice/disable", Some(b"")).status,
+        200
+    );
+    assert_eq!(keyed(&gw, &s.alice), 403);
+    assert_eq!(
+        admin(&gw, "POST", "/keys/alice/enable", Some(b"")).status,
+        200
+    );
+    for _ in 0..3 {
+        assert_eq!(keyed(&gw, &s.alice), 200);
+    }
+    // The usage store has the requests once the coordinator wrote them.
+    let mut v = Value::Null;
+    assert!(
+        wait_until(Duration::from_secs(5), || {
+            let r = admin(&gw, "GET", "/usage?key=alice", None);
+            v = json(&r);
+            r.status == 200 && v["days"].get(0).is_some_and(|d| d["requests"] == 3)
+        }),
+        "{v}"
+    );
+    assert_eq!(v["days"][0]["key"], "alice");
+    assert_eq!(v["quotas"][0]["plan"], "gold");
+    assert_eq!(v["quotas"][0]["used"], 3);
+    assert_eq!(v["quotas"][0]["limit"], 100);
+    let r = admin(&gw, "GET", "/usage?key=nobody", None);
+    assert_eq!(r.status, 400);
+    let r = admin(&gw, "GET", "/usage?from=yesterday", None);
+    assert_eq!(r.status, 400);
+}
+
+/// Sends raw bytes to the admin listener and reads until it closes.
+fn raw(addr: std::net::SocketAddr, bytes: &[u8]) -> String {
+    let mut s = TcpStream::connect(addr).expect("connect admin");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let _ = s.write_all(bytes);
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[test]
+fn malformed_admin_requests_get_clear_errors() {
+    let s = Setup::new("admin-api-bad", false);
+    let backend = Backend::start(Reply::fixed(200, &[], "b"));
+    let gw = Gateway::start(&s.config("one", &backend.addr_str(), false));
+    let r = admin(&gw, "DELETE", "/config", None);
+    assert_eq!(r.status, 405);
+    assert_eq!(r.header("allow"), Some("GET, PUT, HEAD"));
+    assert_eq!(admin(&gw, "GET", "/nothing", None).status, 404);
+    let out = raw(
+        gw.admin_addr(),
+        b"PUT /config HTTP/1.1\r\nhost: a\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    );
+    assert!(out.starts_with("HTTP/1.1 411 "), "{out}");
+    let out = raw(
+        gw.admin_addr(),
+        b"PUT /config HTTP/1.1\r\nhost: a\r\ncontent-length: 2000000\r\n\r\n",
+    );
+    assert!(out.starts_with("HTTP/1.1 413 "), "{out}");
+    // A body shorter than its length: the connection times out or closes,
+    // nothing is applied.
+    let out = raw(
+        gw.admin_addr(),
+        b"GET /status HTTP/1.1\r\nhost: a\r\ncontent-length: 3\r\nconnection: close\r\n\r\nabc",
+    );
+    assert!(out.starts_with("HTTP/1.1 413 "), "{out}");
+    assert_eq!(json(&admin(&gw, "GET", "/config", None))["generation"], 1);
+}
