@@ -495,3 +495,33 @@ fn percent_as_an_integer_or_a_fraction() {
     let p = plan(&STAGED.replace("percent = 25", "percent = 0.5"));
     assert_eq!(p.stages.canaries[0].threshold, threshold(0.5));
 }
+
+#[test]
+fn a_canary_of_the_same_routes_caches_apart() {
+    let text = r#"
+[[apis]]
+name = "pets"
+[[apis.deployments]]
+name = "a"
+[[apis.deployments.routes]]
+key = "GET /x"
+integration = { type = "http_proxy", url = "http://127.0.0.1:9001/x" }
+[[apis.deployments]]
+name = "b"
+[[apis.deployments.routes]]
+key = "GET /x"
+integration = { type = "http_proxy", url = "http://127.0.0.1:9001/x" }
+[[apis.stages]]
+name = "prod"
+deployment = "a"
+cache = { ttl_seconds = 60 }
+[apis.stages.canary]
+deployment = "b"
+percent = 50
+"#;
+    let p = plan(text);
+    let stage = found(&p.table, "/prod/x").unwrap();
+    let canary = found(&p.stages.canaries[0].table, "/prod/x").unwrap();
+    let scope = |r: usize| p.routes[r].policies.cache.as_ref().unwrap().scope;
+    assert_ne!(scope(stage), scope(canary));
+}
