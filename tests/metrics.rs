@@ -7,6 +7,8 @@
 //! fail; `scripts/test` installs them.
 
 mod support;
+#[path = "support/tls.rs"]
+mod tls_support;
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -578,4 +580,64 @@ integration = {{ type = "mock", body = 'ok' }}
         ),
         Some(0.0)
     );
+}
+
+/// Open connections accepted on a TLS listener are a gauge of their own,
+/// counted among the open ones, and go back down when they close.
+#[test]
+fn open_tls_connections_are_counted_per_shard() {
+    use tls_support::*;
+    let pki = Pki::new();
+    let ca = pki.ca("metrics ca");
+    let leaf = pki.server(&ca, "metrics", &["localhost"]);
+    let gw = Gateway::start(&format!(
+        r#"
+[server]
+listen = ["127.0.0.1:0"]
+shards = 1
+
+[server.tls]
+listen = ["127.0.0.1:0"]
+
+[[server.tls.certificates]]
+cert = {:?}
+key = {:?}
+
+[[apis]]
+name = "m"
+
+[[apis.routes]]
+key = "GET /h"
+integration = {{ type = "mock", body = "ok" }}
+"#,
+        leaf.cert_path, leaf.key_path
+    ));
+    let cfg = client_config(&ClientOpts {
+        roots: vec![&ca],
+        ..ClientOpts::default()
+    });
+    let mut tls: Vec<TlsClient> = (0..3)
+        .map(|_| TlsClient::connect(gw.tls_addr(), "localhost", cfg.clone()).unwrap())
+        .collect();
+    for c in &mut tls {
+        assert_eq!(c.get("/h").status, 200);
+    }
+    let mut plain = gw.client();
+    assert_eq!(plain.get("/h").status, 200);
+    let p = scrape_until(&gw, "4 open, 3 of them TLS", |p| {
+        p.exact("coregate_connections_tls", &[("shard", "0")]) == Some(3.0)
+            && p.exact("coregate_connections_open", &[("shard", "0")]) == Some(4.0)
+    });
+    assert_eq!(
+        p.exact(
+            "coregate_connections_accepted_total",
+            &[("shard", "0"), ("listener", "tls")]
+        ),
+        Some(3.0)
+    );
+    drop(tls);
+    scrape_until(&gw, "no TLS connection left", |p| {
+        p.exact("coregate_connections_tls", &[("shard", "0")]) == Some(0.0)
+            && p.exact("coregate_connections_open", &[("shard", "0")]) == Some(1.0)
+    });
 }

@@ -106,6 +106,10 @@ enum Segment {
 pub struct Format {
     segments: Vec<Segment>,
     escape: Escape,
+    /// Bit `v as u32` for each variable `v` the format names.
+    uses: u32,
+    /// The literal bytes of a line, for reserving its room at once.
+    literal_len: usize,
 }
 
 /// AWS's presets (API Gateway console, HTTP APIs).
@@ -176,15 +180,38 @@ impl Format {
         literal.push_str(rest);
         literal.push('\n');
         segments.push(Segment::Literal(literal.into_bytes().into()));
-        Ok(Format { segments, escape })
+        let mut uses = 0;
+        let mut literal_len = 0;
+        for s in &segments {
+            match s {
+                Segment::Var(v) => uses |= 1 << *v as u32,
+                Segment::Literal(b) => literal_len += b.len(),
+            }
+        }
+        Ok(Format {
+            segments,
+            escape,
+            uses,
+            literal_len,
+        })
     }
 
     pub fn escape(&self) -> Escape {
         self.escape
     }
 
+    /// Whether the format names `v`: what it does not name need not be
+    /// captured or computed.
+    #[inline]
+    pub fn uses(&self, v: Var) -> bool {
+        self.uses & (1 << v as u32) != 0
+    }
+
     /// Appends one line (with its `\n`) for `f` to `out`.
     pub fn write(&self, f: &Fields<'_>, out: &mut Vec<u8>) {
+        // One reservation for the literals and typical values, rather than
+        // a capacity check that may grow at every segment.
+        out.reserve(self.literal_len + 160);
         for s in &self.segments {
             match s {
                 Segment::Literal(b) => out.extend_from_slice(b),
@@ -199,6 +226,9 @@ impl Format {
             Var::RequestId => text(e, f.request_id, out),
             Var::SourceIp => ip(f.source_ip, out),
             Var::UserAgent => opt_text(e, f.user_agent, out),
+            // Digits, letters, `/`, `:`, `+` and a space: only CSV quotes
+            // it (for the space).
+            Var::RequestTime if e != Escape::Csv => out.extend_from_slice(f.request_time),
             Var::RequestTime => text(e, f.request_time, out),
             Var::RequestTimeEpoch => num(f.request_time_epoch_ms, out),
             Var::HttpMethod => opt_text(e, f.method, out),
@@ -573,6 +603,16 @@ mod tests {
             line(p, e, &fields()),
             "10.0.0.1 - - [06/Dec/2026:03:58:49 +0000] \"GET GET /pets/{id} HTTP/1.1\" 200 42 id-1\n"
         );
+    }
+
+    #[test]
+    fn a_format_knows_which_variables_it_names() {
+        let (text, e) = preset("json").unwrap();
+        let f = Format::compile(text, e).unwrap();
+        assert!(f.uses(Var::HttpMethod) && f.uses(Var::RequestTime));
+        assert!(!f.uses(Var::UserAgent) && !f.uses(Var::Path) && !f.uses(Var::ResponseLatency));
+        let f = Format::compile("$context.identity.userAgent $context.path", Escape::Text).unwrap();
+        assert!(f.uses(Var::UserAgent) && f.uses(Var::Path) && !f.uses(Var::HttpMethod));
     }
 
     #[test]

@@ -13,7 +13,7 @@ pub mod writer;
 use crate::config::raw::access_log::RawAccessLog;
 use crate::config::raw::{RawApi, RawConfig};
 use crate::config::ConfigError;
-pub use format::{Escape, Fields, Format};
+pub use format::{Escape, Fields, Format, Var};
 use std::path::PathBuf;
 
 /// Where lines go.
@@ -64,6 +64,17 @@ pub struct LogPlan {
     pub routes: Vec<Logged>,
     /// Any access log at all: the driver keeps what a line needs only then.
     pub any: bool,
+    /// What some log's format takes from the request head: only that is
+    /// copied when a head is parsed.
+    pub captures: Captures,
+}
+
+/// The request-head values some access log of the plan names.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Captures {
+    pub method: bool,
+    pub path: bool,
+    pub user_agent: bool,
 }
 
 impl LogPlan {
@@ -109,6 +120,12 @@ pub fn compile(raw: &RawConfig, apis: &[RawApi], errors: &mut Vec<ConfigError>) 
         });
     }
     plan.any = !plan.logs.is_empty();
+    let any_uses = |v| plan.logs.iter().any(|l| l.format.uses(v));
+    plan.captures = Captures {
+        method: any_uses(Var::HttpMethod),
+        path: any_uses(Var::Path),
+        user_agent: any_uses(Var::UserAgent),
+    };
     plan
 }
 

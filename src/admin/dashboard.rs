@@ -225,6 +225,7 @@ impl History {
                     "open": c.open,
                     "idle": c.idle,
                     "parked": c.parked,
+                    "tls_open": c.tls_open,
                     "accepted": c.accepted,
                     "accepted_tls": c.accepted_tls,
                     "tls_failures": c.tls_failures,

@@ -30,11 +30,20 @@ const MAX_BODY: usize = 1024 * 1024;
 
 pub(super) fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
     let active = Arc::new(AtomicUsize::new(0));
+    // Out of descriptors (EMFILE), accept fails at once for as long as it
+    // lasts: retried every 50 ms, logged at most once a second.
+    let mut logged: Option<std::time::Instant> = None;
     for stream in listener.incoming() {
         let mut stream = match stream {
             Ok(s) => s,
             Err(e) => {
-                crate::log!("warn", "admin: accept failed: {e}");
+                if logged.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+                    logged = Some(std::time::Instant::now());
+                    crate::log!(
+                        "warn",
+                        "admin: accept failed: {e} (retrying every 50 ms, logged at most once a second)"
+                    );
+                }
                 std::thread::sleep(Duration::from_millis(50));
                 continue;
             }
@@ -122,12 +131,34 @@ fn write_response(
     stream.write_all(&out)
 }
 
+/// Answers `status` with `message` and closes (the caller returns).
+fn refuse(stream: &mut TcpStream, status: u16, message: &str) {
+    let _ = write_response(stream, &Response::error(status, message), false, false);
+}
+
+/// Reads more of a request into `buf`; false when the connection ended,
+/// failed, or the request took longer than IO_TIMEOUT since `started`
+/// (answered 408 when something of it had come).
+fn read_more(stream: &mut TcpStream, buf: &mut Vec<u8>, started: Instant) -> bool {
+    if !buf.is_empty() && started.elapsed() > IO_TIMEOUT {
+        refuse(stream, 408, "Request Timeout");
+        return false;
+    }
+    let mut chunk = [0u8; 4096];
+    match stream.read(&mut chunk) {
+        Ok(0) | Err(_) => false,
+        Ok(n) => {
+            buf.extend_from_slice(&chunk[..n]);
+            true
+        }
+    }
+}
+
 fn serve_connection(mut stream: TcpStream, shared: &Shared, peer: &str) {
     let _ = stream.set_read_timeout(Some(IO_TIMEOUT));
     let _ = stream.set_write_timeout(Some(IO_TIMEOUT));
     let _ = stream.set_nodelay(true);
     let mut buf: Vec<u8> = Vec::with_capacity(4096);
-    let mut chunk = [0u8; 4096];
     loop {
         // === read one head ===
         let started = Instant::now();
@@ -136,29 +167,11 @@ fn serve_connection(mut stream: TcpStream, shared: &Shared, peer: &str) {
                 match parse_request_head(&buf, &LIMITS) {
                     Ok(Some(h)) => break h,
                     Ok(None) => {}
-                    Err(reject) => {
-                        let _ = write_response(
-                            &mut stream,
-                            &Response::error(reject.status, reject.message),
-                            false,
-                            false,
-                        );
-                        return;
-                    }
+                    Err(reject) => return refuse(&mut stream, reject.status, reject.message),
                 }
             }
-            if !buf.is_empty() && started.elapsed() > IO_TIMEOUT {
-                let _ = write_response(
-                    &mut stream,
-                    &Response::error(408, "Request Timeout"),
-                    false,
-                    false,
-                );
+            if !read_more(&mut stream, &mut buf, started) {
                 return;
-            }
-            match stream.read(&mut chunk) {
-                Ok(0) | Err(_) => return,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
             }
         };
         // === its body, if any ===
@@ -166,38 +179,20 @@ fn serve_connection(mut stream: TcpStream, shared: &Shared, peer: &str) {
             Framing::None => 0,
             Framing::Length(n) => n,
             Framing::Chunked => {
-                let _ = write_response(
+                return refuse(
                     &mut stream,
-                    &Response::error(411, "Admin requests with a body need a Content-Length"),
-                    false,
-                    false,
-                );
-                return;
+                    411,
+                    "Admin requests with a body need a Content-Length",
+                )
             }
         };
         if body_len > MAX_BODY as u64 {
-            let _ = write_response(
-                &mut stream,
-                &Response::error(413, "An admin request body is at most 1 MiB"),
-                false,
-                false,
-            );
-            return;
+            return refuse(&mut stream, 413, "An admin request body is at most 1 MiB");
         }
         let total = head.len + body_len as usize;
         while buf.len() < total {
-            if started.elapsed() > IO_TIMEOUT {
-                let _ = write_response(
-                    &mut stream,
-                    &Response::error(408, "Request Timeout"),
-                    false,
-                    false,
-                );
+            if !read_more(&mut stream, &mut buf, started) {
                 return;
-            }
-            match stream.read(&mut chunk) {
-                Ok(0) | Err(_) => return,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
             }
         }
         // === answer it ===

@@ -175,8 +175,19 @@ pub fn parse_all(text: &str) -> Parsed {
             }
             (None, Some(o)) => key_at(text, o).unwrap_or_else(|| "(toml)".into()),
         };
+        let mut told = humane(&message, &key).unwrap_or_else(|| message.clone());
+        if doc.is_none() {
+            // The file is not TOML: the parser stops at the first syntax
+            // error, and so does the check. Its column helps find it.
+            if let Some(o) = offset {
+                told = format!(
+                    "TOML syntax error at column {}: {told} (the file is read no further: fix it and check again)",
+                    column_of(text, o)
+                );
+            }
+        }
         errors.push(ConfigError {
-            message: humane(&message, &key).unwrap_or_else(|| message.clone()),
+            message: told,
             key,
             line: offset.map(|o| line_of(text, o)),
         });
@@ -585,6 +596,16 @@ fn exact_offset(doc: &toml_edit::ImDocument<&str>, segs: &[Seg<'_>]) -> Option<u
         return None;
     }
     at
+}
+
+/// 1-based column of `offset`, in characters.
+fn column_of(text: &str, offset: usize) -> usize {
+    let offset = offset.min(text.len());
+    let Some(before) = text.get(..offset) else {
+        return 1;
+    };
+    let start = before.rfind('\n').map_or(0, |i| i + 1);
+    before[start..].chars().count() + 1
 }
 
 fn line_of(text: &str, offset: usize) -> usize {

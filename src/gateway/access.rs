@@ -8,7 +8,7 @@
 use super::exchange::{CacheStatus, Exchange};
 use super::Gateway;
 use crate::accesslog::shard::ShardLog;
-use crate::accesslog::Fields;
+use crate::accesslog::{Fields, Var};
 use crate::http::parse::RequestHead;
 use std::cell::RefCell;
 use std::time::Instant;
@@ -33,25 +33,37 @@ impl Access {
     }
 }
 
-/// Copies what the line needs from `head` (bytes of `buf`).
+/// Copies what the plan's log formats need from `head` (bytes of `buf`):
+/// the method, the path and the User-Agent, each only if some format
+/// names it.
 pub fn capture(gw: &Gateway, x: &mut Exchange, buf: &[u8], head: &RequestHead) {
+    let wants = x.generation.plan.access_log.captures;
     let c = &mut x.access;
     c.has_head = true;
+    if wants == Default::default() {
+        return;
+    }
     c.text = gw.access.free.borrow_mut().pop().unwrap_or_default();
-    let method = head.method_span.get(buf);
-    let method = &method[..method.len().min(usize::from(u16::MAX))];
-    let path = head.path(buf);
-    c.text.extend_from_slice(method);
-    c.text.extend_from_slice(path);
-    c.method_len = method.len() as u16;
-    c.path_len = path.len() as u32;
-    if let Some(h) = head
-        .headers
-        .iter()
-        .find(|h| h.name.get(buf).eq_ignore_ascii_case(b"user-agent"))
-    {
-        c.text.extend_from_slice(h.value.get(buf));
-        c.has_agent = true;
+    if wants.method {
+        let method = head.method_span.get(buf);
+        let method = &method[..method.len().min(usize::from(u16::MAX))];
+        c.text.extend_from_slice(method);
+        c.method_len = method.len() as u16;
+    }
+    if wants.path {
+        let path = head.path(buf);
+        c.text.extend_from_slice(path);
+        c.path_len = path.len() as u32;
+    }
+    if wants.user_agent {
+        if let Some(h) = head
+            .headers
+            .iter()
+            .find(|h| h.name.get(buf).eq_ignore_ascii_case(b"user-agent"))
+        {
+            c.text.extend_from_slice(h.value.get(buf));
+            c.has_agent = true;
+        }
     }
 }
 
@@ -90,8 +102,17 @@ fn write_line(gw: &Gateway, x: &Exchange, text: &[u8]) {
     };
     let c = &x.access;
     let o = &x.outcome;
-    let received_ms = gw.access.log.wall_ms(o.timings.received);
-    let time = gw.access.log.clf_time(received_ms / 1000);
+    let uses = |v| log.format.uses(v);
+    let received_ms = if uses(Var::RequestTime) || uses(Var::RequestTimeEpoch) {
+        gw.access.log.wall_ms(o.timings.received)
+    } else {
+        0
+    };
+    let time = if uses(Var::RequestTime) {
+        gw.access.log.clf_time(received_ms / 1000)
+    } else {
+        [b'-'; 26]
+    };
     let (method, rest) = text.split_at(usize::from(c.method_len).min(text.len()));
     let (path, agent) = rest.split_at((c.path_len as usize).min(rest.len()));
     let route = x.route.and_then(|r| plan.routes.get(r));
@@ -121,14 +142,17 @@ fn write_line(gw: &Gateway, x: &Exchange, text: &[u8]) {
         status: o.status,
         minor_version: c.has_head.then_some(x.minor_version),
         response_length: o.bytes_out,
-        response_latency_ms: Some(ms(o
-            .timings
-            .last_byte_sent
-            .unwrap_or_else(Instant::now)
-            .saturating_duration_since(o.timings.received))),
+        response_latency_ms: uses(Var::ResponseLatency).then(|| {
+            ms(o.timings
+                .last_byte_sent
+                .unwrap_or_else(Instant::now)
+                .saturating_duration_since(o.timings.received))
+        }),
         integration_latency_ms: match (o.timings.upstream_connected, o.timings.upstream_first_byte)
         {
-            (Some(a), Some(b)) => Some(ms(b.saturating_duration_since(a))),
+            (Some(a), Some(b)) if uses(Var::IntegrationLatency) => {
+                Some(ms(b.saturating_duration_since(a)))
+            }
             _ => None,
         },
         integration_status: o.upstream_status,

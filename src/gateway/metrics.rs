@@ -91,6 +91,7 @@ impl Gateway {
                 open: self.connections.live() as u64,
                 idle: self.connections.idle() as u64,
                 parked: crate::http::conn::parked() as u64,
+                tls_open: self.connections.live_tls() as u64,
                 accepted,
                 accepted_tls,
                 tls_failures: self.tls_failures(),

@@ -160,7 +160,7 @@ pub struct Conn {
 
 /// Serves one accepted connection until it closes.
 pub async fn serve<S: Service>(svc: Rc<S>, stream: Socket, peer: SocketAddr, over_limit: bool) {
-    let guard = svc.connections().register(&stream);
+    let guard = svc.connections().register(&stream, false);
     prepare(&svc.limits(), &stream);
     let conn = Conn::new(Stream::Plain(stream), peer, None, guard);
     run(svc, conn, over_limit).await;
@@ -182,7 +182,7 @@ pub async fn serve_tls<S: Service>(
         // limit; closing is what the client can take from us cheaply.
         return;
     }
-    let guard = svc.connections().register(&stream);
+    let guard = svc.connections().register(&stream, true);
     let limits = svc.limits();
     prepare(&limits, &stream);
     let limit = limits.header_read_timeout;
@@ -807,13 +807,16 @@ impl Conn {
             // Bodies move through a larger buffer than heads.
             self.rbuf.resize(READ_BUF, 0);
         }
+        // An upstream that answers before it has the whole body ends the
+        // pumping (Stream::send_body), so its answer is not held back.
+        let mut watch = true;
         match framing {
             Framing::None => Ok(0),
             Framing::Length(n) => {
                 let mut remaining = n;
                 let take = (self.buffered() as u64).min(remaining) as usize;
                 if let Some(s) = sink.as_deref_mut() {
-                    s.send(&self.rbuf[self.rpos..self.rpos + take])
+                    s.send_body(&self.rbuf[self.rpos..self.rpos + take], &mut watch)
                         .await
                         .map_err(BodyError::Sink)?;
                 }
@@ -831,7 +834,9 @@ impl Conn {
                     let want = (self.rbuf.len() as u64).min(remaining) as usize;
                     let got = self.read_body_bytes(limits, want).await?;
                     if let Some(s) = sink.as_deref_mut() {
-                        s.send(&self.rbuf[..got]).await.map_err(BodyError::Sink)?;
+                        s.send_body(&self.rbuf[..got], &mut watch)
+                            .await
+                            .map_err(BodyError::Sink)?;
                     }
                     remaining -= got as u64;
                 }
@@ -854,7 +859,9 @@ impl Conn {
                         // what was dropped (the body is re-framed).
                         let out = step.out(&self.rbuf[self.rpos..self.rend]);
                         if let (Some(s), false) = (sink.as_deref_mut(), out.is_empty()) {
-                            s.send(out).await.map_err(BodyError::Sink)?;
+                            s.send_body(out, &mut watch)
+                                .await
+                                .map_err(BodyError::Sink)?;
                         }
                         self.rpos += step.consumed;
                     }
@@ -938,6 +945,7 @@ pub async fn write_two(stream: &mut ClientStream, a: &[u8], b: &[u8]) -> io::Res
 struct ConnSlot {
     sock: ReadHandle,
     idle: bool,
+    tls: bool,
 }
 
 #[derive(Default)]
@@ -945,6 +953,8 @@ struct Registry {
     slots: Vec<Option<ConnSlot>>,
     free: Vec<usize>,
     live: usize,
+    /// Of `live`, connections accepted on a TLS listener.
+    live_tls: usize,
 }
 
 /// A shard's live connections: counted for the drain, and those waiting
@@ -979,6 +989,11 @@ impl Connections {
         self.reg.borrow().live
     }
 
+    /// Of [`Connections::live`], those accepted on a TLS listener.
+    pub fn live_tls(&self) -> usize {
+        self.reg.borrow().live_tls
+    }
+
     /// Live connections waiting for a request (parked ones included).
     pub fn idle(&self) -> usize {
         self.reg
@@ -990,11 +1005,12 @@ impl Connections {
     }
 
     /// Records a new connection; the slot is released by [`ConnGuard`].
-    pub fn register(self: &Rc<Self>, sock: &Socket) -> ConnGuard {
+    pub fn register(self: &Rc<Self>, sock: &Socket, tls: bool) -> ConnGuard {
         let mut reg = self.reg.borrow_mut();
         let slot = ConnSlot {
             sock: sock.read_handle(),
             idle: false,
+            tls,
         };
         let idx = match reg.free.pop() {
             Some(i) => {
@@ -1007,6 +1023,7 @@ impl Connections {
             }
         };
         reg.live += 1;
+        reg.live_tls += usize::from(tls);
         ConnGuard {
             conns: self.clone(),
             idx,
@@ -1077,8 +1094,9 @@ impl Drop for ConnGuard {
     fn drop(&mut self) {
         let mut reg = self.conns.reg.borrow_mut();
         if let Some(slot) = reg.slots.get_mut(self.idx) {
-            if slot.take().is_some() {
+            if let Some(s) = slot.take() {
                 reg.live -= 1;
+                reg.live_tls -= usize::from(s.tls);
                 reg.free.push(self.idx);
             }
         }

@@ -301,7 +301,7 @@ pub fn render(m: &Merged, info: &Info<'_>, om: bool) -> String {
 
     // === shards ===
     type CField = fn(&super::snapshot::ConnSnapshot) -> u64;
-    let shard_gauges: [(&str, Kind, &str, CField); 4] = [
+    let shard_gauges: [(&str, Kind, &str, CField); 5] = [
         (
             "coregate_connections_open",
             Kind::Gauge,
@@ -319,6 +319,12 @@ pub fn render(m: &Merged, info: &Info<'_>, om: bool) -> String {
             Kind::Gauge,
             "Idle client connections parked without a task.",
             |c| c.parked,
+        ),
+        (
+            "coregate_connections_tls",
+            Kind::Gauge,
+            "Open client connections accepted on a TLS listener.",
+            |c| c.tls_open,
         ),
         (
             "coregate_tls_handshake_failures_total",

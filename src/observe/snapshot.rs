@@ -145,6 +145,8 @@ pub struct ConnSnapshot {
     pub idle: u64,
     /// Of those, parked without a task.
     pub parked: u64,
+    /// Of the open ones, those accepted on a TLS listener.
+    pub tls_open: u64,
     pub accepted: u64,
     pub accepted_tls: u64,
     pub tls_failures: u64,

@@ -430,11 +430,20 @@ pub fn compile_store(raw: &RawConfig, errors: &mut Vec<ConfigError>) -> KeyStore
         let path = resolve_path(file, raw.base_dir.as_deref());
         let fkey = "server.api_keys_file";
         match std::fs::read_to_string(&path) {
-            Err(e) => errors.push(ConfigError::new(
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => errors.push(ConfigError::new(
                 fkey,
                 format!(
                     "cannot read {} ({e}); create it with `coregate keys create --file {}`; a relative path is taken from the config file's directory",
                     path.display(),
+                    path.display()
+                ),
+            )),
+            // There, but not a readable UTF-8 file (a directory, no
+            // permission, binary data): creating it is not the fix.
+            Err(e) => errors.push(ConfigError::new(
+                fkey,
+                format!(
+                    "cannot read {} ({e}); it must be a readable TOML file of [[keys]] as `coregate keys` writes it",
                     path.display()
                 ),
             )),

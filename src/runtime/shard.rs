@@ -21,6 +21,11 @@ const INBOX_POLL: Duration = Duration::from_millis(25);
 const POOL_SWEEP: Duration = Duration::from_secs(1);
 /// Connections accepted in a row before the accept loop yields.
 const ACCEPT_BATCH: u32 = 32;
+/// How long the accept loop waits after a failed accept (out of
+/// descriptors, `EMFILE`, is the likely cause) before it tries again.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(10);
+/// At most one log line about failing accepts this often.
+const ACCEPT_LOG_EVERY: Duration = Duration::from_secs(1);
 
 /// A shard's channels to the threads outside it.
 pub(super) struct Links {
@@ -267,6 +272,7 @@ async fn accept_loop(
     stop: Rc<glommio::sync::Semaphore>,
 ) {
     let mut in_a_row = 0u32;
+    let mut failures = AcceptFailures::default();
     loop {
         // A burst of new connections must not hold up the shard's other
         // work: accepts do not wait while the backlog has entries, so give
@@ -295,15 +301,67 @@ async fn accept_loop(
                 take_backlog(&shard, &listener, tls, max_connections);
                 return;
             }
-            Some(Ok(s)) => s,
+            Some(Ok(s)) => {
+                if failures.count > 0 {
+                    failures.recovered(shard.id);
+                }
+                s
+            }
             Some(Err(e)) => {
-                // EMFILE and friends: back off instead of spinning.
-                crate::log!("warn", "shard {}: accept failed: {e}", shard.id);
-                glommio::timer::sleep(Duration::from_millis(10)).await;
+                // EMFILE and friends: back off instead of spinning, and
+                // log once a second, not once a try.
+                failures.failed(shard.id, &e);
+                glommio::timer::sleep(ACCEPT_BACKOFF).await;
                 continue;
             }
         };
         serve(&shard, stream, peer, tls, max_connections);
+    }
+}
+
+/// Failed accepts in a row. Their lines, and the line saying accepts work
+/// again, share one limit: at most one per ACCEPT_LOG_EVERY, however often
+/// a listener at the descriptor limit flips between the two.
+#[derive(Default)]
+struct AcceptFailures {
+    count: u64,
+    logged: Option<Instant>,
+}
+
+impl AcceptFailures {
+    /// Whether a line may be written now (and then it counts as written).
+    fn may_log(&mut self) -> bool {
+        let now = Instant::now();
+        let due = self
+            .logged
+            .is_none_or(|t| now.duration_since(t) >= ACCEPT_LOG_EVERY);
+        if due {
+            self.logged = Some(now);
+        }
+        due
+    }
+
+    fn failed(&mut self, shard: usize, e: &std::io::Error) {
+        self.count += 1;
+        if self.may_log() {
+            crate::log!(
+                "warn",
+                "shard {shard}: accept failed: {e} ({} in a row; new connections wait in the listen backlog; retrying every {} ms, logged at most once a second)",
+                self.count,
+                ACCEPT_BACKOFF.as_millis()
+            );
+        }
+    }
+
+    fn recovered(&mut self, shard: usize) {
+        if self.may_log() {
+            crate::log!(
+                "info",
+                "shard {shard}: accepting again after {} failed accept(s)",
+                self.count
+            );
+        }
+        self.count = 0;
     }
 }
 

@@ -14,7 +14,7 @@
 //! is full, and a proxy that then waits for an answer to bytes still sitting
 //! in that buffer waits forever.
 
-use crate::net::Socket;
+use crate::net::{Answer, Socket};
 use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use std::io::{self, IoSlice};
 use std::os::fd::AsRawFd;
@@ -82,6 +82,10 @@ pub enum Stream<T> {
     Tls(Box<T>),
 }
 
+/// The error [`Stream::send_body`] ends with when the upstream answered
+/// before it had the whole request body.
+pub const EARLY_ANSWER: &str = "the upstream answered before it had the whole request body";
+
 /// A client's connection to the gateway.
 pub type ClientStream = Stream<ServerTls>;
 /// The gateway's connection to an upstream target.
@@ -129,6 +133,50 @@ impl<T: TlsSession> Stream<T> {
                 t.flush().await
             }
         }
+    }
+
+    /// As [`Stream::send`], for a request body going to an upstream,
+    /// except that a write that has to wait also watches for the upstream
+    /// answering meanwhile ([`Socket::poll_answer`]): an upstream that
+    /// refuses a request early (413, 401, a redirect) and stops reading
+    /// would otherwise hold the write, and the client, until the write
+    /// timeout. Such a refusal ends the write with [`EARLY_ANSWER`] (an
+    /// `Other` error), and the caller reads the answer. A 1xx or 2xx answer
+    /// turns the watch off for the rest of the body (`*watch = false`): the
+    /// upstream may still be reading, and the body goes on as without the
+    /// watch. Writes that do not wait cost what `send` costs. Under TLS the
+    /// socket's input may be the session's own records, so there is no
+    /// watch.
+    pub async fn send_body(&mut self, buf: &[u8], watch: &mut bool) -> io::Result<()> {
+        let s = match self {
+            Stream::Plain(s) if *watch => s,
+            _ => return self.send(buf).await,
+        };
+        let mut sent = 0;
+        futures_lite::future::poll_fn(|cx| loop {
+            if sent == buf.len() {
+                return Poll::Ready(Ok(()));
+            }
+            match s.poll_send(cx, &buf[sent..]) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Poll::Ready(Ok(n)) => sent += n,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending if !*watch => return Poll::Pending,
+                Poll::Pending => {
+                    return match s.poll_answer(cx) {
+                        Poll::Pending => Poll::Pending,
+                        Poll::Ready(Answer::Refused) => {
+                            Poll::Ready(Err(io::Error::other(EARLY_ANSWER)))
+                        }
+                        Poll::Ready(Answer::Continue) => {
+                            *watch = false;
+                            Poll::Pending
+                        }
+                    }
+                }
+            }
+        })
+        .await
     }
 
     /// Writes `a` then `b`: with one `sendmsg` on a plain socket when the

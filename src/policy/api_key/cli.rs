@@ -201,31 +201,35 @@ pub fn revoke(path: &Path, name: &str) -> Result<(), String> {
 
 /// Removes the key named `name` from `path`.
 pub fn remove(path: &Path, name: &str) -> Result<(), String> {
-    let text = read(path, false)?;
-    let keys = validate(path, &text)?;
-    if !keys.iter().any(|k| k.name == name) {
-        return Err(format!("{}: no key named {name:?}", path.display()));
-    }
-    let mut doc = parse_doc(path, &text)?;
-    let tables = doc
-        .get_mut("keys")
-        .and_then(|k| k.as_array_of_tables_mut())
-        .ok_or_else(|| format!("{}: no [[keys]] tables", path.display()))?;
-    let before = tables.len();
-    tables.retain(|t| t.get("name").and_then(|v| v.as_str()) != Some(name));
-    if tables.len() == before {
-        return Err(format!(
-            "{}: key {name:?} is not a [[keys]] table this command can edit",
-            path.display()
-        ));
-    }
-    let out = doc.to_string();
-    validate(path, &out)?;
-    write_atomic(path, &out)
+    edit_key(path, name, |tables| {
+        let before = tables.len();
+        tables.retain(|t| t.get("name").and_then(|v| v.as_str()) != Some(name));
+        tables.len() < before
+    })
 }
 
 /// Sets `enabled` on the key named `name`.
 pub fn set_enabled(path: &Path, name: &str, enabled: bool) -> Result<(), String> {
+    edit_key(path, name, |tables| {
+        let mut found = false;
+        for t in tables.iter_mut() {
+            if t.get("name").and_then(|v| v.as_str()) == Some(name) {
+                t["enabled"] = toml_edit::value(enabled);
+                found = true;
+            }
+        }
+        found
+    })
+}
+
+/// Applies `edit` to the `[[keys]]` tables of `path`, which must hold a key
+/// named `name`; `edit` says whether it found the key's table. The result
+/// is validated before it is written.
+fn edit_key(
+    path: &Path,
+    name: &str,
+    edit: impl FnOnce(&mut toml_edit::ArrayOfTables) -> bool,
+) -> Result<(), String> {
     let text = read(path, false)?;
     let keys = validate(path, &text)?;
     if !keys.iter().any(|k| k.name == name) {
@@ -236,14 +240,7 @@ pub fn set_enabled(path: &Path, name: &str, enabled: bool) -> Result<(), String>
         .get_mut("keys")
         .and_then(|k| k.as_array_of_tables_mut())
         .ok_or_else(|| format!("{}: no [[keys]] tables", path.display()))?;
-    let mut found = false;
-    for t in tables.iter_mut() {
-        if t.get("name").and_then(|v| v.as_str()) == Some(name) {
-            t["enabled"] = toml_edit::value(enabled);
-            found = true;
-        }
-    }
-    if !found {
+    if !edit(tables) {
         // Validation saw the key, so it is written in another form (e.g. an
         // inline array of tables): refuse rather than guess.
         return Err(format!(

@@ -84,6 +84,9 @@ pub struct Running {
 const RECALL_GAP: Duration = Duration::from_millis(10);
 /// How often the coordinator looks for a new quota period.
 const PERIOD_CHECK: Duration = Duration::from_millis(200);
+/// At exit, a failing store is tried this many times, this far apart.
+const FINAL_TRIES: u32 = 5;
+const FINAL_RETRY_GAP: Duration = Duration::from_millis(200);
 
 struct QuotaState {
     plan: usize,
@@ -118,6 +121,9 @@ pub struct Coordinator {
     to_shards: Vec<Sender<ToShard>>,
     /// The time of the pass under way (recalls are spaced by it).
     now: Instant,
+    /// Set while writes to the store fail: the failure was logged once,
+    /// and the first write that works again says so.
+    store_failing: bool,
 }
 
 /// A share of `remaining` for each of `shards` shards to start with: a
@@ -231,6 +237,7 @@ fn prepare(
         pending: HashMap::default(),
         to_shards,
         now: Instant::now(),
+        store_failing: false,
     };
     let today = clock::today();
     let mut initial: Vec<Vec<Initial>> = vec![Vec::new(); shards];
@@ -354,7 +361,7 @@ impl Coordinator {
             }
             if stop {
                 // Every shard has stopped: write what they reported.
-                self.flush();
+                self.final_flush();
                 return;
             }
             self.now = Instant::now();
@@ -405,9 +412,54 @@ impl Coordinator {
             })
             .collect();
         match store.add(&rows) {
-            Ok(()) => self.pending.clear(),
-            Err(e) => crate::log!("error", "cannot record usage (kept, retrying): {e}"),
+            Ok(()) => {
+                if self.store_failing {
+                    self.store_failing = false;
+                    let n: u64 = self.pending.values().sum();
+                    crate::log!(
+                        "info",
+                        "usage store {}: written again; the {n} request(s) counted while writes failed are recorded",
+                        store.path().display()
+                    );
+                }
+                self.pending.clear();
+            }
+            // Logged once per outage, not once per try: a full or read-only
+            // disk fails every flush interval until someone acts.
+            Err(e) if !self.store_failing => {
+                self.store_failing = true;
+                crate::log!(
+                    "error",
+                    "cannot record usage: {e}. The gateway goes on serving and enforcing quotas, keeps the counts in memory and tries again every {} ms; a line says when writing works again",
+                    self.plans.flush_interval.as_millis()
+                );
+            }
+            Err(_) => {}
         }
+    }
+
+    /// The last write before the process exits: tried a few times if the
+    /// store fails, and what could not be written is logged as lost.
+    fn final_flush(&mut self) {
+        for attempt in 0..FINAL_TRIES {
+            if attempt > 0 {
+                std::thread::sleep(FINAL_RETRY_GAP);
+            }
+            self.flush();
+            if self.pending.is_empty() || self.store.is_none() {
+                return;
+            }
+        }
+        let n: u64 = self.pending.values().sum();
+        let path = self
+            .store
+            .as_ref()
+            .map(|s| s.path().display().to_string())
+            .unwrap_or_default();
+        crate::log!(
+            "error",
+            "usage store {path}: the usage of {n} request(s) could not be written before exit and is lost"
+        );
     }
 
     /// Moves every quota whose period ended into the current one, with

@@ -43,7 +43,16 @@ impl Store {
             &path,
             OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE,
         )
-        .map_err(|e| format!("cannot open usage store {}: {e}", path.display()))?;
+        .map_err(|e| match not_writable(&path) {
+            Some(why) => unwritable(&path, &why),
+            None => format!("cannot open usage store {}: {e}", path.display()),
+        })?;
+        // SQLite opens a file it may not write read-only, without an error;
+        // every write would fail later. Say so now, with the OS's reason.
+        if conn.is_readonly(rusqlite::MAIN_DB).unwrap_or(false) {
+            let why = not_writable(&path).unwrap_or_else(|| "opened read-only".into());
+            return Err(unwritable(&path, &why));
+        }
         let store = Store { conn, path };
         store.check_integrity()?;
         store
@@ -72,6 +81,11 @@ impl Store {
             .map_err(|e| store.err("cannot create its tables", e))?;
         store.check_schema()?;
         Ok(store)
+    }
+
+    /// The store's file.
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 
     /// Opens an existing store for reading (`coregate usage`).
@@ -227,4 +241,25 @@ impl Store {
             .map_err(|e| self.err("cannot read usage", e))?;
         Ok(rows)
     }
+}
+
+/// Why `path` cannot be opened for writing, as the OS says it (e.g.
+/// `Read-only file system (os error 30)`), or None when it can. Called only
+/// after SQLite failed or fell back to read-only, to name the cause.
+fn not_writable(path: &Path) -> Option<String> {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .err()
+        .map(|e| e.to_string())
+}
+
+fn unwritable(path: &Path, why: &str) -> String {
+    format!(
+        "usage store {} is read-only or cannot be created ({why}); the gateway records usage there and will not start without it: make server.data_dir writable by the gateway's user, or point it elsewhere",
+        path.display()
+    )
 }
