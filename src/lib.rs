@@ -18,9 +18,11 @@
 //! - [`plan`]: the compiled, immutable plan, composed of the above.
 //! - [`observe`]: per-shard counters and histograms, their merge, the
 //!   Prometheus exposition.
-//! - [`gateway`]: the exchange record, the phase driver, the one exit.
+//! - [`gateway`]: the exchange record, the phase driver, the one exit,
+//!   WebSocket sessions.
 //! - [`runtime`]: shards on their CPUs, listeners, control inbox, drain.
-//! - [`admin`]: the admin listener: `/metrics` and the dashboard.
+//! - [`admin`]: the admin listener: `/metrics`, the dashboard and
+//!   WebSocket `@connections`.
 //! - [`cli`]: subcommands of the binary besides `serve`.
 
 pub mod accesslog;

@@ -295,21 +295,11 @@ fn api_keys_are_created_listed_disabled_enabled_and_revoked() {
 }
 
 #[test]
-fn with_usage_plans_a_new_key_is_refused_and_the_file_put_back_and_usage_is_reported() {
+fn with_usage_recorded_keys_can_be_added_not_removed_and_usage_is_reported() {
     let s = Setup::new("admin-api-usage", true);
     let backend = Backend::start(Reply::fixed(200, &[], "b"));
     let gw = Gateway::start(&s.config("one", &backend.addr_str(), true));
-    let before = std::fs::read_to_string(&s.keys).unwrap();
-    let r = admin(
-        &gw,
-        "POST",
-        "/keys",
-        Some(br#"{"name": "carol", "usage_plan": "gold"}"#),
-    );
-    assert_eq!(r.status, 400, "{}", r.text());
-    assert!(r.text().contains("usage_plans"), "{}", r.text());
-    assert_eq!(std::fs::read_to_string(&s.keys).unwrap(), before);
-    // Disabling keeps the keys as they are: allowed.
+    // Disabling keeps the keys as they are.
     assert_eq!(
         admin(&gw, "POST", "/keys/alice/disable", Some(b"")).status,
         200
@@ -322,24 +312,56 @@ fn with_usage_plans_a_new_key_is_refused_and_the_file_put_back_and_usage_is_repo
     for _ in 0..3 {
         assert_eq!(keyed(&gw, &s.alice), 200);
     }
-    // The usage store has the requests once the coordinator wrote them.
+    // A key added at the end: its usage is counted against its plan's quota
+    // from its first request, on both shards.
+    let r = admin(
+        &gw,
+        "POST",
+        "/keys",
+        Some(br#"{"name": "carol", "usage_plan": "gold"}"#),
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+    let carol = json(&r)["key"].as_str().unwrap().to_string();
+    for _ in 0..5 {
+        assert_eq!(keyed(&gw, &carol), 200);
+    }
+    assert_eq!(keyed(&gw, &s.alice), 200);
+    // The store has the requests once the coordinator wrote them.
+    let used = |v: &Value, key: &str| {
+        v["quotas"]
+            .as_array()
+            .and_then(|q| q.iter().find(|q| q["key"] == key))
+            .and_then(|q| q["used"].as_u64())
+    };
     let mut v = Value::Null;
     assert!(
         wait_until(Duration::from_secs(5), || {
-            let r = admin(&gw, "GET", "/usage?key=alice", None);
+            let r = admin(&gw, "GET", "/usage", None);
             v = json(&r);
-            r.status == 200 && v["days"].get(0).is_some_and(|d| d["requests"] == 3)
+            r.status == 200 && used(&v, "alice") == Some(4) && used(&v, "carol") == Some(5)
         }),
         "{v}"
     );
-    assert_eq!(v["days"][0]["key"], "alice");
+    let carol_day = v["days"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["key"] == "carol")
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(carol_day["requests"], 5, "{v}");
     assert_eq!(v["quotas"][0]["plan"], "gold");
-    assert_eq!(v["quotas"][0]["used"], 3);
     assert_eq!(v["quotas"][0]["limit"], 100);
-    let r = admin(&gw, "GET", "/usage?key=nobody", None);
-    assert_eq!(r.status, 400);
-    let r = admin(&gw, "GET", "/usage?from=yesterday", None);
-    assert_eq!(r.status, 400);
+    // Removing a key would move the others: refused, the file put back.
+    let before = std::fs::read_to_string(&s.keys).unwrap();
+    let r = admin(&gw, "DELETE", "/keys/alice", None);
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(r.text().contains("usage_plans"), "{}", r.text());
+    assert_eq!(std::fs::read_to_string(&s.keys).unwrap(), before);
+    assert_eq!(keyed(&gw, &s.alice), 200);
+    // Bad queries.
+    assert_eq!(admin(&gw, "GET", "/usage?key=nobody", None).status, 400);
+    assert_eq!(admin(&gw, "GET", "/usage?from=yesterday", None).status, 400);
 }
 
 /// Sends raw bytes to the admin listener and reads until it closes.

@@ -362,6 +362,23 @@ fn counts_are_exact_per_route_and_status_across_both_shards() {
         "one shard got everything"
     );
     assert_eq!(accepted("0") + accepted("1"), conns as f64);
+    // Both shards' reactors took events, and a pass took on average well
+    // under a second.
+    for shard in ["0", "1"] {
+        let passes = p.exact("coregate_reactor_passes_total", &[("shard", shard)]);
+        let busy = p.exact("coregate_reactor_busy_seconds_total", &[("shard", shard)]);
+        let (Some(passes), Some(busy)) = (passes, busy) else {
+            panic!("no reactor figures for shard {shard}");
+        };
+        assert!(
+            passes > 0.0 && busy > 0.0,
+            "shard {shard}: {passes} passes, {busy} s"
+        );
+        assert!(
+            busy / passes < 1.0,
+            "shard {shard}: {passes} passes, {busy} s"
+        );
+    }
     assert_eq!(p.exact("coregate_shards", &[]), Some(2.0));
     assert_eq!(p.exact("coregate_shards_scraped", &[]), Some(2.0));
     assert_eq!(p.exact("coregate_config_generation", &[]), Some(1.0));

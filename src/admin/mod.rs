@@ -1,9 +1,11 @@
 //! The admin listener: `GET /metrics` (Prometheus text or OpenMetrics),
 //! `GET /dashboard` (a page inside the binary), `GET /dashboard/data`
 //! (the JSON it polls), `POST /reload` (the same reload as SIGHUP; it
-//! answers when every shard serves the new config), and the JSON admin
-//! API of [`api`] (config, status, keys, usage). It runs on plain threads
-//! of its own, never on a shard: a scrape costs a shard one message on its control inbox and the
+//! answers when every shard serves the new config), the JSON admin
+//! API of [`api`] (config, status, keys, usage), and `/@connections/{id}`
+//! (push to, describe or close a WebSocket connection: [`connections`]).
+//! It runs on plain threads of its own, never on a shard: a scrape costs a
+//! shard one message on its control inbox and the
 //! copy of its counters ([`crate::gateway::Gateway::snapshot`]), made
 //! between two of its tasks.
 //!
@@ -19,6 +21,7 @@
 //! on the dashboard); it is compared in constant time.
 
 pub mod api;
+mod connections;
 pub mod dashboard;
 mod serve;
 

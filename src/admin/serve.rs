@@ -2,7 +2,8 @@
 //! request heads parsed by the gateway's own parser
 //! ([`crate::http::parse::parse_request_head`]) under small limits,
 //! the methods each path takes ([`super::api::allowed`]), request bodies up
-//! to 1 MiB with a Content-Length. Every error is JSON
+//! to 1 MiB with a Content-Length (`@connections`, [`super::connections`]:
+//! up to its own limit). Every error is JSON
 //! (`{"message": ...}`), like the gateway's.
 
 use super::{dashboard, Shared};
@@ -174,6 +175,13 @@ fn serve_connection(mut stream: TcpStream, shared: &Shared, peer: &str) {
                 return;
             }
         };
+        // === @connections takes bodies and more methods ===
+        if head.path(&buf).starts_with(super::connections::PREFIX) {
+            if !connections_request(&mut stream, &mut buf, &head, shared) {
+                return;
+            }
+            continue;
+        }
         // === its body, if any ===
         let body_len = match head.framing {
             Framing::None => 0,
@@ -205,6 +213,80 @@ fn serve_connection(mut stream: TcpStream, shared: &Shared, peer: &str) {
         }
         buf.drain(..total);
     }
+}
+
+/// An `@connections` request (`super::connections`): its body read (by
+/// Content-Length, at most `connections::MAX_BODY`), answered by the
+/// shard holding the connection. Returns whether the connection goes on.
+fn connections_request(
+    stream: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    head: &RequestHead,
+    shared: &Shared,
+) -> bool {
+    use super::connections::{self, MAX_BODY};
+    fn send(stream: &mut TcpStream, status: u16, body: Vec<u8>, headers: &str, keep: bool) -> bool {
+        let r = Response {
+            status,
+            content_type: "application/json",
+            body,
+            headers: headers.to_string(),
+        };
+        write_response(stream, &r, false, keep).is_ok() && keep
+    }
+    let message = |m: &str| {
+        let mut b = Vec::new();
+        push_json_message(&mut b, m);
+        b
+    };
+    let body_len = match head.framing {
+        Framing::None => 0,
+        Framing::Length(n) if n <= MAX_BODY as u64 => n as usize,
+        Framing::Length(_) => return send(stream, 413, message("Payload Too Large"), "", false),
+        Framing::Chunked => {
+            return send(
+                stream,
+                411,
+                message("Length Required: send the message with Content-Length"),
+                "",
+                false,
+            )
+        }
+    };
+    if let Some(token) = &shared.token {
+        if !authorized(&token.0, header(buf, head, "authorization")) {
+            return send(
+                stream,
+                401,
+                message("Unauthorized"),
+                "www-authenticate: Bearer realm=\"coregate admin\"\r\n",
+                false,
+            );
+        }
+    }
+    let total = head.len + body_len;
+    let mut chunk = [0u8; 16 * 1024];
+    let started = Instant::now();
+    while buf.len() < total {
+        if started.elapsed() > IO_TIMEOUT {
+            return send(stream, 408, message("Request Timeout"), "", false);
+        }
+        match stream.read(&mut chunk) {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+    let body = buf[head.len..total].to_vec();
+    let path = head.path(buf).to_vec();
+    let a = connections::answer(&shared.ctx.inboxes, head.method, &path, body);
+    let keep = head.keep_alive;
+    buf.drain(..total);
+    let allow = if a.status == 405 {
+        "allow: GET, POST, DELETE\r\n"
+    } else {
+        ""
+    };
+    send(stream, a.status, a.body, allow, keep)
 }
 
 /// The value of the first header named `name`.

@@ -143,6 +143,7 @@ async fn ask(
         request_id: facts.request_id.as_bytes(),
         timeout: az.timeout,
         max_answer: MAX_ANSWER_BYTES,
+        headers: &[],
     };
     let answer = match client::call(uplan, state, &request).await {
         Ok(a) => a,

@@ -10,8 +10,8 @@
 //!    something to wait for (a quota lease, a request authorizer's answer,
 //!    the body a signature covers), which the driver awaits before going
 //!    on;
-//! 4. the integration: a mock answer, or the proxy (through the cache when
-//!    the route has a cache rule);
+//! 4. the integration: a mock answer, the proxy (through the cache when
+//!    the route has a cache rule), or a WebSocket API's handshake;
 //! 5. the exit ([`super::exit::finish`]) with the finished exchange.
 
 use super::exchange::{CacheStatus, Exchange};
@@ -306,6 +306,24 @@ async fn drive(
             }
             respond_mock(gw, conn, head, x, mock).await
         }
+        // A WebSocket upgrade is relayed to a backend that speaks it.
+        Integration::Proxy(p)
+            if head.upgrade
+                && conn
+                    .parts(consumed)
+                    .is_some_and(|parts| super::ws_proxy::wants_websocket(parts.buf, head)) =>
+        {
+            Box::pin(super::ws_proxy::proxy(
+                gw,
+                conn,
+                head,
+                x,
+                consumed,
+                p,
+                &params[..],
+            ))
+            .await
+        }
         Integration::Proxy(p) => {
             let routed = RoutedProxy {
                 generation: &generation,
@@ -314,6 +332,11 @@ async fn drive(
                 params: &params[..],
             };
             proxy(gw, conn, head, x, consumed, routed).await
+        }
+        // Boxed like the proxy: the handshake's state stays out of every
+        // connection's task.
+        Integration::WebSocket(ws) => {
+            Box::pin(super::websocket::connect(gw, conn, head, x, consumed, ws)).await
         }
     }
 }

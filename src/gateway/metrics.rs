@@ -81,6 +81,7 @@ impl Gateway {
             }
         }
         let (accepted, accepted_tls) = self.metrics.accepted();
+        let (reactor_passes, reactor_busy_ns) = crate::net::loop_stats();
         ShardSnapshot {
             shard: self.id,
             generation: generation.number,
@@ -92,10 +93,13 @@ impl Gateway {
                 idle: self.connections.idle() as u64,
                 parked: crate::http::conn::parked() as u64,
                 tls_open: self.connections.live_tls() as u64,
+                reactor_passes,
+                reactor_busy_ns,
                 accepted,
                 accepted_tls,
                 tls_failures: self.tls_failures(),
             },
+            websocket: super::websocket::snapshot(),
         }
     }
 }

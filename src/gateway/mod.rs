@@ -12,6 +12,9 @@
 //! generation (upstream pools and health) is held by the gateway under the
 //! upstream's name and lent to each generation that keeps the upstream's
 //! settings.
+//!
+//! WebSocket APIs' handshakes and sessions are [`websocket`]'s; a
+//! WebSocket upgrade on an `http_proxy` route is relayed by `ws_proxy`.
 
 pub mod access;
 pub mod authorize;
@@ -23,6 +26,8 @@ mod metrics;
 mod reply;
 pub mod signed_body;
 mod stage;
+pub mod websocket;
+mod ws_proxy;
 
 use crate::http::conn::{Conn, Connections, Flow, Service};
 use crate::http::encode::{DateCache, RequestIds};

@@ -2,7 +2,8 @@
 //! request heads ([`parse`]), body framing ([`body`]), upstream response
 //! heads ([`response`]), the one writer of gateway-made responses
 //! ([`respond`]) and its encoders ([`encode`]), and the server connection
-//! loop ([`conn`]), generic over the service that answers its requests.
+//! loop ([`conn`]), generic over the service that answers its requests; and
+//! the WebSocket wire ([`ws`]): handshake checks and the frame codec.
 
 pub mod body;
 pub mod conn;
@@ -11,6 +12,7 @@ pub mod method;
 pub mod parse;
 pub mod respond;
 pub mod response;
+pub mod ws;
 
 /// A request the gateway refuses before routing: answered with `status` and a
 /// JSON `{"message": ...}` body, then the connection is closed because the

@@ -30,6 +30,9 @@ use std::time::Instant;
 pub struct Answer {
     pub status: u16,
     pub body: Vec<u8>,
+    /// The answer's `Sec-WebSocket-Protocol` value (a WebSocket API's
+    /// `$connect` integration picks the subprotocol with it).
+    pub subprotocol: Option<Vec<u8>>,
 }
 
 /// Why a call failed.
@@ -94,6 +97,8 @@ pub struct Request<'a> {
     pub timeout: Duration,
     /// Largest answer body read; a larger one is [`Failure::TooLarge`].
     pub max_answer: usize,
+    /// Extra header lines, each ending in CRLF (may be empty).
+    pub headers: &'a [u8],
 }
 
 /// Writes the request: head and body, sent with one write.
@@ -109,6 +114,7 @@ fn write_request(out: &mut Vec<u8>, req: &Request<'_>, uplan: &UpstreamPlan, tar
         out.extend_from_slice(req.request_id);
         out.extend_from_slice(b"\r\n");
     }
+    out.extend_from_slice(req.headers);
     out.extend_from_slice(b"content-length: ");
     push_u64(out, req.body.len() as u64);
     out.extend_from_slice(b"\r\n\r\n");
@@ -226,6 +232,16 @@ async fn read_answer(
             Err(HeadError::Bad(why)) => return Err(ReadErr::BadHead(why)),
         }
     }
+    // Before the body's reads reuse the buffer the head is in.
+    let subprotocol = resp
+        .headers
+        .iter()
+        .find(|h| {
+            h.name
+                .get(&up.buf)
+                .eq_ignore_ascii_case(b"sec-websocket-protocol")
+        })
+        .map(|h| h.value.get(&up.buf).to_vec());
     let mut body = Vec::new();
     let (start, end) = (resp.len, up.filled);
     let reusable = match resp.framing {
@@ -293,6 +309,7 @@ async fn read_answer(
         Answer {
             status: resp.status,
             body,
+            subprotocol,
         },
         reusable,
     ))

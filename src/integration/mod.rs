@@ -2,8 +2,11 @@
 //! [`http_proxy`] forwards it to an upstream chosen by [`upstream`];
 //! [`mock`] answers with a response fixed in the config. [`client`] is the
 //! HTTP/1 client side they share with the request authorizer's call.
+//! [`websocket`] is a WebSocket API's routes, integrations and route
+//! selection expression.
 
 pub mod client;
 pub mod http_proxy;
 pub mod mock;
 pub mod upstream;
+pub mod websocket;

@@ -299,6 +299,54 @@ pub fn render(m: &Merged, info: &Info<'_>, om: bool) -> String {
         );
     }
 
+    // === WebSocket APIs ===
+    type WField = fn(&super::snapshot::WsSnapshot) -> u64;
+    let ws: [(&str, &str, WField); 5] = [
+        (
+            "coregate_websocket_connects_total",
+            "WebSocket connections opened (101 sent), on the API's $connect route (AWS: ConnectCount).",
+            |w| w.connects,
+        ),
+        (
+            "coregate_websocket_messages_total",
+            "Messages from clients, by the route they took; route \"@connections\": messages pushed (AWS: MessageCount).",
+            |w| w.messages,
+        ),
+        (
+            "coregate_websocket_integration_errors_total",
+            "Integration answers that were not 2xx (AWS: IntegrationError).",
+            |w| w.integration_errors,
+        ),
+        (
+            "coregate_websocket_client_errors_total",
+            "Refused by the gateway before the integration: handshakes refused with 4xx, messages no route takes, frames that broke the protocol or a limit (route \"(frames)\") (AWS: ClientError).",
+            |w| w.client_errors,
+        ),
+        (
+            "coregate_websocket_execution_errors_total",
+            "Integration calls that got no answer: connect failure, reset, invalid response, timeout (AWS: ExecutionError).",
+            |w| w.execution_errors,
+        ),
+    ];
+    for (name, help, field) in ws {
+        o.family(name, Kind::Counter, help);
+        for w in &m.websocket {
+            o.sample(name, &[("api", &w.api), ("route", &w.route)], field(w));
+        }
+    }
+    o.family(
+        "coregate_websocket_integration_duration_seconds",
+        Kind::Histogram,
+        "Time of a WebSocket route's http integration call that got an answer (AWS: IntegrationLatency).",
+    );
+    for w in m.websocket.iter().filter(|w| w.integration.count() > 0) {
+        o.histogram(
+            "coregate_websocket_integration_duration_seconds",
+            &[("api", &w.api), ("route", &w.route)],
+            &w.integration,
+        );
+    }
+
     // === shards ===
     type CField = fn(&super::snapshot::ConnSnapshot) -> u64;
     let shard_gauges: [(&str, Kind, &str, CField); 5] = [
@@ -339,6 +387,30 @@ pub fn render(m: &Merged, info: &Info<'_>, om: bool) -> String {
             let id = id.to_string();
             o.sample(name, &[("shard", &id)], field(c));
         }
+    }
+    o.family(
+        "coregate_reactor_passes_total",
+        Kind::Counter,
+        "Passes of the shard's socket reactor that found events and ran the tasks they woke.",
+    );
+    for (id, c) in &m.shards {
+        o.sample(
+            "coregate_reactor_passes_total",
+            &[("shard", &id.to_string())],
+            c.reactor_passes,
+        );
+    }
+    o.family(
+        "coregate_reactor_busy_seconds_total",
+        Kind::Counter,
+        "Time those passes took; divided by the passes, the shard's mean loop time under load.",
+    );
+    for (id, c) in &m.shards {
+        o.sample(
+            "coregate_reactor_busy_seconds_total",
+            &[("shard", &id.to_string())],
+            c.reactor_busy_ns as f64 / 1e9,
+        );
     }
     o.family(
         "coregate_connections_accepted_total",

@@ -136,6 +136,30 @@ pub struct AuthorizerSnapshot {
     pub statuses: Vec<(StatusLabel, u64)>,
 }
 
+/// One WebSocket API route's counters (docs/websocket.md, "Metrics").
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WsSnapshot {
+    pub api: String,
+    pub route: String,
+    pub connects: u64,
+    pub messages: u64,
+    pub integration_errors: u64,
+    pub client_errors: u64,
+    pub execution_errors: u64,
+    pub integration: HistSnapshot,
+}
+
+impl WsSnapshot {
+    fn add(&mut self, o: &WsSnapshot) {
+        self.connects = self.connects.wrapping_add(o.connects);
+        self.messages = self.messages.wrapping_add(o.messages);
+        self.integration_errors = self.integration_errors.wrapping_add(o.integration_errors);
+        self.client_errors = self.client_errors.wrapping_add(o.client_errors);
+        self.execution_errors = self.execution_errors.wrapping_add(o.execution_errors);
+        self.integration.add(&o.integration);
+    }
+}
+
 /// A shard's connections.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ConnSnapshot {
@@ -147,6 +171,10 @@ pub struct ConnSnapshot {
     pub parked: u64,
     /// Of the open ones, those accepted on a TLS listener.
     pub tls_open: u64,
+    /// The reactor's busy passes and their time in nanoseconds
+    /// (`net::loop_stats`).
+    pub reactor_passes: u64,
+    pub reactor_busy_ns: u64,
     pub accepted: u64,
     pub accepted_tls: u64,
     pub tls_failures: u64,
@@ -162,6 +190,8 @@ pub struct ShardSnapshot {
     pub targets: Vec<TargetSnapshot>,
     pub authorizers: Vec<AuthorizerSnapshot>,
     pub conns: ConnSnapshot,
+    /// WebSocket APIs' routes.
+    pub websocket: Vec<WsSnapshot>,
 }
 
 /// Every shard's figures added up.
@@ -178,6 +208,7 @@ pub struct Merged {
     pub series: Vec<SeriesSnapshot>,
     pub targets: Vec<MergedTarget>,
     pub authorizers: Vec<AuthorizerSnapshot>,
+    pub websocket: Vec<WsSnapshot>,
 }
 
 /// Adds up the shards' snapshots.
@@ -229,6 +260,16 @@ pub fn merge(mut shards: Vec<ShardSnapshot>, expected: usize) -> Merged {
             match m.authorizers.iter_mut().find(|y| y.name == a.name) {
                 Some(y) => add_statuses(&mut y.statuses, &a.statuses),
                 None => m.authorizers.push(a),
+            }
+        }
+        for w in s.websocket {
+            match m
+                .websocket
+                .iter_mut()
+                .find(|y| y.api == w.api && y.route == w.route)
+            {
+                Some(y) => y.add(&w),
+                None => m.websocket.push(w),
             }
         }
     }

@@ -274,7 +274,9 @@ fn compile_apis(
             _ => None,
         };
         let mut spec_routes = Vec::new();
-        for (ri, r) in api.routes.iter().enumerate() {
+        // A WebSocket API's routes are its handshake's, compiled below.
+        let websocket = super::websocket::kind(api, &akey, &mut errors);
+        for (ri, r) in api.routes.iter().enumerate().filter(|_| !websocket) {
             let rkey = format!("{akey}.routes[{ri}]");
             let key = match RouteKey::parse(&r.key) {
                 Ok(k) => Some(k),
@@ -295,6 +297,8 @@ fn compile_apis(
                     &format!("{rkey}.integration"),
                     &mut errors,
                 ),
+                // Reported by `websocket::kind`.
+                RawIntegration::Http { .. } => None,
                 RawIntegration::HttpProxy { url } => {
                     let ukey = format!("{rkey}.integration.url");
                     // With a bad key, the URL is still checked, taking the
@@ -383,6 +387,69 @@ fn compile_apis(
                 stage,
             });
             spec_routes.push((key, id, r.key.as_str()));
+        }
+        if websocket {
+            let id = routes.len() as RouteId;
+            let stand_in;
+            let (connect, rkey) = match super::websocket::connect_index(api) {
+                Some(i) => (&api.routes[i], format!("{akey}.routes[{i}]")),
+                None => {
+                    stand_in = super::websocket::connect_stand_in();
+                    (&stand_in, akey.clone())
+                }
+            };
+            let api_ctx = crate::policy::ApiContext {
+                index: ai,
+                raw: api,
+                key: &akey,
+                cors: api_cors.clone(),
+            };
+            let policies = policy_builder.route(&api_ctx, id as usize, connect, &rkey, &mut errors);
+            let ws = super::websocket::compile(
+                api,
+                &akey,
+                &mut |url, key, errors| match compile_proxy(
+                    url,
+                    &RouteKey::Default,
+                    key,
+                    &mut upstreams,
+                    &failed_upstreams,
+                    errors,
+                ) {
+                    Some(Integration::Proxy(p)) => {
+                        upstream_tls.reach(
+                            reached(&mut upstreams[p.upstream]),
+                            p.upstream,
+                            url.starts_with("https://"),
+                            url,
+                            key,
+                            errors,
+                        );
+                        Some((p.upstream, request_target(&p)))
+                    }
+                    _ => None,
+                },
+                &mut errors,
+            );
+            routes.push(RoutePlan {
+                api: api.name.clone(),
+                key: "$connect".to_string(),
+                integration: match ws {
+                    Some(w) => Integration::WebSocket(Box::new(w)),
+                    // A plan with errors is not used.
+                    None => Integration::Mock(MockPlan {
+                        status: 500,
+                        head: Vec::new(),
+                        body: Vec::new(),
+                    }),
+                },
+                policies,
+                stage: None,
+            });
+            route_api.push(ai);
+            if let Ok(k) = RouteKey::parse("GET /") {
+                spec_routes.push((k, id, "$connect"));
+            }
         }
         let spec = ApiSpec {
             name: &api.name,
@@ -1088,19 +1155,25 @@ fn bind_endpoints(
             continue;
         };
         r.upstream = p.upstream;
-        let mut target = String::new();
-        for part in p.path.iter().flatten() {
-            if let PathPart::Literal(l) = part {
-                target.push_str(l);
-            }
-        }
-        if !target.starts_with('/') {
-            target.insert(0, '/');
-        }
-        if let Some(q) = &p.query {
-            target.push('?');
-            target.push_str(q);
-        }
-        r.target = target;
+        r.target = request_target(&p);
     }
+}
+
+/// The request target (path and query) of an integration URL without
+/// route parameters, for calls the gateway makes itself.
+fn request_target(p: &ProxyPlan) -> String {
+    let mut target = String::new();
+    for part in p.path.iter().flatten() {
+        if let PathPart::Literal(l) = part {
+            target.push_str(l);
+        }
+    }
+    if !target.starts_with('/') {
+        target.insert(0, '/');
+    }
+    if let Some(q) = &p.query {
+        target.push('?');
+        target.push_str(q);
+    }
+    target
 }

@@ -7,6 +7,7 @@
 pub mod admin;
 pub mod compile;
 pub mod stages;
+pub mod websocket;
 
 use crate::config::{self, ConfigError};
 use crate::http::Limits;
@@ -108,6 +109,9 @@ pub struct RoutePlan {
 pub enum Integration {
     Proxy(ProxyPlan),
     Mock(MockPlan),
+    /// A WebSocket API's handshake (`GET` at its base path): the API's
+    /// whole plan, carried by its `$connect` route.
+    WebSocket(Box<crate::integration::websocket::WsApiPlan>),
 }
 
 /// Reads, parses and compiles a config file.

@@ -508,7 +508,9 @@ fn routes_for(
             let mut r = r.clone();
             let ikey = format!("{dkey}.routes[{ri}].integration");
             match &mut r.integration {
-                RawIntegration::HttpProxy { url } => {
+                // `http` is a WebSocket route's integration: the compiler
+                // refuses it on an HTTP API's route, substituted or not.
+                RawIntegration::HttpProxy { url } | RawIntegration::Http { url, .. } => {
                     *url = substitute(url, scope, &format!("{ikey}.url"), errors);
                 }
                 RawIntegration::Mock { body, .. } => {
@@ -594,6 +596,13 @@ fn expand_api(x: &mut Expanded, ai: usize, api: &RawApi, akey: &str) {
             format!("{akey}.routes"),
             "an api with deployments or stages serves the routes of its deployments: move these into an [[apis.deployments]] (docs/stages.md)",
         ));
+    }
+    if api.kind.as_deref() == Some("websocket") {
+        errors.push(ConfigError::new(
+            format!("{akey}.stages"),
+            "deployments and stages are for HTTP APIs; a WebSocket API (kind = \"websocket\") has its routes in [[apis.routes]]",
+        ));
+        return;
     }
     if api.stages.is_empty() {
         errors.push(ConfigError::new(

@@ -403,8 +403,9 @@ impl ShardPolicies {
     /// - the response cache, when its size did not change (entries are
     ///   keyed by their route's settings, see [`cache::CacheRule::scope`]);
     /// - each authorizer's state whose name and settings did not change;
-    /// - the usage counters and leases: the runtime refuses a reload that
-    ///   changes what they depend on ([`usage::UsagePlans::same_state`]).
+    /// - the usage counters and leases, taking in keys added at the end
+    ///   ([`usage::UsagePlans::extends_to`]); the runtime refuses a reload
+    ///   that changes them otherwise.
     ///
     /// The key store is the new plan's.
     pub fn carry(
@@ -426,7 +427,12 @@ impl ShardPolicies {
             },
             api_keys: Rc::new(now.api_keys.clone()),
             auth: Rc::new(self.auth.carry(&before.authorizers, &now.authorizers)),
-            usage: self.usage.clone(),
+            usage: {
+                if !before.usage.same_state(&now.usage) {
+                    self.usage.adopt(&now.usage);
+                }
+                self.usage.clone()
+            },
         }
     }
 }

@@ -27,6 +27,9 @@ pub enum Control {
     Snapshot(Sender<crate::observe::snapshot::ShardSnapshot>),
     /// Serve a reloaded plan ([`Server::reload`]).
     Install(Box<shard::Install>),
+    /// An `@connections` request for a WebSocket connection this shard
+    /// holds (the admin listener's push, describe or close).
+    WebSocket(crate::gateway::websocket::Command),
 }
 
 /// A running gateway: its shards and their inboxes.
@@ -39,6 +42,9 @@ pub struct Server {
     pub tls_addrs: Vec<SocketAddr>,
     /// The usage coordinator, joined after the shards for its last flush.
     usage: crate::policy::usage::coordinator::Running,
+    /// Where a reload tells the usage coordinator of added keys; dropped
+    /// before it is joined (it stops when every sender is gone).
+    usage_tx: Option<Sender<crate::policy::usage::coordinator::ToCoordinator>>,
     /// The access-log writers, finished after the shards.
     access_log: Option<crate::accesslog::writer::Writers>,
     /// The plan the shards serve (the last one installed), and its
@@ -160,11 +166,13 @@ pub fn restart_only(old: &Plan, new: &Plan) -> Vec<String> {
                 .to_string(),
         );
     }
-    if !old.policies.usage.same_state(&new.policies.usage) {
+    let (u, v) = (&old.policies.usage, &new.policies.usage);
+    if !u.same_state(v) && !u.extends_to(v) {
         errors.push(
-            "usage_plans: the API keys, which plan each key is on, a plan's name or quota, or \
-             the usage store changed; usage counters and quota leases carry over only when \
-             these are unchanged, so this needs a restart (nothing was reloaded)"
+            "usage_plans: an API key was removed or moved, a key's plan, a plan's name or \
+             quota, or the usage store changed; usage counters and quota leases carry over \
+             only when these are unchanged (keys may be added at the end), so this needs a \
+             restart (nothing was reloaded)"
                 .to_string(),
         );
     }
@@ -306,6 +314,7 @@ impl Server {
         let (usage_links, usage) =
             crate::policy::usage::coordinator::start(&plan.policies.usage, plan.server.shards)
                 .map_err(io::Error::other)?;
+        let usage_tx = usage_links.first().and_then(|l| l.to_coordinator.clone());
         let mut usage_links = usage_links.into_iter();
         let mut links =
             crate::policy::throttle::links(&plan.policies.throttle, plan.server.shards).into_iter();
@@ -350,6 +359,7 @@ impl Server {
                         local_addrs,
                         tls_addrs,
                         usage,
+                        usage_tx: None,
                         access_log: Some(writers),
                         plan: None,
                         generation: 0,
@@ -370,6 +380,7 @@ impl Server {
             local_addrs,
             tls_addrs,
             usage,
+            usage_tx,
             access_log: Some(writers),
             plan: Some(plan),
             generation: 1,
@@ -428,6 +439,19 @@ impl Server {
                     .into_iter(),
             )
         };
+        let (u, v) = (&old.policies.usage, &plan.policies.usage);
+        if !u.same_state(v) {
+            // Keys added at the end (restart_only refused anything else):
+            // the coordinator takes them in before any shard can report
+            // on them.
+            if let Some(tx) = &self.usage_tx {
+                let adopt =
+                    crate::policy::usage::coordinator::ToCoordinator::Adopt(Box::new(v.clone()));
+                if tx.send(adopt).is_err() {
+                    return Err(vec!["the usage coordinator has stopped".to_string()]);
+                }
+            }
+        }
         let (tx, rx) = crossbeam_channel::unbounded();
         let mut errors = Vec::new();
         let mut sent = 0;
@@ -557,8 +581,9 @@ impl Server {
                 }
             }
         }
-        // Every shard's link is gone with its executor: the coordinator
-        // writes what they reported and stops.
+        // Every shard's link is gone with its executor, and the reload's
+        // with this: the coordinator writes what they reported and stops.
+        drop(self.usage_tx.take());
         if let Some(t) = self.usage.thread {
             if t.join().is_err() {
                 crate::log!("error", "the usage thread panicked");

@@ -17,6 +17,10 @@ use std::time::{Duration, Instant};
 /// (shutdown, a metrics scrape or the dashboard's sample once a second);
 /// 25 ms bounds their latency at no measurable cost.
 const INBOX_POLL: Duration = Duration::from_millis(25);
+/// How often the inbox is looked at for [`INBOX_BUSY_FOR`] after a
+/// WebSocket `@connections` request: pushes come in runs.
+const INBOX_POLL_BUSY: Duration = Duration::from_millis(1);
+const INBOX_BUSY_FOR: Duration = Duration::from_millis(200);
 /// How often idle upstream connections past their idle timeout are closed.
 const POOL_SWEEP: Duration = Duration::from_secs(1);
 /// Connections accepted in a row before the accept loop yields.
@@ -173,6 +177,10 @@ pub(super) async fn run(
         logs_access.then(|| glommio::spawn_local(flush_access_log(shard.clone())).detach());
     let _ = ready.send(Ok(()));
 
+    // After an @connections request, the inbox is looked at every
+    // INBOX_POLL_BUSY for a while: a backend pushing to many connections
+    // sends one request after the other.
+    let mut busy_until: Option<Instant> = None;
     loop {
         match inbox.try_recv() {
             Ok(Control::Shutdown) | Err(TryRecvError::Disconnected) => break,
@@ -220,7 +228,20 @@ pub(super) async fn run(
                     Some(why) => Err(why),
                 });
             }
-            Err(TryRecvError::Empty) => glommio::timer::sleep(INBOX_POLL).await,
+            Ok(Control::WebSocket(cmd)) => {
+                crate::gateway::websocket::command(cmd);
+                busy_until = Some(Instant::now() + INBOX_BUSY_FOR);
+            }
+            Err(TryRecvError::Empty) => {
+                let poll = match busy_until {
+                    Some(t) if Instant::now() < t => INBOX_POLL_BUSY,
+                    _ => {
+                        busy_until = None;
+                        INBOX_POLL
+                    }
+                };
+                glommio::timer::sleep(poll).await
+            }
         }
     }
 

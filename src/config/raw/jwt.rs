@@ -26,4 +26,8 @@ pub struct RawJwt {
     pub fetch_timeout_ms: Option<u64>,
     /// Header name → claim name.
     pub claims_to_headers: Option<BTreeMap<String, String>>,
+    /// A query parameter that carries the token when the request has no
+    /// `Authorization` header (a browser's WebSocket handshake cannot set
+    /// one).
+    pub token_query: Option<String>,
 }

@@ -26,6 +26,7 @@ pub mod stages;
 pub mod throttle;
 pub mod tls;
 pub mod usage;
+pub mod websocket;
 
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -207,6 +208,13 @@ pub struct RawApi {
     /// `[[apis.stages]]`: where deployments are served.
     #[serde(default)]
     pub stages: Vec<stages::RawStage>,
+    /// `"http"` (the default) or `"websocket"` (docs/websocket.md).
+    pub kind: Option<String>,
+    /// A WebSocket API's route selection expression
+    /// (`$request.body.action`, or `${request.body.a}/${request.body.b}`).
+    pub route_selection_expression: Option<String>,
+    /// `[apis.websocket]`: a WebSocket API's limits.
+    pub websocket: Option<websocket::RawWebsocket>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -224,6 +232,9 @@ pub struct RawRoute {
     pub authorizer: Option<String>,
     /// Scopes a JWT must grant for this route.
     pub authorization_scopes: Option<Vec<String>>,
+    /// A WebSocket route's integration answer is sent back to the client
+    /// as a message (a two-way route). Default: false.
+    pub route_response: Option<bool>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -231,6 +242,11 @@ pub struct RawRoute {
 pub enum RawIntegration {
     HttpProxy {
         url: String,
+    },
+    /// A WebSocket route's: each event is POSTed to this URL.
+    Http {
+        url: String,
+        timeout_ms: Option<u64>,
     },
     Mock {
         status: Option<u16>,
@@ -279,6 +295,7 @@ pub fn known_keys(path: &str) -> Option<&'static [&'static str]> {
         "apis.stages" => fields_of::<stages::RawStage>(),
         "apis.stages.canary" => fields_of::<stages::RawCanary>(),
         "apis.stages.canary.sticky" => fields_of::<stages::RawSticky>(),
+        "apis.websocket" => fields_of::<websocket::RawWebsocket>(),
         "api_keys" => fields_of::<api_key::RawApiKey>(),
         "usage_plans" => fields_of::<usage::RawUsagePlan>(),
         "usage_plans.quota" => fields_of::<usage::RawQuota>(),

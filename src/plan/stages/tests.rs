@@ -97,7 +97,7 @@ fn found(table: &crate::route::RouteTable, path: &str) -> Option<usize> {
 fn mock_body(p: &Plan, route: usize) -> String {
     match &p.routes[route].integration {
         Integration::Mock(m) => String::from_utf8(m.body.clone()).unwrap(),
-        Integration::Proxy(_) => panic!("route {route} is a proxy"),
+        other => panic!("route {route} is not a mock: {other:?}"),
     }
 }
 

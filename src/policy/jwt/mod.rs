@@ -95,6 +95,8 @@ struct Inner {
     leeway: f64,
     /// (lowercase header name, claim name)
     claims_to_headers: Vec<(String, String)>,
+    /// `token_query`: the query parameter a token may come in.
+    token_query: Option<Vec<u8>>,
     source: Source,
 }
 
@@ -277,6 +279,18 @@ pub fn compile(
         }
     }
     claims_to_headers.sort();
+    if let Some(q) = &raw.token_query {
+        if q.is_empty()
+            || !q
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
+        {
+            errors.push(ConfigError::new(
+                format!("{key}.token_query"),
+                format!("{q:?} is not a query parameter name (letters, digits, '_', '-', '.')"),
+            ));
+        }
+    }
 
     let source = match (&raw.jwks_file, &raw.jwks_url) {
         (Some(_), Some(_)) | (None, None) => {
@@ -318,6 +332,7 @@ pub fn compile(
         algorithms,
         leeway: leeway as f64,
         claims_to_headers,
+        token_query: raw.token_query.as_ref().map(|q| q.as_bytes().to_vec()),
         source: source?,
     })))
 }
@@ -671,6 +686,19 @@ pub fn authorize(
     Ok(())
 }
 
+/// The value of the first query parameter `name`, as sent (a JWT's
+/// alphabet needs no percent-encoding); None when absent or empty.
+fn token_from_query<'a>(query: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
+    query
+        .split(|&b| b == b'&')
+        .filter_map(|pair| {
+            let i = memchr::memchr(b'=', pair)?;
+            (&pair[..i] == name).then(|| &pair[i + 1..])
+        })
+        .next()
+        .filter(|v| !v.is_empty())
+}
+
 /// The authorization phase for a JWT authorizer.
 pub fn check(
     auth: &JwtAuthorizer,
@@ -685,7 +713,10 @@ pub fn check(
         .iter()
         .filter(|h| h.name.get(view.buf).eq_ignore_ascii_case(b"authorization"))
         .map(|h| h.value.get(view.buf));
-    let token = token_from_header(&mut values);
+    let token = token_from_header(&mut values).or_else(|| {
+        let name = auth.0.token_query.as_deref()?;
+        token_from_query(view.head.query.map(|q| q.get(view.buf))?, name)
+    });
     match authorize(auth, shard, scopes, token, unix_now(), req) {
         Ok(()) => Decision::Continue,
         Err(Denied::Unauthorized(reason)) => {

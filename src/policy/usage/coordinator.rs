@@ -36,6 +36,15 @@ pub struct Report {
     pub waiting: u64,
 }
 
+/// What the coordinator receives: shards' reports, and from the runtime,
+/// a reloaded plan whose keys extend the ones it has
+/// ([`UsagePlans::extends`]).
+#[derive(Debug)]
+pub enum ToCoordinator {
+    Report(Report),
+    Adopt(Box<UsagePlans>),
+}
+
 /// What the coordinator sends a shard.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ToShard {
@@ -68,7 +77,7 @@ pub struct Initial {
 
 /// A shard's end of the channels.
 pub struct ShardLink {
-    pub to_coordinator: Option<Sender<Report>>,
+    pub to_coordinator: Option<Sender<ToCoordinator>>,
     pub from_coordinator: Option<Receiver<ToShard>>,
     pub initial: Vec<Initial>,
     pub shards: usize,
@@ -162,7 +171,7 @@ pub fn start(plans: &UsagePlans, shards: usize) -> Result<(Vec<ShardLink>, Runni
 #[cfg(test)]
 pub struct Manual {
     c: Coordinator,
-    rx: Receiver<Report>,
+    rx: Receiver<ToCoordinator>,
 }
 
 #[cfg(test)]
@@ -173,8 +182,8 @@ impl Manual {
     pub fn pump(&mut self) {
         self.c.now += super::shard::TICK;
         let mut touched = Vec::new();
-        while let Ok(r) = self.rx.try_recv() {
-            self.c.apply(r, &mut touched);
+        while let Ok(m) = self.rx.try_recv() {
+            self.c.take(m, &mut touched);
         }
         touched.sort_unstable();
         touched.dedup();
@@ -213,7 +222,7 @@ fn unlinked(shards: usize) -> Vec<ShardLink> {
 fn prepare(
     plans: &UsagePlans,
     shards: usize,
-) -> Result<Option<(Coordinator, Receiver<Report>, Vec<ShardLink>)>, String> {
+) -> Result<Option<(Coordinator, Receiver<ToCoordinator>, Vec<ShardLink>)>, String> {
     if !plans.active() || shards == 0 {
         return Ok(None);
     }
@@ -334,7 +343,7 @@ impl Coordinator {
         })
     }
 
-    fn run(mut self, rx: Receiver<Report>) {
+    fn run(mut self, rx: Receiver<ToCoordinator>) {
         let flush_every = self.plans.flush_interval;
         let mut next_flush = Instant::now() + flush_every;
         let mut next_period_check = Instant::now() + PERIOD_CHECK;
@@ -343,11 +352,11 @@ impl Coordinator {
             let wake = next_flush.min(next_period_check);
             let mut stop = false;
             match rx.recv_timeout(wake.saturating_duration_since(Instant::now())) {
-                Ok(r) => {
-                    self.apply(r, &mut touched);
+                Ok(m) => {
+                    self.take(m, &mut touched);
                     loop {
                         match rx.try_recv() {
-                            Ok(r) => self.apply(r, &mut touched),
+                            Ok(m) => self.take(m, &mut touched),
                             Err(TryRecvError::Empty) => break,
                             Err(TryRecvError::Disconnected) => {
                                 stop = true;
@@ -515,6 +524,47 @@ impl Coordinator {
         }
         self.quotas.insert(key, q);
         self.distribute(key);
+    }
+
+    fn take(&mut self, m: ToCoordinator, touched: &mut Vec<u32>) {
+        match m {
+            ToCoordinator::Report(r) => self.apply(r, touched),
+            ToCoordinator::Adopt(plans) => self.adopt(*plans),
+        }
+    }
+
+    /// Takes in a reloaded plan whose keys extend the current ones: the new
+    /// keys' quotas start from what the store recorded for them (nothing
+    /// leased yet: a shard's first request for one asks for a lease).
+    fn adopt(&mut self, plans: UsagePlans) {
+        if !self.plans.extends_to(&plans) {
+            crate::log!(
+                "error",
+                "usage: a reloaded plan that does not extend the running one was not taken in"
+            );
+            return;
+        }
+        let known = self.plans.key_plan.len();
+        self.plans = plans;
+        let today = clock::today();
+        for key in known..self.plans.key_plan.len() {
+            let Some(Some(plan)) = self.plans.key_plan.get(key).copied() else {
+                continue;
+            };
+            let Some(quota) = self.plans.plans.get(plan as usize).and_then(|p| p.quota) else {
+                continue;
+            };
+            match self.new_quota(key as u32, plan as usize, quota.period.start(today)) {
+                Ok(q) => {
+                    self.quotas.insert(key as u32, q);
+                }
+                Err(e) => crate::log!(
+                    "error",
+                    "usage: cannot read the usage of new key {}: {e}; its quota starts from zero",
+                    self.plans.key_names.get(key).map_or("?", String::as_str)
+                ),
+            }
+        }
     }
 
     fn apply(&mut self, r: Report, touched: &mut Vec<u32>) {

@@ -110,6 +110,28 @@ impl UsagePlans {
             && quotas(self) == quotas(other)
     }
 
+    /// Whether usage state made for `self` can take in `other`
+    /// ([`shard::ShardUsage::adopt`]): the same state, or `other`'s keys
+    /// are `self`'s followed by new ones (keys added at the end of the
+    /// keys file or the config), with the same plans and store.
+    pub fn extends_to(&self, other: &UsagePlans) -> bool {
+        let n = self.key_ids.len();
+        let quotas = |p: &UsagePlans| {
+            p.plans
+                .iter()
+                .map(|u| (u.name.clone(), u.quota))
+                .collect::<Vec<_>>()
+        };
+        other.key_ids.len() >= n
+            && other.key_plan.len() == other.key_ids.len()
+            && self.key_plan.len() == n
+            && other.key_ids[..n] == self.key_ids[..]
+            && other.key_plan[..n] == self.key_plan[..]
+            && self.data_dir == other.data_dir
+            && self.flush_interval == other.flush_interval
+            && quotas(self) == quotas(other)
+    }
+
     /// True when requests with keys need counting (a store, or plans).
     pub fn active(&self) -> bool {
         self.data_dir.is_some() || !self.plans.is_empty()

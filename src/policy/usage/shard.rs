@@ -3,7 +3,7 @@
 //! The request path reads and writes shard-local cells only; a per-shard
 //! task reports and takes in leases every [`TICK`].
 
-use super::coordinator::{Report, ShardLink, ToShard};
+use super::coordinator::{Report, ShardLink, ToCoordinator, ToShard};
 use super::UsagePlans;
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
 use std::cell::{Cell, RefCell};
@@ -58,7 +58,7 @@ struct KeyLocal {
 
 struct Inner {
     shard: usize,
-    plans: UsagePlans,
+    plans: RefCell<UsagePlans>,
     keys: RefCell<Vec<KeyLocal>>,
     /// Keys with something to report.
     active: RefCell<Vec<u32>>,
@@ -71,7 +71,7 @@ struct Inner {
     /// The coordinator is gone (its channel closed): nothing will answer a
     /// waiting request.
     gone: Cell<bool>,
-    to: Option<Sender<Report>>,
+    to: Option<Sender<ToCoordinator>>,
     from: Option<Receiver<ToShard>>,
 }
 
@@ -121,7 +121,7 @@ impl ShardUsage {
         ShardUsage {
             inner: Rc::new(Inner {
                 shard,
-                plans: plans.clone(),
+                plans: RefCell::new(plans.clone()),
                 keys: RefCell::new(keys),
                 active: RefCell::new(Vec::new()),
                 day: Cell::new(day),
@@ -134,8 +134,20 @@ impl ShardUsage {
         }
     }
 
-    pub fn plans(&self) -> &UsagePlans {
-        &self.inner.plans
+    /// Takes in a reloaded plan whose keys extend the ones this state was
+    /// made for ([`UsagePlans::extends`]): each new key starts with no
+    /// lease (its first request waits for one, as at start).
+    pub fn adopt(&self, plans: &UsagePlans) {
+        let day = self.inner.day.get();
+        let mut keys = self.inner.keys.borrow_mut();
+        for k in keys.len()..plans.key_plan.len() {
+            let mut local = KeyLocal::default();
+            if let Some(q) = plans.quota_of(k as u32) {
+                local.quota = Some(QuotaLocal::fresh(q.period.start(day)));
+            }
+            keys.push(local);
+        }
+        *self.inner.plans.borrow_mut() = plans.clone();
     }
 
     /// May the key spend one request of its quota? Spends nothing.
@@ -317,7 +329,9 @@ impl Inner {
     }
 
     fn send(&self, r: Report) -> bool {
-        self.to.as_ref().is_some_and(|tx| tx.send(r).is_ok())
+        self.to
+            .as_ref()
+            .is_some_and(|tx| tx.send(ToCoordinator::Report(r)).is_ok())
     }
 
     /// One step: leases in, reports out, then the new day (and period) if
@@ -395,9 +409,10 @@ impl Inner {
         });
         if today != day {
             self.day.set(today);
+            let plans = self.plans.borrow();
             for (i, k) in keys.iter_mut().enumerate() {
                 let Some(q) = k.quota.as_mut() else { continue };
-                let Some(quota) = self.plans.quota_of(i as u32) else {
+                let Some(quota) = plans.quota_of(i as u32) else {
                     continue;
                 };
                 let period = quota.period.start(today);
