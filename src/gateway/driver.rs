@@ -18,13 +18,14 @@ use super::exchange::{CacheStatus, Exchange};
 use super::reply::{self, Body};
 use super::signed_body::{self, BodyFailure};
 use super::{access, authorize, cache, exit, Gateway, Generation};
-use crate::http::conn::{Conn, Flow};
+use crate::http::conn::{BodyError, Conn, Flow};
 use crate::http::method::{AllowSet, Method};
 use crate::http::parse::{Framing, RequestHead};
 use crate::http::respond::{Reply, ReplyBody};
 use crate::integration::http_proxy::{
     self, ClientTls, Forward, Proxied, ProxyPlan, Report, Upstream,
 };
+use crate::integration::mapping;
 use crate::integration::mock::MockPlan;
 use crate::plan::Integration;
 use crate::policy::{self, Decision, Refusal, RequestView};
@@ -510,7 +511,7 @@ async fn proxy(
     conn: &mut Conn,
     head: &RequestHead,
     x: &mut Exchange,
-    consumed: Option<usize>,
+    mut consumed: Option<usize>,
     routed: RoutedProxy<'_>,
 ) -> Flow {
     let plan = &routed.generation.plan;
@@ -524,6 +525,51 @@ async fn proxy(
     // The clock read when the head arrived is recent enough for cool-downs.
     let target = state.pick(uplan, x.outcome.timings.received);
     x.outcome.upstream = Some((p.upstream, target));
+    let route = &plan.routes[routed.route];
+    // Parameter mapping reads the JSON body when a value names it.
+    let request_map = p.mapping.as_deref().and_then(|m| m.request.as_ref());
+    let mut json = None;
+    if request_map.is_some_and(|m| m.needs_body) {
+        if consumed.is_none() {
+            conn.consume(head.len);
+            consumed = Some(head.len);
+        }
+        match conn
+            .buffer_body(
+                head.framing,
+                mapping::MAX_BODY_BYTES,
+                &plan.limits,
+                head.expect_continue,
+            )
+            .await
+        {
+            Ok(len) => {
+                json = mapping::parse_body(
+                    &conn.unread()[..len],
+                    head.framing == Framing::Chunked,
+                    plan.limits.max_header_bytes,
+                )
+            }
+            // Longer than AWS reads: its values are empty.
+            Err(BodyError::TooLarge) => {}
+            Err(e) => return reply::body_error(gw, conn, x, e).await,
+        }
+    }
+    let map_ctx = p.mapping.is_some().then(|| mapping::Context {
+        request_id: &x.request_id,
+        source_ip: x.peer.ip(),
+        method: head.method,
+        minor_version: head.minor_version,
+        route_key: &route.key,
+        api: &route.api,
+        principal: x.state.principal.as_deref(),
+        api_key_name: x
+            .state
+            .api_key
+            .and_then(|k| x.generation.policies.api_keys.name(k)),
+        stage: mapping::DEFAULT_STAGE,
+    });
+    let mut mapped_badly = None;
     {
         let Some(parts) = conn.parts(consumed) else {
             return internal_error(gw, conn, head, x, consumed).await;
@@ -548,8 +594,26 @@ async fn proxy(
             }),
             &x.state.upstream_headers,
         );
+        if let (Some(m), Some(ctx)) = (request_map, &map_ctx) {
+            let inputs = mapping::RequestInputs {
+                buf: parts.buf,
+                head,
+                params: &params,
+                json: json.as_ref(),
+                ctx,
+            };
+            mapped_badly = m.apply(parts.xbuf, &inputs).err();
+        }
     }
-    let route = &plan.routes[routed.route];
+    if let Some(mapping::BadValue(why)) = mapped_badly {
+        crate::log_request!(
+            "info",
+            x.request_id,
+            "parameter mapping refused the request: {why}"
+        );
+        let r = Refusal::json(400, "Bad Request");
+        return refuse_request(gw, conn, head, x, consumed, r).await;
+    }
     let f = Forward {
         method: head.method,
         framing: head.framing,
@@ -559,6 +623,12 @@ async fn proxy(
         target,
         request_id: &x.request_id,
         strip_cors: route.policies.cors.is_some(),
+        mapping: p
+            .mapping
+            .as_deref()
+            .and_then(|m| m.response.as_ref())
+            .zip(map_ctx)
+            .map(|(mapping, ctx)| mapping::ResponseMap { mapping, ctx }),
     };
     let up = Upstream {
         plan: uplan,

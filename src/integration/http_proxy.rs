@@ -48,6 +48,8 @@ pub struct ProxyPlan {
     /// Client headers never forwarded (lowercase): the gateway sets them
     /// itself (authorizer claims and context).
     pub strip_headers: Vec<String>,
+    /// Parameter mapping ([`super::mapping`]); None for most routes.
+    pub mapping: Option<Box<super::mapping::Mapping>>,
 }
 
 /// What a client's TLS connection adds to its requests. `None` in its
@@ -209,6 +211,8 @@ pub struct Forward<'a> {
     /// headers are dropped (as API Gateway does), or the client would get
     /// them twice.
     pub strip_cors: bool,
+    /// The route's response mapping, when it has one.
+    pub mapping: Option<super::mapping::ResponseMap<'a>>,
 }
 
 impl Forward<'_> {
@@ -477,7 +481,7 @@ async fn forward_inner(
         c.complete = false;
         c.body.clear();
         c.headers.clear();
-        c.status = resp.status;
+        c.status = status_for(f, resp.status);
         let length = match resp.framing {
             RespFraming::Length(n) => Some(n),
             // A HEAD response: headers only, with the length a GET would get.
@@ -487,6 +491,21 @@ async fn forward_inner(
         match length {
             Some(n) if n <= c.max_body as u64 => {
                 c.content_length = n;
+                if let Some((m, map)) = mapped(&f, resp.status) {
+                    let keep = |h: &crate::http::parse::HeaderSpan| {
+                        f.passes(h, &up.buf)
+                            && !h.name.get(&up.buf).eq_ignore_ascii_case(b"x-request-id")
+                    };
+                    m.write_headers(
+                        &mut c.headers,
+                        &up.buf,
+                        &resp.headers,
+                        keep,
+                        &map.ctx,
+                        resp.status,
+                    );
+                    return Some(c);
+                }
                 for h in resp.headers.iter().filter(|h| f.passes(h, &up.buf)) {
                     let name = h.name.get(&up.buf);
                     if !name.eq_ignore_ascii_case(b"x-request-id") {
@@ -649,20 +668,32 @@ fn write_response_head(
     client_keep: bool,
 ) {
     out.clear();
+    let status = status_for(f, resp.status);
     out.extend_from_slice(b"HTTP/1.1 ");
-    push_u64(out, resp.status as u64);
+    push_u64(out, status as u64);
     out.push(b' ');
-    if resp.reason.is_empty() {
-        out.extend_from_slice(crate::http::reason_phrase(resp.status).as_bytes());
+    if resp.reason.is_empty() || status != resp.status {
+        out.extend_from_slice(crate::http::reason_phrase(status).as_bytes());
     } else {
         out.extend_from_slice(resp.reason.get(buf));
     }
     out.extend_from_slice(b"\r\n");
-    for h in resp.headers.iter().filter(|h| f.passes(h, buf)) {
-        out.extend_from_slice(h.name.get(buf));
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(h.value.get(buf));
-        out.extend_from_slice(b"\r\n");
+    if let Some((m, map)) = mapped(&f, resp.status) {
+        m.write_headers(
+            out,
+            buf,
+            &resp.headers,
+            |h| f.passes(h, buf),
+            &map.ctx,
+            resp.status,
+        );
+    } else {
+        for h in resp.headers.iter().filter(|h| f.passes(h, buf)) {
+            out.extend_from_slice(h.name.get(buf));
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(h.value.get(buf));
+            out.extend_from_slice(b"\r\n");
+        }
     }
     if !resp.has_request_id {
         out.extend_from_slice(b"x-request-id: ");
@@ -690,11 +721,32 @@ fn write_response_head(
                 out.extend_from_slice(b"\r\n");
             }
         }
+        // A 204 or 304 mapped to a status that has a body: an empty one.
+        RespFraming::None if status != resp.status => {
+            out.extend_from_slice(b"content-length: 0\r\n");
+        }
         _ => {}
     }
     out.extend_from_slice(extra);
     push_connection(out, client_keep, f.minor_version);
     out.extend_from_slice(b"\r\n");
+}
+
+/// The route's response mapping for the integration's `status`, if any.
+fn mapped<'f>(
+    f: &Forward<'f>,
+    status: u16,
+) -> Option<(
+    &'f super::mapping::StatusMapping,
+    super::mapping::ResponseMap<'f>,
+)> {
+    let map = f.mapping?;
+    Some((map.mapping.for_status(status)?, map))
+}
+
+/// The status the client gets for the integration's `status`.
+fn status_for(f: Forward<'_>, status: u16) -> u16 {
+    mapped(&f, status).map_or(status, |(m, _)| m.status(status))
 }
 
 enum StreamErr {

@@ -276,6 +276,12 @@ fn compile_apis(
         let mut spec_routes = Vec::new();
         // A WebSocket API's routes are its handshake's, compiled below.
         let websocket = super::websocket::kind(api, &akey, &mut errors);
+        let api_mapping = crate::integration::mapping::parse(
+            api.mapping.as_ref(),
+            None,
+            &format!("{akey}.mapping"),
+            &mut errors,
+        );
         for (ri, r) in api.routes.iter().enumerate().filter(|_| !websocket) {
             let rkey = format!("{akey}.routes[{ri}]");
             let key = match RouteKey::parse(&r.key) {
@@ -285,6 +291,7 @@ fn compile_apis(
                     None
                 }
             };
+            let route_mapping = super::mapping::route(r, key.as_ref(), &rkey, &mut errors);
             let integration = match &r.integration {
                 RawIntegration::Mock {
                     status,
@@ -369,6 +376,9 @@ fn compile_apis(
             if let (Some(rule), Integration::Proxy(p)) = (&policies.auth, &mut integration) {
                 p.strip_headers =
                     crate::policy::auth::upstream_header_names(rule, &policy_builder.authorizers);
+            }
+            if let Integration::Proxy(p) = &mut integration {
+                p.mapping = crate::integration::mapping::build(&api_mapping, &route_mapping);
             }
             if let Some(rule) = &mut policies.cache {
                 // A stage's canary shares the stage's paths: its entries
@@ -1057,6 +1067,7 @@ fn compile_proxy(
         query: query.filter(|q| !q.is_empty()),
         drop_api_key: false,
         strip_headers: Vec::new(),
+        mapping: None,
     }))
 }
 

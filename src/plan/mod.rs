@@ -6,6 +6,8 @@
 
 pub mod admin;
 pub mod compile;
+mod mapping;
+pub mod policy_sets;
 pub mod stages;
 pub mod websocket;
 
@@ -144,7 +146,10 @@ fn load_text(text: &str, base_dir: Option<&Path>) -> Result<Plan, Vec<ConfigErro
     let mut errors = parsed.errors;
     if let Some(mut raw) = parsed.raw {
         raw.base_dir = base_dir.map(Path::to_path_buf);
-        match compile::compile(&raw) {
+        // `[[policies]]` sets are merged into what attaches them first;
+        // errors in their settings are then told at the set.
+        let sets = policy_sets::apply(&mut raw, &mut errors);
+        match compile::compile(&raw).map_err(|es| sets.blame(es)) {
             Ok(plan) if errors.is_empty() => return Ok(plan),
             Ok(_) => {}
             Err(es) => errors.extend(es.into_iter().filter(|e| {

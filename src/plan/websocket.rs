@@ -93,6 +93,9 @@ pub fn connect_stand_in() -> RawRoute {
         authorizer: None,
         authorization_scopes: None,
         route_response: None,
+        mapping: None,
+        lifecycle: None,
+        policies: None,
     }
 }
 

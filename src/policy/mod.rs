@@ -20,6 +20,7 @@ pub mod cache;
 pub mod cors;
 pub mod ip_rules;
 pub mod jwt;
+pub mod lifecycle;
 pub mod request_auth;
 pub mod sigv4;
 pub mod throttle;
@@ -41,6 +42,9 @@ pub enum Phase {
     IpRules,
     /// [`cors`]: answer a preflight; note headers for the actual response.
     Cors,
+    /// [`lifecycle`]: a retired route is 410 Gone; a deprecated one's
+    /// responses get `Deprecation`, `Sunset` and `Link` headers.
+    Lifecycle,
     /// [`api_key`]: an enabled key in `x-api-key`? (403) After the
     /// preflight (a browser sends no key with it), before the phases that
     /// count per key.
@@ -71,6 +75,8 @@ pub struct RoutePolicies {
     pub auth: Option<auth::AuthRule>,
     pub throttle: throttle::RouteLimits,
     pub cache: Option<cache::CacheRule>,
+    /// Deprecated or retired; None for an active route.
+    pub lifecycle: Option<lifecycle::Lifecycle>,
     /// The phases that apply, in order; empty when none does.
     pub phases: Vec<Phase>,
 }
@@ -82,6 +88,7 @@ impl RoutePolicies {
         [
             (Phase::IpRules, self.ip_rules.is_some()),
             (Phase::Cors, self.cors.is_some()),
+            (Phase::Lifecycle, self.lifecycle.is_some()),
             (Phase::ApiKey, keyed),
             (Phase::Authorizer, self.auth.is_some()),
             (Phase::SignedBody, self.auth.is_some()),
@@ -304,6 +311,13 @@ impl PolicyBuilder {
                 api_key::requires_key(api.raw.api_key_required, route.api_key_required),
                 errors,
             ),
+            lifecycle: lifecycle::compile(
+                api.raw.lifecycle.as_ref(),
+                route.lifecycle.as_ref(),
+                api.key,
+                key,
+                errors,
+            ),
             phases: Vec::new(),
         };
         policies.phases = policies.compile_phases();
@@ -466,6 +480,10 @@ pub fn run_phase(
             }
             Decision::Continue
         }
+        Phase::Lifecycle => match &policies.lifecycle {
+            Some(l) => l.check(extra),
+            None => Decision::Continue,
+        },
         Phase::ApiKey => match state.api_keys.verify_request(view.buf, view.head) {
             Some(id) => {
                 req.api_key = Some(id);

@@ -20,6 +20,9 @@ pub mod cache;
 pub mod cors;
 pub mod ip_rules;
 pub mod jwt;
+pub mod lifecycle;
+pub mod mapping;
+pub mod policy_set;
 pub mod request_auth;
 pub mod sigv4;
 pub mod stages;
@@ -75,6 +78,9 @@ pub struct RawConfig {
     pub authorizers: Vec<auth::RawAuthorizer>,
     /// `[admin]`: the admin listener (metrics, dashboard).
     pub admin: Option<admin::RawAdmin>,
+    /// `[[policies]]`: named policy sets that APIs and routes attach.
+    #[serde(default)]
+    pub policies: Vec<policy_set::RawPolicySet>,
     /// The directory of the config file, set by `plan::load`: relative
     /// paths in the config (`server.api_keys_file`) are taken from it.
     #[serde(skip)]
@@ -215,6 +221,12 @@ pub struct RawApi {
     pub route_selection_expression: Option<String>,
     /// `[apis.websocket]`: a WebSocket API's limits.
     pub websocket: Option<websocket::RawWebsocket>,
+    /// Parameter mapping for the API's http_proxy routes.
+    pub mapping: Option<mapping::RawMapping>,
+    /// Deprecated or retired (docs/lifecycle.md).
+    pub lifecycle: Option<lifecycle::RawLifecycle>,
+    /// `[[policies]]` sets attached, by name; later ones win.
+    pub policies: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -235,6 +247,12 @@ pub struct RawRoute {
     /// A WebSocket route's integration answer is sent back to the client
     /// as a message (a two-way route). Default: false.
     pub route_response: Option<bool>,
+    /// Parameter mapping (http_proxy routes), merged over the API's.
+    pub mapping: Option<mapping::RawMapping>,
+    /// Deprecated or retired; replaces the API's setting.
+    pub lifecycle: Option<lifecycle::RawLifecycle>,
+    /// `[[policies]]` sets attached, by name; later ones win.
+    pub policies: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -306,6 +324,16 @@ pub fn known_keys(path: &str) -> Option<&'static [&'static str]> {
         "authorizers.sigv4.credentials" => fields_of::<sigv4::RawCredential>(),
         "authorizers.request" => fields_of::<request_auth::RawRequestAuthorizer>(),
         "admin" => fields_of::<admin::RawAdmin>(),
+        "apis.mapping" | "apis.routes.mapping" | "policies.mapping" => {
+            fields_of::<mapping::RawMapping>()
+        }
+        "apis.lifecycle" | "apis.routes.lifecycle" => fields_of::<lifecycle::RawLifecycle>(),
+        "policies" => fields_of::<policy_set::RawPolicySet>(),
+        "policies.throttle" => fields_of::<throttle::RawThrottle>(),
+        "policies.throttle.per_client_ip" => fields_of::<throttle::RawRate>(),
+        "policies.cache" => fields_of::<cache::RawCacheRule>(),
+        "policies.cors" => fields_of::<cors::RawCors>(),
+        "policies.ip_rules" => fields_of::<ip_rules::RawIpRules>(),
         _ => return None,
     })
 }
