@@ -30,6 +30,8 @@ pub enum Var {
     ApiId,
     UpstreamName,
     UpstreamTarget,
+    Stage,
+    Deployment,
 }
 
 /// Every variable by its name after `$context.`.
@@ -58,6 +60,8 @@ pub const VARIABLES: &[(&str, Var)] = &[
     ("apiId", Var::ApiId),
     ("upstream.name", Var::UpstreamName),
     ("upstream.target", Var::UpstreamTarget),
+    ("stage", Var::Stage),
+    ("deploymentId", Var::Deployment),
 ];
 
 /// How values are escaped.
@@ -246,6 +250,8 @@ impl Format {
             Var::CacheStatus => opt_text(e, f.cache.map(str::as_bytes), out),
             Var::ApiId => opt_text(e, f.api.map(str::as_bytes), out),
             Var::UpstreamName => opt_text(e, f.upstream.map(str::as_bytes), out),
+            Var::Stage => opt_text(e, f.stage.map(str::as_bytes), out),
+            Var::Deployment => opt_text(e, f.deployment.map(str::as_bytes), out),
             Var::UpstreamTarget => match f.target {
                 Some(a) => {
                     use std::io::Write;
@@ -284,6 +290,10 @@ pub struct Fields<'a> {
     pub api: Option<&'a str>,
     pub upstream: Option<&'a str>,
     pub target: Option<SocketAddr>,
+    /// The stage that served the request (an API with stages).
+    pub stage: Option<&'a str>,
+    /// The deployment that served the request (an API with stages).
+    pub deployment: Option<&'a str>,
 }
 
 fn ip(a: IpAddr, out: &mut Vec<u8>) {
@@ -575,6 +585,8 @@ mod tests {
             api: Some("pets"),
             upstream: None,
             target: None,
+            stage: None,
+            deployment: None,
         }
     }
 
@@ -616,6 +628,18 @@ mod tests {
             line("$context.status. $$context.path!", Escape::Text, &fields()),
             "200. $/pets/1!\n"
         );
+    }
+
+    #[test]
+    fn stage_and_deployment_or_dashes() {
+        let f = Fields {
+            stage: Some("$default"),
+            deployment: Some("v2"),
+            ..fields()
+        };
+        let format = "$context.stage $context.deploymentId";
+        assert_eq!(line(format, Escape::Text, &f), "$default v2\n");
+        assert_eq!(line(format, Escape::Text, &fields()), "- -\n");
     }
 
     #[test]

@@ -11,7 +11,7 @@ pub mod shard;
 pub mod writer;
 
 use crate::config::raw::access_log::RawAccessLog;
-use crate::config::raw::RawConfig;
+use crate::config::raw::{RawApi, RawConfig};
 use crate::config::ConfigError;
 pub use format::{Escape, Fields, Format, Var};
 use std::path::PathBuf;
@@ -101,13 +101,14 @@ impl LogPlan {
     }
 }
 
-/// Compiles `[server.access_log]` and every `[apis.access_log]`.
-pub fn compile(raw: &RawConfig, errors: &mut Vec<ConfigError>) -> LogPlan {
+/// Compiles `[server.access_log]` and the `access_log` of every API of
+/// `apis` (the config's, or the plan's expansion of them into stages).
+pub fn compile(raw: &RawConfig, apis: &[RawApi], errors: &mut Vec<ConfigError>) -> LogPlan {
     let mut plan = LogPlan::default();
     if let Some(a) = &raw.server.access_log {
         plan.server = compile_one(a, "server.access_log", raw, &mut plan, errors);
     }
-    for (i, api) in raw.apis.iter().enumerate() {
+    for (i, api) in apis.iter().enumerate() {
         let key = format!("apis[{i}].access_log");
         let log = api
             .access_log

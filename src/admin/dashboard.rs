@@ -37,7 +37,23 @@ pub(super) fn request_data(tx: &Sender<DataRequest>) -> Option<String> {
     answer.recv_timeout(super::SCRAPE_TIMEOUT * 3).ok()
 }
 
-type Key = (Option<String>, Option<String>);
+/// A series' labels: API, route, and stage and deployment (APIs with
+/// stages have a series per stage and per canary).
+type Key = (
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+);
+
+fn key_of(s: &SeriesSnapshot) -> Key {
+    (
+        s.api.clone(),
+        s.route.clone(),
+        s.stage.clone(),
+        s.deployment.clone(),
+    )
+}
 
 /// Cumulative figures at one scrape.
 #[derive(Debug, Clone, Default)]
@@ -65,8 +81,7 @@ fn totals(m: &Merged, t: f64) -> Totals {
         out.c4xx += c4;
         out.c5xx += c5;
         out.duration.add(&s.duration);
-        out.series
-            .push(((s.api.clone(), s.route.clone()), n, c4, c5, s.duration));
+        out.series.push((key_of(s), n, c4, c5, s.duration));
     }
     out
 }
@@ -154,11 +169,7 @@ impl History {
                 }
             };
             apis[i].1.add(x);
-            if let Some(b) = base.and_then(|b| {
-                b.series
-                    .iter()
-                    .find(|s| s.0 == (x.api.clone(), x.route.clone()))
-            }) {
+            if let Some(b) = base.and_then(|b| b.series.iter().find(|s| s.0 == key_of(x))) {
                 let t = &mut apis[i].2;
                 t.requests += b.1;
                 t.c4xx += b.2;
@@ -178,7 +189,7 @@ impl History {
             .series
             .iter()
             .map(|s| {
-                let (bn, b4, b5, bh) = base_of(&(s.api.clone(), s.route.clone()));
+                let (bn, b4, b5, bh) = base_of(&key_of(s));
                 let mut row = row(s, (bn, b4, b5, &bh), span);
                 row.insert("api".into(), json!(s.api));
                 row.insert("route".into(), json!(s.route));

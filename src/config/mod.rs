@@ -3,6 +3,7 @@
 //! layer reports problems with. Nothing here knows the gateway; the layer
 //! that compiles these structs into the immutable plan is `crate::plan`.
 
+pub mod canary;
 pub mod raw;
 
 use std::fmt;

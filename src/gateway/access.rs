@@ -116,12 +116,14 @@ fn write_line(gw: &Gateway, x: &Exchange, text: &[u8]) {
     let (method, rest) = text.split_at(usize::from(c.method_len).min(text.len()));
     let (path, agent) = rest.split_at((c.path_len as usize).min(rest.len()));
     let route = x.route.and_then(|r| plan.routes.get(r));
+    let unrouted_api = || c.api.and_then(|a| plan.apis.get(a));
     let api = match route {
         Some(r) => Some(r.api.as_str()),
-        None => c
-            .api
-            .and_then(|a| plan.apis.get(a))
-            .map(|a| a.name.as_str()),
+        None => unrouted_api().map(|a| a.name.as_str()),
+    };
+    let stage = match route {
+        Some(r) => r.stage.as_deref(),
+        None => unrouted_api().and_then(|a| a.stage.as_deref()),
     };
     let upstream = o.upstream.and_then(|(u, t)| {
         let u = plan.upstreams.get(u)?;
@@ -168,6 +170,8 @@ fn write_line(gw: &Gateway, x: &Exchange, text: &[u8]) {
         api,
         upstream: upstream.map(|u| u.0),
         target: upstream.and_then(|u| u.1),
+        stage: stage.map(|s| s.stage.as_str()),
+        deployment: stage.map(|s| s.deployment.as_str()),
     };
     gw.access
         .log

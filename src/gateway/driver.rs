@@ -126,11 +126,14 @@ fn route<'t>(
             allow: None,
         });
     };
-    match generation
-        .plan
-        .table
-        .lookup(head.host.map(|h| h.get(buf)), head.method, path)
-    {
+    let plan = &generation.plan;
+    // A stage's canary has a table of its own (plan/stages.rs).
+    let table = if plan.stages.canaries.is_empty() {
+        &plan.table
+    } else {
+        super::stage::table(plan, buf, head, path)
+    };
+    match table.lookup(head.host.map(|h| h.get(buf)), head.method, path) {
         Lookup::NotFound => Err(Unrouted {
             status: 404,
             message: "Not Found",
@@ -179,6 +182,10 @@ async fn drive(
     };
     x.route = Some(route_id);
     let route = &plan.routes[route_id];
+    if let Some(stage) = &route.stage {
+        // Every response of a stage's route names its deployment.
+        conn.ebuf.extend_from_slice(&stage.header);
+    }
     let debug = plan
         .access_log
         .routes

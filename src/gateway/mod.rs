@@ -25,6 +25,7 @@ pub mod exit;
 mod metrics;
 mod reply;
 pub mod signed_body;
+mod stage;
 pub mod websocket;
 mod ws_proxy;
 

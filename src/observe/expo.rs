@@ -112,12 +112,18 @@ impl Out {
 }
 
 fn series_labels(s: &SeriesSnapshot) -> Vec<(&str, &str)> {
-    let mut l = Vec::with_capacity(2);
+    let mut l = Vec::with_capacity(4);
     if let Some(a) = &s.api {
         l.push(("api", a.as_str()));
     }
     if let Some(r) = &s.route {
         l.push(("route", r.as_str()));
+    }
+    if let Some(st) = &s.stage {
+        l.push(("stage", st.as_str()));
+    }
+    if let Some(d) = &s.deployment {
+        l.push(("deployment", d.as_str()));
     }
     l
 }

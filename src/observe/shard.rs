@@ -133,6 +133,8 @@ impl RequestSeries {
         SeriesSnapshot {
             api: key.api.clone(),
             route: key.route.clone(),
+            stage: key.stage.as_ref().map(|s| s.stage.clone()),
+            deployment: key.stage.as_ref().map(|s| s.deployment.clone()),
             statuses: self.statuses.snapshot(),
             duration: self.duration.snapshot(),
             integration: self.integration.snapshot(),
@@ -151,6 +153,25 @@ impl RequestSeries {
 pub struct SeriesKey {
     pub api: Option<String>,
     pub route: Option<String>,
+    /// The stage and deployment, for an API with stages: one series per
+    /// stage and per canary, so their number is bounded by the config.
+    pub stage: Option<StageLabels>,
+}
+
+/// A series' stage and deployment labels.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct StageLabels {
+    pub stage: String,
+    pub deployment: String,
+}
+
+impl StageLabels {
+    fn of(tag: Option<&crate::plan::stages::StageTag>) -> Option<StageLabels> {
+        tag.map(|t| StageLabels {
+            stage: t.stage.clone(),
+            deployment: t.deployment.clone(),
+        })
+    }
 }
 
 /// An upstream target's labels.
@@ -191,6 +212,7 @@ impl ShardMetrics {
             &SeriesKey {
                 api: None,
                 route: None,
+                stage: None,
             },
         );
         let routes = plan
@@ -205,6 +227,7 @@ impl ShardMetrics {
                 let key = SeriesKey {
                     api: Some(r.api.clone()),
                     route: detailed.then(|| r.key.clone()),
+                    stage: StageLabels::of(r.stage.as_deref()),
                 };
                 get_or_add(&mut series, &key)
             })
@@ -216,6 +239,7 @@ impl ShardMetrics {
                 &SeriesKey {
                     api: Some(a.name.clone()),
                     route: None,
+                    stage: StageLabels::of(a.stage.as_deref()),
                 },
             );
         }

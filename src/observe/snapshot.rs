@@ -52,6 +52,9 @@ pub struct SeriesSnapshot {
     pub api: Option<String>,
     /// Set for a route of an API with detailed metrics.
     pub route: Option<String>,
+    /// The stage and the deployment, for an API with stages.
+    pub stage: Option<String>,
+    pub deployment: Option<String>,
     /// Sorted by label.
     pub statuses: Vec<(StatusLabel, u64)>,
     pub duration: HistSnapshot,
@@ -219,11 +222,12 @@ pub fn merge(mut shards: Vec<ShardSnapshot>, expected: usize) -> Merged {
         m.shards.push((s.shard, s.conns));
         m.generation = m.generation.max(s.generation);
         for x in &s.series {
-            match m
-                .series
-                .iter_mut()
-                .find(|y| y.api == x.api && y.route == x.route)
-            {
+            match m.series.iter_mut().find(|y| {
+                y.api == x.api
+                    && y.route == x.route
+                    && y.stage == x.stage
+                    && y.deployment == x.deployment
+            }) {
                 Some(y) => y.add(x),
                 None => m.series.push(x.clone()),
             }

@@ -82,6 +82,29 @@ fn resolve(addr: &str) -> Result<SocketAddr, String> {
 
 /// Validates and compiles a raw config. Returns every error found.
 pub fn compile(raw: &RawConfig) -> Result<Plan, Vec<ConfigError>> {
+    if !super::stages::used(raw) {
+        return compile_apis(raw, &raw.apis, None);
+    }
+    // One routed set per stage and canary (plan/stages.rs), compiled like
+    // APIs; errors are given back under the keys as written.
+    let x = super::stages::expand(raw);
+    let mut compiled = compile_apis(raw, &x.apis, Some(&x));
+    if let Ok(plan) = &mut compiled {
+        // The buckets' keys (for logs) as written too.
+        for d in &mut plan.policies.throttle.defs {
+            d.key = x.key_as_written(&d.key);
+        }
+    }
+    x.finish(compiled)
+}
+
+/// Compiles `raw` with `apis` in place of its own: the config's, or their
+/// expansion into stages.
+fn compile_apis(
+    raw: &RawConfig,
+    apis: &[RawApi],
+    staged: Option<&super::stages::Expanded>,
+) -> Result<Plan, Vec<ConfigError>> {
     let mut errors = Vec::new();
     let mut server = compile_server(&raw.server, &mut errors);
     if let Some(tls) = &raw.server.tls {
@@ -170,15 +193,23 @@ pub fn compile(raw: &RawConfig) -> Result<Plan, Vec<ConfigError>> {
     );
     let mut api_plans = Vec::new();
     let mut specs = Vec::new();
+    // (canary number, API index, its routes) of stages' canaries.
+    let mut canary_specs = Vec::new();
+    // Each route's API, by index.
+    let mut route_api = Vec::new();
     let mut api_names = std::collections::BTreeSet::new();
-    for (ai, api) in raw.apis.iter().enumerate() {
+    for (ai, api) in apis.iter().enumerate() {
         let akey = format!("apis[{ai}]");
+        let variant = staged.and_then(|x| x.variants.get(ai));
+        let first = variant.is_none_or(|v| v.first);
         if api.name.is_empty() {
-            errors.push(ConfigError::new(
-                format!("{akey}.name"),
-                "must not be empty",
-            ));
-        } else if !api_names.insert(api.name.as_str()) {
+            if first {
+                errors.push(ConfigError::new(
+                    format!("{akey}.name"),
+                    "must not be empty",
+                ));
+            }
+        } else if first && !api_names.insert(api.name.as_str()) {
             errors.push(ConfigError::new(
                 format!("{akey}.name"),
                 format!("api {:?} is defined twice", api.name),
@@ -212,7 +243,9 @@ pub fn compile(raw: &RawConfig) -> Result<Plan, Vec<ConfigError>> {
                 }
             }
         }
-        if api.routes.is_empty() {
+        // A stage's deployment without routes is reported by the
+        // expansion, and a stub has none on purpose.
+        if api.routes.is_empty() && variant.is_none_or(|v| v.kind == super::stages::Kind::Plain) {
             errors.push(ConfigError::new(
                 format!("{akey}.routes"),
                 "an api needs at least one [[apis.routes]]",
@@ -230,7 +263,16 @@ pub fn compile(raw: &RawConfig) -> Result<Plan, Vec<ConfigError>> {
                 &mut reported_elsewhere,
             ),
             detailed_metrics: api.detailed_metrics.unwrap_or(false),
+            stage: variant.and_then(|v| v.tag.clone()).map(Box::new),
+            canary: match variant.map(|v| v.kind) {
+                Some(super::stages::Kind::Stage(c)) => c,
+                _ => None,
+            },
         });
+        let canary_no = match variant.map(|v| v.kind) {
+            Some(super::stages::Kind::Canary(c)) => Some(c),
+            _ => None,
+        };
         let mut spec_routes = Vec::new();
         // A WebSocket API's routes are its handshake's, compiled below.
         let websocket = super::websocket::kind(api, &akey, &mut errors);
@@ -300,7 +342,8 @@ pub fn compile(raw: &RawConfig) -> Result<Plan, Vec<ConfigError>> {
             };
             let id = routes.len() as RouteId;
             let api_ctx = crate::policy::ApiContext {
-                index: ai,
+                // A canary shares its stage's API-level buckets.
+                index: variant.map_or(ai, |v| v.bucket_api),
                 raw: api,
                 key: &akey,
                 cors: api_cors.clone(),
@@ -308,6 +351,8 @@ pub fn compile(raw: &RawConfig) -> Result<Plan, Vec<ConfigError>> {
             // A bad key or integration does not hide the route's policy
             // errors: the policies are compiled either way.
             let mut policies = policy_builder.route(&api_ctx, id as usize, r, &rkey, &mut errors);
+            route_api.push(ai);
+            let stage = variant.and_then(|v| v.tag.clone()).map(Box::new);
             let (Some(key), Some(mut integration)) = (key, integration) else {
                 // Keeps later route ids in line; a plan with errors is not used.
                 routes.push(RoutePlan {
@@ -319,6 +364,7 @@ pub fn compile(raw: &RawConfig) -> Result<Plan, Vec<ConfigError>> {
                         body: Vec::new(),
                     }),
                     policies,
+                    stage,
                 });
                 continue;
             };
@@ -335,13 +381,20 @@ pub fn compile(raw: &RawConfig) -> Result<Plan, Vec<ConfigError>> {
                 p.mapping = crate::integration::mapping::build(&api_mapping, &route_mapping);
             }
             if let Some(rule) = &mut policies.cache {
-                rule.scope = cache_scope(&api.name, &r.key, &integration, &upstreams, rule);
+                // A stage's canary shares the stage's paths: its entries
+                // are kept apart from the stage's.
+                let owner = match canary_no {
+                    Some(_) => std::borrow::Cow::Owned(format!("{}\ncanary", api.name)),
+                    None => std::borrow::Cow::Borrowed(api.name.as_str()),
+                };
+                rule.scope = cache_scope(&owner, &r.key, &integration, &upstreams, rule);
             }
             routes.push(RoutePlan {
                 api: api.name.clone(),
                 key: r.key.clone(),
                 integration,
                 policies,
+                stage,
             });
             spec_routes.push((key, id, r.key.as_str()));
         }
@@ -401,17 +454,24 @@ pub fn compile(raw: &RawConfig) -> Result<Plan, Vec<ConfigError>> {
                     }),
                 },
                 policies,
+                stage: None,
             });
+            route_api.push(ai);
             if let Ok(k) = RouteKey::parse("GET /") {
                 spec_routes.push((k, id, "$connect"));
             }
         }
-        specs.push(ApiSpec {
+        let spec = ApiSpec {
             name: &api.name,
             hosts: api.hosts.clone(),
             base_path,
             routes: spec_routes,
-        });
+        };
+        match canary_no {
+            // A canary shares its stage's path: it has a table of its own.
+            Some(c) => canary_specs.push((c, ai, spec)),
+            None => specs.push((ai, spec)),
+        }
     }
     if raw.apis.is_empty() {
         errors.push(ConfigError::new(
@@ -420,20 +480,36 @@ pub fn compile(raw: &RawConfig) -> Result<Plan, Vec<ConfigError>> {
         ));
     }
     let policies = policy_builder.finish(&raw.server, api_keys, &mut errors);
-    let mut access_log = crate::accesslog::compile(raw, &mut errors);
-    access_log.bind_routes(routes.iter().map(|r: &RoutePlan| {
-        raw.apis
-            .iter()
-            .position(|a| a.name == r.api)
-            .unwrap_or(usize::MAX)
-    }));
-    let table = match RouteTable::build(&specs) {
+    let mut access_log = crate::accesslog::compile(raw, apis, &mut errors);
+    access_log.bind_routes(route_api.into_iter());
+    let table = match RouteTable::build_indexed(&specs) {
         Ok(t) => t,
         Err(es) => {
             errors.extend(es.into_iter().map(|e| ConfigError::new("apis", e)));
             RouteTable::default()
         }
     };
+    let mut stages = super::stages::StagesPlan::default();
+    if let Some(x) = staged {
+        canary_specs.sort_by_key(|(c, _, _)| *c);
+        for (c, ai, spec) in canary_specs {
+            let Some(split) = x.canaries.get(c as usize) else {
+                continue;
+            };
+            let table = match RouteTable::build_indexed(&[(ai, spec)]) {
+                Ok(t) => t,
+                Err(es) => {
+                    errors.extend(es.into_iter().map(|e| ConfigError::new("apis", e)));
+                    RouteTable::default()
+                }
+            };
+            stages.canaries.push(super::stages::CanaryPlan {
+                table,
+                threshold: split.threshold,
+                sticky: split.sticky.clone(),
+            });
+        }
+    }
     if errors.is_empty() {
         Ok(Plan {
             server,
@@ -445,6 +521,7 @@ pub fn compile(raw: &RawConfig) -> Result<Plan, Vec<ConfigError>> {
             table,
             admin,
             access_log,
+            stages,
         })
     } else {
         Err(errors)

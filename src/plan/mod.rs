@@ -8,6 +8,7 @@ pub mod admin;
 pub mod compile;
 mod mapping;
 pub mod policy_sets;
+pub mod stages;
 pub mod websocket;
 
 use crate::config::{self, ConfigError};
@@ -37,12 +38,25 @@ pub struct Plan {
     pub admin: admin::AdminPlan,
     /// Access logs and per-API debug switches.
     pub access_log: crate::accesslog::LogPlan,
+    /// Stages' canaries (docs/stages.md); empty without canaries.
+    pub stages: stages::StagesPlan,
 }
 
 impl Plan {
-    /// How many APIs the route table holds.
+    /// How many APIs the route table holds, an API with stages counted
+    /// once (its stages and canaries are entries of their own).
     pub fn table_api_count(&self) -> usize {
-        self.table.api_count()
+        if self
+            .apis
+            .iter()
+            .all(|a| a.stage.is_none() && a.canary.is_none())
+        {
+            return self.table.api_count();
+        }
+        let mut names: Vec<&str> = self.apis.iter().map(|a| a.name.as_str()).collect();
+        names.sort_unstable();
+        names.dedup();
+        names.len()
     }
 }
 
@@ -75,6 +89,11 @@ pub struct ApiPlan {
     pub ip_rules: Option<crate::policy::ip_rules::IpRules>,
     /// Metrics per route, not only per API (`detailed_metrics`).
     pub detailed_metrics: bool,
+    /// The stage and deployment this entry serves, for an API with stages
+    /// (each stage, and each canary, is an entry of its own).
+    pub stage: Option<Box<stages::StageTag>>,
+    /// The stage's canary: an index into `Plan::stages.canaries`.
+    pub canary: Option<u32>,
 }
 
 #[derive(Debug, Clone)]
@@ -83,6 +102,9 @@ pub struct RoutePlan {
     pub key: String,
     pub integration: Integration,
     pub policies: crate::policy::RoutePolicies,
+    /// The stage and deployment the route belongs to, for an API with
+    /// stages: its responses name the deployment.
+    pub stage: Option<Box<stages::StageTag>>,
 }
 
 #[derive(Debug, Clone)]

@@ -324,11 +324,24 @@ pub struct ApiSpec<'a> {
 
 impl RouteTable {
     /// Builds the table; errors name the API and route keys involved.
+    /// Each API's index is its position in `specs`.
     pub fn build(specs: &[ApiSpec<'_>]) -> Result<RouteTable, Vec<String>> {
+        Self::build_from(specs.iter().enumerate())
+    }
+
+    /// [`Self::build`] with each API's index given (a table holding some
+    /// of the plan's APIs: a stage's canary).
+    pub fn build_indexed(specs: &[(usize, ApiSpec<'_>)]) -> Result<RouteTable, Vec<String>> {
+        Self::build_from(specs.iter().map(|(i, s)| (*i, s)))
+    }
+
+    fn build_from<'s, 'a: 's>(
+        specs: impl ExactSizeIterator<Item = (usize, &'s ApiSpec<'a>)>,
+    ) -> Result<RouteTable, Vec<String>> {
         let mut errors = Vec::new();
         let mut apis = Vec::with_capacity(specs.len());
         let mut seen_scopes: BTreeMap<(Option<Vec<String>>, String), &str> = BTreeMap::new();
-        for (index, spec) in specs.iter().enumerate() {
+        for (index, spec) in specs {
             let hosts_key = spec.hosts.as_ref().map(|h| {
                 let mut h: Vec<String> = h.iter().map(|s| s.to_ascii_lowercase()).collect();
                 h.sort();

@@ -25,6 +25,7 @@ pub mod mapping;
 pub mod policy_set;
 pub mod request_auth;
 pub mod sigv4;
+pub mod stages;
 pub mod throttle;
 pub mod tls;
 pub mod usage;
@@ -181,7 +182,7 @@ pub struct RawHealth {
 }
 
 /// `[[apis]]`: a set of routes under an optional host list and base path.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 pub struct RawApi {
     pub name: String,
     pub base_path: Option<String>,
@@ -205,6 +206,14 @@ pub struct RawApi {
     /// Log each phase's decision for this API's requests at level debug.
     /// Default: false.
     pub debug: Option<bool>,
+    /// `[[apis.deployments]]`: named snapshots of the API's routes
+    /// (docs/stages.md). An API with deployments serves them through its
+    /// stages, and has no `routes` of its own.
+    #[serde(default)]
+    pub deployments: Vec<stages::RawDeployment>,
+    /// `[[apis.stages]]`: where deployments are served.
+    #[serde(default)]
+    pub stages: Vec<stages::RawStage>,
     /// `"http"` (the default) or `"websocket"` (docs/websocket.md).
     pub kind: Option<String>,
     /// A WebSocket API's route selection expression
@@ -220,7 +229,7 @@ pub struct RawApi {
     pub policies: Option<Vec<String>>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 pub struct RawRoute {
     pub key: String,
     pub integration: RawIntegration,
@@ -246,7 +255,7 @@ pub struct RawRoute {
     pub policies: Option<Vec<String>>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum RawIntegration {
     HttpProxy {
@@ -274,14 +283,19 @@ pub fn known_keys(path: &str) -> Option<&'static [&'static str]> {
         "" => fields_of::<RawConfig>(),
         "server" => fields_of::<RawServer>(),
         "server.limits" => fields_of::<RawLimits>(),
-        "server.throttle" | "apis.throttle" | "apis.routes.throttle" => {
-            fields_of::<throttle::RawThrottle>()
-        }
+        "server.throttle"
+        | "apis.throttle"
+        | "apis.routes.throttle"
+        | "apis.stages.throttle"
+        | "apis.deployments.routes.throttle" => fields_of::<throttle::RawThrottle>(),
         "server.throttle.per_client_ip"
         | "usage_plans.throttle"
         | "usage_plans.routes.throttle" => fields_of::<throttle::RawRate>(),
         "server.cache" => fields_of::<cache::RawCacheSettings>(),
-        "apis.cache" | "apis.routes.cache" => fields_of::<cache::RawCacheRule>(),
+        "apis.cache"
+        | "apis.routes.cache"
+        | "apis.stages.cache"
+        | "apis.deployments.routes.cache" => fields_of::<cache::RawCacheRule>(),
         "server.tls" => fields_of::<tls::RawServerTls>(),
         "server.tls.certificates" => fields_of::<tls::RawCertificate>(),
         "upstreams" => fields_of::<RawUpstream>(),
@@ -289,10 +303,17 @@ pub fn known_keys(path: &str) -> Option<&'static [&'static str]> {
         "upstreams.pool" => fields_of::<RawPool>(),
         "upstreams.health" => fields_of::<RawHealth>(),
         "apis" => fields_of::<RawApi>(),
-        "apis.routes" => fields_of::<RawRoute>(),
-        "apis.cors" => fields_of::<cors::RawCors>(),
+        "apis.routes" | "apis.deployments.routes" => fields_of::<RawRoute>(),
+        "apis.cors" | "apis.deployments.cors" => fields_of::<cors::RawCors>(),
+        "apis.ip_rules"
+        | "apis.routes.ip_rules"
+        | "apis.deployments.ip_rules"
+        | "apis.deployments.routes.ip_rules" => fields_of::<ip_rules::RawIpRules>(),
+        "apis.deployments" => fields_of::<stages::RawDeployment>(),
+        "apis.stages" => fields_of::<stages::RawStage>(),
+        "apis.stages.canary" => fields_of::<stages::RawCanary>(),
+        "apis.stages.canary.sticky" => fields_of::<stages::RawSticky>(),
         "apis.websocket" => fields_of::<websocket::RawWebsocket>(),
-        "apis.ip_rules" | "apis.routes.ip_rules" => fields_of::<ip_rules::RawIpRules>(),
         "api_keys" => fields_of::<api_key::RawApiKey>(),
         "usage_plans" => fields_of::<usage::RawUsagePlan>(),
         "usage_plans.quota" => fields_of::<usage::RawQuota>(),

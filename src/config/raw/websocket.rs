@@ -24,7 +24,7 @@ pub const DEFAULT_ALLOW_BINARY: bool = false;
 pub const MAX_MESSAGE_LIMIT: usize = 16 * 1024 * 1024;
 
 /// `[apis.websocket]`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 pub struct RawWebsocket {
     pub max_frame_bytes: Option<usize>,
     pub max_message_bytes: Option<usize>,
