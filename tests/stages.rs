@@ -538,3 +538,48 @@ fn bad_stage_configs_are_refused_with_their_keys() {
         );
     }
 }
+
+/// The admin API's canary endpoint: set the share, promote, roll back, each
+/// applied at once and written to the config file; bad requests refused.
+#[test]
+fn the_admin_api_moves_promotes_and_rolls_back_a_canary() {
+    let text = CANARY.replace("@PERCENT@", "0");
+    let gw = Gateway::start(&text);
+    let post =
+        |path: &str, body: &str| call(agent().post(&gw.admin_url(path)), Some(body.as_bytes()));
+    all_from(&gw, "/shop/prod/v", 50, "stable", "stable blue");
+    let r = post("/stages/shop/prod/canary", r#"{"percent": 100}"#);
+    assert_eq!(r.status, 200, "{}", r.text());
+    all_from(&gw, "/shop/prod/v", 100, "next", "next green");
+    let file = std::fs::read_to_string(gw.config_path()).unwrap();
+    assert!(file.contains("percent = 100"), "{file}");
+    let r = post("/stages/shop/prod/canary", r#"{"action": "rollback"}"#);
+    assert_eq!(r.status, 200, "{}", r.text());
+    all_from(&gw, "/shop/prod/v", 100, "stable", "stable blue");
+    let r = post("/stages/shop/prod/canary", r#"{"action": "promote"}"#);
+    assert_eq!(r.status, 200, "{}", r.text());
+    all_from(&gw, "/shop/prod/v", 100, "next", "next green");
+    // The change is in the file: a restart keeps it.
+    let file = std::fs::read_to_string(gw.config_path()).unwrap();
+    assert!(coregate::plan::load(gw.config_path()).is_ok(), "{file}");
+    // Bad requests change nothing.
+    for (path, body) in [
+        ("/stages/shop/prod/canary", r#"{"percent": 101}"#),
+        ("/stages/shop/prod/canary", r#"{"action": "jump"}"#),
+        ("/stages/shop/nowhere/canary", r#"{"action": "promote"}"#),
+        ("/stages/nothing/prod/canary", r#"{"percent": 5}"#),
+        ("/stages/shop/prod/canary", "not json"),
+    ] {
+        let r = post(path, body);
+        assert_eq!(r.status, 400, "{path} {body}: {}", r.text());
+    }
+    assert_eq!(
+        call(agent().get(&gw.admin_url("/stages/shop/prod/canary")), None).status,
+        405
+    );
+    all_from(&gw, "/shop/prod/v", 50, "next", "next green");
+    assert!(gw
+        .stderr()
+        .lines()
+        .any(|l| l.contains("canary of stage \"prod\" of api \"shop\"")));
+}

@@ -31,6 +31,7 @@ pub fn allowed(path: &str) -> Option<&'static [Method]> {
         "/reload" | "/config/validate" => &[Method::Post],
         "/config" => &[Method::Get, Method::Put],
         "/keys" => &[Method::Get, Method::Post],
+        _ if canary_path(path).is_some() => &[Method::Post],
         _ => match key_path(path) {
             Some((_, None)) => &[Method::Delete],
             Some((_, Some(_))) => &[Method::Post],
@@ -48,6 +49,13 @@ fn key_path(path: &str) -> Option<(&str, Option<&str>)> {
         None => (rest, None),
     };
     (!name.is_empty()).then_some((name, action))
+}
+
+/// `/stages/API/STAGE/canary` -> (API, STAGE).
+fn canary_path(path: &str) -> Option<(&str, &str)> {
+    let rest = path.strip_prefix("/stages/")?.strip_suffix("/canary")?;
+    let (api, stage) = rest.split_once('/')?;
+    (!api.is_empty() && !stage.is_empty() && !stage.contains('/')).then_some((api, stage))
 }
 
 fn error(status: u16, message: &str) -> (u16, Value) {
@@ -130,6 +138,12 @@ pub fn answer(
             )
         }
         (Method::Get, "/usage") => usage(ctx, query),
+        (Method::Post, p) if canary_path(p).is_some() => {
+            let Some((api, stage)) = canary_path(p) else {
+                return Err(error(404, "Not Found"));
+            };
+            canary(ctx, who, api, stage, body)
+        }
         (Method::Get, "/openapi") => openapi(ctx, query),
         (Method::Delete, p) | (Method::Post, p) if p.starts_with("/keys/") => {
             let Some((name, action)) = key_path(p) else {
@@ -297,6 +311,49 @@ fn status(ctx: &Context) -> Answer {
             "upstream_targets": targets,
         }),
     ))
+}
+
+/// `POST /stages/API/STAGE/canary`: promote the stage's canary, roll it
+/// back, or set its share of traffic, as an edit of the running config that
+/// is then applied as `PUT /config` applies a config (and written to the
+/// file).
+fn canary(ctx: &Context, who: &str, api: &str, stage: &str, body: &[u8]) -> Answer {
+    let v: Value = serde_json::from_slice(body)
+        .map_err(|e| error(400, &format!("the body is not JSON: {e}")))?;
+    let r = running(ctx)?;
+    let edited = match (v.get("action").and_then(Value::as_str), v.get("percent")) {
+        (Some("promote"), None) => crate::config::canary::promote_canary(&r.text, api, stage),
+        (Some("rollback"), None) => crate::config::canary::rollback_canary(&r.text, api, stage),
+        (None, Some(p)) => match p.as_f64() {
+            Some(p) => crate::config::canary::set_canary_percent(&r.text, api, stage, p),
+            None => Err("\"percent\" must be a number from 0 to 100".to_string()),
+        },
+        _ => Err(
+            "the body is {\"action\": \"promote\"}, {\"action\": \"rollback\"} or {\"percent\": N}"
+                .to_string(),
+        ),
+    };
+    let text = edited.map_err(|e| error(400, &e))?;
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    ask(
+        ctx,
+        MainRequest::Reload {
+            who: format!("{who} (canary of stage {stage:?} of api {api:?})"),
+            text: Some(text),
+            reply: tx,
+        },
+    )?;
+    match rx.recv_timeout(super::RELOAD_TIMEOUT) {
+        Ok(Ok(generation)) => Ok((200, json!({ "generation": generation }))),
+        Ok(Err(errors)) => Err(refused(
+            errors,
+            "The canary was not changed; the gateway serves the config it had",
+        )),
+        Err(_) => Err(error(
+            503,
+            "The gateway did not answer (it may be stopping)",
+        )),
+    }
 }
 
 /// The keys file the running config names.
@@ -489,6 +546,21 @@ mod tests {
         }
         assert_eq!(out.matches("(redacted)").count(), 3, "{out}");
         assert!(redact("not = [toml").contains("does not parse"));
+    }
+
+    #[test]
+    fn canary_paths() {
+        use super::canary_path;
+        assert_eq!(
+            canary_path("/stages/pets/prod/canary"),
+            Some(("pets", "prod"))
+        );
+        assert_eq!(canary_path("/stages/pets/canary"), None);
+        assert_eq!(canary_path("/stages/pets/a/b/canary"), None);
+        assert_eq!(
+            allowed("/stages/pets/prod/canary"),
+            Some(&[Method::Post][..])
+        );
     }
 
     #[test]
