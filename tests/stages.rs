@@ -583,3 +583,52 @@ fn the_admin_api_moves_promotes_and_rolls_back_a_canary() {
         .lines()
         .any(|l| l.contains("canary of stage \"prod\" of api \"shop\"")));
 }
+
+/// Parameter mapping reads the stage a request was routed to:
+/// `$context.stage` and `$stageVariables.NAME`, a canary's overrides
+/// included.
+#[test]
+fn mappings_read_the_stage_and_its_variables() {
+    let echo = Backend::start(Reply::Echo);
+    let gw = Gateway::start(&format!(
+        r#"
+[server]
+listen = ["127.0.0.1:0"]
+shards = 1
+
+[[apis]]
+name = "m"
+
+[[apis.deployments]]
+name = "d"
+[[apis.deployments.routes]]
+key = "GET /x"
+integration = {{ type = "http_proxy", url = "http://{echo}/x" }}
+[apis.deployments.routes.mapping.request]
+"append:header.x-seen" = "${{context.stage}}:${{stageVariables.color}}"
+
+[[apis.stages]]
+name = "prod"
+deployment = "d"
+variables = {{ color = "blue" }}
+
+[[apis.stages]]
+name = "beta"
+deployment = "d"
+variables = {{ color = "green" }}
+[apis.stages.canary]
+deployment = "d"
+percent = 100
+variables = {{ color = "red" }}
+"#,
+        echo = echo.addr_str()
+    ));
+    let seen = |path: &str| {
+        let body = call(agent().get(&gw.url(path)), None).text();
+        body.lines()
+            .find_map(|l| l.strip_prefix("x-seen: ").map(str::to_string))
+            .unwrap_or_else(|| panic!("no x-seen in {body}"))
+    };
+    assert_eq!(seen("/prod/x"), "prod:blue");
+    assert_eq!(seen("/beta/x"), "beta:red");
+}

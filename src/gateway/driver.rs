@@ -567,7 +567,13 @@ async fn proxy(
             .state
             .api_key
             .and_then(|k| x.generation.policies.api_keys.name(k)),
-        stage: mapping::DEFAULT_STAGE,
+        stage: match &route.stage {
+            Some(tag) => mapping::Stage {
+                name: &tag.stage,
+                variables: &tag.variables,
+            },
+            None => mapping::DEFAULT_STAGE,
+        },
     });
     let mut mapped_badly = None;
     {

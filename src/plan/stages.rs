@@ -35,14 +35,22 @@ pub struct StageTag {
     pub canary: bool,
     /// `x-coregate-deployment: NAME\r\n`, added to every response of the set.
     pub header: Box<[u8]>,
+    /// The set's stage variables (a canary's overrides applied), sorted by
+    /// name: what parameter mapping's `$stageVariables.NAME` reads.
+    pub variables: Vec<(String, String)>,
 }
 
 impl StageTag {
-    fn new(stage: &str, deployment: &str, canary: bool) -> StageTag {
+    fn new(stage: &str, deployment: &str, canary: bool, scope: &VarScope<'_>) -> StageTag {
+        let mut variables: BTreeMap<String, String> = scope.vars.clone();
+        if let Some(o) = scope.overrides {
+            variables.extend(o.iter().map(|(k, v)| (k.clone(), v.clone())));
+        }
         StageTag {
             stage: stage.to_string(),
             deployment: deployment.to_string(),
             canary,
+            variables: variables.into_iter().collect(),
             header: format!("{DEPLOYMENT_HEADER}: {deployment}\r\n")
                 .into_bytes()
                 .into(),
@@ -702,7 +710,7 @@ fn expand_api(x: &mut Expanded, ai: usize, api: &RawApi, akey: &str) {
             Variant {
                 api: ai,
                 kind: Kind::Stage(canary_no),
-                tag: Some(StageTag::new(&stage.name, &dep.name, false)),
+                tag: Some(StageTag::new(&stage.name, &dep.name, false, &scope)),
                 first: std::mem::take(&mut first),
                 bucket_api: primary_index,
             },
@@ -723,7 +731,7 @@ fn expand_api(x: &mut Expanded, ai: usize, api: &RawApi, akey: &str) {
                 Variant {
                     api: ai,
                     kind: Kind::Canary(no),
-                    tag: Some(StageTag::new(&stage.name, &cdep.name, true)),
+                    tag: Some(StageTag::new(&stage.name, &cdep.name, true, &scope)),
                     first: false,
                     bucket_api: primary_index,
                 },
