@@ -15,7 +15,7 @@ type Check = fn(&[u8]);
 #[test]
 fn every_kept_fuzz_input_passes_its_target_check() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fuzz/corpus");
-    let targets: [(&str, Check); 7] = [
+    let targets: [(&str, Check); 8] = [
         ("request_head", checks::request_head),
         ("chunked", checks::chunked),
         ("response_head", checks::response_head),
@@ -23,6 +23,7 @@ fn every_kept_fuzz_input_passes_its_target_check() {
         ("config", checks::config),
         ("sigv4_canonical", checks::sigv4_canonical),
         ("jwt", checks::jwt),
+        ("ws_frames", checks::ws_frames),
     ];
     for (name, check) in targets {
         let dir = root.join(name);

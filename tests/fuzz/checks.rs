@@ -142,3 +142,47 @@ pub fn jwt(data: &[u8]) {
     }
     let _ = jwks::parse(data, Origin::Url);
 }
+
+/// The WebSocket frame decoder on any bytes, as a client's stream: the
+/// first byte picks the limits (frame and message size, binary allowed).
+/// Never a panic; a header never claims more bytes than it read; a
+/// message handed on is within the limit, and valid UTF-8 when it is text;
+/// a close code handed on is one a client may send (or 1005 for none).
+pub fn ws_frames(data: &[u8]) {
+    use coregate::http::ws::{parse_header, unmask, valid_close_code, Assembler, Event};
+    let Some((&how, mut rest)) = data.split_first() else {
+        return;
+    };
+    let max_frame = 1 + (how as usize & 0x0f) * 64;
+    let max_message = max_frame * (1 + ((how >> 4) as usize & 0x07));
+    let mut a = Assembler::new(max_message, how & 0x80 != 0);
+    loop {
+        let h = match parse_header(rest, max_frame) {
+            Ok(Some(h)) => h,
+            Ok(None) | Err(_) => return,
+        };
+        assert!(h.len <= rest.len() && h.len <= 14);
+        assert!(h.payload <= max_frame);
+        let Some(payload) = rest.get(h.len..h.len + h.payload) else {
+            return;
+        };
+        let mut payload = payload.to_vec();
+        unmask(&mut payload, h.mask);
+        match a.push(&h, &payload) {
+            Ok(Event::Message { binary, data }) => {
+                assert!(data.len() <= max_message);
+                if !binary {
+                    assert!(std::str::from_utf8(&data).is_ok());
+                }
+            }
+            Ok(Event::Close { code }) => {
+                assert!(code == 1005 || valid_close_code(code), "close code {code}");
+                return;
+            }
+            Ok(_) => {}
+            Err(_) => return,
+        }
+        rest = &rest[h.len + h.payload..];
+    }
+}
+
