@@ -185,4 +185,3 @@ pub fn ws_frames(data: &[u8]) {
         rest = &rest[h.len + h.payload..];
     }
 }
-
