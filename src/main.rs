@@ -564,7 +564,12 @@ fn usage(problem: &str) -> ExitCode {
 }
 
 fn load(path: &std::path::Path) -> Result<plan::Plan, ExitCode> {
-    plan::load(path).map_err(|errors| {
+    load_with_text(path).map(|(_, plan)| plan)
+}
+
+/// The config file's text and its plan; every error is printed.
+fn load_with_text(path: &std::path::Path) -> Result<(String, plan::Plan), ExitCode> {
+    plan::load_file(path).map_err(|errors| {
         for e in &errors {
             eprintln!("error: {e}");
         }
@@ -601,23 +606,9 @@ fn check(path: &std::path::Path) -> ExitCode {
 
 fn serve(path: &std::path::Path) -> ExitCode {
     // The text is kept: the admin API shows the running config.
-    let mut text = match std::fs::read_to_string(path) {
-        Ok(t) => t,
-        Err(e) => {
-            eprintln!("error: (file): cannot read {}: {e}", path.display());
-            eprintln!("{}: 1 error(s)", path.display());
-            return ExitCode::from(1);
-        }
-    };
-    let plan = match plan::load_text_in(&text, path.parent()) {
-        Ok(p) => p,
-        Err(errors) => {
-            for e in &errors {
-                eprintln!("error: {e}");
-            }
-            eprintln!("{}: {} error(s)", path.display(), errors.len());
-            return ExitCode::from(1);
-        }
+    let (mut text, plan) = match load_with_text(path) {
+        Ok(loaded) => loaded,
+        Err(code) => return code,
     };
     // Register signals before the shards start, so none is missed. A flag
     // polled by this thread, rather than signal-hook's blocking iterator,
@@ -851,26 +842,25 @@ fn reload(
     given: Option<String>,
     write: bool,
 ) -> Result<u64, Vec<String>> {
-    let read = match given {
-        Some(t) => Ok(t),
-        None => std::fs::read_to_string(path)
-            .map_err(|e| vec![format!("(file): cannot read {}: {e}", path.display())]),
+    let loaded = match given {
+        Some(t) => plan::load_text_in(&t, path.parent()).map(|p| (t, p)),
+        None => plan::load_file(path),
     };
-    let outcome = read.and_then(|t| {
-        let plan = plan::load_text_in(&t, path.parent())
-            .map_err(|errors| errors.iter().map(|e| e.to_string()).collect::<Vec<_>>())?;
-        let n = server.reload(plan)?;
-        *running = t;
-        if write {
-            coregate::config::write_atomic(path, running).map_err(|e| {
-                vec![format!(
-                    "generation {n} serves the new config, but the config file was not \
+    let outcome = loaded
+        .map_err(|errors| errors.iter().map(|e| e.to_string()).collect::<Vec<_>>())
+        .and_then(|(t, plan)| {
+            let n = server.reload(plan)?;
+            *running = t;
+            if write {
+                coregate::config::write_atomic(path, running).map_err(|e| {
+                    vec![format!(
+                        "generation {n} serves the new config, but the config file was not \
                      updated ({e}): a restart would start from the file as it is"
-                )]
-            })?;
-        }
-        Ok(n)
-    });
+                    )]
+                })?;
+            }
+            Ok(n)
+        });
     match &outcome {
         Ok(n) => coregate::log!(
             "info",

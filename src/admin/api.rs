@@ -92,29 +92,18 @@ pub fn answer(
             ))
         }
         (Method::Post, "/config/validate") => validate(ctx, body),
-        (Method::Put, "/config") => {
-            let text = config_text(body)?;
-            let (tx, rx) = crossbeam_channel::bounded(1);
-            ask(
-                ctx,
-                MainRequest::Reload {
-                    who: who.to_string(),
-                    text: Some(text),
-                    reply: tx,
-                },
-            )?;
-            match rx.recv_timeout(super::RELOAD_TIMEOUT) {
-                Ok(Ok(generation)) => Ok((200, json!({ "generation": generation }))),
-                Ok(Err(errors)) => Err(refused(
-                    errors,
-                    "The config was not applied; the gateway serves the one it had",
-                )),
-                Err(_) => Err(error(
-                    503,
-                    "The gateway did not answer (it may be stopping)",
-                )),
-            }
-        }
+        (Method::Post, "/reload") => install(
+            ctx,
+            who.to_string(),
+            None,
+            "The config was not reloaded; the gateway serves the one it had",
+        ),
+        (Method::Put, "/config") => install(
+            ctx,
+            who.to_string(),
+            Some(config_text(body)?),
+            "The config was not applied; the gateway serves the one it had",
+        ),
         (Method::Get, "/status") => status(ctx),
         (Method::Get, "/keys") => list_keys(ctx),
         (Method::Post, "/keys") => {
@@ -166,6 +155,40 @@ fn ask(ctx: &Context, req: MainRequest) -> Result<(), (u16, Value)> {
     ctx.main
         .send(req)
         .map_err(|_| error(503, crate::runtime::STOPPING))
+}
+
+/// Has the main thread reload the config file (`text` None), or install
+/// `text` and write it to the file, and waits for its answer: 200 with
+/// the generation; 400 with every error, `refusal` as the message; 503
+/// while the gateway stops or when it does not answer.
+fn install(ctx: &Context, who: String, text: Option<String>, refusal: &str) -> Answer {
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    ask(
+        ctx,
+        MainRequest::Reload {
+            who,
+            text,
+            reply: tx,
+        },
+    )?;
+    let generation = answer_of(rx.recv_timeout(super::RELOAD_TIMEOUT), refusal)?;
+    Ok((200, json!({ "generation": generation })))
+}
+
+/// The answer to a change the main thread was asked for: its value, or
+/// its refusal.
+fn answer_of<T>(
+    got: Result<Result<T, Vec<String>>, crossbeam_channel::RecvTimeoutError>,
+    refusal: &str,
+) -> Result<T, (u16, Value)> {
+    match got {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(errors)) => Err(refused(errors, refusal)),
+        Err(_) => Err(error(
+            503,
+            "The gateway did not answer (it may be stopping)",
+        )),
+    }
 }
 
 /// The running config, from the main thread.
@@ -334,26 +357,12 @@ fn canary(ctx: &Context, who: &str, api: &str, stage: &str, body: &[u8]) -> Answ
         ),
     };
     let text = edited.map_err(|e| error(400, &e))?;
-    let (tx, rx) = crossbeam_channel::bounded(1);
-    ask(
+    install(
         ctx,
-        MainRequest::Reload {
-            who: format!("{who} (canary of stage {stage:?} of api {api:?})"),
-            text: Some(text),
-            reply: tx,
-        },
-    )?;
-    match rx.recv_timeout(super::RELOAD_TIMEOUT) {
-        Ok(Ok(generation)) => Ok((200, json!({ "generation": generation }))),
-        Ok(Err(errors)) => Err(refused(
-            errors,
-            "The canary was not changed; the gateway serves the config it had",
-        )),
-        Err(_) => Err(error(
-            503,
-            "The gateway did not answer (it may be stopping)",
-        )),
-    }
+        format!("{who} (canary of stage {stage:?} of api {api:?})"),
+        Some(text),
+        "The canary was not changed; the gateway serves the config it had",
+    )
 }
 
 /// The keys file the running config names.
@@ -402,24 +411,16 @@ fn change_key(ctx: &Context, who: &str, change: KeyChange) -> Answer {
             reply: tx,
         },
     )?;
-    match rx.recv_timeout(super::RELOAD_TIMEOUT) {
-        Ok(Ok(a)) => {
-            let mut v = json!({ "generation": a.generation });
-            if let Some((id, key)) = a.created {
-                v["id"] = json!(id);
-                v["key"] = json!(key);
-            }
-            Ok((if creating { 201 } else { 200 }, v))
-        }
-        Ok(Err(errors)) => Err(refused(
-            errors,
-            "The keys were not changed; the gateway serves the ones it had",
-        )),
-        Err(_) => Err(error(
-            503,
-            "The gateway did not answer (it may be stopping)",
-        )),
+    let a = answer_of(
+        rx.recv_timeout(super::RELOAD_TIMEOUT),
+        "The keys were not changed; the gateway serves the ones it had",
+    )?;
+    let mut v = json!({ "generation": a.generation });
+    if let Some((id, key)) = a.created {
+        v["id"] = json!(id);
+        v["key"] = json!(key);
     }
+    Ok((if creating { 201 } else { 200 }, v))
 }
 
 /// The value of `name` in a query string (no percent-decoding: key names,

@@ -338,7 +338,6 @@ fn answer(shared: &Shared, buf: &[u8], head: &RequestHead, body: &[u8], peer: &s
     }
     let who = || format!("admin client {peer}");
     match (method, path) {
-        (Method::Post, "/reload") => reload(shared, peer),
         (Method::Get, "/metrics") => {
             let om = header(buf, head, "accept").is_some_and(expo::wants_openmetrics);
             let merged = super::scrape(&shared.ctx.inboxes);
@@ -379,47 +378,6 @@ fn answer(shared: &Shared, buf: &[u8], head: &RequestHead, body: &[u8], peer: &s
                 r
             }
         },
-    }
-}
-
-/// `POST /reload`: asks the main thread to reload the config and waits for
-/// its answer. 200 `{"generation": N}`; 400 `{"message", "errors"}` when
-/// the config was refused (the old one keeps serving); 503 when the
-/// gateway is stopping or does not answer.
-fn reload(shared: &Shared, peer: &str) -> Response {
-    let (tx, rx) = crossbeam_channel::bounded(1);
-    let asked = shared.ctx.main.send(crate::runtime::MainRequest::Reload {
-        who: format!("admin client {peer}"),
-        text: None,
-        reply: tx,
-    });
-    if asked.is_err() {
-        return Response::error(503, "The gateway is stopping: no reload");
-    }
-    match rx.recv_timeout(super::RELOAD_TIMEOUT) {
-        Ok(Ok(generation)) => Response::ok(
-            "application/json",
-            serde_json::json!({ "generation": generation })
-                .to_string()
-                .into_bytes(),
-        ),
-        Ok(Err(errors)) if errors.first().map(String::as_str) == Some(crate::runtime::STOPPING) => {
-            Response::error(503, crate::runtime::STOPPING)
-        }
-        Ok(Err(errors)) => {
-            let mut r = Response::error(400, "");
-            r.body = serde_json::json!({
-                "message": "The config was not reloaded; the gateway serves the one it had",
-                "errors": errors,
-            })
-            .to_string()
-            .into_bytes();
-            r
-        }
-        Err(_) => Response::error(
-            503,
-            "The gateway did not answer the reload request (it may be stopping)",
-        ),
     }
 }
 

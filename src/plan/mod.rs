@@ -118,13 +118,19 @@ pub enum Integration {
 
 /// Reads, parses and compiles a config file.
 pub fn load(path: &Path) -> Result<Plan, Vec<ConfigError>> {
+    load_file(path).map(|(_, plan)| plan)
+}
+
+/// As [`load`], with the file's text (what a reload keeps to show).
+pub fn load_file(path: &Path) -> Result<(String, Plan), Vec<ConfigError>> {
     let text = std::fs::read_to_string(path).map_err(|e| {
         vec![ConfigError::new(
             "(file)",
             format!("cannot read {}: {e}", path.display()),
         )]
     })?;
-    load_text(&text, path.parent())
+    let plan = load_text(&text, path.parent())?;
+    Ok((text, plan))
 }
 
 /// Parses and compiles config text.

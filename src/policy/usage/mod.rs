@@ -97,17 +97,7 @@ impl UsagePlans {
             // Nothing is counted on either side.
             return true;
         }
-        let quotas = |p: &UsagePlans| {
-            p.plans
-                .iter()
-                .map(|u| (u.name.clone(), u.quota))
-                .collect::<Vec<_>>()
-        };
-        self.key_ids == other.key_ids
-            && self.key_plan == other.key_plan
-            && self.data_dir == other.data_dir
-            && self.flush_interval == other.flush_interval
-            && quotas(self) == quotas(other)
+        self.key_ids.len() == other.key_ids.len() && self.extends_to(other)
     }
 
     /// Whether usage state made for `self` can take in `other`
