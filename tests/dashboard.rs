@@ -164,3 +164,82 @@ integration = { type = "http_proxy", url = "http://echo/bg" }
         "the page never got its data:\n{dom}"
     );
 }
+
+/// The key table: the keys with the most use, with their quota left, as
+/// the usage store has them once the shards' counts are flushed.
+#[test]
+fn the_dashboard_shows_the_keys_with_the_most_use_and_their_quota_left() {
+    let dir = temp_path("dashboard-keys");
+    std::fs::create_dir_all(&dir).expect("test dir");
+    let keys = dir.join("keys.toml");
+    let alice = create_key(&keys, "alice", Some("gold"));
+    let bob = create_key(&keys, "bob", Some("gold"));
+    let _carol = create_key(&keys, "carol", None);
+    let gw = Gateway::start(&fill(
+        r#"
+[server]
+listen = ["127.0.0.1:0"]
+shards = 2
+api_keys_file = "@KEYS@"
+data_dir = "@DATA@"
+usage_flush_interval_ms = 100
+
+[[usage_plans]]
+name = "gold"
+apis = ["pets"]
+quota = { limit = 1000, period = "DAY" }
+
+[[apis]]
+name = "pets"
+api_key_required = true
+
+[[apis.routes]]
+key = "GET /list"
+integration = { type = "mock", body = "pets" }
+"#,
+        &[
+            ("KEYS", keys.display().to_string()),
+            ("DATA", dir.join("data").display().to_string()),
+        ],
+    ));
+    // alice 37 requests and bob 12, over several connections (both shards).
+    for (key, n) in [(&alice, 37), (&bob, 12)] {
+        for chunk in 0..n {
+            let mut c = gw.client();
+            let r = c.request(
+                format!("GET /list HTTP/1.1\r\nHost: t\r\nx-api-key: {key}\r\n\r\n").as_bytes(),
+            );
+            assert_eq!(r.status, 200, "request {chunk}");
+        }
+    }
+    let row = |name: &str| format!("data-key=\"{name}\"");
+    let mut dom = String::new();
+    // The shards report every 10 ms and the store is written every 100 ms.
+    for _ in 0..10 {
+        dom = dump_dom(&gw.admin_url("/dashboard"));
+        if cell(&dom, &row("alice"), "used").as_deref() == Some("37")
+            && cell(&dom, &row("bob"), "used").as_deref() == Some("12")
+        {
+            break;
+        }
+        thread::sleep(Duration::from_millis(300));
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(
+        cell(&dom, &row("alice"), "used").as_deref(),
+        Some("37"),
+        "{dom}"
+    );
+    assert_eq!(cell(&dom, &row("alice"), "today").as_deref(), Some("37"));
+    assert_eq!(cell(&dom, &row("alice"), "limit").as_deref(), Some("1,000"));
+    assert_eq!(cell(&dom, &row("alice"), "left").as_deref(), Some("963"));
+    assert_eq!(cell(&dom, &row("bob"), "left").as_deref(), Some("988"));
+    assert_eq!(cell(&dom, &row("carol"), "today").as_deref(), Some("0"));
+    // Most used first.
+    let (a, b, c) = (
+        dom.find(&row("alice")).expect("alice"),
+        dom.find(&row("bob")).expect("bob"),
+        dom.find(&row("carol")).expect("carol"),
+    );
+    assert!(a < b && b < c, "order alice, bob, carol:\n{dom}");
+}

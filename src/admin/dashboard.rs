@@ -10,6 +10,10 @@
 use super::Context;
 use crate::observe::hist::HistSnapshot;
 use crate::observe::snapshot::{Merged, SeriesSnapshot};
+use crate::observe::usage_report::{top_keys, KeyUse};
+use crate::policy::usage::clock::format_day;
+use crate::policy::usage::UsagePlans;
+use crate::runtime::MainRequest;
 use crossbeam_channel::{Receiver, Sender};
 use serde_json::{json, Value};
 use std::collections::VecDeque;
@@ -143,7 +147,7 @@ impl History {
         }
     }
 
-    fn json(&self, m: &Merged, ctx: &Context, now: f64) -> Value {
+    fn json(&self, m: &Merged, ctx: &Context, now: f64, keys: Value) -> Value {
         let fresh = totals(m, now);
         let base = self.window.front();
         let span = base.map_or(0.0, |b| now - b.t);
@@ -276,6 +280,7 @@ impl History {
             "series": series,
             "upstreams": upstreams,
             "shards": shards,
+            "keys": keys,
             "process": {
                 "resident_bytes": process.resident_bytes,
                 "open_fds": process.open_fds,
@@ -296,6 +301,7 @@ fn epoch_now() -> f64 {
 pub(super) fn sampler(ctx: &Context, requests: Receiver<DataRequest>) {
     let ticker = crossbeam_channel::tick(SAMPLE_EVERY);
     let mut history = History::default();
+    let mut usage = UsageCache::default();
     history.push(totals(&super::scrape(&ctx.inboxes), epoch_now()));
     loop {
         crossbeam_channel::select! {
@@ -306,11 +312,79 @@ pub(super) fn sampler(ctx: &Context, requests: Receiver<DataRequest>) {
             recv(requests) -> req => {
                 let Ok(req) = req else { return };
                 let m = super::scrape(&ctx.inboxes);
-                let body = history.json(&m, ctx, epoch_now()).to_string();
+                let keys = usage.keys(ctx, m.generation);
+                let body = history.json(&m, ctx, epoch_now(), keys).to_string();
                 let _ = req.reply.send(body);
             }
         }
     }
+}
+
+/// Keys shown in the dashboard's key table.
+pub const TOP_KEYS: usize = 20;
+/// The running config's usage plans are asked for again after this long
+/// even when the generation did not change (keys may change without one).
+const USAGE_PLANS_TTL: Duration = Duration::from_secs(5);
+
+/// The running config's keys and usage plans, asked of the main thread
+/// when the generation changes or the copy is older than
+/// [`USAGE_PLANS_TTL`], rather than at every poll.
+#[derive(Default)]
+struct UsageCache {
+    plans: Option<(u64, std::time::Instant, UsagePlans)>,
+}
+
+impl UsageCache {
+    /// The dashboard's `keys` object: `recorded` (whether the config
+    /// records usage), the top keys, or the error reading the store.
+    fn keys(&mut self, ctx: &Context, generation: u64) -> Value {
+        let fresh = |p: &(u64, std::time::Instant, UsagePlans)| {
+            p.0 == generation && p.1.elapsed() < USAGE_PLANS_TTL
+        };
+        if !self.plans.as_ref().is_some_and(fresh) {
+            let (tx, rx) = crossbeam_channel::bounded(1);
+            let asked = ctx.main.send(MainRequest::Running { reply: tx }).is_ok();
+            match asked
+                .then(|| rx.recv_timeout(USAGE_PLANS_TTL).ok())
+                .flatten()
+            {
+                Some(r) => {
+                    self.plans = Some((
+                        r.generation,
+                        std::time::Instant::now(),
+                        r.plan.policies.usage,
+                    ))
+                }
+                None => return json!({ "recorded": false, "error": "the gateway did not answer" }),
+            }
+        }
+        let Some((_, _, plans)) = &self.plans else {
+            return json!({ "recorded": false });
+        };
+        match top_keys(plans, TOP_KEYS) {
+            Ok(None) => json!({ "recorded": false, "keys": plans.key_names.len() }),
+            Ok(Some(top)) => json!({
+                "recorded": true,
+                "keys": plans.key_names.len(),
+                "top": top.iter().map(key_json).collect::<Vec<_>>(),
+            }),
+            Err(e) => json!({ "recorded": true, "error": e }),
+        }
+    }
+}
+
+fn key_json(k: &KeyUse) -> Value {
+    json!({
+        "key": k.key,
+        "plan": k.plan,
+        "today": k.today,
+        "quota": k.quota.as_ref().map(|q| json!({
+            "period": format!("{}..{}", format_day(q.start), format_day(q.end - 1)),
+            "used": q.used,
+            "limit": q.limit,
+            "left": q.limit.saturating_sub(q.used),
+        })),
+    })
 }
 
 /// One row of the API or route table: `s`'s totals, and what changed

@@ -1,9 +1,11 @@
 //! The usage report of `coregate usage` and the admin API's `GET /usage`:
 //! recorded usage per key per day from the store, and where the config
-//! gives a key a quota, what is used of it this period.
+//! gives a key a quota, what is used of it this period; and the
+//! dashboard's table of the keys with the most use ([`top_keys`]).
 
 use crate::policy::usage::clock::{self, format_day, parse_day};
 use crate::policy::usage::store::Store;
+use crate::policy::usage::UsagePlans;
 use std::path::PathBuf;
 
 /// Options of `coregate usage`.
@@ -83,48 +85,138 @@ pub fn run(opts: &Options, out: &mut impl std::io::Write) -> Result<(), String> 
         )?;
     }
     if let Some(plan) = &opts.plan {
-        let u = &plan.policies.usage;
-        let mut header = false;
-        for k in 0..u.key_plan.len() as u32 {
-            let (Some(Some(p)), Some(id), Some(name)) = (
-                u.key_plan.get(k as usize),
-                u.key_ids.get(k as usize),
-                u.key_names.get(k as usize),
-            ) else {
-                continue;
-            };
-            if let Some(want) = &opts.key {
-                if want != id && want != name {
-                    continue;
-                }
-            }
-            let Some(plan) = u.plans.get(*p as usize) else {
-                continue;
-            };
-            let Some(q) = plan.quota else { continue };
-            let start = q.period.start(today);
-            let end = q.period.end(start);
-            let used = store.sum(id, start, end)?;
-            // The offset applies to the plan's first period only.
-            let limit = match store.recorded_first_period(&plan.name)? {
-                Some(first) if first == start => q.limit.saturating_sub(q.offset),
-                _ => q.limit,
-            };
-            if !header {
-                header = true;
-                w(out, "\nkey\tplan\tperiod\tused\tlimit\n".into())?;
-            }
+        let quotas = quota_uses(&plan.policies.usage, &store, opts.key.as_deref(), today)?;
+        if !quotas.is_empty() {
+            w(out, "\nkey\tplan\tperiod\tused\tlimit\n".into())?;
+        }
+        for q in &quotas {
             w(
                 out,
                 format!(
-                    "{name}\t{}\t{}..{}\t{used}\t{}\n",
-                    plan.name,
-                    format_day(start),
-                    format_day(end - 1),
-                    limit
+                    "{}\t{}\t{}..{}\t{}\t{}\n",
+                    q.key,
+                    q.plan,
+                    format_day(q.start),
+                    format_day(q.end - 1),
+                    q.used,
+                    q.limit
                 ),
             )?;
         }
     }
     Ok(())
+}
+
+/// One key's quota in the period that holds `today`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuotaUse {
+    pub key: String,
+    pub key_id: String,
+    pub plan: String,
+    /// The period's days, `start..end`.
+    pub start: i64,
+    pub end: i64,
+    /// Requests recorded in the period (what the shards have not reported
+    /// yet, at most one flush interval's, is not in it).
+    pub used: u64,
+    pub limit: u64,
+}
+
+/// The quota use of every key of `u` whose plan has a quota (or only of
+/// `key`, by name or id), in config order.
+pub fn quota_uses(
+    u: &UsagePlans,
+    store: &Store,
+    key: Option<&str>,
+    today: i64,
+) -> Result<Vec<QuotaUse>, String> {
+    let mut out = Vec::new();
+    for k in 0..u.key_plan.len() {
+        let (Some(Some(p)), Some(id), Some(name)) =
+            (u.key_plan.get(k), u.key_ids.get(k), u.key_names.get(k))
+        else {
+            continue;
+        };
+        if key.is_some_and(|want| want != id && want != name) {
+            continue;
+        }
+        let Some(plan) = u.plans.get(*p as usize) else {
+            continue;
+        };
+        let Some(q) = plan.quota else { continue };
+        let start = q.period.start(today);
+        let end = q.period.end(start);
+        let used = store.sum(id, start, end)?;
+        // The offset applies to the plan's first period only.
+        let limit = match store.recorded_first_period(&plan.name)? {
+            Some(first) if first == start => q.limit.saturating_sub(q.offset),
+            _ => q.limit,
+        };
+        out.push(QuotaUse {
+            key: name.clone(),
+            key_id: id.clone(),
+            plan: plan.name.clone(),
+            start,
+            end,
+            used,
+            limit,
+        });
+    }
+    Ok(out)
+}
+
+/// One key's use, for the dashboard.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyUse {
+    pub key: String,
+    pub plan: Option<String>,
+    /// Requests recorded today (UTC).
+    pub today: u64,
+    /// The key's quota this period, if its plan has one.
+    pub quota: Option<QuotaUse>,
+}
+
+/// The `top` keys of `u` with the most use (quota used this period, then
+/// requests today), from the store in `u.data_dir`; `Ok(None)` when the
+/// config records no usage.
+pub fn top_keys(u: &UsagePlans, top: usize) -> Result<Option<Vec<KeyUse>>, String> {
+    let Some(dir) = &u.data_dir else {
+        return Ok(None);
+    };
+    let store = Store::open_read_only(dir)?;
+    let today = clock::today();
+    let days = store.rows(None, today, today + 1)?;
+    let mut quotas = quota_uses(u, &store, None, today)?;
+    let mut keys: Vec<KeyUse> = Vec::with_capacity(u.key_ids.len());
+    for (k, (id, name)) in u.key_ids.iter().zip(&u.key_names).enumerate() {
+        let plan = u
+            .key_plan
+            .get(k)
+            .copied()
+            .flatten()
+            .and_then(|p| u.plans.get(p as usize))
+            .map(|p| p.name.clone());
+        let quota = quotas
+            .iter()
+            .position(|q| &q.key_id == id)
+            .map(|i| quotas.swap_remove(i));
+        keys.push(KeyUse {
+            key: name.clone(),
+            plan,
+            today: days
+                .iter()
+                .filter(|r| &r.key_id == id)
+                .map(|r| r.count)
+                .sum(),
+            quota,
+        });
+    }
+    keys.sort_by(|a, b| {
+        let used = |k: &KeyUse| k.quota.as_ref().map_or(0, |q| q.used);
+        (used(b), b.today)
+            .cmp(&(used(a), a.today))
+            .then_with(|| a.key.cmp(&b.key))
+    });
+    keys.truncate(top);
+    Ok(Some(keys))
 }
