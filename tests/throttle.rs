@@ -596,34 +596,41 @@ fn rate_1_burst_2_on_two_shards_after_idle() {
         let mut it = groups.iter_mut().map(|g| g.remove(0));
         (it.next().unwrap(), it.next().unwrap())
     };
-    let mut round = |order: &[usize]| -> Vec<u16> {
+    // The answers, and when each request went out and how long it took.
+    let mut round = |order: &[usize]| -> (Vec<u16>, String) {
         thread::sleep(Duration::from_secs(3));
-        order
+        let t0 = Instant::now();
+        let mut timing = String::new();
+        let got = order
             .iter()
             .map(|&s| {
+                let sent = t0.elapsed();
                 let status = if s == 0 {
                     a.get("/limited")
                 } else {
                     b.get("/limited")
                 }
                 .status;
+                timing.push_str(&format!(" [sent {sent:?} took {:?}]", t0.elapsed() - sent));
                 thread::sleep(GAP);
                 status
             })
-            .collect()
+            .collect();
+        (got, timing)
     };
     // Alternating shards: one token on each, as an exact bucket.
-    assert_eq!(round(&[0, 1, 0, 1]), [200, 200, 429, 429], "alternating");
+    let (got, timing) = round(&[0, 1, 0, 1]);
+    assert_eq!(got, [200, 200, 429, 429], "alternating:{timing}");
     // All on one shard: its first request is admitted; the idle shard's
     // token is recalled once a request there found none, so the second
     // token is spent one request later than an exact bucket would
     // (docs/throttling.md, "Latency, not count"): 2 of 4 either way.
     for shard in [0, 1] {
-        let got = round(&[shard; 4]);
+        let (got, timing) = round(&[shard; 4]);
         let admitted = got.iter().filter(|&&s| s == 200).count();
         assert!(
             got[0] == 200 && admitted == 2 && got.iter().all(|&s| s == 200 || s == 429),
-            "shard {shard} only: {got:?}"
+            "shard {shard} only: {got:?}:{timing}"
         );
     }
 }
