@@ -12,7 +12,8 @@
 # Environment: SOAK_DUR (seconds of load, 600), SOAK_MAX_DUR (seconds of the
 # maximum-rate measurement, 20), SOAK_LOAD (share of the maximum, 0.8),
 # SOAK_CONNS (client connections, 32), SOAK_COREGATE (a coregate binary to
-# run instead of building the work tree's), SOAK_OUT (the results directory;
+# run instead of building the work tree's; SOAK_COMMIT then names the commit
+# it was built from, for the report), SOAK_OUT (the results directory;
 # default loadtest/results/<timestamp>-soak). Exits 1 when the run finds an
 # unexpected error or a slope over its bound.
 set -euo pipefail
@@ -87,7 +88,7 @@ TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 cp "${SOAK_COREGATE:-$TARGET_DIR/release/coregate}" "$WORK/coregate"
 COREGATE=$WORK/coregate
 CGLOAD=$LT/cgload/target/release/cgload
-COMMIT=$(git -C "$ROOT" rev-parse --short HEAD)$(git -C "$ROOT" diff --quiet HEAD -- src Cargo.toml Cargo.lock || echo "+changes")
+COMMIT=${SOAK_COMMIT:-$(git -C "$ROOT" rev-parse --short HEAD)$(git -C "$ROOT" diff --quiet HEAD -- src Cargo.toml Cargo.lock || echo "+changes")}
 
 # === backends: two nginx targets, one worker each ===
 head -c 1048576 /dev/zero | tr '\0' 'x' >"$WORK/www/big"
