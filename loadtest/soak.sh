@@ -176,6 +176,10 @@ api_keys_file = "$WORK/keys.toml"
 [server.limits]
 max_body_bytes = 16777216
 
+# No admin listener: its default port may be another gateway's.
+[admin]
+enabled = false
+
 [[upstreams]]
 name = "backend"
 targets = [{ address = "127.0.0.1:$A_PORT" }, { address = "127.0.0.1:$B_PORT" }]
