@@ -13,6 +13,9 @@
 #                              seconds per throttle-accuracy run (default 60)
 #   loadtest/run.sh --profile  also record perf profiles of coregate (proxied
 #                              and mock) and nginx under wrk load
+#   loadtest/run.sh --only soak  10 minutes at 80% of the maximum with policies,
+#                              restarts and an outage (loadtest/soak.sh;
+#                              SOAK_DUR=60 shortens it)
 #
 # Layout (shared/DESIGN.md, "Measuring on a 2-core machine"): the load
 # generator on CPU 0; the proxy under test (one coregate shard, or one nginx
@@ -60,6 +63,11 @@ fi
 THR_RATE=1000 THR_BURST=100 THR_LOAD=3 THR_CONNS=8
 if want throttle-accuracy && [ -z "$USER_MAX_SECS" -o $SMOKE = 1 ]; then
     MAX_SECS=$((MAX_SECS + 6 * (THR_DUR + 5)))
+fi
+# soak (only with --only soak): SOAK_DUR seconds of load plus its set-up.
+SOAK_DUR=${SOAK_DUR:-$([ $SMOKE = 1 ] && echo 20 || echo 600)}
+if want soak && [ -z "$USER_MAX_SECS" -o $SMOKE = 1 ]; then
+    MAX_SECS=$((MAX_SECS + SOAK_DUR + 360))
 fi
 PROFILE_DUR=$([ $SMOKE = 1 ] && echo 2 || echo 8)
 LAT_CONNS=$CONNS
@@ -822,6 +830,17 @@ if want throttle-accuracy; then
     stop_pid "$THR_PID"
 fi
 
+# === soak: a long run with policies, restarts and an outage (loadtest/soak.sh) ===
+# Its own gateway (2 shards, ports 18100-18104) and backends; its report is
+# soak/report.md beside this one. A failed judgement counts as an error.
+if want soak; then
+    log "soak: ${SOAK_DUR}s at 80% of the maximum (loadtest/soak.sh)"
+    SOAK_OUT=$OUT/soak SOAK_DUR=$SOAK_DUR "$LT/soak.sh" >>"$OUT/soak.log" 2>&1 || {
+        log "  soak: failed or found errors (soak/report.md, soak.log)"
+        ERRORS_SEEN=$((ERRORS_SEEN + 1))
+    }
+fi
+
 # === profile (only with --profile): where the proxies spend their CPU ===
 if want profile; then
     command -v perf >/dev/null || apt_install linux-perf
@@ -1093,6 +1112,12 @@ LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)
             head -25 "$f" | cut -c1-110
             echo '```'
         done
+        echo
+    fi
+    if want soak; then
+        echo "## Soak (loadtest/soak.sh)"
+        echo
+        sed -n '3,$p' "$OUT/soak/report.md" 2>/dev/null | sed 's/^## /### /' || echo "no soak report (see soak.log)"
         echo
     fi
     echo "Raw numbers: raw.tsv (section, target, run, metric, value); tool output: wrk.log, cgload.log, work/."

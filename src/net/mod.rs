@@ -992,6 +992,19 @@ impl Listener {
         })
     }
 
+    /// Stops new connections from joining the backlog, while the ones
+    /// already there stay and can be accepted: the kernel drops the SYNs
+    /// (and the last ACKs of handshakes under way) sent to this socket
+    /// (`sys::attach_drop_all_filter`). A client whose SYN was dropped
+    /// sends it again about a second later, and then finds the listener
+    /// closed (refused) or, if another socket of its SO_REUSEPORT group
+    /// still listens, that one. Closing a listener resets the connections
+    /// left in its backlog; called first, and followed by accepts until
+    /// none is left, it leaves none to reset.
+    pub fn refuse_new(&self) -> io::Result<()> {
+        sys::attach_drop_all_filter(self.sock.fd.as_raw_fd())
+    }
+
     /// A connection already waiting in the backlog, without waiting for
     /// one: `Ok(None)` when there is none.
     pub fn try_accept(&self) -> io::Result<Option<(Socket, SocketAddr)>> {

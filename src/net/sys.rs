@@ -67,6 +67,36 @@ pub fn set_nonblocking(fd: RawFd) -> io::Result<()> {
     Ok(())
 }
 
+/// Attaches a classic BPF socket filter that accepts no packet
+/// (`SO_ATTACH_FILTER` with the one instruction `ret #0`). On a listening
+/// TCP socket the kernel then drops every SYN, and every final ACK of a
+/// handshake under way, sent to it: no connection joins its backlog any
+/// more, while the ones already there stay and can be accepted.
+pub fn attach_drop_all_filter(fd: RawFd) -> io::Result<()> {
+    let mut code = [libc::sock_filter {
+        code: (libc::BPF_RET | libc::BPF_K) as u16,
+        jt: 0,
+        jf: 0,
+        k: 0,
+    }];
+    let prog = libc::sock_fprog {
+        len: code.len() as u16,
+        filter: code.as_mut_ptr(),
+    };
+    // SAFETY: `prog` and the code it points to outlive the call (the
+    // kernel copies the program).
+    check(unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_ATTACH_FILTER,
+            (&prog as *const libc::sock_fprog).cast(),
+            size_of::<libc::sock_fprog>() as libc::socklen_t,
+        )
+    })?;
+    Ok(())
+}
+
 pub fn recv(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
     // SAFETY: `buf` is writable for its length.
     check_size(unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) })

@@ -360,3 +360,48 @@ fn is_quiet_trusts_the_reactor_once_it_has_polled() {
         assert!(!s.is_quiet(mark), "end of stream");
     });
 }
+
+/// The drain's listener close: a listener told to refuse new connections
+/// keeps those already in its backlog (accepted and served after), lets no
+/// connection join it any more (a connect does not complete: its SYN is
+/// dropped), and closing it then resets nothing. Without it, the late
+/// connect completed into the backlog and the close reset it.
+#[test]
+fn a_listener_that_refuses_new_connections_keeps_its_backlog() {
+    run(async {
+        let (l, addr) = listener();
+        // Completed by the kernel into the backlog, not accepted yet.
+        let mut early = std::net::TcpStream::connect(addr).unwrap();
+        early.write_all(b"early").unwrap();
+        l.refuse_new().unwrap();
+        let late = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(300));
+        assert!(
+            late.as_ref()
+                .is_err_and(|e| e.kind() == io::ErrorKind::TimedOut),
+            "a connect completed after refuse_new: {late:?}"
+        );
+        let (mut s, _) = l
+            .try_accept()
+            .unwrap()
+            .expect("the early connection is kept");
+        assert!(
+            l.try_accept().unwrap().is_none(),
+            "something joined the backlog"
+        );
+        drop(l);
+        let mut got = [0u8; 5];
+        let mut n = 0;
+        while n < got.len() {
+            n += s.read(&mut got[n..]).await.unwrap();
+        }
+        assert_eq!(&got, b"early");
+        assert_eq!(
+            s.write_vectored(&[IoSlice::new(b"answer")]).await.unwrap(),
+            6
+        );
+        s.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut back = Vec::new();
+        early.read_to_end(&mut back).unwrap();
+        assert_eq!(back, b"answer");
+    });
+}

@@ -386,10 +386,21 @@ impl AcceptFailures {
     }
 }
 
-/// Draining: accepts what is in the backlog without waiting, and serves it
-/// like any connection accepted while draining (see
-/// [`crate::http::conn::Connections::begin_drain`]).
+/// Draining: stops new connections from joining the backlog
+/// ([`Listener::refuse_new`]), then accepts what is in it without waiting,
+/// and serves it like any connection accepted while draining (see
+/// [`crate::http::conn::Connections::begin_drain`]). Nothing can join the
+/// backlog after the last accept, so closing the listener resets nothing.
 fn take_backlog(shard: &Rc<Gateway>, listener: &Listener, tls: bool, max_connections: usize) {
+    if let Err(e) = listener.refuse_new() {
+        // Without the filter a connection completed between the last
+        // accept and the close is reset, as before.
+        crate::log!(
+            "warn",
+            "shard {}: cannot stop new connections before closing a listener: {e}",
+            shard.id
+        );
+    }
     loop {
         match listener.try_accept() {
             Ok(Some((stream, peer))) => serve(shard, stream, peer, tls, max_connections),

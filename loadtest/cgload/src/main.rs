@@ -34,6 +34,10 @@
 //!   address. A response from another shard than the probe's is counted as
 //!   `moved` (the grouping would be wrong).
 //!
+//! - `soak`: a weighted mix of requests (small and large, uploads, headers)
+//!   at a fixed rate or closed loop, every outcome counted by route, kind
+//!   and second (`soak.rs`; loadtest/soak.sh).
+//!
 //! Output is one `key=value` line so the suite's shell script can read it.
 //! Only loopback addresses are accepted.
 
@@ -43,6 +47,8 @@ use std::net::{SocketAddr, TcpStream};
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
+mod soak;
+
 const USAGE: &str = "usage:
   cgload open --addr 127.0.0.1:PORT --rate REQ_PER_S --duration SECS [--warmup SECS]
               [--conns N] [--path /p] [--host H]
@@ -51,7 +57,9 @@ const USAGE: &str = "usage:
               [--path /p] [--host H] [--tls 1.2|1.3]
   cgload throttle --addr 127.0.0.1:PORT --path /limited --probe /unlimited
               --duration SECS --rate REQ_PER_S_PER_ADDRESS --pattern spread|one|move
-              [--conns N] [--from 127.0.0.1[,127.0.0.2...]] [--shards 2] [--host H]";
+              [--conns N] [--from 127.0.0.1[,127.0.0.2...]] [--shards 2] [--host H]
+  cgload soak --addr 127.0.0.1:PORT --mix FILE --duration SECS [--rate REQ_PER_S (0: closed loop)]
+              [--conns N] [--timeout-ms MS] [--series FILE]";
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -64,6 +72,7 @@ fn main() {
         "idle" => idle(&opts),
         "tls" => tls::run(&opts),
         "throttle" => throttle::run(&opts),
+        "soak" => soak::run(&opts),
         _ => fail(USAGE),
     }
 }

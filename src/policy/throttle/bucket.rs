@@ -161,6 +161,9 @@ struct Part {
     /// in advance when it first sees the client: it gets no top-up.
     known: bool,
     starving: bool,
+    /// When it last reported requests refused for lack of tokens: top-ups
+    /// serve the shards that refused most recently first.
+    starved_at: Option<Instant>,
     /// The stream it last said it applied, and the last one sent.
     applied: Stream,
     sent: Stream,
@@ -321,6 +324,9 @@ impl Global {
             p.last_busy = Some(now);
         }
         p.starving = t.starving;
+        if t.starving {
+            p.starved_at = Some(now);
+        }
         if t.seq == p.sent.seq {
             p.applied = p.sent;
         }
@@ -377,7 +383,8 @@ impl Global {
     ///   when the next token is due, whichever is later), and idle shards
     ///   holding more than their share give the excess back while another
     ///   is below it. So the first requests after a quiet spell are served
-    ///   wherever they land.
+    ///   wherever they land. Shards that refused requests most recently are
+    ///   topped up first: tokens recalled for one reach it.
     pub fn distribute(&mut self, now: Instant) -> Grants {
         self.refill(now);
         // A new per-client bucket: the shares of the shards that have not
@@ -469,8 +476,14 @@ impl Global {
             }
             self.last_recall = Some(now);
         }
-        for i in 0..n {
-            let s = (self.rotation + i) % n;
+        // The shards that refused requests most recently first, the others
+        // in rotation: tokens recalled for a refusing shard go to it even
+        // when its demand faded (within tens of ms) before the idle shards
+        // answered the recall (up to an idle tick), instead of back to an
+        // idle shard that has no request.
+        let mut order: SmallVec<[usize; 8]> = (0..n).map(|i| (self.rotation + i) % n).collect();
+        order.sort_by_key(|&s| std::cmp::Reverse(self.parts[s].starved_at));
+        for s in order {
             if !idle(&self.parts[s]) {
                 continue;
             }
