@@ -42,12 +42,16 @@ const USAGE_USAGE: &str =
                                    and with a config, each quota's use this period";
 const OPENAPI_USAGE: &str =
     "  coregate openapi import FILE [--base-path ignore|prepend|split] [--fail-on-warnings]
-                         [--name NAME] [--upstream URL] [--api-keys-file F] [--out PATH]
+                         [--name NAME] [--upstream URL] [--api-keys-file F]
+                         [--out PATH | --into CONFIG]
                                    an OpenAPI 3.0/3.1 document (YAML or JSON) as coregate
-                                   config (stdout, or PATH); findings on stderr; exit 1 on
-                                   an error (or a warning with --fail-on-warnings)
-  coregate openapi export [--config PATH] --api NAME [--format json|yaml] [--no-extensions]
-                                   an OpenAPI 3.0 document of the API, on stdout";
+                                   config (stdout, or PATH; --into adds or replaces the API
+                                   in CONFIG, written only if the result passes its check);
+                                   findings on stderr; exit 1 on an error (or a warning
+                                   with --fail-on-warnings)
+  coregate openapi export [--config PATH] --api NAME [--stage S] [--format json|yaml]
+                         [--no-extensions]
+                                   an OpenAPI 3.0 document of the API (of its stage S), on stdout";
 
 /// The usage of one subcommand (`coregate SUB --help`), or of all of them.
 fn usage_text(sub: Option<&str>) -> String {
@@ -169,6 +173,7 @@ fn openapi_import(args: &[String]) -> ExitCode {
         api_keys_file: "api-keys.toml".to_string(),
     };
     let (mut file, mut out, mut fail_on_warnings) = (None, None, false);
+    let mut into: Option<PathBuf> = None;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         let (flag, inline) = match a.split_once('=') {
@@ -176,7 +181,7 @@ fn openapi_import(args: &[String]) -> ExitCode {
             _ => (a.as_str(), None),
         };
         let value = match flag {
-            "--base-path" | "--name" | "--upstream" | "--out" | "--api-keys-file" => {
+            "--base-path" | "--name" | "--upstream" | "--out" | "--into" | "--api-keys-file" => {
                 match flag_value(flag, inline, &mut it) {
                     Ok(v) => v,
                     Err(code) => return code,
@@ -206,11 +211,27 @@ fn openapi_import(args: &[String]) -> ExitCode {
                 }
                 opts.upstream = Some(value)
             }
+            "--into" => into = Some(PathBuf::from(value)),
             _ => out = Some(PathBuf::from(value)),
         }
     }
     let Some(file) = file else {
         return usage("openapi import needs a FILE");
+    };
+    if into.is_some() && out.is_some() {
+        return usage("openapi import: give --out or --into, not both");
+    }
+    // The existing config is read before anything is done: a missing or
+    // unreadable one stops the import.
+    let into = match into {
+        None => None,
+        Some(path) => match std::fs::read_to_string(&path) {
+            Ok(t) => Some((path, t)),
+            Err(e) => {
+                eprintln!("error: cannot read {}: {e}", path.display());
+                return ExitCode::from(1);
+            }
+        },
     };
     let text = match std::fs::read(&file) {
         Ok(b) => String::from_utf8_lossy(&b).into_owned(),
@@ -233,21 +254,72 @@ fn openapi_import(args: &[String]) -> ExitCode {
         "{}: {errors} error(s), {warnings} warning(s), {infos} info",
         file.display()
     );
-    let Some(config) = result.config else {
+    let Some(mut config) = result.config else {
         return ExitCode::from(1);
     };
     if fail_on_warnings && warnings > 0 {
         eprintln!("not written: --fail-on-warnings");
         return ExitCode::from(1);
     }
+    // --into: the API goes into the existing file, which is then checked
+    // and written in place of the import's own text.
+    let mut merged_note = None;
+    if let Some((path, existing)) = &into {
+        match coregate::openapi::merge::merge(existing, &config) {
+            Ok(m) => {
+                for n in &m.notes {
+                    eprintln!("note: {n}");
+                }
+                merged_note = Some(if m.replaced { "replaced" } else { "added" });
+                config = m.text;
+            }
+            Err(e) => {
+                eprintln!(
+                    "error: cannot merge into {}: {e}; nothing written",
+                    path.display()
+                );
+                return ExitCode::from(1);
+            }
+        }
+        out = Some(path.clone());
+    }
+    let what = if into.is_some() { "merged" } else { "imported" };
     // Routes that require an API key need the keys file to exist: with
-    // --out it is made (empty) beside the config when missing.
+    // --out (or --into) it is made (empty) beside the config when missing,
+    // once the config has passed its check.
     let base_dir = match out.as_deref().map(std::path::Path::parent) {
         Some(Some(d)) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    let keys_path = coregate::config::resolve_path(&opts.api_keys_file, Some(&base_dir));
-    let mut keys_missing = result.needs_api_keys && !keys_path.exists();
+    // The keys file the config names (a merged config may name its own).
+    let keys_file = coregate::config::parse(&config)
+        .ok()
+        .and_then(|r| r.server.api_keys_file)
+        .unwrap_or_else(|| opts.api_keys_file.clone());
+    let keys_path = coregate::config::resolve_path(&keys_file, Some(&base_dir));
+    let keys_missing = result.needs_api_keys && !keys_path.exists();
+    // The config must pass the same checks as `coregate check`.
+    if let Err(errs) = plan::load_text_in(&config, Some(&base_dir)) {
+        let mut failed = false;
+        for e in &errs {
+            if keys_missing && e.key == "server.api_keys_file" {
+                if out.is_none() {
+                    eprintln!(
+                        "note: {keys_file} does not exist yet: create it with `coregate keys create --file {keys_file}`"
+                    );
+                }
+                continue;
+            }
+            failed = true;
+            eprintln!("error: the {what} config fails its check: {e}");
+        }
+        if failed {
+            if let Some((path, _)) = &into {
+                eprintln!("{} is unchanged", path.display());
+            }
+            return ExitCode::from(1);
+        }
+    }
     if keys_missing && out.is_some() {
         let header = "# coregate API keys: managed by `coregate keys create|list|revoke`.\n";
         if let Err(e) = coregate::config::write_atomic(&keys_path, header) {
@@ -259,25 +331,6 @@ fn openapi_import(args: &[String]) -> ExitCode {
             keys_path.display(),
             keys_path.display()
         );
-        keys_missing = false;
-    }
-    // The config must pass the same checks as `coregate check`.
-    if let Err(errs) = plan::load_text_in(&config, Some(&base_dir)) {
-        let mut failed = false;
-        for e in &errs {
-            if keys_missing && e.key == "server.api_keys_file" {
-                eprintln!(
-                    "note: {} does not exist yet: create it with `coregate keys create --file {}`",
-                    opts.api_keys_file, opts.api_keys_file
-                );
-                continue;
-            }
-            failed = true;
-            eprintln!("error: the imported config fails its check: {e}");
-        }
-        if failed {
-            return ExitCode::from(1);
-        }
     }
     match out {
         None => {
@@ -286,7 +339,10 @@ fn openapi_import(args: &[String]) -> ExitCode {
         }
         Some(path) => match coregate::config::write_atomic(&path, &config) {
             Ok(()) => {
-                eprintln!("wrote {}", path.display());
+                match merged_note {
+                    Some(how) => eprintln!("wrote {} (api {how})", path.display()),
+                    None => eprintln!("wrote {}", path.display()),
+                }
                 ExitCode::SUCCESS
             }
             Err(e) => {
@@ -298,8 +354,9 @@ fn openapi_import(args: &[String]) -> ExitCode {
 }
 
 fn openapi_export(args: &[String]) -> ExitCode {
-    use coregate::openapi::export::{export, render, Options};
+    use coregate::openapi::export::{render, Options};
     let (mut config, mut api, mut yaml) = (PathBuf::from(DEFAULT_CONFIG), None, false);
+    let mut stage = None;
     let mut opts = Options { extensions: true };
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -311,7 +368,7 @@ fn openapi_export(args: &[String]) -> ExitCode {
             opts.extensions = false;
             continue;
         }
-        if !matches!(flag, "--config" | "-c" | "--api" | "--format") {
+        if !matches!(flag, "--config" | "-c" | "--api" | "--stage" | "--format") {
             return usage(&format!("unexpected argument {a:?}"));
         }
         let value = match flag_value(flag, inline, &mut it) {
@@ -320,6 +377,7 @@ fn openapi_export(args: &[String]) -> ExitCode {
         };
         match flag {
             "--api" => api = Some(value),
+            "--stage" => stage = Some(value),
             "--format" => match value.as_str() {
                 "json" => yaml = false,
                 "yaml" => yaml = true,
@@ -342,7 +400,7 @@ fn openapi_export(args: &[String]) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let raw = match coregate::config::parse(&text) {
+    let mut raw = match coregate::config::parse(&text) {
         Ok(r) => r,
         Err(errs) => {
             for e in &errs {
@@ -351,7 +409,10 @@ fn openapi_export(args: &[String]) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match export(&raw, &text, &api, opts).and_then(|d| render(&d, yaml)) {
+    raw.base_dir = config.parent().map(std::path::Path::to_path_buf);
+    let doc =
+        plan::openapi::export(raw, &text, &api, stage.as_deref(), opts).map_err(|e| e.to_string());
+    match doc.and_then(|d| render(&d, yaml)) {
         Ok(doc) => {
             print!("{doc}");
             ExitCode::SUCCESS

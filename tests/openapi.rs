@@ -687,3 +687,542 @@ fn a_websocket_api_is_not_exported() {
     assert!(stderr(&out).contains("WebSocket API"), "{}", stderr(&out));
     assert!(stdout(&out).is_empty(), "{}", stdout(&out));
 }
+
+const SDK_CONFIG: &str = r#"
+[server]
+listen = ["127.0.0.1:0"]
+api_keys_file = "@KEYS@"
+
+[[apis]]
+name = "pets"
+base_path = "/v1"
+api_key_required = true
+
+[[apis.routes]]
+key = "GET /pets/{id}"
+integration = { type = "http_proxy", url = "http://@BACKEND@/pets/{id}" }
+
+[[apis.routes]]
+key = "POST /pets"
+integration = { type = "http_proxy", url = "http://@BACKEND@/pets" }
+
+[[apis.routes]]
+key = "GET /files/{proxy+}"
+integration = { type = "http_proxy", url = "http://@BACKEND@/static/{proxy}" }
+
+[[apis.routes]]
+key = "GET /health"
+api_key_required = false
+integration = { type = "mock", status = 200, headers = { "content-type" = "application/json" }, body = '{"ok":true}' }
+"#;
+
+/// The client SDK: `openapi-python-client` (PyPI; scripts/test installs
+/// it), a generator we did not write, makes a Python client from the
+/// document the admin listener exports (`--no-extensions`, the form for SDK
+/// generators), without a warning; the test then calls the running gateway
+/// through that client, with the API key and without it.
+#[test]
+fn a_python_client_generated_from_the_export_calls_the_gateway_with_its_api_key() {
+    let dir = scratch("openapi-sdk");
+    let backend = Backend::start(Reply::fixed(
+        200,
+        &[("content-type", "application/json")],
+        "{\"name\":\"rex\"}",
+    ));
+    let keys = dir.join("keys.toml");
+    let key = create_key(&keys, "sdk", None);
+    let config = fill(
+        SDK_CONFIG,
+        &[
+            ("BACKEND", backend.addr_str()),
+            ("KEYS", keys.display().to_string()),
+        ],
+    );
+    let gw = Gateway::start(&config);
+    let r = call(
+        agent().get(&gw.admin_url("/openapi?api=pets&extensions=false")),
+        None,
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let doc = dir.join("pets.json");
+    std::fs::write(&doc, &r.body).unwrap();
+    validate(&doc);
+    // The CLI writes the same document.
+    let file = dir.join("gw.toml");
+    std::fs::write(&file, &config).unwrap();
+    let o = run_coregate(&[
+        "openapi",
+        "export",
+        "--config",
+        &file.display().to_string(),
+        "--api",
+        "pets",
+        "--no-extensions",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let cli: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let served: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(cli, served);
+    // A greedy parameter is a plain one in this form.
+    assert!(
+        served["paths"]["/files/{proxy}"]["get"].is_object(),
+        "{served}"
+    );
+
+    let sdk = dir.join("sdk");
+    let o = Command::new("python3")
+        .args(["-m", "openapi_python_client", "generate", "--path"])
+        .arg(&doc)
+        .arg("--output-path")
+        .arg(&sdk)
+        .output()
+        .expect("python3 (scripts/test installs it)");
+    let said = format!("{}{}", stdout(&o), stderr(&o));
+    assert!(
+        o.status.success(),
+        "openapi-python-client failed (or is not installed: run scripts/test):\n{said}"
+    );
+    assert!(!said.to_lowercase().contains("warning"), "{said}");
+    for op in ["get_pets_id", "post_pets", "get_files_proxy", "get_health"] {
+        assert!(
+            sdk.join(format!("pets_client/api/default/{op}.py"))
+                .exists(),
+            "{op} not generated:\n{said}"
+        );
+    }
+
+    // Calls through the generated client: a line per call, status and body.
+    let script = r#"
+import sys
+sys.path.insert(0, sys.argv[1])
+from pets_client import AuthenticatedClient, Client
+from pets_client.api.default import get_pets_id, post_pets, get_files_proxy, get_health
+base, key = sys.argv[2], sys.argv[3]
+keyed = AuthenticatedClient(base_url=base, token=key, prefix="", auth_header_name="x-api-key")
+keyless = Client(base_url=base)
+wrong = AuthenticatedClient(base_url=base, token="not-a-key", prefix="", auth_header_name="x-api-key")
+for name, r in [
+    ("pet", get_pets_id.sync_detailed(id="7", client=keyed)),
+    ("post", post_pets.sync_detailed(client=keyed)),
+    ("file", get_files_proxy.sync_detailed(proxy="a.txt", client=keyed)),
+    ("health", get_health.sync_detailed(client=keyless)),
+    ("nokey", get_pets_id.sync_detailed(id="7", client=keyless)),
+    ("wrongkey", get_pets_id.sync_detailed(id="7", client=wrong)),
+]:
+    print(name, int(r.status_code), r.content.decode())
+"#;
+    let o = Command::new("python3")
+        .args(["-c", script])
+        .arg(&sdk)
+        .arg(format!("http://{}/v1", gw.addr()))
+        .arg(&key)
+        .output()
+        .expect("python3");
+    assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
+    let lines: Vec<String> = stdout(&o).lines().map(str::to_string).collect();
+    assert_eq!(
+        lines,
+        [
+            "pet 200 {\"name\":\"rex\"}",
+            "post 200 {\"name\":\"rex\"}",
+            "file 200 {\"name\":\"rex\"}",
+            "health 200 {\"ok\":true}",
+            "nokey 403 {\"message\":\"Forbidden\"}",
+            "wrongkey 403 {\"message\":\"Forbidden\"}",
+        ],
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(
+        backend.requests(),
+        ["GET /pets/7", "POST /pets", "GET /static/a.txt"]
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `export --stage S` (and `&stage=S` on the admin API): the stage's
+/// deployment at the stage's path, its stage variables substituted where
+/// the gateway substitutes them; a stage that does not exist, a stage of
+/// an API without stages, and an API with stages exported without one are
+/// refused with the reason.
+#[test]
+fn a_stage_is_exported_with_its_path_deployment_and_variables() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let config = root.join("config/stages-example.toml");
+    let c = config.display().to_string();
+    let export = |extra: &[&str]| {
+        let mut args = vec!["openapi", "export", "--config", &c, "--api", "pets"];
+        args.extend_from_slice(extra);
+        run_coregate(&args)
+    };
+    let o = export(&["--stage", "prod"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let doc: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(doc["servers"][0]["url"], "/pets/prod");
+    assert_eq!(
+        doc["paths"]["/items/{id}"]["get"]["x-amazon-apigateway-integration"]["uri"],
+        "http://pets-v1/items/{id}?env=production"
+    );
+    assert_eq!(
+        doc["paths"]["/hello"]["get"]["x-coregate-mock"]["body"],
+        "hello from v1 (production)"
+    );
+    assert_eq!(doc["x-coregate-stage"]["deployment"], "v1");
+    assert_eq!(doc["x-coregate-upstreams"][0]["name"], "pets-v1");
+    let dir = scratch("openapi-stage");
+    let file = dir.join("prod.json");
+    std::fs::write(&file, stdout(&o)).unwrap();
+    validate(&file);
+
+    let o = export(&["--stage", "beta", "--format", "yaml"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let beta: serde_json::Value = serde_yaml_ng::from_str(&stdout(&o)).unwrap();
+    assert_eq!(beta["servers"][0]["url"], "/pets/beta");
+    assert_eq!(
+        beta["paths"]["/items/{id}"]["get"]["x-amazon-apigateway-integration"]["uri"],
+        "http://pets-v2/v2/items/{id}"
+    );
+    let o = export(&["--stage", "$default"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let d: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(d["servers"][0]["url"], "/pets");
+
+    for (extra, says) in [
+        (
+            &["--stage", "gamma"][..],
+            "has no stage \"gamma\" (it has: prod, beta, $default)",
+        ),
+        (
+            &[][..],
+            "is served by stages (prod, beta, $default): name one with --stage",
+        ),
+    ] {
+        let o = export(extra);
+        assert_eq!(o.status.code(), Some(1), "{extra:?}");
+        assert!(stderr(&o).contains(says), "{extra:?}: {}", stderr(&o));
+        assert!(stdout(&o).is_empty());
+    }
+    let demo = root.join("config/coregate.toml");
+    let o = run_coregate(&[
+        "openapi",
+        "export",
+        "--config",
+        &demo.display().to_string(),
+        "--api",
+        "demo",
+        "--stage",
+        "prod",
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("has no stages"), "{}", stderr(&o));
+
+    // The admin API: the running config's stage.
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("127.0.0.1:8085", "127.0.0.1:0");
+    let gw = Gateway::start(&text);
+    let r = call(
+        agent().get(&gw.admin_url("/openapi?api=pets&stage=prod")),
+        None,
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let served: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(served, doc);
+    let r = call(
+        agent().get(&gw.admin_url("/openapi?api=pets&stage=%24default")),
+        None,
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = call(
+        agent().get(&gw.admin_url("/openapi?api=pets&stage=gamma")),
+        None,
+    );
+    assert_eq!(r.status, 404, "{}", r.text());
+    assert!(r.text().contains("has no stage"), "{}", r.text());
+    let r = call(agent().get(&gw.admin_url("/openapi?api=pets")), None);
+    assert_eq!(r.status, 400, "{}", r.text());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A document with one operation to proxy, one mock, and one that requires
+/// an API key.
+const SERVED_DOC: &str = r#"openapi: 3.0.3
+info: { title: served, version: "1" }
+servers: [{ url: "https://api.example.com/v1" }]
+components:
+  securitySchemes:
+    key: { type: apiKey, in: header, name: x-api-key }
+paths:
+  /pets/{id}:
+    get:
+      responses: { "200": { description: ok } }
+  /pets:
+    post:
+      security: [{ key: [] }]
+      responses: { "200": { description: ok } }
+"#;
+
+const SERVED_CONFIG: &str = r#"
+[server]
+listen = ["127.0.0.1:0"]
+api_keys_file = "@KEYS@"
+
+[[apis]]
+name = "served"
+openapi = { file = "@DOC@", base_path = "split", upstream = "http://@BACKEND@" }
+throttle = { rate = 1000, burst = 1000 }
+
+[[apis.routes]]
+key = "GET /health"
+integration = { type = "mock", body = "own route" }
+"#;
+
+/// `[[apis]] openapi = ...`: the document's routes are served as the import
+/// would write them, beside the API's own routes and keys; a reload reads
+/// the document again; a broken or missing document is a config error at
+/// `apis[N].openapi` with its JSON pointer, and the running config keeps
+/// serving.
+#[test]
+fn an_api_serves_an_openapi_document_and_a_reload_reads_it_again() {
+    let dir = scratch("openapi-served");
+    let backend = Backend::start(Reply::fixed(200, &[], "backend"));
+    let keys = dir.join("keys.toml");
+    let key = create_key(&keys, "k", None);
+    let doc = dir.join("served.yaml");
+    std::fs::write(&doc, SERVED_DOC).unwrap();
+    let config = fill(
+        SERVED_CONFIG,
+        &[
+            ("BACKEND", backend.addr_str()),
+            ("KEYS", keys.display().to_string()),
+            ("DOC", doc.display().to_string()),
+        ],
+    );
+    let gw = Gateway::start(&config);
+    let get = |path: &str, extra: &str| {
+        send(
+            &gw,
+            &format!("GET {path} HTTP/1.1\r\nhost: t\r\n{extra}connection: close\r\n\r\n"),
+        )
+    };
+    let r = get("/v1/pets/4", "");
+    assert_eq!((r.status, r.text()), (200, "backend".to_string()));
+    let r = get("/v1/health", "");
+    assert_eq!((r.status, r.text()), (200, "own route".to_string()));
+    let post = |extra: &str| {
+        send(
+            &gw,
+            &format!("POST /v1/pets HTTP/1.1\r\nhost: t\r\n{extra}content-length: 0\r\nconnection: close\r\n\r\n"),
+        )
+    };
+    assert_eq!(post("").status, 403);
+    assert_eq!(post(&format!("x-api-key: {key}\r\n")).status, 200);
+    assert_eq!(backend.requests(), ["GET /pets/4", "POST /pets"]);
+
+    // The document changes: a reload serves the new one.
+    std::fs::write(&doc, SERVED_DOC.replace("/pets/{id}:", "/cats/{id}:")).unwrap();
+    let r = gw.reload();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(get("/v1/pets/4", "").status, 404);
+    assert_eq!(get("/v1/cats/4", "").status, 200);
+
+    // A broken document: the reload is refused, with the pointer, and the
+    // running config keeps serving.
+    std::fs::write(
+        &doc,
+        SERVED_DOC.replace("security: [{ key: [] }]", "security: [{ nope: [] }]"),
+    )
+    .unwrap();
+    let r = gw.reload();
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(
+        r.text().contains("apis[0].openapi")
+            && r.text().contains("/paths/~1pets/post/security/0/nope"),
+        "{}",
+        r.text()
+    );
+    std::fs::write(&doc, "openapi: 3.0.3\npaths: [").unwrap();
+    let r = gw.reload();
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(r.text().contains("malformed YAML"), "{}", r.text());
+    std::fs::remove_file(&doc).unwrap();
+    let r = gw.reload();
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(
+        r.text().contains("cannot read the OpenAPI document"),
+        "{}",
+        r.text()
+    );
+    assert_eq!(get("/v1/cats/4", "").status, 200);
+    drop(gw);
+
+    // On disk, the path is taken from the config file's directory; a
+    // warning is printed and the config passes; the export describes
+    // the routes served.
+    std::fs::write(&doc, SERVED_DOC).unwrap();
+    let file = dir.join("gw.toml");
+    let relative = config.replace(&doc.display().to_string(), "served.yaml");
+    std::fs::write(&file, &relative).unwrap();
+    check_ok(&file);
+    let f = file.display().to_string();
+    let o = run_coregate(&["openapi", "export", "--config", &f, "--api", "served"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let exported: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(exported["servers"][0]["url"], "/v1");
+    for p in ["/pets/{id}", "/pets", "/health"] {
+        assert!(exported["paths"][p].is_object(), "{p}: {exported}");
+    }
+    let no_upstream = relative.replace(", upstream = \"http://", " }\n# upstream was ");
+    std::fs::write(&file, &no_upstream).unwrap();
+    let o = run_coregate(&["check", "--config", &f]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("warn")
+            && stderr(&o).contains(
+                "apis[0].openapi: served.yaml: /paths/~1pets~1{id}/get: no http_proxy integration"
+            ),
+        "{}",
+        stderr(&o)
+    );
+    let strict = no_upstream.replace(
+        "base_path = \"split\" }",
+        "base_path = \"split\", fail_on_warnings = true }",
+    );
+    std::fs::write(&file, &strict).unwrap();
+    let o = run_coregate(&["check", "--config", &f]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("(fail_on_warnings)"), "{}", stderr(&o));
+
+    // Errors, all in one run: a missing document, a route in both places,
+    // a bad base_path mode, and an API with stages.
+    let bad = format!(
+        r#"
+[[apis]]
+name = "a"
+openapi = "missing.yaml"
+
+[[apis]]
+name = "b"
+base_path = "/b"
+openapi = "served.yaml"
+[[apis.routes]]
+key = "POST /pets"
+integration = {{ type = "mock" }}
+
+[[apis]]
+name = "c"
+base_path = "/c"
+openapi = {{ file = "served.yaml", base_path = "sideways" }}
+
+[[apis]]
+name = "d"
+base_path = "/d"
+openapi = "served.yaml"
+[[apis.deployments]]
+name = "v1"
+[[apis.deployments.routes]]
+key = "GET /x"
+integration = {{ type = "mock" }}
+[[apis.stages]]
+name = "$default"
+deployment = "v1"
+
+[server]
+api_keys_file = "{}"
+"#,
+        keys.display()
+    );
+    std::fs::write(&file, &bad).unwrap();
+    let o = run_coregate(&["check", "--config", &f]);
+    assert_eq!(o.status.code(), Some(1));
+    let e = stderr(&o);
+    for says in [
+        "apis[0].openapi: cannot read the OpenAPI document",
+        "apis[1].routes[0].key: route \"POST /pets\" is also in the OpenAPI document",
+        "apis[2].openapi.base_path: \"sideways\" is not one of",
+        "apis[3].openapi: an api with deployments or stages",
+    ] {
+        assert!(e.contains(says), "{says}: {e}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `import --into CONFIG`: the API is added to (or replaces the one of the
+/// same name in) an existing file, whose other tables and comments are
+/// kept; the result must pass its check before the file is written; a
+/// broken or missing config is left as it was.
+#[test]
+fn an_import_is_merged_into_an_existing_config_file() {
+    let dir = scratch("openapi-into");
+    let config = dir.join("gw.toml");
+    let original = "# my gateway\n[server]\nlisten = [\"127.0.0.1:0\"] # the port\n\n\
+                    [[apis]]\nname = \"served\"\nbase_path = \"/old\"\n\
+                    throttle = { rate = 5, burst = 5 } # mine\n\
+                    [[apis.routes]]\nkey = \"GET /old\"\nintegration = { type = \"mock\" }\n\n\
+                    [[apis]]\nname = \"other\"\nbase_path = \"/other\"\n\
+                    [[apis.routes]]\nkey = \"GET /x\"\nintegration = { type = \"mock\" }\n";
+    std::fs::write(&config, original).unwrap();
+    let doc = dir.join("served.yaml");
+    std::fs::write(&doc, SERVED_DOC).unwrap();
+    let d = doc.display().to_string();
+    let c = config.display().to_string();
+    let o = run_coregate(&[
+        "openapi",
+        "import",
+        &d,
+        "--into",
+        &c,
+        "--base-path",
+        "split",
+        "--upstream",
+        "http://127.0.0.1:9",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(stderr(&o).contains("(api replaced)"), "{}", stderr(&o));
+    let merged = std::fs::read_to_string(&config).unwrap();
+    for kept in ["# my gateway", "# the port", "# mine", "name = \"other\""] {
+        assert!(merged.contains(kept), "{kept}: {merged}");
+    }
+    assert!(!merged.contains("GET /old"), "{merged}");
+    check_ok(&config);
+    let raw = coregate::config::parse(&merged).unwrap();
+    let served = &raw.apis[0];
+    assert_eq!(served.base_path.as_deref(), Some("/v1"));
+    assert!(served.throttle.is_some());
+    let keys: Vec<&str> = served.routes.iter().map(|r| r.key.as_str()).collect();
+    assert_eq!(keys, ["POST /pets", "GET /pets/{id}"]);
+    // The keys file the config now names was made beside it.
+    assert!(dir.join("api-keys.toml").exists());
+
+    // Under another name it is added.
+    let o = run_coregate(&["openapi", "import", &d, "--into", &c, "--name", "second"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(stderr(&o).contains("(api added)"), "{}", stderr(&o));
+    let raw = coregate::config::parse(&std::fs::read_to_string(&config).unwrap()).unwrap();
+    let names: Vec<&str> = raw.apis.iter().map(|a| a.name.as_str()).collect();
+    assert_eq!(names, ["served", "other", "second"]);
+
+    // A config with an error, one that is not TOML, and one that is not
+    // there: exit 1, nothing written.
+    for (text, says) in [
+        (
+            "[[apis]]\nname = \"x\"\nbase_path = \"no-slash\"\n[[apis.routes]]\nkey = \"GET /\"\nintegration = { type = \"mock\" }\n",
+            "the merged config fails its check",
+        ),
+        ("[[apis]\n", "not valid TOML"),
+    ] {
+        std::fs::write(&config, text).unwrap();
+        let o = run_coregate(&["openapi", "import", &d, "--into", &c, "--name", "y"]);
+        assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+        assert!(stderr(&o).contains(says), "{says}: {}", stderr(&o));
+        assert_eq!(std::fs::read_to_string(&config).unwrap(), text);
+    }
+    let missing = dir.join("missing.toml").display().to_string();
+    let o = run_coregate(&["openapi", "import", &d, "--into", &missing]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("cannot read"), "{}", stderr(&o));
+    assert!(!dir.join("missing.toml").exists());
+    let o = run_coregate(&["openapi", "import", &d, "--into", &c, "--out", &missing]);
+    assert_eq!(o.status.code(), Some(2));
+    let _ = std::fs::remove_dir_all(&dir);
+}

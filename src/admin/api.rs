@@ -433,21 +433,28 @@ fn query_value<'a>(query: &'a str, name: &str) -> Option<&'a str> {
         .map(|(_, v)| v)
 }
 
-/// `GET /openapi?api=NAME[&extensions=false]`: the OpenAPI 3.0 document of
-/// one API of the running config, as `coregate openapi export` writes it
-/// (docs/openapi.md). NAME is percent-decoded.
+/// `GET /openapi?api=NAME[&stage=S][&extensions=false]`: the OpenAPI 3.0
+/// document of one API (or one stage of it) of the running config, as
+/// `coregate openapi export` writes it (docs/openapi.md). NAME and S are
+/// percent-decoded.
 fn openapi(ctx: &Context, query: &str) -> Answer {
+    use crate::openapi::export::ExportError;
     let r = running(ctx)?;
     let Some(api) = query_value(query, "api").map(percent_decode) else {
         return Err(error(400, "name the API: /openapi?api=NAME"));
     };
     let extensions = query_value(query, "extensions") != Some("false");
-    let raw = crate::config::parse(&r.text)
+    let mut raw = crate::config::parse(&r.text)
         .map_err(|_| error(500, "the running config does not parse"))?;
+    raw.base_dir = r.path.parent().map(std::path::Path::to_path_buf);
+    let stage = query_value(query, "stage").map(percent_decode);
     let opts = crate::openapi::export::Options { extensions };
-    crate::openapi::export::export(&raw, &r.text, &api, opts)
+    crate::plan::openapi::export(raw, &r.text, &api, stage.as_deref(), opts)
         .map(|doc| (200, doc))
-        .map_err(|e| error(404, &e))
+        .map_err(|e| match e {
+            ExportError::NotFound(m) => error(404, &m),
+            ExportError::Refused(m) => error(400, &m),
+        })
 }
 
 /// `%XX` and `+` decoded (a query value); invalid escapes are kept.

@@ -1,7 +1,7 @@
 //! One API of a config → an OpenAPI 3.0 document, with the
 //! `x-amazon-apigateway-*` extensions (docs/openapi.md, "Export").
 
-use crate::config::raw::{RawApi, RawConfig, RawIntegration};
+use crate::config::raw::{RawApi, RawIntegration};
 use serde_json::{json, Map, Value};
 use std::collections::BTreeSet;
 
@@ -13,23 +13,41 @@ pub struct Options {
     pub extensions: bool,
 }
 
-/// The OpenAPI document of API `name` in the config `raw`, whose text is
-/// `text` (upstreams and authorizers are carried over as written).
-pub fn export(raw: &RawConfig, text: &str, name: &str, opts: Options) -> Result<Value, String> {
-    let Some(api) = raw.apis.iter().find(|a| a.name == name) else {
-        let names: Vec<&str> = raw.apis.iter().map(|a| a.name.as_str()).collect();
-        return Err(format!(
-            "no api named {name:?} in the config (it has: {})",
-            names.join(", ")
-        ));
-    };
-    if api.kind.as_deref() == Some("websocket") {
-        return Err(format!(
-            "api {name:?} is a WebSocket API, which OpenAPI does not describe \
-             (docs/websocket.md lists its routes and integrations)"
-        ));
+/// Why there is no document.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExportError {
+    /// No API (or no stage of the API) has that name.
+    NotFound(String),
+    /// The API cannot be exported as asked.
+    Refused(String),
+}
+
+impl std::fmt::Display for ExportError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ExportError::NotFound(m) | ExportError::Refused(m) => f.write_str(m),
+        }
     }
-    let tables: toml::Table = toml::from_str(text).map_err(|e| e.to_string())?;
+}
+
+/// The OpenAPI document of `api`, an API of a config whose tables are
+/// `tables` (its upstreams and authorizers are carried over as written);
+/// `stage` names the stage and deployment `api` is the view of (its routes
+/// the deployment's, its base path the stage's: `crate::plan::openapi`
+/// makes that view). A WebSocket API is refused.
+pub fn export(
+    api: &RawApi,
+    tables: &toml::Table,
+    stage: Option<(&str, &str)>,
+    opts: Options,
+) -> Result<Value, ExportError> {
+    if api.kind.as_deref() == Some("websocket") {
+        return Err(ExportError::Refused(format!(
+            "api {:?} is a WebSocket API, which OpenAPI does not describe \
+             (docs/websocket.md lists its routes and integrations)",
+            api.name
+        )));
+    }
     let mut doc = Map::new();
     doc.insert("openapi".into(), json!("3.0.1"));
     doc.insert(
@@ -62,6 +80,16 @@ pub fn export(raw: &RawConfig, text: &str, name: &str, opts: Options) -> Result<
         };
         let mut op = Map::new();
         op.insert("operationId".into(), json!(operation_id(method, path)));
+        // AWS writes a greedy parameter as `{proxy+}`, named `proxy+`; a
+        // plain document (for SDK generators, which take path parameters
+        // to be identifiers) names it `{proxy}`.
+        let plain_path;
+        let path = if opts.extensions {
+            path
+        } else {
+            plain_path = path.replace("+}", "}");
+            plain_path.as_str()
+        };
         let params: Vec<Value> = path
             .split('/')
             .filter_map(|s| s.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
@@ -86,7 +114,7 @@ pub fn export(raw: &RawConfig, text: &str, name: &str, opts: Options) -> Result<
             req.insert("api_key".into(), json!([]));
         }
         if let Some(a) = authorizer {
-            schemes.insert(a.to_string(), security_scheme(&tables, a));
+            schemes.insert(a.to_string(), security_scheme(tables, a));
             let scopes = route.authorization_scopes.clone().unwrap_or_default();
             req.insert(a.to_string(), json!(scopes));
         }
@@ -150,6 +178,12 @@ pub fn export(raw: &RawConfig, text: &str, name: &str, opts: Options) -> Result<
     }
     if let Some(h) = &api.hosts {
         doc.insert("x-coregate-hosts".into(), json!(h));
+    }
+    if let Some((stage, deployment)) = stage {
+        doc.insert(
+            "x-coregate-stage".into(),
+            json!({ "name": stage, "deployment": deployment }),
+        );
     }
     // The declared upstreams the routes name, as written.
     if let Some(toml::Value::Array(ups)) = tables.get("upstreams") {

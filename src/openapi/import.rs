@@ -49,12 +49,16 @@ pub struct Imported {
     /// `Options::api_keys_file`).
     pub needs_api_keys: bool,
     pub findings: Vec<Finding>,
+    /// The JSON pointer of each route's operation, in the order of the
+    /// config's `[[apis.routes]]`.
+    pub route_pointers: Vec<String>,
 }
 
 struct Ctx<'a> {
     root: &'a Value,
     needs_api_keys: bool,
     findings: Vec<Finding>,
+    route_pointers: Vec<String>,
 }
 
 impl Ctx<'_> {
@@ -225,6 +229,8 @@ const METHODS: &[(&str, &str)] = &[
 /// A route as it will be written.
 struct Route {
     key: String,
+    /// The operation's JSON pointer.
+    at: String,
     integration: toml::Table,
     api_key_required: bool,
     authorizer: Option<String>,
@@ -248,6 +254,7 @@ pub fn import(text: &str, opts: &Options) -> Imported {
                 config: None,
                 needs_api_keys: false,
                 findings: vec![f],
+                route_pointers: Vec::new(),
             }
         }
     };
@@ -255,9 +262,11 @@ pub fn import(text: &str, opts: &Options) -> Imported {
         root: &doc,
         needs_api_keys: false,
         findings: Vec::new(),
+        route_pointers: Vec::new(),
     };
     let config = import_doc(&mut ctx, opts);
     let needs_api_keys = ctx.needs_api_keys;
+    let route_pointers = ctx.route_pointers;
     let mut findings = ctx.findings;
     let mut seen = BTreeSet::new();
     findings.retain(|f| seen.insert((f.grade, f.pointer.clone(), f.message.clone())));
@@ -267,6 +276,7 @@ pub fn import(text: &str, opts: &Options) -> Imported {
         config: if has_error { None } else { config },
         needs_api_keys,
         findings,
+        route_pointers,
     }
 }
 
@@ -473,6 +483,7 @@ fn import_doc(ctx: &mut Ctx<'_>, opts: &Options) -> Option<String> {
     }
     let mut route_list = Vec::new();
     for r in routes {
+        ctx.route_pointers.push(r.at);
         let mut t = toml::Table::new();
         t.insert("key".into(), toml::Value::String(r.key));
         if r.api_key_required {
@@ -701,7 +712,7 @@ fn import_path(
         if let Err(e) = fits(routes, &key) {
             ctx.add(
                 Grade::Warning,
-                op_at,
+                op_at.clone(),
                 format!("{e}; route {key:?} left out"),
             );
             continue;
@@ -712,6 +723,7 @@ fn import_path(
         };
         routes.push(Route {
             key,
+            at: op_at,
             integration,
             api_key_required: security.api_key,
             authorizer: security.authorizer,

@@ -1,4 +1,7 @@
-//! OpenAPI import and export (docs/openapi.md).
+//! OpenAPI import and export (docs/openapi.md). This layer sits just
+//! below `plan`: it reads and writes the config's shape (`config::raw`)
+//! and route keys (`route`) only, and the plan's loader uses [`import`]
+//! for an API that serves a document (`plan::openapi`).
 //!
 //! [`import`] turns an OpenAPI 3.0 or 3.1 document (YAML or JSON) into
 //! coregate config text, grading what it meets as AWS does: info (valid but
@@ -7,9 +10,11 @@
 //! [`export`] writes an OpenAPI 3.0 document of one API of a config, with
 //! the `x-amazon-apigateway-*` extensions (and a few `x-coregate-*` ones)
 //! that let the import give back the same routes and integrations.
+//! [`merge`] puts an imported API into an existing config file's text.
 
 pub mod export;
 pub mod import;
+pub mod merge;
 
 use std::fmt;
 

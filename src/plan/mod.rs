@@ -7,6 +7,7 @@
 pub mod admin;
 pub mod compile;
 mod mapping;
+pub mod openapi;
 pub mod policy_sets;
 pub mod stages;
 pub mod websocket;
@@ -152,10 +153,20 @@ fn load_text(text: &str, base_dir: Option<&Path>) -> Result<Plan, Vec<ConfigErro
     let mut errors = parsed.errors;
     if let Some(mut raw) = parsed.raw {
         raw.base_dir = base_dir.map(Path::to_path_buf);
+        // APIs that name an OpenAPI document get its routes first; errors
+        // about them are then told at `apis[N].openapi`, and its warnings
+        // are logged (the config is served all the same).
+        let mut warnings = Vec::new();
+        let docs = openapi::apply(&mut raw, &mut errors, &mut warnings);
+        for w in &warnings {
+            crate::log!("warn", "config warning: {w}");
+        }
         // `[[policies]]` sets are merged into what attaches them first;
         // errors in their settings are then told at the set.
-        let sets = policy_sets::apply(&mut raw, &mut errors);
-        match compile::compile(&raw).map_err(|es| sets.blame(es)) {
+        let mut set_errors = Vec::new();
+        let sets = policy_sets::apply(&mut raw, &mut set_errors);
+        errors.extend(docs.blame(set_errors));
+        match compile::compile(&raw).map_err(|es| docs.blame(sets.blame(es))) {
             Ok(plan) if errors.is_empty() => return Ok(plan),
             Ok(_) => {}
             Err(es) => errors.extend(es.into_iter().filter(|e| {

@@ -22,6 +22,7 @@ pub mod ip_rules;
 pub mod jwt;
 pub mod lifecycle;
 pub mod mapping;
+pub mod openapi;
 pub mod policy_set;
 pub mod request_auth;
 pub mod sigv4;
@@ -227,6 +228,8 @@ pub struct RawApi {
     pub lifecycle: Option<lifecycle::RawLifecycle>,
     /// `[[policies]]` sets attached, by name; later ones win.
     pub policies: Option<Vec<String>>,
+    /// An OpenAPI document whose routes the API serves (docs/openapi.md).
+    pub openapi: Option<openapi::RawOpenApi>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
