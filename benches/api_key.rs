@@ -45,6 +45,7 @@ fn store(n: u32) -> (KeyStore, String) {
             enabled: true,
             usage_plan: None,
             created: None,
+            revoked: None,
         });
         last = k.full;
     }

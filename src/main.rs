@@ -30,9 +30,10 @@ const RELOAD_USAGE: &str =
 const KEYS_USAGE: &str = "  coregate keys create --file F --name N [--usage-plan P]
                                    add a key to the keys file F (created if missing);
                                    the key is printed once, on stdout
-  coregate keys list --file F      name, id, enabled, usage plan, created of every key
+  coregate keys list --file F      name, id, enabled, usage plan, created, revoked of every key
   coregate keys revoke --file F --name N
-                                   disable a key (enabled = false)
+                                   revoke a key for good (a tombstone: revoked = NOW,
+                                   enabled = false; the entry keeps its place)
                                    (--config PATH instead of --file F: the keys file that
                                    config names in server.api_keys_file)";
 const USAGE_USAGE: &str =
@@ -496,15 +497,16 @@ fn keys(args: &[String]) -> ExitCode {
         ("create", None, _) => usage("keys create: --name is required"),
         ("list", None, None) => match cli::list(&file) {
             Ok(keys) => {
-                println!("name\tid\tenabled\tusage_plan\tcreated");
+                println!("name\tid\tenabled\tusage_plan\tcreated\trevoked");
                 for k in keys {
                     println!(
-                        "{}\t{}\t{}\t{}\t{}",
+                        "{}\t{}\t{}\t{}\t{}\t{}",
                         k.name,
                         k.id,
                         k.enabled,
                         k.usage_plan.as_deref().unwrap_or("-"),
-                        k.created.as_deref().unwrap_or("-")
+                        k.created.as_deref().unwrap_or("-"),
+                        k.revoked.as_deref().unwrap_or("-")
                     );
                 }
                 ExitCode::SUCCESS
@@ -856,14 +858,14 @@ fn change_keys(
             }),
         KeyChange::Enable(name) => cli::set_enabled(&file, name, true),
         KeyChange::Disable(name) => cli::set_enabled(&file, name, false),
-        KeyChange::Revoke(name) => cli::remove(&file, name),
+        KeyChange::Revoke(name) => cli::revoke(&file, name),
     };
     done.map_err(|e| vec![e])?;
     let what = match &change {
         KeyChange::Create { name, .. } => format!("created API key {name:?}"),
         KeyChange::Enable(name) => format!("enabled API key {name:?}"),
         KeyChange::Disable(name) => format!("disabled API key {name:?}"),
-        KeyChange::Revoke(name) => format!("revoked (removed) API key {name:?}"),
+        KeyChange::Revoke(name) => format!("revoked API key {name:?}"),
     };
     let running = text.clone();
     match reload(server, path, text, who, Some(running), false) {

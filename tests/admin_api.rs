@@ -262,8 +262,20 @@ fn api_keys_are_created_listed_disabled_enabled_and_revoked() {
     assert_eq!(keyed(&gw, &bob), 200);
     assert_eq!(admin(&gw, "DELETE", "/keys/bob", None).status, 200);
     assert_eq!(keyed(&gw, &bob), 403);
+    // A tombstone: listed as revoked, never enabled again; revoking it
+    // again changes nothing.
     let r = admin(&gw, "GET", "/keys", None);
-    assert_eq!(json(&r)["keys"].as_array().unwrap().len(), 1);
+    let listed = json(&r)["keys"].as_array().unwrap().clone();
+    assert_eq!(listed.len(), 2);
+    assert_eq!(listed[0]["revoked"], Value::Null, "{listed:?}");
+    assert!(listed[1]["revoked"].as_str().is_some(), "{listed:?}");
+    assert_eq!(listed[1]["enabled"], false, "{listed:?}");
+    let r = admin(&gw, "POST", "/keys/bob/enable", Some(b""));
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(r.text().contains("revoked"), "{}", r.text());
+    assert_eq!(keyed(&gw, &bob), 403);
+    assert_eq!(admin(&gw, "DELETE", "/keys/bob", None).status, 200);
+    assert_eq!(keyed(&gw, &bob), 403);
     // Bad input.
     let r = admin(&gw, "POST", "/keys", Some(br#"{"name": "alice"}"#));
     assert_eq!(r.status, 400);
@@ -284,7 +296,7 @@ fn api_keys_are_created_listed_disabled_enabled_and_revoked() {
         "created API key \"bob\"",
         "disabled API key \"bob\"",
         "enabled API key \"bob\"",
-        "revoked (removed) API key \"bob\"",
+        "revoked API key \"bob\"",
     ] {
         assert!(
             log.lines()
@@ -295,7 +307,7 @@ fn api_keys_are_created_listed_disabled_enabled_and_revoked() {
 }
 
 #[test]
-fn with_usage_recorded_keys_can_be_added_not_removed_and_usage_is_reported() {
+fn with_usage_recorded_keys_can_be_added_and_revoked_and_usage_is_reported() {
     let s = Setup::new("admin-api-usage", true);
     let backend = Backend::start(Reply::fixed(200, &[], "b"));
     let gw = Gateway::start(&s.config("one", &backend.addr_str(), true));
@@ -352,12 +364,9 @@ fn with_usage_recorded_keys_can_be_added_not_removed_and_usage_is_reported() {
     assert_eq!(carol_day["requests"], 5, "{v}");
     assert_eq!(v["quotas"][0]["plan"], "gold");
     assert_eq!(v["quotas"][0]["limit"], 100);
-    // Removing a key would move the others: refused, the file put back.
-    let before = std::fs::read_to_string(&s.keys).unwrap();
-    let r = admin(&gw, "DELETE", "/keys/alice", None);
-    assert_eq!(r.status, 400, "{}", r.text());
-    assert!(r.text().contains("usage_plans"), "{}", r.text());
-    assert_eq!(std::fs::read_to_string(&s.keys).unwrap(), before);
+    // Revoking keeps the key's place: accepted at once (a tombstone).
+    assert_eq!(admin(&gw, "DELETE", "/keys/carol", None).status, 200);
+    assert_eq!(keyed(&gw, &carol), 403);
     assert_eq!(keyed(&gw, &s.alice), 200);
     // Bad queries.
     assert_eq!(admin(&gw, "GET", "/usage?key=nobody", None).status, 400);
@@ -401,4 +410,151 @@ fn malformed_admin_requests_get_clear_errors() {
     );
     assert!(out.starts_with("HTTP/1.1 413 "), "{out}");
     assert_eq!(json(&admin(&gw, "GET", "/config", None))["generation"], 1);
+}
+
+/// Revoking a key while usage is recorded and traffic flows through both
+/// shards: the key is refused from the next request on, on every
+/// connection (keep-alive ones opened before included); the usage counted
+/// for it and for the other keys is exactly what clients were answered
+/// 200 for; its history stays in `GET /usage`; and all of it survives a
+/// restart.
+#[test]
+fn a_key_revoked_under_traffic_is_refused_at_once_and_usage_stays_exact() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::Arc;
+    let s = Setup::new("admin-api-revoke", true);
+    let backend = Backend::start(Reply::fixed(200, &[], "b"));
+    // A quota no test run reaches.
+    let config = s
+        .config("one", &backend.addr_str(), true)
+        .replace("limit = 100,", "limit = 100000000,");
+    assert!(config.contains("limit = 100000000,"));
+    let gw = Gateway::start(&config);
+    let carol = {
+        let r = admin(
+            &gw,
+            "POST",
+            "/keys",
+            Some(br#"{"name": "carol", "usage_plan": "gold"}"#),
+        );
+        assert_eq!(r.status, 201, "{}", r.text());
+        json(&r)["key"].as_str().unwrap().to_string()
+    };
+    // Keep-alive connections opened before the revocation: with 16, both
+    // shards hold some (SO_REUSEPORT spreads them by their ports).
+    let request =
+        |key: &str| format!("GET /k HTTP/1.1\r\nhost: t\r\nx-api-key: {key}\r\n\r\n").into_bytes();
+    let mut held: Vec<Client> = (0..16).map(|_| Client::connect(gw.addr())).collect();
+    let mut alice_ok = 0u64;
+    for c in &mut held {
+        assert_eq!(c.request(&request(&s.alice)).status, 200);
+        alice_ok += 1;
+    }
+    // Traffic: alice and carol on new connections, until told to stop.
+    let stop = Arc::new(AtomicBool::new(false));
+    let counts: Vec<Arc<(AtomicU64, AtomicU64)>> = (0..2)
+        .map(|_| Arc::new((AtomicU64::new(0), AtomicU64::new(0))))
+        .collect();
+    let addr = gw.addr();
+    let workers: Vec<_> = [s.alice.clone(), carol.clone()]
+        .into_iter()
+        .zip(counts.iter().cloned())
+        .map(|(key, count)| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let req = format!(
+                        "GET /k HTTP/1.1\r\nhost: t\r\nx-api-key: {key}\r\nconnection: close\r\n\r\n"
+                    );
+                    match Client::connect(addr).request(req.as_bytes()).status {
+                        200 => count.0.fetch_add(1, Ordering::Relaxed),
+                        403 => count.1.fetch_add(1, Ordering::Relaxed),
+                        other => panic!("unexpected status {other}"),
+                    };
+                }
+            })
+        })
+        .collect();
+    assert!(wait_until(Duration::from_secs(10), || {
+        counts[0].0.load(Ordering::Relaxed) >= 20 && counts[1].0.load(Ordering::Relaxed) >= 20
+    }));
+    let r = admin(&gw, "DELETE", "/keys/alice", None);
+    assert_eq!(r.status, 200, "{}", r.text());
+    // From here on, alice is refused on every shard and every connection.
+    let refused_before = counts[0].1.load(Ordering::Relaxed);
+    for c in &mut held {
+        assert_eq!(c.request(&request(&s.alice)).status, 403);
+        assert_eq!(c.request(&request(&carol)).status, 200);
+    }
+    let carol_held = held.len() as u64;
+    for _ in 0..16 {
+        assert_eq!(keyed(&gw, &s.alice), 403);
+    }
+    let ok_at_revoke = counts[0].0.load(Ordering::Relaxed);
+    assert!(wait_until(Duration::from_secs(10), || {
+        counts[0].1.load(Ordering::Relaxed) >= refused_before + 20
+    }));
+    stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        w.join().unwrap();
+    }
+    assert_eq!(
+        counts[0].0.load(Ordering::Relaxed),
+        ok_at_revoke,
+        "alice was answered 200 after the revocation had answered"
+    );
+    alice_ok += ok_at_revoke;
+    let carol_ok = counts[1].0.load(Ordering::Relaxed) + carol_held;
+    assert_eq!(counts[1].1.load(Ordering::Relaxed), 0, "carol was refused");
+    // Usage: exactly the 200s, for the revoked key and the other.
+    let used = |v: &Value, key: &str| {
+        v["quotas"]
+            .as_array()
+            .and_then(|q| q.iter().find(|q| q["key"] == key))
+            .and_then(|q| q["used"].as_u64())
+    };
+    let day = |v: &Value, key: &str| {
+        v["days"]
+            .as_array()
+            .and_then(|d| d.iter().find(|d| d["key"] == key))
+            .and_then(|d| d["requests"].as_u64())
+    };
+    let exact = |gw: &Gateway| {
+        let mut v = Value::Null;
+        let ok = wait_until(Duration::from_secs(5), || {
+            let r = admin(gw, "GET", "/usage", None);
+            v = json(&r);
+            r.status == 200
+                && used(&v, "alice") == Some(alice_ok)
+                && used(&v, "carol") == Some(carol_ok)
+                && day(&v, "alice") == Some(alice_ok)
+                && day(&v, "carol") == Some(carol_ok)
+        });
+        assert!(ok, "alice {alice_ok}, carol {carol_ok}: {v}");
+    };
+    exact(&gw);
+    let r = admin(&gw, "GET", "/usage?key=alice", None);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(gw
+        .stderr()
+        .lines()
+        .any(|l| l.contains("admin client 127.0.0.1:") && l.contains("revoked API key \"alice\"")));
+    // A restart keeps the tombstone and the counts.
+    drop(held);
+    drop(gw);
+    let gw = Gateway::start(&config);
+    assert_eq!(keyed(&gw, &s.alice), 403);
+    assert_eq!(keyed(&gw, &carol), 200);
+    let carol_ok = carol_ok + 1;
+    let mut v = Value::Null;
+    assert!(
+        wait_until(Duration::from_secs(5), || {
+            let r = admin(&gw, "GET", "/usage", None);
+            v = json(&r);
+            used(&v, "alice") == Some(alice_ok) && used(&v, "carol") == Some(carol_ok)
+        }),
+        "{v}"
+    );
+    let r = admin(&gw, "POST", "/keys/alice/enable", Some(b""));
+    assert_eq!(r.status, 400, "{}", r.text());
 }

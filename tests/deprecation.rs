@@ -174,3 +174,121 @@ documentation = "example.com/docs"
     // The API's table is reported once, not once per route.
     assert_eq!(errors.len(), 4, "{errors:#?}");
 }
+
+/// Three deployments of one API served by three stages at once: `v1`
+/// deprecated (every response of its stage says so, with curl), `v0`
+/// retired (410 without reaching the backend), `v2` active (no lifecycle
+/// headers); a route's own lifecycle replaces its deployment's. A bad
+/// deployment lifecycle is refused by `coregate check`, named at the
+/// deployment's key.
+#[test]
+fn deployments_are_deprecated_and_retired_per_stage() {
+    let echo = Backend::start(Reply::Echo);
+    let config = fill(
+        r#"
+[server]
+listen = ["127.0.0.1:0"]
+shards = 2
+
+[[apis]]
+name = "pets"
+base_path = "/pets"
+
+[[apis.deployments]]
+name = "v0"
+[apis.deployments.lifecycle]
+status = "retired"
+deprecated_at = "2025-01-01"
+documentation = "https://example.com/docs/v0"
+[[apis.deployments.routes]]
+key = "GET /items"
+integration = { type = "http_proxy", url = "http://@ECHO@" }
+
+[[apis.deployments]]
+name = "v1"
+[apis.deployments.lifecycle]
+status = "deprecated"
+deprecated_at = "2026-01-01"
+sunset = "2026-12-31T23:59:59Z"
+documentation = "https://example.com/docs/v1-to-v2"
+[[apis.deployments.routes]]
+key = "GET /items"
+integration = { type = "http_proxy", url = "http://@ECHO@" }
+[[apis.deployments.routes]]
+key = "GET /health"
+integration = { type = "mock", body = "ok" }
+[apis.deployments.routes.lifecycle]
+status = "active"
+
+[[apis.deployments]]
+name = "v2"
+[[apis.deployments.routes]]
+key = "GET /items"
+integration = { type = "http_proxy", url = "http://@ECHO@" }
+
+[[apis.stages]]
+name = "old"
+deployment = "v0"
+
+[[apis.stages]]
+name = "prod"
+deployment = "v1"
+
+[[apis.stages]]
+name = "beta"
+deployment = "v2"
+"#,
+        &[("ECHO", echo.addr_str())],
+    );
+    let gw = Gateway::start(&config);
+    // v1: deprecated, still answering through its backend.
+    let text = curl(&gw.url("/pets/prod/items"));
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    let h = headers(&text);
+    assert_eq!(header(&h, "deprecation"), Some("@1767225600"), "{text}");
+    assert_eq!(header(&h, "sunset"), Some("Thu, 31 Dec 2026 23:59:59 GMT"));
+    assert_eq!(
+        header(&h, "link"),
+        Some(
+            r#"<https://example.com/docs/v1-to-v2>; rel="deprecation", <https://example.com/docs/v1-to-v2>; rel="sunset""#
+        )
+    );
+    assert_eq!(header(&h, "x-coregate-deployment"), Some("v1"));
+    let hits = echo.hits();
+    assert_eq!(hits, 1);
+    // A route of v1 that says it is active has no lifecycle headers.
+    let h = headers(&curl(&gw.url("/pets/prod/health")));
+    assert_eq!(header(&h, "deprecation"), None, "{h:?}");
+    // v0: retired, the backend never hears of it.
+    let text = curl(&gw.url("/pets/old/items"));
+    assert!(text.starts_with("HTTP/1.1 410 Gone"), "{text}");
+    let h = headers(&text);
+    assert_eq!(header(&h, "deprecation"), Some("@1735689600"), "{text}");
+    assert_eq!(
+        header(&h, "link"),
+        Some(r#"<https://example.com/docs/v0>; rel="deprecation""#)
+    );
+    assert!(text.ends_with(r#"{"message":"Gone"}"#), "{text}");
+    assert_eq!(echo.hits(), hits);
+    // v2: active, no lifecycle headers.
+    let text = curl(&gw.url("/pets/beta/items"));
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    let h = headers(&text);
+    assert_eq!(header(&h, "deprecation"), None, "{text}");
+    assert_eq!(header(&h, "sunset"), None, "{text}");
+    assert_eq!(echo.hits(), hits + 1);
+
+    // A bad deployment lifecycle, named at the deployment.
+    let bad = config.replace("status = \"retired\"", "status = \"gone\"");
+    let path = write_config(&bad);
+    let out = run_coregate(&["check", "--config", path.to_str().unwrap()]);
+    let _ = std::fs::remove_file(&path);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.lines().any(
+            |l| l.contains("apis[0].deployments[0].lifecycle.status") && l.contains("\"gone\"")
+        ),
+        "{stderr}"
+    );
+}

@@ -392,6 +392,7 @@ fn list_keys(ctx: &Context) -> Answer {
                 "enabled": k.enabled,
                 "usage_plan": k.usage_plan,
                 "created": k.created,
+                "revoked": k.revoked,
             })
         })
         .collect();

@@ -18,7 +18,11 @@
 //! When `admin.token_file` is set, every request must carry the token, as
 //! `Authorization: Bearer TOKEN` (Prometheus' `authorization` setting) or
 //! as the password of HTTP Basic authentication (what a browser asks for
-//! on the dashboard); it is compared in constant time.
+//! on the dashboard); it is compared in constant time. With `[admin.tls]`
+//! the listener speaks TLS (rustls' blocking stream, on the connection's
+//! thread), and with its `client_ca`, a client without a certificate signed
+//! by that CA fails the handshake; the certificate's subject names the
+//! client in the log of the changes it makes.
 
 pub mod api;
 mod connections;
@@ -26,7 +30,7 @@ pub mod dashboard;
 mod serve;
 
 use crate::observe::snapshot::{merge, Merged};
-use crate::plan::admin::{AdminPlan, AdminToken};
+use crate::plan::admin::{AdminPlan, AdminTls, AdminToken};
 use crate::runtime::Control;
 use crossbeam_channel::Sender;
 use socket2::{Domain, Protocol, Socket, Type};
@@ -52,6 +56,7 @@ pub struct Bound {
     /// The bound address (port 0 resolved).
     pub addr: SocketAddr,
     token: Option<AdminToken>,
+    tls: Option<AdminTls>,
 }
 
 /// What the admin threads need from the running gateway.
@@ -70,6 +75,9 @@ pub struct Context {
 struct Shared {
     ctx: Context,
     token: Option<AdminToken>,
+    /// `[admin.tls]`: connections are TLS, and with client certificates
+    /// when it has a `client_ca`.
+    tls: Option<AdminTls>,
     /// The sampler's request channel (dashboard data).
     data: Sender<dashboard::DataRequest>,
 }
@@ -120,6 +128,7 @@ pub fn bind(plan: &AdminPlan, share: bool) -> io::Result<Option<Bound>> {
         listener,
         addr,
         token: plan.token.clone(),
+        tls: plan.tls.clone(),
     }))
 }
 
@@ -130,6 +139,7 @@ impl Bound {
         let shared = Arc::new(Shared {
             ctx,
             token: self.token,
+            tls: self.tls,
             data: data_tx,
         });
         let sampler = shared.clone();

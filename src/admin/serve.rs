@@ -51,6 +51,10 @@ pub(super) fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
         };
         if active.fetch_add(1, Ordering::AcqRel) >= super::MAX_CONNECTIONS {
             active.fetch_sub(1, Ordering::AcqRel);
+            if shared.tls.is_some() {
+                // A plain-text answer means nothing to a TLS client.
+                continue;
+            }
             let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
             let _ = write_response(
                 &mut stream,
@@ -69,7 +73,10 @@ pub(super) fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
         let spawned = std::thread::Builder::new()
             .name("coregate-admin-conn".into())
             .spawn(move || {
-                serve_connection(stream, &shared, &peer);
+                match &shared.tls {
+                    None => serve_plain(stream, &shared, &peer),
+                    Some(tls) => serve_tls(stream, tls, &shared, &peer),
+                }
                 count.fetch_sub(1, Ordering::AcqRel);
             });
         if let Err(e) = spawned {
@@ -111,7 +118,7 @@ impl Response {
 }
 
 fn write_response(
-    stream: &mut TcpStream,
+    stream: &mut impl Write,
     r: &Response,
     head_only: bool,
     keep_alive: bool,
@@ -133,14 +140,14 @@ fn write_response(
 }
 
 /// Answers `status` with `message` and closes (the caller returns).
-fn refuse(stream: &mut TcpStream, status: u16, message: &str) {
+fn refuse(stream: &mut impl Write, status: u16, message: &str) {
     let _ = write_response(stream, &Response::error(status, message), false, false);
 }
 
 /// Reads more of a request into `buf`; false when the connection ended,
 /// failed, or the request took longer than IO_TIMEOUT since `started`
 /// (answered 408 when something of it had come).
-fn read_more(stream: &mut TcpStream, buf: &mut Vec<u8>, started: Instant) -> bool {
+fn read_more(stream: &mut (impl Read + Write), buf: &mut Vec<u8>, started: Instant) -> bool {
     if !buf.is_empty() && started.elapsed() > IO_TIMEOUT {
         refuse(stream, 408, "Request Timeout");
         return false;
@@ -155,10 +162,60 @@ fn read_more(stream: &mut TcpStream, buf: &mut Vec<u8>, started: Instant) -> boo
     }
 }
 
-fn serve_connection(mut stream: TcpStream, shared: &Shared, peer: &str) {
+fn prepare(stream: &TcpStream) {
     let _ = stream.set_read_timeout(Some(IO_TIMEOUT));
     let _ = stream.set_write_timeout(Some(IO_TIMEOUT));
     let _ = stream.set_nodelay(true);
+}
+
+fn serve_plain(mut stream: TcpStream, shared: &Shared, peer: &str) {
+    prepare(&stream);
+    serve_connection(&mut stream, shared, peer);
+}
+
+/// A TLS connection: the handshake (within [`IO_TIMEOUT`]; with
+/// `client_ca`, rustls refuses a client without a certificate that chains
+/// to it), then the same requests as on a plain one. A verified client
+/// certificate's subject is added to the client's name in the log.
+fn serve_tls(stream: TcpStream, tls: &crate::plan::admin::AdminTls, shared: &Shared, peer: &str) {
+    prepare(&stream);
+    let mut conn = match rustls::ServerConnection::new(tls.config.clone()) {
+        Ok(c) => c,
+        Err(e) => {
+            crate::log!("warn", "admin: cannot start TLS for {peer}: {e}");
+            return;
+        }
+    };
+    let mut stream = stream;
+    let started = Instant::now();
+    while conn.is_handshaking() {
+        if started.elapsed() > IO_TIMEOUT {
+            return;
+        }
+        if let Err(e) = conn.complete_io(&mut stream) {
+            crate::log!("info", "admin: TLS handshake with {peer} failed: {e}");
+            // rustls queued its alert (an unknown CA, no certificate):
+            // send it, so the client learns why.
+            let _ = conn.write_tls(&mut stream);
+            return;
+        }
+    }
+    let subject = conn
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .and_then(|c| crate::tls::x509::client_identity(c.as_ref()));
+    let peer = match subject {
+        Some(s) => format!("{peer} (client certificate {s:?})"),
+        None => peer.to_string(),
+    };
+    let mut stream = rustls::StreamOwned::new(conn, stream);
+    serve_connection(&mut stream, shared, &peer);
+    stream.conn.send_close_notify();
+    let _ = stream.flush();
+}
+
+fn serve_connection(stream: &mut (impl Read + Write), shared: &Shared, peer: &str) {
+    let mut stream = stream;
     let mut buf: Vec<u8> = Vec::with_capacity(4096);
     loop {
         // === read one head ===
@@ -219,13 +276,19 @@ fn serve_connection(mut stream: TcpStream, shared: &Shared, peer: &str) {
 /// Content-Length, at most `connections::MAX_BODY`), answered by the
 /// shard holding the connection. Returns whether the connection goes on.
 fn connections_request(
-    stream: &mut TcpStream,
+    stream: &mut (impl Read + Write),
     buf: &mut Vec<u8>,
     head: &RequestHead,
     shared: &Shared,
 ) -> bool {
     use super::connections::{self, MAX_BODY};
-    fn send(stream: &mut TcpStream, status: u16, body: Vec<u8>, headers: &str, keep: bool) -> bool {
+    fn send(
+        stream: &mut impl Write,
+        status: u16,
+        body: Vec<u8>,
+        headers: &str,
+        keep: bool,
+    ) -> bool {
         let r = Response {
             status,
             content_type: "application/json",

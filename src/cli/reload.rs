@@ -72,6 +72,14 @@ fn ask(path: &Path) -> Result<u64, Vec<String>> {
             path.display()
         )]);
     }
+    if plan.admin.tls.is_some() {
+        return Err(vec![format!(
+            "{}: the admin listener speaks TLS ([admin.tls]), which coregate reload does not; \
+             send SIGHUP to the coregate process, or POST /reload with a TLS client \
+             (curl --cacert CA --cert CERT --key KEY -X POST https://ADDR/reload)",
+            path.display()
+        )]);
+    }
     let addr = reachable(listen);
     let fail = |what: &str, e: std::io::Error| {
         vec![format!(

@@ -3,12 +3,17 @@
 //! once, so `coregate check` reports an unreadable or empty file; an admin
 //! listener on an address other hosts can reach is refused without one
 //! (an open admin port is how hundreds of Kong admin APIs were exposed,
-//! Kong/kong#3016).
+//! Kong/kong#3016). `[admin.tls]` serves it over TLS (`tls::compile_admin`),
+//! and with `client_ca` only to clients with a certificate signed by that
+//! CA (mutual TLS), which authenticates them as a token does.
 
-use crate::config::raw::admin::{RawAdmin, DEFAULT_ADMIN_ENABLED, DEFAULT_ADMIN_LISTEN};
+use crate::config::raw::admin::{
+    RawAdmin, RawAdminTls, DEFAULT_ADMIN_ENABLED, DEFAULT_ADMIN_LISTEN,
+};
 use crate::config::ConfigError;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::Arc;
 
 /// The shortest token accepted: anything shorter could be guessed.
 pub const MIN_TOKEN_LEN: usize = 16;
@@ -23,6 +28,26 @@ pub struct AdminPlan {
     pub explicit: bool,
     /// The bearer token, from `token_file`.
     pub token: Option<AdminToken>,
+    /// `[admin.tls]`, compiled.
+    pub tls: Option<AdminTls>,
+}
+
+/// The admin listener's TLS: its rustls config, and the settings as
+/// written (a reload compares them: they apply only at start).
+#[derive(Debug, Clone)]
+pub struct AdminTls {
+    pub config: Arc<rustls::ServerConfig>,
+    /// `client_ca` is set: every client presents a verified certificate.
+    pub mutual: bool,
+    pub raw: RawAdminTls,
+}
+
+impl AdminPlan {
+    /// Whether admin requests are authenticated (a token, or client
+    /// certificates).
+    pub fn authenticated(&self) -> bool {
+        self.token.is_some() || self.tls.as_ref().is_some_and(|t| t.mutual)
+    }
 }
 
 /// A secret: never printed.
@@ -49,11 +74,19 @@ pub fn compile(
         .token_file
         .as_deref()
         .and_then(|f| read_token(f, base_dir, errors));
+    let tls = raw.tls.as_ref().and_then(|t| {
+        crate::tls::compile_admin(t, base_dir, errors).map(|config| AdminTls {
+            config,
+            mutual: t.client_ca.is_some(),
+            raw: t.clone(),
+        })
+    });
     if !raw.enabled.unwrap_or(DEFAULT_ADMIN_ENABLED) {
         return AdminPlan {
             listen: None,
             explicit: raw.listen.is_some(),
             token,
+            tls,
         };
     }
     let text = raw.listen.as_deref().unwrap_or(DEFAULT_ADMIN_LISTEN);
@@ -79,14 +112,16 @@ pub fn compile(
                 ),
             ));
         }
-        if !addr.ip().is_loopback() && raw.token_file.is_none() {
+        let mutual = raw.tls.as_ref().is_some_and(|t| t.client_ca.is_some());
+        if !addr.ip().is_loopback() && raw.token_file.is_none() && !mutual {
             errors.push(ConfigError::new(
                 "admin.token_file",
                 format!(
                     "is required because admin.listen ({text:?}) is not a loopback address: \
                      anyone who can reach it could read the metrics and the dashboard and reload the config. \
                      Put a token of at least {MIN_TOKEN_LEN} characters in a file \
-                     and name it here, or listen on 127.0.0.1"
+                     and name it here, or require client certificates ([admin.tls] client_ca), \
+                     or listen on 127.0.0.1"
                 ),
             ));
         }
@@ -95,6 +130,7 @@ pub fn compile(
         listen,
         explicit: raw.listen.is_some(),
         token,
+        tls,
     }
 }
 
@@ -143,6 +179,7 @@ mod tests {
             enabled,
             listen: listen.map(str::to_string),
             token_file: token_file.map(str::to_string),
+            tls: None,
         }
     }
 

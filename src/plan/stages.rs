@@ -565,6 +565,9 @@ fn stage_api(
     if dep.authorizer.is_some() {
         a.authorizer = dep.authorizer.clone();
     }
+    if dep.lifecycle.is_some() {
+        a.lifecycle = dep.lifecycle.clone();
+    }
     a
 }
 
@@ -585,6 +588,7 @@ fn origin(akey: &str, skey: &str, stage: &RawStage, dkey: &str, dep: &RawDeploym
         ("ip_rules", dep.ip_rules.is_some()),
         ("api_key_required", dep.api_key_required.is_some()),
         ("authorizer", dep.authorizer.is_some()),
+        ("lifecycle", dep.lifecycle.is_some()),
     ] {
         if set {
             fields.push((field, dkey.to_string()));

@@ -230,6 +230,16 @@ pub struct ApiKey {
     /// The key's `[[usage_plans]]` entry (see `policy::usage`).
     pub usage_plan: Option<String>,
     pub created: Option<String>,
+    /// When the key was revoked (`revoked` in the keys file): refused for
+    /// good, whatever `enabled` says; its entry keeps its position.
+    pub revoked: Option<String>,
+}
+
+impl ApiKey {
+    /// Whether a request may present this key.
+    pub fn usable(&self) -> bool {
+        self.enabled && self.revoked.is_none()
+    }
 }
 
 /// Every key, indexed by id. Built once at compile time; each shard holds
@@ -301,7 +311,7 @@ impl KeyStore {
         };
         let matches = ct_eq(&hash_secret(&salt, &presented.secret), &expected);
         let i = found?;
-        (matches && self.keys[i as usize].enabled).then_some(i)
+        (matches && self.keys[i as usize].usable()).then_some(i)
     }
 
     /// Like [`KeyStore::verify`], for the `x-api-key` header of a request.
@@ -331,7 +341,7 @@ pub fn parse_keys_file(text: &str) -> Result<RawKeysFile, String> {
         .map_err(|e| e.to_string().trim().to_string())?;
     if !unknown.is_empty() {
         return Err(format!(
-            "unknown key(s) {}; a keys file holds only [[keys]] with name, id, hash, enabled, usage_plan, created",
+            "unknown key(s) {}; a keys file holds only [[keys]] with name, id, hash, enabled, usage_plan, created, revoked",
             unknown.join(", ")
         ));
     }
@@ -397,6 +407,14 @@ fn compile_key(raw: &RawApiKey, key: &str, errors: &mut Vec<ConfigError>) -> Opt
             ));
         }
     }
+    if let Some(c) = &raw.revoked {
+        if !valid_created(c) {
+            errors.push(ConfigError::new(
+                format!("{key}.revoked"),
+                format!("{who}: {c:?} is not an RFC 3339 date (e.g. \"2026-11-24T22:15:00Z\")"),
+            ));
+        }
+    }
     if let Some(c) = &raw.created {
         if !valid_created(c) {
             errors.push(ConfigError::new(
@@ -413,6 +431,7 @@ fn compile_key(raw: &RawApiKey, key: &str, errors: &mut Vec<ConfigError>) -> Opt
         enabled: raw.enabled.unwrap_or(true),
         usage_plan: raw.usage_plan.clone(),
         created: raw.created.clone(),
+        revoked: raw.revoked.clone(),
     })
 }
 

@@ -166,6 +166,13 @@ pub fn restart_only(old: &Plan, new: &Plan) -> Vec<String> {
                 .to_string(),
         );
     }
+    if old.admin.tls.as_ref().map(|t| &t.raw) != new.admin.tls.as_ref().map(|t| &t.raw) {
+        errors.push(
+            "admin.tls: the admin listener's TLS settings changed, but it reads them only \
+             when coregate starts; restart coregate to change them (nothing was reloaded)"
+                .to_string(),
+        );
+    }
     let (u, v) = (&old.policies.usage, &new.policies.usage);
     if !u.same_state(v) && !u.extends_to(v) {
         errors.push(

@@ -485,6 +485,76 @@ pub fn compile_server(
     })
 }
 
+// === [admin.tls] ===
+
+/// Compiles `[admin.tls]` into the admin listener's rustls config: one
+/// certificate, TLS 1.2 and 1.3, ALPN `http/1.1`, and with `client_ca`,
+/// client certificates required and verified against it
+/// (`WebPkiClientVerifier`). Errors are named at `admin.tls.KEY`.
+pub fn compile_admin(
+    raw: &crate::config::raw::admin::RawAdminTls,
+    base_dir: Option<&Path>,
+    errors: &mut Vec<ConfigError>,
+) -> Option<Arc<ServerConfig>> {
+    let provider = provider();
+    let before = errors.len();
+    let certs = load_certs(&resolve_path(&raw.certificate, base_dir))
+        .map_err(|e| errors.push(ConfigError::new("admin.tls.certificate", e)))
+        .ok();
+    let key = load_key(&resolve_path(&raw.key, base_dir))
+        .map_err(|e| errors.push(ConfigError::new("admin.tls.key", e)))
+        .ok();
+    let roots = raw.client_ca.as_ref().and_then(|ca| {
+        load_roots(&resolve_path(ca, base_dir))
+            .map_err(|e| errors.push(ConfigError::new("admin.tls.client_ca", e)))
+            .ok()
+    });
+    if errors.len() > before {
+        return None;
+    }
+    let (certs, key) = (certs?, key?);
+    let builder = match ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+    {
+        Ok(b) => b,
+        Err(e) => {
+            errors.push(ConfigError::new(
+                "admin.tls",
+                format!("rustls refused the configuration: {e}"),
+            ));
+            return None;
+        }
+    };
+    let builder = match roots {
+        None => builder.with_no_client_auth(),
+        Some(roots) => {
+            match WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider).build() {
+                Ok(v) => builder.with_client_cert_verifier(v),
+                Err(e) => {
+                    errors.push(ConfigError::new(
+                        "admin.tls.client_ca",
+                        format!("cannot verify client certificates with it: {e}"),
+                    ));
+                    return None;
+                }
+            }
+        }
+    };
+    match builder.with_single_cert(certs, key) {
+        Ok(mut config) => {
+            config.alpn_protocols = vec![ALPN_HTTP11.to_vec()];
+            Some(Arc::new(config))
+        }
+        Err(e) => {
+            errors.push(ConfigError::new(
+                "admin.tls.key",
+                format!("does not go with admin.tls.certificate: {e}"),
+            ));
+            None
+        }
+    }
+}
+
 // === https:// upstreams ===
 
 /// The host part of `host[:port]`, `[v6]:port` or a bare name.

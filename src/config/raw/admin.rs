@@ -19,4 +19,19 @@ pub struct RawAdmin {
     /// Required when `listen` is not a loopback address. A relative path
     /// is taken from the config file's directory.
     pub token_file: Option<String>,
+    /// `[admin.tls]`: serve the admin listener over TLS, and with
+    /// `client_ca`, only to clients with a certificate signed by it.
+    pub tls: Option<RawAdminTls>,
+}
+
+/// `[admin.tls]`.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Deserialize)]
+pub struct RawAdminTls {
+    /// PEM certificate chain the admin listener presents.
+    pub certificate: String,
+    /// PEM private key of `certificate`.
+    pub key: String,
+    /// PEM CA bundle: when set, a client must present a certificate that
+    /// chains to it (mutual TLS), and is named by its subject in the log.
+    pub client_ca: Option<String>,
 }

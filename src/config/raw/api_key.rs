@@ -17,6 +17,9 @@ pub struct RawApiKey {
     pub usage_plan: Option<String>,
     /// RFC 3339 date-time the key was created (informational).
     pub created: Option<String>,
+    /// RFC 3339 date-time the key was revoked: a tombstone. The entry stays
+    /// (its position counts usage), and the key is refused for good.
+    pub revoked: Option<String>,
 }
 
 /// A keys file: `[[keys]]` entries.

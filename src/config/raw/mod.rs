@@ -327,10 +327,14 @@ pub fn known_keys(path: &str) -> Option<&'static [&'static str]> {
         "authorizers.sigv4.credentials" => fields_of::<sigv4::RawCredential>(),
         "authorizers.request" => fields_of::<request_auth::RawRequestAuthorizer>(),
         "admin" => fields_of::<admin::RawAdmin>(),
+        "admin.tls" => fields_of::<admin::RawAdminTls>(),
         "apis.mapping" | "apis.routes.mapping" | "policies.mapping" => {
             fields_of::<mapping::RawMapping>()
         }
-        "apis.lifecycle" | "apis.routes.lifecycle" => fields_of::<lifecycle::RawLifecycle>(),
+        "apis.lifecycle"
+        | "apis.routes.lifecycle"
+        | "apis.deployments.lifecycle"
+        | "apis.deployments.routes.lifecycle" => fields_of::<lifecycle::RawLifecycle>(),
         "policies" => fields_of::<policy_set::RawPolicySet>(),
         "policies.throttle" => fields_of::<throttle::RawThrottle>(),
         "policies.throttle.per_client_ip" => fields_of::<throttle::RawRate>(),

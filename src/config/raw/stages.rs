@@ -2,7 +2,7 @@
 //! file: shape only. `plan::stages` checks them and expands each stage into
 //! the routed set it serves (docs/stages.md).
 
-use super::{access_log, cache, cors, ip_rules, throttle, RawRoute};
+use super::{access_log, cache, cors, ip_rules, lifecycle, throttle, RawRoute};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 
@@ -22,6 +22,9 @@ pub struct RawDeployment {
     pub api_key_required: Option<bool>,
     /// Replaces the API's `authorizer` for this deployment.
     pub authorizer: Option<String>,
+    /// Replaces the API's `lifecycle` for this deployment: deprecated or
+    /// retired (docs/lifecycle.md).
+    pub lifecycle: Option<lifecycle::RawLifecycle>,
 }
 
 /// `[[apis.stages]]`: where a deployment is served (`<base path>/<name>`,

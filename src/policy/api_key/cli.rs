@@ -194,22 +194,43 @@ pub fn list(path: &Path) -> Result<Vec<ApiKey>, String> {
     validate(path, &text)
 }
 
-/// Sets `enabled = false` on the key named `name`.
+/// Revokes the key named `name`: a tombstone. The entry stays where it is
+/// (usage is counted by a key's position, so the other keys keep theirs
+/// and its own history stays readable), gets `revoked = NOW` and
+/// `enabled = false`, and is refused for good: it cannot be enabled
+/// again. Revoking a revoked key changes nothing (its first revocation
+/// time stays).
 pub fn revoke(path: &Path, name: &str) -> Result<(), String> {
-    set_enabled(path, name, false)
-}
-
-/// Removes the key named `name` from `path`.
-pub fn remove(path: &Path, name: &str) -> Result<(), String> {
+    let now = now_rfc3339();
     edit_key(path, name, |tables| {
-        let before = tables.len();
-        tables.retain(|t| t.get("name").and_then(|v| v.as_str()) != Some(name));
-        tables.len() < before
+        let mut found = false;
+        for t in tables.iter_mut() {
+            if t.get("name").and_then(|v| v.as_str()) == Some(name) {
+                found = true;
+                if t.get("revoked").is_none() {
+                    t["enabled"] = toml_edit::value(false);
+                    t["revoked"] = toml_edit::value(now.as_str());
+                }
+            }
+        }
+        found
     })
 }
 
-/// Sets `enabled` on the key named `name`.
+/// Sets `enabled` on the key named `name`; a revoked key cannot be
+/// enabled again.
 pub fn set_enabled(path: &Path, name: &str, enabled: bool) -> Result<(), String> {
+    if enabled {
+        let text = read(path, false)?;
+        if let Some(k) = validate(path, &text)?.iter().find(|k| k.name == name) {
+            if let Some(when) = &k.revoked {
+                return Err(format!(
+                    "{}: key {name:?} was revoked ({when}); a revoked key cannot be enabled again: create a new key",
+                    path.display()
+                ));
+            }
+        }
+    }
     edit_key(path, name, |tables| {
         let mut found = false;
         for t in tables.iter_mut() {

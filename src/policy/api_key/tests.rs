@@ -19,6 +19,7 @@ fn key(name: &str, seed: u8, enabled: bool) -> (ApiKey, String) {
             enabled,
             usage_plan: None,
             created: None,
+            revoked: None,
         },
         k.full,
     )
