@@ -8,6 +8,7 @@ pub mod admin;
 pub mod compile;
 mod mapping;
 pub mod policy_sets;
+pub mod portal;
 pub mod stages;
 pub mod websocket;
 
@@ -40,6 +41,8 @@ pub struct Plan {
     pub access_log: crate::accesslog::LogPlan,
     /// Stages' canaries (docs/stages.md); empty without canaries.
     pub stages: stages::StagesPlan,
+    /// `[portal]`: the developer portal (docs/portal.md).
+    pub portal: portal::PortalPlan,
 }
 
 impl Plan {
