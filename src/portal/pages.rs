@@ -547,15 +547,15 @@ pub(super) fn api_page(r: &Running, query: &str) -> Response {
     let url = gateway_url(r);
     let api = v.api;
     let mut b = String::new();
-    let _ = write!(
+    let _ = writeln!(
         b,
-        "<h1 class=\"api-name\" data-api=\"{}\">{}</h1>\n{}\n",
+        "<h1 class=\"api-name\" data-api=\"{}\">{}</h1>\n{}",
         e(&api.name),
         e(&api.name),
         lifecycle_badge(api.lifecycle.as_ref())
     );
     if let Some(d) = doc.pointer("/info/description").and_then(Value::as_str) {
-        let _ = write!(b, "<p class=\"description\">{}</p>\n", e(d));
+        let _ = writeln!(b, "<p class=\"description\">{}</p>", e(d));
     }
     if !api.stages.is_empty() {
         b.push_str("<p class=\"stages\">Stages: ");
@@ -575,15 +575,15 @@ pub(super) fn api_page(r: &Running, query: &str) -> Response {
         b.push_str("</p>\n");
     }
     let base_url = format!("{url}{}", v.base);
-    let _ = write!(
+    let _ = writeln!(
         b,
-        "<p>Base URL: <code class=\"base-url\">{}</code></p>\n",
+        "<p>Base URL: <code class=\"base-url\">{}</code></p>",
         e(&base_url)
     );
     if let Some(h) = api.hosts.as_ref().and_then(|h| h.first()) {
-        let _ = write!(
+        let _ = writeln!(
             b,
-            "<p>Host: <code>{}</code> (send it as the <code>Host</code> header)</p>\n",
+            "<p>Host: <code>{}</code> (send it as the <code>Host</code> header)</p>",
             e(h)
         );
     }
@@ -677,9 +677,9 @@ fn route_html(
 ) -> String {
     let full = full_path(&v.base, path);
     let mut s = String::new();
-    let _ = write!(
+    let _ = writeln!(
         s,
-        "<article class=\"route\" id=\"{}\" data-route=\"{}\">\n<h3><span class=\"method\">{}</span> <code class=\"path\">{}</code> {}</h3>\n",
+        "<article class=\"route\" id=\"{}\" data-route=\"{}\">\n<h3><span class=\"method\">{}</span> <code class=\"path\">{}</code> {}</h3>",
         e(anchor),
         e(&route.key),
         e(method),
@@ -687,17 +687,17 @@ fn route_html(
         lifecycle_badge(life)
     );
     if let Some(sm) = op.get("summary").and_then(Value::as_str) {
-        let _ = write!(s, "<p class=\"summary\">{}</p>\n", e(sm));
+        let _ = writeln!(s, "<p class=\"summary\">{}</p>", e(sm));
     }
     if let Some(d) = op.get("description").and_then(Value::as_str) {
-        let _ = write!(s, "<p class=\"description\">{}</p>\n", e(d));
+        let _ = writeln!(s, "<p class=\"description\">{}</p>", e(d));
     }
     let api_key = route.api_key_required.or(v.api_key_required) == Some(true);
     let authorizer = route.authorizer.as_deref().or(v.authorizer);
     let scopes = route.authorization_scopes.clone().unwrap_or_default();
-    let _ = write!(
+    let _ = writeln!(
         s,
-        "<h4>Authentication</h4>{}\n",
+        "<h4>Authentication</h4>{}",
         auth_html(raw, api_key, authorizer, &scopes)
     );
     // Parameters.
@@ -768,11 +768,7 @@ fn route_html(
     if authorizer.is_some_and(|a| a != "none") {
         curl.push_str(" -H 'Authorization: Bearer TOKEN'");
     }
-    let _ = write!(
-        s,
-        "<h4>Example</h4><pre class=\"curl\">{}</pre>\n",
-        e(&curl)
-    );
+    let _ = writeln!(s, "<h4>Example</h4><pre class=\"curl\">{}</pre>", e(&curl));
     if r.plan.portal.try_it {
         s.push_str(&try_form(
             v,

@@ -242,10 +242,7 @@ fn exchange(addr: SocketAddr, head: &[u8], body: &[u8]) -> Result<Answer, String
 /// A chunked body's data (as much as arrived).
 fn dechunk(mut b: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
-    loop {
-        let Some(eol) = b.windows(2).position(|w| w == b"\r\n") else {
-            break;
-        };
+    while let Some(eol) = b.windows(2).position(|w| w == b"\r\n") {
         let line = String::from_utf8_lossy(&b[..eol]);
         let size = line.split(';').next().unwrap_or("").trim();
         let Ok(n) = usize::from_str_radix(size, 16) else {
