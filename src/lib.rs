@@ -23,6 +23,8 @@
 //! - [`gateway`]: the exchange record, the phase driver, the one exit,
 //!   WebSocket sessions.
 //! - [`runtime`]: shards on their CPUs, listeners, control inbox, drain.
+//! - [`portal`]: the developer portal: documentation, "try it" and
+//!   self-service API keys, on a listener of its own.
 //! - [`admin`]: the admin listener: `/metrics`, the dashboard and
 //!   WebSocket `@connections`.
 //! - [`cli`]: subcommands of the binary besides `serve`.
@@ -40,6 +42,7 @@ pub mod observe;
 pub mod openapi;
 pub mod plan;
 pub mod policy;
+pub mod portal;
 pub mod route;
 pub mod runtime;
 pub mod tls;

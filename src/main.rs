@@ -712,6 +712,15 @@ fn serve(path: &std::path::Path) -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    // The developer portal (off unless [portal] asks for it) binds before
+    // the shards start too.
+    let portal = match coregate::portal::bind(&plan.portal, plan.server.share_listen_addresses) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("coregate: {e}");
+            return ExitCode::from(1);
+        }
+    };
     let started = std::time::SystemTime::now();
     let mut server = match Server::start(plan) {
         Ok(s) => s,
@@ -727,6 +736,16 @@ fn serve(path: &std::path::Path) -> ExitCode {
         println!("coregate: listening on {addr} (tls)");
     }
     let (reload_tx, requests) = crossbeam_channel::unbounded::<MainRequest>();
+    if let Some(portal) = portal {
+        let addr = portal.addr;
+        if let Err(e) = portal.serve(reload_tx.clone()) {
+            eprintln!("coregate: cannot start the portal's threads: {e}");
+            server.shutdown();
+            server.join();
+            return ExitCode::from(1);
+        }
+        println!("coregate: portal listening on {addr}");
+    }
     if let Some(admin) = admin {
         let addr = admin.addr;
         let ctx = coregate::admin::Context {

@@ -23,6 +23,7 @@ const LAYERS: &[&str] = &[
     "observe",
     "gateway",
     "runtime",
+    "portal",
     "admin",
     "cli",
 ];

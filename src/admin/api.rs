@@ -31,7 +31,9 @@ pub fn allowed(path: &str) -> Option<&'static [Method]> {
         "/reload" | "/config/validate" => &[Method::Post],
         "/config" => &[Method::Get, Method::Put],
         "/keys" => &[Method::Get, Method::Post],
+        "/portal/signups" => GET,
         _ if canary_path(path).is_some() => &[Method::Post],
+        _ if signup_path(path).is_some() => &[Method::Post],
         _ => match key_path(path) {
             Some((_, None)) => &[Method::Delete],
             Some((_, Some(_))) => &[Method::Post],
@@ -49,6 +51,18 @@ fn key_path(path: &str) -> Option<(&str, Option<&str>)> {
         None => (rest, None),
     };
     (!name.is_empty()).then_some((name, action))
+}
+
+/// `/portal/signups/NAME/approve` -> (NAME, true); `.../refuse` -> false.
+fn signup_path(path: &str) -> Option<(&str, bool)> {
+    let rest = path.strip_prefix("/portal/signups/")?;
+    let (name, action) = rest.split_once('/')?;
+    let approve = match action {
+        "approve" => true,
+        "refuse" => false,
+        _ => return None,
+    };
+    (!name.is_empty()).then_some((name, approve))
 }
 
 /// `/stages/API/STAGE/canary` -> (API, STAGE).
@@ -134,6 +148,13 @@ pub fn answer(
             canary(ctx, who, api, stage, body)
         }
         (Method::Get, "/openapi") => openapi(ctx, query),
+        (Method::Get, "/portal/signups") => portal_signups(ctx),
+        (Method::Post, p) if signup_path(p).is_some() => {
+            let Some((name, approve)) = signup_path(p) else {
+                return Err(error(404, "Not Found"));
+            };
+            portal_decide(ctx, who, name, approve)
+        }
         (Method::Delete, p) | (Method::Post, p) if p.starts_with("/keys/") => {
             let Some((name, action)) = key_path(p) else {
                 return Err(error(404, "Not Found"));
@@ -422,6 +443,45 @@ fn change_key(ctx: &Context, who: &str, change: KeyChange) -> Answer {
         v["key"] = json!(key);
     }
     Ok((if creating { 201 } else { 200 }, v))
+}
+
+/// The running config's portal sign-up registry.
+fn signup_file(ctx: &Context) -> Result<std::path::PathBuf, (u16, Value)> {
+    let r = running(ctx)?;
+    r.plan
+        .portal
+        .signup
+        .map(|s| s.file)
+        .ok_or_else(|| error(404, "the running config has no [portal.signup]"))
+}
+
+/// `GET /portal/signups`: every sign-up of the developer portal.
+fn portal_signups(ctx: &Context) -> Answer {
+    let file = signup_file(ctx)?;
+    let all = crate::portal::keys::list(&file).map_err(|e| error(500, &e))?;
+    let list: Vec<Value> = all
+        .iter()
+        .map(|s| {
+            json!({
+                "name": s.name,
+                "id": s.id,
+                "usage_plan": s.usage_plan,
+                "label": s.label,
+                "address": s.address,
+                "created": s.created,
+                "state": s.state,
+            })
+        })
+        .collect();
+    Ok((200, json!({ "signups": list })))
+}
+
+/// `POST /portal/signups/NAME/approve|refuse`: decides a pending sign-up.
+fn portal_decide(ctx: &Context, who: &str, name: &str, approve: bool) -> Answer {
+    let file = signup_file(ctx)?;
+    let s = crate::portal::keys::decide(&ctx.main, &file, name, approve, who)
+        .map_err(|(status, m)| error(status, &m))?;
+    Ok((200, json!({ "name": s.name, "state": s.state })))
 }
 
 /// The value of `name` in a query string (no percent-decoding: key names,

@@ -124,6 +124,8 @@ fn compile_apis(
         &traffic,
         &mut errors,
     );
+    let portal_taken: Vec<SocketAddr> = traffic.iter().chain(&admin.listen).copied().collect();
+    let portal = super::portal::compile(raw, &portal_taken, &mut errors);
 
     let mut upstreams = Vec::new();
     // Declared upstreams with errors of their own: routes naming them are not
@@ -522,6 +524,7 @@ fn compile_apis(
             admin,
             access_log,
             stages,
+            portal,
         })
     } else {
         Err(errors)

@@ -9,6 +9,7 @@ pub mod compile;
 mod mapping;
 pub mod openapi;
 pub mod policy_sets;
+pub mod portal;
 pub mod stages;
 pub mod websocket;
 
@@ -41,6 +42,8 @@ pub struct Plan {
     pub access_log: crate::accesslog::LogPlan,
     /// Stages' canaries (docs/stages.md); empty without canaries.
     pub stages: stages::StagesPlan,
+    /// `[portal]`: the developer portal (docs/portal.md).
+    pub portal: portal::PortalPlan,
 }
 
 impl Plan {

@@ -159,6 +159,11 @@ pub fn restart_only(old: &Plan, new: &Plan) -> Vec<String> {
         format!("{:?}", old.admin.listen),
         format!("{:?}", new.admin.listen),
     );
+    check(
+        "portal.listen",
+        format!("{:?}", old.portal.listen),
+        format!("{:?}", new.portal.listen),
+    );
     if old.admin.token != new.admin.token {
         errors.push(
             "admin.token_file: the admin token changed, but the admin listener reads it only \

@@ -24,6 +24,7 @@ pub mod lifecycle;
 pub mod mapping;
 pub mod openapi;
 pub mod policy_set;
+pub mod portal;
 pub mod request_auth;
 pub mod sigv4;
 pub mod stages;
@@ -82,6 +83,8 @@ pub struct RawConfig {
     /// `[[policies]]`: named policy sets that APIs and routes attach.
     #[serde(default)]
     pub policies: Vec<policy_set::RawPolicySet>,
+    /// `[portal]`: the developer portal (docs/portal.md).
+    pub portal: Option<portal::RawPortal>,
     /// The directory of the config file, set by `plan::load`: relative
     /// paths in the config (`server.api_keys_file`) are taken from it.
     #[serde(skip)]
@@ -341,6 +344,8 @@ pub fn known_keys(path: &str) -> Option<&'static [&'static str]> {
         "policies.cache" => fields_of::<cache::RawCacheRule>(),
         "policies.cors" => fields_of::<cors::RawCors>(),
         "policies.ip_rules" => fields_of::<ip_rules::RawIpRules>(),
+        "portal" => fields_of::<portal::RawPortal>(),
+        "portal.signup" => fields_of::<portal::RawSignup>(),
         _ => return None,
     })
 }
