@@ -21,7 +21,7 @@ use super::body::ChunkedDecoder;
 use super::parse::{parse_request_head, Framing, HeadLimits, RequestHead};
 use super::{Limits, Reject};
 use crate::net::{interrupt_read, ReadHandle, Socket};
-use crate::tls::stream::{ClientStream, Stream, UpstreamStream};
+use crate::tls::stream::{ClientStream, Io, Stream, UpstreamStream};
 use futures_lite::AsyncReadExt;
 use glommio::sync::Semaphore;
 use std::cell::{Cell, RefCell};
@@ -782,99 +782,53 @@ impl Conn {
             .map_err(|_| BodyError::Client)
     }
 
-    async fn read_body_bytes(&mut self, limits: &Limits, max: usize) -> Result<usize, BodyError> {
-        self.stream.set_read_timeout(Some(limits.body_read_timeout));
-        match self.stream.read(&mut self.rbuf[..max]).await {
-            Ok(0) => Err(BodyError::Client),
-            Ok(n) => Ok(n),
-            Err(e) if e.kind() == io::ErrorKind::TimedOut => Err(BodyError::Timeout),
-            Err(_) => Err(BodyError::Client),
+    /// Whether `100 Continue` is due before the body: the client asked,
+    /// and has sent none of a body it still has to send.
+    pub fn wants_continue(&self, framing: Framing, expect_continue: bool) -> bool {
+        expect_continue
+            && self.buffered() == 0
+            && match framing {
+                Framing::None => false,
+                Framing::Length(n) => n > 0,
+                Framing::Chunked => true,
+            }
+    }
+
+    /// The connection in the parts a full-duplex exchange uses at once:
+    /// the request body still to come, the stream (lent to both
+    /// directions), and the response-head buffers.
+    pub fn split(&mut self) -> Split<'_> {
+        Split {
+            body: BodyIn {
+                rbuf: &mut self.rbuf,
+                rpos: &mut self.rpos,
+                rend: &mut self.rend,
+            },
+            stream: &mut self.stream,
+            wbuf: &mut self.wbuf,
+            ebuf: &self.ebuf,
         }
     }
 
     /// Streams the request body that follows the head (already consumed from
-    /// `rbuf`) into `sink`, or discards it when `sink` is None. Bytes are
-    /// written from the read buffer itself. On success only bytes after the
-    /// body remain buffered. Returns the body length.
+    /// `rbuf`) into `sink`, or discards it when `sink` is None (see
+    /// [`BodyIn::pump`]), after `100 Continue` if the client waits for it.
+    /// On success only bytes after the body remain buffered. Returns the
+    /// body length.
     pub async fn pump_body(
         &mut self,
         framing: Framing,
         limits: &Limits,
-        mut sink: Option<&mut UpstreamStream>,
+        sink: Option<&mut UpstreamStream>,
         expect_continue: bool,
     ) -> Result<u64, BodyError> {
-        if framing != Framing::None && self.rbuf.len() < READ_BUF {
-            // Bodies move through a larger buffer than heads.
-            self.rbuf.resize(READ_BUF, 0);
+        if self.wants_continue(framing, expect_continue) {
+            self.send_continue().await?;
         }
-        // An upstream that answers before it has the whole body ends the
-        // pumping (Stream::send_body), so its answer is not held back.
-        let mut watch = true;
-        match framing {
-            Framing::None => Ok(0),
-            Framing::Length(n) => {
-                let mut remaining = n;
-                let take = (self.buffered() as u64).min(remaining) as usize;
-                if let Some(s) = sink.as_deref_mut() {
-                    s.send_body(&self.rbuf[self.rpos..self.rpos + take], &mut watch)
-                        .await
-                        .map_err(BodyError::Sink)?;
-                }
-                self.rpos += take;
-                remaining -= take as u64;
-                if remaining > 0 {
-                    // Everything buffered was body; the buffer is free.
-                    self.rpos = 0;
-                    self.rend = 0;
-                    if expect_continue && take == 0 {
-                        self.send_continue().await?;
-                    }
-                }
-                while remaining > 0 {
-                    let want = (self.rbuf.len() as u64).min(remaining) as usize;
-                    let got = self.read_body_bytes(limits, want).await?;
-                    if let Some(s) = sink.as_deref_mut() {
-                        s.send_body(&self.rbuf[..got], &mut watch)
-                            .await
-                            .map_err(BodyError::Sink)?;
-                    }
-                    remaining -= got as u64;
-                }
-                Ok(n)
-            }
-            Framing::Chunked => {
-                let mut dec = ChunkedDecoder::new(true, limits.max_header_bytes);
-                if expect_continue && self.buffered() == 0 {
-                    self.send_continue().await?;
-                }
-                loop {
-                    while self.rpos < self.rend && !dec.is_done() {
-                        let step = dec
-                            .step(&self.rbuf[self.rpos..self.rend])
-                            .map_err(|e| BodyError::Bad(e.0))?;
-                        if dec.data_bytes > limits.max_body_bytes {
-                            return Err(BodyError::TooLarge);
-                        }
-                        // The run itself, or our framing in place of
-                        // what was dropped (the body is re-framed).
-                        let out = step.out(&self.rbuf[self.rpos..self.rend]);
-                        if let (Some(s), false) = (sink.as_deref_mut(), out.is_empty()) {
-                            s.send_body(out, &mut watch)
-                                .await
-                                .map_err(BodyError::Sink)?;
-                        }
-                        self.rpos += step.consumed;
-                    }
-                    if dec.is_done() {
-                        return Ok(dec.data_bytes);
-                    }
-                    self.rpos = 0;
-                    self.rend = 0;
-                    let max = self.rbuf.len();
-                    self.rend = self.read_body_bytes(limits, max).await?;
-                }
-            }
-        }
+        let Split {
+            mut body, stream, ..
+        } = self.split();
+        body.pump(stream, framing, limits, sink).await
     }
 
     /// Closes gracefully after an error: stop writing, then read and drop
@@ -901,6 +855,139 @@ impl Conn {
                 Ok(0) | Err(_) => break,
                 Ok(n) => total += n,
             }
+        }
+    }
+}
+
+/// Body bytes a pump moves before it lets the rest of its task (and the
+/// shard) run: with both sockets always ready, a read never waits, and the
+/// response going the other way would wait for the whole body.
+const TURN_BYTES: usize = 256 * 1024;
+
+/// Counts `n` bytes moved, and yields once every [`TURN_BYTES`].
+async fn take_turns(moved: &mut usize, n: usize) {
+    *moved += n;
+    if *moved >= TURN_BYTES {
+        *moved = 0;
+        futures_lite::future::yield_now().await;
+    }
+}
+
+/// See [`Conn::split`].
+pub struct Split<'a> {
+    pub body: BodyIn<'a>,
+    pub stream: &'a mut ClientStream,
+    pub wbuf: &'a mut Vec<u8>,
+    pub ebuf: &'a [u8],
+}
+
+/// The request body still to come on a connection: its bytes already read
+/// (behind the consumed head) and the read buffer the rest is read into.
+pub struct BodyIn<'a> {
+    rbuf: &'a mut Vec<u8>,
+    rpos: &'a mut usize,
+    rend: &'a mut usize,
+}
+
+impl BodyIn<'_> {
+    /// Streams the body from `client` into `sink`, or discards it when
+    /// `sink` is None. Bytes are written from the read buffer itself, and
+    /// at most [`READ_BUF`] of them are held at a time, whatever the
+    /// body's length. A chunked body is re-framed. On success only bytes
+    /// after the body remain buffered. Returns the body length.
+    ///
+    /// `client` reads only, and `sink` writes only: the proxy runs this
+    /// beside the response going the other way on the same two
+    /// connections (`tls::stream::Shared`). `100 Continue` is the caller's
+    /// to send first ([`Conn::wants_continue`]).
+    pub async fn pump<C: Io, S: Io>(
+        &mut self,
+        client: &mut C,
+        framing: Framing,
+        limits: &Limits,
+        mut sink: Option<&mut S>,
+    ) -> Result<u64, BodyError> {
+        if framing != Framing::None && self.rbuf.len() < READ_BUF {
+            // Bodies move through a larger buffer than heads.
+            self.rbuf.resize(READ_BUF, 0);
+        }
+        match framing {
+            Framing::None => Ok(0),
+            Framing::Length(n) => {
+                let mut remaining = n;
+                let (rpos, rend) = (*self.rpos, *self.rend);
+                let take = ((rend - rpos) as u64).min(remaining) as usize;
+                if let (Some(s), true) = (sink.as_deref_mut(), take > 0) {
+                    s.send(&self.rbuf[rpos..rpos + take])
+                        .await
+                        .map_err(BodyError::Sink)?;
+                }
+                *self.rpos += take;
+                remaining -= take as u64;
+                if remaining > 0 {
+                    // Everything buffered was body; the buffer is free.
+                    *self.rpos = 0;
+                    *self.rend = 0;
+                }
+                let mut turn = 0;
+                while remaining > 0 {
+                    let want = (self.rbuf.len() as u64).min(remaining) as usize;
+                    let got = self.read(client, limits, want).await?;
+                    if let Some(s) = sink.as_deref_mut() {
+                        s.send(&self.rbuf[..got]).await.map_err(BodyError::Sink)?;
+                    }
+                    remaining -= got as u64;
+                    take_turns(&mut turn, got).await;
+                }
+                Ok(n)
+            }
+            Framing::Chunked => {
+                let mut dec = ChunkedDecoder::new(true, limits.max_header_bytes);
+                let mut turn = 0;
+                loop {
+                    while *self.rpos < *self.rend && !dec.is_done() {
+                        let (rpos, rend) = (*self.rpos, *self.rend);
+                        let step = dec
+                            .step(&self.rbuf[rpos..rend])
+                            .map_err(|e| BodyError::Bad(e.0))?;
+                        if dec.data_bytes > limits.max_body_bytes {
+                            return Err(BodyError::TooLarge);
+                        }
+                        // The run itself, or our framing in place of
+                        // what was dropped (the body is re-framed).
+                        let out = step.out(&self.rbuf[rpos..rend]);
+                        if let (Some(s), false) = (sink.as_deref_mut(), out.is_empty()) {
+                            s.send(out).await.map_err(BodyError::Sink)?;
+                        }
+                        *self.rpos += step.consumed;
+                    }
+                    if dec.is_done() {
+                        return Ok(dec.data_bytes);
+                    }
+                    take_turns(&mut turn, *self.rend).await;
+                    *self.rpos = 0;
+                    *self.rend = 0;
+                    let max = self.rbuf.len();
+                    *self.rend = self.read(client, limits, max).await?;
+                }
+            }
+        }
+    }
+
+    /// Reads body bytes into the start of the buffer, within
+    /// `body_read_timeout_ms`.
+    async fn read<C: Io>(
+        &mut self,
+        client: &mut C,
+        limits: &Limits,
+        max: usize,
+    ) -> Result<usize, BodyError> {
+        client.set_read_timeout(Some(limits.body_read_timeout));
+        match client.recv(&mut self.rbuf[..max]).await {
+            Ok(0) => Err(BodyError::Client),
+            Ok(n) => Ok(n),
+            Err(e) if e.kind() == io::ErrorKind::TimedOut => Err(BodyError::Timeout),
+            Err(_) => Err(BodyError::Client),
         }
     }
 }

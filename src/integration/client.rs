@@ -19,6 +19,7 @@ use crate::http::encode::push_u64;
 use crate::http::response::{parse_response_head, RespFraming, ResponseHead};
 use crate::integration::upstream::UpstreamPlan;
 use crate::integration::upstream::{UpConn, UpstreamState};
+use crate::tls::stream::Io;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use std::fmt;
 use std::io;
@@ -358,12 +359,34 @@ pub async fn read_response_head(
     head_request: bool,
     out: &mut ResponseHead,
 ) -> Result<Head, HeadError> {
-    up.stream.set_read_timeout(Some(uplan.timeout));
-    let mut received_any = up.filled > 0;
+    read_head(
+        &mut up.stream,
+        &mut up.buf,
+        &mut up.filled,
+        uplan,
+        head_request,
+        out,
+    )
+    .await
+}
+
+/// [`read_response_head`] on the parts of an upstream connection: its
+/// stream (perhaps shared with a request body still going up), its buffer
+/// and how much of it is filled.
+pub async fn read_head<U: Io>(
+    stream: &mut U,
+    buf: &mut Vec<u8>,
+    filled: &mut usize,
+    uplan: &UpstreamPlan,
+    head_request: bool,
+    out: &mut ResponseHead,
+) -> Result<Head, HeadError> {
+    stream.set_read_timeout(Some(uplan.timeout));
+    let mut received_any = *filled > 0;
     loop {
-        if up.filled > 0 {
+        if *filled > 0 {
             match parse_response_head(
-                &up.buf[..up.filled],
+                &buf[..*filled],
                 head_request,
                 uplan.max_response_header_bytes,
             ) {
@@ -385,15 +408,15 @@ pub async fn read_response_head(
                 }
             }
         }
-        if up.filled == up.buf.len() {
-            if up.buf.len() > uplan.max_response_header_bytes {
+        if *filled == buf.len() {
+            if buf.len() > uplan.max_response_header_bytes {
                 return Err(HeadError::Bad("response head too large"));
             }
-            let n = up.buf.len() * 2;
-            up.buf.resize(n, 0);
+            let n = buf.len() * 2;
+            buf.resize(n, 0);
         }
-        let filled = up.filled;
-        match up.stream.read(&mut up.buf[filled..]).await {
+        let at = *filled;
+        match stream.recv(&mut buf[at..]).await {
             Ok(0) if !received_any => {
                 return Err(HeadError::Closed(io::Error::new(
                     io::ErrorKind::UnexpectedEof,
@@ -402,7 +425,7 @@ pub async fn read_response_head(
             }
             Ok(0) => return Err(HeadError::Bad("connection closed inside the response head")),
             Ok(n) => {
-                up.filled += n;
+                *filled += n;
                 received_any = true;
             }
             Err(e) if e.kind() == io::ErrorKind::TimedOut => return Err(HeadError::Timeout),

@@ -10,23 +10,31 @@
 //! response), is sent once more on a new connection when that is safe: an
 //! idempotent method without a body, and nothing forwarded to the client.
 //!
+//! A request with a body is full duplex ([`duplex`]): the body goes up
+//! while the response comes down, so an upstream that answers while it
+//! still reads the body is never waited for.
+//!
 //! Over TLS (a client on an HTTPS listener, or an https:// upstream) the
 //! same code runs on a [`crate::tls::stream::Stream`]; bodies are then
 //! encrypted or decrypted on their way, so not zero-copy.
 
 use crate::http::body::{check_start, ChunkedDecoder};
-use crate::http::conn::{write_two, BodyError, Conn, Connections, Flow};
+use crate::http::conn::{BodyError, Conn, Connections, Flow, Split};
 use crate::http::encode::{push_status_line, push_u64};
 use crate::http::method::Method;
 use crate::http::parse::{Framing, RequestHead};
 use crate::http::respond::push_connection;
 use crate::http::response::{RespFraming, ResponseHead};
 use crate::http::Limits;
-use crate::integration::client::{read_response_head, Head, HeadError};
+use crate::integration::client::{read_head, Head, HeadError};
 use crate::integration::upstream::{UpConn, UpstreamPlan, UpstreamState};
-use futures_lite::AsyncReadExt;
+use crate::tls::stream::{Io, Shared};
+use std::cell::Cell;
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::pin::pin;
+use std::task::Poll;
 use std::time::Instant;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -326,7 +334,7 @@ async fn forward_inner(
     conn: &mut Conn,
     upstream: Upstream<'_>,
     f: Forward<'_>,
-    mut capture: Option<&mut Capture>,
+    capture: Option<&mut Capture>,
     report: &mut Report,
 ) -> Proxied {
     if f.framing == Framing::Chunked {
@@ -340,10 +348,9 @@ async fn forward_inner(
     let state = upstream.state;
     let _in_flight = state.begin(f.target);
     let target_addr = uplan.targets[f.target].addr;
-    let retry_safe = f.method.is_idempotent() && f.framing == Framing::None;
+    let with_body = f.framing != Framing::None;
+    let retry_safe = f.method.is_idempotent() && !with_body;
     let mut fresh_only = false;
-    let mut body_done = f.framing == Framing::None;
-    let mut body_cut = false;
 
     let mut resp = ResponseHead::default();
     let mut up = loop {
@@ -371,7 +378,7 @@ async fn forward_inner(
                         uplan.name,
                         if cooled { " (cooling down)" } else { "" }
                     );
-                    return fail(502, "Bad Gateway", body_done);
+                    return fail(502, "Bad Gateway", !with_body);
                 }
             },
         };
@@ -390,29 +397,26 @@ async fn forward_inner(
                 "upstream {:?} target {target_addr}: sending the request failed: {e}",
                 uplan.name
             );
-            return fail(502, "Bad Gateway", body_done);
+            return fail(502, "Bad Gateway", !with_body);
         }
-        if !body_done {
-            match conn
-                .pump_body(
-                    f.framing,
-                    upstream.limits,
-                    Some(&mut up.stream),
-                    f.expect_continue,
-                )
-                .await
-            {
-                Ok(n) => {
-                    body_done = true;
-                    report.bytes_in = n;
-                }
-                // The upstream stopped reading; it may have answered already.
-                Err(BodyError::Sink(_)) => body_cut = true,
-                Err(e) => return Proxied::Body(e),
-            }
+        if with_body {
+            // The body goes up while the response comes down.
+            break up;
         }
         let mut interim = false;
-        match read_final_head(conn, &mut up, uplan, f, &mut interim, &mut resp).await {
+        match read_final_head(
+            &mut conn.stream,
+            &mut conn.wbuf,
+            &mut up.stream,
+            &mut up.buf,
+            &mut up.filled,
+            uplan,
+            f,
+            &mut interim,
+            &mut resp,
+        )
+        .await
+        {
             Ok(()) => break up,
             Err(UpErr::Closed(_)) if reused && retry_safe => {
                 fresh_only = true;
@@ -425,57 +429,362 @@ async fn forward_inner(
                 fresh_only = true;
                 continue;
             }
-            Err(UpErr::Closed(e)) => {
-                state.record_failure(uplan, f.target, Instant::now());
-                crate::log_request!(
-                    "warn",
-                    f.request_id,
-                    "upstream {:?} target {target_addr}: closed before responding: {e}",
-                    uplan.name
-                );
-                return fail(502, "Bad Gateway", body_done && !body_cut);
-            }
-            Err(UpErr::Timeout) => {
-                state.record_failure(uplan, f.target, Instant::now());
-                crate::log_request!(
-                    "warn",
-                    f.request_id,
-                    "upstream {:?} target {target_addr}: no response within {} ms",
-                    uplan.name,
-                    uplan.timeout.as_millis()
-                );
-                return fail(504, "Gateway Timeout", body_done && !body_cut);
-            }
-            Err(UpErr::Bad(why)) => {
-                state.record_failure(uplan, f.target, Instant::now());
-                crate::log_request!(
-                    "warn",
-                    f.request_id,
-                    "upstream {:?} target {target_addr}: invalid response: {why}",
-                    uplan.name
-                );
-                return fail(502, "Bad Gateway", body_done && !body_cut);
-            }
+            Err(e) => return head_failed(upstream, f, e, true),
         }
     };
+    if with_body {
+        return duplex(conn, up, upstream, f, capture, report).await;
+    }
     state.record_success(f.target);
     report.first_byte = Some(Instant::now());
     report.status = Some(resp.status);
+    let keep = f.keep_alive && !upstream.connections.draining();
+    let sent = Cell::new(0);
+    let r = respond(
+        &mut conn.stream,
+        &mut up.stream,
+        &mut up.buf,
+        up.filled,
+        &resp,
+        &mut conn.wbuf,
+        &conn.ebuf,
+        f,
+        uplan,
+        capture,
+        keep,
+        &sent,
+    )
+    .await;
+    report.bytes_out = sent.get();
+    Proxied::Forwarded(finish(upstream, f, up, r, true))
+}
 
-    // === response head ===
+/// Where the request body stands while the response comes down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Upload {
+    Sending,
+    Done,
+    /// Writing to the upstream failed: it stopped reading, or closed.
+    Cut,
+    /// Reading the client failed (gone, silent, too large, bad framing).
+    Failed,
+}
+
+/// What the response half of a full-duplex exchange did.
+struct Down {
+    status: u16,
+    first_byte: Instant,
+    responded: Responded,
+    /// The response refused the request (3xx to 5xx) before the body was
+    /// all sent: the rest of the body is not sent once the response is.
+    cut_body: bool,
+}
+
+/// A request with a body: the body goes to the upstream while the
+/// response comes back, as two futures of this task sharing both
+/// connections ([`Shared`]), each through a buffer of fixed size. An
+/// upstream that answers (or streams) while it still reads the body is
+/// never waited for by the other direction.
+///
+/// - The upstream's silence counts toward `timeout_ms` only once the body
+///   is all sent; before, the body's own limits bound the wait (the
+///   client's `body_read_timeout_ms`, and each write to the upstream
+///   within `timeout_ms`).
+/// - A 3xx to 5xx response that comes before the body is all sent says
+///   `connection: close`; once it is forwarded the rest of the body is
+///   not sent, and the client connection lingers and closes. A 1xx or 2xx
+///   one is forwarded as it comes, and the body goes on to its end.
+/// - A body that fails on the client's side (gone, silent, too large, bad
+///   framing) before any response head reached the client is answered by
+///   the gateway as before; after one, the client connection closes.
+async fn duplex(
+    conn: &mut Conn,
+    mut up: UpConn,
+    upstream: Upstream<'_>,
+    f: Forward<'_>,
+    capture: Option<&mut Capture>,
+    report: &mut Report,
+) -> Proxied {
+    let uplan = upstream.plan;
+    let state = upstream.state;
+    if conn.wants_continue(f.framing, f.expect_continue) {
+        // Before either direction writes to the client.
+        if let Err(e) = conn.send_continue().await {
+            return Proxied::Body(e);
+        }
+    }
+    let draining = upstream.connections.draining();
+    let upload_state = Cell::new(Upload::Sending);
+    let started = Cell::new(false);
+    let status = Cell::new(None);
+    let sent = Cell::new(0u64);
+    let (body, down) = {
+        let Split {
+            body: mut body_in,
+            stream,
+            wbuf,
+            ebuf,
+        } = conn.split();
+        let client = Shared::new(stream);
+        let up_buf = &mut up.buf;
+        let up_filled = &mut up.filled;
+        let upio = Shared::new(&mut up.stream);
+        upio.hold_read_timeout();
+        let upload = async {
+            let (mut c, mut u) = (&client, &upio);
+            body_in
+                .pump(&mut c, f.framing, upstream.limits, Some(&mut u))
+                .await
+        };
+        let download = async {
+            let (mut c, mut u) = (&client, &upio);
+            let mut resp = ResponseHead::default();
+            let mut interim = false;
+            read_final_head(
+                &mut c,
+                wbuf,
+                &mut u,
+                up_buf,
+                up_filled,
+                uplan,
+                f,
+                &mut interim,
+                &mut resp,
+            )
+            .await?;
+            let first_byte = Instant::now();
+            status.set(Some(resp.status));
+            let pending = upload_state.get();
+            let cut_body = pending == Upload::Sending && resp.status >= 300;
+            let keep = f.keep_alive && !draining && !cut_body && pending != Upload::Cut;
+            started.set(true);
+            let responded = respond(
+                &mut c, &mut u, up_buf, *up_filled, &resp, wbuf, ebuf, f, uplan, capture, keep,
+                &sent,
+            )
+            .await;
+            Ok::<Down, UpErr>(Down {
+                status: resp.status,
+                first_byte,
+                responded,
+                cut_body,
+            })
+        };
+        let mut upload = pin!(upload);
+        let mut download = pin!(download);
+        let mut body: Option<Result<u64, BodyError>> = None;
+        let down = futures_lite::future::poll_fn(|cx| {
+            if body.is_none() {
+                if let Poll::Ready(r) = upload.as_mut().poll(cx) {
+                    // From now on the upstream's silence counts.
+                    upio.release_read_timeout();
+                    upload_state.set(match &r {
+                        Ok(_) => Upload::Done,
+                        Err(BodyError::Sink(_)) => Upload::Cut,
+                        Err(_) => Upload::Failed,
+                    });
+                    let client_fault = matches!(&r, Err(e) if !matches!(e, BodyError::Sink(_)));
+                    body = Some(r);
+                    if client_fault {
+                        return Poll::Ready(None);
+                    }
+                }
+            }
+            download.as_mut().poll(cx).map(Some)
+        })
+        .await;
+        if let (None, Some(Ok(d))) = (&body, &down) {
+            // The response is forwarded and the body is still going up:
+            // let it finish, unless the response refused it.
+            if !d.cut_body && d.responded.streamed.is_ok() {
+                body = Some(upload.as_mut().await);
+            }
+        }
+        (body, down)
+    };
+    let body_done = matches!(body, Some(Ok(_)));
+    if let Some(Ok(n)) = body {
+        report.bytes_in = n;
+    }
+    match down {
+        // The client's body failed first.
+        None => {
+            let e = match body {
+                Some(Err(e)) => e,
+                _ => BodyError::Client,
+            };
+            if !started.get() {
+                // Nothing of a response reached the client: the gateway
+                // answers (400, 408, 413) as it would without an upstream.
+                return Proxied::Body(e);
+            }
+            report.status = status.get();
+            report.bytes_out = sent.get();
+            if !matches!(e, BodyError::Client) {
+                crate::log_request!(
+                    "warn",
+                    f.request_id,
+                    "upstream {:?}: the request body failed after the response began ({}); closing the client connection",
+                    uplan.name,
+                    body_error_text(&e)
+                );
+            }
+            Proxied::Forwarded(Flow::Close)
+        }
+        Some(Err(e)) => head_failed(upstream, f, e, body_done),
+        Some(Ok(d)) => {
+            state.record_success(f.target);
+            report.first_byte = Some(d.first_byte);
+            report.status = Some(d.status);
+            report.bytes_out = sent.get();
+            let flow = match body {
+                Some(Err(ref e)) if !matches!(e, BodyError::Sink(_)) => {
+                    if !matches!(e, BodyError::Client) {
+                        crate::log_request!(
+                            "warn",
+                            f.request_id,
+                            "upstream {:?}: the request body failed after the response ({}); closing the client connection",
+                            uplan.name,
+                            body_error_text(e)
+                        );
+                    }
+                    Flow::Close
+                }
+                _ => finish(upstream, f, up, d.responded, body_done),
+            };
+            Proxied::Forwarded(flow)
+        }
+    }
+}
+
+fn body_error_text(e: &BodyError) -> &'static str {
+    match e {
+        BodyError::Client => "the client closed the connection",
+        BodyError::Timeout => "the client was silent for longer than body_read_timeout_ms",
+        BodyError::TooLarge => "over max_body_bytes",
+        BodyError::Bad(why) => why,
+        BodyError::Sink(_) => "the upstream stopped reading it",
+    }
+}
+
+/// What the connection does after a forwarded response, and whether the
+/// upstream connection goes back to its pool. `body_done`: the client's
+/// request body was read and sent whole.
+fn finish(
+    upstream: Upstream<'_>,
+    f: Forward<'_>,
+    up: UpConn,
+    r: Responded,
+    body_done: bool,
+) -> Flow {
+    let uplan = upstream.plan;
+    match r.streamed {
+        Ok(()) => {
+            if r.reusable && body_done {
+                upstream.state.checkin(uplan, up);
+            }
+            match (r.keep && body_done, body_done) {
+                (true, _) => Flow::KeepAlive,
+                (false, true) => Flow::Close,
+                // The rest of the body may still be coming: read and drop
+                // it for a while, so the response is not lost to a reset.
+                (false, false) => Flow::Linger,
+            }
+        }
+        Err(StreamErr::Client) => Flow::Close,
+        Err(StreamErr::Upstream(why)) => {
+            upstream
+                .state
+                .record_failure(uplan, f.target, Instant::now());
+            crate::log_request!(
+                "warn",
+                f.request_id,
+                "upstream {:?} target {}: response body cut short: {why}; closing the client connection",
+                uplan.name,
+                uplan.targets[f.target].addr
+            );
+            Flow::Close
+        }
+    }
+}
+
+/// Logs why no response head came, and says what the gateway answers.
+fn head_failed(upstream: Upstream<'_>, f: Forward<'_>, e: UpErr, body_done: bool) -> Proxied {
+    let uplan = upstream.plan;
+    let target_addr = uplan.targets[f.target].addr;
+    upstream
+        .state
+        .record_failure(uplan, f.target, Instant::now());
+    match e {
+        UpErr::Closed(e) => {
+            crate::log_request!(
+                "warn",
+                f.request_id,
+                "upstream {:?} target {target_addr}: closed before responding: {e}",
+                uplan.name
+            );
+            fail(502, "Bad Gateway", body_done)
+        }
+        UpErr::Timeout => {
+            crate::log_request!(
+                "warn",
+                f.request_id,
+                "upstream {:?} target {target_addr}: no response within {} ms",
+                uplan.name,
+                uplan.timeout.as_millis()
+            );
+            fail(504, "Gateway Timeout", body_done)
+        }
+        UpErr::Bad(why) => {
+            crate::log_request!(
+                "warn",
+                f.request_id,
+                "upstream {:?} target {target_addr}: invalid response: {why}",
+                uplan.name
+            );
+            fail(502, "Bad Gateway", body_done)
+        }
+    }
+}
+
+/// What [`respond`] did.
+struct Responded {
+    streamed: Result<(), StreamErr>,
+    /// The upstream connection can carry another request, as far as the
+    /// response goes.
+    reusable: bool,
+    /// The head promised the client keep-alive.
+    keep: bool,
+}
+
+/// Writes the response head (`keep`: keep-alive may be promised) and
+/// streams the body, from the upstream's buffer (`buf[..filled]` holds
+/// the head and what came with it).
+#[allow(clippy::too_many_arguments)]
+async fn respond<C: Io, U: Io>(
+    client: &mut C,
+    io: &mut U,
+    buf: &mut [u8],
+    filled: usize,
+    resp: &ResponseHead,
+    wbuf: &mut Vec<u8>,
+    ebuf: &[u8],
+    f: Forward<'_>,
+    uplan: &UpstreamPlan,
+    mut capture: Option<&mut Capture>,
+    keep: bool,
+    sent: &Cell<u64>,
+) -> Responded {
     let client_11 = f.minor_version == 1;
-    let mut client_keep =
-        f.keep_alive && body_done && !body_cut && !upstream.connections.draining();
+    let mut client_keep = keep;
     let dechunk = resp.framing == RespFraming::Chunked && !client_11;
     if dechunk || resp.framing == RespFraming::Close {
         client_keep = false;
     }
-    write_response_head(&mut conn.wbuf, &up.buf, &resp, f, &conn.ebuf, client_keep);
+    write_response_head(wbuf, buf, resp, f, ebuf, client_keep);
     // Bytes written to the client, heads and body.
-    let mut sent = conn.wbuf.len() as u64;
+    sent.set(sent.get() + wbuf.len() as u64);
 
-    // === response body ===
-    let filled = up.filled;
     let leftover = resp.len..filled;
     let mut capture = capture.take().and_then(|c| {
         c.complete = false;
@@ -493,12 +802,11 @@ async fn forward_inner(
                 c.content_length = n;
                 if let Some((m, map)) = mapped(&f, resp.status) {
                     let keep = |h: &crate::http::parse::HeaderSpan| {
-                        f.passes(h, &up.buf)
-                            && !h.name.get(&up.buf).eq_ignore_ascii_case(b"x-request-id")
+                        f.passes(h, buf) && !h.name.get(buf).eq_ignore_ascii_case(b"x-request-id")
                     };
                     m.write_headers(
                         &mut c.headers,
-                        &up.buf,
+                        buf,
                         &resp.headers,
                         keep,
                         &map.ctx,
@@ -506,12 +814,12 @@ async fn forward_inner(
                     );
                     return Some(c);
                 }
-                for h in resp.headers.iter().filter(|h| f.passes(h, &up.buf)) {
-                    let name = h.name.get(&up.buf);
+                for h in resp.headers.iter().filter(|h| f.passes(h, buf)) {
+                    let name = h.name.get(buf);
                     if !name.eq_ignore_ascii_case(b"x-request-id") {
                         c.headers.extend_from_slice(name);
                         c.headers.extend_from_slice(b": ");
-                        c.headers.extend_from_slice(h.value.get(&up.buf));
+                        c.headers.extend_from_slice(h.value.get(buf));
                         c.headers.extend_from_slice(b"\r\n");
                     }
                 }
@@ -520,15 +828,11 @@ async fn forward_inner(
             _ => None,
         }
     });
-    let mut reusable = resp.keep_alive && !body_cut && body_done;
+    let mut reusable = resp.keep_alive;
     let streamed: Result<(), StreamErr> = match resp.framing {
         RespFraming::None => {
             reusable &= leftover.is_empty();
-            let r = conn
-                .stream
-                .send(&conn.wbuf)
-                .await
-                .map_err(|_| StreamErr::Client);
+            let r = client.send(wbuf).await.map_err(|_| StreamErr::Client);
             if let (Ok(()), Some(c)) = (&r, capture) {
                 c.complete = true;
             }
@@ -537,22 +841,16 @@ async fn forward_inner(
         RespFraming::Length(n) => {
             let take = (leftover.len() as u64).min(n) as usize;
             reusable &= leftover.len() as u64 <= n;
-            match write_two(
-                &mut conn.stream,
-                &conn.wbuf,
-                &up.buf[resp.len..resp.len + take],
-            )
-            .await
-            {
+            let first = resp.len..resp.len + take;
+            match client.send_two(wbuf, &buf[first.clone()]).await {
                 Err(_) => Err(StreamErr::Client),
                 Ok(()) => {
                     if let Some(c) = capture.as_deref_mut() {
-                        c.body.extend_from_slice(&up.buf[resp.len..resp.len + take]);
+                        c.body.extend_from_slice(&buf[first]);
                     }
                     let body = capture.as_deref_mut().map(|c| &mut c.body);
-                    sent += take as u64;
-                    let r =
-                        copy_length(conn, &mut up, uplan, n - take as u64, body, &mut sent).await;
+                    sent.set(sent.get() + take as u64);
+                    let r = copy_length(client, io, buf, uplan, n - take as u64, body, sent).await;
                     if let (Ok(()), Some(c)) = (&r, capture) {
                         c.complete = true;
                     }
@@ -560,51 +858,29 @@ async fn forward_inner(
                 }
             }
         }
-        RespFraming::Chunked => match conn.stream.send(&conn.wbuf).await {
+        RespFraming::Chunked => match client.send(wbuf).await {
             Err(_) => Err(StreamErr::Client),
             Ok(()) => {
-                let r =
-                    copy_chunked(conn, &mut up, uplan, leftover.clone(), !dechunk, &mut sent).await;
+                let r = copy_chunked(client, io, buf, uplan, leftover, !dechunk, sent).await;
                 if let Ok(extra) = r {
                     reusable &= !extra;
                 }
                 r.map(|_| ())
             }
         },
-        RespFraming::Close => {
-            match write_two(&mut conn.stream, &conn.wbuf, &up.buf[leftover.clone()]).await {
-                Err(_) => Err(StreamErr::Client),
-                Ok(()) => {
-                    sent += leftover.len() as u64;
-                    copy_until_close(conn, &mut up, uplan, &mut sent).await
-                }
+        RespFraming::Close => match client.send_two(wbuf, &buf[leftover.clone()]).await {
+            Err(_) => Err(StreamErr::Client),
+            Ok(()) => {
+                sent.set(sent.get() + leftover.len() as u64);
+                copy_until_close(client, io, buf, uplan, sent).await
             }
-        }
+        },
     };
-    report.bytes_out = sent;
-    Proxied::Forwarded(match streamed {
-        Ok(()) => {
-            if reusable {
-                state.checkin(uplan, up);
-            }
-            if client_keep {
-                Flow::KeepAlive
-            } else {
-                Flow::Close
-            }
-        }
-        Err(StreamErr::Client) => Flow::Close,
-        Err(StreamErr::Upstream(why)) => {
-            state.record_failure(uplan, f.target, Instant::now());
-            crate::log_request!(
-                "warn",
-                f.request_id,
-                "upstream {:?} target {target_addr}: response body cut short: {why}; closing the client connection",
-                uplan.name
-            );
-            Flow::Close
-        }
-    })
+    Responded {
+        streamed,
+        reusable,
+        keep: client_keep,
+    }
 }
 
 /// No response reached the client: the gateway answers with `status`.
@@ -616,30 +892,37 @@ fn fail(status: u16, message: &'static str, body_done: bool) -> Proxied {
     }
 }
 
-/// Reads a final response head into `up.buf`, forwarding 1xx informational
+/// Reads a final response head into `buf`, forwarding 1xx informational
 /// responses to an HTTP/1.1 client (103) or dropping them (100), and its
 /// parsed form into `resp`. `interim` is set once a 1xx response was read.
-async fn read_final_head(
-    conn: &mut Conn,
-    up: &mut UpConn,
+#[allow(clippy::too_many_arguments)]
+async fn read_final_head<C: Io, U: Io>(
+    client: &mut C,
+    wbuf: &mut Vec<u8>,
+    io: &mut U,
+    buf: &mut Vec<u8>,
+    filled: &mut usize,
     uplan: &UpstreamPlan,
     f: Forward<'_>,
     interim: &mut bool,
     resp: &mut ResponseHead,
 ) -> Result<(), UpErr> {
-    up.filled = 0;
+    *filled = 0;
     loop {
-        match read_response_head(up, uplan, f.method == Method::Head, resp).await {
+        match read_head(io, buf, filled, uplan, f.method == Method::Head, resp).await {
             Ok(Head::Final) => return Ok(()),
             Ok(Head::Interim) => {
                 *interim = true;
                 if resp.status != 100 && f.minor_version == 1 {
                     // 102/103: pass on; they carry no body.
-                    conn.wbuf.clear();
-                    write_informational(&mut conn.wbuf, &up.buf, resp);
-                    conn.stream.send(&conn.wbuf).await.map_err(UpErr::Closed)?;
+                    wbuf.clear();
+                    write_informational(wbuf, buf, resp);
+                    client.send(wbuf).await.map_err(UpErr::Closed)?;
                 }
-                up.drop_head(resp.len);
+                // Drop the interim head, keeping what followed it.
+                let len = resp.len.min(*filled);
+                buf.copy_within(len..*filled, 0);
+                *filled -= len;
             }
             Err(HeadError::Closed(e)) => return Err(UpErr::Closed(e)),
             Err(HeadError::Timeout) => return Err(UpErr::Timeout),
@@ -755,8 +1038,8 @@ enum StreamErr {
     Upstream(&'static str),
 }
 
-async fn read_upstream(up: &mut UpConn, max: usize) -> Result<usize, StreamErr> {
-    match up.stream.read(&mut up.buf[..max]).await {
+async fn read_upstream<U: Io>(io: &mut U, buf: &mut [u8]) -> Result<usize, StreamErr> {
+    match io.recv(buf).await {
         Ok(0) => Err(StreamErr::Upstream("connection closed early")),
         Ok(n) => Ok(n),
         Err(e) if e.kind() == io::ErrorKind::TimedOut => Err(StreamErr::Upstream("timed out")),
@@ -764,28 +1047,29 @@ async fn read_upstream(up: &mut UpConn, max: usize) -> Result<usize, StreamErr> 
     }
 }
 
-async fn copy_length(
-    conn: &mut Conn,
-    up: &mut UpConn,
+async fn copy_length<C: Io, U: Io>(
+    client: &mut C,
+    io: &mut U,
+    buf: &mut [u8],
     uplan: &UpstreamPlan,
     mut remaining: u64,
     mut capture: Option<&mut Vec<u8>>,
-    sent: &mut u64,
+    sent: &Cell<u64>,
 ) -> Result<(), StreamErr> {
-    up.stream.set_read_timeout(Some(uplan.timeout));
+    io.set_read_timeout(Some(uplan.timeout));
     while remaining > 0 {
-        let max = (up.buf.len() as u64).min(remaining) as usize;
-        let n = read_upstream(up, max).await?;
+        let max = (buf.len() as u64).min(remaining) as usize;
+        let n = read_upstream(io, &mut buf[..max]).await?;
         if let Some(c) = capture.as_deref_mut() {
             // The cache's copy; the client's bytes are still written from
             // the read buffer.
-            c.extend_from_slice(&up.buf[..n]);
+            c.extend_from_slice(&buf[..n]);
         }
-        conn.stream
-            .send(&up.buf[..n])
+        client
+            .send(&buf[..n])
             .await
             .map_err(|_| StreamErr::Client)?;
-        *sent += n as u64;
+        sent.set(sent.get() + n as u64);
         remaining -= n as u64;
     }
     Ok(())
@@ -794,57 +1078,57 @@ async fn copy_length(
 /// Streams a chunked body: re-framed with `keep_framing`, else its data
 /// only. Returns whether the upstream sent bytes past the end of it (the
 /// connection then cannot be reused).
-async fn copy_chunked(
-    conn: &mut Conn,
-    up: &mut UpConn,
+async fn copy_chunked<C: Io, U: Io>(
+    client: &mut C,
+    io: &mut U,
+    buf: &mut [u8],
     uplan: &UpstreamPlan,
     leftover: std::ops::Range<usize>,
     keep_framing: bool,
-    sent: &mut u64,
+    sent: &Cell<u64>,
 ) -> Result<bool, StreamErr> {
-    up.stream.set_read_timeout(Some(uplan.timeout));
+    io.set_read_timeout(Some(uplan.timeout));
     let mut dec = ChunkedDecoder::new(keep_framing, uplan.max_response_header_bytes);
     let (mut pos, mut end) = (leftover.start, leftover.end);
     loop {
         while pos < end && !dec.is_done() {
             let step = dec
-                .step(&up.buf[pos..end])
+                .step(&buf[pos..end])
                 .map_err(|e| StreamErr::Upstream(e.0))?;
             // The run itself, or our framing in place of what was dropped
             // (with keep_framing the body is re-framed).
-            let out = step.out(&up.buf[pos..end]);
+            let out = step.out(&buf[pos..end]);
             if !out.is_empty() {
-                conn.stream.send(out).await.map_err(|_| StreamErr::Client)?;
-                *sent += out.len() as u64;
+                client.send(out).await.map_err(|_| StreamErr::Client)?;
+                sent.set(sent.get() + out.len() as u64);
             }
             pos += step.consumed;
         }
         if dec.is_done() {
             return Ok(pos < end);
         }
-        let max = up.buf.len();
-        end = read_upstream(up, max).await?;
+        end = read_upstream(io, buf).await?;
         pos = 0;
     }
 }
 
-async fn copy_until_close(
-    conn: &mut Conn,
-    up: &mut UpConn,
+async fn copy_until_close<C: Io, U: Io>(
+    client: &mut C,
+    io: &mut U,
+    buf: &mut [u8],
     uplan: &UpstreamPlan,
-    sent: &mut u64,
+    sent: &Cell<u64>,
 ) -> Result<(), StreamErr> {
-    up.stream.set_read_timeout(Some(uplan.timeout));
+    io.set_read_timeout(Some(uplan.timeout));
     loop {
-        let max = up.buf.len();
-        match up.stream.read(&mut up.buf[..max]).await {
+        match io.recv(buf).await {
             Ok(0) => return Ok(()),
             Ok(n) => {
-                conn.stream
-                    .send(&up.buf[..n])
+                client
+                    .send(&buf[..n])
                     .await
                     .map_err(|_| StreamErr::Client)?;
-                *sent += n as u64;
+                sent.set(sent.get() + n as u64);
             }
             Err(e) if e.kind() == io::ErrorKind::TimedOut => {
                 return Err(StreamErr::Upstream("timed out"))

@@ -559,17 +559,6 @@ pub fn interrupt_read(h: ReadHandle) {
 
 // === impl Socket ===
 
-/// What [`Socket::poll_answer`] saw the peer send.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Answer {
-    /// A 1xx or 2xx response head, or too little of one to tell: the
-    /// request may go on.
-    Continue,
-    /// A response with a 3xx to 5xx status, bytes that are not a response,
-    /// the end of the stream or an error: the request need not go on.
-    Refused,
-}
-
 /// A non-blocking socket registered with this shard's reactor. Closed when
 /// dropped.
 pub struct Socket {
@@ -709,56 +698,6 @@ impl Socket {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 _ => return false,
             }
-        }
-    }
-
-    /// Ready once the peer has sent something while we were writing to it
-    /// (an HTTP peer answering before it read the whole request), and what
-    /// that is, looked at with `recv(MSG_PEEK)`: nothing is taken.
-    /// Sets no deadline, so it can wait beside a write that has one. Only
-    /// an event of the reactor leads to the syscall: while nothing came
-    /// since the socket was last found drained, it costs a flag check.
-    pub fn poll_answer(&self, cx: &Context<'_>) -> Poll<Answer> {
-        loop {
-            if self.is_ready(Dir::Read) {
-                let mut head = [0u8; 12];
-                match sys::peek_into(self.fd.as_raw_fd(), &mut head) {
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                        self.slot_mut(|s| {
-                            if !s.eof {
-                                s.readable = false;
-                            }
-                        });
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    // `HTTP/1.1 1xx` or `2xx`: an interim response, or
-                    // one that may go on while the request body comes in
-                    // (a stream, progress answers). Too few bytes to tell
-                    // counts as one too: the caller stops watching, which
-                    // is never worse than not having watched.
-                    Ok(n)
-                        if n > 0
-                            && head[..n.min(7)] == b"HTTP/1."[..n.min(7)]
-                            && (n < 10 || head[9] == b'1' || head[9] == b'2') =>
-                    {
-                        return Poll::Ready(Answer::Continue)
-                    }
-                    // A 3xx to 5xx status, something that is not HTTP, the
-                    // end of stream or an error: the peer wants no more of
-                    // the request.
-                    _ => return Poll::Ready(Answer::Refused),
-                }
-            }
-            let mut slab = self.reactor.slab.borrow_mut();
-            let s = &mut slab.slots[self.idx as usize];
-            if s.readable {
-                continue;
-            }
-            match &s.read_waker {
-                Some(w) if w.will_wake(cx.waker()) => {}
-                _ => s.read_waker = Some(cx.waker().clone()),
-            }
-            return Poll::Pending;
         }
     }
 

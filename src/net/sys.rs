@@ -117,21 +117,6 @@ pub fn peek(fd: RawFd) -> io::Result<usize> {
     })
 }
 
-/// Copies what waits to be read into `buf` without taking it (as many
-/// bytes as fit): `Ok(0)` at end of stream, `WouldBlock` when nothing is
-/// there.
-pub fn peek_into(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
-    // SAFETY: `buf` is writable for its length.
-    check_size(unsafe {
-        libc::recv(
-            fd,
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-            libc::MSG_PEEK | libc::MSG_DONTWAIT,
-        )
-    })
-}
-
 pub fn send(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
     // SAFETY: `buf` is readable for its length; MSG_NOSIGNAL: a closed peer
     // is an EPIPE error, not a signal.

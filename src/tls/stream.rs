@@ -13,9 +13,17 @@
 //! A TLS write can otherwise leave records in rustls' buffer when the socket
 //! is full, and a proxy that then waits for an answer to bytes still sitting
 //! in that buffer waits forever.
+//!
+//! Full duplex: the proxy streams a request body upstream while it streams
+//! the response back, as two futures of one task. Both use both
+//! connections (one reads the client and writes the upstream, the other
+//! the reverse), so each connection is lent to them as a [`Shared`]
+//! stream, borrowed only for the length of one poll. The body loops are
+//! written once against [`Io`], which a stream and a shared one both are.
 
-use crate::net::{Answer, Socket};
+use crate::net::Socket;
 use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use std::cell::{Cell, RefCell};
 use std::io::{self, IoSlice};
 use std::os::fd::AsRawFd;
 use std::pin::Pin;
@@ -82,10 +90,6 @@ pub enum Stream<T> {
     Tls(Box<T>),
 }
 
-/// The error [`Stream::send_body`] ends with when the upstream answered
-/// before it had the whole request body.
-pub const EARLY_ANSWER: &str = "the upstream answered before it had the whole request body";
-
 /// A client's connection to the gateway.
 pub type ClientStream = Stream<ServerTls>;
 /// The gateway's connection to an upstream target.
@@ -133,50 +137,6 @@ impl<T: TlsSession> Stream<T> {
                 t.flush().await
             }
         }
-    }
-
-    /// As [`Stream::send`], for a request body going to an upstream,
-    /// except that a write that has to wait also watches for the upstream
-    /// answering meanwhile ([`Socket::poll_answer`]): an upstream that
-    /// refuses a request early (413, 401, a redirect) and stops reading
-    /// would otherwise hold the write, and the client, until the write
-    /// timeout. Such a refusal ends the write with [`EARLY_ANSWER`] (an
-    /// `Other` error), and the caller reads the answer. A 1xx or 2xx answer
-    /// turns the watch off for the rest of the body (`*watch = false`): the
-    /// upstream may still be reading, and the body goes on as without the
-    /// watch. Writes that do not wait cost what `send` costs. Under TLS the
-    /// socket's input may be the session's own records, so there is no
-    /// watch.
-    pub async fn send_body(&mut self, buf: &[u8], watch: &mut bool) -> io::Result<()> {
-        let s = match self {
-            Stream::Plain(s) if *watch => s,
-            _ => return self.send(buf).await,
-        };
-        let mut sent = 0;
-        futures_lite::future::poll_fn(|cx| loop {
-            if sent == buf.len() {
-                return Poll::Ready(Ok(()));
-            }
-            match s.poll_send(cx, &buf[sent..]) {
-                Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
-                Poll::Ready(Ok(n)) => sent += n,
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Pending if !*watch => return Poll::Pending,
-                Poll::Pending => {
-                    return match s.poll_answer(cx) {
-                        Poll::Pending => Poll::Pending,
-                        Poll::Ready(Answer::Refused) => {
-                            Poll::Ready(Err(io::Error::other(EARLY_ANSWER)))
-                        }
-                        Poll::Ready(Answer::Continue) => {
-                            *watch = false;
-                            Poll::Pending
-                        }
-                    }
-                }
-            }
-        })
-        .await
     }
 
     /// Writes `a` then `b`: with one `sendmsg` on a plain socket when the
@@ -264,6 +224,136 @@ impl<T: TlsSession> AsyncWrite for Stream<T> {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_close(cx),
             Stream::Tls(t) => Pin::new(&mut **t).poll_close(cx),
+        }
+    }
+}
+
+/// The reads and writes the body loops make: on a stream of their own
+/// ([`Stream`]), or on one another future of the same task also uses
+/// ([`Shared`]).
+#[allow(async_fn_in_trait)] // one executor per thread: no Send bound wanted
+pub trait Io {
+    /// Reads what is there, up to `buf.len()` bytes; 0 is the end of the
+    /// stream.
+    async fn recv(&mut self, buf: &mut [u8]) -> io::Result<usize>;
+    /// As [`Stream::send`].
+    async fn send(&mut self, buf: &[u8]) -> io::Result<()>;
+    /// As [`Stream::send_two`].
+    async fn send_two(&mut self, a: &[u8], b: &[u8]) -> io::Result<()>;
+    fn set_read_timeout(&mut self, d: Option<Duration>);
+}
+
+impl<T: TlsSession> Io for Stream<T> {
+    async fn recv(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.read(buf).await
+    }
+    async fn send(&mut self, buf: &[u8]) -> io::Result<()> {
+        Stream::send(self, buf).await
+    }
+    async fn send_two(&mut self, a: &[u8], b: &[u8]) -> io::Result<()> {
+        Stream::send_two(self, a, b).await
+    }
+    fn set_read_timeout(&mut self, d: Option<Duration>) {
+        Stream::set_read_timeout(self, d)
+    }
+}
+
+/// A stream lent to two futures of one task, each using one direction of
+/// it (see the module doc). Every read or write borrows it for one poll
+/// only, so the two never hold it at once; a TLS session's reads and
+/// writes interleave as they do on any stream.
+///
+/// Read timeouts can be held: while held, the timeout a reader asks for
+/// is remembered but not applied (its reads wait without one), until
+/// [`Shared::release_read_timeout`] applies it. The proxy holds the
+/// upstream's while the request body is still going up: an upstream that
+/// waits for the whole body before it answers is not silent, it is
+/// waiting for us.
+pub struct Shared<'a, T> {
+    cell: RefCell<&'a mut Stream<T>>,
+    held: Cell<bool>,
+    wanted: Cell<Option<Duration>>,
+}
+
+impl<'a, T: TlsSession> Shared<'a, T> {
+    pub fn new(stream: &'a mut Stream<T>) -> Shared<'a, T> {
+        Shared {
+            cell: RefCell::new(stream),
+            held: Cell::new(false),
+            wanted: Cell::new(None),
+        }
+    }
+
+    /// From now on, read timeouts wait for [`Shared::release_read_timeout`];
+    /// reads wait without one meanwhile.
+    pub fn hold_read_timeout(&self) {
+        self.held.set(true);
+        self.cell.borrow().tcp().set_read_timeout(None);
+    }
+
+    /// Applies the read timeout last asked for. A read waiting already
+    /// takes it the next time it is polled.
+    pub fn release_read_timeout(&self) {
+        self.held.set(false);
+        self.cell.borrow().tcp().set_read_timeout(self.wanted.get());
+    }
+
+    fn poll<R>(
+        &self,
+        cx: &mut Context<'_>,
+        f: impl FnOnce(Pin<&mut Stream<T>>, &mut Context<'_>) -> Poll<R>,
+    ) -> Poll<R> {
+        let mut s = self.cell.borrow_mut();
+        f(Pin::new(&mut **s), cx)
+    }
+
+    async fn flush(&self) -> io::Result<()> {
+        futures_lite::future::poll_fn(|cx| self.poll(cx, |s, cx| s.poll_flush(cx))).await
+    }
+}
+
+impl<T: TlsSession> Io for &Shared<'_, T> {
+    async fn recv(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        futures_lite::future::poll_fn(|cx| self.poll(cx, |s, cx| s.poll_read(cx, buf))).await
+    }
+
+    async fn send(&mut self, buf: &[u8]) -> io::Result<()> {
+        let mut sent = 0;
+        while sent < buf.len() {
+            let n = futures_lite::future::poll_fn(|cx| {
+                self.poll(cx, |s, cx| s.poll_write(cx, &buf[sent..]))
+            })
+            .await?;
+            if n == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            sent += n;
+        }
+        // Under TLS, every record to the socket (see the module doc).
+        self.flush().await
+    }
+
+    async fn send_two(&mut self, a: &[u8], b: &[u8]) -> io::Result<()> {
+        let mut parts = [IoSlice::new(a), IoSlice::new(b)];
+        let mut bufs = &mut parts[..];
+        IoSlice::advance_slices(&mut bufs, 0);
+        while !bufs.is_empty() {
+            let n = futures_lite::future::poll_fn(|cx| {
+                self.poll(cx, |s, cx| s.poll_write_vectored(cx, bufs))
+            })
+            .await?;
+            if n == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            IoSlice::advance_slices(&mut bufs, n);
+        }
+        self.flush().await
+    }
+
+    fn set_read_timeout(&mut self, d: Option<Duration>) {
+        self.wanted.set(d);
+        if !self.held.get() {
+            self.cell.borrow().tcp().set_read_timeout(d);
         }
     }
 }
