@@ -34,6 +34,9 @@
 //!   address. A response from another shard than the probe's is counted as
 //!   `moved` (the grouping would be wrong).
 //!
+//! - `ws-server`, `ws-echo`, `ws-idle`, `ws-push`: WebSocket scenarios
+//!   (`ws.rs`, loadtest/ws.sh).
+//!
 //! Output is one `key=value` line so the suite's shell script can read it.
 //! Only loopback addresses are accepted.
 
@@ -43,6 +46,8 @@ use std::net::{SocketAddr, TcpStream};
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
+mod ws;
+
 const USAGE: &str = "usage:
   cgload open --addr 127.0.0.1:PORT --rate REQ_PER_S --duration SECS [--warmup SECS]
               [--conns N] [--path /p] [--host H]
@@ -51,7 +56,13 @@ const USAGE: &str = "usage:
               [--path /p] [--host H] [--tls 1.2|1.3]
   cgload throttle --addr 127.0.0.1:PORT --path /limited --probe /unlimited
               --duration SECS --rate REQ_PER_S_PER_ADDRESS --pattern spread|one|move
-              [--conns N] [--from 127.0.0.1[,127.0.0.2...]] [--shards 2] [--host H]";
+              [--conns N] [--from 127.0.0.1[,127.0.0.2...]] [--shards 2] [--host H]
+  cgload ws-server --addr 127.0.0.1:PORT
+  cgload ws-echo --addr 127.0.0.1:PORT --duration SECS [--path /p] [--conns N]
+              [--size BYTES] [--warmup SECS]
+  cgload ws-idle --addr 127.0.0.1:PORT --conns N --hold SECS [--path /p]
+  cgload ws-push --addr 127.0.0.1:PORT --admin 127.0.0.1:PORT --duration SECS
+              [--path /p] [--conns N] [--shard N] [--pushers N]";
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -64,6 +75,10 @@ fn main() {
         "idle" => idle(&opts),
         "tls" => tls::run(&opts),
         "throttle" => throttle::run(&opts),
+        "ws-server" => ws::server(&opts),
+        "ws-echo" => ws::echo(&opts),
+        "ws-idle" => ws::idle(&opts),
+        "ws-push" => ws::push(&opts),
         _ => fail(USAGE),
     }
 }
