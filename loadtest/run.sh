@@ -9,6 +9,10 @@
 #                              run some sections (latency needs throughput's
 #                              nginx maximum; it measures one if throughput is
 #                              skipped)
+#   loadtest/run.sh --only websocket
+#                              WebSocket messages, push and idle memory
+#                              (loadtest/ws.sh, about 4 minutes; not in the
+#                              default list)
 #   THR_DUR=120 loadtest/run.sh --only throttle-accuracy
 #                              seconds per throttle-accuracy run (default 60)
 #   loadtest/run.sh --profile  also record perf profiles of coregate (proxied
@@ -38,7 +42,7 @@ while [ $# -gt 0 ]; do
         --profile) ONLY="$ONLY,profile" ;;
         --only) ONLY=${2:?--only needs a list}; shift ;;
         --only=*) ONLY=${1#--only=} ;;
-        -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,28p' "$0"; exit 0 ;;
         *) echo "run.sh: unknown argument $1" >&2; exit 2 ;;
     esac
     shift
@@ -68,6 +72,9 @@ fi
 SOAK_DUR=${SOAK_DUR:-$([ $SMOKE = 1 ] && echo 20 || echo 600)}
 if want soak && [ -z "$USER_MAX_SECS" -o $SMOKE = 1 ]; then
     MAX_SECS=$((MAX_SECS + SOAK_DUR + 360))
+fi
+if want websocket && [ -z "$USER_MAX_SECS" -o $SMOKE = 1 ]; then
+    MAX_SECS=$((MAX_SECS + 400))
 fi
 PROFILE_DUR=$([ $SMOKE = 1 ] && echo 2 || echo 8)
 LAT_CONNS=$CONNS
@@ -897,6 +904,13 @@ if want profile; then
     done
 fi
 
+# === websocket (loadtest/ws.sh, its own processes and watchdog) ===
+if want websocket; then
+    log "websocket: loadtest/ws.sh"
+    SMOKE=$SMOKE COREGATE=$COREGATE CGLOAD=$CGLOAD OUT=$OUT "$LT/ws.sh" >>"$OUT/run.log" 2>&1 ||
+        log "websocket: ws.sh failed (see run.log)"
+fi
+
 LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)
 
 # === report ===
@@ -1118,6 +1132,10 @@ LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)
         echo "## Soak (loadtest/soak.sh)"
         echo
         sed -n '3,$p' "$OUT/soak/report.md" 2>/dev/null | sed 's/^## /### /' || echo "no soak report (see soak.log)"
+        echo
+    fi
+    if want websocket && [ -f "$OUT/ws-report.md" ]; then
+        cat "$OUT/ws-report.md"
         echo
     fi
     echo "Raw numbers: raw.tsv (section, target, run, metric, value); tool output: wrk.log, cgload.log, work/."

@@ -989,6 +989,91 @@ fn chromium_opens_a_websocket_sends_and_receives_a_push() {
 }
 
 #[test]
+fn a_connection_end_gets_an_access_log_line() {
+    let b = EventBackend::start(usual);
+    let log = temp_path("log");
+    let gw = Gateway::start(&fill(
+        r#"
+[server]
+listen = ["127.0.0.1:0"]
+
+[[apis]]
+name = "chat"
+kind = "websocket"
+base_path = "/chat"
+access_log = { format = '$context.requestId|$context.routeKey|$context.status|$context.responseLength|$context.integrationStatus|$context.error.message|$context.identity.userAgent|$context.apiId', destination = "@LOG@" }
+
+[apis.websocket]
+idle_timeout_ms = 500
+
+[[apis.routes]]
+key = "$disconnect"
+integration = { type = "http", url = "http://@B@/disconnect" }
+
+[[apis.routes]]
+key = "$default"
+route_response = true
+integration = { type = "mock", body = "default route" }
+"#,
+        &[
+            ("B", b.addr.to_string()),
+            ("LOG", log.display().to_string()),
+        ],
+    ));
+    let log_lines = || std::fs::read_to_string(&log).unwrap_or_default();
+    let find = |pred: &dyn Fn(&str) -> bool| -> String {
+        let mut found = String::new();
+        wait_until(Duration::from_secs(10), || {
+            found = log_lines()
+                .lines()
+                .find(|l| pred(l))
+                .unwrap_or_default()
+                .to_string();
+            !found.is_empty()
+        });
+        assert!(!found.is_empty(), "no such line in\n{}", log_lines());
+        found
+    };
+    // A client closes with 4001 after one message and its answer.
+    let mut req = format!("ws://{}/chat", gw.addr())
+        .into_client_request()
+        .unwrap();
+    req.headers_mut()
+        .insert("user-agent", "end-line-test/1".parse().unwrap());
+    let s = TcpStream::connect(gw.addr()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let (mut ws, _) = tungstenite::client(req, s).expect("handshake");
+    ws.send(Message::Text("hi".into())).unwrap();
+    assert_eq!(text(&mut ws), "default route");
+    ws.close(Some(tungstenite::protocol::CloseFrame {
+        code: tungstenite::protocol::frame::coding::CloseCode::Library(4001),
+        reason: "bye".into(),
+    }))
+    .unwrap();
+    while ws.read().is_ok() {}
+    let id = b
+        .wait("/disconnect", |_| true)
+        .h("x-coregate-connection-id")
+        .to_string();
+    let end = find(&|l: &str| l.contains("|$disconnect|4001|"));
+    // The $disconnect event's id; "default route" (2 + 13 bytes) and the
+    // echoed close frame (2 + 2 bytes) went to the client.
+    assert_eq!(
+        end,
+        format!("{id}-2|$disconnect|4001|19|200|-|end-line-test/1|chat"),
+        "{}",
+        log_lines()
+    );
+    // The handshake's line is there too.
+    find(&|l: &str| l.contains("|$connect|101|"));
+    // The gateway closes an idle one: 1001 and why.
+    let _idle = ws_connect(&gw, "/chat");
+    let end = find(&|l: &str| l.contains("|$disconnect|1001|"));
+    assert!(end.contains("|idle timeout|"), "{end}");
+    let _ = std::fs::remove_file(&log);
+}
+
+#[test]
 fn config_errors_name_their_key() {
     let path = write_config(
         r#"
@@ -1026,6 +1111,18 @@ base_path = "/p"
 key = "GET /x"
 route_response = true
 integration = { type = "http", url = "http://127.0.0.1:9/x" }
+
+[[apis]]
+name = "relaying"
+base_path = "/r"
+
+[apis.websocket]
+idle_timeout_ms = 0
+max_frame_bytes = 1000
+
+[[apis.routes]]
+key = "GET /x"
+integration = { type = "http_proxy", url = "http://127.0.0.1:9/x" }
 "#,
     );
     let out = run_coregate(&["check", "--config", path.to_str().unwrap()]);
@@ -1042,6 +1139,8 @@ integration = { type = "http", url = "http://127.0.0.1:9/x" }
         "apis[1].kind",
         "apis[1].routes[0].route_response",
         "apis[1].routes[0].integration.type",
+        "apis[2].websocket.idle_timeout_ms",
+        "apis[2].websocket.max_frame_bytes",
     ] {
         assert!(
             err.lines()
@@ -1086,6 +1185,7 @@ fn an_http_proxy_route_relays_a_websocket_to_a_backend_that_speaks_it() {
         }
     });
     let plain = Backend::start(Reply::fixed(200, &[], "not a websocket"));
+    let log = temp_path("log");
     let gw = Gateway::start(&fill(
         r#"
 [server]
@@ -1093,6 +1193,7 @@ listen = ["127.0.0.1:0"]
 
 [[apis]]
 name = "proxied"
+access_log = { format = '$context.requestId|$context.routeKey|$context.status|$context.responseLength|$context.error.message|$context.upstream.target', destination = "@LOG@" }
 
 [[apis.routes]]
 key = "GET /live/{room}"
@@ -1101,9 +1202,38 @@ integration = { type = "http_proxy", url = "http://@W@/echo/{room}" }
 [[apis.routes]]
 key = "GET /plain"
 integration = { type = "http_proxy", url = "http://@P@/" }
+
+[[apis]]
+name = "brief"
+base_path = "/brief"
+access_log = { format = '$context.routeKey|$context.status|$context.error.message', destination = "@LOG@" }
+
+[apis.websocket]
+idle_timeout_ms = 400
+
+[[apis.routes]]
+key = "GET /live/{room}"
+integration = { type = "http_proxy", url = "http://@W@/echo/{room}" }
+
+[[apis]]
+name = "short"
+base_path = "/short"
+access_log = { format = '$context.routeKey|$context.status|$context.error.message', destination = "@LOG@" }
+
+[apis.websocket]
+max_lifetime_ms = 1200
+
+[[apis.routes]]
+key = "GET /live/{room}"
+integration = { type = "http_proxy", url = "http://@W@/echo/{room}" }
 "#,
-        &[("W", backend.to_string()), ("P", plain.addr_str())],
+        &[
+            ("W", backend.to_string()),
+            ("P", plain.addr_str()),
+            ("LOG", log.display().to_string()),
+        ],
     ));
+    let log_lines = || std::fs::read_to_string(&log).unwrap_or_default();
     let s = TcpStream::connect(gw.addr()).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let (mut ws, resp) =
@@ -1121,6 +1251,90 @@ integration = { type = "http_proxy", url = "http://@P@/" }
         other => panic!("{other:?}"),
     }
     ws.close(None).unwrap();
+    // The connection's end gets an access-log line: the close code (the
+    // client's close frame had none: 1005), the bytes sent to the client.
+    let mut end = String::new();
+    wait_until(Duration::from_secs(10), || {
+        end = log_lines()
+            .lines()
+            .find(|l| l.contains("|GET /live/{room}|1005|"))
+            .unwrap_or_default()
+            .to_string();
+        !end.is_empty()
+    });
+    let fields: Vec<&str> = end.split('|').collect();
+    assert_eq!(fields.len(), 6, "{end:?} in\n{}", log_lines());
+    assert_eq!(fields[4], "-", "{end}");
+    assert_eq!(fields[5], backend.to_string(), "{end}");
+    // The handshake's own line, with the same request id.
+    assert!(
+        log_lines()
+            .lines()
+            .any(|l| l.starts_with(&format!("{}|GET /live/{{room}}|101|", fields[0]))),
+        "{}",
+        log_lines()
+    );
+    // Messages and bytes each way. Client frames of a short payload
+    // are 2 header bytes, 4 of mask and the payload: 3 x (6 + 7) + (6 + 4)
+    // + 6 for the close frame; the echoes are unmasked.
+    let (_, metrics) = admin(&gw, "GET", "/metrics", b"");
+    let sample = |name: &str, from: &str| -> u64 {
+        let prefix =
+            format!(r#"{name}{{api="proxied",route="GET /live/{{room}}",from="{from}"}} "#);
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(prefix.as_str()))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {prefix:?} in\n{metrics}"))
+    };
+    assert_eq!(
+        sample("coregate_websocket_proxy_messages_total", "client"),
+        4
+    );
+    assert_eq!(
+        sample("coregate_websocket_proxy_messages_total", "backend"),
+        4
+    );
+    assert_eq!(sample("coregate_websocket_proxy_bytes_total", "client"), 55);
+    let from_backend = sample("coregate_websocket_proxy_bytes_total", "backend");
+    assert!(from_backend >= 33, "{metrics}");
+    assert_eq!(fields[3], from_backend.to_string(), "{end}");
+    assert!(
+        metrics.lines().any(|l| l
+            == r#"coregate_websocket_connects_total{api="proxied",route="GET /live/{room}"} 1"#),
+        "{metrics}"
+    );
+    // The API's idle timeout and lifetime: a silent relayed WebSocket is
+    // closed after 400 ms; a chatty one after 1200 ms of life.
+    let s = TcpStream::connect(gw.addr()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let (mut quiet, _) =
+        tungstenite::client(format!("ws://{}/brief/live/a", gw.addr()), s).expect("handshake");
+    assert!(quiet.read().is_err(), "the relay closes the connection");
+    assert!(wait_until(Duration::from_secs(10), || log_lines()
+        .contains("GET /live/{room}|1006|idle timeout")));
+    let s = TcpStream::connect(gw.addr()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let (mut chatty, _) =
+        tungstenite::client(format!("ws://{}/short/live/b", gw.addr()), s).expect("handshake");
+    let opened = Instant::now();
+    let mut echoes = 0;
+    loop {
+        if chatty.send(Message::Text("still here".into())).is_err() {
+            break;
+        }
+        match chatty.read() {
+            Ok(_) => echoes += 1,
+            Err(_) => break,
+        }
+        assert!(opened.elapsed() < Duration::from_secs(20), "never closed");
+        thread::sleep(Duration::from_millis(100));
+    }
+    assert!(opened.elapsed() >= Duration::from_millis(1200), "{echoes}");
+    assert!(echoes >= 2, "the connection lived: {echoes} echoes");
+    assert!(wait_until(Duration::from_secs(10), || log_lines()
+        .contains("GET /live/{room}|1006|connection lifetime reached")));
+    let _ = std::fs::remove_file(&log);
     // A backend that does not switch protocols: the client gets 502.
     let url = format!("ws://{}/plain", gw.addr());
     match tungstenite::connect(url) {

@@ -20,14 +20,15 @@ const KEEP_CAPACITY: usize = 4096;
 
 /// A shard's access-log state.
 pub struct Access {
-    pub log: ShardLog,
+    /// Shared with WebSocket sessions, which log their connection's end.
+    pub log: std::rc::Rc<ShardLog>,
     free: RefCell<Vec<Vec<u8>>>,
 }
 
 impl Access {
     pub fn new(shard: usize) -> Access {
         Access {
-            log: ShardLog::new(shard, Vec::new()),
+            log: std::rc::Rc::new(ShardLog::new(shard, Vec::new())),
             free: RefCell::new(Vec::new()),
         }
     }
@@ -176,4 +177,86 @@ fn write_line(gw: &Gateway, x: &Exchange, text: &[u8]) {
     gw.access
         .log
         .line(log.destination, |buf| log.format.write(&f, buf));
+}
+
+/// The end of a WebSocket connection, for its access-log line
+/// (docs/websocket.md, "Access logs").
+pub struct WsEnd<'a> {
+    /// A WebSocket API's: its `$disconnect` event's id; a proxied
+    /// WebSocket's: its handshake's.
+    pub request_id: &'a [u8],
+    pub source_ip: std::net::IpAddr,
+    pub user_agent: Option<&'a [u8]>,
+    /// The handshake's route (its API's log applies).
+    pub route: usize,
+    /// `$disconnect`, or a proxied WebSocket's route key.
+    pub route_key: &'a str,
+    /// When the connection was opened (`101` sent).
+    pub opened: Instant,
+    /// The close code the connection ended with (1006: no close frame).
+    pub code: u16,
+    /// Bytes sent to the client over the connection's life.
+    pub bytes_out: u64,
+    /// `$disconnect`'s integration's status.
+    pub integration_status: Option<u16>,
+    /// Why the gateway closed it, if it did.
+    pub error: Option<&'a str>,
+    /// A proxied WebSocket's upstream and target.
+    pub upstream: Option<(usize, usize)>,
+}
+
+/// Writes the line of a WebSocket connection's end to its API's access
+/// log, if it has one: the time the connection ended, the close code as
+/// the status, the connection's duration as the latency.
+pub fn record_ws_end(log: &ShardLog, plan: &crate::plan::Plan, e: &WsEnd<'_>) {
+    let logs = &plan.access_log;
+    if !logs.any {
+        return;
+    }
+    let Some(l) = logs
+        .logged(Some(e.route), None)
+        .log
+        .and_then(|i| logs.logs.get(usize::from(i)))
+    else {
+        return;
+    };
+    let now = Instant::now();
+    let ended_ms = log.wall_ms(now);
+    let time = if l.format.uses(Var::RequestTime) {
+        log.clf_time(ended_ms / 1000)
+    } else {
+        [b'-'; 26]
+    };
+    let route = plan.routes.get(e.route);
+    let stage = route.and_then(|r| r.stage.as_ref());
+    let upstream = e.upstream.and_then(|(u, t)| {
+        let u = plan.upstreams.get(u)?;
+        Some((u.name.as_str(), u.targets.get(t).map(|t| t.addr)))
+    });
+    let f = Fields {
+        request_id: e.request_id,
+        source_ip: e.source_ip,
+        user_agent: e.user_agent,
+        request_time: &time,
+        request_time_epoch_ms: ended_ms,
+        method: None,
+        route_key: Some(e.route_key),
+        path: None,
+        status: e.code,
+        minor_version: None,
+        response_length: e.bytes_out,
+        response_latency_ms: Some(ms(now.saturating_duration_since(e.opened))),
+        integration_latency_ms: None,
+        integration_status: e.integration_status,
+        error: e.error,
+        principal: None,
+        api_key_name: None,
+        cache: None,
+        api: route.map(|r| r.api.as_str()),
+        upstream: upstream.map(|u| u.0),
+        target: upstream.and_then(|u| u.1),
+        stage: stage.map(|s| s.stage.as_str()),
+        deployment: stage.map(|s| s.deployment.as_str()),
+    };
+    log.line(l.destination, |buf| l.format.write(&f, buf));
 }

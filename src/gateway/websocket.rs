@@ -171,15 +171,21 @@ impl Session {
 
 // === impl metrics ===
 
-/// One route's counters (see `observe::snapshot::WsSnapshot`).
+/// One route's counters (see `observe::snapshot::WsSnapshot`): a
+/// WebSocket API's route, or an HTTP API's `http_proxy` route relaying
+/// WebSockets (`super::ws_proxy`: its connects, messages from clients, and
+/// the `proxy_` counters).
 #[derive(Default)]
-struct Counters {
-    connects: Cell<u64>,
-    messages: Cell<u64>,
+pub(super) struct Counters {
+    pub(super) connects: Cell<u64>,
+    pub(super) messages: Cell<u64>,
     integration_errors: Cell<u64>,
     client_errors: Cell<u64>,
     execution_errors: Cell<u64>,
     integration: crate::observe::hist::Histogram,
+    pub(super) proxy_messages_from_backend: Cell<u64>,
+    pub(super) proxy_bytes_from_client: Cell<u64>,
+    pub(super) proxy_bytes_from_backend: Cell<u64>,
 }
 
 /// The route label of frames that broke the protocol or a limit.
@@ -193,7 +199,7 @@ thread_local! {
     static METRICS: RefCell<Vec<(String, String, Rc<Counters>)>> = RefCell::default();
 }
 
-fn counters(api: &str, route: &str) -> Rc<Counters> {
+pub(super) fn counters(api: &str, route: &str) -> Rc<Counters> {
     METRICS.with(|m| {
         let mut m = m.borrow_mut();
         if let Some((_, _, c)) = m.iter().find(|(a, r, _)| a == api && r == route) {
@@ -224,6 +230,9 @@ pub fn snapshot() -> Vec<crate::observe::snapshot::WsSnapshot> {
                 client_errors: c.client_errors.get(),
                 execution_errors: c.execution_errors.get(),
                 integration: c.integration.snapshot(),
+                proxy_messages_from_backend: c.proxy_messages_from_backend.get(),
+                proxy_bytes_from_client: c.proxy_bytes_from_client.get(),
+                proxy_bytes_from_backend: c.proxy_bytes_from_backend.get(),
             })
             .collect()
     })
@@ -485,8 +494,9 @@ pub async fn connect(
     }
     count(&api.name, "$connect", |c| &c.connects);
     let connections = gw.connections.clone();
+    let log = gw.access.log.clone();
     conn.handover = Some(Box::new(move |up: Upgraded| {
-        glommio::spawn_local(run(up, session, connections)).detach();
+        glommio::spawn_local(run(up, session, connections, log)).detach();
     }));
     Flow::Handover
 }
@@ -656,7 +666,12 @@ impl Ended {
     }
 }
 
-async fn run(up: Upgraded, s: Rc<Session>, connections: Rc<Connections>) {
+async fn run(
+    up: Upgraded,
+    s: Rc<Session>,
+    connections: Rc<Connections>,
+    log: Rc<crate::accesslog::shard::ShardLog>,
+) {
     let Upgraded {
         mut stream,
         buffered,
@@ -670,6 +685,7 @@ async fn run(up: Upgraded, s: Rc<Session>, connections: Rc<Connections>) {
     let limits = api.limits.clone();
     let started = Instant::now();
     let lifetime_end = started + limits.max_lifetime;
+    let mut bytes_out = 0u64;
     let mut asm = Assembler::new(limits.max_message, limits.allow_binary);
     let mut filled = buffered.len();
     let mut rbuf = buffered;
@@ -757,6 +773,7 @@ async fn run(up: Upgraded, s: Rc<Session>, connections: Rc<Connections>) {
                     peer_done: true,
                 };
             }
+            bytes_out += frame.len() as u64;
             s.touch();
         }
         if let Some(c) = s.close.take() {
@@ -821,7 +838,11 @@ async fn run(up: Upgraded, s: Rc<Session>, connections: Rc<Connections>) {
     if let Some((c, reason)) = ended.send {
         let mut f = Vec::with_capacity(8 + reason.len());
         ws::encode_close(&mut f, c, reason);
-        if stream.send(&f).await.is_ok() && !ended.peer_done {
+        let sent = stream.send(&f).await.is_ok();
+        if sent {
+            bytes_out += f.len() as u64;
+        }
+        if sent && !ended.peer_done {
             // Wait a moment for the client's close frame, dropping what
             // comes before it.
             let _ = stream.shutdown_write().await;
@@ -843,13 +864,14 @@ async fn run(up: Upgraded, s: Rc<Session>, connections: Rc<Connections>) {
     stream.close().await;
     drop(guard);
     // === $disconnect, best effort ===
+    let n = s.messages.get() + 1;
+    s.messages.set(n);
+    let request_id = format!("{}-{n}", s.id);
+    let mut integration_status = None;
     if let Some(r) = api.disconnect.as_ref() {
-        let n = s.messages.get() + 1;
-        s.messages.set(n);
-        let request_id = format!("{}-{n}", s.id);
         // Boxed: the call's state would otherwise sit in every idle
         // connection's task.
-        let _ = Box::pin(call(
+        let called = Box::pin(call(
             &s,
             r,
             plan::DISCONNECT,
@@ -859,7 +881,32 @@ async fn run(up: Upgraded, s: Rc<Session>, connections: Rc<Connections>) {
             b"",
         ))
         .await;
+        if let Called::Answer(status, ..) = called {
+            integration_status = Some(status);
+        }
     }
+    // === the access-log line of the connection's end ===
+    let error = match ended.send {
+        Some((_, reason)) if !ended.peer_done && !reason.is_empty() => Some(reason),
+        _ => None,
+    };
+    super::access::record_ws_end(
+        &log,
+        &s.generation.plan,
+        &super::access::WsEnd {
+            request_id: request_id.as_bytes(),
+            source_ip: s.source_ip,
+            user_agent: (!s.user_agent.is_empty()).then_some(s.user_agent.as_bytes()),
+            route: s.route,
+            route_key: "$disconnect",
+            opened: started,
+            code: ended.code,
+            bytes_out,
+            integration_status,
+            error,
+            upstream: None,
+        },
+    );
 }
 
 // === impl @connections ===

@@ -5,28 +5,30 @@
 //! headers, and the target's `101` (whose `Sec-WebSocket-Accept` must match
 //! the client's key) is relayed; then bytes are relayed both ways until
 //! either side closes, the connection is idle for the idle timeout, or its
-//! lifetime ends. The driver sends a request here only when the head
-//! parser saw an upgrade (`RequestHead::upgrade`), so other requests pay
-//! one branch on a flag.
+//! lifetime ends (the API's `[apis.websocket]`, AWS's defaults). The relay
+//! follows the frame headers going by ([`Frames`]) to count messages and
+//! bytes each way and to see the close code for the access-log line of
+//! the connection's end. The driver sends a request here only when the
+//! head parser saw an upgrade (`RequestHead::upgrade`), so other requests
+//! pay one branch on a flag.
 
 use super::exchange::Exchange;
-use super::{reply, Gateway};
-use crate::config::raw::websocket::{DEFAULT_MAX_LIFETIME_MS, DEFAULT_WS_IDLE_TIMEOUT_MS};
+use super::websocket::{counters, Counters};
+use super::{reply, Gateway, Generation};
+use crate::accesslog::shard::ShardLog;
 use crate::http::conn::{Conn, Connections, Flow, Upgraded};
 use crate::http::parse::{list_elements, RequestHead};
 use crate::http::response::parse_response_head;
 use crate::http::ws;
-use crate::integration::http_proxy::{self, ClientTls, ProxyPlan};
+use crate::integration::http_proxy::{self, ClientTls, ProxyPlan, WsRelayLimits};
 use crate::integration::upstream::UpConn;
 use std::borrow::Cow;
+use std::cell::Cell;
 use std::io;
+use std::net::IpAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-/// How long a proxied WebSocket may be silent both ways.
-pub const IDLE_TIMEOUT: Duration = Duration::from_millis(DEFAULT_WS_IDLE_TIMEOUT_MS);
-/// How long a proxied WebSocket may stay open.
-pub const LIFETIME: Duration = Duration::from_millis(DEFAULT_MAX_LIFETIME_MS);
 /// Each direction's relay buffer.
 const RELAY_BUF: usize = 16 * 1024;
 
@@ -62,6 +64,7 @@ pub async fn proxy(
     };
     let target = state.pick(uplan, x.outcome.timings.received);
     x.outcome.upstream = Some((p.upstream, target));
+    let mut user_agent = None;
     let expected_accept = {
         let Some(parts) = conn.parts(consumed) else {
             return refuse(gw, conn, head, x, consumed, 500, "Internal Server Error").await;
@@ -77,6 +80,10 @@ pub async fn proxy(
                 return refuse(gw, conn, head, x, consumed, e.status, e.message).await;
             }
         };
+        if plan.access_log.any {
+            // For the access-log line of the connection's end.
+            user_agent = header(parts.buf, head, b"user-agent");
+        }
         let bound: Vec<(&str, &[u8])> = params
             .iter()
             .filter_map(|&(k, (at, len))| Some((k, parts.buf.get(at..at + len)?)))
@@ -168,9 +175,25 @@ pub async fn proxy(
     x.outcome.status = 101;
     x.outcome.bytes_out += resp.len as u64;
     let early = up.buf[resp.len..up.filled].to_vec();
+    let Some(route) = x.route.and_then(|r| Some((r, plan.routes.get(r)?))) else {
+        return Flow::Close;
+    };
+    let c = counters(&route.1.api, &route.1.key);
+    crate::observe::bump(&c.connects, 1);
+    let relay_state = Relay {
+        counters: c,
+        log: gw.access.log.clone(),
+        generation: generation.clone(),
+        route: route.0,
+        limits: p.ws_limits,
+        request_id: x.request_id.to_vec(),
+        source_ip: x.peer.ip(),
+        user_agent,
+        upstream: (p.upstream, target),
+    };
     let connections = gw.connections.clone();
     conn.handover = Some(Box::new(move |client: Upgraded| {
-        glommio::spawn_local(relay(client, up, early, connections)).detach();
+        glommio::spawn_local(relay(client, up, early, connections, relay_state)).detach();
     }));
     Flow::Handover
 }
@@ -231,6 +254,119 @@ async fn read_head(
     }
 }
 
+fn header(buf: &[u8], head: &RequestHead, name: &[u8]) -> Option<Vec<u8>> {
+    head.headers
+        .iter()
+        .find(|h| h.name.get(buf).eq_ignore_ascii_case(name))
+        .map(|h| h.value.get(buf).to_vec())
+}
+
+/// What a relay counts and logs with.
+struct Relay {
+    counters: Rc<Counters>,
+    log: Rc<ShardLog>,
+    generation: Rc<Generation>,
+    route: usize,
+    limits: WsRelayLimits,
+    request_id: Vec<u8>,
+    source_ip: IpAddr,
+    user_agent: Option<Vec<u8>>,
+    upstream: (usize, usize),
+}
+
+/// Follows the frames of one direction of a relayed WebSocket through
+/// the bytes going by, which pass unchanged: counts its messages (final
+/// text, binary and continuation frames) and reads the code of its close
+/// frame. What is not a valid frame is the two ends' business; the count
+/// follows the lengths the headers declare.
+#[derive(Default)]
+pub(crate) struct Frames {
+    head: [u8; 14],
+    have: usize,
+    /// Payload bytes of the current frame still to pass.
+    skip: u64,
+    /// The current frame is a close frame: its mask, and how many of its
+    /// code's two bytes were read.
+    closing: bool,
+    mask: [u8; 4],
+    code_bytes: [u8; 2],
+    code_have: usize,
+    pub messages: u64,
+    /// The first close frame's code (1005 for one without a code).
+    pub code: Option<u16>,
+}
+
+impl Frames {
+    fn head_len(b1: u8) -> usize {
+        let ext = match b1 & 0x7f {
+            126 => 2,
+            127 => 8,
+            _ => 0,
+        };
+        2 + ext + if b1 & 0x80 != 0 { 4 } else { 0 }
+    }
+
+    /// Takes up to `need` header bytes; whether the header is complete.
+    fn fill(&mut self, data: &mut &[u8], need: usize) -> bool {
+        let n = need.saturating_sub(self.have).min(data.len());
+        self.head[self.have..self.have + n].copy_from_slice(&data[..n]);
+        self.have += n;
+        *data = &data[n..];
+        self.have >= need
+    }
+
+    pub(crate) fn feed(&mut self, mut data: &[u8]) {
+        while !data.is_empty() {
+            if self.skip > 0 {
+                let n = self.skip.min(data.len() as u64) as usize;
+                if self.closing {
+                    for &b in data[..n].iter().take(2 - self.code_have) {
+                        self.code_bytes[self.code_have] = b ^ self.mask[self.code_have];
+                        self.code_have += 1;
+                    }
+                    if self.code_have == 2 && self.code.is_none() {
+                        self.code = Some(u16::from_be_bytes(self.code_bytes));
+                    }
+                }
+                self.skip -= n as u64;
+                data = &data[n..];
+                continue;
+            }
+            if !self.fill(&mut data, 2) || !self.fill(&mut data, Self::head_len(self.head[1])) {
+                return;
+            }
+            let h = &self.head;
+            let (ext, len) = match h[1] & 0x7f {
+                126 => (2, u64::from(u16::from_be_bytes([h[2], h[3]]))),
+                127 => (
+                    8,
+                    u64::from_be_bytes([h[2], h[3], h[4], h[5], h[6], h[7], h[8], h[9]]),
+                ),
+                n => (0, u64::from(n)),
+            };
+            let op = h[0] & 0x0f;
+            if op == ws::OP_CLOSE {
+                self.closing = true;
+                self.code_have = 0;
+                self.mask = [0; 4];
+                if h[1] & 0x80 != 0 {
+                    self.mask.copy_from_slice(&h[2 + ext..6 + ext]);
+                }
+                if len < 2 && self.code.is_none() {
+                    self.code = Some(ws::code::NO_STATUS);
+                }
+            } else {
+                self.closing = false;
+                if op < 8 && h[0] & 0x80 != 0 {
+                    self.messages += 1;
+                }
+            }
+            self.skip = len;
+            self.have = 0;
+        }
+    }
+}
+
 /// Which side had something.
 enum Side {
     Client(io::Result<usize>),
@@ -239,7 +375,13 @@ enum Side {
 
 /// Relays bytes both ways until a side closes, the idle timeout or the
 /// lifetime passes, or the shard drains.
-async fn relay(client: Upgraded, mut up: UpConn, early: Vec<u8>, connections: Rc<Connections>) {
+async fn relay(
+    client: Upgraded,
+    mut up: UpConn,
+    early: Vec<u8>,
+    connections: Rc<Connections>,
+    r: Relay,
+) {
     let Upgraded {
         mut stream,
         buffered,
@@ -248,18 +390,49 @@ async fn relay(client: Upgraded, mut up: UpConn, early: Vec<u8>, connections: Rc
     } = client;
     let started = Instant::now();
     let mut last = started;
+    let c = &r.counters;
+    // From the client, from the backend.
+    let (mut from_client, mut from_backend) = (Frames::default(), Frames::default());
+    let mut bytes_out = 0u64;
+    let count = |f: &mut Frames, data: &[u8], messages: &Cell<u64>, bytes: &Cell<u64>| {
+        let before = f.messages;
+        f.feed(data);
+        crate::observe::bump(messages, f.messages - before);
+        crate::observe::bump(bytes, data.len() as u64);
+    };
+    let mut ended = None;
     let ok = (buffered.is_empty() || up.stream.send(&buffered).await.is_ok())
         && (early.is_empty() || stream.send(&early).await.is_ok());
+    count(
+        &mut from_client,
+        &buffered,
+        &c.messages,
+        &c.proxy_bytes_from_client,
+    );
+    count(
+        &mut from_backend,
+        &early,
+        &c.proxy_messages_from_backend,
+        &c.proxy_bytes_from_backend,
+    );
+    bytes_out += early.len() as u64;
     let mut cbuf = vec![0u8; RELAY_BUF];
     up.buf.resize(RELAY_BUF, 0);
     if ok {
         loop {
             let now = Instant::now();
             if connections.draining() {
+                ended = Some("server shutting down");
                 break;
             }
-            let end = (last + IDLE_TIMEOUT).min(started + LIFETIME);
+            let lifetime_end = started + r.limits.max_lifetime;
+            let end = (last + r.limits.idle_timeout).min(lifetime_end);
             let Some(wait) = end.checked_duration_since(now).filter(|d| !d.is_zero()) else {
+                ended = Some(if now >= lifetime_end {
+                    "connection lifetime reached"
+                } else {
+                    "idle timeout"
+                });
                 break;
             };
             stream.set_read_timeout(Some(wait));
@@ -276,15 +449,28 @@ async fn relay(client: Upgraded, mut up: UpConn, early: Vec<u8>, connections: Rc
             guard.set_idle(false);
             match side {
                 Side::Client(Ok(n)) if n > 0 => {
+                    count(
+                        &mut from_client,
+                        &cbuf[..n],
+                        &c.messages,
+                        &c.proxy_bytes_from_client,
+                    );
                     if up.stream.send(&cbuf[..n]).await.is_err() {
                         break;
                     }
                     last = Instant::now();
                 }
                 Side::Upstream(Ok(n)) if n > 0 => {
+                    count(
+                        &mut from_backend,
+                        &up.buf[..n],
+                        &c.proxy_messages_from_backend,
+                        &c.proxy_bytes_from_backend,
+                    );
                     if stream.send(&up.buf[..n]).await.is_err() {
                         break;
                     }
+                    bytes_out += n as u64;
                     last = Instant::now();
                 }
                 // A deadline or the drain's interruption: looked at above.
@@ -297,4 +483,83 @@ async fn relay(client: Upgraded, mut up: UpConn, early: Vec<u8>, connections: Rc
     up.stream.close().await;
     stream.close().await;
     drop(guard);
+    let route_key = r
+        .generation
+        .plan
+        .routes
+        .get(r.route)
+        .map_or("", |route| route.key.as_str());
+    super::access::record_ws_end(
+        &r.log,
+        &r.generation.plan,
+        &super::access::WsEnd {
+            request_id: &r.request_id,
+            source_ip: r.source_ip,
+            user_agent: r.user_agent.as_deref(),
+            route: r.route,
+            route_key,
+            opened: started,
+            code: from_client
+                .code
+                .or(from_backend.code)
+                .unwrap_or(ws::code::ABNORMAL),
+            bytes_out,
+            integration_status: None,
+            error: ended,
+            upstream: Some(r.upstream),
+        },
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    //! Unwraps are fine: the inputs are literals of the test.
+    use super::Frames;
+    use crate::http::ws;
+
+    fn masked(op: u8, fin: bool, payload: &[u8]) -> Vec<u8> {
+        let mask = [1u8, 2, 3, 4];
+        let mut f = vec![op | if fin { 0x80 } else { 0 }];
+        match payload.len() {
+            n if n < 126 => f.push(0x80 | n as u8),
+            n => {
+                f.push(0x80 | 126);
+                f.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+        }
+        f.extend_from_slice(&mask);
+        f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        f
+    }
+
+    #[test]
+    fn messages_and_the_close_code_are_followed_across_any_split() {
+        let mut stream = masked(ws::OP_TEXT, true, b"hello");
+        stream.extend(masked(ws::OP_BINARY, false, &[7; 300]));
+        stream.extend(masked(ws::OP_PING, true, b"p"));
+        stream.extend(masked(0, true, &[8; 200]));
+        stream.extend(masked(ws::OP_CLOSE, true, &[0x0f, 0xa1, b'x']));
+        for chunk in [1, 2, 3, 7, 64, stream.len()] {
+            let mut f = Frames::default();
+            for c in stream.chunks(chunk) {
+                f.feed(c);
+            }
+            assert_eq!(f.messages, 2, "chunks of {chunk}");
+            assert_eq!(f.code, Some(4001), "chunks of {chunk}");
+        }
+    }
+
+    #[test]
+    fn a_close_without_a_code_and_a_huge_length_are_followed() {
+        let mut f = Frames::default();
+        f.feed(&[0x88, 0x00]);
+        assert_eq!(f.code, Some(ws::code::NO_STATUS));
+        let mut f = Frames::default();
+        let mut huge = vec![0x82, 127];
+        huge.extend_from_slice(&u64::MAX.to_be_bytes());
+        f.feed(&huge);
+        f.feed(&[0; 100]);
+        assert_eq!(f.messages, 1);
+        assert_eq!(f.skip, u64::MAX - 100);
+    }
 }

@@ -58,6 +58,27 @@ pub struct ProxyPlan {
     pub strip_headers: Vec<String>,
     /// Parameter mapping ([`super::mapping`]); None for most routes.
     pub mapping: Option<Box<super::mapping::Mapping>>,
+    /// A relayed WebSocket's idle timeout and lifetime (the API's
+    /// `[apis.websocket]`).
+    pub ws_limits: WsRelayLimits,
+}
+
+/// How long a WebSocket relayed by an `http_proxy` route may be silent
+/// both ways, and may stay open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WsRelayLimits {
+    pub idle_timeout: std::time::Duration,
+    pub max_lifetime: std::time::Duration,
+}
+
+impl Default for WsRelayLimits {
+    fn default() -> WsRelayLimits {
+        use crate::config::raw::websocket::{DEFAULT_MAX_LIFETIME_MS, DEFAULT_WS_IDLE_TIMEOUT_MS};
+        WsRelayLimits {
+            idle_timeout: std::time::Duration::from_millis(DEFAULT_WS_IDLE_TIMEOUT_MS),
+            max_lifetime: std::time::Duration::from_millis(DEFAULT_MAX_LIFETIME_MS),
+        }
+    }
 }
 
 /// What a client's TLS connection adds to its requests. `None` in its

@@ -334,6 +334,36 @@ pub fn render(m: &Merged, info: &Info<'_>, om: bool) -> String {
             o.sample(name, &[("api", &w.api), ("route", &w.route)], field(w));
         }
     }
+    // Relayed by http_proxy routes: only the routes that relayed one.
+    let relayed = |w: &&super::snapshot::WsSnapshot| {
+        w.proxy_bytes_from_client > 0 || w.proxy_bytes_from_backend > 0
+    };
+    type PField = fn(&super::snapshot::WsSnapshot) -> (u64, u64);
+    let proxy: [(&str, &str, PField); 2] = [
+        (
+            "coregate_websocket_proxy_messages_total",
+            "Messages relayed through http_proxy routes, by the side that sent them.",
+            |w| (w.messages, w.proxy_messages_from_backend),
+        ),
+        (
+            "coregate_websocket_proxy_bytes_total",
+            "Bytes (frames, headers included) relayed through http_proxy routes, by the side that sent them.",
+            |w| (w.proxy_bytes_from_client, w.proxy_bytes_from_backend),
+        ),
+    ];
+    for (name, help, field) in proxy {
+        o.family(name, Kind::Counter, help);
+        for w in m.websocket.iter().filter(relayed) {
+            let (client, backend) = field(w);
+            for (from, v) in [("client", client), ("backend", backend)] {
+                o.sample(
+                    name,
+                    &[("api", &w.api), ("route", &w.route), ("from", from)],
+                    v,
+                );
+            }
+        }
+    }
     o.family(
         "coregate_websocket_integration_duration_seconds",
         Kind::Histogram,

@@ -147,6 +147,11 @@ pub struct WsSnapshot {
     pub client_errors: u64,
     pub execution_errors: u64,
     pub integration: HistSnapshot,
+    /// An `http_proxy` route relaying WebSockets: messages from the
+    /// backend, bytes each way (its messages from clients are `messages`).
+    pub proxy_messages_from_backend: u64,
+    pub proxy_bytes_from_client: u64,
+    pub proxy_bytes_from_backend: u64,
 }
 
 impl WsSnapshot {
@@ -157,6 +162,15 @@ impl WsSnapshot {
         self.client_errors = self.client_errors.wrapping_add(o.client_errors);
         self.execution_errors = self.execution_errors.wrapping_add(o.execution_errors);
         self.integration.add(&o.integration);
+        self.proxy_messages_from_backend = self
+            .proxy_messages_from_backend
+            .wrapping_add(o.proxy_messages_from_backend);
+        self.proxy_bytes_from_client = self
+            .proxy_bytes_from_client
+            .wrapping_add(o.proxy_bytes_from_client);
+        self.proxy_bytes_from_backend = self
+            .proxy_bytes_from_backend
+            .wrapping_add(o.proxy_bytes_from_backend);
     }
 }
 

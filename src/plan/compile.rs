@@ -278,6 +278,7 @@ fn compile_apis(
         let mut spec_routes = Vec::new();
         // A WebSocket API's routes are its handshake's, compiled below.
         let websocket = super::websocket::kind(api, &akey, &mut errors);
+        let ws_relay = super::websocket::relay_limits(api, &akey, websocket, &mut errors);
         let api_mapping = crate::integration::mapping::parse(
             api.mapping.as_ref(),
             None,
@@ -381,6 +382,7 @@ fn compile_apis(
             }
             if let Integration::Proxy(p) = &mut integration {
                 p.mapping = crate::integration::mapping::build(&api_mapping, &route_mapping);
+                p.ws_limits = ws_relay;
             }
             if let Some(rule) = &mut policies.cache {
                 // A stage's canary shares the stage's paths: its entries
@@ -1071,6 +1073,7 @@ fn compile_proxy(
         drop_api_key: false,
         strip_headers: Vec::new(),
         mapping: None,
+        ws_limits: Default::default(),
     }))
 }
 

@@ -11,6 +11,7 @@
 use crate::config::raw::websocket::*;
 use crate::config::raw::{RawApi, RawIntegration, RawRoute};
 use crate::config::ConfigError;
+use crate::integration::http_proxy::WsRelayLimits;
 use crate::integration::websocket::{Selection, WsApiPlan, WsIntegration, WsLimits, WsRoute};
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -51,8 +52,27 @@ pub fn kind(api: &RawApi, akey: &str, errors: &mut Vec<ConfigError>) -> bool {
             only_ws,
         ));
     }
-    if api.websocket.is_some() {
-        errors.push(ConfigError::new(format!("{akey}.websocket"), only_ws));
+    if let Some(w) = &api.websocket {
+        // An HTTP API's table holds the limits of the WebSockets its
+        // `http_proxy` routes relay ([`relay_limits`]); nothing else.
+        let only_relay = "is for WebSocket APIs (kind = \"websocket\"); an HTTP API's [apis.websocket] takes only idle_timeout_ms and max_lifetime_ms (for the WebSockets its http_proxy routes relay)";
+        for (name, set) in [
+            ("max_frame_bytes", w.max_frame_bytes.is_some()),
+            ("max_message_bytes", w.max_message_bytes.is_some()),
+            (
+                "new_connections_per_second",
+                w.new_connections_per_second.is_some(),
+            ),
+            ("send_buffer_bytes", w.send_buffer_bytes.is_some()),
+            ("allow_binary", w.allow_binary.is_some()),
+        ] {
+            if set {
+                errors.push(ConfigError::new(
+                    format!("{akey}.websocket.{name}"),
+                    only_relay,
+                ));
+            }
+        }
     }
     for (ri, r) in api.routes.iter().enumerate() {
         if r.route_response.is_some() {
@@ -105,6 +125,35 @@ fn ms(errors: &mut Vec<ConfigError>, key: String, v: Option<u64>, default: u64) 
         errors.push(ConfigError::new(key, "must be at least 1 (milliseconds)"));
     }
     Duration::from_millis(v.max(1))
+}
+
+/// An HTTP API's limits for the WebSockets its `http_proxy` routes relay:
+/// `[apis.websocket]`'s `idle_timeout_ms` and `max_lifetime_ms`, AWS's
+/// defaults without them. A WebSocket API's are its own ([`compile`]).
+pub fn relay_limits(
+    api: &RawApi,
+    akey: &str,
+    websocket: bool,
+    errors: &mut Vec<ConfigError>,
+) -> WsRelayLimits {
+    let Some(w) = api.websocket.as_ref().filter(|_| !websocket) else {
+        return WsRelayLimits::default();
+    };
+    let k = |name: &str| format!("{akey}.websocket.{name}");
+    WsRelayLimits {
+        idle_timeout: ms(
+            errors,
+            k("idle_timeout_ms"),
+            w.idle_timeout_ms,
+            DEFAULT_WS_IDLE_TIMEOUT_MS,
+        ),
+        max_lifetime: ms(
+            errors,
+            k("max_lifetime_ms"),
+            w.max_lifetime_ms,
+            DEFAULT_MAX_LIFETIME_MS,
+        ),
+    }
 }
 
 fn limits(api: &RawApi, akey: &str, errors: &mut Vec<ConfigError>) -> WsLimits {

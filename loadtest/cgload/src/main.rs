@@ -37,6 +37,8 @@
 //! - `soak`: a weighted mix of requests (small and large, uploads, headers)
 //!   at a fixed rate or closed loop, every outcome counted by route, kind
 //!   and second (`soak.rs`; loadtest/soak.sh).
+//! - `ws-server`, `ws-echo`, `ws-idle`, `ws-push`: WebSocket scenarios
+//!   (`ws.rs`, loadtest/ws.sh).
 //!
 //! Output is one `key=value` line so the suite's shell script can read it.
 //! Only loopback addresses are accepted.
@@ -48,6 +50,7 @@ use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 mod soak;
+mod ws;
 
 const USAGE: &str = "usage:
   cgload open --addr 127.0.0.1:PORT --rate REQ_PER_S --duration SECS [--warmup SECS]
@@ -60,6 +63,12 @@ const USAGE: &str = "usage:
               [--conns N] [--from 127.0.0.1[,127.0.0.2...]] [--shards 2] [--host H]
   cgload soak --addr 127.0.0.1:PORT --mix FILE --duration SECS [--rate REQ_PER_S (0: closed loop)]
               [--conns N] [--timeout-ms MS] [--series FILE]";
+  cgload ws-server --addr 127.0.0.1:PORT
+  cgload ws-echo --addr 127.0.0.1:PORT --duration SECS [--path /p] [--conns N]
+              [--size BYTES] [--warmup SECS]
+  cgload ws-idle --addr 127.0.0.1:PORT --conns N --hold SECS [--path /p]
+  cgload ws-push --addr 127.0.0.1:PORT --admin 127.0.0.1:PORT --duration SECS
+              [--path /p] [--conns N] [--shard N] [--pushers N]";
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -73,6 +82,10 @@ fn main() {
         "tls" => tls::run(&opts),
         "throttle" => throttle::run(&opts),
         "soak" => soak::run(&opts),
+        "ws-server" => ws::server(&opts),
+        "ws-echo" => ws::echo(&opts),
+        "ws-idle" => ws::idle(&opts),
+        "ws-push" => ws::push(&opts),
         _ => fail(USAGE),
     }
 }
