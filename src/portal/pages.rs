@@ -142,8 +142,11 @@ fn document(r: &Running, v: &Version, extensions: bool) -> Result<Value, String>
     api.authorizer = v.authorizer.map(str::to_string);
     api.deployments.clear();
     api.stages.clear();
+    // The version's routes already hold those of a served document.
+    api.openapi = None;
     let opts = crate::openapi::export::Options { extensions };
-    let mut doc = crate::openapi::export::export(&raw, &r.text, &v.api.name, opts)?;
+    let mut doc = crate::plan::openapi::export(raw, &r.text, &v.api.name, None, opts)
+        .map_err(|e| e.to_string())?;
     if let Some(d) = r.plan.portal.documentation_of(&v.api.name) {
         merge(&mut doc, d, &v.base);
     }
