@@ -8,6 +8,7 @@ pub mod admin;
 pub mod compile;
 mod mapping;
 pub mod policy_sets;
+pub mod shards;
 pub mod stages;
 pub mod websocket;
 
@@ -77,6 +78,8 @@ pub struct ServerPlan {
     pub share_listen_addresses: bool,
     /// HTTPS listeners, when `[server.tls]` is set.
     pub tls: Option<crate::tls::ServerTlsPlan>,
+    /// Each shard's own settings (`[[server.shard]]`), one per shard.
+    pub shard: Vec<shards::ShardPlan>,
 }
 
 #[derive(Debug, Clone)]

@@ -24,6 +24,7 @@ pub mod lifecycle;
 pub mod mapping;
 pub mod policy_set;
 pub mod request_auth;
+pub mod shard;
 pub mod sigv4;
 pub mod stages;
 pub mod throttle;
@@ -128,6 +129,9 @@ pub struct RawServer {
     /// `[server.access_log]`: the access log of requests no API takes, and
     /// of those refused before their head was read.
     pub access_log: Option<access_log::RawAccessLog>,
+    /// `[[server.shard]]`: one shard's own settings (docs/tuning.md).
+    #[serde(default)]
+    pub shard: Vec<shard::RawShard>,
 }
 
 /// `[server.limits]`: what a client may send, and how slowly.
@@ -334,6 +338,7 @@ pub fn known_keys(path: &str) -> Option<&'static [&'static str]> {
         "policies.cache" => fields_of::<cache::RawCacheRule>(),
         "policies.cors" => fields_of::<cors::RawCors>(),
         "policies.ip_rules" => fields_of::<ip_rules::RawIpRules>(),
+        "server.shard" => fields_of::<shard::RawShard>(),
         _ => return None,
     })
 }
