@@ -337,3 +337,58 @@ pub fn start_only(old: &ServerPlan, new: &ServerPlan) -> Vec<(String, String, St
     }
     changed
 }
+
+#[cfg(test)]
+mod tests {
+    // Unwraps on configs written in the test itself: a failure is the test's.
+    use super::*;
+    use std::time::Duration;
+
+    const TWO: &str = "[server]\nlisten = [\"127.0.0.1:1\", \"127.0.0.1:2\"]\nshards = 2\n\
+                       pin_shards = false\n";
+
+    #[test]
+    fn without_entries_every_shard_keeps_todays_settings() {
+        let p = crate::plan::load_str(TWO).unwrap();
+        assert_eq!(p.server.shard.len(), 2);
+        for s in &p.server.shard {
+            assert_eq!(
+                s,
+                &ShardPlan::default_for(p.server.max_connections_per_shard)
+            );
+            assert_eq!(s.listeners, None);
+            // glommio 0.9's own defaults, and the I/O memory coregate set
+            // before these keys existed.
+            assert_eq!(s.ring_depth, 128);
+            assert_eq!(s.preempt_timer, Duration::from_millis(100));
+            assert_eq!(s.io_memory, 512 * 1024);
+            assert_eq!(s.background_shares, None);
+        }
+    }
+
+    #[test]
+    fn an_entry_sets_its_shard_only_and_start_only_names_each_change() {
+        let text = format!(
+            "{TWO}[[server.shard]]\nid = 1\nlisteners = [\"127.0.0.1:2\"]\nring_depth = 64\n\
+             max_connections = 9\n[[server.shard]]\nid = 0\nlisteners = [\"127.0.0.1:1\"]\n"
+        );
+        let p = crate::plan::load_str(&text).unwrap();
+        let one = &p.server.shard[1];
+        assert_eq!(one.ring_depth, 64);
+        assert_eq!(one.max_connections, 9);
+        assert!(one.serves("127.0.0.1:2".parse().unwrap(), false));
+        assert!(!one.serves("127.0.0.1:1".parse().unwrap(), false));
+        assert_eq!(p.server.shard[0].ring_depth, 128);
+        let q = crate::plan::load_str(&text.replace("ring_depth = 64", "ring_depth = 32")).unwrap();
+        let changed = start_only(&p.server, &q.server);
+        assert_eq!(
+            changed,
+            vec![(
+                "server.shard[id = 1].ring_depth".to_string(),
+                "64".to_string(),
+                "32".to_string()
+            )]
+        );
+        assert!(start_only(&p.server, &p.server).is_empty());
+    }
+}
