@@ -1147,7 +1147,7 @@ LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)
             read -r c _ <<<"$(stat_of lightload "$t" cpu_us)"
             echo "- $t (\`spin_before_park_us = ${t#coregate-spin}\`)/nginx: $(ratio "$c" "$ngc")"
         done
-        echo "- CPU is the proxy's utime+stime over the counting window (the load and about a second around it); syscalls are every syscall of the proxy's processes in that window (perf stat, syscalls tracepoints), per request. For direct, both are the backend's. Idle: ${LL_IDLE}s with no load."
+        echo "- CPU is the proxy's CPU time (every thread's schedstat, ns) over the load, divided by the requests answered; syscalls are every syscall of the proxy's processes over a second pass of the same load (perf stat, syscalls tracepoints, with about a second idle on each side), per request. For direct, both are the backend's. Idle: ${LL_IDLE}s with no load, CPU then syscalls."
         echo "- syscalls per request by name, last run: lightload-syscalls-*.txt"
         echo
         for t in $LL_TARGETS; do
