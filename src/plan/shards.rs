@@ -344,7 +344,9 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
-    const TWO: &str = "[server]\nlisten = [\"127.0.0.1:1\", \"127.0.0.1:2\"]\nshards = 2\n\
+    const TWO: &str = "[[apis]]\nname = \"a\"\n[[apis.routes]]\nkey = \"GET /\"\n\
+                       integration = { type = \"mock\" }\n\
+                       [server]\nlisten = [\"127.0.0.1:1\", \"127.0.0.1:2\"]\nshards = 2\n\
                        pin_shards = false\n";
 
     #[test]
