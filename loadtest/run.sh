@@ -15,6 +15,9 @@
 #                              default list)
 #   THR_DUR=120 loadtest/run.sh --only throttle-accuracy
 #                              seconds per throttle-accuracy run (default 60)
+#   loadtest/run.sh --only lightload
+#                              CPU and syscalls per request at 50% of nginx's
+#                              maximum, and idle CPU (loadtest/lightload.sh)
 #   loadtest/run.sh --profile  also record perf profiles of coregate (proxied
 #                              and mock) and nginx under wrk load
 #   loadtest/run.sh --only soak  10 minutes at 80% of the maximum with policies,
@@ -42,7 +45,7 @@ while [ $# -gt 0 ]; do
         --profile) ONLY="$ONLY,profile" ;;
         --only) ONLY=${2:?--only needs a list}; shift ;;
         --only=*) ONLY=${1#--only=} ;;
-        -h|--help) sed -n '2,28p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
         *) echo "run.sh: unknown argument $1" >&2; exit 2 ;;
     esac
     shift
@@ -848,6 +851,55 @@ if want soak; then
     }
 fi
 
+# === lightload: CPU and syscalls per request at 50% of nginx's maximum ===
+# Only with --only lightload. loadtest/lightload.sh counts every syscall of
+# the proxy's processes at a fixed open-loop rate, then with no load.
+if want lightload; then
+    command -v perf >/dev/null || apt_install linux-perf
+    read -r NGINX_MAX _ <<<"$(stat_of throughput nginx rps)"
+    if [ "$NGINX_MAX" = nan ]; then
+        log "lightload: measuring nginx's maximum first"
+        measure throughput nginx 1 "${URL[nginx]}/hello" "$DUR" "$CONNS" "${PROCS[nginx]}"
+        read -r NGINX_MAX _ <<<"$(stat_of throughput nginx rps)"
+    fi
+    LL_RATE=$(awk -v m="$NGINX_MAX" 'BEGIN { printf "%d", m / 2 }')
+    [ $SMOKE = 1 ] && LL_RATE=1000
+    LL_DUR=$([ $SMOKE = 1 ] && echo 1 || echo "$LAT_DUR")
+    LL_IDLE=$([ $SMOKE = 1 ] && echo 1 || echo 10)
+    # LL_SPIN_US="20 50": also coregate with `spin_before_park_us` set to
+    # each value (a gateway of its own on port $COREGATE2_PORT).
+    LL_TARGETS="coregate nginx direct"
+    for us in ${LL_SPIN_US:-}; do
+        { coregate_conf $COREGATE2_PORT 1 $PROXY_CPU; printf '\n[[server.shard]]\nid = 0\nspin_before_park_us = %s\n' "$us"; } \
+            >"$WORK/coregate-spin$us.toml"
+        "$COREGATE" check --config "$WORK/coregate-spin$us.toml" >/dev/null
+        LL_TARGETS="$LL_TARGETS coregate-spin$us"
+    done
+    log "lightload: $LL_RATE req/s (50% of nginx's $NGINX_MAX) for ${LL_DUR}s, $LAT_CONNS connections, then ${LL_IDLE}s idle; $SCALE_RUNS runs; $LL_TARGETS"
+    for run in $(seq "$SCALE_RUNS"); do
+        for t in $LL_TARGETS; do
+            spin_pid=
+            if [[ $t == coregate-spin* ]]; then
+                start_coregate "$t"
+                spin_pid=$LAST_PID
+                wait_port $COREGATE2_PORT
+                PORT[$t]=$COREGATE2_PORT
+                PROCS[$t]=$spin_pid
+                run_wrk "http://127.0.0.1:$COREGATE2_PORT/hello" 1 "$CONNS" >/dev/null
+            fi
+            "$LT/lightload.sh" "$WORK" "$CGLOAD" $GEN_CPU "$LL_RATE" "$LL_DUR" "$LAT_CONNS" "$LL_IDLE" \
+                "$t:${PORT[$t]}:$(tr ' ' ',' <<<"${PROCS[$t]}" | sed 's/,*$//')" >"$WORK/lightload-$t-$run.out"
+            [ -z "$spin_pid" ] || stop_pid "$spin_pid"
+            while read -r _ metric value; do
+                record lightload "$t" "$run" "$metric" "$value"
+            done <"$WORK/lightload-$t-$run.out"
+            cp "$WORK/lightload-syscalls-$t.txt" "$OUT/lightload-syscalls-$t-$run.txt"
+            read -r c _ <<<"$(stat_of lightload "$t" cpu_us)"
+            log "  lightload $t run $run: $(awk '$2 == "cpu_us" || $2 == "achieved_rate" || $2 == "per_request_all_syscalls" || $2 == "idle_cpu_pct" {printf "%s=%s ", $2, $3}' "$WORK/lightload-$t-$run.out")"
+        done
+    done
+fi
+
 # === profile (only with --profile): where the proxies spend their CPU ===
 if want profile; then
     command -v perf >/dev/null || apt_install linux-perf
@@ -1107,6 +1159,38 @@ LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)
         echo "- answers other than 200/429, connection errors, and answers from another shard than the connection's probe: $(awk -F'\t' '$1 ~ /^throttle-/ && ($4 == "other" || $4 == "errors" || $4 == "moved") {n += $5} END {print n + 0}' "$RAW") (should be 0)"
         echo
         echo "cgload throttle on CPU $GEN_CPU; coregate with 2 shards on CPUs 0 and 1, mock answers. Each run opens keep-alive connections, probes each with an unthrottled GET and groups them by the shard that answered (the per-shard prefix of x-request-id), then sends $THR_LOAD × R requests/s per client address, paced, over $THR_CONNS connections. spread: the connections alternate between the shards. one: all on one shard. move: all on one shard for T/2, then all on the other. route: \`throttle = { rate = $THR_RATE, burst = $THR_BURST }\`, one client address. per-client-ip: \`throttle = { per_client_ip = { rate = $THR_RATE, burst = $THR_BURST } }\`, two client addresses, each its own bucket. T runs from the first scheduled send to the last answer. One gateway serves all six runs, with a quiet second before each (the bucket is full again B/R = $(awk -v b=$THR_BURST -v r=$THR_RATE 'BEGIN { print b / r }') s after the load stops)."
+        echo
+    fi
+    if want lightload; then
+        echo "## Light load: $LL_RATE req/s (50% of nginx's maximum, $NGINX_MAX), open loop, $LAT_CONNS connections, $SCALE_RUNS x ${LL_DUR}s"
+        echo
+        echo "| target | CPU µs/request median | min | max | syscalls/request | context switches/request | p99 µs | idle CPU % | idle syscalls/s |"
+        echo "|---|---|---|---|---|---|---|---|---|"
+        for t in $LL_TARGETS; do
+            g() { read -r v _ <<<"$(stat_of lightload "$t" "$1")"; echo "$v"; }
+            read -r m lo hi _ <<<"$(stat_of lightload "$t" cpu_us)"
+            echo "| $t | $m | $lo | $hi | $(g per_request_all_syscalls) | $(g per_request_context-switches) | $(g p99_us) | $(g idle_cpu_pct) | $(g idle_per_s_all_syscalls) |"
+        done
+        read -r cgc _ <<<"$(stat_of lightload coregate cpu_us)"
+        read -r ngc _ <<<"$(stat_of lightload nginx cpu_us)"
+        echo
+        echo "- coregate/nginx CPU per request at 50% load: **$(ratio "$cgc" "$ngc")** (target ≤ 1.0)"
+        for t in $LL_TARGETS; do
+            [[ $t == coregate-spin* ]] || continue
+            read -r c _ <<<"$(stat_of lightload "$t" cpu_us)"
+            echo "- $t (\`spin_before_park_us = ${t#coregate-spin}\`)/nginx: $(ratio "$c" "$ngc")"
+        done
+        echo "- CPU is the proxy's CPU time (every thread's schedstat, ns) over the load, divided by the requests answered; syscalls are every syscall of the proxy's processes over a second pass of the same load (perf stat, syscalls tracepoints, with about a second idle on each side), per request. For direct, both are the backend's. Idle: ${LL_IDLE}s with no load, CPU then syscalls."
+        echo "- syscalls per request by name, last run: lightload-syscalls-*.txt"
+        echo
+        for t in $LL_TARGETS; do
+            [ "$t" = direct ] && continue
+            f=$(ls "$OUT"/lightload-syscalls-$t-*.txt 2>/dev/null | tail -1)
+            [ -n "$f" ] || continue
+            echo '```'
+            head -14 "$f"
+            echo '```'
+        done
         echo
     fi
     if want profile; then

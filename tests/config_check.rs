@@ -496,7 +496,7 @@ fn did_you_mean_for_unknown_keys_and_upstream_names() {
         r#"
 [server]
 listen = ["127.0.0.1:0"]
-shard = 2
+shardss = 2
 
 [server.limits]
 idle_timeout = 100
@@ -520,7 +520,7 @@ integration = { type = "mock", stauts = 200 }
     );
     assert_some_line(
         &errors,
-        &["line 4: server.shard:", "did you mean `shards`?"],
+        &["line 4: server.shardss:", "did you mean `shards`?"],
     );
     assert_some_line(
         &errors,

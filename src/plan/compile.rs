@@ -111,6 +111,7 @@ fn compile_apis(
         server.tls =
             crate::tls::compile_server(tls, raw.base_dir.as_deref(), &server.listen, &mut errors);
     }
+    super::shards::compile(&raw.server, &mut server, &allowed_cpus(), &mut errors);
     let limits = compile_limits(&raw.server.limits, &mut errors);
     let traffic: Vec<SocketAddr> = server
         .listen
@@ -644,6 +645,7 @@ fn compile_server(s: &RawServer, errors: &mut Vec<ConfigError>) -> ServerPlan {
             .share_listen_addresses
             .unwrap_or(DEFAULT_SHARE_LISTEN_ADDRESSES),
         tls: None,
+        shard: Vec::new(),
     }
 }
 

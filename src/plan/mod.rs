@@ -10,6 +10,7 @@ mod mapping;
 pub mod openapi;
 pub mod policy_sets;
 pub mod portal;
+pub mod shards;
 pub mod stages;
 pub mod websocket;
 
@@ -81,6 +82,8 @@ pub struct ServerPlan {
     pub share_listen_addresses: bool,
     /// HTTPS listeners, when `[server.tls]` is set.
     pub tls: Option<crate::tls::ServerTlsPlan>,
+    /// Each shard's own settings (`[[server.shard]]`), one per shard.
+    pub shard: Vec<shards::ShardPlan>,
 }
 
 #[derive(Debug, Clone)]

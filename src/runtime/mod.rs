@@ -14,10 +14,6 @@ use std::io;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-/// Locked memory glommio registers per executor for io_uring buffers. We do
-/// no file I/O, so the minimum is plenty (see shared/DESIGN.md).
-const IO_MEMORY: usize = 512 * 1024;
-
 /// Messages a shard accepts on its control inbox.
 pub enum Control {
     /// Stop accepting, close idle connections, let in-flight requests finish
@@ -134,11 +130,18 @@ pub fn restart_only(old: &Plan, new: &Plan) -> Vec<String> {
     };
     let (o, n) = (&old.server, &new.server);
     check("server.shards", o.shards.to_string(), n.shards.to_string());
-    check(
-        "server.cpus",
-        format!("{:?}", o.cpus),
-        format!("{:?}", n.cpus),
-    );
+    let per_shard = crate::plan::shards::start_only(o, n);
+    // A shard's `cpu` moves server.cpus too: said once, under its name.
+    if !per_shard.iter().any(|(k, _, _)| k.ends_with(".cpu")) {
+        check(
+            "server.cpus",
+            format!("{:?}", o.cpus),
+            format!("{:?}", n.cpus),
+        );
+    }
+    for (key, a, b) in per_shard {
+        check(&key, a, b);
+    }
     check(
         "server.pin_shards",
         o.pin_shards.to_string(),
@@ -257,8 +260,9 @@ fn listen_addresses(plan: &Plan) -> Vec<(SocketAddr, bool)> {
         .collect()
 }
 
-/// Binds one socket per shard for each of `all` (address, is TLS). Port 0
-/// is resolved by the first bind and reused by the others so every shard
+/// Binds one socket per shard for each of `all` (address, is TLS), for
+/// the shards that serve it (`[[server.shard]]` `listeners`). Port 0 is
+/// resolved by the first bind and reused by the others so every shard
 /// serves the same port. Returns each shard's sockets and the bound
 /// address of each entry of `all`. Unless `server.share_listen_addresses`
 /// is set, every address with a fixed port is first checked to be free
@@ -279,10 +283,21 @@ fn bind_all(
     }
     for &(want, tls) in all {
         let mut addr = want;
+        let mut first = true;
         for (i, shard_socks) in per_shard.iter_mut().enumerate() {
+            // A shard whose `listeners` leaves this one out gets no socket:
+            // the kernel spreads its connections over the shards that do.
+            if plan
+                .server
+                .shard
+                .get(i)
+                .is_some_and(|s| !s.serves(want, tls))
+            {
+                continue;
+            }
             let sock = listener_socket(addr, plan.server.backlog)
                 .map_err(|e| listen_error(addr, plan.server.share_listen_addresses, e))?;
-            if i == 0 {
+            if std::mem::take(&mut first) {
                 addr = sock
                     .local_addr()?
                     .as_socket()
@@ -294,6 +309,13 @@ fn bind_all(
                 tls,
                 configured: want,
             });
+        }
+        if first {
+            // The plan's compile refuses this; a listener bound by no
+            // shard would take connections nobody accepts.
+            return Err(io::Error::other(format!(
+                "no shard serves the listener {want}"
+            )));
         }
     }
     Ok((per_shard, bound))
@@ -345,18 +367,26 @@ impl Server {
             } else {
                 Placement::Unbound
             };
-            let spawned = LocalExecutorBuilder::new(placement)
+            let tuning = plan.server.shard.get(id).cloned().unwrap_or_else(|| {
+                crate::plan::shards::ShardPlan::default_for(plan.server.max_connections_per_shard)
+            });
+            let mut builder = LocalExecutorBuilder::new(placement)
                 .name(&format!("coregate-shard-{id}"))
-                .io_memory(IO_MEMORY)
-                .spawn(move || async move {
-                    crate::log::set_shard(id);
-                    let links = shard::Links {
-                        throttle: link,
-                        usage: usage_link,
-                        access_log: sinks,
-                    };
-                    shard::run(id, shard_plan, shard_fds, rx, ready, links).await;
-                });
+                .io_memory(tuning.io_memory)
+                .ring_depth(tuning.ring_depth.max(1))
+                .preempt_timer(tuning.preempt_timer);
+            if !tuning.spin_before_park.is_zero() {
+                builder = builder.spin_before_park(tuning.spin_before_park);
+            }
+            let spawned = builder.spawn(move || async move {
+                crate::log::set_shard(id);
+                let links = shard::Links {
+                    throttle: link,
+                    usage: usage_link,
+                    access_log: sinks,
+                };
+                shard::run(id, shard_plan, shard_fds, rx, ready, links).await;
+            });
             match spawned {
                 Ok(h) => {
                     handles.push(h);

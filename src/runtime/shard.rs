@@ -103,6 +103,49 @@ fn start_accepting(
     })
 }
 
+/// Where the shard's background work runs: with `background_shares`
+/// (`[[server.shard]]`), a glommio task queue of its own with those
+/// shares against the request path's 1000; without, the one queue
+/// everything runs in. The control inbox stays on the request path's
+/// queue: shutdown and installs must not wait behind background work.
+struct Queues {
+    background: Option<glommio::TaskQueueHandle>,
+}
+
+impl Queues {
+    fn new(shares: Option<usize>) -> Queues {
+        Queues {
+            background: shares.map(|s| {
+                glommio::executor().create_task_queue(
+                    glommio::Shares::Static(s),
+                    glommio::Latency::NotImportant,
+                    "background",
+                )
+            }),
+        }
+    }
+
+    /// Runs `f` as background work.
+    fn background<T: 'static>(
+        &self,
+        f: impl std::future::Future<Output = T> + 'static,
+    ) -> glommio::task::JoinHandle<T> {
+        if let Some(q) = self.background {
+            // Fails only for a queue that does not exist; this one lives
+            // as long as the executor.
+            match glommio::spawn_local_into(f, q) {
+                Ok(t) => return t.detach(),
+                Err(e) => {
+                    // `f` is gone with the error: say so loudly.
+                    crate::log!("error", "background task queue refused a task: {e}");
+                    return glommio::spawn_local(futures_lite::future::pending::<T>()).detach();
+                }
+            }
+        }
+        glommio::spawn_local(f).detach()
+    }
+}
+
 /// The shard's background tasks on a generation's policy state: replaced
 /// when an install brings new state.
 struct PolicyTasks {
@@ -113,28 +156,28 @@ struct PolicyTasks {
 }
 
 impl PolicyTasks {
-    fn start(policies: &crate::policy::ShardPolicies) -> PolicyTasks {
+    fn start(queues: &Queues, policies: &crate::policy::ShardPolicies) -> PolicyTasks {
         PolicyTasks {
-            throttle: glommio::spawn_local(policies.throttle.reconciler()).detach(),
-            usage: glommio::spawn_local(policies.usage.reconciler()).detach(),
-            auth_keys: glommio::spawn_local(policies.auth.updater()).detach(),
+            throttle: queues.background(policies.throttle.reconciler()),
+            usage: queues.background(policies.usage.reconciler()),
+            auth_keys: queues.background(policies.auth.updater()),
             policies: policies.clone(),
         }
     }
 
     /// Restarts the tasks whose state `now` replaced.
-    fn follow(&mut self, now: &crate::policy::ShardPolicies) {
+    fn follow(&mut self, queues: &Queues, now: &crate::policy::ShardPolicies) {
         if !Rc::ptr_eq(&self.policies.throttle, &now.throttle) {
             self.throttle.cancel();
-            self.throttle = glommio::spawn_local(now.throttle.reconciler()).detach();
+            self.throttle = queues.background(now.throttle.reconciler());
         }
         if !Rc::ptr_eq(&self.policies.usage, &now.usage) {
             self.usage.cancel();
-            self.usage = glommio::spawn_local(now.usage.reconciler()).detach();
+            self.usage = queues.background(now.usage.reconciler());
         }
         if !Rc::ptr_eq(&self.policies.auth, &now.auth) {
             self.auth_keys.cancel();
-            self.auth_keys = glommio::spawn_local(now.auth.updater()).detach();
+            self.auth_keys = queues.background(now.auth.updater());
         }
         self.policies = now.clone();
     }
@@ -157,7 +200,10 @@ pub(super) async fn run(
     links: Links,
 ) {
     let drain_timeout = plan.server.drain_timeout;
-    let max_connections = plan.server.max_connections_per_shard;
+    let tuning = plan.server.shard.get(id);
+    let max_connections =
+        tuning.map_or(plan.server.max_connections_per_shard, |t| t.max_connections);
+    let queues = Queues::new(tuning.and_then(|t| t.background_shares));
     let shard = Rc::new(Gateway::new(id, plan, links.throttle, links.usage));
     let mut logs_access = !links.access_log.is_empty();
     shard.access.log.attach(links.access_log);
@@ -171,10 +217,9 @@ pub(super) async fn run(
             }
         }
     }
-    let sweeper = glommio::spawn_local(sweep_pools(shard.clone())).detach();
-    let mut tasks = PolicyTasks::start(&shard.generation().policies);
-    let mut flusher =
-        logs_access.then(|| glommio::spawn_local(flush_access_log(shard.clone())).detach());
+    let sweeper = queues.background(sweep_pools(shard.clone()));
+    let mut tasks = PolicyTasks::start(&queues, &shard.generation().policies);
+    let mut flusher = logs_access.then(|| queues.background(flush_access_log(shard.clone())));
     let _ = ready.send(Ok(()));
 
     // After an @connections request, the inbox is looked at every
@@ -217,12 +262,11 @@ pub(super) async fn run(
                     logs_access = !sinks.is_empty();
                     shard.access.log.attach(sinks);
                     if logs_access && flusher.is_none() {
-                        flusher =
-                            Some(glommio::spawn_local(flush_access_log(shard.clone())).detach());
+                        flusher = Some(queues.background(flush_access_log(shard.clone())));
                     }
                 }
                 let number = shard.install(plan, throttle);
-                tasks.follow(&shard.generation().policies);
+                tasks.follow(&queues, &shard.generation().policies);
                 let _ = reply.send(match failed {
                     None => Ok(number),
                     Some(why) => Err(why),

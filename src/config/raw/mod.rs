@@ -26,6 +26,7 @@ pub mod openapi;
 pub mod policy_set;
 pub mod portal;
 pub mod request_auth;
+pub mod shard;
 pub mod sigv4;
 pub mod stages;
 pub mod throttle;
@@ -132,6 +133,9 @@ pub struct RawServer {
     /// `[server.access_log]`: the access log of requests no API takes, and
     /// of those refused before their head was read.
     pub access_log: Option<access_log::RawAccessLog>,
+    /// `[[server.shard]]`: one shard's own settings (docs/tuning.md).
+    #[serde(default)]
+    pub shard: Vec<shard::RawShard>,
 }
 
 /// `[server.limits]`: what a client may send, and how slowly.
@@ -346,6 +350,7 @@ pub fn known_keys(path: &str) -> Option<&'static [&'static str]> {
         "policies.ip_rules" => fields_of::<ip_rules::RawIpRules>(),
         "portal" => fields_of::<portal::RawPortal>(),
         "portal.signup" => fields_of::<portal::RawSignup>(),
+        "server.shard" => fields_of::<shard::RawShard>(),
         _ => return None,
     })
 }
