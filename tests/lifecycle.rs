@@ -84,6 +84,38 @@ fn sigterm_lets_the_in_flight_request_finish_then_exits_zero() {
     );
 }
 
+/// A request with a body is proxied in both directions at once; a drain
+/// that begins while the backend works on it must still make its response
+/// say `connection: close`, so that the client sends nothing more on it.
+#[test]
+fn a_response_to_a_body_request_after_the_drain_began_says_close() {
+    let b = Backend::start(Reply::slow(1000, Reply::Echo));
+    let mut gw = Gateway::start(&config(&b, 10_000));
+    let addr = gw.addr();
+    let in_flight = thread::spawn(move || {
+        let mut c = Client::connect(addr);
+        c.send(b"POST /slow/upload HTTP/1.1\r\nHost: t\r\ncontent-length: 5\r\n\r\nhello");
+        c.try_read_response(false)
+    });
+    assert!(
+        b.wait_heads(1, Duration::from_secs(5)),
+        "the request never reached the backend"
+    );
+    gw.sigterm();
+    let r = in_flight
+        .join()
+        .unwrap()
+        .unwrap_or_else(|e| panic!("in-flight request failed during drain: {e:?}"));
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.echo().target, "/slow/upload");
+    assert_eq!(
+        r.header("connection"),
+        Some("close"),
+        "a response written after the drain began must say close: {r:?}"
+    );
+    assert!(gw.wait_exit(Duration::from_secs(8)).is_some());
+}
+
 #[test]
 fn sigterm_closes_idle_keep_alive_connections() {
     let b = Backend::start(Reply::Echo);

@@ -534,7 +534,6 @@ async fn duplex(
             return Proxied::Body(e);
         }
     }
-    let draining = upstream.connections.draining();
     let upload_state = Cell::new(Upload::Sending);
     let started = Cell::new(false);
     let status = Cell::new(None);
@@ -577,7 +576,12 @@ async fn duplex(
             status.set(Some(resp.status));
             let pending = upload_state.get();
             let cut_body = pending == Upload::Sending && resp.status >= 300;
-            let keep = f.keep_alive && !draining && !cut_body && pending != Upload::Cut;
+            // Asked when the head arrives: a drain that began while the
+            // backend worked must make this response say `close`.
+            let keep = f.keep_alive
+                && !upstream.connections.draining()
+                && !cut_body
+                && pending != Upload::Cut;
             started.set(true);
             let responded = respond(
                 &mut c, &mut u, up_buf, *up_filled, &resp, wbuf, ebuf, f, uplan, capture, keep,
