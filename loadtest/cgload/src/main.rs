@@ -62,7 +62,7 @@ const USAGE: &str = "usage:
               --duration SECS --rate REQ_PER_S_PER_ADDRESS --pattern spread|one|move
               [--conns N] [--from 127.0.0.1[,127.0.0.2...]] [--shards 2] [--host H]
   cgload soak --addr 127.0.0.1:PORT --mix FILE --duration SECS [--rate REQ_PER_S (0: closed loop)]
-              [--conns N] [--timeout-ms MS] [--series FILE]";
+              [--conns N] [--timeout-ms MS] [--series FILE]
   cgload ws-server --addr 127.0.0.1:PORT
   cgload ws-echo --addr 127.0.0.1:PORT --duration SECS [--path /p] [--conns N]
               [--size BYTES] [--warmup SECS]
