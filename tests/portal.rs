@@ -537,6 +537,9 @@ fn a_developer_reads_tries_signs_up_and_sees_usage_in_a_real_browser() {
     b.click("#revoke");
     b.wait("document.querySelector('#key-info .state').textContent === 'revoked'");
     assert_eq!(gateway_get(&s.gw, "/shop/items/7", Some(&key)), 403);
+    // Revoked for good, as `DELETE /keys/{name}` does: a tombstone.
+    let file = std::fs::read_to_string(keys_file_of(&s.gw)).unwrap();
+    assert!(file.contains("revoked = "), "no tombstone:\n{file}");
     assert_eq!(b.eval("window.pwned === undefined"), json!(true));
 }
 

@@ -469,10 +469,9 @@ fn usage(r: &Running, name: &str) -> (Value, Value, Value) {
     (Value::Array(days), quota, Value::Null)
 }
 
-/// `POST /revoke {"key": K}`: disables a key the portal made. (The key
-/// stays in the keys file, disabled: a key with a usage plan cannot be
-/// removed while the gateway runs, since its usage counters are kept by
-/// position.)
+/// `POST /revoke {"key": K}`: revokes a key the portal made, for good, as
+/// `DELETE /keys/{name}` does (a tombstone in the keys file: the key keeps
+/// its place, so usage counters stay exact, and is refused from then on).
 pub(super) fn revoke(main: &Sender<MainRequest>, r: &Running, body: &[u8], who: &str) -> Response {
     let k = match presented(r, body) {
         Ok(k) => k,
@@ -491,13 +490,11 @@ pub(super) fn revoke(main: &Sender<MainRequest>, r: &Running, body: &[u8], who: 
         }
         Err(m) => return error(409, &m),
     };
-    if k.enabled {
-        if let Err(e) = super::change_key(main, who, KeyChange::Disable(k.name.clone())) {
-            // Put the registry back: the key still works.
-            let _ = set_state(&su.file, &k.name, &[REVOKED], &was.state);
-            crate::log!("error", "{who}: key {:?} was not disabled: {e}", k.name);
-            return error(500, "The key could not be revoked; try again");
-        }
+    if let Err(e) = super::change_key(main, who, KeyChange::Revoke(k.name.clone())) {
+        // Put the registry back: the key is as it was.
+        let _ = set_state(&su.file, &k.name, &[REVOKED], &was.state);
+        crate::log!("error", "{who}: key {:?} was not revoked: {e}", k.name);
+        return error(500, "The key could not be revoked; try again");
     }
     crate::log!("info", "{who} revoked portal key {:?}", k.name);
     Response::json(200, &json!({ "name": k.name, "state": REVOKED }))
