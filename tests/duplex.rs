@@ -313,8 +313,12 @@ fn a_chunked_body_is_echoed_as_chunks_while_it_is_still_being_sent() {
 }
 
 /// The backend answers, echoes 8 MiB of a 64 MiB body and closes: the
-/// client gets the 8 MiB and then a closed connection (never a hang), and
-/// the gateway serves the next request.
+/// client gets the backend's bytes in order, unchanged, and then a closed
+/// connection (never a hang), and the gateway serves the next request.
+/// The client is still sending its body when the gateway closes, so the
+/// close can end in a reset, which may destroy the tail the client has not
+/// read yet (the gateway lingers to make that rare): the client gets a
+/// prefix of the 8 MiB, not always all of it.
 fn backend_closes_mid_stream(chunked: bool) {
     let cut = 8 * MIB;
     let (b, seen) = echo_backend(Echo::CloseAfter(cut));
@@ -344,9 +348,13 @@ fn backend_closes_mid_stream(chunked: bool) {
         other => panic!("the response must end cut short, not {other:?}"),
     }
     assert_eq!(
-        (check.offset, check.mismatches),
-        (cut, 0),
-        "the client must get what the backend sent before it closed"
+        check.mismatches, 0,
+        "the bytes must come in order, unchanged"
+    );
+    assert!(
+        check.offset > 0 && check.offset <= cut,
+        "the client must get a prefix of what the backend sent before it closed: {} of {cut}",
+        check.offset
     );
     sender.join().expect("sender thread");
     match seen.recv_timeout(Duration::from_secs(10)) {

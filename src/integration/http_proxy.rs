@@ -728,7 +728,14 @@ fn finish(
                 uplan.name,
                 uplan.targets[f.target].addr
             );
-            Flow::Close
+            // A client still sending its body would turn a plain close
+            // into a reset, and a reset can destroy the part of the
+            // response it has not read yet: read and drop for a while.
+            if body_done {
+                Flow::Close
+            } else {
+                Flow::Linger
+            }
         }
     }
 }
