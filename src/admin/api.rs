@@ -7,6 +7,7 @@
 
 use super::Context;
 use crate::http::method::Method;
+use crate::http::percent::query_value_decode;
 use crate::runtime::{KeyChange, MainRequest, Running};
 use serde_json::{json, Value};
 use std::time::Duration;
@@ -501,14 +502,14 @@ fn query_value<'a>(query: &'a str, name: &str) -> Option<&'a str> {
 fn openapi(ctx: &Context, query: &str) -> Answer {
     use crate::openapi::export::ExportError;
     let r = running(ctx)?;
-    let Some(api) = query_value(query, "api").map(percent_decode) else {
+    let Some(api) = query_value(query, "api").map(query_value_decode) else {
         return Err(error(400, "name the API: /openapi?api=NAME"));
     };
     let extensions = query_value(query, "extensions") != Some("false");
     let mut raw = crate::config::parse(&r.text)
         .map_err(|_| error(500, "the running config does not parse"))?;
     raw.base_dir = r.path.parent().map(std::path::Path::to_path_buf);
-    let stage = query_value(query, "stage").map(percent_decode);
+    let stage = query_value(query, "stage").map(query_value_decode);
     let opts = crate::openapi::export::Options { extensions };
     crate::plan::openapi::export(raw, &r.text, &api, stage.as_deref(), opts)
         .map(|doc| (200, doc))
@@ -516,30 +517,6 @@ fn openapi(ctx: &Context, query: &str) -> Answer {
             ExportError::NotFound(m) => error(404, &m),
             ExportError::Refused(m) => error(400, &m),
         })
-}
-
-/// `%XX` and `+` decoded (a query value); invalid escapes are kept.
-fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        let hex = |c: u8| (c as char).to_digit(16);
-        match b[i] {
-            b'%' if i + 2 < b.len() => match (hex(b[i + 1]), hex(b[i + 2])) {
-                (Some(h), Some(l)) => {
-                    out.push((h * 16 + l) as u8);
-                    i += 3;
-                    continue;
-                }
-                _ => out.push(b'%'),
-            },
-            b'+' => out.push(b' '),
-            c => out.push(c),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// `GET /usage?key=K&from=DAY&to=DAY`: what `coregate usage` prints, as

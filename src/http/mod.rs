@@ -3,13 +3,15 @@
 //! heads ([`response`]), the one writer of gateway-made responses
 //! ([`respond`]) and its encoders ([`encode`]), and the server connection
 //! loop ([`conn`]), generic over the service that answers its requests; and
-//! the WebSocket wire ([`ws`]): handshake checks and the frame codec.
+//! the WebSocket wire ([`ws`]): handshake checks and the frame codec; and
+//! percent-decoding ([`percent`]).
 
 pub mod body;
 pub mod conn;
 pub mod encode;
 pub mod method;
 pub mod parse;
+pub mod percent;
 pub mod respond;
 pub mod response;
 pub mod ws;

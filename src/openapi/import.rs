@@ -94,28 +94,9 @@ fn lookup<'v>(root: &'v Value, r: &str) -> Result<&'v Value, String> {
             "$ref {r:?} does not resolve: only references inside the document (\"#/...\") are followed"
         ));
     };
-    let decoded = percent_decode(ptr);
+    let decoded = crate::http::percent::percent_decode_str(ptr);
     root.pointer(&decoded)
         .ok_or_else(|| format!("$ref {r:?} does not resolve: nothing is at {decoded:?}"))
-}
-
-fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' && i + 2 < b.len() {
-            let hex = |c: u8| (c as char).to_digit(16);
-            if let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2])) {
-                out.push((h * 16 + l) as u8);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Parses a document: JSON when it starts with `{`, YAML otherwise.
@@ -1280,8 +1261,8 @@ mod tests {
 
     #[test]
     fn percent_decoding_of_refs() {
-        assert_eq!(percent_decode("/a%20b"), "/a b");
-        assert_eq!(percent_decode("/a%2"), "/a%2");
-        assert_eq!(percent_decode("%"), "%");
+        assert_eq!(crate::http::percent::percent_decode_str("/a%20b"), "/a b");
+        assert_eq!(crate::http::percent::percent_decode_str("/a%2"), "/a%2");
+        assert_eq!(crate::http::percent::percent_decode_str("%"), "%");
     }
 }

@@ -19,6 +19,7 @@ mod pages;
 mod serve;
 mod try_it;
 
+use crate::http::percent::query_value_decode;
 use crate::runtime::{MainRequest, Running};
 use crossbeam_channel::Sender;
 use socket2::{Domain, Protocol, Socket, Type};
@@ -175,43 +176,20 @@ pub fn url_encode(s: &str) -> String {
     out
 }
 
-/// `%XX` and `+` decoded (a query value); invalid escapes are kept.
-pub fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        let hex = |c: u8| (c as char).to_digit(16);
-        match b[i] {
-            b'%' if i + 2 < b.len() => match (hex(b[i + 1]), hex(b[i + 2])) {
-                (Some(h), Some(l)) => {
-                    out.push((h * 16 + l) as u8);
-                    i += 3;
-                    continue;
-                }
-                _ => out.push(b'%'),
-            },
-            b'+' => out.push(b' '),
-            c => out.push(c),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 /// The value of `name` in a query string, percent-decoded.
 fn query_value(query: &str, name: &str) -> Option<String> {
     query
         .split('&')
         .filter_map(|p| p.split_once('='))
         .find(|(k, _)| *k == name)
-        .map(|(_, v)| percent_decode(v))
+        .map(|(_, v)| query_value_decode(v))
 }
 
 #[cfg(test)]
 mod tests {
     // Unwraps on fixed inputs: a failure is the test's verdict.
-    use super::{escape, percent_decode, url_encode};
+    use super::{escape, url_encode};
+    use crate::http::percent::query_value_decode as percent_decode;
 
     #[test]
     fn escaping_and_encoding() {

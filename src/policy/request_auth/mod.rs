@@ -39,6 +39,7 @@ use super::auth::{AuthorizerKind, AuthorizerPlan};
 use super::{Decision, Refusal, RequestState, RequestView};
 pub use crate::config::raw::request_auth::RawRequestAuthorizer;
 use crate::config::ConfigError;
+use crate::http::percent::percent_decode;
 use cache::{DecisionCache, Key, Verdict};
 use sha2::{Digest, Sha256};
 use smallvec::SmallVec;
@@ -472,29 +473,6 @@ pub fn identity_value<'a>(src: &IdentitySource, view: &RequestView<'a>) -> Optio
         Cow::Borrowed(b) => std::str::from_utf8(b).ok().map(Cow::Borrowed),
         Cow::Owned(v) => String::from_utf8(v).ok().map(Cow::Owned),
     }
-}
-
-/// `%XX` decoded; a `%` not followed by two hex digits stays as it is, and
-/// `+` stays `+` (RFC 3986; form encoding is not assumed).
-pub fn percent_decode(raw: &[u8]) -> Cow<'_, [u8]> {
-    if !raw.contains(&b'%') {
-        return Cow::Borrowed(raw);
-    }
-    let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
-    let mut out = Vec::with_capacity(raw.len());
-    let mut i = 0;
-    while i < raw.len() {
-        if raw[i] == b'%' && i + 2 < raw.len() {
-            if let (Some(h), Some(l)) = (hex(raw[i + 1]), hex(raw[i + 2])) {
-                out.push(h << 4 | l);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(raw[i]);
-        i += 1;
-    }
-    Cow::Owned(out)
 }
 
 /// The cache key of an identity: SHA-256 over the route (with

@@ -414,17 +414,6 @@ fn query_values() {
 }
 
 #[test]
-fn percent_decoding() {
-    assert_eq!(&*percent_decode(b"plain"), b"plain");
-    assert!(matches!(percent_decode(b"plain"), Cow::Borrowed(_)));
-    assert_eq!(&*percent_decode(b"a%20b%2fc"), b"a b/c");
-    assert_eq!(&*percent_decode(b"100%"), b"100%");
-    assert_eq!(&*percent_decode(b"%4"), b"%4");
-    assert_eq!(&*percent_decode(b"%zz%41"), b"%zzA");
-    assert_eq!(&*percent_decode(b"%%41"), b"%A");
-}
-
-#[test]
 fn cache_keys_separate_identities() {
     let az = compiled(BASIC);
     let k = |vals: &[&str], route: usize| {
