@@ -59,13 +59,20 @@ fn check_ok(path: &Path) {
 }
 
 /// The imported file as the test gateway serves it: unpinned shards need a
-/// `[server]` table to be added to.
+/// `[server]` table to be added to, and the test listens on a port of its
+/// own (an imported config has no `listen`: its default, 127.0.0.1:8080,
+/// would be shared by the tests that run at the same time).
 fn servable(path: &Path) -> String {
     let text = std::fs::read_to_string(path).unwrap();
-    if text.contains("[server]\n") {
+    let text = if text.contains("[server]\n") {
         text
     } else {
         format!("[server]\n{text}")
+    };
+    if text.contains("\nlisten = ") {
+        text
+    } else {
+        text.replacen("[server]\n", "[server]\nlisten = [\"127.0.0.1:0\"]\n", 1)
     }
 }
 
@@ -442,6 +449,7 @@ fn validate(file: &Path) {
 
 const EXPORT_CONFIG: &str = r#"
 [server]
+listen = ["127.0.0.1:0"]
 api_keys_file = "@KEYS@"
 
 [[upstreams]]
