@@ -33,7 +33,6 @@ use crate::observe::snapshot::{merge, Merged};
 use crate::plan::admin::{AdminPlan, AdminTls, AdminToken};
 use crate::runtime::Control;
 use crossbeam_channel::Sender;
-use socket2::{Domain, Protocol, Socket, Type};
 use std::io;
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
@@ -83,7 +82,7 @@ struct Shared {
 }
 
 /// Binds the admin listener, unless `[admin]` disables it. Like the
-/// traffic listeners, the socket has `SO_REUSEPORT`, so that a gateway
+/// traffic listeners, the socket has `SO_REUSEPORT` ([`crate::net::bind_blocking`]), so that a gateway
 /// started later with `share` (`server.share_listen_addresses`, a
 /// zero-downtime upgrade) can bind the same address; without `share`, an
 /// address someone already listens on is refused first by a probe bind
@@ -102,27 +101,7 @@ pub fn bind(plan: &AdminPlan, share: bool) -> io::Result<Option<Bound>> {
         };
         io::Error::new(e.kind(), format!("cannot listen on {addr} (admin): {why}"))
     };
-    let domain = if addr.is_ipv6() {
-        Domain::IPV6
-    } else {
-        Domain::IPV4
-    };
-    let socket = |reuse_port: bool| -> io::Result<Socket> {
-        let sock = Socket::new(domain, Type::STREAM, Some(Protocol::TCP))?;
-        sock.set_reuse_address(true)?;
-        sock.set_reuse_port(reuse_port)?;
-        if addr.is_ipv6() {
-            sock.set_only_v6(true)?;
-        }
-        sock.bind(&addr.into())?;
-        Ok(sock)
-    };
-    if !share && addr.port() != 0 {
-        drop(socket(false).map_err(named)?);
-    }
-    let sock = socket(true).map_err(named)?;
-    sock.listen(64).map_err(named)?;
-    let listener: TcpListener = sock.into();
+    let listener = crate::net::bind_blocking(addr, share, 64).map_err(named)?;
     let addr = listener.local_addr()?;
     Ok(Some(Bound {
         listener,

@@ -139,6 +139,40 @@ pub struct Reactor {
 /// tasks' run, everything else the shard ran meanwhile). Their ratio is
 /// the mean loop time under load; time asleep waiting for events is not
 /// in it. (0, 0) on a thread without a reactor.
+/// A blocking listener for the admin and portal threads: `SO_REUSEADDR`
+/// and `SO_REUSEPORT` (so that a gateway started later with `share` can
+/// bind the same address, for a zero-downtime upgrade); without `share`,
+/// an address someone already listens on is refused first by a probe bind
+/// without `SO_REUSEPORT`, as the traffic listeners are.
+pub fn bind_blocking(
+    addr: SocketAddr,
+    share: bool,
+    backlog: i32,
+) -> io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let domain = if addr.is_ipv6() {
+        Domain::IPV6
+    } else {
+        Domain::IPV4
+    };
+    let socket = |reuse_port: bool| -> io::Result<Socket> {
+        let sock = Socket::new(domain, Type::STREAM, Some(Protocol::TCP))?;
+        sock.set_reuse_address(true)?;
+        sock.set_reuse_port(reuse_port)?;
+        if addr.is_ipv6() {
+            sock.set_only_v6(true)?;
+        }
+        sock.bind(&addr.into())?;
+        Ok(sock)
+    };
+    if !share && addr.port() != 0 {
+        drop(socket(false)?);
+    }
+    let sock = socket(true)?;
+    sock.listen(backlog)?;
+    Ok(sock.into())
+}
+
 pub fn loop_stats() -> (u64, u64) {
     CURRENT.with(|c| match c.borrow().as_ref() {
         Some(r) => (r.passes.get(), r.pass_ns.get()),

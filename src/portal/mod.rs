@@ -22,7 +22,6 @@ mod try_it;
 use crate::http::percent::query_value_decode;
 use crate::runtime::{MainRequest, Running};
 use crossbeam_channel::Sender;
-use socket2::{Domain, Protocol, Socket, Type};
 use std::io;
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
@@ -58,27 +57,7 @@ pub fn bind(plan: &crate::plan::portal::PortalPlan, share: bool) -> io::Result<O
         };
         io::Error::new(e.kind(), format!("cannot listen on {addr} (portal): {why}"))
     };
-    let domain = if addr.is_ipv6() {
-        Domain::IPV6
-    } else {
-        Domain::IPV4
-    };
-    let socket = |reuse_port: bool| -> io::Result<Socket> {
-        let sock = Socket::new(domain, Type::STREAM, Some(Protocol::TCP))?;
-        sock.set_reuse_address(true)?;
-        sock.set_reuse_port(reuse_port)?;
-        if addr.is_ipv6() {
-            sock.set_only_v6(true)?;
-        }
-        sock.bind(&addr.into())?;
-        Ok(sock)
-    };
-    if !share && addr.port() != 0 {
-        drop(socket(false).map_err(named)?);
-    }
-    let sock = socket(true).map_err(named)?;
-    sock.listen(128).map_err(named)?;
-    let listener: TcpListener = sock.into();
+    let listener = crate::net::bind_blocking(addr, share, 128).map_err(named)?;
     let addr = listener.local_addr()?;
     Ok(Some(Bound { listener, addr }))
 }
