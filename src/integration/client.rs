@@ -176,7 +176,7 @@ async fn exchange(
         let pooled = if fresh_only {
             None
         } else {
-            state.checkout(uplan, target, Instant::now())
+            state.checkout(uplan, target, Instant::now(), false)
         };
         let (mut up, reused) = match pooled {
             Some(c) => (c, true),

@@ -377,7 +377,7 @@ async fn forward_inner(
     let mut up = loop {
         let now = Instant::now();
         let (mut up, reused) = match (!fresh_only)
-            .then(|| state.checkout(uplan, f.target, now))
+            .then(|| state.checkout(uplan, f.target, now, !retry_safe))
             .flatten()
         {
             Some(c) => {

@@ -233,12 +233,29 @@ impl UpstreamState {
     /// needs no syscall when the shard's reactor has polled since the
     /// connection went idle and heard nothing from it, else one
     /// non-blocking peek ([`Stream::is_quiet`]).
-    pub fn checkout(&self, plan: &UpstreamPlan, target: usize, now: Instant) -> Option<UpConn> {
+    ///
+    /// `strict` always peeks ([`Stream::is_quiet_now`]): for a request that
+    /// is not sent again when the connection turns out closed (not
+    /// idempotent, or with a body), so an upstream's close that arrived
+    /// after the reactor's last poll (a backend reloading closes its idle
+    /// keep-alive connections) is seen before the request goes out on it.
+    pub fn checkout(
+        &self,
+        plan: &UpstreamPlan,
+        target: usize,
+        now: Instant,
+        strict: bool,
+    ) -> Option<UpConn> {
         let t = &self.targets[target];
         let mut idle = t.idle.borrow_mut();
         while let Some(c) = idle.pop() {
-            if now.duration_since(c.idle_since) < plan.pool_idle_timeout
-                && c.stream.is_quiet(c.idle_mark)
+            let fresh = now.duration_since(c.idle_since) < plan.pool_idle_timeout;
+            if fresh
+                && if strict {
+                    c.stream.is_quiet_now()
+                } else {
+                    c.stream.is_quiet(c.idle_mark)
+                }
             {
                 t.reuses.set(t.reuses.get() + 1);
                 return Some(c);

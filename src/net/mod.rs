@@ -717,6 +717,16 @@ impl Socket {
         if !readable && !eof && self.reactor.polls.get() != mark {
             return true;
         }
+        self.is_quiet_now()
+    }
+
+    /// As [`Socket::is_quiet`], but always asks the kernel (one
+    /// `recv(MSG_PEEK)` that takes nothing): an end of stream that arrived
+    /// after the reactor's last poll is seen too. For a pooled connection
+    /// about to carry a request that cannot be sent again if the peer turns
+    /// out to have closed it (a method that is not idempotent, or a body),
+    /// where a syscall is cheaper than a 502.
+    pub fn is_quiet_now(&self) -> bool {
         loop {
             match sys::peek(self.fd.as_raw_fd()) {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {

@@ -361,6 +361,34 @@ fn is_quiet_trusts_the_reactor_once_it_has_polled() {
     });
 }
 
+/// The window `is_quiet_now` closes: an end of stream that arrives after
+/// the reactor's last poll is not in the reactor's state yet, so the cheap
+/// answer is still "quiet"; the peek sees it. A pooled connection carrying
+/// a request that cannot be sent again is checked the strict way.
+#[test]
+fn is_quiet_now_sees_a_close_the_reactor_has_not_polled_yet() {
+    run(async {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let mut s = Socket::connect(addr, Duration::from_secs(5)).await.unwrap();
+        let (mut peer, _) = l.accept().unwrap();
+        peer.write_all(b"y").unwrap();
+        let mut buf = [0u8; 8];
+        assert_eq!(s.read(&mut buf).await.unwrap(), 1);
+        let mark = s.polls();
+        polled_since(&s, mark).await;
+        // The peer closes while this task holds the shard: no poll runs
+        // between the close and the checks below.
+        drop(peer);
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(
+            s.is_quiet(mark),
+            "the reactor has not heard of the close yet (the cheap answer)"
+        );
+        assert!(!s.is_quiet_now(), "the peek sees the end of stream");
+    });
+}
+
 /// The drain's listener close: a listener told to refuse new connections
 /// keeps those already in its backlog (accepted and served after), lets no
 /// connection join it any more (a connect does not complete: its SYN is

@@ -119,6 +119,15 @@ impl<T: TlsSession> Stream<T> {
         }
     }
 
+    /// As [`Stream::is_quiet`], always with a syscall
+    /// ([`crate::net::Socket::is_quiet_now`]).
+    pub fn is_quiet_now(&self) -> bool {
+        match self {
+            Stream::Plain(s) => s.is_quiet_now(),
+            Stream::Tls(t) => !t.has_buffered_input() && t.tcp().is_quiet_now(),
+        }
+    }
+
     pub fn set_read_timeout(&self, d: Option<Duration>) {
         self.tcp().set_read_timeout(d);
     }
