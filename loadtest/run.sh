@@ -23,6 +23,9 @@
 #   loadtest/run.sh --only soak  10 minutes at 80% of the maximum with policies,
 #                              restarts and an outage (loadtest/soak.sh;
 #                              SOAK_DUR=60 shortens it)
+#   loadtest/run.sh --only uring  the socket mechanism alone: epoll against
+#                              io_uring in loadtest/uringlab (loadtest/uring.sh,
+#                              about 3 minutes)
 #
 # Layout (shared/DESIGN.md, "Measuring on a 2-core machine"): the load
 # generator on CPU 0; the proxy under test (one coregate shard, or one nginx
@@ -45,7 +48,7 @@ while [ $# -gt 0 ]; do
         --profile) ONLY="$ONLY,profile" ;;
         --only) ONLY=${2:?--only needs a list}; shift ;;
         --only=*) ONLY=${1#--only=} ;;
-        -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,28p' "$0"; exit 0 ;;
         *) echo "run.sh: unknown argument $1" >&2; exit 2 ;;
     esac
     shift
@@ -75,6 +78,11 @@ fi
 SOAK_DUR=${SOAK_DUR:-$([ $SMOKE = 1 ] && echo 20 || echo 600)}
 if want soak && [ -z "$USER_MAX_SECS" -o $SMOKE = 1 ]; then
     MAX_SECS=$((MAX_SECS + SOAK_DUR + 360))
+fi
+# uring (only with --only uring): the socket mechanism alone, epoll against
+# io_uring (loadtest/uring.sh).
+if want uring && [ -z "$USER_MAX_SECS" -o $SMOKE = 1 ]; then
+    MAX_SECS=$((MAX_SECS + 400))
 fi
 if want websocket && [ -z "$USER_MAX_SECS" -o $SMOKE = 1 ]; then
     MAX_SECS=$((MAX_SECS + 400))
@@ -851,6 +859,18 @@ if want soak; then
     }
 fi
 
+# === uring: epoll against io_uring, the socket mechanism alone (loadtest/uring.sh) ===
+# Its own servers (loadtest/uringlab) on free ports; its report is
+# uring/report.md beside this one.
+if want uring; then
+    log "uring: epoll against io_uring in loadtest/uringlab (loadtest/uring.sh)"
+    if [ $SMOKE = 1 ]; then ur_runs=1 ur_dur=1; else ur_runs=5 ur_dur=10; fi
+    URING_OUT=$OUT/uring URING_RUNS=$ur_runs URING_DUR=$ur_dur "$LT/uring.sh" >>"$OUT/uring.log" 2>&1 || {
+        log "  uring: failed (uring/uring.log)"
+        ERRORS_SEEN=$((ERRORS_SEEN + 1))
+    }
+fi
+
 # === lightload: CPU and syscalls per request at 50% of nginx's maximum ===
 # Only with --only lightload. loadtest/lightload.sh counts every syscall of
 # the proxy's processes at a fixed open-loop rate, then with no load.
@@ -1216,6 +1236,12 @@ LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)
         echo "## Soak (loadtest/soak.sh)"
         echo
         sed -n '3,$p' "$OUT/soak/report.md" 2>/dev/null | sed 's/^## /### /' || echo "no soak report (see soak.log)"
+        echo
+    fi
+    if want uring; then
+        echo "## io_uring against epoll (loadtest/uring.sh)"
+        echo
+        sed -n '3,$p' "$OUT/uring/report.md" 2>/dev/null || echo "no uring report (see uring.log)"
         echo
     fi
     if want websocket && [ -f "$OUT/ws-report.md" ]; then
