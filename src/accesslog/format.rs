@@ -95,10 +95,31 @@ impl Escape {
     }
 }
 
+/// The longest literal written with one fixed-size copy ([`Segment::Short`]).
+const SHORT: usize = 32;
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Segment {
+    /// A literal of at most [`SHORT`] bytes (its length second), padded
+    /// with zeros: written as all [`SHORT`] bytes, a copy of known size the
+    /// compiler makes inline, then cut back to its length. Most literals of
+    /// a format are this short, and a call to `memcpy` for each cost more
+    /// than the copy.
+    Short([u8; SHORT], u8),
     Literal(Box<[u8]>),
     Var(Var),
+}
+
+impl Segment {
+    fn literal(bytes: Vec<u8>) -> Segment {
+        if bytes.len() <= SHORT {
+            let mut b = [0u8; SHORT];
+            b[..bytes.len()].copy_from_slice(&bytes);
+            Segment::Short(b, bytes.len() as u8)
+        } else {
+            Segment::Literal(bytes.into())
+        }
+    }
 }
 
 /// A compiled format.
@@ -170,21 +191,20 @@ impl Format {
                 ));
             };
             if !literal.is_empty() {
-                segments.push(Segment::Literal(
-                    std::mem::take(&mut literal).into_bytes().into(),
-                ));
+                segments.push(Segment::literal(std::mem::take(&mut literal).into_bytes()));
             }
             segments.push(Segment::Var(var));
             rest = &after[len..];
         }
         literal.push_str(rest);
         literal.push('\n');
-        segments.push(Segment::Literal(literal.into_bytes().into()));
+        segments.push(Segment::literal(literal.into_bytes()));
         let mut uses = 0;
         let mut literal_len = 0;
         for s in &segments {
             match s {
                 Segment::Var(v) => uses |= 1 << *v as u32,
+                Segment::Short(_, n) => literal_len += usize::from(*n),
                 Segment::Literal(b) => literal_len += b.len(),
             }
         }
@@ -211,9 +231,14 @@ impl Format {
     pub fn write(&self, f: &Fields<'_>, out: &mut Vec<u8>) {
         // One reservation for the literals and typical values, rather than
         // a capacity check that may grow at every segment.
-        out.reserve(self.literal_len + 160);
+        out.reserve(self.literal_len + 160 + SHORT);
         for s in &self.segments {
             match s {
+                Segment::Short(b, n) => {
+                    let end = out.len() + usize::from(*n);
+                    out.extend_from_slice(b);
+                    out.truncate(end);
+                }
                 Segment::Literal(b) => out.extend_from_slice(b),
                 Segment::Var(v) => self.write_var(*v, f, out),
             }
