@@ -13,6 +13,8 @@
 #                              WebSocket messages, push and idle memory
 #                              (loadtest/ws.sh, about 4 minutes; not in the
 #                              default list)
+#   COREGATE_BIN=/path/coregate loadtest/run.sh --only throughput
+#                              measure another build (before/after pairs)
 #   THR_DUR=120 loadtest/run.sh --only throttle-accuracy
 #                              seconds per throttle-accuracy run (default 60)
 #   loadtest/run.sh --only lightload
@@ -48,7 +50,7 @@ while [ $# -gt 0 ]; do
         --profile) ONLY="$ONLY,profile" ;;
         --only) ONLY=${2:?--only needs a list}; shift ;;
         --only=*) ONLY=${1#--only=} ;;
-        -h|--help) sed -n '2,28p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,30p' "$0"; exit 0 ;;
         *) echo "run.sh: unknown argument $1" >&2; exit 2 ;;
     esac
     shift
@@ -210,7 +212,9 @@ TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 CGLOAD=$LT/cgload/target/release/cgload
 # A private copy: a rebuild in the work tree during the run must not swap the
 # binary under the running gateway (nor hide its symbols from perf).
-cp "$TARGET_DIR/release/coregate" "$WORK/coregate"
+# COREGATE_BIN: measure that binary instead (a commit built earlier, for a
+# before/after pair in one session; the report names the work tree's commit).
+cp "${COREGATE_BIN:-$TARGET_DIR/release/coregate}" "$WORK/coregate"
 COREGATE=$WORK/coregate
 [ -x "$COREGATE" ] && [ -x "$CGLOAD" ]
 

@@ -18,7 +18,7 @@
 //! [`Connections::begin_drain`]).
 
 use super::body::ChunkedDecoder;
-use super::parse::{parse_request_head, Framing, HeadLimits, RequestHead};
+use super::parse::{parse_request_head_into, Framing, HeadLimits, RequestHead};
 use super::{Limits, Reject};
 use crate::net::{interrupt_read, ReadHandle, Socket};
 use crate::tls::stream::{ClientStream, Io, Stream, UpstreamStream};
@@ -429,10 +429,12 @@ async fn serve_requests<S: Service>(svc: &Rc<S>, conn: &mut Conn, over_limit: bo
         return End::Done;
     }
     conn.rbuf.resize(HEAD_BUF, 0);
+    // One head for the connection's life, each request parsed into it.
+    let mut head = RequestHead::empty();
     loop {
         let limits = svc.limits();
-        let head = match conn.read_head(svc, &limits).await {
-            Ok(h) => h,
+        match conn.read_head(svc, &limits, &mut head).await {
+            Ok(()) => {}
             Err(ReadErr::Quiet(until)) => return End::Quiet(until),
             Err(ReadErr::Closed) => return End::Done,
             Err(ReadErr::Drained) => {
@@ -448,7 +450,7 @@ async fn serve_requests<S: Service>(svc: &Rc<S>, conn: &mut Conn, over_limit: bo
                 conn.linger().await;
                 return End::Done;
             }
-        };
+        }
         let flow = svc.handle(conn, &head).await;
         match flow {
             // Also while draining: the response promised the connection
@@ -491,7 +493,8 @@ impl Conn {
         &mut self,
         svc: &S,
         limits: &Limits,
-    ) -> Result<RequestHead, ReadErr> {
+        head: &mut RequestHead,
+    ) -> Result<(), ReadErr> {
         let head_limits = svc.head_limits();
         // One clock read per pass: before the first (unless the service
         // just took one), then after each read.
@@ -501,12 +504,13 @@ impl Conn {
         let idle_deadline = now + limits.idle_timeout;
         loop {
             if self.rend > self.rpos {
-                match parse_request_head(&self.rbuf[self.rpos..self.rend], &head_limits) {
-                    Ok(Some(h)) => {
+                match parse_request_head_into(&self.rbuf[self.rpos..self.rend], &head_limits, head)
+                {
+                    Ok(true) => {
                         self.head_at = now;
-                        return Ok(h);
+                        return Ok(());
                     }
-                    Ok(None) => {}
+                    Ok(false) => {}
                     Err(r) => return Err(ReadErr::Reject(r)),
                 }
             } else {

@@ -94,6 +94,26 @@ pub struct RequestHead {
 }
 
 impl RequestHead {
+    /// A head with nothing parsed into it yet
+    /// ([`parse_request_head_into`] sets every field).
+    pub fn empty() -> RequestHead {
+        RequestHead {
+            len: 0,
+            method: Method::Get,
+            method_span: Span::default(),
+            path: Span::default(),
+            query: None,
+            minor_version: 1,
+            headers: SmallVec::new(),
+            host: None,
+            framing: Framing::None,
+            keep_alive: false,
+            expect_continue: false,
+            request_id: None,
+            upgrade: false,
+        }
+    }
+
     pub fn path<'a>(&self, buf: &'a [u8]) -> &'a [u8] {
         if self.path.is_empty() {
             b"/"
@@ -271,6 +291,21 @@ fn split_target(target: &[u8]) -> Result<TargetParts<'_>, Reject> {
 /// them). A `Reject` is always answered with its status and the connection
 /// closed.
 pub fn parse_request_head(buf: &[u8], limits: &HeadLimits) -> Result<Option<RequestHead>, Reject> {
+    let mut head = RequestHead::empty();
+    Ok(parse_request_head_into(buf, limits, &mut head)?.then_some(head))
+}
+
+/// As [`parse_request_head`], into `out` (`Ok(true)`: a head is there;
+/// `Ok(false)`: more bytes are needed; on `Ok(false)` and `Err` `out` holds
+/// nothing of use). The connection loop keeps one head for the
+/// connection's life and parses each request into it: a head is some 450
+/// bytes, and returning it by value through the loop's layers cost about
+/// four copies of it per request.
+pub fn parse_request_head_into(
+    buf: &[u8],
+    limits: &HeadLimits,
+    out: &mut RequestHead,
+) -> Result<bool, Reject> {
     // RFC 9112 §2.2: ignore blank lines before the request line.
     let mut skip = 0;
     while skip < buf.len() && (buf[skip] == b'\r' || buf[skip] == b'\n') && skip < 4 {
@@ -315,7 +350,7 @@ pub fn parse_request_head(buf: &[u8], limits: &HeadLimits) -> Result<Option<Requ
             if buf.len() > limits.max_head {
                 return Err(Reject::new(431, "Request Header Fields Too Large"));
             }
-            return Ok(None);
+            return Ok(false);
         }
         httparse::Status::Complete(len) => len,
     };
@@ -342,21 +377,26 @@ pub fn parse_request_head(buf: &[u8], limits: &HeadLimits) -> Result<Option<Requ
     let target = req.path.unwrap_or("").as_bytes();
     let (path, query, authority) = split_target(target)?;
 
-    let mut out = RequestHead {
-        len,
-        method,
-        method_span,
-        path: Span::of(buf, path),
-        query: query.map(|q| Span::of(buf, q)),
-        minor_version,
-        headers: SmallVec::new(),
-        host: authority.map(|a| Span::of(buf, a)),
-        framing: Framing::None,
-        keep_alive: minor_version == 1,
-        expect_continue: false,
-        request_id: None,
-        upgrade: false,
-    };
+    // Field by field: building a whole head and assigning it would copy it.
+    out.len = len;
+    out.method = method;
+    out.method_span = method_span;
+    out.path = Span::of(buf, path);
+    out.query = query.map(|q| Span::of(buf, q));
+    out.minor_version = minor_version;
+    if out.headers.spilled() {
+        // Not kept: a connection's one request with many headers does not
+        // hold their room for the rest of its life.
+        out.headers = SmallVec::new();
+    } else {
+        out.headers.clear();
+    }
+    out.host = authority.map(|a| Span::of(buf, a));
+    out.framing = Framing::None;
+    out.keep_alive = minor_version == 1;
+    out.expect_continue = false;
+    out.request_id = None;
+    out.upgrade = false;
     if path.is_empty() {
         out.path = Span::default();
     }
@@ -494,7 +534,7 @@ pub fn parse_request_head(buf: &[u8], limits: &HeadLimits) -> Result<Option<Requ
         out.keep_alive = false;
     }
     out.upgrade = connection_upgrade && has_upgrade_header;
-    Ok(Some(out))
+    Ok(true)
 }
 
 /// RFC 9110 `tchar`.

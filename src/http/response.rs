@@ -51,6 +51,20 @@ pub fn parse_response_head(
     head_request: bool,
     max_head: usize,
 ) -> Result<Option<ResponseHead>, BadResponse> {
+    let mut head = ResponseHead::default();
+    Ok(parse_response_head_into(buf, head_request, max_head, &mut head)?.then_some(head))
+}
+
+/// As [`parse_response_head`], into `out` (`Ok(true)`: a head is there;
+/// `Ok(false)`: more bytes are needed; on `Ok(false)` and `Err` `out` holds
+/// nothing of use), so the proxy's one head per exchange is filled where
+/// it lives rather than copied there.
+pub fn parse_response_head_into(
+    buf: &[u8],
+    head_request: bool,
+    max_head: usize,
+    out: &mut ResponseHead,
+) -> Result<bool, BadResponse> {
     // Uninitialised, as for requests: initialising 256 headers per response
     // cost more than parsing a small one.
     let mut storage = [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; 256];
@@ -65,7 +79,7 @@ pub fn parse_response_head(
             if buf.len() > max_head {
                 return Err(BadResponse("response head too large"));
             }
-            return Ok(None);
+            return Ok(false);
         }
         Err(httparse::Error::TooManyHeaders) => {
             return Err(BadResponse("too many response headers"))
@@ -89,22 +103,25 @@ pub fn parse_response_head(
             end: (start + s.len()) as u32,
         }
     };
-    let mut out = ResponseHead {
-        len,
-        status,
-        minor_version,
-        reason: if reason.is_empty() {
-            Span::default()
-        } else {
-            span(reason.as_bytes())
-        },
-        headers: SmallVec::new(),
-        framing: RespFraming::Close,
-        keep_alive: minor_version == 1,
-        has_request_id: false,
-        content_length: None,
-        transfer_encoding: None,
+    // Field by field: building a whole head and assigning it would copy it.
+    out.len = len;
+    out.status = status;
+    out.minor_version = minor_version;
+    out.reason = if reason.is_empty() {
+        Span::default()
+    } else {
+        span(reason.as_bytes())
     };
+    if out.headers.spilled() {
+        out.headers = SmallVec::new();
+    } else {
+        out.headers.clear();
+    }
+    out.framing = RespFraming::Close;
+    out.keep_alive = minor_version == 1;
+    out.has_request_id = false;
+    out.content_length = None;
+    out.transfer_encoding = None;
     let mut content_length: Option<u64> = None;
     let mut te_chunked: Option<bool> = None;
     let mut connection_names: SmallVec<[&[u8]; 4]> = SmallVec::new();
@@ -177,5 +194,5 @@ pub fn parse_response_head(
     if out.framing == RespFraming::Close {
         out.keep_alive = false;
     }
-    Ok(Some(out))
+    Ok(true)
 }

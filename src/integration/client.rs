@@ -16,7 +16,7 @@
 
 use crate::http::body::ChunkedDecoder;
 use crate::http::encode::push_u64;
-use crate::http::response::{parse_response_head, RespFraming, ResponseHead};
+use crate::http::response::{parse_response_head_into, RespFraming, ResponseHead};
 use crate::integration::upstream::UpstreamPlan;
 use crate::integration::upstream::{UpConn, UpstreamState};
 use crate::tls::stream::Io;
@@ -385,26 +385,25 @@ pub async fn read_head<U: Io>(
     let mut received_any = *filled > 0;
     loop {
         if *filled > 0 {
-            match parse_response_head(
+            match parse_response_head_into(
                 &buf[..*filled],
                 head_request,
                 uplan.max_response_header_bytes,
+                out,
             ) {
                 Err(e) => return Err(HeadError::Bad(e.0)),
-                Ok(None) => {}
-                Ok(Some(resp)) if resp.status == 101 => {
+                Ok(false) => {}
+                Ok(true) if out.status == 101 => {
                     return Err(HeadError::Bad(
                         "101 Switching Protocols without an upgrade request",
                     ))
                 }
-                Ok(Some(resp)) => {
-                    let kind = if (100..200).contains(&resp.status) {
+                Ok(true) => {
+                    return Ok(if (100..200).contains(&out.status) {
                         Head::Interim
                     } else {
                         Head::Final
-                    };
-                    *out = resp;
-                    return Ok(kind);
+                    });
                 }
             }
         }
