@@ -14,13 +14,17 @@
 #    and through a WebSocket API whose $default route answers with a mock
 #    (no backend). Messages per second, and the CPU each process spent per
 #    message (utime + stime from /proc).
-# 2. Push: a 2-shard gateway (both shards on CPU 1); PUSH_CONNS connections
-#    on shard 0, then PUSH_CONNS on shard 1, each run pushing to them through
-#    the admin listener's POST /@connections/{id} from PUSHERS keep-alive
-#    connections for PUSH_DUR seconds. Pushes per second and the gateway's
-#    CPU per push, for each shard.
-# 3. Idle: IDLE_CONNS WebSocket connections opened on a one-shard gateway and
-#    held idle; the gateway's RSS growth per connection.
+# 2. Push: a 2-shard gateway (both shards on CPU 1), each shard with a
+#    listener of its own ([[server.shard]] listeners), so where a connection
+#    lands is known. Pushes go through the API's own path, POST
+#    /push/@connections/{id}, SigV4-signed (cgload signs each connection's
+#    request once), from PUSHERS keep-alive connections to shard 0 for
+#    PUSH_DUR seconds: to PUSH_CONNS connections on shard 0 (same shard),
+#    then on shard 1 (cross shard: through shard 1's inbox and back).
+#    Pushes per second and the gateway's CPU per push, and their ratio.
+# 3. Idle: IDLE_CONNS WebSocket connections opened on a one-shard gateway
+#    (for at most IDLE_OPEN_SECS; the count reached is reported) and held
+#    idle; the gateway's RSS growth per connection.
 #
 # Writes $OUT/ws-report.md and $OUT/ws-raw.tsv. Bounded: a watchdog stops it
 # after MAX_SECS, every process it starts is stopped on exit.
@@ -32,16 +36,19 @@ SMOKE=${SMOKE:-0}
 [ "${1:-}" = --smoke ] && SMOKE=1
 if [ "$SMOKE" = 1 ]; then
     WS_RUNS=1 WS_DUR=1 WS_CONNS=4 PUSH_DUR=1 PUSH_CONNS=2 PUSHERS=2 IDLE_CONNS=200 MAX_SECS=120
+    IDLE_OPEN_SECS=30
 else
     WS_RUNS=${WS_RUNS:-3} WS_DUR=${WS_DUR:-8} WS_CONNS=${WS_CONNS:-16}
-    PUSH_DUR=${PUSH_DUR:-8} PUSH_CONNS=${PUSH_CONNS:-4} PUSHERS=${PUSHERS:-8}
-    IDLE_CONNS=${IDLE_CONNS:-10000} MAX_SECS=${MAX_SECS:-400}
+    PUSH_DUR=${PUSH_DUR:-5} PUSH_CONNS=${PUSH_CONNS:-4} PUSHERS=${PUSHERS:-8}
+    IDLE_CONNS=${IDLE_CONNS:-10000} IDLE_OPEN_SECS=${IDLE_OPEN_SECS:-90} MAX_SECS=${MAX_SECS:-400}
 fi
 GEN_CPU=0
 PROXY_CPU=1
 BACKEND_PORT=18190
 GW_PORT=18180 GW_ADMIN=18189
-PUSH_PORT=18182 PUSH_ADMIN=18188
+PUSH_PORT=18182 PUSH_PORT1=18183 PUSH_ADMIN=18188
+# cgload signs pushes with this credential; push.toml accepts it.
+PUSH_KEY=AKIDLOADTEST PUSH_SECRET=load-test-secret PUSH_REGION=us-east-1
 
 OUT=${OUT:-$LT/results/$(date +%Y%m%d-%H%M%S)-ws$([ "$SMOKE" = 1 ] && echo -smoke || true)}
 WORK=$OUT/work-ws
@@ -98,7 +105,7 @@ if [ "$(ulimit -n)" != unlimited ] && [ "$(ulimit -n)" -lt $((IDLE_CONNS + 500))
     log "open-file limit $(ulimit -n): idle connections reduced"
     IDLE_CONNS=$(($(ulimit -n) - 500))
 fi
-for port in $BACKEND_PORT $GW_PORT $GW_ADMIN $PUSH_PORT $PUSH_ADMIN; do
+for port in $BACKEND_PORT $GW_PORT $GW_ADMIN $PUSH_PORT $PUSH_PORT1 $PUSH_ADMIN; do
     if ss -Htln "sport = :$port" | grep -q .; then
         echo "ws.sh: port $port is in use" >&2
         exit 1
@@ -151,15 +158,15 @@ report() {
     echo "- relay: gateway CPU per message / the backend's own CPU per message (direct): $(ratio "$(med messages relay cpu_us_per_msg)" "$(med messages direct backend_cpu_us_per_msg)")"
     echo "- WebSocket API (mock \$default): gateway CPU per message / the backend's (direct): $(ratio "$(med messages wsapi cpu_us_per_msg)" "$(med messages direct backend_cpu_us_per_msg)")"
     echo
-    echo "| Push ($PUSH_CONNS connections, $PUSHERS pushers) | pushes/s | gateway CPU µs/push | not received |"
-    echo "|---|---|---|---|"
-    for t in shard0 shard1; do
-        echo "| to $t | $(med push $t rate) | $(med push $t cpu_us_per_push) | $(med push $t lost) |"
+    echo "| Push through POST /push/@connections/{id}, SigV4 ($PUSH_CONNS connections, $PUSHERS pushers on shard 0) | pushes/s | gateway CPU µs/push | pushes | not received |"
+    echo "|---|---|---|---|---|"
+    for t in same cross; do
+        echo "| $t shard ($([ $t = same ] && echo 'connections on shard 0' || echo 'connections on shard 1')) | $(med push $t rate) | $(med push $t cpu_us_per_push) | $(med push $t pushes) | $(med push $t lost) |"
     done
     echo
-    echo "- shard 1 / shard 0, CPU per push: $(ratio "$(med push shard1 cpu_us_per_push)" "$(med push shard0 cpu_us_per_push)")"
+    echo "- cross-shard / same-shard, gateway CPU per push: $(ratio "$(med push cross cpu_us_per_push)" "$(med push same cpu_us_per_push)") (goal: at most 2)"
     echo
-    echo "Idle: $(med idle chat bytes_per_conn) bytes of gateway RSS per idle WebSocket connection ($(med idle chat connections) open; $(med idle chat rss_kib_before) KiB before, $(med idle chat rss_kib_after) KiB after)."
+    echo "Idle: $(med idle chat bytes_per_conn) bytes of gateway RSS per idle WebSocket connection ($(med idle chat connections) of $IDLE_CONNS open within ${IDLE_OPEN_SECS} s; $(med idle chat rss_kib_before) KiB before, $(med idle chat rss_kib_after) KiB after; goal: at most 2048)."
 } >"$REPORT"
 }
 
@@ -197,12 +204,32 @@ integration = { type = "mock", body = "$BODY" }
 EOF
 cat >"$WORK/push.toml" <<EOF
 [server]
-listen = ["127.0.0.1:$PUSH_PORT"]
+listen = ["127.0.0.1:$PUSH_PORT", "127.0.0.1:$PUSH_PORT1"]
 shards = 2
 cpus = [$PROXY_CPU, $PROXY_CPU]
 
+# Each shard its own listener: a connection's shard is its port's.
+[[server.shard]]
+id = 0
+listeners = ["127.0.0.1:$PUSH_PORT"]
+
+[[server.shard]]
+id = 1
+listeners = ["127.0.0.1:$PUSH_PORT1"]
+
 [admin]
 listen = "127.0.0.1:$PUSH_ADMIN"
+
+[[authorizers]]
+name = "pushers"
+
+[authorizers.sigv4]
+region = "$PUSH_REGION"
+
+[[authorizers.sigv4.credentials]]
+access_key_id = "$PUSH_KEY"
+secret_access_key = "$PUSH_SECRET"
+principal = "load-test"
 
 # No \$default: a message gets {"message":"Forbidden","connectionId":...},
 # which is how cgload learns its connection's id.
@@ -213,6 +240,7 @@ base_path = "/push"
 
 [apis.websocket]
 new_connections_per_second = 1000000
+connections_authorizer = "pushers"
 
 [[apis.routes]]
 key = "nothing"
@@ -265,11 +293,16 @@ done
 PGW=$!
 PIDS+=("$PGW")
 wait_port $PUSH_PORT
-wait_port $PUSH_ADMIN
+wait_port $PUSH_PORT1
 for run in $(seq "$WS_RUNS"); do
-    for shard in 0 1; do
-        out=$(taskset -c $GEN_CPU "$CGLOAD" ws-push --addr "127.0.0.1:$PUSH_PORT" --path /push \
-            --admin "127.0.0.1:$PUSH_ADMIN" --conns "$PUSH_CONNS" --shard $shard \
+    for t in same cross; do
+        shard=$([ $t = same ] && echo 0 || echo 1)
+        port=$([ $t = same ] && echo $PUSH_PORT || echo $PUSH_PORT1)
+        # Bounded: the pushing, then at most 10 s for what was pushed to
+        # arrive (cgload's own bound), and a margin.
+        out=$(timeout $((PUSH_DUR + 40)) taskset -c $GEN_CPU "$CGLOAD" ws-push --addr "127.0.0.1:$port" --path /push \
+            --push-addr "127.0.0.1:$PUSH_PORT" --push-prefix /push/@connections/ \
+            --sigv4 "$PUSH_KEY:$PUSH_SECRET:$PUSH_REGION" --conns "$PUSH_CONNS" --shard $shard \
             --pushers "$PUSHERS" --duration "$PUSH_DUR" |
             while IFS= read -r line; do
                 case $line in
@@ -277,16 +310,18 @@ for run in $(seq "$WS_RUNS"); do
                     END) cpu_ticks "$PGW" >"$WORK/p1" ;;
                     *) echo "$line" ;;
                 esac
-            done)
+            done) || true
         n=$(echo "$out" | sed -n 's/.*pushes=\([0-9]*\).*/\1/p')
         got=$(echo "$out" | sed -n 's/.*received=\([0-9]*\).*/\1/p')
         rate=$(echo "$out" | sed -n 's/.*rate=\([0-9]*\).*/\1/p')
-        [ -n "$n" ] && [ "$n" -gt 0 ] || { log "push shard $shard: $out"; exit 1; }
+        [ -n "$n" ] && [ "$n" -gt 0 ] && [ -s "$WORK/p1" ] || { log "push $t: $out"; exit 1; }
         p0=$(cat "$WORK/p0") p1=$(cat "$WORK/p1")
-        record push "shard$shard" "$run" rate "$rate"
-        record push "shard$shard" "$run" lost "$((n - got))"
-        record push "shard$shard" "$run" cpu_us_per_push "$(awk -v t=$((p1 - p0)) -v u=$TICK_US -v n="$n" 'BEGIN { printf "%.2f", t * u / n }')"
-        log "push to shard $shard run $run: $rate pushes/s, $((n - got)) not received"
+        rm -f "$WORK/p0" "$WORK/p1"
+        record push "$t" "$run" rate "$rate"
+        record push "$t" "$run" pushes "$n"
+        record push "$t" "$run" lost "$((n - got))"
+        record push "$t" "$run" cpu_us_per_push "$(awk -v t=$((p1 - p0)) -v u=$TICK_US -v n="$n" 'BEGIN { printf "%.2f", t * u / n }')"
+        log "push $t shard run $run: $rate pushes/s, $n pushes, $((n - got)) not received"
     done
 done
 stop_pid "$PGW"
@@ -295,10 +330,10 @@ stop_pid "$PGW"
 sleep 1
 rss0=$(rss_kib "$GW")
 taskset -c $GEN_CPU "$CGLOAD" ws-idle --addr "127.0.0.1:$GW_PORT" --path /chat \
-    --conns "$IDLE_CONNS" --hold 600 >"$WORK/idle.out" 2>&1 &
+    --conns "$IDLE_CONNS" --within "$IDLE_OPEN_SECS" --hold 600 >"$WORK/idle.out" 2>&1 &
 IDLE=$!
 PIDS+=("$IDLE")
-for _ in $(seq 1200); do
+for _ in $(seq $((IDLE_OPEN_SECS * 10 + 300))); do
     grep -q READY "$WORK/idle.out" && break
     kill -0 "$IDLE" 2>/dev/null || { log "ws-idle failed: $(cat "$WORK/idle.out")"; exit 1; }
     sleep 0.1
@@ -306,12 +341,15 @@ done
 grep -q READY "$WORK/idle.out" || { log "ws-idle never ready"; exit 1; }
 sleep 2
 rss1=$(rss_kib "$GW")
+opened=$(sed -n 's/^READY \([0-9]*\).*/\1/p' "$WORK/idle.out")
 stop_pid "$IDLE"
-record idle chat 1 connections "$IDLE_CONNS"
+[ -n "$opened" ] && [ "$opened" -gt 0 ] || { log "ws-idle opened nothing: $(cat "$WORK/idle.out")"; exit 1; }
+IDLE_OPENED=$opened
+record idle chat 1 connections "$opened"
 record idle chat 1 rss_kib_before "$rss0"
 record idle chat 1 rss_kib_after "$rss1"
-record idle chat 1 bytes_per_conn "$(awk -v a="$rss0" -v b="$rss1" -v n="$IDLE_CONNS" 'BEGIN { printf "%.0f", (b - a) * 1024 / n }')"
-log "idle: $rss0 KiB -> $rss1 KiB with $IDLE_CONNS connections"
+record idle chat 1 bytes_per_conn "$(awk -v a="$rss0" -v b="$rss1" -v n="$IDLE_OPENED" 'BEGIN { printf "%.0f", (b - a) * 1024 / n }')"
+log "idle: $rss0 KiB -> $rss1 KiB with $IDLE_OPENED connections"
 stop_pid "$GW"
 
 REPORTED=1

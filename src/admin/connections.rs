@@ -51,7 +51,9 @@ pub fn answer(inboxes: &[Sender<Control>], method: Method, path: &[u8], body: Ve
     let cmd = Command {
         id: id.to_string(),
         op,
+        api: None,
         reply: tx,
+        wake: None,
     };
     if inbox.send(Control::WebSocket(cmd)).is_err() {
         return error(410, "Gone");

@@ -11,7 +11,8 @@
 //!    the body a signature covers), which the driver awaits before going
 //!    on;
 //! 4. the integration: a mock answer, the proxy (through the cache when
-//!    the route has a cache rule), or a WebSocket API's handshake;
+//!    the route has a cache rule), a WebSocket API's handshake, or its
+//!    `@connections`;
 //! 5. the exit ([`super::exit::finish`]) with the finished exchange.
 
 use super::exchange::{CacheStatus, Exchange};
@@ -338,6 +339,9 @@ async fn drive(
         // connection's task.
         Integration::WebSocket(ws) => {
             Box::pin(super::websocket::connect(gw, conn, head, x, consumed, ws)).await
+        }
+        Integration::WsConnections(c) => {
+            Box::pin(super::ws_connections::serve(gw, conn, head, x, consumed, c)).await
         }
     }
 }

@@ -13,8 +13,9 @@
 //! upstream's name and lent to each generation that keeps the upstream's
 //! settings.
 //!
-//! WebSocket APIs' handshakes and sessions are [`websocket`]'s; a
-//! WebSocket upgrade on an `http_proxy` route is relayed by `ws_proxy`.
+//! WebSocket APIs' handshakes and sessions are [`websocket`]'s, their
+//! `@connections` routes `ws_connections`'s; a WebSocket upgrade on an
+//! `http_proxy` route is relayed by `ws_proxy`.
 
 pub mod access;
 pub mod authorize;
@@ -27,6 +28,7 @@ mod reply;
 pub mod signed_body;
 mod stage;
 pub mod websocket;
+mod ws_connections;
 mod ws_proxy;
 
 use crate::http::conn::{Conn, Connections, Flow, Service};

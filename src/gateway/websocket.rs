@@ -1,8 +1,9 @@
 //! WebSocket APIs on a shard (docs/websocket.md): the handshake as the
 //! integration of an API's `$connect` route ([`connect`]), then each
 //! connection's session on a task of its own ([`run`]), and the
-//! `@connections` commands the admin listener sends through the shard's
-//! control inbox ([`command`]).
+//! `@connections` commands the admin listener and other shards send
+//! through the shard's control inbox ([`command`]; a shard's request on
+//! an API's own `@connections` path awaits its answer in [`manage`]).
 //!
 //! The driver runs `$connect`'s phases (IP rules, API key, authorizer,
 //! throttle) like any route's; [`connect`] then checks the handshake,
@@ -927,7 +928,13 @@ pub enum Op {
 pub struct Command {
     pub id: String,
     pub op: Op,
+    /// Only a connection of this API answers (the API on whose path the
+    /// request came); `None` for the admin listener, which may reach any.
+    pub api: Option<String>,
     pub reply: crossbeam_channel::Sender<Answer>,
+    /// Woken once the answer is in `reply`: the task of another shard
+    /// that awaits it ([`manage`]). `None`: a thread blocks on `reply`.
+    pub wake: Option<Waker>,
 }
 
 /// The answer: an HTTP status and a JSON body (empty for 200 on POST and
@@ -948,16 +955,23 @@ fn answer(status: u16, message: &str) -> Answer {
 
 /// Runs an `@connections` command on this shard and sends the answer.
 pub fn command(cmd: Command) {
-    let _ = cmd.reply.send(run_command(&cmd.id, cmd.op));
+    let a = run_command(&cmd.id, cmd.op, cmd.api.as_deref());
+    let _ = cmd.reply.send(a);
+    if let Some(w) = cmd.wake {
+        w.wake();
+    }
 }
 
-fn run_command(id: &str, op: Op) -> Answer {
+fn run_command(id: &str, op: Op, only_api: Option<&str>) -> Answer {
     let Some(s) = lookup(id).filter(|s| s.open.get()) else {
         return answer(410, "Gone");
     };
     let Some(api) = s.api() else {
         return answer(410, "Gone");
     };
+    if only_api.is_some_and(|a| a != api.name) {
+        return answer(410, "Gone");
+    }
     match op {
         Op::Post(data) => {
             if data.len() > api.limits.max_message {
@@ -991,6 +1005,122 @@ fn run_command(id: &str, op: Op) -> Answer {
             answer(204, "")
         }
     }
+}
+
+// === impl cross-shard @connections ===
+
+/// Wakes a shard's control loop from another thread, so that a command
+/// put in its inbox is taken at once rather than at the loop's next look.
+/// The loop leaves its task's waker here before it waits ([`Bell::arm`]);
+/// a sender takes it and wakes it ([`Bell::ring`]). No lock: a one-slot
+/// channel of wakers.
+#[derive(Clone)]
+pub struct Bell {
+    tx: crossbeam_channel::Sender<Waker>,
+    rx: crossbeam_channel::Receiver<Waker>,
+}
+
+impl Default for Bell {
+    fn default() -> Bell {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        Bell { tx, rx }
+    }
+}
+
+impl Bell {
+    /// The control loop, before it waits: the next ring wakes `w`. A
+    /// waker already left (the loop's own, from an earlier wait) stays.
+    pub fn arm(&self, w: &Waker) {
+        let _ = self.tx.try_send(w.clone());
+    }
+
+    /// Wakes the loop if it left its waker (else it is awake, and looks at
+    /// its inbox before it waits again).
+    pub fn ring(&self) {
+        if let Ok(w) = self.rx.try_recv() {
+            w.wake();
+        }
+    }
+}
+
+/// One shard as the others reach it: a command into its control inbox,
+/// and its bell.
+pub struct Peer {
+    /// Puts a command in the shard's control inbox; false when the shard
+    /// is gone.
+    pub send: Box<dyn Fn(Command) -> bool + Send>,
+    pub bell: Bell,
+}
+
+thread_local! {
+    /// Every shard, by id, as this shard reaches it ([`set_peers`]).
+    static PEERS: std::cell::OnceCell<Vec<Peer>> = const { std::cell::OnceCell::new() };
+}
+
+/// Gives this shard (the calling thread) its way to every shard's inbox;
+/// once, when the shard starts.
+pub fn set_peers(peers: Vec<Peer>) {
+    PEERS.with(|p| {
+        let _ = p.set(peers);
+    });
+}
+
+/// How long a request waits for the shard that holds the connection; it
+/// is woken at once ([`Bell`]), so only a stuck or stopping shard takes
+/// this long.
+const REMOTE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Runs `op` for connection `id` of the API `api` and returns the answer,
+/// for a request on shard `here`: at once when this shard holds the
+/// connection; else the command goes to the owning shard's inbox and this
+/// task waits for the answer, which wakes it, while the shard serves its
+/// other connections.
+pub async fn manage(here: usize, id: &str, op: Op, api: &str) -> Answer {
+    let Some((shard, _, _)) = parse_id(id) else {
+        return answer(410, "Gone");
+    };
+    if shard == here {
+        return run_command(id, op, Some(api));
+    }
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    let mut first = Some(Command {
+        id: id.to_string(),
+        op,
+        api: Some(api.to_string()),
+        reply: tx,
+        wake: None,
+    });
+    let asked = std::future::poll_fn(move |cx| {
+        if let Some(mut cmd) = first.take() {
+            cmd.wake = Some(cx.waker().clone());
+            let sent = PEERS.with(|p| match p.get().and_then(|p| p.get(shard)) {
+                Some(peer) if (peer.send)(cmd) => {
+                    peer.bell.ring();
+                    true
+                }
+                _ => false,
+            });
+            if !sent {
+                // No such shard (an id no shard of this process made), or
+                // it stopped.
+                return Poll::Ready(answer(410, "Gone"));
+            }
+        }
+        match rx.try_recv() {
+            Ok(a) => Poll::Ready(a),
+            Err(crossbeam_channel::TryRecvError::Empty) => Poll::Pending,
+            // The shard dropped the command unanswered (it is stopping).
+            Err(crossbeam_channel::TryRecvError::Disconnected) => Poll::Ready(answer(
+                503,
+                "The shard holding the connection did not answer",
+            )),
+        }
+    });
+    let late = async {
+        glommio::timer::sleep(REMOTE_TIMEOUT).await;
+        answer(503, "The shard holding the connection did not answer")
+    };
+    futures_lite::future::or(asked, late).await
 }
 
 /// `2026-12-06T07:01:02.345Z`.

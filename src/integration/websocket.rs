@@ -33,6 +33,18 @@ impl WsApiPlan {
     }
 }
 
+/// `@connections` on a WebSocket API's own path (`[apis.websocket]
+/// connections_authorizer`): the integration of its `POST`, `GET` and
+/// `DELETE` routes, which the SigV4 authorizer guards.
+#[derive(Debug, Clone)]
+pub struct WsConnectionsPlan {
+    /// The API's name: a connection of another API is not this path's
+    /// (410, as for one that does not exist).
+    pub api: String,
+    /// The API's `max_message_bytes`: a larger `POST` body is 413.
+    pub max_message: usize,
+}
+
 /// `[apis.websocket]`, compiled.
 #[derive(Debug, Clone)]
 pub struct WsLimits {

@@ -465,6 +465,56 @@ fn compile_apis(
             if let Ok(k) = RouteKey::parse("GET /") {
                 spec_routes.push((k, id, "$connect"));
             }
+            // `@connections` on the API's own path, where the operator
+            // names the SigV4 credentials that may use it.
+            let max_message = match &routes[id as usize].integration {
+                Integration::WebSocket(w) => Some(w.limits.max_message),
+                _ => None,
+            };
+            if let (Some(authorizer), Some(max_message)) = (
+                super::websocket::connections_authorizer(
+                    api,
+                    &akey,
+                    &policy_builder.authorizers,
+                    &mut errors,
+                ),
+                max_message,
+            ) {
+                let (bare, stand_in) = super::websocket::connections_policies(api, authorizer);
+                let akey_ws = format!("{akey}.websocket.connections_authorizer");
+                for key in super::websocket::CONNECTIONS_ROUTES {
+                    let id = routes.len() as RouteId;
+                    let api_ctx = crate::policy::ApiContext {
+                        index: ai,
+                        raw: &bare,
+                        key: &akey,
+                        cors: None,
+                    };
+                    let policies = policy_builder.route(
+                        &api_ctx,
+                        id as usize,
+                        &stand_in,
+                        &akey_ws,
+                        &mut errors,
+                    );
+                    routes.push(RoutePlan {
+                        api: api.name.clone(),
+                        key: key.to_string(),
+                        integration: Integration::WsConnections(Box::new(
+                            crate::integration::websocket::WsConnectionsPlan {
+                                api: api.name.clone(),
+                                max_message,
+                            },
+                        )),
+                        policies,
+                        stage: None,
+                    });
+                    route_api.push(ai);
+                    if let Ok(k) = RouteKey::parse(key) {
+                        spec_routes.push((k, id, key));
+                    }
+                }
+            }
         }
         let spec = ApiSpec {
             name: &api.name,

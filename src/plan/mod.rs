@@ -121,6 +121,9 @@ pub enum Integration {
     /// A WebSocket API's handshake (`GET` at its base path): the API's
     /// whole plan, carried by its `$connect` route.
     WebSocket(Box<crate::integration::websocket::WsApiPlan>),
+    /// `@connections` on a WebSocket API's own path: push to, describe or
+    /// close a connection of the API, whichever shard holds it.
+    WsConnections(Box<crate::integration::websocket::WsConnectionsPlan>),
 }
 
 /// Reads, parses and compiles a config file.

@@ -13,6 +13,7 @@ use crate::config::raw::{RawApi, RawIntegration, RawRoute};
 use crate::config::ConfigError;
 use crate::integration::http_proxy::WsRelayLimits;
 use crate::integration::websocket::{Selection, WsApiPlan, WsIntegration, WsLimits, WsRoute};
+use crate::policy::auth::{AuthorizerKind, AuthorizerPlan};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -65,6 +66,7 @@ pub fn kind(api: &RawApi, akey: &str, errors: &mut Vec<ConfigError>) -> bool {
             ),
             ("send_buffer_bytes", w.send_buffer_bytes.is_some()),
             ("allow_binary", w.allow_binary.is_some()),
+            ("connections_authorizer", w.connections_authorizer.is_some()),
         ] {
             if set {
                 errors.push(ConfigError::new(
@@ -117,6 +119,65 @@ pub fn connect_stand_in() -> RawRoute {
         lifecycle: None,
         policies: None,
     }
+}
+
+/// The route keys of `@connections` on a WebSocket API's own path
+/// (`[apis.websocket] connections_authorizer`), AWS's request URIs.
+pub const CONNECTIONS_ROUTES: [&str; 3] = [
+    "POST /@connections/{connectionId}",
+    "GET /@connections/{connectionId}",
+    "DELETE /@connections/{connectionId}",
+];
+
+/// `[apis.websocket] connections_authorizer`, checked: the name of the
+/// `[[authorizers]]` entry it names, which must be a SigV4 one. None when
+/// it is not set, or is wrong (reported).
+pub fn connections_authorizer<'a>(
+    api: &'a RawApi,
+    akey: &str,
+    authorizers: &[AuthorizerPlan],
+    errors: &mut Vec<ConfigError>,
+) -> Option<&'a str> {
+    let name = api.websocket.as_ref()?.connections_authorizer.as_deref()?;
+    let key = format!("{akey}.websocket.connections_authorizer");
+    match authorizers.iter().find(|a| a.name == name).map(|a| &a.kind) {
+        Some(AuthorizerKind::Sigv4(_)) => Some(name),
+        Some(_) => {
+            errors.push(ConfigError::new(
+                key,
+                format!("authorizer {name:?} is not a SigV4 one: @connections is authenticated with SigV4 ([authorizers.sigv4]), as AWS does"),
+            ));
+            None
+        }
+        None => {
+            errors.push(ConfigError::new(
+                key,
+                format!("no [[authorizers]] entry is named {name:?}: name a SigV4 authorizer whose credentials may use @connections"),
+            ));
+            None
+        }
+    }
+}
+
+/// The API and route whose policies `@connections` on the API's path
+/// takes: the SigV4 authorizer `authorizer` and nothing else. The API's
+/// IP rules, API key, throttle, CORS and own authorizer are the clients';
+/// AWS authenticates `@connections` with IAM alone.
+pub fn connections_policies(api: &RawApi, authorizer: &str) -> (RawApi, RawRoute) {
+    let mut bare = api.clone();
+    bare.routes.clear();
+    bare.throttle = None;
+    bare.cache = None;
+    bare.cors = None;
+    bare.ip_rules = None;
+    bare.api_key_required = None;
+    bare.authorizer = None;
+    bare.lifecycle = None;
+    bare.policies = None;
+    let mut route = connect_stand_in();
+    route.key = CONNECTIONS_ROUTES[0].to_string();
+    route.authorizer = Some(authorizer.to_string());
+    (bare, route)
 }
 
 fn ms(errors: &mut Vec<ConfigError>, key: String, v: Option<u64>, default: u64) -> Duration {

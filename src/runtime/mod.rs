@@ -194,6 +194,24 @@ pub fn restart_only(old: &Plan, new: &Plan) -> Vec<String> {
     errors
 }
 
+/// Every shard as one shard reaches it for WebSocket `@connections`
+/// requests: a command into its inbox, and its bell.
+fn peers(
+    txs: &[Sender<Control>],
+    bells: &[crate::gateway::websocket::Bell],
+) -> Vec<crate::gateway::websocket::Peer> {
+    txs.iter()
+        .zip(bells)
+        .map(|(tx, bell)| {
+            let tx = tx.clone();
+            crate::gateway::websocket::Peer {
+                send: Box::new(move |cmd| tx.send(Control::WebSocket(cmd)).is_ok()),
+                bell: bell.clone(),
+            }
+        })
+        .collect()
+}
+
 fn domain_of(addr: SocketAddr) -> Domain {
     if addr.is_ipv6() {
         Domain::IPV6
@@ -352,12 +370,27 @@ impl Server {
         let mut usage_links = usage_links.into_iter();
         let mut links =
             crate::policy::throttle::links(&plan.policies.throttle, plan.server.shards).into_iter();
+        // Every inbox exists before any shard runs: a shard reaches the
+        // others' for WebSocket `@connections` requests.
+        let (txs, rxs): (Vec<Sender<Control>>, Vec<Receiver<Control>>) = (0..plan.server.shards)
+            .map(|_| crossbeam_channel::unbounded())
+            .unzip();
+        let bells: Vec<crate::gateway::websocket::Bell> = (0..plan.server.shards)
+            .map(|_| Default::default())
+            .collect();
+        let mut rxs = rxs.into_iter();
         for id in 0..plan.server.shards {
             let shard_fds = fds_iter.next().unwrap_or_default();
-            let (Some(link), Some(usage_link)) = (links.next(), usage_links.next()) else {
+            let (Some(link), Some(usage_link), Some(rx)) =
+                (links.next(), usage_links.next(), rxs.next())
+            else {
                 return Err(io::Error::other("throttle links: one per shard expected"));
             };
-            let (tx, rx): (Sender<Control>, Receiver<Control>) = crossbeam_channel::unbounded();
+            let tx = txs[id].clone();
+            let ws = shard::WsLinks {
+                bell: bells[id].clone(),
+                peers: peers(&txs, &bells),
+            };
             let shard_plan = plan.clone();
             let sinks = writers.sinks.clone();
             let (ready, ready_rx) = crossbeam_channel::bounded::<Result<(), String>>(1);
@@ -384,6 +417,7 @@ impl Server {
                     throttle: link,
                     usage: usage_link,
                     access_log: sinks,
+                    ws,
                 };
                 shard::run(id, shard_plan, shard_fds, rx, ready, links).await;
             });

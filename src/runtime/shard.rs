@@ -37,6 +37,16 @@ pub(super) struct Links {
     pub usage: crate::policy::usage::coordinator::ShardLink,
     /// One per access-log destination, in the plan's order.
     pub access_log: Vec<crate::accesslog::writer::Sink>,
+    pub ws: WsLinks,
+}
+
+/// How the shard's inbox is reached by the other shards' WebSocket
+/// `@connections` requests.
+pub(super) struct WsLinks {
+    /// Rung by a shard that put a command in this shard's inbox.
+    pub bell: crate::gateway::websocket::Bell,
+    /// Every shard's inbox and bell, by id.
+    pub peers: Vec<crate::gateway::websocket::Peer>,
 }
 
 /// One of a shard's listening sockets, as the main thread bound it.
@@ -205,6 +215,10 @@ pub(super) async fn run(
         tuning.map_or(plan.server.max_connections_per_shard, |t| t.max_connections);
     let queues = Queues::new(tuning.and_then(|t| t.background_shares));
     let shard = Rc::new(Gateway::new(id, plan, links.throttle, links.usage));
+    crate::gateway::websocket::set_peers(links.ws.peers);
+    let bell = links.ws.bell;
+    // This task's waker, left with the bell whenever the loop waits.
+    let me = std::future::poll_fn(|cx| std::task::Poll::Ready(cx.waker().clone())).await;
     let mut logs_access = !links.access_log.is_empty();
     shard.access.log.attach(links.access_log);
     let mut accepting = Vec::new();
@@ -273,8 +287,13 @@ pub(super) async fn run(
                 });
             }
             Ok(Control::WebSocket(cmd)) => {
+                // Another shard rings the bell; the admin listener does
+                // not, so its runs are met by looking often.
+                let from_admin = cmd.wake.is_none();
                 crate::gateway::websocket::command(cmd);
-                busy_until = Some(Instant::now() + INBOX_BUSY_FOR);
+                if from_admin {
+                    busy_until = Some(Instant::now() + INBOX_BUSY_FOR);
+                }
             }
             Err(TryRecvError::Empty) => {
                 let poll = match busy_until {
@@ -284,7 +303,21 @@ pub(super) async fn run(
                         INBOX_POLL
                     }
                 };
-                glommio::timer::sleep(poll).await
+                // Another shard's @connections request rings the bell
+                // after it put its command in the inbox: the waker is left
+                // first, then the inbox looked at again, so a command sent
+                // in between is not left waiting for the timer.
+                bell.arm(&me);
+                if inbox.is_empty() {
+                    let arrived = std::future::poll_fn(|_| {
+                        if inbox.is_empty() {
+                            std::task::Poll::Pending
+                        } else {
+                            std::task::Poll::Ready(())
+                        }
+                    });
+                    futures_lite::future::or(glommio::timer::sleep(poll), arrived).await
+                }
             }
         }
     }

@@ -49,6 +49,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
+mod sigv4;
 mod soak;
 mod ws;
 
@@ -66,9 +67,10 @@ const USAGE: &str = "usage:
   cgload ws-server --addr 127.0.0.1:PORT
   cgload ws-echo --addr 127.0.0.1:PORT --duration SECS [--path /p] [--conns N]
               [--size BYTES] [--warmup SECS]
-  cgload ws-idle --addr 127.0.0.1:PORT --conns N --hold SECS [--path /p]
-  cgload ws-push --addr 127.0.0.1:PORT --admin 127.0.0.1:PORT --duration SECS
-              [--path /p] [--conns N] [--shard N] [--pushers N]";
+  cgload ws-idle --addr 127.0.0.1:PORT --conns N --hold SECS [--path /p] [--within SECS]
+  cgload ws-push --addr 127.0.0.1:PORT --push-addr 127.0.0.1:PORT --duration SECS
+              [--path /p] [--conns N] [--shard N] [--pushers N]
+              [--push-prefix /@connections/] [--sigv4 AKID:SECRET:REGION]";
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();

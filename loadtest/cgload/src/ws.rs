@@ -8,14 +8,17 @@
 //! - `ws-echo`: `--conns` connections, each in a closed loop of one text
 //!   message of `--size` bytes and its answer, for `--duration` seconds
 //!   after `--warmup`; prints `messages=N rate=R`.
-//! - `ws-idle`: opens `--conns` WebSocket connections one after the other,
-//!   prints `READY`, holds them for `--hold` seconds.
+//! - `ws-idle`: opens `--conns` WebSocket connections one after the other
+//!   (for at most `--within` seconds), prints `READY N` (how many are
+//!   open), holds them for `--hold` seconds.
 //! - `ws-push`: opens `--conns` WebSocket connections to a WebSocket API
 //!   with no `$default` (each learns its connection id from the
 //!   `Forbidden` answer to one message), keeps those whose id names shard
-//!   `--shard`, and pushes to them through `--admin`'s
-//!   `POST /@connections/{id}` from `--pushers` keep-alive connections
-//!   for `--duration` seconds; prints `pushes=N received=M rate=R`.
+//!   `--shard`, and pushes to them with `POST {--push-prefix}{id}` (the
+//!   admin listener's `/@connections/` by default, or a WebSocket API's
+//!   own `/api/@connections/`, signed with `--sigv4`) to `--push-addr`
+//!   from `--pushers` keep-alive connections for `--duration` seconds;
+//!   prints `pushes=N received=M rate=R`.
 
 use crate::Opts;
 use std::io::{Read, Write};
@@ -300,8 +303,14 @@ pub fn idle(o: &Opts) {
     let path = o.get::<String>("path", Some("/".to_string()));
     let conns = o.get::<u64>("conns", None) as usize;
     let hold = Duration::from_secs_f64(o.get::<f64>("hold", None));
+    // Opening stops after `--within` seconds, with what is open by then.
+    let within = Duration::from_secs_f64(o.get::<f64>("within", Some(f64::MAX / 4.0)));
+    let started = Instant::now();
     let mut open_ones = Vec::with_capacity(conns);
     for i in 0..conns {
+        if started.elapsed() > within {
+            break;
+        }
         match open(addr, &path) {
             Ok(s) => open_ones.push(s),
             Err(e) => crate::fail(&format!("ws-idle: connection {i}: {e}")),
@@ -315,7 +324,15 @@ pub fn idle(o: &Opts) {
 
 pub fn push(o: &Opts) {
     let addr = o.addr();
-    let admin: SocketAddr = o.get("admin", None);
+    // Where pushes go: the admin listener's `/@connections/`, or a
+    // WebSocket API's own path (`--push-prefix /api/@connections/`, signed
+    // with `--sigv4 AKID:SECRET:REGION`).
+    let push_addr: SocketAddr = o.get("push-addr", None);
+    let prefix = o.get::<String>("push-prefix", Some("/@connections/".to_string()));
+    let creds = o.0.get("sigv4").map(|c| {
+        crate::sigv4::Credentials::parse(c)
+            .unwrap_or_else(|| crate::fail("--sigv4: AKID:SECRET:REGION"))
+    });
     let path = o.get::<String>("path", Some("/".to_string()));
     let conns = o.get::<u64>("conns", Some(8)) as usize;
     let want_shard = o.get::<u64>("shard", Some(0));
@@ -373,6 +390,21 @@ pub fn push(o: &Opts) {
         }));
     }
     let pushes = Arc::new(AtomicU64::new(0));
+    // Each push's request, made (and signed) once per connection.
+    let host = push_addr.to_string();
+    let ids: Vec<Vec<u8>> = ids
+        .iter()
+        .map(|id| {
+            let target = format!("{prefix}{id}");
+            match &creds {
+                Some(c) => c.signed_post(&host, &target, b"hello"),
+                None => format!(
+                    "POST {target} HTTP/1.1\r\nhost: {host}\r\ncontent-length: 5\r\n\r\nhello"
+                )
+                .into_bytes(),
+            }
+        })
+        .collect();
     let ids = Arc::new(ids);
     let mut threads = Vec::new();
     println!("START");
@@ -380,25 +412,23 @@ pub fn push(o: &Opts) {
     for p in 0..pushers {
         let (ids, stop, pushes) = (ids.clone(), stop.clone(), pushes.clone());
         threads.push(std::thread::spawn(move || {
-            let mut s = TcpStream::connect(admin).unwrap_or_else(|e| crate::fail(&format!("ws-push: admin: {e}")));
+            let mut s = TcpStream::connect(push_addr)
+                .unwrap_or_else(|e| crate::fail(&format!("ws-push: {push_addr}: {e}")));
             let _ = s.set_nodelay(true);
             let mut i = p;
             let mut resp = [0u8; 4096];
             while !stop.load(Ordering::Relaxed) {
-                let id = &ids[i % ids.len()];
+                let req = &ids[i % ids.len()];
                 i += 1;
-                let req = format!(
-                    "POST /@connections/{id} HTTP/1.1\r\nhost: admin\r\ncontent-length: 5\r\n\r\nhello"
-                );
-                if s.write_all(req.as_bytes()).is_err() {
-                    crate::fail("ws-push: admin send failed");
+                if s.write_all(req).is_err() {
+                    crate::fail("ws-push: send failed");
                 }
                 // The answer: a head with content-length 0 (200) or a JSON error.
                 let mut got = Vec::new();
                 loop {
                     let n = s.read(&mut resp).unwrap_or(0);
                     if n == 0 {
-                        crate::fail("ws-push: admin closed");
+                        crate::fail("ws-push: the push connection closed");
                     }
                     got.extend_from_slice(&resp[..n]);
                     if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {

@@ -35,4 +35,8 @@ pub struct RawWebsocket {
     /// Accept binary messages (routed to `$default`); else they close the
     /// connection with 1003.
     pub allow_binary: Option<bool>,
+    /// The `[[authorizers]]` entry (of kind sigv4) whose credentials may
+    /// use `@connections` on the API's own path; without it that path is
+    /// not served.
+    pub connections_authorizer: Option<String>,
 }
