@@ -18,7 +18,7 @@
 //! lock file beside it, so the desk and the admin API's threads never
 //! interleave theirs.
 
-use super::serve::Response;
+use super::response::Response;
 use crate::runtime::{KeyChange, MainRequest, Running};
 use crossbeam_channel::{Receiver, Sender};
 use serde::{Deserialize, Serialize};

@@ -16,6 +16,7 @@
 
 pub mod keys;
 mod pages;
+mod response;
 mod serve;
 mod try_it;
 

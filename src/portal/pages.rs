@@ -7,7 +7,7 @@
 //! portal's script is a file, and the content security policy allows no
 //! other), so a hostile description or API name shows as text.
 
-use super::serve::Response;
+use super::response::Response;
 use super::{escape as e, query_value, url_encode};
 use crate::config::raw::lifecycle::RawLifecycle;
 use crate::config::raw::{RawApi, RawConfig, RawRoute};

@@ -6,10 +6,10 @@
 //! security policy that allows scripts from the portal's own files only,
 //! so no inline script runs whatever a page contains.
 
+use super::response::Response;
 use super::{keys, pages, try_it, Shared};
 use crate::http::method::Method;
 use crate::http::parse::{parse_request_head, Framing, HeadLimits, RequestHead};
-use serde_json::{json, Value};
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -80,48 +80,6 @@ pub(super) fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
             active.fetch_sub(1, Ordering::AcqRel);
             crate::log!("warn", "portal: cannot start a connection thread: {e}");
         }
-    }
-}
-
-/// A response to send.
-pub(super) struct Response {
-    pub status: u16,
-    pub content_type: &'static str,
-    pub body: Vec<u8>,
-    /// Extra header lines, each ending in CRLF.
-    pub headers: String,
-}
-
-impl Response {
-    pub fn ok(content_type: &'static str, body: Vec<u8>) -> Response {
-        Response {
-            status: 200,
-            content_type,
-            body,
-            headers: String::new(),
-        }
-    }
-
-    pub fn html(status: u16, body: String) -> Response {
-        Response {
-            status,
-            content_type: "text/html; charset=utf-8",
-            body: body.into_bytes(),
-            headers: String::new(),
-        }
-    }
-
-    pub fn json(status: u16, v: &Value) -> Response {
-        Response {
-            status,
-            content_type: "application/json",
-            body: v.to_string().into_bytes(),
-            headers: String::new(),
-        }
-    }
-
-    pub fn error(status: u16, message: &str) -> Response {
-        Response::json(status, &json!({ "message": message }))
     }
 }
 

@@ -6,7 +6,7 @@
 //! sees the request as coming from the portal's host (its IP rules and
 //! per-client throttles apply to that address).
 
-use super::serve::Response;
+use super::response::Response;
 use crate::runtime::Running;
 use serde_json::{json, Value};
 use std::io::{Read, Write};
