@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Spliced bodies against copied ones, counted rather than timed: the same
 # binary with `server.splice_min_bytes` at its default (splice) and at 0
-# (copy), the same fixed number of 1 MiB downloads and 1 MiB uploads on one
+# (copy), the same fixed number of downloads and uploads (1 MiB bodies by
+# default) on one
 # keep-alive connection, and for each the gateway's syscalls by name
 # (`strace -c -f`, in a second pass) and its CPU time (utime + stime from
 # /proc, in a first pass without strace; timed, so noisy on a busy
@@ -9,9 +10,9 @@
 # busy the machine is beyond how often a socket is found empty or full.
 #
 #   loadtest/splice.sh [BINARY]     (default: target/release/coregate, built)
-#   SPLICE_N=200 SPLICE_PIPE_BYTES=65536 loadtest/splice.sh
+#   SPLICE_N=200 SPLICE_PIPE_BYTES=65536 SPLICE_BODY_BYTES=131072 loadtest/splice.sh
 #
-# Loopback only, one shard; an nginx backend serves a 1 MiB file and reads
+# Loopback only, one shard; an nginx backend serves a file of that size and reads
 # uploads whole. Every process it starts is stopped on exit. About a minute.
 set -euo pipefail
 
@@ -21,15 +22,17 @@ if [ -z "$BIN" ]; then
     (cd "$ROOT" && cargo build --release --bin coregate >/dev/null 2>&1)
     BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release/coregate
 fi
-N=${SPLICE_N:-200}
+N=${SPLICE_N:-500}
+SIZE=${SPLICE_BODY_BYTES:-1048576}
 PIPE=${SPLICE_PIPE_BYTES:-}
 . "$ROOT/loadtest/counting.sh"
 need strace nginx
 
-# A backend of its own: /big is 1 MiB, /upload reads the body whole.
-head -c 1048576 /dev/zero | tr '\0' 'x' >"$WORK/big"
+# A backend of its own: /big is SIZE bytes, /upload reads the body whole.
+head -c "$SIZE" /dev/zero | tr '\0' 'x' >"$WORK/big"
 BIG_PORT=$(free_port)
 cat >"$WORK/nginx/big.conf" <<NGINX
+user root;
 daemon off;
 worker_processes 1;
 pid $WORK/nginx/big.pid;
@@ -61,17 +64,17 @@ start_backend
 nginx -c "$WORK/nginx/big.conf" -p "$WORK/nginx" &
 PIDS+=($!)
 
-# N downloads or N uploads of 1 MiB on one keep-alive connection.
+# N downloads or N uploads of SIZE bytes on one keep-alive connection.
 cat >"$WORK/bodies.py" <<'PY'
 import socket, sys
-port, what, n = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+port, what, n, size = int(sys.argv[1]), sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 s = socket.create_connection(("127.0.0.1", port), timeout=30)
 s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-body = b"x" * 1048576
+body = b"x" * size
 if what == "download":
     req = b"GET /big HTTP/1.1\r\nHost: t\r\n\r\n"
 else:
-    req = b"POST /upload HTTP/1.1\r\nHost: t\r\nContent-Length: 1048576\r\n\r\n" + body
+    req = b"POST /upload HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n\r\n" % size + body
 for _ in range(n):
     s.sendall(req)
     buf = b""
@@ -125,30 +128,33 @@ TOML
     gw=$!
     PIDS+=($gw)
     wait_port "$port"
-    python3 "$WORK/bodies.py" "$port" "$what" 5   # warm-up: pool, pipes
+    python3 "$WORK/bodies.py" "$port" "$what" 5 "$SIZE"   # warm-up: pool, pipes
     # CPU first, without strace (which slows every syscall), then counts.
     t0=$(ticks "$gw")
-    python3 "$WORK/bodies.py" "$port" "$what" "$N"
+    python3 "$WORK/bodies.py" "$port" "$what" "$N" "$SIZE"
     t1=$(ticks "$gw")
     strace -c -f -q -o "$WORK/strace-$label-$what.txt" -p "$gw" &
     st=$!
     sleep 1
-    python3 "$WORK/bodies.py" "$port" "$what" "$N"
+    python3 "$WORK/bodies.py" "$port" "$what" "$N" "$SIZE"
     kill -INT "$st" 2>/dev/null || true
     wait "$st" 2>/dev/null || true
     kill -TERM "$gw" 2>/dev/null || true
     wait "$gw" 2>/dev/null || true
     local calls
-    calls=$(awk '$NF == "total" { print $(NF-2) }' "$WORK/strace-$label-$what.txt")
+    calls=$(awk '$NF == "total" { print $4 }' "$WORK/strace-$label-$what.txt")
     printf '%-8s %-6s %10s %12s   %s\n' "$what" "$label" \
         "$(awk -v c="${calls:-0}" -v n="$N" 'BEGIN { printf "%.1f", c / n }')" \
         "$(awk -v d=$((t1 - t0)) -v u=$TICK_US -v n="$N" 'BEGIN { printf "%.0f", d * u / n }')" \
-        "$(awk 'NR > 2 && $NF != "total" && $NF !~ /^-/ && $(NF-2) ~ /^[0-9]+$/ { printf "%s %.1f  ", $NF, $(NF-2) / '"$N"' }' "$WORK/strace-$label-$what.txt")"
+        "$(awk -v n="$N" '$NF != "total" && $4 ~ /^[0-9]+$/ && $4 / n >= 0.05 { print $4, $NF }' "$WORK/strace-$label-$what.txt" |
+            sort -rn | awk -v n="$N" '{ printf "%s %.2f  ", $2, $1 / n }')"
 }
 
-echo "binary: $BIN; $N requests of 1 MiB each; pipe ${PIPE:-default}"
+echo "binary: $BIN; $N requests with a $SIZE-byte body each; pipe ${PIPE:-default}"
 printf '%-8s %-6s %10s %12s   %s\n' body path syscalls/req 'CPU us/req' 'by name, per request'
 for what in download upload; do
     measure copy 0 "$what"
-    measure splice 65536 "$what"
+    # Every body spliced, whatever its size (the bytes that come with
+    # the head are still copied).
+    measure splice 1 "$what"
 done
