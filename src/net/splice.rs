@@ -96,8 +96,9 @@ fn take_pipe(size: usize) -> Option<Pipe> {
         return pooled;
     }
     let (r, w) = sys::pipe().ok()?;
-    // Refused past `/proc/sys/fs/pipe-user-pages-soft` (or above
-    // pipe-max-size): then no pipe rather than a tiny one.
+    // Refused past `/proc/sys/fs/pipe-user-pages-hard` (or above
+    // pipe-max-size) without CAP_SYS_RESOURCE: then no pipe rather than a
+    // small one.
     let got = sys::set_pipe_size(w.as_raw_fd(), size).ok()?;
     Some(Pipe {
         r,
