@@ -17,6 +17,11 @@
 #                              measure another build (before/after pairs)
 #   THR_DUR=120 loadtest/run.sh --only throttle-accuracy
 #                              seconds per throttle-accuracy run (default 60)
+#   loadtest/run.sh --only splice
+#                              syscalls and CPU of spliced against copied
+#                              1 MiB bodies (loadtest/splice.sh; not in the
+#                              default list). SPLICE_MIN_BYTES=0 makes every
+#                              other section copy bodies.
 #   loadtest/run.sh --only lightload
 #                              CPU and syscalls per request at 50% of nginx's
 #                              maximum, and idle CPU (loadtest/lightload.sh)
@@ -377,6 +382,7 @@ listen = ["127.0.0.1:$1"]
 shards = $2
 cpus = [$3]
 drain_timeout_ms = 2000
+${SPLICE_MIN_BYTES:+splice_min_bytes = $SPLICE_MIN_BYTES}
 
 [server.limits]
 max_body_bytes = 16777216
@@ -985,6 +991,17 @@ if want websocket; then
     log "websocket: loadtest/ws.sh"
     SMOKE=$SMOKE COREGATE=$COREGATE CGLOAD=$CGLOAD OUT=$OUT "$LT/ws.sh" >>"$OUT/run.log" 2>&1 ||
         log "websocket: ws.sh failed (see run.log)"
+fi
+
+# === splice: syscalls and CPU of spliced against copied 1 MiB bodies ===
+# Only with --only splice (loadtest/splice.sh, its own gateway and backend).
+# The bodies section compares the two paths timed, against nginx:
+# SPLICE_MIN_BYTES=0 loadtest/run.sh --only bodies copies every body.
+if want splice; then
+    log "splice: loadtest/splice.sh"
+    "$LT/splice.sh" "$COREGATE" >"$OUT/splice.txt" 2>>"$OUT/run.log" ||
+        log "splice: splice.sh failed (see run.log)"
+    cat "$OUT/splice.txt" >>"$OUT/run.log"
 fi
 
 LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)

@@ -82,6 +82,7 @@ impl Gateway {
         }
         let (accepted, accepted_tls) = self.metrics.accepted();
         let (reactor_passes, reactor_busy_ns) = crate::net::loop_stats();
+        let (spliced_to_client, spliced_to_upstream) = crate::net::splice::spliced_bytes();
         ShardSnapshot {
             shard: self.id,
             generation: generation.number,
@@ -98,6 +99,8 @@ impl Gateway {
                 accepted,
                 accepted_tls,
                 tls_failures: self.tls_failures(),
+                spliced_to_client,
+                spliced_to_upstream,
             },
             websocket: super::websocket::snapshot(),
         }

@@ -897,7 +897,9 @@ impl BodyIn<'_> {
     /// Streams the body from `client` into `sink`, or discards it when
     /// `sink` is None. Bytes are written from the read buffer itself, and
     /// at most [`READ_BUF`] of them are held at a time, whatever the
-    /// body's length. A chunked body is re-framed. On success only bytes
+    /// body's length; a Content-Length body of at least
+    /// `splice_min_bytes` between plain sockets goes, after what was
+    /// buffered, from socket to socket without a buffer ([`splice_rest`]). A chunked body is re-framed. On success only bytes
     /// after the body remain buffered. Returns the body length.
     ///
     /// `client` reads only, and `sink` writes only: the proxy runs this
@@ -932,6 +934,11 @@ impl BodyIn<'_> {
                     // Everything buffered was body; the buffer is free.
                     *self.rpos = 0;
                     *self.rend = 0;
+                    if let Some(s) = sink.as_deref_mut() {
+                        if let Some(r) = splice_rest(client, s, limits, n, remaining).await {
+                            return r.map(|()| n);
+                        }
+                    }
                 }
                 let mut turn = 0;
                 while remaining > 0 {
@@ -994,6 +1001,37 @@ impl BodyIn<'_> {
             Err(_) => Err(BodyError::Client),
         }
     }
+}
+
+/// Splices the `remaining` bytes of a request body of `len` bytes from
+/// `client` to `sink` when that is on (`server.splice_min_bytes`, both
+/// plain TCP, a pipe to be had); None when the body is to be copied. The
+/// body's read timeout holds while it waits for the client, as for a copy.
+async fn splice_rest<C: Io, S: Io>(
+    client: &mut C,
+    sink: &mut S,
+    limits: &Limits,
+    len: u64,
+    remaining: u64,
+) -> Option<Result<(), BodyError>> {
+    use crate::net::splice::{SpliceError, Toward, Transfer};
+    if limits.splice_min_bytes == 0
+        || len < limits.splice_min_bytes
+        || client.with_plain(|_| ()).is_none()
+        || sink.with_plain(|_| ()).is_none()
+    {
+        return None;
+    }
+    let mut t = Transfer::new(remaining, limits.splice_pipe_bytes, Toward::Upstream)?;
+    client.set_read_timeout(Some(limits.body_read_timeout));
+    let moved = std::cell::Cell::new(0);
+    let r = crate::tls::stream::splice(client, sink, &mut t, &moved).await;
+    Some(r.map_err(|e| match e {
+        SpliceError::Closed => BodyError::Client,
+        SpliceError::Read(e) if e.kind() == io::ErrorKind::TimedOut => BodyError::Timeout,
+        SpliceError::Read(_) => BodyError::Client,
+        SpliceError::Write(e) => BodyError::Sink(e),
+    }))
 }
 
 /// After this many connections released their buffers, the shard hands

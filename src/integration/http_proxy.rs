@@ -17,6 +17,14 @@
 //! Over TLS (a client on an HTTPS listener, or an https:// upstream) the
 //! same code runs on a [`crate::tls::stream::Stream`]; bodies are then
 //! encrypted or decrypted on their way, so not zero-copy.
+//!
+//! Between plain TCP sockets, a Content-Length body of at least
+//! `server.splice_min_bytes` that nothing has to see (not captured for the
+//! cache; a request body the gateway read whole, for SigV4 or a mapping,
+//! is all buffered already) does not pass through user space at all: the
+//! bytes that came with the head go first from the buffer, the rest from
+//! socket to socket through a pipe ([`crate::net::splice`]). Chunked and
+//! close-delimited bodies are copied.
 
 use crate::http::body::{check_start, ChunkedDecoder};
 use crate::http::conn::{BodyError, Conn, Connections, Flow, Split};
@@ -474,6 +482,7 @@ async fn forward_inner(
         capture,
         keep,
         &sent,
+        upstream.limits,
     )
     .await;
     report.bytes_out = sent.get();
@@ -584,8 +593,19 @@ async fn duplex(
                 && pending != Upload::Cut;
             started.set(true);
             let responded = respond(
-                &mut c, &mut u, up_buf, *up_filled, &resp, wbuf, ebuf, f, uplan, capture, keep,
+                &mut c,
+                &mut u,
+                up_buf,
+                *up_filled,
+                &resp,
+                wbuf,
+                ebuf,
+                f,
+                uplan,
+                capture,
+                keep,
                 &sent,
+                upstream.limits,
             )
             .await;
             Ok::<Down, UpErr>(Down {
@@ -806,6 +826,7 @@ async fn respond<C: Io, U: Io>(
     mut capture: Option<&mut Capture>,
     keep: bool,
     sent: &Cell<u64>,
+    limits: &Limits,
 ) -> Responded {
     let client_11 = f.minor_version == 1;
     let mut client_keep = keep;
@@ -882,7 +903,17 @@ async fn respond<C: Io, U: Io>(
                     }
                     let body = capture.as_deref_mut().map(|c| &mut c.body);
                     sent.set(sent.get() + take as u64);
-                    let r = copy_length(client, io, buf, uplan, n - take as u64, body, sent).await;
+                    let rest = n - take as u64;
+                    let r = match body {
+                        // Nothing needs to see the bytes: splice them
+                        // when that is on and both sides are plain TCP.
+                        None => match splice_length(client, io, uplan, limits, n, rest, sent).await
+                        {
+                            Some(r) => r,
+                            None => copy_length(client, io, buf, uplan, rest, None, sent).await,
+                        },
+                        Some(_) => copy_length(client, io, buf, uplan, rest, body, sent).await,
+                    };
                     if let (Ok(()), Some(c)) = (&r, capture) {
                         c.complete = true;
                     }
@@ -1105,6 +1136,43 @@ async fn copy_length<C: Io, U: Io>(
         remaining -= n as u64;
     }
     Ok(())
+}
+
+/// Splices the `remaining` bytes of a response body of `len` bytes from
+/// the upstream to the client ([`crate::net::splice`]) when
+/// `server.splice_min_bytes` allows it, both connections are plain TCP
+/// and a pipe can be had; None when the body is to be copied. The
+/// upstream's `timeout_ms` bounds each wait for its bytes, as for a copy;
+/// `sent` counts the bytes written to the client.
+async fn splice_length<C: Io, U: Io>(
+    client: &mut C,
+    io: &mut U,
+    uplan: &UpstreamPlan,
+    limits: &Limits,
+    len: u64,
+    remaining: u64,
+    sent: &Cell<u64>,
+) -> Option<Result<(), StreamErr>> {
+    use crate::net::splice::{SpliceError, Toward, Transfer};
+    if limits.splice_min_bytes == 0
+        || len < limits.splice_min_bytes
+        || remaining == 0
+        || client.with_plain(|_| ()).is_none()
+        || io.with_plain(|_| ()).is_none()
+    {
+        return None;
+    }
+    let mut t = Transfer::new(remaining, limits.splice_pipe_bytes, Toward::Client)?;
+    io.set_read_timeout(Some(uplan.timeout));
+    let r = crate::tls::stream::splice(io, client, &mut t, sent).await;
+    Some(r.map_err(|e| match e {
+        SpliceError::Closed => StreamErr::Upstream("connection closed early"),
+        SpliceError::Read(e) if e.kind() == io::ErrorKind::TimedOut => {
+            StreamErr::Upstream("timed out")
+        }
+        SpliceError::Read(_) => StreamErr::Upstream("connection reset"),
+        SpliceError::Write(_) => StreamErr::Client,
+    }))
 }
 
 /// Streams a chunked body: re-framed with `keep_framing`, else its data

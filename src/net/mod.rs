@@ -40,6 +40,7 @@
 //! no new edge announces it; that connection waits until its read timeout.
 //! Only the sender of the urgent byte is affected.
 
+pub mod splice;
 mod sys;
 #[cfg(test)]
 mod tests;

@@ -319,3 +319,48 @@ fn from_sockaddr(storage: &libc::sockaddr_storage) -> Option<SocketAddr> {
         _ => None,
     }
 }
+
+/// A non-blocking, close-on-exec pipe: (read end, write end).
+pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0 as libc::c_int; 2];
+    // SAFETY: `fds` has room for the two descriptors.
+    check(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) })?;
+    // SAFETY: both descriptors were just created and are owned by nobody
+    // else.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// Sets a pipe's capacity (`F_SETPIPE_SZ`); returns the capacity the
+/// kernel chose (at least `bytes`, rounded up to a power of two pages).
+pub fn set_pipe_size(fd: RawFd, bytes: usize) -> io::Result<usize> {
+    let want = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    // SAFETY: plain syscall on a descriptor the caller owns.
+    let got = check(unsafe { libc::fcntl(fd, libc::F_SETPIPE_SZ, want) })?;
+    Ok(got as usize)
+}
+
+/// Bytes waiting in a pipe (`FIONREAD`).
+#[cfg(test)]
+pub fn pipe_bytes(fd: RawFd) -> io::Result<usize> {
+    let mut n: libc::c_int = 0;
+    // SAFETY: `n` is valid for a write of an int.
+    check(unsafe { libc::ioctl(fd, libc::FIONREAD, &mut n) })?;
+    Ok(n.max(0) as usize)
+}
+
+/// Moves up to `len` bytes from `from` to `to`, one of which is a pipe,
+/// without copying them to user space: `SPLICE_F_MOVE | SPLICE_F_NONBLOCK`.
+/// `WouldBlock` when the source has nothing or the destination no room.
+pub fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
+    // SAFETY: plain syscall; no offsets (both ends are streams).
+    check_size(unsafe {
+        libc::splice(
+            from,
+            std::ptr::null_mut(),
+            to,
+            std::ptr::null_mut(),
+            len,
+            libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK,
+        )
+    })
+}

@@ -433,3 +433,214 @@ fn a_listener_that_refuses_new_connections_keeps_its_backlog() {
         assert_eq!(back, b"answer");
     });
 }
+
+// === splice ===
+
+/// Bytes `i` of a spliced test body: a counter per 8 bytes, so a lost,
+/// repeated or reordered piece shows.
+fn counter_body(len: usize) -> Vec<u8> {
+    (0..len.div_ceil(8) as u64)
+        .flat_map(|i| i.to_le_bytes())
+        .take(len)
+        .collect()
+}
+
+/// A source socket (accepted; its peer thread writes `body` then waits for
+/// `hold` before closing) and a destination socket (connected; its peer
+/// thread reads everything, after `delay`).
+async fn splice_pair(
+    body: Vec<u8>,
+    delay: Duration,
+) -> (
+    Socket,
+    Socket,
+    std::thread::JoinHandle<()>,
+    std::thread::JoinHandle<Vec<u8>>,
+) {
+    let (l, addr) = listener();
+    let writer = std::thread::spawn(move || {
+        let mut c = std::net::TcpStream::connect(addr).unwrap();
+        c.write_all(&body).unwrap();
+        // Keep the connection open until the reader side is done.
+        let mut b = [0u8; 1];
+        let _ = c.read(&mut b);
+    });
+    let (src, _) = l.accept().await.unwrap();
+    let sink = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let sink_addr = sink.local_addr().unwrap();
+    let reader = std::thread::spawn(move || {
+        let (mut c, _) = sink.accept().unwrap();
+        std::thread::sleep(delay);
+        let mut all = Vec::new();
+        c.read_to_end(&mut all).unwrap();
+        all
+    });
+    let dst = Socket::connect(sink_addr, Duration::from_secs(5))
+        .await
+        .unwrap();
+    src.set_read_timeout(Some(Duration::from_secs(10)));
+    dst.set_write_timeout(Some(Duration::from_secs(10)));
+    (src, dst, writer, reader)
+}
+
+async fn run_transfer(
+    t: &mut splice::Transfer,
+    src: &Socket,
+    dst: &Socket,
+) -> Result<(), splice::SpliceError> {
+    futures_lite::future::poll_fn(|cx| t.poll(cx, src, dst)).await
+}
+
+#[test]
+fn splice_moves_a_body_exactly_through_a_small_pipe_to_a_slow_reader() {
+    run(async {
+        // 3 MiB through a 64 KiB pipe; the reader starts late, so the
+        // destination fills and the transfer waits for room many times.
+        let body = counter_body(3 << 20);
+        let (src, dst, writer, reader) =
+            splice_pair(body.clone(), Duration::from_millis(200)).await;
+        let mut t = splice::Transfer::new(body.len() as u64, 64 * 1024, splice::Toward::Client)
+            .expect("a pipe");
+        let before = splice::spliced_bytes();
+        run_transfer(&mut t, &src, &dst).await.unwrap();
+        assert_eq!(t.moved(), body.len() as u64);
+        assert_eq!(splice::spliced_bytes().0 - before.0, body.len() as u64);
+        drop(t);
+        drop(dst);
+        drop(src);
+        let got = reader.join().unwrap();
+        writer.join().unwrap();
+        assert_eq!(got.len(), body.len());
+        assert!(got == body, "the spliced bytes differ from the body sent");
+        // The pipe went back to the pool, empty.
+        assert_eq!(splice::idle_pipes(), vec![0]);
+    });
+}
+
+#[test]
+fn a_pipe_left_holding_bytes_is_never_reused() {
+    run(async {
+        // One good transfer leaves one idle pipe.
+        let body = counter_body(200_000);
+        let (src, dst, writer, reader) = splice_pair(body.clone(), Duration::ZERO).await;
+        let mut t =
+            splice::Transfer::new(body.len() as u64, 64 * 1024, splice::Toward::Client).unwrap();
+        run_transfer(&mut t, &src, &dst).await.unwrap();
+        drop((t, src, dst));
+        assert_eq!(reader.join().unwrap(), body);
+        writer.join().unwrap();
+        assert_eq!(splice::idle_pipes(), vec![0]);
+
+        // The next transfer takes that pipe; its destination was reset by
+        // its peer, so the splice that filled the pipe cannot empty it.
+        let stale = vec![0xEE; 100_000];
+        let (l, addr) = listener();
+        let stale_writer = {
+            let stale = stale.clone();
+            std::thread::spawn(move || {
+                let mut c = std::net::TcpStream::connect(addr).unwrap();
+                c.write_all(&stale).unwrap();
+                let mut b = [0u8; 1];
+                let _ = c.read(&mut b);
+            })
+        };
+        let (src, _) = l.accept().await.unwrap();
+        let sink = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let sink_addr = sink.local_addr().unwrap();
+        let dst = Socket::connect(sink_addr, Duration::from_secs(5))
+            .await
+            .unwrap();
+        let (peer, _) = sink.accept().unwrap();
+        socket2::SockRef::from(&peer)
+            .set_linger(Some(Duration::ZERO))
+            .unwrap();
+        drop(peer); // RST
+        glommio::timer::sleep(Duration::from_millis(50)).await;
+        // Wait until the stale bytes are all there, so one splice takes
+        // them into the pipe.
+        glommio::timer::sleep(Duration::from_millis(50)).await;
+        let mut t =
+            splice::Transfer::new(stale.len() as u64, 64 * 1024, splice::Toward::Client).unwrap();
+        assert!(splice::idle_pipes().is_empty(), "the idle pipe was taken");
+        match run_transfer(&mut t, &src, &dst).await {
+            Err(splice::SpliceError::Write(_)) => {}
+            other => panic!("expected a write failure, got {other:?}"),
+        }
+        assert_eq!(t.moved(), 0);
+        drop((t, src, dst));
+        stale_writer.join().unwrap();
+        // The pipe held the stale bytes: closed, not pooled.
+        assert!(
+            splice::idle_pipes().is_empty(),
+            "a pipe holding bytes went back to the pool: {:?}",
+            splice::idle_pipes()
+        );
+
+        // The body after it is exact.
+        let body = counter_body(300_000);
+        let (src, dst, writer, reader) = splice_pair(body.clone(), Duration::ZERO).await;
+        let mut t =
+            splice::Transfer::new(body.len() as u64, 64 * 1024, splice::Toward::Client).unwrap();
+        run_transfer(&mut t, &src, &dst).await.unwrap();
+        drop((t, src, dst));
+        let got = reader.join().unwrap();
+        writer.join().unwrap();
+        assert!(got == body, "stale bytes reached the next body");
+        assert_eq!(splice::idle_pipes(), vec![0]);
+    });
+}
+
+#[test]
+fn splice_reports_a_source_that_ends_early_and_one_that_is_silent() {
+    run(async {
+        // The source sends 1000 of 5000 bytes, then closes.
+        let (l, addr) = listener();
+        let w = std::thread::spawn(move || {
+            let mut c = std::net::TcpStream::connect(addr).unwrap();
+            c.write_all(&[1u8; 1000]).unwrap();
+        });
+        let (src, _) = l.accept().await.unwrap();
+        let sink = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let sink_addr = sink.local_addr().unwrap();
+        let r = std::thread::spawn(move || {
+            let (mut c, _) = sink.accept().unwrap();
+            let mut all = Vec::new();
+            let _ = c.read_to_end(&mut all);
+            all.len()
+        });
+        let dst = Socket::connect(sink_addr, Duration::from_secs(5))
+            .await
+            .unwrap();
+        src.set_read_timeout(Some(Duration::from_secs(10)));
+        w.join().unwrap();
+        let mut t = splice::Transfer::new(5000, 64 * 1024, splice::Toward::Upstream).unwrap();
+        match run_transfer(&mut t, &src, &dst).await {
+            Err(splice::SpliceError::Closed) => {}
+            other => panic!("expected Closed, got {other:?}"),
+        }
+        assert_eq!(t.moved(), 1000);
+        drop((t, dst));
+        assert_eq!(r.join().unwrap(), 1000);
+
+        // A silent source: the read timeout ends the wait.
+        let (l, addr) = listener();
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let w = std::thread::spawn(move || {
+            let _c = std::net::TcpStream::connect(addr).unwrap();
+            let _ = rx.recv();
+        });
+        let (src, _) = l.accept().await.unwrap();
+        let sink = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let dst = Socket::connect(sink.local_addr().unwrap(), Duration::from_secs(5))
+            .await
+            .unwrap();
+        src.set_read_timeout(Some(Duration::from_millis(100)));
+        let mut t = splice::Transfer::new(5000, 64 * 1024, splice::Toward::Upstream).unwrap();
+        match run_transfer(&mut t, &src, &dst).await {
+            Err(splice::SpliceError::Read(e)) => assert_eq!(e.kind(), io::ErrorKind::TimedOut),
+            other => panic!("expected a read timeout, got {other:?}"),
+        }
+        tx.send(()).unwrap();
+        w.join().unwrap();
+    });
+}

@@ -443,6 +443,24 @@ pub fn render(m: &Merged, info: &Info<'_>, om: bool) -> String {
         );
     }
     o.family(
+        "coregate_spliced_bytes_total",
+        Kind::Counter,
+        "Body bytes moved from socket to socket with splice, without a copy through user space, by shard and direction (to the client: response bodies; to the upstream: request bodies).",
+    );
+    for (id, c) in &m.shards {
+        let id = id.to_string();
+        o.sample(
+            "coregate_spliced_bytes_total",
+            &[("shard", &id), ("direction", "to_client")],
+            c.spliced_to_client,
+        );
+        o.sample(
+            "coregate_spliced_bytes_total",
+            &[("shard", &id), ("direction", "to_upstream")],
+            c.spliced_to_upstream,
+        );
+    }
+    o.family(
         "coregate_connections_accepted_total",
         Kind::Counter,
         "Client connections accepted, by shard and listener kind (plain or tls).",

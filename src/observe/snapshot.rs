@@ -192,6 +192,10 @@ pub struct ConnSnapshot {
     pub accepted: u64,
     pub accepted_tls: u64,
     pub tls_failures: u64,
+    /// Body bytes spliced to clients and to upstreams
+    /// (`net::splice::spliced_bytes`).
+    pub spliced_to_client: u64,
+    pub spliced_to_upstream: u64,
 }
 
 /// Everything one shard counted.

@@ -112,7 +112,23 @@ fn compile_apis(
             crate::tls::compile_server(tls, raw.base_dir.as_deref(), &server.listen, &mut errors);
     }
     super::shards::compile(&raw.server, &mut server, &allowed_cpus(), &mut errors);
-    let limits = compile_limits(&raw.server.limits, &mut errors);
+    let mut limits = compile_limits(&raw.server.limits, &mut errors);
+    limits.splice_min_bytes = raw
+        .server
+        .splice_min_bytes
+        .unwrap_or(DEFAULT_SPLICE_MIN_BYTES);
+    limits.splice_pipe_bytes = raw
+        .server
+        .splice_pipe_bytes
+        .unwrap_or(DEFAULT_SPLICE_PIPE_BYTES);
+    if !(MIN_SPLICE_PIPE_BYTES..=MAX_SPLICE_PIPE_BYTES).contains(&limits.splice_pipe_bytes) {
+        errors.push(ConfigError::new(
+            "server.splice_pipe_bytes",
+            format!(
+                "must be between {MIN_SPLICE_PIPE_BYTES} and {MAX_SPLICE_PIPE_BYTES} (Linux's default pipe-max-size)"
+            ),
+        ));
+    }
     let traffic: Vec<SocketAddr> = server
         .listen
         .iter()
@@ -796,6 +812,8 @@ fn compile_limits(l: &RawLimits, errors: &mut Vec<ConfigError>) -> Limits {
             l.write_timeout_ms,
             DEFAULT_WRITE_TIMEOUT_MS,
         ),
+        splice_min_bytes: DEFAULT_SPLICE_MIN_BYTES,
+        splice_pipe_bytes: DEFAULT_SPLICE_PIPE_BYTES,
     }
 }
 

@@ -20,7 +20,12 @@
 //! the reverse), so each connection is lent to them as a [`Shared`]
 //! stream, borrowed only for the length of one poll. The body loops are
 //! written once against [`Io`], which a stream and a shared one both are.
+//!
+//! Plain TCP on both sides: a large body of known length may go from
+//! socket to socket through a pipe instead ([`splice`]); the caller
+//! decides (never under TLS, where every byte is encrypted or decrypted).
 
+use crate::net::splice::{SpliceError, Transfer};
 use crate::net::Socket;
 use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use std::cell::{Cell, RefCell};
@@ -250,6 +255,33 @@ pub trait Io {
     /// As [`Stream::send_two`].
     async fn send_two(&mut self, a: &[u8], b: &[u8]) -> io::Result<()>;
     fn set_read_timeout(&mut self, d: Option<Duration>);
+    /// Runs `f` on the TCP socket itself when no TLS is in the way (for
+    /// [`splice`]); None under TLS.
+    fn with_plain<R>(&mut self, f: impl FnOnce(&Socket) -> R) -> Option<R>;
+}
+
+/// Moves the rest of a body of known length from `src` to `dst` through
+/// `t`'s pipe ([`crate::net::splice`]), adding the bytes written to `dst`
+/// to `moved` as they go. Both must be plain TCP (else `Write` fails with
+/// `Unsupported` before anything moves).
+pub async fn splice<S: Io, D: Io>(
+    src: &mut S,
+    dst: &mut D,
+    t: &mut Transfer,
+    moved: &Cell<u64>,
+) -> Result<(), SpliceError> {
+    futures_lite::future::poll_fn(|cx| {
+        let before = t.moved();
+        let r = src
+            .with_plain(|s| dst.with_plain(|d| t.poll(cx, s, d)))
+            .flatten()
+            .unwrap_or_else(|| {
+                Poll::Ready(Err(SpliceError::Write(io::ErrorKind::Unsupported.into())))
+            });
+        moved.set(moved.get() + (t.moved() - before));
+        r
+    })
+    .await
 }
 
 impl<T: TlsSession> Io for Stream<T> {
@@ -264,6 +296,12 @@ impl<T: TlsSession> Io for Stream<T> {
     }
     fn set_read_timeout(&mut self, d: Option<Duration>) {
         Stream::set_read_timeout(self, d)
+    }
+    fn with_plain<R>(&mut self, f: impl FnOnce(&Socket) -> R) -> Option<R> {
+        match self {
+            Stream::Plain(s) => Some(f(s)),
+            Stream::Tls(_) => None,
+        }
     }
 }
 
@@ -363,6 +401,13 @@ impl<T: TlsSession> Io for &Shared<'_, T> {
         self.wanted.set(d);
         if !self.held.get() {
             self.cell.borrow().tcp().set_read_timeout(d);
+        }
+    }
+
+    fn with_plain<R>(&mut self, f: impl FnOnce(&Socket) -> R) -> Option<R> {
+        match &**self.cell.borrow() {
+            Stream::Plain(s) => Some(f(s)),
+            Stream::Tls(_) => None,
         }
     }
 }

@@ -22,6 +22,8 @@ fn limits() -> Limits {
         body_read_timeout: Duration::from_secs(5),
         idle_timeout: Duration::from_secs(5),
         write_timeout: Duration::from_secs(5),
+        splice_min_bytes: 0,
+        splice_pipe_bytes: 64 * 1024,
     }
 }
 
