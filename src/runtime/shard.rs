@@ -204,9 +204,14 @@ pub(super) async fn run(
     let max_connections =
         tuning.map_or(plan.server.max_connections_per_shard, |t| t.max_connections);
     let queues = Queues::new(tuning.and_then(|t| t.background_shares));
-    let shard = Rc::new(Gateway::new(id, plan, links.throttle, links.usage));
     let mut logs_access = !links.access_log.is_empty();
-    shard.access.log.attach(links.access_log);
+    let shard = Rc::new(Gateway::new(
+        id,
+        plan,
+        links.throttle,
+        links.usage,
+        links.access_log,
+    ));
     let mut accepting = Vec::new();
     for l in fds {
         match start_accepting(&shard, l, max_connections) {
@@ -256,8 +261,9 @@ pub(super) async fn run(
                     }
                 }
                 if let Some(sinks) = access_log {
-                    // The lines of the old generation go to the old
-                    // writers first.
+                    // What the old buffers hold goes to the old writers
+                    // now; the old generation's requests in flight write
+                    // to its buffers still (accesslog::shard::Outs).
                     shard.access.log.flush(Instant::now());
                     logs_access = !sinks.is_empty();
                     shard.access.log.attach(sinks);
