@@ -282,11 +282,7 @@ policies = [{beta}]
             b = echo.addr_str()
         )
     };
-    let gw = Gateway::start(&config(
-        "\"internal-only\"",
-        "\"stage-tag\"",
-        "\"api-tag\"",
-    ));
+    let gw = Gateway::start(&config("\"internal-only\"", "\"stage-tag\"", "\"api-tag\""));
     let level = |path: &str| {
         let r = gw.client().get(path);
         assert_eq!(r.status, 200, "{path}: {}", r.text());
