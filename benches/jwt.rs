@@ -119,7 +119,7 @@ claims_to_headers = {{ "x-user-sub" = "sub", "x-user-groups" = "cognito:groups" 
         h.kid = Some(kid.to_string());
         let token = jsonwebtoken::encode(&h, &claims, key).expect("encode");
         let mut req = RequestState::default();
-        jwt::authorize(&auth, &shard, &[], Some(token.as_bytes()), t, &mut req)
+        jwt::authorize(&auth, &shard, &[], &[], Some(token.as_bytes()), t, &mut req)
             .expect("bench token verifies");
         g.bench_function(format!("authorize_{kid}"), |b| {
             b.iter(|| {
@@ -127,6 +127,7 @@ claims_to_headers = {{ "x-user-sub" = "sub", "x-user-groups" = "cognito:groups" 
                 let r = jwt::authorize(
                     &auth,
                     &shard,
+                    &[],
                     &[],
                     Some(black_box(token.as_bytes())),
                     t,

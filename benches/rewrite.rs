@@ -134,6 +134,7 @@ fn mapped(c: &mut Criterion) {
         principal: None,
         api_key_name: None,
         stage: DEFAULT_STAGE,
+        claims: &[],
     };
     let mut out = Vec::with_capacity(4096);
     c.bench_function("upstream_head/mapped_upstream_head", |b| {

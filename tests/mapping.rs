@@ -407,3 +407,192 @@ integration = { type = "mock", body = "ok" }
     }
     assert_eq!(errors.len(), expect.len(), "{errors:#?}");
 }
+
+/// A token signed with PyJWT (HS256, kid "k1"), for the claims test.
+fn pyjwt_token(claims: &str, secret: &str) -> String {
+    let out = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import jwt, json, sys; print(jwt.encode(json.loads(sys.argv[1]), sys.argv[2], algorithm='HS256', headers={'kid': 'k1'}))",
+            claims,
+            secret,
+        ])
+        .output()
+        .expect("python3 with PyJWT is installed by scripts/test");
+    assert!(out.status.success(), "PyJWT: {out:?}");
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+/// `curl -s -i` with the token; the status and the body.
+fn curl_bearer(url: &str, token: &str, extra: &[&str]) -> (u16, Vec<u8>) {
+    let mut args = vec![
+        "-s".to_string(),
+        "-i".to_string(),
+        "-H".to_string(),
+        format!("Authorization: Bearer {token}"),
+    ];
+    for h in extra {
+        args.extend(["-H".to_string(), h.to_string()]);
+    }
+    args.push(url.to_string());
+    let out = std::process::Command::new("curl")
+        .args(&args)
+        .output()
+        .expect("curl is installed by scripts/test");
+    let text = out.stdout;
+    let status = std::str::from_utf8(&text[..text.len().min(12)])
+        .ok()
+        .and_then(|s| s.get(9..12))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let split = text
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map_or(text.len(), |i| i + 4);
+    (status, text[split..].to_vec())
+}
+
+#[test]
+fn jwt_claims_map_into_headers_and_query_and_cannot_inject_a_header() {
+    let secret = "a-secret-for-the-claims-test-0123456789";
+    let jwks = temp_path("claims-jwks.json");
+    let k = {
+        // base64url without padding, by hand (no crate for one value).
+        const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+        let b = secret.as_bytes();
+        let mut s = String::new();
+        for c in b.chunks(3) {
+            let n = (u32::from(c[0]) << 16)
+                | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
+                | u32::from(*c.get(2).unwrap_or(&0));
+            for i in 0..=c.len() {
+                s.push(A[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            }
+        }
+        s
+    };
+    std::fs::write(
+        &jwks,
+        format!(r#"{{"keys":[{{"kty":"oct","kid":"k1","alg":"HS256","k":"{k}"}}]}}"#),
+    )
+    .unwrap();
+    let echo = Backend::start(Reply::Echo);
+    let gw = Gateway::start(&format!(
+        r#"
+[server]
+listen = ["127.0.0.1:0"]
+shards = 2
+
+[[authorizers]]
+name = "jwt"
+[authorizers.jwt]
+issuer = "https://issuer.example"
+audience = ["claims-test"]
+jwks_file = "{}"
+
+[[apis]]
+name = "a"
+authorizer = "jwt"
+
+[[apis.routes]]
+key = "GET /mapped"
+integration = {{ type = "http_proxy", url = "http://{e}/m" }}
+[apis.routes.mapping.request]
+"overwrite:header.x-user" = "$context.authorizer.claims.email"
+"append:header.x-groups" = "$context.authorizer.claims.groups"
+"append:header.x-level" = "level ${{context.authorizer.claims.level}}"
+"append:header.x-missing" = "$context.authorizer.claims.nope"
+"append:querystring.sub" = "$context.authorizer.jwt.claims.sub"
+
+[[apis.routes]]
+key = "GET /plain"
+integration = {{ type = "http_proxy", url = "http://{e}/p" }}
+"#,
+        jwks.display(),
+        e = echo.addr_str()
+    ));
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let claims = |extra: &str| {
+        format!(
+            r#"{{"iss":"https://issuer.example","aud":"claims-test","sub":"user-1","exp":{},"groups":["a","b"],"level":3{extra}}}"#,
+            now + 600
+        )
+    };
+    let token = pyjwt_token(&claims(r#","email":"alice@example.com""#), secret);
+    let (status, body) = curl_bearer(&gw.url("/mapped"), &token, &["x-user: forged"]);
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let e = Echo::parse(&body).expect("echo");
+    assert_eq!(e.headers_named("x-user"), ["alice@example.com"]);
+    assert_eq!(e.header("x-groups"), Some(r#"["a","b"]"#));
+    assert_eq!(e.header("x-level"), Some("level 3"));
+    assert!(!e.has("x-missing"), "an absent claim adds nothing: {e:?}");
+    assert_eq!(e.target, "/m?sub=user-1");
+
+    // Without the claim, the overwrite still removes the client's header.
+    let token = pyjwt_token(&claims(""), secret);
+    let (status, body) = curl_bearer(&gw.url("/mapped"), &token, &["x-user: forged"]);
+    assert_eq!(status, 200);
+    let e = Echo::parse(&body).expect("echo");
+    assert!(!e.has("x-user"), "{e:?}");
+
+    // A route without a mapping is untouched.
+    let (status, body) = curl_bearer(&gw.url("/plain"), &token, &["x-user: own"]);
+    assert_eq!(status, 200);
+    assert_eq!(Echo::parse(&body).unwrap().header("x-user"), Some("own"));
+
+    // A claim that would end the header line (CR, LF, NUL) is refused
+    // with 400 before anything reaches the backend.
+    let before = echo.heads();
+    for bad in [
+        r#","email":"a@b.c\r\nx-admin: yes""#,
+        r#","email":"a@b.c\nx-admin: yes""#,
+        r#","email":"a\u0000b""#,
+    ] {
+        let token = pyjwt_token(&claims(bad), secret);
+        let (status, body) = curl_bearer(&gw.url("/mapped"), &token, &[]);
+        assert_eq!(status, 400, "{bad}: {}", String::from_utf8_lossy(&body));
+        assert_eq!(body, br#"{"message":"Bad Request"}"#);
+    }
+    assert_eq!(echo.heads(), before, "nothing reached the backend");
+
+    // A claim in a response mapping is refused by check, with its key.
+    let config = write_config(&format!(
+        r#"
+[[authorizers]]
+name = "jwt"
+[authorizers.jwt]
+issuer = "https://issuer.example"
+jwks_file = "{}"
+
+[[apis]]
+name = "a"
+authorizer = "jwt"
+
+[[apis.routes]]
+key = "GET /r"
+integration = {{ type = "http_proxy", url = "http://127.0.0.1:9" }}
+[apis.routes.mapping.response.200]
+"append:header.x-user" = "$context.authorizer.claims.email"
+[apis.routes.mapping.request]
+"append:header.x-empty" = "$context.authorizer.claims."
+"#,
+        jwks.display()
+    ));
+    let out = run_coregate(&["check", "--config", config.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains(r#"apis[0].routes[0].mapping.response.200."append:header.x-user""#)
+            && err.contains("not available in a response mapping"),
+        "{err}"
+    );
+    assert!(
+        err.contains(r#"apis[0].routes[0].mapping.request."append:header.x-empty""#)
+            && err.contains("the claim's name is missing"),
+        "{err}"
+    );
+    let _ = std::fs::remove_file(jwks);
+}

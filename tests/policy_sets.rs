@@ -218,3 +218,103 @@ integration = {{ type = "http_proxy", url = "http://{}" }}
     let r = gw.client().get("/r");
     assert_eq!(r.echo().header("x-set"), Some("two"));
 }
+
+/// An API with two stages: sets attached to a stage apply to that stage
+/// only, over the API's sets (a route's sets over both), and move with a
+/// reload; unknown names on a stage are refused with its key, together
+/// with the other errors.
+#[test]
+fn sets_attached_to_a_stage_apply_to_it_and_move_with_a_reload() {
+    let echo = Backend::start(Reply::Echo);
+    let config = |prod: &str, beta: &str, api: &str| {
+        format!(
+            r#"
+[server]
+listen = ["127.0.0.1:0"]
+shards = 2
+
+[[policies]]
+name = "internal-only"
+ip_rules = {{ allow = ["10.0.0.0/8"] }}
+
+[[policies]]
+name = "api-tag"
+[policies.mapping.request]
+"overwrite:header.x-level" = "api"
+
+[[policies]]
+name = "stage-tag"
+[policies.mapping.request]
+"overwrite:header.x-level" = "stage"
+
+[[policies]]
+name = "route-tag"
+[policies.mapping.request]
+"overwrite:header.x-level" = "route"
+
+[[apis]]
+name = "pets"
+base_path = "/pets"
+policies = [{api}]
+
+[[apis.deployments]]
+name = "v1"
+
+[[apis.deployments.routes]]
+key = "GET /items"
+integration = {{ type = "http_proxy", url = "http://{b}" }}
+
+[[apis.deployments.routes]]
+key = "GET /routed"
+integration = {{ type = "http_proxy", url = "http://{b}" }}
+policies = ["route-tag"]
+
+[[apis.stages]]
+name = "prod"
+deployment = "v1"
+policies = [{prod}]
+
+[[apis.stages]]
+name = "beta"
+deployment = "v1"
+policies = [{beta}]
+"#,
+            b = echo.addr_str()
+        )
+    };
+    let gw = Gateway::start(&config("\"internal-only\"", "\"stage-tag\"", "\"api-tag\""));
+    let level = |path: &str| {
+        let r = gw.client().get(path);
+        assert_eq!(r.status, 200, "{path}: {}", r.text());
+        r.echo().header("x-level").map(str::to_string)
+    };
+    let r = gw.client().get("/pets/prod/items");
+    assert_eq!(r.status, 403, "prod takes internal-only: {}", r.text());
+    assert_eq!(level("/pets/beta/items").as_deref(), Some("stage"));
+    assert_eq!(level("/pets/beta/routed").as_deref(), Some("route"));
+
+    // The sets move to the other stage.
+    gw.reload_with(&config("\"stage-tag\"", "\"internal-only\"", "\"api-tag\""));
+    assert_eq!(level("/pets/prod/items").as_deref(), Some("stage"));
+    assert_eq!(level("/pets/prod/routed").as_deref(), Some("route"));
+    let r = gw.client().get("/pets/beta/items");
+    assert_eq!(r.status, 403, "beta takes internal-only: {}", r.text());
+
+    // Without stage sets, the API's set applies to both.
+    gw.reload_with(&config("", "", "\"api-tag\""));
+    assert_eq!(level("/pets/prod/items").as_deref(), Some("api"));
+    assert_eq!(level("/pets/beta/items").as_deref(), Some("api"));
+
+    // Unknown names: every one is reported with its key, and the running
+    // config goes on.
+    gw.rewrite_config(&config("", "\"api-tag\", \"stage-tagg\"", "\"api-tg\""));
+    let refused = gw.reload();
+    assert_eq!(refused.status, 400, "{refused:?}");
+    let text = refused.text();
+    assert!(
+        text.contains("apis[0].stages[1].policies[1]: no [[policies]] set is named \\\"stage-tagg\\\": did you mean \\\"stage-tag\\\"?"),
+        "{text}"
+    );
+    assert!(text.contains("apis[0].policies[0]"), "{text}");
+    assert_eq!(level("/pets/beta/items").as_deref(), Some("api"));
+}

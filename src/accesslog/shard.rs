@@ -5,9 +5,18 @@
 //! the destination's writer thread. When the writer's queue is full the
 //! buffer's lines are dropped, counted ([`ShardLog::dropped`]) and reported
 //! in the error log at most once a second per shard.
+//!
+//! The buffers of one set of destinations are an [`Outs`]: each plan
+//! generation holds the set it was installed with, so a request in flight
+//! across a reload that changed the destinations writes its line to its own
+//! generation's destination. A set a reload replaced is handed over by the
+//! flush task while requests of its generation are in flight, and once for
+//! all when the last of them ends (the set is dropped), which lets go of its
+//! writers' sinks: a writer no set uses any more ends and closes its file.
 
 use super::writer::Sink;
 use std::cell::{Cell, RefCell};
+use std::rc::{Rc, Weak};
 use std::time::{Duration, Instant};
 
 /// A buffer this full is handed to the writer at once.
@@ -27,32 +36,19 @@ struct Out {
     unreported: u64,
 }
 
-/// One shard's access-log buffers.
-pub struct ShardLog {
+/// One set of destinations' buffers on one shard, in the order of the
+/// plan's destinations. Dropped with the last generation holding it: what
+/// it still holds is handed over then.
+pub struct Outs {
     shard: usize,
     outs: RefCell<Vec<Out>>,
-    last_report: Cell<Option<Instant>>,
-    /// The CLF time of `clock_secs`, formatted once a second.
-    clock_secs: Cell<u64>,
-    clock_text: Cell<[u8; 26]>,
-    /// The wall clock (ms since the epoch) at an instant, re-read at each
-    /// flush: a line's time is computed from its request's `Instant`
-    /// without reading the clock again.
-    wall_base: Cell<(u64, Instant)>,
+    /// The shard's count of lines dropped by sets that are gone.
+    gone_dropped: Rc<Cell<u64>>,
 }
 
-fn wall_now() -> (u64, Instant) {
-    let ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0);
-    (ms, Instant::now())
-}
-
-impl ShardLog {
-    /// Buffers for `sinks` (the plan's destinations, in order).
-    pub fn new(shard: usize, sinks: Vec<Sink>) -> ShardLog {
-        ShardLog {
+impl Outs {
+    fn new(shard: usize, sinks: Vec<Sink>, gone_dropped: Rc<Cell<u64>>) -> Outs {
+        Outs {
             shard,
             outs: RefCell::new(
                 sinks
@@ -66,36 +62,8 @@ impl ShardLog {
                     })
                     .collect(),
             ),
-            last_report: Cell::new(None),
-            clock_secs: Cell::new(u64::MAX),
-            clock_text: Cell::new([0; 26]),
-            wall_base: Cell::new(wall_now()),
+            gone_dropped,
         }
-    }
-
-    /// Milliseconds since the epoch at `t`, from the base the last flush
-    /// took (at most FLUSH_EVERY old while the flush task runs).
-    pub fn wall_ms(&self, t: Instant) -> u64 {
-        let (ms, at) = self.wall_base.get();
-        match t.checked_duration_since(at) {
-            Some(d) => ms.saturating_add(d.as_millis() as u64),
-            None => ms.saturating_sub(at.duration_since(t).as_millis() as u64),
-        }
-    }
-
-    /// Sets the writers' sinks (the shard's start, once the writers run).
-    pub fn attach(&self, sinks: Vec<Sink>) {
-        *self.outs.borrow_mut() = ShardLog::new(self.shard, sinks).outs.into_inner();
-    }
-
-    /// `dd/Mon/yyyy:HH:MM:SS +0000` for `secs` since the epoch, formatted
-    /// at most once per second per shard.
-    pub fn clf_time(&self, secs: u64) -> [u8; 26] {
-        if self.clock_secs.get() != secs {
-            self.clock_secs.set(secs);
-            self.clock_text.set(super::format::clf_time(secs));
-        }
-        self.clock_text.get()
     }
 
     /// Appends one line to `destination`'s buffer: `write` formats it.
@@ -117,17 +85,135 @@ impl ShardLog {
         }
     }
 
-    /// Hands every non-empty buffer to its writer, and reports dropped
-    /// lines if a second has passed since the last report.
-    pub fn flush(&self, now: Instant) {
-        self.wall_base.set(wall_now());
-        let mut outs = self.outs.borrow_mut();
-        for out in outs.iter_mut() {
+    /// Hands every non-empty buffer to its writer.
+    fn hand_over_all(&self) {
+        for out in self.outs.borrow_mut().iter_mut() {
             if out.lines > 0 {
                 hand_over(out);
             }
         }
-        if outs.iter().all(|o| o.unreported == 0)
+    }
+
+    fn dropped(&self) -> u64 {
+        self.outs.borrow().iter().map(|o| o.dropped).sum()
+    }
+}
+
+impl Drop for Outs {
+    fn drop(&mut self) {
+        for out in self.outs.get_mut().iter_mut() {
+            if out.lines > 0 {
+                hand_over(out);
+            }
+            self.gone_dropped.set(self.gone_dropped.get() + out.dropped);
+            if out.unreported > 0 {
+                crate::log!(
+                    "warn",
+                    "access log {}: dropped {} line(s) because its writer is behind ({} dropped on shard {} in all)",
+                    out.sink.destination,
+                    out.unreported,
+                    out.dropped,
+                    self.shard
+                );
+            }
+        }
+    }
+}
+
+/// One shard's access-log buffers.
+pub struct ShardLog {
+    shard: usize,
+    /// The set generations installed now write to.
+    current: RefCell<Rc<Outs>>,
+    /// Sets a reload replaced, while a generation in flight holds them.
+    retired: RefCell<Vec<Weak<Outs>>>,
+    gone_dropped: Rc<Cell<u64>>,
+    last_report: Cell<Option<Instant>>,
+    /// The CLF time of `clock_secs`, formatted once a second.
+    clock_secs: Cell<u64>,
+    clock_text: Cell<[u8; 26]>,
+    /// The wall clock (ms since the epoch) at an instant, re-read at each
+    /// flush: a line's time is computed from its request's `Instant`
+    /// without reading the clock again.
+    wall_base: Cell<(u64, Instant)>,
+}
+
+fn wall_now() -> (u64, Instant) {
+    let ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    (ms, Instant::now())
+}
+
+impl ShardLog {
+    /// Buffers for `sinks` (the plan's destinations, in order).
+    pub fn new(shard: usize, sinks: Vec<Sink>) -> ShardLog {
+        let gone_dropped = Rc::new(Cell::new(0));
+        ShardLog {
+            shard,
+            current: RefCell::new(Rc::new(Outs::new(shard, sinks, gone_dropped.clone()))),
+            retired: RefCell::new(Vec::new()),
+            gone_dropped,
+            last_report: Cell::new(None),
+            clock_secs: Cell::new(u64::MAX),
+            clock_text: Cell::new([0; 26]),
+            wall_base: Cell::new(wall_now()),
+        }
+    }
+
+    /// The set of buffers a generation installed now writes to.
+    pub fn current(&self) -> Rc<Outs> {
+        self.current.borrow().clone()
+    }
+
+    /// Milliseconds since the epoch at `t`, from the base the last flush
+    /// took (at most FLUSH_EVERY old while the flush task runs).
+    pub fn wall_ms(&self, t: Instant) -> u64 {
+        let (ms, at) = self.wall_base.get();
+        match t.checked_duration_since(at) {
+            Some(d) => ms.saturating_add(d.as_millis() as u64),
+            None => ms.saturating_sub(at.duration_since(t).as_millis() as u64),
+        }
+    }
+
+    /// A new set of buffers for `sinks` (a reload changed the
+    /// destinations): generations installed from now on write to it; the
+    /// set before stays with the generations that hold it.
+    pub fn attach(&self, sinks: Vec<Sink>) {
+        let new = Rc::new(Outs::new(self.shard, sinks, self.gone_dropped.clone()));
+        let old = self.current.replace(new);
+        self.retired.borrow_mut().push(Rc::downgrade(&old));
+    }
+
+    /// `dd/Mon/yyyy:HH:MM:SS +0000` for `secs` since the epoch, formatted
+    /// at most once per second per shard.
+    pub fn clf_time(&self, secs: u64) -> [u8; 26] {
+        if self.clock_secs.get() != secs {
+            self.clock_secs.set(secs);
+            self.clock_text.set(super::format::clf_time(secs));
+        }
+        self.clock_text.get()
+    }
+
+    /// Hands every non-empty buffer to its writer (of the current set and
+    /// of the replaced ones a generation in flight still holds), and
+    /// reports dropped lines if a second has passed since the last report.
+    pub fn flush(&self, now: Instant) {
+        self.wall_base.set(wall_now());
+        let mut sets = vec![self.current()];
+        self.retired.borrow_mut().retain(|w| match w.upgrade() {
+            Some(set) => {
+                sets.push(set);
+                true
+            }
+            None => false,
+        });
+        for set in &sets {
+            set.hand_over_all();
+        }
+        let unreported = |set: &Rc<Outs>| set.outs.borrow().iter().any(|o| o.unreported > 0);
+        if !sets.iter().any(unreported)
             || self
                 .last_report
                 .get()
@@ -136,16 +222,23 @@ impl ShardLog {
             return;
         }
         self.last_report.set(Some(now));
-        for out in outs.iter_mut().filter(|o| o.unreported > 0) {
-            crate::log!(
-                "warn",
-                "access log {}: dropped {} line(s) because its writer is behind ({} dropped on shard {} in all)",
-                out.sink.destination,
-                out.unreported,
-                out.dropped,
-                self.shard
-            );
-            out.unreported = 0;
+        for set in &sets {
+            for out in set
+                .outs
+                .borrow_mut()
+                .iter_mut()
+                .filter(|o| o.unreported > 0)
+            {
+                crate::log!(
+                    "warn",
+                    "access log {}: dropped {} line(s) because its writer is behind ({} dropped on shard {} in all)",
+                    out.sink.destination,
+                    out.unreported,
+                    out.dropped,
+                    self.shard
+                );
+                out.unreported = 0;
+            }
         }
     }
 
@@ -157,14 +250,27 @@ impl ShardLog {
     }
 
     /// Lines this shard dropped because a writer was behind, since it
-    /// started (all destinations).
+    /// started (all destinations, all sets).
     pub fn dropped(&self) -> u64 {
-        self.outs.borrow().iter().map(|o| o.dropped).sum()
+        let retired: u64 = self
+            .retired
+            .borrow()
+            .iter()
+            .filter_map(Weak::upgrade)
+            .map(|s| s.dropped())
+            .sum();
+        self.current.borrow().dropped() + retired + self.gone_dropped.get()
     }
 
     /// Lines lost to failed writes, per destination's writer (all shards).
     pub fn lost(&self) -> u64 {
-        self.outs.borrow().iter().map(|o| o.sink.lost()).sum()
+        self.current
+            .borrow()
+            .outs
+            .borrow()
+            .iter()
+            .map(|o| o.sink.lost())
+            .sum()
     }
 }
 

@@ -5,15 +5,17 @@
 //! failed write (a full disk) loses that buffer's lines: they are counted
 //! and reported at most once a second, and the thread goes on. A reopen
 //! request (SIGUSR1) opens the path again, so a file renamed by logrotate
-//! is let go and a new one is created.
+//! is let go and a new one is created. A reload keeps the writer of every
+//! destination the new plan still names ([`Writers::start_reusing`]); a
+//! writer it no longer names ends, closing its file, when the last shard
+//! drops its sink ([`Writers::replacing`]).
 
 use super::Destination;
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError, TrySendError};
 use std::fs::File;
 use std::io::{self, Write};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 /// Buffers that may wait for a writer, per destination. With buffers of
@@ -78,63 +80,83 @@ impl Sink {
     }
 }
 
+/// One running writer: its destination, the shards' handle on it, its
+/// reopen flag and the signal its thread sends when it has ended.
+#[derive(Clone)]
+struct Entry {
+    destination: Destination,
+    sink: Sink,
+    reopen: Arc<AtomicBool>,
+    done: Receiver<()>,
+}
+
 /// The running writers, one per destination, in the plan's order.
 pub struct Writers {
     pub sinks: Vec<Sink>,
-    reopen: Vec<Arc<AtomicBool>>,
-    threads: Vec<(JoinHandle<()>, Receiver<()>)>,
+    entries: Vec<Entry>,
+    /// Writers a reload no longer uses, whose threads may still be
+    /// writing the lines of requests that started before it: each thread
+    /// ends, and closes its file, once the last shard lets go of its sink.
+    retired: Vec<(Destination, Receiver<()>)>,
 }
 
 impl Writers {
     /// Opens every destination and starts its thread. A file that cannot
     /// be opened stops the start with its path and the reason.
     pub fn start(destinations: &[Destination]) -> io::Result<Writers> {
+        Writers::start_reusing(destinations, None)
+    }
+
+    /// As [`Writers::start`], but a destination `running` already writes
+    /// keeps that writer (its thread and its open file) instead of a new
+    /// one: a reload that adds or removes a destination leaves the others
+    /// alone. Nothing of `running` changes: on an error the new files
+    /// opened so far are closed again.
+    pub fn start_reusing(
+        destinations: &[Destination],
+        running: Option<&Writers>,
+    ) -> io::Result<Writers> {
         let mut w = Writers {
             sinks: Vec::new(),
-            reopen: Vec::new(),
-            threads: Vec::new(),
+            entries: Vec::new(),
+            retired: Vec::new(),
         };
         for d in destinations {
-            let out = Out::open(d).map_err(|e| {
-                io::Error::new(e.kind(), format!("cannot open the access log {d}: {e}"))
-            })?;
-            let (tx, rx) = crossbeam_channel::bounded(QUEUE);
-            let (back_tx, recycled) = crossbeam_channel::bounded(QUEUE);
-            let lost = Arc::new(AtomicU64::new(0));
-            let reopen = Arc::new(AtomicBool::new(false));
-            let (done_tx, done) = crossbeam_channel::bounded(1);
-            let thread = Thread {
-                destination: d.clone(),
-                out,
-                rx,
-                back: back_tx,
-                lost: lost.clone(),
-                reopen: reopen.clone(),
-                unreported: 0,
-                last_report: None,
+            let kept = running.and_then(|r| r.entries.iter().find(|e| e.destination == *d));
+            let entry = match kept {
+                Some(e) => e.clone(),
+                None => Entry::start(d)?,
             };
-            let handle = std::thread::Builder::new()
-                .name("coregate-accesslog".to_string())
-                .spawn(move || {
-                    thread.run();
-                    let _ = done_tx.send(());
-                })?;
-            w.sinks.push(Sink {
-                destination: d.to_string().into(),
-                tx,
-                recycled,
-                lost,
-            });
-            w.reopen.push(reopen);
-            w.threads.push((handle, done));
+            w.sinks.push(entry.sink.clone());
+            w.entries.push(entry);
         }
         Ok(w)
     }
 
+    /// Takes over from `old` (the writers this set replaces): `old`'s
+    /// writers that this set does not reuse become retired, and end on
+    /// their own once the shards drop their last sink. Retired writers
+    /// that have ended already are forgotten.
+    pub fn replacing(&mut self, old: Writers) {
+        let Writers {
+            entries, retired, ..
+        } = old;
+        for e in entries {
+            if !self.entries.iter().any(|n| n.destination == e.destination) {
+                self.retired.push((e.destination, e.done));
+            }
+        }
+        for r in retired {
+            self.retired.push(r);
+        }
+        self.retired
+            .retain(|(_, done)| matches!(done.try_recv(), Err(TryRecvError::Empty)));
+    }
+
     /// Asks every file writer to reopen its path (SIGUSR1).
     pub fn reopen(&self) {
-        for r in &self.reopen {
-            r.store(true, Ordering::Relaxed);
+        for e in &self.entries {
+            e.reopen.store(true, Ordering::Relaxed);
         }
     }
 
@@ -144,10 +166,13 @@ impl Writers {
     pub fn finish(self) {
         drop(self.sinks);
         let deadline = Instant::now() + FINISH_WAIT;
-        for (handle, done) in self.threads {
-            if done.recv_deadline(deadline).is_ok() {
-                let _ = handle.join();
-            } else {
+        let dones = self
+            .entries
+            .into_iter()
+            .map(|e| e.done)
+            .chain(self.retired.into_iter().map(|(_, d)| d));
+        for done in dones {
+            if let Err(RecvTimeoutError::Timeout) = done.recv_deadline(deadline) {
                 crate::log!(
                     "warn",
                     "an access-log writer did not finish within {} s; its last lines are lost",
@@ -155,6 +180,46 @@ impl Writers {
                 );
             }
         }
+    }
+}
+
+impl Entry {
+    fn start(d: &Destination) -> io::Result<Entry> {
+        let out = Out::open(d).map_err(|e| {
+            io::Error::new(e.kind(), format!("cannot open the access log {d}: {e}"))
+        })?;
+        let (tx, rx) = crossbeam_channel::bounded(QUEUE);
+        let (back_tx, recycled) = crossbeam_channel::bounded(QUEUE);
+        let lost = Arc::new(AtomicU64::new(0));
+        let reopen = Arc::new(AtomicBool::new(false));
+        let (done_tx, done) = crossbeam_channel::bounded(1);
+        let thread = Thread {
+            destination: d.clone(),
+            out,
+            rx,
+            back: back_tx,
+            lost: lost.clone(),
+            reopen: reopen.clone(),
+            unreported: 0,
+            last_report: None,
+        };
+        std::thread::Builder::new()
+            .name("coregate-accesslog".to_string())
+            .spawn(move || {
+                thread.run();
+                let _ = done_tx.send(());
+            })?;
+        Ok(Entry {
+            destination: d.clone(),
+            sink: Sink {
+                destination: d.to_string().into(),
+                tx,
+                recycled,
+                lost,
+            },
+            reopen,
+            done,
+        })
     }
 }
 

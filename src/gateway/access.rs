@@ -26,9 +26,9 @@ pub struct Access {
 }
 
 impl Access {
-    pub fn new(shard: usize) -> Access {
+    pub fn new(shard: usize, sinks: Vec<crate::accesslog::writer::Sink>) -> Access {
         Access {
-            log: std::rc::Rc::new(ShardLog::new(shard, Vec::new())),
+            log: std::rc::Rc::new(ShardLog::new(shard, sinks)),
             free: RefCell::new(Vec::new()),
         }
     }
@@ -174,8 +174,10 @@ fn write_line(gw: &Gateway, x: &Exchange, text: &[u8]) {
         stage: stage.map(|s| s.stage.as_str()),
         deployment: stage.map(|s| s.deployment.as_str()),
     };
-    gw.access
-        .log
+    // The generation's own destinations: a reload that changed them while
+    // the request was in flight does not move its line.
+    generation
+        .log_outs
         .line(log.destination, |buf| log.format.write(&f, buf));
 }
 
@@ -208,7 +210,8 @@ pub struct WsEnd<'a> {
 /// Writes the line of a WebSocket connection's end to its API's access
 /// log, if it has one: the time the connection ended, the close code as
 /// the status, the connection's duration as the latency.
-pub fn record_ws_end(log: &ShardLog, plan: &crate::plan::Plan, e: &WsEnd<'_>) {
+pub fn record_ws_end(log: &ShardLog, generation: &super::Generation, e: &WsEnd<'_>) {
+    let plan = &generation.plan;
     let logs = &plan.access_log;
     if !logs.any {
         return;
@@ -258,5 +261,7 @@ pub fn record_ws_end(log: &ShardLog, plan: &crate::plan::Plan, e: &WsEnd<'_>) {
         stage: stage.map(|s| s.stage.as_str()),
         deployment: stage.map(|s| s.deployment.as_str()),
     };
-    log.line(l.destination, |buf| l.format.write(&f, buf));
+    generation
+        .log_outs
+        .line(l.destination, |buf| l.format.write(&f, buf));
 }

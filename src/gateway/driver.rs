@@ -578,6 +578,7 @@ async fn proxy(
             },
             None => mapping::DEFAULT_STAGE,
         },
+        claims: &x.state.claims,
     });
     let mut mapped_badly = None;
     {

@@ -62,6 +62,10 @@ pub struct Generation {
     /// authorizers, usage), parts of it taken over from the generation
     /// before ([`ShardPolicies::carry`]).
     pub policies: ShardPolicies,
+    /// The access-log buffers of the destinations this generation was
+    /// installed with: a request writes its line there, even when a reload
+    /// has changed the destinations while it was in flight.
+    pub log_outs: Rc<crate::accesslog::shard::Outs>,
 }
 
 /// A shard's gateway: its current generation, its run-time state and the
@@ -110,7 +114,9 @@ impl Gateway {
         plan: Plan,
         link: crate::policy::throttle::ShardLink,
         usage_link: crate::policy::usage::coordinator::ShardLink,
+        access_log: Vec<crate::accesslog::writer::Sink>,
     ) -> Gateway {
+        let access = access::Access::new(id, access_log);
         let policies = ShardPolicies::new(&plan.policies, id, link, usage_link);
         let gw = Gateway {
             id,
@@ -121,6 +127,7 @@ impl Gateway {
                 upstreams: Vec::new(),
                 metrics: Default::default(),
                 policies,
+                log_outs: access.log.current(),
             })),
             upstream_states: RefCell::new(HashMap::new()),
             date: RefCell::new(DateCache::default()),
@@ -130,7 +137,7 @@ impl Gateway {
             tls_failures: Cell::new(0),
             tls_failure_logged: Cell::new(None),
             metrics: Default::default(),
-            access: access::Access::new(id),
+            access,
         };
         gw.install(plan, None);
         gw
@@ -194,6 +201,7 @@ impl Gateway {
             upstreams,
             metrics,
             policies,
+            log_outs: self.access.log.current(),
         });
         number
     }

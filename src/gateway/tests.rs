@@ -75,7 +75,7 @@ name = "b"
 targets = [{ address = "127.0.0.1:9002" }]
 "#;
     let (throttle, usage, _running) = links();
-    let gw = Gateway::new(0, plan_with(a), throttle, usage);
+    let gw = Gateway::new(0, plan_with(a), throttle, usage, Vec::new());
     let first = gw.generation();
     assert_eq!(first.number, 1);
     let (a1, b1) = (first.upstreams[0].clone(), first.upstreams[1].clone());

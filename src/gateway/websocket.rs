@@ -893,7 +893,7 @@ async fn run(
     };
     super::access::record_ws_end(
         &log,
-        &s.generation.plan,
+        &s.generation,
         &super::access::WsEnd {
             request_id: request_id.as_bytes(),
             source_ip: s.source_ip,

@@ -491,7 +491,7 @@ async fn relay(
         .map_or("", |route| route.key.as_str());
     super::access::record_ws_end(
         &r.log,
-        &r.generation.plan,
+        &r.generation,
         &super::access::WsEnd {
             request_id: &r.request_id,
             source_ip: r.source_ip,

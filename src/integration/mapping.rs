@@ -104,6 +104,8 @@ enum Var {
     Context(Ctx),
     StageVariable(Box<str>),
     ResponseHeader(Box<str>),
+    /// `$context.authorizer.claims.NAME`: a claim of the verified JWT.
+    Claim(Box<str>),
 }
 
 #[derive(Debug, Clone)]
@@ -162,6 +164,9 @@ pub struct RequestMapping {
     headers: Vec<Op>,
     /// A value reads `$request.body.*`: the driver reads the body first.
     pub needs_body: bool,
+    /// The JWT claims its values read (`$context.authorizer.claims.NAME`),
+    /// each once: the authorizer keeps these only.
+    pub claims: Vec<Box<str>>,
 }
 
 /// The response side, by the integration's status.
@@ -214,6 +219,9 @@ pub struct Context<'a> {
     pub principal: Option<&'a str>,
     pub api_key_name: Option<&'a str>,
     pub stage: Stage<'a>,
+    /// The claims of the verified JWT a request mapping reads, by name
+    /// (only those: `RequestMapping::claims`), as text.
+    pub claims: &'a [(Box<str>, Box<str>)],
 }
 
 /// What a request mapping reads.
@@ -335,6 +343,20 @@ pub fn build(api: &Entries, route: &Entries) -> Option<Box<Mapping>> {
             .chain(m.headers.iter().map(|o| &o.value))
             .chain(m.query.iter().map(|o| &o.value))
             .any(|v| v.0.iter().any(|p| matches!(p, Piece::Var(Var::Body(_)))));
+        for v in m
+            .path
+            .iter()
+            .chain(m.headers.iter().map(|o| &o.value))
+            .chain(m.query.iter().map(|o| &o.value))
+        {
+            for p in &v.0 {
+                if let Piece::Var(Var::Claim(n)) = p {
+                    if !m.claims.contains(n) {
+                        m.claims.push(n.clone());
+                    }
+                }
+            }
+        }
         m
     });
     let mut statuses: Vec<u16> = route
@@ -574,6 +596,19 @@ fn parse_var(expr: &str, side: Side, params: Option<&[String]>) -> Result<Var, S
         } else {
             return Err(format!("${expr} is not a source; {SOURCES}"));
         }
+    } else if let Some(claim) = expr
+        .strip_prefix("context.authorizer.claims.")
+        .or_else(|| expr.strip_prefix("context.authorizer.jwt.claims."))
+    {
+        if side == Side::Response {
+            return Err(format!(
+                "${expr} is not available in a response mapping (the request's head is gone by then)"
+            ));
+        }
+        if claim.is_empty() {
+            return Err(format!("${expr}: the claim's name is missing"));
+        }
+        Var::Claim(claim.into())
     } else if let Some(c) = expr.strip_prefix("context.") {
         let Some(&(_, ctx, in_response)) = CONTEXT.iter().find(|(n, _, _)| *n == c) else {
             return Err(format!(
@@ -902,6 +937,11 @@ fn eval_request(v: &Value, inp: &RequestInputs<'_>, out: &mut Vec<u8>) {
                     }
                 }
                 Var::Context(c) => push_context(out, *c, inp.ctx, Some(inp), None),
+                Var::Claim(n) => {
+                    if let Some((_, v)) = inp.ctx.claims.iter().find(|(k, _)| k == n) {
+                        out.extend_from_slice(v.as_bytes());
+                    }
+                }
                 Var::StageVariable(n) => {
                     if let Some(v) = stage_variable(&inp.ctx.stage, n) {
                         out.extend_from_slice(v.as_bytes());

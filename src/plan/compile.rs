@@ -400,6 +400,14 @@ fn compile_apis(
             if let Integration::Proxy(p) = &mut integration {
                 p.mapping = crate::integration::mapping::build(&api_mapping, &route_mapping);
                 p.ws_limits = ws_relay;
+                // The JWT claims the mapping reads are kept by the
+                // authorizer for it; none otherwise.
+                if let (Some(rule), Some(req)) = (
+                    &mut policies.auth,
+                    p.mapping.as_ref().and_then(|m| m.request.as_ref()),
+                ) {
+                    rule.claims = req.claims.clone();
+                }
             }
             if let Some(rule) = &mut policies.cache {
                 // A stage's canary shares the stage's paths: its entries

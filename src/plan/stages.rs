@@ -568,6 +568,34 @@ fn stage_api(
     if dep.lifecycle.is_some() {
         a.lifecycle = dep.lifecycle.clone();
     }
+    // What the stage's policy sets give it replaces the API's and the
+    // deployment's (plan::policy_sets).
+    if let Some(o) = stage.from_sets.as_deref() {
+        if o.authorizer.is_some() {
+            a.authorizer = o.authorizer.clone();
+        }
+        if o.api_key_required.is_some() {
+            a.api_key_required = o.api_key_required;
+        }
+        if o.cors.is_some() {
+            a.cors = o.cors.clone();
+        }
+        if o.ip_rules.is_some() {
+            a.ip_rules = o.ip_rules.clone();
+        }
+        if o.mapping.is_some() {
+            a.mapping = o.mapping.clone();
+        }
+        if o.authorization_scopes.is_some() {
+            for r in a
+                .routes
+                .iter_mut()
+                .filter(|r| r.authorization_scopes.is_none())
+            {
+                r.authorization_scopes = o.authorization_scopes.clone();
+            }
+        }
+    }
     a
 }
 
@@ -581,6 +609,19 @@ fn origin(akey: &str, skey: &str, stage: &RawStage, dkey: &str, dep: &RawDeploym
     ] {
         if set {
             fields.push((field, skey.to_string()));
+        }
+    }
+    if let Some(o) = stage.from_sets.as_deref() {
+        for (field, set) in [
+            ("authorizer", o.authorizer.is_some()),
+            ("api_key_required", o.api_key_required.is_some()),
+            ("cors", o.cors.is_some()),
+            ("ip_rules", o.ip_rules.is_some()),
+            ("mapping", o.mapping.is_some()),
+        ] {
+            if set {
+                fields.push((field, skey.to_string()));
+            }
         }
     }
     for (field, set) in [

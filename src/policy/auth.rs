@@ -46,6 +46,9 @@ pub struct AuthRule {
     pub authorizer: usize,
     /// `authorization_scopes`: every scope listed must be granted (JWT).
     pub scopes: Vec<String>,
+    /// The JWT claims the route's parameter mapping reads: a verified
+    /// token's values of these are kept for it (set by the plan compiler).
+    pub claims: Vec<Box<str>>,
 }
 
 /// Compiles `[[authorizers]]`.
@@ -169,6 +172,7 @@ pub fn compile_rule(
     Some(AuthRule {
         authorizer: index,
         scopes: scopes.map(<[String]>::to_vec).unwrap_or_default(),
+        claims: Vec::new(),
     })
 }
 
@@ -305,7 +309,7 @@ pub fn check(
 ) -> Decision {
     match authorizers.get(rule.authorizer).map(|a| &a.kind) {
         Some(AuthorizerKind::Jwt(j)) => match state.jwt.get(rule.authorizer) {
-            Some(Some(shard)) => super::jwt::check(j, shard, &rule.scopes, view, req),
+            Some(Some(shard)) => super::jwt::check(j, shard, rule, view, req),
             _ => Decision::Respond(super::Refusal::json(500, "Internal Server Error")),
         },
         Some(AuthorizerKind::Request(r)) => {

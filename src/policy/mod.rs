@@ -170,6 +170,10 @@ pub struct RequestState {
     /// Complete header lines (`name: value\r\n`) for the upstream request,
     /// from the authorizer (JWT claims, authorizer context).
     pub upstream_headers: Vec<u8>,
+    /// The claims of the verified JWT that the route's parameter mapping
+    /// reads (`AuthRule::claims`), as text; empty (no allocation) when it
+    /// reads none.
+    pub claims: Vec<(Box<str>, Box<str>)>,
     /// A SigV4 check that needs the request body (its hash is signed):
     /// the signed-body phase has the driver read and hash it.
     pub body_check: Option<Box<sigv4::BodyCheck>>,

@@ -501,8 +501,11 @@ impl Server {
         let (fds, bound) = bind_all(&plan, &added).map_err(|e| vec![e.to_string()])?;
         let writers = if plan.access_log.destinations != old.access_log.destinations {
             Some(
-                crate::accesslog::writer::Writers::start(&plan.access_log.destinations)
-                    .map_err(|e| vec![e.to_string()])?,
+                crate::accesslog::writer::Writers::start_reusing(
+                    &plan.access_log.destinations,
+                    self.access_log.as_ref(),
+                )
+                .map_err(|e| vec![e.to_string()])?,
             )
         } else {
             None
@@ -591,13 +594,14 @@ impl Server {
             .filter(|((_, t), _)| *t)
             .map(|(_, a)| *a)
             .collect();
-        if let Some(w) = writers {
-            if let Some(old_writers) = self.access_log.replace(w) {
-                // The shards flushed their old buffers before switching:
-                // the old writers finish what they were handed, off this
-                // thread.
-                std::thread::spawn(move || old_writers.finish());
+        if let Some(mut w) = writers {
+            // Writers of destinations the new plan still names carry on;
+            // the others end, and close their files, once the shards have
+            // logged the last request of the generations that use them.
+            if let Some(old_writers) = self.access_log.take() {
+                w.replacing(old_writers);
             }
+            self.access_log = Some(w);
         }
         self.plan = Some(plan);
         self.generation = number;

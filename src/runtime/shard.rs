@@ -214,13 +214,18 @@ pub(super) async fn run(
     let max_connections =
         tuning.map_or(plan.server.max_connections_per_shard, |t| t.max_connections);
     let queues = Queues::new(tuning.and_then(|t| t.background_shares));
-    let shard = Rc::new(Gateway::new(id, plan, links.throttle, links.usage));
+    let mut logs_access = !links.access_log.is_empty();
+    let shard = Rc::new(Gateway::new(
+        id,
+        plan,
+        links.throttle,
+        links.usage,
+        links.access_log,
+    ));
     crate::gateway::websocket::set_peers(links.ws.peers);
     let bell = links.ws.bell;
     // This task's waker, left with the bell whenever the loop waits.
     let me = std::future::poll_fn(|cx| std::task::Poll::Ready(cx.waker().clone())).await;
-    let mut logs_access = !links.access_log.is_empty();
-    shard.access.log.attach(links.access_log);
     let mut accepting = Vec::new();
     for l in fds {
         match start_accepting(&shard, l, max_connections) {
@@ -270,8 +275,9 @@ pub(super) async fn run(
                     }
                 }
                 if let Some(sinks) = access_log {
-                    // The lines of the old generation go to the old
-                    // writers first.
+                    // What the old buffers hold goes to the old writers
+                    // now; the old generation's requests in flight write
+                    // to its buffers still (accesslog::shard::Outs).
                     shard.access.log.flush(Instant::now());
                     logs_access = !sinks.is_empty();
                     shard.access.log.attach(sinks);

@@ -90,7 +90,7 @@ pub struct RawConfig {
     pub authorizers: Vec<auth::RawAuthorizer>,
     /// `[admin]`: the admin listener (metrics, dashboard).
     pub admin: Option<admin::RawAdmin>,
-    /// `[[policies]]`: named policy sets that APIs and routes attach.
+    /// `[[policies]]`: named policy sets that APIs, stages and routes attach.
     #[serde(default)]
     pub policies: Vec<policy_set::RawPolicySet>,
     /// `[portal]`: the developer portal (docs/portal.md).

@@ -1,5 +1,5 @@
 //! `[[policies]]` as written in the config file: a named set of policy
-//! settings that APIs and routes attach by name (`policies = ["name"]`).
+//! settings that APIs, stages and routes attach by name (`policies = ["name"]`).
 //! `plan::policy_sets` merges each set into what attaches it, before the
 //! plan is compiled.
 

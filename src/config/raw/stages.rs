@@ -48,6 +48,15 @@ pub struct RawStage {
     /// `[apis.stages.canary]`: a second deployment taking part of the
     /// stage's traffic.
     pub canary: Option<RawCanary>,
+    /// `[[policies]]` sets attached to the stage, by name; later ones win.
+    pub policies: Option<Vec<String>>,
+    /// What the stage's sets give it beyond `throttle` and `cache` (which
+    /// they fill in the fields above), merged by `plan::policy_sets`
+    /// before the stages are expanded: API-level settings that replace the
+    /// API's and the deployment's, the API's mapping with the sets'
+    /// entries over it, and the scopes routes without their own take.
+    #[serde(skip)]
+    pub from_sets: Option<Box<super::policy_set::RawPolicySet>>,
 }
 
 /// `[apis.stages.canary]`.

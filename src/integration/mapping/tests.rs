@@ -43,6 +43,7 @@ fn ctx() -> Context<'static> {
         principal: Some("alice"),
         api_key_name: None,
         stage: DEFAULT_STAGE,
+        claims: &[],
     }
 }
 

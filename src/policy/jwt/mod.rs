@@ -659,6 +659,7 @@ pub fn authorize(
     auth: &JwtAuthorizer,
     shard: &ShardJwt,
     scopes: &[String],
+    wanted: &[Box<str>],
     token: Option<&[u8]>,
     now: f64,
     req: &mut RequestState,
@@ -683,6 +684,13 @@ pub fn authorize(
         req.principal = Some(sub.as_str().into());
     }
     req.upstream_headers.extend_from_slice(&lines);
+    // The claims the route's mapping reads, as text (absent and null ones
+    // are left out: their values are empty).
+    for name in wanted {
+        if let Some(v) = verify::claim_text(claims.get(&**name)) {
+            req.claims.push((name.clone(), v.into()));
+        }
+    }
     Ok(())
 }
 
@@ -703,7 +711,7 @@ fn token_from_query<'a>(query: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
 pub fn check(
     auth: &JwtAuthorizer,
     shard: &ShardJwt,
-    scopes: &[String],
+    rule: &super::auth::AuthRule,
     view: &RequestView<'_>,
     req: &mut RequestState,
 ) -> Decision {
@@ -717,7 +725,15 @@ pub fn check(
         let name = auth.0.token_query.as_deref()?;
         token_from_query(view.head.query.map(|q| q.get(view.buf))?, name)
     });
-    match authorize(auth, shard, scopes, token, unix_now(), req) {
+    match authorize(
+        auth,
+        shard,
+        &rule.scopes,
+        &rule.claims,
+        token,
+        unix_now(),
+        req,
+    ) {
         Ok(()) => Decision::Continue,
         Err(Denied::Unauthorized(reason)) => {
             if reason == Reject::UnknownKid {

@@ -673,7 +673,7 @@ fn authorize_sets_principal_and_claim_headers_or_forbids() {
     });
     let t = ed_token(&s, &c);
     let mut req = RequestState::default();
-    authorize(&a, &shard, &[], Some(t.as_bytes()), NOW, &mut req).unwrap();
+    authorize(&a, &shard, &[], &[], Some(t.as_bytes()), NOW, &mut req).unwrap();
     assert_eq!(req.principal.as_deref(), Some("user-1"));
     assert_eq!(
         String::from_utf8(req.upstream_headers.clone()).unwrap(),
@@ -685,6 +685,7 @@ fn authorize_sets_principal_and_claim_headers_or_forbids() {
             &a,
             &shard,
             &["pets/write".into()],
+            &[],
             Some(t.as_bytes()),
             NOW,
             &mut req
@@ -700,6 +701,7 @@ fn authorize_sets_principal_and_claim_headers_or_forbids() {
             &a,
             &shard,
             &[],
+            &[],
             Some(ed_token(&s, &c).as_bytes()),
             NOW,
             &mut req
@@ -707,7 +709,7 @@ fn authorize_sets_principal_and_claim_headers_or_forbids() {
         Err(Denied::Unauthorized(Reject::UnsafeClaim))
     );
     assert_eq!(
-        authorize(&a, &shard, &[], None, NOW, &mut req),
+        authorize(&a, &shard, &[], &[], None, NOW, &mut req),
         Err(Denied::Unauthorized(Reject::Missing))
     );
     let _ = std::fs::remove_file(path);

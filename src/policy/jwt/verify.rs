@@ -317,6 +317,20 @@ pub fn grants_scopes(claims: &Map<String, Value>, required: &[String]) -> bool {
 /// their JSON text, arrays and objects as compact JSON. `Ok(None)` when the
 /// claim is absent or null. A value with a control character (CR, LF, NUL,
 /// DEL, ... even TAB) is refused: it could split the upstream head.
+/// A claim as text for parameter mapping: a string as it is (control
+/// characters included: the mapping refuses them where they would break
+/// a header), a number or boolean as written, an array or object as
+/// JSON; None when absent or null.
+pub fn claim_text(v: Option<&Value>) -> Option<String> {
+    match v {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(Value::Bool(b)) => Some(b.to_string()),
+        Some(Value::Number(n)) => Some(n.to_string()),
+        Some(other) => serde_json::to_string(other).ok(),
+    }
+}
+
 pub fn claim_header_value(v: Option<&Value>) -> Result<Option<String>, Reject> {
     let text = match v {
         None | Some(Value::Null) => return Ok(None),
