@@ -748,11 +748,14 @@ fn serve(path: &std::path::Path) -> ExitCode {
     }
     if let Some(admin) = admin {
         let addr = admin.addr;
+        let (tls_tx, tls_updates) = crossbeam_channel::unbounded();
+        server.send_admin_tls_to(tls_tx);
         let ctx = coregate::admin::Context {
             inboxes: server.inboxes(),
             started,
             version: env!("CARGO_PKG_VERSION"),
             main: reload_tx,
+            tls_updates,
         };
         if let Err(e) = admin.serve(ctx) {
             eprintln!("coregate: cannot start the admin listener's threads: {e}");

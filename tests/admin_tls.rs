@@ -92,11 +92,16 @@ integration = {{ type = "mock", body = "one" }}
 /// `extra` adds the client certificate, a method, a header. Returns curl's
 /// exit code, the status (0 when none came), and the output.
 fn curl(w: &World, gw: &Gateway, path: &str, extra: &[&str]) -> (i32, u16, String) {
+    curl_trusting(&w.server_ca.path, gw, path, extra)
+}
+
+/// As [`curl`], trusting the CA at `ca` instead.
+fn curl_trusting(ca: &str, gw: &Gateway, path: &str, extra: &[&str]) -> (i32, u16, String) {
     let port = gw.admin_addr().port();
     let out = Command::new("curl")
         .args(["-s", "-S", "-i", "--max-time", "10"])
         .args(["--resolve", &format!("localhost:{port}:127.0.0.1")])
-        .args(["--cacert", &w.server_ca.path])
+        .args(["--cacert", ca])
         .args(extra)
         .arg(format!("https://localhost:{port}{path}"))
         .output()
@@ -274,4 +279,49 @@ fn coregate_reload_says_it_does_not_speak_tls() {
         err.contains("speaks TLS") && err.contains("SIGHUP"),
         "{err}"
     );
+}
+
+/// A renewed certificate (new files at the same paths, here from another
+/// CA so that a client can tell which one it got) is served to new
+/// connections after a reload, without a restart; until the reload the
+/// old one is. A broken certificate file makes the reload fail, naming
+/// the key, and the certificate served stays the last good one.
+#[test]
+fn a_renewed_certificate_is_served_after_a_reload_and_a_broken_one_is_refused() {
+    let w = world();
+    let gw = Gateway::start(&config(&w, "127.0.0.1:0", None));
+    let ops = with_cert(&w.ops, &[]);
+    let post = with_cert(&w.ops, &["-X", "POST"]);
+    let (code, status, text) = curl(&w, &gw, "/status", &ops);
+    assert_eq!((code, status), (0, 200), "{text}");
+
+    let new_ca = w.pki.ca("Admin Server CA renewed");
+    let renewed = w.pki.server(&new_ca, "admin-renewed", &["localhost"]);
+    std::fs::copy(&renewed.cert_path, &w.server.cert_path).unwrap();
+    std::fs::copy(&renewed.key_path, &w.server.key_path).unwrap();
+    // Not before the reload.
+    let (code, status, text) = curl(&w, &gw, "/status", &ops);
+    assert_eq!(
+        (code, status),
+        (0, 200),
+        "the old certificate before the reload: {text}"
+    );
+    let (code, status, text) = curl(&w, &gw, "/reload", &post);
+    assert_eq!((code, status), (0, 200), "{text}");
+    assert!(text.contains("\"generation\":2"), "{text}");
+
+    // After it: the renewed certificate, which the old CA does not sign.
+    let (code, _, text) = curl(&w, &gw, "/status", &ops);
+    assert_ne!(code, 0, "the old certificate is still served: {text}");
+    let (code, status, text) = curl_trusting(&new_ca.path, &gw, "/status", &ops);
+    assert_eq!((code, status), (0, 200), "{text}");
+
+    // A broken certificate file: refused, and the renewed one stays.
+    std::fs::write(&w.server.cert_path, "not a certificate\n").unwrap();
+    let (code, status, text) = curl_trusting(&new_ca.path, &gw, "/reload", &post);
+    assert_eq!((code, status), (0, 400), "{text}");
+    assert!(text.contains("admin.tls.certificate"), "{text}");
+    let (code, status, text) = curl_trusting(&new_ca.path, &gw, "/status", &ops);
+    assert_eq!((code, status), (0, 200), "{text}");
+    assert!(text.contains("\"generation\":2"), "{text}");
 }

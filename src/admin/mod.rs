@@ -68,6 +68,11 @@ pub struct Context {
     /// Where the admin API asks the main thread, which owns the running
     /// server (reload, the running config, key changes).
     pub main: Sender<crate::runtime::MainRequest>,
+    /// `[admin.tls]` as each successful reload compiled it (its
+    /// certificate, key and CA files read again): the accept loop takes the
+    /// newest before each connection, so a renewed certificate is served
+    /// without a restart.
+    pub tls_updates: crossbeam_channel::Receiver<AdminTls>,
 }
 
 /// State every admin thread shares; read-only.

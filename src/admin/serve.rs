@@ -34,7 +34,12 @@ pub(super) fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
     // Out of descriptors (EMFILE), accept fails at once for as long as it
     // lasts: retried every 50 ms, logged at most once a second.
     let mut logged: Option<std::time::Instant> = None;
+    // The TLS settings connections start with: the newest a reload sent.
+    let mut tls = shared.tls.clone();
     for stream in listener.incoming() {
+        while let Ok(t) = shared.ctx.tls_updates.try_recv() {
+            tls = Some(t);
+        }
         let mut stream = match stream {
             Ok(s) => s,
             Err(e) => {
@@ -51,7 +56,7 @@ pub(super) fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
         };
         if active.fetch_add(1, Ordering::AcqRel) >= super::MAX_CONNECTIONS {
             active.fetch_sub(1, Ordering::AcqRel);
-            if shared.tls.is_some() {
+            if tls.is_some() {
                 // A plain-text answer means nothing to a TLS client.
                 continue;
             }
@@ -65,6 +70,7 @@ pub(super) fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
             continue;
         }
         let shared = shared.clone();
+        let tls = tls.clone();
         let count = active.clone();
         let peer = stream
             .peer_addr()
@@ -73,7 +79,7 @@ pub(super) fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
         let spawned = std::thread::Builder::new()
             .name("coregate-admin-conn".into())
             .spawn(move || {
-                match &shared.tls {
+                match &tls {
                     None => serve_plain(stream, &shared, &peer),
                     Some(tls) => serve_tls(stream, tls, &shared, &peer),
                 }

@@ -49,6 +49,10 @@ pub struct Server {
     generation: u64,
     /// Each listen entry (configured address, TLS) with its bound address.
     bound: Vec<((SocketAddr, bool), SocketAddr)>,
+    /// Where a successful reload hands the admin listener its `[admin.tls]`
+    /// as compiled again (renewed certificate files); set by
+    /// [`Server::send_admin_tls_to`].
+    admin_tls: Option<Sender<crate::plan::admin::AdminTls>>,
 }
 
 /// A request from the admin listener's threads to the main thread, which
@@ -440,6 +444,7 @@ impl Server {
                         plan: None,
                         generation: 0,
                         bound: Vec::new(),
+                        admin_tls: None,
                     };
                     server.shutdown();
                     server.join();
@@ -461,6 +466,7 @@ impl Server {
             plan: Some(plan),
             generation: 1,
             bound: all.into_iter().zip(bound_all).collect(),
+            admin_tls: None,
         };
         wait_ready(server, &readies, &cpus)
     }
@@ -603,6 +609,11 @@ impl Server {
             }
             self.access_log = Some(w);
         }
+        if let (Some(tx), Some(tls)) = (&self.admin_tls, &plan.admin.tls) {
+            // The files were read again when the plan compiled; the admin
+            // listener's next connection uses them.
+            let _ = tx.send(tls.clone());
+        }
         self.plan = Some(plan);
         self.generation = number;
         if errors.is_empty() {
@@ -610,6 +621,13 @@ impl Server {
         } else {
             Err(errors)
         }
+    }
+
+    /// After each successful reload, `tx` gets the new plan's
+    /// `[admin.tls]` (the admin listener's [`crate::admin::Context`]
+    /// `tls_updates`).
+    pub fn send_admin_tls_to(&mut self, tx: Sender<crate::plan::admin::AdminTls>) {
+        self.admin_tls = Some(tx);
     }
 
     /// Each listen entry's bound address (port 0 resolved) and whether it
