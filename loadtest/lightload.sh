@@ -26,12 +26,14 @@ command -v perf >/dev/null || { echo "lightload.sh: perf is missing" >&2; exit 1
 
 # CPU time of every thread of the processes, in ns, from schedstat: exact,
 # where utime+stime in clock ticks is sampled (a shard that wakes 50 times a
-# second for a few µs can be charged whole ticks, or none).
+# second for a few µs can be charged whole ticks, or none). Printed with
+# "%.0f": mawk (Debian's awk) clamps "%d" at 2^31 - 1, about 2.1 s of CPU,
+# and every difference after that read 0.
 cpu_ns() { # pid,pid... -> ns
     local p
     for p in ${1//,/ }; do
         cat /proc/"$p"/task/*/schedstat 2>/dev/null || true
-    done | awk '{ t += $1 } END { printf "%d", t }'
+    done | awk '{ t += $1 } END { printf "%.0f", t }'
 }
 
 # The syscalls counted by name (all of them are counted too, as
