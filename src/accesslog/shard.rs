@@ -99,6 +99,18 @@ impl Outs {
     }
 }
 
+/// The warning for lines `out` dropped since the last report.
+fn report_dropped(out: &Out, shard: usize) {
+    crate::log!(
+        "warn",
+        "access log {}: dropped {} line(s) because its writer is behind ({} dropped on shard {} in all)",
+        out.sink.destination,
+        out.unreported,
+        out.dropped,
+        shard
+    );
+}
+
 impl Drop for Outs {
     fn drop(&mut self) {
         for out in self.outs.get_mut().iter_mut() {
@@ -107,14 +119,7 @@ impl Drop for Outs {
             }
             self.gone_dropped.set(self.gone_dropped.get() + out.dropped);
             if out.unreported > 0 {
-                crate::log!(
-                    "warn",
-                    "access log {}: dropped {} line(s) because its writer is behind ({} dropped on shard {} in all)",
-                    out.sink.destination,
-                    out.unreported,
-                    out.dropped,
-                    self.shard
-                );
+                report_dropped(out, self.shard);
             }
         }
     }
@@ -229,14 +234,7 @@ impl ShardLog {
                 .iter_mut()
                 .filter(|o| o.unreported > 0)
             {
-                crate::log!(
-                    "warn",
-                    "access log {}: dropped {} line(s) because its writer is behind ({} dropped on shard {} in all)",
-                    out.sink.destination,
-                    out.unreported,
-                    out.dropped,
-                    self.shard
-                );
+                report_dropped(out, self.shard);
                 out.unreported = 0;
             }
         }
