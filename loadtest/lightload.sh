@@ -40,7 +40,7 @@ cpu_ns() { # pid,pid... -> ns
 # all_syscalls): what either proxy makes per request or per sleep. A short
 # list attaches in a moment where all ~360 tracepoints take seconds.
 NAMES="recvfrom sendto sendmsg recvmsg read write readv writev io_uring_enter epoll_wait
-epoll_pwait epoll_ctl membarrier close fcntl dup getsockopt setsockopt getpid accept4
+epoll_pwait epoll_pwait2 epoll_ctl membarrier close fcntl dup getsockopt setsockopt getpid accept4
 sched_yield futex clock_nanosleep"
 EVENTS=raw_syscalls:sys_enter,context-switches$(for n in $NAMES; do printf ',syscalls:sys_enter_%s' "$n"; done)
 

@@ -905,11 +905,20 @@ if want lightload; then
         "$COREGATE" check --config "$WORK/coregate-spin$us.toml" >/dev/null
         LL_TARGETS="$LL_TARGETS coregate-spin$us"
     done
+    # LL_EPOLL_SLEEP_US="0 200": also coregate with `epoll_sleep_us` set to
+    # each value (0: park in glommio at every idle moment, as before the
+    # epoll sleep existed).
+    for us in ${LL_EPOLL_SLEEP_US:-}; do
+        { coregate_conf $COREGATE2_PORT 1 $PROXY_CPU; printf '\n[[server.shard]]\nid = 0\nepoll_sleep_us = %s\n' "$us"; } \
+            >"$WORK/coregate-es$us.toml"
+        "$COREGATE" check --config "$WORK/coregate-es$us.toml" >/dev/null
+        LL_TARGETS="$LL_TARGETS coregate-es$us"
+    done
     log "lightload: $LL_RATE req/s (50% of nginx's $NGINX_MAX) for ${LL_DUR}s, $LAT_CONNS connections, then ${LL_IDLE}s idle; $SCALE_RUNS runs; $LL_TARGETS"
     for run in $(seq "$SCALE_RUNS"); do
         for t in $LL_TARGETS; do
             spin_pid=
-            if [[ $t == coregate-spin* ]]; then
+            if [[ $t == coregate-spin* || $t == coregate-es* ]]; then
                 start_coregate "$t"
                 spin_pid=$LAST_PID
                 wait_port $COREGATE2_PORT
@@ -1220,6 +1229,11 @@ LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)
             [[ $t == coregate-spin* ]] || continue
             read -r c _ <<<"$(stat_of lightload "$t" cpu_us)"
             echo "- $t (\`spin_before_park_us = ${t#coregate-spin}\`)/nginx: $(ratio "$c" "$ngc")"
+        done
+        for t in $LL_TARGETS; do
+            [[ $t == coregate-es* ]] || continue
+            read -r c _ <<<"$(stat_of lightload "$t" cpu_us)"
+            echo "- $t (\`epoll_sleep_us = ${t#coregate-es}\`)/nginx: $(ratio "$c" "$ngc"); coregate (default) / $t: $(ratio "$cgc" "$c")"
         done
         echo "- CPU is the proxy's CPU time (every thread's schedstat, ns) over the load, divided by the requests answered; syscalls are every syscall of the proxy's processes over a second pass of the same load (perf stat, syscalls tracepoints, with about a second idle on each side), per request. For direct, both are the backend's. Idle: ${LL_IDLE}s with no load, CPU then syscalls."
         echo "- syscalls per request by name, last run: lightload-syscalls-*.txt"

@@ -178,6 +178,7 @@ ring_depth = 0
 io_memory_kib = 1
 spin_before_park_us = 5000000
 preempt_timer_ms = 0
+epoll_sleep_us = 100001
 background_shares = 0
 ring_size = 4
 
@@ -210,6 +211,7 @@ integration = { type = "mock", body = "probe" }
         "server.shard[2].io_memory_kib: must be from 64 to 1048576",
         "server.shard[2].spin_before_park_us: must be at most 1000000",
         "server.shard[2].preempt_timer_ms: must be from 1 to 10000",
+        "server.shard[2].epoll_sleep_us: must be at most 100000",
         "server.shard[2].background_shares: must be from 1 to 1000000",
         "server.shard[2].ring_size",
         "server.shard[3].id: shard 0 already has an entry (server.shard[2])",

@@ -933,8 +933,9 @@ pub struct Command {
     pub api: Option<String>,
     pub reply: crossbeam_channel::Sender<Answer>,
     /// Woken once the answer is in `reply`: the task of another shard
-    /// that awaits it ([`manage`]). `None`: a thread blocks on `reply`.
-    pub wake: Option<Waker>,
+    /// that awaits it ([`manage`]), with that shard's nudge. `None`: a
+    /// thread blocks on `reply`.
+    pub wake: Option<crate::net::RemoteWaker>,
 }
 
 /// The answer: an HTTP status and a JSON body (empty for 200 on POST and
@@ -1012,12 +1013,12 @@ fn run_command(id: &str, op: Op, only_api: Option<&str>) -> Answer {
 /// Wakes a shard's control loop from another thread, so that a command
 /// put in its inbox is taken at once rather than at the loop's next look.
 /// The loop leaves its task's waker here before it waits ([`Bell::arm`]);
-/// a sender takes it and wakes it ([`Bell::ring`]). No lock: a one-slot
-/// channel of wakers.
+/// a sender takes it and wakes it ([`Bell::ring`]), nudging the shard out
+/// of an `epoll_wait` sleep. No lock: a one-slot channel of wakers.
 #[derive(Clone)]
 pub struct Bell {
-    tx: crossbeam_channel::Sender<Waker>,
-    rx: crossbeam_channel::Receiver<Waker>,
+    tx: crossbeam_channel::Sender<crate::net::RemoteWaker>,
+    rx: crossbeam_channel::Receiver<crate::net::RemoteWaker>,
 }
 
 impl Default for Bell {
@@ -1031,7 +1032,9 @@ impl Bell {
     /// The control loop, before it waits: the next ring wakes `w`. A
     /// waker already left (the loop's own, from an earlier wait) stays.
     pub fn arm(&self, w: &Waker) {
-        let _ = self.tx.try_send(w.clone());
+        if self.tx.is_empty() {
+            let _ = self.tx.try_send(crate::net::RemoteWaker::here(w));
+        }
     }
 
     /// Wakes the loop if it left its waker (else it is awake, and looks at
@@ -1092,7 +1095,7 @@ pub async fn manage(here: usize, id: &str, op: Op, api: &str) -> Answer {
     });
     let asked = std::future::poll_fn(move |cx| {
         if let Some(mut cmd) = first.take() {
-            cmd.wake = Some(cx.waker().clone());
+            cmd.wake = Some(crate::net::RemoteWaker::here(cx.waker()));
             let sent = PEERS.with(|p| match p.get().and_then(|p| p.get(shard)) {
                 Some(peer) if (peer.send)(cmd) => {
                     peer.bell.ring();

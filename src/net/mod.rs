@@ -13,9 +13,27 @@
 //! Here a socket is registered once, edge-triggered, for input and output.
 //! One poller task per shard collects events with a non-blocking
 //! `epoll_wait` whenever the shard has run what was ready; only when that
-//! finds nothing does the shard go to sleep, through one io_uring poll on the
-//! epoll descriptor itself (see [`doorbell`]). A busy shard therefore takes no
+//! finds nothing does the shard go to sleep. A busy shard therefore takes no
 //! interrupts from the network and submits nothing to io_uring per request.
+//!
+//! Sleeping comes in two depths. A shard that went through glommio's park
+//! less than [`set_epoll_sleep`]'s time ago (1 ms by default) sleeps in a
+//! blocking `epoll_wait` for the rest of that time: one syscall, where
+//! glommio's park costs about a dozen (a `membarrier`, several
+//! `io_uring_enter`s) plus the doorbell's three. Only when that wait ends
+//! with nothing does it park in glommio, through one io_uring poll on the
+//! epoll descriptor itself (see [`doorbell`]), which also lets glommio run
+//! its timers, wakes from other threads and other task queues. So under a
+//! light, steady load the shard parks about once per epoll-sleep time, not
+//! once per request; glommio's timers and task queues wait at most that
+//! long. A task woken from another thread is not left waiting: such a wake
+//! goes through [`RemoteWaker`], which also writes the shard's eventfd
+//! ([`Nudge`]), registered in its epoll set, and that ends the wait at
+//! once and sends the shard to glommio's park, where the wake is taken.
+//! A task woken by another task of the shard runs before the blocking wait
+//! when the chain of such wakes is at most two long (the poller yields
+//! twice first); a longer chain waits for the next event, at most the
+//! epoll-sleep time.
 //!
 //! Reads follow nginx: a read that returns less than the buffer it was given
 //! drained the socket, so the next read waits for the next edge instead of
@@ -132,6 +150,75 @@ pub struct Reactor {
     /// [`loop_stats`]).
     passes: Cell<u64>,
     pass_ns: Cell<u64>,
+    /// This shard's eventfd, in its epoll set under [`NUDGE_TOKEN`].
+    nudge: Nudge,
+    /// The last events taken held the nudge.
+    nudged: Cell<bool>,
+    /// Nudges taken so far.
+    nudges: Cell<u64>,
+}
+
+/// The epoll token of the shard's [`Nudge`] (no socket slot has it: slot
+/// indexes stay far below `u32::MAX`).
+const NUDGE_TOKEN: u64 = u64::MAX;
+
+/// How long an idle shard sleeps in `epoll_wait`, counted from its last
+/// park in glommio, before it parks again (see the module's comment).
+pub const DEFAULT_EPOLL_SLEEP: Duration = Duration::from_millis(1);
+
+thread_local! {
+    static EPOLL_SLEEP: Cell<Duration> = const { Cell::new(DEFAULT_EPOLL_SLEEP) };
+}
+
+/// Sets this thread's epoll-sleep time (see the module's comment); zero
+/// parks in glommio whenever the shard is idle. Call it on the shard's
+/// thread; it applies from the poller's next idle moment.
+pub fn set_epoll_sleep(d: Duration) {
+    EPOLL_SLEEP.with(|e| e.set(d));
+}
+
+/// Wakes a shard out of its blocking `epoll_wait`: an eventfd in its epoll
+/// set. Any thread may ring it; a ring while the shard is parked in glommio
+/// only costs it one more look.
+#[derive(Clone, Debug)]
+pub struct Nudge(std::sync::Arc<OwnedFd>);
+
+impl Nudge {
+    /// The calling thread's shard's nudge (its reactor is made if needed).
+    pub fn current() -> io::Result<Nudge> {
+        Ok(Reactor::current()?.nudge.clone())
+    }
+
+    pub fn ring(&self) {
+        sys::eventfd_add(self.0.as_raw_fd());
+    }
+}
+
+/// A waker for a task of some shard, to be woken from another thread:
+/// wakes the task, then rings its shard's [`Nudge`] so that a shard asleep
+/// in `epoll_wait` takes the wake at once.
+#[derive(Clone, Debug)]
+pub struct RemoteWaker {
+    waker: Waker,
+    nudge: Option<Nudge>,
+}
+
+impl RemoteWaker {
+    /// `waker`, of a task on the calling thread. On a thread without a
+    /// reactor the wake is a plain one.
+    pub fn here(waker: &Waker) -> RemoteWaker {
+        RemoteWaker {
+            waker: waker.clone(),
+            nudge: CURRENT.with(|c| c.borrow().as_ref().map(|r| r.nudge.clone())),
+        }
+    }
+
+    pub fn wake(self) {
+        self.waker.wake();
+        if let Some(n) = self.nudge {
+            n.ring();
+        }
+    }
 }
 
 /// This shard's reactor loop: (passes, nanoseconds) — how many times the
@@ -193,6 +280,8 @@ impl Reactor {
             return Ok(r);
         }
         let epfd = sys::epoll_create()?;
+        let nudge = sys::eventfd()?;
+        sys::epoll_add_input(epfd.as_raw_fd(), nudge.as_raw_fd(), NUDGE_TOKEN)?;
         let reactor = Rc::new(Reactor {
             epfd,
             slab: RefCell::new(Slab::default()),
@@ -203,6 +292,9 @@ impl Reactor {
             polls: Cell::new(0),
             passes: Cell::new(0),
             pass_ns: Cell::new(0),
+            nudge: Nudge(std::sync::Arc::new(nudge)),
+            nudged: Cell::new(false),
+            nudges: Cell::new(0),
         });
         CURRENT.with(|c| *c.borrow_mut() = Some(reactor.clone()));
         glommio::spawn_local(poller(reactor.clone())).detach();
@@ -363,16 +455,28 @@ impl Reactor {
         next
     }
 
-    /// Takes what epoll has ready without blocking and wakes the waiters;
-    /// returns how many events there were.
-    fn dispatch(&self, events: &mut [libc::epoll_event]) -> io::Result<usize> {
-        let n = sys::epoll_wait_now(self.epfd.as_raw_fd(), events)?;
+    /// Takes what epoll has ready, waiting at most `wait` for something
+    /// (not at all when zero), and wakes the waiters; returns how many
+    /// events there were. The nudge's event clears its count and sets
+    /// `nudged`.
+    fn dispatch(&self, events: &mut [libc::epoll_event], wait: Duration) -> io::Result<usize> {
+        let n = if wait.is_zero() {
+            sys::epoll_wait_now(self.epfd.as_raw_fd(), events)?
+        } else {
+            sys::epoll_wait_for(self.epfd.as_raw_fd(), events, wait)?
+        };
         self.polls.set(self.polls.get().wrapping_add(1));
         let mut slab = self.slab.borrow_mut();
         let mut wake: smallvec::SmallVec<[Waker; 32]> = smallvec::SmallVec::new();
         let mut resume: smallvec::SmallVec<[Resume; 8]> = smallvec::SmallVec::new();
         for ev in &events[..n] {
             let token = ev.u64;
+            if token == NUDGE_TOKEN {
+                sys::eventfd_clear(self.nudge.0.as_raw_fd());
+                self.nudged.set(true);
+                self.nudges.set(self.nudges.get() + 1);
+                continue;
+            }
             let idx = (token & 0xffff_ffff) as u32;
             let gen = (token >> 32) as u32;
             let Some(s) = slab.slots.get_mut(idx as usize) else {
@@ -409,6 +513,11 @@ impl Reactor {
         Ok(n)
     }
 
+    /// How many times a [`Nudge`] woke this shard's poller (for tests).
+    pub fn nudges(&self) -> u64 {
+        self.nudges.get()
+    }
+
     /// Entries in the timer heap, live and stale (for tests).
     pub fn timer_entries(&self) -> usize {
         self.timers.borrow().len()
@@ -422,12 +531,16 @@ impl Reactor {
 }
 
 /// The poller: collects events while there are any, yielding to the woken
-/// tasks between batches; sleeps on the doorbell when a look finds nothing.
+/// tasks between batches; when a look finds nothing, sleeps in
+/// `epoll_wait` if glommio's park was recent enough, else parks there
+/// through the doorbell (see the module's comment).
 async fn poller(reactor: Rc<Reactor>) {
     let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; EVENTS_PER_WAIT];
     let mut failures = FailureLog::default();
     // When the pass under way started, if the last one yielded to tasks.
     let mut pass_started: Option<Instant> = None;
+    // When the poller last came back from glommio's park.
+    let mut parked = Instant::now();
     loop {
         let now = Instant::now();
         if let Some(t) = pass_started.take() {
@@ -440,16 +553,28 @@ async fn poller(reactor: Rc<Reactor>) {
                     .wrapping_add(ns.min(u128::from(u64::MAX)) as u64),
             );
         }
-        match reactor.dispatch(&mut events) {
-            Ok(0) => match doorbell(reactor.epfd.as_raw_fd()).await {
-                Ok(()) => failures.ok(),
-                // Out of descriptors (EMFILE) is the likely cause: look
-                // again every millisecond until it passes.
-                Err(e) => failures.failed("cannot wait for events", &e).await,
-            },
+        let sleep = EPOLL_SLEEP.with(Cell::get);
+        let wait = sleep.saturating_sub(now.saturating_duration_since(parked));
+        match reactor.dispatch(&mut events, wait) {
+            Ok(n) if n > 0 && !reactor.nudged.get() => {
+                // A wait that blocked ends its time asleep here.
+                pass_started = Some(if wait.is_zero() { now } else { Instant::now() });
+                futures_lite::future::yield_now().await;
+                if !sleep.is_zero() {
+                    // Once more, so that tasks those woke run before the
+                    // next look, which may block.
+                    futures_lite::future::yield_now().await;
+                }
+            }
             Ok(_) => {
-                pass_started = Some(now);
-                futures_lite::future::yield_now().await
+                reactor.nudged.set(false);
+                match doorbell(reactor.epfd.as_raw_fd()).await {
+                    Ok(()) => failures.ok(),
+                    // Out of descriptors (EMFILE) is the likely cause: look
+                    // again every millisecond until it passes.
+                    Err(e) => failures.failed("cannot wait for events", &e).await,
+                }
+                parked = Instant::now();
             }
             Err(e) => failures.failed("epoll_wait failed", &e).await,
         }

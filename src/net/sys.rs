@@ -30,10 +30,22 @@ pub fn epoll_create() -> io::Result<OwnedFd> {
 }
 
 pub fn epoll_add(epfd: RawFd, fd: RawFd, token: u64) -> io::Result<()> {
-    let mut ev = libc::epoll_event {
-        events: (libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLRDHUP | libc::EPOLLET) as u32,
-        u64: token,
-    };
+    epoll_add_events(
+        epfd,
+        fd,
+        token,
+        (libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLRDHUP | libc::EPOLLET) as u32,
+    )
+}
+
+/// Registers `fd` for input only, edge-triggered (an eventfd, always
+/// writable, would otherwise report output at once).
+pub fn epoll_add_input(epfd: RawFd, fd: RawFd, token: u64) -> io::Result<()> {
+    epoll_add_events(epfd, fd, token, (libc::EPOLLIN | libc::EPOLLET) as u32)
+}
+
+fn epoll_add_events(epfd: RawFd, fd: RawFd, token: u64, events: u32) -> io::Result<()> {
+    let mut ev = libc::epoll_event { events, u64: token };
     // SAFETY: `ev` is a valid event for the duration of the call.
     check(unsafe { libc::epoll_ctl(epfd, libc::EPOLL_CTL_ADD, fd, &mut ev) })?;
     Ok(())
@@ -51,6 +63,81 @@ pub fn epoll_wait_now(epfd: RawFd, events: &mut [libc::epoll_event]) -> io::Resu
             Err(e) => return Err(e),
         }
     }
+}
+
+/// Whether `epoll_pwait2` (Linux 5.11) was found missing; then timed waits
+/// round up to whole milliseconds with `epoll_wait`.
+static NO_PWAIT2: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// `epoll_wait` for at most `timeout` (to the microsecond where the kernel
+/// has `epoll_pwait2`). An interrupted wait returns 0 events: the caller
+/// looks again.
+pub fn epoll_wait_for(
+    epfd: RawFd,
+    events: &mut [libc::epoll_event],
+    timeout: std::time::Duration,
+) -> io::Result<usize> {
+    use std::sync::atomic::Ordering;
+    let max = events.len().min(i32::MAX as usize) as libc::c_int;
+    if !NO_PWAIT2.load(Ordering::Relaxed) {
+        let ts = libc::timespec {
+            tv_sec: timeout.as_secs().min(libc::time_t::MAX as u64) as libc::time_t,
+            tv_nsec: timeout.subsec_nanos() as libc::c_long,
+        };
+        // SAFETY: `events` has room for `max` entries; `ts` outlives the
+        // call; a null signal mask leaves the thread's mask alone.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_epoll_pwait2,
+                epfd,
+                events.as_mut_ptr(),
+                max,
+                &ts as *const libc::timespec,
+                std::ptr::null::<libc::sigset_t>(),
+                0usize,
+            )
+        };
+        if r >= 0 {
+            return Ok(r as usize);
+        }
+        let e = io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::EINTR) => return Ok(0),
+            Some(libc::ENOSYS) => NO_PWAIT2.store(true, Ordering::Relaxed),
+            _ => return Err(e),
+        }
+    }
+    let ms = timeout.as_micros().div_ceil(1000).min(i32::MAX as u128) as libc::c_int;
+    // SAFETY: `events` has room for `max` entries.
+    let r = unsafe { libc::epoll_wait(epfd, events.as_mut_ptr(), max, ms) };
+    match check(r) {
+        Ok(n) => Ok(n as usize),
+        Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(0),
+        Err(e) => Err(e),
+    }
+}
+
+/// A non-blocking, close-on-exec eventfd with a count of 0.
+pub fn eventfd() -> io::Result<OwnedFd> {
+    // SAFETY: plain syscall; the descriptor is owned from here on.
+    let fd = check(unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) })?;
+    // SAFETY: `fd` was just created and is owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Adds 1 to an eventfd's count. A full count (`EAGAIN`, after 2^64 - 2
+/// adds nobody read) already makes it readable, so that is not an error.
+pub fn eventfd_add(fd: RawFd) {
+    let one: u64 = 1;
+    // SAFETY: writes 8 bytes from a live u64.
+    unsafe { libc::write(fd, (&one as *const u64).cast(), size_of::<u64>()) };
+}
+
+/// Reads an eventfd's count back to 0 (nothing happens if it is 0).
+pub fn eventfd_clear(fd: RawFd) {
+    let mut n: u64 = 0;
+    // SAFETY: reads at most 8 bytes into a live u64.
+    unsafe { libc::read(fd, (&mut n as *mut u64).cast(), size_of::<u64>()) };
 }
 
 pub fn dup(fd: RawFd) -> io::Result<RawFd> {

@@ -644,3 +644,78 @@ fn splice_reports_a_source_that_ends_early_and_one_that_is_silent() {
         w.join().unwrap();
     });
 }
+
+/// A wake from another thread through [`RemoteWaker`] wakes the task and
+/// rings the shard's nudge, which the shard's epoll set reports (ending a
+/// sleep in `epoll_wait`) and the reactor takes and clears. The task here
+/// is woken with a waker glommio does not know, so nothing but the nudge
+/// reaches the shard: without the ring, the count stays 0.
+#[test]
+fn a_remote_wake_rings_the_shards_nudge() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    struct Flag(AtomicBool);
+    impl std::task::Wake for Flag {
+        fn wake(self: Arc<Self>) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+    run(async {
+        set_epoll_sleep(Duration::from_secs(60));
+        let reactor = Reactor::current().unwrap();
+        let flag = Arc::new(Flag(AtomicBool::new(false)));
+        let remote = RemoteWaker::here(&Waker::from(flag.clone()));
+        let before = reactor.nudges();
+        let t = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            remote.wake();
+        });
+        let started = Instant::now();
+        while reactor.nudges() == before && started.elapsed() < Duration::from_secs(10) {
+            glommio::timer::sleep(Duration::from_millis(5)).await;
+        }
+        t.join().unwrap();
+        set_epoll_sleep(DEFAULT_EPOLL_SLEEP);
+        assert!(
+            flag.0.load(Ordering::SeqCst),
+            "the task's waker was not woken"
+        );
+        assert_eq!(
+            reactor.nudges(),
+            before + 1,
+            "the nudge did not reach the shard"
+        );
+    });
+}
+
+/// Input that arrives while the shard sleeps in `epoll_wait` is read: the
+/// blocking wait takes the event as the non-blocking look does.
+#[test]
+fn input_during_an_epoll_sleep_is_read() {
+    run(async {
+        set_epoll_sleep(Duration::from_secs(60));
+        let (l, addr) = listener();
+        let client = std::thread::spawn(move || {
+            let mut c = std::net::TcpStream::connect(addr).unwrap();
+            for _ in 0..3 {
+                std::thread::sleep(Duration::from_millis(100));
+                c.write_all(b"ping").unwrap();
+                let mut b = [0u8; 4];
+                c.read_exact(&mut b).unwrap();
+                assert_eq!(&b, b"pong");
+            }
+        });
+        let (mut s, _) = l.accept().await.unwrap();
+        let started = Instant::now();
+        for _ in 0..3 {
+            let mut b = [0u8; 4];
+            s.read_exact(&mut b).await.unwrap();
+            assert_eq!(&b, b"ping");
+            s.write_all(b"pong").await.unwrap();
+        }
+        client.join().unwrap();
+        let took = started.elapsed();
+        set_epoll_sleep(DEFAULT_EPOLL_SLEEP);
+        assert!(took < Duration::from_secs(30), "took {took:?}");
+    });
+}

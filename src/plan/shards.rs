@@ -24,6 +24,9 @@ pub struct ShardPlan {
     pub io_memory: usize,
     pub spin_before_park: Duration,
     pub preempt_timer: Duration,
+    /// How long the idle shard sleeps in `epoll_wait` before it parks in
+    /// glommio (`net::set_epoll_sleep`).
+    pub epoll_sleep: Duration,
     /// Shares of the background task queue; `None`: no queue of its own.
     pub background_shares: Option<usize>,
 }
@@ -39,6 +42,7 @@ impl ShardPlan {
             io_memory: DEFAULT_IO_MEMORY_KIB * 1024,
             spin_before_park: Duration::from_micros(DEFAULT_SPIN_BEFORE_PARK_US),
             preempt_timer: Duration::from_millis(DEFAULT_PREEMPT_TIMER_MS),
+            epoll_sleep: Duration::from_micros(DEFAULT_EPOLL_SLEEP_US),
             background_shares: None,
         }
     }
@@ -242,6 +246,19 @@ pub(super) fn compile(
                 s.preempt_timer = Duration::from_millis(ms);
             }
         }
+        if let Some(us) = e.epoll_sleep_us {
+            if us > MAX_EPOLL_SLEEP_US {
+                errors.push(ConfigError::new(
+                    key("epoll_sleep_us"),
+                    format!(
+                        "must be at most {MAX_EPOLL_SLEEP_US} (microseconds; glommio's timers \
+                         and background work wait up to this long)"
+                    ),
+                ));
+            } else {
+                s.epoll_sleep = Duration::from_micros(us);
+            }
+        }
         if let Some(sh) = e.background_shares {
             if sh == 0 || sh > MAX_BACKGROUND_SHARES {
                 errors.push(ConfigError::new(
@@ -328,6 +345,11 @@ pub fn start_only(old: &ServerPlan, new: &ServerPlan) -> Vec<(String, String, St
             "preempt_timer_ms",
             a.preempt_timer.as_millis().to_string(),
             b.preempt_timer.as_millis().to_string(),
+        );
+        check(
+            "epoll_sleep_us",
+            a.epoll_sleep.as_micros().to_string(),
+            b.epoll_sleep.as_micros().to_string(),
         );
         check(
             "background_shares",

@@ -415,8 +415,10 @@ impl Server {
             if !tuning.spin_before_park.is_zero() {
                 builder = builder.spin_before_park(tuning.spin_before_park);
             }
+            let epoll_sleep = tuning.epoll_sleep;
             let spawned = builder.spawn(move || async move {
                 crate::log::set_shard(id);
+                crate::net::set_epoll_sleep(epoll_sleep);
                 let links = shard::Links {
                     throttle: link,
                     usage: usage_link,

@@ -1,7 +1,8 @@
 //! `[[server.shard]]`: one shard's own settings, where one value for every
 //! shard is not enough (docs/tuning.md): its CPU, the listeners it serves,
 //! its connection limit, its glommio executor (io_uring ring depth,
-//! registered I/O memory, spin before sleeping, preempt timer) and the
+//! registered I/O memory, spin before sleeping, preempt timer), how long it
+//! sleeps in epoll before it parks in glommio, and the
 //! share its background work gets. Every key but `id` is optional; a shard
 //! without an entry, and a key left out, keep the defaults below.
 
@@ -16,6 +17,9 @@ pub const DEFAULT_IO_MEMORY_KIB: usize = 512;
 pub const DEFAULT_SPIN_BEFORE_PARK_US: u64 = 0;
 /// glommio's preempt timer (its default).
 pub const DEFAULT_PREEMPT_TIMER_MS: u64 = 100;
+/// How long an idle shard sleeps in `epoll_wait`, counted from its last
+/// park in glommio, before it parks again (src/net).
+pub const DEFAULT_EPOLL_SLEEP_US: u64 = 1_000;
 
 /// The largest ring io_uring accepts (`IORING_MAX_ENTRIES`).
 pub const MAX_RING_DEPTH: usize = 32_768;
@@ -26,6 +30,9 @@ pub const MAX_IO_MEMORY_KIB: usize = 1024 * 1024;
 /// One second: a longer spin is a busy core, not a tuning.
 pub const MAX_SPIN_BEFORE_PARK_US: u64 = 1_000_000;
 pub const MAX_PREEMPT_TIMER_MS: u64 = 10_000;
+/// 100 ms, glommio's default preempt timer: glommio's timers and other
+/// task queues wait up to this long under a light load.
+pub const MAX_EPOLL_SLEEP_US: u64 = 100_000;
 /// The request path's task queue has glommio's default 1000 shares.
 pub const MAX_BACKGROUND_SHARES: usize = 1_000_000;
 
@@ -50,6 +57,10 @@ pub struct RawShard {
     pub spin_before_park_us: Option<u64>,
     /// How long a task queue runs before glommio lets another one run, ms.
     pub preempt_timer_ms: Option<u64>,
+    /// How long an idle shard sleeps in `epoll_wait` (counted from its
+    /// last park in glommio) before it parks in glommio, in µs; 0 parks
+    /// at once.
+    pub epoll_sleep_us: Option<u64>,
     /// Run the shard's background work (control inbox, policy
     /// reconciliation, access-log hand-off, pool sweeping) in a task queue
     /// of its own with these shares, against the request path's 1000.
