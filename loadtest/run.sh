@@ -36,9 +36,9 @@
 #   loadtest/run.sh --only zerocopy
 #                              zero-copy sends alone: send, MSG_ZEROCOPY and
 #                              io_uring SEND_ZC of large in-memory bodies over
-#                              loopback and a veth pair (loadtest/zc.sh,
-#                              loadtest/zclab; about 4 minutes; the veth pair
-#                              needs root)
+#                              loopback, a veth pair and a dropping device
+#                              (loadtest/zc.sh, loadtest/zclab; about 11
+#                              minutes; the veth pair and the device need root)
 #
 # Layout (shared/DESIGN.md, "Measuring on a 2-core machine"): the load
 # generator on CPU 0; the proxy under test (one coregate shard, or one nginx
@@ -99,7 +99,7 @@ if want uring && [ -z "$USER_MAX_SECS" -o $SMOKE = 1 ]; then
 fi
 # zerocopy (only with --only zerocopy): zero-copy sends alone (loadtest/zc.sh).
 if want zerocopy && [ -z "$USER_MAX_SECS" -o $SMOKE = 1 ]; then
-    MAX_SECS=$((MAX_SECS + 500))
+    MAX_SECS=$((MAX_SECS + 900))
 fi
 if want websocket && [ -z "$USER_MAX_SECS" -o $SMOKE = 1 ]; then
     MAX_SECS=$((MAX_SECS + 400))
@@ -896,7 +896,7 @@ fi
 # creates and deletes; its report is zc/report.md beside this one.
 if want zerocopy; then
     log "zerocopy: send, MSG_ZEROCOPY and io_uring SEND_ZC in loadtest/zclab (loadtest/zc.sh)"
-    if [ $SMOKE = 1 ]; then zc_env=(ZC_REPS=1 ZC_SECS=0.2 ZC_WARMUP=0.05 ZC_SIZES=65536,1048576); else zc_env=(); fi
+    if [ $SMOKE = 1 ]; then zc_env=(ZC_REPS=1 ZC_SECS=0.2 ZC_WARMUP=0.05 ZC_SIZES=65536,1048576 ZC_SINK_SIZES=4096,65000); else zc_env=(); fi
     env "${zc_env[@]}" ZC_OUT="$OUT/zc" "$LT/zc.sh" >>"$OUT/zc.log" 2>&1 || {
         log "  zerocopy: failed (zc/zc.log)"
         ERRORS_SEEN=$((ERRORS_SEEN + 1))

@@ -30,10 +30,11 @@
 //!   zclab run [--path NAME] [--sizes 65536,262144,...] [--modes send,...]
 //!             [--secs 1.5] [--warmup 0.3] [--reps 3]
 //!             [--send-ns NETNS] [--recv-ns NETNS] [--addr 127.0.0.1]
-//!             [--send-cpu N] [--recv-cpu N] [--verify]
+//!             [--send-cpu N] [--recv-cpu N] [--verify] [--udp [--port 9]]
 //!       one TSV row per case on stdout (a header first)
 //!   zclab check
-//!       a tiny loopback case of every mode with every byte checked; exits
+//!       a tiny loopback case of every mode with every byte checked, and
+//!       the same in UDP datagrams to a local socket nobody reads; exits
 //!       non-zero unless each ran (an io_uring mode the kernel lacks counts
 //!       as ran, reported unsupported)
 //!   zclab summarize FILE...
@@ -43,6 +44,12 @@
 //! A network namespace is entered by name (`ip netns add`): the sending
 //! thread joins `--send-ns`, the receiving thread `--recv-ns`
 //! (loadtest/zc.sh sets up a veth pair between two).
+//!
+//! `--udp` sends each body as one datagram to `--addr`:`--port` (at most
+//! 65,507 bytes) and starts no reader: loadtest/zc.sh points it at a device
+//! that frees what it is given (its `sink` path), the one place on a
+//! machine without a NIC to spare where the kernel has no reason to copy a
+//! zero-copy send, so what the mechanism itself costs shows.
 
 use io_uring::{cqueue, opcode, types, IoUring, Probe};
 use std::collections::BTreeMap;
@@ -109,6 +116,10 @@ struct Opts {
     send_cpu: Option<usize>,
     recv_cpu: Option<usize>,
     verify: bool,
+    /// UDP datagrams to `addr`:`port` instead of a TCP stream, with no
+    /// reader (the `sink` path: a device that drops what it is given).
+    udp: bool,
+    port: u16,
 }
 
 impl Default for Opts {
@@ -126,6 +137,8 @@ impl Default for Opts {
             send_cpu: None,
             recv_cpu: None,
             verify: false,
+            udp: false,
+            port: 9,
         }
     }
 }
@@ -133,7 +146,7 @@ impl Default for Opts {
 fn usage() -> ! {
     eprintln!(
         "usage: zclab run [--path NAME] [--sizes N,...] [--modes {}] [--secs S] [--warmup S] \
-         [--reps N] [--send-ns NS] [--recv-ns NS] [--addr IPV4] [--send-cpu N] [--recv-cpu N] [--verify]\n\
+         [--reps N] [--send-ns NS] [--recv-ns NS] [--addr IPV4] [--send-cpu N] [--recv-cpu N] [--verify] [--udp [--port N]]\n\
          \x20      zclab check\n\
          \x20      zclab summarize FILE...",
         Mode::ALL.map(Mode::name).join(",")
@@ -188,10 +201,17 @@ fn parse_opts(args: &[String]) -> Opts {
             "--send-cpu" => o.send_cpu = Some(val().parse().unwrap_or_else(|_| usage())),
             "--recv-cpu" => o.recv_cpu = Some(val().parse().unwrap_or_else(|_| usage())),
             "--verify" => o.verify = true,
+            "--udp" => o.udp = true,
+            "--port" => o.port = val().parse().unwrap_or_else(|_| usage()),
             _ => usage(),
         }
     }
-    if o.sizes.is_empty() || o.modes.is_empty() || o.sizes.contains(&0) {
+    // 65,507: the largest UDP payload over IPv4.
+    if o.sizes.is_empty()
+        || o.modes.is_empty()
+        || o.sizes.contains(&0)
+        || (o.udp && o.sizes.iter().any(|&n| n > 65_507))
+    {
         usage();
     }
     o
@@ -629,7 +649,9 @@ impl<'a> Sender<'a> {
                     if r < 0 {
                         match errno() {
                             libc::EINTR => continue,
-                            libc::EAGAIN => {
+                            // ENOBUFS: a UDP datagram the device queue
+                            // refused; again, as for a full socket.
+                            libc::EAGAIN | libc::ENOBUFS => {
                                 self.st.waits += 1;
                                 wait_fd(self.fd, libc::POLLOUT, 1000)?;
                                 continue;
@@ -923,18 +945,26 @@ struct Snap {
     cpus: u64,
 }
 
-fn snap(peer_clock: libc::clockid_t, cpus: &[usize]) -> Snap {
+fn snap(peer_clock: Option<libc::clockid_t>, cpus: &[usize]) -> Snap {
     Snap {
         wall: Instant::now(),
         send: clock_ns(libc::CLOCK_THREAD_CPUTIME_ID),
-        recv: clock_ns(peer_clock),
+        recv: peer_clock.map_or(0, clock_ns),
         proc_: process_ns(),
         cpus: cpus_busy_ns(cpus),
     }
 }
 
 fn run(opts: &Opts) -> io::Result<Vec<Row>> {
-    let peer = spawn_receiver(opts.recv_ns.clone(), opts.recv_cpu, opts.addr)?;
+    let peer = if opts.udp {
+        None
+    } else {
+        Some(spawn_receiver(
+            opts.recv_ns.clone(),
+            opts.recv_cpu,
+            opts.addr,
+        )?)
+    };
     let o = opts.clone();
     let h = std::thread::Builder::new()
         .name("zclab-send".into())
@@ -954,7 +984,7 @@ fn run(opts: &Opts) -> io::Result<Vec<Row>> {
                     let k = (rep - 1) % o.modes.len();
                     let modes = o.modes[k..].iter().chain(&o.modes[..k]);
                     for &mode in modes {
-                        let row = case(&o, &peer, &cpus, rep, mode, &body);
+                        let row = case(&o, peer.as_ref(), &cpus, rep, mode, &body);
                         writeln!(out, "{}", row.tsv())?;
                         out.flush()?;
                         rows.push(row);
@@ -967,14 +997,15 @@ fn run(opts: &Opts) -> io::Result<Vec<Row>> {
         .map_err(|_| io::Error::other("the sender thread panicked"))?
 }
 
-fn connect(addr: Ipv4Addr, port: u16) -> io::Result<RawFd> {
+fn connect(addr: Ipv4Addr, port: u16, udp: bool) -> io::Result<RawFd> {
+    let ty = if udp {
+        libc::SOCK_DGRAM
+    } else {
+        libc::SOCK_STREAM
+    };
     // SAFETY: plain socket syscalls on a descriptor this function owns.
     unsafe {
-        let fd = cvt(libc::socket(
-            libc::AF_INET,
-            libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
-            0,
-        ))?;
+        let fd = cvt(libc::socket(libc::AF_INET, ty | libc::SOCK_CLOEXEC, 0))?;
         let a = sockaddr(addr, port);
         if libc::connect(
             fd,
@@ -986,19 +1017,21 @@ fn connect(addr: Ipv4Addr, port: u16) -> io::Result<RawFd> {
             libc::close(fd);
             return Err(e);
         }
-        let one: libc::c_int = 1;
-        libc::setsockopt(
-            fd,
-            libc::IPPROTO_TCP,
-            libc::TCP_NODELAY,
-            &one as *const _ as *const libc::c_void,
-            4,
-        );
+        if !udp {
+            let one: libc::c_int = 1;
+            libc::setsockopt(
+                fd,
+                libc::IPPROTO_TCP,
+                libc::TCP_NODELAY,
+                &one as *const _ as *const libc::c_void,
+                4,
+            );
+        }
         Ok(fd)
     }
 }
 
-fn case(o: &Opts, peer: &Peer, cpus: &[usize], rep: usize, mode: Mode, body: &[u8]) -> Row {
+fn case(o: &Opts, peer: Option<&Peer>, cpus: &[usize], rep: usize, mode: Mode, body: &[u8]) -> Row {
     let mut row = Row {
         path: o.path.clone(),
         rep,
@@ -1015,9 +1048,13 @@ fn case(o: &Opts, peer: &Peer, cpus: &[usize], rep: usize, mode: Mode, body: &[u
         cpus_busy: 0,
         st: Stats::default(),
     };
-    peer.verify
-        .store(if o.verify { body.len() } else { 0 }, Ordering::SeqCst);
-    let fd = match connect(o.addr, peer.port) {
+    if let Some(p) = peer {
+        p.verify
+            .store(if o.verify { body.len() } else { 0 }, Ordering::SeqCst);
+    }
+    let port = peer.map_or(o.port, |p| p.port);
+    let clock = peer.map(|p| p.clock);
+    let fd = match connect(o.addr, port, o.udp) {
         Ok(fd) => fd,
         Err(e) => {
             row.status = format!("error:connect {e}");
@@ -1033,7 +1070,7 @@ fn case(o: &Opts, peer: &Peer, cpus: &[usize], rep: usize, mode: Mode, body: &[u
             sent += body.len() as u64;
         }
         let st0 = s.st;
-        let t0 = snap(peer.clock, cpus);
+        let t0 = snap(clock, cpus);
         loop {
             s.body()?;
             sent += body.len() as u64;
@@ -1043,7 +1080,7 @@ fn case(o: &Opts, peer: &Peer, cpus: &[usize], rep: usize, mode: Mode, body: &[u
             }
         }
         s.finish()?;
-        let t1 = snap(peer.clock, cpus);
+        let t1 = snap(clock, cpus);
         row.bytes = row.bodies * body.len() as u64;
         row.secs = (t1.wall - t0.wall).as_secs_f64();
         row.send_cpu = t1.send - t0.send;
@@ -1054,9 +1091,11 @@ fn case(o: &Opts, peer: &Peer, cpus: &[usize], rep: usize, mode: Mode, body: &[u
         row.note = s.note().into();
         Ok(())
     })();
-    // SAFETY: our descriptor; the receiver sees the end of the stream.
-    unsafe { libc::shutdown(fd, libc::SHUT_WR) };
-    let got = peer.done.recv_timeout(Duration::from_secs(20));
+    let got = peer.map(|p| {
+        // SAFETY: our descriptor; the receiver sees the end of the stream.
+        unsafe { libc::shutdown(fd, libc::SHUT_WR) };
+        p.done.recv_timeout(Duration::from_secs(20))
+    });
     // SAFETY: our descriptor, no operation in flight (the sender is gone).
     unsafe { libc::close(fd) };
     match r {
@@ -1065,14 +1104,17 @@ fn case(o: &Opts, peer: &Peer, cpus: &[usize], rep: usize, mode: Mode, body: &[u
         Ok(()) => {}
     }
     match got {
-        Ok(Ok(n)) if n == sent => {}
-        Ok(Ok(n)) => {
-            if row.status == "ok" {
-                row.status = format!("error:sent {sent} bytes, the peer read {n}");
-            }
+        // UDP: no reader; every datagram was taken whole (a send returns
+        // the datagram's length or fails).
+        None => {}
+        Some(Ok(Ok(n))) if n == sent => {}
+        Some(Ok(Ok(n))) if row.status == "ok" => {
+            row.status = format!("error:sent {sent} bytes, the peer read {n}");
         }
-        Ok(Err(e)) => row.status = format!("error:receiver: {e}"),
-        Err(_) => row.status = "error:the receiver did not finish in 20 s".into(),
+        // The case failed already; that is the error to report.
+        Some(Ok(Ok(_))) => {}
+        Some(Ok(Err(e))) => row.status = format!("error:receiver: {e}"),
+        Some(Err(_)) => row.status = "error:the receiver did not finish in 20 s".into(),
     }
     row.status = row.status.replace(['\t', '\n'], " ");
     row
@@ -1081,7 +1123,7 @@ fn case(o: &Opts, peer: &Peer, cpus: &[usize], rep: usize, mode: Mode, body: &[u
 // --------------------------------------------------------------- check --
 
 fn check() {
-    let opts = Opts {
+    let tcp = Opts {
         path: "check".into(),
         // A body that ends inside a page as well as a whole number of them.
         sizes: vec![64 << 10, 300_001],
@@ -1091,10 +1133,29 @@ fn check() {
         verify: true,
         ..Opts::default()
     };
-    let rows = run(&opts).unwrap_or_else(|e| {
-        eprintln!("zclab check: {e}");
+    // The UDP code of the `sink` path, against a local socket that is never
+    // read (datagrams past its buffer are dropped, and none is refused).
+    let hole = std::net::UdpSocket::bind("127.0.0.1:0").unwrap_or_else(|e| {
+        eprintln!("zclab check: udp bind: {e}");
         std::process::exit(1);
     });
+    let udp = Opts {
+        path: "check-udp".into(),
+        sizes: vec![4096, 65_000],
+        secs: 0.05,
+        warmup: 0.01,
+        reps: 1,
+        udp: true,
+        port: hole.local_addr().map(|a| a.port()).unwrap_or(9),
+        ..Opts::default()
+    };
+    let mut rows = Vec::new();
+    for o in [&tcp, &udp] {
+        rows.extend(run(o).unwrap_or_else(|e| {
+            eprintln!("zclab check: {e}");
+            std::process::exit(1);
+        }));
+    }
     let mut bad = 0;
     for r in &rows {
         let ok = r.status == "ok" && r.bodies > 0 && r.send_cpu > 0;
@@ -1102,14 +1163,25 @@ fn check() {
         // (or a container that forbids io_uring).
         let missing = r.status.starts_with("unsupported") && r.mode != Mode::Send;
         if !ok && !missing {
-            eprintln!("zclab check: {} {}: {}", r.mode.name(), r.size, r.status);
+            eprintln!(
+                "zclab check: {} {} {}: {}",
+                r.path,
+                r.mode.name(),
+                r.size,
+                r.status
+            );
             bad += 1;
         }
     }
-    if rows.len() != opts.sizes.len() * Mode::ALL.len() || bad > 0 {
+    let want = (tcp.sizes.len() + udp.sizes.len()) * Mode::ALL.len();
+    if rows.len() != want || bad > 0 {
         std::process::exit(1);
     }
-    eprintln!("zclab check: {} cases, every byte as sent", rows.len());
+    drop(hole);
+    eprintln!(
+        "zclab check: {} cases, every TCP byte as sent, every datagram taken",
+        rows.len()
+    );
 }
 
 // ----------------------------------------------------------- summarize --
@@ -1188,9 +1260,13 @@ fn summarize(files: &[String]) {
         .filter(|r| r.status == "ok")
         .map(|r| ((r.path.clone(), r.rep, r.size, r.mode), figs(r)))
         .collect();
-    let mut paths: Vec<String> = rows.iter().map(|r| r.path.clone()).collect();
-    paths.sort();
-    paths.dedup();
+    // In the order they were run.
+    let mut paths: Vec<String> = Vec::new();
+    for r in &rows {
+        if !paths.contains(&r.path) {
+            paths.push(r.path.clone());
+        }
+    }
     for path in paths {
         println!(
             "Path `{path}`. Medians over the repetitions. A ratio is the median of the \
