@@ -67,6 +67,8 @@ cleanup() {
         ip netns del "$NS_A" 2>/dev/null || true
         ip netns del "$NS_B" 2>/dev/null || true
         ip netns del "$NS_S" 2>/dev/null || true
+        # A pair left in this namespace by a set-up that failed half-way.
+        ip link del "$VETH_A" 2>/dev/null || true
     fi
 }
 trap cleanup EXIT

@@ -31,7 +31,11 @@
 //!             [--secs 1.5] [--warmup 0.3] [--reps 3]
 //!             [--send-ns NETNS] [--recv-ns NETNS] [--addr 127.0.0.1]
 //!             [--send-cpu N] [--recv-cpu N] [--verify] [--udp [--port 9]]
+//!             [--remote --port N]
 //!       one TSV row per case on stdout (a header first)
+//!   zclab recv --addr 0.0.0.0 --port N
+//!       a reader for `run --remote --addr HOST --port N` from another host
+//!       (the path through a real NIC, which this lab's machine lacks)
 //!   zclab check
 //!       a tiny loopback case of every mode with every byte checked, and
 //!       the same in UDP datagrams to a local socket nobody reads; exits
@@ -119,6 +123,9 @@ struct Opts {
     /// UDP datagrams to `addr`:`port` instead of a TCP stream, with no
     /// reader (the `sink` path: a device that drops what it is given).
     udp: bool,
+    /// A TCP reader elsewhere (`zclab recv` on another host, behind a
+    /// NIC) at `addr`:`port`, instead of the reading thread here.
+    remote: bool,
     port: u16,
 }
 
@@ -138,6 +145,7 @@ impl Default for Opts {
             recv_cpu: None,
             verify: false,
             udp: false,
+            remote: false,
             port: 9,
         }
     }
@@ -146,7 +154,8 @@ impl Default for Opts {
 fn usage() -> ! {
     eprintln!(
         "usage: zclab run [--path NAME] [--sizes N,...] [--modes {}] [--secs S] [--warmup S] \
-         [--reps N] [--send-ns NS] [--recv-ns NS] [--addr IPV4] [--send-cpu N] [--recv-cpu N] [--verify] [--udp [--port N]]\n\
+         [--reps N] [--send-ns NS] [--recv-ns NS] [--addr IPV4] [--send-cpu N] [--recv-cpu N] [--verify] [--udp [--port N]] [--remote --port N]\n\
+         \x20      zclab recv --addr IPV4 --port N\n\
          \x20      zclab check\n\
          \x20      zclab summarize FILE...",
         Mode::ALL.map(Mode::name).join(",")
@@ -168,6 +177,7 @@ fn main() {
             }
         }
         Some("check") => check(),
+        Some("recv") => recv(&parse_opts(&args[1..])),
         Some("summarize") if args.len() > 1 => summarize(&args[1..]),
         _ => usage(),
     }
@@ -202,6 +212,7 @@ fn parse_opts(args: &[String]) -> Opts {
             "--recv-cpu" => o.recv_cpu = Some(val().parse().unwrap_or_else(|_| usage())),
             "--verify" => o.verify = true,
             "--udp" => o.udp = true,
+            "--remote" => o.remote = true,
             "--port" => o.port = val().parse().unwrap_or_else(|_| usage()),
             _ => usage(),
         }
@@ -346,7 +357,7 @@ fn spawn_receiver(ns: Option<String>, cpu: Option<usize>, addr: Ipv4Addr) -> io:
         .spawn(move || {
             let r = pin(cpu)
                 .and_then(|()| enter_netns(ns.as_deref()))
-                .and_then(|()| listener(addr));
+                .and_then(|()| listener(addr, 0));
             let (lfd, port) = match r {
                 Ok(x) => x,
                 Err(e) => {
@@ -394,7 +405,7 @@ fn spawn_receiver(ns: Option<String>, cpu: Option<usize>, addr: Ipv4Addr) -> io:
     })
 }
 
-fn listener(addr: Ipv4Addr) -> io::Result<(RawFd, u16)> {
+fn listener(addr: Ipv4Addr, port: u16) -> io::Result<(RawFd, u16)> {
     // SAFETY: plain socket syscalls on a descriptor this function owns, with
     // pointers to live locals of the right size.
     unsafe {
@@ -411,7 +422,7 @@ fn listener(addr: Ipv4Addr) -> io::Result<(RawFd, u16)> {
             &one as *const _ as *const libc::c_void,
             4,
         ))?;
-        let mut a = sockaddr(addr, 0);
+        let mut a = sockaddr(addr, port);
         let mut len = std::mem::size_of::<libc::sockaddr_in>() as u32;
         cvt(libc::bind(fd, &a as *const _ as *const libc::sockaddr, len))?;
         cvt(libc::listen(fd, 16))?;
@@ -956,7 +967,7 @@ fn snap(peer_clock: Option<libc::clockid_t>, cpus: &[usize]) -> Snap {
 }
 
 fn run(opts: &Opts) -> io::Result<Vec<Row>> {
-    let peer = if opts.udp {
+    let peer = if opts.udp || opts.remote {
         None
     } else {
         Some(spawn_receiver(
@@ -1118,6 +1129,38 @@ fn case(o: &Opts, peer: Option<&Peer>, cpus: &[usize], rep: usize, mode: Mode, b
     }
     row.status = row.status.replace(['\t', '\n'], " ");
     row
+}
+
+// ---------------------------------------------------------------- recv --
+
+/// `zclab recv --addr A --port N`: the reader for `run --remote` on another
+/// host; reads each connection to its end and says how many bytes came.
+fn recv(o: &Opts) {
+    let (lfd, port) = listener(o.addr, o.port).unwrap_or_else(|e| {
+        eprintln!("zclab recv: {e}");
+        std::process::exit(1);
+    });
+    eprintln!("zclab recv: listening on {}:{port}", o.addr);
+    let mut buf = vec![0u8; 256 << 10];
+    loop {
+        // SAFETY: accept on our listener; the null address pointers are
+        // allowed.
+        let fd = unsafe {
+            libc::accept4(
+                lfd,
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                libc::SOCK_CLOEXEC,
+            )
+        };
+        if fd < 0 {
+            continue;
+        }
+        let r = read_all(fd, &mut buf, 0);
+        // SAFETY: the accepted descriptor is ours.
+        unsafe { libc::close(fd) };
+        eprintln!("zclab recv: {r:?} bytes");
+    }
 }
 
 // --------------------------------------------------------------- check --
