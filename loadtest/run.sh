@@ -33,6 +33,12 @@
 #   loadtest/run.sh --only uring  the socket mechanism alone: epoll against
 #                              io_uring in loadtest/uringlab (loadtest/uring.sh,
 #                              about 3 minutes)
+#   loadtest/run.sh --only zerocopy
+#                              zero-copy sends alone: send, MSG_ZEROCOPY and
+#                              io_uring SEND_ZC of large in-memory bodies over
+#                              loopback, a veth pair and a dropping device
+#                              (loadtest/zc.sh, loadtest/zclab; about 11
+#                              minutes; the veth pair and the device need root)
 #
 # Layout (shared/DESIGN.md, "Measuring on a 2-core machine"): the load
 # generator on CPU 0; the proxy under test (one coregate shard, or one nginx
@@ -55,7 +61,7 @@ while [ $# -gt 0 ]; do
         --profile) ONLY="$ONLY,profile" ;;
         --only) ONLY=${2:?--only needs a list}; shift ;;
         --only=*) ONLY=${1#--only=} ;;
-        -h|--help) sed -n '2,30p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,/^# Layout/p' "$0" | sed '$d'; exit 0 ;;
         *) echo "run.sh: unknown argument $1" >&2; exit 2 ;;
     esac
     shift
@@ -90,6 +96,10 @@ fi
 # io_uring (loadtest/uring.sh).
 if want uring && [ -z "$USER_MAX_SECS" -o $SMOKE = 1 ]; then
     MAX_SECS=$((MAX_SECS + 400))
+fi
+# zerocopy (only with --only zerocopy): zero-copy sends alone (loadtest/zc.sh).
+if want zerocopy && [ -z "$USER_MAX_SECS" -o $SMOKE = 1 ]; then
+    MAX_SECS=$((MAX_SECS + 900))
 fi
 if want websocket && [ -z "$USER_MAX_SECS" -o $SMOKE = 1 ]; then
     MAX_SECS=$((MAX_SECS + 400))
@@ -881,6 +891,18 @@ if want uring; then
     }
 fi
 
+# === zerocopy: send against MSG_ZEROCOPY and io_uring SEND_ZC (loadtest/zc.sh) ===
+# Its own lab (loadtest/zclab), its own veth pair between two namespaces it
+# creates and deletes; its report is zc/report.md beside this one.
+if want zerocopy; then
+    log "zerocopy: send, MSG_ZEROCOPY and io_uring SEND_ZC in loadtest/zclab (loadtest/zc.sh)"
+    if [ $SMOKE = 1 ]; then zc_env=(ZC_REPS=1 ZC_SECS=0.2 ZC_WARMUP=0.05 ZC_SIZES=65536,1048576 ZC_SINK_SIZES=4096,65000); else zc_env=(); fi
+    env "${zc_env[@]}" ZC_OUT="$OUT/zc" "$LT/zc.sh" >>"$OUT/zc.log" 2>&1 || {
+        log "  zerocopy: failed (zc/zc.log)"
+        ERRORS_SEEN=$((ERRORS_SEEN + 1))
+    }
+fi
+
 # === lightload: CPU and syscalls per request at 50% of nginx's maximum ===
 # Only with --only lightload. loadtest/lightload.sh counts every syscall of
 # the proxy's processes at a fixed open-loop rate, then with no load.
@@ -1277,6 +1299,12 @@ LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)
         echo "## io_uring against epoll (loadtest/uring.sh)"
         echo
         sed -n '3,$p' "$OUT/uring/report.md" 2>/dev/null || echo "no uring report (see uring.log)"
+        echo
+    fi
+    if want zerocopy; then
+        echo "## Zero-copy sends (loadtest/zc.sh)"
+        echo
+        sed -n '3,$p' "$OUT/zc/report.md" 2>/dev/null || echo "no zerocopy report (see zc.log)"
         echo
     fi
     if want websocket && [ -f "$OUT/ws-report.md" ]; then
