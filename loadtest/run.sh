@@ -918,24 +918,19 @@ if want lightload; then
     [ $SMOKE = 1 ] && LL_RATE=1000
     LL_DUR=$([ $SMOKE = 1 ] && echo 1 || echo "$LAT_DUR")
     LL_IDLE=$([ $SMOKE = 1 ] && echo 1 || echo 10)
+    # A coregate of its own (port $COREGATE2_PORT) with one shard setting.
+    ll_variant() { # name key value
+        { coregate_conf $COREGATE2_PORT 1 $PROXY_CPU; printf '\n[[server.shard]]\nid = 0\n%s = %s\n' "$2" "$3"; } \
+            >"$WORK/coregate-$1.toml"
+        "$COREGATE" check --config "$WORK/coregate-$1.toml" >/dev/null
+        LL_TARGETS="$LL_TARGETS coregate-$1"
+    }
     # LL_SPIN_US="20 50": also coregate with `spin_before_park_us` set to
-    # each value (a gateway of its own on port $COREGATE2_PORT).
-    LL_TARGETS="coregate nginx direct"
-    for us in ${LL_SPIN_US:-}; do
-        { coregate_conf $COREGATE2_PORT 1 $PROXY_CPU; printf '\n[[server.shard]]\nid = 0\nspin_before_park_us = %s\n' "$us"; } \
-            >"$WORK/coregate-spin$us.toml"
-        "$COREGATE" check --config "$WORK/coregate-spin$us.toml" >/dev/null
-        LL_TARGETS="$LL_TARGETS coregate-spin$us"
-    done
-    # LL_EPOLL_SLEEP_US="0 200": also coregate with `epoll_sleep_us` set to
+    # each value. LL_EPOLL_SLEEP_US="0 200": with `epoll_sleep_us` set to
     # each value (0: park in glommio at every idle moment, as before the
     # epoll sleep existed).
-    for us in ${LL_EPOLL_SLEEP_US:-}; do
-        { coregate_conf $COREGATE2_PORT 1 $PROXY_CPU; printf '\n[[server.shard]]\nid = 0\nepoll_sleep_us = %s\n' "$us"; } \
-            >"$WORK/coregate-es$us.toml"
-        "$COREGATE" check --config "$WORK/coregate-es$us.toml" >/dev/null
-        LL_TARGETS="$LL_TARGETS coregate-es$us"
-    done
+    for us in ${LL_SPIN_US:-}; do ll_variant "spin$us" spin_before_park_us "$us"; done
+    for us in ${LL_EPOLL_SLEEP_US:-}; do ll_variant "es$us" epoll_sleep_us "$us"; done
     log "lightload: $LL_RATE req/s (50% of nginx's $NGINX_MAX) for ${LL_DUR}s, $LAT_CONNS connections, then ${LL_IDLE}s idle; $SCALE_RUNS runs; $LL_TARGETS"
     for run in $(seq "$SCALE_RUNS"); do
         for t in $LL_TARGETS; do
