@@ -929,6 +929,7 @@ if want lightload; then
     # each value. LL_EPOLL_SLEEP_US="0 200": with `epoll_sleep_us` set to
     # each value (0: park in glommio at every idle moment, as before the
     # epoll sleep existed).
+    LL_TARGETS="coregate nginx direct"
     for us in ${LL_SPIN_US:-}; do ll_variant "spin$us" spin_before_park_us "$us"; done
     for us in ${LL_EPOLL_SLEEP_US:-}; do ll_variant "es$us" epoll_sleep_us "$us"; done
     log "lightload: $LL_RATE req/s (50% of nginx's $NGINX_MAX) for ${LL_DUR}s, $LAT_CONNS connections, then ${LL_IDLE}s idle; $SCALE_RUNS runs; $LL_TARGETS"
