@@ -1258,7 +1258,7 @@ LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)
         echo
         for t in $LL_TARGETS; do
             [ "$t" = direct ] && continue
-            f=$(ls "$OUT"/lightload-syscalls-$t-*.txt 2>/dev/null | tail -1)
+            f=$(ls "$OUT"/lightload-syscalls-$t-[0-9]*.txt 2>/dev/null | tail -1)
             [ -n "$f" ] || continue
             echo '```'
             head -14 "$f"
