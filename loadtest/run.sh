@@ -19,7 +19,8 @@
 #                              seconds per throttle-accuracy run (default 60)
 #   loadtest/run.sh --only splice
 #                              syscalls and CPU of spliced against copied
-#                              1 MiB bodies (loadtest/splice.sh; not in the
+#                              1 MiB bodies, Content-Length and chunked, and
+#                              of nginx (loadtest/splice.sh; not in the
 #                              default list). SPLICE_MIN_BYTES=0 makes every
 #                              other section copy bodies.
 #   loadtest/run.sh --only lightload
@@ -1020,7 +1021,7 @@ if want websocket; then
         log "websocket: ws.sh failed (see run.log)"
 fi
 
-# === splice: syscalls and CPU of spliced against copied 1 MiB bodies ===
+# === splice: syscalls and CPU of spliced against copied 1 MiB bodies (and nginx) ===
 # Only with --only splice (loadtest/splice.sh, its own gateway and backend).
 # The bodies section compares the two paths timed, against nginx:
 # SPLICE_MIN_BYTES=0 loadtest/run.sh --only bodies copies every body.

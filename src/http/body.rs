@@ -19,6 +19,15 @@
 //! the end of the body is written only once the trailer section has been
 //! read and found valid. Without `keep_framing` (an HTTP/1.0 client, or a
 //! body being hashed) only chunk data is forwarded.
+//!
+//! Spliced chunk data: a caller that moves the rest of a chunk's data from
+//! socket to socket without reading it ([`crate::net::splice`]) asks
+//! [`ChunkedDecoder::in_data`] how many data bytes of the current chunk are
+//! still due, moves exactly those, and tells the decoder with
+//! [`ChunkedDecoder::skip_data`]; everything else (every size line, the
+//! CRLF after the data, the last chunk and the trailers) still goes
+//! through [`ChunkedDecoder::step`]. Data bytes are opaque to the decoder,
+//! so skipping them keeps every check it makes.
 
 use super::parse::is_token_byte;
 
@@ -152,7 +161,10 @@ impl Step {
 #[derive(Debug, Clone)]
 pub struct ChunkedDecoder {
     st: St,
+    /// Data bytes of the current chunk still to come (in St::Data).
     remaining: u64,
+    /// The current chunk's size, from its size line (in St::Data).
+    size: u64,
     digits: u8,
     ext_len: usize,
     trailer_len: usize,
@@ -210,6 +222,7 @@ impl ChunkedDecoder {
         ChunkedDecoder {
             st: St::SizeStart,
             remaining: 0,
+            size: 0,
             digits: 0,
             ext_len: 0,
             trailer_len: 0,
@@ -221,6 +234,32 @@ impl ChunkedDecoder {
 
     pub fn is_done(&self) -> bool {
         self.st == St::Done
+    }
+
+    /// Inside a chunk's data (its size line read whole and valid): the
+    /// chunk's size and how many of its data bytes are still to come,
+    /// which is more than 0. None anywhere else in the body.
+    pub fn in_data(&self) -> Option<(u64, u64)> {
+        (self.st == St::Data).then_some((self.size, self.remaining))
+    }
+
+    /// Counts `n` data bytes of the current chunk that went on without
+    /// passing through [`ChunkedDecoder::step`] (spliced), exactly as
+    /// `step` would have: they count toward [`ChunkedDecoder::data_bytes`],
+    /// and once the chunk's data is all there the CRLF after it is due.
+    /// Refused (the state unchanged) unless inside a chunk's data with at
+    /// least `n` bytes of it still to come: a skip never crosses the end
+    /// of a chunk.
+    pub fn skip_data(&mut self, n: u64) -> Result<(), ChunkError> {
+        if self.st != St::Data || n > self.remaining {
+            return Err(ChunkError("Chunk data skipped past its end"));
+        }
+        self.remaining -= n;
+        self.data_bytes += n;
+        if self.remaining == 0 {
+            self.st = St::DataCr;
+        }
+        Ok(())
     }
 
     /// Consumes the longest prefix of `input` whose bytes share one fate,
@@ -256,6 +295,7 @@ impl ChunkedDecoder {
                 // keep_framing, else dropped; either way taken whole.
                 i += len;
                 self.remaining = size;
+                self.size = size;
                 self.st = St::Data;
                 continue;
             }
@@ -378,6 +418,7 @@ impl ChunkedDecoder {
                 if self.remaining == 0 {
                     St::TrailerStart
                 } else {
+                    self.size = self.remaining;
                     St::Data
                 }
             }

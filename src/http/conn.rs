@@ -899,7 +899,10 @@ impl BodyIn<'_> {
     /// at most [`READ_BUF`] of them are held at a time, whatever the
     /// body's length; a Content-Length body of at least
     /// `splice_min_bytes` between plain sockets goes, after what was
-    /// buffered, from socket to socket without a buffer ([`splice_rest`]). A chunked body is re-framed. On success only bytes
+    /// buffered, from socket to socket without a buffer ([`splice_rest`]).
+    /// A chunked body is re-framed; between plain sockets the data of its
+    /// chunks of at least `splice_min_bytes` is spliced the same way
+    /// ([`splice_chunk`]), its framing parsed here. On success only bytes
     /// after the body remain buffered. Returns the body length.
     ///
     /// `client` reads only, and `sink` writes only: the proxy runs this
@@ -955,6 +958,9 @@ impl BodyIn<'_> {
             Framing::Chunked => {
                 let mut dec = ChunkedDecoder::new(true, limits.max_header_bytes);
                 let mut turn = 0;
+                // The last chunk whose data came was spliced: reads stay
+                // short until the next chunk's data.
+                let mut short = false;
                 loop {
                     while *self.rpos < *self.rend && !dec.is_done() {
                         let (rpos, rend) = (*self.rpos, *self.rend);
@@ -978,7 +984,34 @@ impl BodyIn<'_> {
                     take_turns(&mut turn, *self.rend).await;
                     *self.rpos = 0;
                     *self.rend = 0;
-                    let max = self.rbuf.len();
+                    // The buffer is empty: the rest of a big chunk's data
+                    // can go from socket to socket.
+                    if let Some(s) = sink.as_deref_mut() {
+                        client.set_read_timeout(Some(limits.body_read_timeout));
+                        let moved = Cell::new(0);
+                        let r = splice_chunk(
+                            client,
+                            s,
+                            &mut dec,
+                            limits,
+                            limits.max_body_bytes,
+                            crate::net::splice::Toward::Upstream,
+                            &moved,
+                        )
+                        .await;
+                        match r {
+                            Some(r) => {
+                                r.map_err(body_splice_error)?;
+                                short = true;
+                            }
+                            None => short &= dec.in_data().is_none(),
+                        }
+                    }
+                    let max = if short {
+                        AFTER_SPLICE_READ.min(self.rbuf.len())
+                    } else {
+                        self.rbuf.len()
+                    };
                     *self.rend = self.read(client, limits, max).await?;
                 }
             }
@@ -1014,7 +1047,7 @@ async fn splice_rest<C: Io, S: Io>(
     len: u64,
     remaining: u64,
 ) -> Option<Result<(), BodyError>> {
-    use crate::net::splice::{SpliceError, Toward, Transfer};
+    use crate::net::splice::{Toward, Transfer};
     if limits.splice_min_bytes == 0
         || len < limits.splice_min_bytes
         || client.with_plain(|_| ()).is_none()
@@ -1026,12 +1059,71 @@ async fn splice_rest<C: Io, S: Io>(
     client.set_read_timeout(Some(limits.body_read_timeout));
     let moved = std::cell::Cell::new(0);
     let r = crate::tls::stream::splice(client, sink, &mut t, &moved).await;
-    Some(r.map_err(|e| match e {
+    Some(r.map_err(body_splice_error))
+}
+
+/// A request body's splice that failed, as the copy path reports it.
+fn body_splice_error(e: crate::net::splice::SpliceError) -> BodyError {
+    use crate::net::splice::SpliceError;
+    match e {
         SpliceError::Closed => BodyError::Client,
         SpliceError::Read(e) if e.kind() == io::ErrorKind::TimedOut => BodyError::Timeout,
         SpliceError::Read(_) => BodyError::Client,
         SpliceError::Write(e) => BodyError::Sink(e),
-    }))
+    }
+}
+
+/// The most a chunked body's read takes right after a chunk was spliced:
+/// enough for the CRLF after its data, the next size line (with some
+/// extensions) and, for a small chunk, its data. A full read there would
+/// copy the start of a big next chunk through the buffer before its rest
+/// could be spliced; a short one copies a few hundred bytes and costs no
+/// extra syscall when a big chunk follows (one `recv` either way).
+pub const AFTER_SPLICE_READ: usize = 1024;
+
+/// Splices the rest of the current chunk's data from `src` to `dst`
+/// ([`crate::net::splice`]) when the body is inside a chunk of at least
+/// `server.splice_min_bytes` (the chunk's size, from its size line), both
+/// connections are plain TCP, nothing of that chunk is still buffered
+/// (the caller sends what was read first and asks only once its buffer is
+/// empty), the chunk's data fits within `max_data` data bytes for the
+/// body, and a pipe can be had; None when the chunk is to be copied.
+///
+/// Exactly the chunk's data bytes still due are spliced, never one more:
+/// the CRLF after them, the next size line, the last chunk and the
+/// trailers are read into the buffer and parsed by `dec` as before. On
+/// success `dec` has counted the bytes ([`ChunkedDecoder::skip_data`]) and
+/// expects the CRLF. The caller sets `src`'s read timeout; `moved` counts
+/// the bytes written to `dst`.
+pub async fn splice_chunk<S: Io, D: Io>(
+    src: &mut S,
+    dst: &mut D,
+    dec: &mut ChunkedDecoder,
+    limits: &Limits,
+    max_data: u64,
+    toward: crate::net::splice::Toward,
+    moved: &Cell<u64>,
+) -> Option<Result<(), crate::net::splice::SpliceError>> {
+    use crate::net::splice::{SpliceError, Transfer};
+    let (size, rest) = dec.in_data()?;
+    if limits.splice_min_bytes == 0
+        || size < limits.splice_min_bytes
+        // Over the limit: the copy path forwards up to it and refuses the
+        // body there, as for any chunk.
+        || dec.data_bytes.saturating_add(rest) > max_data
+        || src.with_plain(|_| ()).is_none()
+        || dst.with_plain(|_| ()).is_none()
+    {
+        return None;
+    }
+    let mut t = Transfer::new(rest, limits.splice_pipe_bytes, toward)?;
+    if let Err(e) = crate::tls::stream::splice(src, dst, &mut t, moved).await {
+        return Some(Err(e));
+    }
+    Some(
+        dec.skip_data(rest)
+            .map_err(|e| SpliceError::Read(io::Error::new(io::ErrorKind::InvalidData, e.0))),
+    )
 }
 
 /// After this many connections released their buffers, the shard hands

@@ -115,8 +115,9 @@ pub struct Limits {
     pub body_read_timeout: std::time::Duration,
     pub idle_timeout: std::time::Duration,
     pub write_timeout: std::time::Duration,
-    /// `server.splice_min_bytes`: plain-TCP Content-Length bodies of at
-    /// least this many bytes are spliced (0: never).
+    /// `server.splice_min_bytes`: plain-TCP Content-Length bodies, and the
+    /// data of chunks of chunked bodies, of at least this many bytes are
+    /// spliced (0: never).
     pub splice_min_bytes: u64,
     /// `server.splice_pipe_bytes`.
     pub splice_pipe_bytes: usize,

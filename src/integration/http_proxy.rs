@@ -23,11 +23,15 @@
 //! cache; a request body the gateway read whole, for SigV4 or a mapping,
 //! is all buffered already) does not pass through user space at all: the
 //! bytes that came with the head go first from the buffer, the rest from
-//! socket to socket through a pipe ([`crate::net::splice`]). Chunked and
-//! close-delimited bodies are copied.
+//! socket to socket through a pipe ([`crate::net::splice`]). A chunked body
+//! is spliced chunk by chunk ([`splice_chunk`]): the data of each chunk of
+//! at least that size, while its framing is parsed and re-framed in user
+//! space as for a copied one. Close-delimited bodies are copied.
 
 use crate::http::body::{check_start, ChunkedDecoder};
-use crate::http::conn::{BodyError, Conn, Connections, Flow, Split};
+use crate::http::conn::{
+    splice_chunk, BodyError, Conn, Connections, Flow, Split, AFTER_SPLICE_READ,
+};
 use crate::http::encode::{push_status_line, push_u64};
 use crate::http::method::Method;
 use crate::http::parse::{Framing, RequestHead};
@@ -36,6 +40,7 @@ use crate::http::response::{RespFraming, ResponseHead};
 use crate::http::Limits;
 use crate::integration::client::{read_head, Head, HeadError};
 use crate::integration::upstream::{UpConn, UpstreamPlan, UpstreamState};
+use crate::net::splice::{SpliceError, Toward};
 use crate::tls::stream::{Io, Shared};
 use std::cell::Cell;
 use std::future::Future;
@@ -924,7 +929,8 @@ async fn respond<C: Io, U: Io>(
         RespFraming::Chunked => match client.send(wbuf).await {
             Err(_) => Err(StreamErr::Client),
             Ok(()) => {
-                let r = copy_chunked(client, io, buf, uplan, leftover, !dechunk, sent).await;
+                let r =
+                    copy_chunked(client, io, buf, uplan, limits, leftover, !dechunk, sent).await;
                 if let Ok(extra) = r {
                     reusable &= !extra;
                 }
@@ -1153,7 +1159,7 @@ async fn splice_length<C: Io, U: Io>(
     remaining: u64,
     sent: &Cell<u64>,
 ) -> Option<Result<(), StreamErr>> {
-    use crate::net::splice::{SpliceError, Toward, Transfer};
+    use crate::net::splice::Transfer;
     if limits.splice_min_bytes == 0
         || len < limits.splice_min_bytes
         || remaining == 0
@@ -1165,24 +1171,26 @@ async fn splice_length<C: Io, U: Io>(
     let mut t = Transfer::new(remaining, limits.splice_pipe_bytes, Toward::Client)?;
     io.set_read_timeout(Some(uplan.timeout));
     let r = crate::tls::stream::splice(io, client, &mut t, sent).await;
-    Some(r.map_err(|e| match e {
-        SpliceError::Closed => StreamErr::Upstream("connection closed early"),
-        SpliceError::Read(e) if e.kind() == io::ErrorKind::TimedOut => {
-            StreamErr::Upstream("timed out")
-        }
-        SpliceError::Read(_) => StreamErr::Upstream("connection reset"),
-        SpliceError::Write(_) => StreamErr::Client,
-    }))
+    Some(r.map_err(response_splice_error))
 }
 
 /// Streams a chunked body: re-framed with `keep_framing`, else its data
 /// only. Returns whether the upstream sent bytes past the end of it (the
 /// connection then cannot be reused).
+///
+/// Between plain TCP sockets, the data of a chunk of at least
+/// `server.splice_min_bytes` that is not in the buffer yet goes from socket
+/// to socket ([`splice_chunk`]); its size line (ours, or the upstream's
+/// when already canonical) and whatever of its data came with it are
+/// written from the buffer first, and the decoder parses every byte of
+/// framing as for a copied chunk.
+#[allow(clippy::too_many_arguments)]
 async fn copy_chunked<C: Io, U: Io>(
     client: &mut C,
     io: &mut U,
     buf: &mut [u8],
     uplan: &UpstreamPlan,
+    limits: &Limits,
     leftover: std::ops::Range<usize>,
     keep_framing: bool,
     sent: &Cell<u64>,
@@ -1190,6 +1198,9 @@ async fn copy_chunked<C: Io, U: Io>(
     io.set_read_timeout(Some(uplan.timeout));
     let mut dec = ChunkedDecoder::new(keep_framing, uplan.max_response_header_bytes);
     let (mut pos, mut end) = (leftover.start, leftover.end);
+    // The last chunk whose data came was spliced: reads stay short until
+    // the next chunk's data (see AFTER_SPLICE_READ).
+    let mut short = false;
     loop {
         while pos < end && !dec.is_done() {
             let step = dec
@@ -1207,8 +1218,34 @@ async fn copy_chunked<C: Io, U: Io>(
         if dec.is_done() {
             return Ok(pos < end);
         }
-        end = read_upstream(io, buf).await?;
+        // The buffer is empty: the rest of a big chunk's data can go from
+        // socket to socket.
+        match splice_chunk(io, client, &mut dec, limits, u64::MAX, Toward::Client, sent).await {
+            Some(r) => {
+                r.map_err(response_splice_error)?;
+                short = true;
+            }
+            None => short &= dec.in_data().is_none(),
+        }
+        let max = if short {
+            AFTER_SPLICE_READ.min(buf.len())
+        } else {
+            buf.len()
+        };
+        end = read_upstream(io, &mut buf[..max]).await?;
         pos = 0;
+    }
+}
+
+/// A response body's splice that failed, as the copy path reports it.
+fn response_splice_error(e: SpliceError) -> StreamErr {
+    match e {
+        SpliceError::Closed => StreamErr::Upstream("connection closed early"),
+        SpliceError::Read(e) if e.kind() == io::ErrorKind::TimedOut => {
+            StreamErr::Upstream("timed out")
+        }
+        SpliceError::Read(_) => StreamErr::Upstream("connection reset"),
+        SpliceError::Write(_) => StreamErr::Client,
     }
 }
 

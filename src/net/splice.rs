@@ -24,6 +24,11 @@
 //! counted in pages, not bytes), so the socket stays marked readable and
 //! the next fill finds out.
 //!
+//! A transfer never takes more than the bytes it was made for from its
+//! source: a chunked body's caller makes one per chunk, for exactly the
+//! chunk's data still due (`http::conn::splice_chunk`), so the framing
+//! after it stays in the socket for the user-space decoder.
+//!
 //! Every byte a splice writes to its destination is counted per shard and
 //! direction ([`spliced_bytes`]) for the metrics, so the spliced path can
 //! be told from the copy path.

@@ -520,6 +520,54 @@ pub fn proc_status_kib(pid: u32, field: &str) -> Option<u64> {
         .ok()
 }
 
+/// `coregate_spliced_bytes_total` so far, summed over the shards: (to
+/// clients, to upstreams). Read with Python's prometheus_client
+/// (tests/prom_parse.py; scripts/test installs it), a parser we did not
+/// write.
+pub fn spliced_bytes(gw: &Gateway) -> (u64, u64) {
+    let r = http_get(&gw.admin_url("/metrics"));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/prom_parse.py");
+    let mut child = Command::new("python3")
+        .arg(script)
+        .arg("text")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!("python3 is needed to read the metrics ({e}); scripts/test installs it")
+        });
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(r.text().as_bytes())
+        .expect("write to python3");
+    let out = child.wait_with_output().expect("python3 output");
+    assert!(
+        out.status.success(),
+        "prometheus_client rejected the exposition: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("parser's JSON");
+    let (mut down, mut up, mut seen) = (0.0, 0.0, 0);
+    for s in v["samples"].as_array().expect("samples") {
+        if s[0].as_str() != Some("coregate_spliced_bytes_total") {
+            continue;
+        }
+        seen += 1;
+        let value = s[2].as_f64().expect("a number");
+        match s[1]["direction"].as_str() {
+            Some("to_client") => down += value,
+            Some("to_upstream") => up += value,
+            other => panic!("unexpected direction {other:?}"),
+        }
+    }
+    assert!(seen > 0, "no coregate_spliced_bytes_total samples");
+    (down as u64, up as u64)
+}
+
 // === impl body pattern ===
 
 /// Large bodies carry byte `i % 251` at offset `i`, so corruption, loss or

@@ -51,8 +51,8 @@ pub const DEFAULT_HEADER_READ_TIMEOUT_MS: u64 = 10_000;
 pub const DEFAULT_BODY_READ_TIMEOUT_MS: u64 = 30_000;
 pub const DEFAULT_IDLE_TIMEOUT_MS: u64 = 60_000;
 pub const DEFAULT_WRITE_TIMEOUT_MS: u64 = 30_000;
-/// Bodies of at least this many bytes go from socket to socket with splice
-/// (docs/tuning.md, "Spliced bodies").
+/// Bodies (and chunks of chunked bodies) of at least this many bytes go
+/// from socket to socket with splice (docs/tuning.md, "Spliced bodies").
 pub const DEFAULT_SPLICE_MIN_BYTES: u64 = 64 * 1024;
 /// The capacity of each splice pipe.
 pub const DEFAULT_SPLICE_PIPE_BYTES: usize = 256 * 1024;
@@ -145,8 +145,9 @@ pub struct RawServer {
     /// `[[server.shard]]`: one shard's own settings (docs/tuning.md).
     #[serde(default)]
     pub shard: Vec<shard::RawShard>,
-    /// Plain-TCP Content-Length bodies of at least this many bytes move
-    /// from socket to socket with splice; 0 turns that off.
+    /// Plain-TCP Content-Length bodies, and the data of chunks, of at
+    /// least this many bytes move from socket to socket with splice; 0
+    /// turns that off.
     pub splice_min_bytes: Option<u64>,
     /// The capacity of each splice pipe.
     pub splice_pipe_bytes: Option<usize>,

@@ -914,3 +914,172 @@ fn incomplete_body_is_not_done() {
         }
     }
 }
+
+// === spliced chunk data (in_data / skip_data) ===
+
+/// Feeds `input` as a splicing caller does: steps through what is
+/// "buffered" (pieces of at most `piece` bytes), and whenever the buffer is
+/// used up inside a chunk's data, moves the rest of that chunk straight
+/// from the input to the output without `step` ([`ChunkedDecoder::skip_data`]),
+/// as a splice would. Returns the output and the decoder.
+fn feed_skipping(
+    input: &[u8],
+    keep_framing: bool,
+    piece: usize,
+) -> Result<(Vec<u8>, ChunkedDecoder, usize), ChunkError> {
+    let mut dec = ChunkedDecoder::new(keep_framing, 4096);
+    let mut out = Vec::new();
+    let mut pos = 0;
+    while pos < input.len() && !dec.is_done() {
+        let end = (pos + piece).min(input.len());
+        while pos < end && !dec.is_done() {
+            let s = dec.step(&input[pos..end])?;
+            out.extend_from_slice(s.out(&input[pos..end]));
+            pos += s.consumed;
+        }
+        if let Some((size, rest)) = dec.in_data() {
+            assert!(rest > 0 && rest <= size, "{size} {rest}");
+            let n = (rest as usize).min(input.len() - pos);
+            dec.skip_data(n as u64)?;
+            out.extend_from_slice(&input[pos..pos + n]);
+            pos += n;
+        }
+    }
+    Ok((out, dec, pos))
+}
+
+/// Bodies with big and small chunks, canonical and other size lines,
+/// extensions and trailers.
+fn splice_bodies() -> Vec<Vec<u8>> {
+    let data = |n: usize| (0..n).map(|i| b'a' + (i % 26) as u8).collect::<Vec<u8>>();
+    let mut bodies = Vec::new();
+    for lines in [
+        ["400", "5", "0400", "1", "C8"],
+        ["400;a=b", "5 ; x", "400", "1;q=\"a\\\"b\"", "c8"],
+    ] {
+        let mut b = Vec::new();
+        for line in lines {
+            let size_text = line.split([';', ' ']).next().unwrap();
+            let n = usize::from_str_radix(size_text, 16).unwrap();
+            b.extend_from_slice(line.as_bytes());
+            b.extend_from_slice(b"\r\n");
+            b.extend_from_slice(&data(n));
+            b.extend_from_slice(b"\r\n");
+        }
+        b.extend_from_slice(b"0\r\n\r\n");
+        bodies.push(b.clone());
+        b.truncate(b.len() - 2);
+        b.extend_from_slice(b"X-T: 1\r\n\r\n");
+        bodies.push(b);
+    }
+    bodies
+}
+
+#[test]
+fn skipped_chunk_data_gives_what_stepping_gives() {
+    for body in splice_bodies() {
+        for keep in [true, false] {
+            let stepped = decode(&body, keep).unwrap();
+            assert!(stepped.done);
+            for piece in [1, 2, 3, 7, 64, 1000, body.len()] {
+                let (out, dec, pos) = feed_skipping(&body, keep, piece).unwrap();
+                assert!(dec.is_done(), "piece {piece}");
+                assert_eq!(pos, stepped.consumed, "piece {piece}");
+                assert_eq!(
+                    lossy(&out),
+                    lossy(&stepped.forwarded),
+                    "piece {piece}, keep_framing {keep}"
+                );
+                let data: u64 = 0x400 + 5 + 0x400 + 1 + 0xc8;
+                assert_eq!(dec.data_bytes, data);
+            }
+        }
+    }
+}
+
+#[test]
+fn in_data_reports_the_chunk_size_and_what_is_left() {
+    for (body, size) in [
+        (&b"400\r\nab"[..], 0x400u64),
+        (b"0400\r\nab", 0x400),
+        (b"4Ff;x=\"y\"\r\nab", 0x4ff),
+    ] {
+        let mut dec = ChunkedDecoder::new(true, 4096);
+        let mut pos = 0;
+        while pos < body.len() {
+            pos += dec.step(&body[pos..]).unwrap().consumed;
+        }
+        assert_eq!(dec.in_data(), Some((size, size - 2)), "{}", lossy(body));
+        dec.skip_data(size - 3).unwrap();
+        assert_eq!(dec.in_data(), Some((size, 1)));
+        dec.skip_data(1).unwrap();
+        assert_eq!(dec.in_data(), None, "the CRLF is due");
+        assert_eq!(dec.data_bytes, size);
+    }
+    // Framing, the trailers and the end are never data.
+    let mut dec = ChunkedDecoder::new(true, 4096);
+    for b in b"5\r\nhello\r\n0\r\nA: b\r\n\r\n".chunks(1) {
+        dec.step(b).unwrap();
+        if !dec.is_done() {
+            let in_hello = dec.data_bytes < 5 && dec.in_data().is_some();
+            assert!(dec.in_data().is_none() || in_hello);
+        }
+    }
+    assert!(dec.is_done());
+    assert_eq!(dec.in_data(), None);
+}
+
+#[test]
+fn a_skip_never_crosses_the_end_of_a_chunk() {
+    let mut dec = ChunkedDecoder::new(true, 4096);
+    // Before any size line, or in the middle of one: nothing to skip.
+    assert!(dec.skip_data(1).is_err());
+    dec.step(b"1").unwrap();
+    assert!(dec.skip_data(1).is_err());
+    dec.step(b"0\r\n").unwrap();
+    assert_eq!(dec.in_data(), Some((16, 16)));
+    // One byte past the chunk: refused, nothing counted.
+    assert_eq!(
+        dec.skip_data(17),
+        Err(ChunkError("Chunk data skipped past its end"))
+    );
+    assert_eq!((dec.in_data(), dec.data_bytes), (Some((16, 16)), 0));
+    dec.skip_data(16).unwrap();
+    // At the CRLF: nothing more to skip.
+    assert!(dec.skip_data(1).is_err());
+    assert!(dec.skip_data(0).is_err());
+    let end = b"\r\n0\r\n\r\n";
+    let mut pos = 0;
+    while !dec.is_done() {
+        pos += dec.step(&end[pos..]).unwrap().consumed;
+    }
+    assert_eq!(pos, end.len());
+    assert!(dec.skip_data(0).is_err());
+}
+
+#[test]
+fn bad_framing_after_skipped_data_is_refused_as_after_stepped_data() {
+    for (after, why) in [
+        (&b"\r\nzz\r\n"[..], "Invalid chunk size"),
+        (b"\r\n5 \r\nhello\r\n0\r\n\r\n", "Invalid chunk size"),
+        (b"X\r\n0\r\n\r\n", "Chunk data longer than its size"),
+        (b"\rX0\r\n\r\n", "Chunk data longer than its size"),
+        (b"\r\n0\r\nA b\r\n\r\n", "Invalid trailer line"),
+        (b"\r\n5;=\r\nhello\r\n0\r\n\r\n", "Invalid chunk extension"),
+    ] {
+        let mut body = b"400\r\n".to_vec();
+        body.extend_from_slice(&[b'x'; 0x400]);
+        body.extend_from_slice(after);
+        assert_eq!(err(&body), ChunkError(why), "stepped: {}", lossy(after));
+        for keep in [true, false] {
+            for piece in [1, 5, 100] {
+                assert_eq!(
+                    feed_skipping(&body, keep, piece).err(),
+                    Some(ChunkError(why)),
+                    "skipped, piece {piece}: {}",
+                    lossy(after)
+                );
+            }
+        }
+    }
+}
