@@ -425,45 +425,11 @@ fn splice_min_bytes_0_copies_every_body() {
 #[test]
 fn a_tls_listener_copies_and_stays_exact() {
     use tls_support::*;
-    let pki = Pki::new();
-    let ca = pki.ca("splice ca");
-    let leaf = pki.server(&ca, "splice", &["localhost"]);
     let b = Backend::start(Reply::Large {
         len: 3 * MIB,
         chunked: false,
     });
-    let gw = Gateway::start(&format!(
-        r#"
-[server]
-listen = ["127.0.0.1:0"]
-shards = 1
-
-[server.tls]
-listen = ["127.0.0.1:0"]
-
-[[server.tls.certificates]]
-cert = {:?}
-key = {:?}
-
-[[upstreams]]
-name = "b"
-targets = [{{ address = "{}" }}]
-
-[[apis]]
-name = "main"
-[[apis.routes]]
-key = "ANY /{{proxy+}}"
-integration = {{ type = "http_proxy", url = "http://b" }}
-"#,
-        leaf.cert_path,
-        leaf.key_path,
-        b.addr_str()
-    ));
-    let cfg = client_config(&ClientOpts {
-        roots: vec![&ca],
-        ..ClientOpts::default()
-    });
-    let mut tls = TlsClient::connect(gw.tls_addr(), "localhost", cfg).unwrap();
+    let (gw, mut tls, _pki) = tls_proxy(&b.addr_str());
     for _ in 0..2 {
         let r = tls.get("/big");
         assert_eq!(r.status, 200);

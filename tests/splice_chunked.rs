@@ -914,41 +914,7 @@ fn chunked_bodies_are_copied_when_splicing_is_off_or_under_tls() {
     upload_chunks(&mut c, "/up/x", &[MIB, 3 * MIB]);
     assert_eq!(spliced(&gw), (0, 0));
 
-    let pki = Pki::new();
-    let ca = pki.ca("splice ca");
-    let leaf = pki.server(&ca, "splice", &["localhost"]);
-    let gw = Gateway::start(&format!(
-        r#"
-[server]
-listen = ["127.0.0.1:0"]
-shards = 1
-
-[server.tls]
-listen = ["127.0.0.1:0"]
-
-[[server.tls.certificates]]
-cert = {:?}
-key = {:?}
-
-[[upstreams]]
-name = "b"
-targets = [{{ address = "{}" }}]
-
-[[apis]]
-name = "main"
-[[apis.routes]]
-key = "ANY /{{proxy+}}"
-integration = {{ type = "http_proxy", url = "http://b" }}
-"#,
-        leaf.cert_path,
-        leaf.key_path,
-        b.addr_str()
-    ));
-    let cfg = client_config(&ClientOpts {
-        roots: vec![&ca],
-        ..ClientOpts::default()
-    });
-    let mut tls = TlsClient::connect(gw.tls_addr(), "localhost", cfg).unwrap();
+    let (gw, mut tls, _pki) = tls_proxy(&b.addr_str());
     let r = tls.get("/big");
     assert_eq!(r.status, 200);
     let mut check = PatternCheck::default();

@@ -490,3 +490,44 @@ fn echo_response(req: &BackendRequest, body: &[u8]) -> Vec<u8> {
     out.extend_from_slice(&echo);
     out
 }
+
+/// A one-shard gateway with a plain and a TLS listener (a leaf for
+/// `localhost` from a fresh test CA) proxying every path to `backend`, and
+/// a TLS client that trusts that CA, connected to the TLS listener. Keep
+/// the `Pki` as long as the gateway runs: its files are the certificate.
+pub fn tls_proxy(backend: &str) -> (crate::support::Gateway, TlsClient, Pki) {
+    let pki = Pki::new();
+    let ca = pki.ca("proxy ca");
+    let leaf = pki.server(&ca, "proxy", &["localhost"]);
+    let gw = crate::support::Gateway::start(&format!(
+        r#"
+[server]
+listen = ["127.0.0.1:0"]
+shards = 1
+
+[server.tls]
+listen = ["127.0.0.1:0"]
+
+[[server.tls.certificates]]
+cert = {:?}
+key = {:?}
+
+[[upstreams]]
+name = "b"
+targets = [{{ address = "{backend}" }}]
+
+[[apis]]
+name = "main"
+[[apis.routes]]
+key = "ANY /{{proxy+}}"
+integration = {{ type = "http_proxy", url = "http://b" }}
+"#,
+        leaf.cert_path, leaf.key_path
+    ));
+    let cfg = client_config(&ClientOpts {
+        roots: vec![&ca],
+        ..ClientOpts::default()
+    });
+    let tls = TlsClient::connect(gw.tls_addr(), "localhost", cfg).unwrap();
+    (gw, tls, pki)
+}
