@@ -22,7 +22,8 @@
 #                              1 MiB bodies, Content-Length and chunked, and
 #                              of nginx (loadtest/splice.sh; not in the
 #                              default list). SPLICE_MIN_BYTES=0 makes every
-#                              other section copy bodies.
+#                              other section copy bodies; SPLICE_PIPE_BYTES
+#                              sets coregate's splice_pipe_bytes.
 #   loadtest/run.sh --only lightload
 #                              CPU and syscalls per request at 50% of nginx's
 #                              maximum, and idle CPU (loadtest/lightload.sh)
@@ -394,6 +395,7 @@ shards = $2
 cpus = [$3]
 drain_timeout_ms = 2000
 ${SPLICE_MIN_BYTES:+splice_min_bytes = $SPLICE_MIN_BYTES}
+${SPLICE_PIPE_BYTES:+splice_pipe_bytes = $SPLICE_PIPE_BYTES}
 
 [server.limits]
 max_body_bytes = 16777216
