@@ -866,21 +866,7 @@ fn a_spliced_chunked_download_under_way_finishes_during_the_drain() {
     let len = 32 * MIB;
     let b = Backend::start(Reply::Large { len, chunked: true });
     let mut gw = gateway(&b.addr_str(), &[], "", "", 30_000);
-    let before = spliced(&gw);
-    let mut c = gw.client();
-    c.send(b"GET /drain HTTP/1.1\r\nHost: t\r\n\r\n");
-    let mut check = PatternCheck::default();
-    let mut mid = None;
-    let r = c
-        .read_response_with(false, &mut |d| {
-            check.feed(d);
-            if mid.is_none() && check.offset >= 4 * MIB {
-                mid = Some(spliced(&gw).0 - before.0);
-                gw.sigterm();
-                std::thread::sleep(Duration::from_millis(300));
-            }
-        })
-        .unwrap_or_else(|e| panic!("download during the drain: {e:?}"));
+    let (r, check, mid) = download_through_sigterm(&gw, 4 * MIB);
     assert_eq!(r.status, 200);
     assert_eq!((check.offset, check.mismatches), (len, 0));
     assert!(

@@ -520,6 +520,30 @@ pub fn proc_status_kib(pid: u32, field: &str) -> Option<u64> {
         .ok()
 }
 
+/// Downloads `GET /drain` (a body of the stamped pattern, `PatternCheck`)
+/// on a new connection to `gw`, and sends the gateway SIGTERM once `at`
+/// bytes of it have arrived, pausing 300 ms so the body is still under way
+/// when the drain begins. Returns the response (its body checked into the
+/// returned `PatternCheck`) and the bytes spliced toward clients by then.
+pub fn download_through_sigterm(gw: &Gateway, at: u64) -> (Response, PatternCheck, Option<u64>) {
+    let before = spliced_bytes(gw);
+    let mut c = gw.client();
+    c.send(b"GET /drain HTTP/1.1\r\nHost: t\r\n\r\n");
+    let mut check = PatternCheck::default();
+    let mut mid = None;
+    let r = c
+        .read_response_with(false, &mut |d| {
+            check.feed(d);
+            if mid.is_none() && check.offset >= at {
+                mid = Some(spliced_bytes(gw).0 - before.0);
+                gw.sigterm();
+                std::thread::sleep(Duration::from_millis(300));
+            }
+        })
+        .unwrap_or_else(|e| panic!("download during the drain: {e:?}"));
+    (r, check, mid)
+}
+
 /// `coregate_spliced_bytes_total` so far, summed over the shards: (to
 /// clients, to upstreams). Read with Python's prometheus_client
 /// (tests/prom_parse.py; scripts/test installs it), a parser we did not
