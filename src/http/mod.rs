@@ -1,6 +1,6 @@
 //! The HTTP/1.1 wire, for both roles and without gateway words: parsing
 //! request heads ([`parse`]), body framing ([`body`]), upstream response
-//! heads ([`response`]), the one writer of gateway-made responses
+//! heads ([`response`]), the header names both act on ([`names`]), the one writer of gateway-made responses
 //! ([`respond`]) and its encoders ([`encode`]), and the server connection
 //! loop ([`conn`]), generic over the service that answers its requests; and
 //! the WebSocket wire ([`ws`]): handshake checks and the frame codec; and
@@ -10,6 +10,7 @@ pub mod body;
 pub mod conn;
 pub mod encode;
 pub mod method;
+pub mod names;
 pub mod parse;
 pub mod percent;
 pub mod respond;

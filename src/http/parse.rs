@@ -6,6 +6,7 @@
 //! every position as a [`Span`] into the read buffer so nothing is copied.
 
 use super::method::Method;
+use super::names::{classify, Name};
 use super::Reject;
 use smallvec::SmallVec;
 
@@ -126,23 +127,7 @@ impl RequestHead {
 /// Hop-by-hop by RFC 9110 §7.6.1, plus the obsolete `Proxy-Connection` and
 /// every `Proxy-*`: never forwarded in either direction.
 pub fn is_hop_by_hop(name: &[u8]) -> bool {
-    const HOP: [&[u8]; 5] = [b"connection", b"keep-alive", b"te", b"trailer", b"upgrade"];
-    HOP.iter().any(|h| h.eq_ignore_ascii_case(name))
-        || (name.len() > 6 && name[..6].eq_ignore_ascii_case(b"proxy-"))
-}
-
-/// Request headers the gateway sets or handles itself, so the client's are
-/// not forwarded as they came.
-fn is_set_by_gateway(name: &[u8]) -> bool {
-    const OWN: [&[u8]; 6] = [
-        b"host",
-        b"expect",
-        b"x-forwarded-for",
-        b"x-forwarded-proto",
-        b"x-forwarded-host",
-        b"x-request-id",
-    ];
-    OWN.iter().any(|h| h.eq_ignore_ascii_case(name))
+    classify(name).is_hop_by_hop()
 }
 
 /// Marks the headers named in `Connection` as hop-by-hop (RFC 9110 §7.6.1).
@@ -423,67 +408,73 @@ pub fn parse_request_head_into(
             // `Content_Length` and friends: some servers fold '_' into '-'.
             return Err(Reject::bad_request("Invalid header name"));
         }
-        let mut hop = is_hop_by_hop(name) || is_set_by_gateway(name);
-        if name.eq_ignore_ascii_case(b"content-length") {
-            for elem in value.split(|&b| b == b',').map(trim_ows) {
-                let n = parse_content_length(elem)
-                    .ok_or(Reject::bad_request("Invalid Content-Length"))?;
-                if content_length.is_some_and(|prev| prev != n) {
-                    return Err(Reject::bad_request("Conflicting Content-Length"));
-                }
-                content_length = Some(n);
-            }
-            hop = true;
-        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
-            transfer_encoding_seen = true;
-            for coding in value.split(|&b| b == b',').map(trim_ows) {
-                if coding.is_empty() {
-                    return Err(Reject::bad_request("Invalid Transfer-Encoding"));
-                }
-                if chunked {
-                    // chunked must be the final coding, applied once
-                    return Err(Reject::bad_request("Invalid Transfer-Encoding"));
-                }
-                if coding.eq_ignore_ascii_case(b"chunked") {
-                    chunked = true;
-                } else if !coding.iter().all(|&b| is_token_byte(b)) {
-                    return Err(Reject::bad_request("Invalid Transfer-Encoding"));
-                }
-            }
-        } else if name.eq_ignore_ascii_case(b"host") {
-            host_seen += 1;
-            if authority.is_none() {
-                out.host = Some(Span::of(buf, value));
-            }
-            if !valid_host(value) {
-                return Err(Reject::bad_request("Invalid Host header"));
-            }
-        } else if name.eq_ignore_ascii_case(b"connection") {
-            for token in list_elements(value) {
-                if token.eq_ignore_ascii_case(b"close") {
-                    connection_close = true;
-                } else if token.eq_ignore_ascii_case(b"keep-alive") {
-                    if minor_version == 0 {
-                        out.keep_alive = true;
+        let kind = classify(name);
+        let mut hop = kind.is_hop_by_hop() || kind.is_set_by_gateway();
+        match kind {
+            Name::ContentLength => {
+                for elem in value.split(|&b| b == b',').map(trim_ows) {
+                    let n = parse_content_length(elem)
+                        .ok_or(Reject::bad_request("Invalid Content-Length"))?;
+                    if content_length.is_some_and(|prev| prev != n) {
+                        return Err(Reject::bad_request("Conflicting Content-Length"));
                     }
-                } else if token.eq_ignore_ascii_case(b"upgrade") {
-                    connection_upgrade = true;
-                } else {
-                    connection_names.push(token);
+                    content_length = Some(n);
+                }
+                hop = true;
+            }
+            Name::TransferEncoding => {
+                transfer_encoding_seen = true;
+                for coding in value.split(|&b| b == b',').map(trim_ows) {
+                    if coding.is_empty() {
+                        return Err(Reject::bad_request("Invalid Transfer-Encoding"));
+                    }
+                    if chunked {
+                        // chunked must be the final coding, applied once
+                        return Err(Reject::bad_request("Invalid Transfer-Encoding"));
+                    }
+                    if coding.eq_ignore_ascii_case(b"chunked") {
+                        chunked = true;
+                    } else if !coding.iter().all(|&b| is_token_byte(b)) {
+                        return Err(Reject::bad_request("Invalid Transfer-Encoding"));
+                    }
                 }
             }
-        } else if name.eq_ignore_ascii_case(b"expect") {
-            if trim_ows(value).eq_ignore_ascii_case(b"100-continue") {
-                out.expect_continue = minor_version == 1;
-            } else {
-                return Err(Reject::new(417, "Expectation Failed"));
+            Name::Host => {
+                host_seen += 1;
+                if authority.is_none() {
+                    out.host = Some(Span::of(buf, value));
+                }
+                if !valid_host(value) {
+                    return Err(Reject::bad_request("Invalid Host header"));
+                }
             }
-        } else if name.eq_ignore_ascii_case(b"x-request-id") {
-            if valid_request_id(value) {
+            Name::Connection => {
+                for token in list_elements(value) {
+                    if token.eq_ignore_ascii_case(b"close") {
+                        connection_close = true;
+                    } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                        if minor_version == 0 {
+                            out.keep_alive = true;
+                        }
+                    } else if token.eq_ignore_ascii_case(b"upgrade") {
+                        connection_upgrade = true;
+                    } else {
+                        connection_names.push(token);
+                    }
+                }
+            }
+            Name::Expect => {
+                if trim_ows(value).eq_ignore_ascii_case(b"100-continue") {
+                    out.expect_continue = minor_version == 1;
+                } else {
+                    return Err(Reject::new(417, "Expectation Failed"));
+                }
+            }
+            Name::XRequestId if valid_request_id(value) => {
                 out.request_id = Some(Span::of(buf, value));
             }
-        } else if name.eq_ignore_ascii_case(b"upgrade") {
-            has_upgrade_header = true;
+            Name::Upgrade => has_upgrade_header = true,
+            _ => {}
         }
         out.headers.push(HeaderSpan {
             name: Span::of(buf, name),

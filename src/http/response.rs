@@ -1,6 +1,7 @@
 //! Upstream response heads: parsed when a backend answers, then rewritten for
 //! the client by the proxy integration.
 
+use super::names::{classify, Name};
 use super::parse::{list_elements, mark_connection_listed, trim_ows, HeaderSpan, Span};
 use smallvec::SmallVec;
 
@@ -35,14 +36,6 @@ pub struct ResponseHead {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BadResponse(pub &'static str);
-
-/// Not forwarded to the client: hop-by-hop, plus the framing headers the
-/// gateway writes itself for the client's side of the connection.
-fn is_hop_by_hop(name: &[u8]) -> bool {
-    super::parse::is_hop_by_hop(name)
-        || name.eq_ignore_ascii_case(b"content-length")
-        || name.eq_ignore_ascii_case(b"transfer-encoding")
-}
 
 /// Parses an upstream response head. `head_request` says the request was
 /// HEAD, which has no response body whatever the headers say.
@@ -128,50 +121,56 @@ pub fn parse_response_head_into(
     for h in resp.headers.iter() {
         let name = h.name.as_bytes();
         let value = h.value;
-        if value.iter().any(|&b| b == 0 || b == b'\r' || b == b'\n') {
-            return Err(BadResponse("invalid response header value"));
-        }
-        if name.eq_ignore_ascii_case(b"content-length") {
-            for elem in value.split(|&b| b == b',').map(trim_ows) {
-                let ok =
-                    !elem.is_empty() && elem.len() <= 19 && elem.iter().all(u8::is_ascii_digit);
-                let n: u64 = if ok {
-                    std::str::from_utf8(elem)
-                        .ok()
-                        .and_then(|s| s.parse().ok())
-                        .ok_or(BadResponse("invalid Content-Length"))?
-                } else {
-                    return Err(BadResponse("invalid Content-Length"));
-                };
-                if content_length.is_some_and(|p| p != n) {
-                    return Err(BadResponse("conflicting Content-Length"));
-                }
-                content_length = Some(n);
-            }
-        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
-            // Chunked only counts as the final coding (RFC 9112 §6.3 rule 4).
-            let last = list_elements(value).last();
-            te_chunked = Some(last.is_some_and(|c| c.eq_ignore_ascii_case(b"chunked")));
-            out.transfer_encoding = Some(span(value));
-        } else if name.eq_ignore_ascii_case(b"connection") {
-            for token in list_elements(value) {
-                if token.eq_ignore_ascii_case(b"close") {
-                    out.keep_alive = false;
-                } else if token.eq_ignore_ascii_case(b"keep-alive") {
-                    if minor_version == 0 {
-                        out.keep_alive = true;
+        // No NUL, CR or LF can be in `value`: httparse's value grammar
+        // (HTAB, SP, VCHAR, obs-text) refuses them, with obs-fold off.
+        let kind = classify(name);
+        match kind {
+            Name::ContentLength => {
+                for elem in value.split(|&b| b == b',').map(trim_ows) {
+                    let ok =
+                        !elem.is_empty() && elem.len() <= 19 && elem.iter().all(u8::is_ascii_digit);
+                    let n: u64 = if ok {
+                        std::str::from_utf8(elem)
+                            .ok()
+                            .and_then(|s| s.parse().ok())
+                            .ok_or(BadResponse("invalid Content-Length"))?
+                    } else {
+                        return Err(BadResponse("invalid Content-Length"));
+                    };
+                    if content_length.is_some_and(|p| p != n) {
+                        return Err(BadResponse("conflicting Content-Length"));
                     }
-                } else {
-                    connection_names.push(token);
+                    content_length = Some(n);
                 }
             }
-        } else if name.eq_ignore_ascii_case(b"x-request-id") {
-            out.has_request_id = true;
+            Name::TransferEncoding => {
+                // Chunked only counts as the final coding (RFC 9112 §6.3 rule 4).
+                let last = list_elements(value).last();
+                te_chunked = Some(last.is_some_and(|c| c.eq_ignore_ascii_case(b"chunked")));
+                out.transfer_encoding = Some(span(value));
+            }
+            Name::Connection => {
+                for token in list_elements(value) {
+                    if token.eq_ignore_ascii_case(b"close") {
+                        out.keep_alive = false;
+                    } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                        if minor_version == 0 {
+                            out.keep_alive = true;
+                        }
+                    } else {
+                        connection_names.push(token);
+                    }
+                }
+            }
+            Name::XRequestId => out.has_request_id = true,
+            _ => {}
         }
         out.headers.push(HeaderSpan {
             name: span(name),
             value: span(value),
-            hop: is_hop_by_hop(name),
+            // Not forwarded to the client: hop-by-hop, plus the framing
+            // headers the gateway writes itself for the client's side.
+            hop: kind.is_hop_by_hop() || kind.is_framing(),
         });
     }
     // A framing header listed in Connection is already hop-by-hop here.
