@@ -195,3 +195,47 @@ pub fn parse_response_head_into(
     }
     Ok(true)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// No NUL, CR or LF reaches a header value: the parser leaves that to
+    /// httparse's value grammar, and the proxy copies values to the client.
+    #[test]
+    fn nul_cr_and_lf_inside_a_value_are_refused() {
+        for value in [&b"a\0b"[..], b"a\rb", b"\0", b"a\r", b"a\r\rb"] {
+            let mut head = b"HTTP/1.1 200 OK\r\nx-a: ".to_vec();
+            head.extend_from_slice(value);
+            head.extend_from_slice(b"\r\ncontent-length: 0\r\n\r\n");
+            assert!(
+                parse_response_head(&head, false, 16384).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(&head)
+            );
+        }
+        // A bare LF ends the line: two headers, neither holding the LF.
+        let head = b"HTTP/1.1 200 OK\r\nx-a: b\nx-c: d\r\ncontent-length: 0\r\n\r\n";
+        let parsed = parse_response_head(head, false, 16384);
+        let Ok(Some(resp)) = parsed else {
+            panic!("{parsed:?}");
+        };
+        let values: Vec<&[u8]> = resp.headers.iter().map(|h| h.value.get(head)).collect();
+        assert_eq!(values, [&b"b"[..], b"d", b"0"]);
+    }
+
+    #[test]
+    fn framing_and_hop_by_hop_headers_in_any_case() {
+        let head = b"HTTP/1.1 200 OK\r\nCONTENT-LENGTH: 5\r\nKeep-Alive: timeout=5\r\n\
+Proxy-Thing: x\r\nX-Request-ID: abc\r\nContent-Type: text/plain\r\nConnection: close\r\n\r\n";
+        let parsed = parse_response_head(head, false, 16384);
+        let Ok(Some(resp)) = parsed else {
+            panic!("{parsed:?}");
+        };
+        assert_eq!(resp.framing, RespFraming::Length(5));
+        assert!(resp.has_request_id);
+        assert!(!resp.keep_alive);
+        let hop: Vec<bool> = resp.headers.iter().map(|h| h.hop).collect();
+        assert_eq!(hop, [true, true, true, false, false, true]);
+    }
+}
