@@ -15,6 +15,10 @@
 #                              default list)
 #   COREGATE_BIN=/path/coregate loadtest/run.sh --only throughput
 #                              measure another build (before/after pairs)
+#   BASE_BIN=/path/coregate loadtest/run.sh --only throughput
+#                              also measure that build as target
+#                              "coregate-base", alternating with the others
+#                              in the same runs (before/after in one run)
 #   THR_DUR=120 loadtest/run.sh --only throttle-accuracy
 #                              seconds per throttle-accuracy run (default 60)
 #   loadtest/run.sh --only splice
@@ -119,6 +123,7 @@ NGINX_PORT=18081
 COREGATE_TLS_PORT=18083
 NGINX_TLS_PORT=18084
 COREGATE_THR_PORT=18085
+COREGATE_BASE_PORT=18086
 
 STAMP=$(date +%Y%m%d-%H%M%S)
 OUT=$LT/results/$STAMP$([ $SMOKE = 1 ] && echo -smoke || true)
@@ -205,7 +210,7 @@ if [ "$(ulimit -n)" != unlimited ] && [ "$(ulimit -n)" -lt $((IDLE_CONNS + 500))
     IDLE_CONNS=$(($(ulimit -n) - 500))
 fi
 for port in $BACKEND_PORT $BACKEND_OK_PORT $COREGATE_PORT $COREGATE2_PORT $NGINX_PORT \
-    $COREGATE_TLS_PORT $NGINX_TLS_PORT $COREGATE_THR_PORT; do
+    $COREGATE_TLS_PORT $NGINX_TLS_PORT $COREGATE_THR_PORT $COREGATE_BASE_PORT; do
     if ss -Htln "sport = :$port" | grep -q .; then
         echo "run.sh: port $port is in use" >&2
         exit 1
@@ -233,6 +238,9 @@ CGLOAD=$LT/cgload/target/release/cgload
 # before/after pair in one session; the report names the work tree's commit).
 cp "${COREGATE_BIN:-$TARGET_DIR/release/coregate}" "$WORK/coregate"
 COREGATE=$WORK/coregate
+if [ -n "${BASE_BIN:-}" ]; then
+    cp "$BASE_BIN" "$WORK/coregate-base-bin"
+fi
 [ -x "$COREGATE" ] && [ -x "$CGLOAD" ]
 
 # The watchdog starts after the build, which has its own pace.
@@ -494,6 +502,11 @@ integration = { type = "mock", status = 200, body = "ok" }
 throttle = { per_client_ip = { rate = $THR_RATE, burst = $THR_BURST } }
 EOF
 "$COREGATE" check --config "$WORK/coregate-1.toml" >/dev/null
+if [ -n "${BASE_BIN:-}" ]; then
+    # The same plan without TLS, on its own port, for the older build.
+    coregate_conf $COREGATE_BASE_PORT 1 $PROXY_CPU >"$WORK/coregate-base.toml"
+    "$WORK/coregate-base-bin" check --config "$WORK/coregate-base.toml" >/dev/null
+fi
 "$COREGATE" check --config "$WORK/coregate-2.toml" >/dev/null
 "$COREGATE" check --config "$WORK/coregate-throttle.toml" >/dev/null
 nginx -t -q -e "$WORK/nginx-t.log" -c "$WORK/backend.conf"
@@ -599,6 +612,14 @@ wait_port $COREGATE_PORT
 start_nginx nginx-proxy
 NGINX_PID=$LAST_PID
 wait_port $NGINX_PORT
+THR_TARGETS="coregate nginx direct"
+if [ -n "${BASE_BIN:-}" ]; then
+    "$WORK/coregate-base-bin" serve --config "$WORK/coregate-base.toml" >"$WORK/coregate-base.log" 2>&1 &
+    BASE_PID=$!
+    PIDS+=("$BASE_PID")
+    wait_port $COREGATE_BASE_PORT
+    THR_TARGETS="coregate coregate-base nginx direct"
+fi
 sleep 0.3
 COREGATE_PIDS=$(proc_set $COREGATE_PID)
 NGINX_PIDS=$(proc_set $NGINX_PID)
@@ -611,6 +632,11 @@ declare -A URL=(
 )
 declare -A PROCS=([direct]=$BACKEND_PIDS [coregate]=$COREGATE_PIDS [nginx]=$NGINX_PIDS)
 declare -A PORT=([direct]=$BACKEND_PORT [coregate]=$COREGATE_PORT [nginx]=$NGINX_PORT)
+if [ -n "${BASE_BIN:-}" ]; then
+    URL[coregate-base]=http://127.0.0.1:$COREGATE_BASE_PORT
+    PROCS[coregate-base]=$BASE_PID
+    PORT[coregate-base]=$COREGATE_BASE_PORT
+fi
 
 # Every target answers every path with 200 before anything is measured.
 for t in direct coregate nginx; do
@@ -635,8 +661,9 @@ for t in direct coregate nginx; do run_wrk "${URL[$t]}/hello" 1 "$CONNS" >/dev/n
 # === (a)(b)(c) throughput, small responses, keep-alive ===
 if want throughput; then
     log "throughput: $RUNS runs of ${DUR}s each, wrk -t1 -c$CONNS on CPU $GEN_CPU"
+    [ -n "${BASE_BIN:-}" ] && run_wrk "${URL[coregate-base]}/hello" 1 "$CONNS" >/dev/null
     for run in $(seq "$RUNS"); do
-        for t in coregate nginx direct; do
+        for t in $THR_TARGETS; do
             measure throughput "$t" "$run" "${URL[$t]}/hello" "$DUR" "$CONNS" "${PROCS[$t]}"
         done
     done
@@ -1052,7 +1079,7 @@ LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)
         echo
         echo "| target | req/s median | min | max | proxy CPU µs/request median | min | max |"
         echo "|---|---|---|---|---|---|---|"
-        for t in direct coregate nginx; do
+        for t in direct ${THR_TARGETS% direct}; do
             read -r m lo hi _ <<<"$(stat_of throughput $t rps)"
             read -r cm clo chi _ <<<"$(stat_of throughput $t cpu_us)"
             echo "| $t | $(fmt "$m") | $(fmt "$lo") | $(fmt "$hi") | $cm | $clo | $chi |"
@@ -1062,8 +1089,21 @@ LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)
         read -r cgc _ <<<"$(stat_of throughput coregate cpu_us)"
         read -r ngc _ <<<"$(stat_of throughput nginx cpu_us)"
         echo
-        echo "- coregate/nginx req/s: **$(ratio "$cg" "$ng")** (target ≥ 1.3)"
-        echo "- coregate/nginx CPU per request: **$(ratio "$cgc" "$ngc")** (target ≤ 0.75)"
+        read -r dc _ <<<"$(stat_of throughput direct cpu_us)"
+        echo "- coregate/nginx req/s: **$(ratio "$cg" "$ng")** (target ≥ 1.5)"
+        echo "- coregate/nginx CPU per request: **$(ratio "$cgc" "$ngc")** (target ≤ 0.6)"
+        echo "- coregate/bare backend CPU per request: **$(ratio "$cgc" "$dc")** (target ≤ 1.6; nginx/bare backend $(ratio "$ngc" "$dc"))"
+        if [ -n "${BASE_BIN:-}" ]; then
+            read -r bc _ <<<"$(stat_of throughput coregate-base cpu_us)"
+            read -r bg _ <<<"$(stat_of throughput coregate-base rps)"
+            echo "- coregate/coregate-base ($BASE_BIN): CPU per request **$(ratio "$cgc" "$bc")**, req/s $(ratio "$cg" "$bg"); coregate-base/nginx CPU $(ratio "$bc" "$ngc"), req/s $(ratio "$bg" "$ng")"
+            echo "- per-run CPU ratios coregate/coregate-base:" \
+                "$(for r in $(seq "$RUNS"); do
+                    a=$(awk -F'\t' -v r="$r" '$1=="throughput"&&$2=="coregate"&&$3==r&&$4=="cpu_us"{print $5}' "$RAW")
+                    b=$(awk -F'\t' -v r="$r" '$1=="throughput"&&$2=="coregate-base"&&$3==r&&$4=="cpu_us"{print $5}' "$RAW")
+                    printf '%s ' "$(ratio "$a" "$b")"
+                done)"
+        fi
         echo "- per-run ratios (coregate run i / nginx run i):" \
             "$(for r in $(seq "$RUNS"); do
                 a=$(awk -F'\t' -v r="$r" '$1=="throughput"&&$2=="coregate"&&$3==r&&$4=="rps"{print $5}' "$RAW")
