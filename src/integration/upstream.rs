@@ -234,6 +234,10 @@ impl UpstreamState {
     /// connection went idle and heard nothing from it, else one
     /// non-blocking peek ([`Stream::is_quiet`]).
     ///
+    /// Not `strict`, the newest connection the reactor has polled since it
+    /// went idle is taken first, so that no peek is needed while there is
+    /// one; the others are tried newest first.
+    ///
     /// `strict` always peeks ([`Stream::is_quiet_now`]): for a request that
     /// is not sent again when the connection turns out closed (not
     /// idempotent, or with a body), so an upstream's close that arrived
@@ -248,6 +252,29 @@ impl UpstreamState {
     ) -> Option<UpConn> {
         let t = &self.targets[target];
         let mut idle = t.idle.borrow_mut();
+        if !strict {
+            // The newest idle connection was often set aside in this same
+            // pass of the reactor (a response finished, another request
+            // came): whether it is still quiet would take a `recv(MSG_PEEK)`
+            // (0.2 per request at saturation). One set aside before the
+            // reactor's last poll is known quiet without a syscall: take the
+            // newest such one, if any.
+            let top = idle.len().checked_sub(1);
+            let polled = idle
+                .iter()
+                .rposition(|c| c.idle_mark != c.stream.tcp().polls());
+            if let (Some(i), Some(top)) = (polled, top) {
+                if i < top {
+                    let c = idle.remove(i);
+                    if now.duration_since(c.idle_since) < plan.pool_idle_timeout
+                        && c.stream.is_quiet(c.idle_mark)
+                    {
+                        t.reuses.set(t.reuses.get() + 1);
+                        return Some(c);
+                    }
+                }
+            }
+        }
         while let Some(c) = idle.pop() {
             let fresh = now.duration_since(c.idle_since) < plan.pool_idle_timeout;
             if fresh
@@ -392,5 +419,108 @@ impl Drop for Outstanding<'_> {
     fn drop(&mut self) {
         let t = &self.state.targets[self.target];
         t.outstanding.set(t.outstanding.get().saturating_sub(1));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Test code only: every `unwrap()` here is on a fixture the test builds
+    //! (loopback listeners, connections, the executor).
+
+    use super::*;
+    use std::os::fd::AsRawFd;
+
+    fn plan(addr: SocketAddr) -> UpstreamPlan {
+        UpstreamPlan {
+            name: "t".into(),
+            targets: vec![TargetPlan {
+                addr,
+                label: addr.to_string(),
+                weight: 1,
+            }],
+            balance: Balance::RoundRobin,
+            host: None,
+            connect_timeout: Duration::from_secs(5),
+            timeout: Duration::from_secs(5),
+            max_response_header_bytes: 8192,
+            pool_max_idle: 8,
+            pool_idle_timeout: Duration::from_secs(60),
+            health_max_failures: 0,
+            health_cooldown: Duration::from_secs(1),
+            tls_ca: None,
+            tls: None,
+        }
+    }
+
+    /// Until the shard's reactor has polled since `mark` (asked through the
+    /// first idle connection of `state`'s target 0).
+    async fn polled_since(state: &UpstreamState, mark: u64) {
+        for _ in 0..1000 {
+            let polls = state.targets[0].idle.borrow()[0].stream.tcp().polls();
+            if polls != mark {
+                return;
+            }
+            glommio::timer::sleep(Duration::from_millis(1)).await;
+        }
+        panic!("the reactor never polled");
+    }
+
+    /// Two idle connections, one set aside before the reactor's last poll
+    /// and one after: a request that may be sent again takes the first
+    /// (known quiet, no peek) although it is older; one that may not takes
+    /// the newest and peeks. An older one that was closed meanwhile is
+    /// skipped, never handed out.
+    #[test]
+    fn a_connection_polled_since_it_went_idle_is_preferred() {
+        glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+            .make()
+            .unwrap()
+            .run(async {
+                let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+                let plan = plan(l.local_addr().unwrap());
+                let state = UpstreamState::new(&plan);
+                let older = state.connect(&plan, 0).await.unwrap();
+                let (older_peer, _) = l.accept().unwrap();
+                let newer = state.connect(&plan, 0).await.unwrap();
+                let (_newer_peer, _) = l.accept().unwrap();
+                let (older_fd, newer_fd) = (
+                    older.stream.tcp().as_raw_fd(),
+                    newer.stream.tcp().as_raw_fd(),
+                );
+
+                let mark = older.stream.tcp().polls();
+                state.checkin(&plan, older);
+                polled_since(&state, mark).await;
+                state.checkin(&plan, newer);
+                let now = Instant::now();
+                let c = state.checkout(&plan, 0, now, false).unwrap();
+                assert_eq!(c.stream.tcp().as_raw_fd(), older_fd, "the polled one");
+                state.checkin(&plan, c);
+                // Now the newest was set aside in this pass: strict takes it.
+                let c = state.checkout(&plan, 0, now, true).unwrap();
+                assert_eq!(c.stream.tcp().as_raw_fd(), older_fd, "strict: the newest");
+                state.checkin(&plan, c);
+
+                // The older one closed by its peer once the reactor has
+                // heard of it: skipped, and closed.
+                let (a, b) = (
+                    state.checkout(&plan, 0, now, true).unwrap(),
+                    state.checkout(&plan, 0, now, true).unwrap(),
+                );
+                assert_eq!(b.stream.tcp().as_raw_fd(), newer_fd);
+                let mark = a.stream.tcp().polls();
+                state.checkin(&plan, b);
+                state.checkin(&plan, a);
+                drop(older_peer);
+                std::thread::sleep(Duration::from_millis(20));
+                polled_since(&state, mark).await;
+                let c = state.checkout(&plan, 0, now, false).unwrap();
+                assert_eq!(
+                    c.stream.tcp().as_raw_fd(),
+                    newer_fd,
+                    "the closed one skipped"
+                );
+                assert!(state.checkout(&plan, 0, now, false).is_none());
+            });
     }
 }
