@@ -227,6 +227,20 @@ impl<T: TlsSession> AsyncWrite for Stream<T> {
         }
     }
 
+    /// Passed down, so that a head and body written through a [`Shared`]
+    /// stream (a request with a body) are one `sendmsg` on a plain socket,
+    /// as [`Stream::send_two`] is; the default would write only the first.
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Stream::Tls(t) => Pin::new(&mut **t).poll_write_vectored(cx, bufs),
+        }
+    }
+
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_flush(cx),

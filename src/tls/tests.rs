@@ -498,3 +498,41 @@ fn host_part_strips_ports_and_brackets() {
     assert_eq!(host_part("[::1]"), "::1");
     assert_eq!(host_part("10.0.0.1:1"), "10.0.0.1");
 }
+
+/// A head and body written through a stream's `AsyncWrite` (what a
+/// [`stream::Shared`] stream does while a request body goes up) leave in one
+/// vectored write on a plain socket: the default `poll_write_vectored`
+/// would take only the first slice, and the two would be two `sendto`s.
+#[test]
+fn a_plain_stream_writes_head_and_body_in_one_vectored_write() {
+    use futures_lite::AsyncWrite;
+    use std::io::{IoSlice, Read};
+    glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+        .make()
+        .unwrap()
+        .run(async {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let sock = crate::net::Socket::connect(
+                l.local_addr().unwrap(),
+                std::time::Duration::from_secs(5),
+            )
+            .await
+            .unwrap();
+            let (mut peer, _) = l.accept().unwrap();
+            let mut s: stream::UpstreamStream = stream::Stream::Plain(sock);
+            let (a, b) = (
+                &b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\n"[..],
+                &b"ok\n"[..],
+            );
+            let n = futures_lite::future::poll_fn(|cx| {
+                std::pin::Pin::new(&mut s)
+                    .poll_write_vectored(cx, &[IoSlice::new(a), IoSlice::new(b)])
+            })
+            .await
+            .unwrap();
+            assert_eq!(n, a.len() + b.len(), "both slices in one write");
+            let mut got = vec![0u8; n];
+            peer.read_exact(&mut got).unwrap();
+            assert_eq!(got, [a, b].concat());
+        });
+}
