@@ -139,6 +139,9 @@ pub struct Conn {
     /// Unconsumed client bytes are `rbuf[rpos..rend]`.
     rpos: usize,
     rend: usize,
+    /// Body bytes of the current request already written upstream with its
+    /// head ([`Conn::sent_ahead`]); the next [`BodyIn::pump`] skips them.
+    sent_ahead: u64,
     pub wbuf: Vec<u8>,
     pub xbuf: Vec<u8>,
     /// Header lines policies add to this request's response (CORS,
@@ -238,6 +241,7 @@ impl Conn {
             rbuf: Vec::new(),
             rpos: 0,
             rend: 0,
+            sent_ahead: 0,
             wbuf: Vec::with_capacity(512),
             xbuf: Vec::new(),
             ebuf: Vec::new(),
@@ -258,6 +262,22 @@ impl Conn {
     /// phases that read it are done).
     pub fn consume(&mut self, n: usize) {
         self.rpos = (self.rpos + n).min(self.rend);
+    }
+
+    /// The first bytes of a `Content-Length` body that are already
+    /// buffered, at most `len` of them: what may go upstream in one write
+    /// with the head ([`Conn::sent_ahead`]).
+    pub fn body_start(&self, len: u64) -> &[u8] {
+        let n = (self.buffered() as u64).min(len) as usize;
+        &self.rbuf[self.rpos..self.rpos + n]
+    }
+
+    /// Says that the first `n` body bytes (from [`Conn::body_start`]) were
+    /// written upstream with the head: they are consumed, and the next
+    /// [`BodyIn::pump`] of a `Content-Length` body counts them as moved.
+    pub fn sent_ahead(&mut self, n: usize) {
+        self.consume(n);
+        self.sent_ahead = n as u64;
     }
 
     /// The bytes of the request head just consumed with [`Conn::consume`]
@@ -807,6 +827,7 @@ impl Conn {
                 rbuf: &mut self.rbuf,
                 rpos: &mut self.rpos,
                 rend: &mut self.rend,
+                sent_ahead: &mut self.sent_ahead,
             },
             stream: &mut self.stream,
             wbuf: &mut self.wbuf,
@@ -891,6 +912,7 @@ pub struct BodyIn<'a> {
     rbuf: &'a mut Vec<u8>,
     rpos: &'a mut usize,
     rend: &'a mut usize,
+    sent_ahead: &'a mut u64,
 }
 
 impl BodyIn<'_> {
@@ -920,10 +942,12 @@ impl BodyIn<'_> {
             // Bodies move through a larger buffer than heads.
             self.rbuf.resize(READ_BUF, 0);
         }
+        // Set for this request only, and only for a Content-Length body.
+        let ahead = std::mem::take(self.sent_ahead);
         match framing {
             Framing::None => Ok(0),
             Framing::Length(n) => {
-                let mut remaining = n;
+                let mut remaining = n - ahead.min(n);
                 let (rpos, rend) = (*self.rpos, *self.rend);
                 let take = ((rend - rpos) as u64).min(remaining) as usize;
                 if let (Some(s), true) = (sink.as_deref_mut(), take > 0) {

@@ -419,7 +419,24 @@ async fn forward_inner(
         if !reused {
             report.connected = Some(Instant::now());
         }
-        if let Err(e) = up.stream.send(&conn.xbuf).await {
+        // A Content-Length body's first bytes, read with the head, go up in
+        // the same write as the head (one `sendmsg`, not two `sendto`s).
+        // Not when the client waits for 100 Continue: what it sent ahead
+        // of that still goes through the body pump's own rules.
+        let ahead = match f.framing {
+            Framing::Length(n) if !f.expect_continue => conn.body_start(n).len(),
+            _ => 0,
+        };
+        let sent = if ahead > 0 {
+            let (head, body) = (&conn.xbuf, conn.body_start(ahead as u64));
+            up.stream.send_two(head, body).await
+        } else {
+            up.stream.send(&conn.xbuf).await
+        };
+        if ahead > 0 && sent.is_ok() {
+            conn.sent_ahead(ahead);
+        }
+        if let Err(e) = sent {
             if reused && retry_safe {
                 fresh_only = true;
                 continue;

@@ -145,3 +145,142 @@ fn a_connection_is_handed_over_with_the_bytes_read_past_the_request() {
             assert_eq!(svc.connections.live(), 0);
         });
 }
+
+/// Sends each request's head and the body bytes that came with it upstream
+/// in one write ([`Conn::sent_ahead`]), then pumps the rest of the body,
+/// and answers `ok <body length>`.
+struct Ahead {
+    connections: Rc<Connections>,
+    upstream: SocketAddr,
+}
+
+impl Service for Ahead {
+    fn limits(&self) -> Limits {
+        limits()
+    }
+
+    fn head_limits(&self) -> HeadLimits {
+        HeadLimits {
+            max_request_line: 8192,
+            max_head: 16384,
+            max_headers: 100,
+        }
+    }
+
+    fn connections(&self) -> &Rc<Connections> {
+        &self.connections
+    }
+
+    async fn handle(&self, conn: &mut Conn, head: &RequestHead) -> Flow {
+        conn.consume(head.len);
+        let sock = crate::net::Socket::connect(self.upstream, Duration::from_secs(5))
+            .await
+            .unwrap();
+        let mut up: UpstreamStream = crate::tls::stream::Stream::Plain(sock);
+        let n = match head.framing {
+            Framing::Length(n) => n,
+            _ => 0,
+        };
+        let ahead = conn.body_start(n).to_vec();
+        up.send_two(b"[head]", &ahead).await.unwrap();
+        conn.sent_ahead(ahead.len());
+        let moved = conn
+            .pump_body(head.framing, &limits(), Some(&mut up), false)
+            .await
+            .unwrap();
+        let body = format!("ok {moved}");
+        let resp = format!(
+            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        conn.stream.send(resp.as_bytes()).await.unwrap();
+        Flow::KeepAlive
+    }
+
+    async fn refuse(&self, _conn: &mut Conn, status: u16, message: &'static str) {
+        panic!("refused: {status} {message}");
+    }
+
+    fn note_tls_failure(&self, _peer: SocketAddr, _why: &str) {}
+}
+
+/// Body bytes sent upstream with the head are not sent again, the rest of
+/// the body follows them, and the request pipelined behind the body is
+/// read as a request: once with the whole body read with the head, once
+/// with only its first half.
+#[test]
+fn body_bytes_sent_ahead_with_the_head_are_skipped_by_the_pump() {
+    glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+        .io_memory(512 * 1024)
+        .make()
+        .unwrap()
+        .run(async {
+            let upstream = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let up_addr = upstream.local_addr().unwrap();
+            // Each upstream connection: everything it receives, until the
+            // gateway side closes it.
+            let up_thread = std::thread::spawn(move || {
+                let mut got = Vec::new();
+                for _ in 0..3 {
+                    let (mut s, _) = upstream.accept().unwrap();
+                    let mut all = Vec::new();
+                    s.read_to_end(&mut all).unwrap();
+                    got.push(String::from_utf8(all).unwrap());
+                }
+                got
+            });
+            let std_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let addr = std_listener.local_addr().unwrap();
+            let listener = Listener::from_fd(OwnedFd::from(std_listener)).unwrap();
+            let client = std::thread::spawn(move || {
+                let mut c = std::net::TcpStream::connect(addr).unwrap();
+                c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                let mut r = BufReader::new(c.try_clone().unwrap());
+                let answer = |r: &mut BufReader<std::net::TcpStream>| {
+                    let mut line = String::new();
+                    let mut len = 0;
+                    loop {
+                        line.clear();
+                        r.read_line(&mut line).unwrap();
+                        if let Some(v) = line.strip_prefix("content-length: ") {
+                            len = v.trim().parse().unwrap();
+                        }
+                        if line == "\r\n" {
+                            break;
+                        }
+                    }
+                    let mut body = vec![0u8; len];
+                    r.read_exact(&mut body).unwrap();
+                    String::from_utf8(body).unwrap()
+                };
+                // The whole body and the next request in one write.
+                c.write_all(b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n0123456789GET /b HTTP/1.1\r\nHost: x\r\n\r\n")
+                    .unwrap();
+                assert_eq!(answer(&mut r), "ok 10");
+                assert_eq!(answer(&mut r), "ok 0");
+                // Half of the body with the head, the rest later.
+                c.write_all(b"POST /c HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabcde")
+                    .unwrap();
+                std::thread::sleep(Duration::from_millis(50));
+                c.write_all(b"fghij").unwrap();
+                assert_eq!(answer(&mut r), "ok 10");
+            });
+            let svc = Rc::new(Ahead {
+                connections: Rc::default(),
+                upstream: up_addr,
+            });
+            let (sock, peer) = listener.accept().await.unwrap();
+            glommio::spawn_local(serve(svc.clone(), sock, peer, false)).detach();
+            while !client.is_finished() {
+                glommio::timer::sleep(Duration::from_millis(5)).await;
+            }
+            client.join().unwrap();
+            while !up_thread.is_finished() {
+                glommio::timer::sleep(Duration::from_millis(5)).await;
+            }
+            assert_eq!(
+                up_thread.join().unwrap(),
+                ["[head]0123456789", "[head]", "[head]abcdefghij"]
+            );
+        });
+}
