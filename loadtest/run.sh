@@ -598,6 +598,14 @@ stat_of() { # section target metric -> "median min max n"
             print med, a[1], a[NR], NR }'
 }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0 && a == a + 0) printf "%.2f", a / b; else print "n/a" }'; }
+per_run_ratios() { # section target-a target-b metric -> "a1/b1 a2/b2 ..." over RUNS
+    local r a b
+    for r in $(seq "$RUNS"); do
+        a=$(awk -F'\t' -v s="$1" -v t="$2" -v r="$r" -v m="$4" '$1==s&&$2==t&&$3==r&&$4==m{print $5}' "$RAW")
+        b=$(awk -F'\t' -v s="$1" -v t="$3" -v r="$r" -v m="$4" '$1==s&&$2==t&&$3==r&&$4==m{print $5}' "$RAW")
+        printf '%s ' "$(ratio "$a" "$b")"
+    done
+}
 fmt() { awk -v v="$1" -v d="${2:-0}" 'BEGIN { if (v == v + 0) printf "%.*f", d, v; else print v }'; }
 
 # === start ===
@@ -1097,19 +1105,9 @@ LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)
             read -r bc _ <<<"$(stat_of throughput coregate-base cpu_us)"
             read -r bg _ <<<"$(stat_of throughput coregate-base rps)"
             echo "- coregate/coregate-base ($BASE_BIN): CPU per request **$(ratio "$cgc" "$bc")**, req/s $(ratio "$cg" "$bg"); coregate-base/nginx CPU $(ratio "$bc" "$ngc"), req/s $(ratio "$bg" "$ng")"
-            echo "- per-run CPU ratios coregate/coregate-base:" \
-                "$(for r in $(seq "$RUNS"); do
-                    a=$(awk -F'\t' -v r="$r" '$1=="throughput"&&$2=="coregate"&&$3==r&&$4=="cpu_us"{print $5}' "$RAW")
-                    b=$(awk -F'\t' -v r="$r" '$1=="throughput"&&$2=="coregate-base"&&$3==r&&$4=="cpu_us"{print $5}' "$RAW")
-                    printf '%s ' "$(ratio "$a" "$b")"
-                done)"
+            echo "- per-run CPU ratios coregate/coregate-base: $(per_run_ratios throughput coregate coregate-base cpu_us)"
         fi
-        echo "- per-run ratios (coregate run i / nginx run i):" \
-            "$(for r in $(seq "$RUNS"); do
-                a=$(awk -F'\t' -v r="$r" '$1=="throughput"&&$2=="coregate"&&$3==r&&$4=="rps"{print $5}' "$RAW")
-                b=$(awk -F'\t' -v r="$r" '$1=="throughput"&&$2=="nginx"&&$3==r&&$4=="rps"{print $5}' "$RAW")
-                printf '%s ' "$(ratio "$a" "$b")"
-            done)"
+        echo "- per-run ratios (coregate run i / nginx run i): $(per_run_ratios throughput coregate nginx rps)"
         echo "- CPU µs/request is the proxy process's utime+stime (/proc/PID/stat, ${TICK_US} µs ticks) over the run divided by the requests wrk completed; for direct it is the backend's."
         echo
     fi

@@ -321,9 +321,11 @@ pub struct Fields<'a> {
     pub deployment: Option<&'a str>,
 }
 
-fn ip(a: IpAddr, out: &mut Vec<u8>) {
+/// An IP address as text: IPv4 by hand, without the formatting machinery
+/// (most lines have one, and every proxied request's X-Forwarded-For),
+/// IPv6 through `Display` (RFC 5952 compression).
+pub(crate) fn ip(a: IpAddr, out: &mut Vec<u8>) {
     match a {
-        // Without the formatting machinery: most lines have one.
         IpAddr::V4(v4) => {
             let mut buf = [0u8; 15];
             let mut n = 0;

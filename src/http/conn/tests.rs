@@ -27,6 +27,14 @@ fn limits() -> Limits {
     }
 }
 
+fn head_limits() -> HeadLimits {
+    HeadLimits {
+        max_request_line: 8192,
+        max_head: 16384,
+        max_headers: 100,
+    }
+}
+
 /// Answers every request with `101` and hands the connection to an echo
 /// task, which first echoes what the client sent after the head.
 #[derive(Default)]
@@ -41,11 +49,7 @@ impl Service for Switcher {
     }
 
     fn head_limits(&self) -> HeadLimits {
-        HeadLimits {
-            max_request_line: 8192,
-            max_head: 16384,
-            max_headers: 100,
-        }
+        head_limits()
     }
 
     fn connections(&self) -> &Rc<Connections> {
@@ -160,11 +164,7 @@ impl Service for Ahead {
     }
 
     fn head_limits(&self) -> HeadLimits {
-        HeadLimits {
-            max_request_line: 8192,
-            max_head: 16384,
-            max_headers: 100,
-        }
+        head_limits()
     }
 
     fn connections(&self) -> &Rc<Connections> {
