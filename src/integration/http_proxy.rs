@@ -423,13 +423,13 @@ async fn forward_inner(
         // the same write as the head (one `sendmsg`, not two `sendto`s).
         // Not when the client waits for 100 Continue: what it sent ahead
         // of that still goes through the body pump's own rules.
-        let ahead = match f.framing {
-            Framing::Length(n) if !f.expect_continue => conn.body_start(n).len(),
-            _ => 0,
+        let start = match f.framing {
+            Framing::Length(n) if !f.expect_continue => conn.body_start(n),
+            _ => &[],
         };
+        let ahead = start.len();
         let sent = if ahead > 0 {
-            let (head, body) = (&conn.xbuf, conn.body_start(ahead as u64));
-            up.stream.send_two(head, body).await
+            up.stream.send_two(&conn.xbuf, start).await
         } else {
             up.stream.send(&conn.xbuf).await
         };

@@ -259,12 +259,12 @@ impl UpstreamState {
             // (0.2 per request at saturation). One set aside before the
             // reactor's last poll is known quiet without a syscall: take the
             // newest such one, if any.
-            let top = idle.len().checked_sub(1);
-            let polled = idle
-                .iter()
-                .rposition(|c| c.idle_mark != c.stream.tcp().polls());
-            if let (Some(i), Some(top)) = (polled, top) {
-                if i < top {
+            // One reactor per shard: every connection reads the same count.
+            let polls = idle.last().map(|c| c.stream.tcp().polls());
+            let polled = idle.iter().rposition(|c| Some(c.idle_mark) != polls);
+            if let Some(i) = polled {
+                // The newest itself needs no peek: the loop below takes it.
+                if i + 1 < idle.len() {
                     let c = idle.remove(i);
                     if now.duration_since(c.idle_since) < plan.pool_idle_timeout
                         && c.stream.is_quiet(c.idle_mark)

@@ -3,7 +3,8 @@
 //! mistake is reported at its key with the file's path.
 //!
 //! Test code only (`#[cfg(test)]`): every `unwrap()`/`expect()` here is on a
-//! fixture the test itself builds (configs, keys, temp files, vectors), so a
+//! fixture the test itself builds (configs, keys, temp files, vectors,
+//! loopback sockets and the executor that drives them), so a
 //! failure is a failing test; nothing a client or an operator's config
 //! controls reaches them.
 
