@@ -13,8 +13,13 @@ use std::sync::Arc;
 
 const DEFAULT_CONFIG: &str = "config/coregate.toml";
 
-/// How often the main thread looks at the signal flag.
+/// How often the draining main thread looks at the signal flag.
 const SIGNAL_POLL: std::time::Duration = std::time::Duration::from_millis(20);
+/// The longest the serving main thread waits between two looks at its
+/// signal flags when no wake came: a wake comes with every signal (through
+/// the signal pipe) and every admin request, so this only bounds how long
+/// a lost wake could hold a signal up.
+const SIGNAL_LOOK: std::time::Duration = std::time::Duration::from_secs(1);
 
 const SERVE_USAGE: &str = "  coregate serve [--config PATH] [--log-level LEVEL]
                                    run the gateway (default config: config/coregate.toml);
@@ -736,6 +741,16 @@ fn serve(path: &std::path::Path) -> ExitCode {
         println!("coregate: listening on {addr} (tls)");
     }
     let (reload_tx, requests) = crossbeam_channel::unbounded::<MainRequest>();
+    // Each of those signals also wakes this thread: its handler writes a
+    // byte to a socket pair, and a thread reading the other end sends a
+    // wake on `requests`. The loop below then needs no timer to see a flag.
+    if let Err(e) = forward_signals(reload_tx.clone()) {
+        coregate::log!(
+            "warn",
+            "cannot wake on signals ({e}): looking at the signal flags every {} ms instead",
+            SIGNAL_LOOK.as_millis()
+        );
+    }
     if let Some(portal) = portal {
         let addr = portal.addr;
         if let Err(e) = portal.serve(reload_tx.clone()) {
@@ -784,7 +799,15 @@ fn serve(path: &std::path::Path) -> ExitCode {
         if reopen.swap(false, Ordering::SeqCst) {
             server.reopen_logs();
         }
-        std::thread::sleep(SIGNAL_POLL);
+        match requests.recv_timeout(SIGNAL_LOOK) {
+            Ok(asked) => answer(&mut server, path, &mut text, asked),
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
+            // Cannot happen while the signal thread holds a sender; if it
+            // does, the flags are still looked at.
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
+                std::thread::sleep(SIGNAL_POLL)
+            }
+        }
     }
     coregate::log!(
         "info",
@@ -813,7 +836,7 @@ fn serve(path: &std::path::Path) -> ExitCode {
                     let _ = reply.send(Err(stopping));
                 }
                 // Dropped: the admin thread answers 503.
-                MainRequest::Running { .. } => {}
+                MainRequest::Running { .. } | MainRequest::Signal => {}
             }
         }
         std::thread::sleep(SIGNAL_POLL);
@@ -823,9 +846,46 @@ fn serve(path: &std::path::Path) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// Wakes the main thread on SIGTERM, SIGINT, SIGHUP and SIGUSR1: each
+/// signal's handler (besides setting its flag) writes a byte to one end of
+/// a socket pair, and a thread of its own reads the other end and sends
+/// [`MainRequest::Signal`]. The pipe is read before the wake is sent, so a
+/// signal that comes while the main thread acts on an earlier one wakes it
+/// again.
+fn forward_signals(tx: crossbeam_channel::Sender<MainRequest>) -> std::io::Result<()> {
+    use std::io::Read;
+    let (mut rx, wx) = std::os::unix::net::UnixStream::pair()?;
+    for sig in [SIGTERM, SIGINT, SIGHUP, SIGUSR1] {
+        signal_hook::low_level::pipe::register(sig, wx.try_clone()?)?;
+    }
+    drop(wx);
+    std::thread::Builder::new()
+        .name("coregate-signals".to_string())
+        .spawn(move || {
+            let mut b = [0u8; 64];
+            loop {
+                match rx.read(&mut b) {
+                    Ok(n) if n > 0 => {
+                        if tx.send(MainRequest::Signal).is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    // The write ends are never closed while the process
+                    // runs; should the read fail, the main thread still
+                    // looks at its flags every SIGNAL_LOOK.
+                    _ => return,
+                }
+            }
+        })?;
+    Ok(())
+}
+
 /// Answers one request of the admin listener's threads.
 fn answer(server: &mut Server, path: &std::path::Path, text: &mut String, asked: MainRequest) {
     match asked {
+        // The loop looks at the flags next.
+        MainRequest::Signal => {}
         MainRequest::Reload {
             who,
             text: given,

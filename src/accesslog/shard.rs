@@ -2,7 +2,9 @@
 //! memory (`RefCell`, no lock). A line is formatted straight into its
 //! destination's buffer; a buffer past [`FLUSH_AT`] bytes, and every buffer
 //! at each tick of the shard's flush task ([`FLUSH_EVERY`]), is handed to
-//! the destination's writer thread. When the writer's queue is full the
+//! the destination's writer thread. A tick that finds nothing to hand over
+//! sends the flush task to sleep until the next line ([`ShardLog::idle`]):
+//! a shard with no traffic is not woken ten times a second for nothing. When the writer's queue is full the
 //! buffer's lines are dropped, counted ([`ShardLog::dropped`]) and reported
 //! in the error log at most once a second per shard.
 //!
@@ -16,7 +18,9 @@
 
 use super::writer::Sink;
 use std::cell::{Cell, RefCell};
+use std::future::Future;
 use std::rc::{Rc, Weak};
+use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
 /// A buffer this full is handed to the writer at once.
@@ -36,6 +40,24 @@ struct Out {
     unreported: u64,
 }
 
+/// The shard's flush task while it sleeps until the next line: the first
+/// line written into any set wakes it.
+#[derive(Default)]
+struct Idle {
+    asleep: Cell<bool>,
+    waker: Cell<Option<Waker>>,
+}
+
+impl Idle {
+    fn line_written(&self) {
+        if self.asleep.replace(false) {
+            if let Some(w) = self.waker.take() {
+                w.wake();
+            }
+        }
+    }
+}
+
 /// One set of destinations' buffers on one shard, in the order of the
 /// plan's destinations. Dropped with the last generation holding it: what
 /// it still holds is handed over then.
@@ -44,11 +66,13 @@ pub struct Outs {
     outs: RefCell<Vec<Out>>,
     /// The shard's count of lines dropped by sets that are gone.
     gone_dropped: Rc<Cell<u64>>,
+    idle: Rc<Idle>,
 }
 
 impl Outs {
-    fn new(shard: usize, sinks: Vec<Sink>, gone_dropped: Rc<Cell<u64>>) -> Outs {
+    fn new(shard: usize, sinks: Vec<Sink>, gone_dropped: Rc<Cell<u64>>, idle: Rc<Idle>) -> Outs {
         Outs {
+            idle,
             shard,
             outs: RefCell::new(
                 sinks
@@ -83,15 +107,19 @@ impl Outs {
         if out.buf.len() >= FLUSH_AT {
             hand_over(out);
         }
+        self.idle.line_written();
     }
 
-    /// Hands every non-empty buffer to its writer.
-    fn hand_over_all(&self) {
+    /// Hands every non-empty buffer to its writer; whether there was one.
+    fn hand_over_all(&self) -> bool {
+        let mut any = false;
         for out in self.outs.borrow_mut().iter_mut() {
             if out.lines > 0 {
                 hand_over(out);
+                any = true;
             }
         }
+        any
     }
 
     fn dropped(&self) -> u64 {
@@ -141,6 +169,7 @@ pub struct ShardLog {
     /// flush: a line's time is computed from its request's `Instant`
     /// without reading the clock again.
     wall_base: Cell<(u64, Instant)>,
+    idle: Rc<Idle>,
 }
 
 fn wall_now() -> (u64, Instant) {
@@ -155,15 +184,22 @@ impl ShardLog {
     /// Buffers for `sinks` (the plan's destinations, in order).
     pub fn new(shard: usize, sinks: Vec<Sink>) -> ShardLog {
         let gone_dropped = Rc::new(Cell::new(0));
+        let idle = Rc::new(Idle::default());
         ShardLog {
             shard,
-            current: RefCell::new(Rc::new(Outs::new(shard, sinks, gone_dropped.clone()))),
+            current: RefCell::new(Rc::new(Outs::new(
+                shard,
+                sinks,
+                gone_dropped.clone(),
+                idle.clone(),
+            ))),
             retired: RefCell::new(Vec::new()),
             gone_dropped,
             last_report: Cell::new(None),
             clock_secs: Cell::new(u64::MAX),
             clock_text: Cell::new([0; 26]),
             wall_base: Cell::new(wall_now()),
+            idle,
         }
     }
 
@@ -173,8 +209,13 @@ impl ShardLog {
     }
 
     /// Milliseconds since the epoch at `t`, from the base the last flush
-    /// took (at most FLUSH_EVERY old while the flush task runs).
+    /// took (at most FLUSH_EVERY old while the flush task runs). While the
+    /// flush task sleeps until the next line, the base is read again first:
+    /// it may be from long ago.
     pub fn wall_ms(&self, t: Instant) -> u64 {
+        if self.idle.asleep.get() {
+            self.wall_base.set(wall_now());
+        }
         let (ms, at) = self.wall_base.get();
         match t.checked_duration_since(at) {
             Some(d) => ms.saturating_add(d.as_millis() as u64),
@@ -186,7 +227,12 @@ impl ShardLog {
     /// destinations): generations installed from now on write to it; the
     /// set before stays with the generations that hold it.
     pub fn attach(&self, sinks: Vec<Sink>) {
-        let new = Rc::new(Outs::new(self.shard, sinks, self.gone_dropped.clone()));
+        let new = Rc::new(Outs::new(
+            self.shard,
+            sinks,
+            self.gone_dropped.clone(),
+            self.idle.clone(),
+        ));
         let old = self.current.replace(new);
         self.retired.borrow_mut().push(Rc::downgrade(&old));
     }
@@ -204,7 +250,9 @@ impl ShardLog {
     /// Hands every non-empty buffer to its writer (of the current set and
     /// of the replaced ones a generation in flight still holds), and
     /// reports dropped lines if a second has passed since the last report.
-    pub fn flush(&self, now: Instant) {
+    /// False when there was nothing to hand over and no drop is left to
+    /// report: the flush task may then wait for the next line ([`Self::idle`]).
+    pub fn flush(&self, now: Instant) -> bool {
         self.wall_base.set(wall_now());
         let mut sets = vec![self.current()];
         self.retired.borrow_mut().retain(|w| match w.upgrade() {
@@ -214,17 +262,20 @@ impl ShardLog {
             }
             None => false,
         });
+        let mut handed = false;
         for set in &sets {
-            set.hand_over_all();
+            handed |= set.hand_over_all();
         }
         let unreported = |set: &Rc<Outs>| set.outs.borrow().iter().any(|o| o.unreported > 0);
-        if !sets.iter().any(unreported)
-            || self
-                .last_report
-                .get()
-                .is_some_and(|t| now.duration_since(t) < REPORT_EVERY)
+        if !sets.iter().any(unreported) {
+            return handed;
+        }
+        if self
+            .last_report
+            .get()
+            .is_some_and(|t| now.duration_since(t) < REPORT_EVERY)
         {
-            return;
+            return true;
         }
         self.last_report.set(Some(now));
         for set in &sets {
@@ -238,6 +289,20 @@ impl ShardLog {
                 out.unreported = 0;
             }
         }
+        handed
+    }
+
+    /// Ready once a line is written to any set (for the flush task, after a
+    /// [`Self::flush`] that found nothing).
+    pub fn idle(&self) -> impl Future<Output = ()> + '_ {
+        self.idle.asleep.set(true);
+        std::future::poll_fn(move |cx| {
+            if !self.idle.asleep.get() {
+                return Poll::Ready(());
+            }
+            self.idle.waker.set(Some(cx.waker().clone()));
+            Poll::Pending
+        })
     }
 
     /// The shard stops: hands over what is left and reports every drop not

@@ -22,8 +22,10 @@ use std::time::{Duration, Instant};
 /// [`super::shard::FLUSH_AT`] bytes that is at most 1 MiB of lines in
 /// flight; beyond it, shards drop lines (and count them).
 pub const QUEUE: usize = 32;
-/// How often an idle writer looks at its reopen flag.
-const IDLE_LOOK: Duration = Duration::from_millis(100);
+/// How often a writer with lost lines not yet reported looks whether it is
+/// time to report them. Otherwise it blocks until the next buffer, or a
+/// reopen's wake ([`Writers::reopen`]).
+const REPORT_LOOK: Duration = Duration::from_millis(100);
 /// At most one error line a second about failed writes.
 const REPORT_EVERY: Duration = Duration::from_secs(1);
 /// How long the shutdown waits for a writer to write what it has.
@@ -153,10 +155,13 @@ impl Writers {
             .retain(|(_, done)| matches!(done.try_recv(), Err(TryRecvError::Empty)));
     }
 
-    /// Asks every file writer to reopen its path (SIGUSR1).
+    /// Asks every file writer to reopen its path (SIGUSR1): sets its flag,
+    /// then wakes it with an empty buffer. When its queue is full it is busy
+    /// and sees the flag before its next write.
     pub fn reopen(&self) {
         for e in &self.entries {
             e.reopen.store(true, Ordering::Relaxed);
+            let _ = e.sink.send(Vec::new(), 0);
         }
     }
 
@@ -273,7 +278,16 @@ impl Thread {
             if self.reopen.swap(false, Ordering::Relaxed) {
                 self.do_reopen();
             }
-            match self.rx.recv_timeout(IDLE_LOOK) {
+            // Only lost lines not yet reported need a timer: an idle writer
+            // otherwise sleeps until a shard hands it a buffer.
+            let got = if self.unreported == 0 {
+                self.rx.recv().map_err(|_| RecvTimeoutError::Disconnected)
+            } else {
+                self.rx.recv_timeout(REPORT_LOOK)
+            };
+            match got {
+                // A reopen's wake: the flag is looked at above.
+                Ok(Filled { lines: 0, .. }) => {}
                 Ok(Filled { mut buf, lines }) => {
                     if let Err(e) = self.out.write_all(&buf) {
                         self.lost.fetch_add(lines, Ordering::Relaxed);

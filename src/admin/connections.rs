@@ -9,8 +9,7 @@ use crate::config::raw::websocket::MAX_MESSAGE_LIMIT;
 use crate::gateway::websocket::{parse_id, Answer, Command, Op};
 use crate::http::encode::push_json_message;
 use crate::http::method::Method;
-use crate::runtime::Control;
-use crossbeam_channel::Sender;
+use crate::runtime::{Control, Inbox};
 use std::time::Duration;
 
 /// The path prefix.
@@ -18,8 +17,8 @@ pub const PREFIX: &[u8] = b"/@connections/";
 /// The largest body a `POST` may have; the API's `max_message_bytes`
 /// decides below it (413 either way).
 pub const MAX_BODY: usize = MAX_MESSAGE_LIMIT;
-/// How long the admin thread waits for the shard (which reads its inbox
-/// every 25 ms).
+/// How long the admin thread waits for the shard (which takes the command
+/// as soon as its inbox is rung).
 const SHARD_TIMEOUT: Duration = Duration::from_secs(2);
 
 fn error(status: u16, message: &str) -> Answer {
@@ -30,7 +29,7 @@ fn error(status: u16, message: &str) -> Answer {
 
 /// Answers an `@connections` request for `path` (which starts with
 /// [`PREFIX`]); `body` is the request's body (empty but for `POST`).
-pub fn answer(inboxes: &[Sender<Control>], method: Method, path: &[u8], body: Vec<u8>) -> Answer {
+pub fn answer(inboxes: &[Inbox], method: Method, path: &[u8], body: Vec<u8>) -> Answer {
     let Some(id) = path
         .strip_prefix(PREFIX)
         .and_then(|id| std::str::from_utf8(id).ok())

@@ -31,7 +31,7 @@ mod serve;
 
 use crate::observe::snapshot::{merge, Merged};
 use crate::plan::admin::{AdminPlan, AdminTls, AdminToken};
-use crate::runtime::Control;
+use crate::runtime::{Control, Inbox};
 use crossbeam_channel::Sender;
 use std::io;
 use std::net::{SocketAddr, TcpListener};
@@ -40,9 +40,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 /// Admin connections served at once.
 pub const MAX_CONNECTIONS: usize = 32;
-/// How long a scrape waits for the shards' snapshots. A shard reads its
-/// inbox every 25 ms; one that does not answer within this is draining
-/// or stuck, and the scrape goes on without it.
+/// How long a scrape waits for the shards' snapshots. A shard answers as
+/// soon as its inbox is rung; one that does not answer within this is
+/// draining or stuck, and the scrape goes on without it.
 pub const SCRAPE_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long `POST /reload` waits for the main thread's answer: reading and
 /// compiling the config, binding added listeners, and every shard's
@@ -61,7 +61,7 @@ pub struct Bound {
 /// What the admin threads need from the running gateway.
 pub struct Context {
     /// Each shard's control inbox, in shard order.
-    pub inboxes: Vec<Sender<Control>>,
+    pub inboxes: Vec<Inbox>,
     /// When the gateway started.
     pub started: SystemTime,
     pub version: &'static str,
@@ -140,7 +140,7 @@ impl Bound {
 
 /// Asks every shard for its snapshot and merges those that answer within
 /// [`SCRAPE_TIMEOUT`].
-pub fn scrape(inboxes: &[Sender<Control>]) -> Merged {
+pub fn scrape(inboxes: &[Inbox]) -> Merged {
     let (tx, rx) = crossbeam_channel::unbounded();
     let asked = inboxes
         .iter()

@@ -1010,8 +1010,9 @@ fn run_command(id: &str, op: Op, only_api: Option<&str>) -> Answer {
 
 // === impl cross-shard @connections ===
 
-/// Wakes a shard's control loop from another thread, so that a command
-/// put in its inbox is taken at once rather than at the loop's next look.
+/// Wakes a shard's control loop from another thread, so that a message
+/// put in its inbox is taken at once: the loop has no timer and waits for
+/// this ring.
 /// The loop leaves its task's waker here before it waits ([`Bell::arm`]);
 /// a sender takes it and wakes it ([`Bell::ring`]), nudging the shard out
 /// of an `epoll_wait` sleep. No lock: a one-slot channel of wakers.

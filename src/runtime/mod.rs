@@ -28,10 +28,55 @@ pub enum Control {
     WebSocket(crate::gateway::websocket::Command),
 }
 
+/// One shard's control inbox as the threads outside it reach it: a message
+/// is put in the channel, then the shard's bell is rung, so that a shard
+/// asleep (its control loop waits on the bell, with no timer) takes it at
+/// once. Every sender outside the shards goes through [`Inbox::send`]. A
+/// dropped one rings too, after its sender is gone, so that the shard also
+/// sees the channel disconnect when the last one goes.
+pub struct Inbox {
+    /// Always Some until dropped.
+    tx: Option<Sender<Control>>,
+    bell: crate::gateway::websocket::Bell,
+}
+
+impl Inbox {
+    fn new(tx: Sender<Control>, bell: crate::gateway::websocket::Bell) -> Inbox {
+        Inbox { tx: Some(tx), bell }
+    }
+
+    /// Puts `c` in the shard's inbox and wakes the shard; `Err` gives `c`
+    /// back when the shard is gone.
+    pub fn send(&self, c: Control) -> Result<(), crossbeam_channel::SendError<Control>> {
+        let sent = match &self.tx {
+            Some(tx) => tx.send(c),
+            None => Err(crossbeam_channel::SendError(c)),
+        };
+        self.bell.ring();
+        sent
+    }
+}
+
+impl Clone for Inbox {
+    fn clone(&self) -> Inbox {
+        Inbox {
+            tx: self.tx.clone(),
+            bell: self.bell.clone(),
+        }
+    }
+}
+
+impl Drop for Inbox {
+    fn drop(&mut self) {
+        drop(self.tx.take());
+        self.bell.ring();
+    }
+}
+
 /// A running gateway: its shards and their inboxes.
 pub struct Server {
     handles: Vec<glommio::ExecutorJoinHandle<()>>,
-    inboxes: Vec<Sender<Control>>,
+    inboxes: Vec<Inbox>,
     /// The bound address for each `listen` entry (port 0 resolved).
     pub local_addrs: Vec<SocketAddr>,
     /// The bound address for each `server.tls.listen` entry.
@@ -75,6 +120,8 @@ pub enum MainRequest {
         change: KeyChange,
         reply: Sender<Result<KeyAnswer, Vec<String>>>,
     },
+    /// A signal arrived: the main thread looks at its signal flags.
+    Signal,
 }
 
 /// What the admin API may do to the API keys file.
@@ -116,8 +163,8 @@ pub struct Running {
 pub const STOPPING: &str = "coregate is stopping: no reload";
 
 /// How long a reload waits for every shard to install the new plan. A
-/// shard reads its inbox every 25 ms; one that does not answer within
-/// this is stuck or stopping.
+/// shard takes a message from its inbox as soon as it is rung; one that
+/// does not answer within this is stuck or stopping.
 const INSTALL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Settings a reload cannot change, each with why; empty when `new` may
@@ -430,7 +477,7 @@ impl Server {
             match spawned {
                 Ok(h) => {
                     handles.push(h);
-                    inboxes.push(tx);
+                    inboxes.push(Inbox::new(tx, bells[id].clone()));
                     readies.push(ready_rx);
                 }
                 Err(e) => {
@@ -643,8 +690,8 @@ impl Server {
         self.plan.as_ref()
     }
 
-    /// A sender to each shard's control inbox, in shard order.
-    pub fn inboxes(&self) -> Vec<Sender<Control>> {
+    /// Each shard's control inbox, in shard order.
+    pub fn inboxes(&self) -> Vec<Inbox> {
         self.inboxes.clone()
     }
 

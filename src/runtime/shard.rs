@@ -13,14 +13,6 @@ use std::os::fd::OwnedFd;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-/// How often the control inbox is looked at. Control messages are rare
-/// (shutdown, a metrics scrape or the dashboard's sample once a second);
-/// 25 ms bounds their latency at no measurable cost.
-const INBOX_POLL: Duration = Duration::from_millis(25);
-/// How often the inbox is looked at for [`INBOX_BUSY_FOR`] after a
-/// WebSocket `@connections` request: pushes come in runs.
-const INBOX_POLL_BUSY: Duration = Duration::from_millis(1);
-const INBOX_BUSY_FOR: Duration = Duration::from_millis(200);
 /// How often idle upstream connections past their idle timeout are closed.
 const POOL_SWEEP: Duration = Duration::from_secs(1);
 /// Connections accepted in a row before the accept loop yields.
@@ -224,8 +216,6 @@ pub(super) async fn run(
     ));
     crate::gateway::websocket::set_peers(links.ws.peers);
     let bell = links.ws.bell;
-    // This task's waker, left with the bell whenever the loop waits.
-    let me = std::future::poll_fn(|cx| std::task::Poll::Ready(cx.waker().clone())).await;
     let mut accepting = Vec::new();
     for l in fds {
         match start_accepting(&shard, l, max_connections) {
@@ -241,13 +231,29 @@ pub(super) async fn run(
     let mut flusher = logs_access.then(|| queues.background(flush_access_log(shard.clone())));
     let _ = ready.send(Ok(()));
 
-    // After an @connections request, the inbox is looked at every
-    // INBOX_POLL_BUSY for a while: a backend pushing to many connections
-    // sends one request after the other.
-    let mut busy_until: Option<Instant> = None;
+    // The control loop wakes only when rung: every sender rings the bell
+    // after it put its message in (`runtime::Inbox::send`, and the other
+    // shards' `@connections` requests), so an idle shard is not woken by a
+    // timer to look at an empty inbox.
     loop {
-        match inbox.try_recv() {
-            Ok(Control::Shutdown) | Err(TryRecvError::Disconnected) => break,
+        let next = match inbox.try_recv() {
+            // The waker is left first, then the inbox looked at again, so
+            // that a message sent in between (whose ring found no waker) is
+            // not left waiting for the next ring.
+            Err(TryRecvError::Empty) => {
+                std::future::poll_fn(|cx| {
+                    bell.arm(cx.waker());
+                    match inbox.try_recv() {
+                        Err(TryRecvError::Empty) => std::task::Poll::Pending,
+                        got => std::task::Poll::Ready(got),
+                    }
+                })
+                .await
+            }
+            got => got,
+        };
+        match next {
+            Ok(Control::Shutdown) | Err(_) => break,
             Ok(Control::Snapshot(reply)) => {
                 let _ = reply.send(shard.snapshot());
             }
@@ -292,39 +298,7 @@ pub(super) async fn run(
                     Some(why) => Err(why),
                 });
             }
-            Ok(Control::WebSocket(cmd)) => {
-                // Another shard rings the bell; the admin listener does
-                // not, so its runs are met by looking often.
-                let from_admin = cmd.wake.is_none();
-                crate::gateway::websocket::command(cmd);
-                if from_admin {
-                    busy_until = Some(Instant::now() + INBOX_BUSY_FOR);
-                }
-            }
-            Err(TryRecvError::Empty) => {
-                let poll = match busy_until {
-                    Some(t) if Instant::now() < t => INBOX_POLL_BUSY,
-                    _ => {
-                        busy_until = None;
-                        INBOX_POLL
-                    }
-                };
-                // Another shard's @connections request rings the bell
-                // after it put its command in the inbox: the waker is left
-                // first, then the inbox looked at again, so a command sent
-                // in between is not left waiting for the timer.
-                bell.arm(&me);
-                if inbox.is_empty() {
-                    let arrived = std::future::poll_fn(|_| {
-                        if inbox.is_empty() {
-                            std::task::Poll::Pending
-                        } else {
-                            std::task::Poll::Ready(())
-                        }
-                    });
-                    futures_lite::future::or(glommio::timer::sleep(poll), arrived).await
-                }
-            }
+            Ok(Control::WebSocket(cmd)) => crate::gateway::websocket::command(cmd),
         }
     }
 
@@ -357,10 +331,15 @@ pub(super) async fn run(
 
 /// Hands the shard's access-log buffers to their writers every
 /// FLUSH_EVERY, and reports dropped lines.
+/// Hands the shard's access-log buffers to their writers every
+/// `FLUSH_EVERY` while lines come; after a look that found nothing, sleeps
+/// until the next line.
 async fn flush_access_log(shard: Rc<Gateway>) {
     loop {
         glommio::timer::sleep(crate::accesslog::shard::FLUSH_EVERY).await;
-        shard.access.log.flush(Instant::now());
+        if !shard.access.log.flush(Instant::now()) {
+            shard.access.log.idle().await;
+        }
     }
 }
 
