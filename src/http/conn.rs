@@ -1314,6 +1314,11 @@ impl Connections {
         Some((since.max(began) + DRAIN_GRACE).min(deadline))
     }
 
+    /// The drain's deadline; None when not draining.
+    pub fn drain_deadline(&self) -> Option<Instant> {
+        self.drain.get().map(|(_, deadline)| deadline)
+    }
+
     /// Resolves when draining starts.
     pub async fn drained(&self) {
         let _ = self.drain_signal.acquire(1).await;

@@ -1101,17 +1101,19 @@ impl Listener {
         })
     }
 
-    /// Stops new connections from joining the backlog, while the ones
-    /// already there stay and can be accepted: the kernel drops the SYNs
-    /// (and the last ACKs of handshakes under way) sent to this socket
-    /// (`sys::attach_drop_all_filter`). A client whose SYN was dropped
-    /// sends it again about a second later, and then finds the listener
-    /// closed (refused) or, if another socket of its SO_REUSEPORT group
-    /// still listens, that one. Closing a listener resets the connections
-    /// left in its backlog; called first, and followed by accepts until
-    /// none is left, it leaves none to reset.
+    /// Stops new connections from starting, while the ones already in the
+    /// backlog stay and can be accepted, and handshakes under way still
+    /// complete into it: the kernel drops the SYNs sent to this socket
+    /// and nothing else (`sys::attach_drop_syn_filter`). A client whose
+    /// SYN was dropped sends it again about a second later, and then finds
+    /// the listener closed (refused) or, if another socket of its
+    /// SO_REUSEPORT group still listens, that one. Closing a listener
+    /// resets the connections left in its backlog and the handshakes still
+    /// under way; called first, and followed by accepts for as long as a
+    /// handshake's last packet may take to come (the drain's linger), it
+    /// leaves none to reset but a handshake slower than that.
     pub fn refuse_new(&self) -> io::Result<()> {
-        sys::attach_drop_all_filter(self.sock.fd.as_raw_fd())
+        sys::attach_drop_syn_filter(self.sock.fd.as_raw_fd())
     }
 
     /// A connection already waiting in the backlog, without waiting for

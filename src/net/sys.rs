@@ -196,18 +196,33 @@ pub fn set_nonblocking(fd: RawFd) -> io::Result<()> {
     Ok(())
 }
 
-/// Attaches a classic BPF socket filter that accepts no packet
-/// (`SO_ATTACH_FILTER` with the one instruction `ret #0`). On a listening
-/// TCP socket the kernel then drops every SYN, and every final ACK of a
-/// handshake under way, sent to it: no connection joins its backlog any
-/// more, while the ones already there stay and can be accepted.
-pub fn attach_drop_all_filter(fd: RawFd) -> io::Result<()> {
-    let mut code = [libc::sock_filter {
-        code: (libc::BPF_RET | libc::BPF_K) as u16,
-        jt: 0,
-        jf: 0,
-        k: 0,
-    }];
+/// Attaches a classic BPF socket filter that drops every pure SYN (SYN set,
+/// ACK not) and lets every other packet through. On a listening TCP socket
+/// the kernel runs it on what arrives for the listener and for its
+/// handshakes under way: a new connection can no longer start, while one
+/// whose SYN was answered before completes with its last ACK (or its first
+/// data) and joins the backlog. Accepted sockets inherit the filter, which
+/// never drops anything an established connection should take.
+///
+/// The program sees the packet from its TCP header on: byte 13 holds the
+/// flags (SYN 0x02, ACK 0x10).
+pub fn attach_drop_syn_filter(fd: RawFd) -> io::Result<()> {
+    let op = |code: u32, jt: u8, jf: u8, k: u32| libc::sock_filter {
+        code: code as u16,
+        jt,
+        jf,
+        k,
+    };
+    let mut code = [
+        // A = flags byte
+        op(libc::BPF_LD | libc::BPF_B | libc::BPF_ABS, 0, 0, 13),
+        // A &= SYN | ACK
+        op(libc::BPF_ALU | libc::BPF_AND | libc::BPF_K, 0, 0, 0x12),
+        // A == SYN: drop (next), else keep (skip one)
+        op(libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K, 0, 1, 0x02),
+        op(libc::BPF_RET | libc::BPF_K, 0, 0, 0),
+        op(libc::BPF_RET | libc::BPF_K, 0, 0, u32::MAX),
+    ];
     let prog = libc::sock_fprog {
         len: code.len() as u16,
         filter: code.as_mut_ptr(),

@@ -434,6 +434,70 @@ fn a_listener_that_refuses_new_connections_keeps_its_backlog() {
     });
 }
 
+/// The drain's other half: a handshake under way when the listener starts
+/// refusing new connections still completes into the backlog, and is
+/// accepted. `TCP_DEFER_ACCEPT` holds one under way here: the client's
+/// connect returns, but the listener takes the connection only with its
+/// first data, which the client sends after `refuse_new`. With a filter
+/// that dropped every packet (the SYNs and the last packet of such a
+/// handshake alike), that data was dropped, the connection never joined
+/// the backlog, and closing the listener reset the client.
+#[test]
+fn a_handshake_under_way_when_the_listener_refuses_new_ones_completes() {
+    run(async {
+        let (l, addr) = listener();
+        let secs: libc::c_int = 10;
+        // SAFETY: a valid option value of the size given, on a socket the
+        // test owns.
+        let set = unsafe {
+            libc::setsockopt(
+                l.sock.fd.as_raw_fd(),
+                libc::IPPROTO_TCP,
+                libc::TCP_DEFER_ACCEPT,
+                (&secs as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(set, 0, "TCP_DEFER_ACCEPT: {}", io::Error::last_os_error());
+        let mut c = std::net::TcpStream::connect(addr).unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(
+            l.try_accept().unwrap().is_none(),
+            "the handshake is not held under way (TCP_DEFER_ACCEPT)"
+        );
+        l.refuse_new().unwrap();
+        c.write_all(b"late").unwrap();
+        let mut accepted = None;
+        for _ in 0..100 {
+            accepted = l.try_accept().unwrap();
+            if accepted.is_some() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let (mut s, _) = accepted.expect("the handshake under way never joined the backlog");
+        let mut got = [0u8; 4];
+        let mut n = 0;
+        while n < got.len() {
+            n += s.read(&mut got[n..]).await.unwrap();
+        }
+        assert_eq!(&got, b"late");
+        // New connections are still refused.
+        let new = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(300));
+        assert!(
+            new.as_ref()
+                .is_err_and(|e| e.kind() == io::ErrorKind::TimedOut),
+            "a new connect completed after refuse_new: {new:?}"
+        );
+        // The accepted socket inherited the filter and still works both ways.
+        assert_eq!(s.write(b"answer").await.unwrap(), 6);
+        s.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut back = Vec::new();
+        c.read_to_end(&mut back).unwrap();
+        assert_eq!(back, b"answer");
+    });
+}
+
 // === splice ===
 
 /// Bytes `i` of a spliced test body: a counter per 8 bytes, so a lost,

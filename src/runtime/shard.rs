@@ -22,6 +22,12 @@ const ACCEPT_BATCH: u32 = 32;
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(10);
 /// At most one log line about failing accepts this often.
 const ACCEPT_LOG_EVERY: Duration = Duration::from_secs(1);
+/// How long a listener that stops (a drain, or a reload that removed it)
+/// keeps accepting after it refused new connections: a handshake under way
+/// whose last packet comes within this completes and is served; one that
+/// comes later finds the listener closed and is reset. On loopback and a
+/// LAN it takes microseconds to a millisecond.
+const HANDSHAKE_LINGER: Duration = Duration::from_millis(100);
 
 /// A shard's channels to the threads outside it.
 pub(super) struct Links {
@@ -344,9 +350,10 @@ async fn flush_access_log(shard: Rc<Gateway>) {
 }
 
 /// Accepts on one listener; `tls` is set on a TLS listener. When draining
-/// starts, or `stop` is closed (a reload removed the listener), takes the
-/// connections already in the listener's backlog (which closing it would
-/// reset), then ends, closing the listener.
+/// starts, or `stop` is closed (a reload removed the listener), refuses new
+/// connections and takes the ones in the listener's backlog and those the
+/// handshakes under way complete (which closing it would reset) for a
+/// short linger ([`close_listener`]), then ends, closing the listener.
 async fn accept_loop(
     shard: Rc<Gateway>,
     listener: Listener,
@@ -381,7 +388,7 @@ async fn accept_loop(
         .await;
         let (stream, peer) = match accepted {
             None => {
-                take_backlog(&shard, &listener, tls, max_connections);
+                close_listener(&shard, &listener, tls, max_connections).await;
                 return;
             }
             Some(Ok(s)) => {
@@ -448,21 +455,64 @@ impl AcceptFailures {
     }
 }
 
-/// Draining: stops new connections from joining the backlog
-/// ([`Listener::refuse_new`]), then accepts what is in it without waiting,
-/// and serves it like any connection accepted while draining (see
-/// [`crate::http::conn::Connections::begin_drain`]). Nothing can join the
-/// backlog after the last accept, so closing the listener resets nothing.
-fn take_backlog(shard: &Rc<Gateway>, listener: &Listener, tls: bool, max_connections: usize) {
+/// Before a listener closes (a drain, or a reload that removed it): stops
+/// new connections from starting ([`Listener::refuse_new`]), then for
+/// [`HANDSHAKE_LINGER`] (no later than the drain's deadline) accepts what
+/// is in the backlog and what the handshakes under way complete into it,
+/// and serves each like any connection accepted while draining (see
+/// [`crate::http::conn::Connections::begin_drain`]); the caller then drops
+/// the listener. Only a handshake slower than the linger is reset by the
+/// close.
+async fn close_listener(
+    shard: &Rc<Gateway>,
+    listener: &Listener,
+    tls: bool,
+    max_connections: usize,
+) {
     if let Err(e) = listener.refuse_new() {
-        // Without the filter a connection completed between the last
-        // accept and the close is reset, as before.
+        // Without the filter new connections keep joining the backlog
+        // while it lingers; the ones after the last accept are reset.
         crate::log!(
             "warn",
             "shard {}: cannot stop new connections before closing a listener: {e}",
             shard.id
         );
     }
+    let mut until = Instant::now() + HANDSHAKE_LINGER;
+    if let Some(deadline) = shard.connections().drain_deadline() {
+        until = until.min(deadline);
+    }
+    loop {
+        take_backlog(shard, listener, tls, max_connections);
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return;
+        }
+        let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
+            glommio::timer::sleep(left).await;
+            None
+        })
+        .await;
+        match accepted {
+            Some(Ok((stream, peer))) => serve(shard, stream, peer, tls, max_connections),
+            Some(Err(e)) => {
+                crate::log!(
+                    "warn",
+                    "shard {}: accept failed while closing a listener: {e}",
+                    shard.id
+                );
+                return;
+            }
+            None => {
+                take_backlog(shard, listener, tls, max_connections);
+                return;
+            }
+        }
+    }
+}
+
+/// Accepts what is in the backlog without waiting, and serves it.
+fn take_backlog(shard: &Rc<Gateway>, listener: &Listener, tls: bool, max_connections: usize) {
     loop {
         match listener.try_accept() {
             Ok(Some((stream, peer))) => serve(shard, stream, peer, tls, max_connections),
