@@ -802,8 +802,8 @@ fn serve(path: &std::path::Path) -> ExitCode {
         match requests.recv_timeout(SIGNAL_LOOK) {
             Ok(asked) => answer(&mut server, path, &mut text, asked),
             Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
-            // Cannot happen while the signal thread holds a sender; if it
-            // does, the flags are still looked at.
+            // Every sender gone (no signal thread, no admin listener, no
+            // portal): look at the flags every SIGNAL_POLL instead.
             Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
                 std::thread::sleep(SIGNAL_POLL)
             }

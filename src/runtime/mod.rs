@@ -34,6 +34,7 @@ pub enum Control {
 /// once. Every sender outside the shards goes through [`Inbox::send`]. A
 /// dropped one rings too, after its sender is gone, so that the shard also
 /// sees the channel disconnect when the last one goes.
+#[derive(Clone)]
 pub struct Inbox {
     /// Always Some until dropped.
     tx: Option<Sender<Control>>,
@@ -54,15 +55,6 @@ impl Inbox {
         };
         self.bell.ring();
         sent
-    }
-}
-
-impl Clone for Inbox {
-    fn clone(&self) -> Inbox {
-        Inbox {
-            tx: self.tx.clone(),
-            bell: self.bell.clone(),
-        }
     }
 }
 
