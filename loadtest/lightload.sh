@@ -43,6 +43,13 @@ NAMES="recvfrom sendto sendmsg recvmsg read write readv writev io_uring_enter ep
 epoll_pwait epoll_pwait2 epoll_ctl membarrier close fcntl dup getsockopt setsockopt getpid accept4
 sched_yield futex clock_nanosleep"
 EVENTS=raw_syscalls:sys_enter,context-switches$(for n in $NAMES; do printf ',syscalls:sys_enter_%s' "$n"; done)
+# MSR writes (x86), counted as msr:write_msr: nearly all of them program the
+# timer hardware (the TSC deadline) for the earliest timer, and in a VM each
+# one traps to the hypervisor. Left out where the kernel has no such
+# tracepoint.
+if perf list msr:write_msr 2>/dev/null | grep -q 'msr:write_msr'; then
+    EVENTS="$EVENTS,msr:write_msr"
+fi
 
 # Counts syscalls of `pids` while "$@" runs; the counts go to `csv`. The
 # tracepoints slow every syscall a little, so CPU is measured in runs
@@ -92,7 +99,7 @@ for spec in "$@"; do
     echo "$name (counted) $line" >>"$OUT/lightload-cgload.log"
     reqs=$(recorded "$line")
     {
-        echo "syscalls (and context switches) per request, $name at $RATE req/s for ${DUR}s (${reqs:-0} requests):"
+        echo "syscalls (and context switches, MSR writes) per request, $name at $RATE req/s for ${DUR}s (${reqs:-0} requests):"
         per "$OUT/lightload-$name.csv" "${reqs:-0}" | awk '{ printf "  %-28s %8.3f\n", $1, $2 }'
     } >"$OUT/lightload-syscalls-$name.txt"
     per "$OUT/lightload-$name.csv" "${reqs:-0}" | awk -v t="$name" '{ print t, "per_request_" $1, $2 }'

@@ -966,15 +966,18 @@ if want lightload; then
     # LL_SPIN_US="20 50": also coregate with `spin_before_park_us` set to
     # each value. LL_EPOLL_SLEEP_US="0 200": with `epoll_sleep_us` set to
     # each value (0: park in glommio at every idle moment, as before the
-    # epoll sleep existed).
+    # epoll sleep existed). LL_TIMER_SLACK_US="0": with `timer_slack_us`
+    # set to each value (0: the epoll sleep ends exactly when due, as
+    # before the slack was set).
     LL_TARGETS="coregate nginx direct"
     for us in ${LL_SPIN_US:-}; do ll_variant "spin$us" spin_before_park_us "$us"; done
     for us in ${LL_EPOLL_SLEEP_US:-}; do ll_variant "es$us" epoll_sleep_us "$us"; done
+    for us in ${LL_TIMER_SLACK_US:-}; do ll_variant "slack$us" timer_slack_us "$us"; done
     log "lightload: $LL_RATE req/s (50% of nginx's $NGINX_MAX) for ${LL_DUR}s, $LAT_CONNS connections, then ${LL_IDLE}s idle; $SCALE_RUNS runs; $LL_TARGETS"
     for run in $(seq "$SCALE_RUNS"); do
         for t in $LL_TARGETS; do
             spin_pid=
-            if [[ $t == coregate-spin* || $t == coregate-es* ]]; then
+            if [[ $t == coregate-spin* || $t == coregate-es* || $t == coregate-slack* ]]; then
                 start_coregate "$t"
                 spin_pid=$LAST_PID
                 wait_port $COREGATE2_PORT
@@ -1075,7 +1078,7 @@ LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)
 {
     echo "# coregate load test, $STAMP$([ $SMOKE = 1 ] && echo ' (smoke: tiny runs, numbers are not meaningful)' || true)"
     echo
-    echo "- machine: $NCPU CPUs, $(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo), kernel $(uname -r)"
+    echo "- machine: $NCPU CPUs, $(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo), kernel $(uname -r), TCP congestion control $(cat /proc/sys/net/ipv4/tcp_congestion_control 2>/dev/null || echo unknown)"
     echo "- coregate: $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo 'no commit'), $(git -C "$ROOT" status --short 2>/dev/null | wc -l) changed files in the work tree"
     echo "- $(nginx -v 2>&1), $(wrk -v 2>&1 | head -1 | cut -d' ' -f1-2)"
     echo "- load average at start $LOAD_START, at end $LOAD_END (the suite itself keeps about 2 busy); run at nice $(nice)"
@@ -1273,12 +1276,12 @@ LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)
     if want lightload; then
         echo "## Light load: $LL_RATE req/s (50% of nginx's maximum, $NGINX_MAX), open loop, $LAT_CONNS connections, $SCALE_RUNS x ${LL_DUR}s"
         echo
-        echo "| target | CPU µs/request median | min | max | syscalls/request | context switches/request | p99 µs | idle CPU % | idle syscalls/s |"
-        echo "|---|---|---|---|---|---|---|---|---|"
+        echo "| target | CPU µs/request median | min | max | syscalls/request | context switches/request | MSR writes/request | p99 µs | idle CPU % | idle syscalls/s |"
+        echo "|---|---|---|---|---|---|---|---|---|---|"
         for t in $LL_TARGETS; do
             g() { read -r v _ <<<"$(stat_of lightload "$t" "$1")"; echo "$v"; }
             read -r m lo hi _ <<<"$(stat_of lightload "$t" cpu_us)"
-            echo "| $t | $m | $lo | $hi | $(g per_request_all_syscalls) | $(g per_request_context-switches) | $(g p99_us) | $(g idle_cpu_pct) | $(g idle_per_s_all_syscalls) |"
+            echo "| $t | $m | $lo | $hi | $(g per_request_all_syscalls) | $(g per_request_context-switches) | $(g per_request_msr:write_msr) | $(g p99_us) | $(g idle_cpu_pct) | $(g idle_per_s_all_syscalls) |"
         done
         read -r cgc _ <<<"$(stat_of lightload coregate cpu_us)"
         read -r ngc _ <<<"$(stat_of lightload nginx cpu_us)"
@@ -1293,6 +1296,11 @@ LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)
             [[ $t == coregate-es* ]] || continue
             read -r c _ <<<"$(stat_of lightload "$t" cpu_us)"
             echo "- $t (\`epoll_sleep_us = ${t#coregate-es}\`)/nginx: $(ratio "$c" "$ngc"); coregate (default) / $t: $(ratio "$cgc" "$c")"
+        done
+        for t in $LL_TARGETS; do
+            [[ $t == coregate-slack* ]] || continue
+            read -r c _ <<<"$(stat_of lightload "$t" cpu_us)"
+            echo "- $t (\`timer_slack_us = ${t#coregate-slack}\`)/nginx: $(ratio "$c" "$ngc"); coregate (default) / $t: $(ratio "$cgc" "$c")"
         done
         echo "- CPU is the proxy's CPU time (every thread's schedstat, ns) over the load, divided by the requests answered; syscalls are every syscall of the proxy's processes over a second pass of the same load (perf stat, syscalls tracepoints, with about a second idle on each side), per request. For direct, both are the backend's. Idle: ${LL_IDLE}s with no load, CPU then syscalls."
         echo "- syscalls per request by name, last run: lightload-syscalls-*.txt"

@@ -1,8 +1,10 @@
 //! `[[server.shard]]` over real sockets against the real binary: a listener
 //! served by one shard only is answered by that shard only, a shard's own
 //! connection limit holds while another shard's does not apply to it, bad
-//! keys are refused all at once with their names, and a reload that changes
-//! a shard's settings is refused naming each one.
+//! keys are refused all at once with their names, a reload that changes
+//! a shard's settings is refused naming each one, and each shard thread's
+//! timer slack (how late the kernel may end its epoll sleep) is the
+//! kernel's tick or the shard's own `timer_slack_us`.
 //!
 //! Which shard answered: every response's `x-request-id` starts with a
 //! per-shard prefix (16 hex digits, fixed at shard start), and
@@ -179,6 +181,7 @@ io_memory_kib = 1
 spin_before_park_us = 5000000
 preempt_timer_ms = 0
 epoll_sleep_us = 100001
+timer_slack_us = 100001
 background_shares = 0
 ring_size = 4
 
@@ -212,6 +215,7 @@ integration = { type = "mock", body = "probe" }
         "server.shard[2].spin_before_park_us: must be at most 1000000",
         "server.shard[2].preempt_timer_ms: must be from 1 to 10000",
         "server.shard[2].epoll_sleep_us: must be at most 100000",
+        "server.shard[2].timer_slack_us: must be at most 100000",
         "server.shard[2].background_shares: must be from 1 to 1000000",
         "server.shard[2].ring_size",
         "server.shard[3].id: shard 0 already has an entry (server.shard[2])",
@@ -253,4 +257,64 @@ fn a_reload_that_changes_a_shards_settings_is_refused_naming_each() {
     // A reload that leaves the shards alone is taken.
     gw.reload_with(&SPLIT.replace("body = \"probe\"", "body = \"new\""));
     assert_eq!(Client::connect(gw.addrs()[1]).get("/probe").text(), "new");
+}
+
+/// The timer slack (ns) of every thread of `pid` named `coregate-shard-`
+/// (the name is cut to 15 bytes), and of every other thread.
+fn slacks(pid: u32) -> (Vec<u64>, Vec<u64>) {
+    let (mut shards, mut others) = (Vec::new(), Vec::new());
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap_or_else(|e| panic!("/proc/{pid}/task: {e}"));
+    for t in tasks.flatten() {
+        let tid = t.file_name().to_string_lossy().to_string();
+        let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+        let Ok(slack) = std::fs::read_to_string(format!("/proc/{tid}/timerslack_ns")) else {
+            continue;
+        };
+        let slack: u64 = slack
+            .trim()
+            .parse()
+            .unwrap_or_else(|e| panic!("timerslack_ns of {tid}: {slack:?}: {e}"));
+        if comm.starts_with("coregate-shard") {
+            shards.push(slack);
+        } else {
+            others.push(slack);
+        }
+    }
+    (shards, others)
+}
+
+/// The kernel's tick: the resolution of CLOCK_MONOTONIC_COARSE.
+fn tick_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is valid for a write of a timespec.
+    let rc = unsafe { libc::clock_getres(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+    assert_eq!(rc, 0, "clock_getres: {}", std::io::Error::last_os_error());
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+#[test]
+fn each_shards_epoll_sleep_takes_the_kernels_tick_or_its_own_timer_slack() {
+    // Shard 0 keeps the default (the kernel's tick), shard 1 sets 250 µs.
+    let gw = Gateway::start(&SPLIT.replace("max_connections = 2\n", "timer_slack_us = 250\n"));
+    assert_eq!(Client::connect(gw.addrs()[0]).get("/probe").status, 200);
+    let tick = tick_ns();
+    // 50 µs is the kernel's default; a tick is at least 1 ms (HZ ≤ 1000).
+    assert!(tick >= 1_000_000, "tick {tick} ns");
+    let (shards, others) = slacks(gw.pid());
+    assert!(
+        shards.contains(&tick) && shards.contains(&250_000),
+        "shard threads' slack {shards:?}, want {tick} (shard 0) and 250000 (shard 1)"
+    );
+    // The setting is the shards' own: no other thread of the process has it.
+    assert!(
+        !others.iter().any(|s| *s == tick || *s == 250_000),
+        "other threads' slack {others:?}"
+    );
+    // The slack delays no answer: an idle shard still answers at once.
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(Client::connect(gw.addrs()[1]).get("/probe").status, 200);
 }

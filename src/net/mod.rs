@@ -35,6 +35,19 @@
 //! twice first); a longer chain waits for the next event, at most the
 //! epoll-sleep time.
 //!
+//! The blocking wait's timeout is short (at most the epoll-sleep time), so
+//! it would usually be the CPU's earliest timer: the kernel would program
+//! the timer hardware for it at each sleep, and again when an event ends
+//! the sleep first. In a VM each such write is a trap to the hypervisor
+//! (measured: 1.1 per request at half of nginx's maximum rate, about 15%
+//! of the shard's CPU there; docs/benchmarks.md "Light load"). The shard
+//! thread's timer slack ([`set_sleep_slack`], by default the scheduler
+//! tick) lets the kernel end the wait at its next tick instead, which is
+//! already programmed while the CPU is busy. So the blocking wait lasts up
+//! to the epoll-sleep time plus one tick, and glommio's timers and task
+//! queues wait at most that long. glommio's own sleep (its io_uring
+//! timeouts) is not affected by the slack.
+//!
 //! Reads follow nginx: a read that returns less than the buffer it was given
 //! drained the socket, so the next read waits for the next edge instead of
 //! spending a syscall on `EAGAIN`. Edge-triggered epoll queues an event for
@@ -175,6 +188,19 @@ thread_local! {
 /// thread; it applies from the poller's next idle moment.
 pub fn set_epoll_sleep(d: Duration) {
     EPOLL_SLEEP.with(|e| e.set(d));
+}
+
+/// Sets this thread's timer slack: how much later than asked the kernel
+/// may end its blocking `epoll_wait` (see the module's comment); `None`
+/// for the kernel's scheduler tick. Returns the slack set, or None when
+/// `None` was asked and the kernel does not tell its tick (the thread
+/// keeps the kernel's default slack then). Call it on the shard's thread.
+pub fn set_sleep_slack(slack: Option<Duration>) -> io::Result<Option<Duration>> {
+    let Some(d) = slack.or_else(sys::tick) else {
+        return Ok(None);
+    };
+    sys::set_timer_slack(d)?;
+    Ok(Some(d))
 }
 
 /// Wakes a shard out of its blocking `epoll_wait`: an eventfd in its epoll

@@ -5,6 +5,7 @@ use std::io::{self, IoSlice};
 use std::mem::{size_of, zeroed};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::time::Duration;
 
 fn check(r: libc::c_int) -> io::Result<libc::c_int> {
     if r < 0 {
@@ -117,7 +118,7 @@ static NO_PWAIT2: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool:
 pub fn epoll_wait_for(
     epfd: RawFd,
     events: &mut [libc::epoll_event],
-    timeout: std::time::Duration,
+    timeout: Duration,
 ) -> io::Result<usize> {
     use std::sync::atomic::Ordering;
     let max = events.len().min(i32::MAX as usize) as libc::c_int;
@@ -485,6 +486,36 @@ fn from_sockaddr(storage: &libc::sockaddr_storage) -> Option<SocketAddr> {
         }
         _ => None,
     }
+}
+
+/// The kernel's scheduler tick (1/`CONFIG_HZ`): the resolution of
+/// `CLOCK_MONOTONIC_COARSE`, which advances once per tick. None if the
+/// kernel does not say.
+pub fn tick() -> Option<Duration> {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is valid for a write of a timespec.
+    check(unsafe { libc::clock_getres(libc::CLOCK_MONOTONIC_COARSE, &mut ts) }).ok()?;
+    let d = Duration::new(
+        u64::try_from(ts.tv_sec).ok()?,
+        u32::try_from(ts.tv_nsec).ok()?,
+    );
+    (!d.is_zero()).then_some(d)
+}
+
+/// Sets the calling thread's timer slack (`PR_SET_TIMERSLACK`): how much
+/// later than asked the kernel may end its timed waits (`epoll_wait`,
+/// `poll`, `nanosleep`; not io_uring timeouts). Zero asks for none (the
+/// kernel's least, 1 ns: a zero would restore the thread's default).
+pub fn set_timer_slack(d: Duration) -> io::Result<()> {
+    let ns = libc::c_ulong::try_from(d.as_nanos())
+        .unwrap_or(libc::c_ulong::MAX)
+        .max(1);
+    // SAFETY: plain prctl on the calling thread.
+    check(unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, ns, 0, 0, 0) })?;
+    Ok(())
 }
 
 /// A non-blocking, close-on-exec pipe: (read end, write end).

@@ -27,6 +27,9 @@ pub struct ShardPlan {
     /// How long the idle shard sleeps in `epoll_wait` before it parks in
     /// glommio (`net::set_epoll_sleep`).
     pub epoll_sleep: Duration,
+    /// The shard thread's timer slack (`net::set_sleep_slack`); `None`:
+    /// the kernel's scheduler tick.
+    pub timer_slack: Option<Duration>,
     /// Shares of the background task queue; `None`: no queue of its own.
     pub background_shares: Option<usize>,
 }
@@ -43,6 +46,7 @@ impl ShardPlan {
             spin_before_park: Duration::from_micros(DEFAULT_SPIN_BEFORE_PARK_US),
             preempt_timer: Duration::from_millis(DEFAULT_PREEMPT_TIMER_MS),
             epoll_sleep: Duration::from_micros(DEFAULT_EPOLL_SLEEP_US),
+            timer_slack: None,
             background_shares: None,
         }
     }
@@ -259,6 +263,19 @@ pub(super) fn compile(
                 s.epoll_sleep = Duration::from_micros(us);
             }
         }
+        if let Some(us) = e.timer_slack_us {
+            if us > MAX_TIMER_SLACK_US {
+                errors.push(ConfigError::new(
+                    key("timer_slack_us"),
+                    format!(
+                        "must be at most {MAX_TIMER_SLACK_US} (microseconds; the shard's \
+                         epoll sleep may last this much longer)"
+                    ),
+                ));
+            } else {
+                s.timer_slack = Some(Duration::from_micros(us));
+            }
+        }
         if let Some(sh) = e.background_shares {
             if sh == 0 || sh > MAX_BACKGROUND_SHARES {
                 errors.push(ConfigError::new(
@@ -351,6 +368,12 @@ pub fn start_only(old: &ServerPlan, new: &ServerPlan) -> Vec<(String, String, St
             a.epoll_sleep.as_micros().to_string(),
             b.epoll_sleep.as_micros().to_string(),
         );
+        let slack = |d: Option<Duration>| {
+            d.map_or("the kernel's tick".to_string(), |d| {
+                d.as_micros().to_string()
+            })
+        };
+        check("timer_slack_us", slack(a.timer_slack), slack(b.timer_slack));
         check(
             "background_shares",
             format!("{:?}", a.background_shares),
@@ -387,7 +410,35 @@ mod tests {
             assert_eq!(s.preempt_timer, Duration::from_millis(100));
             assert_eq!(s.io_memory, 512 * 1024);
             assert_eq!(s.background_shares, None);
+            // The kernel's tick, read when the shard starts.
+            assert_eq!(s.timer_slack, None);
         }
+    }
+
+    #[test]
+    fn timer_slack_us_sets_its_shard_only_zero_included_and_a_change_is_start_only() {
+        let text = format!("{TWO}[[server.shard]]\nid = 1\ntimer_slack_us = 0\n");
+        let p = crate::plan::load_str(&text).unwrap();
+        assert_eq!(p.server.shard[0].timer_slack, None);
+        assert_eq!(p.server.shard[1].timer_slack, Some(Duration::ZERO));
+        let q = crate::plan::load_str(&text.replace("= 0\n", "= 250\n")).unwrap();
+        assert_eq!(
+            q.server.shard[1].timer_slack,
+            Some(Duration::from_micros(250))
+        );
+        assert_eq!(
+            start_only(&p.server, &q.server),
+            vec![(
+                "server.shard[id = 1].timer_slack_us".to_string(),
+                "0".to_string(),
+                "250".to_string()
+            )]
+        );
+        let r = crate::plan::load_str(TWO).unwrap();
+        assert_eq!(
+            start_only(&r.server, &q.server)[0].1,
+            "the kernel's tick".to_string()
+        );
     }
 
     #[test]

@@ -455,9 +455,18 @@ impl Server {
                 builder = builder.spin_before_park(tuning.spin_before_park);
             }
             let epoll_sleep = tuning.epoll_sleep;
+            let timer_slack = tuning.timer_slack;
             let spawned = builder.spawn(move || async move {
                 crate::log::set_shard(id);
                 crate::net::set_epoll_sleep(epoll_sleep);
+                if let Err(e) = crate::net::set_sleep_slack(timer_slack) {
+                    // The shard still works; its epoll sleeps then program
+                    // the timer hardware (more CPU under light load).
+                    crate::log!(
+                        "warn",
+                        "shard {id}: cannot set the timer slack of its epoll sleep: {e}"
+                    );
+                }
                 let links = shard::Links {
                     throttle: link,
                     usage: usage_link,

@@ -2,8 +2,8 @@
 //! shard is not enough (docs/tuning.md): its CPU, the listeners it serves,
 //! its connection limit, its glommio executor (io_uring ring depth,
 //! registered I/O memory, spin before sleeping, preempt timer), how long it
-//! sleeps in epoll before it parks in glommio, and the
-//! share its background work gets. Every key but `id` is optional; a shard
+//! sleeps in epoll before it parks in glommio and how much later than that
+//! the kernel may end the sleep, and the share its background work gets. Every key but `id` is optional; a shard
 //! without an entry, and a key left out, keep the defaults below.
 
 use serde::Deserialize;
@@ -20,6 +20,13 @@ pub const DEFAULT_PREEMPT_TIMER_MS: u64 = 100;
 /// How long an idle shard sleeps in `epoll_wait`, counted from its last
 /// park in glommio, before it parks again (src/net).
 pub const DEFAULT_EPOLL_SLEEP_US: u64 = 1_000;
+
+/// How much later than asked the kernel may end a shard's epoll sleep
+/// (its thread's timer slack) when its entry sets none: the kernel's
+/// scheduler tick, read at start (`net::sys::tick`).
+///
+/// The largest `timer_slack_us`: a longer slack is a longer epoll sleep.
+pub const MAX_TIMER_SLACK_US: u64 = 100_000;
 
 /// The largest ring io_uring accepts (`IORING_MAX_ENTRIES`).
 pub const MAX_RING_DEPTH: usize = 32_768;
@@ -61,6 +68,10 @@ pub struct RawShard {
     /// last park in glommio) before it parks in glommio, in µs; 0 parks
     /// at once.
     pub epoll_sleep_us: Option<u64>,
+    /// How much later than asked the kernel may end the shard's epoll
+    /// sleep (its thread's timer slack), in µs; 0 for none. Default: the
+    /// kernel's scheduler tick.
+    pub timer_slack_us: Option<u64>,
     /// Run the shard's background work (control inbox, policy
     /// reconciliation, access-log hand-off, pool sweeping) in a task queue
     /// of its own with these shares, against the request path's 1000.
