@@ -14,7 +14,6 @@
 
 mod support;
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use support::*;
@@ -28,37 +27,6 @@ fn config(log: &Path) -> String {
          [[apis.routes]]\nkey = \"GET /x\"\nintegration = {{ type = \"mock\", body = \"ok\" }}\n",
         log.display()
     )
-}
-
-/// Voluntary context switches of every thread of `pid`, by thread name
-/// (the main thread is named `main`): each is a sleep the thread went to,
-/// so each wake-up counts. Involuntary ones are left out: they count
-/// preemptions (and `sched_yield`s on a busy machine), not wake-ups.
-fn switches(pid: u32) -> HashMap<String, u64> {
-    let mut by_name = HashMap::new();
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return by_name;
-    };
-    for t in tasks.flatten() {
-        let dir = t.path();
-        let tid = t.file_name().to_string_lossy().to_string();
-        let name = if tid == pid.to_string() {
-            "main".to_string()
-        } else {
-            std::fs::read_to_string(dir.join("comm"))
-                .unwrap_or_default()
-                .trim()
-                .to_string()
-        };
-        let status = std::fs::read_to_string(dir.join("status")).unwrap_or_default();
-        let n: u64 = status
-            .lines()
-            .filter(|l| l.starts_with("voluntary_ctxt_switches"))
-            .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
-            .sum();
-        *by_name.entry(name).or_insert(0) += n;
-    }
-    by_name
 }
 
 fn lines(p: &Path) -> Vec<String> {
@@ -105,9 +73,9 @@ fn an_idle_gateway_sleeps_and_still_answers_at_once() {
     std::thread::sleep(Duration::from_millis(1500));
 
     let idle = Duration::from_secs(3);
-    let before = switches(gw.pid());
+    let before = voluntary_switches(gw.pid());
     std::thread::sleep(idle);
-    let after = switches(gw.pid());
+    let after = voluntary_switches(gw.pid());
     let delta = |name: &str| after.get(name).unwrap_or(&0) - before.get(name).unwrap_or(&0);
     let shards = delta("coregate-shard-");
     let main = delta("main");

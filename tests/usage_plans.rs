@@ -537,3 +537,63 @@ fn concurrent_clients_are_refused_only_once_the_quota_is_spent() {
         assert_eq!(r.json_message().as_deref(), Some("Limit Exceeded"));
     }
 }
+
+#[test]
+fn an_idle_gateway_with_usage_plans_sleeps_and_its_quota_still_holds_across_shards() {
+    // Before, each shard's usage reconciler ran every 10 ms whatever
+    // happened: 100 wakes a second per shard. Now it sleeps with nothing
+    // to report or take in, until a request or the coordinator wakes it.
+    // No throttle in these plans: its own reconciler keeps a 50 ms idle
+    // tick, and this test counts the usage reconciler's wakes.
+    const QUOTA_ONLY: &str = r#"
+[[usage_plans]]
+name = "gold"
+apis = ["pets"]
+quota = { limit = 5, period = "DAY" }
+
+[[usage_plans]]
+name = "basic"
+apis = ["pets"]
+"#;
+    const SHARDS: usize = 2;
+    let s = Setup::new("idle", SHARDS, QUOTA_ONLY);
+    let g = s.start();
+    // Both shards spend some of gold's 5: each holds a lease from the start.
+    let first: Vec<u16> = (0..2)
+        .map(|_| get(&mut g.client(), "/pets/list", &s.gold).status)
+        .collect();
+    assert_eq!(first, [200, 200], "{}", g.stderr());
+    // Let the demand fade and every reconciler go to sleep.
+    std::thread::sleep(Duration::from_millis(1500));
+    let idle = Duration::from_secs(3);
+    let before = voluntary_switches(g.pid());
+    std::thread::sleep(idle);
+    let after = voluntary_switches(g.pid());
+    let shards =
+        after.get("coregate-shard-").unwrap_or(&0) - before.get("coregate-shard-").unwrap_or(&0);
+    eprintln!("shard threads' voluntary context switches in {idle:?} idle: {shards}");
+    assert!(after.contains_key("coregate-shard-"), "{after:?}");
+    // What is left: the reconciler's 1 s look at the date, the pool sweep
+    // and the dashboard sample, a few switches each. Before: 300 or more.
+    assert!(
+        shards <= 25 * SHARDS as u64,
+        "shards woke {shards} times in {idle:?}"
+    );
+    // The quota still holds exactly, across shards: a shard whose lease
+    // ran out has the sleeping shard's lease recalled (the coordinator
+    // wakes it), and the sixth request on is refused.
+    let rest: Vec<u16> = (0..8)
+        .map(|_| get(&mut g.client(), "/pets/list", &s.gold).status)
+        .collect();
+    assert_eq!(
+        rest.iter().filter(|&&c| c == 200).count(),
+        3,
+        "{rest:?}\n{}",
+        g.stderr()
+    );
+    assert!(
+        rest.iter().all(|&c| c == 200 || c == 429),
+        "{rest:?}\n{}",
+        g.stderr()
+    );
+}

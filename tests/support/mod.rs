@@ -2006,3 +2006,34 @@ pub fn call(req: ureq::Request, body: Option<&[u8]>) -> HttpResponse {
 pub fn http_get(url: &str) -> HttpResponse {
     call(agent().get(url), None)
 }
+
+/// Voluntary context switches of every thread of `pid`, by thread name
+/// (the main thread is named `main`): each is a sleep the thread went to,
+/// so each wake-up counts. Involuntary ones are left out: they count
+/// preemptions (and `sched_yield`s on a busy machine), not wake-ups.
+pub fn voluntary_switches(pid: u32) -> std::collections::HashMap<String, u64> {
+    let mut by_name = std::collections::HashMap::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return by_name;
+    };
+    for t in tasks.flatten() {
+        let dir = t.path();
+        let tid = t.file_name().to_string_lossy().to_string();
+        let name = if tid == pid.to_string() {
+            "main".to_string()
+        } else {
+            std::fs::read_to_string(dir.join("comm"))
+                .unwrap_or_default()
+                .trim()
+                .to_string()
+        };
+        let status = std::fs::read_to_string(dir.join("status")).unwrap_or_default();
+        let n: u64 = status
+            .lines()
+            .filter(|l| l.starts_with("voluntary_ctxt_switches"))
+            .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+            .sum();
+        *by_name.entry(name).or_insert(0) += n;
+    }
+    by_name
+}

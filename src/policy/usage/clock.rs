@@ -1,6 +1,6 @@
 //! Calendar arithmetic for quota periods and the per-day usage record, in
-//! UTC days since 1970-01-01 ("day numbers"). Pure functions, plus the one
-//! wall-clock read the usage code makes ([`today`]).
+//! UTC days since 1970-01-01 ("day numbers"). Pure functions, plus the
+//! wall-clock reads the usage code makes ([`today`], [`until_next_day`]).
 //!
 //! Tests move the clock: when the environment variable
 //! [`CLOCK_FILE_ENV`] names a file, the time is the Unix time (seconds)
@@ -28,6 +28,18 @@ pub fn now_unix() -> i64 {
         Ok(d) => d.as_secs() as i64,
         Err(_) => 0,
     }
+}
+
+/// How long until the next UTC day begins, by the system clock. None when
+/// the clock comes from [`CLOCK_FILE_ENV`] (tests move it by hand) or the
+/// system clock is before 1970.
+pub fn until_next_day() -> Option<std::time::Duration> {
+    if std::env::var_os(CLOCK_FILE_ENV).is_some() {
+        return None;
+    }
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).ok()?;
+    let into_day = std::time::Duration::new(now.as_secs() % 86_400, now.subsec_nanos());
+    std::time::Duration::from_secs(86_400).checked_sub(into_day)
 }
 
 /// Today's day number.

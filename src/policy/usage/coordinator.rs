@@ -79,6 +79,9 @@ pub struct Initial {
 pub struct ShardLink {
     pub to_coordinator: Option<Sender<ToCoordinator>>,
     pub from_coordinator: Option<Receiver<ToShard>>,
+    /// Where the shard's reconciler leaves its waker before a long idle
+    /// sleep; the coordinator wakes it after sending the shard anything.
+    pub idle_waker: Option<Sender<crate::net::RemoteWaker>>,
     pub initial: Vec<Initial>,
     pub shards: usize,
 }
@@ -127,12 +130,42 @@ pub struct Coordinator {
     quotas: HashMap<u32, QuotaState, ahash::RandomState>,
     /// Requests not yet written: (key, day) → count.
     pending: HashMap<(u32, i64), u64, ahash::RandomState>,
-    to_shards: Vec<Sender<ToShard>>,
+    to_shards: ToShards,
     /// The time of the pass under way (recalls are spaced by it).
     now: Instant,
     /// Set while writes to the store fail: the failure was logged once,
     /// and the first write that works again says so.
     store_failing: bool,
+}
+
+/// The channels to the shards, and the wakers of those whose reconciler
+/// sleeps with nothing to do: a shard sent anything is woken at the end of
+/// the coordinator's pass.
+struct ToShards {
+    tx: Vec<Sender<ToShard>>,
+    wakers: Vec<Receiver<crate::net::RemoteWaker>>,
+    sent: Vec<bool>,
+}
+
+impl ToShards {
+    fn send(&mut self, shard: usize, m: ToShard) {
+        if let Some(tx) = self.tx.get(shard) {
+            let _ = tx.send(m);
+            self.sent[shard] = true;
+        }
+    }
+
+    /// Wakes every shard sent something since the last call, if its
+    /// reconciler left a waker (it sleeps with nothing to do).
+    fn wake(&mut self) {
+        for (s, sent) in self.sent.iter_mut().enumerate() {
+            if std::mem::take(sent) {
+                while let Ok(w) = self.wakers[s].try_recv() {
+                    w.wake();
+                }
+            }
+        }
+    }
 }
 
 /// A share of `remaining` for each of `shards` shards to start with: a
@@ -190,6 +223,7 @@ impl Manual {
         for key in touched {
             self.c.distribute(key);
         }
+        self.c.to_shards.wake();
     }
 }
 
@@ -210,6 +244,7 @@ fn unlinked(shards: usize) -> Vec<ShardLink> {
         .map(|_| ShardLink {
             to_coordinator: None,
             from_coordinator: None,
+            idle_waker: None,
             initial: Vec::new(),
             shards,
         })
@@ -230,12 +265,19 @@ fn prepare(
         Some(dir) => Some(Store::open(dir)?),
         None => None,
     };
-    let mut to_shards = Vec::with_capacity(shards);
+    let mut to_shards = ToShards {
+        tx: Vec::with_capacity(shards),
+        wakers: Vec::with_capacity(shards),
+        sent: vec![false; shards],
+    };
     let mut from = Vec::with_capacity(shards);
     for _ in 0..shards {
         let (tx, rx) = crossbeam_channel::unbounded();
-        to_shards.push(tx);
-        from.push(rx);
+        // One waker at a time: the reconciler is one task.
+        let (wtx, wrx) = crossbeam_channel::bounded(1);
+        to_shards.tx.push(tx);
+        to_shards.wakers.push(wrx);
+        from.push((rx, wtx));
     }
     let mut c = Coordinator {
         plans: plans.clone(),
@@ -278,9 +320,10 @@ fn prepare(
     let links = from
         .into_iter()
         .zip(initial)
-        .map(|(rx, initial)| ShardLink {
+        .map(|((rx, wtx), initial)| ShardLink {
             to_coordinator: Some(report_tx.clone()),
             from_coordinator: Some(rx),
+            idle_waker: Some(wtx),
             initial,
             shards,
         })
@@ -388,6 +431,7 @@ impl Coordinator {
                 next_flush = now + flush_every;
                 self.flush();
             }
+            self.to_shards.wake();
         }
     }
 
@@ -514,13 +558,16 @@ impl Coordinator {
         for (s, g) in give.iter().enumerate() {
             q.leased[s] = *g;
         }
-        for (s, tx) in self.to_shards.iter().enumerate() {
+        for (s, &tokens) in give.iter().enumerate() {
             // Sent even when 0: it tells the shard the period began.
-            let _ = tx.send(ToShard::Grant {
-                key,
-                period,
-                tokens: give[s],
-            });
+            self.to_shards.send(
+                s,
+                ToShard::Grant {
+                    key,
+                    period,
+                    tokens,
+                },
+            );
         }
         self.quotas.insert(key, q);
         self.distribute(key);
@@ -612,11 +659,14 @@ impl Coordinator {
         }
         let grants = q.share_out();
         for &(s, tokens) in &grants {
-            let _ = self.to_shards[s].send(ToShard::Grant {
-                key,
-                period: q.period,
-                tokens,
-            });
+            self.to_shards.send(
+                s,
+                ToShard::Grant {
+                    key,
+                    period: q.period,
+                    tokens,
+                },
+            );
         }
         let short = (0..self.shards).any(|s| q.want[s] > q.leased[s]);
         if !short {
@@ -624,19 +674,25 @@ impl Coordinator {
         }
         if q.remaining() == 0 && q.leased.iter().all(|&l| l == 0) {
             q.exhausted = true;
-            for tx in &self.to_shards {
-                let _ = tx.send(ToShard::Exhausted {
-                    key,
-                    period: q.period,
-                });
+            for s in 0..self.shards {
+                self.to_shards.send(
+                    s,
+                    ToShard::Exhausted {
+                        key,
+                        period: q.period,
+                    },
+                );
             }
             return;
         }
         for s in q.recalls(self.now) {
-            let _ = self.to_shards[s].send(ToShard::Recall {
-                key,
-                period: q.period,
-            });
+            self.to_shards.send(
+                s,
+                ToShard::Recall {
+                    key,
+                    period: q.period,
+                },
+            );
         }
     }
 }

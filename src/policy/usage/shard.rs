@@ -1,7 +1,10 @@
 //! A shard's side of usage plans: counts every keyed request for the
 //! per-day record and spends quota from the lease the coordinator gave it.
 //! The request path reads and writes shard-local cells only; a per-shard
-//! task reports and takes in leases every [`TICK`].
+//! task reports and takes in leases every [`TICK`] while there is anything
+//! to report or take in. With nothing (no key active, nothing received),
+//! it sleeps until a request makes a key active, the coordinator sends it
+//! something (it wakes the task), or [`IDLE_SLEEP`] passes.
 
 use super::coordinator::{Report, ShardLink, ToCoordinator, ToShard};
 use super::UsagePlans;
@@ -13,6 +16,10 @@ use std::time::{Duration, Instant};
 
 /// How often a shard reports usage and takes in leases.
 pub const TICK: Duration = Duration::from_millis(10);
+/// The longest the reconciler sleeps with nothing to do; it also wakes
+/// just after each UTC midnight. It reads the UTC date when it runs (a new
+/// day starts a new record, and may start a new quota period).
+pub const IDLE_SLEEP: Duration = Duration::from_secs(1);
 /// Seconds of a shard's measured demand it asks to hold.
 const HORIZON_SECS: f64 = 0.1;
 
@@ -71,8 +78,13 @@ struct Inner {
     /// The coordinator is gone (its channel closed): nothing will answer a
     /// waiting request.
     gone: Cell<bool>,
+    /// Messages the last reconciliation took in.
+    took: Cell<usize>,
     to: Option<Sender<ToCoordinator>>,
     from: Option<Receiver<ToShard>>,
+    /// Where the reconciler leaves its waker for the coordinator before it
+    /// sleeps with nothing to do.
+    idle_waker: Option<Sender<crate::net::RemoteWaker>>,
 }
 
 /// A shard's usage counters.
@@ -128,8 +140,10 @@ impl ShardUsage {
                 urgent: Cell::new(0),
                 waker: Cell::new(None),
                 gone: Cell::new(false),
+                took: Cell::new(0),
                 to: link.to_coordinator,
                 from: link.from_coordinator,
+                idle_waker: link.idle_waker,
             }),
         }
     }
@@ -212,6 +226,7 @@ impl ShardUsage {
             if !k.active {
                 k.active = true;
                 self.inner.active.borrow_mut().push(key);
+                self.inner.wake();
             }
         }
     }
@@ -240,6 +255,7 @@ impl ShardUsage {
         if !k.active {
             k.active = true;
             self.inner.active.borrow_mut().push(key);
+            self.inner.wake();
         }
     }
 
@@ -271,7 +287,8 @@ impl ShardUsage {
     }
 
     /// The shard's usage task: every [`TICK`] it takes in leases and
-    /// reports. Ends at once when usage is not recorded.
+    /// reports; with nothing to do it sleeps (see the module doc). Ends at
+    /// once when usage is not recorded.
     pub fn reconciler(&self) -> impl Future<Output = ()> + 'static {
         let inner = self.inner.clone();
         async move {
@@ -279,14 +296,32 @@ impl ShardUsage {
                 return;
             }
             let mut last = Instant::now();
+            let mut idle;
             loop {
                 if inner.urgent.get() > 0 {
                     glommio::timer::sleep(URGENT_TICK).await;
+                    idle = false;
+                } else if inner.took.get() == 0 && inner.active.borrow().is_empty() {
+                    // Awake when the UTC day changes, as the 10 ms tick
+                    // was: a request after midnight then finds the new
+                    // day's period (and record) already in place.
+                    let sleep = super::clock::until_next_day().map_or(IDLE_SLEEP, |d| {
+                        (d + Duration::from_millis(1)).min(IDLE_SLEEP)
+                    });
+                    inner.sleep(sleep, true).await;
+                    idle = true;
                 } else {
-                    inner.sleep(TICK).await;
+                    inner.sleep(TICK, false).await;
+                    idle = false;
                 }
                 let now = Instant::now();
-                let dt = now.duration_since(last).as_secs_f64();
+                let mut dt = now.duration_since(last).as_secs_f64();
+                if idle {
+                    // The requests that ended the sleep came within it:
+                    // measure their rate over one tick, as before the
+                    // reconciler slept (it ran every tick).
+                    dt = dt.min(TICK.as_secs_f64());
+                }
                 last = now;
                 if !inner.reconcile(dt, super::clock::today()) {
                     inner.gone.set(true);
@@ -314,18 +349,46 @@ impl Drop for Waiting<'_> {
 }
 
 impl Inner {
-    /// Sleeps `d`, or less if a request starts waiting for a lease.
-    async fn sleep(&self, d: Duration) {
+    /// Sleeps `d`, or less if a request starts waiting for a lease. `idle`
+    /// (nothing to report or take in): also less if a request makes a key
+    /// active, or the coordinator sends anything; the task's waker is left
+    /// for the coordinator, which wakes it after sending.
+    async fn sleep(&self, d: Duration, idle: bool) {
         let mut timer = std::pin::pin!(glommio::timer::sleep(d));
+        let mut left = false;
         std::future::poll_fn(|cx| {
             if self.urgent.get() > 0 || timer.as_mut().poll(cx).is_ready() {
                 return std::task::Poll::Ready(());
+            }
+            if idle {
+                if !self.active.borrow().is_empty() {
+                    return std::task::Poll::Ready(());
+                }
+                if !left {
+                    left = true;
+                    if let Some(tx) = &self.idle_waker {
+                        // Full: a waker of this same task is still there.
+                        let _ = tx.try_send(crate::net::RemoteWaker::here(cx.waker()));
+                    }
+                }
+                // After the waker was left: a message sent before it was
+                // there is seen here, one sent after it wakes this task.
+                if self.from.as_ref().is_some_and(|rx| !rx.is_empty()) {
+                    return std::task::Poll::Ready(());
+                }
             }
             self.waker.set(Some(cx.waker().clone()));
             std::task::Poll::Pending
         })
         .await;
         self.waker.set(None);
+    }
+
+    /// Wakes the reconciler if it sleeps (a key became active).
+    fn wake(&self) {
+        if let Some(w) = self.waker.take() {
+            w.wake();
+        }
     }
 
     fn send(&self, r: Report) -> bool {
@@ -338,10 +401,14 @@ impl Inner {
     /// the date changed. False when the coordinator is gone.
     fn reconcile(&self, dt: f64, today: i64) -> bool {
         let mut keys = self.keys.borrow_mut();
+        self.took.set(0);
         if let Some(rx) = &self.from {
             loop {
                 let msg = match rx.try_recv() {
-                    Ok(m) => m,
+                    Ok(m) => {
+                        self.took.set(self.took.get() + 1);
+                        m
+                    }
                     Err(TryRecvError::Empty) => break,
                     Err(TryRecvError::Disconnected) => return false,
                 };
