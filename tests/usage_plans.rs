@@ -543,20 +543,12 @@ fn an_idle_gateway_with_usage_plans_sleeps_and_its_quota_still_holds_across_shar
     // Before, each shard's usage reconciler ran every 10 ms whatever
     // happened: 100 wakes a second per shard. Now it sleeps with nothing
     // to report or take in, until a request or the coordinator wakes it.
-    // No throttle in these plans: its own reconciler keeps a 50 ms idle
-    // tick, and this test counts the usage reconciler's wakes.
-    const QUOTA_ONLY: &str = r#"
-[[usage_plans]]
-name = "gold"
-apis = ["pets"]
-quota = { limit = 5, period = "DAY" }
-
-[[usage_plans]]
-name = "basic"
-apis = ["pets"]
-"#;
+    // PLANS without basic's throttle: the throttle reconciler keeps a 50 ms
+    // idle tick of its own, and this test counts the usage reconciler's.
+    let quota_only = PLANS.replace("throttle = { rate = 0.5, burst = 2 }\n", "");
+    assert!(!quota_only.contains("throttle"), "{quota_only}");
     const SHARDS: usize = 2;
-    let s = Setup::new("idle", SHARDS, QUOTA_ONLY);
+    let s = Setup::new("idle", SHARDS, &quota_only);
     let g = s.start();
     // Both shards spend some of gold's 5: each holds a lease from the start.
     let first: Vec<u16> = (0..2)
