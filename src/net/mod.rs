@@ -192,15 +192,14 @@ pub fn set_epoll_sleep(d: Duration) {
 
 /// Sets this thread's timer slack: how much later than asked the kernel
 /// may end its blocking `epoll_wait` (see the module's comment); `None`
-/// for the kernel's scheduler tick. Returns the slack set, or None when
-/// `None` was asked and the kernel does not tell its tick (the thread
-/// keeps the kernel's default slack then). Call it on the shard's thread.
-pub fn set_sleep_slack(slack: Option<Duration>) -> io::Result<Option<Duration>> {
-    let Some(d) = slack.or_else(sys::tick) else {
-        return Ok(None);
-    };
-    sys::set_timer_slack(d)?;
-    Ok(Some(d))
+/// for the kernel's scheduler tick (if the kernel does not tell its tick,
+/// the thread keeps the kernel's default slack). Call it on the shard's
+/// thread.
+pub fn set_sleep_slack(slack: Option<Duration>) -> io::Result<()> {
+    match slack.or_else(sys::tick) {
+        Some(d) => sys::set_timer_slack(d),
+        None => Ok(()),
+    }
 }
 
 /// Wakes a shard out of its blocking `epoll_wait`: an eventfd in its epoll

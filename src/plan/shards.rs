@@ -417,6 +417,7 @@ mod tests {
 
     #[test]
     fn timer_slack_us_sets_its_shard_only_zero_included_and_a_change_is_start_only() {
+        // Unwraps on configs written here: a failure is the test's.
         let text = format!("{TWO}[[server.shard]]\nid = 1\ntimer_slack_us = 0\n");
         let p = crate::plan::load_str(&text).unwrap();
         assert_eq!(p.server.shard[0].timer_slack, None);

@@ -3,7 +3,8 @@
 //! its connection limit, its glommio executor (io_uring ring depth,
 //! registered I/O memory, spin before sleeping, preempt timer), how long it
 //! sleeps in epoll before it parks in glommio and how much later than that
-//! the kernel may end the sleep, and the share its background work gets. Every key but `id` is optional; a shard
+//! the kernel may end the sleep, and the share its background work gets.
+//! Every key but `id` is optional; a shard
 //! without an entry, and a key left out, keep the defaults below.
 
 use serde::Deserialize;
@@ -21,11 +22,9 @@ pub const DEFAULT_PREEMPT_TIMER_MS: u64 = 100;
 /// park in glommio, before it parks again (src/net).
 pub const DEFAULT_EPOLL_SLEEP_US: u64 = 1_000;
 
-/// How much later than asked the kernel may end a shard's epoll sleep
-/// (its thread's timer slack) when its entry sets none: the kernel's
-/// scheduler tick, read at start (`net::sys::tick`).
-///
 /// The largest `timer_slack_us`: a longer slack is a longer epoll sleep.
+/// (Its default, the kernel's scheduler tick, is read when the shard
+/// starts: `net::sys::tick`.)
 pub const MAX_TIMER_SLACK_US: u64 = 100_000;
 
 /// The largest ring io_uring accepts (`IORING_MAX_ENTRIES`).

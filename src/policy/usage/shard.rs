@@ -78,8 +78,8 @@ struct Inner {
     /// The coordinator is gone (its channel closed): nothing will answer a
     /// waiting request.
     gone: Cell<bool>,
-    /// Messages the last reconciliation took in.
-    took: Cell<usize>,
+    /// The last reconciliation took in a message from the coordinator.
+    took: Cell<bool>,
     to: Option<Sender<ToCoordinator>>,
     from: Option<Receiver<ToShard>>,
     /// Where the reconciler leaves its waker for the coordinator before it
@@ -140,7 +140,7 @@ impl ShardUsage {
                 urgent: Cell::new(0),
                 waker: Cell::new(None),
                 gone: Cell::new(false),
-                took: Cell::new(0),
+                took: Cell::new(false),
                 to: link.to_coordinator,
                 from: link.from_coordinator,
                 idle_waker: link.idle_waker,
@@ -210,9 +210,7 @@ impl ShardUsage {
                 inner.active.borrow_mut().push(key);
             }
         }
-        if let Some(w) = inner.waker.take() {
-            w.wake();
-        }
+        inner.wake();
         Waiting { inner, key }
     }
 
@@ -301,7 +299,7 @@ impl ShardUsage {
                 if inner.urgent.get() > 0 {
                     glommio::timer::sleep(URGENT_TICK).await;
                     idle = false;
-                } else if inner.took.get() == 0 && inner.active.borrow().is_empty() {
+                } else if !inner.took.get() && inner.active.borrow().is_empty() {
                     // Awake when the UTC day changes, as the 10 ms tick
                     // was: a request after midnight then finds the new
                     // day's period (and record) already in place.
@@ -401,12 +399,12 @@ impl Inner {
     /// the date changed. False when the coordinator is gone.
     fn reconcile(&self, dt: f64, today: i64) -> bool {
         let mut keys = self.keys.borrow_mut();
-        self.took.set(0);
+        self.took.set(false);
         if let Some(rx) = &self.from {
             loop {
                 let msg = match rx.try_recv() {
                     Ok(m) => {
-                        self.took.set(self.took.get() + 1);
+                        self.took.set(true);
                         m
                     }
                     Err(TryRecvError::Empty) => break,
