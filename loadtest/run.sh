@@ -28,6 +28,10 @@
 #                              default list). SPLICE_MIN_BYTES=0 makes every
 #                              other section copy bodies; SPLICE_PIPE_BYTES
 #                              sets coregate's splice_pipe_bytes.
+#   UPSTREAM_CC=cubic loadtest/run.sh --only bodies
+#                              coregate's connections to the backend use
+#                              that TCP congestion control (the upstream's
+#                              congestion_control); default: the host's
 #   loadtest/run.sh --only lightload
 #                              CPU and syscalls per request at 50% of nginx's
 #                              maximum, and idle CPU (loadtest/lightload.sh)
@@ -425,6 +429,7 @@ EOF
 name = "backend"
 targets = [{ address = "127.0.0.1:$BACKEND_PORT" }]
 pool = { max_idle = 256 }
+${UPSTREAM_CC:+congestion_control = \"$UPSTREAM_CC\"}
 
 [[apis]]
 name = "bench"
@@ -1078,7 +1083,7 @@ LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)
 {
     echo "# coregate load test, $STAMP$([ $SMOKE = 1 ] && echo ' (smoke: tiny runs, numbers are not meaningful)' || true)"
     echo
-    echo "- machine: $NCPU CPUs, $(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo), kernel $(uname -r), TCP congestion control $(cat /proc/sys/net/ipv4/tcp_congestion_control 2>/dev/null || echo unknown)"
+    echo "- machine: $NCPU CPUs, $(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo), kernel $(uname -r), TCP congestion control $(cat /proc/sys/net/ipv4/tcp_congestion_control 2>/dev/null || echo unknown); coregate's connections to the backend: ${UPSTREAM_CC:-the same (no congestion_control)}"
     echo "- coregate: $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo 'no commit'), $(git -C "$ROOT" status --short 2>/dev/null | wc -l) changed files in the work tree"
     echo "- $(nginx -v 2>&1), $(wrk -v 2>&1 | head -1 | cut -d' ' -f1-2)"
     echo "- load average at start $LOAD_START, at end $LOAD_END (the suite itself keeps about 2 busy); run at nice $(nice)"

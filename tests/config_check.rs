@@ -612,3 +612,39 @@ integration = { type = "mock" }
         &["error: apis: api \"b\" has the same hosts and base_path"],
     );
 }
+
+#[test]
+fn a_congestion_control_the_kernel_lacks_or_a_malformed_name_is_an_error() {
+    let upstream = |name: &str| {
+        format!(
+            r#"{GOOD}
+[[upstreams]]
+name = "be"
+targets = [{{ address = "127.0.0.1:9" }}]
+congestion_control = "{name}"
+"#
+        )
+    };
+    let errors = expect_errors(&upstream("nosuchcc"));
+    assert_some_line(
+        &errors,
+        &[
+            "upstreams[0].congestion_control",
+            "the kernel has no TCP congestion control \"nosuchcc\"",
+            "this host offers: ",
+        ],
+    );
+    for bad in ["", "CUBIC", "bbr!", "a_name_far_too_long"] {
+        let errors = expect_errors(&upstream(bad));
+        assert_some_line(
+            &errors,
+            &[
+                "upstreams[0].congestion_control",
+                "is not a congestion control name",
+            ],
+        );
+    }
+    // reno is in every kernel and every process may choose it.
+    let c = check_text(&upstream("reno"));
+    assert_eq!(c.code, Some(0), "reno: {}", c.stderr);
+}

@@ -721,3 +721,84 @@ fn bad_response_head_on_a_reused_connection_is_retried_once_when_safe() {
         "a POST is never retried"
     );
 }
+
+/// A line of /proc/sys/net/ipv4/NAME, trimmed.
+fn ipv4_sysctl(name: &str) -> String {
+    std::fs::read_to_string(format!("/proc/sys/net/ipv4/{name}"))
+        .unwrap_or_else(|e| panic!("read /proc/sys/net/ipv4/{name}: {e}"))
+        .trim()
+        .to_string()
+}
+
+/// The congestion control of every established connection to `port` on
+/// 127.0.0.1, seen from the connecting side (the gateway's), as `ss -ti`
+/// reports it: the first word of a connection's info line that names one
+/// of the kernel's algorithms.
+fn congestion_controls_to(port: u16) -> Vec<String> {
+    let available = ipv4_sysctl("tcp_available_congestion_control");
+    let known: Vec<&str> = available.split_whitespace().collect();
+    let out = std::process::Command::new("ss")
+        .args(["-H", "-t", "-i", "-n", "state", "established", "dst"])
+        .arg(format!("127.0.0.1:{port}"))
+        .output()
+        .expect("run ss (iproute2; scripts/test installs it)");
+    assert!(out.status.success(), "ss failed: {out:?}");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.starts_with([' ', '\t']))
+        .map(|l| {
+            l.split_whitespace()
+                .find(|w| known.contains(w))
+                .unwrap_or_else(|| panic!("no congestion control named in ss's line {l:?}"))
+                .to_string()
+        })
+        .collect()
+}
+
+#[test]
+fn congestion_control_is_set_on_each_upstream_connection_and_the_hosts_default_stays_elsewhere() {
+    let default = ipv4_sysctl("tcp_congestion_control");
+    let available = ipv4_sysctl("tcp_available_congestion_control");
+    // reno is built into every kernel; any other loaded one does when the
+    // host's default is reno.
+    let other = available
+        .split_whitespace()
+        .find(|n| *n != default)
+        .unwrap_or_else(|| {
+            panic!("this host offers only {available:?}; the test needs a congestion control besides the default {default:?}")
+        })
+        .to_string();
+
+    let (b1, b2) = (Backend::start(Reply::Echo), Backend::start(Reply::Echo));
+    let chosen = single(
+        &b1.addr_str(),
+        &format!("congestion_control = \"{other}\""),
+        1,
+    );
+    let plain = single(&b2.addr_str(), "", 1);
+    // Several connections at once, so the pool holds more than one.
+    let agents: Vec<ureq::Agent> = (0..3).map(|_| agent()).collect();
+    let mut threads = Vec::new();
+    for a in agents {
+        let (u1, u2) = (chosen.url("/cc"), plain.url("/cc"));
+        threads.push(thread::spawn(move || {
+            for _ in 0..5 {
+                assert_eq!(call(a.post(&u1), Some(&[b'x'; 70_000])).status, 200);
+                assert_eq!(call(a.get(&u2), None).status, 200);
+            }
+        }));
+    }
+    for t in threads {
+        t.join().expect("client thread");
+    }
+    let to_chosen = congestion_controls_to(b1.addr.port());
+    let to_plain = congestion_controls_to(b2.addr.port());
+    assert!(
+        !to_chosen.is_empty() && to_chosen.iter().all(|c| *c == other),
+        "connections to the upstream with congestion_control = {other:?}: {to_chosen:?}"
+    );
+    assert!(
+        !to_plain.is_empty() && to_plain.iter().all(|c| *c == default),
+        "connections to the upstream without the key keep the host's {default:?}: {to_plain:?}"
+    );
+}

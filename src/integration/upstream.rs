@@ -46,6 +46,9 @@ pub struct UpstreamPlan {
     pub tls_ca: Option<std::sync::Arc<rustls::RootCertStore>>,
     /// Set when routes reach the upstream with https://.
     pub tls: Option<crate::tls::UpstreamTls>,
+    /// `congestion_control`: set on each new connection before it
+    /// connects; `None` leaves the host's default.
+    pub congestion_control: Option<Box<str>>,
 }
 
 /// Response-side buffer of an upstream connection: heads are parsed from it
@@ -320,7 +323,12 @@ impl UpstreamState {
     pub async fn connect(&self, plan: &UpstreamPlan, target: usize) -> std::io::Result<UpConn> {
         let addr = plan.targets[target].addr;
         let started = Instant::now();
-        let stream = Socket::connect(addr, plan.connect_timeout).await?;
+        let stream = Socket::connect_with(
+            addr,
+            plan.connect_timeout,
+            plan.congestion_control.as_deref(),
+        )
+        .await?;
         let _ = stream.set_nodelay(true);
         stream.set_write_timeout(Some(plan.timeout));
         let Some((connector, names)) = &self.tls else {
@@ -449,6 +457,7 @@ mod tests {
             health_cooldown: Duration::from_secs(1),
             tls_ca: None,
             tls: None,
+            congestion_control: None,
         }
     }
 

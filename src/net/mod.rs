@@ -190,6 +190,81 @@ pub fn set_epoll_sleep(d: Duration) {
     EPOLL_SLEEP.with(|e| e.set(d));
 }
 
+thread_local! {
+    /// Congestion-control refusals since the last log line, and when that
+    /// line was written.
+    static CC_REFUSED: Cell<(u64, Option<Instant>)> = const { Cell::new((0, None)) };
+}
+
+fn note_congestion_refused(name: &str, e: &io::Error) {
+    let now = Instant::now();
+    let (count, logged) = CC_REFUSED.with(|c| c.get());
+    let count = count + 1;
+    if logged.is_some_and(|t| now.duration_since(t) < Duration::from_secs(60)) {
+        CC_REFUSED.with(|c| c.set((count, logged)));
+        return;
+    }
+    CC_REFUSED.with(|c| c.set((0, Some(now))));
+    crate::log!(
+        "warn",
+        "the kernel refused congestion control {name:?} on a new upstream connection ({e}; {count} refusal(s) since the last such line); those connections use the host's default ({})",
+        congestion_controls().default
+    );
+}
+
+/// What this host's kernel offers for `TCP_CONGESTION`, from
+/// /proc/sys/net/ipv4 (empty strings where a file cannot be read).
+pub struct CongestionControls {
+    /// `tcp_congestion_control`: new sockets' default.
+    pub default: String,
+    /// `tcp_available_congestion_control`: loaded, any process with
+    /// `CAP_NET_ADMIN` may choose them.
+    pub available: String,
+    /// `tcp_allowed_congestion_control`: any process may choose them.
+    pub allowed: String,
+}
+
+pub fn congestion_controls() -> CongestionControls {
+    let read = |f: &str| {
+        std::fs::read_to_string(format!("/proc/sys/net/ipv4/{f}"))
+            .map(|s| s.trim().to_string())
+            .unwrap_or_default()
+    };
+    CongestionControls {
+        default: read("tcp_congestion_control"),
+        available: read("tcp_available_congestion_control"),
+        allowed: read("tcp_allowed_congestion_control"),
+    }
+}
+
+/// Whether this process may set congestion control `name` on its TCP
+/// sockets: tried on a socket that is never connected. The error says
+/// why not, in words an operator can act on.
+pub fn probe_congestion_control(name: &str) -> Result<(), String> {
+    let probe = || -> io::Result<()> {
+        let fd = sys::tcp_socket(&SocketAddr::from(([127, 0, 0, 1], 0)))?;
+        sys::set_congestion_control(fd.as_raw_fd(), name)
+    };
+    match probe() {
+        Ok(()) => Ok(()),
+        Err(e) => Err(explain_congestion_refusal(name, &e, &congestion_controls())),
+    }
+}
+
+fn explain_congestion_refusal(name: &str, e: &io::Error, cc: &CongestionControls) -> String {
+    match e.raw_os_error() {
+        Some(libc::ENOENT) => format!(
+            "the kernel has no TCP congestion control {name:?} (this host offers: {}; a module such as tcp_{name} must be loaded first)",
+            cc.available
+        ),
+        Some(libc::EPERM) => format!(
+            "this process may not choose {name:?}: without CAP_NET_ADMIN only the names in net.ipv4.tcp_allowed_congestion_control may be chosen (here: {})",
+            cc.allowed
+        ),
+        _ => format!("the kernel refused {name:?} as TCP congestion control ({e})"),
+    }
+}
+
 /// Sets this thread's timer slack: how much later than asked the kernel
 /// may end its blocking `epoll_wait` (see the module's comment); `None`
 /// for the kernel's scheduler tick (if the kernel does not tell its tick,
@@ -778,7 +853,24 @@ impl Socket {
     /// Opens a TCP connection to `addr`, failing with `TimedOut` if it is
     /// not established within `timeout`.
     pub async fn connect(addr: SocketAddr, timeout: Duration) -> io::Result<Socket> {
+        Socket::connect_with(addr, timeout, None).await
+    }
+
+    /// [`Socket::connect`] with the socket's congestion control set first
+    /// (`TCP_CONGESTION`, by the kernel's name for it). When the kernel
+    /// refuses it, the connection is still made, with the host's default,
+    /// and the refusal is logged (at most once a minute per shard).
+    pub async fn connect_with(
+        addr: SocketAddr,
+        timeout: Duration,
+        congestion_control: Option<&str>,
+    ) -> io::Result<Socket> {
         let fd = sys::tcp_socket(&addr)?;
+        if let Some(name) = congestion_control {
+            if let Err(e) = sys::set_congestion_control(fd.as_raw_fd(), name) {
+                note_congestion_refused(name, &e);
+            }
+        }
         let sock = Socket::new(fd)?;
         if sys::connect(sock.fd.as_raw_fd(), &addr)? {
             return Ok(sock);

@@ -334,6 +334,24 @@ pub fn set_nodelay(fd: RawFd, on: bool) -> io::Result<()> {
     Ok(())
 }
 
+/// Sets a TCP socket's congestion control (`TCP_CONGESTION`) by name, as
+/// the kernel knows it (`cubic`, `reno`, `bbr`). Before `connect` the
+/// choice is made whole: the algorithm is set up when the connection is.
+pub fn set_congestion_control(fd: RawFd, name: &str) -> io::Result<()> {
+    // SAFETY: `name` lives across the call and its length is passed; the
+    // kernel copies at most that many bytes.
+    check(unsafe {
+        libc::setsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_CONGESTION,
+            name.as_ptr().cast(),
+            name.len() as libc::socklen_t,
+        )
+    })?;
+    Ok(())
+}
+
 /// The pending error of a socket (`SO_ERROR`), which also clears it.
 pub fn socket_error(fd: RawFd) -> io::Result<Option<io::Error>> {
     let mut v: libc::c_int = 0;

@@ -783,3 +783,28 @@ fn input_during_an_epoll_sleep_is_read() {
         assert!(took < Duration::from_secs(30), "took {took:?}");
     });
 }
+
+/// What an operator reads when the kernel refuses a congestion control:
+/// for a missing one, what the host offers; for one this process may not
+/// choose, the names it may.
+#[test]
+fn a_refused_congestion_control_is_explained() {
+    let cc = CongestionControls {
+        default: "bbr".into(),
+        available: "reno bbr cubic".into(),
+        allowed: "reno bbr".into(),
+    };
+    let missing =
+        explain_congestion_refusal("htcp", &io::Error::from_raw_os_error(libc::ENOENT), &cc);
+    assert!(
+        missing.contains("no TCP congestion control \"htcp\"")
+            && missing.contains("offers: reno bbr cubic"),
+        "{missing}"
+    );
+    let denied =
+        explain_congestion_refusal("cubic", &io::Error::from_raw_os_error(libc::EPERM), &cc);
+    assert!(
+        denied.contains("without CAP_NET_ADMIN") && denied.contains("(here: reno bbr)"),
+        "{denied}"
+    );
+}

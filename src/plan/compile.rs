@@ -928,8 +928,34 @@ fn compile_upstream(
         ),
         tls_ca: None,
         tls: None,
+        congestion_control: u.congestion_control.as_deref().and_then(
+            |name| match congestion_control(name) {
+                Ok(()) => Some(name.into()),
+                Err(e) => {
+                    errors.push(ConfigError::new(format!("{key}.congestion_control"), e));
+                    None
+                }
+            },
+        ),
     };
     (errors.len() == before).then_some(plan)
+}
+
+/// `upstreams[i].congestion_control`: a name as the kernel spells one
+/// (at most 15 lowercase letters, digits, `_` or `-`), which this process
+/// may set on its sockets here, tried on a socket that never connects.
+fn congestion_control(name: &str) -> Result<(), String> {
+    if name.is_empty()
+        || name.len() > 15
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+    {
+        return Err(format!(
+            "{name:?} is not a congestion control name: 1 to 15 lowercase letters, digits, '_' or '-', as in \"cubic\" or \"bbr\""
+        ));
+    }
+    crate::net::probe_congestion_control(name)
 }
 
 fn compile_base_path(bp: Option<&str>) -> Result<String, String> {
@@ -1114,6 +1140,7 @@ fn compile_proxy(
                         health_cooldown: Duration::from_millis(DEFAULT_HEALTH_COOLDOWN_MS),
                         tls_ca: None,
                         tls: None,
+                        congestion_control: None,
                     });
                     upstreams.len() - 1
                 }

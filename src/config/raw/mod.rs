@@ -184,6 +184,9 @@ pub struct RawUpstream {
     /// PEM bundle of the CAs an https:// upstream's certificate must chain
     /// to. Default: the system's roots.
     pub tls_ca: Option<String>,
+    /// TCP congestion control of new connections to the targets, by the
+    /// kernel's name. Default: the host's.
+    pub congestion_control: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
