@@ -712,3 +712,54 @@ fn a_burst_of_two_at_a_thousand_a_second_gets_the_rate() {
         error * 100.0
     );
 }
+
+#[test]
+fn an_idle_gateway_with_throttles_sleeps_and_a_sleeping_shards_tokens_are_recalled_at_once() {
+    // Before, each shard's throttle reconciler ran every 50 ms while idle
+    // (to answer the coordinator's recalls): 20 wakes a second per shard.
+    // Now, after a step with nothing to report or take in, it sleeps until
+    // a throttled request or the coordinator wakes it (or 1 s passes).
+    const SHARDS: usize = 2;
+    let gw = Gateway::start(TWO_SHARDS);
+    let mut groups = connections_by_shard(&gw, 1);
+    let (mut a, mut b) = {
+        let mut it = groups.iter_mut().map(|g| g.remove(0));
+        (it.next().unwrap(), it.next().unwrap())
+    };
+    // Each shard starts with 5 of the burst of 10 and spends 2.
+    for c in [&mut a, &mut b] {
+        for _ in 0..2 {
+            assert_ok(&c.get("/limited"), "ok");
+        }
+    }
+    // Let the demand fade and every reconciler go to sleep.
+    thread::sleep(Duration::from_millis(1500));
+    let idle = Duration::from_secs(3);
+    let before = voluntary_switches(gw.pid());
+    thread::sleep(idle);
+    let after = voluntary_switches(gw.pid());
+    let shards =
+        after.get("coregate-shard-").unwrap_or(&0) - before.get("coregate-shard-").unwrap_or(&0);
+    eprintln!("shard threads' voluntary context switches in {idle:?} idle: {shards}");
+    assert!(after.contains_key("coregate-shard-"), "{after:?}");
+    // What is left: the reconciler's 1 s sleep, the pool sweep and the
+    // dashboard sample, a few switches each. Before: 120 or more.
+    assert!(
+        shards <= 25 * SHARDS as u64,
+        "shards woke {shards} times in {idle:?}"
+    );
+    // All on shard a now: its 3 tokens, then b's 3, recalled from a
+    // sleeping reconciler that the coordinator wakes (with a 1 s sleep
+    // and no wake they would mostly come after these 300 ms); at 0.1
+    // token/s at most one more.
+    let n = admitted(
+        std::slice::from_mut(&mut a),
+        "/limited",
+        15,
+        Duration::from_millis(20),
+    );
+    assert!(
+        (6..=7).contains(&n),
+        "admitted {n} on one shard after idle; the process had 6 tokens left"
+    );
+}

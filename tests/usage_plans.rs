@@ -543,8 +543,8 @@ fn an_idle_gateway_with_usage_plans_sleeps_and_its_quota_still_holds_across_shar
     // Before, each shard's usage reconciler ran every 10 ms whatever
     // happened: 100 wakes a second per shard. Now it sleeps with nothing
     // to report or take in, until a request or the coordinator wakes it.
-    // PLANS without basic's throttle: the throttle reconciler keeps a 50 ms
-    // idle tick of its own, and this test counts the usage reconciler's.
+    // PLANS without basic's throttle, so that the switches counted are the
+    // usage reconciler's (tests/throttle.rs counts the throttle's).
     let quota_only = PLANS.replace("throttle = { rate = 0.5, burst = 2 }\n", "");
     assert!(!quota_only.contains("throttle"), "{quota_only}");
     const SHARDS: usize = 2;

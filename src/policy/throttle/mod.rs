@@ -40,6 +40,11 @@ pub const TICK: Duration = Duration::from_millis(2);
 pub const IDLE_TICK: Duration = Duration::from_millis(50);
 /// How long without throttled requests before a shard slows to [`IDLE_TICK`].
 pub const QUIET_AFTER: Duration = Duration::from_millis(50);
+/// How long a quiet shard's reconciler sleeps at most after a step with
+/// nothing to report and nothing taken in; a throttled request or a
+/// message from the coordinator wakes it sooner. It then forgets idle
+/// per-client buckets.
+pub const IDLE_SLEEP: Duration = Duration::from_secs(1);
 /// How many seconds of a shard's measured demand it asks to hold.
 pub const HORIZON_SECS: f64 = 0.010;
 /// A per-client bucket unused this long on a shard is returned and forgotten.
@@ -337,6 +342,9 @@ pub enum ToShard {
 pub struct ShardLink {
     to_coordinator: Option<Sender<Report>>,
     from_coordinator: Option<Receiver<ToShard>>,
+    /// Where the reconciler leaves its waker before an [`IDLE_SLEEP`]:
+    /// the coordinator wakes it after sending this shard anything.
+    idle_waker: Option<Sender<crate::net::RemoteWaker>>,
     shards: usize,
 }
 
@@ -366,6 +374,7 @@ fn unlinked(shards: usize) -> Vec<ShardLink> {
         .map(|_| ShardLink {
             to_coordinator: None,
             from_coordinator: None,
+            idle_waker: None,
             shards,
         })
         .collect()
@@ -392,17 +401,27 @@ fn prepare_at(
     let (report_tx, report_rx) = crossbeam_channel::unbounded();
     let mut to_shards = Vec::with_capacity(shards);
     let mut from = Vec::with_capacity(shards);
+    let mut wakers = Vec::with_capacity(shards);
     for _ in 0..shards {
         let (tx, rx) = crossbeam_channel::unbounded();
+        // One waker at a time: the sleeping reconciler's.
+        let (wtx, wrx) = crossbeam_channel::bounded(1);
         to_shards.push(tx);
-        from.push(rx);
+        from.push((rx, wtx));
+        wakers.push(wrx);
     }
+    let to_shards = ToShards {
+        tx: to_shards,
+        wakers,
+        sent: vec![false; shards],
+    };
     let coordinator = Coordinator::new(plan.defs.clone(), shards, to_shards, now);
     let links = from
         .into_iter()
-        .map(|rx| ShardLink {
+        .map(|(rx, wtx)| ShardLink {
             to_coordinator: Some(report_tx.clone()),
             from_coordinator: Some(rx),
+            idle_waker: Some(wtx),
             shards,
         })
         .collect();
@@ -417,12 +436,42 @@ pub fn initial_share(burst: u32, shards: usize) -> u32 {
 
 // === impl Coordinator ===
 
+/// The channels to the shards, and the wakers of those whose reconciler
+/// sleeps with nothing to do: a shard sent anything is woken at the end of
+/// the coordinator's pass.
+struct ToShards {
+    tx: Vec<Sender<ToShard>>,
+    wakers: Vec<Receiver<crate::net::RemoteWaker>>,
+    sent: Vec<bool>,
+}
+
+impl ToShards {
+    fn send(&mut self, shard: usize, m: ToShard) {
+        if let Some(tx) = self.tx.get(shard) {
+            let _ = tx.send(m);
+            self.sent[shard] = true;
+        }
+    }
+
+    /// Wakes every shard sent something since the last call, if its
+    /// reconciler left a waker (it sleeps with nothing to do).
+    fn wake(&mut self) {
+        for (s, sent) in self.sent.iter_mut().enumerate() {
+            if std::mem::take(sent) {
+                while let Ok(w) = self.wakers[s].try_recv() {
+                    w.wake();
+                }
+            }
+        }
+    }
+}
+
 /// Owns the global token count of every bucket; runs on its own thread,
 /// asleep on its channel unless a bucket needs looking at again.
 struct Coordinator {
     defs: Vec<BucketDef>,
     shards: usize,
-    to_shards: Vec<Sender<ToShard>>,
+    to_shards: ToShards,
     buckets: HashMap<Key, Global, ahash::RandomState>,
     /// Buckets to look at again at a given time: a shard is short of
     /// tokens, or idle shards are to be topped up as tokens come back.
@@ -434,12 +483,7 @@ struct Coordinator {
 const COORDINATOR_SWEEP: Duration = Duration::from_secs(1);
 
 impl Coordinator {
-    fn new(
-        defs: Vec<BucketDef>,
-        shards: usize,
-        to_shards: Vec<Sender<ToShard>>,
-        now: Instant,
-    ) -> Coordinator {
+    fn new(defs: Vec<BucketDef>, shards: usize, to_shards: ToShards, now: Instant) -> Coordinator {
         let mut buckets = HashMap::default();
         for (id, def) in defs.iter().enumerate() {
             if !def.dynamic() {
@@ -491,6 +535,7 @@ impl Coordinator {
                 Err(RecvTimeoutError::Disconnected) => return,
             }
             self.pass(Instant::now(), &mut reports);
+            self.to_shards.wake();
         }
     }
 
@@ -548,13 +593,14 @@ impl Coordinator {
         let out: Grants = g.distribute(now);
         // Streams first: a grant can need the cap a stream gives.
         for &(shard, stream) in &out.streams {
-            let _ = self.to_shards[shard].send(ToShard::Stream { key, stream });
+            self.to_shards.send(shard, ToShard::Stream { key, stream });
         }
         for &(shard, tokens) in &out.grants {
-            let _ = self.to_shards[shard].send(ToShard::Grant { key, tokens });
+            self.to_shards.send(shard, ToShard::Grant { key, tokens });
         }
         for &(shard, keep, seq) in &out.recalls {
-            let _ = self.to_shards[shard].send(ToShard::Recall { key, keep, seq });
+            self.to_shards
+                .send(shard, ToShard::Recall { key, keep, seq });
         }
         match out.retry_at {
             Some(at) => {
@@ -750,10 +796,15 @@ struct Inner {
     from_coordinator: Option<Receiver<ToShard>>,
     /// When a throttled request last arrived.
     last_request: Cell<Instant>,
-    /// The reconciler's waker while it sleeps an [`IDLE_TICK`]: the next
-    /// request wakes it (same thread, no lock).
+    /// The reconciler's waker while it sleeps an [`IDLE_TICK`] or an
+    /// [`IDLE_SLEEP`]: the next request wakes it (same thread, no lock).
     idle_waker: Cell<Option<Waker>>,
     woken: Cell<bool>,
+    /// For the coordinator, before an [`IDLE_SLEEP`] ([`ShardLink`]).
+    remote_waker: Option<Sender<crate::net::RemoteWaker>>,
+    /// The last reconciliation step had nothing to report and took
+    /// nothing in.
+    quiet: Cell<bool>,
 }
 
 /// A shard's buckets.
@@ -815,6 +866,8 @@ impl ShardThrottle {
                 last_request: Cell::new(now),
                 idle_waker: Cell::new(None),
                 woken: Cell::new(false),
+                remote_waker: link.idle_waker,
+                quiet: Cell::new(false),
             }),
         }
     }
@@ -940,7 +993,9 @@ impl ShardThrottle {
 
     /// The shard's reconciliation task: every [`TICK`] (or [`IDLE_TICK`]
     /// when quiet) it takes in leases and recalls and reports spending and
-    /// demand. A single shard has nothing to reconcile: its task only
+    /// demand; when a quiet step had nothing to report or take in, it
+    /// sleeps until a throttled request or the coordinator wakes it, or
+    /// [`IDLE_SLEEP`] passes. A single shard has nothing to reconcile: its task only
     /// forgets idle per-client buckets once they are full again, once a
     /// second, and ends at once when there are none. It also ends at once
     /// when no bucket is configured.
@@ -962,13 +1017,23 @@ impl ShardThrottle {
             let mut last = Instant::now();
             let mut next_evict = last + Duration::from_secs(1);
             loop {
+                let mut slept = false;
                 if tick_after(inner.last_request.get(), Instant::now()) == IDLE_TICK {
-                    inner.idle_wait().await;
+                    slept = inner.quiet.get();
+                    inner
+                        .idle_wait(if slept { IDLE_SLEEP } else { IDLE_TICK }, slept)
+                        .await;
                 } else {
                     glommio::timer::sleep(TICK).await;
                 }
                 let now = Instant::now();
-                let dt = now.duration_since(last).as_secs_f64();
+                let mut dt = now.duration_since(last).as_secs_f64();
+                if slept {
+                    // Rates are measured as an idle tick measured them:
+                    // the requests that ended the sleep came within its
+                    // last IDLE_TICK at most.
+                    dt = dt.min(IDLE_TICK.as_secs_f64());
+                }
                 last = now;
                 if !inner.reconcile(now, dt) {
                     return;
@@ -983,13 +1048,34 @@ impl ShardThrottle {
 }
 
 impl Inner {
-    /// Sleeps [`IDLE_TICK`], or less if a throttled request arrives.
-    async fn idle_wait(&self) {
+    /// Sleeps `d`, or less if a throttled request arrives; `remote`: also
+    /// less if the coordinator sends anything (the task's waker is left
+    /// for it, and it wakes the task after sending).
+    async fn idle_wait(&self, d: Duration, remote: bool) {
         self.woken.set(false);
-        let mut timer = std::pin::pin!(glommio::timer::sleep(IDLE_TICK));
+        let mut timer = std::pin::pin!(glommio::timer::sleep(d));
+        let mut left = false;
         std::future::poll_fn(|cx| {
             if self.woken.get() || timer.as_mut().poll(cx).is_ready() {
                 return Poll::Ready(());
+            }
+            if remote {
+                if !left {
+                    left = true;
+                    if let Some(tx) = &self.remote_waker {
+                        // Full: a waker of this same task is still there.
+                        let _ = tx.try_send(crate::net::RemoteWaker::here(cx.waker()));
+                    }
+                }
+                // After the waker was left: a message sent before it was
+                // there is seen here, one sent after it wakes this task.
+                if self
+                    .from_coordinator
+                    .as_ref()
+                    .is_some_and(|rx| !rx.is_empty())
+                {
+                    return Poll::Ready(());
+                }
             }
             self.idle_waker.set(Some(cx.waker().clone()));
             Poll::Pending
@@ -1008,9 +1094,12 @@ impl Inner {
 
     /// One reconciliation step at `now`, `dt` seconds after the previous
     /// one. False when the coordinator is gone.
+    /// Sets `quiet` when it reported nothing and took nothing in.
     fn reconcile(&self, now: Instant, dt: f64) -> bool {
         let mut fixed = self.fixed.borrow_mut();
         let mut clients = self.clients.borrow_mut();
+        // Messages taken in and reports sent.
+        let mut busy = false;
         if let Some(rx) = &self.from_coordinator {
             loop {
                 let msg = match rx.try_recv() {
@@ -1018,6 +1107,7 @@ impl Inner {
                     Err(TryRecvError::Empty) => break,
                     Err(TryRecvError::Disconnected) => return false,
                 };
+                busy = true;
                 let key = match msg {
                     ToShard::Grant { key, .. }
                     | ToShard::Recall { key, .. }
@@ -1070,6 +1160,7 @@ impl Inner {
                 continue;
             }
             if let Some(tally) = local.report(def.burst, dt, now) {
+                busy = true;
                 if !self.send(Report {
                     shard: self.shard,
                     key: (id as u32, None),
@@ -1087,6 +1178,7 @@ impl Inner {
             };
             let burst = self.defs.get(id as usize).map_or(1, |d| d.burst);
             if let Some(tally) = local.report(burst, dt, now) {
+                busy = true;
                 connected &= self.send(Report {
                     shard: self.shard,
                     key: (id, Some(ip)),
@@ -1099,6 +1191,7 @@ impl Inner {
             local.active = local.demand > 0.0 || local.last_busy || local.rate > 0.0;
             local.active
         });
+        self.quiet.set(!busy);
         connected
     }
 

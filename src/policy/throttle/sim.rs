@@ -252,11 +252,15 @@ fn run(c: &Case) -> Run {
         .collect();
     let n = shards.len();
     let mut rng = Rng::new(c.seed ^ 0x5EED);
-    // Each reconciler's next tick, its last one, and whether it sleeps an
-    // idle tick (a request wakes it then).
+    // Each reconciler's next tick, its last one, whether it sleeps an idle
+    // tick (a request wakes it then), whether that sleep is an IDLE_SLEEP
+    // (a message from the coordinator wakes it too) and whether its last
+    // sleep was one.
     let mut next_tick = vec![TICK; n];
     let mut last_tick = vec![Duration::ZERO; n];
     let mut idle = vec![false; n];
+    let mut deep = vec![false; n];
+    let mut slept_deep = vec![false; n];
     let mut next_evict = vec![Duration::from_secs(1); n];
     let mut in_flight: VecDeque<(Duration, Report)> = VecDeque::new();
     let mut batch: Vec<Report> = Vec::new();
@@ -289,6 +293,19 @@ fn run(c: &Case) -> Run {
                 }
             }
             co.pass(at(t), &mut batch);
+            // The coordinator wakes a deep sleeper it sent anything.
+            for s in 0..n {
+                let sent = shards[s]
+                    .inner
+                    .from_coordinator
+                    .as_ref()
+                    .is_some_and(|rx| !rx.is_empty());
+                if deep[s] && sent {
+                    next_tick[s] = t;
+                    deep[s] = false;
+                    idle[s] = false;
+                }
+            }
             if !c.per_client {
                 // A per-client bucket's pool can dip below zero by the
                 // advances (checked by the envelope instead).
@@ -305,11 +322,15 @@ fn run(c: &Case) -> Run {
                 // The request wakes the idle reconciler.
                 next_tick[s] = t;
                 idle[s] = false;
+                deep[s] = false;
             }
         } else {
             let s = tick_shard;
             let inner = &shards[s].inner;
-            let dt = t.saturating_sub(last_tick[s]).as_secs_f64();
+            let mut dt = t.saturating_sub(last_tick[s]).as_secs_f64();
+            if std::mem::take(&mut slept_deep[s]) {
+                dt = dt.min(IDLE_TICK.as_secs_f64());
+            }
             last_tick[s] = t;
             if !inner.alone {
                 inner.reconcile(at(t), dt);
@@ -325,8 +346,13 @@ fn run(c: &Case) -> Run {
                     in_flight.push_back((due, r));
                 }
             }
-            let sleep = tick_after(inner.last_request.get(), at(t));
+            let mut sleep = tick_after(inner.last_request.get(), at(t));
             idle[s] = sleep == IDLE_TICK;
+            deep[s] = idle[s] && inner.quiet.get();
+            slept_deep[s] = deep[s];
+            if deep[s] {
+                sleep = IDLE_SLEEP;
+            }
             next_tick[s] = if inner.alone {
                 Duration::MAX
             } else {
