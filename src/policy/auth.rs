@@ -267,8 +267,9 @@ impl ShardAuth {
     }
 
     /// The shard's task that takes in new JWT key sets (fetched from a JWKS
-    /// URL by another thread) every [`super::jwt::KEYS_POLL`]. Ends at once
-    /// when no authorizer gets updates.
+    /// URL by another thread): it sleeps until a fetcher sends one and
+    /// wakes it, or [`super::jwt::KEYS_WAIT`] passes. Ends at once when no
+    /// authorizer gets updates.
     pub fn updater(&self) -> impl std::future::Future<Output = ()> + 'static {
         let jwt = self.jwt.clone();
         async move {
@@ -280,7 +281,27 @@ impl ShardAuth {
                 if !live {
                     return;
                 }
-                glommio::timer::sleep(super::jwt::KEYS_POLL).await;
+                let mut timer = std::pin::pin!(glommio::timer::sleep(super::jwt::KEYS_WAIT));
+                let mut left = false;
+                std::future::poll_fn(|cx| {
+                    if std::future::Future::poll(timer.as_mut(), cx).is_ready() {
+                        return std::task::Poll::Ready(());
+                    }
+                    let mut now = false;
+                    for j in jwt.iter().flatten() {
+                        now |= if left {
+                            j.has_update()
+                        } else {
+                            j.wake_on_update(cx.waker())
+                        };
+                    }
+                    left = true;
+                    if now {
+                        return std::task::Poll::Ready(());
+                    }
+                    std::task::Poll::Pending
+                })
+                .await;
             }
         }
     }

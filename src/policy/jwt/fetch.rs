@@ -117,9 +117,31 @@ pub fn parse_url(s: &str) -> Result<Url, String> {
 pub enum ToFetcher {
     /// A shard's inbox for key sets: the fetcher answers with the current
     /// set at once (after its first fetch attempt) and sends every new one.
-    Subscribe(Sender<Arc<KeySet>>),
+    Subscribe(Subscriber),
     /// A token named a `kid` no key has.
     UnknownKid,
+}
+
+/// A shard's end as the fetcher holds it: where key sets go, and where
+/// the shard's updater leaves its waker while it waits for one (the
+/// fetcher wakes it after sending).
+pub struct Subscriber {
+    pub keys: Sender<Arc<KeySet>>,
+    pub waker: Receiver<crate::net::RemoteWaker>,
+}
+
+impl Subscriber {
+    /// Sends `set` and wakes the shard's updater if it waits; false when
+    /// the shard has gone.
+    fn send(&self, set: &Arc<KeySet>) -> bool {
+        if self.keys.send(set.clone()).is_err() {
+            return false;
+        }
+        while let Ok(w) = self.waker.try_recv() {
+            w.wake();
+        }
+        true
+    }
 }
 
 /// Everything a fetcher thread needs (it holds no reference to the plan,
@@ -162,7 +184,7 @@ struct Fetcher {
     current: Arc<KeySet>,
     /// The body the current set came from: an identical one changes nothing.
     current_body: Vec<u8>,
-    shards: Vec<Sender<Arc<KeySet>>>,
+    shards: Vec<Subscriber>,
     last_fetch: Option<Instant>,
     next_scheduled: Instant,
     /// An unknown kid was reported inside the rate-limit window.
@@ -208,9 +230,9 @@ impl Fetcher {
                 wake = wake.min(self.earliest_fetch(now));
             }
             match rx.recv_timeout(wake.saturating_duration_since(now)) {
-                Ok(ToFetcher::Subscribe(tx)) => {
-                    if tx.send(self.current.clone()).is_ok() {
-                        self.shards.push(tx);
+                Ok(ToFetcher::Subscribe(s)) => {
+                    if s.send(&self.current) {
+                        self.shards.push(s);
                     }
                 }
                 Ok(ToFetcher::UnknownKid) => self.pending = true,
@@ -254,7 +276,7 @@ impl Fetcher {
                 self.current_body = body;
                 let current = &self.current;
                 // A shard that stopped has dropped its receiver.
-                self.shards.retain(|tx| tx.send(current.clone()).is_ok());
+                self.shards.retain(|s| s.send(current));
             }
             Err(e) => {
                 // Keep the keys the shards have; try again sooner than the

@@ -50,9 +50,9 @@ pub const DEFAULT_FETCH_TIMEOUT_MS: u64 = 5_000;
 pub const MIN_FETCH_TIMEOUT_MS: u64 = 100;
 /// Start-up waits for the first fetch at most this long plus a second.
 pub const MAX_FETCH_TIMEOUT_MS: u64 = 10_000;
-/// How often a shard looks for new key sets (the inbox pattern of
-/// src/runtime/shard.rs).
-pub const KEYS_POLL: Duration = Duration::from_millis(25);
+/// The longest a shard's updater waits between looks for new key sets;
+/// the fetcher wakes it sooner when it sends one.
+pub const KEYS_WAIT: Duration = Duration::from_secs(10);
 /// A shard asks the fetcher for an unknown-kid refresh at most this often
 /// (the fetcher's own limit is `unknown_kid_refresh_min_interval_s`); this
 /// keeps a flood of bad kids off the channel.
@@ -492,6 +492,8 @@ impl JwtAuthorizer {
 pub struct ShardJwt {
     keys: RefCell<Arc<KeySet>>,
     updates: Option<Receiver<Arc<KeySet>>>,
+    /// Where the updater leaves its waker for the fetcher (one at a time).
+    waker: Option<crossbeam_channel::Sender<crate::net::RemoteWaker>>,
     to_fetcher: Option<Sender<ToFetcher>>,
     last_ask: Cell<Option<Instant>>,
 }
@@ -507,6 +509,7 @@ impl ShardJwt {
                 return ShardJwt {
                     keys: RefCell::new(keys.clone()),
                     updates: None,
+                    waker: None,
                     to_fetcher: None,
                     last_ask: Cell::new(None),
                 }
@@ -523,10 +526,18 @@ impl ShardJwt {
             }
         }
         let (tx, rx) = crossbeam_channel::unbounded();
-        let subscribed = url.to_fetcher.send(ToFetcher::Subscribe(tx)).is_ok();
+        let (wtx, wrx) = crossbeam_channel::bounded(1);
+        let subscribed = url
+            .to_fetcher
+            .send(ToFetcher::Subscribe(fetch::Subscriber {
+                keys: tx,
+                waker: wrx,
+            }))
+            .is_ok();
         ShardJwt {
             keys: RefCell::new(Arc::new(KeySet::default())),
             updates: subscribed.then_some(rx),
+            waker: subscribed.then_some(wtx),
             to_fetcher: Some(url.to_fetcher.clone()),
             last_ask: Cell::new(None),
         }
@@ -575,6 +586,29 @@ impl ShardJwt {
             *self.keys.borrow_mut() = k;
         }
         true
+    }
+
+    /// Leaves `waker` for the fetcher, which wakes it after sending a key
+    /// set; then whether a set (or the fetcher's end) is already there, in
+    /// which case the caller looks now rather than wait.
+    pub fn wake_on_update(&self, waker: &std::task::Waker) -> bool {
+        let (Some(rx), Some(tx)) = (&self.updates, &self.waker) else {
+            return false;
+        };
+        // Full: a waker of the same task is still there.
+        if let Err(crossbeam_channel::TrySendError::Disconnected(_)) =
+            tx.try_send(crate::net::RemoteWaker::here(waker))
+        {
+            return true;
+        }
+        // After the waker was left: a set sent before it was there is
+        // seen here, one sent after it wakes the task.
+        !rx.is_empty()
+    }
+
+    /// Whether a key set waits to be taken in.
+    pub fn has_update(&self) -> bool {
+        self.updates.as_ref().is_some_and(|rx| !rx.is_empty())
     }
 
     /// How many keys the shard holds (tests, logs).
