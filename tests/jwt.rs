@@ -608,19 +608,49 @@ fn a_claim_with_a_line_break_is_refused_not_passed_on() {
 
 // === tests: keys from a URL ===
 
+/// A gateway whose keys come from a JWKS URL that publishes `old`, with
+/// `new` ready for a rotation: refreshed hourly, or on an unknown kid at
+/// most once a second.
+struct Rotation {
+    backend: Backend,
+    old: Signer,
+    new: Signer,
+    server: JwksServer,
+    gw: Gateway,
+}
+
+impl Rotation {
+    fn start() -> Rotation {
+        let backend = Backend::start(Reply::Echo);
+        let old = Signer::rsa("key-2024");
+        let new = Signer::ed("key-2025");
+        let server = JwksServer::start(Serve::Jwks(jwks(&[&old])));
+        let gw = gateway(
+            &backend,
+            &format!(
+                "jwks_url = \"{}\"\nrefresh_interval_s = 3600\nunknown_kid_refresh_min_interval_s = 1",
+                server.url()
+            ),
+        );
+        Rotation {
+            backend,
+            old,
+            new,
+            server,
+            gw,
+        }
+    }
+}
+
 #[test]
 fn a_rotated_key_is_fetched_on_its_unknown_kid_without_restart() {
-    let backend = Backend::start(Reply::Echo);
-    let old = Signer::rsa("key-2024");
-    let new = Signer::ed("key-2025");
-    let server = JwksServer::start(Serve::Jwks(jwks(&[&old])));
-    let gw = gateway(
-        &backend,
-        &format!(
-            "jwks_url = \"{}\"\nrefresh_interval_s = 3600\nunknown_kid_refresh_min_interval_s = 1",
-            server.url()
-        ),
-    );
+    let Rotation {
+        backend: _backend,
+        old,
+        new,
+        server,
+        gw,
+    } = Rotation::start();
     // The first fetch happened before the gateway said it was listening.
     assert_eq!(server.fetches(), 1);
     assert_eq!(bearer(&gw, "/pets", &old.sign(&claims())).status, 200);
@@ -898,17 +928,13 @@ fn an_idle_gateway_with_a_jwks_url_sleeps_and_new_keys_reach_every_shard_at_once
     // second per shard on an idle gateway. Now the updater sleeps until
     // the fetcher sends a set and wakes it (or 10 s pass).
     const SHARDS: usize = 2;
-    let backend = Backend::start(Reply::Echo);
-    let old = Signer::rsa("key-2024");
-    let new = Signer::ed("key-2025");
-    let server = JwksServer::start(Serve::Jwks(jwks(&[&old])));
-    let gw = gateway(
-        &backend,
-        &format!(
-            "jwks_url = \"{}\"\nrefresh_interval_s = 3600\nunknown_kid_refresh_min_interval_s = 1",
-            server.url()
-        ),
-    );
+    let Rotation {
+        backend: _backend,
+        old,
+        new,
+        server,
+        gw,
+    } = Rotation::start();
     // A keep-alive connection on each shard (the request id's first 16
     // hex digits are the shard's).
     let mut by_shard: std::collections::BTreeMap<String, Client> = Default::default();
@@ -934,15 +960,8 @@ fn an_idle_gateway_with_a_jwks_url_sleeps_and_new_keys_reach_every_shard_at_once
         assert_eq!(send(c, &old.sign(&claims())), 200);
     }
 
-    std::thread::sleep(Duration::from_millis(1000));
     let idle = Duration::from_secs(3);
-    let before = voluntary_switches(gw.pid());
-    std::thread::sleep(idle);
-    let after = voluntary_switches(gw.pid());
-    let shards =
-        after.get("coregate-shard-").unwrap_or(&0) - before.get("coregate-shard-").unwrap_or(&0);
-    eprintln!("shard threads' voluntary context switches in {idle:?} idle: {shards}");
-    assert!(after.contains_key("coregate-shard-"), "{after:?}");
+    let shards = idle_shard_switches(gw.pid(), Duration::from_millis(1000), idle);
     // Before: 240 or more.
     assert!(
         shards <= 25 * SHARDS as u64,

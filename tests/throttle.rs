@@ -733,15 +733,8 @@ fn an_idle_gateway_with_throttles_sleeps_and_a_sleeping_shards_tokens_are_recall
         }
     }
     // Let the demand fade and every reconciler go to sleep.
-    thread::sleep(Duration::from_millis(1500));
     let idle = Duration::from_secs(3);
-    let before = voluntary_switches(gw.pid());
-    thread::sleep(idle);
-    let after = voluntary_switches(gw.pid());
-    let shards =
-        after.get("coregate-shard-").unwrap_or(&0) - before.get("coregate-shard-").unwrap_or(&0);
-    eprintln!("shard threads' voluntary context switches in {idle:?} idle: {shards}");
-    assert!(after.contains_key("coregate-shard-"), "{after:?}");
+    let shards = idle_shard_switches(gw.pid(), Duration::from_millis(1500), idle);
     // What is left: the reconciler's 1 s sleep, the pool sweep and the
     // dashboard sample, a few switches each. Before: 120 or more.
     assert!(

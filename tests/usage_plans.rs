@@ -556,15 +556,8 @@ fn an_idle_gateway_with_usage_plans_sleeps_and_its_quota_still_holds_across_shar
         .collect();
     assert_eq!(first, [200, 200], "{}", g.stderr());
     // Let the demand fade and every reconciler go to sleep.
-    std::thread::sleep(Duration::from_millis(1500));
     let idle = Duration::from_secs(3);
-    let before = voluntary_switches(g.pid());
-    std::thread::sleep(idle);
-    let after = voluntary_switches(g.pid());
-    let shards =
-        after.get("coregate-shard-").unwrap_or(&0) - before.get("coregate-shard-").unwrap_or(&0);
-    eprintln!("shard threads' voluntary context switches in {idle:?} idle: {shards}");
-    assert!(after.contains_key("coregate-shard-"), "{after:?}");
+    let shards = idle_shard_switches(g.pid(), Duration::from_millis(1500), idle);
     // What is left: the reconciler's 1 s look at the date, the pool sweep
     // and the dashboard sample, a few switches each. Before: 300 or more.
     assert!(

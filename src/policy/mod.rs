@@ -18,6 +18,7 @@ pub mod api_key;
 pub mod auth;
 pub mod cache;
 pub mod cors;
+pub mod fanout;
 pub mod ip_rules;
 pub mod jwt;
 pub mod lifecycle;

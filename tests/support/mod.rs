@@ -2011,6 +2011,21 @@ pub fn http_get(url: &str) -> HttpResponse {
 /// (the main thread is named `main`): each is a sleep the thread went to,
 /// so each wake-up counts. Involuntary ones are left out: they count
 /// preemptions (and `sched_yield`s on a busy machine), not wake-ups.
+/// Voluntary context switches (sleeps) of `pid`'s shard threads over
+/// `idle`, counted after `settle`; printed, and asserted to be counted at
+/// all (the threads keep their `coregate-shard-N` names).
+pub fn idle_shard_switches(pid: u32, settle: Duration, idle: Duration) -> u64 {
+    thread::sleep(settle);
+    let before = voluntary_switches(pid);
+    thread::sleep(idle);
+    let after = voluntary_switches(pid);
+    let shard = "coregate-shard-";
+    assert!(after.contains_key(shard), "no shard threads: {after:?}");
+    let n = after.get(shard).unwrap_or(&0) - before.get(shard).unwrap_or(&0);
+    eprintln!("shard threads' voluntary context switches in {idle:?} idle: {n}");
+    n
+}
+
 pub fn voluntary_switches(pid: u32) -> std::collections::HashMap<String, u64> {
     let mut by_name = std::collections::HashMap::new();
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {

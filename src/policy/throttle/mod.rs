@@ -15,6 +15,7 @@ mod bucket;
 use bucket::snap;
 pub use bucket::{Global, Grants, Stream, Tally};
 
+use super::fanout::ToShards;
 use super::{Decision, Refusal, RequestView};
 pub use crate::config::raw::throttle::{RawRate, RawThrottle};
 use crate::config::ConfigError;
@@ -399,22 +400,7 @@ fn prepare_at(
         return None;
     }
     let (report_tx, report_rx) = crossbeam_channel::unbounded();
-    let mut to_shards = Vec::with_capacity(shards);
-    let mut from = Vec::with_capacity(shards);
-    let mut wakers = Vec::with_capacity(shards);
-    for _ in 0..shards {
-        let (tx, rx) = crossbeam_channel::unbounded();
-        // One waker at a time: the sleeping reconciler's.
-        let (wtx, wrx) = crossbeam_channel::bounded(1);
-        to_shards.push(tx);
-        from.push((rx, wtx));
-        wakers.push(wrx);
-    }
-    let to_shards = ToShards {
-        tx: to_shards,
-        wakers,
-        sent: vec![false; shards],
-    };
+    let (to_shards, from) = ToShards::new(shards);
     let coordinator = Coordinator::new(plan.defs.clone(), shards, to_shards, now);
     let links = from
         .into_iter()
@@ -436,42 +422,12 @@ pub fn initial_share(burst: u32, shards: usize) -> u32 {
 
 // === impl Coordinator ===
 
-/// The channels to the shards, and the wakers of those whose reconciler
-/// sleeps with nothing to do: a shard sent anything is woken at the end of
-/// the coordinator's pass.
-struct ToShards {
-    tx: Vec<Sender<ToShard>>,
-    wakers: Vec<Receiver<crate::net::RemoteWaker>>,
-    sent: Vec<bool>,
-}
-
-impl ToShards {
-    fn send(&mut self, shard: usize, m: ToShard) {
-        if let Some(tx) = self.tx.get(shard) {
-            let _ = tx.send(m);
-            self.sent[shard] = true;
-        }
-    }
-
-    /// Wakes every shard sent something since the last call, if its
-    /// reconciler left a waker (it sleeps with nothing to do).
-    fn wake(&mut self) {
-        for (s, sent) in self.sent.iter_mut().enumerate() {
-            if std::mem::take(sent) {
-                while let Ok(w) = self.wakers[s].try_recv() {
-                    w.wake();
-                }
-            }
-        }
-    }
-}
-
 /// Owns the global token count of every bucket; runs on its own thread,
 /// asleep on its channel unless a bucket needs looking at again.
 struct Coordinator {
     defs: Vec<BucketDef>,
     shards: usize,
-    to_shards: ToShards,
+    to_shards: ToShards<ToShard>,
     buckets: HashMap<Key, Global, ahash::RandomState>,
     /// Buckets to look at again at a given time: a shard is short of
     /// tokens, or idle shards are to be topped up as tokens come back.
@@ -483,7 +439,12 @@ struct Coordinator {
 const COORDINATOR_SWEEP: Duration = Duration::from_secs(1);
 
 impl Coordinator {
-    fn new(defs: Vec<BucketDef>, shards: usize, to_shards: ToShards, now: Instant) -> Coordinator {
+    fn new(
+        defs: Vec<BucketDef>,
+        shards: usize,
+        to_shards: ToShards<ToShard>,
+        now: Instant,
+    ) -> Coordinator {
         let mut buckets = HashMap::default();
         for (id, def) in defs.iter().enumerate() {
             if !def.dynamic() {

@@ -10,6 +10,7 @@
 use super::clock;
 use super::store::Store;
 use super::UsagePlans;
+use crate::policy::fanout::ToShards;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -130,42 +131,12 @@ pub struct Coordinator {
     quotas: HashMap<u32, QuotaState, ahash::RandomState>,
     /// Requests not yet written: (key, day) → count.
     pending: HashMap<(u32, i64), u64, ahash::RandomState>,
-    to_shards: ToShards,
+    to_shards: ToShards<ToShard>,
     /// The time of the pass under way (recalls are spaced by it).
     now: Instant,
     /// Set while writes to the store fail: the failure was logged once,
     /// and the first write that works again says so.
     store_failing: bool,
-}
-
-/// The channels to the shards, and the wakers of those whose reconciler
-/// sleeps with nothing to do: a shard sent anything is woken at the end of
-/// the coordinator's pass.
-struct ToShards {
-    tx: Vec<Sender<ToShard>>,
-    wakers: Vec<Receiver<crate::net::RemoteWaker>>,
-    sent: Vec<bool>,
-}
-
-impl ToShards {
-    fn send(&mut self, shard: usize, m: ToShard) {
-        if let Some(tx) = self.tx.get(shard) {
-            let _ = tx.send(m);
-            self.sent[shard] = true;
-        }
-    }
-
-    /// Wakes every shard sent something since the last call, if its
-    /// reconciler left a waker (it sleeps with nothing to do).
-    fn wake(&mut self) {
-        for (s, sent) in self.sent.iter_mut().enumerate() {
-            if std::mem::take(sent) {
-                while let Ok(w) = self.wakers[s].try_recv() {
-                    w.wake();
-                }
-            }
-        }
-    }
 }
 
 /// A share of `remaining` for each of `shards` shards to start with: a
@@ -265,20 +236,7 @@ fn prepare(
         Some(dir) => Some(Store::open(dir)?),
         None => None,
     };
-    let mut to_shards = ToShards {
-        tx: Vec::with_capacity(shards),
-        wakers: Vec::with_capacity(shards),
-        sent: vec![false; shards],
-    };
-    let mut from = Vec::with_capacity(shards);
-    for _ in 0..shards {
-        let (tx, rx) = crossbeam_channel::unbounded();
-        // One waker at a time: the reconciler is one task.
-        let (wtx, wrx) = crossbeam_channel::bounded(1);
-        to_shards.tx.push(tx);
-        to_shards.wakers.push(wrx);
-        from.push((rx, wtx));
-    }
+    let (to_shards, from) = ToShards::new(shards);
     let mut c = Coordinator {
         plans: plans.clone(),
         shards,
