@@ -205,6 +205,25 @@ integration = { type = "mock", body = 'ok' }
     ))
 }
 
+/// A gateway whose keys come from `server`, fetched again every
+/// `refresh_s` and on an unknown kid at most every `min_interval_s`;
+/// `extra` adds lines to the `[authorizers.jwt]` table.
+fn jwks_gateway(
+    backend: &Backend,
+    server: &JwksServer,
+    refresh_s: u64,
+    min_interval_s: u64,
+    extra: &str,
+) -> Gateway {
+    gateway(
+        backend,
+        &format!(
+            "jwks_url = \"{}\"\nrefresh_interval_s = {refresh_s}\nunknown_kid_refresh_min_interval_s = {min_interval_s}\n{extra}",
+            server.url()
+        ),
+    )
+}
+
 /// Writes a JWKS next to the configs (the temp dir) and returns its file
 /// name, relative to a config there.
 fn jwks_file(doc: &str) -> (PathBuf, String) {
@@ -625,13 +644,7 @@ impl Rotation {
         let old = Signer::rsa("key-2024");
         let new = Signer::ed("key-2025");
         let server = JwksServer::start(Serve::Jwks(jwks(&[&old])));
-        let gw = gateway(
-            &backend,
-            &format!(
-                "jwks_url = \"{}\"\nrefresh_interval_s = 3600\nunknown_kid_refresh_min_interval_s = 1",
-                server.url()
-            ),
-        );
+        let gw = jwks_gateway(&backend, &server, 3600, 1, "");
         Rotation {
             backend,
             old,
@@ -693,13 +706,7 @@ fn unknown_kid_refreshes_are_rate_limited() {
     let key = Signer::ed("only");
     let server = JwksServer::start(Serve::Jwks(jwks(&[&key])));
     let interval = 2u64;
-    let gw = gateway(
-        &backend,
-        &format!(
-            "jwks_url = \"{}\"\nrefresh_interval_s = 3600\nunknown_kid_refresh_min_interval_s = {interval}",
-            server.url()
-        ),
-    );
+    let gw = jwks_gateway(&backend, &server, 3600, interval, "");
     assert_eq!(server.fetches(), 1);
     let start = Instant::now();
     // 120 requests with fresh unknown kids over about 3 seconds, on new
@@ -736,13 +743,7 @@ fn a_jwks_url_that_goes_down_keeps_the_old_keys() {
     let backend = Backend::start(Reply::Echo);
     let key = Signer::ec("ec-live");
     let server = JwksServer::start(Serve::Jwks(jwks(&[&key])));
-    let gw = gateway(
-        &backend,
-        &format!(
-            "jwks_url = \"{}\"\nrefresh_interval_s = 1\nunknown_kid_refresh_min_interval_s = 1\nfetch_timeout_ms = 500",
-            server.url()
-        ),
-    );
+    let gw = jwks_gateway(&backend, &server, 1, 1, "fetch_timeout_ms = 500");
     let token = key.sign(&claims());
     assert_eq!(bearer(&gw, "/pets", &token).status, 200);
     server.set(Serve::Status(503));
@@ -787,13 +788,7 @@ fn a_jwks_url_down_at_start_up_gives_401_until_it_answers() {
     let backend = Backend::start(Reply::Echo);
     let key = Signer::rsa("r1");
     let server = JwksServer::start(Serve::Status(500));
-    let gw = gateway(
-        &backend,
-        &format!(
-            "jwks_url = \"{}\"\nrefresh_interval_s = 3600\nunknown_kid_refresh_min_interval_s = 1",
-            server.url()
-        ),
-    );
+    let gw = jwks_gateway(&backend, &server, 3600, 1, "");
     let token = key.sign(&claims());
     assert_unauthorized(&bearer(&gw, "/pets", &token), "no keys yet");
     server.set(Serve::Jwks(jwks(&[&key])));
@@ -945,6 +940,7 @@ fn an_idle_gateway_with_a_jwks_url_sleeps_and_new_keys_reach_every_shard_at_once
         let mut c = gw.client();
         let r = c.get("/health");
         assert_eq!(r.status, 200, "{r:?}");
+        // The gateway sends a request id on every answer; none is a failure.
         let id = r.header("x-request-id").expect("a request id").to_string();
         by_shard.entry(id[..16].to_string()).or_insert(c);
     }

@@ -722,6 +722,7 @@ fn an_idle_gateway_with_throttles_sleeps_and_a_sleeping_shards_tokens_are_recall
     const SHARDS: usize = 2;
     let gw = Gateway::start(TWO_SHARDS);
     let mut groups = connections_by_shard(&gw, 1);
+    // connections_by_shard asserted two groups of one: these cannot fail.
     let (mut a, mut b) = {
         let mut it = groups.iter_mut().map(|g| g.remove(0));
         (it.next().unwrap(), it.next().unwrap())

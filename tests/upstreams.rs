@@ -741,6 +741,7 @@ fn congestion_controls_to(port: u16) -> Vec<String> {
         .args(["-H", "-t", "-i", "-n", "state", "established", "dst"])
         .arg(format!("127.0.0.1:{port}"))
         .output()
+        // A missing ss fails the test (never a silent pass).
         .expect("run ss (iproute2; scripts/test installs it)");
     assert!(out.status.success(), "ss failed: {out:?}");
     String::from_utf8_lossy(&out.stdout)
@@ -789,6 +790,7 @@ fn congestion_control_is_set_on_each_upstream_connection_and_the_hosts_default_s
         }));
     }
     for t in threads {
+        // A client thread's failed assertion fails the test here.
         t.join().expect("client thread");
     }
     let to_chosen = congestion_controls_to(b1.addr.port());
