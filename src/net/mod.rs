@@ -214,17 +214,17 @@ fn note_congestion_refused(name: &str, e: &io::Error) {
 
 /// What this host's kernel offers for `TCP_CONGESTION`, from
 /// /proc/sys/net/ipv4 (empty strings where a file cannot be read).
-pub struct CongestionControls {
+struct CongestionControls {
     /// `tcp_congestion_control`: new sockets' default.
-    pub default: String,
+    default: String,
     /// `tcp_available_congestion_control`: loaded, any process with
     /// `CAP_NET_ADMIN` may choose them.
-    pub available: String,
+    available: String,
     /// `tcp_allowed_congestion_control`: any process may choose them.
-    pub allowed: String,
+    allowed: String,
 }
 
-pub fn congestion_controls() -> CongestionControls {
+fn congestion_controls() -> CongestionControls {
     let read = |f: &str| {
         std::fs::read_to_string(format!("/proc/sys/net/ipv4/{f}"))
             .map(|s| s.trim().to_string())
