@@ -20,6 +20,15 @@ pub const TICK: Duration = Duration::from_millis(10);
 /// just after each UTC midnight. It reads the UTC date when it runs (a new
 /// day starts a new record, and may start a new quota period).
 pub const IDLE_SLEEP: Duration = Duration::from_secs(1);
+/// How long an idle reconciler sleeps, given how long until the next UTC
+/// day begins (None when unknown): [`IDLE_SLEEP`], or until 1 ms into the
+/// new day when that comes first.
+pub(super) fn idle_sleep(until_next_day: Option<Duration>) -> Duration {
+    until_next_day.map_or(IDLE_SLEEP, |d| {
+        d.saturating_add(Duration::from_millis(1)).min(IDLE_SLEEP)
+    })
+}
+
 /// Seconds of a shard's measured demand it asks to hold.
 const HORIZON_SECS: f64 = 0.1;
 
@@ -303,9 +312,7 @@ impl ShardUsage {
                     // Awake when the UTC day changes, as the 10 ms tick
                     // was: a request after midnight then finds the new
                     // day's period (and record) already in place.
-                    let sleep = super::clock::until_next_day().map_or(IDLE_SLEEP, |d| {
-                        (d + Duration::from_millis(1)).min(IDLE_SLEEP)
-                    });
+                    let sleep = idle_sleep(super::clock::until_next_day());
                     inner.sleep(sleep, true).await;
                     idle = true;
                 } else {

@@ -78,6 +78,22 @@ id = "bbbbbbbbbbbb"
 hash = "sha256$00112233445566778899aabbccddeeff$0000000000000000000000000000000000000000000000000000000000000000"
 "#;
 
+#[test]
+fn an_idle_reconciler_wakes_just_after_utc_midnight() {
+    use super::shard::{idle_sleep, IDLE_SLEEP};
+    use std::time::Duration;
+    // Far from midnight, or the day unknown (a test clock): the longest sleep.
+    assert_eq!(idle_sleep(None), IDLE_SLEEP);
+    assert_eq!(idle_sleep(Some(Duration::from_secs(3_600))), IDLE_SLEEP);
+    // Closer than that: 1 ms into the new day, so the day has turned when it runs.
+    assert_eq!(
+        idle_sleep(Some(Duration::from_millis(250))),
+        Duration::from_millis(251)
+    );
+    assert_eq!(idle_sleep(Some(Duration::ZERO)), Duration::from_millis(1));
+    assert_eq!(idle_sleep(Some(Duration::MAX)), IDLE_SLEEP);
+}
+
 fn config(plans: &str) -> String {
     format!(
         r#"
