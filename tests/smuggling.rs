@@ -562,3 +562,23 @@ fn bad_framing_from_the_upstream_cuts_the_response_short() {
         );
     }
 }
+
+#[test]
+fn response_transfer_coding_other_than_final_chunked_is_a_502() {
+    // Read until close, the body would still be transfer-coded, and the
+    // coding is not passed on: the client would take the coded bytes for
+    // the content. The gateway sends no TE upstream, so no coding but
+    // chunked was allowed (RFC 9112 §6.1).
+    for te in [
+        "gzip",
+        "chunked, gzip",
+        "chunked\r\nTransfer-Encoding: gzip",
+    ] {
+        let raw = format!("HTTP/1.1 200 OK\r\nTransfer-Encoding: {te}\r\n\r\nCODED BYTES");
+        let backend = Backend::start(Reply::Raw(raw.into_bytes()));
+        let gw = Gateway::start(&fill(UPSTREAM_CONFIG, &[("B", backend.addr_str())]));
+        let r = gw.client().get("/up");
+        assert_eq!(r.status, 502, "{te:?}: {r:?}");
+        assert!(!r.text().contains("CODED"), "{te:?}: {r:?}");
+    }
+}
