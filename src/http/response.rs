@@ -197,6 +197,13 @@ pub fn parse_response_head_into(
         RespFraming::Close
     };
     out.content_length = content_length;
+    if te_chunked.is_some() && content_length.is_some() {
+        // Transfer-Encoding overrides Content-Length, and the body is
+        // read that way; but a sender that wrote both may frame its next
+        // bytes by the other, so the connection carries nothing more
+        // (RFC 9112 §6.3: such a message ought to be handled as an error).
+        out.keep_alive = false;
+    }
     if out.framing == RespFraming::Close {
         out.keep_alive = false;
     }
