@@ -562,3 +562,63 @@ fn bad_framing_from_the_upstream_cuts_the_response_short() {
         );
     }
 }
+
+#[test]
+fn response_transfer_coding_other_than_final_chunked_is_a_502() {
+    // Read until close, the body would still be transfer-coded, and the
+    // coding is not passed on: the client would take the coded bytes for
+    // the content. The gateway sends no TE upstream, so no coding but
+    // chunked was allowed (RFC 9112 §6.1).
+    for te in [
+        "gzip",
+        "chunked, gzip",
+        "chunked\r\nTransfer-Encoding: gzip",
+    ] {
+        let raw = format!("HTTP/1.1 200 OK\r\nTransfer-Encoding: {te}\r\n\r\nCODED BYTES");
+        let backend = Backend::start(Reply::Raw(raw.into_bytes()));
+        let gw = Gateway::start(&fill(UPSTREAM_CONFIG, &[("B", backend.addr_str())]));
+        let r = gw.client().get("/up");
+        assert_eq!(r.status, 502, "{te:?}: {r:?}");
+        assert!(!r.text().contains("CODED"), "{te:?}: {r:?}");
+    }
+}
+
+#[test]
+fn upstream_connection_is_not_reused_after_content_length_with_transfer_encoding() {
+    // A backend that answers every request on a connection with both
+    // framing headers. The chunked framing wins for the body, but bytes
+    // such a sender writes next may be framed by the other header: the
+    // connection must not carry another request.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("local addr");
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = accepted.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { return };
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            std::thread::spawn(move || {
+                let mut r = std::io::BufReader::new(stream);
+                while read_head(&mut r, 65536).is_ok() {
+                    let reply = b"HTTP/1.1 200 OK\r\nContent-Length: 30\r\n\
+Transfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n";
+                    if std::io::Write::write_all(r.get_mut(), reply).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let gw = Gateway::start(&fill(UPSTREAM_CONFIG, &[("B", addr.to_string())]));
+    let mut c = gw.client();
+    for _ in 0..2 {
+        let r = c.get("/up");
+        assert_eq!((r.status, r.text().as_str()), (200, "ok"), "{r:?}");
+        assert_eq!(r.header("content-length"), None, "{r:?}");
+    }
+    assert_eq!(
+        accepted.load(std::sync::atomic::Ordering::SeqCst),
+        2,
+        "the upstream connection was reused after a response with both framing headers"
+    );
+}

@@ -804,3 +804,83 @@ fn congestion_control_is_set_on_each_upstream_connection_and_the_hosts_default_s
         "connections to the upstream without the key keep the host's {default:?}: {to_plain:?}"
     );
 }
+
+/// A backend that never finishes a response head in time, though it is
+/// never silent for long: `GET /hints` (and a POST there, once its body is
+/// read) gets `103 Early Hints` every 100 ms, `GET /trickle` its head one
+/// byte every 100 ms.
+fn never_done_backend() -> std::net::SocketAddr {
+    use std::io::{BufReader, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind the test backend");
+    let addr = listener.local_addr().expect("the test backend's address");
+    thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { return };
+            thread::spawn(move || {
+                let mut r = BufReader::new(stream);
+                let Ok(head) = read_head(&mut r, 65536) else {
+                    return;
+                };
+                let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+                let len = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+                    .unwrap_or(0);
+                if std::io::copy(&mut r.by_ref().take(len), &mut std::io::sink()).is_err() {
+                    return;
+                }
+                let w = r.get_mut();
+                let step = Duration::from_millis(100);
+                if head.contains(" /trickle ") {
+                    for b in b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok" {
+                        thread::sleep(step);
+                        if w.write_all(&[*b]).is_err() {
+                            return;
+                        }
+                    }
+                } else {
+                    for _ in 0..300 {
+                        thread::sleep(step);
+                        if w.write_all(b"HTTP/1.1 103 Early Hints\r\n\r\n").is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[test]
+fn timeout_ms_bounds_the_whole_response_head_not_each_read() {
+    let addr = never_done_backend();
+    let gw = single(&addr.to_string(), "timeout_ms = 500", 1);
+    for (what, request) in [
+        (
+            "1xx after 1xx",
+            &b"GET /hints HTTP/1.1\r\nHost: t\r\n\r\n"[..],
+        ),
+        (
+            "a trickled head",
+            b"GET /trickle HTTP/1.1\r\nHost: t\r\n\r\n",
+        ),
+        (
+            "1xx after 1xx once a body is sent",
+            b"POST /hints HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n\r\nhello",
+        ),
+    ] {
+        let mut c = gw.client();
+        c.set_read_timeout(Duration::from_secs(10));
+        let started = std::time::Instant::now();
+        c.send(request);
+        let r = c.read_response();
+        let took = started.elapsed();
+        assert_eq!(r.status, 504, "{what}: {r:?}");
+        assert!(
+            took < Duration::from_millis(2500),
+            "{what}: the 504 came after {took:?}, timeout_ms is 500"
+        );
+    }
+}

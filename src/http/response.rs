@@ -179,17 +179,31 @@ pub fn parse_response_head_into(
     {
         RespFraming::None
     } else if let Some(chunked) = te_chunked {
-        if chunked {
-            RespFraming::Chunked
-        } else {
-            RespFraming::Close
+        if !chunked {
+            // The body would be read until close, still transfer-coded,
+            // and the coding (a hop-by-hop header) not passed on: the
+            // client would take the coded bytes for the content. Nothing
+            // allowed it either: the gateway sends no `TE` upstream, and
+            // without one a server may apply no coding but chunked
+            // (RFC 9112 §6.1).
+            return Err(BadResponse(
+                "Transfer-Encoding without chunked as the final coding",
+            ));
         }
+        RespFraming::Chunked
     } else if let Some(n) = content_length {
         RespFraming::Length(n)
     } else {
         RespFraming::Close
     };
     out.content_length = content_length;
+    if te_chunked.is_some() && content_length.is_some() {
+        // Transfer-Encoding overrides Content-Length, and the body is
+        // read that way; but a sender that wrote both may frame its next
+        // bytes by the other, so the connection carries nothing more
+        // (RFC 9112 §6.3: such a message ought to be handled as an error).
+        out.keep_alive = false;
+    }
     if out.framing == RespFraming::Close {
         out.keep_alive = false;
     }
@@ -222,6 +236,24 @@ mod tests {
         };
         let values: Vec<&[u8]> = resp.headers.iter().map(|h| h.value.get(head)).collect();
         assert_eq!(values, [&b"b"[..], b"d", b"0"]);
+    }
+
+    #[test]
+    fn a_transfer_coding_other_than_final_chunked_is_refused() {
+        for te in ["gzip", "chunked, gzip", "identity"] {
+            let head = format!("HTTP/1.1 200 OK\r\ntransfer-encoding: {te}\r\n\r\n");
+            assert!(
+                parse_response_head(head.as_bytes(), false, 16384).is_err(),
+                "{te}"
+            );
+        }
+        // Chunked last: chunked framing. No body at all: nothing to refuse.
+        let head = b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n";
+        let parsed = parse_response_head(head, false, 16384);
+        assert!(matches!(parsed, Ok(Some(ref r)) if r.framing == RespFraming::Chunked));
+        let head = b"HTTP/1.1 204 No Content\r\ntransfer-encoding: gzip\r\n\r\n";
+        let parsed = parse_response_head(head, false, 16384);
+        assert!(matches!(parsed, Ok(Some(ref r)) if r.framing == RespFraming::None));
     }
 
     #[test]

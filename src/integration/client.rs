@@ -19,7 +19,7 @@ use crate::http::encode::push_u64;
 use crate::http::response::{parse_response_head_into, RespFraming, ResponseHead};
 use crate::integration::upstream::UpstreamPlan;
 use crate::integration::upstream::{UpConn, UpstreamState};
-use crate::tls::stream::Io;
+use crate::tls::stream::{Hold, Io};
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use std::fmt;
 use std::io;
@@ -223,8 +223,9 @@ async fn read_answer(
     use ReadErr::Failed;
     up.filled = 0;
     let mut resp = ResponseHead::default();
+    let mut deadline = None;
     loop {
-        match read_response_head(up, uplan, false, &mut resp).await {
+        match read_response_head(up, uplan, false, &mut resp, &mut deadline).await {
             // 100 / 103: nothing for us.
             Ok(Head::Interim) => up.drop_head(resp.len),
             Ok(Head::Final) => break,
@@ -233,6 +234,9 @@ async fn read_answer(
             Err(HeadError::Bad(why)) => return Err(ReadErr::BadHead(why)),
         }
     }
+    // The body's reads wait up to timeout_ms each, as before the head's
+    // deadline shortened the socket's timeout.
+    up.stream.set_read_timeout(Some(uplan.timeout));
     // Before the body's reads reuse the buffer the head is in.
     let subprotocol = resp
         .headers
@@ -352,12 +356,15 @@ pub enum HeadError {
 /// timeout and `max_response_header_bytes`, and its parsed form into
 /// `out` (in place: a parsed head is several hundred bytes, not worth
 /// moving through every caller). A `101` is refused: no request of ours
-/// asks to switch protocols.
+/// asks to switch protocols. `deadline` is when the head must be in by,
+/// set by the first read that needs it (see [`read_head`]); a caller
+/// reading a final head after 1xx ones passes the same one each time.
 pub async fn read_response_head(
     up: &mut UpConn,
     uplan: &UpstreamPlan,
     head_request: bool,
     out: &mut ResponseHead,
+    deadline: &mut Option<Instant>,
 ) -> Result<Head, HeadError> {
     read_head(
         &mut up.stream,
@@ -366,6 +373,7 @@ pub async fn read_response_head(
         uplan,
         head_request,
         out,
+        deadline,
     )
     .await
 }
@@ -373,6 +381,13 @@ pub async fn read_response_head(
 /// [`read_response_head`] on the parts of an upstream connection: its
 /// stream (perhaps shared with a request body still going up), its buffer
 /// and how much of it is filled.
+///
+/// The upstream's `timeout_ms` bounds the head as a whole, 1xx heads
+/// before it included, not each read: a backend that trickles its head,
+/// or sends 103 after 103, still gets its 504 in time. The clock starts
+/// at the first read, or, on a stream whose read timeout is held (a
+/// request body still going up: the backend is waiting for us), when the
+/// hold ends; `deadline` keeps it across calls.
 pub async fn read_head<U: Io>(
     stream: &mut U,
     buf: &mut Vec<u8>,
@@ -380,8 +395,8 @@ pub async fn read_head<U: Io>(
     uplan: &UpstreamPlan,
     head_request: bool,
     out: &mut ResponseHead,
+    deadline: &mut Option<Instant>,
 ) -> Result<Head, HeadError> {
-    stream.set_read_timeout(Some(uplan.timeout));
     let mut received_any = *filled > 0;
     loop {
         if *filled > 0 {
@@ -414,6 +429,27 @@ pub async fn read_head<U: Io>(
             let n = buf.len() * 2;
             buf.resize(n, 0);
         }
+        let now = Instant::now();
+        let start = match stream.read_timeout_hold() {
+            // Applied when the hold ends: the clock starts then.
+            Hold::Held => None,
+            Hold::Released(at) => Some(at),
+            Hold::Never => Some(now),
+        };
+        let wait = match start {
+            None => {
+                *deadline = None;
+                uplan.timeout
+            }
+            Some(start) => {
+                let end = *deadline.get_or_insert(start + uplan.timeout);
+                match end.checked_duration_since(now) {
+                    Some(left) if !left.is_zero() => left,
+                    _ => return Err(HeadError::Timeout),
+                }
+            }
+        };
+        stream.set_read_timeout(Some(wait));
         let at = *filled;
         match stream.recv(&mut buf[at..]).await {
             Ok(0) if !received_any => {

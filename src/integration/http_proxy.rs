@@ -994,8 +994,20 @@ async fn read_final_head<C: Io, U: Io>(
     resp: &mut ResponseHead,
 ) -> Result<(), UpErr> {
     *filled = 0;
+    // One deadline for the final head and every 1xx before it.
+    let mut deadline = None;
     loop {
-        match read_head(io, buf, filled, uplan, f.method == Method::Head, resp).await {
+        match read_head(
+            io,
+            buf,
+            filled,
+            uplan,
+            f.method == Method::Head,
+            resp,
+            &mut deadline,
+        )
+        .await
+        {
             Ok(Head::Final) => return Ok(()),
             Ok(Head::Interim) => {
                 *interim = true;

@@ -33,7 +33,7 @@ use std::io::{self, IoSlice};
 use std::os::fd::AsRawFd;
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// The TLS sessions a [`Stream`] can carry: the server side (a client's
 /// connection to an HTTPS listener) and the client side (an https://
@@ -269,9 +269,26 @@ pub trait Io {
     /// As [`Stream::send_two`].
     async fn send_two(&mut self, a: &[u8], b: &[u8]) -> io::Result<()>;
     fn set_read_timeout(&mut self, d: Option<Duration>);
+    /// Whether read timeouts are held ([`Shared::hold_read_timeout`]),
+    /// so that a read waits without one for now, or since when they count.
+    fn read_timeout_hold(&self) -> Hold {
+        Hold::Never
+    }
     /// Runs `f` on the TCP socket itself when no TLS is in the way (for
     /// [`splice`]); None under TLS.
     fn with_plain<R>(&mut self, f: impl FnOnce(&Socket) -> R) -> Option<R>;
+}
+
+/// Where an [`Io`]'s read timeouts stand ([`Io::read_timeout_hold`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hold {
+    /// Never held: they count from each read.
+    Never,
+    /// Held: a read waits without one.
+    Held,
+    /// Held until this instant, when [`Shared::release_read_timeout`]
+    /// applied them.
+    Released(Instant),
 }
 
 /// Moves the rest of a body of known length from `src` to `dst` through
@@ -333,6 +350,7 @@ impl<T: TlsSession> Io for Stream<T> {
 pub struct Shared<'a, T> {
     cell: RefCell<&'a mut Stream<T>>,
     held: Cell<bool>,
+    released: Cell<Option<Instant>>,
     wanted: Cell<Option<Duration>>,
 }
 
@@ -341,6 +359,7 @@ impl<'a, T: TlsSession> Shared<'a, T> {
         Shared {
             cell: RefCell::new(stream),
             held: Cell::new(false),
+            released: Cell::new(None),
             wanted: Cell::new(None),
         }
     }
@@ -356,6 +375,7 @@ impl<'a, T: TlsSession> Shared<'a, T> {
     /// takes it the next time it is polled.
     pub fn release_read_timeout(&self) {
         self.held.set(false);
+        self.released.set(Some(Instant::now()));
         self.cell.borrow().tcp().set_read_timeout(self.wanted.get());
     }
 
@@ -415,6 +435,14 @@ impl<T: TlsSession> Io for &Shared<'_, T> {
         self.wanted.set(d);
         if !self.held.get() {
             self.cell.borrow().tcp().set_read_timeout(d);
+        }
+    }
+
+    fn read_timeout_hold(&self) -> Hold {
+        match self.released.get() {
+            _ if self.held.get() => Hold::Held,
+            Some(at) => Hold::Released(at),
+            None => Hold::Never,
         }
     }
 
