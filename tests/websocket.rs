@@ -836,6 +836,57 @@ fn a_slow_reader_gets_429_for_pushes_and_memory_stays_bounded() {
     drop(s);
 }
 
+/// A client that stops reading but keeps sending messages whose route
+/// responses are large: at most `MAX_PENDING` (8) messages wait, and a
+/// message's integration is called only while the outbox has room for
+/// its answer within `send_buffer_bytes`, so the backend hears of the few
+/// messages whose answers the kernel's buffers took. (The gateway used to
+/// parse every message in its read buffer, 22 of these at a time, and
+/// queue every answer whatever the send buffer held: 1 MiB each here.)
+#[test]
+fn a_client_that_stops_reading_stops_its_own_messages() {
+    let b = EventBackend::start(|e| match e.path.as_str() {
+        "/echo" => (200, vec![], vec![b'x'; 1 << 20]),
+        _ => usual(e),
+    });
+    let big = CONFIG.replace(
+        "max_frame_bytes = 1024\nmax_message_bytes = 4096\nsend_buffer_bytes = 16384",
+        "max_frame_bytes = 1024\nmax_message_bytes = 1048576\nsend_buffer_bytes = 1048576",
+    );
+    assert_ne!(big, CONFIG);
+    let gw = Gateway::start(&fill(
+        &big,
+        &[
+            ("B", b.addr.to_string()),
+            ("LIMITS", String::new()),
+            ("PAGE", String::new()),
+        ],
+    ));
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    sock.connect(&gw.addr().into()).unwrap();
+    let mut s = raw_ws_on(sock.into(), "/chat");
+    // 100 messages in one write; the client reads nothing.
+    let one = frame(0x81, b"{\"action\":\"echo\"}");
+    let burst: Vec<u8> = one.iter().copied().cycle().take(one.len() * 100).collect();
+    s.write_all(&burst).unwrap();
+    // Until the backend has heard nothing new for a second.
+    let echoes = || b.events().iter().filter(|e| e.path == "/echo").count();
+    let mut last = (echoes(), Instant::now());
+    wait_until(Duration::from_secs(20), || {
+        let n = echoes();
+        if n != last.0 {
+            last = (n, Instant::now());
+        }
+        last.1.elapsed() > Duration::from_secs(1)
+    });
+    let called = last.0;
+    eprintln!("{called} messages reached the backend");
+    assert!(called >= 1, "no message reached the backend");
+    assert!(called <= 12, "{called} messages reached the backend");
+    drop(s);
+}
+
 #[test]
 fn idle_connections_close_with_1001_and_connections_are_rate_limited() {
     let b = EventBackend::start(usual);
