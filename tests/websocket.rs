@@ -907,6 +907,45 @@ fn idle_connections_close_with_1001_and_connections_are_rate_limited() {
     assert!(statuses.iter().any(|s| s == "101"), "{statuses:?}");
 }
 
+/// The idle timeout counts every frame: a message sent slowly in
+/// fragments, or a client's unsolicited pongs (RFC 6455 §5.5.3's
+/// heartbeat), keep the connection open; they used to be closed with
+/// 1001 while frames were still coming.
+#[test]
+fn fragments_and_pongs_keep_a_connection_from_idling_out() {
+    let b = EventBackend::start(usual);
+    let gw = start(&b, "idle_timeout_ms = 600");
+    let read_echo = |s: &mut TcpStream| {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 256];
+        while !String::from_utf8_lossy(&got).contains("echo:") {
+            let n = s.read(&mut buf).unwrap();
+            assert!(n > 0, "closed; got {got:?}");
+            got.extend_from_slice(&buf[..n]);
+        }
+        assert_eq!(got[0], 0x81, "not a text message first: {got:?}");
+    };
+    // A message in fragments, one every 200 ms for 1.6 s.
+    let mut s = raw_ws(&gw, "/chat");
+    s.write_all(&frame(0x01, b"{\"action\":")).unwrap();
+    for _ in 0..8 {
+        thread::sleep(Duration::from_millis(200));
+        s.write_all(&frame(0x00, b" ")).unwrap();
+    }
+    s.write_all(&frame(0x80, b"\"echo\"}")).unwrap();
+    read_echo(&mut s);
+    // Pongs every 200 ms for 1.6 s, then a message.
+    let mut s = raw_ws(&gw, "/chat");
+    for _ in 0..8 {
+        thread::sleep(Duration::from_millis(200));
+        s.write_all(&frame(0x8A, b"beat")).unwrap();
+    }
+    s.write_all(&frame(0x81, b"{\"action\":\"echo\"}")).unwrap();
+    read_echo(&mut s);
+    // Then silence: 1001.
+    assert_eq!(close_code(&mut s), Some(1001));
+}
+
 #[test]
 fn python_websockets_client() {
     let b = EventBackend::start(usual);

@@ -96,7 +96,8 @@ pub struct Session {
     route: usize,
     connected_at: SystemTime,
     last_active: Cell<SystemTime>,
-    /// Last data either way, for the idle timeout.
+    /// Last frame either way (a message, a fragment, a ping or pong),
+    /// for the idle timeout.
     last_io: Cell<Instant>,
     source_ip: IpAddr,
     user_agent: String,
@@ -747,7 +748,9 @@ async fn run(
                     count(&api.name, FRAMES, |c| &c.client_errors);
                     break 'session Ended::by_gateway(v.code, v.reason);
                 }
-                Ok(Event::Partial) | Ok(Event::Pong) => {}
+                // Data still, for the idle timeout: a fragment of a
+                // message, or an unsolicited pong (a heartbeat).
+                Ok(Event::Partial) | Ok(Event::Pong) => s.last_io.set(Instant::now()),
                 Ok(Event::Ping(p)) => {
                     let mut f = Vec::with_capacity(p.len() + 2);
                     ws::encode_frame(&mut f, ws::OP_PONG, &p);
