@@ -735,6 +735,18 @@ fn hostile_frames_close_with_the_right_code() {
         ("continuation first", frame(0x80, b"x"), 1002),
         ("a message inside a fragmented one", interleaved, 1002),
         ("invalid UTF-8", frame(0x81, b"\xc3\x28"), 1007),
+        // The rest of the message never comes: the first fragment is
+        // enough (RFC 6455 §8.1).
+        (
+            "invalid UTF-8 in a first fragment",
+            frame(0x01, b"{\"a\":\"\xff"),
+            1007,
+        ),
+        (
+            "invalid UTF-8 across fragments",
+            [frame(0x01, b"\xe2\x82"), frame(0x00, b"(")].concat(),
+            1007,
+        ),
         ("binary", frame(0x82, b"\x00\x01"), 1003),
     ];
     for (what, bytes, want) in cases {
@@ -748,7 +760,7 @@ fn hostile_frames_close_with_the_right_code() {
             .iter()
             .filter(|e| e.path == "/disconnect")
             .count()
-            >= 15
+            >= 17
     });
     let codes: Vec<String> = b
         .events()
@@ -756,7 +768,7 @@ fn hostile_frames_close_with_the_right_code() {
         .filter(|e| e.path == "/disconnect")
         .map(|e| e.h("x-coregate-close-code").to_string())
         .collect();
-    assert_eq!(codes.len(), 15, "{codes:?}");
+    assert_eq!(codes.len(), 17, "{codes:?}");
     assert!(codes.iter().any(|c| c == "1009"), "{codes:?}");
     // A valid fragmented message, with a ping between its fragments.
     let mut s = raw_ws(&gw, "/chat");
