@@ -787,6 +787,43 @@ fn hostile_frames_close_with_the_right_code() {
     assert_eq!(&got[..3], b"\x8a\x01p");
 }
 
+/// Messages a client sent before its close frame reach their
+/// integration before `$disconnect` does, numbered before it; the
+/// `$disconnect` event used to be sent while they still waited, and they
+/// came after it.
+#[test]
+fn disconnect_comes_after_the_messages_sent_before_the_close() {
+    let b = EventBackend::start(|e| {
+        if e.path == "/echo" {
+            thread::sleep(Duration::from_millis(200));
+        }
+        usual(e)
+    });
+    let gw = start(&b, "");
+    let mut s = raw_ws(&gw, "/chat");
+    let mut bytes = Vec::new();
+    for _ in 0..3 {
+        bytes.extend(frame(0x81, b"{\"action\":\"echo\"}"));
+    }
+    bytes.extend(frame(0x88, &1000u16.to_be_bytes()));
+    s.write_all(&bytes).unwrap();
+    assert_eq!(close_code(&mut s), Some(1000));
+    let d = b.wait("/disconnect", |_| true);
+    let events: Vec<(String, String)> = b
+        .events()
+        .iter()
+        .filter(|e| e.path != "/connect")
+        .map(|e| (e.path.clone(), e.h("x-request-id").to_string()))
+        .collect();
+    let id = d.h("x-coregate-connection-id");
+    let want: Vec<(String, String)> =
+        [(1, "/echo"), (2, "/echo"), (3, "/echo"), (4, "/disconnect")]
+            .iter()
+            .map(|(n, p)| (p.to_string(), format!("{id}-{n}")))
+            .collect();
+    assert_eq!(events, want);
+}
+
 #[test]
 fn a_client_that_vanishes_still_gets_disconnect() {
     let b = EventBackend::start(usual);

@@ -888,6 +888,12 @@ async fn run(
     }
     stream.close().await;
     drop(guard);
+    // The messages read before the close go to their integrations first
+    // (their answers are dropped): $disconnect is the connection's last
+    // event, and its number follows theirs.
+    while s.worker.get() {
+        s.wake.wait().await;
+    }
     // === $disconnect, best effort ===
     let n = s.messages.get() + 1;
     s.messages.set(n);
