@@ -735,6 +735,18 @@ fn hostile_frames_close_with_the_right_code() {
         ("continuation first", frame(0x80, b"x"), 1002),
         ("a message inside a fragmented one", interleaved, 1002),
         ("invalid UTF-8", frame(0x81, b"\xc3\x28"), 1007),
+        // The rest of the message never comes: the first fragment is
+        // enough (RFC 6455 §8.1).
+        (
+            "invalid UTF-8 in a first fragment",
+            frame(0x01, b"{\"a\":\"\xff"),
+            1007,
+        ),
+        (
+            "invalid UTF-8 across fragments",
+            [frame(0x01, b"\xe2\x82"), frame(0x00, b"(")].concat(),
+            1007,
+        ),
         ("binary", frame(0x82, b"\x00\x01"), 1003),
     ];
     for (what, bytes, want) in cases {
@@ -748,7 +760,7 @@ fn hostile_frames_close_with_the_right_code() {
             .iter()
             .filter(|e| e.path == "/disconnect")
             .count()
-            >= 15
+            >= 17
     });
     let codes: Vec<String> = b
         .events()
@@ -756,7 +768,7 @@ fn hostile_frames_close_with_the_right_code() {
         .filter(|e| e.path == "/disconnect")
         .map(|e| e.h("x-coregate-close-code").to_string())
         .collect();
-    assert_eq!(codes.len(), 15, "{codes:?}");
+    assert_eq!(codes.len(), 17, "{codes:?}");
     assert!(codes.iter().any(|c| c == "1009"), "{codes:?}");
     // A valid fragmented message, with a ping between its fragments.
     let mut s = raw_ws(&gw, "/chat");
@@ -773,6 +785,43 @@ fn hostile_frames_close_with_the_right_code() {
     }
     // The pong came first.
     assert_eq!(&got[..3], b"\x8a\x01p");
+}
+
+/// Messages a client sent before its close frame reach their
+/// integration before `$disconnect` does, numbered before it; the
+/// `$disconnect` event used to be sent while they still waited, and they
+/// came after it.
+#[test]
+fn disconnect_comes_after_the_messages_sent_before_the_close() {
+    let b = EventBackend::start(|e| {
+        if e.path == "/echo" {
+            thread::sleep(Duration::from_millis(200));
+        }
+        usual(e)
+    });
+    let gw = start(&b, "");
+    let mut s = raw_ws(&gw, "/chat");
+    let mut bytes = Vec::new();
+    for _ in 0..3 {
+        bytes.extend(frame(0x81, b"{\"action\":\"echo\"}"));
+    }
+    bytes.extend(frame(0x88, &1000u16.to_be_bytes()));
+    s.write_all(&bytes).unwrap();
+    assert_eq!(close_code(&mut s), Some(1000));
+    let d = b.wait("/disconnect", |_| true);
+    let events: Vec<(String, String)> = b
+        .events()
+        .iter()
+        .filter(|e| e.path != "/connect")
+        .map(|e| (e.path.clone(), e.h("x-request-id").to_string()))
+        .collect();
+    let id = d.h("x-coregate-connection-id");
+    let want: Vec<(String, String)> =
+        [(1, "/echo"), (2, "/echo"), (3, "/echo"), (4, "/disconnect")]
+            .iter()
+            .map(|(n, p)| (p.to_string(), format!("{id}-{n}")))
+            .collect();
+    assert_eq!(events, want);
 }
 
 #[test]
@@ -836,6 +885,57 @@ fn a_slow_reader_gets_429_for_pushes_and_memory_stays_bounded() {
     drop(s);
 }
 
+/// A client that stops reading but keeps sending messages whose route
+/// responses are large: at most `MAX_PENDING` (8) messages wait, and a
+/// message's integration is called only while the outbox has room for
+/// its answer within `send_buffer_bytes`, so the backend hears of the few
+/// messages whose answers the kernel's buffers took. (The gateway used to
+/// parse every message in its read buffer, 22 of these at a time, and
+/// queue every answer whatever the send buffer held: 1 MiB each here.)
+#[test]
+fn a_client_that_stops_reading_stops_its_own_messages() {
+    let b = EventBackend::start(|e| match e.path.as_str() {
+        "/echo" => (200, vec![], vec![b'x'; 1 << 20]),
+        _ => usual(e),
+    });
+    let big = CONFIG.replace(
+        "max_frame_bytes = 1024\nmax_message_bytes = 4096\nsend_buffer_bytes = 16384",
+        "max_frame_bytes = 1024\nmax_message_bytes = 1048576\nsend_buffer_bytes = 1048576",
+    );
+    assert_ne!(big, CONFIG);
+    let gw = Gateway::start(&fill(
+        &big,
+        &[
+            ("B", b.addr.to_string()),
+            ("LIMITS", String::new()),
+            ("PAGE", String::new()),
+        ],
+    ));
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    sock.connect(&gw.addr().into()).unwrap();
+    let mut s = raw_ws_on(sock.into(), "/chat");
+    // 100 messages in one write; the client reads nothing.
+    let one = frame(0x81, b"{\"action\":\"echo\"}");
+    let burst: Vec<u8> = one.iter().copied().cycle().take(one.len() * 100).collect();
+    s.write_all(&burst).unwrap();
+    // Until the backend has heard nothing new for a second.
+    let echoes = || b.events().iter().filter(|e| e.path == "/echo").count();
+    let mut last = (echoes(), Instant::now());
+    wait_until(Duration::from_secs(20), || {
+        let n = echoes();
+        if n != last.0 {
+            last = (n, Instant::now());
+        }
+        last.1.elapsed() > Duration::from_secs(1)
+    });
+    let called = last.0;
+    eprintln!("{called} messages reached the backend");
+    assert!(called >= 1, "no message reached the backend");
+    assert!(called <= 12, "{called} messages reached the backend");
+    drop(s);
+}
+
 #[test]
 fn idle_connections_close_with_1001_and_connections_are_rate_limited() {
     let b = EventBackend::start(usual);
@@ -854,6 +954,45 @@ fn idle_connections_close_with_1001_and_connections_are_rate_limited() {
     }
     assert!(statuses.iter().any(|s| s == "429"), "{statuses:?}");
     assert!(statuses.iter().any(|s| s == "101"), "{statuses:?}");
+}
+
+/// The idle timeout counts every frame: a message sent slowly in
+/// fragments, or a client's unsolicited pongs (RFC 6455 §5.5.3's
+/// heartbeat), keep the connection open; they used to be closed with
+/// 1001 while frames were still coming.
+#[test]
+fn fragments_and_pongs_keep_a_connection_from_idling_out() {
+    let b = EventBackend::start(usual);
+    let gw = start(&b, "idle_timeout_ms = 600");
+    let read_echo = |s: &mut TcpStream| {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 256];
+        while !String::from_utf8_lossy(&got).contains("echo:") {
+            let n = s.read(&mut buf).unwrap();
+            assert!(n > 0, "closed; got {got:?}");
+            got.extend_from_slice(&buf[..n]);
+        }
+        assert_eq!(got[0], 0x81, "not a text message first: {got:?}");
+    };
+    // A message in fragments, one every 200 ms for 1.6 s.
+    let mut s = raw_ws(&gw, "/chat");
+    s.write_all(&frame(0x01, b"{\"action\":")).unwrap();
+    for _ in 0..8 {
+        thread::sleep(Duration::from_millis(200));
+        s.write_all(&frame(0x00, b" ")).unwrap();
+    }
+    s.write_all(&frame(0x80, b"\"echo\"}")).unwrap();
+    read_echo(&mut s);
+    // Pongs every 200 ms for 1.6 s, then a message.
+    let mut s = raw_ws(&gw, "/chat");
+    for _ in 0..8 {
+        thread::sleep(Duration::from_millis(200));
+        s.write_all(&frame(0x8A, b"beat")).unwrap();
+    }
+    s.write_all(&frame(0x81, b"{\"action\":\"echo\"}")).unwrap();
+    read_echo(&mut s);
+    // Then silence: 1001.
+    assert_eq!(close_code(&mut s), Some(1001));
 }
 
 #[test]

@@ -96,7 +96,8 @@ pub struct Session {
     route: usize,
     connected_at: SystemTime,
     last_active: Cell<SystemTime>,
-    /// Last data either way, for the idle timeout.
+    /// Last frame either way (a message, a fragment, a ping or pong),
+    /// for the idle timeout.
     last_io: Cell<Instant>,
     source_ip: IpAddr,
     user_agent: String,
@@ -115,6 +116,9 @@ pub struct Session {
     /// False once the connection is closed.
     open: Cell<bool>,
     wake: Signal,
+    /// Wakes the message worker: the outbox shrank, or the connection
+    /// closed.
+    room: Signal,
 }
 
 impl Session {
@@ -154,6 +158,7 @@ impl Session {
     fn pop(&self) -> Option<Vec<u8>> {
         let f = self.outbox.borrow_mut().pop_front()?;
         self.queued.set(self.queued.get().saturating_sub(f.len()));
+        self.room.notify();
         Some(f)
     }
 
@@ -315,6 +320,7 @@ fn lookup(id: &str) -> Option<Rc<Session>> {
 
 fn unregister(s: &Session) {
     s.open.set(false);
+    s.room.notify();
     let Some((_, slot, nonce)) = parse_id(&s.id) else {
         return;
     };
@@ -436,6 +442,7 @@ pub async fn connect(
         messages: Cell::new(0),
         open: Cell::new(true),
         wake: Signal::default(),
+        room: Signal::default(),
     });
     // === $connect's integration ===
     let mut protocol = None;
@@ -601,9 +608,19 @@ async fn call(
     }
 }
 
-/// Handles the client's messages in order until none wait.
+/// Handles the client's messages in order until none wait. The next
+/// message's integration is called only when the outbox has room for an
+/// answer as large as a message may be: a client that stops reading
+/// stops its own messages too (they wait in `pending`, then in the socket).
 async fn work(s: Rc<Session>) {
     loop {
+        while s.open.get()
+            && s.api().is_some_and(|a| {
+                s.queued.get().saturating_add(a.limits.max_message) > a.limits.send_buffer
+            })
+        {
+            s.room.wait().await;
+        }
         let next = s.pending.borrow_mut().pop_front();
         let Some((binary, data)) = next else {
             break;
@@ -695,6 +712,11 @@ async fn run(
     let ended: Ended = 'session: loop {
         // === the frames buffered ===
         loop {
+            if s.pending.borrow().len() >= MAX_PENDING {
+                // The rest stays in the buffer until a message's
+                // integration is done.
+                break;
+            }
             let h = match ws::parse_header(&rbuf[pos..filled], limits.max_frame) {
                 Err(v) => {
                     count(&api.name, FRAMES, |c| &c.client_errors);
@@ -726,7 +748,9 @@ async fn run(
                     count(&api.name, FRAMES, |c| &c.client_errors);
                     break 'session Ended::by_gateway(v.code, v.reason);
                 }
-                Ok(Event::Partial) | Ok(Event::Pong) => {}
+                // Data still, for the idle timeout: a fragment of a
+                // message, or an unsolicited pong (a heartbeat).
+                Ok(Event::Partial) | Ok(Event::Pong) => s.last_io.set(Instant::now()),
                 Ok(Event::Ping(p)) => {
                     let mut f = Vec::with_capacity(p.len() + 2);
                     ws::encode_frame(&mut f, ws::OP_PONG, &p);
@@ -864,6 +888,12 @@ async fn run(
     }
     stream.close().await;
     drop(guard);
+    // The messages read before the close go to their integrations first
+    // (their answers are dropped): $disconnect is the connection's last
+    // event, and its number follows theirs.
+    while s.worker.get() {
+        s.wake.wait().await;
+    }
     // === $disconnect, best effort ===
     let n = s.messages.get() + 1;
     s.messages.set(n);

@@ -290,8 +290,9 @@ pub enum Event {
 pub struct Assembler {
     max_message: usize,
     allow_binary: bool,
-    /// The message being reassembled: text or binary, and its bytes.
-    partial: Option<(bool, Vec<u8>)>,
+    /// The message being reassembled: text or binary, its bytes, and
+    /// how many of them (a text's) are checked UTF-8.
+    partial: Option<(bool, Vec<u8>, usize)>,
 }
 
 impl Assembler {
@@ -323,24 +324,29 @@ impl Assembler {
                         "binary messages are not accepted",
                     ));
                 }
-                self.take(binary, Vec::new(), h.fin, payload)
+                self.take(binary, Vec::new(), 0, h.fin, payload)
             }
             _ => {
-                let Some((binary, data)) = self.partial.take() else {
+                let Some((binary, data, checked)) = self.partial.take() else {
                     return Err(violation(
                         code::PROTOCOL_ERROR,
                         "a continuation frame without a message",
                     ));
                 };
-                self.take(binary, data, h.fin, payload)
+                self.take(binary, data, checked, h.fin, payload)
             }
         }
     }
 
+    /// Adds a frame's payload to the message. A text's bytes are checked
+    /// as they come (`checked` of them already are): invalid UTF-8 in a
+    /// fragment fails the connection at once, and only a character cut
+    /// by the fragment's end waits for the next one.
     fn take(
         &mut self,
         binary: bool,
         mut data: Vec<u8>,
+        mut checked: usize,
         fin: bool,
         payload: &[u8],
     ) -> Result<Event, Violation> {
@@ -351,15 +357,21 @@ impl Assembler {
             ));
         }
         data.extend_from_slice(payload);
-        if !fin {
-            self.partial = Some((binary, data));
-            return Ok(Event::Partial);
+        if !binary {
+            match std::str::from_utf8(data.get(checked..).unwrap_or_default()) {
+                Ok(_) => checked = data.len(),
+                Err(e) if e.error_len().is_none() && !fin => checked += e.valid_up_to(),
+                Err(_) => {
+                    return Err(violation(
+                        code::INVALID_PAYLOAD,
+                        "text message is not valid UTF-8",
+                    ))
+                }
+            }
         }
-        if !binary && std::str::from_utf8(&data).is_err() {
-            return Err(violation(
-                code::INVALID_PAYLOAD,
-                "text message is not valid UTF-8",
-            ));
+        if !fin {
+            self.partial = Some((binary, data, checked));
+            return Ok(Event::Partial);
         }
         Ok(Event::Message { binary, data })
     }

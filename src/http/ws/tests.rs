@@ -207,6 +207,54 @@ fn hostile_frames_name_their_close_code() {
 }
 
 #[test]
+fn text_fragments_are_checked_as_they_come() {
+    let mask = [1, 2, 3, 4];
+    let frag = |b0: u8, p: &[u8]| client_frame(b0, p, mask);
+    // U+1F600 cut 1/2/1 over three fragments: one message.
+    let mut a = Assembler::new(1000, false);
+    let mut bytes = frag(0x01, b"a\xf0");
+    bytes.extend(frag(0x00, b"\x9f\x98"));
+    bytes.extend(frag(0x80, b"\x80"));
+    let got = run(&bytes, &mut a, 100).unwrap();
+    assert_eq!(
+        got.last(),
+        Some(&Event::Message {
+            binary: false,
+            data: "a\u{1F600}".as_bytes().to_vec()
+        })
+    );
+    // Invalid in the first fragment: refused before the message ends.
+    let mut a = Assembler::new(1000, false);
+    let e = run(&frag(0x01, b"ok\xff more"), &mut a, 100).unwrap_err();
+    assert_eq!(e.code, code::INVALID_PAYLOAD);
+    // A surrogate's first two bytes can begin no valid character.
+    let mut a = Assembler::new(1000, false);
+    let e = run(&frag(0x01, b"\xed\xa0"), &mut a, 100).unwrap_err();
+    assert_eq!(e.code, code::INVALID_PAYLOAD);
+    // Valid so far, then a fragment that breaks the cut character.
+    let mut a = Assembler::new(1000, false);
+    let mut bytes = frag(0x01, b"\xe2\x82");
+    bytes.extend(frag(0x00, b"("));
+    assert_eq!(
+        run(&bytes, &mut a, 100).unwrap_err().code,
+        code::INVALID_PAYLOAD
+    );
+    // A character still cut when the message ends.
+    let mut a = Assembler::new(1000, false);
+    let mut bytes = frag(0x01, b"x");
+    bytes.extend(frag(0x80, b"\xe2\x82"));
+    assert_eq!(
+        run(&bytes, &mut a, 100).unwrap_err().code,
+        code::INVALID_PAYLOAD
+    );
+    // Binary fragments are not text.
+    let mut a = Assembler::new(1000, true);
+    let mut bytes = frag(0x02, b"\xff");
+    bytes.extend(frag(0x80, b"\xfe"));
+    assert!(run(&bytes, &mut a, 100).is_ok());
+}
+
+#[test]
 fn a_2_pow_63_length_is_refused_from_the_header_alone() {
     let mut hdr = vec![0x82, 0x80 | 127];
     hdr.extend_from_slice(&(1u64 << 63).to_be_bytes());
