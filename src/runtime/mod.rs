@@ -103,6 +103,16 @@ pub enum MainRequest {
         text: Option<String>,
         reply: Sender<Result<u64, Vec<String>>>,
     },
+    /// Edit the running config's text with `edit` and install the result
+    /// as `Reload` with a `text` does (and write it to the config file).
+    /// The edit is made here, on the text the shards serve at that moment,
+    /// so two edits asked at once both take effect, one after the other.
+    /// `reply` gets the edit's own refusal (`Err`), or the reload's answer.
+    Edit {
+        who: String,
+        edit: ConfigEdit,
+        reply: Sender<Result<Result<u64, Vec<String>>, String>>,
+    },
     /// The running config.
     Running { reply: Sender<Running> },
     /// Change the API keys file (`keys` says how) and reload; the file is
@@ -115,6 +125,10 @@ pub enum MainRequest {
     /// A signal arrived: the main thread looks at its signal flags.
     Signal,
 }
+
+/// An edit of the config's text (a canary's share, promotion or
+/// rollback): the new text, or why the edit cannot be made.
+pub type ConfigEdit = Box<dyn FnOnce(&str) -> Result<String, String> + Send>;
 
 /// What the admin API may do to the API keys file.
 #[derive(Debug, Clone)]
