@@ -327,7 +327,12 @@ fn settings_that_apply_at_start_refuse_the_reload_naming_each() {
         text.contains("server.shards: changed from 2 to 1"),
         "{text}"
     );
-    assert!(text.contains("server.drain_timeout"), "{text}");
+    // Named as the key is written, in its unit (it said
+    // `server.drain_timeout: changed from 30s to 1.234s`).
+    assert!(
+        text.contains("server.drain_timeout_ms: changed from 30000 to 1234,"),
+        "{text}"
+    );
     assert!(text.contains("restart coregate"), "{text}");
     assert_eq!(gw.client().get("/v").text(), "old");
 }

@@ -210,9 +210,9 @@ pub fn restart_only(old: &Plan, new: &Plan) -> Vec<String> {
         n.max_connections_per_shard.to_string(),
     );
     check(
-        "server.drain_timeout",
-        format!("{:?}", o.drain_timeout),
-        format!("{:?}", n.drain_timeout),
+        "server.drain_timeout_ms",
+        o.drain_timeout.as_millis().to_string(),
+        n.drain_timeout.as_millis().to_string(),
     );
     check(
         "admin.listen",
