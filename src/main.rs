@@ -835,6 +835,9 @@ fn serve(path: &std::path::Path) -> ExitCode {
                 MainRequest::Keys { reply, .. } => {
                     let _ = reply.send(Err(stopping));
                 }
+                MainRequest::Edit { reply, .. } => {
+                    let _ = reply.send(Ok(Err(stopping)));
+                }
                 // Dropped: the admin thread answers 503.
                 MainRequest::Running { .. } | MainRequest::Signal => {}
             }
@@ -893,6 +896,11 @@ fn answer(server: &mut Server, path: &std::path::Path, text: &mut String, asked:
         } => {
             let write = given.is_some();
             let _ = reply.send(reload(server, path, text, &who, given, write));
+        }
+        MainRequest::Edit { who, edit, reply } => {
+            let outcome =
+                edit(text).map(|edited| reload(server, path, text, &who, Some(edited), true));
+            let _ = reply.send(outcome);
         }
         MainRequest::Running { reply } => {
             if let Some(plan) = server.plan() {

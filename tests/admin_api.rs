@@ -198,6 +198,35 @@ fn a_config_is_validated_without_being_applied_and_applied_to_the_file() {
     assert_eq!(admin(&gw, "PUT", "/config", Some(b"")).status, 400);
 }
 
+/// A config file that is a symbolic link (to a versioned file, say) stays
+/// one: `PUT /config` writes the file the link leads to. It replaced the
+/// link with a file of its own, leaving the linked file as it was.
+#[test]
+fn a_config_applied_through_a_symlink_is_written_to_the_file_it_names() {
+    let s = Setup::new("admin-api-symlink", false);
+    let backend = Backend::start(Reply::fixed(200, &[], "b"));
+    let gw = Gateway::start(&s.config("one", &backend.addr_str(), false));
+    let link = gw.config_path();
+    let target = s.dir.join("v1.toml");
+    std::fs::rename(link, &target).unwrap();
+    std::os::unix::fs::symlink(&target, link).unwrap();
+    let two = unpinned(&with_test_admin(&s.config(
+        "two",
+        &backend.addr_str(),
+        false,
+    )));
+    let r = admin(&gw, "PUT", "/config", Some(two.as_bytes()));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(gw.client().get("/v").text(), "two");
+    let meta = std::fs::symlink_metadata(link).unwrap();
+    assert!(meta.file_type().is_symlink(), "the link was replaced");
+    assert_eq!(std::fs::read_to_string(&target).unwrap(), two);
+    // A reload reads the same file: the change stays.
+    let r = gw.reload();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(gw.client().get("/v").text(), "two");
+}
+
 #[test]
 fn status_names_the_generation_shards_listeners_and_upstream_targets() {
     let s = Setup::new("admin-api-status", false);

@@ -425,6 +425,37 @@ integration = { type = "mock", status = "200", body = 'ok' }
     assert_no_rust_types(&errors);
 }
 
+/// A shard count past MAX_SHARDS is an error, not an allocation: `shards =
+/// 9223372036854775807` made `check` panic with "capacity overflow" (and
+/// a count such as 100000 passed, for `serve` to start that many
+/// executors). A `cpus` list that long is refused too.
+#[test]
+fn an_absurd_shard_count_is_an_error_not_a_crash() {
+    for (server, needles) in [
+        (
+            "shards = 9223372036854775807".to_string(),
+            ["line 4: server.shards: must be at most 1024"],
+        ),
+        (
+            "shards = 1025".to_string(),
+            ["line 4: server.shards: must be at most 1024"],
+        ),
+        (
+            format!("cpus = [{}]", vec!["0"; 1025].join(", ")),
+            ["line 4: server.cpus: lists 1025 CPUs"],
+        ),
+    ] {
+        let text = format!(
+            "\n[server]\nlisten = [\"127.0.0.1:0\"]\n{server}\n\n[[apis]]\nname = \"main\"\n[[apis.routes]]\nkey = \"GET /h\"\nintegration = {{ type = \"mock\" }}\n"
+        );
+        let c = check_text(&text);
+        assert!(!c.stderr.contains("panicked"), "{}", c.stderr);
+        let errors = expect_errors(&text);
+        assert_some_line(&errors, &needles);
+        assert_eq!(errors.len(), 1, "{errors:#?}");
+    }
+}
+
 #[test]
 fn a_bad_integration_url_does_not_hide_the_routes_other_errors() {
     let errors = expect_errors(

@@ -327,7 +327,12 @@ fn settings_that_apply_at_start_refuse_the_reload_naming_each() {
         text.contains("server.shards: changed from 2 to 1"),
         "{text}"
     );
-    assert!(text.contains("server.drain_timeout"), "{text}");
+    // Named as the key is written, in its unit (it said
+    // `server.drain_timeout: changed from 30s to 1.234s`).
+    assert!(
+        text.contains("server.drain_timeout_ms: changed from 30000 to 1234,"),
+        "{text}"
+    );
     assert!(text.contains("restart coregate"), "{text}");
     assert_eq!(gw.client().get("/v").text(), "old");
 }
@@ -385,6 +390,52 @@ fn listeners_are_kept_added_and_removed() {
     );
     assert!(r.text().contains("address in use"), "{}", r.text());
     assert_eq!(fresh_get(addr_b, "/v").unwrap().1, "three");
+}
+
+/// An address moved from plain HTTP to TLS, and back, by a reload: the
+/// gateway binds the new socket beside its own old one, which closes. The
+/// reload was refused with "address in use: another process already
+/// listens on it", the other process being the gateway itself.
+#[test]
+fn an_address_moves_between_plain_and_tls_in_a_reload() {
+    use tls_support::*;
+    let pki = Pki::new();
+    let ca = pki.ca("move ca");
+    let leaf = pki.server(&ca, "moved", &["localhost"]);
+    let (cert, key) = (&leaf.cert_path, pki.write("moved.key", &leaf.key_pem));
+    let port = free_port();
+    let moved: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let plain = MOCK.replace(
+        "[\"127.0.0.1:0\"]",
+        &format!("[\"127.0.0.1:0\", \"{moved}\"]"),
+    );
+    let tls = format!(
+        "{}\n[server.tls]\nlisten = [\"{moved}\"]\n\n[[server.tls.certificates]]\ncert = {cert:?}\nkey = {key:?}\n",
+        MOCK.replace("\"old\"", "\"tls\"")
+    );
+    let gw = Gateway::start(&plain);
+    assert_eq!(fresh_get(moved, "/v").unwrap(), (200, "old".to_string()));
+    // Plain to TLS.
+    assert_eq!(gw.reload_with(&tls), 2);
+    let cfg = client_config(&ClientOpts {
+        roots: vec![&ca],
+        ..ClientOpts::default()
+    });
+    // The old plain socket takes connections until it has closed.
+    assert!(
+        wait_until(Duration::from_secs(3), || {
+            TlsClient::connect(moved, "localhost", cfg.clone())
+                .is_ok_and(|mut c| c.get("/v").text() == "tls")
+        }),
+        "no TLS on {moved}"
+    );
+    // And back to plain HTTP.
+    assert_eq!(gw.reload_with(&plain), 3);
+    assert!(
+        wait_until(Duration::from_secs(3), || fresh_get(moved, "/v")
+            .is_ok_and(|r| r == (200, "old".to_string()))),
+        "no plain HTTP on {moved}"
+    );
 }
 
 /// A throttled route with a bucket of `rate` and `burst`, and a second

@@ -584,6 +584,49 @@ fn the_admin_api_moves_promotes_and_rolls_back_a_canary() {
         .any(|l| l.contains("canary of stage \"prod\" of api \"shop\"")));
 }
 
+/// Canary changes asked at once, each for another stage, all take effect:
+/// the edit is made on the running text by the main thread. It was made
+/// by each admin thread on the text it had read, so the second install
+/// put back what the first had changed (both answered 200).
+#[test]
+fn canary_changes_asked_at_once_all_take_effect() {
+    let text = CANARY.replace("@PERCENT@", "0");
+    let gw = Gateway::start(&text);
+    let stages = ["prod", "byheader", "bycookie"];
+    for round in 1..=15u32 {
+        let barrier = std::sync::Barrier::new(stages.len());
+        std::thread::scope(|s| {
+            for (k, stage) in stages.iter().enumerate() {
+                let (gw, barrier) = (&gw, &barrier);
+                s.spawn(move || {
+                    let body = format!("{{\"percent\": {}}}", round * 5 + k as u32);
+                    barrier.wait();
+                    let path = format!("/stages/shop/{stage}/canary");
+                    let r = call(agent().post(&gw.admin_url(&path)), Some(body.as_bytes()));
+                    assert_eq!(r.status, 200, "{stage}: {}", r.text());
+                });
+            }
+        });
+        let shown = call(agent().get(&gw.admin_url("/config")), None);
+        let shown: serde_json::Value = serde_json::from_slice(&shown.body).unwrap();
+        let running = coregate::config::parse(shown["config"].as_str().unwrap()).unwrap();
+        let file = std::fs::read_to_string(gw.config_path()).unwrap();
+        let file = coregate::config::parse(&file).unwrap();
+        for (k, stage) in stages.iter().enumerate() {
+            let want = f64::from(round * 5 + k as u32);
+            for (what, raw) in [("running", &running), ("file", &file)] {
+                let s = raw.apis[0]
+                    .stages
+                    .iter()
+                    .find(|s| s.name == *stage)
+                    .unwrap();
+                let got = s.canary.as_ref().unwrap().percent;
+                assert_eq!(got, want, "round {round}: {what} config, stage {stage}");
+            }
+        }
+    }
+}
+
 /// Parameter mapping reads the stage a request was routed to:
 /// `$context.stage` and `$stageVariables.NAME`, a canary's overrides
 /// included.

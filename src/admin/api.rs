@@ -361,30 +361,56 @@ fn status(ctx: &Context) -> Answer {
 /// `POST /stages/API/STAGE/canary`: promote the stage's canary, roll it
 /// back, or set its share of traffic, as an edit of the running config that
 /// is then applied as `PUT /config` applies a config (and written to the
-/// file).
+/// file). The main thread makes the edit on the text it serves, so that
+/// two changes asked at once (two stages' canaries, or a canary and a
+/// `PUT /config`) do not start from the same text, the second undoing the
+/// first.
 fn canary(ctx: &Context, who: &str, api: &str, stage: &str, body: &[u8]) -> Answer {
+    use crate::config::canary::{promote_canary, rollback_canary, set_canary_percent};
     let v: Value = serde_json::from_slice(body)
         .map_err(|e| error(400, &format!("the body is not JSON: {e}")))?;
-    let r = running(ctx)?;
-    let edited = match (v.get("action").and_then(Value::as_str), v.get("percent")) {
-        (Some("promote"), None) => crate::config::canary::promote_canary(&r.text, api, stage),
-        (Some("rollback"), None) => crate::config::canary::rollback_canary(&r.text, api, stage),
+    let (api_name, stage_name) = (api.to_string(), stage.to_string());
+    let edit: crate::runtime::ConfigEdit = match (
+        v.get("action").and_then(Value::as_str),
+        v.get("percent"),
+    ) {
+        (Some("promote"), None) => {
+            Box::new(move |text: &str| promote_canary(text, &api_name, &stage_name))
+        }
+        (Some("rollback"), None) => {
+            Box::new(move |text: &str| rollback_canary(text, &api_name, &stage_name))
+        }
         (None, Some(p)) => match p.as_f64() {
-            Some(p) => crate::config::canary::set_canary_percent(&r.text, api, stage, p),
-            None => Err("\"percent\" must be a number from 0 to 100".to_string()),
+            Some(p) => {
+                Box::new(move |text: &str| set_canary_percent(text, &api_name, &stage_name, p))
+            }
+            None => {
+                return Err(error(400, "\"percent\" must be a number from 0 to 100"));
+            }
         },
-        _ => Err(
-            "the body is {\"action\": \"promote\"}, {\"action\": \"rollback\"} or {\"percent\": N}"
-                .to_string(),
-        ),
+        _ => return Err(error(
+            400,
+            "the body is {\"action\": \"promote\"}, {\"action\": \"rollback\"} or {\"percent\": N}",
+        )),
     };
-    let text = edited.map_err(|e| error(400, &e))?;
-    install(
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    ask(
         ctx,
-        format!("{who} (canary of stage {stage:?} of api {api:?})"),
-        Some(text),
-        "The canary was not changed; the gateway serves the config it had",
-    )
+        MainRequest::Edit {
+            who: format!("{who} (canary of stage {stage:?} of api {api:?})"),
+            edit,
+            reply: tx,
+        },
+    )?;
+    let generation = match rx.recv_timeout(super::RELOAD_TIMEOUT) {
+        Ok(Err(why)) => return Err(error(400, &why)),
+        Ok(Ok(reloaded)) => answer_of(
+            Ok(reloaded),
+            "The canary was not changed; the gateway serves the config it had",
+        )?,
+        Err(e) => answer_of::<u64>(Err(e), "")?,
+    };
+    Ok((200, json!({ "generation": generation })))
 }
 
 /// The keys file the running config names.

@@ -740,9 +740,26 @@ pub fn resolve_path(file: &str, base_dir: Option<&Path>) -> PathBuf {
 /// Writes `text` to a temp file next to `path` and renames it over `path`.
 /// A new file is created readable by its owner only; an existing file's
 /// permissions are kept. The file and its directory are synced: once
-/// this returns, a crash leaves the old text or the new one, whole.
+/// this returns, a crash leaves the old text or the new one, whole. When
+/// `path` is a symbolic link, the file it leads to is the one replaced.
 pub fn write_atomic(path: &std::path::Path, text: &str) -> Result<(), String> {
     use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    // A symbolic link (a config deployed as a link to a versioned file) is
+    // followed: the file it names is replaced and the link stays, rather
+    // than the link being replaced by a file of its own.
+    let resolved;
+    let path = match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_symlink() => {
+            resolved = std::fs::canonicalize(path).map_err(|e| {
+                format!(
+                    "cannot write {}: it is a symbolic link that cannot be followed: {e}",
+                    path.display()
+                )
+            })?;
+            resolved.as_path()
+        }
+        _ => path,
+    };
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => std::path::Path::new("."),

@@ -643,22 +643,37 @@ fn compile_server(s: &RawServer, errors: &mut Vec<ConfigError>) -> ServerPlan {
     // taskset or a cpuset), which is what shards are placed on by default.
     let allowed = allowed_cpus();
     let ncpu = allowed.len();
+    // A refused count stands in as 1: nothing more is said about it.
+    let errors_before = errors.len();
     let shards = match s.shards {
         Some(0) => {
             errors.push(ConfigError::new("server.shards", "must be at least 1"));
             1
         }
+        Some(n) if n > MAX_SHARDS => {
+            errors.push(ConfigError::new(
+                "server.shards",
+                format!("must be at most {MAX_SHARDS}"),
+            ));
+            1
+        }
         Some(n) => n,
-        None => s
-            .cpus
-            .as_ref()
-            .map(|c| c.len())
-            .filter(|&n| n > 0)
-            .unwrap_or(ncpu),
+        None => match s.cpus.as_ref().map(|c| c.len()).filter(|&n| n > 0) {
+            Some(n) if n > MAX_SHARDS => {
+                errors.push(ConfigError::new(
+                    "server.cpus",
+                    format!("lists {n} CPUs: one shard runs per entry, and at most {MAX_SHARDS} shards run"),
+                ));
+                1
+            }
+            Some(n) => n,
+            None => ncpu,
+        },
     };
+    let shards_refused = errors.len() > errors_before;
     let cpus = match &s.cpus {
         Some(cpus) => {
-            if cpus.len() != shards && s.shards != Some(0) {
+            if cpus.len() != shards && !shards_refused {
                 errors.push(ConfigError::new(
                     "server.cpus",
                     format!(

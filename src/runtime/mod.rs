@@ -103,6 +103,16 @@ pub enum MainRequest {
         text: Option<String>,
         reply: Sender<Result<u64, Vec<String>>>,
     },
+    /// Edit the running config's text with `edit` and install the result
+    /// as `Reload` with a `text` does (and write it to the config file).
+    /// The edit is made here, on the text the shards serve at that moment,
+    /// so two edits asked at once both take effect, one after the other.
+    /// `reply` gets the edit's own refusal (`Err`), or the reload's answer.
+    Edit {
+        who: String,
+        edit: ConfigEdit,
+        reply: Sender<Result<Result<u64, Vec<String>>, String>>,
+    },
     /// The running config.
     Running { reply: Sender<Running> },
     /// Change the API keys file (`keys` says how) and reload; the file is
@@ -115,6 +125,10 @@ pub enum MainRequest {
     /// A signal arrived: the main thread looks at its signal flags.
     Signal,
 }
+
+/// An edit of the config's text (a canary's share, promotion or
+/// rollback): the new text, or why the edit cannot be made.
+pub type ConfigEdit = Box<dyn FnOnce(&str) -> Result<String, String> + Send>;
 
 /// What the admin API may do to the API keys file.
 #[derive(Debug, Clone)]
@@ -196,9 +210,9 @@ pub fn restart_only(old: &Plan, new: &Plan) -> Vec<String> {
         n.max_connections_per_shard.to_string(),
     );
     check(
-        "server.drain_timeout",
-        format!("{:?}", o.drain_timeout),
-        format!("{:?}", n.drain_timeout),
+        "server.drain_timeout_ms",
+        o.drain_timeout.as_millis().to_string(),
+        n.drain_timeout.as_millis().to_string(),
     );
     check(
         "admin.listen",
@@ -327,18 +341,25 @@ fn listen_addresses(plan: &Plan) -> Vec<(SocketAddr, bool)> {
 /// serves the same port. Returns each shard's sockets and the bound
 /// address of each entry of `all`. Unless `server.share_listen_addresses`
 /// is set, every address with a fixed port is first checked to be free
-/// ([`probe_free`]), all of them before any of ours is bound.
+/// ([`probe_free`]), all of them before any of ours is bound, except those
+/// in `held`: addresses this gateway listens on itself (a reload that
+/// moves an address from plain HTTP to TLS, or back, binds the new socket
+/// beside its own old one, which the shards then close).
 #[allow(clippy::type_complexity)]
 fn bind_all(
     plan: &Plan,
     all: &[(SocketAddr, bool)],
+    held: &[SocketAddr],
 ) -> io::Result<(Vec<Vec<shard::ListenerFd>>, Vec<SocketAddr>)> {
     let mut per_shard: Vec<Vec<shard::ListenerFd>> =
         (0..plan.server.shards).map(|_| Vec::new()).collect();
     let mut bound = Vec::new();
     if !plan.server.share_listen_addresses {
         // Port 0 needs no probe: the kernel picks a port nobody listens on.
-        for &(addr, _) in all.iter().filter(|(a, _)| a.port() != 0) {
+        for &(addr, _) in all
+            .iter()
+            .filter(|(a, _)| a.port() != 0 && !held.contains(a))
+        {
             probe_free(addr).map_err(|e| listen_error(addr, false, e))?;
         }
     }
@@ -387,7 +408,7 @@ impl Server {
     /// are accepting, or with the first shard's reason for not starting.
     pub fn start(plan: Plan) -> io::Result<Server> {
         let all = listen_addresses(&plan);
-        let (fds, bound) = bind_all(&plan, &all)?;
+        let (fds, bound) = bind_all(&plan, &all, &[])?;
         let (mut local_addrs, mut tls_addrs) = (Vec::new(), Vec::new());
         let bound_all = bound.clone();
         for (&(_, tls), addr) in all.iter().zip(bound) {
@@ -554,7 +575,10 @@ impl Server {
             .filter(|a| !new_all.contains(a))
             .copied()
             .collect();
-        let (fds, bound) = bind_all(&plan, &added).map_err(|e| vec![e.to_string()])?;
+        // An address that only changes between plain HTTP and TLS is held
+        // by this gateway: no other process is there to be found.
+        let held: Vec<SocketAddr> = old_all.iter().map(|&(a, _)| a).collect();
+        let (fds, bound) = bind_all(&plan, &added, &held).map_err(|e| vec![e.to_string()])?;
         let writers = if plan.access_log.destinations != old.access_log.destinations {
             Some(
                 crate::accesslog::writer::Writers::start_reusing(

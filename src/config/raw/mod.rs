@@ -41,6 +41,11 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 pub const DEFAULT_BACKLOG: u32 = 1024;
 pub const DEFAULT_DRAIN_TIMEOUT_MS: u64 = 30_000;
 pub const DEFAULT_MAX_CONNECTIONS_PER_SHARD: usize = 16_384;
+/// The most shards a gateway runs (`server.shards`, or the length of
+/// `server.cpus`): as many CPUs as an affinity mask can name
+/// (`CPU_SETSIZE`). Each shard is a thread with its own io_uring rings and
+/// locked memory, and state is kept per shard, so a larger count is a typo.
+pub const MAX_SHARDS: usize = 1024;
 pub const DEFAULT_SHARE_LISTEN_ADDRESSES: bool = false;
 pub const DEFAULT_MAX_REQUEST_LINE_BYTES: usize = 8 * 1024;
 pub const DEFAULT_MAX_HEADER_BYTES: usize = 16 * 1024;
