@@ -231,7 +231,7 @@ fn openapi_import(args: &[String]) -> ExitCode {
     // unreadable one stops the import.
     let into = match into {
         None => None,
-        Some(path) => match std::fs::read_to_string(&path) {
+        Some(path) => match coregate::config::read_text(&path) {
             Ok(t) => Some((path, t)),
             Err(e) => {
                 eprintln!("error: cannot read {}: {e}", path.display());
@@ -239,7 +239,7 @@ fn openapi_import(args: &[String]) -> ExitCode {
             }
         },
     };
-    let text = match std::fs::read(&file) {
+    let text = match coregate::config::read_file(&file) {
         Ok(b) => String::from_utf8_lossy(&b).into_owned(),
         Err(e) => {
             eprintln!("error: cannot read {}: {e}", file.display());
@@ -399,7 +399,7 @@ fn openapi_export(args: &[String]) -> ExitCode {
     if let Err(code) = load(&config) {
         return code;
     }
-    let text = match std::fs::read_to_string(&config) {
+    let text = match coregate::config::read_text(&config) {
         Ok(t) => t,
         Err(e) => {
             eprintln!("error: cannot read {}: {e}", config.display());
@@ -536,7 +536,7 @@ fn keys(args: &[String]) -> ExitCode {
 /// The keys file a config names (`server.api_keys_file`, relative to the
 /// config's directory), for `keys ... --config PATH`.
 fn keys_file_of(config: &std::path::Path) -> Result<PathBuf, String> {
-    let text = std::fs::read_to_string(config)
+    let text = coregate::config::read_text(config)
         .map_err(|e| format!("cannot read {}: {e}", config.display()))?;
     let raw = coregate::config::parse(&text).map_err(|errors| {
         let mut m = format!("{} is not a valid config:", config.display());
@@ -939,7 +939,7 @@ fn change_keys(
         ]);
     };
     let file = coregate::config::resolve_path(&file, path.parent());
-    let before = std::fs::read_to_string(&file).ok();
+    let before = coregate::config::read_text(&file).ok();
     let mut created = None;
     let done = match &change {
         KeyChange::Create { name, usage_plan } => cli::create(&file, name, usage_plan.as_deref())

@@ -6,6 +6,7 @@
 mod support;
 
 use std::path::Path;
+use std::process::Command;
 use support::*;
 
 const GOOD: &str = r#"
@@ -678,4 +679,66 @@ congestion_control = "{name}"
     // reno is in every kernel and every process may choose it.
     let c = check_text(&upstream("reno"));
     assert_eq!(c.code, Some(0), "reno: {}", c.stderr);
+}
+
+/// Only regular files are read as configuration: a FIFO would hold the
+/// open (and a reload, and every admin change behind it) until a writer
+/// came, and `/dev/zero` would be read until memory ran out. Each is an
+/// error naming what the path is.
+#[test]
+fn a_config_path_that_is_not_a_regular_file_is_an_error_not_a_hang() {
+    // A FIFO as the config: before, `check` waited in open() for a writer
+    // (run_coregate fails the test after 20 s).
+    let fifo = temp_path("fifo");
+    let made = Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .expect("run mkfifo");
+    assert!(made.success(), "mkfifo failed");
+    let out = run_coregate(&["check", "--config", fifo.to_str().expect("utf-8 temp path")]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "stderr: {stderr}");
+    assert!(
+        stderr.contains("a FIFO, not a regular file"),
+        "stderr: {stderr}"
+    );
+
+    // A FIFO named by the config (its keys file): the same error, with the key.
+    let text = GOOD.replace(
+        "[server]\n",
+        &format!(
+            "[server]\napi_keys_file = {:?}\n",
+            fifo.to_str().expect("utf-8 temp path")
+        ),
+    );
+    let errors = expect_errors(&text);
+    assert_some_line(
+        &errors,
+        &["server.api_keys_file", "a FIFO, not a regular file"],
+    );
+    let _ = std::fs::remove_file(&fifo);
+
+    // /dev/zero never ends: before, it was read until the allocation failed
+    // (here under a 1 GiB address-space limit: an abort, not exit 1).
+    let cmd = format!("ulimit -v 1048576; exec {BIN} check --config /dev/zero");
+    let out = Command::new("bash")
+        .args(["-c", &cmd])
+        .output()
+        .expect("run bash");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "stderr: {stderr}");
+    assert!(
+        stderr.contains("a character device, not a regular file"),
+        "stderr: {stderr}"
+    );
+
+    // A directory.
+    let dir = std::env::temp_dir();
+    let out = run_coregate(&["check", "--config", dir.to_str().expect("utf-8 temp dir")]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "stderr: {stderr}");
+    assert!(
+        stderr.contains("a directory, not a regular file"),
+        "stderr: {stderr}"
+    );
 }

@@ -737,6 +737,73 @@ pub fn resolve_path(file: &str, base_dir: Option<&Path>) -> PathBuf {
     }
 }
 
+/// The largest file coregate reads as configuration: the config file and
+/// every file it names (keys, certificates, OpenAPI documents, key sets,
+/// credentials, the portal's files).
+pub const MAX_FILE_BYTES: u64 = 256 * 1024 * 1024;
+
+/// Reads a file that configures the gateway, whole. Only a regular file of
+/// at most [`MAX_FILE_BYTES`] is read: a device (`/dev/zero`, which never
+/// ends), a FIFO (whose open would wait for a writer, holding up a reload
+/// and every admin change behind it), a directory or a socket is an error
+/// that says what the path is, and so is a larger file. The open never
+/// waits.
+pub fn read_file(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::{Error, ErrorKind, Read};
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)?;
+    let meta = f.metadata()?;
+    let ft = meta.file_type();
+    if !ft.is_file() {
+        let what = if ft.is_dir() {
+            "a directory"
+        } else if ft.is_fifo() {
+            "a FIFO"
+        } else if ft.is_char_device() {
+            "a character device"
+        } else if ft.is_block_device() {
+            "a block device"
+        } else if ft.is_socket() {
+            "a socket"
+        } else {
+            "not a file"
+        };
+        return Err(Error::new(
+            ErrorKind::InvalidInput,
+            format!("{what}, not a regular file"),
+        ));
+    }
+    let too_large = || {
+        Error::new(
+            ErrorKind::InvalidData,
+            format!("larger than {} MiB", MAX_FILE_BYTES >> 20),
+        )
+    };
+    if meta.len() > MAX_FILE_BYTES {
+        return Err(too_large());
+    }
+    let mut out = Vec::with_capacity(meta.len() as usize);
+    // A file that grows while it is read is still cut off at the limit.
+    f.take(MAX_FILE_BYTES + 1).read_to_end(&mut out)?;
+    if out.len() as u64 > MAX_FILE_BYTES {
+        return Err(too_large());
+    }
+    Ok(out)
+}
+
+/// [`read_file`], as UTF-8 text.
+pub fn read_text(path: &Path) -> std::io::Result<String> {
+    String::from_utf8(read_file(path)?).map_err(|_| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "stream did not contain valid UTF-8",
+        )
+    })
+}
+
 /// Writes `text` to a temp file next to `path` and renames it over `path`.
 /// A new file is created readable by its owner only; an existing file's
 /// permissions are kept. The file and its directory are synced: once

@@ -141,7 +141,7 @@ fn read_token(
 ) -> Option<AdminToken> {
     let path = crate::config::resolve_path(file, base_dir);
     let mut fail = |m: String| errors.push(ConfigError::new("admin.token_file", m));
-    let text = match std::fs::read(&path) {
+    let text = match crate::config::read_file(&path) {
         Ok(t) => t,
         Err(e) => {
             fail(format!("cannot read {}: {e}", path.display()));

@@ -133,7 +133,7 @@ pub fn load(path: &Path) -> Result<Plan, Vec<ConfigError>> {
 
 /// As [`load`], with the file's text (what a reload keeps to show).
 pub fn load_file(path: &Path) -> Result<(String, Plan), Vec<ConfigError>> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
+    let text = crate::config::read_text(path).map_err(|e| {
         vec![ConfigError::new(
             "(file)",
             format!("cannot read {}: {e}", path.display()),

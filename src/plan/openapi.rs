@@ -122,7 +122,7 @@ pub fn apply(
             continue;
         }
         let path = crate::config::resolve_path(&src.file, raw.base_dir.as_deref());
-        let text = match std::fs::read(&path) {
+        let text = match crate::config::read_file(&path) {
             Ok(b) => String::from_utf8_lossy(&b).into_owned(),
             Err(e) => {
                 errors.push(ConfigError::new(

@@ -236,7 +236,7 @@ fn read_document(
     errors: &mut Vec<ConfigError>,
 ) -> Option<serde_json::Value> {
     let path = crate::config::resolve_path(file, raw.base_dir.as_deref());
-    let text = match std::fs::read_to_string(&path) {
+    let text = match crate::config::read_text(&path) {
         Ok(t) => t,
         Err(e) => {
             errors.push(ConfigError::new(

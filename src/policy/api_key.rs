@@ -448,7 +448,7 @@ pub fn compile_store(raw: &RawConfig, errors: &mut Vec<ConfigError>) -> KeyStore
     if let Some(file) = &raw.server.api_keys_file {
         let path = resolve_path(file, raw.base_dir.as_deref());
         let fkey = "server.api_keys_file";
-        match std::fs::read_to_string(&path) {
+        match crate::config::read_text(&path) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => errors.push(ConfigError::new(
                 fkey,
                 format!(

@@ -70,7 +70,7 @@ struct RegistryFile {
 
 /// Every sign-up of the registry at `file` (none when it does not exist).
 pub fn list(file: &Path) -> Result<Vec<Signup>, String> {
-    let text = match std::fs::read_to_string(file) {
+    let text = match crate::config::read_text(file) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(format!("cannot read {}: {e}", file.display())),

@@ -155,7 +155,7 @@ pub fn resolve_path(file: &str, base_dir: Option<&Path>) -> PathBuf {
 }
 
 fn read_file(path: &Path) -> Result<Vec<u8>, String> {
-    std::fs::read(path).map_err(|e| {
+    crate::config::read_file(path).map_err(|e| {
         format!(
             "cannot read {} ({e}); a relative path is taken from the config file's directory",
             path.display()

@@ -80,7 +80,7 @@ pub fn rfc3339(secs: u64) -> String {
 
 /// Reads a keys file as text; a missing file is empty when `missing_ok`.
 fn read(path: &Path, missing_ok: bool) -> Result<String, String> {
-    match std::fs::read_to_string(path) {
+    match crate::config::read_text(path) {
         Ok(t) => Ok(t),
         Err(e) if missing_ok && e.kind() == std::io::ErrorKind::NotFound => Ok(String::new()),
         Err(e) => Err(format!("cannot read {}: {e}", path.display())),

@@ -344,7 +344,7 @@ fn load_file(
     errors: &mut Vec<ConfigError>,
 ) -> Option<Arc<KeySet>> {
     let path = resolve(base_dir, file);
-    let text = match std::fs::read(&path) {
+    let text = match crate::config::read_file(&path) {
         Ok(t) => t,
         Err(e) => {
             errors.push(ConfigError::new(

@@ -276,7 +276,7 @@ pub fn compile(
     if let Some(file) = &raw.credentials_file {
         let fkey = format!("{key}.credentials_file");
         let path = super::api_key::resolve_path(file, base_dir);
-        match std::fs::read_to_string(&path) {
+        match crate::config::read_text(&path) {
             Err(e) => errors.push(ConfigError::new(
                 &fkey,
                 format!(
