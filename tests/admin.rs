@@ -143,6 +143,24 @@ fn a_token_is_required_when_configured() {
     );
     assert_eq!(r.status, 200);
     assert_eq!(http_get(&gw.admin_url("/dashboard/data")).status, 401);
+    // Without the token nothing is told about paths and methods: an unknown
+    // path, and a known one with a method it does not take, are 401 too
+    // (they were 404 and 405 with `allow`). With the token, 404 and 405.
+    let unknown = gw.admin_url("/no-such-admin-path");
+    assert_eq!(http_get(&unknown).status, 401);
+    let delete_metrics = call(agent().delete(&gw.admin_url("/metrics")), None);
+    assert_eq!(delete_metrics.status, 401);
+    assert!(!delete_metrics.headers.iter().any(|(n, _)| n == "allow"));
+    let bearer = format!("Bearer {token}");
+    let r = call(agent().get(&unknown).set("authorization", &bearer), None);
+    assert_eq!(r.status, 404);
+    let r = call(
+        agent()
+            .delete(&gw.admin_url("/metrics"))
+            .set("authorization", &bearer),
+        None,
+    );
+    assert_eq!(r.status, 405);
     let _ = std::fs::remove_file(&file);
 }
 

@@ -368,6 +368,17 @@ fn header<'a>(buf: &'a [u8], head: &RequestHead, name: &str) -> Option<&'a [u8]>
 
 fn answer(shared: &Shared, buf: &[u8], head: &RequestHead, body: &[u8], peer: &str) -> Response {
     use crate::http::method::Method;
+    // Before anything about the path: a client without the token learns
+    // nothing, not even which paths exist (404) or take which methods (405).
+    if let Some(token) = &shared.token {
+        if !authorized(&token.0, header(buf, head, "authorization")) {
+            let mut r = Response::error(401, "Unauthorized");
+            r.headers.push_str(
+                "www-authenticate: Bearer realm=\"coregate admin\"\r\nwww-authenticate: Basic realm=\"coregate admin\", charset=\"UTF-8\"\r\n",
+            );
+            return r;
+        }
+    }
     let path = head.path(buf);
     let Ok(path) = std::str::from_utf8(path) else {
         return Response::error(404, "Not Found");
@@ -392,15 +403,6 @@ fn answer(shared: &Shared, buf: &[u8], head: &RequestHead, body: &[u8], peer: &s
         r.headers
             .push_str(&format!("allow: {}\r\n", names.join(", ")));
         return r;
-    }
-    if let Some(token) = &shared.token {
-        if !authorized(&token.0, header(buf, head, "authorization")) {
-            let mut r = Response::error(401, "Unauthorized");
-            r.headers.push_str(
-                "www-authenticate: Bearer realm=\"coregate admin\"\r\nwww-authenticate: Basic realm=\"coregate admin\", charset=\"UTF-8\"\r\n",
-            );
-            return r;
-        }
     }
     if !body.is_empty() && method == Method::Get {
         return Response::error(413, "GET requests take no body");
