@@ -564,7 +564,7 @@ fn bad_framing_from_the_upstream_cuts_the_response_short() {
 }
 
 #[test]
-fn response_transfer_coding_other_than_final_chunked_is_a_502() {
+fn response_transfer_coding_other_than_one_chunked_is_a_502() {
     // Read until close, the body would still be transfer-coded, and the
     // coding is not passed on: the client would take the coded bytes for
     // the content. The gateway sends no TE upstream, so no coding but
@@ -580,6 +580,22 @@ fn response_transfer_coding_other_than_final_chunked_is_a_502() {
         let r = gw.client().get("/up");
         assert_eq!(r.status, 502, "{te:?}: {r:?}");
         assert!(!r.text().contains("CODED"), "{te:?}: {r:?}");
+    }
+    // Chunked last, but another coding too: over two header lines the
+    // gateway passed on only the last (`chunked`), and the client took the
+    // gzip-coded bytes for the content (200 and "CODED" before); on one
+    // line an HTTP/1.0 client got them de-chunked, with no coding named.
+    for te in ["gzip\r\nTransfer-Encoding: chunked", "gzip, chunked"] {
+        let raw =
+            format!("HTTP/1.1 200 OK\r\nTransfer-Encoding: {te}\r\n\r\n5\r\nCODED\r\n0\r\n\r\n");
+        let backend = Backend::start(Reply::Raw(raw.into_bytes()));
+        let gw = Gateway::start(&fill(UPSTREAM_CONFIG, &[("B", backend.addr_str())]));
+        let r = gw.client().get("/up");
+        assert_eq!(r.status, 502, "{te:?}: {r:?}");
+        assert!(!r.text().contains("CODED"), "{te:?}: {r:?}");
+        let r = gw.client().request(b"GET /up HTTP/1.0\r\n\r\n");
+        assert_eq!(r.status, 502, "HTTP/1.0, {te:?}: {r:?}");
+        assert!(!r.text().contains("CODED"), "HTTP/1.0, {te:?}: {r:?}");
     }
 }
 

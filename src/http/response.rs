@@ -116,7 +116,9 @@ pub fn parse_response_head_into(
     out.content_length = None;
     out.transfer_encoding = None;
     let mut content_length: Option<u64> = None;
-    let mut te_chunked: Option<bool> = None;
+    // Transfer-Encoding: seen at all; how many codings over all its lines;
+    // whether one of them is not `chunked`.
+    let (mut te_seen, mut te_codings, mut te_other) = (false, 0u32, false);
     let mut connection_names: SmallVec<[&[u8]; 4]> = SmallVec::new();
     for h in resp.headers.iter() {
         let name = h.name.as_bytes();
@@ -144,9 +146,13 @@ pub fn parse_response_head_into(
                 }
             }
             Name::TransferEncoding => {
-                // Chunked only counts as the final coding (RFC 9112 §6.3 rule 4).
-                let last = list_elements(value).last();
-                te_chunked = Some(last.is_some_and(|c| c.eq_ignore_ascii_case(b"chunked")));
+                te_seen = true;
+                for coding in list_elements(value) {
+                    te_codings += 1;
+                    if !coding.eq_ignore_ascii_case(b"chunked") {
+                        te_other = true;
+                    }
+                }
                 out.transfer_encoding = Some(span(value));
             }
             Name::Connection => {
@@ -178,17 +184,19 @@ pub fn parse_response_head_into(
     out.framing = if head_request || (100..200).contains(&status) || status == 204 || status == 304
     {
         RespFraming::None
-    } else if let Some(chunked) = te_chunked {
-        if !chunked {
-            // The body would be read until close, still transfer-coded,
-            // and the coding (a hop-by-hop header) not passed on: the
-            // client would take the coded bytes for the content. Nothing
-            // allowed it either: the gateway sends no `TE` upstream, and
-            // without one a server may apply no coding but chunked
-            // (RFC 9112 §6.1).
-            return Err(BadResponse(
-                "Transfer-Encoding without chunked as the final coding",
-            ));
+    } else if te_seen {
+        if te_other || te_codings != 1 {
+            // Any coding but one `chunked`: the gateway sends no `TE`
+            // upstream, and without one a server may apply no coding but
+            // chunked (RFC 9110 §10.1.4, RFC 9112 §6.1). Forwarded, the
+            // coding would be lost: without chunked last the body would be
+            // read until close, still coded, and Transfer-Encoding (a
+            // hop-by-hop header) not passed on; with `gzip, chunked` an
+            // HTTP/1.0 client gets the body de-chunked with nothing saying
+            // it is gzip, and over two header lines the gateway would pass
+            // on the last one only. Either way the client would take the
+            // coded bytes for the content.
+            return Err(BadResponse("Transfer-Encoding other than a single chunked"));
         }
         RespFraming::Chunked
     } else if let Some(n) = content_length {
@@ -197,7 +205,7 @@ pub fn parse_response_head_into(
         RespFraming::Close
     };
     out.content_length = content_length;
-    if te_chunked.is_some() && content_length.is_some() {
+    if te_seen && content_length.is_some() {
         // Transfer-Encoding overrides Content-Length, and the body is
         // read that way; but a sender that wrote both may frame its next
         // bytes by the other, so the connection carries nothing more
@@ -239,16 +247,26 @@ mod tests {
     }
 
     #[test]
-    fn a_transfer_coding_other_than_final_chunked_is_refused() {
-        for te in ["gzip", "chunked, gzip", "identity"] {
-            let head = format!("HTTP/1.1 200 OK\r\ntransfer-encoding: {te}\r\n\r\n");
+    fn a_transfer_coding_other_than_one_chunked_is_refused() {
+        for te in [
+            "transfer-encoding: gzip",
+            "transfer-encoding: chunked, gzip",
+            "transfer-encoding: identity",
+            "transfer-encoding: gzip, chunked",
+            "transfer-encoding: chunked, chunked",
+            "transfer-encoding: ",
+            "transfer-encoding: gzip\r\ntransfer-encoding: chunked",
+            "transfer-encoding: chunked\r\ntransfer-encoding: chunked",
+        ] {
+            let head = format!("HTTP/1.1 200 OK\r\n{te}\r\n\r\n");
             assert!(
                 parse_response_head(head.as_bytes(), false, 16384).is_err(),
                 "{te}"
             );
         }
-        // Chunked last: chunked framing. No body at all: nothing to refuse.
-        let head = b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n";
+        // One chunked, in any case: chunked framing. No body at all:
+        // nothing to refuse.
+        let head = b"HTTP/1.1 200 OK\r\ntransfer-encoding: Chunked\r\n\r\n";
         let parsed = parse_response_head(head, false, 16384);
         assert!(matches!(parsed, Ok(Some(ref r)) if r.framing == RespFraming::Chunked));
         let head = b"HTTP/1.1 204 No Content\r\ntransfer-encoding: gzip\r\n\r\n";
