@@ -584,6 +584,23 @@ fn the_admin_api_moves_promotes_and_rolls_back_a_canary() {
         .any(|l| l.contains("canary of stage \"prod\" of api \"shop\"")));
 }
 
+/// The canary endpoint's API and stage names are percent-decoded, as
+/// `/openapi?api=` decodes them: an API whose name has a space is
+/// reachable (it was 400 "no API" for `the%20shop`).
+#[test]
+fn the_canary_endpoint_decodes_its_names() {
+    let text = CANARY
+        .replace("@PERCENT@", "0")
+        .replace("name = \"shop\"", "name = \"the shop\"");
+    let gw = Gateway::start(&text);
+    let r = call(
+        agent().post(&gw.admin_url("/stages/the%20shop/prod/canary")),
+        Some(br#"{"percent": 100}"#),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    all_from(&gw, "/shop/prod/v", 50, "next", "next green");
+}
+
 /// Canary changes asked at once, each for another stage, all take effect:
 /// the edit is made on the running text by the main thread. It was made
 /// by each admin thread on the text it had read, so the second install

@@ -7,7 +7,7 @@
 
 use super::Context;
 use crate::http::method::Method;
-use crate::http::percent::query_value_decode;
+use crate::http::percent::{percent_decode_str, query_value_decode};
 use crate::runtime::{KeyChange, MainRequest, Running};
 use serde_json::{json, Value};
 use std::time::Duration;
@@ -146,7 +146,10 @@ pub fn answer(
             let Some((api, stage)) = canary_path(p) else {
                 return Err(error(404, "Not Found"));
             };
-            canary(ctx, who, api, stage, body)
+            // Names are percent-decoded, as `/openapi?api=` decodes them:
+            // an API named `the shop` is `/stages/the%20shop/...`.
+            let (api, stage) = (percent_decode_str(api), percent_decode_str(stage));
+            canary(ctx, who, &api, &stage, body)
         }
         (Method::Get, "/openapi") => openapi(ctx, query),
         (Method::Get, "/portal/signups") => portal_signups(ctx),
