@@ -215,6 +215,8 @@ fn text_fragments_are_checked_as_they_come() {
     let mut bytes = frag(0x01, b"a\xf0");
     bytes.extend(frag(0x00, b"\x9f\x98"));
     bytes.extend(frag(0x80, b"\x80"));
+    // Test input this test wrote: an error here is the assembler refusing
+    // valid UTF-8, the failure this assertion exists to catch.
     let got = run(&bytes, &mut a, 100).unwrap();
     assert_eq!(
         got.last(),
