@@ -699,6 +699,11 @@ fn hostile_frames_close_with_the_right_code() {
     let mut two_to_63 = vec![0x82, 0x80 | 127];
     two_to_63.extend_from_slice(&(1u64 << 63).to_be_bytes());
     two_to_63.extend_from_slice(&[1, 2, 3, 4]);
+    // RFC 6455 §5.2: a length in the fewest bytes only.
+    let mut two_byte_five = vec![0x81, 0x80 | 126, 0, 5, 1, 2, 3, 4];
+    two_byte_five.extend_from_slice(b"hello");
+    let mut eight_byte_200 = vec![0x82, 0x80 | 127, 0, 0, 0, 0, 0, 0, 0, 200, 1, 2, 3, 4];
+    eight_byte_200.extend_from_slice(&[0; 200]);
     let mut interleaved = frame(0x01, b"{\"a\":");
     interleaved.extend(frame(0x81, b"new"));
     // Five frames of 1000 bytes: each under max_frame_bytes (1024), the
@@ -715,7 +720,9 @@ fn hostile_frames_close_with_the_right_code() {
         ("opcode 0xB", frame(0x8B, b"x"), 1002),
         ("a 126-byte ping", frame(0x89, &[0; 126]), 1002),
         ("a fragmented ping", frame(0x09, b"x"), 1002),
-        ("a 2^63 length", two_to_63, 1009),
+        ("a 2^63 length", two_to_63, 1002),
+        ("a length of 5 in two bytes", two_byte_five, 1002),
+        ("a length of 200 in eight bytes", eight_byte_200, 1002),
         (
             "a frame over max_frame_bytes",
             frame(0x81, &[b'a'; 1025]),
@@ -760,7 +767,7 @@ fn hostile_frames_close_with_the_right_code() {
             .iter()
             .filter(|e| e.path == "/disconnect")
             .count()
-            >= 17
+            >= 19
     });
     let codes: Vec<String> = b
         .events()
@@ -768,7 +775,7 @@ fn hostile_frames_close_with_the_right_code() {
         .filter(|e| e.path == "/disconnect")
         .map(|e| e.h("x-coregate-close-code").to_string())
         .collect();
-    assert_eq!(codes.len(), 17, "{codes:?}");
+    assert_eq!(codes.len(), 19, "{codes:?}");
     assert!(codes.iter().any(|c| c == "1009"), "{codes:?}");
     // A valid fragmented message, with a ping between its fragments.
     let mut s = raw_ws(&gw, "/chat");
@@ -954,6 +961,49 @@ fn idle_connections_close_with_1001_and_connections_are_rate_limited() {
     }
     assert!(statuses.iter().any(|s| s == "429"), "{statuses:?}");
     assert!(statuses.iter().any(|s| s == "101"), "{statuses:?}");
+}
+
+/// After the gateway's close frame, the client's close frame ends the
+/// closing handshake at once, even when the client keeps its end of the
+/// TCP connection open (as browsers wait for the server to close first,
+/// RFC 6455 §7.1.1); other frames before it are dropped. The gateway used
+/// to read on until its 1 s wait ran out, and `$disconnect` came that
+/// much later.
+#[test]
+fn the_client_close_frame_ends_the_close_wait() {
+    let b = EventBackend::start(usual);
+    let gw = start(&b, "idle_timeout_ms = 300");
+    for late_frames in [false, true] {
+        let mut s = raw_ws(&gw, "/chat");
+        let id = b
+            .wait("/connect", |e| {
+                !b.events().iter().any(|d| {
+                    d.path == "/disconnect"
+                        && d.h("x-coregate-connection-id") == e.h("x-coregate-connection-id")
+                })
+            })
+            .h("x-coregate-connection-id")
+            .to_string();
+        assert_eq!(close_code(&mut s), Some(1001));
+        let mut reply = Vec::new();
+        if late_frames {
+            reply.extend(frame(0x81, b"{\"action\":\"echo\"}"));
+            reply.extend(frame(0x89, b"ping"));
+        }
+        reply.extend(frame(0x88, &1001u16.to_be_bytes()));
+        let sent = Instant::now();
+        s.write_all(&reply).unwrap();
+        // The socket stays open on this side while $disconnect comes.
+        b.wait("/disconnect", |e| e.h("x-coregate-connection-id") == id);
+        let took = sent.elapsed();
+        assert!(
+            took < Duration::from_millis(700),
+            "late frames {late_frames}: $disconnect {took:?} after the client's close"
+        );
+        drop(s);
+    }
+    // Messages sent after the gateway's close frame reach no integration.
+    assert!(!b.events().iter().any(|e| e.path == "/echo"));
 }
 
 /// The idle timeout counts every frame: a message sent slowly in

@@ -869,11 +869,17 @@ async fn run(
         }
         if sent && !ended.peer_done {
             // Wait a moment for the client's close frame, dropping what
-            // comes before it.
+            // comes before it (from the frames already read on): its
+            // header, or the client's end of the stream, ends the wait.
+            // After bytes that are not frames, only the end or the
+            // deadline does; closing with unread input would reset the
+            // connection, and the client could lose the close frame.
             let _ = stream.shutdown_write().await;
             let deadline = Instant::now() + CLOSE_WAIT;
+            let mut watch = ws::CloseWatch::default();
+            let mut seen = watch.feed(&rbuf[pos..filled]);
             rbuf.resize(READ_BUF.max(rbuf.len()), 0);
-            loop {
+            while seen != Ok(true) {
                 let left = deadline.saturating_duration_since(Instant::now());
                 if left.is_zero() {
                     break;
@@ -881,6 +887,7 @@ async fn run(
                 stream.set_read_timeout(Some(left));
                 match futures_lite::AsyncReadExt::read(&mut stream, &mut rbuf[..]).await {
                     Ok(0) | Err(_) => break,
+                    Ok(n) if seen.is_ok() => seen = watch.feed(&rbuf[..n]),
                     Ok(_) => {}
                 }
             }

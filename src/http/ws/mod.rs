@@ -236,6 +236,19 @@ pub fn parse_header(buf: &[u8], max_frame: usize) -> Result<Option<Header>, Viol
         }
         n => (n, 2),
     };
+    // RFC 6455 §5.2: the length in the fewest bytes, and the 8-byte
+    // form's top bit clear.
+    let shortest = match at {
+        4 => payload >= 126,
+        10 => payload > u16::MAX as u64 && payload >> 63 == 0,
+        _ => true,
+    };
+    if !shortest {
+        return Err(violation(
+            code::PROTOCOL_ERROR,
+            "frame length not in its shortest form",
+        ));
+    }
     if payload > max_frame as u64 {
         return Err(violation(
             code::MESSAGE_TOO_BIG,
@@ -252,6 +265,50 @@ pub fn parse_header(buf: &[u8], max_frame: usize) -> Result<Option<Header>, Viol
         len: at + 4,
         payload: payload as usize,
     }))
+}
+
+/// Looks through what a client sends after the gateway's close frame,
+/// dropping it, for the client's own close frame: the closing handshake
+/// is then done and the connection can end without waiting longer.
+#[derive(Debug, Default)]
+pub struct CloseWatch {
+    /// The start of a frame header cut by the end of the last read.
+    head: [u8; 14],
+    held: usize,
+    /// Payload bytes of the last frame still to come.
+    skip: u64,
+}
+
+impl CloseWatch {
+    /// Takes the next bytes the client sent. `Ok(true)`: they hold its
+    /// close frame's header. `Err`: they are not frames, and nothing
+    /// better is coming.
+    pub fn feed(&mut self, mut data: &[u8]) -> Result<bool, Violation> {
+        loop {
+            let n = self.skip.min(data.len() as u64) as usize;
+            self.skip -= n as u64;
+            data = &data[n..];
+            if data.is_empty() {
+                return Ok(false);
+            }
+            let take = (self.head.len() - self.held).min(data.len());
+            self.head[self.held..self.held + take].copy_from_slice(&data[..take]);
+            match parse_header(&self.head[..self.held + take], usize::MAX)? {
+                None => {
+                    self.held += take;
+                    return Ok(false);
+                }
+                Some(h) if h.opcode == OP_CLOSE => return Ok(true),
+                Some(h) => {
+                    // The bytes `held` before did not make a header, so
+                    // this one ends in `data`.
+                    data = &data[h.len - self.held..];
+                    self.held = 0;
+                    self.skip = h.payload as u64;
+                }
+            }
+        }
+    }
 }
 
 /// Unmasks a payload in place (RFC 6455 §5.3).

@@ -260,15 +260,77 @@ fn text_fragments_are_checked_as_they_come() {
 fn a_2_pow_63_length_is_refused_from_the_header_alone() {
     let mut hdr = vec![0x82, 0x80 | 127];
     hdr.extend_from_slice(&(1u64 << 63).to_be_bytes());
-    // No mask, no payload: the length alone decides.
+    // No mask, no payload: the length alone decides. The 8-byte form's
+    // top bit must be clear (RFC 6455 §5.2).
     let e = parse_header(&hdr, 32 * 1024).unwrap_err();
-    assert_eq!(e.code, code::MESSAGE_TOO_BIG);
+    assert_eq!(e.code, code::PROTOCOL_ERROR);
     let mut hdr = vec![0x82, 0x80 | 127];
     hdr.extend_from_slice(&u64::MAX.to_be_bytes());
     assert_eq!(
         parse_header(&hdr, 32 * 1024).unwrap_err().code,
+        code::PROTOCOL_ERROR
+    );
+    let mut hdr = vec![0x82, 0x80 | 127];
+    hdr.extend_from_slice(&(1u64 << 62).to_be_bytes());
+    assert_eq!(
+        parse_header(&hdr, 32 * 1024).unwrap_err().code,
         code::MESSAGE_TOO_BIG
     );
+}
+
+/// A length must be in the fewest bytes: 126 and 127 announce the 2- and
+/// 8-byte forms only for lengths that need them.
+#[test]
+fn lengths_not_in_their_shortest_form_are_refused() {
+    let mask = [1, 2, 3, 4];
+    let long = |form: u8, n: u64| {
+        let mut f = vec![0x82, 0x80 | form];
+        if form == 126 {
+            f.extend_from_slice(&(n as u16).to_be_bytes());
+        } else {
+            f.extend_from_slice(&n.to_be_bytes());
+        }
+        f.extend_from_slice(&mask);
+        f
+    };
+    for (form, n) in [(126, 0), (126, 125), (127, 125), (127, 126), (127, 65535)] {
+        let e = parse_header(&long(form, n), usize::MAX).unwrap_err();
+        assert_eq!(e.code, code::PROTOCOL_ERROR, "{form}: {n}");
+    }
+    for (form, n, len) in [(126, 126, 8), (126, 65535, 8), (127, 65536, 14)] {
+        let h = parse_header(&long(form, n), usize::MAX).unwrap().unwrap();
+        assert_eq!((h.len, h.payload as u64), (len, n), "{form}: {n}");
+    }
+}
+
+/// After the gateway's close frame, the client's close frame is found
+/// behind any other frames, whatever the reads cut them into.
+#[test]
+fn close_watch_finds_the_client_close_behind_other_frames() {
+    let mask = [9, 8, 7, 6];
+    let mut bytes = client_frame(0x81, b"late message", mask);
+    bytes.extend(client_frame(0x82, &[0x88; 70_000], mask));
+    bytes.extend(client_frame(0x89, b"ping", mask));
+    let before = bytes.len();
+    bytes.extend(client_frame(0x88, &1000u16.to_be_bytes(), mask));
+    for cut in [1, 2, 3, 7, 13, 14, 100, 4096, bytes.len()] {
+        let mut w = CloseWatch::default();
+        let mut found = None;
+        for (i, chunk) in bytes.chunks(cut).enumerate() {
+            if w.feed(chunk).unwrap() {
+                found = Some(i * cut + chunk.len());
+                break;
+            }
+        }
+        // Found once the close frame's header (6 bytes) has come.
+        let at = found.unwrap_or_else(|| panic!("reads of {cut}: no close"));
+        assert!(at >= before + 6 && at < before + 6 + cut, "{cut}: {at}");
+    }
+    // Data frames alone are not a close; bytes that are not frames are
+    // an error.
+    let mut w = CloseWatch::default();
+    assert_eq!(w.feed(&client_frame(0x81, b"x", mask)), Ok(false));
+    assert!(CloseWatch::default().feed(b"\x81\x01x").is_err());
 }
 
 #[test]
