@@ -149,6 +149,13 @@ macro_rules! log_request {
     };
 }
 
+/// The message a panic carried, when it is text.
+pub fn panic_message(p: &(dyn std::any::Any + Send)) -> Option<&str> {
+    p.downcast_ref::<&str>()
+        .copied()
+        .or_else(|| p.downcast_ref::<String>().map(String::as_str))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -504,7 +504,11 @@ pub async fn connect(
     let connections = gw.connections.clone();
     let log = gw.access.log.clone();
     conn.handover = Some(Box::new(move |up: Upgraded| {
-        glommio::spawn_local(run(up, session, connections, log)).detach();
+        glommio::spawn_local(crate::http::conn::guarded(
+            "a WebSocket connection",
+            run(up, session, connections, log),
+        ))
+        .detach();
     }));
     Flow::Handover
 }
@@ -608,7 +612,8 @@ async fn call(
     }
 }
 
-/// Handles the client's messages in order until none wait. The next
+/// Handles the client's messages in order until none wait (its spawner
+/// then clears `worker`). The next
 /// message's integration is called only when the outbox has room for an
 /// answer as large as a message may be: a client that stops reading
 /// stops its own messages too (they wait in `pending`, then in the socket).
@@ -658,8 +663,6 @@ async fn work(s: Rc<Session>) {
             }
         }
     }
-    s.worker.set(false);
-    s.wake.notify();
 }
 
 // === impl the session's task ===
@@ -772,7 +775,16 @@ async fn run(
                     s.touch();
                     s.pending.borrow_mut().push_back((binary, data));
                     if !s.worker.replace(true) {
-                        glommio::spawn_local(work(s.clone())).detach();
+                        let s = s.clone();
+                        glommio::spawn_local(async move {
+                            let what = "a WebSocket connection's message worker";
+                            crate::http::conn::guarded(what, work(s.clone())).await;
+                            // Even after a panic: the session waits for
+                            // its worker before $disconnect.
+                            s.worker.set(false);
+                            s.wake.notify();
+                        })
+                        .detach();
                     }
                 }
             }

@@ -193,7 +193,11 @@ pub async fn proxy(
     };
     let connections = gw.connections.clone();
     conn.handover = Some(Box::new(move |client: Upgraded| {
-        glommio::spawn_local(relay(client, up, early, connections, relay_state)).detach();
+        glommio::spawn_local(crate::http::conn::guarded(
+            "a proxied WebSocket connection",
+            relay(client, up, early, connections, relay_state),
+        ))
+        .detach();
     }));
     Flow::Handover
 }

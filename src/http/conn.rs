@@ -337,9 +337,33 @@ impl Conn {
     }
 }
 
+/// The connection's task: [`connection_loop`], with a panic in it caught
+/// (see [`guarded`]). (loadtest/instructions.sh counts what runs inside
+/// `http::conn::run*`: the loop's name must not start with `run`.)
+async fn run<S: Service>(svc: Rc<S>, conn: Conn, over_limit: bool) {
+    guarded("a connection", connection_loop(svc, conn, over_limit)).await;
+}
+
+/// Runs a connection's task `fut` (`what` names it in the log), catching
+/// a panic in it. A bug that panics while one connection is served then
+/// closes that connection, whose socket and registration go with the
+/// task's state as the panic unwinds, and is logged; uncaught, it would
+/// unwind through the executor and stop the shard, with every connection
+/// it holds and its listeners.
+pub async fn guarded(what: &str, fut: impl std::future::Future<Output = ()>) {
+    let served = futures_lite::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(fut)).await;
+    if let Err(p) = served {
+        crate::log!(
+            "error",
+            "{what} was closed after a panic while it was served ({}); the shard serves on",
+            crate::log::panic_message(&*p).unwrap_or("no message")
+        );
+    }
+}
+
 /// The request loop, then a TLS close_notify when the connection ends; or,
 /// for a plain connection gone quiet, parking it (see [`Conn::park`]).
-async fn run<S: Service>(svc: Rc<S>, mut conn: Conn, mut over_limit: bool) {
+async fn connection_loop<S: Service>(svc: Rc<S>, mut conn: Conn, mut over_limit: bool) {
     loop {
         match serve_requests(&svc, &mut conn, over_limit).await {
             End::Done => break,

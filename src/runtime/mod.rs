@@ -839,11 +839,7 @@ fn wait_ready(
 /// A shard's error from glommio, with a panic's message when it panicked.
 fn describe(e: &glommio::GlommioError<()>) -> String {
     if let glommio::GlommioError::BuilderError(glommio::BuilderErrorKind::ThreadPanic(p)) = e {
-        let msg = p
-            .downcast_ref::<&str>()
-            .copied()
-            .or_else(|| p.downcast_ref::<String>().map(String::as_str));
-        if let Some(msg) = msg {
+        if let Some(msg) = crate::log::panic_message(&**p) {
             return format!("it panicked: {msg}");
         }
     }

@@ -555,12 +555,11 @@ fn serve(
             .detach();
         }
         Some(acceptor) => {
-            glommio::spawn_local(crate::http::conn::serve_tls(
-                shard.clone(),
-                stream,
-                peer,
-                over_limit,
-                acceptor,
+            // Its handshake is guarded too; the request loop after it is
+            // guarded as every connection's is.
+            glommio::spawn_local(crate::http::conn::guarded(
+                "a TLS connection",
+                crate::http::conn::serve_tls(shard.clone(), stream, peer, over_limit, acceptor),
             ))
             .detach();
         }

@@ -284,3 +284,94 @@ fn body_bytes_sent_ahead_with_the_head_are_skipped_by_the_pump() {
             );
         });
 }
+
+/// Panics while it serves its first request; answers `200 ok` after.
+#[derive(Default)]
+struct Panicky {
+    connections: Rc<Connections>,
+    served: Cell<u32>,
+}
+
+impl Service for Panicky {
+    fn limits(&self) -> Limits {
+        limits()
+    }
+
+    fn head_limits(&self) -> HeadLimits {
+        head_limits()
+    }
+
+    fn connections(&self) -> &Rc<Connections> {
+        &self.connections
+    }
+
+    async fn handle(&self, conn: &mut Conn, head: &RequestHead) -> Flow {
+        conn.consume(head.len);
+        let n = self.served.get();
+        self.served.set(n + 1);
+        if n == 0 {
+            panic!("a bug met while serving");
+        }
+        conn.stream
+            .send(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+            .await
+            .unwrap();
+        Flow::KeepAlive
+    }
+
+    async fn refuse(&self, _conn: &mut Conn, status: u16, message: &'static str) {
+        panic!("refused: {status} {message}");
+    }
+
+    fn note_tls_failure(&self, _peer: SocketAddr, _why: &str) {}
+}
+
+/// A panic while a connection is served closes that connection only: its
+/// registration goes, and the executor (the shard) serves the next
+/// connection. It used to unwind through the executor and stop it.
+#[test]
+fn a_panic_while_serving_closes_only_that_connection() {
+    glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+        .io_memory(512 * 1024)
+        .make()
+        .unwrap()
+        .run(async {
+            let std_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let addr = std_listener.local_addr().unwrap();
+            let listener = Listener::from_fd(OwnedFd::from(std_listener)).unwrap();
+            let client = std::thread::spawn(move || {
+                let get = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+                // The first connection's request meets the panic: the
+                // connection closes without an answer.
+                let mut c = std::net::TcpStream::connect(addr).unwrap();
+                c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                c.write_all(get).unwrap();
+                let mut got = Vec::new();
+                let _ = c.read_to_end(&mut got);
+                assert!(got.is_empty(), "{got:?}");
+                // The next is served.
+                let mut c = std::net::TcpStream::connect(addr).unwrap();
+                c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                c.write_all(get).unwrap();
+                let mut got = [0u8; 40];
+                c.read_exact(&mut got).unwrap();
+                assert!(got.ends_with(b"\r\n\r\nok"), "{got:?}");
+            });
+            let svc = Rc::new(Panicky::default());
+            for _ in 0..2 {
+                let (sock, peer) = listener.accept().await.unwrap();
+                glommio::spawn_local(serve(svc.clone(), sock, peer, false)).detach();
+            }
+            while !client.is_finished() {
+                glommio::timer::sleep(Duration::from_millis(5)).await;
+            }
+            client.join().unwrap();
+            assert_eq!(svc.served.get(), 2);
+            // The second client closed too; no registration is left.
+            let started = Instant::now();
+            while svc.connections.live() > 0 && started.elapsed() < Duration::from_secs(5) {
+                glommio::timer::sleep(Duration::from_millis(5)).await;
+            }
+            assert_eq!(svc.connections.live(), 0);
+        });
+}
