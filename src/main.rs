@@ -4,7 +4,7 @@
 //! config, start-up failure or failed `keys` command, 2 bad usage.
 
 use coregate::plan;
-use coregate::runtime::{KeyAnswer, KeyChange, MainRequest, Running, Server};
+use coregate::runtime::{reload_config, KeyAnswer, KeyChange, MainRequest, Running, Server};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -791,7 +791,7 @@ fn serve(path: &std::path::Path) -> ExitCode {
 
     while !signalled.swap(false, Ordering::SeqCst) {
         if hangup.swap(false, Ordering::SeqCst) {
-            let _ = reload(&mut server, path, &mut text, "SIGHUP", None, false);
+            let _ = reload_config(&mut server, path, &mut text, "SIGHUP", None, false);
         }
         while let Ok(asked) = requests.try_recv() {
             answer(&mut server, path, &mut text, asked);
@@ -895,11 +895,11 @@ fn answer(server: &mut Server, path: &std::path::Path, text: &mut String, asked:
             reply,
         } => {
             let write = given.is_some();
-            let _ = reply.send(reload(server, path, text, &who, given, write));
+            let _ = reply.send(reload_config(server, path, text, &who, given, write));
         }
         MainRequest::Edit { who, edit, reply } => {
-            let outcome =
-                edit(text).map(|edited| reload(server, path, text, &who, Some(edited), true));
+            let outcome = edit(text)
+                .map(|edited| reload_config(server, path, text, &who, Some(edited), true));
             let _ = reply.send(outcome);
         }
         MainRequest::Running { reply } => {
@@ -958,13 +958,22 @@ fn change_keys(
         KeyChange::Revoke(name) => format!("revoked API key {name:?}"),
     };
     let running = text.clone();
-    match reload(server, path, text, who, Some(running), false) {
+    match reload_config(server, path, text, who, Some(running), false) {
         Ok(generation) => {
             coregate::log!("info", "{who} {what} in {}", file.display());
             Ok(KeyAnswer {
                 generation,
                 created,
             })
+        }
+        // The shards that answered serve the new keys: the file stays.
+        Err(errors)
+            if errors
+                .first()
+                .is_some_and(|e| e == coregate::runtime::PARTLY) =>
+        {
+            coregate::log!("info", "{who} {what} in {}", file.display());
+            Err(errors)
         }
         Err(errors) => {
             let restored = match &before {
@@ -981,56 +990,4 @@ fn change_keys(
             Err(errors)
         }
     }
-}
-
-/// Reads and compiles the config (`given`, or else the file at `path`) and
-/// installs it in every shard; `who` asked for it (logged with the
-/// outcome). On any error the shards keep the generation they serve. With
-/// `write`, the installed text is then written to `path`.
-fn reload(
-    server: &mut Server,
-    path: &std::path::Path,
-    running: &mut String,
-    who: &str,
-    given: Option<String>,
-    write: bool,
-) -> Result<u64, Vec<String>> {
-    let loaded = match given {
-        Some(t) => plan::load_text_in(&t, path.parent()).map(|p| (t, p)),
-        None => plan::load_file(path),
-    };
-    let outcome = loaded
-        .map_err(|errors| errors.iter().map(|e| e.to_string()).collect::<Vec<_>>())
-        .and_then(|(t, plan)| {
-            let n = server.reload(plan)?;
-            *running = t;
-            if write {
-                coregate::config::write_atomic(path, running).map_err(|e| {
-                    vec![format!(
-                        "generation {n} serves the new config, but the config file was not \
-                     updated ({e}): a restart would start from the file as it is"
-                    )]
-                })?;
-            }
-            Ok(n)
-        });
-    match &outcome {
-        Ok(n) => coregate::log!(
-            "info",
-            "reload asked by {who}: generation {n} of {} serving on every shard",
-            path.display()
-        ),
-        Err(errors) => {
-            coregate::log!(
-                "error",
-                "reload asked by {who} refused: {} error(s); generation {} keeps serving",
-                errors.len(),
-                server.generation()
-            );
-            for e in errors {
-                coregate::log!("error", "reload: {e}");
-            }
-        }
-    }
-    outcome
 }

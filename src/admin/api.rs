@@ -78,8 +78,15 @@ fn error(status: u16, message: &str) -> (u16, Value) {
 }
 
 fn refused(errors: Vec<String>, message: &str) -> (u16, Value) {
-    if errors.first().map(String::as_str) == Some(crate::runtime::STOPPING) {
-        return error(503, crate::runtime::STOPPING);
+    match errors.first().map(String::as_str) {
+        Some(crate::runtime::STOPPING) => return error(503, crate::runtime::STOPPING),
+        Some(crate::runtime::PARTLY) => {
+            return (
+                500,
+                json!({ "message": crate::runtime::PARTLY, "errors": &errors[1..] }),
+            )
+        }
+        _ => {}
     }
     (400, json!({ "message": message, "errors": errors }))
 }
@@ -621,6 +628,27 @@ mod tests {
         }
         assert_eq!(out.matches("(redacted)").count(), 3, "{out}");
         assert!(redact("not = [toml").contains("does not parse"));
+    }
+
+    /// A reload the shards refused is 400; one that serves on some shards
+    /// only is the gateway's fault, 500, with the shards' errors.
+    #[test]
+    fn refusals_and_partial_installs_have_their_status() {
+        use super::refused;
+        use crate::runtime::{PARTLY, STOPPING};
+        let (status, body) = refused(vec!["server.x: bad".into()], "Refused");
+        assert_eq!(
+            (status, body["errors"][0].as_str()),
+            (400, Some("server.x: bad"))
+        );
+        let (status, body) = refused(vec![PARTLY.into(), "shard 1 is not running".into()], "R");
+        assert_eq!(status, 500);
+        assert_eq!(body["message"], PARTLY);
+        assert_eq!(
+            body["errors"],
+            serde_json::json!(["shard 1 is not running"])
+        );
+        assert_eq!(refused(vec![STOPPING.into()], "R").0, 503);
     }
 
     #[test]

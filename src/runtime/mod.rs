@@ -168,6 +168,12 @@ pub struct Running {
 /// The refusal of a reload asked for while the gateway drains.
 pub const STOPPING: &str = "coregate is stopping: no reload";
 
+/// The first error of a reload that did not reach every shard, though
+/// the shards that answered installed it: the new plan is the server's
+/// (its generation, `GET /config`, the file), and the errors after this
+/// one say which shards failed.
+pub const PARTLY: &str = "the new config serves, but not on every shard";
+
 /// How long a reload waits for every shard to install the new plan. A
 /// shard takes a message from its inbox as soon as it is rung; one that
 /// does not answer within this is stuck or stopping.
@@ -554,7 +560,10 @@ impl Server {
     /// sockets; added ones are bound here first (a failure refuses the
     /// reload) and removed ones stop accepting and close. Refused, with
     /// every reason and nothing changed, when `plan` changes a setting that
-    /// applies only at start ([`restart_only`]).
+    /// applies only at start ([`restart_only`]). When a shard is not
+    /// running, or does not answer in time, the others serve `plan`
+    /// anyway: it becomes the server's plan and generation, and the
+    /// errors start with [`PARTLY`].
     pub fn reload(&mut self, plan: Plan) -> Result<u64, Vec<String>> {
         let Some(old) = &self.plan else {
             return Err(vec!["the gateway is not serving".to_string()]);
@@ -693,6 +702,7 @@ impl Server {
         if errors.is_empty() {
             Ok(number)
         } else {
+            errors.insert(0, PARTLY.to_string());
             Err(errors)
         }
     }
@@ -766,6 +776,85 @@ impl Server {
             w.finish();
         }
     }
+}
+
+/// Reads and compiles the config (`given`, or else the file at `path`) and
+/// installs it in every shard; `who` asked for it (logged with the
+/// outcome). `running` is the text of the plan the server serves: it
+/// becomes the new text once the new plan serves. With `write`, that text
+/// is then written to `path`. On an error before the install the shards
+/// keep the generation they serve. When only some shards installed it
+/// (the errors start with [`PARTLY`]), the new plan serves on those, and
+/// `running` and the file follow it too, so that `GET /config` and a
+/// restart show what serves.
+pub fn reload_config(
+    server: &mut Server,
+    path: &std::path::Path,
+    running: &mut String,
+    who: &str,
+    given: Option<String>,
+    write: bool,
+) -> Result<u64, Vec<String>> {
+    let loaded = match given {
+        Some(t) => crate::plan::load_text_in(&t, path.parent()).map(|p| (t, p)),
+        None => crate::plan::load_file(path),
+    };
+    let outcome = loaded
+        .map_err(|errors| errors.iter().map(|e| e.to_string()).collect::<Vec<_>>())
+        .and_then(|(t, plan)| {
+            let installed = server.reload(plan);
+            let serves = match &installed {
+                Ok(_) => true,
+                Err(errors) => errors.first().is_some_and(|e| e == PARTLY),
+            };
+            if !serves {
+                return installed;
+            }
+            *running = t;
+            let n = server.generation();
+            if write {
+                if let Err(e) = crate::config::write_atomic(path, running) {
+                    let e = format!(
+                        "generation {n} serves the new config, but the config file was not \
+                         updated ({e}): a restart would start from the file as it is"
+                    );
+                    return Err(match installed {
+                        Ok(_) => vec![e],
+                        Err(mut errors) => {
+                            errors.push(e);
+                            errors
+                        }
+                    });
+                }
+            }
+            installed
+        });
+    match &outcome {
+        Ok(n) => crate::log!(
+            "info",
+            "reload asked by {who}: generation {n} of {} serving on every shard",
+            path.display()
+        ),
+        Err(errors) if errors.first().is_some_and(|e| e == PARTLY) => crate::log!(
+            "error",
+            "reload asked by {who}: generation {} of {} serving, but not on every shard: {} error(s)",
+            server.generation(),
+            path.display(),
+            errors.len() - 1
+        ),
+        Err(errors) => crate::log!(
+            "error",
+            "reload asked by {who} refused: {} error(s); generation {} keeps serving",
+            errors.len(),
+            server.generation()
+        ),
+    }
+    if let Err(errors) = &outcome {
+        for e in errors.iter().filter(|e| *e != PARTLY) {
+            crate::log!("error", "reload: {e}");
+        }
+    }
+    outcome
 }
 
 /// How long a shard may take from its spawn to accepting.
@@ -911,7 +1000,7 @@ fn start_hint(e: &glommio::GlommioError<()>) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
-    use super::{describe, start_hint};
+    use super::{describe, reload_config, start_hint, Control, Server, PARTLY};
     use glommio::{BuilderErrorKind, GlommioError, ReactorErrorKind};
     use std::io;
 
@@ -947,5 +1036,86 @@ mod tests {
             Box::new(String::from("boom")),
         ));
         assert_eq!(describe(&e), "it panicked: boom");
+    }
+
+    fn config(version: u32) -> String {
+        format!(
+            "[server]\nlisten = [\"127.0.0.1:0\"]\nshards = 2\n\n[[apis]]\nname = \"main\"\n\n\
+             [[apis.routes]]\nkey = \"GET /v\"\nintegration = {{ type = \"mock\", body = \"v{version}\" }}\n"
+        )
+    }
+
+    fn get_v(server: &Server) -> String {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(server.local_addrs[0]).unwrap();
+        s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        s.write_all(b"GET /v HTTP/1.1\r\nhost: t\r\nconnection: close\r\n\r\n")
+            .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out.rsplit("\r\n\r\n")
+            .next()
+            .unwrap_or_default()
+            .to_string()
+    }
+
+    /// A reload that reaches only some shards (here: one has stopped)
+    /// still makes the new config the server's: its generation, the text
+    /// `GET /config` shows and, when asked, the file. The text and file
+    /// used to keep the old config while the other shards served the new
+    /// one, and the log said the old generation kept serving.
+    /// (Unwraps: a failed fixture is a failed test.)
+    #[test]
+    fn a_reload_that_reaches_only_some_shards_is_what_serves() {
+        let dir = std::env::temp_dir().join(format!("coregate-partly-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("coregate.toml");
+        std::fs::write(&path, config(1)).unwrap();
+        let (text, plan) = crate::plan::load_file(&path).unwrap();
+        let mut running = text;
+        let mut server = Server::start(plan).unwrap();
+        assert_eq!(get_v(&server), "v1");
+        // Shard 1 stops; its inbox refuses messages once it is gone.
+        let _ = server.inboxes[1].send(Control::Shutdown);
+        let started = std::time::Instant::now();
+        loop {
+            let (tx, _rx) = crossbeam_channel::bounded(1);
+            if server.inboxes[1].send(Control::Snapshot(tx)).is_err() {
+                break;
+            }
+            assert!(started.elapsed().as_secs() < 10, "shard 1 did not stop");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let got = reload_config(
+            &mut server,
+            &path,
+            &mut running,
+            "test",
+            Some(config(2)),
+            true,
+        );
+        let errors = got.unwrap_err();
+        assert_eq!(errors[0], PARTLY, "{errors:?}");
+        assert!(errors[1].contains("shard 1"), "{errors:?}");
+        assert_eq!(server.generation(), 2);
+        assert_eq!(running, config(2));
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), config(2));
+        // Shard 0 alone accepts now, and serves the new config.
+        assert_eq!(get_v(&server), "v2");
+        // A refused reload (a broken config) changes none of it.
+        let got = reload_config(
+            &mut server,
+            &path,
+            &mut running,
+            "test",
+            Some("x".into()),
+            true,
+        );
+        assert_ne!(got.unwrap_err()[0], PARTLY);
+        assert_eq!((server.generation(), &running), (2, &config(2)));
+        server.shutdown();
+        server.join();
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
