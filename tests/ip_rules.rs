@@ -398,3 +398,32 @@ fn api_rules_also_refuse_requests_no_route_takes() {
     assert_forbidden(&r, "preflight");
     assert_eq!(backend.hits(), 0);
 }
+
+#[test]
+fn a_declared_body_over_the_limit_does_not_reveal_a_route_to_a_refused_client() {
+    // Regression: a Content-Length over max_body_bytes was answered 413
+    // before the route's phases, IP rules included, while a path without a
+    // route got the API's 403; a refused client could tell the paths that
+    // exist from those that do not by declaring a large body.
+    let backend = echo_backend();
+    let text = format!(
+        "[server]\nlisten = [\"127.0.0.1:0\"]\nshards = 1\n[server.limits]\nmax_body_bytes = 100\n[[apis]]\nname = \"a\"\nip_rules = {{ deny = [\"127.0.0.0/8\"] }}\n[[apis.routes]]\nkey = \"POST /known\"\nintegration = {{ type = \"http_proxy\", url = \"http://{}/x\" }}\n",
+        backend.addr_str()
+    );
+    let gw = Gateway::start(&text);
+    for path in ["/known", "/unknown"] {
+        let r = Client::connect(gw.addr()).request(
+            format!("POST {path} HTTP/1.1\r\nHost: t\r\nContent-Length: 1000\r\n\r\n").as_bytes(),
+        );
+        assert_forbidden(&r, path);
+        assert!(r.says_close(), "the body was not read: {r:?}");
+    }
+    assert_eq!(backend.hits(), 0);
+    // An allowed client still gets the 413 before its body is read.
+    let text = text.replace("deny = [\"127.0.0.0/8\"]", "allow = [\"127.0.0.0/8\"]");
+    let gw = Gateway::start(&text);
+    let r = Client::connect(gw.addr())
+        .request(b"POST /known HTTP/1.1\r\nHost: t\r\nContent-Length: 1000\r\n\r\n");
+    assert_eq!(assert_json_error(&r, 413), "Request Entity Too Large");
+    assert_eq!(backend.hits(), 0);
+}

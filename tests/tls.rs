@@ -237,7 +237,7 @@ fn sni_chooses_the_certificate_and_unknown_names_get_the_first() {
 }
 
 #[test]
-fn alpn_negotiates_http11_only() {
+fn alpn_negotiates_http11_or_http10_only() {
     let w = world();
     let b = Backend::start(Reply::Echo);
     let gw = simple(&w, &b);
@@ -262,6 +262,28 @@ fn alpn_negotiates_http11_only() {
         "no ALPN offered, none chosen"
     );
     assert_eq!(c.get("/mock").status, 200);
+    // Regression: an HTTP/1.0 client that names its protocol in ALPN (as
+    // `curl --http1.0` does) failed the handshake, though the gateway
+    // serves HTTP/1.0 on every listener.
+    let mut c = connect(
+        &gw,
+        &ClientOpts {
+            alpn: vec![b"http/1.0"],
+            ..trusting(&w)
+        },
+    );
+    assert_eq!(c.conn().alpn_protocol(), Some(&b"http/1.0"[..]));
+    let r = c.request(b"GET /mock HTTP/1.0\r\nHost: api.test\r\n\r\n");
+    assert_eq!(r.status, 200);
+    // Both offered: http/1.1 is preferred.
+    let c = connect(
+        &gw,
+        &ClientOpts {
+            alpn: vec![b"http/1.0", b"http/1.1"],
+            ..trusting(&w)
+        },
+    );
+    assert_eq!(c.conn().alpn_protocol(), Some(&b"http/1.1"[..]));
     // A client that speaks only h2 is refused in the handshake (RFC 7301).
     let refused = TlsClient::connect(
         gw.tls_addr(),

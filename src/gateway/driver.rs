@@ -4,8 +4,10 @@
 //! 1. open the exchange on the current generation (request id, clock);
 //! 2. route: host, base path, method and path pick a route, or answer
 //!    404/405/400 after the API's IP rules and CORS
-//!    ([`unrouted`]); a declared body over `max_body_bytes` is 413;
-//! 3. the route's phases, in their compiled order ([`crate::policy::Phase`]):
+//!    ([`unrouted`]);
+//! 3. the route's phases, in their compiled order ([`crate::policy::Phase`]),
+//!    with a declared body over `max_body_bytes` answered 413 after the IP
+//!    rules and before the others:
 //!    each continues, answers instead of the integration, or names
 //!    something to wait for (a quota lease, a request authorizer's answer,
 //!    the body a signature covers), which the driver awaits before going
@@ -202,28 +204,25 @@ async fn drive(
             route.policies.phases
         );
     }
-    if let Framing::Length(n) = head.framing {
-        if n > plan.limits.max_body_bytes {
-            conn.consume(head.len);
-            return reply::error(
-                gw,
-                conn,
-                head,
-                x,
-                413,
-                Cow::Borrowed("Request Entity Too Large"),
-                None,
-            )
-            .await;
-        }
-    }
+    // A declared body over the limit is 413 before any phase but the IP
+    // rules: a client they refuse gets their 403 whatever it declares, as
+    // on a path no route takes, so it cannot tell which paths exist.
+    let too_large = matches!(head.framing, Framing::Length(n) if n > plan.limits.max_body_bytes);
     // === phases ===
     let phases = &route.policies.phases;
     // The head's bytes are consumed once a phase reads the body.
     let mut consumed = None;
     let mut waited_quota = false;
     let mut i = 0;
-    while let Some(&phase) = phases.get(i) {
+    loop {
+        let phase = phases.get(i).copied();
+        if too_large && phase != Some(policy::Phase::IpRules) {
+            let r = Refusal::json(413, "Request Entity Too Large");
+            return refuse_request(gw, conn, head, x, consumed, r).await;
+        }
+        let Some(phase) = phase else {
+            break;
+        };
         let Some(parts) = conn.parts(consumed) else {
             return internal_error(gw, conn, head, x, consumed).await;
         };

@@ -44,8 +44,12 @@ pub const DEFAULT_CLIENT_AUTH: &str = "none";
 pub const SESSION_CACHE_PER_SHARD: usize = 256;
 /// Upstream sessions remembered per shard for resumption.
 pub const UPSTREAM_SESSIONS_PER_SHARD: usize = 256;
-/// The only application protocol spoken.
+/// The application protocol offered to upstreams and preferred from clients.
 pub const ALPN_HTTP11: &[u8] = b"http/1.1";
+/// Also accepted from clients of the traffic listeners, which serve
+/// HTTP/1.0 requests too (`curl --http1.0` offers only this), after
+/// `http/1.1`.
+pub const ALPN_HTTP10: &[u8] = b"http/1.0";
 
 // === raw config ===
 
@@ -466,7 +470,7 @@ pub fn compile_server(
     };
     let resolver = Arc::new(SniResolver { certs, names });
     let mut config = builder.with_cert_resolver(resolver.clone());
-    config.alpn_protocols = vec![ALPN_HTTP11.to_vec()];
+    config.alpn_protocols = vec![ALPN_HTTP11.to_vec(), ALPN_HTTP10.to_vec()];
     match rustls::crypto::ring::Ticketer::new() {
         Ok(t) => config.ticketer = t,
         Err(e) => {

@@ -122,7 +122,10 @@ fn certificates_listen_and_defaults_compile() {
     assert_eq!(tls.listen.len(), 2);
     assert_eq!(tls.client_auth, ClientAuth::None);
     let cfg = resolver(&p);
-    assert_eq!(cfg.alpn_protocols, vec![b"http/1.1".to_vec()]);
+    assert_eq!(
+        cfg.alpn_protocols,
+        vec![b"http/1.1".to_vec(), b"http/1.0".to_vec()]
+    );
     assert!(cfg.ticketer.enabled(), "tickets let any shard resume");
     // Each shard's copy shares the ticket key but not the session cache.
     let a = tls.shard_config();
