@@ -38,6 +38,7 @@ use support::*;
 ///   (tenant is never given);
 /// - `deny`: deny;
 /// - `public-only`: allow on the route `GET /public`, deny elsewhere;
+/// - `anonymous`: allow, without a principal or a context;
 /// - `slow-MS-NAME`: waits MS ms, then like `allow-NAME`;
 /// - `status500`: 500 with a JSON body;
 /// - `badjson`: 200 with a body that is not JSON;
@@ -147,6 +148,8 @@ fn serve(s: TcpStream, calls: Arc<AtomicUsize>, bodies: Arc<Mutex<Vec<Value>>>) 
             reply(&mut w, 200, &allow_answer(name))
         } else if token == "deny" {
             reply(&mut w, 200, r#"{"isAuthorized":false}"#)
+        } else if token == "anonymous" {
+            reply(&mut w, 200, r#"{"isAuthorized":true}"#)
         } else if token == "public-only" {
             let allowed = v["routeKey"] == "GET /public";
             reply(&mut w, 200, &json!({ "isAuthorized": allowed }).to_string())
@@ -881,4 +884,70 @@ integration = { type = "mock", body = '@SECOND@' }
     assert_eq!((r.status, r.text()), (200, "public".to_string()));
     // Both answers were kept over the reload, each for its own route.
     assert_eq!(authz.calls(), 2);
+}
+
+/// An allow without a `principalId` leaves the principal the API key gave
+/// (its name), as a JWT without `sub` does (regression: the request
+/// authorizer cleared it, so `$context.authorizer.principalId` was empty
+/// on a keyed route).
+#[test]
+fn an_allow_without_a_principal_keeps_the_api_keys_name() {
+    let authz = Authorizer::start();
+    let backend = Backend::start(Reply::Echo);
+    let dir = temp_path("ra-principal");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("dir");
+    let keys = dir.join("keys.toml");
+    let key = create_key(&keys, "alice", None);
+    let text = fill(
+        r#"
+[server]
+listen = ["127.0.0.1:0"]
+shards = 1
+api_keys_file = "@KEYS@"
+
+[[authorizers]]
+name = "tokens"
+[authorizers.request]
+url = "http://@AZ@/authorize"
+identity_sources = ["header:Authorization"]
+
+[[apis]]
+name = "pets"
+base_path = "/pets"
+api_key_required = true
+authorizer = "tokens"
+
+[[apis.routes]]
+key = "GET /x"
+integration = { type = "http_proxy", url = "http://@B@/x" }
+
+[apis.routes.mapping.request]
+"overwrite:header.x-caller" = "$context.authorizer.principalId"
+"#,
+        &[
+            ("KEYS", keys.display().to_string()),
+            ("AZ", authz.addr.to_string()),
+            ("B", backend.addr_str()),
+        ],
+    );
+    let gw = Gateway::start(&text);
+    let with_key = format!("x-api-key: {key}\r\n");
+    let r = get(
+        &mut gw.client(),
+        "/pets/x",
+        Some("Bearer anonymous"),
+        &with_key,
+    );
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.echo().header("x-caller"), Some("alice"));
+    // A principal the authorizer gives wins.
+    let r = get(
+        &mut gw.client(),
+        "/pets/x",
+        Some("Bearer allow-ann"),
+        &with_key,
+    );
+    assert_eq!(r.echo().header("x-caller"), Some("ann"));
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -505,12 +505,15 @@ fn refuse(status: u16) -> Decision {
     })
 }
 
-/// Applies an answer to the request: an allow records the principal and
-/// the context headers; a deny is 403.
+/// Applies an answer to the request: an allow records the principal (one
+/// without a principal keeps the API key's, as a JWT without `sub` does)
+/// and the context headers; a deny is 403.
 pub fn apply(verdict: &Verdict, req: &mut RequestState) -> Decision {
     match verdict {
         Verdict::Allow(a) => {
-            req.principal = a.principal.clone();
+            if let Some(p) = &a.principal {
+                req.principal = Some(p.clone());
+            }
             req.upstream_headers.extend_from_slice(&a.headers);
             Decision::Continue
         }
