@@ -86,6 +86,7 @@ fn token(len: usize, n: usize) -> String {
 fn filled(
     az: &RequestAuthorizer,
     p: &coregate::plan::Plan,
+    rule: &str,
     entries: usize,
     token: &str,
     verdict: Verdict,
@@ -95,10 +96,14 @@ fn filled(
     let now = Instant::now();
     for i in 1..entries {
         let v = format!("Bearer other-{i}");
-        cache.insert(cache_key(az, 0, &[Cow::Borrowed(&v)]), Verdict::Deny, now);
+        cache.insert(
+            cache_key(az, rule, &[Cow::Borrowed(&v)]),
+            Verdict::Deny,
+            now,
+        );
     }
     let v = format!("Bearer {token}");
-    cache.insert(cache_key(az, 0, &[Cow::Borrowed(&v)]), verdict, now);
+    cache.insert(cache_key(az, rule, &[Cow::Borrowed(&v)]), verdict, now);
     shard
 }
 
@@ -116,6 +121,12 @@ fn bench(c: &mut Criterion) {
         #[allow(unreachable_patterns)]
         _ => panic!("a request authorizer"),
     };
+    // The bench's own config, not an input: its one route has the authorizer.
+    let rule = p.routes[0]
+        .policies
+        .auth
+        .as_ref()
+        .expect("the bench's route has an authorizer");
     let mut g = c.benchmark_group("request_auth");
     let run = |g: &mut criterion::BenchmarkGroup<'_, _>,
                name: &str,
@@ -124,14 +135,14 @@ fn bench(c: &mut Criterion) {
                head: &RequestHead,
                want: fn(&Decision) -> bool| {
         let mut req = RequestState::default();
-        let d = check(&az, 0, shard, &view(buf, head), &mut req);
+        let d = check(&az, rule, shard, &view(buf, head), &mut req);
         assert!(want(&d), "{name}: the bench's premise broke: {d:?}");
         g.bench_function(name, |b| {
             b.iter(|| {
                 let mut req = RequestState::default();
                 let d = check(
                     black_box(&az),
-                    0,
+                    rule,
                     black_box(shard),
                     &view(black_box(buf), black_box(head)),
                     &mut req,
@@ -143,7 +154,7 @@ fn bench(c: &mut Criterion) {
     let continues = |d: &Decision| matches!(d, Decision::Continue);
     for (len, entries) in [(40, 1), (40, 10_000), (1024, 10_000)] {
         let t = token(len, 0);
-        let shard = filled(&az, &p, entries, &t, allow());
+        let shard = filled(&az, &p, &rule.route, entries, &t, allow());
         let (buf, head) = request(Some(&t));
         run(
             &mut g,
@@ -155,7 +166,7 @@ fn bench(c: &mut Criterion) {
         );
     }
     let t = token(40, 0);
-    let shard = filled(&az, &p, 10_000, &t, Verdict::Deny);
+    let shard = filled(&az, &p, &rule.route, 10_000, &t, Verdict::Deny);
     let (buf, head) = request(Some(&t));
     run(
         &mut g,

@@ -587,3 +587,46 @@ fn a_key_revoked_under_traffic_is_refused_at_once_and_usage_stays_exact() {
     let r = admin(&gw, "POST", "/keys/alice/enable", Some(b""));
     assert_eq!(r.status, 400, "{}", r.text());
 }
+
+/// Key names may hold `@` and `:`, which clients percent-encode in a path
+/// or a query (`encodeURIComponent`, Python's `quote`): `/keys/{name}` and
+/// `/usage?key=` decode them (regression: they were compared as sent, so
+/// such a key could not be disabled, enabled, revoked or reported).
+#[test]
+fn key_names_are_percent_decoded_in_paths_and_queries() {
+    let s = Setup::new("admin-api-key-names", true);
+    let backend = Backend::start(Reply::fixed(200, &[], "b"));
+    let gw = Gateway::start(&s.config("one", &backend.addr_str(), true));
+    let r = admin(
+        &gw,
+        "POST",
+        "/keys",
+        Some(br#"{"name": "ci@build:1", "usage_plan": "gold"}"#),
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+    let ci = json(&r)["key"].as_str().unwrap().to_string();
+    assert_eq!(keyed(&gw, &ci), 200);
+    let path = "/keys/ci%40build%3A1";
+    let r = admin(&gw, "POST", &format!("{path}/disable"), Some(b""));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(keyed(&gw, &ci), 403);
+    let r = admin(&gw, "POST", &format!("{path}/enable"), Some(b""));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(keyed(&gw, &ci), 200);
+    let mut v = Value::Null;
+    assert!(
+        wait_until(Duration::from_secs(5), || {
+            let r = admin(&gw, "GET", "/usage?key=ci%40build%3A1", None);
+            v = json(&r);
+            r.status == 200
+                && v["quotas"]
+                    .as_array()
+                    .is_some_and(|q| q.iter().any(|q| q["key"] == "ci@build:1" && q["used"] == 2))
+        }),
+        "{v}"
+    );
+    let r = admin(&gw, "DELETE", path, None);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(keyed(&gw, &ci), 403);
+    assert_eq!(keyed(&gw, &s.alice), 200);
+}

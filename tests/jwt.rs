@@ -990,3 +990,44 @@ fn an_idle_gateway_with_a_jwks_url_sleeps_and_new_keys_reach_every_shard_at_once
         );
     }
 }
+
+/// With `token_query`, the query's token is read only when the request has
+/// no `Authorization` header: a request with two of them, or one of
+/// another scheme, is 401 whatever the query holds (regression: the query's
+/// valid token let it through, and the backend got the unverified
+/// `Authorization` lines, forged `sub` and all).
+#[test]
+fn a_query_token_does_not_stand_in_for_an_unusable_authorization_header() {
+    let backend = Backend::start(Reply::Echo);
+    let rsa = Signer::rsa("rsa-1");
+    let (path, name) = jwks_file(&jwks(&[&rsa]));
+    let gw = gateway(
+        &backend,
+        &format!("jwks_file = \"{name}\"\ntoken_query = \"token\""),
+    );
+    let good = rsa.sign(&claims());
+    // Signed by no configured key: what a backend reading the header
+    // without verifying it would take for the caller.
+    let forged = Signer::rsa("rsa-1").sign(&with(|c| c["sub"] = json!("admin")));
+    let q = format!("/pets?token={good}");
+    // The query alone, and a header token with it, still work.
+    assert_eq!(get(&gw, &q, "").status, 200);
+    assert_eq!(bearer(&gw, &q, &good).status, 200);
+    for (what, headers) in [
+        (
+            "two Authorization headers",
+            format!("Authorization: Bearer {forged}\r\nAuthorization: Bearer {forged}\r\n"),
+        ),
+        (
+            "another scheme",
+            "Authorization: Basic YWRtaW46YWRtaW4=\r\n".to_string(),
+        ),
+        ("an empty header", "Authorization: \r\n".to_string()),
+        ("a scheme alone", "Authorization: Bearer\r\n".to_string()),
+    ] {
+        assert_unauthorized(&get(&gw, &q, &headers), what);
+    }
+    assert_unauthorized(&bearer(&gw, &q, &forged), "a forged header token");
+    assert_eq!(backend.hits(), 2, "only the two good requests got through");
+    let _ = std::fs::remove_file(path);
+}

@@ -37,6 +37,8 @@ use support::*;
 /// - `allow-NAME`: allow, principal NAME, context userId=NAME, n=7
 ///   (tenant is never given);
 /// - `deny`: deny;
+/// - `public-only`: allow on the route `GET /public`, deny elsewhere;
+/// - `anonymous`: allow, without a principal or a context;
 /// - `slow-MS-NAME`: waits MS ms, then like `allow-NAME`;
 /// - `status500`: 500 with a JSON body;
 /// - `badjson`: 200 with a body that is not JSON;
@@ -146,6 +148,11 @@ fn serve(s: TcpStream, calls: Arc<AtomicUsize>, bodies: Arc<Mutex<Vec<Value>>>) 
             reply(&mut w, 200, &allow_answer(name))
         } else if token == "deny" {
             reply(&mut w, 200, r#"{"isAuthorized":false}"#)
+        } else if token == "anonymous" {
+            reply(&mut w, 200, r#"{"isAuthorized":true}"#)
+        } else if token == "public-only" {
+            let allowed = v["routeKey"] == "GET /public";
+            reply(&mut w, 200, &json!({ "isAuthorized": allowed }).to_string())
         } else if let Some(rest) = token.strip_prefix("slow-") {
             let (ms, name) = rest.split_once('-').expect("slow-MS-NAME");
             thread::sleep(Duration::from_millis(ms.parse().expect("ms")));
@@ -819,4 +826,128 @@ fn failed_calls_are_logged_at_a_bounded_rate() {
         .gw
         .stderr()
         .contains("failed call(s) on this shard so far"));
+}
+
+/// With `cache_per_route`, an answer cached for one route is never used
+/// for another, also after a reload that keeps the authorizer but moves
+/// the routes (regression: the cache key held the route's index in the
+/// plan, and the cache was carried over a reload that reordered the
+/// routes, so an allow for `GET /public` let the same caller into
+/// `GET /admin` without a call).
+#[test]
+fn a_per_route_answer_is_not_used_for_another_route_after_a_reload() {
+    let authz = Authorizer::start();
+    let config = |first: &str, second: &str| {
+        fill(
+            r#"
+[server]
+listen = ["127.0.0.1:0"]
+shards = 1
+
+[[authorizers]]
+name = "tokens"
+[authorizers.request]
+url = "http://@AZ@/authorize"
+identity_sources = ["header:Authorization"]
+cache_per_route = true
+
+[[apis]]
+name = "r"
+base_path = "/r"
+authorizer = "tokens"
+
+[[apis.routes]]
+key = "GET /@FIRST@"
+integration = { type = "mock", body = '@FIRST@' }
+
+[[apis.routes]]
+key = "GET /@SECOND@"
+integration = { type = "mock", body = '@SECOND@' }
+"#,
+            &[
+                ("AZ", authz.addr.to_string()),
+                ("FIRST", first.to_string()),
+                ("SECOND", second.to_string()),
+            ],
+        )
+    };
+    let gw = Gateway::start(&config("public", "admin"));
+    let token = Some("Bearer public-only");
+    let r = get(&mut gw.client(), "/r/public", token, "");
+    assert_eq!((r.status, r.text()), (200, "public".to_string()));
+    assert_json_error(&get(&mut gw.client(), "/r/admin", token, ""), 403);
+    assert_eq!(authz.calls(), 2);
+    // The same authorizer, the routes in the other order.
+    gw.reload_with(&config("admin", "public"));
+    assert_json_error(&get(&mut gw.client(), "/r/admin", token, ""), 403);
+    let r = get(&mut gw.client(), "/r/public", token, "");
+    assert_eq!((r.status, r.text()), (200, "public".to_string()));
+    // Both answers were kept over the reload, each for its own route.
+    assert_eq!(authz.calls(), 2);
+}
+
+/// An allow without a `principalId` leaves the principal the API key gave
+/// (its name), as a JWT without `sub` does (regression: the request
+/// authorizer cleared it, so `$context.authorizer.principalId` was empty
+/// on a keyed route).
+#[test]
+fn an_allow_without_a_principal_keeps_the_api_keys_name() {
+    let authz = Authorizer::start();
+    let backend = Backend::start(Reply::Echo);
+    let dir = temp_path("ra-principal");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("dir");
+    let keys = dir.join("keys.toml");
+    let key = create_key(&keys, "alice", None);
+    let text = fill(
+        r#"
+[server]
+listen = ["127.0.0.1:0"]
+shards = 1
+api_keys_file = "@KEYS@"
+
+[[authorizers]]
+name = "tokens"
+[authorizers.request]
+url = "http://@AZ@/authorize"
+identity_sources = ["header:Authorization"]
+
+[[apis]]
+name = "pets"
+base_path = "/pets"
+api_key_required = true
+authorizer = "tokens"
+
+[[apis.routes]]
+key = "GET /x"
+integration = { type = "http_proxy", url = "http://@B@/x" }
+
+[apis.routes.mapping.request]
+"overwrite:header.x-caller" = "$context.authorizer.principalId"
+"#,
+        &[
+            ("KEYS", keys.display().to_string()),
+            ("AZ", authz.addr.to_string()),
+            ("B", backend.addr_str()),
+        ],
+    );
+    let gw = Gateway::start(&text);
+    let with_key = format!("x-api-key: {key}\r\n");
+    let r = get(
+        &mut gw.client(),
+        "/pets/x",
+        Some("Bearer anonymous"),
+        &with_key,
+    );
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.echo().header("x-caller"), Some("alice"));
+    // A principal the authorizer gives wins.
+    let r = get(
+        &mut gw.client(),
+        "/pets/x",
+        Some("Bearer allow-ann"),
+        &with_key,
+    );
+    assert_eq!(r.echo().header("x-caller"), Some("ann"));
+    let _ = std::fs::remove_dir_all(&dir);
 }

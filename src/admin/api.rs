@@ -170,7 +170,8 @@ pub fn answer(
             let Some((name, action)) = key_path(p) else {
                 return Err(error(404, "Not Found"));
             };
-            let name = name.to_string();
+            // Percent-decoded, as clients encode a name's '@' and ':'.
+            let name = percent_decode_str(name);
             let change = match action {
                 None => KeyChange::Revoke(name),
                 Some("enable") => KeyChange::Enable(name),
@@ -521,8 +522,8 @@ fn portal_decide(ctx: &Context, who: &str, name: &str, approve: bool) -> Answer 
     Ok((200, json!({ "name": s.name, "state": s.state })))
 }
 
-/// The value of `name` in a query string (no percent-decoding: key names,
-/// ids and days need none).
+/// The value of `name` in a query string, as sent (callers decode what
+/// may be encoded).
 fn query_value<'a>(query: &'a str, name: &str) -> Option<&'a str> {
     query
         .split('&')
@@ -562,7 +563,7 @@ fn usage(ctx: &Context, query: &str) -> Answer {
     let opts = crate::observe::usage_report::Options {
         plan: Some(r.plan),
         data_dir: None,
-        key: query_value(query, "key").map(str::to_string),
+        key: query_value(query, "key").map(query_value_decode),
         from: query_value(query, "from").map(str::to_string),
         to: query_value(query, "to").map(str::to_string),
     };

@@ -373,6 +373,12 @@ fn compile_apis(
             let mut policies = policy_builder.route(&api_ctx, id as usize, r, &rkey, &mut errors);
             route_api.push(ai);
             let stage = variant.and_then(|v| v.tag.clone()).map(Box::new);
+            if let (Some(rule), Some(tag)) = (&mut policies.auth, &stage) {
+                // Each stage (and its canary) has routes of its own for a
+                // request authorizer's cache_per_route.
+                let canary = if tag.canary { "\ncanary" } else { "" };
+                rule.route = format!("{}\n{}{canary}", rule.route, tag.stage).into();
+            }
             let (Some(key), Some(mut integration)) = (key, integration) else {
                 // Keeps later route ids in line; a plan with errors is not used.
                 routes.push(RoutePlan {

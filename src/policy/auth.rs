@@ -49,6 +49,10 @@ pub struct AuthRule {
     /// The JWT claims the route's parameter mapping reads: a verified
     /// token's values of these are kept for it (set by the plan compiler).
     pub claims: Vec<Box<str>>,
+    /// The route as a request authorizer's `cache_per_route` keys it: its
+    /// API's name and its route key as written, which stay the route's
+    /// over a reload (its index in the plan does not).
+    pub route: Box<str>,
 }
 
 /// Compiles `[[authorizers]]`.
@@ -120,12 +124,15 @@ pub fn compile_authorizers(
 }
 
 /// Compiles a route's authorization from its API's default and its own
-/// setting. `route_key` is the route's config path for errors.
+/// setting. `route_key` is the route's config path for errors; `route` is
+/// (the API's name, the route's key as written).
+#[allow(clippy::too_many_arguments)]
 pub fn compile_rule(
     api_default: Option<&str>,
     route_setting: Option<&str>,
     scopes: Option<&[String]>,
     authorizers: &[AuthorizerPlan],
+    (api_name, route): (&str, &str),
     api_key: &str,
     route_key: &str,
     errors: &mut Vec<ConfigError>,
@@ -173,6 +180,7 @@ pub fn compile_rule(
         authorizer: index,
         scopes: scopes.map(<[String]>::to_vec).unwrap_or_default(),
         claims: Vec::new(),
+        route: format!("{api_name}\n{route}").into(),
     })
 }
 
@@ -334,7 +342,7 @@ pub fn check(
             _ => Decision::Respond(super::Refusal::json(500, "Internal Server Error")),
         },
         Some(AuthorizerKind::Request(r)) => {
-            super::request_auth::check(r, rule.authorizer, &state.request, view, req)
+            super::request_auth::check(r, rule, &state.request, view, req)
         }
         Some(AuthorizerKind::Sigv4(p)) => {
             super::sigv4::check(p, &state.sigv4, rule.authorizer, view, req)

@@ -297,6 +297,7 @@ impl PolicyBuilder {
                 route.authorizer.as_deref(),
                 route.authorization_scopes.as_deref(),
                 &self.authorizers,
+                (&api.raw.name, &route.key),
                 api.key,
                 key,
                 errors,

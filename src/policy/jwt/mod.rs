@@ -754,11 +754,20 @@ pub fn check(
         .headers
         .iter()
         .filter(|h| h.name.get(view.buf).eq_ignore_ascii_case(b"authorization"))
-        .map(|h| h.value.get(view.buf));
-    let token = token_from_header(&mut values).or_else(|| {
-        let name = auth.0.token_query.as_deref()?;
-        token_from_query(view.head.query.map(|q| q.get(view.buf))?, name)
-    });
+        .map(|h| h.value.get(view.buf))
+        .peekable();
+    // The query's token only when there is no Authorization header at
+    // all: one that holds no usable token (two of them, another scheme)
+    // is a 401, not a reason to look elsewhere, since it is passed on to
+    // the backend unverified.
+    let token = match values.peek() {
+        Some(_) => token_from_header(&mut values),
+        None => auth
+            .0
+            .token_query
+            .as_deref()
+            .and_then(|name| token_from_query(view.head.query.map(|q| q.get(view.buf))?, name)),
+    };
     match authorize(
         auth,
         shard,

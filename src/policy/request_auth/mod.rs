@@ -35,7 +35,7 @@
 pub mod cache;
 pub mod protocol;
 
-use super::auth::{AuthorizerKind, AuthorizerPlan};
+use super::auth::{AuthRule, AuthorizerKind, AuthorizerPlan};
 use super::{Decision, Refusal, RequestState, RequestView};
 pub use crate::config::raw::request_auth::RawRequestAuthorizer;
 use crate::config::ConfigError;
@@ -476,14 +476,17 @@ pub fn identity_value<'a>(src: &IdentitySource, view: &RequestView<'a>) -> Optio
 }
 
 /// The cache key of an identity: SHA-256 over the route (with
-/// `cache_per_route`) and each value, length-prefixed so that no two
-/// identities share a key by concatenation. Only the digest is kept, so a
-/// cache entry is small whatever the token's size, and tokens are not kept
-/// in memory by the cache.
-pub fn cache_key(az: &RequestAuthorizer, route: usize, identity: &[Cow<'_, str>]) -> Key {
+/// `cache_per_route`: its API's name and route key, [`AuthRule::route`],
+/// which name the same route after a reload that moves it) and each
+/// value, length-prefixed so that no two identities share a key by
+/// concatenation. Only the digest is kept, so a cache entry is small
+/// whatever the token's size, and tokens are not kept in memory by the
+/// cache.
+pub fn cache_key(az: &RequestAuthorizer, route: &str, identity: &[Cow<'_, str>]) -> Key {
     let mut h = Sha256::new();
     if az.cache_per_route {
-        h.update((route as u64).to_le_bytes());
+        h.update((route.len() as u64).to_le_bytes());
+        h.update(route.as_bytes());
     }
     for v in identity {
         h.update((v.len() as u64).to_le_bytes());
@@ -502,12 +505,15 @@ fn refuse(status: u16) -> Decision {
     })
 }
 
-/// Applies an answer to the request: an allow records the principal and
-/// the context headers; a deny is 403.
+/// Applies an answer to the request: an allow records the principal (one
+/// without a principal keeps the API key's, as a JWT without `sub` does)
+/// and the context headers; a deny is 403.
 pub fn apply(verdict: &Verdict, req: &mut RequestState) -> Decision {
     match verdict {
         Verdict::Allow(a) => {
-            req.principal = a.principal.clone();
+            if let Some(p) = &a.principal {
+                req.principal = Some(p.clone());
+            }
             req.upstream_headers.extend_from_slice(&a.headers);
             Decision::Continue
         }
@@ -546,7 +552,7 @@ impl fmt::Debug for Call {
 /// answer if there is one, else [`Decision::Authorize`].
 pub fn check(
     az: &RequestAuthorizer,
-    index: usize,
+    rule: &AuthRule,
     shard: &ShardRequestAuth,
     view: &RequestView<'_>,
     req: &mut RequestState,
@@ -562,8 +568,9 @@ pub fn check(
             None => return refuse(401),
         }
     }
+    let index = rule.authorizer;
     let cache = shard.cache(index);
-    let key = cache.map(|_| cache_key(az, route, &identity));
+    let key = cache.map(|_| cache_key(az, &rule.route, &identity));
     if let (Some(cache), Some(key)) = (cache, &key) {
         if let Some(v) = cache.get(key, view.now) {
             return apply(&v, req);

@@ -72,6 +72,15 @@ fn az_of(p: &Plan) -> &RequestAuthorizer {
     }
 }
 
+/// The first route's authorization rule.
+fn rule_of(p: &Plan) -> &AuthRule {
+    p.routes
+        .first()
+        .and_then(|r| r.policies.auth.as_ref())
+        // A test failure, not an input: the test config's route has one.
+        .expect("the first route has an authorizer")
+}
+
 fn compiled(authorizer: &str) -> RequestAuthorizer {
     az_of(&plan(&config(authorizer, ""))).clone()
 }
@@ -416,21 +425,28 @@ fn query_values() {
 #[test]
 fn cache_keys_separate_identities() {
     let az = compiled(BASIC);
-    let k = |vals: &[&str], route: usize| {
+    let k = |vals: &[&str], route: &str| {
         let v: Vec<Cow<'_, str>> = vals.iter().map(|s| Cow::Borrowed(*s)).collect();
         cache_key(&az, route, &v)
     };
-    assert_eq!(k(&["a"], 0), k(&["a"], 0));
-    assert_ne!(k(&["a"], 0), k(&["b"], 0));
+    let (r0, r1) = ("pets\nGET /a", "pets\nGET /b");
+    assert_eq!(k(&["a"], r0), k(&["a"], r0));
+    assert_ne!(k(&["a"], r0), k(&["b"], r0));
     // Length-prefixed: no ambiguity by concatenation.
-    assert_ne!(k(&["ab", "c"], 0), k(&["a", "bc"], 0));
-    assert_ne!(k(&["", "a"], 0), k(&["a", ""], 0));
+    assert_ne!(k(&["ab", "c"], r0), k(&["a", "bc"], r0));
+    assert_ne!(k(&["", "a"], r0), k(&["a", ""], r0));
     // The route counts only with cache_per_route.
-    assert_eq!(k(&["a"], 0), k(&["a"], 1));
+    assert_eq!(k(&["a"], r0), k(&["a"], r1));
     let mut per_route = az.clone();
     per_route.cache_per_route = true;
     let v = [Cow::Borrowed("a")];
-    assert_ne!(cache_key(&per_route, 0, &v), cache_key(&per_route, 1, &v));
+    assert_ne!(cache_key(&per_route, r0, &v), cache_key(&per_route, r1, &v));
+    // The route's text is length-prefixed too.
+    let w = [Cow::Borrowed("b")];
+    assert_ne!(
+        cache_key(&per_route, "pets\nGET /a", &w),
+        cache_key(&per_route, "pets\nGET /ab", &[Cow::Borrowed("")])
+    );
 }
 
 // === protocol ===
@@ -670,7 +686,7 @@ fn check_refuses_a_missing_identity_and_asks_on_a_miss() {
     let mut req = RequestState::default();
     let raw = b"GET /pets/1 HTTP/1.1\r\nHost: a\r\n\r\n";
     let h = head(raw);
-    match check(az, 0, &shard, &view(raw, &h), &mut req) {
+    match check(az, rule_of(&p), &shard, &view(raw, &h), &mut req) {
         Decision::Respond(r) => {
             assert_eq!((r.status, &*r.message), (401, "Unauthorized"))
         }
@@ -678,7 +694,7 @@ fn check_refuses_a_missing_identity_and_asks_on_a_miss() {
     }
     let raw = b"GET /pets/1 HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer t\r\n\r\n";
     let h = head(raw);
-    let call = match check(az, 0, &shard, &view(raw, &h), &mut req) {
+    let call = match check(az, rule_of(&p), &shard, &view(raw, &h), &mut req) {
         Decision::Authorize(call) => call,
         other => panic!("{other:?}"),
     };
@@ -698,7 +714,7 @@ fn check_answers_from_the_cache() {
     let cache = shard.cache(0).expect("caches");
     let raw = b"GET /pets/1 HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer t\r\n\r\n";
     let h = head(raw);
-    let key = cache_key(az, 0, &[Cow::Borrowed("Bearer t")]);
+    let key = cache_key(az, &rule_of(&p).route, &[Cow::Borrowed("Bearer t")]);
     cache.insert(
         key,
         allow(Some("user-1"), "x-user-id: 1\r\n"),
@@ -706,14 +722,14 @@ fn check_answers_from_the_cache() {
     );
     let mut req = RequestState::default();
     assert!(matches!(
-        check(az, 0, &shard, &view(raw, &h), &mut req),
+        check(az, rule_of(&p), &shard, &view(raw, &h), &mut req),
         Decision::Continue
     ));
     assert_eq!(req.principal.as_deref(), Some("user-1"));
     assert_eq!(req.upstream_headers, b"x-user-id: 1\r\n");
     cache.insert(key, Verdict::Deny, Instant::now());
     let mut req = RequestState::default();
-    match check(az, 0, &shard, &view(raw, &h), &mut req) {
+    match check(az, rule_of(&p), &shard, &view(raw, &h), &mut req) {
         Decision::Respond(r) => assert_eq!((r.status, &*r.message), (403, "Forbidden")),
         other => panic!("{other:?}"),
     }
@@ -731,7 +747,7 @@ fn without_a_ttl_nothing_is_cached() {
     let raw = b"GET /pets/1 HTTP/1.1\r\nHost: a\r\na: 1\r\n\r\n";
     let h = head(raw);
     let mut req = RequestState::default();
-    match check(az_of(&p), 0, &shard, &view(raw, &h), &mut req) {
+    match check(az_of(&p), rule_of(&p), &shard, &view(raw, &h), &mut req) {
         Decision::Authorize(call) => assert!(call.key.is_none()),
         other => panic!("{other:?}"),
     }

@@ -182,7 +182,8 @@ pub fn push_canonical_uri(out: &mut Vec<u8>, path: &[u8]) {
 /// without `=` has an empty value; empty pairs between `&&` are skipped)
 /// decoded and re-encoded as SigV4 encodes, sorted by encoded name and then
 /// encoded value, joined with `&`. With `presigned`, the `X-Amz-Signature`
-/// parameter is left out (it cannot sign itself). `scratch` is reused
+/// parameter (named exactly so, as sent) is left out (it cannot sign
+/// itself). `scratch` is reused
 /// working space.
 pub fn push_canonical_query(
     out: &mut Vec<u8>,
@@ -205,13 +206,14 @@ pub fn push_canonical_query(
             Some(i) => (&pair[..i], &pair[i + 1..]),
             None => (pair, &b""[..]),
         };
+        // Only the parameter named exactly so, as the verifier reads it
+        // (`X-Amz%2DSignature` is another parameter, and signed).
+        if presigned && name == b"X-Amz-Signature" {
+            continue;
+        }
         let ns = scratch.len();
         decode_query_component(name, |b| push_encoded_byte(scratch, b));
         let ne = scratch.len();
-        if presigned && &scratch[ns..ne] == b"X-Amz-Signature" {
-            scratch.truncate(ns);
-            continue;
-        }
         decode_query_component(value, |b| push_encoded_byte(scratch, b));
         pairs.push((ns, ne, scratch.len()));
     }

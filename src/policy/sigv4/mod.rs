@@ -869,10 +869,12 @@ fn scan_query(query: Option<&[u8]>) -> Result<Presigned<'_>, Failure> {
         return Ok(p);
     };
     for pair in q.split(|&b| b == b'&') {
-        let Some(eq) = pair.iter().position(|&b| b == b'=') else {
-            continue;
+        // A name without '=' has an empty value, as the canonical query
+        // reads it: a bare `X-Amz-Signature` is a second signature.
+        let (k, v) = match pair.iter().position(|&b| b == b'=') {
+            Some(eq) => (&pair[..eq], &pair[eq + 1..]),
+            None => (pair, &b""[..]),
         };
-        let (k, v) = (&pair[..eq], &pair[eq + 1..]);
         let slot = match k {
             b"X-Amz-Algorithm" => &mut p.algorithm,
             b"X-Amz-Credential" => &mut p.credential,
