@@ -336,6 +336,29 @@ fn api_keys_are_created_listed_disabled_enabled_and_revoked() {
 }
 
 #[test]
+fn a_key_name_is_percent_decoded_in_the_path() {
+    // Key names may hold '@' and ':', which a client (a browser's
+    // encodeURIComponent, say) sends percent-encoded.
+    let s = Setup::new("admin-api-key-path", false);
+    let backend = Backend::start(Reply::fixed(200, &[], "b"));
+    let gw = Gateway::start(&s.config("one", &backend.addr_str(), false));
+    let r = admin(&gw, "POST", "/keys", Some(br#"{"name": "ci@team:1"}"#));
+    assert_eq!(r.status, 201, "{}", r.text());
+    // A test failure, not an input: the 201 above carries the key.
+    let key = json(&r)["key"].as_str().unwrap().to_string();
+    assert_eq!(keyed(&gw, &key), 200);
+    let r = admin(&gw, "POST", "/keys/ci%40team%3A1/disable", Some(b""));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(keyed(&gw, &key), 403);
+    let r = admin(&gw, "POST", "/keys/ci%40team%3a1/enable", Some(b""));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(keyed(&gw, &key), 200);
+    let r = admin(&gw, "DELETE", "/keys/ci%40team:1", None);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(keyed(&gw, &key), 403);
+}
+
+#[test]
 fn with_usage_recorded_keys_can_be_added_and_revoked_and_usage_is_reported() {
     let s = Setup::new("admin-api-usage", true);
     let backend = Backend::start(Reply::fixed(200, &[], "b"));

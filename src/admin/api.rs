@@ -163,7 +163,9 @@ pub fn answer(
             let Some((name, action)) = key_path(p) else {
                 return Err(error(404, "Not Found"));
             };
-            let name = name.to_string();
+            // Percent-decoded, as the canary's names are: a key named
+            // `ci@team` may come as `/keys/ci%40team`.
+            let name = percent_decode_str(name);
             let change = match action {
                 None => KeyChange::Revoke(name),
                 Some("enable") => KeyChange::Enable(name),
