@@ -912,3 +912,63 @@ apis = ["public"]
     );
     assert_eq!(r.status, 400, "{}", r.body);
 }
+
+#[test]
+fn a_route_keyed_by_a_policy_set_says_it_needs_a_key() {
+    // `[[policies]]` sets give routes their keys and authorizers as the
+    // gateway enforces them; the page must say so, not "the route is open".
+    let keys = temp_path("toml");
+    // A test failure, not an input: a fresh temporary path.
+    std::fs::write(&keys, "").unwrap();
+    let gw = Gateway::start(&fill(
+        r#"
+[server]
+listen = ["127.0.0.1:0"]
+shards = 1
+api_keys_file = "@K@"
+
+[[policies]]
+name = "keyed"
+api_key_required = true
+
+[[apis]]
+name = "orders"
+policies = ["keyed"]
+[[apis.routes]]
+key = "GET /orders/{id}"
+integration = { type = "mock", body = "o" }
+[[apis.routes]]
+key = "GET /open"
+api_key_required = false
+integration = { type = "mock", body = "open" }
+
+[portal]
+listen = "127.0.0.1:0"
+"#,
+        &[("K", keys.display().to_string())],
+    ));
+    let out = gw.stdout();
+    let p: SocketAddr = out
+        .lines()
+        .find_map(|l| l.strip_prefix("coregate: portal listening on "))
+        .and_then(|a| a.trim().parse().ok())
+        // A test failure, not an input: the gateway prints this line.
+        .unwrap_or_else(|| panic!("no portal line in:\n{out}"));
+    assert_eq!(gateway_get(&gw, "/orders/1", None), 403);
+    let page = http(p, "127.0.0.1", "GET", "/api?name=orders", &[], "");
+    assert_eq!(page.status, 200, "{}", page.body);
+    let route = |key: &str| {
+        let at = format!("data-route=\"{key}\"");
+        let start = page
+            .body
+            .find(&at)
+            .unwrap_or_else(|| panic!("{key}: {}", page.body));
+        let rest = &page.body[start..];
+        rest[..rest.find("</article>").unwrap_or(rest.len())].to_string()
+    };
+    let keyed = route("GET /orders/{id}");
+    assert!(keyed.contains("auth api-key"), "{keyed}");
+    assert!(!keyed.contains("the route is open"), "{keyed}");
+    let open = route("GET /open");
+    assert!(open.contains("the route is open"), "{open}");
+}
