@@ -351,6 +351,29 @@ fn key_includes_configured_query_params_and_headers_only() {
 }
 
 #[test]
+fn a_key_parameter_sent_percent_encoded_is_still_part_of_the_key() {
+    // A backend reads `%70age=2` as `page=2`. If the cache did not, that
+    // response would be stored under the key of a request without `page`
+    // and served to everyone who asks for the first page: cache poisoning.
+    let echo = Backend::start(Reply::Echo);
+    let gw = gateway(
+        "",
+        "",
+        &[r("GET /k", &echo, "{ key_query_parameters = [\"page\"] }")],
+    );
+    let mut c = gw.client();
+    let poisoned = get_with(&mut c, "/k?%70age=2", "");
+    assert_cache(&poisoned, "Miss");
+    assert_cache(&get_with(&mut c, "/k?p%61g%65=2", ""), "Miss");
+    let plain = get_with(&mut c, "/k", "");
+    assert_cache(&plain, "Miss");
+    assert!(!plain.text().contains("age=2"), "{plain:?}");
+    assert_cache(&get_with(&mut c, "/k", ""), "Hit");
+    assert_cache(&get_with(&mut c, "/k?%70age=2", ""), "Hit");
+    assert_hits(&echo, 3);
+}
+
+#[test]
 fn post_is_not_cached_unless_opted_in() {
     let echo = Backend::start(Reply::Echo);
     let gw = gateway(

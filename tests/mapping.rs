@@ -169,6 +169,27 @@ fn request_headers_and_query_are_mapped_from_every_source() {
 }
 
 #[test]
+fn an_overwritten_or_removed_parameter_cannot_pass_percent_encoded() {
+    // A backend decodes parameter names (`%6cimit` is `limit` to it): the
+    // client's own `limit` and `debug` must not reach it that way beside
+    // or instead of the mapping's.
+    let s = setup(200);
+    let mut c = s.gw.client();
+    let e = c
+        .request(
+            b"GET /pets/7?%6cimit=5&max=10&%64%65bug=1&li%6Dit=6 HTTP/1.1\r\nHost: test\r\n\r\n",
+        )
+        .echo();
+    assert_eq!(e.target, "/animals/7?max=10&limit=10", "{e:?}");
+    // A name that only looks like one after decoding stays: `%` without
+    // two hex digits is not an escape.
+    let e = c
+        .request(b"GET /pets/7?%6limit=5 HTTP/1.1\r\nHost: test\r\n\r\n")
+        .echo();
+    assert_eq!(e.target, "/animals/7?%6limit=5", "{e:?}");
+}
+
+#[test]
 fn the_path_is_overwritten_and_escaped() {
     let s = setup(200);
     let mut c = s.gw.client();

@@ -1234,3 +1234,84 @@ fn an_import_is_merged_into_an_existing_config_file() {
     assert_eq!(o.status.code(), Some(2));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A route that requires a key through a `[[policies]]` set is exported
+/// with the key's security requirement, as the gateway enforces it: an
+/// export without it would import back as an open route, and SDKs made
+/// from it would not send the key.
+#[test]
+fn settings_from_policy_sets_are_exported() {
+    // Every unwrap here is a test failure, not an input.
+    let dir = scratch("openapi-policy-sets");
+    std::fs::write(dir.join("keys.toml"), "").unwrap();
+    let config = dir.join("c.toml");
+    std::fs::write(
+        &config,
+        r#"
+[server]
+listen = ["127.0.0.1:0"]
+api_keys_file = "keys.toml"
+
+[[policies]]
+name = "keyed"
+api_key_required = true
+
+[[policies]]
+name = "browser"
+cors = { allow_origins = ["https://app.example"] }
+
+[[apis]]
+name = "orders"
+policies = ["keyed", "browser"]
+
+[[apis.routes]]
+key = "GET /orders/{id}"
+integration = { type = "mock", body = "o" }
+
+[[apis.routes]]
+key = "GET /open"
+api_key_required = false
+integration = { type = "mock", body = "open" }
+"#,
+    )
+    .unwrap();
+    let c = config.display().to_string();
+    let o = run_coregate(&["openapi", "export", "--config", &c, "--api", "orders"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let doc: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        doc["paths"]["/orders/{id}"]["get"]["security"],
+        serde_json::json!([{ "api_key": [] }]),
+        "{doc}"
+    );
+    assert!(doc["paths"]["/open"]["get"]["security"].is_null(), "{doc}");
+    assert_eq!(
+        doc["x-amazon-apigateway-cors"]["allowOrigins"],
+        serde_json::json!(["https://app.example"]),
+        "{doc}"
+    );
+    // Imported back: the route requires its key again.
+    let exported = dir.join("orders.json");
+    std::fs::write(&exported, &o.stdout).unwrap();
+    let back = dir.join("back.toml");
+    import_ok(
+        &[
+            &exported.display().to_string(),
+            "--api-keys-file",
+            "keys.toml",
+        ],
+        &back,
+    );
+    let text = std::fs::read_to_string(&back).unwrap();
+    let raw: toml::Value = toml::from_str(&text).unwrap();
+    let routes = raw["apis"][0]["routes"].as_array().unwrap();
+    let keyed = routes
+        .iter()
+        .find(|r| r["key"].as_str() == Some("GET /orders/{id}"))
+        .unwrap();
+    assert_eq!(
+        keyed.get("api_key_required"),
+        Some(&toml::Value::Boolean(true)),
+        "{text}"
+    );
+}

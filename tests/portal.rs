@@ -848,3 +848,127 @@ per_hour = 0
         assert!(err.contains(needle), "{needle} missing from:\n{err}");
     }
 }
+
+#[test]
+fn try_it_reaches_only_the_api_it_names() {
+    // The portal lists `public` only; "try it" naming `public` must not
+    // carry a path under another API's base path to the gateway (from the
+    // portal's own address, which IP rules may trust).
+    let gw = Gateway::start(
+        r#"
+[server]
+listen = ["127.0.0.1:0"]
+shards = 1
+
+[[apis]]
+name = "public"
+base_path = "/pub"
+[[apis.routes]]
+key = "GET /hello"
+integration = { type = "mock", body = "public" }
+
+[[apis]]
+name = "internal"
+base_path = "/internal"
+[[apis.routes]]
+key = "GET /secret"
+integration = { type = "mock", body = "secret" }
+
+[portal]
+listen = "127.0.0.1:0"
+apis = ["public"]
+"#,
+    );
+    let out = gw.stdout();
+    let p: SocketAddr = out
+        .lines()
+        .find_map(|l| l.strip_prefix("coregate: portal listening on "))
+        .and_then(|a| a.trim().parse().ok())
+        // A test failure, not an input: the gateway prints this line.
+        .unwrap_or_else(|| panic!("no portal line in:\n{out}"));
+    let tried = post_json(
+        p,
+        "127.0.0.1",
+        "/try",
+        &json!({ "api": "public", "method": "GET", "path": "/pub/hello" }),
+    );
+    assert_eq!(tried.status, 200, "{}", tried.body);
+    assert_eq!(tried.json()["body"], "public");
+    for path in ["/internal/secret", "/internal", "/", "/publicity"] {
+        let r = post_json(
+            p,
+            "127.0.0.1",
+            "/try",
+            &json!({ "api": "public", "method": "GET", "path": path }),
+        );
+        assert_eq!(r.status, 400, "{path}: {}", r.body);
+        assert!(!r.body.contains("secret"), "{path}: {}", r.body);
+    }
+    let r = post_json(
+        p,
+        "127.0.0.1",
+        "/try",
+        &json!({ "api": "internal", "method": "GET", "path": "/internal/secret" }),
+    );
+    assert_eq!(r.status, 400, "{}", r.body);
+}
+
+#[test]
+fn a_route_keyed_by_a_policy_set_says_it_needs_a_key() {
+    // `[[policies]]` sets give routes their keys and authorizers as the
+    // gateway enforces them; the page must say so, not "the route is open".
+    let keys = temp_path("toml");
+    // A test failure, not an input: a fresh temporary path.
+    std::fs::write(&keys, "").unwrap();
+    let gw = Gateway::start(&fill(
+        r#"
+[server]
+listen = ["127.0.0.1:0"]
+shards = 1
+api_keys_file = "@K@"
+
+[[policies]]
+name = "keyed"
+api_key_required = true
+
+[[apis]]
+name = "orders"
+policies = ["keyed"]
+[[apis.routes]]
+key = "GET /orders/{id}"
+integration = { type = "mock", body = "o" }
+[[apis.routes]]
+key = "GET /open"
+api_key_required = false
+integration = { type = "mock", body = "open" }
+
+[portal]
+listen = "127.0.0.1:0"
+"#,
+        &[("K", keys.display().to_string())],
+    ));
+    let out = gw.stdout();
+    let p: SocketAddr = out
+        .lines()
+        .find_map(|l| l.strip_prefix("coregate: portal listening on "))
+        .and_then(|a| a.trim().parse().ok())
+        // A test failure, not an input: the gateway prints this line.
+        .unwrap_or_else(|| panic!("no portal line in:\n{out}"));
+    assert_eq!(gateway_get(&gw, "/orders/1", None), 403);
+    let page = http(p, "127.0.0.1", "GET", "/api?name=orders", &[], "");
+    assert_eq!(page.status, 200, "{}", page.body);
+    let route = |key: &str| {
+        let at = format!("data-route=\"{key}\"");
+        let start = page
+            .body
+            .find(&at)
+            .unwrap_or_else(|| panic!("{key}: {}", page.body));
+        let rest = &page.body[start..];
+        rest[..rest.find("</article>").unwrap_or(rest.len())].to_string()
+    };
+    let keyed = route("GET /orders/{id}");
+    assert!(keyed.contains("auth api-key"), "{keyed}");
+    assert!(!keyed.contains("the route is open"), "{keyed}");
+    let open = route("GET /open");
+    assert!(open.contains("the route is open"), "{open}");
+}

@@ -18,6 +18,7 @@ use crate::config::raw::mapping::RawMapping;
 use crate::config::ConfigError;
 use crate::http::method::Method;
 use crate::http::parse::{HeaderSpan, RequestHead};
+use crate::http::percent::percent_decode;
 use std::net::IpAddr;
 
 /// How much of a request body `$request.body.*` reads: a longer body is
@@ -773,10 +774,13 @@ impl RequestMapping {
             };
             for pair in query.split(|&b| b == b'&').filter(|p| !p.is_empty()) {
                 let name = pair.split(|&b| b == b'=').next().unwrap_or(pair);
+                // Compared decoded: a backend reads `%6cimit` as `limit`, and
+                // the client's own value must not pass that way.
+                let name = percent_decode(name);
                 let dropped = self
                     .query
                     .iter()
-                    .any(|o| o.action != Action::Append && o.name.as_bytes() == name);
+                    .any(|o| o.action != Action::Append && o.name.as_bytes() == &name[..]);
                 if !dropped {
                     sep(&mut out);
                     out.extend_from_slice(pair);

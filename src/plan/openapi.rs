@@ -285,6 +285,10 @@ pub fn export(
         toml::from_str(text).map_err(|e| ExportError::Refused(e.to_string()))?;
     let (mut errors, mut warnings) = (Vec::new(), Vec::new());
     let sources = apply(&mut raw, &mut errors, &mut warnings);
+    // The settings `[[policies]]` sets give (an API key, an authorizer,
+    // CORS) are exported where the gateway applies them, as it compiles
+    // the config.
+    super::policy_sets::apply(&mut raw, &mut errors);
     if let Some(e) = errors.first() {
         return Err(ExportError::Refused(format!(
             "the config does not compile: {e}"

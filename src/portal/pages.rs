@@ -274,8 +274,13 @@ pub(super) fn not_found() -> String {
 }
 
 fn parsed(r: &Running) -> Result<RawConfig, Response> {
-    crate::config::parse(&r.text)
-        .map_err(|_| Response::error(500, "the running config does not parse"))
+    let mut raw = crate::config::parse(&r.text)
+        .map_err(|_| Response::error(500, "the running config does not parse"))?;
+    // What `[[policies]]` sets give the APIs and routes (a key, an
+    // authorizer), as the gateway applies them; the running config
+    // compiled, so the sets have no errors to report.
+    crate::plan::policy_sets::apply(&mut raw, &mut Vec::new());
+    Ok(raw)
 }
 
 /// "deprecated since X, sunset Y" / "retired" badge, or "".

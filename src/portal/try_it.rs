@@ -111,6 +111,19 @@ pub(super) fn answer(r: &Running, body: &[u8]) -> Response {
         .and_then(|h| h.iter().find(|h| !h.contains('*')))
         .cloned()
         .unwrap_or_else(|| addr.to_string());
+    // The gateway routes by host and base path: the request must reach the
+    // API it names, not another one (an API the portal does not list).
+    let routed = r.plan.table.api_for(Some(host.as_bytes()), path);
+    if routed
+        .and_then(|i| r.plan.apis.get(i))
+        .map(|a| a.name.as_str())
+        != Some(api.name.as_str())
+    {
+        return bad(&format!(
+            "\"path\" is not under the base path of {:?}",
+            api.name
+        ));
+    }
     let mut head = format!("{method} {path}");
     if !query.is_empty() {
         head.push('?');

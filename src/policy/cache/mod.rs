@@ -25,6 +25,7 @@ pub mod lru;
 use crate::config::ConfigError;
 use crate::http::method::{Method, NAMED_METHODS};
 use crate::http::parse::RequestHead;
+use crate::http::percent::percent_decode;
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -118,7 +119,7 @@ impl CacheRule {
     ///
     /// The host is lower-cased; the path is as received. Only the configured
     /// query parameters (raw, in the order of the config's sorted names, each
-    /// name's occurrences in request order) and headers (sorted names, each
+    /// name's occurrences in request order, a name matched percent-decoded) and headers (sorted names, each
     /// name's values in request order) are included; an absent one adds
     /// nothing. No component can contain `\n` (the parser rejects CR, LF and
     /// NUL in targets and header values), so distinct requests never share a
@@ -149,7 +150,10 @@ impl CacheRule {
                         Some(i) => &pair[..i],
                         None => pair,
                     };
-                    if pname == &name[..] {
+                    // Decoded, as the backend reads it: `%70age=2` is a
+                    // `page`, and must not share the key of a request
+                    // without one.
+                    if percent_decode(pname)[..] == name[..] {
                         if !first {
                             out.push(b'&');
                         }
@@ -384,10 +388,11 @@ impl Validated {
                     push_once(
                         errors,
                         format!("{key}.key_query_parameters[{i}]"),
-                        format!("{q:?} is not a query parameter name: it must be non-empty, printable ASCII without spaces, '&', '=', '#' or '?' (names are matched as sent, not percent-decoded)"),
+                        format!("{q:?} is not a query parameter name: it must be non-empty, printable ASCII without spaces, '&', '=', '#' or '?' (names are matched percent-decoded, as a backend reads them)"),
                     );
                 } else {
-                    names.push(Box::from(q.as_bytes()));
+                    // Compared decoded with the request's names decoded.
+                    names.push(percent_decode(q.as_bytes()).into_owned().into_boxed_slice());
                 }
             }
             names.sort();
