@@ -998,6 +998,8 @@ fn start_hint(e: &glommio::GlommioError<()>) -> Option<String> {
     }
 }
 
+// Test code: every unwrap is on a fixture the test builds (its config,
+// files, sockets and the server it starts), so a failure is a failed test.
 #[cfg(test)]
 mod tests {
     use super::{describe, reload_config, start_hint, Control, Server, PARTLY};
@@ -1065,7 +1067,6 @@ mod tests {
     /// `GET /config` shows and, when asked, the file. The text and file
     /// used to keep the old config while the other shards served the new
     /// one, and the log said the old generation kept serving.
-    /// (Unwraps: a failed fixture is a failed test.)
     #[test]
     fn a_reload_that_reaches_only_some_shards_is_what_serves() {
         let dir = std::env::temp_dir().join(format!("coregate-partly-{}", std::process::id()));
