@@ -630,3 +630,31 @@ fn key_names_are_percent_decoded_in_paths_and_queries() {
     assert_eq!(keyed(&gw, &ci), 403);
     assert_eq!(keyed(&gw, &s.alice), 200);
 }
+
+/// Adding a key reloads the gateway; the throttle buckets carry over, as
+/// the keys before it keep their places. Every bucket used to start full
+/// again, so anyone who could add a key (a portal sign-up) could refill
+/// every client's burst at will.
+#[test]
+fn adding_a_key_does_not_refill_the_throttle_buckets() {
+    let s = Setup::new("admin-api-key-throttle", false);
+    let backend = Backend::start(Reply::fixed(200, &[], "b"));
+    let config = s
+        .config("one", &backend.addr_str(), false)
+        .replace("shards = 2", "shards = 1")
+        .replace(
+            "key = \"GET /k\"\napi_key_required = true\n",
+            "key = \"GET /k\"\napi_key_required = true\nthrottle = { rate = 0.01, burst = 2 }\n",
+        );
+    assert!(config.contains("rate = 0.01"), "{config}");
+    let gw = Gateway::start(&config);
+    let spent: Vec<u16> = (0..3).map(|_| keyed(&gw, &s.alice)).collect();
+    assert_eq!(spent, [200, 200, 429]);
+    let r = admin(&gw, "POST", "/keys", Some(br#"{"name": "newcomer"}"#));
+    assert_eq!(r.status, 201, "{}", r.text());
+    // A test failure, not an input: the 201 above carries the key.
+    let newcomer = json(&r)["key"].as_str().unwrap().to_string();
+    // The route's bucket is still empty, for every key.
+    assert_eq!(keyed(&gw, &s.alice), 429);
+    assert_eq!(keyed(&gw, &newcomer), 429);
+}

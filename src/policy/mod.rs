@@ -119,14 +119,18 @@ pub struct ServerPolicies {
 impl ServerPolicies {
     /// Whether throttle state made for `self` is right for `other`: the
     /// same buckets with the same settings, and the same API keys in the
-    /// same order (per-key buckets are kept by key position).
+    /// same order, or more added after them (per-key buckets are kept by
+    /// key position, and a new key's are made when it is first used).
+    /// Adding a key (`POST /keys`, a portal sign-up) must not refill every
+    /// bucket.
     pub fn same_throttle_state(&self, other: &ServerPolicies) -> bool {
         let names = |k: &api_key::KeyStore| {
             (0..k.len() as u32)
                 .map(|i| k.name(i).map(str::to_string))
                 .collect::<Vec<_>>()
         };
-        self.throttle == other.throttle && names(&self.api_keys) == names(&other.api_keys)
+        self.throttle == other.throttle
+            && names(&other.api_keys).starts_with(&names(&self.api_keys))
     }
 }
 
