@@ -218,13 +218,37 @@ fn has_cl_list(h: &[u8]) -> bool {
         .any(|v| v.contains(&b','))
 }
 
+/// Not `host[:port]`: a name of letters, digits, `-`, `.`, `_` or a
+/// bracketed IPv6 literal, then nothing or `:` and up to 5 digits.
 fn bad_host(h: &[u8]) -> bool {
     header_values(h, "host").iter().any(|v| {
-        v.is_empty()
-            || !v
-                .iter()
-                .all(|&b| b.is_ascii_alphanumeric() || b"-._~:[]".contains(&b))
-            || v.iter().filter(|&&b| b == b':').count() > 1 && !v.starts_with(b"[")
+        let (host, port) = if v.starts_with(b"[") {
+            match v.iter().position(|&b| b == b']') {
+                Some(end) => (&v[..=end], &v[end + 1..]),
+                None => return true,
+            }
+        } else {
+            let end = v.iter().position(|&b| b == b':').unwrap_or(v.len());
+            (&v[..end], &v[end..])
+        };
+        let host_ok = match host.strip_prefix(b"[") {
+            Some(lit) => {
+                let lit = &lit[..lit.len() - 1];
+                !lit.is_empty()
+                    && lit
+                        .iter()
+                        .all(|b| b.is_ascii_hexdigit() || b":.".contains(b))
+            }
+            None => {
+                !host.is_empty()
+                    && host
+                        .iter()
+                        .all(|&b| b.is_ascii_alphanumeric() || b"-._".contains(&b))
+            }
+        };
+        let port_ok = port.is_empty()
+            || (port[0] == b':' && port.len() <= 6 && port[1..].iter().all(u8::is_ascii_digit));
+        !(host_ok && port_ok)
     })
 }
 

@@ -196,12 +196,44 @@ fn parse_content_length(value: &[u8]) -> Option<u64> {
     })
 }
 
+/// A Host value (or an absolute-form authority) is `host[:port]`: a
+/// name of letters, digits, `.`, `-` and `_` (RFC 3986 reg-name and IPv4,
+/// without the escapes and sub-delims no client puts in a host name), or
+/// an IPv6 literal in brackets; the port is at most 5 digits (it may be
+/// empty, RFC 3986 §3.2.3).
 fn valid_host(host: &[u8]) -> bool {
-    !host.is_empty()
-        && host.len() <= 255
-        && host.iter().all(|&b| {
-            b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']' | b'_')
-        })
+    if host.is_empty() || host.len() > 255 {
+        return false;
+    }
+    let (name_ok, port) = match host.strip_prefix(b"[") {
+        Some(rest) => match rest.iter().position(|&b| b == b']') {
+            Some(end) => (
+                end > 0
+                    && rest[..end]
+                        .iter()
+                        .all(|&b| b.is_ascii_hexdigit() || matches!(b, b':' | b'.')),
+                &rest[end + 1..],
+            ),
+            None => return false,
+        },
+        None => {
+            let end = host.iter().position(|&b| b == b':').unwrap_or(host.len());
+            let name = &host[..end];
+            (
+                !name.is_empty()
+                    && name
+                        .iter()
+                        .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_')),
+                &host[end..],
+            )
+        }
+    };
+    name_ok
+        && match port.split_first() {
+            None => true,
+            Some((b':', digits)) => digits.len() <= 5 && digits.iter().all(u8::is_ascii_digit),
+            Some(_) => false,
+        }
 }
 
 fn valid_request_id(id: &[u8]) -> bool {

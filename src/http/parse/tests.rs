@@ -816,6 +816,8 @@ fn valid_host_values() {
         "[2001:db8::1]",
         "10.0.0.1:80",
         "my_host-1.internal",
+        "a:",
+        "[::ffff:10.0.0.1]:65535",
     ] {
         let buf = format!("GET / HTTP/1.1\r\nHost: {host}\r\n\r\n").into_bytes();
         assert_eq!(ok(&buf).host.unwrap().get(&buf), host.as_bytes(), "{host}");
@@ -826,6 +828,8 @@ fn valid_host_values() {
 fn invalid_host_values() {
     for host in [
         "", "a b", "a/b", "a@b", "a?b", "a#b", "a\\b", "a%2fb", "a,b", "a\tb", "\"a\"",
+        // Not host[:port] (these were accepted: only the bytes were checked).
+        "a:b:c", "[x", "a]", "[x]", "[]", "[::1]x", ":80", "a:8o", "a:123456", "a[::1]",
     ] {
         let buf = format!("GET / HTTP/1.1\r\nHost: {host}\r\n\r\n").into_bytes();
         assert_eq!(status(&buf), 400, "{host:?}");
