@@ -27,6 +27,45 @@ fn limits() -> Limits {
     }
 }
 
+/// Runs `test` on a glommio executor of its own.
+fn on_executor(test: impl std::future::Future<Output = ()> + 'static) {
+    glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+        .io_memory(512 * 1024)
+        .make()
+        .unwrap()
+        .run(test);
+}
+
+/// A loopback listener on a free port, and its address.
+fn loopback() -> (Listener, SocketAddr) {
+    let std_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = std_listener.local_addr().unwrap();
+    (
+        Listener::from_fd(OwnedFd::from(std_listener)).unwrap(),
+        addr,
+    )
+}
+
+/// Waits for a client thread (whose assertions run in it) without
+/// blocking the executor that serves it; a failed assertion there fails
+/// the test here.
+async fn joined<T>(t: std::thread::JoinHandle<T>) -> T {
+    while !t.is_finished() {
+        glommio::timer::sleep(Duration::from_millis(5)).await;
+    }
+    t.join().unwrap()
+}
+
+/// Waits up to 5 s for every connection's registration to go; then
+/// checks that none is left.
+async fn no_connections_left(c: &Connections) {
+    let started = Instant::now();
+    while c.live() > 0 && started.elapsed() < Duration::from_secs(5) {
+        glommio::timer::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(c.live(), 0);
+}
+
 fn head_limits() -> HeadLimits {
     HeadLimits {
         max_request_line: 8192,
@@ -100,54 +139,39 @@ async fn echo(up: Upgraded) {
 
 #[test]
 fn a_connection_is_handed_over_with_the_bytes_read_past_the_request() {
-    glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
-        .io_memory(512 * 1024)
-        .make()
-        .unwrap()
-        .run(async {
-            let std_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            let addr = std_listener.local_addr().unwrap();
-            let listener = Listener::from_fd(OwnedFd::from(std_listener)).unwrap();
-            let client = std::thread::spawn(move || {
-                let mut c = std::net::TcpStream::connect(addr).unwrap();
-                c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-                // The head and the first bytes of the new protocol in one
-                // write: "early" is read by the connection loop.
-                c.write_all(b"GET /chat HTTP/1.1\r\nHost: x\r\nUpgrade: echo\r\nConnection: upgrade\r\n\r\nearly")
+    on_executor(async {
+        let (listener, addr) = loopback();
+        let client = std::thread::spawn(move || {
+            let mut c = std::net::TcpStream::connect(addr).unwrap();
+            c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            // The head and the first bytes of the new protocol in one
+            // write: "early" is read by the connection loop.
+            c.write_all(b"GET /chat HTTP/1.1\r\nHost: x\r\nUpgrade: echo\r\nConnection: upgrade\r\n\r\nearly")
                     .unwrap();
-                let mut r = BufReader::new(c.try_clone().unwrap());
-                let mut status = String::new();
-                r.read_line(&mut status).unwrap();
-                assert_eq!(status, "HTTP/1.1 101 Switching Protocols\r\n");
-                let mut line = String::new();
-                while line != "\r\n" {
-                    line.clear();
-                    r.read_line(&mut line).unwrap();
-                }
-                let mut got = [0u8; 5];
-                r.read_exact(&mut got).unwrap();
-                assert_eq!(&got, b"early");
-                c.write_all(b"later").unwrap();
-                r.read_exact(&mut got).unwrap();
-                assert_eq!(&got, b"later");
-            });
-            let svc = Rc::new(Switcher::default());
-            let (sock, peer) = listener.accept().await.unwrap();
-            glommio::spawn_local(serve(svc.clone(), sock, peer, false)).detach();
-            // The client's assertions run in its thread; wait for it
-            // without blocking the executor that serves it.
-            while !client.is_finished() {
-                glommio::timer::sleep(Duration::from_millis(5)).await;
+            let mut r = BufReader::new(c.try_clone().unwrap());
+            let mut status = String::new();
+            r.read_line(&mut status).unwrap();
+            assert_eq!(status, "HTTP/1.1 101 Switching Protocols\r\n");
+            let mut line = String::new();
+            while line != "\r\n" {
+                line.clear();
+                r.read_line(&mut line).unwrap();
             }
-            client.join().unwrap();
-            assert_eq!(svc.handed_over.get(), 1);
-            // The client closed: the echo task ends and drops the guard.
-            let started = Instant::now();
-            while svc.connections.live() > 0 && started.elapsed() < Duration::from_secs(5) {
-                glommio::timer::sleep(Duration::from_millis(5)).await;
-            }
-            assert_eq!(svc.connections.live(), 0);
+            let mut got = [0u8; 5];
+            r.read_exact(&mut got).unwrap();
+            assert_eq!(&got, b"early");
+            c.write_all(b"later").unwrap();
+            r.read_exact(&mut got).unwrap();
+            assert_eq!(&got, b"later");
         });
+        let svc = Rc::new(Switcher::default());
+        let (sock, peer) = listener.accept().await.unwrap();
+        glommio::spawn_local(serve(svc.clone(), sock, peer, false)).detach();
+        joined(client).await;
+        assert_eq!(svc.handed_over.get(), 1);
+        // The client closed: the echo task ends and drops the guard.
+        no_connections_left(&svc.connections).await;
+    });
 }
 
 /// Sends each request's head and the body bytes that came with it upstream
@@ -210,79 +234,67 @@ impl Service for Ahead {
 /// with only its first half.
 #[test]
 fn body_bytes_sent_ahead_with_the_head_are_skipped_by_the_pump() {
-    glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
-        .io_memory(512 * 1024)
-        .make()
-        .unwrap()
-        .run(async {
-            let upstream = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            let up_addr = upstream.local_addr().unwrap();
-            // Each upstream connection: everything it receives, until the
-            // gateway side closes it.
-            let up_thread = std::thread::spawn(move || {
-                let mut got = Vec::new();
-                for _ in 0..3 {
-                    let (mut s, _) = upstream.accept().unwrap();
-                    let mut all = Vec::new();
-                    s.read_to_end(&mut all).unwrap();
-                    got.push(String::from_utf8(all).unwrap());
-                }
-                got
-            });
-            let std_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            let addr = std_listener.local_addr().unwrap();
-            let listener = Listener::from_fd(OwnedFd::from(std_listener)).unwrap();
-            let client = std::thread::spawn(move || {
-                let mut c = std::net::TcpStream::connect(addr).unwrap();
-                c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-                let mut r = BufReader::new(c.try_clone().unwrap());
-                let answer = |r: &mut BufReader<std::net::TcpStream>| {
-                    let mut line = String::new();
-                    let mut len = 0;
-                    loop {
-                        line.clear();
-                        r.read_line(&mut line).unwrap();
-                        if let Some(v) = line.strip_prefix("content-length: ") {
-                            len = v.trim().parse().unwrap();
-                        }
-                        if line == "\r\n" {
-                            break;
-                        }
-                    }
-                    let mut body = vec![0u8; len];
-                    r.read_exact(&mut body).unwrap();
-                    String::from_utf8(body).unwrap()
-                };
-                // The whole body and the next request in one write.
-                c.write_all(b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n0123456789GET /b HTTP/1.1\r\nHost: x\r\n\r\n")
-                    .unwrap();
-                assert_eq!(answer(&mut r), "ok 10");
-                assert_eq!(answer(&mut r), "ok 0");
-                // Half of the body with the head, the rest later.
-                c.write_all(b"POST /c HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabcde")
-                    .unwrap();
-                std::thread::sleep(Duration::from_millis(50));
-                c.write_all(b"fghij").unwrap();
-                assert_eq!(answer(&mut r), "ok 10");
-            });
-            let svc = Rc::new(Ahead {
-                connections: Rc::default(),
-                upstream: up_addr,
-            });
-            let (sock, peer) = listener.accept().await.unwrap();
-            glommio::spawn_local(serve(svc.clone(), sock, peer, false)).detach();
-            while !client.is_finished() {
-                glommio::timer::sleep(Duration::from_millis(5)).await;
+    on_executor(async {
+        let upstream = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let up_addr = upstream.local_addr().unwrap();
+        // Each upstream connection: everything it receives, until the
+        // gateway side closes it.
+        let up_thread = std::thread::spawn(move || {
+            let mut got = Vec::new();
+            for _ in 0..3 {
+                let (mut s, _) = upstream.accept().unwrap();
+                let mut all = Vec::new();
+                s.read_to_end(&mut all).unwrap();
+                got.push(String::from_utf8(all).unwrap());
             }
-            client.join().unwrap();
-            while !up_thread.is_finished() {
-                glommio::timer::sleep(Duration::from_millis(5)).await;
-            }
-            assert_eq!(
-                up_thread.join().unwrap(),
-                ["[head]0123456789", "[head]", "[head]abcdefghij"]
-            );
+            got
         });
+        let (listener, addr) = loopback();
+        let client = std::thread::spawn(move || {
+            let mut c = std::net::TcpStream::connect(addr).unwrap();
+            c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let mut r = BufReader::new(c.try_clone().unwrap());
+            let answer = |r: &mut BufReader<std::net::TcpStream>| {
+                let mut line = String::new();
+                let mut len = 0;
+                loop {
+                    line.clear();
+                    r.read_line(&mut line).unwrap();
+                    if let Some(v) = line.strip_prefix("content-length: ") {
+                        len = v.trim().parse().unwrap();
+                    }
+                    if line == "\r\n" {
+                        break;
+                    }
+                }
+                let mut body = vec![0u8; len];
+                r.read_exact(&mut body).unwrap();
+                String::from_utf8(body).unwrap()
+            };
+            // The whole body and the next request in one write.
+            c.write_all(b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n0123456789GET /b HTTP/1.1\r\nHost: x\r\n\r\n")
+                    .unwrap();
+            assert_eq!(answer(&mut r), "ok 10");
+            assert_eq!(answer(&mut r), "ok 0");
+            // Half of the body with the head, the rest later.
+            c.write_all(b"POST /c HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabcde")
+                .unwrap();
+            std::thread::sleep(Duration::from_millis(50));
+            c.write_all(b"fghij").unwrap();
+            assert_eq!(answer(&mut r), "ok 10");
+        });
+        let svc = Rc::new(Ahead {
+            connections: Rc::default(),
+            upstream: up_addr,
+        });
+        let (sock, peer) = listener.accept().await.unwrap();
+        glommio::spawn_local(serve(svc.clone(), sock, peer, false)).detach();
+        joined(client).await;
+        assert_eq!(
+            joined(up_thread).await,
+            ["[head]0123456789", "[head]", "[head]abcdefghij"]
+        );
+    });
 }
 
 /// Panics while it serves its first request; answers `200 ok` after.
@@ -331,47 +343,34 @@ impl Service for Panicky {
 /// connection. It used to unwind through the executor and stop it.
 #[test]
 fn a_panic_while_serving_closes_only_that_connection() {
-    glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
-        .io_memory(512 * 1024)
-        .make()
-        .unwrap()
-        .run(async {
-            let std_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            let addr = std_listener.local_addr().unwrap();
-            let listener = Listener::from_fd(OwnedFd::from(std_listener)).unwrap();
-            let client = std::thread::spawn(move || {
-                let get = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
-                // The first connection's request meets the panic: the
-                // connection closes without an answer.
-                let mut c = std::net::TcpStream::connect(addr).unwrap();
-                c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-                c.write_all(get).unwrap();
-                let mut got = Vec::new();
-                let _ = c.read_to_end(&mut got);
-                assert!(got.is_empty(), "{got:?}");
-                // The next is served.
-                let mut c = std::net::TcpStream::connect(addr).unwrap();
-                c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-                c.write_all(get).unwrap();
-                let mut got = [0u8; 40];
-                c.read_exact(&mut got).unwrap();
-                assert!(got.ends_with(b"\r\n\r\nok"), "{got:?}");
-            });
-            let svc = Rc::new(Panicky::default());
-            for _ in 0..2 {
-                let (sock, peer) = listener.accept().await.unwrap();
-                glommio::spawn_local(serve(svc.clone(), sock, peer, false)).detach();
-            }
-            while !client.is_finished() {
-                glommio::timer::sleep(Duration::from_millis(5)).await;
-            }
-            client.join().unwrap();
-            assert_eq!(svc.served.get(), 2);
-            // The second client closed too; no registration is left.
-            let started = Instant::now();
-            while svc.connections.live() > 0 && started.elapsed() < Duration::from_secs(5) {
-                glommio::timer::sleep(Duration::from_millis(5)).await;
-            }
-            assert_eq!(svc.connections.live(), 0);
+    on_executor(async {
+        let (listener, addr) = loopback();
+        let client = std::thread::spawn(move || {
+            let get = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+            // The first connection's request meets the panic: the
+            // connection closes without an answer.
+            let mut c = std::net::TcpStream::connect(addr).unwrap();
+            c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            c.write_all(get).unwrap();
+            let mut got = Vec::new();
+            let _ = c.read_to_end(&mut got);
+            assert!(got.is_empty(), "{got:?}");
+            // The next is served.
+            let mut c = std::net::TcpStream::connect(addr).unwrap();
+            c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            c.write_all(get).unwrap();
+            let mut got = [0u8; 40];
+            c.read_exact(&mut got).unwrap();
+            assert!(got.ends_with(b"\r\n\r\nok"), "{got:?}");
         });
+        let svc = Rc::new(Panicky::default());
+        for _ in 0..2 {
+            let (sock, peer) = listener.accept().await.unwrap();
+            glommio::spawn_local(serve(svc.clone(), sock, peer, false)).detach();
+        }
+        joined(client).await;
+        assert_eq!(svc.served.get(), 2);
+        // The second client closed too; no registration is left.
+        no_connections_left(&svc.connections).await;
+    });
 }
