@@ -202,6 +202,19 @@ fn the_path_is_overwritten_and_escaped() {
     assert_eq!(r.status, 400, "{r:?}");
     assert_eq!(r.json_message().as_deref(), Some("Bad Request"));
     assert_eq!(s.echo.hits(), 1);
+    // So is one behind a separator or a parameter some backends read as
+    // such: an encoded `/` (kept as sent), a `\` (sent as `%5C`), `;...`.
+    for bucket in ["..%2F..", "a%2F..", "..\\x", "..;x"] {
+        let r = c.request(
+            format!("GET /files/x HTTP/1.1\r\nHost: test\r\nX-Bucket: {bucket}\r\n\r\n").as_bytes(),
+        );
+        assert_eq!(r.status, 400, "{bucket}: {r:?}");
+    }
+    assert_eq!(s.echo.hits(), 1);
+    let e = c
+        .request(b"GET /files/x HTTP/1.1\r\nHost: test\r\nX-Bucket: a%2Fb;v=1\r\n\r\n")
+        .echo();
+    assert_eq!(e.target, "/storage/a%2Fb;v=1/x");
 }
 
 #[test]

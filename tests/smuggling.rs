@@ -310,6 +310,48 @@ fn unsupported_request_targets() {
     rig.backend_saw_nothing();
 }
 
+/// A `..` behind a separator or a parameter some backends read as such
+/// (`%2F` or `%5C` decoded, `\` taken for `/`, `;...` stripped by Tomcat,
+/// Spring, IIS) would leave the `{proxy+}` route's prefix there: refused
+/// like a literal `..`. Encoded slashes and `;` elsewhere still go upstream
+/// as sent.
+#[test]
+fn dot_segments_behind_encoded_separators_are_refused() {
+    let rig = rig();
+    for target in [
+        "/echo/..%2fhealth",
+        "/echo/..%2Fhealth",
+        "/echo/x/%2e%2e%2F..%2Fhealth",
+        "/echo/..%5chealth",
+        "/echo/..%5Chealth",
+        "/echo/..\\health",
+        "/echo/..;/health",
+        "/echo/..;jsessionid=1/health",
+        "/echo/.;x/health",
+        "/echo/a%2F..",
+    ] {
+        let msg = rig.rejected(format!("GET {target} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes());
+        assert_eq!(
+            msg, "Invalid path: dot segments are not allowed",
+            "{target}"
+        );
+    }
+    rig.backend_saw_nothing();
+    let mut c = rig.gw.client();
+    for target in [
+        "/echo/a%2Fb",
+        "/echo/a%2F%2Fb",
+        "/echo/a%5Cb",
+        "/echo/a;x=1/b",
+        "/echo/...%2Fb",
+        "/echo/..x%2Fb",
+        "/echo//a",
+    ] {
+        let r = c.request(format!("GET {target} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes());
+        assert_eq!(r.echo().target, target);
+    }
+}
+
 #[test]
 fn invalid_method_token() {
     let rig = rig();

@@ -240,22 +240,46 @@ fn valid_request_id(id: &[u8]) -> bool {
     !id.is_empty() && id.len() <= MAX_REQUEST_ID_LEN && id.iter().all(|b| b.is_ascii_graphic())
 }
 
-/// True when a path segment is `.` or `..`, literally or percent-encoded.
-fn is_dot_segment(seg: &[u8]) -> bool {
-    fn dot(s: &[u8]) -> Option<&[u8]> {
-        if let Some(rest) = s.strip_prefix(b".") {
-            Some(rest)
-        } else if s.len() >= 3 && s[0] == b'%' && s[1] == b'2' && (s[2] | 0x20) == b'e' {
-            Some(&s[3..])
-        } else {
-            None
+/// True when a segment of `path` is `.` or `..` as a backend may read it:
+/// segments are split on `/`, `\`, `%2F` and `%5C` (some backends decode
+/// an encoded slash, some take a backslash for one), a segment's `;...`
+/// parameters are left out (Tomcat, Spring and IIS strip them), and `%XX`
+/// escapes are decoded. `/a/..%2Fb`, `/a/..\b`, `/a/..;x/b` and
+/// `/a/%2e%2E/b` all have one; `/a%2Fb` and `/...` do not. One pass over
+/// the bytes, nothing allocated.
+pub fn has_dot_segment(path: &[u8]) -> bool {
+    fn hex(b: Option<&u8>) -> Option<u8> {
+        b.and_then(|&b| (b as char).to_digit(16)).map(|d| d as u8)
+    }
+    // In the segment so far: 0, 1 or 2 dots and nothing else, or 3 (some
+    // other byte, or three dots): not a dot segment.
+    let mut dots = 0u8;
+    let mut params = false;
+    let mut i = 0;
+    while i < path.len() {
+        let mut b = path[i];
+        i += 1;
+        if b == b'%' {
+            if let (Some(h), Some(l)) = (hex(path.get(i)), hex(path.get(i + 1))) {
+                b = h << 4 | l;
+                i += 2;
+            }
+        }
+        match b {
+            b'/' | b'\\' => {
+                if dots == 1 || dots == 2 {
+                    return true;
+                }
+                dots = 0;
+                params = false;
+            }
+            _ if params => {}
+            b';' => params = true,
+            b'.' => dots = (dots + 1).min(3),
+            _ => dots = 3,
         }
     }
-    match dot(seg) {
-        Some([]) => true,
-        Some(rest) => matches!(dot(rest), Some([])),
-        None => false,
-    }
+    dots == 1 || dots == 2
 }
 
 /// A request target split into path, query and (absolute-form) authority.
@@ -294,7 +318,7 @@ fn split_target(target: &[u8]) -> Result<TargetParts<'_>, Reject> {
     if !path.is_empty() && path[0] != b'/' {
         return Err(Reject::bad_request("Invalid request target"));
     }
-    if path.split(|&b| b == b'/').any(is_dot_segment) {
+    if has_dot_segment(path) {
         return Err(Reject::bad_request(
             "Invalid path: dot segments are not allowed",
         ));

@@ -17,7 +17,7 @@
 use crate::config::raw::mapping::RawMapping;
 use crate::config::ConfigError;
 use crate::http::method::Method;
-use crate::http::parse::{HeaderSpan, RequestHead};
+use crate::http::parse::{has_dot_segment, HeaderSpan, RequestHead};
 use crate::http::percent::percent_decode;
 use std::net::IpAddr;
 
@@ -756,6 +756,9 @@ impl RequestMapping {
                     out.push(b'/');
                 }
                 push_encoded(&mut out, &val, PATH_SAFE);
+                // The parser's rule for request paths (`/..%2F`, `..\`,
+                // `..;x` too): a backend would resolve the segment and the
+                // path would leave the place the mapping put it in.
                 if has_dot_segment(&out[start..]) {
                     return Err(BadValue("a mapped path has a dot segment"));
                 }
@@ -854,30 +857,6 @@ fn push_encoded(out: &mut Vec<u8>, v: &[u8], safe: &[u8]) {
             out.extend_from_slice(&[b'%', HEX[(b >> 4) as usize], HEX[(b & 15) as usize]]);
         }
     }
-}
-
-/// A `.` or `..` segment, also percent-encoded: a backend would resolve it
-/// and the path would leave the place the mapping put it in.
-fn has_dot_segment(path: &[u8]) -> bool {
-    path.split(|&b| b == b'/').any(|seg| {
-        let mut dots = 0;
-        let mut i = 0;
-        while i < seg.len() {
-            if seg[i] == b'.' {
-                i += 1;
-            } else if seg.len() >= i + 3
-                && seg[i] == b'%'
-                && seg[i + 1] == b'2'
-                && seg[i + 2].eq_ignore_ascii_case(&b'e')
-            {
-                i += 3;
-            } else {
-                return false;
-            }
-            dots += 1;
-        }
-        dots == 1 || dots == 2
-    })
 }
 
 /// Without leading and trailing spaces and tabs, which HTTP does not count

@@ -353,6 +353,22 @@ fn dot_segments_are_rejected() {
         "/../",
         "/a/..?x=1",
         "http://a.example/../b",
+        // Behind separators and parameters a backend may read as such.
+        "/a/..%2fb",
+        "/a/..%2Fb",
+        "/a/%2e%2e%2Fb",
+        "/a%2F..%2Fb",
+        "/a/..%5cb",
+        "/a/..%5Cb",
+        "/a/..\\b",
+        "/a\\..\\b",
+        "/a\\.",
+        "/a/..;/b",
+        "/a/..;x=1/b",
+        "/a/.;x/b",
+        "/a/%2e%2e;x",
+        "/a/..%3bx/b",
+        "/a/..%2f",
     ] {
         let buf = format!("GET {target} HTTP/1.1\r\nHost: a\r\n\r\n").into_bytes();
         let r = reject_with(&buf, &LIMITS);
@@ -372,6 +388,20 @@ fn dots_that_are_not_dot_segments_are_fine() {
         "/%2ex",
         "/%2",
         "/a?x=/../y",
+        "/a%2Fb",
+        "/a/%2F/b",
+        "/a%2F%2Fb",
+        "/a;x/b",
+        "/a;../b",
+        "/a/...;x",
+        "/a/x;..",
+        "/a\\b",
+        "/a\\...",
+        "/a%5Cb",
+        "/;/",
+        "/a/%252e%252e/b",
+        "/a/..x%2Fb",
+        "//a//b//",
     ] {
         let buf = format!("GET {target} HTTP/1.1\r\nHost: a\r\n\r\n").into_bytes();
         let h = ok(&buf);

@@ -164,6 +164,24 @@ fn unsafe_values_are_refused() {
     assert!(has_dot_segment(b"/a/%2E%2e/b"));
     assert!(!has_dot_segment(b"/a/.../b"));
     assert!(!has_dot_segment(b"/a/.b/"));
+    // The parser's rule: behind `%2F`, `\` (sent as `%5C`) and `;...`.
+    for value in ["..%2Fetc", "a%2F..", "..\\etc", "..;x"] {
+        let header = format!("GET / HTTP/1.1\r\nhost: gw\r\nx-one: {value}\r\n\r\n");
+        let r = run(
+            &[("overwrite:path", "/files/${request.header.x-one}")],
+            &header,
+            UPSTREAM,
+            None,
+        );
+        assert!(r.is_err(), "{value}");
+    }
+    let r = run(
+        &[("overwrite:path", "/files/${request.header.x-one}")],
+        "GET / HTTP/1.1\r\nhost: gw\r\nx-one: a%2Fb\r\n\r\n",
+        UPSTREAM,
+        None,
+    );
+    assert!(r.is_ok());
 }
 
 #[test]
