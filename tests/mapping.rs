@@ -64,6 +64,7 @@ integration = { type = "http_proxy", url = "http://@FIXED@" }
 "remove:header.x-secret" = ""
 [apis.routes.mapping.response.500]
 "append:header.x-error" = "$response.header.x-upstream"
+"overwrite:header.date" = "Sun, 06 Nov 1994 08:49:37 GMT"
 
 [[apis.routes]]
 key = "GET /cached/{code}"
@@ -300,6 +301,8 @@ fn response_status_and_headers_are_mapped_by_integration_status() {
     assert!(r.header("x-secret").is_none(), "{r:?}");
     assert_eq!(r.text(), "{\"message\":\"from the backend\"}");
     assert_eq!(s.fixed.hits(), 1);
+    // The backend sent no Date: the gateway adds one (RFC 9110 §6.6.1).
+    assert_eq!(r.headers_named("date").len(), 1, "{r:?}");
 
     // A status with no mapping passes as it came.
     let s = setup(503);
@@ -314,6 +317,12 @@ fn response_status_and_headers_are_mapped_by_integration_status() {
     let r = c.get("/status/500");
     assert_eq!(r.status, 500);
     assert_eq!(r.header("x-error"), Some("up-value"));
+    // A Date the mapping writes is the one the client gets.
+    assert_eq!(
+        r.headers_named("date"),
+        vec!["Sun, 06 Nov 1994 08:49:37 GMT"],
+        "{r:?}"
+    );
 }
 
 #[test]
@@ -325,6 +334,7 @@ fn the_cache_stores_and_serves_the_mapped_response() {
         assert_eq!(r.status, 200, "{r:?}");
         assert_eq!(r.header("x-cache"), Some(expect_cache), "{r:?}");
         assert_eq!(r.headers_named("x-upstream"), vec!["cached up-value"]);
+        assert_eq!(r.headers_named("date").len(), 1, "{r:?}");
         assert!(r.header("x-secret").is_none(), "{r:?}");
         assert_eq!(r.text(), "{\"message\":\"from the backend\"}");
     }

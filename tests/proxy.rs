@@ -259,6 +259,97 @@ fn bodyless_post_gets_content_length_zero_upstream() {
     );
 }
 
+/// Seconds since the epoch of an HTTP date, read by Python's
+/// `email.utils` (a parser we did not write).
+fn http_date_secs(value: &str) -> i64 {
+    let out = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import sys, email.utils; print(int(email.utils.parsedate_to_datetime(sys.argv[1]).timestamp()))",
+            value,
+        ])
+        .output()
+        // python3 is installed by scripts/test: a test failure, not an input.
+        .expect("python3");
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("not an HTTP date: {value:?}"))
+}
+
+/// RFC 9110 §6.6.1: a proxy with a clock appends a `Date` to a response
+/// that arrives without one; an upstream's own `Date` is kept as it is.
+#[test]
+fn a_response_without_date_gets_one_and_an_upstreams_is_kept() {
+    let (_e, _s, gw) = setup(Reply::fixed(
+        200,
+        &[("Date", "Sun, 06 Nov 1994 08:49:37 GMT")],
+        "dated",
+    ));
+    let now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64)
+    };
+    // The echo backend sends no Date; nor do chunked, close-delimited,
+    // HTTP/1.0 or HEAD responses of it.
+    for req in [
+        &b"GET /echo/a HTTP/1.1\r\nHost: t\r\n\r\n"[..],
+        b"HEAD /echo/a HTTP/1.1\r\nHost: t\r\n\r\n",
+        b"GET /echo/a HTTP/1.0\r\nHost: t\r\n\r\n",
+    ] {
+        let mut c = gw.client();
+        let before = now();
+        c.send(req);
+        let r = if req.starts_with(b"HEAD") {
+            c.read_head_response()
+        } else {
+            c.read_response()
+        };
+        let after = now();
+        let dates = r.headers_named("date");
+        assert_eq!(dates.len(), 1, "{r:?}");
+        let at = http_date_secs(dates[0]);
+        assert!(before <= at && at <= after, "{before} <= {at} <= {after}");
+    }
+    let r = gw.client().get("/special/x");
+    assert_eq!(
+        r.headers_named("date"),
+        ["Sun, 06 Nov 1994 08:49:37 GMT"],
+        "{r:?}"
+    );
+    // One listed in Connection is not passed on: the gateway's replaces it.
+    for reply in [
+        Reply::fixed(
+            200,
+            &[
+                ("Connection", "date"),
+                ("Date", "Sun, 06 Nov 1994 08:49:37 GMT"),
+            ],
+            "x",
+        ),
+        Reply::Chunked {
+            chunks: vec![b"abc".to_vec()],
+            trailers: vec![],
+        },
+        Reply::CloseDelimited(b"until close".to_vec()),
+        Reply::fixed(204, &[], ""),
+        Reply::fixed(503, &[], "down"),
+    ] {
+        let (_e, _s, gw) = setup(reply);
+        let r = gw.client().get("/special/x");
+        let dates = r.headers_named("date");
+        assert_eq!(dates.len(), 1, "{r:?}");
+        assert!((http_date_secs(dates[0]) - now()).abs() <= 2, "{r:?}");
+    }
+    // The gateway's own responses carry one too (a 404, a 502).
+    let r = gw.client().get("/nowhere");
+    assert_eq!((r.status, r.headers_named("date").len()), (404, 1), "{r:?}");
+    let (_e, _s, gw) = setup(Reply::DropAlways);
+    let r = gw.client().get("/special/x");
+    assert_eq!((r.status, r.headers_named("date").len()), (502, 1), "{r:?}");
+}
+
 #[test]
 fn upstream_status_and_headers_pass_through() {
     let reply = Reply::fixed(

@@ -645,6 +645,7 @@ async fn proxy(
         state,
         limits: &plan.limits,
         connections: &gw.connections,
+        date: &gw.date,
     };
     let mut report = Report::default();
     let proxied = match &route.policies.cache {

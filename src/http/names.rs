@@ -25,6 +25,8 @@ pub enum Name {
     XForwardedFor,
     XForwardedProto,
     XForwardedHost,
+    /// Acted on in responses only: one without it gets the gateway's.
+    Date,
     Other,
 }
 
@@ -73,6 +75,7 @@ pub fn classify(name: &[u8]) -> Name {
     match name.len() {
         2 if eq_lower(name, b"te") => Name::Te,
         4 if eq_lower(name, b"host") => Name::Host,
+        4 if eq_lower(name, b"date") => Name::Date,
         6 if eq_lower(name, b"expect") => Name::Expect,
         7 if eq_lower(name, b"upgrade") => Name::Upgrade,
         7 if eq_lower(name, b"trailer") => Name::Trailer,
@@ -133,9 +136,10 @@ fn case_bits(w: u64) -> u64 {
 mod tests {
     use super::*;
 
-    const KNOWN: [(&[u8], Name); 14] = [
+    const KNOWN: [(&[u8], Name); 15] = [
         (b"te", Name::Te),
         (b"host", Name::Host),
+        (b"date", Name::Date),
         (b"expect", Name::Expect),
         (b"upgrade", Name::Upgrade),
         (b"trailer", Name::Trailer),
@@ -216,7 +220,8 @@ mod tests {
             b"content-type",
             b"content-lengthx",
             b"x-request-ie",
-            b"date",
+            b"dat",
+            b"datex",
             b"server",
         ] {
             assert_eq!(classify(n), Name::Other, "{}", String::from_utf8_lossy(n));

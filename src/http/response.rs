@@ -28,6 +28,8 @@ pub struct ResponseHead {
     /// The upstream will keep the connection open after this response.
     pub keep_alive: bool,
     pub has_request_id: bool,
+    /// A `Date` header goes on to the client (none listed in `Connection`).
+    pub has_date: bool,
     /// The Content-Length the upstream declared (kept for HEAD responses).
     pub content_length: Option<u64>,
     /// The Transfer-Encoding value, forwarded as is when chunked passes through.
@@ -113,6 +115,7 @@ pub fn parse_response_head_into(
     out.framing = RespFraming::Close;
     out.keep_alive = minor_version == 1;
     out.has_request_id = false;
+    out.has_date = false;
     out.content_length = None;
     out.transfer_encoding = None;
     let mut content_length: Option<u64> = None;
@@ -169,6 +172,7 @@ pub fn parse_response_head_into(
                 }
             }
             Name::XRequestId => out.has_request_id = true,
+            Name::Date => out.has_date = true,
             _ => {}
         }
         out.headers.push(HeaderSpan {
@@ -181,6 +185,12 @@ pub fn parse_response_head_into(
     }
     // A framing header listed in Connection is already hop-by-hop here.
     mark_connection_listed(&mut out.headers, buf, &connection_names);
+    if out.has_date && !connection_names.is_empty() {
+        out.has_date = out
+            .headers
+            .iter()
+            .any(|h| !h.hop && h.name.get(buf).eq_ignore_ascii_case(b"date"));
+    }
     out.framing = if head_request || (100..200).contains(&status) || status == 204 || status == 304
     {
         RespFraming::None

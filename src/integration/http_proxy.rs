@@ -32,7 +32,7 @@ use crate::http::body::{check_start, ChunkedDecoder};
 use crate::http::conn::{
     splice_chunk, BodyError, Conn, Connections, Flow, Split, AFTER_SPLICE_READ,
 };
-use crate::http::encode::{push_status_line, push_u64};
+use crate::http::encode::{push_status_line, push_u64, DateCache};
 use crate::http::method::Method;
 use crate::http::parse::{Framing, RequestHead};
 use crate::http::respond::push_connection;
@@ -42,7 +42,7 @@ use crate::integration::client::{read_head, Head, HeadError};
 use crate::integration::upstream::{UpConn, UpstreamPlan, UpstreamState};
 use crate::net::splice::{SpliceError, Toward};
 use crate::tls::stream::{Io, Shared};
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
@@ -305,6 +305,8 @@ pub struct Upstream<'a> {
     /// Read when the response head is written: once the shard drains,
     /// every response says `connection: close`.
     pub connections: &'a Connections,
+    /// The shard's clock, for a response that arrives without a `Date`.
+    pub date: &'a RefCell<DateCache>,
 }
 
 /// What forwarding did, for the gateway's record of the request.
@@ -505,6 +507,7 @@ async fn forward_inner(
         keep,
         &sent,
         upstream.limits,
+        upstream.date,
     )
     .await;
     report.bytes_out = sent.get();
@@ -628,6 +631,7 @@ async fn duplex(
                 keep,
                 &sent,
                 upstream.limits,
+                upstream.date,
             )
             .await;
             Ok::<Down, UpErr>(Down {
@@ -849,6 +853,7 @@ async fn respond<C: Io, U: Io>(
     keep: bool,
     sent: &Cell<u64>,
     limits: &Limits,
+    date: &RefCell<DateCache>,
 ) -> Responded {
     let client_11 = f.minor_version == 1;
     let mut client_keep = keep;
@@ -856,7 +861,7 @@ async fn respond<C: Io, U: Io>(
     if dechunk || resp.framing == RespFraming::Close {
         client_keep = false;
     }
-    write_response_head(wbuf, buf, resp, f, ebuf, client_keep);
+    write_response_head(wbuf, buf, resp, f, ebuf, client_keep, date);
     // Bytes written to the client, heads and body.
     sent.set(sent.get() + wbuf.len() as u64);
 
@@ -1040,6 +1045,13 @@ fn write_informational(out: &mut Vec<u8>, buf: &[u8], resp: &ResponseHead) {
     out.extend_from_slice(b"\r\n");
 }
 
+/// The client's response head: the upstream's status line and headers
+/// (mapped, when the route maps this status) minus hop-by-hop ones, then
+/// what the gateway adds: `date` when none passes on (RFC 9110 §6.6.1: a
+/// proxy with a clock appends one, at the time it received the response),
+/// `x-request-id` when the upstream sent none, the framing, the policies'
+/// lines and `connection`.
+#[allow(clippy::too_many_arguments)]
 fn write_response_head(
     out: &mut Vec<u8>,
     buf: &[u8],
@@ -1047,6 +1059,7 @@ fn write_response_head(
     f: Forward<'_>,
     extra: &[u8],
     client_keep: bool,
+    date: &RefCell<DateCache>,
 ) {
     out.clear();
     let status = status_for(f, resp.status);
@@ -1059,7 +1072,7 @@ fn write_response_head(
         out.extend_from_slice(resp.reason.get(buf));
     }
     out.extend_from_slice(b"\r\n");
-    if let Some((m, map)) = mapped(&f, resp.status) {
+    let has_date = if let Some((m, map)) = mapped(&f, resp.status) {
         m.write_headers(
             out,
             buf,
@@ -1067,7 +1080,7 @@ fn write_response_head(
             |h| f.passes(h, buf),
             &map.ctx,
             resp.status,
-        );
+        )
     } else {
         for h in resp.headers.iter().filter(|h| f.passes(h, buf)) {
             out.extend_from_slice(h.name.get(buf));
@@ -1075,6 +1088,12 @@ fn write_response_head(
             out.extend_from_slice(h.value.get(buf));
             out.extend_from_slice(b"\r\n");
         }
+        resp.has_date
+    };
+    if !has_date {
+        out.extend_from_slice(b"date: ");
+        out.extend_from_slice(date.borrow_mut().get());
+        out.extend_from_slice(b"\r\n");
     }
     if !resp.has_request_id {
         out.extend_from_slice(b"x-request-id: ");

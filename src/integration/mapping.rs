@@ -1059,7 +1059,7 @@ impl StatusMapping {
     /// Writes the response's header lines: the upstream's (`headers`
     /// whose `keep` holds) minus those removed or overwritten, then the
     /// mapped ones. A mapped value that is empty or has control characters
-    /// is left out.
+    /// is left out. Returns whether a `date` line was written.
     pub fn write_headers(
         &self,
         out: &mut Vec<u8>,
@@ -1068,7 +1068,8 @@ impl StatusMapping {
         keep: impl Fn(&HeaderSpan) -> bool,
         ctx: &Context<'_>,
         status: u16,
-    ) {
+    ) -> bool {
+        let mut has_date = false;
         for h in headers.iter().filter(|h| keep(h)) {
             let name = h.name.get(buf);
             if self
@@ -1078,6 +1079,7 @@ impl StatusMapping {
             {
                 continue;
             }
+            has_date |= name.eq_ignore_ascii_case(b"date");
             out.extend_from_slice(name);
             out.extend_from_slice(b": ");
             out.extend_from_slice(h.value.get(buf));
@@ -1115,8 +1117,10 @@ impl StatusMapping {
                 out.copy_within(from..to, value_at);
                 out.truncate(value_at + (to - from));
                 out.extend_from_slice(b"\r\n");
+                has_date |= op.name.eq_ignore_ascii_case("date");
             }
         }
+        has_date
     }
 }
 
