@@ -130,6 +130,9 @@ fn request_headers_and_query_are_mapped_from_every_source() {
           X-Name: Ann\r\n\
           X-Version: v1\r\n\
           X-Secret: hunter2\r\n\
+          X_Version: v0\r\n\
+          x_secret: hunter3\r\n\
+          X_Secret_: kept\r\n\
           X-Tag: red\r\n\
           x-tag: blue\r\n\
           X-Request-Id: req-map-1\r\n\r\n",
@@ -143,6 +146,10 @@ fn request_headers_and_query_are_mapped_from_every_source() {
     assert_eq!(e.header("x-pet"), Some("42"));
     assert_eq!(e.headers_named("x-version"), vec!["v2"]);
     assert!(!e.has("x-secret"), "{e:?}");
+    // Their underscore spellings go too: a CGI-style backend reads
+    // `X_Version` as `HTTP_X_VERSION`, the same as `X-Version`.
+    assert!(!e.has("x_version") && !e.has("x_secret"), "{e:?}");
+    assert_eq!(e.header("x_secret_"), Some("kept"), "{e:?}");
     assert_eq!(e.header("x-who"), Some("Ann from 127.0.0.1"));
     assert_eq!(e.header("x-rid"), Some("req-map-1"));
     assert_eq!(e.header("x-route"), Some("GET /pets/{id}"));
@@ -566,10 +573,12 @@ integration = {{ type = "http_proxy", url = "http://{e}/p" }}
         )
     };
     let token = pyjwt_token(&claims(r#","email":"alice@example.com""#), secret);
-    let (status, body) = curl_bearer(&gw.url("/mapped"), &token, &["x-user: forged"]);
+    let forged = ["x-user: forged", "X_User: forged", "x_USER: forged"];
+    let (status, body) = curl_bearer(&gw.url("/mapped"), &token, &forged);
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
     let e = Echo::parse(&body).expect("echo");
     assert_eq!(e.headers_named("x-user"), ["alice@example.com"]);
+    assert!(!e.has("x_user"), "{e:?}");
     assert_eq!(e.header("x-groups"), Some(r#"["a","b"]"#));
     assert_eq!(e.header("x-level"), Some("level 3"));
     assert!(!e.has("x-missing"), "an absent claim adds nothing: {e:?}");
@@ -577,10 +586,10 @@ integration = {{ type = "http_proxy", url = "http://{e}/p" }}
 
     // Without the claim, the overwrite still removes the client's header.
     let token = pyjwt_token(&claims(""), secret);
-    let (status, body) = curl_bearer(&gw.url("/mapped"), &token, &["x-user: forged"]);
+    let (status, body) = curl_bearer(&gw.url("/mapped"), &token, &forged);
     assert_eq!(status, 200);
     let e = Echo::parse(&body).expect("echo");
-    assert!(!e.has("x-user"), "{e:?}");
+    assert!(!e.has("x-user") && !e.has("x_user"), "{e:?}");
 
     // A route without a mapping is untouched.
     let (status, body) = curl_bearer(&gw.url("/plain"), &token, &["x-user: own"]);

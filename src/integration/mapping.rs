@@ -810,9 +810,13 @@ impl RequestMapping {
                 .map_or(headers_end, |i| pos + i + 2);
             let line = &old[pos..end];
             let name = line.split(|&b| b == b':').next().unwrap_or(line);
-            let dropped = self.headers.iter().any(|o| {
-                o.action != Action::Append && name.eq_ignore_ascii_case(o.name.as_bytes())
-            });
+            // `X_User` too where `X-User` is overwritten or removed: CGI-style
+            // backends (PHP, WSGI) read both as `HTTP_X_USER`, and the
+            // client's own value must not reach them that way.
+            let dropped = self
+                .headers
+                .iter()
+                .any(|o| o.action != Action::Append && same_cgi_name(name, o.name.as_bytes()));
             if !dropped {
                 out.extend_from_slice(line);
             }
@@ -837,6 +841,19 @@ impl RequestMapping {
         *xbuf = out;
         Ok(())
     }
+}
+
+/// Header names equal ignoring ASCII case, with `-` and `_` taken alike
+/// (as a CGI variable `HTTP_X_USER` takes them).
+fn same_cgi_name(a: &[u8], b: &[u8]) -> bool {
+    let fold = |c: u8| {
+        if c == b'_' {
+            b'-'
+        } else {
+            c.to_ascii_lowercase()
+        }
+    };
+    a.len() == b.len() && a.iter().zip(b).all(|(&x, &y)| fold(x) == fold(y))
 }
 
 /// Bytes kept as they are in a mapped path; others are percent-encoded.

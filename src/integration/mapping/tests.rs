@@ -185,6 +185,16 @@ fn unsafe_values_are_refused() {
 }
 
 #[test]
+fn cgi_names_take_dash_and_underscore_alike() {
+    assert!(same_cgi_name(b"X_User", b"x-user"));
+    assert!(same_cgi_name(b"x-USER", b"x_user"));
+    assert!(same_cgi_name(b"x-user", b"x-user"));
+    assert!(!same_cgi_name(b"x-users", b"x-user"));
+    assert!(!same_cgi_name(b"x.user", b"x-user"));
+    assert!(!same_cgi_name(b"xuser", b"x-user"));
+}
+
+#[test]
 fn encoding_keeps_valid_escapes() {
     let mut out = Vec::new();
     push_encoded(&mut out, b"a b%20c%zz&/", QUERY_SAFE);
