@@ -1,7 +1,8 @@
 //! The `coregate` binary: `serve` runs the gateway, `check` validates a
 //! config, `keys` manages an API keys file, `openapi` imports and exports
 //! OpenAPI documents. Exit codes: 0 success, 1 invalid
-//! config, start-up failure or failed `keys` command, 2 bad usage.
+//! config, start-up failure, a shard that stopped while serving or failed
+//! `keys` command, 2 bad usage.
 
 use coregate::plan;
 use coregate::runtime::{reload_config, KeyAnswer, KeyChange, MainRequest, Running, Server};
@@ -25,7 +26,8 @@ const SERVE_USAGE: &str = "  coregate serve [--config PATH] [--log-level LEVEL]
                                    run the gateway (default config: config/coregate.toml);
                                    LEVEL: error, warn, info (default) or debug;
                                    SIGTERM or SIGINT drains and exits 0, SIGHUP reloads
-                                   the config, SIGUSR1 reopens the access log files";
+                                   the config, SIGUSR1 reopens the access log files;
+                                   a shard that stops drains the others and exits 1";
 const CHECK_USAGE: &str = "  coregate check [--config PATH]   validate a config and exit 0, or print every error and exit 1";
 const RELOAD_USAGE: &str =
     "  coregate reload [--config PATH]  ask the running gateway (through the admin listener PATH
@@ -789,6 +791,11 @@ fn serve(path: &std::path::Path) -> ExitCode {
     use std::io::Write;
     let _ = std::io::stdout().flush();
 
+    // A shard that stops while serving (a panic outside a connection task)
+    // is noticed at once: the process drains the others and exits 1, so
+    // that a service manager starts it again with every shard.
+    let ended = server.ended();
+    let mut lost = None;
     while !signalled.swap(false, Ordering::SeqCst) {
         if hangup.swap(false, Ordering::SeqCst) {
             let _ = reload_config(&mut server, path, &mut text, "SIGHUP", None, false);
@@ -799,20 +806,38 @@ fn serve(path: &std::path::Path) -> ExitCode {
         if reopen.swap(false, Ordering::SeqCst) {
             server.reopen_logs();
         }
-        match requests.recv_timeout(SIGNAL_LOOK) {
-            Ok(asked) => answer(&mut server, path, &mut text, asked),
-            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
-            // Every sender gone (no signal thread, no admin listener, no
-            // portal): look at the flags every SIGNAL_POLL instead.
-            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
-                std::thread::sleep(SIGNAL_POLL)
+        let mut select = crossbeam_channel::Select::new();
+        let on_request = select.recv(&requests);
+        select.recv(&ended);
+        match select.select_timeout(SIGNAL_LOOK) {
+            Ok(op) if op.index() == on_request => match op.recv(&requests) {
+                Ok(asked) => answer(&mut server, path, &mut text, asked),
+                // Every sender gone (no signal thread, no admin listener,
+                // no portal): look at the flags every SIGNAL_POLL instead.
+                Err(_) => std::thread::sleep(SIGNAL_POLL),
+            },
+            // Disconnected only once every shard's thread has ended.
+            Ok(op) => {
+                lost = Some(match op.recv(&ended) {
+                    Ok(id) => server.lost_shard(id),
+                    Err(_) => "every shard has stopped".to_string(),
+                });
+                break;
             }
+            Err(_) => {}
         }
     }
-    coregate::log!(
-        "info",
-        "SIGTERM/SIGINT: draining (a second signal exits at once)"
-    );
+    match &lost {
+        Some(why) => coregate::log!(
+            "error",
+            "{why}; draining the other shards, then exiting with status 1 so that a service \
+             manager starts coregate again"
+        ),
+        None => coregate::log!(
+            "info",
+            "SIGTERM/SIGINT: draining (a second signal exits at once)"
+        ),
+    }
     server.shutdown();
     // A second signal while draining ends the process at once.
     std::thread::spawn(move || loop {
@@ -845,8 +870,16 @@ fn serve(path: &std::path::Path) -> ExitCode {
         std::thread::sleep(SIGNAL_POLL);
     });
     server.join();
-    coregate::log!("info", "stopped");
-    ExitCode::SUCCESS
+    match lost {
+        Some(why) => {
+            coregate::log!("error", "stopped: {why}; exit status 1");
+            ExitCode::from(1)
+        }
+        None => {
+            coregate::log!("info", "stopped");
+            ExitCode::SUCCESS
+        }
+    }
 }
 
 /// Wakes the main thread on SIGTERM, SIGINT, SIGHUP and SIGUSR1: each

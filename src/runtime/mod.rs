@@ -26,6 +26,10 @@ pub enum Control {
     /// An `@connections` request for a WebSocket connection this shard
     /// holds (the admin listener's push, describe or close).
     WebSocket(crate::gateway::websocket::Command),
+    /// Panic in the shard's control loop, outside any connection task:
+    /// the tests' way to stop a shard as a bug would.
+    #[cfg(test)]
+    Panic(&'static str),
 }
 
 /// One shard's control inbox as the threads outside it reach it: a message
@@ -67,7 +71,10 @@ impl Drop for Inbox {
 
 /// A running gateway: its shards and their inboxes.
 pub struct Server {
-    handles: Vec<glommio::ExecutorJoinHandle<()>>,
+    /// Each shard's executor, with the shard's id.
+    handles: Vec<(usize, glommio::ExecutorJoinHandle<()>)>,
+    /// The id of each shard whose thread has ended ([`Server::ended`]).
+    ended: Receiver<usize>,
     inboxes: Vec<Inbox>,
     /// The bound address for each `listen` entry (port 0 resolved).
     pub local_addrs: Vec<SocketAddr>,
@@ -449,6 +456,7 @@ impl Server {
             .map(|_| Default::default())
             .collect();
         let mut rxs = rxs.into_iter();
+        let (ended_tx, ended) = crossbeam_channel::unbounded();
         for id in 0..plan.server.shards {
             let shard_fds = fds_iter.next().unwrap_or_default();
             let (Some(link), Some(usage_link), Some(rx)) =
@@ -483,7 +491,9 @@ impl Server {
             }
             let epoll_sleep = tuning.epoll_sleep;
             let timer_slack = tuning.timer_slack;
+            let ended_tx = ended_tx.clone();
             let spawned = builder.spawn(move || async move {
+                shard::notify_end(id, ended_tx);
                 crate::log::set_shard(id);
                 crate::net::set_epoll_sleep(epoll_sleep);
                 if let Err(e) = crate::net::set_sleep_slack(timer_slack) {
@@ -504,7 +514,7 @@ impl Server {
             });
             match spawned {
                 Ok(h) => {
-                    handles.push(h);
+                    handles.push((id, h));
                     inboxes.push(Inbox::new(tx, bells[id].clone()));
                     readies.push(ready_rx);
                 }
@@ -512,6 +522,7 @@ impl Server {
                     drop(usage_links);
                     let server = Server {
                         handles,
+                        ended,
                         inboxes,
                         local_addrs,
                         tls_addrs,
@@ -534,6 +545,7 @@ impl Server {
         let cpus = plan.server.cpus.clone();
         let server = Server {
             handles,
+            ended,
             inboxes,
             local_addrs,
             tls_addrs,
@@ -730,6 +742,30 @@ impl Server {
         self.inboxes.clone()
     }
 
+    /// Where the id of each shard whose thread ends arrives, as it ends:
+    /// after [`Server::shutdown`]'s drain, or at once when the shard stopped
+    /// for another reason (a panic outside a connection task unwinds
+    /// through its executor, and its connections and listeners go with
+    /// it). While the gateway serves, any id here is a shard lost.
+    pub fn ended(&self) -> Receiver<usize> {
+        self.ended.clone()
+    }
+
+    /// The error for shard `id` stopping while the gateway serves
+    /// ([`Server::ended`]), naming the shard and its CPU.
+    pub fn lost_shard(&self, id: usize) -> String {
+        let cpu = self
+            .plan
+            .as_ref()
+            .and_then(|p| p.server.cpus.get(id))
+            .map(|c| format!(" (CPU {c})"))
+            .unwrap_or_default();
+        format!(
+            "shard {id}{cpu} stopped while serving: the connections it held get no answer, \
+             and the other shards take its share of new connections"
+        )
+    }
+
     /// Asks every shard to drain and stop.
     pub fn shutdown(&self) {
         for inbox in &self.inboxes {
@@ -755,11 +791,14 @@ impl Server {
     /// process's limits are the cause, every shard fails alike.
     fn join_reporting(mut self, reported: Option<&str>) {
         let access_log = self.access_log.take();
-        for h in self.handles {
+        let cpus = self.plan.as_ref().map(|p| p.server.cpus.clone());
+        for (id, h) in self.handles {
             if let Err(e) = h.join() {
                 let e = describe(&e);
                 if reported != Some(e.as_str()) {
-                    crate::log!("error", "shard stopped with an error: {e}");
+                    let cpu = cpus.as_ref().and_then(|c| c.get(id)).copied();
+                    let cpu = cpu.map(|c| format!(" (CPU {c})")).unwrap_or_default();
+                    crate::log!("error", "shard {id}{cpu} stopped with an error: {e}");
                 }
             }
         }
@@ -897,9 +936,10 @@ fn wait_ready(
             // The sender went with the executor: its join handle has why.
             Err(_) => {
                 let cpu = cpus.get(id).copied().unwrap_or_default();
-                let handle = server.handles.remove(id);
+                let at = server.handles.iter().position(|(i, _)| *i == id);
+                let handle = at.map(|at| server.handles.remove(at).1);
                 server.inboxes.remove(id);
-                match handle.join() {
+                match handle.map(|h| h.join()).unwrap_or(Ok(())) {
                     Err(e) => {
                         let what = describe(&e);
                         let why = match start_hint(&e) {
@@ -1060,6 +1100,35 @@ mod tests {
             .next()
             .unwrap_or_default()
             .to_string()
+    }
+
+    /// A shard that stops while the gateway serves (here: a panic in its
+    /// control loop, outside any connection task, as a bug in a listener
+    /// loop or a timer task would) is reported on `Server::ended` at once,
+    /// named with its CPU; it used to go unnoticed until the next reload or
+    /// the shutdown. The other shard serves on meanwhile.
+    #[test]
+    fn a_shard_that_stops_is_noticed_at_once() {
+        let plan = crate::plan::load_text_in(&config(1), None).unwrap();
+        let server = Server::start(plan).unwrap();
+        let ended = server.ended();
+        assert_eq!(get_v(&server), "v1");
+        assert!(ended.try_recv().is_err(), "no shard has stopped yet");
+        let _ = server.inboxes[1].send(Control::Panic("a bug outside a connection"));
+        let started = std::time::Instant::now();
+        let id = ended
+            .recv_timeout(std::time::Duration::from_secs(5))
+            .unwrap();
+        assert_eq!(id, 1);
+        assert!(started.elapsed().as_secs() < 2, "{:?}", started.elapsed());
+        let why = server.lost_shard(id);
+        assert!(why.starts_with("shard 1 (CPU "), "{why}");
+        // Its listeners went with it: every new connection reaches shard 0.
+        for _ in 0..8 {
+            assert_eq!(get_v(&server), "v1");
+        }
+        server.shutdown();
+        server.join();
     }
 
     /// A reload that reaches only some shards (here: one has stopped)
