@@ -5,7 +5,8 @@
 //! `keys` command, 2 bad usage.
 
 use coregate::plan;
-use coregate::runtime::{reload_config, KeyAnswer, KeyChange, MainRequest, Running, Server};
+use coregate::runtime::requests::answer;
+use coregate::runtime::{reload_config, MainRequest, Server};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -915,112 +916,4 @@ fn forward_signals(tx: crossbeam_channel::Sender<MainRequest>) -> std::io::Resul
             }
         })?;
     Ok(())
-}
-
-/// Answers one request of the admin listener's threads.
-fn answer(server: &mut Server, path: &std::path::Path, text: &mut String, asked: MainRequest) {
-    match asked {
-        // The loop looks at the flags next.
-        MainRequest::Signal => {}
-        MainRequest::Reload {
-            who,
-            text: given,
-            reply,
-        } => {
-            let write = given.is_some();
-            let _ = reply.send(reload_config(server, path, text, &who, given, write));
-        }
-        MainRequest::Edit { who, edit, reply } => {
-            let outcome = edit(text)
-                .map(|edited| reload_config(server, path, text, &who, Some(edited), true));
-            let _ = reply.send(outcome);
-        }
-        MainRequest::Running { reply } => {
-            if let Some(plan) = server.plan() {
-                let _ = reply.send(Running {
-                    generation: server.generation(),
-                    path: path.to_path_buf(),
-                    text: text.clone(),
-                    plan: plan.clone(),
-                    listeners: server.listeners(),
-                });
-            }
-        }
-        MainRequest::Keys { who, change, reply } => {
-            let _ = reply.send(change_keys(server, path, text, &who, change));
-        }
-    }
-}
-
-/// Changes the API keys file the running config names, then reloads the
-/// running config (not the file on disk, which may hold edits nobody has
-/// asked to apply). A refused reload puts the keys file back as it was.
-fn change_keys(
-    server: &mut Server,
-    path: &std::path::Path,
-    text: &mut String,
-    who: &str,
-    change: KeyChange,
-) -> Result<KeyAnswer, Vec<String>> {
-    use coregate::policy::api_key::cli;
-    let raw = coregate::config::parse(text)
-        .map_err(|e| e.iter().map(|e| e.to_string()).collect::<Vec<_>>())?;
-    let Some(file) = raw.server.api_keys_file else {
-        return Err(vec![
-            "server.api_keys_file: the running config names no keys file, so keys cannot be managed here"
-                .to_string(),
-        ]);
-    };
-    let file = coregate::config::resolve_path(&file, path.parent());
-    let before = coregate::config::read_text(&file).ok();
-    let mut created = None;
-    let done = match &change {
-        KeyChange::Create { name, usage_plan } => cli::create(&file, name, usage_plan.as_deref())
-            .map(|k| {
-                created = Some((k.id, k.full));
-            }),
-        KeyChange::Enable(name) => cli::set_enabled(&file, name, true),
-        KeyChange::Disable(name) => cli::set_enabled(&file, name, false),
-        KeyChange::Revoke(name) => cli::revoke(&file, name),
-    };
-    done.map_err(|e| vec![e])?;
-    let what = match &change {
-        KeyChange::Create { name, .. } => format!("created API key {name:?}"),
-        KeyChange::Enable(name) => format!("enabled API key {name:?}"),
-        KeyChange::Disable(name) => format!("disabled API key {name:?}"),
-        KeyChange::Revoke(name) => format!("revoked API key {name:?}"),
-    };
-    let running = text.clone();
-    match reload_config(server, path, text, who, Some(running), false) {
-        Ok(generation) => {
-            coregate::log!("info", "{who} {what} in {}", file.display());
-            Ok(KeyAnswer {
-                generation,
-                created,
-            })
-        }
-        // The shards that answered serve the new keys: the file stays.
-        Err(errors)
-            if errors
-                .first()
-                .is_some_and(|e| e == coregate::runtime::PARTLY) =>
-        {
-            coregate::log!("info", "{who} {what} in {}", file.display());
-            Err(errors)
-        }
-        Err(errors) => {
-            let restored = match &before {
-                Some(old) => coregate::config::write_atomic(&file, old),
-                None => std::fs::remove_file(&file).map_err(|e| e.to_string()),
-            };
-            if let Err(e) = restored {
-                coregate::log!(
-                    "error",
-                    "{who}: the keys file {} could not be put back after a refused reload: {e}",
-                    file.display()
-                );
-            }
-            Err(errors)
-        }
-    }
 }

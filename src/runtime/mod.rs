@@ -4,6 +4,7 @@
 //! counters, and a crossbeam control inbox. The main thread only starts shards,
 //! forwards signals into their inboxes and waits for them to finish.
 
+pub mod requests;
 pub mod shard;
 
 use crate::plan::Plan;
@@ -157,6 +158,10 @@ pub struct KeyAnswer {
     pub generation: u64,
     /// (key id, the key itself).
     pub created: Option<(String, String)>,
+    /// Empty when every shard serves the change. When the reload reached
+    /// only some shards: its errors, starting with [`PARTLY`]; the change
+    /// is in the keys file and serves on the shards that installed it.
+    pub partly: Vec<String>,
 }
 
 /// The config the shards serve, as the main thread knows it.
@@ -1088,18 +1093,41 @@ mod tests {
     }
 
     fn get_v(server: &Server) -> String {
+        exchange(
+            server.local_addrs[0],
+            "GET /v HTTP/1.1\r\nhost: t\r\nconnection: close\r\n\r\n",
+        )
+        .1
+    }
+
+    /// Sends `request` to `addr` and reads the response to the close:
+    /// its status line and its body.
+    fn exchange(addr: std::net::SocketAddr, request: &str) -> (String, String) {
         use std::io::{Read, Write};
-        let mut s = std::net::TcpStream::connect(server.local_addrs[0]).unwrap();
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
         s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
             .unwrap();
-        s.write_all(b"GET /v HTTP/1.1\r\nhost: t\r\nconnection: close\r\n\r\n")
-            .unwrap();
+        s.write_all(request.as_bytes()).unwrap();
         let mut out = String::new();
         s.read_to_string(&mut out).unwrap();
-        out.rsplit("\r\n\r\n")
-            .next()
-            .unwrap_or_default()
-            .to_string()
+        let status = out.lines().next().unwrap_or_default().to_string();
+        let body = out.split_once("\r\n\r\n").unwrap_or_default().1;
+        (status, body.to_string())
+    }
+
+    /// Stops shard `id` as a bug would leave it, and waits until its inbox
+    /// refuses messages.
+    fn stop_shard(server: &Server, id: usize) {
+        let _ = server.inboxes[id].send(Control::Shutdown);
+        let started = std::time::Instant::now();
+        loop {
+            let (tx, _rx) = crossbeam_channel::bounded(1);
+            if server.inboxes[id].send(Control::Snapshot(tx)).is_err() {
+                break;
+            }
+            assert!(started.elapsed().as_secs() < 10, "shard {id} did not stop");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
     }
 
     /// A shard that stops while the gateway serves (here: a panic in its
@@ -1147,16 +1175,7 @@ mod tests {
         let mut server = Server::start(plan).unwrap();
         assert_eq!(get_v(&server), "v1");
         // Shard 1 stops; its inbox refuses messages once it is gone.
-        let _ = server.inboxes[1].send(Control::Shutdown);
-        let started = std::time::Instant::now();
-        loop {
-            let (tx, _rx) = crossbeam_channel::bounded(1);
-            if server.inboxes[1].send(Control::Snapshot(tx)).is_err() {
-                break;
-            }
-            assert!(started.elapsed().as_secs() < 10, "shard 1 did not stop");
-            std::thread::sleep(std::time::Duration::from_millis(10));
-        }
+        stop_shard(&server, 1);
         let got = reload_config(
             &mut server,
             &path,
@@ -1184,6 +1203,104 @@ mod tests {
         );
         assert_ne!(got.unwrap_err()[0], PARTLY);
         assert_eq!((server.generation(), &running), (2, &config(2)));
+        server.shutdown();
+        server.join();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// `POST /keys` when the reload reaches only some shards: the key is
+    /// in the keys file and serves on the shards that installed it, so the
+    /// 500 that names the shards that did not carries the key too. It used
+    /// to carry only the errors, and the key's secret was lost for good.
+    /// A portal sign-up then gets its key as usual (it used to get a 500,
+    /// its key live in the file but known to nobody).
+    #[test]
+    fn a_key_created_on_only_some_shards_is_still_handed_over() {
+        let dir = std::env::temp_dir().join(format!("coregate-partkey-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let keys = dir.join("keys.toml");
+        crate::policy::api_key::cli::create(&keys, "alice", None).unwrap();
+        let path = dir.join("coregate.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "[server]\nlisten = [\"127.0.0.1:0\"]\nshards = 2\napi_keys_file = {keys:?}\n\
+                 data_dir = {data:?}\n\n[[usage_plans]]\nname = \"free\"\napis = [\"main\"]\n\n\
+                 [admin]\nlisten = \"127.0.0.1:0\"\n\n[portal]\nlisten = \"127.0.0.1:0\"\n\n\
+                 [portal.signup]\nfile = {signups:?}\nplans = [\"free\"]\n\n\
+                 [[apis]]\nname = \"main\"\n\n\
+                 [[apis.routes]]\nkey = \"GET /k\"\napi_key_required = true\n\
+                 integration = {{ type = \"mock\", body = \"keyed\" }}\n",
+                data = dir.join("data"),
+                signups = dir.join("signups.toml"),
+            ),
+        )
+        .unwrap();
+        let (mut running, plan) = crate::plan::load_file(&path).unwrap();
+        let admin = crate::admin::bind(&plan.admin, false).unwrap().unwrap();
+        let portal = crate::portal::bind(&plan.portal, false).unwrap().unwrap();
+        let mut server = Server::start(plan).unwrap();
+        stop_shard(&server, 1);
+        let (main, requests) = crossbeam_channel::unbounded();
+        let (admin_addr, portal_addr) = (admin.addr, portal.addr);
+        portal.serve(main.clone()).unwrap();
+        admin
+            .serve(crate::admin::Context {
+                inboxes: server.inboxes(),
+                started: std::time::SystemTime::now(),
+                version: "test",
+                main,
+                tls_updates: crossbeam_channel::unbounded().1,
+            })
+            .unwrap();
+        // This thread is the gateway's main thread while `to` is asked
+        // `target` with a JSON `body`.
+        let mut post = |to: std::net::SocketAddr, target: &str, body: &str| {
+            let request = format!(
+                "POST {target} HTTP/1.1\r\nhost: t\r\nconnection: close\r\n\
+                 content-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            let client = std::thread::spawn(move || exchange(to, &request));
+            while !client.is_finished() {
+                if let Ok(asked) = requests.recv_timeout(std::time::Duration::from_millis(10)) {
+                    super::requests::answer(&mut server, &path, &mut running, asked);
+                }
+            }
+            client.join().unwrap()
+        };
+        let (status, body) = post(admin_addr, "/keys", r#"{"name":"bob"}"#);
+        let (signup_status, signup) =
+            post(portal_addr, "/signup", r#"{"plan":"free","label":"me"}"#);
+        assert!(status.contains(" 500 "), "{status} {body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["message"], PARTLY, "{body}");
+        assert!(
+            v["errors"][0].as_str().unwrap().contains("shard 1"),
+            "{body}"
+        );
+        assert_eq!(v["generation"], 2, "{body}");
+        let key = v["key"].as_str().unwrap();
+        assert!(key.starts_with("cg_"), "{body}");
+        assert!(
+            v["id"].as_str().is_some_and(|id| key.contains(id)),
+            "{body}"
+        );
+        // Shard 0 installed it: the key works there.
+        let (status, body) = exchange(
+            server.local_addrs[0],
+            &format!("GET /k HTTP/1.1\r\nhost: t\r\nx-api-key: {key}\r\nconnection: close\r\n\r\n"),
+        );
+        assert!(status.contains(" 200 "), "{status} {body}");
+        assert_eq!(body, "keyed");
+        assert!(signup_status.contains(" 201 "), "{signup_status} {signup}");
+        let v: serde_json::Value = serde_json::from_str(&signup).unwrap();
+        let key = v["key"].as_str().unwrap();
+        let (status, body) = exchange(
+            server.local_addrs[0],
+            &format!("GET /k HTTP/1.1\r\nhost: t\r\nx-api-key: {key}\r\nconnection: close\r\n\r\n"),
+        );
+        assert!(status.contains(" 200 "), "{status} {body}");
         server.shutdown();
         server.join();
         let _ = std::fs::remove_dir_all(&dir);
