@@ -807,9 +807,12 @@ impl Server {
                 }
             }
         }
-        // Every shard's link is gone with its executor, and the reload's
-        // with this: the coordinator writes what they reported and stops.
-        drop(self.usage_tx.take());
+        // Every shard has stopped: the coordinator writes what they
+        // reported and stops. Told so, as a shard a panic stopped never
+        // dropped its link.
+        if let Some(tx) = self.usage_tx.take() {
+            let _ = tx.send(crate::policy::usage::coordinator::ToCoordinator::Finish);
+        }
         if let Some(t) = self.usage.thread {
             if t.join().is_err() {
                 crate::log!("error", "the usage thread panicked");
@@ -1135,9 +1138,22 @@ mod tests {
     /// loop or a timer task would) is reported on `Server::ended` at once,
     /// named with its CPU; it used to go unnoticed until the next reload or
     /// the shutdown. The other shard serves on meanwhile.
+    ///
+    /// Then the gateway stops as a whole, though the lost shard's link to
+    /// the usage coordinator was never dropped (a panic leaves its tasks as
+    /// they are): the coordinator used to wait for that link to go, and
+    /// the join, so the exit, waited forever.
     #[test]
     fn a_shard_that_stops_is_noticed_at_once() {
-        let plan = crate::plan::load_text_in(&config(1), None).unwrap();
+        let dir = std::env::temp_dir().join(format!("coregate-lost-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let usage = format!(
+            "data_dir = {:?}\n\n[[usage_plans]]\nname = \"free\"\napis = [\"main\"]\n\
+             quota = {{ limit = 1000, period = \"DAY\" }}\n\n",
+            dir.join("data")
+        );
+        let text = config(1).replacen("shards = 2\n", &format!("shards = 2\n{usage}"), 1);
+        let plan = crate::plan::load_text_in(&text, None).unwrap();
         let server = Server::start(plan).unwrap();
         let ended = server.ended();
         assert_eq!(get_v(&server), "v1");
@@ -1156,7 +1172,13 @@ mod tests {
             assert_eq!(get_v(&server), "v1");
         }
         server.shutdown();
-        server.join();
+        let joined = std::thread::spawn(move || server.join());
+        let started = std::time::Instant::now();
+        while !joined.is_finished() {
+            assert!(started.elapsed().as_secs() < 15, "the join waits forever");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     /// A reload that reaches only some shards (here: one has stopped)
