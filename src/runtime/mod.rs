@@ -1140,9 +1140,10 @@ mod tests {
     /// the shutdown. The other shard serves on meanwhile.
     ///
     /// Then the gateway stops as a whole, though the lost shard's link to
-    /// the usage coordinator was never dropped (a panic leaves its tasks as
-    /// they are): the coordinator used to wait for that link to go, and
-    /// the join, so the exit, waited forever.
+    /// the usage coordinator and its access-log sink were never dropped (a
+    /// panic leaves its tasks as they are): the coordinator used to wait
+    /// for that link to go, and the join, so the exit, waited forever; the
+    /// access-log writer waited for the sink until its 5 s limit.
     #[test]
     fn a_shard_that_stops_is_noticed_at_once() {
         let dir = std::env::temp_dir().join(format!("coregate-lost-{}", std::process::id()));
@@ -1152,7 +1153,9 @@ mod tests {
              quota = {{ limit = 1000, period = \"DAY\" }}\n\n",
             dir.join("data")
         );
-        let text = config(1).replacen("shards = 2\n", &format!("shards = 2\n{usage}"), 1);
+        let log = dir.join("access.log");
+        let text = config(1).replacen("shards = 2\n", &format!("shards = 2\n{usage}"), 1)
+            + &format!("\n[apis.access_log]\npreset = \"clf\"\ndestination = {log:?}\n");
         let plan = crate::plan::load_text_in(&text, None).unwrap();
         let server = Server::start(plan).unwrap();
         let ended = server.ended();
@@ -1175,9 +1178,16 @@ mod tests {
         let joined = std::thread::spawn(move || server.join());
         let started = std::time::Instant::now();
         while !joined.is_finished() {
-            assert!(started.elapsed().as_secs() < 15, "the join waits forever");
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(3),
+                "the join waits for the lost shard"
+            );
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
+        // Shard 0's requests (the 8 since the panic) were logged before
+        // the end; shard 1's unflushed lines went with it.
+        let lines = std::fs::read_to_string(&log).unwrap();
+        assert!(lines.lines().count() >= 8, "{lines}");
         let _ = std::fs::remove_dir_all(&dir);
     }
 
