@@ -1,10 +1,12 @@
 //! The `coregate` binary: `serve` runs the gateway, `check` validates a
 //! config, `keys` manages an API keys file, `openapi` imports and exports
 //! OpenAPI documents. Exit codes: 0 success, 1 invalid
-//! config, start-up failure or failed `keys` command, 2 bad usage.
+//! config, start-up failure, a shard that stopped while serving or failed
+//! `keys` command, 2 bad usage.
 
 use coregate::plan;
-use coregate::runtime::{reload_config, KeyAnswer, KeyChange, MainRequest, Running, Server};
+use coregate::runtime::requests::answer;
+use coregate::runtime::{reload_config, MainRequest, Server};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -25,7 +27,8 @@ const SERVE_USAGE: &str = "  coregate serve [--config PATH] [--log-level LEVEL]
                                    run the gateway (default config: config/coregate.toml);
                                    LEVEL: error, warn, info (default) or debug;
                                    SIGTERM or SIGINT drains and exits 0, SIGHUP reloads
-                                   the config, SIGUSR1 reopens the access log files";
+                                   the config, SIGUSR1 reopens the access log files;
+                                   a shard that stops drains the others and exits 1";
 const CHECK_USAGE: &str = "  coregate check [--config PATH]   validate a config and exit 0, or print every error and exit 1";
 const RELOAD_USAGE: &str =
     "  coregate reload [--config PATH]  ask the running gateway (through the admin listener PATH
@@ -789,6 +792,11 @@ fn serve(path: &std::path::Path) -> ExitCode {
     use std::io::Write;
     let _ = std::io::stdout().flush();
 
+    // A shard that stops while serving (a panic outside a connection task)
+    // is noticed at once: the process drains the others and exits 1, so
+    // that a service manager starts it again with every shard.
+    let ended = server.ended();
+    let mut lost = None;
     while !signalled.swap(false, Ordering::SeqCst) {
         if hangup.swap(false, Ordering::SeqCst) {
             let _ = reload_config(&mut server, path, &mut text, "SIGHUP", None, false);
@@ -799,20 +807,38 @@ fn serve(path: &std::path::Path) -> ExitCode {
         if reopen.swap(false, Ordering::SeqCst) {
             server.reopen_logs();
         }
-        match requests.recv_timeout(SIGNAL_LOOK) {
-            Ok(asked) => answer(&mut server, path, &mut text, asked),
-            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
-            // Every sender gone (no signal thread, no admin listener, no
-            // portal): look at the flags every SIGNAL_POLL instead.
-            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
-                std::thread::sleep(SIGNAL_POLL)
+        let mut select = crossbeam_channel::Select::new();
+        let on_request = select.recv(&requests);
+        select.recv(&ended);
+        match select.select_timeout(SIGNAL_LOOK) {
+            Ok(op) if op.index() == on_request => match op.recv(&requests) {
+                Ok(asked) => answer(&mut server, path, &mut text, asked),
+                // Every sender gone (no signal thread, no admin listener,
+                // no portal): look at the flags every SIGNAL_POLL instead.
+                Err(_) => std::thread::sleep(SIGNAL_POLL),
+            },
+            // Disconnected only once every shard's thread has ended.
+            Ok(op) => {
+                lost = Some(match op.recv(&ended) {
+                    Ok(id) => server.lost_shard(id),
+                    Err(_) => "every shard has stopped".to_string(),
+                });
+                break;
             }
+            Err(_) => {}
         }
     }
-    coregate::log!(
-        "info",
-        "SIGTERM/SIGINT: draining (a second signal exits at once)"
-    );
+    match &lost {
+        Some(why) => coregate::log!(
+            "error",
+            "{why}; draining the other shards, then exiting with status 1 so that a service \
+             manager starts coregate again"
+        ),
+        None => coregate::log!(
+            "info",
+            "SIGTERM/SIGINT: draining (a second signal exits at once)"
+        ),
+    }
     server.shutdown();
     // A second signal while draining ends the process at once.
     std::thread::spawn(move || loop {
@@ -845,8 +871,16 @@ fn serve(path: &std::path::Path) -> ExitCode {
         std::thread::sleep(SIGNAL_POLL);
     });
     server.join();
-    coregate::log!("info", "stopped");
-    ExitCode::SUCCESS
+    match lost {
+        Some(why) => {
+            coregate::log!("error", "stopped: {why}; exit status 1");
+            ExitCode::from(1)
+        }
+        None => {
+            coregate::log!("info", "stopped");
+            ExitCode::SUCCESS
+        }
+    }
 }
 
 /// Wakes the main thread on SIGTERM, SIGINT, SIGHUP and SIGUSR1: each
@@ -882,112 +916,4 @@ fn forward_signals(tx: crossbeam_channel::Sender<MainRequest>) -> std::io::Resul
             }
         })?;
     Ok(())
-}
-
-/// Answers one request of the admin listener's threads.
-fn answer(server: &mut Server, path: &std::path::Path, text: &mut String, asked: MainRequest) {
-    match asked {
-        // The loop looks at the flags next.
-        MainRequest::Signal => {}
-        MainRequest::Reload {
-            who,
-            text: given,
-            reply,
-        } => {
-            let write = given.is_some();
-            let _ = reply.send(reload_config(server, path, text, &who, given, write));
-        }
-        MainRequest::Edit { who, edit, reply } => {
-            let outcome = edit(text)
-                .map(|edited| reload_config(server, path, text, &who, Some(edited), true));
-            let _ = reply.send(outcome);
-        }
-        MainRequest::Running { reply } => {
-            if let Some(plan) = server.plan() {
-                let _ = reply.send(Running {
-                    generation: server.generation(),
-                    path: path.to_path_buf(),
-                    text: text.clone(),
-                    plan: plan.clone(),
-                    listeners: server.listeners(),
-                });
-            }
-        }
-        MainRequest::Keys { who, change, reply } => {
-            let _ = reply.send(change_keys(server, path, text, &who, change));
-        }
-    }
-}
-
-/// Changes the API keys file the running config names, then reloads the
-/// running config (not the file on disk, which may hold edits nobody has
-/// asked to apply). A refused reload puts the keys file back as it was.
-fn change_keys(
-    server: &mut Server,
-    path: &std::path::Path,
-    text: &mut String,
-    who: &str,
-    change: KeyChange,
-) -> Result<KeyAnswer, Vec<String>> {
-    use coregate::policy::api_key::cli;
-    let raw = coregate::config::parse(text)
-        .map_err(|e| e.iter().map(|e| e.to_string()).collect::<Vec<_>>())?;
-    let Some(file) = raw.server.api_keys_file else {
-        return Err(vec![
-            "server.api_keys_file: the running config names no keys file, so keys cannot be managed here"
-                .to_string(),
-        ]);
-    };
-    let file = coregate::config::resolve_path(&file, path.parent());
-    let before = coregate::config::read_text(&file).ok();
-    let mut created = None;
-    let done = match &change {
-        KeyChange::Create { name, usage_plan } => cli::create(&file, name, usage_plan.as_deref())
-            .map(|k| {
-                created = Some((k.id, k.full));
-            }),
-        KeyChange::Enable(name) => cli::set_enabled(&file, name, true),
-        KeyChange::Disable(name) => cli::set_enabled(&file, name, false),
-        KeyChange::Revoke(name) => cli::revoke(&file, name),
-    };
-    done.map_err(|e| vec![e])?;
-    let what = match &change {
-        KeyChange::Create { name, .. } => format!("created API key {name:?}"),
-        KeyChange::Enable(name) => format!("enabled API key {name:?}"),
-        KeyChange::Disable(name) => format!("disabled API key {name:?}"),
-        KeyChange::Revoke(name) => format!("revoked API key {name:?}"),
-    };
-    let running = text.clone();
-    match reload_config(server, path, text, who, Some(running), false) {
-        Ok(generation) => {
-            coregate::log!("info", "{who} {what} in {}", file.display());
-            Ok(KeyAnswer {
-                generation,
-                created,
-            })
-        }
-        // The shards that answered serve the new keys: the file stays.
-        Err(errors)
-            if errors
-                .first()
-                .is_some_and(|e| e == coregate::runtime::PARTLY) =>
-        {
-            coregate::log!("info", "{who} {what} in {}", file.display());
-            Err(errors)
-        }
-        Err(errors) => {
-            let restored = match &before {
-                Some(old) => coregate::config::write_atomic(&file, old),
-                None => std::fs::remove_file(&file).map_err(|e| e.to_string()),
-            };
-            if let Err(e) = restored {
-                coregate::log!(
-                    "error",
-                    "{who}: the keys file {} could not be put back after a refused reload: {e}",
-                    file.display()
-                );
-            }
-            Err(errors)
-        }
-    }
 }

@@ -4,7 +4,8 @@
 //! Covered: TLS 1.2 and 1.3 through to a backend and a mock, keep-alive,
 //! bodies both ways, SNI selection and the default certificate, ALPN, mTLS
 //! required and optional, resumption across shards, a plain-HTTP client
-//! and a silent client on the TLS port, close_notify at close,
+//! and a silent client on the TLS port, a TLS 1.2 renegotiation refused at
+//! once (with openssl s_client), close_notify at close,
 //! https:// upstreams (verified with tls_ca, pooled, refused when the
 //! certificate does not verify), an https:// request authorizer that answers
 //! slower than the connect timeout, and config errors from `coregate check`.
@@ -534,6 +535,93 @@ fn a_silent_client_is_closed_after_header_read_timeout() {
         .wait_stderr_line(Duration::from_secs(5), |l| l
             .contains("no handshake within 300 ms"))
         .is_some());
+}
+
+/// A TLS 1.2 client that asks to renegotiate (openssl s_client's `R`
+/// command sends a ClientHello on the established connection) is told no
+/// at once: rustls queues a no_renegotiation warning alert, which used to
+/// wait for our next write, so the client waited for an answer until the
+/// idle timeout. openssl takes the alert as the end of the connection.
+#[test]
+fn a_tls12_renegotiation_is_refused_at_once() {
+    use std::process::{Command, Stdio};
+    let w = world();
+    let b = Backend::start(Reply::Echo);
+    let gw = gateway(
+        "shards = 1\n[server.limits]\nidle_timeout_ms = 30000",
+        "",
+        &cert_entry(&w.server, ""),
+        &b,
+        "",
+    );
+    // A missing openssl is a test failure, not an input.
+    let mut client = Command::new("openssl")
+        .args(["s_client", "-tls1_2", "-servername", "api.test", "-connect"])
+        .arg(gw.tls_addr().to_string())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("openssl must be installed to run this test");
+    // Its output, line by line, from both pipes.
+    let (tx, lines) = std::sync::mpsc::channel::<String>();
+    let stdout = client.stdout.take().expect("piped");
+    let stderr = client.stderr.take().expect("piped");
+    for pipe in [
+        Box::new(stdout) as Box<dyn Read + Send>,
+        Box::new(stderr) as Box<dyn Read + Send>,
+    ] {
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufRead::lines(std::io::BufReader::new(pipe)).map_while(Result::ok)
+            {
+                let _ = tx.send(line);
+            }
+        });
+    }
+    drop(tx);
+    let mut seen = Vec::new();
+    // The session's summary ends the handshake's output: "SSL-Session:",
+    // its fields, then "---".
+    let mut in_session = false;
+    loop {
+        let line = lines
+            .recv_timeout(Duration::from_secs(10))
+            .unwrap_or_else(|e| panic!("no handshake ({e}): {seen:?}"));
+        in_session |= line.starts_with("SSL-Session:");
+        let done = in_session && line == "---";
+        seen.push(line);
+        if done {
+            break;
+        }
+    }
+    assert!(seen.iter().any(|l| l.contains("TLSv1.2")), "{seen:?}");
+    let mut stdin = client.stdin.take().expect("piped");
+    stdin.write_all(b"R\n").expect("to openssl");
+    stdin.flush().expect("to openssl");
+    let asked = Instant::now();
+    let status = loop {
+        if let Some(status) = client.try_wait().expect("openssl runs") {
+            break status;
+        }
+        if asked.elapsed() > Duration::from_secs(10) {
+            let _ = client.kill();
+            let _ = client.wait();
+            seen.extend(lines.try_iter());
+            panic!("the connection was left waiting for an answer: {seen:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    seen.extend(lines.iter());
+    assert!(seen.iter().any(|l| l.contains("RENEGOTIATING")), "{seen:?}");
+    assert!(
+        asked.elapsed() < Duration::from_secs(5),
+        "{:?}: {seen:?}",
+        asked.elapsed()
+    );
+    // The gateway serves on.
+    let mut c = connect(&gw, &trusting(&w));
+    assert_eq!(c.get("/mock").status, 200, "{status}");
 }
 
 #[test]

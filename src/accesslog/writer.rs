@@ -89,6 +89,9 @@ struct Entry {
     destination: Destination,
     sink: Sink,
     reopen: Arc<AtomicBool>,
+    /// Set by [`Writers::finish`]: the writer ends once its queue is
+    /// empty, even if a sink is still held (by a shard a panic stopped).
+    finish: Arc<AtomicBool>,
     done: Receiver<()>,
 }
 
@@ -170,6 +173,12 @@ impl Writers {
     /// reads, such as a stalled pipe, does not hold the exit up).
     pub fn finish(self) {
         drop(self.sinks);
+        // Woken as for a reopen: a sink a stopped shard never dropped must
+        // not keep a writer waiting for more.
+        for e in &self.entries {
+            e.finish.store(true, Ordering::Relaxed);
+            let _ = e.sink.send(Vec::new(), 0);
+        }
         let deadline = Instant::now() + FINISH_WAIT;
         let dones = self
             .entries
@@ -197,6 +206,7 @@ impl Entry {
         let (back_tx, recycled) = crossbeam_channel::bounded(QUEUE);
         let lost = Arc::new(AtomicU64::new(0));
         let reopen = Arc::new(AtomicBool::new(false));
+        let finish = Arc::new(AtomicBool::new(false));
         let (done_tx, done) = crossbeam_channel::bounded(1);
         let thread = Thread {
             destination: d.clone(),
@@ -205,6 +215,7 @@ impl Entry {
             back: back_tx,
             lost: lost.clone(),
             reopen: reopen.clone(),
+            finish: finish.clone(),
             unreported: 0,
             last_report: None,
         };
@@ -223,6 +234,7 @@ impl Entry {
                 lost,
             },
             reopen,
+            finish,
             done,
         })
     }
@@ -268,6 +280,7 @@ struct Thread {
     back: Sender<Vec<u8>>,
     lost: Arc<AtomicU64>,
     reopen: Arc<AtomicBool>,
+    finish: Arc<AtomicBool>,
     unreported: u64,
     last_report: Option<Instant>,
 }
@@ -277,6 +290,11 @@ impl Thread {
         loop {
             if self.reopen.swap(false, Ordering::Relaxed) {
                 self.do_reopen();
+            }
+            if self.finish.load(Ordering::Relaxed) && self.rx.is_empty() {
+                self.last_report = None;
+                self.report(None);
+                return;
             }
             // Only lost lines not yet reported need a timer: an idle writer
             // otherwise sleeps until a shard hands it a buffer.

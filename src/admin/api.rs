@@ -480,6 +480,13 @@ fn change_key(ctx: &Context, who: &str, change: KeyChange) -> Answer {
         v["id"] = json!(id);
         v["key"] = json!(key);
     }
+    if let Some((_, errors)) = a.partly.split_first() {
+        // The change is in the file and serves on some shards: the 500
+        // says which did not, and carries a created key, shown only here.
+        v["message"] = json!(crate::runtime::PARTLY);
+        v["errors"] = json!(errors);
+        return Err((500, v));
+    }
     Ok((if creating { 201 } else { 200 }, v))
 }
 

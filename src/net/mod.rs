@@ -1209,6 +1209,12 @@ pub struct Listener {
     sock: Socket,
 }
 
+impl AsRawFd for Listener {
+    fn as_raw_fd(&self) -> RawFd {
+        self.sock.as_raw_fd()
+    }
+}
+
 impl Listener {
     /// Takes over `fd`, a bound and listening socket.
     pub fn from_fd(fd: OwnedFd) -> io::Result<Listener> {

@@ -105,7 +105,9 @@ fn running(main: &Sender<MainRequest>) -> Result<Running, (u16, String)> {
 }
 
 /// Has the main thread change the keys file and reload, as `POST /keys`
-/// of the admin API does.
+/// of the admin API does. A change that serves on some shards only is
+/// made (it is in the keys file, and a created key works there): it is
+/// `Ok`, and the shards' errors are logged.
 pub fn change_key(
     main: &Sender<MainRequest>,
     who: &str,
@@ -119,7 +121,12 @@ pub fn change_key(
     })
     .map_err(|_| crate::runtime::STOPPING.to_string())?;
     match rx.recv_timeout(CHANGE_TIMEOUT) {
-        Ok(Ok(a)) => Ok(a),
+        Ok(Ok(a)) => {
+            if !a.partly.is_empty() {
+                crate::log!("error", "{who}: {}", a.partly.join("; "));
+            }
+            Ok(a)
+        }
         Ok(Err(errors)) => Err(errors.join("; ")),
         Err(_) => Err("the gateway did not answer (it may be stopping)".to_string()),
     }

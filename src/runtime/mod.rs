@@ -4,6 +4,7 @@
 //! counters, and a crossbeam control inbox. The main thread only starts shards,
 //! forwards signals into their inboxes and waits for them to finish.
 
+pub mod requests;
 pub mod shard;
 
 use crate::plan::Plan;
@@ -26,6 +27,10 @@ pub enum Control {
     /// An `@connections` request for a WebSocket connection this shard
     /// holds (the admin listener's push, describe or close).
     WebSocket(crate::gateway::websocket::Command),
+    /// Panic in the shard's control loop, outside any connection task:
+    /// the tests' way to stop a shard as a bug would.
+    #[cfg(test)]
+    Panic(&'static str),
 }
 
 /// One shard's control inbox as the threads outside it reach it: a message
@@ -67,7 +72,10 @@ impl Drop for Inbox {
 
 /// A running gateway: its shards and their inboxes.
 pub struct Server {
-    handles: Vec<glommio::ExecutorJoinHandle<()>>,
+    /// Each shard's executor, with the shard's id.
+    handles: Vec<(usize, glommio::ExecutorJoinHandle<()>)>,
+    /// The id of each shard whose thread has ended ([`Server::ended`]).
+    ended: Receiver<usize>,
     inboxes: Vec<Inbox>,
     /// The bound address for each `listen` entry (port 0 resolved).
     pub local_addrs: Vec<SocketAddr>,
@@ -150,6 +158,10 @@ pub struct KeyAnswer {
     pub generation: u64,
     /// (key id, the key itself).
     pub created: Option<(String, String)>,
+    /// Empty when every shard serves the change. When the reload reached
+    /// only some shards: its errors, starting with [`PARTLY`]; the change
+    /// is in the keys file and serves on the shards that installed it.
+    pub partly: Vec<String>,
 }
 
 /// The config the shards serve, as the main thread knows it.
@@ -449,6 +461,7 @@ impl Server {
             .map(|_| Default::default())
             .collect();
         let mut rxs = rxs.into_iter();
+        let (ended_tx, ended) = crossbeam_channel::unbounded();
         for id in 0..plan.server.shards {
             let shard_fds = fds_iter.next().unwrap_or_default();
             let (Some(link), Some(usage_link), Some(rx)) =
@@ -483,7 +496,9 @@ impl Server {
             }
             let epoll_sleep = tuning.epoll_sleep;
             let timer_slack = tuning.timer_slack;
+            let ended_tx = ended_tx.clone();
             let spawned = builder.spawn(move || async move {
+                shard::notify_end(id, ended_tx);
                 crate::log::set_shard(id);
                 crate::net::set_epoll_sleep(epoll_sleep);
                 if let Err(e) = crate::net::set_sleep_slack(timer_slack) {
@@ -504,7 +519,7 @@ impl Server {
             });
             match spawned {
                 Ok(h) => {
-                    handles.push(h);
+                    handles.push((id, h));
                     inboxes.push(Inbox::new(tx, bells[id].clone()));
                     readies.push(ready_rx);
                 }
@@ -512,6 +527,7 @@ impl Server {
                     drop(usage_links);
                     let server = Server {
                         handles,
+                        ended,
                         inboxes,
                         local_addrs,
                         tls_addrs,
@@ -534,6 +550,7 @@ impl Server {
         let cpus = plan.server.cpus.clone();
         let server = Server {
             handles,
+            ended,
             inboxes,
             local_addrs,
             tls_addrs,
@@ -730,6 +747,30 @@ impl Server {
         self.inboxes.clone()
     }
 
+    /// Where the id of each shard whose thread ends arrives, as it ends:
+    /// after [`Server::shutdown`]'s drain, or at once when the shard stopped
+    /// for another reason (a panic outside a connection task unwinds
+    /// through its executor, and its connections and listeners go with
+    /// it). While the gateway serves, any id here is a shard lost.
+    pub fn ended(&self) -> Receiver<usize> {
+        self.ended.clone()
+    }
+
+    /// The error for shard `id` stopping while the gateway serves
+    /// ([`Server::ended`]), naming the shard and its CPU.
+    pub fn lost_shard(&self, id: usize) -> String {
+        let cpu = self
+            .plan
+            .as_ref()
+            .and_then(|p| p.server.cpus.get(id))
+            .map(|c| format!(" (CPU {c})"))
+            .unwrap_or_default();
+        format!(
+            "shard {id}{cpu} stopped while serving: the connections it held get no answer, \
+             and the other shards take its share of new connections"
+        )
+    }
+
     /// Asks every shard to drain and stop.
     pub fn shutdown(&self) {
         for inbox in &self.inboxes {
@@ -755,17 +796,23 @@ impl Server {
     /// process's limits are the cause, every shard fails alike.
     fn join_reporting(mut self, reported: Option<&str>) {
         let access_log = self.access_log.take();
-        for h in self.handles {
+        let cpus = self.plan.as_ref().map(|p| p.server.cpus.clone());
+        for (id, h) in self.handles {
             if let Err(e) = h.join() {
                 let e = describe(&e);
                 if reported != Some(e.as_str()) {
-                    crate::log!("error", "shard stopped with an error: {e}");
+                    let cpu = cpus.as_ref().and_then(|c| c.get(id)).copied();
+                    let cpu = cpu.map(|c| format!(" (CPU {c})")).unwrap_or_default();
+                    crate::log!("error", "shard {id}{cpu} stopped with an error: {e}");
                 }
             }
         }
-        // Every shard's link is gone with its executor, and the reload's
-        // with this: the coordinator writes what they reported and stops.
-        drop(self.usage_tx.take());
+        // Every shard has stopped: the coordinator writes what they
+        // reported and stops. Told so, as a shard a panic stopped never
+        // dropped its link.
+        if let Some(tx) = self.usage_tx.take() {
+            let _ = tx.send(crate::policy::usage::coordinator::ToCoordinator::Finish);
+        }
         if let Some(t) = self.usage.thread {
             if t.join().is_err() {
                 crate::log!("error", "the usage thread panicked");
@@ -897,9 +944,10 @@ fn wait_ready(
             // The sender went with the executor: its join handle has why.
             Err(_) => {
                 let cpu = cpus.get(id).copied().unwrap_or_default();
-                let handle = server.handles.remove(id);
+                let at = server.handles.iter().position(|(i, _)| *i == id);
+                let handle = at.map(|at| server.handles.remove(at).1);
                 server.inboxes.remove(id);
-                match handle.join() {
+                match handle.map(|h| h.join()).unwrap_or(Ok(())) {
                     Err(e) => {
                         let what = describe(&e);
                         let why = match start_hint(&e) {
@@ -1048,18 +1096,99 @@ mod tests {
     }
 
     fn get_v(server: &Server) -> String {
+        exchange(
+            server.local_addrs[0],
+            "GET /v HTTP/1.1\r\nhost: t\r\nconnection: close\r\n\r\n",
+        )
+        .1
+    }
+
+    /// Sends `request` to `addr` and reads the response to the close:
+    /// its status line and its body.
+    fn exchange(addr: std::net::SocketAddr, request: &str) -> (String, String) {
         use std::io::{Read, Write};
-        let mut s = std::net::TcpStream::connect(server.local_addrs[0]).unwrap();
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
         s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
             .unwrap();
-        s.write_all(b"GET /v HTTP/1.1\r\nhost: t\r\nconnection: close\r\n\r\n")
-            .unwrap();
+        s.write_all(request.as_bytes()).unwrap();
         let mut out = String::new();
         s.read_to_string(&mut out).unwrap();
-        out.rsplit("\r\n\r\n")
-            .next()
-            .unwrap_or_default()
-            .to_string()
+        let status = out.lines().next().unwrap_or_default().to_string();
+        let body = out.split_once("\r\n\r\n").unwrap_or_default().1;
+        (status, body.to_string())
+    }
+
+    /// Stops shard `id` as a bug would leave it, and waits until its inbox
+    /// refuses messages.
+    fn stop_shard(server: &Server, id: usize) {
+        let _ = server.inboxes[id].send(Control::Shutdown);
+        let started = std::time::Instant::now();
+        loop {
+            let (tx, _rx) = crossbeam_channel::bounded(1);
+            if server.inboxes[id].send(Control::Snapshot(tx)).is_err() {
+                break;
+            }
+            assert!(started.elapsed().as_secs() < 10, "shard {id} did not stop");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+
+    /// A shard that stops while the gateway serves (here: a panic in its
+    /// control loop, outside any connection task, as a bug in a listener
+    /// loop or a timer task would) is reported on `Server::ended` at once,
+    /// named with its CPU; it used to go unnoticed until the next reload or
+    /// the shutdown. The other shard serves on meanwhile.
+    ///
+    /// Then the gateway stops as a whole, though the lost shard's link to
+    /// the usage coordinator and its access-log sink were never dropped (a
+    /// panic leaves its tasks as they are): the coordinator used to wait
+    /// for that link to go, and the join, so the exit, waited forever; the
+    /// access-log writer waited for the sink until its 5 s limit.
+    #[test]
+    fn a_shard_that_stops_is_noticed_at_once() {
+        let dir = std::env::temp_dir().join(format!("coregate-lost-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let usage = format!(
+            "data_dir = {:?}\n\n[[usage_plans]]\nname = \"free\"\napis = [\"main\"]\n\
+             quota = {{ limit = 1000, period = \"DAY\" }}\n\n",
+            dir.join("data")
+        );
+        let log = dir.join("access.log");
+        let text = config(1).replacen("shards = 2\n", &format!("shards = 2\n{usage}"), 1)
+            + &format!("\n[apis.access_log]\npreset = \"clf\"\ndestination = {log:?}\n");
+        let plan = crate::plan::load_text_in(&text, None).unwrap();
+        let server = Server::start(plan).unwrap();
+        let ended = server.ended();
+        assert_eq!(get_v(&server), "v1");
+        assert!(ended.try_recv().is_err(), "no shard has stopped yet");
+        let _ = server.inboxes[1].send(Control::Panic("a bug outside a connection"));
+        let started = std::time::Instant::now();
+        let id = ended
+            .recv_timeout(std::time::Duration::from_secs(5))
+            .unwrap();
+        assert_eq!(id, 1);
+        assert!(started.elapsed().as_secs() < 2, "{:?}", started.elapsed());
+        let why = server.lost_shard(id);
+        assert!(why.starts_with("shard 1 (CPU "), "{why}");
+        // Its listeners went with it: every new connection reaches shard 0.
+        for _ in 0..8 {
+            assert_eq!(get_v(&server), "v1");
+        }
+        server.shutdown();
+        let joined = std::thread::spawn(move || server.join());
+        let started = std::time::Instant::now();
+        while !joined.is_finished() {
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(3),
+                "the join waits for the lost shard"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        // Shard 0's requests (the 8 since the panic) were logged before
+        // the end; shard 1's unflushed lines went with it.
+        let lines = std::fs::read_to_string(&log).unwrap();
+        assert!(lines.lines().count() >= 8, "{lines}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     /// A reload that reaches only some shards (here: one has stopped)
@@ -1078,16 +1207,7 @@ mod tests {
         let mut server = Server::start(plan).unwrap();
         assert_eq!(get_v(&server), "v1");
         // Shard 1 stops; its inbox refuses messages once it is gone.
-        let _ = server.inboxes[1].send(Control::Shutdown);
-        let started = std::time::Instant::now();
-        loop {
-            let (tx, _rx) = crossbeam_channel::bounded(1);
-            if server.inboxes[1].send(Control::Snapshot(tx)).is_err() {
-                break;
-            }
-            assert!(started.elapsed().as_secs() < 10, "shard 1 did not stop");
-            std::thread::sleep(std::time::Duration::from_millis(10));
-        }
+        stop_shard(&server, 1);
         let got = reload_config(
             &mut server,
             &path,
@@ -1115,6 +1235,104 @@ mod tests {
         );
         assert_ne!(got.unwrap_err()[0], PARTLY);
         assert_eq!((server.generation(), &running), (2, &config(2)));
+        server.shutdown();
+        server.join();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// `POST /keys` when the reload reaches only some shards: the key is
+    /// in the keys file and serves on the shards that installed it, so the
+    /// 500 that names the shards that did not carries the key too. It used
+    /// to carry only the errors, and the key's secret was lost for good.
+    /// A portal sign-up then gets its key as usual (it used to get a 500,
+    /// its key live in the file but known to nobody).
+    #[test]
+    fn a_key_created_on_only_some_shards_is_still_handed_over() {
+        let dir = std::env::temp_dir().join(format!("coregate-partkey-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let keys = dir.join("keys.toml");
+        crate::policy::api_key::cli::create(&keys, "alice", None).unwrap();
+        let path = dir.join("coregate.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "[server]\nlisten = [\"127.0.0.1:0\"]\nshards = 2\napi_keys_file = {keys:?}\n\
+                 data_dir = {data:?}\n\n[[usage_plans]]\nname = \"free\"\napis = [\"main\"]\n\n\
+                 [admin]\nlisten = \"127.0.0.1:0\"\n\n[portal]\nlisten = \"127.0.0.1:0\"\n\n\
+                 [portal.signup]\nfile = {signups:?}\nplans = [\"free\"]\n\n\
+                 [[apis]]\nname = \"main\"\n\n\
+                 [[apis.routes]]\nkey = \"GET /k\"\napi_key_required = true\n\
+                 integration = {{ type = \"mock\", body = \"keyed\" }}\n",
+                data = dir.join("data"),
+                signups = dir.join("signups.toml"),
+            ),
+        )
+        .unwrap();
+        let (mut running, plan) = crate::plan::load_file(&path).unwrap();
+        let admin = crate::admin::bind(&plan.admin, false).unwrap().unwrap();
+        let portal = crate::portal::bind(&plan.portal, false).unwrap().unwrap();
+        let mut server = Server::start(plan).unwrap();
+        stop_shard(&server, 1);
+        let (main, requests) = crossbeam_channel::unbounded();
+        let (admin_addr, portal_addr) = (admin.addr, portal.addr);
+        portal.serve(main.clone()).unwrap();
+        admin
+            .serve(crate::admin::Context {
+                inboxes: server.inboxes(),
+                started: std::time::SystemTime::now(),
+                version: "test",
+                main,
+                tls_updates: crossbeam_channel::unbounded().1,
+            })
+            .unwrap();
+        // This thread is the gateway's main thread while `to` is asked
+        // `target` with a JSON `body`.
+        let mut post = |to: std::net::SocketAddr, target: &str, body: &str| {
+            let request = format!(
+                "POST {target} HTTP/1.1\r\nhost: t\r\nconnection: close\r\n\
+                 content-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            let client = std::thread::spawn(move || exchange(to, &request));
+            while !client.is_finished() {
+                if let Ok(asked) = requests.recv_timeout(std::time::Duration::from_millis(10)) {
+                    super::requests::answer(&mut server, &path, &mut running, asked);
+                }
+            }
+            client.join().unwrap()
+        };
+        let (status, body) = post(admin_addr, "/keys", r#"{"name":"bob"}"#);
+        let (signup_status, signup) =
+            post(portal_addr, "/signup", r#"{"plan":"free","label":"me"}"#);
+        assert!(status.contains(" 500 "), "{status} {body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["message"], PARTLY, "{body}");
+        assert!(
+            v["errors"][0].as_str().unwrap().contains("shard 1"),
+            "{body}"
+        );
+        assert_eq!(v["generation"], 2, "{body}");
+        let key = v["key"].as_str().unwrap();
+        assert!(key.starts_with("cg_"), "{body}");
+        assert!(
+            v["id"].as_str().is_some_and(|id| key.contains(id)),
+            "{body}"
+        );
+        // Shard 0 installed it: the key works there.
+        let (status, body) = exchange(
+            server.local_addrs[0],
+            &format!("GET /k HTTP/1.1\r\nhost: t\r\nx-api-key: {key}\r\nconnection: close\r\n\r\n"),
+        );
+        assert!(status.contains(" 200 "), "{status} {body}");
+        assert_eq!(body, "keyed");
+        assert!(signup_status.contains(" 201 "), "{signup_status} {signup}");
+        let v: serde_json::Value = serde_json::from_str(&signup).unwrap();
+        let key = v["key"].as_str().unwrap();
+        let (status, body) = exchange(
+            server.local_addrs[0],
+            &format!("GET /k HTTP/1.1\r\nhost: t\r\nx-api-key: {key}\r\nconnection: close\r\n\r\n"),
+        );
+        assert!(status.contains(" 200 "), "{status} {body}");
         server.shutdown();
         server.join();
         let _ = std::fs::remove_dir_all(&dir);

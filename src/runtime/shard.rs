@@ -9,7 +9,7 @@ use crate::plan::Plan;
 use crate::runtime::Control;
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
 use std::net::SocketAddr;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -28,6 +28,72 @@ const ACCEPT_LOG_EVERY: Duration = Duration::from_secs(1);
 /// comes later finds the listener closed and is reset. On loopback and a
 /// LAN it takes microseconds to a millisecond.
 const HANDSHAKE_LINGER: Duration = Duration::from_millis(100);
+
+/// What a shard's thread does as it ends, however it ends: kept in a
+/// thread-local, whose destructor runs as the thread exits, after a panic
+/// that unwound through the executor too.
+struct AtEnd {
+    /// The shard's id, sent to the main thread ([`super::Server::ended`]).
+    notice: Option<(usize, Sender<usize>)>,
+    /// The listening sockets the shard's accept loops hold ([`Registered`]).
+    /// Those still here as the thread ends were left open by a panic (glommio
+    /// drops nothing of the tasks of an executor a panic unwound through),
+    /// so they are shut down: the kernel then hands their share of new
+    /// connections to the other shards' sockets instead of queueing them
+    /// where nobody accepts.
+    listening: Vec<RawFd>,
+}
+
+impl Drop for AtEnd {
+    fn drop(&mut self) {
+        for &fd in &self.listening {
+            // SAFETY: shutdown takes no memory; `fd` is still open, as its
+            // Listener was not dropped (that takes it out of the list
+            // before the socket closes).
+            unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
+        }
+        if let Some((id, tx)) = self.notice.take() {
+            let _ = tx.send(id);
+        }
+    }
+}
+
+thread_local! {
+    static AT_END: std::cell::RefCell<AtEnd> = const {
+        std::cell::RefCell::new(AtEnd { notice: None, listening: Vec::new() })
+    };
+}
+
+/// Has shard `id`'s thread (the one calling this) send `id` on `tx` when
+/// it ends.
+pub(super) fn notify_end(id: usize, tx: Sender<usize>) {
+    AT_END.with(|a| a.borrow_mut().notice = Some((id, tx)));
+}
+
+/// A listener in [`AtEnd`]'s list while it is open.
+struct Registered(Listener);
+
+impl Registered {
+    fn new(l: Listener) -> Registered {
+        AT_END.with(|a| a.borrow_mut().listening.push(l.as_raw_fd()));
+        Registered(l)
+    }
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        let fd = self.0.as_raw_fd();
+        // Gone only when the thread ends: then the list is gone too.
+        let _ = AT_END.try_with(|a| a.borrow_mut().listening.retain(|&f| f != fd));
+    }
+}
+
+impl std::ops::Deref for Registered {
+    type Target = Listener;
+    fn deref(&self) -> &Listener {
+        &self.0
+    }
+}
 
 /// A shard's channels to the threads outside it.
 pub(super) struct Links {
@@ -97,7 +163,7 @@ fn start_accepting(
     let stop = Rc::new(glommio::sync::Semaphore::new(0));
     let task = glommio::spawn_local(accept_loop(
         shard.clone(),
-        listener,
+        Registered::new(listener),
         l.tls,
         max_connections,
         stop.clone(),
@@ -305,6 +371,8 @@ pub(super) async fn run(
                 });
             }
             Ok(Control::WebSocket(cmd)) => crate::gateway::websocket::command(cmd),
+            #[cfg(test)]
+            Ok(Control::Panic(why)) => panic!("{why}"),
         }
     }
 
@@ -356,7 +424,7 @@ async fn flush_access_log(shard: Rc<Gateway>) {
 /// short linger ([`close_listener`]), then ends, closing the listener.
 async fn accept_loop(
     shard: Rc<Gateway>,
-    listener: Listener,
+    listener: Registered,
     tls: bool,
     max_connections: usize,
     stop: Rc<glommio::sync::Semaphore>,

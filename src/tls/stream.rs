@@ -46,6 +46,8 @@ pub trait TlsSession: AsyncRead + AsyncWrite + Unpin {
     /// Whether rustls holds input not yet read from it: decrypted bytes,
     /// or the peer's close_notify.
     fn has_buffered_input(&self) -> bool;
+    /// Whether rustls holds records to send.
+    fn wants_write(&self) -> bool;
 }
 
 /// A client's TLS connection to one of our listeners.
@@ -68,6 +70,9 @@ impl TlsSession for ServerTls {
         // waiting or the peer said close_notify.
         !self.get_ref().1.wants_read()
     }
+    fn wants_write(&self) -> bool {
+        self.get_ref().1.wants_write()
+    }
 }
 
 impl TlsSession for ClientTls {
@@ -84,6 +89,9 @@ impl TlsSession for ClientTls {
         // Past the handshake rustls wants to read unless plaintext is
         // waiting or the peer said close_notify.
         !self.get_ref().1.wants_read()
+    }
+    fn wants_write(&self) -> bool {
+        self.get_ref().1.wants_write()
     }
 }
 
@@ -210,7 +218,24 @@ impl<T: TlsSession> AsyncRead for Stream<T> {
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            Stream::Tls(t) => Pin::new(&mut **t).poll_read(cx, buf),
+            Stream::Tls(t) => {
+                let read = Pin::new(&mut **t).poll_read(cx, buf);
+                // What the peer sent can make rustls answer on its own: a
+                // TLS 1.2 renegotiation (a ClientHello, or an upstream's
+                // HelloRequest) gets a no_renegotiation warning alert.
+                // futures-rustls sends such records only with the next
+                // write, and a peer waiting for the answer would wait until
+                // a timeout: they go now. A failed send is the read's
+                // error when the read has nothing to give.
+                if t.wants_write() {
+                    if let Poll::Ready(Err(e)) = Pin::new(&mut **t).poll_flush(cx) {
+                        if read.is_pending() {
+                            return Poll::Ready(Err(e));
+                        }
+                    }
+                }
+                read
+            }
         }
     }
 }

@@ -44,6 +44,10 @@ pub struct Report {
 pub enum ToCoordinator {
     Report(Report),
     Adopt(Box<UsagePlans>),
+    /// Every shard has stopped: write what they reported and stop, even
+    /// though a link is still open (a shard a panic stopped leaves its
+    /// link behind, with the rest of its tasks).
+    Finish,
 }
 
 /// What the coordinator sends a shard.
@@ -354,10 +358,10 @@ impl Coordinator {
             let mut stop = false;
             match rx.recv_timeout(wake.saturating_duration_since(Instant::now())) {
                 Ok(m) => {
-                    self.take(m, &mut touched);
-                    loop {
+                    stop = self.take(m, &mut touched);
+                    while !stop {
                         match rx.try_recv() {
-                            Ok(m) => self.take(m, &mut touched),
+                            Ok(m) => stop = self.take(m, &mut touched),
                             Err(TryRecvError::Empty) => break,
                             Err(TryRecvError::Disconnected) => {
                                 stop = true;
@@ -531,11 +535,14 @@ impl Coordinator {
         self.distribute(key);
     }
 
-    fn take(&mut self, m: ToCoordinator, touched: &mut Vec<u32>) {
+    /// Takes in one message; true for [`ToCoordinator::Finish`].
+    fn take(&mut self, m: ToCoordinator, touched: &mut Vec<u32>) -> bool {
         match m {
             ToCoordinator::Report(r) => self.apply(r, touched),
             ToCoordinator::Adopt(plans) => self.adopt(*plans),
+            ToCoordinator::Finish => return true,
         }
+        false
     }
 
     /// Takes in a reloaded plan whose keys extend the current ones: the new
