@@ -75,6 +75,7 @@ pub mod splice;
 mod sys;
 #[cfg(test)]
 mod tests;
+pub mod uring;
 
 use std::cell::{Cell, RefCell};
 use std::cmp::Reverse;
@@ -145,6 +146,9 @@ impl Slot {
 struct Slab {
     slots: Vec<Slot>,
     free: Vec<u32>,
+    /// Slots of closed sockets whose ring operations have not all
+    /// completed yet ([`uring`]).
+    closing: usize,
 }
 
 /// One shard's readiness reactor.
@@ -169,11 +173,21 @@ pub struct Reactor {
     nudged: Cell<bool>,
     /// Nudges taken so far.
     nudges: Cell<u64>,
+    /// The shard's own io_uring, when its connected sockets use one
+    /// ([`uring`]).
+    uring: Option<uring::Uring>,
 }
 
 /// The epoll token of the shard's [`Nudge`] (no socket slot has it: slot
 /// indexes stay far below `u32::MAX`).
 const NUDGE_TOKEN: u64 = u64::MAX;
+
+/// How long the bytes a dropped socket on the ring had written and not yet
+/// sent may take to go, when the socket had no write timeout.
+const LINGER_SEND_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The epoll token of the shard's io_uring eventfd ([`uring`]).
+const URING_TOKEN: u64 = u64::MAX - 1;
 
 /// How long an idle shard sleeps in `epoll_wait`, counted from its last
 /// park in glommio, before it parks again (see the module's comment).
@@ -372,6 +386,12 @@ thread_local! {
     static CURRENT: RefCell<Option<Rc<Reactor>>> = const { RefCell::new(None) };
 }
 
+/// Whether this thread's connected sockets use the shard's ring
+/// ([`uring`]).
+pub fn on_ring_here() -> bool {
+    CURRENT.with(|c| c.borrow().as_ref().is_some_and(|r| r.uring.is_some()))
+}
+
 impl Reactor {
     /// This thread's reactor, created (with its poller and timer tasks) on
     /// first use. Must be called on a glommio executor's thread.
@@ -382,6 +402,14 @@ impl Reactor {
         let epfd = sys::epoll_create()?;
         let nudge = sys::eventfd()?;
         sys::epoll_add_input(epfd.as_raw_fd(), nudge.as_raw_fd(), NUDGE_TOKEN)?;
+        let uring = match uring::io_mode() {
+            uring::IoMode::Epoll => None,
+            uring::IoMode::Uring { buffers, entries } => {
+                let u = uring::Uring::new(buffers, entries)?;
+                sys::epoll_add_input(epfd.as_raw_fd(), u.evfd.as_raw_fd(), URING_TOKEN)?;
+                Some(u)
+            }
+        };
         let reactor = Rc::new(Reactor {
             epfd,
             slab: RefCell::new(Slab::default()),
@@ -395,6 +423,7 @@ impl Reactor {
             nudge: Nudge(std::sync::Arc::new(nudge)),
             nudged: Cell::new(false),
             nudges: Cell::new(0),
+            uring,
         });
         CURRENT.with(|c| *c.borrow_mut() = Some(reactor.clone()));
         glommio::spawn_local(poller(reactor.clone())).detach();
@@ -402,7 +431,7 @@ impl Reactor {
         Ok(reactor)
     }
 
-    fn register(&self, fd: RawFd) -> io::Result<(u32, u32)> {
+    fn register(&self, fd: RawFd, on_ring: bool) -> io::Result<(u32, u32)> {
         let (idx, gen) = {
             let mut slab = self.slab.borrow_mut();
             let idx = match slab.free.pop() {
@@ -433,32 +462,63 @@ impl Reactor {
             s.eof = false;
             (idx, s.gen)
         };
+        if let (true, Some(u)) = (on_ring, &self.uring) {
+            u.attach(idx, fd);
+            return Ok((idx, gen));
+        }
         let token = (u64::from(gen) << 32) | u64::from(idx);
         if let Err(e) = sys::epoll_add(self.epfd.as_raw_fd(), fd, token) {
-            self.release(idx);
+            self.release(idx, false, None);
             return Err(e);
         }
         Ok((idx, gen))
     }
 
     /// Frees a slot; the socket's descriptor is closed right after, which
-    /// removes it from the epoll set.
-    fn release(&self, idx: u32) {
+    /// removes it from the epoll set. A socket on the ring keeps its slot
+    /// until the operations it started have completed ([`uring`]).
+    fn release(&self, idx: u32, on_ring: bool, write_timeout: Option<Duration>) {
         let wakers = {
             let mut slab = self.slab.borrow_mut();
             let s = &mut slab.slots[idx as usize];
-            s.gen = s.gen.wrapping_add(1);
+            let (free, lingering) = match (on_ring, &self.uring) {
+                (true, Some(u)) => u.detach(idx, s.gen),
+                _ => (true, false),
+            };
             s.read_deadline = None;
             s.write_deadline = None;
             s.scheduled = None;
             s.parked = None;
             let out = (s.read_waker.take(), s.write_waker.take());
-            slab.free.push(idx);
+            if free {
+                Reactor::free_slot(&mut slab, idx);
+            } else {
+                slab.closing += 1;
+                if lingering {
+                    // The rest of what was written must be taken within the
+                    // socket's write timeout ([`uring::Uring::abandon`]).
+                    let d = Instant::now() + write_timeout.unwrap_or(LINGER_SEND_TIMEOUT);
+                    slab.slots[idx as usize].write_deadline = Some(d);
+                    self.schedule(&mut slab, idx, d);
+                }
+            }
             out
         };
         // Dropped with no borrow held: a waker may own other sockets, whose
         // drop comes back here.
         drop(wakers);
+    }
+
+    /// Puts slot `idx` back on the free list, so that nothing said about
+    /// it before (events, heap entries, read handles) reaches the next
+    /// socket there.
+    fn free_slot(slab: &mut Slab, idx: u32) {
+        let s = &mut slab.slots[idx as usize];
+        s.gen = s.gen.wrapping_add(1);
+        s.read_deadline = None;
+        s.write_deadline = None;
+        s.scheduled = None;
+        slab.free.push(idx);
     }
 
     /// Makes sure the timer heap will look at slot `idx` by `deadline`.
@@ -474,7 +534,7 @@ impl Reactor {
         // short connections and long timeouts they would pile up (a rate
         // times the longest timeout). Sweep them out once they outnumber
         // the live sockets: O(n) every O(n) pushes.
-        let live = slab.slots.len() - slab.free.len();
+        let live = slab.slots.len() - slab.free.len() - slab.closing;
         if heap.len() > HEAP_SLACK.max(4 * live) {
             heap.retain(|&Reverse((t, i, g))| {
                 slab.slots
@@ -525,6 +585,11 @@ impl Reactor {
                         }
                         if s.write_deadline.is_some_and(|d| d <= now) {
                             wake.extend(s.write_waker.take());
+                            if let Some(u) = &self.uring {
+                                // A dropped socket's last bytes, not taken
+                                // in time (a no-op for any other slot).
+                                u.abandon(idx, gen);
+                            }
                         }
                         // Whatever deadline is left gets its own entry.
                         let later = [s.read_deadline, s.write_deadline]
@@ -560,6 +625,25 @@ impl Reactor {
     /// events there were. The nudge's event clears its count and sets
     /// `nudged`.
     fn dispatch(&self, events: &mut [libc::epoll_event], wait: Duration) -> io::Result<usize> {
+        let mut wake: smallvec::SmallVec<[Waker; 32]> = smallvec::SmallVec::new();
+        let mut resume: smallvec::SmallVec<[Resume; 8]> = smallvec::SmallVec::new();
+        // The ring first: submit what the tasks queued, take completions.
+        let mut found = 0;
+        if let Some(u) = &self.uring {
+            let (w, r) = u.take_deferred();
+            found += w.len() + r.len();
+            wake.extend(w);
+            resume.extend(r);
+            let mut slab = self.slab.borrow_mut();
+            found += u.reap(&mut slab, true, &mut wake, &mut resume)?;
+            if found == 0 {
+                // Nothing: the shard may sleep, so the ring must be able
+                // to wake it; look once more, for what came meanwhile.
+                u.signal(true);
+                found += u.settle(&mut slab, &mut wake, &mut resume)?;
+            }
+        }
+        let wait = if found > 0 { Duration::ZERO } else { wait };
         let n = if wait.is_zero() {
             sys::epoll_wait_now(self.epfd.as_raw_fd(), events)?
         } else {
@@ -567,10 +651,14 @@ impl Reactor {
         };
         self.polls.set(self.polls.get().wrapping_add(1));
         let mut slab = self.slab.borrow_mut();
-        let mut wake: smallvec::SmallVec<[Waker; 32]> = smallvec::SmallVec::new();
-        let mut resume: smallvec::SmallVec<[Resume; 8]> = smallvec::SmallVec::new();
+        let mut ring_rang = false;
         for ev in &events[..n] {
             let token = ev.u64;
+            if token == URING_TOKEN {
+                sys::eventfd_clear(ev_fd(&self.uring));
+                ring_rang = true;
+                continue;
+            }
             if token == NUDGE_TOKEN {
                 sys::eventfd_clear(self.nudge.0.as_raw_fd());
                 self.nudged.set(true);
@@ -603,6 +691,21 @@ impl Reactor {
                 wake.extend(s.write_waker.take());
             }
         }
+        if let (true, Some(u)) = (ring_rang, &self.uring) {
+            found += u.reap(&mut slab, true, &mut wake, &mut resume)?;
+        }
+        if let Some(u) = &self.uring {
+            // A busy pass comes back at once; otherwise the shard is going
+            // to sleep (in `epoll_wait` or glommio's park), where only the
+            // ring's eventfd tells it about completions. Enabled only now,
+            // it did not ring for what came before: one more look.
+            if found + n > 0 && !self.nudged.get() {
+                u.signal(false);
+            } else if !u.signalling() {
+                u.signal(true);
+                found += u.settle(&mut slab, &mut wake, &mut resume)?;
+            }
+        }
         drop(slab);
         for w in wake {
             w.wake();
@@ -610,7 +713,7 @@ impl Reactor {
         for (f, key) in resume {
             f(key, Wake::Ready);
         }
-        Ok(n)
+        Ok(n + found)
     }
 
     /// How many times a [`Nudge`] woke this shard's poller (for tests).
@@ -626,8 +729,13 @@ impl Reactor {
     /// How many sockets are registered (for tests and diagnostics).
     pub fn registered(&self) -> usize {
         let slab = self.slab.borrow();
-        slab.slots.len() - slab.free.len()
+        slab.slots.len() - slab.free.len() - slab.closing
     }
+}
+
+/// The descriptor of the ring's eventfd (-1 without a ring).
+fn ev_fd(u: &Option<uring::Uring>) -> RawFd {
+    u.as_ref().map_or(-1, |u| u.evfd.as_raw_fd())
 }
 
 /// The poller: collects events while there are any, yielding to the woken
@@ -668,7 +776,14 @@ async fn poller(reactor: Rc<Reactor>) {
             }
             Ok(_) => {
                 reactor.nudged.set(false);
-                match doorbell(reactor.epfd.as_raw_fd()).await {
+                if let Some(u) = &reactor.uring {
+                    u.parked.set(true);
+                }
+                let rang = doorbell(reactor.epfd.as_raw_fd()).await;
+                if let Some(u) = &reactor.uring {
+                    u.parked.set(false);
+                }
+                match rang {
                     Ok(()) => failures.ok(),
                     // Out of descriptors (EMFILE) is the likely cause: look
                     // again every millisecond until it passes.
@@ -827,6 +942,8 @@ pub struct Socket {
     idx: u32,
     read_timeout: Cell<Option<Duration>>,
     write_timeout: Cell<Option<Duration>>,
+    /// Its bytes move through the shard's ring ([`uring`]), not syscalls.
+    on_ring: bool,
 }
 
 #[derive(Clone, Copy)]
@@ -839,15 +956,35 @@ impl Socket {
     /// Registers `fd`, which must be a non-blocking socket this call now
     /// owns.
     fn new(fd: OwnedFd) -> io::Result<Socket> {
+        Socket::new_as(fd, true)
+    }
+
+    /// As [`Socket::new`]; `ring`: on the shard's ring if it has one (a
+    /// listener never is).
+    fn new_as(fd: OwnedFd, ring: bool) -> io::Result<Socket> {
         let reactor = Reactor::current()?;
-        let (idx, _) = reactor.register(fd.as_raw_fd())?;
+        let on_ring = ring && reactor.uring.is_some();
+        let (idx, _) = reactor.register(fd.as_raw_fd(), on_ring)?;
         Ok(Socket {
             fd,
             reactor,
             idx,
             read_timeout: Cell::new(None),
             write_timeout: Cell::new(None),
+            on_ring,
         })
+    }
+
+    fn ring(&self) -> Option<&uring::Uring> {
+        if self.on_ring {
+            self.reactor.uring.as_ref()
+        } else {
+            None
+        }
+    }
+
+    fn gen(&self) -> u32 {
+        self.slot_mut(|s| s.gen)
     }
 
     /// Opens a TCP connection to `addr`, failing with `TimedOut` if it is
@@ -877,6 +1014,9 @@ impl Socket {
         }
         // In progress: writable means done, one way or the other.
         sock.slot_mut(|s| s.writable = false);
+        if let Some(u) = sock.ring() {
+            u.poll_out(sock.idx, sock.gen())?;
+        }
         sock.write_timeout.set(Some(timeout));
         let waited = futures_lite::future::poll_fn(|cx| sock.poll_ready(cx, Dir::Write)).await;
         sock.write_timeout.set(None);
@@ -933,7 +1073,14 @@ impl Socket {
     }
 
     pub fn shutdown(&self, how: std::net::Shutdown) -> io::Result<()> {
-        sys::shutdown(self.fd.as_raw_fd(), how)
+        match (self.ring(), how) {
+            (Some(u), std::net::Shutdown::Write) => u.shutdown_write(self.idx),
+            (Some(u), std::net::Shutdown::Both) => {
+                u.shutdown_write(self.idx)?;
+                sys::shutdown(self.fd.as_raw_fd(), std::net::Shutdown::Read)
+            }
+            _ => sys::shutdown(self.fd.as_raw_fd(), how),
+        }
     }
 
     /// How many times the shard's reactor has asked epoll for events so
@@ -970,6 +1117,13 @@ impl Socket {
     /// out to have closed it (a method that is not idempotent, or a body),
     /// where a syscall is cheaper than a 502.
     pub fn is_quiet_now(&self) -> bool {
+        if let Some(u) = self.ring() {
+            // What the ring already took counts too.
+            u.take_posted(&mut self.reactor.slab.borrow_mut());
+            if self.slot_mut(|s| s.eof) || !u.holds_nothing(self.idx) {
+                return false;
+            }
+        }
         loop {
             match sys::peek(self.fd.as_raw_fd()) {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -1108,6 +1262,9 @@ impl Socket {
     }
 
     pub fn poll_recv(&self, cx: &Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
+        if let Some(u) = self.ring() {
+            return self.poll_recv_ring(u, cx, buf);
+        }
         let len = buf.len();
         // Short read: the socket is drained (see the module doc). End of
         // stream stays readable.
@@ -1119,12 +1276,79 @@ impl Socket {
         cx: &Context<'_>,
         bufs: &[IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
+        if let Some(u) = self.ring() {
+            return self.poll_send_ring(u, cx, bufs);
+        }
         // A short write says nothing certain: the next write finds out.
         self.poll_op(cx, Dir::Write, |fd| sys::sendmsg(fd, bufs), |_| false)
     }
 
     pub fn poll_send(&self, cx: &Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        if let Some(u) = self.ring() {
+            return self.poll_send_ring(u, cx, &[IoSlice::new(buf)]);
+        }
         self.poll_op(cx, Dir::Write, |fd| sys::send(fd, buf), |_| false)
+    }
+
+    /// [`Socket::poll_recv`] on the ring: bytes its receive already took,
+    /// else a wait for the next completion.
+    fn poll_recv_ring(
+        &self,
+        u: &uring::Uring,
+        cx: &Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        loop {
+            let (gen, eof) = self.slot_mut(|s| (s.gen, s.eof));
+            match u.read(self.idx, gen, buf, eof) {
+                (Ok(Some(n)), drained) => {
+                    self.done(Dir::Read, drained);
+                    return Poll::Ready(Ok(n));
+                }
+                (Err(e), _) => {
+                    self.done(Dir::Read, false);
+                    return Poll::Ready(Err(e));
+                }
+                (Ok(None), _) => self.slot_mut(|s| {
+                    if !s.eof {
+                        s.readable = false
+                    }
+                }),
+            }
+            match self.poll_ready(cx, Dir::Read) {
+                Poll::Ready(Ok(())) => continue,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+
+    /// [`Socket::poll_send_vectored`] on the ring: the bytes are taken into
+    /// the socket's send buffer, or the write waits for room.
+    fn poll_send_ring(
+        &self,
+        u: &uring::Uring,
+        cx: &Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        loop {
+            match u.write(self.idx, self.gen(), bufs) {
+                Ok(Some(n)) => {
+                    self.done(Dir::Write, false);
+                    return Poll::Ready(Ok(n));
+                }
+                Err(e) => {
+                    self.done(Dir::Write, false);
+                    return Poll::Ready(Err(e));
+                }
+                Ok(None) => self.slot_mut(|s| s.writable = false),
+            }
+            match self.poll_ready(cx, Dir::Write) {
+                Poll::Ready(Ok(())) => continue,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
     }
 
     /// Sets the socket aside with no task waiting on it. Returns `false`,
@@ -1140,6 +1364,9 @@ impl Socket {
     /// how an idle keep-alive connection waits without keeping a task (and
     /// the task's future, a few KiB) alive.
     pub fn park(&self, deadline: Instant, resume: fn(u32, Wake), key: u32) -> bool {
+        if let Some(u) = self.ring() {
+            u.watch(self.idx, self.gen());
+        }
         let mut slab = self.reactor.slab.borrow_mut();
         let s = &mut slab.slots[self.idx as usize];
         if s.readable || s.eof {
@@ -1155,7 +1382,8 @@ impl Socket {
 
 impl Drop for Socket {
     fn drop(&mut self) {
-        self.reactor.release(self.idx);
+        self.reactor
+            .release(self.idx, self.on_ring, self.write_timeout.get());
         // `fd` closes after this, which takes it out of the epoll set.
     }
 }
@@ -1220,7 +1448,7 @@ impl Listener {
     pub fn from_fd(fd: OwnedFd) -> io::Result<Listener> {
         sys::set_nonblocking(fd.as_raw_fd())?;
         Ok(Listener {
-            sock: Socket::new(fd)?,
+            sock: Socket::new_as(fd, false)?,
         })
     }
 

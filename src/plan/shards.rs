@@ -32,6 +32,8 @@ pub struct ShardPlan {
     pub timer_slack: Option<Duration>,
     /// Shares of the background task queue; `None`: no queue of its own.
     pub background_shares: Option<usize>,
+    /// How the shard's connected sockets move their bytes.
+    pub io: crate::net::uring::IoMode,
 }
 
 impl ShardPlan {
@@ -48,6 +50,7 @@ impl ShardPlan {
             epoll_sleep: Duration::from_micros(DEFAULT_EPOLL_SLEEP_US),
             timer_slack: None,
             background_shares: None,
+            io: crate::net::uring::IoMode::Epoll,
         }
     }
 
@@ -71,6 +74,18 @@ pub(super) fn compile(
 ) {
     let n = server.shards;
     let mut shards = vec![ShardPlan::default_for(server.max_connections_per_shard); n];
+    let uring = crate::net::uring::IoMode::Uring {
+        buffers: DEFAULT_URING_BUFFERS,
+        entries: crate::net::uring::DEFAULT_ENTRIES,
+    };
+    match raw.io.as_deref() {
+        None | Some("epoll") => {}
+        Some("uring") => shards.iter_mut().for_each(|s| s.io = uring),
+        Some(other) => errors.push(ConfigError::new(
+            "server.io",
+            format!("must be \"epoll\" or \"uring\", not {other:?}"),
+        )),
+    }
     // Which entry set each shard, for duplicates.
     let mut seen: Vec<Option<usize>> = vec![None; n];
     let all: Vec<(SocketAddr, bool)> = server
@@ -276,6 +291,50 @@ pub(super) fn compile(
                 s.timer_slack = Some(Duration::from_micros(us));
             }
         }
+        let buffers = match e.uring_buffers {
+            None => DEFAULT_URING_BUFFERS,
+            Some(b)
+                if b.is_power_of_two() && (MIN_URING_BUFFERS..=MAX_URING_BUFFERS).contains(&b) =>
+            {
+                b
+            }
+            Some(_) => {
+                errors.push(ConfigError::new(
+                    key("uring_buffers"),
+                    format!(
+                        "must be a power of two from {MIN_URING_BUFFERS} to {MAX_URING_BUFFERS} \
+                         (4 KiB receive buffers in the shard's io_uring)"
+                    ),
+                ));
+                DEFAULT_URING_BUFFERS
+            }
+        };
+        // An invalid server.io is reported once, under its own name.
+        let io = e.io.as_deref().or(raw
+            .io
+            .as_deref()
+            .filter(|v| matches!(*v, "epoll" | "uring")));
+        match io {
+            None | Some("epoll") => {
+                s.io = crate::net::uring::IoMode::Epoll;
+                if e.uring_buffers.is_some() {
+                    errors.push(ConfigError::new(
+                        key("uring_buffers"),
+                        "applies only to a shard with io = \"uring\" (here or in [server])",
+                    ));
+                }
+            }
+            Some("uring") => {
+                s.io = crate::net::uring::IoMode::Uring {
+                    buffers,
+                    entries: crate::net::uring::DEFAULT_ENTRIES,
+                }
+            }
+            Some(other) => errors.push(ConfigError::new(
+                key("io"),
+                format!("must be \"epoll\" or \"uring\", not {other:?}"),
+            )),
+        }
         if let Some(sh) = e.background_shares {
             if sh == 0 || sh > MAX_BACKGROUND_SHARES {
                 errors.push(ConfigError::new(
@@ -374,6 +433,13 @@ pub fn start_only(old: &ServerPlan, new: &ServerPlan) -> Vec<(String, String, St
             })
         };
         check("timer_slack_us", slack(a.timer_slack), slack(b.timer_slack));
+        let io = |m: crate::net::uring::IoMode| match m {
+            crate::net::uring::IoMode::Epoll => "\"epoll\"".to_string(),
+            crate::net::uring::IoMode::Uring { buffers, .. } => {
+                format!("\"uring\" ({buffers} buffers)")
+            }
+        };
+        check("io", io(a.io), io(b.io));
         check(
             "background_shares",
             format!("{:?}", a.background_shares),
@@ -440,6 +506,61 @@ mod tests {
             start_only(&r.server, &q.server)[0].1,
             "the kernel's tick".to_string()
         );
+    }
+
+    #[test]
+    fn io_is_set_for_every_shard_or_one_and_its_errors_are_named() {
+        use crate::net::uring::IoMode;
+        let uring = |buffers| IoMode::Uring {
+            buffers,
+            entries: crate::net::uring::DEFAULT_ENTRIES,
+        };
+        let p = crate::plan::load_str(TWO).unwrap();
+        assert!(p.server.shard.iter().all(|s| s.io == IoMode::Epoll));
+        let every = TWO.replace("[server]\n", "[server]\nio = \"uring\"\n");
+        let q = crate::plan::load_str(&every).unwrap();
+        assert!(q.server.shard.iter().all(|s| s.io == uring(1024)));
+        assert_eq!(
+            start_only(&p.server, &q.server)[0],
+            (
+                "server.shard[id = 0].io".to_string(),
+                "\"epoll\"".to_string(),
+                "\"uring\" (1024 buffers)".to_string()
+            )
+        );
+        // A shard's entry overrides server.io, and sets its buffers.
+        let text = format!(
+            "{every}[[server.shard]]\nid = 0\nio = \"epoll\"\n\
+             [[server.shard]]\nid = 1\nuring_buffers = 256\n"
+        );
+        let r = crate::plan::load_str(&text).unwrap();
+        assert_eq!(r.server.shard[0].io, IoMode::Epoll);
+        assert_eq!(r.server.shard[1].io, uring(256));
+        let errors = |text: &str| {
+            crate::plan::load_str(text)
+                .err()
+                .unwrap()
+                .iter()
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>()
+        };
+        let e = errors(&TWO.replace("[server]\n", "[server]\nio = \"poll\"\n"));
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(
+            e[0].contains("server.io") && e[0].contains("\"poll\""),
+            "{e:?}"
+        );
+        let e = errors(&format!(
+            "{every}[[server.shard]]\nid = 1\nuring_buffers = 100\n"
+        ));
+        assert!(
+            e[0].contains("uring_buffers") && e[0].contains("power of two"),
+            "{e:?}"
+        );
+        let e = errors(&format!(
+            "{TWO}[[server.shard]]\nid = 1\nuring_buffers = 256\n"
+        ));
+        assert!(e[0].contains("applies only to a shard with io"), "{e:?}");
     }
 
     #[test]

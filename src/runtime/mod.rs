@@ -496,11 +496,13 @@ impl Server {
             }
             let epoll_sleep = tuning.epoll_sleep;
             let timer_slack = tuning.timer_slack;
+            let io_mode = tuning.io;
             let ended_tx = ended_tx.clone();
             let spawned = builder.spawn(move || async move {
                 shard::notify_end(id, ended_tx);
                 crate::log::set_shard(id);
                 crate::net::set_epoll_sleep(epoll_sleep);
+                crate::net::uring::set_io_mode(io_mode);
                 if let Err(e) = crate::net::set_sleep_slack(timer_slack) {
                     // The shard still works; its epoll sleeps then program
                     // the timer hardware (more CPU under light load).

@@ -204,8 +204,11 @@ pub fn create_key(file: &std::path::Path, name: &str, plan: Option<&str>) -> Str
 
 /// `toml` with `pin_shards = false` added to its `[server]` table, unless
 /// it places shards itself (`cpus` or `pin_shards`): the tests run many
-/// gateways at once, and pinned ones would all share the first CPU.
+/// gateways at once, and pinned ones would all share the first CPU. Every
+/// config a test starts or reloads goes through here, so the socket path
+/// the environment asks for is set here too ([`on_test_io`]).
 pub fn unpinned(toml: &str) -> String {
+    let toml = &on_test_io(toml);
     if toml.contains("cpus") || toml.contains("pin_shards") {
         return toml.to_string();
     }
@@ -213,6 +216,27 @@ pub fn unpinned(toml: &str) -> String {
         Some(at) => {
             let end = at + "[server]\n".len();
             format!("{}pin_shards = false\n{}", &toml[..end], &toml[end..])
+        }
+        None => toml.to_string(),
+    }
+}
+
+/// `toml` with `io = "uring"` in its `[server]` table when the environment
+/// asks for it (`COREGATE_TEST_IO=uring`): the whole suite can then run on
+/// the shards' io_uring socket path (scripts/test does so for a set of
+/// test files). A config that sets `io` itself, or has no `[server]`
+/// table, is left as it is.
+pub fn on_test_io(toml: &str) -> String {
+    let Ok(io) = std::env::var("COREGATE_TEST_IO") else {
+        return toml.to_string();
+    };
+    if io.is_empty() || toml.contains("\nio =") {
+        return toml.to_string();
+    }
+    match toml.find("[server]\n") {
+        Some(at) => {
+            let end = at + "[server]\n".len();
+            format!("{}io = {io:?}\n{}", &toml[..end], &toml[end..])
         }
         None => toml.to_string(),
     }

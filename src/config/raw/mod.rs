@@ -150,6 +150,9 @@ pub struct RawServer {
     /// `[[server.shard]]`: one shard's own settings (docs/tuning.md).
     #[serde(default)]
     pub shard: Vec<shard::RawShard>,
+    /// How every shard's connected sockets move their bytes (`"epoll"`, the
+    /// default, or `"uring"`), unless its `[[server.shard]]` entry says.
+    pub io: Option<String>,
     /// Plain-TCP Content-Length bodies, and the data of chunks, of at
     /// least this many bytes move from socket to socket with splice; 0
     /// turns that off.

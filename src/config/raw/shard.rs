@@ -39,6 +39,11 @@ pub const MAX_PREEMPT_TIMER_MS: u64 = 10_000;
 /// 100 ms, glommio's default preempt timer: glommio's timers and other
 /// task queues wait up to this long under a light load.
 pub const MAX_EPOLL_SLEEP_US: u64 = 100_000;
+/// With `io = "uring"`: receive buffers per shard by default (4 MiB).
+pub const DEFAULT_URING_BUFFERS: u32 = 1024;
+/// Bounds of `uring_buffers`: a power of two (the kernel's buffer ring).
+pub const MIN_URING_BUFFERS: u32 = 64;
+pub const MAX_URING_BUFFERS: u32 = 32_768;
 /// The request path's task queue has glommio's default 1000 shares.
 pub const MAX_BACKGROUND_SHARES: usize = 1_000_000;
 
@@ -76,4 +81,10 @@ pub struct RawShard {
     /// of its own with these shares, against the request path's 1000.
     /// Default: one task queue for everything.
     pub background_shares: Option<usize>,
+    /// How the shard's connected sockets move their bytes: `"epoll"`
+    /// (readiness and syscalls, the default) or `"uring"` (a ring of the
+    /// shard's own, src/net/uring.rs).
+    pub io: Option<String>,
+    /// With `io = "uring"`: receive buffers of 4 KiB in the shard's ring.
+    pub uring_buffers: Option<u32>,
 }

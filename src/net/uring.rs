@@ -1,0 +1,876 @@
+//! The shard's io_uring socket path (`io = "uring"`, docs/tuning.md): the
+//! same [`Socket`] API as the epoll reactor, with the bytes moved by
+//! io_uring operations on a ring of the shard's own, beside glommio's.
+//!
+//! - **Receives**: one multishot `RECV` per connection into a
+//!   provided-buffer ring shared by the shard. A completion's bytes are
+//!   copied at once into the socket's receive buffer (from a pool of the
+//!   shard) and the ring buffer goes back, so a connection whose task does
+//!   not read cannot hold the ring's buffers that the others need. A socket
+//!   holding [`RX_CAP`] unread bytes has its receive cancelled, so the
+//!   kernel's socket buffer, and TCP's window, hold the rest, as they do
+//!   on the epoll path; it is armed again once reads took half of them.
+//! - **Sends**: a write copies its bytes into the socket's own send buffer
+//!   and returns; one `SEND` per socket is in flight at a time, and what is
+//!   written meanwhile goes in the next. So every send of a pass of the
+//!   reactor goes to the kernel in the one `io_uring_enter` that also
+//!   collects the completions. A write waits (with its write timeout) only
+//!   when [`TX_CAP`] bytes are not yet sent; a send's error is reported by
+//!   the next write. `shutdown(Write)` is done once the bytes written
+//!   before it are sent.
+//! - **Connects** wait for writability with a one-shot `POLL_ADD`.
+//! - **Listeners** stay on the epoll set (an accept per connection is not
+//!   worth a ring), and the reactor's deadlines, parking and
+//!   [`super::interrupt_read`] work as on the epoll path: a completion
+//!   marks the socket readable or writable exactly where an epoll event
+//!   would.
+//! - **Spliced bodies** are not available: a multishot receive takes the
+//!   bytes a splice would move. Bodies are copied ([`super::splice`]).
+//!
+//! The ring is set up with `SINGLE_ISSUER` and `DEFER_TASKRUN` (or
+//! `COOP_TASKRUN` where the kernel refuses those), so completions never
+//! interrupt the running shard: the kernel finishes them when the reactor
+//! enters the ring, once per pass. To sleep, the shard still waits on its
+//! epoll set (and glommio's park on that): the ring signals an eventfd in
+//! the set, enabled only while the shard is about to sleep
+//! (`IORING_CQ_EVENTFD_DISABLED` otherwise), so a busy shard pays nothing
+//! for it.
+//!
+//! A closed socket's slot stays taken until every operation it started has
+//! completed: a send in flight keeps its buffer until the kernel is done
+//! with it, and the connection is closed by the kernel (FIN after the last
+//! byte) once the receive is cancelled and the send done.
+
+use super::{sys, Resume, Slab};
+use io_uring::{cqueue, opcode, squeue, types, IoUring};
+use std::cell::{Cell, RefCell};
+use std::io;
+use std::io::IoSlice;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::task::Waker;
+
+/// Bytes received and not yet read that one socket may hold before its
+/// receive is paused.
+pub const RX_CAP: usize = 32 * 1024;
+/// Bytes a socket may have written and not yet sent before a write waits.
+pub const TX_CAP: usize = 256 * 1024;
+/// Size of each receive buffer.
+pub const BUF_SIZE: usize = 4096;
+/// Receive buffers per shard by default (4 MiB).
+pub const DEFAULT_BUFFERS: u32 = 1024;
+/// Submission entries of the ring by default.
+pub const DEFAULT_ENTRIES: u32 = 1024;
+/// Send buffers a shard keeps for its sockets' next writes, and the
+/// largest it keeps: an idle connection holds none, and a busy shard
+/// allocates none per request.
+const POOL_BUFS: usize = 256;
+const POOL_BUF_MAX: usize = 64 * 1024;
+
+const BGID: u16 = 7;
+/// `IORING_ENTER_GETEVENTS` (the crate does not export its flags).
+const ENTER_GETEVENTS: u32 = 1;
+
+const K_RECV: u64 = 1;
+const K_SEND: u64 = 2;
+const K_POLL: u64 = 3;
+const K_CANCEL: u64 = 4;
+
+fn ud(kind: u64, idx: u32, gen: u32) -> u64 {
+    (kind << 56) | (u64::from(gen & 0xff_ffff) << 32) | u64::from(idx)
+}
+
+/// How a shard's connected sockets move their bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IoMode {
+    /// Readiness from the shard's epoll set, `recv`/`send` syscalls.
+    Epoll,
+    /// A ring of the shard's own (this module).
+    Uring {
+        /// Receive buffers of [`BUF_SIZE`] bytes in the shard's ring;
+        /// a power of two up to 32768.
+        buffers: u32,
+        /// Submission entries.
+        entries: u32,
+    },
+}
+
+thread_local! {
+    static MODE: Cell<IoMode> = const { Cell::new(IoMode::Epoll) };
+}
+
+/// Sets how this thread's reactor moves bytes; takes effect when the
+/// reactor is made (call it first on the shard's thread).
+pub fn set_io_mode(m: IoMode) {
+    MODE.with(|c| c.set(m));
+}
+
+pub(super) fn io_mode() -> IoMode {
+    MODE.with(Cell::get)
+}
+
+/// What one socket on the ring has going on.
+#[derive(Default)]
+pub(super) struct UrSlot {
+    fd: RawFd,
+    /// Its socket was dropped: the slot is freed once `ops` is 0.
+    closed: bool,
+    /// Operations in flight (receive, send, poll).
+    ops: u32,
+    recv_armed: bool,
+    /// The receive was cancelled because the socket holds enough.
+    recv_paused: bool,
+    /// Received and not yet read: (buffer id, length, bytes read).
+    rx: Vec<u8>,
+    /// How much of `rx` reads took.
+    rx_off: usize,
+    /// A receive error, reported by the next read.
+    rx_err: Option<i32>,
+    /// A send error: every later write fails with it.
+    tx_err: Option<i32>,
+    /// The bytes of the send in flight (untouched until it completes).
+    inflight: Vec<u8>,
+    sent: usize,
+    sending: bool,
+    /// Written while a send was in flight: the next send.
+    queued: Vec<u8>,
+    /// `shutdown(Write)` once everything written is sent.
+    shut_wr: bool,
+    /// A connect is waiting for writability.
+    polling: bool,
+    /// After its socket was dropped with bytes written and not yet sent: a
+    /// duplicate of its descriptor, which the rest is sent on (`fd` is
+    /// then this one) and which closes once they are sent.
+    held_fd: Option<OwnedFd>,
+}
+
+impl UrSlot {
+    fn unsent(&self) -> usize {
+        self.inflight.len() - self.sent + self.queued.len()
+    }
+
+    fn unread(&self) -> usize {
+        self.rx.len() - self.rx_off
+    }
+}
+
+/// Gives `v`'s allocation to the shard's pool (or frees it).
+fn recycle(pool: &RefCell<Vec<Vec<u8>>>, v: &mut Vec<u8>) {
+    if v.capacity() == 0 {
+        return;
+    }
+    let mut v = std::mem::take(v);
+    let mut pool = pool.borrow_mut();
+    if v.capacity() <= POOL_BUF_MAX && pool.len() < POOL_BUFS {
+        v.clear();
+        pool.push(v);
+    }
+}
+
+/// The provided-buffer ring.
+struct BufRing {
+    entries: *mut types::BufRingEntry,
+    mask: u16,
+    count: u32,
+    bufs: Vec<u8>,
+    tail: u16,
+}
+
+impl BufRing {
+    fn new(ring: &IoUring, count: u32) -> io::Result<BufRing> {
+        let n = u16::try_from(count)
+            .ok()
+            .filter(|n| n.is_power_of_two())
+            .ok_or_else(|| io::Error::other("io_uring buffers must be a power of two"))?;
+        let bytes = usize::from(n) * std::mem::size_of::<types::BufRingEntry>();
+        // SAFETY: an anonymous private mapping, page-aligned as the kernel
+        // requires, unmapped only in `drop` after the ring unregistered it.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                bytes,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_ANONYMOUS | libc::MAP_PRIVATE,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let entries = p as *mut types::BufRingEntry;
+        // SAFETY: the mapping lives as long as the registration (above).
+        if let Err(e) = unsafe {
+            ring.submitter()
+                .register_buf_ring_with_flags(entries as u64, n, BGID, 0)
+        } {
+            // SAFETY: the mapping made above, not registered.
+            unsafe { libc::munmap(p, bytes) };
+            return Err(e);
+        }
+        let mut r = BufRing {
+            entries,
+            mask: n - 1,
+            count: u32::from(n),
+            bufs: vec![0u8; usize::from(n) * BUF_SIZE],
+            tail: 0,
+        };
+        for bid in 0..n {
+            r.give(bid);
+        }
+        Ok(r)
+    }
+
+    /// Hands buffer `bid` back to the kernel.
+    fn give(&mut self, bid: u16) {
+        let addr = self.bufs[usize::from(bid) * BUF_SIZE..].as_mut_ptr() as u64;
+        // SAFETY: the index is masked into the mapping's entries.
+        unsafe {
+            let e = &mut *self.entries.add(usize::from(self.tail & self.mask));
+            e.set_addr(addr);
+            e.set_len(BUF_SIZE as u32);
+            e.set_bid(bid);
+        }
+        self.tail = self.tail.wrapping_add(1);
+        // SAFETY: the tail lives in the first entry; the kernel reads it
+        // with acquire semantics.
+        unsafe {
+            let t = types::BufRingEntry::tail(self.entries) as *const std::sync::atomic::AtomicU16;
+            (*t).store(self.tail, std::sync::atomic::Ordering::Release);
+        }
+    }
+
+    fn data(&self, bid: u16, from: u32, to: u32) -> &[u8] {
+        let base = usize::from(bid) * BUF_SIZE;
+        &self.bufs[base + from as usize..base + (to as usize).min(BUF_SIZE)]
+    }
+}
+
+impl Drop for BufRing {
+    fn drop(&mut self) {
+        let bytes = (self.count as usize) * std::mem::size_of::<types::BufRingEntry>();
+        // SAFETY: the ring (dropped before this, see `Uring`'s field
+        // order) no longer uses the mapping.
+        unsafe { libc::munmap(self.entries as *mut libc::c_void, bytes) };
+    }
+}
+
+/// One shard's ring and the state of the sockets on it.
+pub(super) struct Uring {
+    // Field order: the ring is closed before the buffer mapping goes.
+    ring: RefCell<IoUring>,
+    bufs: RefCell<BufRing>,
+    slots: RefCell<Vec<UrSlot>>,
+    /// Registered with the ring; in the epoll set under `URING_TOKEN`.
+    pub(super) evfd: OwnedFd,
+    /// Sockets whose receive ended for want of buffers: armed again at the
+    /// next pass.
+    rearm: RefCell<Vec<(u32, u32)>>,
+    /// Wakes and resumes found outside the poller (see `take_ready`), run
+    /// by its next pass.
+    deferred: RefCell<(Vec<Waker>, Vec<Resume>)>,
+    /// Whether the eventfd is enabled (the shard is about to sleep).
+    signalling: Cell<bool>,
+    /// Receives that ended for want of buffers (for diagnostics).
+    pub(super) starved: Cell<u64>,
+    /// Send buffers no socket holds ([`POOL_BUFS`]).
+    pool: RefCell<Vec<Vec<u8>>>,
+    /// The poller is parked in glommio: an entry queued now is submitted
+    /// at once, since no pass of the reactor would submit it.
+    pub(super) parked: Cell<bool>,
+}
+
+fn push(ring: &mut IoUring, sqe: &squeue::Entry) -> io::Result<()> {
+    loop {
+        // SAFETY: every buffer an entry points at outlives the operation:
+        // the provided buffers live as long as the ring, a send's bytes
+        // stay in its slot (untouched, the slot not freed) until its
+        // completion.
+        if unsafe { ring.submission().push(sqe) }.is_ok() {
+            return Ok(());
+        }
+        ring.submit()?;
+    }
+}
+
+impl Uring {
+    pub(super) fn new(buffers: u32, entries: u32) -> io::Result<Uring> {
+        let ring = IoUring::builder()
+            .setup_single_issuer()
+            .setup_coop_taskrun()
+            .setup_cqsize(entries.saturating_mul(4))
+            .build(entries)?;
+        let bufs = BufRing::new(&ring, buffers)?;
+        let evfd = sys::eventfd()?;
+        ring.submitter().register_eventfd(evfd.as_raw_fd())?;
+        let mut ring = ring;
+        ring.completion().disable_eventfd();
+        Ok(Uring {
+            ring: RefCell::new(ring),
+            bufs: RefCell::new(bufs),
+            slots: RefCell::new(Vec::new()),
+            evfd,
+            rearm: RefCell::new(Vec::new()),
+            deferred: RefCell::new((Vec::new(), Vec::new())),
+            signalling: Cell::new(false),
+            starved: Cell::new(0),
+            parked: Cell::new(false),
+            pool: RefCell::new(Vec::new()),
+        })
+    }
+
+    /// Takes slot `idx` for socket `fd`.
+    pub(super) fn attach(&self, idx: u32, fd: RawFd) {
+        let mut slots = self.slots.borrow_mut();
+        let i = idx as usize;
+        if slots.len() <= i {
+            slots.resize_with(i + 1, UrSlot::default);
+        }
+        let u = &mut slots[i];
+        u.fd = fd;
+        u.closed = false;
+        u.ops = 0;
+        u.recv_armed = false;
+        u.recv_paused = false;
+        u.rx_err = None;
+        u.tx_err = None;
+        u.sent = 0;
+        u.sending = false;
+        u.shut_wr = false;
+        u.polling = false;
+        u.inflight.clear();
+        u.queued.clear();
+        u.held_fd = None;
+    }
+
+    /// The socket in slot `idx` is dropped (its descriptor closes right
+    /// after): cancels what it has armed and submits what is queued now,
+    /// before the descriptor number can be reused. What was written and
+    /// not yet sent is still sent, as the kernel would send what a `send`
+    /// took before a `close`: on a duplicate of the descriptor, closed once
+    /// it is all sent (or fails, or [`Uring::abandon`] gives up on it).
+    /// Returns whether the slot can be freed at once, and whether bytes are
+    /// still to be sent.
+    pub(super) fn detach(&self, idx: u32, gen: u32) -> (bool, bool) {
+        let mut slots = self.slots.borrow_mut();
+        let Some(u) = slots.get_mut(idx as usize) else {
+            return (true, false);
+        };
+        u.closed = true;
+        u.shut_wr = false;
+        let lingering = u.tx_err.is_none() && u.unsent() > 0;
+        if lingering {
+            match sys::dup(u.fd) {
+                Ok(d) => {
+                    // SAFETY: `d` is a fresh descriptor only this slot owns.
+                    let d = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(d) };
+                    u.fd = d.as_raw_fd();
+                    u.held_fd = Some(d);
+                }
+                // Out of descriptors: what is not in flight is lost, as
+                // the connection's other bytes are when it fails.
+                Err(_) => u.queued.clear(),
+            }
+        } else {
+            u.queued.clear();
+        }
+        u.rx_off = 0;
+        recycle(&self.pool, &mut u.rx);
+        let mut ring = self.ring.borrow_mut();
+        if u.recv_armed {
+            let c = opcode::AsyncCancel::new(ud(K_RECV, idx, gen))
+                .build()
+                .user_data(ud(K_CANCEL, idx, gen));
+            let _ = push(&mut ring, &c);
+        }
+        if u.polling {
+            let c = opcode::AsyncCancel::new(ud(K_POLL, idx, gen))
+                .build()
+                .user_data(ud(K_CANCEL, idx, gen));
+            let _ = push(&mut ring, &c);
+        }
+        let free = u.ops == 0;
+        let lingering = u.held_fd.is_some();
+        if !ring.submission().is_empty() {
+            // A failure here leaves entries for the next pass; the
+            // descriptor number they carry may by then be another
+            // socket's only if the submission failed, which the next
+            // submit reports.
+            let _ = ring.submit();
+        }
+        (free, lingering)
+    }
+
+    /// Gives up sending what a dropped socket in slot `idx` had left (its
+    /// peer has not taken it within the socket's write timeout): the send
+    /// in flight is cancelled, and the slot freed once that completes.
+    pub(super) fn abandon(&self, idx: u32, gen: u32) {
+        let mut slots = self.slots.borrow_mut();
+        let Some(u) = slots
+            .get_mut(idx as usize)
+            .filter(|u| u.closed && u.sending)
+        else {
+            return;
+        };
+        u.queued.clear();
+        let c = opcode::AsyncCancel::new(ud(K_SEND, idx, gen))
+            .build()
+            .user_data(ud(K_CANCEL, idx, gen));
+        let mut ring = self.ring.borrow_mut();
+        if push(&mut ring, &c).is_ok() {
+            let _ = ring.submit();
+        }
+    }
+
+    fn arm_recv(ring: &mut IoUring, u: &mut UrSlot, idx: u32, gen: u32) -> io::Result<()> {
+        let sqe = opcode::RecvMulti::new(types::Fd(u.fd), BGID)
+            .build()
+            .user_data(ud(K_RECV, idx, gen));
+        push(ring, &sqe)?;
+        u.recv_armed = true;
+        u.recv_paused = false;
+        u.ops += 1;
+        Ok(())
+    }
+
+    fn start_send(ring: &mut IoUring, u: &mut UrSlot, idx: u32, gen: u32) -> io::Result<()> {
+        let rest = &u.inflight[u.sent..];
+        let len = u32::try_from(rest.len()).unwrap_or(u32::MAX);
+        let sqe = opcode::Send::new(types::Fd(u.fd), rest.as_ptr(), len)
+            .flags(libc::MSG_NOSIGNAL)
+            .build()
+            .user_data(ud(K_SEND, idx, gen));
+        push(ring, &sqe)?;
+        u.sending = true;
+        u.ops += 1;
+        Ok(())
+    }
+
+    /// Submits what is queued when no pass of the reactor will: while the
+    /// poller is parked in glommio, another task (woken by a timer, say)
+    /// may queue an entry.
+    fn flush_if_parked(&self) -> io::Result<()> {
+        if self.parked.get() {
+            let mut ring = self.ring.borrow_mut();
+            if !ring.submission().is_empty() {
+                ring.submit()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A connect in progress on slot `idx`: its completion marks the
+    /// socket writable.
+    pub(super) fn poll_out(&self, idx: u32, gen: u32) -> io::Result<()> {
+        {
+            let mut slots = self.slots.borrow_mut();
+            let u = &mut slots[idx as usize];
+            let sqe = opcode::PollAdd::new(types::Fd(u.fd), libc::POLLOUT as u32)
+                .build()
+                .user_data(ud(K_POLL, idx, gen));
+            push(&mut self.ring.borrow_mut(), &sqe)?;
+            u.polling = true;
+            u.ops += 1;
+        }
+        self.flush_if_parked()
+    }
+
+    /// A read of slot `idx`: `Ok(Some(n))` bytes copied into `buf`,
+    /// `Ok(None)` when nothing is there yet (the receive is armed and the
+    /// caller waits), an error once. `eof` is the slot's end of stream.
+    /// Also returns whether nothing is left to read.
+    pub(super) fn read(
+        &self,
+        idx: u32,
+        gen: u32,
+        buf: &mut [u8],
+        eof: bool,
+    ) -> (io::Result<Option<usize>>, bool) {
+        let out = self.read_inner(idx, gen, buf, eof);
+        if let Err(e) = self.flush_if_parked() {
+            return (Err(e), false);
+        }
+        out
+    }
+
+    fn read_inner(
+        &self,
+        idx: u32,
+        gen: u32,
+        buf: &mut [u8],
+        eof: bool,
+    ) -> (io::Result<Option<usize>>, bool) {
+        let mut slots = self.slots.borrow_mut();
+        let u = &mut slots[idx as usize];
+        if u.unread() > 0 {
+            let n = u.unread().min(buf.len());
+            buf[..n].copy_from_slice(&u.rx[u.rx_off..u.rx_off + n]);
+            u.rx_off += n;
+            if u.rx_off == u.rx.len() {
+                // Taken: an idle connection holds no receive buffer.
+                u.rx_off = 0;
+                recycle(&self.pool, &mut u.rx);
+            }
+            if u.recv_paused && !u.recv_armed && u.unread() < RX_CAP / 2 {
+                let r = Self::arm_recv(&mut self.ring.borrow_mut(), u, idx, gen);
+                if let Err(e) = r {
+                    u.rx_err
+                        .get_or_insert(e.raw_os_error().unwrap_or(libc::EIO));
+                }
+            }
+            return (Ok(Some(n)), u.unread() == 0);
+        }
+        if let Some(e) = u.rx_err.take() {
+            return (Err(io::Error::from_raw_os_error(e)), false);
+        }
+        if eof || buf.is_empty() {
+            return (Ok(Some(0)), false);
+        }
+        if !u.recv_armed {
+            if let Err(e) = Self::arm_recv(&mut self.ring.borrow_mut(), u, idx, gen) {
+                return (Err(e), false);
+            }
+        }
+        (Ok(None), true)
+    }
+
+    /// Makes sure input on slot `idx` will be noticed (for a parked
+    /// socket).
+    pub(super) fn watch(&self, idx: u32, gen: u32) {
+        let mut slots = self.slots.borrow_mut();
+        let u = &mut slots[idx as usize];
+        if !u.recv_armed && !u.recv_paused {
+            let armed = Self::arm_recv(&mut self.ring.borrow_mut(), u, idx, gen);
+            if let Err(e) = armed.and_then(|()| self.flush_if_parked()) {
+                u.rx_err
+                    .get_or_insert(e.raw_os_error().unwrap_or(libc::EIO));
+            }
+        }
+    }
+
+    /// Whether slot `idx` holds nothing to read and no error.
+    pub(super) fn holds_nothing(&self, idx: u32) -> bool {
+        let slots = self.slots.borrow();
+        let u = &slots[idx as usize];
+        u.unread() == 0 && u.rx_err.is_none()
+    }
+
+    /// A write to slot `idx`: `Ok(Some(n))` bytes taken, `Ok(None)` when
+    /// [`TX_CAP`] bytes wait to be sent (the caller waits for room).
+    pub(super) fn write(
+        &self,
+        idx: u32,
+        gen: u32,
+        bufs: &[IoSlice<'_>],
+    ) -> io::Result<Option<usize>> {
+        let out = self.write_inner(idx, gen, bufs)?;
+        self.flush_if_parked()?;
+        Ok(out)
+    }
+
+    fn write_inner(&self, idx: u32, gen: u32, bufs: &[IoSlice<'_>]) -> io::Result<Option<usize>> {
+        let mut slots = self.slots.borrow_mut();
+        let u = &mut slots[idx as usize];
+        if let Some(e) = u.tx_err {
+            return Err(io::Error::from_raw_os_error(e));
+        }
+        let used = u.unsent();
+        if used >= TX_CAP {
+            return Ok(None);
+        }
+        let mut room = TX_CAP - used;
+        let mut n = 0;
+        let dst = if u.sending {
+            &mut u.queued
+        } else {
+            &mut u.inflight
+        };
+        if dst.capacity() == 0 {
+            if let Some(v) = self.pool.borrow_mut().pop() {
+                *dst = v;
+            }
+        }
+        for b in bufs {
+            if room == 0 {
+                break;
+            }
+            let take = b.len().min(room);
+            dst.extend_from_slice(&b[..take]);
+            room -= take;
+            n += take;
+        }
+        if n > 0 && !u.sending {
+            if let Err(e) = Self::start_send(&mut self.ring.borrow_mut(), u, idx, gen) {
+                u.inflight.clear();
+                u.sent = 0;
+                return Err(e);
+            }
+        }
+        Ok(Some(n))
+    }
+
+    /// `shutdown(Write)` of slot `idx`, once what was written is sent.
+    pub(super) fn shutdown_write(&self, idx: u32) -> io::Result<()> {
+        let mut slots = self.slots.borrow_mut();
+        let u = &mut slots[idx as usize];
+        if u.unsent() > 0 && u.tx_err.is_none() {
+            u.shut_wr = true;
+            return Ok(());
+        }
+        sys::shutdown(u.fd, std::net::Shutdown::Write)
+    }
+
+    pub(super) fn signalling(&self) -> bool {
+        self.signalling.get()
+    }
+
+    /// Enables or disables the ring's eventfd: on only while the shard is
+    /// about to sleep.
+    pub(super) fn signal(&self, on: bool) {
+        if self.signalling.get() == on {
+            return;
+        }
+        self.signalling.set(on);
+        // SAFETY: the flags word is shared with the kernel; the crate's
+        // accessors write it atomically.
+        let mut ring = self.ring.borrow_mut();
+        if on {
+            ring.completion().enable_eventfd();
+        } else {
+            ring.completion().disable_eventfd();
+        }
+    }
+
+    /// Submits what the pass queued and takes the completions (`enter`:
+    /// whether to ask the kernel first; without it, only completions
+    /// already posted are taken). Wakes and resumes go to `wake` and
+    /// `resume`; returns how many completions there were.
+    pub(super) fn reap(
+        &self,
+        slab: &mut Slab,
+        enter: bool,
+        wake: &mut impl Extend<Waker>,
+        resume: &mut impl Extend<Resume>,
+    ) -> io::Result<usize> {
+        let mut ring = self.ring.borrow_mut();
+        {
+            let mut slots = self.slots.borrow_mut();
+            for (idx, gen) in self.rearm.borrow_mut().drain(..) {
+                let Some(s) = slab.slots.get(idx as usize) else {
+                    continue;
+                };
+                let u = &mut slots[idx as usize];
+                if s.gen == gen && !u.closed && !u.recv_armed && !u.recv_paused {
+                    Self::arm_recv(&mut ring, u, idx, gen)?;
+                }
+            }
+        }
+        if enter {
+            let to_submit = ring.submission().len() as u32;
+            // SAFETY: no argument is passed.
+            let r = unsafe {
+                ring.submitter()
+                    .enter::<libc::sigset_t>(to_submit, 0, ENTER_GETEVENTS, None)
+            };
+            match r {
+                Ok(_) => {}
+                Err(e)
+                    if e.kind() == io::ErrorKind::Interrupted
+                        || e.raw_os_error() == Some(libc::EBUSY)
+                        || e.raw_os_error() == Some(libc::EAGAIN) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let mut n = 0;
+        let mut slots = self.slots.borrow_mut();
+        let mut bufs = self.bufs.borrow_mut();
+        loop {
+            let Some(cqe) = ring.completion().next() else {
+                break;
+            };
+            n += 1;
+            let data = cqe.user_data();
+            let (res, flags) = (cqe.result(), cqe.flags());
+            let kind = data >> 56;
+            let idx = (data & 0xffff_ffff) as u32;
+            let gen = ((data >> 32) & 0xff_ffff) as u32;
+            if kind == K_CANCEL {
+                continue;
+            }
+            let Some(u) = slots.get_mut(idx as usize) else {
+                if let Some(bid) = cqueue::buffer_select(flags) {
+                    bufs.give(bid);
+                }
+                continue;
+            };
+            let Some(s) = slab.slots.get_mut(idx as usize) else {
+                continue;
+            };
+            let live = !u.closed && s.gen & 0xff_ffff == gen;
+            match kind {
+                K_RECV => {
+                    if let Some(bid) = cqueue::buffer_select(flags) {
+                        if res > 0 && live {
+                            // Copied out at once: the ring's buffers are
+                            // shared by the shard's connections, and one
+                            // that does not read must not hold them.
+                            if u.rx.capacity() == 0 {
+                                if let Some(v) = self.pool.borrow_mut().pop() {
+                                    u.rx = v;
+                                }
+                            }
+                            if u.rx_off > 0 {
+                                // What reads took goes first: the buffer
+                                // holds at most the unread bytes and this.
+                                u.rx.drain(..u.rx_off);
+                                u.rx_off = 0;
+                            }
+                            u.rx.extend_from_slice(bufs.data(bid, 0, res as u32));
+                        }
+                        bufs.give(bid);
+                    }
+                    let ended = !cqueue::more(flags);
+                    if ended {
+                        u.recv_armed = false;
+                        u.ops -= 1;
+                    }
+                    if live {
+                        if res == 0 {
+                            s.eof = true;
+                        } else if res == -libc::ENOBUFS {
+                            self.starved.set(self.starved.get() + 1);
+                            self.rearm.borrow_mut().push((idx, s.gen));
+                        } else if res == -libc::ECANCELED {
+                            // Paused (or closing): armed again by a read.
+                        } else if res < 0 {
+                            u.rx_err = Some(-res);
+                            s.eof = true;
+                        } else if ended && !u.recv_paused {
+                            // The kernel ended it (a full completion
+                            // queue, say): arm it again.
+                            self.rearm.borrow_mut().push((idx, s.gen));
+                        }
+                        if u.unread() >= RX_CAP && u.recv_armed && !u.recv_paused {
+                            u.recv_paused = true;
+                            let c = opcode::AsyncCancel::new(ud(K_RECV, idx, gen))
+                                .build()
+                                .user_data(ud(K_CANCEL, idx, gen));
+                            push(&mut ring, &c)?;
+                        }
+                        if u.recv_paused && !u.recv_armed && u.unread() < RX_CAP / 2 {
+                            Self::arm_recv(&mut ring, u, idx, gen)?;
+                        }
+                        if u.unread() > 0 || s.eof {
+                            s.readable = true;
+                            wake.extend(s.read_waker.take());
+                            if let Some(p) = s.parked.take() {
+                                s.read_deadline = None;
+                                resume.extend(Some(p));
+                            }
+                        }
+                    }
+                }
+                K_SEND => {
+                    u.ops -= 1;
+                    u.sending = false;
+                    if !live && u.held_fd.is_none() {
+                        u.inflight.clear();
+                        u.sent = 0;
+                    } else if res < 0 {
+                        u.tx_err = Some(-res);
+                        u.inflight.clear();
+                        u.queued.clear();
+                        u.sent = 0;
+                    } else {
+                        u.sent += res as usize;
+                        if u.sent >= u.inflight.len() {
+                            u.inflight.clear();
+                            u.sent = 0;
+                            std::mem::swap(&mut u.inflight, &mut u.queued);
+                        }
+                        if !u.inflight.is_empty() {
+                            Self::start_send(&mut ring, u, idx, gen)?;
+                        }
+                    }
+                    if u.closed && !u.sending {
+                        // All sent (or failed): the duplicate closes.
+                        u.inflight.clear();
+                        u.queued.clear();
+                        u.held_fd = None;
+                    }
+                    if !u.sending {
+                        // Nothing left to send: the buffers go back.
+                        recycle(&self.pool, &mut u.inflight);
+                        recycle(&self.pool, &mut u.queued);
+                    }
+                    if live {
+                        if u.unsent() == 0 && u.shut_wr {
+                            u.shut_wr = false;
+                            let _ = sys::shutdown(u.fd, std::net::Shutdown::Write);
+                        }
+                        if u.unsent() < TX_CAP || u.tx_err.is_some() {
+                            s.writable = true;
+                            wake.extend(s.write_waker.take());
+                        }
+                    }
+                }
+                K_POLL => {
+                    u.ops -= 1;
+                    u.polling = false;
+                    if live {
+                        s.writable = true;
+                        wake.extend(s.write_waker.take());
+                    }
+                }
+                _ => {}
+            }
+            if u.closed && u.ops == 0 {
+                slab.closing -= 1;
+                super::Reactor::free_slot(slab, idx);
+            }
+        }
+        Ok(n)
+    }
+
+    /// Before the shard sleeps: takes every completion and runs the
+    /// kernel's deferred work until none is left. The kernel runs at most
+    /// a few dozen deferred items per `io_uring_enter` and keeps the rest
+    /// without ringing the eventfd for them, so one look is not enough: the
+    /// ring's descriptor polls readable while any completion or deferred
+    /// work waits.
+    pub(super) fn settle(
+        &self,
+        slab: &mut Slab,
+        wake: &mut impl Extend<Waker>,
+        resume: &mut impl Extend<Resume>,
+    ) -> io::Result<usize> {
+        let mut found = self.reap(slab, true, wake, resume)?;
+        for _ in 0..64 {
+            let mut p = libc::pollfd {
+                fd: self.ring.borrow().as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd, no wait.
+            let r = unsafe { libc::poll(&mut p, 1, 0) };
+            if r <= 0 || p.revents & libc::POLLIN == 0 {
+                break;
+            }
+            found += self.reap(slab, true, wake, resume)?;
+        }
+        Ok(found)
+    }
+
+    /// Takes the completions already posted, for a caller outside the
+    /// poller: their wakes and resumes wait for the poller's next pass.
+    pub(super) fn take_posted(&self, slab: &mut Slab) {
+        let mut d = self.deferred.borrow_mut();
+        let (w, r) = &mut *d;
+        let _ = self.reap(slab, false, w, r);
+    }
+
+    /// The wakes and resumes [`Uring::take_posted`] put aside.
+    pub(super) fn take_deferred(&self) -> (Vec<Waker>, Vec<Resume>) {
+        let mut d = self.deferred.borrow_mut();
+        (std::mem::take(&mut d.0), std::mem::take(&mut d.1))
+    }
+}
