@@ -19,6 +19,13 @@
 #                              also measure that build as target
 #                              "coregate-base", alternating with the others
 #                              in the same runs (before/after in one run)
+#   BASE_BIN=target/release/coregate BASE_IO=uring loadtest/run.sh --only throughput
+#                              the "coregate-base" target with `io = "uring"`:
+#                              the shards' io_uring socket path against the
+#                              epoll one (target "coregate"), same build,
+#                              alternating in the same runs
+#   CG_IO=uring loadtest/run.sh --only bodies
+#                              every coregate of the run with that `io`
 #   THR_DUR=120 loadtest/run.sh --only throttle-accuracy
 #                              seconds per throttle-accuracy run (default 60)
 #   loadtest/run.sh --only splice
@@ -406,6 +413,7 @@ listen = ["127.0.0.1:$1"]
 shards = $2
 cpus = [$3]
 drain_timeout_ms = 2000
+${CG_IO:+io = \"$CG_IO\"}
 ${SPLICE_MIN_BYTES:+splice_min_bytes = $SPLICE_MIN_BYTES}
 ${SPLICE_PIPE_BYTES:+splice_pipe_bytes = $SPLICE_PIPE_BYTES}
 
@@ -509,7 +517,8 @@ EOF
 "$COREGATE" check --config "$WORK/coregate-1.toml" >/dev/null
 if [ -n "${BASE_BIN:-}" ]; then
     # The same plan without TLS, on its own port, for the older build.
-    coregate_conf $COREGATE_BASE_PORT 1 $PROXY_CPU >"$WORK/coregate-base.toml"
+    coregate_conf $COREGATE_BASE_PORT 1 $PROXY_CPU |
+        sed "s/^\[server\]\$/[server]${BASE_IO:+\\nio = \"$BASE_IO\"}/" >"$WORK/coregate-base.toml"
     "$WORK/coregate-base-bin" check --config "$WORK/coregate-base.toml" >/dev/null
 fi
 "$COREGATE" check --config "$WORK/coregate-2.toml" >/dev/null
@@ -978,11 +987,13 @@ if want lightload; then
     for us in ${LL_SPIN_US:-}; do ll_variant "spin$us" spin_before_park_us "$us"; done
     for us in ${LL_EPOLL_SLEEP_US:-}; do ll_variant "es$us" epoll_sleep_us "$us"; done
     for us in ${LL_TIMER_SLACK_US:-}; do ll_variant "slack$us" timer_slack_us "$us"; done
+    # LL_IO=uring: also a coregate with `io` set to it.
+    for io in ${LL_IO:-}; do ll_variant "io-$io" io "\"$io\""; done
     log "lightload: $LL_RATE req/s (50% of nginx's $NGINX_MAX) for ${LL_DUR}s, $LAT_CONNS connections, then ${LL_IDLE}s idle; $SCALE_RUNS runs; $LL_TARGETS"
     for run in $(seq "$SCALE_RUNS"); do
         for t in $LL_TARGETS; do
             spin_pid=
-            if [[ $t == coregate-spin* || $t == coregate-es* || $t == coregate-slack* ]]; then
+            if [[ $t == coregate-spin* || $t == coregate-es* || $t == coregate-slack* || $t == coregate-io-* ]]; then
                 start_coregate "$t"
                 spin_pid=$LAST_PID
                 wait_port $COREGATE2_PORT
