@@ -270,8 +270,6 @@ pub(super) struct Uring {
     deferred: RefCell<(Vec<Waker>, Vec<Resume>)>,
     /// Whether the eventfd is enabled (the shard is about to sleep).
     signalling: Cell<bool>,
-    /// Receives that ended for want of buffers (for diagnostics).
-    pub(super) starved: Cell<u64>,
     /// Send buffers no socket holds ([`POOL_BUFS`]).
     pool: RefCell<Vec<Vec<u8>>>,
     /// The poller is parked in glommio: an entry queued now is submitted
@@ -312,7 +310,6 @@ impl Uring {
             rearm: RefCell::new(Vec::new()),
             deferred: RefCell::new((Vec::new(), Vec::new())),
             signalling: Cell::new(false),
-            starved: Cell::new(0),
             parked: Cell::new(false),
             pool: RefCell::new(Vec::new()),
         })
@@ -737,7 +734,6 @@ impl Uring {
                         if res == 0 {
                             s.eof = true;
                         } else if res == -libc::ENOBUFS {
-                            self.starved.set(self.starved.get() + 1);
                             self.rearm.borrow_mut().push((idx, s.gen));
                         } else if res == -libc::ECANCELED {
                             // Paused (or closing): armed again by a read.

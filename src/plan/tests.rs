@@ -2,6 +2,11 @@
 //! expected plan, and every kind of mistake is reported with its key.
 //!
 //! Only IP literals are used for addresses so that no test depends on DNS.
+//!
+//! Test code only (`#[cfg(test)]`): every `unwrap()`/`expect()` here is on
+//! input the test writes itself (config text, heads, keys, addresses), so a
+//! failure is a failed test; nothing a client or a config file controls
+//! reaches them.
 
 use super::*;
 use crate::config::{parse, raw};

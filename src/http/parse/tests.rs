@@ -1,5 +1,10 @@
 //! Byte-level tests for request head parsing: framing, smuggling vectors,
 //! limits and the spans handed to the rest of the gateway.
+//!
+//! Test code only (`#[cfg(test)]`): every `unwrap()`/`expect()` here is on
+//! input the test writes itself (config text, heads, keys, addresses), so a
+//! failure is a failed test; nothing a client or a config file controls
+//! reaches them.
 
 use super::*;
 

@@ -1,3 +1,8 @@
+//! Test code only (`#[cfg(test)]`): every `unwrap()`/`expect()` here is on
+//! input the test writes itself (config text, heads, keys, addresses), so a
+//! failure is a failed test; nothing a client or a config file controls
+//! reaches them.
+
 use super::cli::{make_key, rfc3339};
 use super::*;
 

@@ -1,4 +1,9 @@
 //! Byte-level tests for the address and CIDR parsers and the matcher.
+//!
+//! Test code only (`#[cfg(test)]`): every `unwrap()`/`expect()` here is on
+//! input the test writes itself (config text, heads, keys, addresses), so a
+//! failure is a failed test; nothing a client or a config file controls
+//! reaches them.
 
 use super::*;
 use std::str::FromStr;
