@@ -334,6 +334,14 @@ impl Browser {
 
     /// Runs a DevTools command and returns its result.
     fn call(&mut self, method: &str, params: Value) -> Value {
+        match self.try_call(method, params) {
+            Ok(v) => v,
+            Err(e) => panic!("{method}: {e}"),
+        }
+    }
+
+    /// Runs a DevTools command: its result, or the error DevTools answered.
+    fn try_call(&mut self, method: &str, params: Value) -> Result<Value, Value> {
         let id = self.next;
         self.next += 1;
         self.ws
@@ -346,8 +354,10 @@ impl Browser {
             let Ok(text) = m.to_text() else { continue };
             let v: Value = serde_json::from_str(text).unwrap_or(Value::Null);
             if v["id"] == json!(id) {
-                assert!(v.get("error").is_none(), "{method}: {v}");
-                return v["result"].clone();
+                return match v.get("error") {
+                    Some(e) => Err(e.clone()),
+                    None => Ok(v["result"].clone()),
+                };
             }
         }
     }
@@ -362,13 +372,33 @@ impl Browser {
         r["result"]["value"].clone()
     }
 
+    /// Loads `url` in the page, as following a link does.
+    fn navigate(&mut self, url: &str) {
+        let r = self.call("Page.navigate", json!({ "url": url }));
+        assert!(r.get("errorText").is_none(), "{url}: {r}");
+    }
+
     /// Waits until `expr` is truthy; panics with the page's text if not.
+    /// An evaluation cut short because the page was navigating (DevTools
+    /// answers "Inspected target navigated or closed", or the context was
+    /// destroyed) counts as "not yet": the next try runs in the new page.
     fn wait(&mut self, expr: &str) {
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
-            let v = self.eval(&format!("!!({expr})"));
-            if v == json!(true) {
-                return;
+            let r = self.try_call(
+                "Runtime.evaluate",
+                json!({ "expression": format!("!!({expr})"), "returnByValue": true }),
+            );
+            match r {
+                Ok(r) if r["result"]["value"] == json!(true) => return,
+                Ok(_) => {}
+                Err(e) => {
+                    let m = e["message"].as_str().unwrap_or("");
+                    assert!(
+                        m.contains("navigated") || m.contains("context"),
+                        "{expr}: {e}"
+                    );
+                }
             }
             thread::sleep(Duration::from_millis(100));
         }
@@ -469,10 +499,7 @@ fn a_developer_reads_tries_signs_up_and_sees_usage_in_a_real_browser() {
     ));
 
     // Sign up.
-    b.eval(&format!(
-        "location.href = {}",
-        json!(format!("{base}/keys"))
-    ));
+    b.navigate(&format!("{base}/keys"));
     b.wait("document.getElementById('signup-form')");
     b.set("#signup-form input[name=label]", "test suite <b>app</b>");
     b.set("#signup-form select[name=plan]", "free");
@@ -506,10 +533,7 @@ fn a_developer_reads_tries_signs_up_and_sees_usage_in_a_real_browser() {
     assert_eq!(b.text("#key-info .left"), "995");
 
     // Try it with the key, from the route's page: the backend answers.
-    b.eval(&format!(
-        "location.href = {}",
-        json!(format!("{base}/api?name=shop"))
-    ));
+    b.navigate(&format!("{base}/api?name=shop"));
     b.wait(&format!("document.querySelector({})", json!(route)));
     b.set(&format!("{route} input[name=\"path:id\"]"), "42");
     b.set(&format!("{route} input[name=\"header:x-api-key\"]"), &key);
@@ -526,10 +550,7 @@ fn a_developer_reads_tries_signs_up_and_sees_usage_in_a_real_browser() {
     );
 
     // Revoke it: the gateway refuses it from then on.
-    b.eval(&format!(
-        "location.href = {}",
-        json!(format!("{base}/keys"))
-    ));
+    b.navigate(&format!("{base}/keys"));
     b.wait("document.getElementById('key-form')");
     b.set("#key-form input[name=key]", &key);
     b.click("#key-form button");
