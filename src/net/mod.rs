@@ -405,7 +405,7 @@ impl Reactor {
         let uring = match uring::io_mode() {
             uring::IoMode::Epoll => None,
             uring::IoMode::Uring { buffers, entries } => {
-                let u = uring::Uring::new(buffers, entries)?;
+                let u = uring::Uring::new(buffers, entries, epfd.as_raw_fd())?;
                 sys::epoll_add_input(epfd.as_raw_fd(), u.evfd.as_raw_fd(), URING_TOKEN)?;
                 Some(u)
             }
@@ -635,28 +635,30 @@ impl Reactor {
             wake.extend(w);
             resume.extend(r);
             let mut slab = self.slab.borrow_mut();
-            found += u.reap(&mut slab, true, &mut wake, &mut resume)?;
-            if found == 0 {
-                // Nothing: the shard may sleep, so the ring must be able
-                // to wake it; look once more, for what came meanwhile.
-                u.signal(true);
-                found += u.settle(&mut slab, &mut wake, &mut resume)?;
-            }
+            found += u.settle(&mut slab, &mut wake, &mut resume)?;
         }
         let wait = if found > 0 { Duration::ZERO } else { wait };
-        let n = if wait.is_zero() {
+        // With a ring, a busy pass asks the epoll set (listeners and
+        // eventfds only) just when the ring's poll of it said it has events.
+        let ask = found == 0 || self.uring.as_ref().is_none_or(uring::Uring::epoll_due);
+        let n = if !ask {
+            0
+        } else if wait.is_zero() {
             sys::epoll_wait_now(self.epfd.as_raw_fd(), events)?
         } else {
             sys::epoll_wait_for(self.epfd.as_raw_fd(), events, wait)?
         };
+        if let (true, Some(u)) = (ask, &self.uring) {
+            u.epoll_taken(n == events.len())?;
+        }
         self.polls.set(self.polls.get().wrapping_add(1));
         let mut slab = self.slab.borrow_mut();
-        let mut ring_rang = false;
         for ev in &events[..n] {
             let token = ev.u64;
             if token == URING_TOKEN {
-                sys::eventfd_clear(ev_fd(&self.uring));
-                ring_rang = true;
+                // Not read: it is in the set edge-triggered, so each ring
+                // reports again whatever its count, and the completions
+                // are taken below in any case.
                 continue;
             }
             if token == NUDGE_TOKEN {
@@ -691,20 +693,13 @@ impl Reactor {
                 wake.extend(s.write_waker.take());
             }
         }
-        if let (true, Some(u)) = (ring_rang, &self.uring) {
-            found += u.reap(&mut slab, true, &mut wake, &mut resume)?;
-        }
         if let Some(u) = &self.uring {
-            // A busy pass comes back at once; otherwise the shard is going
-            // to sleep (in `epoll_wait` or glommio's park), where only the
-            // ring's eventfd tells it about completions. Enabled only now,
-            // it did not ring for what came before: one more look.
-            if found + n > 0 && !self.nudged.get() {
-                u.signal(false);
-            } else if !u.signalling() {
-                u.signal(true);
-                found += u.settle(&mut slab, &mut wake, &mut resume)?;
-            }
+            // Whatever the wait returned: a completion's task work ends a
+            // blocking wait early (with EINTR, counted as no events) and
+            // runs as the syscall returns, so its completion is in the
+            // queue now even when the eventfd was not reported. Reading
+            // the queue costs no syscall unless the kernel has work left.
+            found += u.reap(&mut slab, true, &mut wake, &mut resume)?;
         }
         drop(slab);
         for w in wake {
@@ -714,6 +709,27 @@ impl Reactor {
             f(key, Wake::Ready);
         }
         Ok(n + found)
+    }
+
+    /// Before the shard parks in glommio, where only the ring's eventfd
+    /// tells it about completions: enables the eventfd and takes what came
+    /// before it was enabled (which did not ring). Returns how many wakes
+    /// and resumes that found; with any, the poller does not park.
+    fn ring_before_park(&self) -> io::Result<usize> {
+        let Some(u) = &self.uring else {
+            return Ok(0);
+        };
+        let mut wake: smallvec::SmallVec<[Waker; 32]> = smallvec::SmallVec::new();
+        let mut resume: smallvec::SmallVec<[Resume; 8]> = smallvec::SmallVec::new();
+        u.signal(true);
+        let found = u.settle(&mut self.slab.borrow_mut(), &mut wake, &mut resume)?;
+        for w in wake {
+            w.wake();
+        }
+        for (f, key) in resume {
+            f(key, Wake::Ready);
+        }
+        Ok(found)
     }
 
     /// How many times a [`Nudge`] woke this shard's poller (for tests).
@@ -731,11 +747,6 @@ impl Reactor {
         let slab = self.slab.borrow();
         slab.slots.len() - slab.free.len() - slab.closing
     }
-}
-
-/// The descriptor of the ring's eventfd (-1 without a ring).
-fn ev_fd(u: &Option<uring::Uring>) -> RawFd {
-    u.as_ref().map_or(-1, |u| u.evfd.as_raw_fd())
 }
 
 /// The poller: collects events while there are any, yielding to the woken
@@ -776,12 +787,30 @@ async fn poller(reactor: Rc<Reactor>) {
             }
             Ok(_) => {
                 reactor.nudged.set(false);
+                match reactor.ring_before_park() {
+                    Ok(0) => {}
+                    Ok(_) => {
+                        // Completions came meanwhile: run them, no park.
+                        if let Some(u) = &reactor.uring {
+                            u.signal(false);
+                        }
+                        futures_lite::future::yield_now().await;
+                        continue;
+                    }
+                    Err(e) => {
+                        failures.failed("io_uring_enter failed", &e).await;
+                        continue;
+                    }
+                }
                 if let Some(u) = &reactor.uring {
                     u.parked.set(true);
                 }
                 let rang = doorbell(reactor.epfd.as_raw_fd()).await;
                 if let Some(u) = &reactor.uring {
                     u.parked.set(false);
+                    u.signal(false);
+                    // The park ended on an event of the set, most likely.
+                    u.epoll_wake();
                 }
                 match rang {
                     Ok(()) => failures.ok(),

@@ -27,14 +27,19 @@
 //! - **Spliced bodies** are not available: a multishot receive takes the
 //!   bytes a splice would move. Bodies are copied ([`super::splice`]).
 //!
-//! The ring is set up with `SINGLE_ISSUER` and `DEFER_TASKRUN` (or
-//! `COOP_TASKRUN` where the kernel refuses those), so completions never
-//! interrupt the running shard: the kernel finishes them when the reactor
-//! enters the ring, once per pass. To sleep, the shard still waits on its
-//! epoll set (and glommio's park on that): the ring signals an eventfd in
-//! the set, enabled only while the shard is about to sleep
-//! (`IORING_CQ_EVENTFD_DISABLED` otherwise), so a busy shard pays nothing
-//! for it.
+//! The ring is set up with `SINGLE_ISSUER`, `COOP_TASKRUN` and
+//! `TASKRUN_FLAG`, so completions never interrupt the running shard: the
+//! kernel finishes them at the shard's next syscall, and raises
+//! `IORING_SQ_TASKRUN` while any wait. A pass of the reactor enters the
+//! ring only to submit or when that flag is up ([`Uring::must_enter`]);
+//! otherwise the completions are read from memory. To sleep, the shard
+//! still waits in a blocking `epoll_wait` on its epoll set; a completion
+//! due meanwhile ends that wait (the ring's task work interrupts it with
+//! `EINTR`) and is in the queue when the call returns. glommio's park does
+//! not return for that, so before it the ring's eventfd, in the epoll
+//! set, is enabled (`IORING_CQ_EVENTFD_DISABLED` otherwise). A busy pass
+//! asks the epoll set for events (listeners, the eventfds) only when a
+//! one-shot poll of it on the ring completed ([`Uring::epoll_due`]).
 //!
 //! A closed socket's slot stays taken until every operation it started has
 //! completed: a send in flight keeps its buffer until the kernel is done
@@ -74,6 +79,7 @@ const K_RECV: u64 = 1;
 const K_SEND: u64 = 2;
 const K_POLL: u64 = 3;
 const K_CANCEL: u64 = 4;
+const K_EPOLL: u64 = 5;
 
 fn ud(kind: u64, idx: u32, gen: u32) -> u64 {
     (kind << 56) | (u64::from(gen & 0xff_ffff) << 32) | u64::from(idx)
@@ -275,6 +281,12 @@ pub(super) struct Uring {
     /// The poller is parked in glommio: an entry queued now is submitted
     /// at once, since no pass of the reactor would submit it.
     pub(super) parked: Cell<bool>,
+    /// The shard's epoll set (listeners, the nudge, this ring's eventfd):
+    /// a one-shot poll of it on the ring says when it has events, so a
+    /// busy pass does not ask it with a syscall ([`Uring::epoll_due`]).
+    epfd: RawFd,
+    epoll_armed: Cell<bool>,
+    epoll_ready: Cell<bool>,
 }
 
 fn push(ring: &mut IoUring, sqe: &squeue::Entry) -> io::Result<()> {
@@ -291,10 +303,14 @@ fn push(ring: &mut IoUring, sqe: &squeue::Entry) -> io::Result<()> {
 }
 
 impl Uring {
-    pub(super) fn new(buffers: u32, entries: u32) -> io::Result<Uring> {
+    pub(super) fn new(buffers: u32, entries: u32, epfd: RawFd) -> io::Result<Uring> {
+        // `TASKRUN_FLAG`: the kernel raises a flag in the shared ring when
+        // it has completions to finish, so a pass with nothing to submit
+        // enters the ring only then (`must_enter`).
         let ring = IoUring::builder()
             .setup_single_issuer()
             .setup_coop_taskrun()
+            .setup_taskrun_flag()
             .setup_cqsize(entries.saturating_mul(4))
             .build(entries)?;
         let bufs = BufRing::new(&ring, buffers)?;
@@ -312,7 +328,39 @@ impl Uring {
             signalling: Cell::new(false),
             parked: Cell::new(false),
             pool: RefCell::new(Vec::new()),
+            epfd,
+            epoll_armed: Cell::new(false),
+            epoll_ready: Cell::new(true),
         })
+    }
+
+    /// Whether a busy pass must ask the epoll set for events: the ring's
+    /// poll of it completed (or it has not been armed yet).
+    pub(super) fn epoll_due(&self) -> bool {
+        self.epoll_ready.get()
+    }
+
+    /// The next pass asks the epoll set, whatever the ring's poll said.
+    pub(super) fn epoll_wake(&self) {
+        self.epoll_ready.set(true);
+    }
+
+    /// The pass asked the epoll set; `full`: it returned as many events as
+    /// it had room for, so more may wait. Arms the poll of the set again
+    /// (submitted with the pass's other entries).
+    pub(super) fn epoll_taken(&self, full: bool) -> io::Result<()> {
+        self.epoll_ready.set(full);
+        if !self.epoll_armed.get() {
+            // One-shot, not multishot: while the shard parks in glommio
+            // the eventfd is enabled and in the set, and a multishot poll's
+            // every completion would ring it and wake the poll again.
+            let sqe = opcode::PollAdd::new(types::Fd(self.epfd), libc::POLLIN as u32)
+                .build()
+                .user_data(ud(K_EPOLL, 0, 0));
+            push(&mut self.ring.borrow_mut(), &sqe)?;
+            self.epoll_armed.set(true);
+        }
+        Ok(())
     }
 
     /// Takes slot `idx` for socket `fd`.
@@ -616,10 +664,6 @@ impl Uring {
         sys::shutdown(u.fd, std::net::Shutdown::Write)
     }
 
-    pub(super) fn signalling(&self) -> bool {
-        self.signalling.get()
-    }
-
     /// Enables or disables the ring's eventfd: on only while the shard is
     /// about to sleep.
     pub(super) fn signal(&self, on: bool) {
@@ -637,10 +681,20 @@ impl Uring {
         }
     }
 
+    /// Whether `io_uring_enter` has work: entries to submit, completions
+    /// the kernel has yet to finish (`IORING_SQ_TASKRUN`), or completions
+    /// that overflowed the queue. Otherwise the completions are all in the
+    /// queue already, and reading them needs no syscall.
+    fn must_enter(ring: &mut IoUring) -> bool {
+        let sq = ring.submission();
+        !sq.is_empty() || sq.taskrun() || sq.cq_overflow()
+    }
+
     /// Submits what the pass queued and takes the completions (`enter`:
-    /// whether to ask the kernel first; without it, only completions
-    /// already posted are taken). Wakes and resumes go to `wake` and
-    /// `resume`; returns how many completions there were.
+    /// whether to ask the kernel first, which it does only when
+    /// [`Uring::must_enter`]; without it, only completions already posted
+    /// are taken). Wakes and resumes go to `wake` and `resume`; returns
+    /// how many completions there were.
     pub(super) fn reap(
         &self,
         slab: &mut Slab,
@@ -661,7 +715,7 @@ impl Uring {
                 }
             }
         }
-        if enter {
+        if enter && Self::must_enter(&mut ring) {
             let to_submit = ring.submission().len() as u32;
             // SAFETY: no argument is passed.
             let r = unsafe {
@@ -691,6 +745,11 @@ impl Uring {
             let idx = (data & 0xffff_ffff) as u32;
             let gen = ((data >> 32) & 0xff_ffff) as u32;
             if kind == K_CANCEL {
+                continue;
+            }
+            if kind == K_EPOLL {
+                self.epoll_armed.set(false);
+                self.epoll_ready.set(true);
                 continue;
             }
             let Some(u) = slots.get_mut(idx as usize) else {
@@ -830,9 +889,9 @@ impl Uring {
     /// Before the shard sleeps: takes every completion and runs the
     /// kernel's deferred work until none is left. The kernel runs at most
     /// a few dozen deferred items per `io_uring_enter` and keeps the rest
-    /// without ringing the eventfd for them, so one look is not enough: the
-    /// ring's descriptor polls readable while any completion or deferred
-    /// work waits.
+    /// without ringing the eventfd for them, so one look is not enough:
+    /// the ring's `IORING_SQ_TASKRUN` flag stays up while deferred work
+    /// waits ([`Uring::must_enter`]).
     pub(super) fn settle(
         &self,
         slab: &mut Slab,
@@ -841,14 +900,7 @@ impl Uring {
     ) -> io::Result<usize> {
         let mut found = self.reap(slab, true, wake, resume)?;
         for _ in 0..64 {
-            let mut p = libc::pollfd {
-                fd: self.ring.borrow().as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            };
-            // SAFETY: one valid pollfd, no wait.
-            let r = unsafe { libc::poll(&mut p, 1, 0) };
-            if r <= 0 || p.revents & libc::POLLIN == 0 {
+            if !Self::must_enter(&mut self.ring.borrow_mut()) {
                 break;
             }
             found += self.reap(slab, true, wake, resume)?;
