@@ -173,6 +173,8 @@ pub struct Reactor {
     nudged: Cell<bool>,
     /// Nudges taken so far.
     nudges: Cell<u64>,
+    /// How many times the poller parked in glommio (for tests).
+    parks: Cell<u64>,
     /// The shard's own io_uring, when its connected sockets use one
     /// ([`uring`]).
     uring: Option<uring::Uring>,
@@ -423,6 +425,7 @@ impl Reactor {
             nudge: Nudge(std::sync::Arc::new(nudge)),
             nudged: Cell::new(false),
             nudges: Cell::new(0),
+            parks: Cell::new(0),
             uring,
         });
         CURRENT.with(|c| *c.borrow_mut() = Some(reactor.clone()));
@@ -732,6 +735,11 @@ impl Reactor {
         Ok(found)
     }
 
+    /// How many times the poller parked in glommio (for tests).
+    pub fn parks(&self) -> u64 {
+        self.parks.get()
+    }
+
     /// How many times a [`Nudge`] woke this shard's poller (for tests).
     pub fn nudges(&self) -> u64 {
         self.nudges.get()
@@ -802,6 +810,7 @@ async fn poller(reactor: Rc<Reactor>) {
                         continue;
                     }
                 }
+                reactor.parks.set(reactor.parks.get() + 1);
                 if let Some(u) = &reactor.uring {
                     u.parked.set(true);
                 }

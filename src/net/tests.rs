@@ -807,6 +807,40 @@ fn a_remote_wake_rings_the_shards_nudge() {
     });
 }
 
+on_both!(a_reply_during_an_epoll_sleep_does_not_park);
+/// A shard that sleeps in `epoll_wait` between requests serves them from
+/// there: on the ring, a completion ends that wait early (the ring's task
+/// work interrupts it), which once sent every such wake on to glommio's
+/// park, a dozen syscalls each.
+fn a_reply_during_an_epoll_sleep_does_not_park(io: uring::IoMode) {
+    run_on(io, async {
+        set_epoll_sleep(Duration::from_secs(60));
+        let reactor = Reactor::current().unwrap();
+        let (l, addr) = listener();
+        let client = std::thread::spawn(move || {
+            let mut c = std::net::TcpStream::connect(addr).unwrap();
+            for _ in 0..20 {
+                std::thread::sleep(Duration::from_millis(10));
+                c.write_all(b"ping").unwrap();
+                let mut b = [0u8; 4];
+                c.read_exact(&mut b).unwrap();
+                assert_eq!(&b, b"pong");
+            }
+        });
+        let (mut s, _) = l.accept().await.unwrap();
+        let before = reactor.parks();
+        for _ in 0..20 {
+            let mut b = [0u8; 4];
+            s.read_exact(&mut b).await.unwrap();
+            s.write_all(b"pong").await.unwrap();
+        }
+        let parks = reactor.parks() - before;
+        joined(client).await;
+        set_epoll_sleep(DEFAULT_EPOLL_SLEEP);
+        assert!(parks <= 2, "{parks} parks in glommio for 20 requests");
+    });
+}
+
 on_both!(input_during_an_epoll_sleep_is_read);
 /// Input that arrives while the shard sleeps in `epoll_wait` is read: the
 /// blocking wait takes the event as the non-blocking look does.
