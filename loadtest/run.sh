@@ -15,7 +15,7 @@
 #                              default list)
 #   COREGATE_BIN=/path/coregate loadtest/run.sh --only throughput
 #                              measure another build (before/after pairs)
-#   BASE_BIN=/path/coregate loadtest/run.sh --only throughput
+#   BASE_BIN=/path/coregate loadtest/run.sh --only throughput,lightload
 #                              also measure that build as target
 #                              "coregate-base", alternating with the others
 #                              in the same runs (before/after in one run)
@@ -984,6 +984,8 @@ if want lightload; then
     # set to each value (0: the epoll sleep ends exactly when due, as
     # before the slack was set).
     LL_TARGETS="coregate nginx direct"
+    # BASE_BIN (and BASE_IO): its coregate-base too, in the same runs.
+    [ -n "${BASE_BIN:-}" ] && LL_TARGETS="coregate coregate-base nginx direct"
     for us in ${LL_SPIN_US:-}; do ll_variant "spin$us" spin_before_park_us "$us"; done
     for us in ${LL_EPOLL_SLEEP_US:-}; do ll_variant "es$us" epoll_sleep_us "$us"; done
     for us in ${LL_TIMER_SLACK_US:-}; do ll_variant "slack$us" timer_slack_us "$us"; done
@@ -1312,6 +1314,11 @@ LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)
             [[ $t == coregate-es* ]] || continue
             read -r c _ <<<"$(stat_of lightload "$t" cpu_us)"
             echo "- $t (\`epoll_sleep_us = ${t#coregate-es}\`)/nginx: $(ratio "$c" "$ngc"); coregate (default) / $t: $(ratio "$cgc" "$c")"
+        done
+        for t in $LL_TARGETS; do
+            [[ $t == coregate-base || $t == coregate-io-* ]] || continue
+            read -r c _ <<<"$(stat_of lightload "$t" cpu_us)"
+            echo "- $t/nginx: $(ratio "$c" "$ngc"); coregate / $t: $(ratio "$cgc" "$c")"
         done
         for t in $LL_TARGETS; do
             [[ $t == coregate-slack* ]] || continue

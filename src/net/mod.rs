@@ -388,12 +388,6 @@ thread_local! {
     static CURRENT: RefCell<Option<Rc<Reactor>>> = const { RefCell::new(None) };
 }
 
-/// Whether this thread's connected sockets use the shard's ring
-/// ([`uring`]).
-pub fn on_ring_here() -> bool {
-    CURRENT.with(|c| c.borrow().as_ref().is_some_and(|r| r.uring.is_some()))
-}
-
 impl Reactor {
     /// This thread's reactor, created (with its poller and timer tasks) on
     /// first use. Must be called on a glommio executor's thread.
@@ -466,7 +460,7 @@ impl Reactor {
             (idx, s.gen)
         };
         if let (true, Some(u)) = (on_ring, &self.uring) {
-            u.attach(idx, fd);
+            u.attach(idx, gen, fd);
             return Ok((idx, gen));
         }
         let token = (u64::from(gen) << 32) | u64::from(idx);

@@ -32,11 +32,24 @@
 //! Every byte a splice writes to its destination is counted per shard and
 //! direction ([`spliced_bytes`]) for the metrics, so the spliced path can
 //! be told from the copy path.
+//!
+//! On the shard's io_uring path ([`super::uring`]) a socket's bytes are
+//! taken by a multishot receive, and its writes are sent later by the
+//! ring. So a transfer from a socket on the ring stops that receive for
+//! its duration (and has it armed again when it ends or is dropped), and
+//! the bytes the receive had already taken go into the pipe first (with
+//! `write(2)`, counted against the body's length like any other); only
+//! once none are left and the receive's last completion has come does it
+//! splice from the socket. Into a socket on the ring it splices only while
+//! nothing written before waits to be sent. Waits on the ring are one-shot
+//! polls of the ring, whose completions mark the socket ready as an
+//! epoll event would.
 
-use super::{sys, Dir, Socket};
+use super::{sys, uring, Dir, Reactor, Socket};
 use std::cell::{Cell, RefCell};
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::rc::Rc;
 use std::task::{Context, Poll};
 
 /// Idle pipes one shard keeps for the next bodies. More in flight at once
@@ -145,16 +158,34 @@ pub struct Transfer {
     moved: u64,
     turn: u64,
     toward: Toward,
+    /// Polled once: the sockets are set up for it.
+    started: bool,
+    /// A source on the shard's ring: in splice mode until this drops.
+    ring_src: Option<RingSource>,
+}
+
+/// A socket on the ring that is a transfer's source: its receive stays
+/// stopped while this lives ([`uring::Uring::splice_enter`]), and the
+/// socket reads as before once it is dropped, whether the body was done,
+/// failed or given up.
+struct RingSource {
+    reactor: Rc<Reactor>,
+    idx: u32,
+    gen: u32,
+}
+
+impl Drop for RingSource {
+    fn drop(&mut self) {
+        if let Some(u) = &self.reactor.uring {
+            u.splice_leave(self.idx, self.gen);
+        }
+    }
 }
 
 impl Transfer {
     /// A transfer of `len` bytes through a pipe of `pipe_bytes`; None when
     /// no pipe can be had (the caller copies instead).
     pub fn new(len: u64, pipe_bytes: usize, toward: Toward) -> Option<Transfer> {
-        if super::on_ring_here() {
-            // The ring's receive takes the bytes a splice would move.
-            return None;
-        }
         Some(Transfer {
             pipe: Some(take_pipe(pipe_bytes)?),
             in_pipe: 0,
@@ -162,7 +193,29 @@ impl Transfer {
             moved: 0,
             turn: 0,
             toward,
+            started: false,
+            ring_src: None,
         })
+    }
+
+    /// At the first poll: a source on the ring stops its receive; sockets
+    /// on the ring are taken as ready (the first splice finds out).
+    fn start(&mut self, src: &Socket, dst: &Socket) -> io::Result<()> {
+        self.started = true;
+        if let Some(u) = src.ring() {
+            let gen = src.gen();
+            u.splice_enter(src.idx, gen)?;
+            self.ring_src = Some(RingSource {
+                reactor: src.reactor.clone(),
+                idx: src.idx,
+                gen,
+            });
+            src.slot_mut(|s| s.readable = true);
+        }
+        if dst.on_ring {
+            dst.slot_mut(|s| s.writable = true);
+        }
+        Ok(())
     }
 
     /// Bytes written to the destination so far.
@@ -179,6 +232,11 @@ impl Transfer {
         src: &Socket,
         dst: &Socket,
     ) -> Poll<Result<(), SpliceError>> {
+        if !self.started {
+            if let Err(e) = self.start(src, dst) {
+                return Poll::Ready(Err(SpliceError::Read(e)));
+            }
+        }
         let Some(pipe) = self.pipe.as_ref() else {
             return Poll::Ready(Err(SpliceError::Write(io::ErrorKind::BrokenPipe.into())));
         };
@@ -192,7 +250,43 @@ impl Transfer {
                     cx.waker().wake_by_ref();
                     return Poll::Pending;
                 }
-                if src.is_ready(Dir::Read) {
+                // On the ring: what its receive took before the transfer
+                // goes first, then (no receive running) the socket's.
+                let mut from_socket = true;
+                if let Some(u) = src.ring() {
+                    let want = (pipe.size as u64).min(self.remaining) as usize;
+                    let mut failed = None;
+                    let step = u.splice_rx(src.idx, |b| {
+                        match sys::write(pipe.w.as_raw_fd(), &b[..b.len().min(want)]) {
+                            Ok(n) => n,
+                            Err(e) => {
+                                failed = Some(e);
+                                0
+                            }
+                        }
+                    });
+                    match step {
+                        Err(e) => return Poll::Ready(Err(SpliceError::Read(e))),
+                        Ok(uring::SpliceRx::Took(n)) => {
+                            if n == 0 {
+                                // Into an empty pipe: only a failure.
+                                let e = failed.unwrap_or_else(|| io::ErrorKind::WriteZero.into());
+                                return Poll::Ready(Err(SpliceError::Write(e)));
+                            }
+                            src.done(Dir::Read, false);
+                            self.in_pipe = n;
+                            self.remaining -= n as u64;
+                            continue;
+                        }
+                        Ok(uring::SpliceRx::Wait) => {
+                            // Its last completion marks it readable.
+                            src.slot_mut(|s| s.readable = false);
+                            from_socket = false;
+                        }
+                        Ok(uring::SpliceRx::Socket) => {}
+                    }
+                }
+                if from_socket && src.is_ready(Dir::Read) {
                     let want = (pipe.size as u64).min(self.remaining) as usize;
                     match sys::splice(src.fd.as_raw_fd(), pipe.w.as_raw_fd(), want) {
                         Ok(0) => {
@@ -207,7 +301,12 @@ impl Transfer {
                         }
                         // The pipe is empty: the socket has nothing.
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                            src.slot_mut(|s| s.readable = false)
+                            src.slot_mut(|s| s.readable = false);
+                            if let Some(u) = src.ring() {
+                                if let Err(e) = u.poll_in(src.idx, src.gen()) {
+                                    return Poll::Ready(Err(SpliceError::Read(e)));
+                                }
+                            }
                         }
                         Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                         Err(e) => {
@@ -222,7 +321,20 @@ impl Transfer {
                     Poll::Pending => return Poll::Pending,
                 }
             }
-            if dst.is_ready(Dir::Write) {
+            // On the ring: what was written before goes first.
+            let mut to_socket = true;
+            if let Some(u) = dst.ring() {
+                match u.sending(dst.idx) {
+                    Err(e) => return Poll::Ready(Err(SpliceError::Write(e))),
+                    Ok(true) => {
+                        // A send's completion marks it writable.
+                        dst.slot_mut(|s| s.writable = false);
+                        to_socket = false;
+                    }
+                    Ok(false) => {}
+                }
+            }
+            if to_socket && dst.is_ready(Dir::Write) {
                 match sys::splice(pipe.r.as_raw_fd(), dst.fd.as_raw_fd(), self.in_pipe) {
                     Ok(0) => {
                         dst.done(Dir::Write, false);
@@ -239,7 +351,12 @@ impl Transfer {
                         continue;
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                        dst.slot_mut(|s| s.writable = false)
+                        dst.slot_mut(|s| s.writable = false);
+                        if let Some(u) = dst.ring() {
+                            if let Err(e) = u.poll_out(dst.idx, dst.gen()) {
+                                return Poll::Ready(Err(SpliceError::Write(e)));
+                            }
+                        }
                     }
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                     Err(e) => {

@@ -581,3 +581,9 @@ pub fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
         )
     })
 }
+
+/// `write(2)`: for a pipe.
+pub fn write(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
+    // SAFETY: `buf` is readable for its length.
+    check_size(unsafe { raw_syscall!(libc::SYS_write, fd, buf.as_ptr(), buf.len()) })
+}

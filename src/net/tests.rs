@@ -610,9 +610,9 @@ async fn run_transfer(
     futures_lite::future::poll_fn(|cx| t.poll(cx, src, dst)).await
 }
 
-#[test]
-fn splice_moves_a_body_exactly_through_a_small_pipe_to_a_slow_reader() {
-    run(async {
+on_both!(splice_moves_a_body_exactly_through_a_small_pipe_to_a_slow_reader);
+fn splice_moves_a_body_exactly_through_a_small_pipe_to_a_slow_reader(io: uring::IoMode) {
+    run_on(io, async {
         // 3 MiB through a 64 KiB pipe; the reader starts late, so the
         // destination fills and the transfer waits for room many times.
         let body = counter_body(3 << 20);
@@ -627,7 +627,7 @@ fn splice_moves_a_body_exactly_through_a_small_pipe_to_a_slow_reader() {
         drop(t);
         drop(dst);
         drop(src);
-        let got = reader.join().unwrap();
+        let got = joined(reader).await;
         joined(writer).await;
         assert_eq!(got.len(), body.len());
         assert!(got == body, "the spliced bytes differ from the body sent");
@@ -636,9 +636,9 @@ fn splice_moves_a_body_exactly_through_a_small_pipe_to_a_slow_reader() {
     });
 }
 
-#[test]
-fn a_pipe_left_holding_bytes_is_never_reused() {
-    run(async {
+on_both!(a_pipe_left_holding_bytes_is_never_reused);
+fn a_pipe_left_holding_bytes_is_never_reused(io: uring::IoMode) {
+    run_on(io, async {
         // One good transfer leaves one idle pipe.
         let body = counter_body(200_000);
         let (src, dst, writer, reader) = splice_pair(body.clone(), Duration::ZERO).await;
@@ -702,16 +702,16 @@ fn a_pipe_left_holding_bytes_is_never_reused() {
             splice::Transfer::new(body.len() as u64, 64 * 1024, splice::Toward::Client).unwrap();
         run_transfer(&mut t, &src, &dst).await.unwrap();
         drop((t, src, dst));
-        let got = reader.join().unwrap();
+        let got = joined(reader).await;
         joined(writer).await;
         assert!(got == body, "stale bytes reached the next body");
         assert_eq!(splice::idle_pipes(), vec![0]);
     });
 }
 
-#[test]
-fn splice_reports_a_source_that_ends_early_and_one_that_is_silent() {
-    run(async {
+on_both!(splice_reports_a_source_that_ends_early_and_one_that_is_silent);
+fn splice_reports_a_source_that_ends_early_and_one_that_is_silent(io: uring::IoMode) {
+    run_on(io, async {
         // The source sends 1000 of 5000 bytes, then closes.
         let (l, addr) = listener();
         let w = std::thread::spawn(move || {
@@ -761,6 +761,161 @@ fn splice_reports_a_source_that_ends_early_and_one_that_is_silent() {
         }
         tx.send(()).unwrap();
         joined(w).await;
+    });
+}
+
+/// A destination socket whose peer thread reads everything until the end
+/// of stream.
+async fn splice_sink() -> (Socket, std::thread::JoinHandle<Vec<u8>>) {
+    let sink = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let sink_addr = sink.local_addr().unwrap();
+    let reader = std::thread::spawn(move || {
+        let (mut c, _) = sink.accept().unwrap();
+        let mut all = Vec::new();
+        c.read_to_end(&mut all).unwrap();
+        all
+    });
+    let dst = Socket::connect(sink_addr, Duration::from_secs(5))
+        .await
+        .unwrap();
+    dst.set_write_timeout(Some(Duration::from_secs(10)));
+    (dst, reader)
+}
+
+on_both!(a_splice_sends_bytes_already_received_first_and_takes_no_more);
+/// The source had received the start of the body (for a small body, all
+/// of it and what follows) before the transfer started: on the ring, its
+/// receive took those bytes into the socket's buffer. They go first, in
+/// order; exactly the body's bytes are taken, and what follows it (a
+/// chunk's framing, the next request) is left for a normal read.
+fn a_splice_sends_bytes_already_received_first_and_takes_no_more(io: uring::IoMode) {
+    run_on(io, async {
+        for len in [10_000usize, 300_000] {
+            let body = counter_body(len);
+            let mut sent = b"HEAD".to_vec();
+            sent.extend_from_slice(&body);
+            sent.extend_from_slice(b"TAIL");
+            let (l, addr) = listener();
+            let (tx, rx) = std::sync::mpsc::channel::<()>();
+            let writer = std::thread::spawn(move || {
+                let mut c = std::net::TcpStream::connect(addr).unwrap();
+                c.write_all(&sent).unwrap();
+                let _ = rx.recv();
+            });
+            let (mut src, _) = l.accept().await.unwrap();
+            src.set_read_timeout(Some(Duration::from_secs(5)));
+            let mut head = [0u8; 4];
+            src.read_exact(&mut head).await.unwrap();
+            assert_eq!(&head, b"HEAD");
+            // Time for the ring's receive to take what came after.
+            glommio::timer::sleep(Duration::from_millis(50)).await;
+            let (dst, reader) = splice_sink().await;
+            let mut t = splice::Transfer::new(len as u64, 64 * 1024, splice::Toward::Client)
+                .expect("a pipe");
+            let before = splice::spliced_bytes();
+            run_transfer(&mut t, &src, &dst).await.unwrap();
+            assert_eq!(t.moved(), len as u64);
+            assert_eq!(splice::spliced_bytes().0 - before.0, len as u64);
+            drop((t, dst));
+            let got = joined(reader).await;
+            assert_eq!(got.len(), body.len());
+            assert!(got == body, "the spliced bytes differ from the body sent");
+            let mut tail = [0u8; 4];
+            src.read_exact(&mut tail).await.unwrap();
+            assert_eq!(&tail, b"TAIL", "the bytes after the body");
+            tx.send(()).unwrap();
+            joined(writer).await;
+        }
+    });
+}
+
+on_both!(a_splice_follows_the_bytes_written_before_it);
+/// The destination was written to just before the transfer (a response's
+/// head): on the ring those bytes may not be sent yet when the transfer
+/// starts, and no spliced byte may overtake them.
+fn a_splice_follows_the_bytes_written_before_it(io: uring::IoMode) {
+    run_on(io, async {
+        let head = vec![0xAB; 200_000];
+        let body = counter_body(300_000);
+        let (src, mut dst, writer, reader) =
+            splice_pair(body.clone(), Duration::from_millis(100)).await;
+        dst.write_all(&head).await.unwrap();
+        let mut t =
+            splice::Transfer::new(body.len() as u64, 64 * 1024, splice::Toward::Client).unwrap();
+        run_transfer(&mut t, &src, &dst).await.unwrap();
+        assert_eq!(t.moved(), body.len() as u64);
+        dst.write_all(b"END").await.unwrap();
+        drop((t, src, dst));
+        let got = joined(reader).await;
+        joined(writer).await;
+        let mut want = head;
+        want.extend_from_slice(&body);
+        want.extend_from_slice(b"END");
+        assert_eq!(got.len(), want.len());
+        assert!(got == want, "the bytes arrived out of order");
+    });
+}
+
+on_both!(a_transfer_dropped_mid_body_leaves_both_sockets_working);
+/// A transfer given up mid-body (its task dropped it) leaves both sockets
+/// as they were: the source reads what comes next, the destination takes
+/// writes (on the ring: the source's receive is armed again). The source
+/// was read from just before, so on the ring its receive is still armed
+/// when the transfer starts, and the body comes only after that.
+fn a_transfer_dropped_mid_body_leaves_both_sockets_working(io: uring::IoMode) {
+    run_on(io, async {
+        let body = counter_body(100_000);
+        let (l, addr) = listener();
+        let (go, went) = std::sync::mpsc::channel::<()>();
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let writer = {
+            let body = body.clone();
+            std::thread::spawn(move || {
+                let mut c = std::net::TcpStream::connect(addr).unwrap();
+                c.write_all(b"HEAD").unwrap();
+                let _ = went.recv();
+                // In two pieces: the transfer waits for the second.
+                c.write_all(&body[..60_000]).unwrap();
+                std::thread::sleep(Duration::from_millis(50));
+                c.write_all(&body[60_000..]).unwrap();
+                let _ = rx.recv();
+                c.write_all(b"AFTER").unwrap();
+                let mut b = [0u8; 1];
+                let _ = c.read(&mut b);
+            })
+        };
+        let (mut src, _) = l.accept().await.unwrap();
+        src.set_read_timeout(Some(Duration::from_secs(2)));
+        let mut head = [0u8; 4];
+        src.read_exact(&mut head).await.unwrap();
+        assert_eq!(&head, b"HEAD");
+        let (mut dst, reader) = splice_sink().await;
+        // 300 000 bytes announced, 100 000 sent: it waits for the rest.
+        let mut t = splice::Transfer::new(300_000, 64 * 1024, splice::Toward::Upstream).unwrap();
+        let r = futures_lite::future::or(
+            async { Some(run_transfer(&mut t, &src, &dst).await) },
+            async {
+                // The transfer has started: now the body.
+                go.send(()).unwrap();
+                glommio::timer::sleep(Duration::from_millis(300)).await;
+                None
+            },
+        )
+        .await;
+        assert!(r.is_none(), "the transfer ended: {r:?}");
+        assert_eq!(t.moved(), 100_000);
+        drop(t);
+        tx.send(()).unwrap();
+        let mut after = [0u8; 5];
+        src.read_exact(&mut after).await.unwrap();
+        assert_eq!(&after, b"AFTER");
+        dst.write_all(b"END").await.unwrap();
+        drop((src, dst));
+        let got = joined(reader).await;
+        joined(writer).await;
+        let mut want = body;
+        want.extend_from_slice(b"END");
+        assert!(got == want, "the destination's bytes differ");
     });
 }
 

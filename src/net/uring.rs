@@ -24,8 +24,15 @@
 //!   [`super::interrupt_read`] work as on the epoll path: a completion
 //!   marks the socket readable or writable exactly where an epoll event
 //!   would.
-//! - **Spliced bodies** are not available: a multishot receive takes the
-//!   bytes a splice would move. Bodies are copied ([`super::splice`]).
+//! - **Spliced bodies** ([`super::splice`]): a socket that is a transfer's
+//!   source has its receive cancelled, and nothing arms it again until the
+//!   transfer ends (`rx_splice`); the transfer first moves what the receive
+//!   had taken (and what its completions still bring, until the last one
+//!   has come), then splices from the socket itself, waiting for input
+//!   with a one-shot `POLL_ADD`. A destination is spliced into only while
+//!   no byte written before waits to be sent, and waits for room with a
+//!   one-shot `POLL_ADD` as a connect does. When the transfer ends or is
+//!   dropped, the next read (or a park) arms the receive again.
 //!
 //! The ring is set up with `SINGLE_ISSUER`, `COOP_TASKRUN` and
 //! `TASKRUN_FLAG`, so completions never interrupt the running shard: the
@@ -80,6 +87,7 @@ const K_SEND: u64 = 2;
 const K_POLL: u64 = 3;
 const K_CANCEL: u64 = 4;
 const K_EPOLL: u64 = 5;
+const K_POLL_IN: u64 = 6;
 
 fn ud(kind: u64, idx: u32, gen: u32) -> u64 {
     (kind << 56) | (u64::from(gen & 0xff_ffff) << 32) | u64::from(idx)
@@ -114,10 +122,22 @@ pub(super) fn io_mode() -> IoMode {
     MODE.with(Cell::get)
 }
 
+/// What [`Uring::splice_rx`] found.
+pub(super) enum SpliceRx {
+    /// This many bytes the receive had taken went to the caller.
+    Took(usize),
+    /// The receive's last completion has not come yet.
+    Wait,
+    /// Nothing held and no receive: the socket itself has the next bytes.
+    Socket,
+}
+
 /// What one socket on the ring has going on.
 #[derive(Default)]
 pub(super) struct UrSlot {
     fd: RawFd,
+    /// The reactor slot's generation when this socket took it.
+    gen: u32,
     /// Its socket was dropped: the slot is freed once `ops` is 0.
     closed: bool,
     /// Operations in flight (receive, send, poll).
@@ -141,8 +161,15 @@ pub(super) struct UrSlot {
     queued: Vec<u8>,
     /// `shutdown(Write)` once everything written is sent.
     shut_wr: bool,
-    /// A connect is waiting for writability.
+    /// A connect, or a spliced body's destination, is waiting for
+    /// writability.
     polling: bool,
+    /// The source of a spliced body is waiting for input.
+    polling_in: bool,
+    /// The socket is the source of a spliced body ([`super::splice`]): its
+    /// receive is stopped (cancelled if it was armed) and nothing arms it
+    /// again until the transfer ends.
+    rx_splice: bool,
     /// After its socket was dropped with bytes written and not yet sent: a
     /// duplicate of its descriptor, which the rest is sent on (`fd` is
     /// then this one) and which closes once they are sent.
@@ -364,7 +391,7 @@ impl Uring {
     }
 
     /// Takes slot `idx` for socket `fd`.
-    pub(super) fn attach(&self, idx: u32, fd: RawFd) {
+    pub(super) fn attach(&self, idx: u32, gen: u32, fd: RawFd) {
         let mut slots = self.slots.borrow_mut();
         let i = idx as usize;
         if slots.len() <= i {
@@ -372,6 +399,7 @@ impl Uring {
         }
         let u = &mut slots[i];
         u.fd = fd;
+        u.gen = gen;
         u.closed = false;
         u.ops = 0;
         u.recv_armed = false;
@@ -382,6 +410,8 @@ impl Uring {
         u.sending = false;
         u.shut_wr = false;
         u.polling = false;
+        u.polling_in = false;
+        u.rx_splice = false;
         u.inflight.clear();
         u.queued.clear();
         u.held_fd = None;
@@ -429,6 +459,12 @@ impl Uring {
         }
         if u.polling {
             let c = opcode::AsyncCancel::new(ud(K_POLL, idx, gen))
+                .build()
+                .user_data(ud(K_CANCEL, idx, gen));
+            let _ = push(&mut ring, &c);
+        }
+        if u.polling_in {
+            let c = opcode::AsyncCancel::new(ud(K_POLL_IN, idx, gen))
                 .build()
                 .user_data(ud(K_CANCEL, idx, gen));
             let _ = push(&mut ring, &c);
@@ -503,12 +539,16 @@ impl Uring {
         Ok(())
     }
 
-    /// A connect in progress on slot `idx`: its completion marks the
-    /// socket writable.
+    /// A connect in progress on slot `idx`, or a spliced body waiting for
+    /// room in it: a one-shot poll whose completion marks the socket
+    /// writable (none is added while one is armed).
     pub(super) fn poll_out(&self, idx: u32, gen: u32) -> io::Result<()> {
         {
             let mut slots = self.slots.borrow_mut();
             let u = &mut slots[idx as usize];
+            if u.polling {
+                return Ok(());
+            }
             let sqe = opcode::PollAdd::new(types::Fd(u.fd), libc::POLLOUT as u32)
                 .build()
                 .user_data(ud(K_POLL, idx, gen));
@@ -555,7 +595,7 @@ impl Uring {
                 u.rx_off = 0;
                 recycle(&self.pool, &mut u.rx);
             }
-            if u.recv_paused && !u.recv_armed && u.unread() < RX_CAP / 2 {
+            if u.recv_paused && !u.recv_armed && !u.rx_splice && u.unread() < RX_CAP / 2 {
                 let r = Self::arm_recv(&mut self.ring.borrow_mut(), u, idx, gen);
                 if let Err(e) = r {
                     u.rx_err
@@ -570,7 +610,7 @@ impl Uring {
         if eof || buf.is_empty() {
             return (Ok(Some(0)), false);
         }
-        if !u.recv_armed {
+        if !u.recv_armed && !u.rx_splice {
             if let Err(e) = Self::arm_recv(&mut self.ring.borrow_mut(), u, idx, gen) {
                 return (Err(e), false);
             }
@@ -583,7 +623,7 @@ impl Uring {
     pub(super) fn watch(&self, idx: u32, gen: u32) {
         let mut slots = self.slots.borrow_mut();
         let u = &mut slots[idx as usize];
-        if !u.recv_armed && !u.recv_paused {
+        if !u.recv_armed && !u.recv_paused && !u.rx_splice {
             let armed = Self::arm_recv(&mut self.ring.borrow_mut(), u, idx, gen);
             if let Err(e) = armed.and_then(|()| self.flush_if_parked()) {
                 u.rx_err
@@ -597,6 +637,109 @@ impl Uring {
         let slots = self.slots.borrow();
         let u = &slots[idx as usize];
         u.unread() == 0 && u.rx_err.is_none()
+    }
+
+    /// Slot `idx` becomes the source of a spliced body: its receive is
+    /// cancelled (if armed) and stays stopped until
+    /// [`Uring::splice_leave`]. Until its last completion has come
+    /// ([`Uring::splice_rx`] says `Wait`), a receive may still add bytes.
+    pub(super) fn splice_enter(&self, idx: u32, gen: u32) -> io::Result<()> {
+        {
+            let mut slots = self.slots.borrow_mut();
+            let u = &mut slots[idx as usize];
+            u.rx_splice = true;
+            if u.recv_armed && !u.recv_paused {
+                // `recv_paused`: no second cancel, and the receive's end
+                // is not taken for one the kernel chose.
+                u.recv_paused = true;
+                let c = opcode::AsyncCancel::new(ud(K_RECV, idx, gen))
+                    .build()
+                    .user_data(ud(K_CANCEL, idx, gen));
+                push(&mut self.ring.borrow_mut(), &c)?;
+            }
+        }
+        self.flush_if_parked()
+    }
+
+    /// The transfer from slot `idx` ended (or was dropped): the next read
+    /// (or a completion still to come) arms the receive again. Does
+    /// nothing for a socket closed since (`gen`).
+    pub(super) fn splice_leave(&self, idx: u32, gen: u32) {
+        let mut slots = self.slots.borrow_mut();
+        let Some(u) = slots
+            .get_mut(idx as usize)
+            .filter(|u| u.gen == gen && !u.closed && u.rx_splice)
+        else {
+            return;
+        };
+        u.rx_splice = false;
+        if !u.recv_armed {
+            // Not left paused: a read or a park arms it as for any socket
+            // (one still being cancelled is armed again by its last
+            // completion, as after a pause).
+            u.recv_paused = false;
+        }
+    }
+
+    /// The next bytes of a spliced body from slot `idx` (in splice mode):
+    /// those the receive took first, given to `take` (which returns how
+    /// many it took); an error the receive had; `Socket` once none are left and no receive runs any
+    /// more, so that the socket itself is next.
+    pub(super) fn splice_rx(
+        &self,
+        idx: u32,
+        take: impl FnOnce(&[u8]) -> usize,
+    ) -> io::Result<SpliceRx> {
+        let mut slots = self.slots.borrow_mut();
+        let u = &mut slots[idx as usize];
+        if u.unread() > 0 {
+            let n = take(&u.rx[u.rx_off..]).min(u.unread());
+            u.rx_off += n;
+            if u.rx_off == u.rx.len() {
+                u.rx_off = 0;
+                recycle(&self.pool, &mut u.rx);
+            }
+            return Ok(SpliceRx::Took(n));
+        }
+        if let Some(e) = u.rx_err.take() {
+            return Err(io::Error::from_raw_os_error(e));
+        }
+        Ok(if u.recv_armed {
+            SpliceRx::Wait
+        } else {
+            SpliceRx::Socket
+        })
+    }
+
+    /// The source of a spliced body on slot `idx` has nothing: a one-shot
+    /// poll whose completion marks it readable (none is added while one is
+    /// armed).
+    pub(super) fn poll_in(&self, idx: u32, gen: u32) -> io::Result<()> {
+        {
+            let mut slots = self.slots.borrow_mut();
+            let u = &mut slots[idx as usize];
+            if u.polling_in {
+                return Ok(());
+            }
+            let sqe = opcode::PollAdd::new(types::Fd(u.fd), libc::POLLIN as u32)
+                .build()
+                .user_data(ud(K_POLL_IN, idx, gen));
+            push(&mut self.ring.borrow_mut(), &sqe)?;
+            u.polling_in = true;
+            u.ops += 1;
+        }
+        self.flush_if_parked()
+    }
+
+    /// Whether slot `idx` still has bytes written and not yet sent (a
+    /// spliced byte must not overtake them); its send error if one failed.
+    pub(super) fn sending(&self, idx: u32) -> io::Result<bool> {
+        let slots = self.slots.borrow();
+        let u = &slots[idx as usize];
+        match u.tx_err {
+            Some(e) => Err(io::Error::from_raw_os_error(e)),
+            None => Ok(u.sending || u.unsent() > 0),
+        }
     }
 
     /// A write to slot `idx`: `Ok(Some(n))` bytes taken, `Ok(None)` when
@@ -710,7 +853,7 @@ impl Uring {
                     continue;
                 };
                 let u = &mut slots[idx as usize];
-                if s.gen == gen && !u.closed && !u.recv_armed && !u.recv_paused {
+                if s.gen == gen && !u.closed && !u.recv_armed && !u.recv_paused && !u.rx_splice {
                     Self::arm_recv(&mut ring, u, idx, gen)?;
                 }
             }
@@ -799,7 +942,7 @@ impl Uring {
                         } else if res < 0 {
                             u.rx_err = Some(-res);
                             s.eof = true;
-                        } else if ended && !u.recv_paused {
+                        } else if ended && !u.recv_paused && !u.rx_splice {
                             // The kernel ended it (a full completion
                             // queue, say): arm it again.
                             self.rearm.borrow_mut().push((idx, s.gen));
@@ -811,10 +954,13 @@ impl Uring {
                                 .user_data(ud(K_CANCEL, idx, gen));
                             push(&mut ring, &c)?;
                         }
-                        if u.recv_paused && !u.recv_armed && u.unread() < RX_CAP / 2 {
+                        if u.recv_paused && !u.recv_armed && !u.rx_splice && u.unread() < RX_CAP / 2
+                        {
                             Self::arm_recv(&mut ring, u, idx, gen)?;
                         }
-                        if u.unread() > 0 || s.eof {
+                        // A transfer waits for the receive's last
+                        // completion before it splices from the socket.
+                        if u.unread() > 0 || s.eof || (ended && u.rx_splice) {
                             s.readable = true;
                             wake.extend(s.read_waker.take());
                             if let Some(p) = s.parked.take() {
@@ -874,6 +1020,14 @@ impl Uring {
                     if live {
                         s.writable = true;
                         wake.extend(s.write_waker.take());
+                    }
+                }
+                K_POLL_IN => {
+                    u.ops -= 1;
+                    u.polling_in = false;
+                    if live {
+                        s.readable = true;
+                        wake.extend(s.read_waker.take());
                     }
                 }
                 _ => {}
