@@ -543,17 +543,28 @@ impl Uring {
     /// room in it: a one-shot poll whose completion marks the socket
     /// writable (none is added while one is armed).
     pub(super) fn poll_out(&self, idx: u32, gen: u32) -> io::Result<()> {
+        self.poll_once(idx, gen, true)
+    }
+
+    /// One one-shot poll of slot `idx` for output (`out`) or input, unless
+    /// one is armed already; its completion marks the socket ready.
+    fn poll_once(&self, idx: u32, gen: u32, out: bool) -> io::Result<()> {
         {
             let mut slots = self.slots.borrow_mut();
             let u = &mut slots[idx as usize];
-            if u.polling {
+            let (armed, events, kind) = if out {
+                (&mut u.polling, libc::POLLOUT, K_POLL)
+            } else {
+                (&mut u.polling_in, libc::POLLIN, K_POLL_IN)
+            };
+            if *armed {
                 return Ok(());
             }
-            let sqe = opcode::PollAdd::new(types::Fd(u.fd), libc::POLLOUT as u32)
+            let sqe = opcode::PollAdd::new(types::Fd(u.fd), events as u32)
                 .build()
-                .user_data(ud(K_POLL, idx, gen));
+                .user_data(ud(kind, idx, gen));
             push(&mut self.ring.borrow_mut(), &sqe)?;
-            u.polling = true;
+            *armed = true;
             u.ops += 1;
         }
         self.flush_if_parked()
@@ -715,20 +726,7 @@ impl Uring {
     /// poll whose completion marks it readable (none is added while one is
     /// armed).
     pub(super) fn poll_in(&self, idx: u32, gen: u32) -> io::Result<()> {
-        {
-            let mut slots = self.slots.borrow_mut();
-            let u = &mut slots[idx as usize];
-            if u.polling_in {
-                return Ok(());
-            }
-            let sqe = opcode::PollAdd::new(types::Fd(u.fd), libc::POLLIN as u32)
-                .build()
-                .user_data(ud(K_POLL_IN, idx, gen));
-            push(&mut self.ring.borrow_mut(), &sqe)?;
-            u.polling_in = true;
-            u.ops += 1;
-        }
-        self.flush_if_parked()
+        self.poll_once(idx, gen, false)
     }
 
     /// Whether slot `idx` still has bytes written and not yet sent (a
