@@ -829,6 +829,79 @@ fn a_splice_sends_bytes_already_received_first_and_takes_no_more(io: uring::IoMo
     });
 }
 
+on_both!(a_head_read_leaves_the_body_behind_it_in_the_socket);
+/// A socket waiting for a message takes at most one receive buffer of it
+/// into the gateway: reading the head must not pull the body behind it
+/// into user space, or the transfer would have to copy those bytes into
+/// its pipe instead of splicing them from the socket. On the ring a
+/// receive that kept taking whatever arrived took it all (or 32 KiB at
+/// least). Three messages on one connection: a receive that completed
+/// during a transfer once made the next head's receive take whatever
+/// arrived.
+fn a_head_read_leaves_the_body_behind_it_in_the_socket(io: uring::IoMode) {
+    run_on(io, async {
+        let len = 60_000usize;
+        let body = counter_body(len);
+        let mut sent = b"HEAD".to_vec();
+        sent.extend_from_slice(&body);
+        let (l, addr) = listener();
+        let (go_tx, go_rx) = std::sync::mpsc::channel::<bool>();
+        let (written_tx, written_rx) = std::sync::mpsc::channel::<()>();
+        let writer = std::thread::spawn(move || {
+            let mut c = std::net::TcpStream::connect(addr).unwrap();
+            while go_rx.recv() == Ok(true) {
+                c.write_all(&sent).unwrap();
+                written_tx.send(()).unwrap();
+            }
+        });
+        let (mut src, _) = l.accept().await.unwrap();
+        src.set_read_timeout(Some(Duration::from_secs(5)));
+        for round in 0..3 {
+            go_tx.send(true).unwrap();
+            // All of it is in the socket's queue before the first read.
+            while written_rx.try_recv().is_err() {
+                glommio::timer::sleep(Duration::from_millis(5)).await;
+            }
+            // A head reader with a large buffer takes everything the
+            // receive brought: the head and the start of the body.
+            let mut first = vec![0u8; uring::BUF_SIZE];
+            src.read_exact(&mut first).await.unwrap();
+            assert_eq!(&first[..4], b"HEAD");
+            let ahead = uring::BUF_SIZE - 4;
+            assert!(first[4..] == body[..ahead], "the start of the body");
+            // The reactor has had time to take more, as a task gives it
+            // while it parses the head and connects.
+            glommio::timer::sleep(Duration::from_millis(50)).await;
+            let mut queued: libc::c_int = 0;
+            // SAFETY: FIONREAD writes one int.
+            let r = unsafe { libc::ioctl(src.fd.as_raw_fd(), libc::FIONREAD, &mut queued) };
+            assert_eq!(r, 0, "FIONREAD");
+            let taken = (4 + len).saturating_sub(queued as usize);
+            // What was read, and one more buffer at most: the receive the
+            // reactor arms once the socket is drained.
+            assert!(
+                taken <= 2 * uring::BUF_SIZE,
+                "message {round}: the gateway took {taken} bytes while only the head was read"
+            );
+            // The rest of the body arrives whole and in order by a
+            // transfer.
+            let (dst, reader) = splice_sink().await;
+            let rest = (len - ahead) as u64;
+            let mut t =
+                splice::Transfer::new(rest, 64 * 1024, splice::Toward::Client).expect("a pipe");
+            run_transfer(&mut t, &src, &dst).await.unwrap();
+            drop((t, dst));
+            let got = joined(reader).await;
+            assert!(
+                got == body[ahead..],
+                "the spliced bytes differ from the body sent"
+            );
+        }
+        go_tx.send(false).unwrap();
+        joined(writer).await;
+    });
+}
+
 on_both!(a_splice_follows_the_bytes_written_before_it);
 /// The destination was written to just before the transfer (a response's
 /// head): on the ring those bytes may not be sent yet when the transfer

@@ -2,14 +2,27 @@
 //! same [`Socket`] API as the epoll reactor, with the bytes moved by
 //! io_uring operations on a ring of the shard's own, beside glommio's.
 //!
-//! - **Receives**: one multishot `RECV` per connection into a
-//!   provided-buffer ring shared by the shard. A completion's bytes are
-//!   copied at once into the socket's receive buffer (from a pool of the
-//!   shard) and the ring buffer goes back, so a connection whose task does
-//!   not read cannot hold the ring's buffers that the others need. A socket
-//!   holding [`RX_CAP`] unread bytes has its receive cancelled, so the
-//!   kernel's socket buffer, and TCP's window, hold the rest, as they do
-//!   on the epoll path; it is armed again once reads took half of them.
+//! - **Receives** go into a provided-buffer ring shared by the shard. A
+//!   completion's bytes are copied at once into the socket's receive
+//!   buffer (from a pool of the shard) and the ring buffer goes back, so a
+//!   connection whose task does not read cannot hold the ring's buffers
+//!   that the others need. A socket waits for a message with a one-shot
+//!   `RECV`, which takes at most one buffer ([`BUF_SIZE`]): the body
+//!   behind a head stays in the kernel until the task has parsed the head,
+//!   so a large one is spliced from the socket, not copied into the pipe.
+//!   A new socket does so for its first message, and keeps doing so for
+//!   each next one once it has been the source of a spliced body. A
+//!   socket whose first message was small (less than a buffer) gets a
+//!   multishot `RECV` instead, which stays armed and takes whatever
+//!   arrives: a one-shot receive per message costs more CPU. Once reads
+//!   have taken what a one-shot receive brought, the reactor's next pass
+//!   arms the next receive, so that an idle socket still hears of input
+//!   and of its peer's close. A one-shot receive that filled its buffer
+//!   means a body is streaming: the next read arms the multishot `RECV`.
+//!   A socket holding [`RX_CAP`] unread bytes has the multishot receive
+//!   cancelled, so the kernel's socket buffer, and TCP's window, hold the
+//!   rest, as they do on the epoll path; it is armed again once reads
+//!   took half of them.
 //! - **Sends**: a write copies its bytes into the socket's own send buffer
 //!   and returns; one `SEND` per socket is in flight at a time, and what is
 //!   written meanwhile goes in the next. So every send of a pass of the
@@ -81,6 +94,10 @@ const POOL_BUF_MAX: usize = 64 * 1024;
 const BGID: u16 = 7;
 /// `IORING_ENTER_GETEVENTS` (the crate does not export its flags).
 const ENTER_GETEVENTS: u32 = 1;
+/// `IORING_RECVSEND_POLL_FIRST`: a one-shot receive waits for input before
+/// it tries, instead of trying once at submission. It is mostly armed
+/// when the socket has just been drained, where that try would fail.
+const RECVSEND_POLL_FIRST: u16 = 1;
 
 const K_RECV: u64 = 1;
 const K_SEND: u64 = 2;
@@ -143,6 +160,18 @@ pub(super) struct UrSlot {
     /// Operations in flight (receive, send, poll).
     ops: u32,
     recv_armed: bool,
+    /// The receive armed last is a one-shot one: it takes at most one
+    /// buffer, and its completion does not arm it again.
+    rx_once: bool,
+    /// The socket waits for its next message with a one-shot receive: a
+    /// new socket until its first message turns out small, and one that
+    /// has been the source of a spliced body from then on.
+    rx_heads: bool,
+    /// The socket has been the source of a spliced body.
+    rx_spliced: bool,
+    /// The last one-shot receive filled its buffer: more is on its way (a
+    /// body streams), so the next read arms the multishot receive.
+    rx_more: bool,
     /// The receive was cancelled because the socket holds enough.
     recv_paused: bool,
     /// Received and not yet read: (buffer id, length, bytes read).
@@ -403,6 +432,10 @@ impl Uring {
         u.closed = false;
         u.ops = 0;
         u.recv_armed = false;
+        u.rx_once = false;
+        u.rx_heads = true;
+        u.rx_spliced = false;
+        u.rx_more = false;
         u.recv_paused = false;
         u.rx_err = None;
         u.tx_err = None;
@@ -502,12 +535,30 @@ impl Uring {
         }
     }
 
-    fn arm_recv(ring: &mut IoUring, u: &mut UrSlot, idx: u32, gen: u32) -> io::Result<()> {
-        let sqe = opcode::RecvMulti::new(types::Fd(u.fd), BGID)
-            .build()
-            .user_data(ud(K_RECV, idx, gen));
-        push(ring, &sqe)?;
+    /// Arms slot `idx`'s receive: a multishot one (`once` false), which
+    /// takes whatever arrives until it is cancelled, or a one-shot one,
+    /// which takes at most one buffer, so that a large body behind a head
+    /// stays in the socket and can be spliced from there (the module's
+    /// comment says which socket gets which).
+    fn arm_recv(
+        ring: &mut IoUring,
+        u: &mut UrSlot,
+        idx: u32,
+        gen: u32,
+        once: bool,
+    ) -> io::Result<()> {
+        let sqe = if once {
+            opcode::Recv::new(types::Fd(u.fd), std::ptr::null_mut(), BUF_SIZE as u32)
+                .buf_group(BGID)
+                .ioprio(RECVSEND_POLL_FIRST)
+                .build()
+                .flags(squeue::Flags::BUFFER_SELECT)
+        } else {
+            opcode::RecvMulti::new(types::Fd(u.fd), BGID).build()
+        };
+        push(ring, &sqe.user_data(ud(K_RECV, idx, gen)))?;
         u.recv_armed = true;
+        u.rx_once = once;
         u.recv_paused = false;
         u.ops += 1;
         Ok(())
@@ -607,10 +658,28 @@ impl Uring {
                 recycle(&self.pool, &mut u.rx);
             }
             if u.recv_paused && !u.recv_armed && !u.rx_splice && u.unread() < RX_CAP / 2 {
-                let r = Self::arm_recv(&mut self.ring.borrow_mut(), u, idx, gen);
+                let r = Self::arm_recv(&mut self.ring.borrow_mut(), u, idx, gen, false);
                 if let Err(e) = r {
                     u.rx_err
                         .get_or_insert(e.raw_os_error().unwrap_or(libc::EIO));
+                }
+            }
+            if u.rx_once && u.unread() == 0 && !u.recv_armed && !u.recv_paused && !u.rx_splice {
+                // Drained, and a one-shot receive has ended: the reactor's
+                // next pass arms the next receive, so that an idle socket
+                // still hears of input and of its peer's close. Not at
+                // once: a task that has just read a head and splices the
+                // body behind it stops the receive before then. While the
+                // poller is parked, no pass comes: armed now.
+                if self.parked.get() {
+                    let once = u.rx_heads;
+                    let r = Self::arm_recv(&mut self.ring.borrow_mut(), u, idx, gen, once);
+                    if let Err(e) = r {
+                        u.rx_err
+                            .get_or_insert(e.raw_os_error().unwrap_or(libc::EIO));
+                    }
+                } else {
+                    self.rearm.borrow_mut().push((idx, gen));
                 }
             }
             return (Ok(Some(n)), u.unread() == 0);
@@ -622,7 +691,8 @@ impl Uring {
             return (Ok(Some(0)), false);
         }
         if !u.recv_armed && !u.rx_splice {
-            if let Err(e) = Self::arm_recv(&mut self.ring.borrow_mut(), u, idx, gen) {
+            let once = u.rx_heads && !u.rx_more;
+            if let Err(e) = Self::arm_recv(&mut self.ring.borrow_mut(), u, idx, gen, once) {
                 return (Err(e), false);
             }
         }
@@ -635,7 +705,10 @@ impl Uring {
         let mut slots = self.slots.borrow_mut();
         let u = &mut slots[idx as usize];
         if !u.recv_armed && !u.recv_paused && !u.rx_splice {
-            let armed = Self::arm_recv(&mut self.ring.borrow_mut(), u, idx, gen);
+            // A parked socket waits for a new message.
+            u.rx_more = false;
+            let once = u.rx_heads;
+            let armed = Self::arm_recv(&mut self.ring.borrow_mut(), u, idx, gen, once);
             if let Err(e) = armed.and_then(|()| self.flush_if_parked()) {
                 u.rx_err
                     .get_or_insert(e.raw_os_error().unwrap_or(libc::EIO));
@@ -659,6 +732,12 @@ impl Uring {
             let mut slots = self.slots.borrow_mut();
             let u = &mut slots[idx as usize];
             u.rx_splice = true;
+            // It carries large bodies: from now on it reads each head
+            // with a one-shot receive. Read after the transfer: the next
+            // message's head.
+            u.rx_heads = true;
+            u.rx_spliced = true;
+            u.rx_more = false;
             if u.recv_armed && !u.recv_paused {
                 // `recv_paused`: no second cancel, and the receive's end
                 // is not taken for one the kernel chose.
@@ -684,6 +763,8 @@ impl Uring {
             return;
         };
         u.rx_splice = false;
+        // What comes next is the next message's head.
+        u.rx_more = false;
         if !u.recv_armed {
             // Not left paused: a read or a park arms it as for any socket
             // (one still being cancelled is armed again by its last
@@ -852,7 +933,11 @@ impl Uring {
                 };
                 let u = &mut slots[idx as usize];
                 if s.gen == gen && !u.closed && !u.recv_armed && !u.recv_paused && !u.rx_splice {
-                    Self::arm_recv(&mut ring, u, idx, gen)?;
+                    // One-shot, even after a full one: this one is armed
+                    // by the reactor, not asked for by a read, and the
+                    // bytes behind a head may be a body to splice.
+                    let once = u.rx_heads;
+                    Self::arm_recv(&mut ring, u, idx, gen, once)?;
                 }
             }
         }
@@ -922,6 +1007,15 @@ impl Uring {
                                 u.rx_off = 0;
                             }
                             u.rx.extend_from_slice(bufs.data(bid, 0, res as u32));
+                            if u.rx_once && !u.rx_splice {
+                                u.rx_more = res as usize == BUF_SIZE;
+                                if !u.rx_more && !u.rx_spliced {
+                                    // A small message on a socket that
+                                    // has carried no spliced body: it
+                                    // keeps a multishot receive.
+                                    u.rx_heads = false;
+                                }
+                            }
                         }
                         bufs.give(bid);
                     }
@@ -940,12 +1034,12 @@ impl Uring {
                         } else if res < 0 {
                             u.rx_err = Some(-res);
                             s.eof = true;
-                        } else if ended && !u.recv_paused && !u.rx_splice {
+                        } else if ended && !u.rx_once && !u.recv_paused && !u.rx_splice {
                             // The kernel ended it (a full completion
                             // queue, say): arm it again.
                             self.rearm.borrow_mut().push((idx, s.gen));
                         }
-                        if u.unread() >= RX_CAP && u.recv_armed && !u.recv_paused {
+                        if u.unread() >= RX_CAP && u.recv_armed && !u.rx_once && !u.recv_paused {
                             u.recv_paused = true;
                             let c = opcode::AsyncCancel::new(ud(K_RECV, idx, gen))
                                 .build()
@@ -954,7 +1048,7 @@ impl Uring {
                         }
                         if u.recv_paused && !u.recv_armed && !u.rx_splice && u.unread() < RX_CAP / 2
                         {
-                            Self::arm_recv(&mut ring, u, idx, gen)?;
+                            Self::arm_recv(&mut ring, u, idx, gen, false)?;
                         }
                         // A transfer waits for the receive's last
                         // completion before it splices from the socket.
