@@ -19,13 +19,14 @@
 #                              also measure that build as target
 #                              "coregate-base", alternating with the others
 #                              in the same runs (before/after in one run)
-#   BASE_BIN=target/release/coregate BASE_IO=uring loadtest/run.sh --only throughput
-#                              the "coregate-base" target with `io = "uring"`:
-#                              the shards' io_uring socket path against the
-#                              epoll one (target "coregate"), same build,
-#                              alternating in the same runs
-#   CG_IO=uring loadtest/run.sh --only bodies
+#   BASE_BIN=target/release/coregate BASE_IO=epoll loadtest/run.sh --only throughput
+#                              the "coregate-base" target with `io = "epoll"`:
+#                              the shards' epoll socket path against the
+#                              default io_uring one (target "coregate"), same
+#                              build, alternating in the same runs
+#   CG_IO=epoll loadtest/run.sh --only bodies
 #                              every coregate of the run with that `io`
+#                              (default: none set, so `io = "uring"`)
 #   THR_DUR=120 loadtest/run.sh --only throttle-accuracy
 #                              seconds per throttle-accuracy run (default 60)
 #   loadtest/run.sh --only splice

@@ -50,7 +50,10 @@ impl ShardPlan {
             epoll_sleep: Duration::from_micros(DEFAULT_EPOLL_SLEEP_US),
             timer_slack: None,
             background_shares: None,
-            io: crate::net::uring::IoMode::Epoll,
+            io: crate::net::uring::IoMode::Uring {
+                buffers: DEFAULT_URING_BUFFERS,
+                entries: crate::net::uring::DEFAULT_ENTRIES,
+            },
         }
     }
 
@@ -74,13 +77,11 @@ pub(super) fn compile(
 ) {
     let n = server.shards;
     let mut shards = vec![ShardPlan::default_for(server.max_connections_per_shard); n];
-    let uring = crate::net::uring::IoMode::Uring {
-        buffers: DEFAULT_URING_BUFFERS,
-        entries: crate::net::uring::DEFAULT_ENTRIES,
-    };
     match raw.io.as_deref() {
-        None | Some("epoll") => {}
-        Some("uring") => shards.iter_mut().for_each(|s| s.io = uring),
+        None | Some("uring") => {}
+        Some("epoll") => shards
+            .iter_mut()
+            .for_each(|s| s.io = crate::net::uring::IoMode::Epoll),
         Some(other) => errors.push(ConfigError::new(
             "server.io",
             format!("must be \"epoll\" or \"uring\", not {other:?}"),
@@ -315,16 +316,17 @@ pub(super) fn compile(
             .as_deref()
             .filter(|v| matches!(*v, "epoll" | "uring")));
         match io {
-            None | Some("epoll") => {
+            Some("epoll") => {
                 s.io = crate::net::uring::IoMode::Epoll;
                 if e.uring_buffers.is_some() {
                     errors.push(ConfigError::new(
                         key("uring_buffers"),
-                        "applies only to a shard with io = \"uring\" (here or in [server])",
+                        "applies only to a shard with io = \"uring\" (the default), and this \
+                         shard's io is \"epoll\" (here or in [server])",
                     ));
                 }
             }
-            Some("uring") => {
+            None | Some("uring") => {
                 s.io = crate::net::uring::IoMode::Uring {
                     buffers,
                     entries: crate::net::uring::DEFAULT_ENTRIES,
@@ -515,13 +517,17 @@ mod tests {
             buffers,
             entries: crate::net::uring::DEFAULT_ENTRIES,
         };
+        // The default is the ring, for every shard.
         let p = crate::plan::load_str(TWO).unwrap();
-        assert!(p.server.shard.iter().all(|s| s.io == IoMode::Epoll));
+        assert!(p.server.shard.iter().all(|s| s.io == uring(1024)));
         let every = TWO.replace("[server]\n", "[server]\nio = \"uring\"\n");
         let q = crate::plan::load_str(&every).unwrap();
         assert!(q.server.shard.iter().all(|s| s.io == uring(1024)));
+        let epoll = TWO.replace("[server]\n", "[server]\nio = \"epoll\"\n");
+        let o = crate::plan::load_str(&epoll).unwrap();
+        assert!(o.server.shard.iter().all(|s| s.io == IoMode::Epoll));
         assert_eq!(
-            start_only(&p.server, &q.server)[0],
+            start_only(&o.server, &q.server)[0],
             (
                 "server.shard[id = 0].io".to_string(),
                 "\"epoll\"".to_string(),
@@ -529,6 +535,11 @@ mod tests {
             )
         );
         // A shard's entry overrides server.io, and sets its buffers.
+        let text =
+            format!("{epoll}[[server.shard]]\nid = 0\nio = \"uring\"\nuring_buffers = 256\n");
+        let r = crate::plan::load_str(&text).unwrap();
+        assert_eq!(r.server.shard[0].io, uring(256));
+        assert_eq!(r.server.shard[1].io, IoMode::Epoll);
         let text = format!(
             "{every}[[server.shard]]\nid = 0\nio = \"epoll\"\n\
              [[server.shard]]\nid = 1\nuring_buffers = 256\n"
@@ -558,7 +569,7 @@ mod tests {
             "{e:?}"
         );
         let e = errors(&format!(
-            "{TWO}[[server.shard]]\nid = 1\nuring_buffers = 256\n"
+            "{epoll}[[server.shard]]\nid = 1\nuring_buffers = 256\n"
         ));
         assert!(e[0].contains("applies only to a shard with io"), "{e:?}");
     }

@@ -221,11 +221,11 @@ pub fn unpinned(toml: &str) -> String {
     }
 }
 
-/// `toml` with `io = "uring"` in its `[server]` table when the environment
-/// asks for it (`COREGATE_TEST_IO=uring`): the whole suite can then run on
-/// the shards' io_uring socket path (scripts/test does so for a set of
-/// test files). A config that sets `io` itself, or has no `[server]`
-/// table, is left as it is.
+/// `toml` with `io = "<mode>"` in its `[server]` table when the
+/// environment asks for it (`COREGATE_TEST_IO=epoll`, or `uring`, the
+/// default): the whole suite can then run on the shards' epoll socket path
+/// (scripts/test does so for a set of test files). A config that sets `io`
+/// itself, or has no `[server]` table, is left as it is.
 pub fn on_test_io(toml: &str) -> String {
     let Ok(io) = std::env::var("COREGATE_TEST_IO") else {
         return toml.to_string();

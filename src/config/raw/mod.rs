@@ -150,8 +150,8 @@ pub struct RawServer {
     /// `[[server.shard]]`: one shard's own settings (docs/tuning.md).
     #[serde(default)]
     pub shard: Vec<shard::RawShard>,
-    /// How every shard's connected sockets move their bytes (`"epoll"`, the
-    /// default, or `"uring"`), unless its `[[server.shard]]` entry says.
+    /// How every shard's connected sockets move their bytes (`"uring"`, the
+    /// default, or `"epoll"`), unless its `[[server.shard]]` entry says.
     pub io: Option<String>,
     /// Plain-TCP Content-Length bodies, and the data of chunks, of at
     /// least this many bytes move from socket to socket with splice; 0

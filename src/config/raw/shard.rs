@@ -81,9 +81,9 @@ pub struct RawShard {
     /// of its own with these shares, against the request path's 1000.
     /// Default: one task queue for everything.
     pub background_shares: Option<usize>,
-    /// How the shard's connected sockets move their bytes: `"epoll"`
-    /// (readiness and syscalls, the default) or `"uring"` (a ring of the
-    /// shard's own, src/net/uring.rs).
+    /// How the shard's connected sockets move their bytes: `"uring"` (a
+    /// ring of the shard's own, src/net/uring.rs; the default) or `"epoll"`
+    /// (readiness and syscalls).
     pub io: Option<String>,
     /// With `io = "uring"`: receive buffers of 4 KiB in the shard's ring.
     pub uring_buffers: Option<u32>,
