@@ -829,6 +829,19 @@ fn a_splice_sends_bytes_already_received_first_and_takes_no_more(io: uring::IoMo
     });
 }
 
+#[test]
+/// A ring the kernel refuses (here: no entries) fails with the kernel's
+/// error and what to set instead.
+fn a_ring_that_cannot_be_set_up_says_what_to_set() {
+    let e = match uring::Uring::new(1024, 0, -1) {
+        Ok(_) => panic!("a ring of 0 entries was set up"),
+        Err(e) => e.to_string(),
+    };
+    assert!(e.contains("io_uring socket path"), "{e}");
+    assert!(e.contains("io = \"epoll\""), "{e}");
+    assert!(e.contains("Invalid argument"), "{e}");
+}
+
 on_both!(a_head_read_leaves_the_body_behind_it_in_the_socket);
 /// A socket waiting for a message takes at most one receive buffer of it
 /// into the gateway: reading the head must not pull the body behind it

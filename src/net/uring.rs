@@ -359,7 +359,22 @@ fn push(ring: &mut IoUring, sqe: &squeue::Entry) -> io::Result<()> {
 }
 
 impl Uring {
+    /// The shard's ring, or the kernel's error said in terms of the
+    /// config: `io = "uring"` is the default, and the fix is `"epoll"`.
     pub(super) fn new(buffers: u32, entries: u32, epfd: RawFd) -> io::Result<Uring> {
+        Self::set_up(buffers, entries, epfd).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!(
+                    "cannot set up the shard's io_uring socket path (io = \"uring\", the \
+                     default; it needs Linux 6.0 or newer): {e}; io = \"epoll\" in [server] \
+                     runs without it"
+                ),
+            )
+        })
+    }
+
+    fn set_up(buffers: u32, entries: u32, epfd: RawFd) -> io::Result<Uring> {
         // `TASKRUN_FLAG`: the kernel raises a flag in the shared ring when
         // it has completions to finish, so a pass with nothing to submit
         // enters the ring only then (`must_enter`).
