@@ -83,6 +83,7 @@ use std::collections::BinaryHeap;
 use std::future::Future;
 use std::io::{self, IoSlice};
 use std::net::SocketAddr;
+use std::num::NonZeroU64;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::pin::Pin;
 use std::rc::Rc;
@@ -112,10 +113,10 @@ struct Slot {
     eof: bool,
     read_waker: Option<Waker>,
     write_waker: Option<Waker>,
-    read_deadline: Option<Instant>,
-    write_deadline: Option<Instant>,
+    read_deadline: When,
+    write_deadline: When,
     /// The time of this slot's live entry in the timer heap, if any.
-    scheduled: Option<Instant>,
+    scheduled: When,
     /// A parked socket's continuation and its key (see [`Socket::park`]).
     parked: Option<Resume>,
 }
@@ -133,9 +134,44 @@ pub enum Wake {
     TimedOut,
 }
 
+thread_local! {
+    /// What [`When`]s count from on this thread (every slot of a reactor
+    /// is on its shard's thread): a second before its reactor was made,
+    /// so that no deadline taken since is before it.
+    static EPOCH: Instant = {
+        let now = Instant::now();
+        now.checked_sub(Duration::from_secs(1)).unwrap_or(now)
+    };
+}
+
+/// A deadline, or none, in 8 bytes where an `Option<Instant>` takes 16:
+/// every connection slot of a shard has three, idle or not. Nanoseconds
+/// since this thread's [`EPOCH`]; a time before it is kept as just after
+/// it, which is past as well.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct When(Option<NonZeroU64>);
+
+impl When {
+    const NONE: When = When(None);
+
+    fn at(t: Instant) -> When {
+        let n = EPOCH.with(|e| t.saturating_duration_since(*e).as_nanos());
+        When(NonZeroU64::new(u64::try_from(n).unwrap_or(u64::MAX).max(1)))
+    }
+
+    fn get(self) -> Option<Instant> {
+        let n = self.0?;
+        Some(EPOCH.with(|e| *e + Duration::from_nanos(n.get())))
+    }
+
+    fn is_some(self) -> bool {
+        self.0.is_some()
+    }
+}
+
 impl Slot {
     fn earliest_deadline(&self) -> Option<Instant> {
-        match (self.read_deadline, self.write_deadline) {
+        match (self.read_deadline.get(), self.write_deadline.get()) {
             (Some(r), Some(w)) => Some(r.min(w)),
             (r, w) => r.or(w),
         }
@@ -395,6 +431,8 @@ impl Reactor {
         if let Some(r) = CURRENT.with(|c| c.borrow().clone()) {
             return Ok(r);
         }
+        // The thread's deadlines count from here (see `When`).
+        EPOCH.with(|_| ());
         let epfd = sys::epoll_create()?;
         let nudge = sys::eventfd()?;
         sys::epoll_add_input(epfd.as_raw_fd(), nudge.as_raw_fd(), NUDGE_TOKEN)?;
@@ -443,9 +481,9 @@ impl Reactor {
                         eof: false,
                         read_waker: None,
                         write_waker: None,
-                        read_deadline: None,
-                        write_deadline: None,
-                        scheduled: None,
+                        read_deadline: When::NONE,
+                        write_deadline: When::NONE,
+                        scheduled: When::NONE,
                         parked: None,
                     });
                     i
@@ -482,9 +520,9 @@ impl Reactor {
                 (true, Some(u)) => u.detach(idx, s.gen),
                 _ => (true, false),
             };
-            s.read_deadline = None;
-            s.write_deadline = None;
-            s.scheduled = None;
+            s.read_deadline = When::NONE;
+            s.write_deadline = When::NONE;
+            s.scheduled = When::NONE;
             s.parked = None;
             let out = (s.read_waker.take(), s.write_waker.take());
             if free {
@@ -495,7 +533,7 @@ impl Reactor {
                     // The rest of what was written must be taken within the
                     // socket's write timeout ([`uring::Uring::abandon`]).
                     let d = Instant::now() + write_timeout.unwrap_or(LINGER_SEND_TIMEOUT);
-                    slab.slots[idx as usize].write_deadline = Some(d);
+                    slab.slots[idx as usize].write_deadline = When::at(d);
                     self.schedule(&mut slab, idx, d);
                 }
             }
@@ -512,19 +550,19 @@ impl Reactor {
     fn free_slot(slab: &mut Slab, idx: u32) {
         let s = &mut slab.slots[idx as usize];
         s.gen = s.gen.wrapping_add(1);
-        s.read_deadline = None;
-        s.write_deadline = None;
-        s.scheduled = None;
+        s.read_deadline = When::NONE;
+        s.write_deadline = When::NONE;
+        s.scheduled = When::NONE;
         slab.free.push(idx);
     }
 
     /// Makes sure the timer heap will look at slot `idx` by `deadline`.
     fn schedule(&self, slab: &mut Slab, idx: u32, deadline: Instant) {
         let s = &mut slab.slots[idx as usize];
-        if s.scheduled.is_some_and(|t| t <= deadline) {
+        if s.scheduled.get().is_some_and(|t| t <= deadline) {
             return;
         }
-        s.scheduled = Some(deadline);
+        s.scheduled = When::at(deadline);
         let mut heap = self.timers.borrow_mut();
         heap.push(Reverse((deadline, idx, s.gen)));
         // Entries of closed sockets stay until their time comes; with many
@@ -536,7 +574,7 @@ impl Reactor {
             heap.retain(|&Reverse((t, i, g))| {
                 slab.slots
                     .get(i as usize)
-                    .is_some_and(|s| s.gen == g && s.scheduled == Some(t))
+                    .is_some_and(|s| s.gen == g && s.scheduled == When::at(t))
             });
         }
         drop(heap);
@@ -564,23 +602,23 @@ impl Reactor {
                 let Some(s) = slab.slots.get_mut(idx as usize) else {
                     continue;
                 };
-                if s.gen != gen || s.scheduled != Some(t) {
+                if s.gen != gen || s.scheduled != When::at(t) {
                     continue; // stale: closed, or moved earlier
                 }
-                s.scheduled = None;
+                s.scheduled = When::NONE;
                 match s.earliest_deadline() {
                     None => {}
                     Some(d) if d <= now => {
                         // The waiting read or write sees its deadline
                         // passed and fails with TimedOut.
-                        if s.read_deadline.is_some_and(|d| d <= now) {
+                        if s.read_deadline.get().is_some_and(|d| d <= now) {
                             wake.extend(s.read_waker.take());
                             if let Some(p) = s.parked.take() {
-                                s.read_deadline = None;
+                                s.read_deadline = When::NONE;
                                 expired.push(p);
                             }
                         }
-                        if s.write_deadline.is_some_and(|d| d <= now) {
+                        if s.write_deadline.get().is_some_and(|d| d <= now) {
                             wake.extend(s.write_waker.take());
                             if let Some(u) = &self.uring {
                                 // A dropped socket's last bytes, not taken
@@ -589,18 +627,18 @@ impl Reactor {
                             }
                         }
                         // Whatever deadline is left gets its own entry.
-                        let later = [s.read_deadline, s.write_deadline]
+                        let later = [s.read_deadline.get(), s.write_deadline.get()]
                             .into_iter()
                             .flatten()
                             .filter(|&d| d > now)
                             .min();
                         if let Some(l) = later {
-                            s.scheduled = Some(l);
+                            s.scheduled = When::at(l);
                             heap.push(Reverse((l, idx, gen)));
                         }
                     }
                     Some(d) => {
-                        s.scheduled = Some(d);
+                        s.scheduled = When::at(d);
                         heap.push(Reverse((d, idx, gen)));
                     }
                 }
@@ -681,7 +719,7 @@ impl Reactor {
                 s.readable = true;
                 wake.extend(s.read_waker.take());
                 if let Some(p) = s.parked.take() {
-                    s.read_deadline = None;
+                    s.read_deadline = When::NONE;
                     resume.push(p);
                 }
             }
@@ -945,12 +983,12 @@ pub fn interrupt_read(h: ReadHandle) {
             return;
         };
         if let Some(p) = s.parked.take() {
-            s.read_deadline = None;
+            s.read_deadline = When::NONE;
             (None, Some(p))
         } else if s.read_deadline.is_some() {
             // A read is waiting (reads wait with a deadline set): make its
             // deadline now, so that its next poll fails with TimedOut.
-            s.read_deadline = Some(Instant::now());
+            s.read_deadline = When::at(Instant::now());
             (s.read_waker.take(), None)
         } else {
             (None, None)
@@ -1053,7 +1091,7 @@ impl Socket {
         let waited = futures_lite::future::poll_fn(|cx| sock.poll_ready(cx, Dir::Write)).await;
         sock.write_timeout.set(None);
         sock.slot_mut(|s| {
-            s.write_deadline = None;
+            s.write_deadline = When::NONE;
             s.write_waker = None;
         });
         match waited {
@@ -1197,10 +1235,10 @@ impl Socket {
             return Poll::Ready(Ok(()));
         }
         let mut arm = None;
-        match *deadline {
+        match deadline.get() {
             Some(d) => {
                 if Instant::now() >= d {
-                    *deadline = None;
+                    *deadline = When::NONE;
                     *waker = None;
                     return Poll::Ready(Err(io::Error::new(
                         io::ErrorKind::TimedOut,
@@ -1211,7 +1249,7 @@ impl Socket {
             None => {
                 if let Some(t) = timeout {
                     let d = Instant::now() + t;
-                    *deadline = Some(d);
+                    *deadline = When::at(d);
                     arm = Some(d);
                 }
             }
@@ -1233,14 +1271,14 @@ impl Socket {
     fn done(&self, dir: Dir, drained: bool) {
         self.slot_mut(|s| match dir {
             Dir::Read => {
-                s.read_deadline = None;
+                s.read_deadline = When::NONE;
                 s.parked = None;
                 if drained && !s.eof {
                     s.readable = false;
                 }
             }
             Dir::Write => {
-                s.write_deadline = None;
+                s.write_deadline = When::NONE;
                 if drained {
                     s.writable = false;
                 }
@@ -1405,7 +1443,7 @@ impl Socket {
             return false;
         }
         s.read_waker = None;
-        s.read_deadline = Some(deadline);
+        s.read_deadline = When::at(deadline);
         s.parked = Some((resume, key));
         self.reactor.schedule(&mut slab, self.idx, deadline);
         true

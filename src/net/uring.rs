@@ -66,11 +66,12 @@
 //! with it, and the connection is closed by the kernel (FIN after the last
 //! byte) once the receive is cancelled and the send done.
 
-use super::{sys, Resume, Slab};
+use super::{sys, Resume, Slab, When};
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 use std::cell::{Cell, RefCell};
 use std::io;
 use std::io::IoSlice;
+use std::num::NonZeroI32;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::task::Waker;
 
@@ -85,9 +86,9 @@ pub const BUF_SIZE: usize = 4096;
 pub const DEFAULT_BUFFERS: u32 = 1024;
 /// Submission entries of the ring by default.
 pub const DEFAULT_ENTRIES: u32 = 1024;
-/// Send buffers a shard keeps for its sockets' next writes, and the
-/// largest it keeps: an idle connection holds none, and a busy shard
-/// allocates none per request.
+/// Sets of buffers ([`UrIo`]) a shard keeps for its sockets' next reads and
+/// writes, and the bytes of allocations one set keeps: an idle connection
+/// holds none, and a busy shard allocates none per request.
 const POOL_BUFS: usize = 256;
 const POOL_BUF_MAX: usize = 64 * 1024;
 
@@ -149,16 +150,28 @@ pub(super) enum SpliceRx {
     Socket,
 }
 
-/// What one socket on the ring has going on.
+/// What one socket on the ring has going on. Kept small: every connection
+/// slot of the shard has one, idle or not; the buffers are apart.
 #[derive(Default)]
 pub(super) struct UrSlot {
     fd: RawFd,
     /// The reactor slot's generation when this socket took it.
     gen: u32,
-    /// Its socket was dropped: the slot is freed once `ops` is 0.
-    closed: bool,
     /// Operations in flight (receive, send, poll).
     ops: u32,
+    /// A receive error, reported by the next read.
+    rx_err: Option<NonZeroI32>,
+    /// A send error: every later write fails with it.
+    tx_err: Option<NonZeroI32>,
+    /// After its socket was dropped with bytes written and not yet sent: a
+    /// duplicate of its descriptor, which the rest is sent on (`fd` is
+    /// then this one) and which closes once they are sent.
+    held_fd: Option<OwnedFd>,
+    /// Its buffers, only while they hold bytes or a send is in flight:
+    /// an idle connection holds none ([`UrSlot::settle`]).
+    io: Option<Box<UrIo>>,
+    /// Its socket was dropped: the slot is freed once `ops` is 0.
+    closed: bool,
     recv_armed: bool,
     /// The receive armed last is a one-shot one: it takes at most one
     /// buffer, and its completion does not arm it again.
@@ -174,20 +187,7 @@ pub(super) struct UrSlot {
     rx_more: bool,
     /// The receive was cancelled because the socket holds enough.
     recv_paused: bool,
-    /// Received and not yet read: (buffer id, length, bytes read).
-    rx: Vec<u8>,
-    /// How much of `rx` reads took.
-    rx_off: usize,
-    /// A receive error, reported by the next read.
-    rx_err: Option<i32>,
-    /// A send error: every later write fails with it.
-    tx_err: Option<i32>,
-    /// The bytes of the send in flight (untouched until it completes).
-    inflight: Vec<u8>,
-    sent: usize,
     sending: bool,
-    /// Written while a send was in flight: the next send.
-    queued: Vec<u8>,
     /// `shutdown(Write)` once everything written is sent.
     shut_wr: bool,
     /// A connect, or a spliced body's destination, is waiting for
@@ -199,32 +199,124 @@ pub(super) struct UrSlot {
     /// receive is stopped (cancelled if it was armed) and nothing arms it
     /// again until the transfer ends.
     rx_splice: bool,
-    /// After its socket was dropped with bytes written and not yet sent: a
-    /// duplicate of its descriptor, which the rest is sent on (`fd` is
-    /// then this one) and which closes once they are sent.
-    held_fd: Option<OwnedFd>,
+}
+
+/// A socket's buffers on the ring: taken from the shard's pool when bytes
+/// come in or are written, given back once they are all read and sent.
+#[derive(Default)]
+struct UrIo {
+    /// Received and not yet read.
+    rx: Vec<u8>,
+    /// How much of `rx` reads took.
+    rx_off: usize,
+    /// The bytes of the send in flight (untouched until it completes).
+    inflight: Vec<u8>,
+    /// How much of `inflight` the kernel has sent.
+    sent: usize,
+    /// Written while a send was in flight: the next send.
+    queued: Vec<u8>,
+}
+
+/// The shard's sets of buffers that no socket holds ([`POOL_BUFS`]).
+type Pool = RefCell<Vec<Box<UrIo>>>;
+
+/// `EIO`, for an error that came without a number.
+const EIO: NonZeroI32 = match NonZeroI32::new(libc::EIO) {
+    Some(e) => e,
+    None => NonZeroI32::MIN,
+};
+
+/// An error's number, kept as a slot's `rx_err` or `tx_err`.
+fn errno(e: &io::Error) -> NonZeroI32 {
+    e.raw_os_error().and_then(NonZeroI32::new).unwrap_or(EIO)
+}
+
+/// A failed completion's error number (`res` is negative).
+fn res_errno(res: i32) -> NonZeroI32 {
+    NonZeroI32::new(res.saturating_neg()).unwrap_or(EIO)
+}
+
+fn os_error(e: NonZeroI32) -> io::Error {
+    io::Error::from_raw_os_error(e.get())
 }
 
 impl UrSlot {
     fn unsent(&self) -> usize {
-        self.inflight.len() - self.sent + self.queued.len()
+        self.io
+            .as_ref()
+            .map_or(0, |b| b.inflight.len() - b.sent + b.queued.len())
     }
 
     fn unread(&self) -> usize {
-        self.rx.len() - self.rx_off
+        self.io.as_ref().map_or(0, |b| b.rx.len() - b.rx_off)
     }
-}
 
-/// Gives `v`'s allocation to the shard's pool (or frees it).
-fn recycle(pool: &RefCell<Vec<Vec<u8>>>, v: &mut Vec<u8>) {
-    if v.capacity() == 0 {
-        return;
+    /// Its buffers, taken from the pool if it holds none.
+    fn io(&mut self, pool: &Pool) -> &mut UrIo {
+        self.io
+            .get_or_insert_with(|| pool.borrow_mut().pop().unwrap_or_default())
     }
-    let mut v = std::mem::take(v);
-    let mut pool = pool.borrow_mut();
-    if v.capacity() <= POOL_BUF_MAX && pool.len() < POOL_BUFS {
-        v.clear();
-        pool.push(v);
+
+    /// Forgets the bytes reads took, and gives the buffers back to the pool
+    /// (or frees them) once nothing is left in them and no send is in
+    /// flight.
+    fn settle(&mut self, pool: &Pool) {
+        let Some(b) = &mut self.io else {
+            return;
+        };
+        if b.rx_off == b.rx.len() {
+            b.rx.clear();
+            b.rx_off = 0;
+        }
+        if self.sending || !b.rx.is_empty() || !b.inflight.is_empty() || !b.queued.is_empty() {
+            return;
+        }
+        let Some(mut b) = self.io.take() else {
+            return;
+        };
+        let mut pool = pool.borrow_mut();
+        if pool.len() >= POOL_BUFS {
+            return;
+        }
+        // A pooled set keeps at most POOL_BUF_MAX bytes of allocations.
+        let mut budget = POOL_BUF_MAX;
+        for v in [&mut b.rx, &mut b.inflight, &mut b.queued] {
+            v.clear();
+            if v.capacity() > budget {
+                *v = Vec::new();
+            }
+            budget -= v.capacity();
+        }
+        b.rx_off = 0;
+        b.sent = 0;
+        pool.push(b);
+    }
+
+    /// Drops the send in flight's bytes (it has completed).
+    fn drop_inflight(&mut self) {
+        if let Some(b) = &mut self.io {
+            b.inflight.clear();
+            b.sent = 0;
+        }
+    }
+
+    /// Drops the bytes written while a send was in flight.
+    fn drop_queued(&mut self) {
+        if let Some(b) = &mut self.io {
+            b.queued.clear();
+        }
+    }
+
+    /// Drops whatever its buffers hold (a slot taken by a new socket).
+    fn discard(&mut self, pool: &Pool) {
+        if let Some(b) = &mut self.io {
+            b.rx.clear();
+            b.rx_off = 0;
+            b.inflight.clear();
+            b.sent = 0;
+            b.queued.clear();
+        }
+        self.settle(pool);
     }
 }
 
@@ -332,8 +424,8 @@ pub(super) struct Uring {
     deferred: RefCell<(Vec<Waker>, Vec<Resume>)>,
     /// Whether the eventfd is enabled (the shard is about to sleep).
     signalling: Cell<bool>,
-    /// Send buffers no socket holds ([`POOL_BUFS`]).
-    pool: RefCell<Vec<Vec<u8>>>,
+    /// Buffers no socket holds ([`POOL_BUFS`]).
+    pool: Pool,
     /// The poller is parked in glommio: an entry queued now is submitted
     /// at once, since no pass of the reactor would submit it.
     pub(super) parked: Cell<bool>,
@@ -454,15 +546,13 @@ impl Uring {
         u.recv_paused = false;
         u.rx_err = None;
         u.tx_err = None;
-        u.sent = 0;
         u.sending = false;
         u.shut_wr = false;
         u.polling = false;
         u.polling_in = false;
         u.rx_splice = false;
-        u.inflight.clear();
-        u.queued.clear();
         u.held_fd = None;
+        u.discard(&self.pool);
     }
 
     /// The socket in slot `idx` is dropped (its descriptor closes right
@@ -491,13 +581,16 @@ impl Uring {
                 }
                 // Out of descriptors: what is not in flight is lost, as
                 // the connection's other bytes are when it fails.
-                Err(_) => u.queued.clear(),
+                Err(_) => u.drop_queued(),
             }
         } else {
-            u.queued.clear();
+            u.drop_queued();
         }
-        u.rx_off = 0;
-        recycle(&self.pool, &mut u.rx);
+        if let Some(b) = &mut u.io {
+            b.rx.clear();
+            b.rx_off = 0;
+        }
+        u.settle(&self.pool);
         let mut ring = self.ring.borrow_mut();
         if u.recv_armed {
             let c = opcode::AsyncCancel::new(ud(K_RECV, idx, gen))
@@ -540,7 +633,7 @@ impl Uring {
         else {
             return;
         };
-        u.queued.clear();
+        u.drop_queued();
         let c = opcode::AsyncCancel::new(ud(K_SEND, idx, gen))
             .build()
             .user_data(ud(K_CANCEL, idx, gen));
@@ -580,7 +673,10 @@ impl Uring {
     }
 
     fn start_send(ring: &mut IoUring, u: &mut UrSlot, idx: u32, gen: u32) -> io::Result<()> {
-        let rest = &u.inflight[u.sent..];
+        let Some(b) = &u.io else {
+            return Ok(());
+        };
+        let rest = &b.inflight[b.sent..];
         let len = u32::try_from(rest.len()).unwrap_or(u32::MAX);
         let sqe = opcode::Send::new(types::Fd(u.fd), rest.as_ptr(), len)
             .flags(libc::MSG_NOSIGNAL)
@@ -665,18 +761,16 @@ impl Uring {
         let u = &mut slots[idx as usize];
         if u.unread() > 0 {
             let n = u.unread().min(buf.len());
-            buf[..n].copy_from_slice(&u.rx[u.rx_off..u.rx_off + n]);
-            u.rx_off += n;
-            if u.rx_off == u.rx.len() {
-                // Taken: an idle connection holds no receive buffer.
-                u.rx_off = 0;
-                recycle(&self.pool, &mut u.rx);
+            if let Some(b) = &mut u.io {
+                buf[..n].copy_from_slice(&b.rx[b.rx_off..b.rx_off + n]);
+                b.rx_off += n;
             }
+            // All taken: an idle connection holds no buffer.
+            u.settle(&self.pool);
             if u.recv_paused && !u.recv_armed && !u.rx_splice && u.unread() < RX_CAP / 2 {
                 let r = Self::arm_recv(&mut self.ring.borrow_mut(), u, idx, gen, false);
                 if let Err(e) = r {
-                    u.rx_err
-                        .get_or_insert(e.raw_os_error().unwrap_or(libc::EIO));
+                    u.rx_err.get_or_insert(errno(&e));
                 }
             }
             if u.rx_once && u.unread() == 0 && !u.recv_armed && !u.recv_paused && !u.rx_splice {
@@ -690,8 +784,7 @@ impl Uring {
                     let once = u.rx_heads;
                     let r = Self::arm_recv(&mut self.ring.borrow_mut(), u, idx, gen, once);
                     if let Err(e) = r {
-                        u.rx_err
-                            .get_or_insert(e.raw_os_error().unwrap_or(libc::EIO));
+                        u.rx_err.get_or_insert(errno(&e));
                     }
                 } else {
                     self.rearm.borrow_mut().push((idx, gen));
@@ -700,7 +793,7 @@ impl Uring {
             return (Ok(Some(n)), u.unread() == 0);
         }
         if let Some(e) = u.rx_err.take() {
-            return (Err(io::Error::from_raw_os_error(e)), false);
+            return (Err(os_error(e)), false);
         }
         if eof || buf.is_empty() {
             return (Ok(Some(0)), false);
@@ -725,10 +818,15 @@ impl Uring {
             let once = u.rx_heads;
             let armed = Self::arm_recv(&mut self.ring.borrow_mut(), u, idx, gen, once);
             if let Err(e) = armed.and_then(|()| self.flush_if_parked()) {
-                u.rx_err
-                    .get_or_insert(e.raw_os_error().unwrap_or(libc::EIO));
+                u.rx_err.get_or_insert(errno(&e));
             }
         }
+    }
+
+    /// Whether slot `idx` holds buffers (from the pool).
+    #[cfg(test)]
+    pub(super) fn holds_buffers(&self, idx: u32) -> bool {
+        self.slots.borrow()[idx as usize].io.is_some()
     }
 
     /// Whether slot `idx` holds nothing to read and no error.
@@ -800,16 +898,16 @@ impl Uring {
         let mut slots = self.slots.borrow_mut();
         let u = &mut slots[idx as usize];
         if u.unread() > 0 {
-            let n = take(&u.rx[u.rx_off..]).min(u.unread());
-            u.rx_off += n;
-            if u.rx_off == u.rx.len() {
-                u.rx_off = 0;
-                recycle(&self.pool, &mut u.rx);
+            let mut n = 0;
+            if let Some(b) = &mut u.io {
+                n = take(&b.rx[b.rx_off..]).min(b.rx.len() - b.rx_off);
+                b.rx_off += n;
             }
+            u.settle(&self.pool);
             return Ok(SpliceRx::Took(n));
         }
         if let Some(e) = u.rx_err.take() {
-            return Err(io::Error::from_raw_os_error(e));
+            return Err(os_error(e));
         }
         Ok(if u.recv_armed {
             SpliceRx::Wait
@@ -831,7 +929,7 @@ impl Uring {
         let slots = self.slots.borrow();
         let u = &slots[idx as usize];
         match u.tx_err {
-            Some(e) => Err(io::Error::from_raw_os_error(e)),
+            Some(e) => Err(os_error(e)),
             None => Ok(u.sending || u.unsent() > 0),
         }
     }
@@ -853,7 +951,7 @@ impl Uring {
         let mut slots = self.slots.borrow_mut();
         let u = &mut slots[idx as usize];
         if let Some(e) = u.tx_err {
-            return Err(io::Error::from_raw_os_error(e));
+            return Err(os_error(e));
         }
         let used = u.unsent();
         if used >= TX_CAP {
@@ -861,16 +959,13 @@ impl Uring {
         }
         let mut room = TX_CAP - used;
         let mut n = 0;
-        let dst = if u.sending {
-            &mut u.queued
+        let sending = u.sending;
+        let io = u.io(&self.pool);
+        let dst = if sending {
+            &mut io.queued
         } else {
-            &mut u.inflight
+            &mut io.inflight
         };
-        if dst.capacity() == 0 {
-            if let Some(v) = self.pool.borrow_mut().pop() {
-                *dst = v;
-            }
-        }
         for b in bufs {
             if room == 0 {
                 break;
@@ -882,10 +977,16 @@ impl Uring {
         }
         if n > 0 && !u.sending {
             if let Err(e) = Self::start_send(&mut self.ring.borrow_mut(), u, idx, gen) {
-                u.inflight.clear();
-                u.sent = 0;
+                if let Some(b) = &mut u.io {
+                    b.inflight.clear();
+                    b.sent = 0;
+                }
+                u.settle(&self.pool);
                 return Err(e);
             }
+        }
+        if n == 0 {
+            u.settle(&self.pool);
         }
         Ok(Some(n))
     }
@@ -1010,18 +1111,14 @@ impl Uring {
                             // Copied out at once: the ring's buffers are
                             // shared by the shard's connections, and one
                             // that does not read must not hold them.
-                            if u.rx.capacity() == 0 {
-                                if let Some(v) = self.pool.borrow_mut().pop() {
-                                    u.rx = v;
-                                }
-                            }
-                            if u.rx_off > 0 {
+                            let b = u.io(&self.pool);
+                            if b.rx_off > 0 {
                                 // What reads took goes first: the buffer
                                 // holds at most the unread bytes and this.
-                                u.rx.drain(..u.rx_off);
-                                u.rx_off = 0;
+                                b.rx.drain(..b.rx_off);
+                                b.rx_off = 0;
                             }
-                            u.rx.extend_from_slice(bufs.data(bid, 0, res as u32));
+                            b.rx.extend_from_slice(bufs.data(bid, 0, res as u32));
                             if u.rx_once && !u.rx_splice {
                                 u.rx_more = res as usize == BUF_SIZE;
                                 if !u.rx_more && !u.rx_spliced {
@@ -1047,7 +1144,7 @@ impl Uring {
                         } else if res == -libc::ECANCELED {
                             // Paused (or closing): armed again by a read.
                         } else if res < 0 {
-                            u.rx_err = Some(-res);
+                            u.rx_err = Some(res_errno(res));
                             s.eof = true;
                         } else if ended && !u.rx_once && !u.recv_paused && !u.rx_splice {
                             // The kernel ended it (a full completion
@@ -1071,7 +1168,7 @@ impl Uring {
                             s.readable = true;
                             wake.extend(s.read_waker.take());
                             if let Some(p) = s.parked.take() {
-                                s.read_deadline = None;
+                                s.read_deadline = When::NONE;
                                 resume.extend(Some(p));
                             }
                         }
@@ -1081,35 +1178,35 @@ impl Uring {
                     u.ops -= 1;
                     u.sending = false;
                     if !live && u.held_fd.is_none() {
-                        u.inflight.clear();
-                        u.sent = 0;
+                        u.drop_inflight();
                     } else if res < 0 {
-                        u.tx_err = Some(-res);
-                        u.inflight.clear();
-                        u.queued.clear();
-                        u.sent = 0;
+                        u.tx_err = Some(res_errno(res));
+                        u.drop_inflight();
+                        u.drop_queued();
                     } else {
-                        u.sent += res as usize;
-                        if u.sent >= u.inflight.len() {
-                            u.inflight.clear();
-                            u.sent = 0;
-                            std::mem::swap(&mut u.inflight, &mut u.queued);
+                        let mut more = false;
+                        if let Some(b) = &mut u.io {
+                            b.sent += res as usize;
+                            if b.sent >= b.inflight.len() {
+                                b.inflight.clear();
+                                b.sent = 0;
+                                std::mem::swap(&mut b.inflight, &mut b.queued);
+                            }
+                            more = !b.inflight.is_empty();
                         }
-                        if !u.inflight.is_empty() {
+                        if more {
                             Self::start_send(&mut ring, u, idx, gen)?;
                         }
                     }
                     if u.closed && !u.sending {
                         // All sent (or failed): the duplicate closes.
-                        u.inflight.clear();
-                        u.queued.clear();
+                        u.drop_inflight();
+                        u.drop_queued();
                         u.held_fd = None;
                     }
-                    if !u.sending {
-                        // Nothing left to send: the buffers go back.
-                        recycle(&self.pool, &mut u.inflight);
-                        recycle(&self.pool, &mut u.queued);
-                    }
+                    // Nothing left to send (and nothing to read): the
+                    // buffers go back.
+                    u.settle(&self.pool);
                     if live {
                         if u.unsent() == 0 && u.shut_wr {
                             u.shut_wr = false;
