@@ -1181,6 +1181,26 @@ const TRIM_EVERY: u32 = 256;
 thread_local! {
     /// Buffers released on this shard's thread since the last trim.
     static RELEASED: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+    /// A connection released its buffers or ended on this shard's thread
+    /// since the last trim ([`trim_if_freed`]).
+    static FREED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Hands free heap pages back to the kernel if a connection released its
+/// buffers or ended on this thread since the last trim. The shard calls it
+/// once a second from its background work, so that the memory a burst of
+/// connections held is given back within a second of their end, not when
+/// TRIM_EVERY more connections have gone idle: glibc keeps freed chunks in
+/// the process, and only those at the top of a heap go back on their own.
+pub fn trim_if_freed() {
+    if FREED.with(|f| f.replace(false)) {
+        RELEASED.with(|n| n.set(0));
+        // SAFETY: malloc_trim only releases free memory; it is safe to
+        // call from any thread at any time.
+        unsafe {
+            libc::malloc_trim(0);
+        }
+    }
 }
 
 /// Counts a connection that gave its buffers back. glibc keeps freed
@@ -1192,6 +1212,7 @@ fn note_released_buffers() {
         let v = n.get() + 1;
         if v >= TRIM_EVERY {
             n.set(0);
+            FREED.with(|f| f.set(false));
             // SAFETY: malloc_trim only releases free memory; it is safe to
             // call from any thread at any time.
             unsafe {
@@ -1199,6 +1220,7 @@ fn note_released_buffers() {
             }
         } else {
             n.set(v);
+            FREED.with(|f| f.set(true));
         }
     });
 }
@@ -1366,6 +1388,8 @@ impl ConnGuard {
 
 impl Drop for ConnGuard {
     fn drop(&mut self) {
+        // The connection ends: what it held is freed.
+        FREED.with(|f| f.set(true));
         let mut reg = self.conns.reg.borrow_mut();
         if let Some(slot) = reg.slots.get_mut(self.idx) {
             if let Some(s) = slot.take() {

@@ -638,5 +638,8 @@ async fn sweep_pools(shard: Rc<Gateway>) {
     loop {
         glommio::timer::sleep(POOL_SWEEP).await;
         shard.sweep_pools(Instant::now());
+        // Memory the connections that ended since gave back goes back to
+        // the kernel.
+        crate::http::conn::trim_if_freed();
     }
 }
