@@ -754,7 +754,9 @@ if want memory; then
             "$CGLOAD" idle --addr "127.0.0.1:${PORT[$t]}" --path "$IDLE_PATH" \
                 --conns $(( IDLE_CONNS < 2000 ? IDLE_CONNS : 2000 )) --hold 1 >/dev/null 2>&1 || true
         done
-        sleep 1
+        # coregate gives freed memory back within a second (its shards'
+        # once-a-second trim); RSS settles before "before" is read.
+        sleep 2
         before=$(rss_kib $mem_pids)
         "$CGLOAD" idle --addr "127.0.0.1:${PORT[$t]}" --path "$IDLE_PATH" --conns "$IDLE_CONNS" \
             --hold "$IDLE_HOLD" >"$WORK/idle-$t.out" 2>&1 &
