@@ -1186,43 +1186,41 @@ thread_local! {
     static FREED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
-/// Hands free heap pages back to the kernel if a connection released its
-/// buffers or ended on this thread since the last trim. The shard calls it
-/// once a second from its background work, so that the memory a burst of
-/// connections held is given back within a second of their end, not when
-/// TRIM_EVERY more connections have gone idle: glibc keeps freed chunks in
-/// the process, and only those at the top of a heap go back on their own.
-pub fn trim_if_freed() {
-    if FREED.with(|f| f.replace(false)) {
-        RELEASED.with(|n| n.set(0));
-        // SAFETY: malloc_trim only releases free memory; it is safe to
-        // call from any thread at any time.
-        unsafe {
-            libc::malloc_trim(0);
-        }
+/// Hands the free heap pages back to the kernel: glibc keeps freed chunks
+/// in the process, and only those at the top of a heap go back on their
+/// own.
+fn trim() {
+    RELEASED.with(|n| n.set(0));
+    FREED.with(|f| f.set(false));
+    // SAFETY: malloc_trim only releases free memory; it is safe to call
+    // from any thread at any time.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 
-/// Counts a connection that gave its buffers back. glibc keeps freed
-/// heap chunks in the process, so without a trim the memory idle
-/// connections gave back would still count as resident; every
-/// TRIM_EVERY releases `malloc_trim` returns the free pages.
+/// Trims if a connection released its buffers or ended on this thread
+/// since the last trim. The shard calls it once a second from its
+/// background work, so that the memory a burst of connections held goes
+/// back within a second of their end, not when TRIM_EVERY more
+/// connections have gone idle.
+pub fn trim_if_freed() {
+    if FREED.with(|f| f.get()) {
+        trim();
+    }
+}
+
+/// Counts a connection that gave its buffers back; every TRIM_EVERY
+/// releases the shard trims at once, without waiting for the next
+/// [`trim_if_freed`].
 fn note_released_buffers() {
-    RELEASED.with(|n| {
-        let v = n.get() + 1;
-        if v >= TRIM_EVERY {
-            n.set(0);
-            FREED.with(|f| f.set(false));
-            // SAFETY: malloc_trim only releases free memory; it is safe to
-            // call from any thread at any time.
-            unsafe {
-                libc::malloc_trim(0);
-            }
-        } else {
-            n.set(v);
-            FREED.with(|f| f.set(true));
-        }
-    });
+    FREED.with(|f| f.set(true));
+    let v = RELEASED.with(|n| n.get()) + 1;
+    if v >= TRIM_EVERY {
+        trim();
+    } else {
+        RELEASED.with(|n| n.set(v));
+    }
 }
 
 /// Writes `a` then `b` to the client: one `sendmsg` on a plain connection

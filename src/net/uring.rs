@@ -307,15 +307,19 @@ impl UrSlot {
         }
     }
 
-    /// Drops whatever its buffers hold (a slot taken by a new socket).
-    fn discard(&mut self, pool: &Pool) {
+    /// Drops the bytes received and not read.
+    fn drop_rx(&mut self) {
         if let Some(b) = &mut self.io {
             b.rx.clear();
             b.rx_off = 0;
-            b.inflight.clear();
-            b.sent = 0;
-            b.queued.clear();
         }
+    }
+
+    /// Drops whatever its buffers hold (a slot taken by a new socket).
+    fn discard(&mut self, pool: &Pool) {
+        self.drop_rx();
+        self.drop_inflight();
+        self.drop_queued();
         self.settle(pool);
     }
 }
@@ -586,10 +590,7 @@ impl Uring {
         } else {
             u.drop_queued();
         }
-        if let Some(b) = &mut u.io {
-            b.rx.clear();
-            b.rx_off = 0;
-        }
+        u.drop_rx();
         u.settle(&self.pool);
         let mut ring = self.ring.borrow_mut();
         if u.recv_armed {
