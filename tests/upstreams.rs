@@ -756,8 +756,29 @@ fn congestion_controls_to(port: u16) -> Vec<String> {
         .collect()
 }
 
+/// What a connection to a backend on this host gets without
+/// `congestion_control`: the host's default, unless that default paces
+/// (`bbr`); then the first of cubic and reno this process may set.
+fn unpaced_loopback_choice(default: &str) -> String {
+    if !default.starts_with("bbr") {
+        return default.to_string();
+    }
+    let available = ipv4_sysctl("tcp_available_congestion_control");
+    let allowed = ipv4_sysctl("tcp_allowed_congestion_control");
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let has_cubic = available.split_whitespace().any(|n| n == "cubic");
+    let may_cubic = root || allowed.split_whitespace().any(|n| n == "cubic");
+    if has_cubic && may_cubic {
+        "cubic"
+    } else {
+        "reno"
+    }
+    .to_string()
+}
+
 #[test]
-fn congestion_control_is_set_on_each_upstream_connection_and_the_hosts_default_stays_elsewhere() {
+fn congestion_control_is_set_on_each_upstream_connection_and_loopback_backends_are_not_paced() {
     let default = ipv4_sysctl("tcp_congestion_control");
     let available = ipv4_sysctl("tcp_available_congestion_control");
     // reno is built into every kernel; any other loaded one does when the
@@ -770,22 +791,36 @@ fn congestion_control_is_set_on_each_upstream_connection_and_the_hosts_default_s
         })
         .to_string();
 
-    let (b1, b2) = (Backend::start(Reply::Echo), Backend::start(Reply::Echo));
-    let chosen = single(
-        &b1.addr_str(),
-        &format!("congestion_control = \"{other}\""),
-        1,
-    );
-    let plain = single(&b2.addr_str(), "", 1);
-    // Several connections at once, so the pool holds more than one.
+    let backends = [
+        Backend::start(Reply::Echo),
+        Backend::start(Reply::Echo),
+        Backend::start(Reply::Echo),
+    ];
+    let gateways = [
+        single(
+            &backends[0].addr_str(),
+            &format!("congestion_control = \"{other}\""),
+            1,
+        ),
+        // The host's default named: kept, even where it paces.
+        single(
+            &backends[1].addr_str(),
+            &format!("congestion_control = \"{default}\""),
+            1,
+        ),
+        single(&backends[2].addr_str(), "", 1),
+    ];
+    let urls: Vec<String> = gateways.iter().map(|g| g.url("/cc")).collect();
+    // Several connections at once, so each pool holds more than one.
     let agents: Vec<ureq::Agent> = (0..3).map(|_| agent()).collect();
     let mut threads = Vec::new();
     for a in agents {
-        let (u1, u2) = (chosen.url("/cc"), plain.url("/cc"));
+        let urls = urls.clone();
         threads.push(thread::spawn(move || {
             for _ in 0..5 {
-                assert_eq!(call(a.post(&u1), Some(&[b'x'; 70_000])).status, 200);
-                assert_eq!(call(a.get(&u2), None).status, 200);
+                for u in &urls {
+                    assert_eq!(call(a.post(u), Some(&[b'x'; 70_000])).status, 200);
+                }
             }
         }));
     }
@@ -793,16 +828,22 @@ fn congestion_control_is_set_on_each_upstream_connection_and_the_hosts_default_s
         // A client thread's failed assertion fails the test here.
         t.join().expect("client thread");
     }
-    let to_chosen = congestion_controls_to(b1.addr.port());
-    let to_plain = congestion_controls_to(b2.addr.port());
-    assert!(
-        !to_chosen.is_empty() && to_chosen.iter().all(|c| *c == other),
-        "connections to the upstream with congestion_control = {other:?}: {to_chosen:?}"
-    );
-    assert!(
-        !to_plain.is_empty() && to_plain.iter().all(|c| *c == default),
-        "connections to the upstream without the key keep the host's {default:?}: {to_plain:?}"
-    );
+    let expected = [
+        other.clone(),
+        default.clone(),
+        unpaced_loopback_choice(&default),
+    ];
+    for ((b, want), what) in backends.iter().zip(&expected).zip([
+        "congestion_control = the other one",
+        "congestion_control = the host's default",
+        "no congestion_control (a loopback backend)",
+    ]) {
+        let seen = congestion_controls_to(b.addr.port());
+        assert!(
+            !seen.is_empty() && seen.iter().all(|c| c == want),
+            "{what}: want {want:?} on every connection, saw {seen:?} (host default {default:?})"
+        );
+    }
 }
 
 /// A backend that never finishes a response head in time, though it is

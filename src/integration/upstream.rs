@@ -49,6 +49,10 @@ pub struct UpstreamPlan {
     /// `congestion_control`: set on each new connection before it
     /// connects; `None` leaves the host's default.
     pub congestion_control: Option<Box<str>>,
+    /// Without `congestion_control`: what connections to a loopback
+    /// target use instead of a pacing host default
+    /// ([`crate::net::loopback_congestion_control`]); `None` keeps it.
+    pub loopback_congestion_control: Option<&'static str>,
 }
 
 /// Response-side buffer of an upstream connection: heads are parsed from it
@@ -323,12 +327,12 @@ impl UpstreamState {
     pub async fn connect(&self, plan: &UpstreamPlan, target: usize) -> std::io::Result<UpConn> {
         let addr = plan.targets[target].addr;
         let started = Instant::now();
-        let stream = Socket::connect_with(
-            addr,
-            plan.connect_timeout,
-            plan.congestion_control.as_deref(),
-        )
-        .await?;
+        let congestion_control = match &plan.congestion_control {
+            Some(name) => Some(&**name),
+            None if crate::net::is_loopback(&addr) => plan.loopback_congestion_control,
+            None => None,
+        };
+        let stream = Socket::connect_with(addr, plan.connect_timeout, congestion_control).await?;
         let _ = stream.set_nodelay(true);
         stream.set_write_timeout(Some(plan.timeout));
         let Some((connector, names)) = &self.tls else {
@@ -458,6 +462,7 @@ mod tests {
             tls_ca: None,
             tls: None,
             congestion_control: None,
+            loopback_congestion_control: None,
         }
     }
 

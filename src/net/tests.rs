@@ -1139,6 +1139,50 @@ fn a_refused_congestion_control_is_explained() {
     );
 }
 
+/// Connections to a backend on this host leave a pacing default (`bbr`)
+/// for the first non-pacing algorithm this process may set, and keep any
+/// other default; only loopback addresses count as this host.
+#[test]
+fn a_loopback_backend_is_not_paced_unless_asked() {
+    let all = |_: &str| true;
+    assert_eq!(
+        choose_loopback_congestion_control("bbr", all),
+        Some("cubic")
+    );
+    assert_eq!(
+        choose_loopback_congestion_control("bbr3", all),
+        Some("cubic")
+    );
+    assert_eq!(
+        choose_loopback_congestion_control("bbr", |n: &str| n != "cubic"),
+        Some("reno"),
+        "without cubic in the allowed list, reno (always allowed)"
+    );
+    assert_eq!(
+        choose_loopback_congestion_control("bbr", |_: &str| false),
+        None
+    );
+    for kept in ["cubic", "reno", "dctcp", ""] {
+        assert_eq!(
+            choose_loopback_congestion_control(kept, all),
+            None,
+            "{kept:?}"
+        );
+    }
+    for (addr, loopback) in [
+        ("127.0.0.1:80", true),
+        ("127.3.2.1:80", true),
+        ("[::1]:80", true),
+        ("[::ffff:127.0.0.1]:80", true),
+        ("10.0.0.1:80", false),
+        ("[::ffff:10.0.0.1]:80", false),
+        ("[2001:db8::1]:80", false),
+    ] {
+        let a: SocketAddr = addr.parse().expect("a literal address");
+        assert_eq!(is_loopback(&a), loopback, "{addr}");
+    }
+}
+
 on_both!(bytes_written_before_a_drop_all_arrive);
 /// What a task wrote is all delivered though the socket is dropped at
 /// once: on the ring a write only hands its bytes over, and the drop must

@@ -915,7 +915,7 @@ fn compile_upstream(
         u.max_response_header_bytes,
         DEFAULT_MAX_RESPONSE_HEADER_BYTES,
     );
-    let plan = UpstreamPlan {
+    let mut plan = UpstreamPlan {
         name: u.name.clone(),
         targets,
         balance,
@@ -958,7 +958,17 @@ fn compile_upstream(
                 }
             },
         ),
+        loopback_congestion_control: None,
     };
+    if plan.congestion_control.is_none()
+        && u.congestion_control.is_none()
+        && plan
+            .targets
+            .iter()
+            .any(|t| crate::net::is_loopback(&t.addr))
+    {
+        plan.loopback_congestion_control = crate::net::loopback_congestion_control();
+    }
     (errors.len() == before).then_some(plan)
 }
 
@@ -1162,6 +1172,11 @@ fn compile_proxy(
                         tls_ca: None,
                         tls: None,
                         congestion_control: None,
+                        loopback_congestion_control: if crate::net::is_loopback(&addr) {
+                            crate::net::loopback_congestion_control()
+                        } else {
+                            None
+                        },
                     });
                     upstreams.len() - 1
                 }
