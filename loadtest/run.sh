@@ -1114,7 +1114,7 @@ LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)
 {
     echo "# coregate load test, $STAMP$([ $SMOKE = 1 ] && echo ' (smoke: tiny runs, numbers are not meaningful)' || true)"
     echo
-    echo "- machine: $NCPU CPUs, $(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo), kernel $(uname -r), TCP congestion control $(cat /proc/sys/net/ipv4/tcp_congestion_control 2>/dev/null || echo unknown); coregate's connections to the backend: ${UPSTREAM_CC:-no congestion_control named (cubic where the host's is bbr*)}"
+    echo "- machine: $NCPU CPUs, $(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo), kernel $(uname -r), TCP congestion control $(cat /proc/sys/net/ipv4/tcp_congestion_control 2>/dev/null || echo unknown); coregate's connections to the backend: ${UPSTREAM_CC:-none named, so cubic where the host default is bbr}"
     echo "- coregate: $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo 'no commit'), $(git -C "$ROOT" status --short 2>/dev/null | wc -l) changed files in the work tree"
     echo "- $(nginx -v 2>&1), $(wrk -v 2>&1 | head -1 | cut -d' ' -f1-2)"
     echo "- load average at start $LOAD_START, at end $LOAD_END (the suite itself keeps about 2 busy); run at nice $(nice)"
