@@ -355,7 +355,9 @@ enum UpErr {
 /// The future is boxed: the proxy's state (request and response heads, the
 /// upstream connection, the body loops) is large, and left inline it would
 /// make every connection's task that large, idle ones included. That is one
-/// allocation per proxied request.
+/// allocation per proxied request. The box is filled by copying the whole
+/// future in, so the rarer parts (a new connection, a request with a body)
+/// are boxed again inside it, where only their requests pay for them.
 pub fn forward<'a>(
     conn: &'a mut Conn,
     up: Upstream<'a>,
@@ -399,7 +401,10 @@ async fn forward_inner(
                 report.connected = Some(now);
                 (c, true)
             }
-            None => match state.connect(uplan, f.target).await {
+            // Boxed, as is `duplex` below: a new connection (TCP, and TLS
+            // for https://) is the pool's exception, and inline its state
+            // would be copied into every proxied request's future.
+            None => match Box::pin(state.connect(uplan, f.target)).await {
                 Ok(c) => {
                     state.note_connect(f.target, true);
                     (c, false)
@@ -486,7 +491,9 @@ async fn forward_inner(
         }
     };
     if with_body {
-        return duplex(conn, up, upstream, f, capture, report).await;
+        // Boxed: the two directions' state is 3.5 KiB, most of this
+        // future's size inline, and a request without a body never uses it.
+        return Box::pin(duplex(conn, up, upstream, f, capture, report)).await;
     }
     state.record_success(f.target);
     report.first_byte = Some(Instant::now());
