@@ -1178,6 +1178,8 @@ fn a_loopback_backend_is_not_paced_unless_asked() {
         ("[::ffff:10.0.0.1]:80", false),
         ("[2001:db8::1]:80", false),
     ] {
+        // The literals above are all valid addresses: a parse failure is a
+        // typo in this test, never input from a client or a config file.
         let a: SocketAddr = addr.parse().expect("a literal address");
         assert_eq!(is_loopback(&a), loopback, "{addr}");
     }

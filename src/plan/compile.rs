@@ -595,6 +595,7 @@ fn compile_apis(
             });
         }
     }
+    unpace_loopback_upstreams(&mut upstreams);
     if errors.is_empty() {
         Ok(Plan {
             server,
@@ -915,7 +916,7 @@ fn compile_upstream(
         u.max_response_header_bytes,
         DEFAULT_MAX_RESPONSE_HEADER_BYTES,
     );
-    let mut plan = UpstreamPlan {
+    let plan = UpstreamPlan {
         name: u.name.clone(),
         targets,
         balance,
@@ -960,16 +961,23 @@ fn compile_upstream(
         ),
         loopback_congestion_control: None,
     };
-    if plan.congestion_control.is_none()
-        && u.congestion_control.is_none()
-        && plan
-            .targets
-            .iter()
-            .any(|t| crate::net::is_loopback(&t.addr))
-    {
-        plan.loopback_congestion_control = crate::net::loopback_congestion_control();
-    }
     (errors.len() == before).then_some(plan)
+}
+
+/// Upstreams, declared or implicit, that name no congestion control and
+/// have a loopback target: their connections to it leave a pacing host
+/// default ([`crate::net::loopback_congestion_control`], asked once per
+/// compile, and only when some upstream needs it).
+fn unpace_loopback_upstreams(upstreams: &mut [UpstreamPlan]) {
+    let mut choice = None;
+    for u in upstreams {
+        if u.congestion_control.is_none()
+            && u.targets.iter().any(|t| crate::net::is_loopback(&t.addr))
+        {
+            u.loopback_congestion_control =
+                *choice.get_or_insert_with(crate::net::loopback_congestion_control);
+        }
+    }
 }
 
 /// `upstreams[i].congestion_control`: a name as the kernel spells one
@@ -1172,11 +1180,7 @@ fn compile_proxy(
                         tls_ca: None,
                         tls: None,
                         congestion_control: None,
-                        loopback_congestion_control: if crate::net::is_loopback(&addr) {
-                            crate::net::loopback_congestion_control()
-                        } else {
-                            None
-                        },
+                        loopback_congestion_control: None,
                     });
                     upstreams.len() - 1
                 }
