@@ -1200,12 +1200,13 @@ fn trim() {
 }
 
 /// Trims if a connection released its buffers or ended on this thread
-/// since the last trim. The shard calls it once a second from its
-/// background work, so that the memory a burst of connections held goes
-/// back within a second of their end, not when TRIM_EVERY more
-/// connections have gone idle.
-pub fn trim_if_freed() {
-    if FREED.with(|f| f.get()) {
+/// since the last trim, or if the caller freed something itself
+/// (`freed_elsewhere`: the upstream pools' spare buffers). The shard calls
+/// it once a second from its background work, so that the memory a burst
+/// of connections held goes back within a second of their end, not when
+/// TRIM_EVERY more connections have gone idle.
+pub fn trim_if_freed(freed_elsewhere: bool) {
+    if freed_elsewhere || FREED.with(|f| f.get()) {
         trim();
     }
 }

@@ -59,6 +59,75 @@ pub struct UpstreamPlan {
 /// and body bytes are written to the client straight out of it.
 pub const UPSTREAM_BUF: usize = 32 * 1024;
 
+/// The most spare response buffers a shard keeps ([`SPARE`]): 2 MiB.
+const SPARE_MAX: usize = 64;
+
+/// This shard's spare response buffers. A connection set aside in a pool
+/// gives its buffer here and one taken out of a pool (or newly opened)
+/// takes one from here, so an idle pooled connection holds no buffer: a
+/// pool of 256 idle connections held up to 8 MiB, touched or not, and how
+/// much of it a burst had touched decided the gateway's idle memory. Under
+/// load the same few buffers go round without a call to the allocator.
+struct Spare {
+    bufs: Vec<Vec<u8>>,
+    /// A buffer was taken since the last [`release_unused_spares`].
+    taken: bool,
+}
+
+thread_local! {
+    static SPARE: RefCell<Spare> = const {
+        RefCell::new(Spare {
+            bufs: Vec::new(),
+            taken: false,
+        })
+    };
+}
+
+/// A response buffer of [`UPSTREAM_BUF`] bytes: a spare one, or a new one.
+fn take_buffer() -> Vec<u8> {
+    SPARE
+        .with(|s| {
+            let mut s = s.borrow_mut();
+            s.taken = true;
+            s.bufs.pop()
+        })
+        .unwrap_or_else(|| vec![0; UPSTREAM_BUF])
+}
+
+/// Keeps `buf` as a spare, unless it is not of the usual size (a head
+/// grew it) or [`SPARE_MAX`] are kept already; then it is freed.
+fn give_buffer(buf: Vec<u8>) {
+    if buf.len() == UPSTREAM_BUF {
+        SPARE.with(|s| {
+            let mut s = s.borrow_mut();
+            if s.bufs.len() < SPARE_MAX {
+                s.bufs.push(buf);
+            }
+        });
+    }
+}
+
+/// Frees this shard's spare buffers if none was taken since the last call
+/// (the pool sweep's, once a second): a shard that stopped proxying gives
+/// them back. Returns whether any was freed.
+pub fn release_unused_spares() -> bool {
+    SPARE.with(|s| {
+        let mut s = s.borrow_mut();
+        let unused = !std::mem::replace(&mut s.taken, false);
+        if unused && !s.bufs.is_empty() {
+            s.bufs = Vec::new();
+            true
+        } else {
+            false
+        }
+    })
+}
+
+/// The spare buffers this shard keeps now.
+pub fn spare_buffers() -> usize {
+    SPARE.with(|s| s.borrow().bufs.len())
+}
+
 /// An open connection to one target.
 pub struct UpConn {
     pub stream: UpstreamStream,
@@ -75,7 +144,7 @@ impl UpConn {
     pub fn new(stream: UpstreamStream, target: usize) -> UpConn {
         UpConn {
             stream,
-            buf: vec![0; UPSTREAM_BUF],
+            buf: take_buffer(),
             filled: 0,
             target,
             idle_since: Instant::now(),
@@ -257,6 +326,20 @@ impl UpstreamState {
         now: Instant,
         strict: bool,
     ) -> Option<UpConn> {
+        let mut c = self.take_idle(plan, target, now, strict)?;
+        c.buf = take_buffer();
+        Some(c)
+    }
+
+    /// The idle connection [`UpstreamState::checkout`] hands out, still
+    /// without its buffer.
+    fn take_idle(
+        &self,
+        plan: &UpstreamPlan,
+        target: usize,
+        now: Instant,
+        strict: bool,
+    ) -> Option<UpConn> {
         let t = &self.targets[target];
         let mut idle = t.idle.borrow_mut();
         if !strict {
@@ -305,6 +388,8 @@ impl UpstreamState {
         if idle.len() < plan.pool_max_idle {
             conn.idle_since = Instant::now();
             conn.idle_mark = conn.stream.tcp().polls();
+            conn.filled = 0;
+            give_buffer(std::mem::take(&mut conn.buf));
             idle.push(conn);
         }
     }
@@ -535,6 +620,62 @@ mod tests {
                     "the closed one skipped"
                 );
                 assert!(state.checkout(&plan, 0, now, false).is_none());
+            });
+    }
+
+    /// A pooled connection holds no response buffer: it gives it to the
+    /// shard's spares when set aside and takes one back when handed out,
+    /// so the same buffer goes round; spares no request took for a sweep
+    /// interval are freed, and at most SPARE_MAX are kept.
+    #[test]
+    fn a_pooled_connection_holds_no_buffer() {
+        glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+            .make()
+            .unwrap()
+            .run(async {
+                let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+                let plan = plan(l.local_addr().unwrap());
+                let state = UpstreamState::new(&plan);
+                release_unused_spares();
+                release_unused_spares();
+                assert_eq!(spare_buffers(), 0);
+
+                let c = state.connect(&plan, 0).await.unwrap();
+                let _peer = l.accept().unwrap();
+                assert_eq!(c.buf.len(), UPSTREAM_BUF);
+                let ptr = c.buf.as_ptr();
+                state.checkin(&plan, c);
+                assert_eq!(
+                    state.targets[0].idle.borrow()[0].buf.capacity(),
+                    0,
+                    "the pooled one holds none"
+                );
+                assert_eq!(spare_buffers(), 1);
+
+                let c = state.checkout(&plan, 0, Instant::now(), true).unwrap();
+                assert_eq!(c.buf.len(), UPSTREAM_BUF);
+                assert_eq!(c.buf.as_ptr(), ptr, "the same buffer went round");
+                assert_eq!(spare_buffers(), 0);
+                state.checkin(&plan, c);
+
+                // Taken since the last sweep: kept; untouched for one: freed.
+                assert!(!release_unused_spares());
+                assert_eq!(spare_buffers(), 1);
+                assert!(release_unused_spares());
+                assert_eq!(spare_buffers(), 0);
+
+                // A buffer a long head grew is not kept; nor are more than
+                // SPARE_MAX.
+                let mut c = state.checkout(&plan, 0, Instant::now(), true).unwrap();
+                c.buf.resize(2 * UPSTREAM_BUF, 0);
+                state.checkin(&plan, c);
+                assert_eq!(spare_buffers(), 0);
+                for _ in 0..SPARE_MAX + 3 {
+                    give_buffer(vec![0; UPSTREAM_BUF]);
+                }
+                assert_eq!(spare_buffers(), SPARE_MAX);
+                assert!(!release_unused_spares(), "one was taken since");
+                assert!(release_unused_spares());
             });
     }
 }

@@ -638,8 +638,10 @@ async fn sweep_pools(shard: Rc<Gateway>) {
     loop {
         glommio::timer::sleep(POOL_SWEEP).await;
         shard.sweep_pools(Instant::now());
-        // Memory the connections that ended since gave back goes back to
-        // the kernel.
-        crate::http::conn::trim_if_freed();
+        // Spare upstream buffers no request took for a second are freed;
+        // they and the memory the connections that ended since gave back
+        // go back to the kernel.
+        let spares = crate::integration::upstream::release_unused_spares();
+        crate::http::conn::trim_if_freed(spares);
     }
 }
