@@ -82,6 +82,9 @@ fn usage_text(sub: Option<&str>) -> String {
 }
 
 fn main() -> ExitCode {
+    // Before any thread allocates: memory a burst freed goes back to the
+    // kernel (see the function).
+    coregate::http::conn::fix_malloc_thresholds();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let (cmd, rest) = match args.split_first() {
         None => ("serve", &args[..]),
