@@ -551,6 +551,24 @@ mod tests {
         }
     }
 
+    /// Runs `test` on a glommio executor with a loopback listener standing
+    /// for the target, and an upstream plan with that one target.
+    fn on_a_target<F, Fut>(test: F)
+    where
+        F: FnOnce(std::net::TcpListener, UpstreamPlan) -> Fut,
+        Fut: std::future::Future<Output = ()>,
+    {
+        // The executor and the listener are the test's own fixtures.
+        glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+            .make()
+            .unwrap()
+            .run(async {
+                let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+                let plan = plan(l.local_addr().unwrap());
+                test(l, plan).await
+            });
+    }
+
     /// Until the shard's reactor has polled since `mark` (asked through the
     /// first idle connection of `state`'s target 0).
     async fn polled_since(state: &UpstreamState, mark: u64) {
@@ -571,56 +589,51 @@ mod tests {
     /// skipped, never handed out.
     #[test]
     fn a_connection_polled_since_it_went_idle_is_preferred() {
-        glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
-            .make()
-            .unwrap()
-            .run(async {
-                let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-                let plan = plan(l.local_addr().unwrap());
-                let state = UpstreamState::new(&plan);
-                let older = state.connect(&plan, 0).await.unwrap();
-                let (older_peer, _) = l.accept().unwrap();
-                let newer = state.connect(&plan, 0).await.unwrap();
-                let (_newer_peer, _) = l.accept().unwrap();
-                let (older_fd, newer_fd) = (
-                    older.stream.tcp().as_raw_fd(),
-                    newer.stream.tcp().as_raw_fd(),
-                );
+        on_a_target(|l, plan| async move {
+            let state = UpstreamState::new(&plan);
+            let older = state.connect(&plan, 0).await.unwrap();
+            let (older_peer, _) = l.accept().unwrap();
+            let newer = state.connect(&plan, 0).await.unwrap();
+            let (_newer_peer, _) = l.accept().unwrap();
+            let (older_fd, newer_fd) = (
+                older.stream.tcp().as_raw_fd(),
+                newer.stream.tcp().as_raw_fd(),
+            );
 
-                let mark = older.stream.tcp().polls();
-                state.checkin(&plan, older);
-                polled_since(&state, mark).await;
-                state.checkin(&plan, newer);
-                let now = Instant::now();
-                let c = state.checkout(&plan, 0, now, false).unwrap();
-                assert_eq!(c.stream.tcp().as_raw_fd(), older_fd, "the polled one");
-                state.checkin(&plan, c);
-                // Now the newest was set aside in this pass: strict takes it.
-                let c = state.checkout(&plan, 0, now, true).unwrap();
-                assert_eq!(c.stream.tcp().as_raw_fd(), older_fd, "strict: the newest");
-                state.checkin(&plan, c);
+            let mark = older.stream.tcp().polls();
+            state.checkin(&plan, older);
+            polled_since(&state, mark).await;
+            state.checkin(&plan, newer);
+            let now = Instant::now();
+            let c = state.checkout(&plan, 0, now, false).unwrap();
+            assert_eq!(c.stream.tcp().as_raw_fd(), older_fd, "the polled one");
+            state.checkin(&plan, c);
+            // Now the newest was set aside in this pass: strict takes it.
+            let c = state.checkout(&plan, 0, now, true).unwrap();
+            assert_eq!(c.stream.tcp().as_raw_fd(), older_fd, "strict: the newest");
+            state.checkin(&plan, c);
 
-                // The older one closed by its peer once the reactor has
-                // heard of it: skipped, and closed.
-                let (a, b) = (
-                    state.checkout(&plan, 0, now, true).unwrap(),
-                    state.checkout(&plan, 0, now, true).unwrap(),
-                );
-                assert_eq!(b.stream.tcp().as_raw_fd(), newer_fd);
-                let mark = a.stream.tcp().polls();
-                state.checkin(&plan, b);
-                state.checkin(&plan, a);
-                drop(older_peer);
-                std::thread::sleep(Duration::from_millis(20));
-                polled_since(&state, mark).await;
-                let c = state.checkout(&plan, 0, now, false).unwrap();
-                assert_eq!(
-                    c.stream.tcp().as_raw_fd(),
-                    newer_fd,
-                    "the closed one skipped"
-                );
-                assert!(state.checkout(&plan, 0, now, false).is_none());
-            });
+            // The older one closed by its peer once the reactor has
+            // heard of it: skipped, and closed.
+            let (a, b) = (
+                state.checkout(&plan, 0, now, true).unwrap(),
+                state.checkout(&plan, 0, now, true).unwrap(),
+            );
+            assert_eq!(b.stream.tcp().as_raw_fd(), newer_fd);
+            let mark = a.stream.tcp().polls();
+            state.checkin(&plan, b);
+            state.checkin(&plan, a);
+            drop(older_peer);
+            std::thread::sleep(Duration::from_millis(20));
+            polled_since(&state, mark).await;
+            let c = state.checkout(&plan, 0, now, false).unwrap();
+            assert_eq!(
+                c.stream.tcp().as_raw_fd(),
+                newer_fd,
+                "the closed one skipped"
+            );
+            assert!(state.checkout(&plan, 0, now, false).is_none());
+        });
     }
 
     /// A pooled connection holds no response buffer: it gives it to the
@@ -629,53 +642,50 @@ mod tests {
     /// interval are freed, and at most SPARE_MAX are kept.
     #[test]
     fn a_pooled_connection_holds_no_buffer() {
-        glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
-            .make()
-            .unwrap()
-            .run(async {
-                let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-                let plan = plan(l.local_addr().unwrap());
-                let state = UpstreamState::new(&plan);
-                release_unused_spares();
-                release_unused_spares();
-                assert_eq!(spare_buffers(), 0);
+        // Its unwraps are on the test's own loopback listener and the
+        // connections to it: a failure there fails the test.
+        on_a_target(|l, plan| async move {
+            let state = UpstreamState::new(&plan);
+            release_unused_spares();
+            release_unused_spares();
+            assert_eq!(spare_buffers(), 0);
 
-                let c = state.connect(&plan, 0).await.unwrap();
-                let _peer = l.accept().unwrap();
-                assert_eq!(c.buf.len(), UPSTREAM_BUF);
-                let ptr = c.buf.as_ptr();
-                state.checkin(&plan, c);
-                assert_eq!(
-                    state.targets[0].idle.borrow()[0].buf.capacity(),
-                    0,
-                    "the pooled one holds none"
-                );
-                assert_eq!(spare_buffers(), 1);
+            let c = state.connect(&plan, 0).await.unwrap();
+            let _peer = l.accept().unwrap();
+            assert_eq!(c.buf.len(), UPSTREAM_BUF);
+            let ptr = c.buf.as_ptr();
+            state.checkin(&plan, c);
+            assert_eq!(
+                state.targets[0].idle.borrow()[0].buf.capacity(),
+                0,
+                "the pooled one holds none"
+            );
+            assert_eq!(spare_buffers(), 1);
 
-                let c = state.checkout(&plan, 0, Instant::now(), true).unwrap();
-                assert_eq!(c.buf.len(), UPSTREAM_BUF);
-                assert_eq!(c.buf.as_ptr(), ptr, "the same buffer went round");
-                assert_eq!(spare_buffers(), 0);
-                state.checkin(&plan, c);
+            let c = state.checkout(&plan, 0, Instant::now(), true).unwrap();
+            assert_eq!(c.buf.len(), UPSTREAM_BUF);
+            assert_eq!(c.buf.as_ptr(), ptr, "the same buffer went round");
+            assert_eq!(spare_buffers(), 0);
+            state.checkin(&plan, c);
 
-                // Taken since the last sweep: kept; untouched for one: freed.
-                assert!(!release_unused_spares());
-                assert_eq!(spare_buffers(), 1);
-                assert!(release_unused_spares());
-                assert_eq!(spare_buffers(), 0);
+            // Taken since the last sweep: kept; untouched for one: freed.
+            assert!(!release_unused_spares());
+            assert_eq!(spare_buffers(), 1);
+            assert!(release_unused_spares());
+            assert_eq!(spare_buffers(), 0);
 
-                // A buffer a long head grew is not kept; nor are more than
-                // SPARE_MAX.
-                let mut c = state.checkout(&plan, 0, Instant::now(), true).unwrap();
-                c.buf.resize(2 * UPSTREAM_BUF, 0);
-                state.checkin(&plan, c);
-                assert_eq!(spare_buffers(), 0);
-                for _ in 0..SPARE_MAX + 3 {
-                    give_buffer(vec![0; UPSTREAM_BUF]);
-                }
-                assert_eq!(spare_buffers(), SPARE_MAX);
-                assert!(!release_unused_spares(), "one was taken since");
-                assert!(release_unused_spares());
-            });
+            // A buffer a long head grew is not kept; nor are more than
+            // SPARE_MAX.
+            let mut c = state.checkout(&plan, 0, Instant::now(), true).unwrap();
+            c.buf.resize(2 * UPSTREAM_BUF, 0);
+            state.checkin(&plan, c);
+            assert_eq!(spare_buffers(), 0);
+            for _ in 0..SPARE_MAX + 3 {
+                give_buffer(vec![0; UPSTREAM_BUF]);
+            }
+            assert_eq!(spare_buffers(), SPARE_MAX);
+            assert!(!release_unused_spares(), "one was taken since");
+            assert!(release_unused_spares());
+        });
     }
 }
